@@ -1,0 +1,33 @@
+"""distill4d: 4D-STEM data to strain maps, images, domains and crystal identities.
+
+The top-level namespace is light: heavy modules (Dask distributed, PyTorch, abTEM,
+FastAPI) are imported only when a function that needs them is called.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__version__ = "0.1.0"
+
+__all__ = ["Calibration", "DataCube", "read", "write", "map_patterns", "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "Calibration":
+        from .calibration import Calibration
+
+        return Calibration
+    if name == "DataCube":
+        from .datacube import DataCube
+
+        return DataCube
+    if name in ("read", "write"):
+        from . import io
+
+        return getattr(io, name)
+    if name == "map_patterns":
+        from .engine import map_patterns
+
+        return map_patterns
+    raise AttributeError(f"module 'distill4d' has no attribute {name!r}")

@@ -1,0 +1,73 @@
+"""Small validators that raise errors naming the argument, what it got and what it expects."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+__all__ = ["positive_int", "positive_float", "nonnegative_float", "intensity_dtype", "pattern_array"]
+
+
+def positive_int(name: str, value: Any, *, minimum: int = 1) -> int:
+    """``value`` as an int >= ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        if isinstance(value, (float, np.floating)) and float(value).is_integer():
+            value = int(value)
+        else:
+            raise TypeError(f"{name} must be an integer, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def positive_float(name: str, value: Any, *, maximum: float = math.inf) -> float:
+    """``value`` as a finite float in (0, maximum]."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a number, got {value!r}") from None
+    if not math.isfinite(v) or v <= 0 or v > maximum:
+        raise ValueError(f"{name} must be a finite number in (0, {maximum:g}], got {value!r}")
+    return v
+
+
+def nonnegative_float(name: str, value: Any) -> float:
+    """``value`` as a finite float >= 0."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a number, got {value!r}") from None
+    if not math.isfinite(v) or v < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return v
+
+
+def intensity_dtype(name: str, dtype: Any) -> np.dtype:
+    """Check that ``dtype`` can hold detector intensities (real integers or floats)."""
+    dtype = np.dtype(dtype)
+    if dtype.kind not in "uif":
+        what = {"c": "complex", "b": "boolean", "O": "object", "U": "string", "S": "bytes"}.get(
+            dtype.kind, dtype.kind
+        )
+        raise TypeError(
+            f"{name} must hold real detector intensities (integer or float), got dtype {dtype} "
+            f"({what}); convert it first, e.g. np.abs(data)**2 for complex wave functions"
+        )
+    return dtype
+
+
+def pattern_array(name: str, value: Any, *, ndim: int = 2) -> np.ndarray:
+    """``value`` as a finite float array with ``ndim`` dimensions (a pattern, a mask, a probe)."""
+    arr = np.asarray(value)
+    if arr.ndim != ndim:
+        raise ValueError(f"{name} must be a {ndim}D array, got shape {arr.shape}")
+    if arr.dtype.kind == "b":
+        arr = arr.astype(np.float32)
+    intensity_dtype(name, arr.dtype)
+    if arr.size == 0:
+        raise ValueError(f"{name} is empty (shape {arr.shape})")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} contains NaN or Inf values")
+    return arr

@@ -1,0 +1,14 @@
+"""The engine: run a batch function over the patterns of a DataCube, wherever it runs.
+
+A method is a function ``fn(batch) -> result`` on a batch of patterns of shape
+``(n, Qx, Qy)`` that returns an array (or a dict of arrays) whose first axis is ``n``.
+The engine cuts the scan into tiles sized from a memory budget, reads each tile,
+calls ``fn``, and assembles the per-position results into arrays of shape
+``(Rx, Ry, ...)``. It runs inline, on local threads, on local processes or on a Dask
+distributed cluster, with the same results; with ``checkpoint=DIR`` finished tiles are
+written to disk and an interrupted job resumes from them.
+"""
+
+from .core import DEFAULT_MEMORY_BUDGET, Tile, map_patterns, plan_tiles, reduce_patterns
+
+__all__ = ["map_patterns", "reduce_patterns", "plan_tiles", "Tile", "DEFAULT_MEMORY_BUDGET"]

@@ -1,0 +1,106 @@
+"""Chunked on-disk output of a map job, so that an interrupted job resumes where it stopped.
+
+Layout of a checkpoint directory::
+
+    manifest.json        shape, tiling and job key of the job
+    tile_000012.npz      the results of finished tile 12 (written atomically)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .core import Tile
+
+_FORMAT = "distill4d-checkpoint-1"
+
+
+class Checkpoint:
+    """A directory of finished tiles for one job (see the module docstring)."""
+
+    def __init__(self, path: Path, tiles: list["Tile"]) -> None:
+        self.path = path
+        self.tiles = tiles
+        self._index = {t: i for i, t in enumerate(tiles)}
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, shape: tuple[int, ...], tiles: list["Tile"], job_key: str) -> "Checkpoint":
+        """Open ``path`` for a job, creating it, or check that it belongs to this job."""
+        from .core import Tile
+
+        path = Path(path)
+        manifest = path / "manifest.json"
+        if path.exists() and not path.is_dir():
+            raise NotADirectoryError(f"checkpoint {path} exists and is not a directory")
+        if manifest.exists():
+            try:
+                meta = json.loads(manifest.read_text())
+            except (OSError, json.JSONDecodeError) as err:
+                raise ValueError(f"checkpoint manifest {manifest} is unreadable ({err}); delete the directory") from None
+            if meta.get("format") != _FORMAT:
+                raise ValueError(f"{path} is not a distill4d checkpoint (format {meta.get('format')!r})")
+            if tuple(meta["shape"]) != tuple(shape) or meta["job_key"] != job_key:
+                raise ValueError(
+                    f"checkpoint {path} belongs to another job (data shape {tuple(meta['shape'])}, "
+                    f"job {meta['job_key']!r}); this job has shape {tuple(shape)} and job {job_key!r}. "
+                    "Use another checkpoint directory or delete this one."
+                )
+            return cls(path, [Tile(*t) for t in meta["tiles"]])
+        if path.exists() and any(path.iterdir()):
+            raise ValueError(f"checkpoint directory {path} is not empty and has no manifest; refusing to use it")
+        path.mkdir(parents=True, exist_ok=True)
+        meta = {
+            "format": _FORMAT,
+            "shape": list(shape),
+            "job_key": job_key,
+            "tiles": [[t.x0, t.x1, t.y0, t.y1] for t in tiles],
+        }
+        _atomic_write_bytes(manifest, json.dumps(meta).encode())
+        return cls(path, list(tiles))
+
+    def _file(self, tile: "Tile") -> Path:
+        return self.path / f"tile_{self._index[tile]:06d}.npz"
+
+    def save(self, tile: "Tile", result: dict[str, np.ndarray]) -> None:
+        """Write the results of a finished tile (atomically: a crash leaves no half file)."""
+        fd, tmp = tempfile.mkstemp(dir=self.path, prefix=".tmp-", suffix=".npz")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                np.savez(fh, **{f"out_{k}": v for k, v in result.items()})
+            os.replace(tmp, self._file(tile))
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def load_done(self) -> dict["Tile", dict[str, np.ndarray]]:
+        """The results of every tile finished so far."""
+        done = {}
+        for tile in self.tiles:
+            f = self._file(tile)
+            if f.exists():
+                try:
+                    with np.load(f, allow_pickle=False) as z:
+                        done[tile] = {k[4:]: z[k] for k in z.files}
+                except (OSError, ValueError) as err:  # a damaged tile is recomputed
+                    import warnings
+
+                    warnings.warn(f"checkpoint tile {f} is unreadable ({err}); it will be recomputed", stacklevel=3)
+        return done
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

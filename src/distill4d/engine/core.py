@@ -1,0 +1,355 @@
+"""Tiling, execution (inline / threads / processes / Dask distributed) and result assembly."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .._validate import positive_int
+from ..datacube import DataCube, _is_dask
+from .checkpoint import Checkpoint
+
+__all__ = ["map_patterns", "reduce_patterns", "plan_tiles", "Tile", "DEFAULT_MEMORY_BUDGET"]
+
+#: Working memory the engine aims to stay within, in bytes (override with
+#: ``memory_budget=`` or the environment variable ``DISTILL4D_MEMORY_BUDGET``).
+DEFAULT_MEMORY_BUDGET = 1 << 30
+
+# A tile's raw bytes times this factor bounds what one task holds at once
+# (the raw tile, its float copy and the method's temporaries).
+_WORKING_FACTOR = 4
+
+BatchFn = Callable[[np.ndarray], Any]
+
+
+@dataclass(frozen=True)
+class Tile:
+    """A rectangle of scan positions ``[x0:x1, y0:y1]``."""
+
+    x0: int
+    x1: int
+    y0: int
+    y1: int
+
+    @property
+    def n(self) -> int:
+        return (self.x1 - self.x0) * (self.y1 - self.y0)
+
+    @property
+    def slices(self) -> tuple[slice, slice]:
+        return slice(self.x0, self.x1), slice(self.y0, self.y1)
+
+
+def _memory_budget(value: int | None) -> int:
+    if value is None:
+        value = int(os.environ.get("DISTILL4D_MEMORY_BUDGET", DEFAULT_MEMORY_BUDGET))
+    return positive_int("memory_budget", value, minimum=1 << 20)
+
+
+def plan_tiles(datacube: DataCube, memory_budget: int | None = None, n_parallel: int = 1) -> list[Tile]:
+    """Cut the scan into tiles of whole rows (or parts of a row) that fit the memory budget.
+
+    Each of the ``n_parallel`` tiles in flight gets ``memory_budget / n_parallel`` bytes,
+    of which a quarter is the raw tile. Tiles follow the Dask chunks of lazy data where
+    they can, so that a chunk is read once.
+    """
+    budget = _memory_budget(memory_budget)
+    rx, ry, qx, qy = datacube.shape
+    pattern_bytes = qx * qy * datacube.dtype.itemsize
+    tile_bytes = max(pattern_bytes, budget // (_WORKING_FACTOR * max(1, n_parallel)))
+    per_tile = max(1, tile_bytes // pattern_bytes)  # patterns per tile
+    tiles: list[Tile] = []
+    if per_tile >= ry:
+        rows = min(rx, per_tile // ry)
+        if _is_dask(datacube.data):
+            chunk = int(datacube.data.chunks[0][0])
+            if rows >= chunk:
+                rows = (rows // chunk) * chunk
+        for x0 in range(0, rx, rows):
+            tiles.append(Tile(x0, min(rx, x0 + rows), 0, ry))
+    else:
+        cols = per_tile
+        for x0 in range(rx):
+            for y0 in range(0, ry, cols):
+                tiles.append(Tile(x0, x0 + 1, y0, min(ry, y0 + cols)))
+    return tiles
+
+
+def _read_block(block: Any) -> np.ndarray:
+    """A scan block ``(nx, ny, Qx, Qy)`` (NumPy or lazy Dask) as an ``(n, Qx, Qy)`` NumPy array."""
+    if _is_dask(block):
+        block = block.compute(scheduler="sync")
+    block = np.asarray(block)
+    return block.reshape((-1,) + block.shape[2:])
+
+
+def _as_dict(result: Any, n: int, fn: BatchFn) -> dict[str, np.ndarray]:
+    name = getattr(fn, "__name__", repr(fn))
+    out = result if isinstance(result, dict) else {"": result}
+    checked: dict[str, np.ndarray] = {}
+    for key, value in out.items():
+        arr = np.asarray(value)
+        if arr.ndim == 0 or arr.shape[0] != n:
+            raise ValueError(
+                f"batch function {name} returned {'output ' + repr(key) + ' ' if key else ''}with shape "
+                f"{arr.shape} for a batch of {n} patterns; its first axis must have length {n}"
+            )
+        checked[key] = arr
+    return checked
+
+
+def _map_block(block: Any, fn: BatchFn) -> dict[str, np.ndarray]:
+    batch = _read_block(block)
+    return _as_dict(fn(batch), batch.shape[0], fn)
+
+
+def _reduce_block(block: Any, fn: BatchFn) -> np.ndarray:
+    return np.asarray(fn(_read_block(block)))
+
+
+# ---------------------------------------------------------------------- executors
+class _Executor:
+    """Runs ``task(block, fn)`` over the tiles of ``data`` and yields ``(tile, result)`` as they finish."""
+
+    def __init__(self, scheduler: str | Any, n_workers: int | None) -> None:
+        self.scheduler = scheduler
+        self.n_workers = n_workers
+        self._client = None
+        self._cluster = None
+
+    @property
+    def n_parallel(self) -> int:
+        if self.scheduler == "inline":
+            return 1
+        return self.n_workers or os.cpu_count() or 1
+
+    def __enter__(self) -> "_Executor":
+        s = self.scheduler
+        if s in ("inline", "threads"):
+            return self
+        from distributed import Client, LocalCluster  # lazy: heavy import
+
+        if s == "processes":
+            self._cluster = LocalCluster(
+                n_workers=self.n_parallel, threads_per_worker=1, processes=True, dashboard_address=None
+            )
+            self._client = Client(self._cluster)
+        elif s == "dask":
+            from distributed import get_client
+
+            try:
+                self._client = get_client()
+            except ValueError:
+                raise ValueError(
+                    "scheduler='dask' needs a running distributed.Client; create one first or pass "
+                    "the scheduler address (scheduler='tcp://host:8786')"
+                ) from None
+        elif isinstance(s, str) and "://" in s:
+            try:
+                self._client = Client(s, timeout="20s")
+            except OSError as err:
+                raise ConnectionError(f"could not connect to the Dask scheduler at {s}: {err}") from None
+        elif hasattr(s, "submit") and hasattr(s, "gather"):
+            self._client = s  # a distributed.Client given directly
+        else:
+            raise ValueError(
+                "scheduler must be 'inline', 'threads', 'processes', 'dask', a Dask scheduler "
+                f"address like 'tcp://host:8786', or a distributed.Client; got {s!r}"
+            )
+        if self.n_workers is None and self._client is not None:
+            self.n_workers = max(1, sum(self._client.nthreads().values()))
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._cluster is not None:
+            self._client.close()
+            self._cluster.close()
+
+    def run(self, task: Callable, data: Any, tiles: list[Tile], fn: BatchFn) -> Iterator[tuple[Tile, Any]]:
+        if not tiles:
+            return
+        if self.scheduler == "inline":
+            for tile in tiles:
+                yield tile, task(data[tile.slices], fn)
+            return
+        in_flight = 2 * self.n_parallel
+        todo = iter(tiles)
+        if self._client is None:
+            with ThreadPoolExecutor(max_workers=self.n_parallel) as pool:
+                pending = {}
+                try:
+                    for tile in todo:
+                        pending[pool.submit(task, data[tile.slices], fn)] = tile
+                        if len(pending) >= in_flight:
+                            break
+                    while pending:
+                        done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                        for fut in done:
+                            tile = pending.pop(fut)
+                            yield tile, fut.result()
+                            nxt = next(todo, None)
+                            if nxt is not None:
+                                pending[pool.submit(task, data[nxt.slices], fn)] = nxt
+                finally:
+                    for fut in pending:
+                        fut.cancel()
+            return
+        yield from self._run_distributed(task, data, tiles, fn, in_flight)
+
+    def _run_distributed(self, task: Callable, data: Any, tiles: list[Tile], fn: BatchFn, in_flight: int):
+        from distributed import as_completed
+
+        client = self._client
+        lazy = _is_dask(data)
+
+        def submit(tile: Tile):
+            block = data[tile.slices]
+            if not lazy:
+                # In-memory data is sent to the workers; lazy blocks only carry picklable
+                # file readers in their graphs, so the workers read the file themselves.
+                block = np.ascontiguousarray(block)
+            return client.submit(task, block, fn, pure=False)
+
+        todo = iter(tiles)
+        futures = {}
+        for tile in todo:
+            futures[submit(tile)] = tile
+            if len(futures) >= in_flight:
+                break
+        ac = as_completed(list(futures))
+        try:
+            for fut in ac:
+                tile = futures.pop(fut)
+                result = fut.result()
+                fut.release()
+                yield tile, result
+                nxt = next(todo, None)
+                if nxt is not None:
+                    f = submit(nxt)
+                    futures[f] = nxt
+                    ac.add(f)
+        finally:
+            for fut in futures:
+                fut.cancel()
+
+
+# ---------------------------------------------------------------------- public API
+def _progress_bar(progress: bool | None, total: int, n_tiles: int, desc: str):
+    from tqdm.auto import tqdm
+
+    if progress is None:
+        progress = n_tiles > 1 and sys.stderr.isatty()
+    return tqdm(total=total, unit="pattern", desc=desc, disable=not progress, leave=False)
+
+
+def map_patterns(
+    datacube: DataCube,
+    fn: BatchFn,
+    *,
+    memory_budget: int | None = None,
+    scheduler: str | Any = "inline",
+    n_workers: int | None = None,
+    progress: bool | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    job_key: str = "",
+    desc: str = "",
+) -> np.ndarray | dict[str, np.ndarray]:
+    """Apply ``fn`` to every pattern of ``datacube`` and assemble per-position results.
+
+    Parameters
+    ----------
+    datacube : the dataset.
+    fn : ``fn(batch) -> array | dict[str, array]`` for ``batch`` of shape ``(n, Qx, Qy)``
+        (the stored dtype); every returned array has first axis ``n``. It must be picklable
+        for the process and Dask schedulers (a module-level function or ``functools.partial``).
+    memory_budget : bytes of working memory to stay within (default 1 GiB, or the
+        environment variable ``DISTILL4D_MEMORY_BUDGET``); it sets the tile size.
+    scheduler : ``"inline"`` (default), ``"threads"``, ``"processes"`` (a local Dask cluster),
+        ``"dask"`` (the current ``distributed.Client``), a scheduler address
+        (``"tcp://host:8786"``) or a ``distributed.Client``.
+    n_workers : parallel tiles for threads/processes (default: all cores).
+    progress : show a progress bar (default: on a terminal, for more than one tile).
+    checkpoint : a directory; finished tiles are saved there and a rerun with the same
+        directory resumes from them.
+    job_key : a string identifying the computation (method and parameters); a checkpoint
+        written under another key is refused rather than silently mixed.
+    desc : label of the progress bar.
+
+    Returns
+    -------
+    An array of shape ``(Rx, Ry, ...)``, or a dict of them if ``fn`` returns a dict.
+    """
+    if not isinstance(datacube, DataCube):
+        raise TypeError(f"datacube must be a distill4d.DataCube, got {type(datacube).__name__}")
+    if not callable(fn):
+        raise TypeError(f"fn must be callable, got {fn!r}")
+    if n_workers is not None:
+        n_workers = positive_int("n_workers", n_workers)
+    with _Executor(scheduler, n_workers) as ex:
+        tiles = plan_tiles(datacube, memory_budget, ex.n_parallel)
+        store = None
+        done: dict[Tile, dict[str, np.ndarray]] = {}
+        if checkpoint is not None:
+            store = Checkpoint.open(checkpoint, datacube.shape, tiles, job_key)
+            tiles = store.tiles  # the tiling of an earlier run wins, so that tiles line up
+            done = store.load_done()
+        todo = [t for t in tiles if t not in done]
+        outputs: dict[str, np.ndarray] | None = None
+
+        def place(tile: Tile, result: dict[str, np.ndarray]) -> None:
+            nonlocal outputs
+            if outputs is None:
+                outputs = {
+                    k: np.empty(datacube.scan_shape + v.shape[1:], dtype=v.dtype) for k, v in result.items()
+                }
+            if set(result) != set(outputs):
+                raise ValueError(f"batch function returned keys {sorted(result)} after {sorted(outputs)}")
+            for k, v in result.items():
+                outputs[k][tile.slices] = v.reshape((tile.x1 - tile.x0, tile.y1 - tile.y0) + v.shape[1:])
+
+        for tile, result in done.items():
+            place(tile, result)
+        with _progress_bar(progress, datacube.n_patterns, len(tiles), desc) as bar:
+            bar.update(sum(t.n for t in done))
+            for tile, result in ex.run(_map_block, datacube.data, todo, fn):
+                if store is not None:
+                    store.save(tile, result)
+                place(tile, result)
+                bar.update(tile.n)
+    assert outputs is not None  # at least one tile always exists
+    return outputs[""] if set(outputs) == {""} else outputs
+
+
+def reduce_patterns(
+    datacube: DataCube,
+    fn: BatchFn,
+    *,
+    combine: str = "sum",
+    memory_budget: int | None = None,
+    scheduler: str | Any = "inline",
+    n_workers: int | None = None,
+    progress: bool | None = None,
+    desc: str = "",
+) -> np.ndarray:
+    """Reduce over all patterns: ``combine`` ("sum" or "max") of ``fn(batch)`` over tiles.
+
+    ``fn(batch)`` returns one array per batch (e.g. ``batch.sum(axis=0)``), of the same
+    shape for every batch. Options as in :func:`map_patterns`.
+    """
+    if combine not in ("sum", "max"):
+        raise ValueError(f"combine must be 'sum' or 'max', got {combine!r}")
+    op = np.add if combine == "sum" else np.maximum
+    total = None
+    with _Executor(scheduler, n_workers) as ex:
+        tiles = plan_tiles(datacube, memory_budget, ex.n_parallel)
+        with _progress_bar(progress, datacube.n_patterns, len(tiles), desc) as bar:
+            for tile, part in ex.run(_reduce_block, datacube.data, tiles, fn):
+                total = part.copy() if total is None else op(total, part)
+                bar.update(tile.n)
+    return total
