@@ -122,6 +122,7 @@ class _Executor:
         self.n_workers = n_workers
         self._client = None
         self._cluster = None
+        self._owns_client = False
 
     @property
     def n_parallel(self) -> int:
@@ -139,7 +140,8 @@ class _Executor:
             self._cluster = LocalCluster(
                 n_workers=self.n_parallel, threads_per_worker=1, processes=True, dashboard_address=None
             )
-            self._client = Client(self._cluster)
+            self._client = Client(self._cluster, set_as_default=False)
+            self._owns_client = True
         elif s == "dask":
             from distributed import get_client
 
@@ -152,7 +154,8 @@ class _Executor:
                 ) from None
         elif isinstance(s, str) and "://" in s:
             try:
-                self._client = Client(s, timeout="20s")
+                self._client = Client(s, timeout="20s", set_as_default=False)
+                self._owns_client = True
             except OSError as err:
                 raise ConnectionError(f"could not connect to the Dask scheduler at {s}: {err}") from None
         elif hasattr(s, "submit") and hasattr(s, "gather"):
@@ -167,8 +170,9 @@ class _Executor:
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        if self._cluster is not None:
+        if self._owns_client:
             self._client.close()
+        if self._cluster is not None:
             self._cluster.close()
 
     def run(self, task: Callable, data: Any, tiles: list[Tile], fn: BatchFn) -> Iterator[tuple[Tile, Any]]:

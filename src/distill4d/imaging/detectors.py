@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .._validate import nonnegative_float
+from .._validate import nonnegative_float, positive_float
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..datacube import DataCube
@@ -61,7 +61,7 @@ def annulus_mask(
 
 def circle_mask(shape: tuple[int, int], origin: tuple[float, float], radius_px: float) -> np.ndarray:
     """Boolean mask of pixels whose centre is within ``radius_px`` of ``origin`` (a BF detector)."""
-    return annulus_mask(shape, origin, 0.0, radius_px)
+    return annulus_mask(shape, origin, 0.0, positive_float("radius_px", radius_px))
 
 
 def detector_mask(

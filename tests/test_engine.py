@@ -1,0 +1,156 @@
+import functools
+import json
+
+import numpy as np
+import pytest
+
+from distill4d import DataCube
+from distill4d.engine import map_patterns, plan_tiles
+from distill4d.imaging import annulus_mask, center_of_mass, circle_mask, virtual_images
+
+
+def test_dask_scheduler_without_a_client_says_how_to_get_one():
+    # Runs before the module's cluster fixture exists (tests run in file order).
+    cube = DataCube(np.ones((2, 2, 4, 4)))
+    with pytest.raises(ValueError, match="distributed.Client"):
+        map_patterns(cube, lambda b: b.sum(axis=(1, 2)), scheduler="dask")
+
+
+def _moments(batch):
+    b = batch.astype(np.float64)
+    return {"total": b.sum(axis=(1, 2)), "rows": b.sum(axis=2)}
+
+
+@pytest.fixture(scope="module")
+def cube():
+    rng = np.random.default_rng(7)
+    return DataCube(rng.poisson(20.0, (9, 11, 24, 24)).astype(np.uint16))
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as lc, distributed.Client(lc) as client:
+        yield lc, client
+
+
+def _reference(cube):
+    d = cube.data.astype(np.float64)
+    return {"total": d.sum(axis=(2, 3)), "rows": d.sum(axis=3)}
+
+
+def test_map_assembles_dict_outputs_inline_and_threads(cube):
+    ref = _reference(cube)
+    for kwargs in ({}, {"scheduler": "threads", "n_workers": 2}):
+        out = map_patterns(cube, _moments, memory_budget=1 << 20, **kwargs)
+        assert out["rows"].shape == (9, 11, 24)
+        np.testing.assert_array_equal(out["total"], ref["total"])
+        np.testing.assert_array_equal(out["rows"], ref["rows"])
+
+
+def test_tiles_cover_the_scan_once_and_respect_the_budget():
+    da = pytest.importorskip("dask.array")
+    huge = DataCube(da.zeros((1000, 100, 256, 256), dtype=np.uint16, chunks=(8, 100, 256, 256)))
+    budget = 1 << 30
+    for n_parallel in (1, 2):
+        tiles = plan_tiles(huge, budget, n_parallel=n_parallel)
+        cover = np.zeros((1000, 100), dtype=np.int32)
+        for t in tiles:
+            cover[t.slices] += 1
+            assert t.n * 256 * 256 * 2 <= budget // (4 * n_parallel)  # a quarter of each worker's share
+            assert t.x0 % 8 == 0  # whole-row tiles follow the Dask chunks
+        assert np.all(cover == 1)
+    # Patterns so large that one scan row exceeds the budget: tiles split the row.
+    wide = DataCube(da.zeros((2, 4096, 512, 512), dtype=np.float32, chunks=(1, 64, 512, 512)))
+    t2 = plan_tiles(wide, 64 << 20)
+    assert all(t.x1 - t.x0 == 1 for t in t2) and max(t.n for t in t2) == 16
+    assert sum(t.n for t in t2) == 2 * 4096
+
+
+def test_lazy_input_gives_the_same_result(cube):
+    lazy = DataCube(cube.to_dask(chunk_bytes=5000))
+    out = map_patterns(lazy, _moments, memory_budget=1 << 20, scheduler="threads")
+    np.testing.assert_array_equal(out["total"], _reference(cube)["total"])
+
+
+def test_inline_and_dask_distributed_results_are_identical(cube, cluster):
+    lc, client = cluster
+    masks = {"bf": circle_mask((24, 24), (12, 12), 5), "adf": annulus_mask((24, 24), (12, 12), 7)}
+    inline = virtual_images(cube, masks, memory_budget=1 << 20)
+    for scheduler in (client, lc.scheduler_address):
+        dist = virtual_images(cube, masks, memory_budget=1 << 20, scheduler=scheduler)
+        for k in masks:
+            np.testing.assert_array_equal(dist[k], inline[k])
+    lazy = DataCube(cube.to_dask(chunk_bytes=5000))
+    com_inline = center_of_mass(cube, origin=(12, 12))
+    com_dist = center_of_mass(lazy, origin=(12, 12), scheduler=client, memory_budget=1 << 20)
+    np.testing.assert_array_equal(com_dist.com_qx_px, com_inline.com_qx_px)
+    np.testing.assert_array_equal(com_dist.com_qy_px, com_inline.com_qy_px)
+
+
+def test_processes_scheduler_matches_inline(cube):
+    masks = {"bf": circle_mask((24, 24), (12, 12), 5)}
+    a = virtual_images(cube, masks, memory_budget=1 << 20)["bf"]
+    b = virtual_images(cube, masks, memory_budget=1 << 20, scheduler="processes", n_workers=2)["bf"]
+    np.testing.assert_array_equal(a, b)
+
+
+class _Boom(RuntimeError):
+    pass
+
+
+def _counting(batch, calls, fail_after=None):
+    calls.append(batch.shape[0])
+    if fail_after is not None and len(calls) > fail_after:
+        raise _Boom("simulated crash")
+    return _moments(batch)
+
+
+def test_interrupted_job_resumes_to_the_same_result(tmp_path):
+    cube = DataCube(np.random.default_rng(3).poisson(5.0, (9, 11, 64, 64)).astype(np.uint16))
+    ckpt = tmp_path / "ckpt"
+    full = map_patterns(cube, _moments, memory_budget=1 << 20)
+    budget = 1 << 20  # 1 MiB -> 256 KiB tiles: several tiles for this 0.8 MB cube
+    n_tiles = len(plan_tiles(cube, budget))
+    assert n_tiles >= 3
+    calls: list[int] = []
+    with pytest.raises(_Boom):
+        map_patterns(cube, functools.partial(_counting, calls=calls, fail_after=2),
+                     memory_budget=budget, checkpoint=ckpt, job_key="moments")
+    assert len(list(ckpt.glob("tile_*.npz"))) == 2
+    calls2: list[int] = []
+    resumed = map_patterns(cube, functools.partial(_counting, calls=calls2),
+                           memory_budget=budget, checkpoint=ckpt, job_key="moments")
+    assert len(calls2) == n_tiles - 2  # only the unfinished tiles ran again
+    for k in full:
+        np.testing.assert_array_equal(resumed[k], full[k])
+    # A different job may not reuse the directory.
+    with pytest.raises(ValueError, match="belongs to another job"):
+        map_patterns(cube, _moments, memory_budget=budget, checkpoint=ckpt, job_key="other")
+    meta = json.loads((ckpt / "manifest.json").read_text())
+    assert meta["job_key"] == "moments" and len(meta["tiles"]) == n_tiles
+
+
+def test_checkpoint_refuses_a_foreign_nonempty_directory(cube, tmp_path):
+    (tmp_path / "precious.txt").write_text("keep me")
+    with pytest.raises(ValueError, match="not empty"):
+        map_patterns(cube, _moments, checkpoint=tmp_path)
+    assert (tmp_path / "precious.txt").read_text() == "keep me"
+
+
+def test_bad_batch_function_and_arguments(cube):
+    with pytest.raises(ValueError, match="first axis must have length"):
+        map_patterns(cube, lambda b: b.sum())
+    with pytest.raises(ValueError, match="first axis must have length"):
+        map_patterns(cube, lambda b: b[:1])
+    with pytest.raises(TypeError, match="callable"):
+        map_patterns(cube, 3)
+    with pytest.raises(TypeError, match="DataCube"):
+        map_patterns(np.zeros((2, 2, 2, 2)), _moments)
+    with pytest.raises(ValueError, match="scheduler"):
+        map_patterns(cube, _moments, scheduler="gpu-cluster")
+    with pytest.raises(ValueError, match="memory_budget"):
+        map_patterns(cube, _moments, memory_budget=10)
+    with pytest.raises(ValueError, match="n_workers"):
+        map_patterns(cube, _moments, scheduler="threads", n_workers=0)
