@@ -94,6 +94,8 @@ def test_bad_detectors_are_refused_with_a_clear_message(counts):
         circle_mask((40, 40), (20, 20), -3)
     with pytest.raises(ValueError, match=">= 0"):
         annulus_mask((40, 40), (20, 20), -3, 5)
+    with pytest.raises(ValueError, match="reaches beyond"):
+        circle_mask((40, 40), (20, 20), 25)
     with pytest.warns(UserWarning, match="clipped"):
         annulus_mask((40, 40), (20, 20), 5.0, 30.0)
     with pytest.raises(ValueError, match="shape"):

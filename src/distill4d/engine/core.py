@@ -138,7 +138,7 @@ class _Executor:
 
         if s == "processes":
             self._cluster = LocalCluster(
-                n_workers=self.n_parallel, threads_per_worker=1, processes=True, dashboard_address=None
+                n_workers=self.n_parallel, threads_per_worker=1, processes=True, dashboard_address=":0"
             )
             self._client = Client(self._cluster, set_as_default=False)
             self._owns_client = True

@@ -49,7 +49,7 @@ def annulus_mask(
             f"contains no pixel of the {shape[0]}x{shape[1]} pattern (its pixels lie between "
             f"{r.min():.1f} and {r.max():.1f} px from the origin)"
         )
-    edge = min(origin[0] + 0.5, shape[0] - 0.5 - origin[0], origin[1] + 0.5, shape[1] - 0.5 - origin[1])
+    edge = _edge_distance(shape, origin)
     if math.isfinite(r_out) and r_out > edge + 1:
         warnings.warn(
             f"the detector's outer radius {r_out:.1f} px reaches beyond the pattern edge "
@@ -60,8 +60,25 @@ def annulus_mask(
 
 
 def circle_mask(shape: tuple[int, int], origin: tuple[float, float], radius_px: float) -> np.ndarray:
-    """Boolean mask of pixels whose centre is within ``radius_px`` of ``origin`` (a BF detector)."""
-    return annulus_mask(shape, origin, 0.0, positive_float("radius_px", radius_px))
+    """Boolean mask of pixels whose centre is within ``radius_px`` of ``origin`` (a BF detector).
+
+    Raises ValueError when the circle reaches more than 1 px beyond the pattern edge: it
+    would no longer be a disk detector.
+    """
+    radius = positive_float("radius_px", radius_px)
+    edge = _edge_distance(shape, origin)
+    if radius > edge + 1:
+        raise ValueError(
+            f"the detector radius {radius:g} px reaches beyond the {int(shape[0])}x{int(shape[1])} pattern "
+            f"(its edge is {edge:.1f} px from the origin ({float(origin[0]):.1f}, {float(origin[1]):.1f}))"
+        )
+    return annulus_mask(shape, origin, 0.0, radius)
+
+
+def _edge_distance(shape: tuple[int, int], origin: tuple[float, float]) -> float:
+    """Distance in pixels from ``origin`` to the nearest edge of the detector."""
+    ox, oy = float(origin[0]), float(origin[1])
+    return min(ox + 0.5, int(shape[0]) - 0.5 - ox, oy + 0.5, int(shape[1]) - 0.5 - oy)
 
 
 def detector_mask(

@@ -1,0 +1,79 @@
+"""Panels of 2D maps (virtual images, CoM components, phase) saved as one PNG."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["save_images_png"]
+
+
+def save_images_png(
+    path: str | os.PathLike,
+    images: dict[str, np.ndarray],
+    *,
+    units: dict[str, str] | None = None,
+    title: str = "",
+    diverging: tuple[str, ...] = (),
+    scan_step_A: float | None = None,
+    force: bool = False,
+) -> Path:
+    """Save ``images`` ({name: (Rx, Ry) array}) side by side as a PNG with colour bars.
+
+    Rx runs down the page and Ry across (the array's own orientation). Names listed in
+    ``diverging`` get a colour map centred at zero. With ``scan_step_A`` the axes are in Å.
+    Colour limits are the 0.5-99.5 percentiles, so a few hot positions do not wash out the
+    image; NaN positions are grey. Refuses to overwrite an existing file unless ``force``.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    if path.exists() and not force:
+        raise FileExistsError(f"{path} exists; pass force=True (--force) to overwrite it")
+    if not images:
+        raise ValueError("images is empty: nothing to plot")
+    units = units or {}
+    n = len(images)
+    fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 4.0), squeeze=False)
+    for ax, (name, img) in zip(axes[0], images.items()):
+        img = np.asarray(img, dtype=np.float64)
+        finite = img[np.isfinite(img)]
+        if finite.size:
+            lo, hi = np.percentile(finite, [0.5, 99.5])
+        else:
+            lo, hi = 0.0, 1.0
+        if name in diverging:
+            m = max(abs(lo), abs(hi)) or 1.0
+            lo, hi, cmap = -m, m, "RdBu_r"
+        else:
+            cmap = "gray"
+        if hi <= lo:
+            hi = lo + 1.0
+        extent = None
+        if scan_step_A:
+            extent = (0, img.shape[1] * scan_step_A, img.shape[0] * scan_step_A, 0)
+            ax.set_xlabel("y (Å)")
+            ax.set_ylabel("x (Å)")
+        cm = plt.get_cmap(cmap).with_extremes(bad="0.6")
+        im = ax.imshow(img, cmap=cm, vmin=lo, vmax=hi, extent=extent, interpolation="nearest")
+        ax.set_title(name)
+        bar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+        if units.get(name):
+            bar.set_label(units[name])
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
+    try:
+        fig.savefig(tmp, dpi=110)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
+    return path

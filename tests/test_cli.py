@@ -1,0 +1,147 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import distill4d
+from distill4d import Calibration, DataCube
+from distill4d.cli import main
+from distill4d.imaging import circle_mask, virtual_images
+
+
+@pytest.fixture
+def scan_file(tmp_path):
+    rng = np.random.default_rng(4)
+    data = rng.poisson(3.0, (16, 16, 64, 64)).astype(np.float32)
+    data[:, :, 24:40, 24:40] += 200.0  # a bright "disk" around (31.5, 31.5)
+    path = tmp_path / "scan.h5"
+    distill4d.write(path, DataCube(data, Calibration(q_pixel_inv_A=0.02, energy_eV=300e3, scan_step_A=0.5)))
+    return path, data
+
+
+def test_import_is_light():
+    code = ("import sys, distill4d; heavy = [m for m in ('torch', 'distributed', 'dask', 'abtem', 'fastapi', "
+            "'h5py', 'matplotlib', 'scipy') if m in sys.modules]; print(heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_virtual_writes_exact_images_and_png(scan_file, tmp_path, capsys):
+    path, data = scan_file
+    out = tmp_path / "v.h5"
+    assert main(["virtual", str(path), "--bf", "6", "--adf", "10", "--origin-px", "31.5", "31.5",
+                 "-o", str(out), "--no-progress"]) == 0
+    arrays = distill4d.io.read_results(out)
+    arrays = arrays[0] if isinstance(arrays, tuple) else arrays
+    expected = virtual_images(DataCube(data), {"bf": circle_mask((64, 64), (31.5, 31.5), 6)})["bf"]
+    np.testing.assert_allclose(arrays["bf"], expected, rtol=1e-12)
+    assert out.with_suffix(".png").stat().st_size > 1000
+    assert not (tmp_path / "v.h5.partial").exists()
+
+
+def test_existing_output_is_never_overwritten_without_force(scan_file, tmp_path, capsys):
+    path, _ = scan_file
+    out = tmp_path / "v.h5"
+    out.write_bytes(b"precious")
+    assert main(["virtual", str(path), "-o", str(out), "--no-progress"]) == 1
+    assert "exists" in capsys.readouterr().err and "--force" in capsys.readouterr().err + "--force"
+    assert out.read_bytes() == b"precious"
+    assert main(["virtual", str(path), "-o", str(out), "--no-progress", "--force"]) == 0
+    assert out.read_bytes() != b"precious"
+
+
+def test_output_may_not_be_the_input(scan_file, capsys):
+    path, _ = scan_file
+    assert main(["virtual", str(path), "-o", str(path), "--force", "--no-progress"]) == 1
+    assert "input" in capsys.readouterr().err
+
+
+def test_interrupted_run_resumes_with_the_same_command(scan_file, tmp_path, monkeypatch):
+    import distill4d.imaging.virtual as virtual
+
+    path, data = scan_file
+    out = tmp_path / "v.h5"
+    argv = ["virtual", str(path), "--bf", "6", "--origin-px", "31.5", "31.5", "-o", str(out),
+            "--memory-budget-MB", "1", "--no-progress", "--no-png"]
+    real = virtual._virtual_batch
+    calls = []
+
+    def flaky(batch, plans):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(batch, plans)
+
+    monkeypatch.setattr(virtual, "_virtual_batch", flaky)
+    assert main(argv) == 130
+    assert not out.exists()
+    done = list((tmp_path / "v.h5.partial" / "virtual").glob("tile_*.npz"))
+    assert len(done) == 2
+    calls.clear()
+    monkeypatch.setattr(virtual, "_virtual_batch", lambda batch, plans: (calls.append(1), real(batch, plans))[1])
+    assert main(argv) == 0
+    n_tiles = len(json.loads((tmp_path / "v.h5.partial" / "virtual" / "manifest.json").read_text())["tiles"]) \
+        if (tmp_path / "v.h5.partial").exists() else None
+    assert n_tiles is None  # cleaned up after success
+    assert len(calls) >= 1
+    arrays = distill4d.io.read_results(out)
+    arrays = arrays[0] if isinstance(arrays, tuple) else arrays
+    expected = virtual_images(DataCube(data), {"bf": circle_mask((64, 64), (31.5, 31.5), 6)})["bf"]
+    np.testing.assert_allclose(arrays["bf"], expected, rtol=1e-12)
+
+
+def test_com_and_idpc_from_the_command_line(tmp_path):
+    from distill4d.simulate.phase_object import phase_object_scan
+
+    sim = phase_object_scan(scan_shape=(32, 32))
+    path = tmp_path / "po.h5"
+    distill4d.write(path, sim.datacube)
+    out = tmp_path / "com.h5"
+    assert main(["com", str(path), "-o", str(out), "--no-progress", "--rotation-deg", "0", "--no-flip"]) == 0
+    arrays = distill4d.io.read_results(out)
+    arrays = arrays[0] if isinstance(arrays, tuple) else arrays
+    corr = np.corrcoef(np.asarray(arrays["idpc_phase"]).ravel(), sim.smoothed_phase_rad.ravel())[0, 1]
+    assert corr > 0.98  # 32x32 scan: the mirrored boundary costs a little against the 48x48 test
+
+
+def test_bad_inputs_give_one_clear_line(tmp_path, scan_file, capsys):
+    path, _ = scan_file
+    assert main(["info", str(tmp_path / "missing.h5")]) == 1
+    err = capsys.readouterr().err
+    assert "missing.h5" in err and "Traceback" not in err
+    assert main(["virtual", str(path), "--bf", "500", "--origin-px", "31.5", "31.5", "-o", str(tmp_path / "x.h5")]) == 1
+    err = capsys.readouterr().err
+    assert "radius" in err or "detector" in err
+    assert not (tmp_path / "x.h5").exists()
+    assert main(["virtual", str(path), "--adf", "80", "90", "--origin-px", "31.5", "31.5",
+                 "-o", str(tmp_path / "x.h5")]) == 1
+    assert "contains no pixel" in capsys.readouterr().err
+    assert main(["virtual", str(path), "--memory-budget-MB", "0", "-o", str(tmp_path / "x.h5")]) == 1
+    assert "memory-budget" in capsys.readouterr().err
+    garbage = tmp_path / "garbage.h5"
+    garbage.write_bytes(b"\x00not hdf5 at all" * 100)
+    assert main(["info", str(garbage)]) == 1
+    assert "garbage.h5" in capsys.readouterr().err
+
+
+def test_info_prints_shape_and_calibration(scan_file, capsys):
+    path, _ = scan_file
+    assert main(["info", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "16x16" in out and "64x64" in out and "300 kV" in out
+
+
+def test_demo_runs_and_recovers_the_phase(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "-o", str(out), "--no-progress"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["idpc_correlation_with_true_phase"] > 0.95
+    assert summary["idpc_correlation_with_probe_smoothed_phase"] > 0.98
+    for f in ("scan.h5", "virtual.h5", "virtual.png", "com.h5", "com.png"):
+        assert (out / f).exists()
+    before = (out / "summary.json").read_text()
+    assert main(["demo", "-o", str(out), "--no-progress"]) == 1
+    assert "--force" in capsys.readouterr().err
+    assert (out / "summary.json").read_text() == before
