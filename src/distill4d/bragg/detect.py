@@ -1,0 +1,434 @@
+"""Bragg disk detection by hybrid Fourier correlation with the probe template.
+
+For every pattern ``I``: ``M = FFT(I) conj(FFT(kernel))``, the hybrid correlation
+``c = IFFT(|M|^p exp(i arg M))`` (``p = 1``: cross correlation, ``p = 0``: phase
+correlation), local maxima of ``c``, sub-pixel refinement (parabolic, or DFT upsampling
+after Guizar-Sicairos et al., Opt. Lett. 33:156 (2008)), then filters: distance from the
+detector edge, minimum intensity relative to the brightest peak, minimum spacing
+(brighter peaks win) and a maximum count. Positions are in detector pixels, intensities
+are correlation values (pattern units for ``p = 1`` with the plain disk kernel).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any
+
+import numpy as np
+import scipy.fft as sfft
+
+from .._validate import nonnegative_float, positive_float, positive_int
+from ..datacube import DataCube
+from .peaks import BraggPeaks
+from .probe import Probe, probe_template
+
+__all__ = [
+    "DetectionParameters",
+    "auto_detection_parameters",
+    "find_bragg_disks",
+    "detect_batch",
+    "finite_mean_pattern",
+]
+
+_SUBPIXEL = ("none", "parabolic", "dft")
+
+
+@dataclasses.dataclass(frozen=True)
+class DetectionParameters:
+    """Parameters of :func:`find_bragg_disks` (all lengths in detector pixels).
+
+    Attributes
+    ----------
+    radius_px : disk radius (from the probe).
+    edge_px : peaks closer than this to the detector edge are dropped.
+    min_spacing_px : of two peaks closer than this, the weaker is dropped.
+    min_relative_intensity : peaks weaker than this fraction of the brightest are dropped.
+    min_absolute_intensity : peaks weaker than this (correlation units) are dropped.
+    max_peaks : at most this many peaks (the brightest) per pattern.
+    corr_power : 1 = cross correlation, 0 = phase correlation, between: hybrid.
+    sigma_cc_px : Gaussian smoothing of the correlation (0: none).
+    subpixel : ``"none"``, ``"parabolic"`` or ``"dft"`` (DFT upsampling).
+    upsample_factor : DFT upsampling factor (precision 1/upsample_factor px before the final
+        parabolic step).
+    """
+
+    radius_px: float
+    edge_px: float
+    min_spacing_px: float
+    min_relative_intensity: float = 0.005
+    min_absolute_intensity: float = 0.0
+    max_peaks: int = 100
+    corr_power: float = 1.0
+    sigma_cc_px: float = 0.0
+    subpixel: str = "dft"
+    upsample_factor: int = 16
+
+    def __post_init__(self) -> None:
+        set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731
+        set_("radius_px", positive_float("radius_px", self.radius_px))
+        for name in ("edge_px", "min_spacing_px", "min_absolute_intensity", "sigma_cc_px"):
+            set_(name, nonnegative_float(name, getattr(self, name)))
+        set_("min_relative_intensity", nonnegative_float("min_relative_intensity", self.min_relative_intensity))
+        if self.min_relative_intensity > 1:
+            raise ValueError(f"min_relative_intensity must be in [0, 1], got {self.min_relative_intensity}")
+        set_("max_peaks", positive_int("max_peaks", self.max_peaks))
+        p = nonnegative_float("corr_power", self.corr_power)
+        if p > 1:
+            raise ValueError(f"corr_power must be in [0, 1] (1: cross, 0: phase correlation), got {p}")
+        set_("corr_power", p)
+        if self.subpixel not in _SUBPIXEL:
+            raise ValueError(f"subpixel must be one of {_SUBPIXEL}, got {self.subpixel!r}")
+        set_("upsample_factor", positive_int("upsample_factor", self.upsample_factor, minimum=2))
+
+
+# ----------------------------------------------------------------------------- batch core
+def detect_batch(batch: np.ndarray, kernel_ft: np.ndarray, params: DetectionParameters) -> dict[str, np.ndarray]:
+    """Detect disks in a batch ``(n, Qx, Qy)``; ``kernel_ft = conj(rfft2(kernel))``.
+
+    Returns padded arrays: ``qx``, ``qy`` (pixels), ``intensity`` of shape
+    ``(n, max_peaks)`` (NaN padding, brightest first) and ``count`` (n,). Patterns with
+    NaN or Inf, or without any positive correlation maximum, give no peaks.
+    """
+    b = np.asarray(batch, dtype=np.float64)
+    n, nx, ny = b.shape
+    bad = ~np.isfinite(b).all(axis=(1, 2))
+    if bad.any():
+        b = b.copy()
+        b[bad] = 0.0
+    M = sfft.rfft2(b) * kernel_ft
+    if params.corr_power != 1.0:
+        a = np.abs(M)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            M = M * np.where(a > 0, a ** (params.corr_power - 1.0), 0.0)
+    if params.sigma_cc_px > 0:
+        kx = sfft.fftfreq(nx)[:, None]
+        ky = sfft.rfftfreq(ny)[None, :]
+        M = M * np.exp(-2 * (np.pi * params.sigma_cc_px) ** 2 * (kx**2 + ky**2))
+    cc = sfft.irfft2(M, s=(nx, ny))
+
+    k = params.max_peaks
+    out = {
+        "qx": np.full((n, k), np.nan),
+        "qy": np.full((n, k), np.nan),
+        "intensity": np.full((n, k), np.nan),
+        "count": np.zeros(n, dtype=np.int32),
+    }
+    # local maxima (>= all 8 neighbours, > 0), away from the edge
+    pad = np.pad(cc, ((0, 0), (1, 1), (1, 1)), mode="wrap")
+    peak = cc > 0
+    for dx in (-1, 0, 1):
+        for dy in (-1, 0, 1):
+            if dx or dy:
+                peak &= cc >= pad[:, 1 + dx : 1 + dx + nx, 1 + dy : 1 + dy + ny]
+    margin = max(0, int(math.floor(params.edge_px)) - 1)
+    if margin:
+        peak[:, :margin] = peak[:, nx - margin :] = False
+        peak[:, :, :margin] = peak[:, :, ny - margin :] = False
+    ii, xx, yy = np.nonzero(peak)
+    vv = cc[ii, xx, yy]
+    if ii.size == 0:
+        return out
+    vmax = np.zeros(n)
+    np.maximum.at(vmax, ii, vv)
+    keep = (vv >= params.min_relative_intensity * vmax[ii]) & (vv >= params.min_absolute_intensity) & ~bad[ii]
+    ii, xx, yy, vv = ii[keep], xx[keep], yy[keep], vv[keep]
+    order = np.lexsort((-vv, ii))  # by pattern, brightest first
+    ii, xx, yy, vv = ii[order], xx[order], yy[order], vv[order]
+    starts = np.searchsorted(ii, np.arange(n))
+    rank = np.arange(ii.size) - starts[ii]
+    cap = 4 * k + 16
+    sel = rank < cap
+    ii, xx, yy, vv, rank = ii[sel], xx[sel], yy[sel], vv[sel], rank[sel]
+    K = int(rank.max()) + 1
+    px = np.full((n, K), np.nan)
+    py = np.full((n, K), np.nan)
+    px[ii, rank], py[ii, rank] = xx, yy
+    keepk = _suppress_close(px, py, params.min_spacing_px)
+    # take the k brightest survivors
+    krank = np.cumsum(keepk, axis=1) - 1
+    sel = keepk[ii, rank] & (krank[ii, rank] < k)
+    ii, xx, yy, vv, slot = ii[sel], xx[sel], yy[sel], vv[sel], krank[ii, rank][sel]
+
+    if params.subpixel == "none":
+        fx, fy, fv = xx.astype(np.float64), yy.astype(np.float64), vv
+    else:
+        fx, fy, fv = _parabolic(cc, ii, xx, yy)
+        if params.subpixel == "dft":
+            fx, fy, fv = _dft_refine(M, ii, fx, fy, (nx, ny), params.upsample_factor)
+    e = params.edge_px
+    inside = (fx >= e) & (fx <= nx - 1 - e) & (fy >= e) & (fy <= ny - 1 - e)
+    ii, fx, fy, fv, slot = ii[inside], fx[inside], fy[inside], fv[inside], slot[inside]
+    # re-pack brightest first
+    order = np.lexsort((-fv, ii))
+    ii, fx, fy, fv = ii[order], fx[order], fy[order], fv[order]
+    slot = np.arange(ii.size) - np.searchsorted(ii, np.arange(n))[ii]
+    out["qx"][ii, slot] = fx
+    out["qy"][ii, slot] = fy
+    out["intensity"][ii, slot] = fv
+    out["count"] = np.bincount(ii, minlength=n).astype(np.int32)
+    return out
+
+
+def _suppress_close(px: np.ndarray, py: np.ndarray, spacing: float) -> np.ndarray:
+    """Greedy non-maximum suppression on padded, brightest-first candidates (n, K)."""
+    valid = np.isfinite(px)
+    if spacing <= 0:
+        return valid
+    d2 = (px[:, :, None] - px[:, None, :]) ** 2 + (py[:, :, None] - py[:, None, :]) ** 2
+    close = d2 < spacing**2  # NaN compares False
+    keep = valid.copy()
+    for j in range(1, px.shape[1]):
+        keep[:, j] &= ~np.any(keep[:, :j] & close[:, :j, j], axis=1)
+    return keep
+
+
+def _parabolic(cc: np.ndarray, ii: np.ndarray, xx: np.ndarray, yy: np.ndarray):
+    """Three-point parabolic vertex along x and y (shifts clipped to +-0.5 px)."""
+    nx, ny = cc.shape[1:]
+    c0 = cc[ii, xx, yy]
+    xm, xp = cc[ii, (xx - 1) % nx, yy], cc[ii, (xx + 1) % nx, yy]
+    ym, yp = cc[ii, xx, (yy - 1) % ny], cc[ii, xx, (yy + 1) % ny]
+
+    def vertex(m, p):
+        den = m - 2 * c0 + p
+        with np.errstate(divide="ignore", invalid="ignore"):
+            s = np.where(den < 0, 0.5 * (m - p) / den, 0.0)
+        s = np.clip(s, -0.5, 0.5)
+        return s, c0 - 0.25 * (m - p) * s
+
+    sx, vx = vertex(xm, xp)
+    sy, vy = vertex(ym, yp)
+    return xx + sx, yy + sy, np.maximum(vx, vy)
+
+
+def _dft_refine(M: np.ndarray, ii: np.ndarray, fx: np.ndarray, fy: np.ndarray, shape, up: int):
+    """Refine maxima on a 1/up px grid evaluated by matrix DFT (Guizar-Sicairos), then a parabola.
+
+    The grid spans +-0.3 px around the parabolic estimate; a peak whose maximum falls on the
+    grid border is re-evaluated around it (twice at most).
+    """
+    nx, ny = shape
+    half = max(2, int(round(0.3 * up)))
+    off = np.arange(-half, half + 1) / up  # (m,)
+    m = off.size
+    kx = np.fft.fftfreq(nx) * nx
+    ky = np.arange(M.shape[2])
+    wy = np.full(ky.size, 2.0)
+    wy[0] = 1.0
+    if ny % 2 == 0:
+        wy[-1] = 1.0
+    ox = np.exp((2j * np.pi / nx) * off[:, None] * kx)  # (m, nx)
+    oy = wy * np.exp((2j * np.pi / ny) * off[:, None] * ky)  # (m, nyh)
+    rx, ry, rv = fx.copy(), fy.copy(), np.zeros_like(fx)
+    todo = np.ones(fx.size, bool)
+    M64 = M.astype(np.complex64)
+    for _ in range(3):
+        for i in np.unique(ii[todo]):
+            sel = np.nonzero((ii == i) & todo)[0]
+            P = np.arange(sel.size)
+            Ex = np.exp((2j * np.pi / nx) * rx[sel, None] * kx)[:, None, :] * ox  # (P, m, nx)
+            Ey = np.exp((2j * np.pi / ny) * ry[sel, None] * ky)[:, None, :] * oy  # (P, m, nyh)
+            T = M64[i] @ Ey.astype(np.complex64).reshape(-1, ky.size).T  # (nx, P*m)
+            T = T.reshape(nx, sel.size, m).transpose(1, 0, 2)
+            C = np.real(Ex.astype(np.complex64) @ T).astype(np.float64) / (nx * ny)  # (P, m, m)
+            ax, ay = np.unravel_index(C.reshape(sel.size, -1).argmax(axis=1), (m, m))
+            border = (ax == 0) | (ax == m - 1) | (ay == 0) | (ay == m - 1)
+            axc, ayc = np.clip(ax, 1, m - 2), np.clip(ay, 1, m - 2)
+            c0 = C[P, axc, ayc]
+
+            def vertex(a, b):
+                den = a - 2 * c0 + b
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    return np.clip(np.where(den < 0, 0.5 * (a - b) / den, 0.0), -0.5, 0.5)
+
+            sx = np.where(border, 0.0, vertex(C[P, axc - 1, ayc], C[P, axc + 1, ayc]))
+            sy = np.where(border, 0.0, vertex(C[P, axc, ayc - 1], C[P, axc, ayc + 1]))
+            rx[sel] += (ax - half + sx) / up
+            ry[sel] += (ay - half + sy) / up
+            rv[sel] = C[P, ax, ay]
+            todo[sel] = border
+        if not todo.any():
+            break
+    return rx, ry, rv
+
+
+# ----------------------------------------------------------------------------- data-level helpers
+def _finite_sum_batch(batch: np.ndarray) -> np.ndarray:
+    b = np.asarray(batch, dtype=np.float64)
+    good = np.isfinite(b).all(axis=(1, 2))
+    return np.stack([b[good].sum(axis=0), np.full(b.shape[1:], float(good.sum()))])
+
+
+def finite_mean_pattern(datacube: DataCube, **engine_options: Any) -> np.ndarray:
+    """Mean pattern over the patterns without NaN/Inf (float64); ValueError if there are none."""
+    from ..engine import reduce_patterns
+
+    total = reduce_patterns(datacube, _finite_sum_batch, combine="sum", **engine_options)
+    if total[1, 0, 0] == 0:
+        raise ValueError("every pattern of the datacube contains NaN or Inf values; there is nothing to detect")
+    return total[0] / total[1, 0, 0]
+
+
+def _kernel_ft(probe: Probe) -> np.ndarray:
+    return np.conj(sfft.rfft2(probe.kernel))
+
+
+def _as_datacube(data: Any) -> DataCube:
+    if isinstance(data, DataCube):
+        return data
+    arr = np.asarray(data)
+    if arr.ndim == 2:
+        arr = arr[None, None]
+    elif arr.ndim == 3:
+        arr = arr[None]
+    if arr.ndim != 4:
+        raise ValueError(f"data must be a DataCube or an array of 2, 3 or 4 dimensions, got shape {arr.shape}")
+    return DataCube(arr)
+
+
+def _sample_patterns(datacube: DataCube, n: int) -> np.ndarray:
+    idx = np.unique(np.linspace(0, datacube.n_patterns - 1, min(n, datacube.n_patterns)).round().astype(int))
+    rx, ry = np.unravel_index(idx, datacube.scan_shape)
+    return np.stack([datacube.pattern(int(a), int(b)) for a, b in zip(rx, ry)]).astype(np.float64)
+
+
+def auto_detection_parameters(
+    datacube: Any,
+    probe: Any = None,
+    *,
+    n_sample: int = 32,
+    kind: str = "disk",
+    corr_power: float = 1.0,
+    sigma_cc_px: float = 0.0,
+) -> DetectionParameters:
+    """Choose detection parameters from the data (each can be overridden in :func:`find_bragg_disks`).
+
+    - ``radius_px``: radius of the probe disk; ``edge_px`` = ``radius_px``.
+    - ``min_spacing_px``: half the median nearest-neighbour distance of the disks found in
+      the mean pattern (the lattice spacing; ``2 * radius_px`` if fewer than 4 disks).
+    - ``min_relative_intensity``: on ``n_sample`` patterns spread over the scan, correlation
+      maxima are split into those on a disk of the mean pattern (within a quarter of the
+      lattice spacing) and those off it; the threshold is 1.2x the 99th percentile of the
+      off-lattice maxima (noise), clipped to [0.001, 0.2] (0.001 when there is no noise).
+    - ``max_peaks``: twice the number of disks of the mean pattern above that threshold, plus
+      10, and at most the number of disks that fit at the minimum spacing.
+
+    ``corr_power`` and ``sigma_cc_px`` are those the detection will use (they change the
+    relative heights of the correlation peaks); ``kind`` is the probe kernel when ``probe``
+    is not already a :class:`Probe`.
+    """
+    dc = _as_datacube(datacube)
+    if not isinstance(probe, Probe):
+        probe = probe_template(probe, datacube=dc, kind=kind)
+    radius = probe.radius_px
+    nx, ny = dc.pattern_shape
+    kft = _kernel_ft(probe)
+    mean = finite_mean_pattern(dc)
+    loose = DetectionParameters(
+        radius_px=radius, edge_px=radius, min_spacing_px=radius, min_relative_intensity=0.001,
+        max_peaks=max(16, int(nx * ny / (radius**2 * 2))), subpixel="parabolic",
+        corr_power=corr_power, sigma_cc_px=sigma_cc_px,
+    )
+    mp = detect_batch(mean[None], kft, loose)
+    c = int(mp["count"][0])
+    mx, my, mi = mp["qx"][0, :c], mp["qy"][0, :c], mp["intensity"][0, :c]
+    if c >= 4:
+        d = np.hypot(mx[:, None] - mx[None, :], my[:, None] - my[None, :])
+        np.fill_diagonal(d, np.inf)
+        spacing = float(np.median(d.min(axis=1)))
+        min_spacing = max(1.0, 0.5 * spacing)
+    else:
+        spacing = 4.0 * radius
+        min_spacing = 2.0 * radius
+    sample = _sample_patterns(dc, n_sample)
+    sp = detect_batch(
+        sample, kft, dataclasses.replace(loose, min_spacing_px=min_spacing, min_relative_intensity=0.0,
+                                         max_peaks=4 * max(c, 8))
+    )
+    off_rel = []
+    for j in range(sample.shape[0]):
+        cj = int(sp["count"][j])
+        if cj == 0:
+            continue
+        x, y, v = sp["qx"][j, :cj], sp["qy"][j, :cj], sp["intensity"][j, :cj]
+        rel = v / v.max()
+        if c:
+            dist = np.hypot(x[:, None] - mx[None, :], y[:, None] - my[None, :]).min(axis=1)
+            off_rel.append(rel[dist > 0.25 * spacing])
+        else:
+            off_rel.append(rel[1:])
+    off = np.concatenate(off_rel) if off_rel else np.zeros(0)
+    threshold = 0.001 if off.size == 0 else float(np.clip(1.2 * np.quantile(off, 0.99), 0.001, 0.2))
+    n_mean = int(np.sum(mi >= threshold * (mi.max() if c else 1.0)))
+    packing = int(nx * ny / (0.866 * max(min_spacing, 1.0) ** 2)) + 1
+    return DetectionParameters(
+        radius_px=radius,
+        edge_px=radius,
+        min_spacing_px=min_spacing,
+        min_relative_intensity=threshold,
+        max_peaks=max(1, min(packing, 2 * n_mean + 10)),
+        corr_power=corr_power,
+        sigma_cc_px=sigma_cc_px,
+    )
+
+
+def find_bragg_disks(
+    datacube: Any,
+    probe: Any = None,
+    *,
+    kind: str = "disk",
+    memory_budget: int | None = None,
+    scheduler: Any = "inline",
+    n_workers: int | None = None,
+    progress: bool | None = None,
+    checkpoint: Any = None,
+    **overrides: Any,
+) -> BraggPeaks:
+    """Find the Bragg disks in every pattern by correlation with the probe.
+
+    Parameters
+    ----------
+    datacube : a DataCube (or an array ``(Qx, Qy)``, ``(n, Qx, Qy)``, ``(Rx, Ry, Qx, Qy)``).
+    probe : vacuum probe (2D pattern, 3D stack, DataCube or :class:`Probe`); None: the
+        central disk of the mean pattern.
+    kind : probe kernel, ``"disk"`` or ``"edge"`` (see :func:`probe_template`).
+    memory_budget, scheduler, n_workers, progress, checkpoint : engine options
+        (see :func:`distill4d.engine.map_patterns`).
+    **overrides : any field of :class:`DetectionParameters` (``radius_px``, ``edge_px``,
+        ``min_spacing_px``, ``min_relative_intensity``, ``min_absolute_intensity``,
+        ``max_peaks``, ``corr_power``, ``sigma_cc_px``, ``subpixel``, ``upsample_factor``);
+        the others are chosen by :func:`auto_detection_parameters`.
+
+    Returns
+    -------
+    BraggPeaks with positions in detector pixels; the chosen parameters are in ``.params``.
+    """
+    from ..engine import map_patterns
+
+    dc = _as_datacube(datacube)
+    fields = {f.name for f in dataclasses.fields(DetectionParameters)}
+    unknown = set(overrides) - fields
+    if unknown:
+        raise TypeError(f"unknown detection parameter(s) {sorted(unknown)}; known: {sorted(fields)}")
+    probe = probe_template(probe, datacube=dc, kind=kind)
+    needed = {"min_spacing_px", "min_relative_intensity", "max_peaks"} - set(overrides)
+    if needed:
+        base = auto_detection_parameters(
+            dc, probe, corr_power=overrides.get("corr_power", 1.0), sigma_cc_px=overrides.get("sigma_cc_px", 0.0)
+        )
+    else:
+        r = overrides.get("radius_px", probe.radius_px)
+        base = DetectionParameters(radius_px=r, edge_px=r, min_spacing_px=0.0)
+    if "radius_px" in overrides and "edge_px" not in overrides:
+        overrides["edge_px"] = overrides["radius_px"]
+    params = dataclasses.replace(base, **overrides)
+    fn = functools.partial(detect_batch, kernel_ft=_kernel_ft(probe), params=params)
+    res = map_patterns(
+        dc, fn, memory_budget=memory_budget, scheduler=scheduler, n_workers=n_workers, progress=progress,
+        checkpoint=checkpoint, job_key=f"bragg:{params}:{probe.kind}:{probe.radius_px}", desc="bragg disks",
+    )
+    return BraggPeaks.from_padded(
+        res["qx"], res["qy"], res["intensity"], res["count"], dc.calibration, params=dataclasses.asdict(params)
+    )

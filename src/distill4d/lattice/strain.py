@@ -1,0 +1,257 @@
+"""Strain and rotation maps from local lattices.
+
+With the reciprocal basis ``G = [u v]`` at a position and ``G0`` of the reference, the
+real-space bases are ``A = G^-T`` and ``A0 = G0^-T`` (up to a common scale), the deformation
+is ``F = A A0^-1 = G^-T G0^T``, the strain ``eps = (F + F^T)/2 - I`` and the rotation
+``theta = atan2(F10 - F01, F00 + F11)`` (radians, positive from x towards y). A cell
+stretched along x in real space has ``eps_xx > 0`` (its reciprocal ``g_x`` shrinks).
+
+Strain is reported in **detector coordinates** (x = first detector axis), which may be
+rotated with respect to the scan axes; pass ``rotation_rad`` to report it in a frame whose
+x axis is at that angle from the detector x axis (e.g. the scan rotation, or a crystal
+direction).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..bragg.peaks import BraggPeaks
+from .find import Basis
+from .fit import Lattice, fit_lattice
+
+__all__ = ["StrainMap", "strain_map", "strain_from_deformation", "reference_basis"]
+
+_FORMAT = "distill4d-strainmap-1"
+
+
+def strain_from_deformation(F: Any) -> dict[str, np.ndarray]:
+    """``eps_xx``, ``eps_yy``, ``eps_xy`` (fractions) and ``theta`` (radians) of ``F`` (..., 2, 2)."""
+    F = np.asarray(F, dtype=np.float64)
+    return {
+        "eps_xx": F[..., 0, 0] - 1.0,
+        "eps_yy": F[..., 1, 1] - 1.0,
+        "eps_xy": 0.5 * (F[..., 0, 1] + F[..., 1, 0]),
+        "theta": np.arctan2(F[..., 1, 0] - F[..., 0, 1], F[..., 0, 0] + F[..., 1, 1]),
+    }
+
+
+@dataclasses.dataclass
+class StrainMap:
+    """Strain and rotation at every scan position.
+
+    Attributes
+    ----------
+    eps_xx, eps_yy, eps_xy : ``(Rx, Ry)`` strain components (fractions; 0.01 = 1 %), NaN where
+        the lattice fit failed.
+    theta : ``(Rx, Ry)`` lattice rotation in radians (positive from x towards y).
+    mask : ``(Rx, Ry)`` True where the fit failed.
+    reference : the reference reciprocal basis ``[u v]`` (2x2, pixels).
+    rotation_rad : angle of the reporting frame's x axis from the detector x axis.
+    """
+
+    eps_xx: np.ndarray
+    eps_yy: np.ndarray
+    eps_xy: np.ndarray
+    theta: np.ndarray
+    mask: np.ndarray
+    reference: np.ndarray
+    rotation_rad: float = 0.0
+
+    @property
+    def scan_shape(self) -> tuple[int, int]:
+        return self.eps_xx.shape  # type: ignore[return-value]
+
+    # ------------------------------------------------------------------ files
+    def to_hdf5(self, path: str | os.PathLike, force: bool = False) -> Path:
+        """Write datasets ``eps_xx``, ``eps_yy``, ``eps_xy`` (units 'fraction'), ``theta`` ('rad'),
+        ``mask`` and ``reference`` to an HDF5 file, atomically. FileExistsError if it exists and
+        ``force`` is False."""
+        import h5py
+
+        path = Path(path)
+        if path.exists() and not force:
+            raise FileExistsError(f"{path} exists; pass force=True to overwrite it")
+        fd, tmp = tempfile.mkstemp(suffix=".tmp", prefix=path.name + ".", dir=path.parent)
+        os.close(fd)
+        try:
+            with h5py.File(tmp, "w") as f:
+                f.attrs["format"] = _FORMAT
+                f.attrs["rotation_rad"] = self.rotation_rad
+                f.attrs["frame"] = json.dumps({"x": "detector x rotated by rotation_rad"})
+                for name in ("eps_xx", "eps_yy", "eps_xy"):
+                    f.create_dataset(name, data=getattr(self, name)).attrs["units"] = "fraction"
+                f.create_dataset("theta", data=self.theta).attrs["units"] = "rad"
+                f.create_dataset("mask", data=self.mask)
+                f.create_dataset("reference", data=self.reference).attrs["units"] = "pixels"
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+        return path
+
+    @classmethod
+    def from_hdf5(cls, path: str | os.PathLike) -> "StrainMap":
+        """Read a file written by :meth:`to_hdf5`."""
+        import h5py
+
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"no such file: {path}")
+        with h5py.File(path, "r") as f:
+            if f.attrs.get("format") != _FORMAT:
+                raise ValueError(f"{path} is not a distill4d StrainMap file (format {f.attrs.get('format')!r})")
+            return cls(
+                *(f[k][()] for k in ("eps_xx", "eps_yy", "eps_xy", "theta", "mask", "reference")),
+                rotation_rad=float(f.attrs["rotation_rad"]),
+            )
+
+    # ------------------------------------------------------------------ figure
+    def plot(self, path_or_ax: Any = None, *, limit_percent: float | None = None, limit_deg: float | None = None):
+        """Four panels (eps_xx, eps_yy, eps_xy in %, theta in degrees), diverging colours centred at 0.
+
+        ``path_or_ax``: a file path (the figure is saved there), an array of 4 matplotlib axes,
+        or None. Colour limits default to the 99th percentile of |values|. Returns the figure.
+        """
+        import matplotlib
+
+        if path_or_ax is None or isinstance(path_or_ax, (str, os.PathLike)):
+            matplotlib.use("Agg", force=False)
+        import matplotlib.pyplot as plt
+
+        if path_or_ax is None or isinstance(path_or_ax, (str, os.PathLike)):
+            fig, axes = plt.subplots(1, 4, figsize=(16, 4), constrained_layout=True)
+        else:
+            axes = np.ravel(path_or_ax)
+            if axes.size != 4:
+                raise ValueError(f"path_or_ax must be a path, None or 4 axes, got {axes.size} axes")
+            fig = axes[0].figure
+        panels = [
+            ("ε_xx (%)", 100 * self.eps_xx, limit_percent),
+            ("ε_yy (%)", 100 * self.eps_yy, limit_percent),
+            ("ε_xy (%)", 100 * self.eps_xy, limit_percent),
+            ("θ (°)", np.degrees(self.theta), limit_deg),
+        ]
+        for ax, (title, data, lim) in zip(axes, panels):
+            if lim is None:
+                finite = np.abs(data[np.isfinite(data)])
+                lim = float(np.percentile(finite, 99)) if finite.size else 1.0
+                lim = lim if lim > 0 else 1.0
+            im = ax.imshow(np.ma.masked_invalid(data), cmap="RdBu_r", vmin=-lim, vmax=lim, interpolation="nearest")
+            ax.set_title(title)
+            ax.set_xlabel("scan y")
+            ax.set_ylabel("scan x")
+            fig.colorbar(im, ax=ax, shrink=0.8)
+        if isinstance(path_or_ax, (str, os.PathLike)):
+            fig.savefig(path_or_ax, dpi=120)
+            plt.close(fig)
+        return fig
+
+
+def _median_basis(lattice: Lattice, region: tuple[slice, slice] | None = None) -> np.ndarray:
+    G = lattice.matrix
+    ok = lattice.ok
+    if region is not None:
+        G, ok = G[region], ok[region]
+    if not ok.any():
+        where = "in the reference region" if region is not None else "anywhere in the scan"
+        raise ValueError(f"the lattice fit failed {where}; no reference lattice can be taken from it")
+    return np.median(G[ok], axis=0)
+
+
+def _region(reference: Any, shape: tuple[int, int]) -> tuple[slice, slice]:
+    if not (isinstance(reference, tuple) and len(reference) == 2 and all(isinstance(s, slice) for s in reference)):
+        raise TypeError(
+            "reference must be None or 'median', a region (slice, slice) of the scan, a Lattice, a Basis "
+            f"or a 2x2 array [u v] in pixels; got {reference!r}"
+        )
+    out = []
+    for s, n, name in zip(reference, shape, ("Rx", "Ry")):
+        if s.step not in (None, 1):
+            raise ValueError(f"reference region slices must have step 1, got {s}")
+        a, b, _ = s.indices(n)
+        start = s.start if s.start is not None else 0
+        if b <= a or (start >= n if start >= 0 else start < -n):
+            raise ValueError(f"reference region {s} along {name} selects no position of a scan of {n}")
+        out.append(slice(a, b))
+    return out[0], out[1]
+
+
+def reference_basis(lattice: Lattice, reference: Any = None) -> np.ndarray:
+    """The reference reciprocal basis ``[u v]`` (2x2, pixels) of ``reference`` (see :func:`strain_map`)."""
+    if reference is None or (isinstance(reference, str) and reference == "median"):
+        return _median_basis(lattice)
+    if isinstance(reference, Lattice):
+        return _median_basis(reference)
+    if isinstance(reference, Basis):
+        return reference.matrix
+    if isinstance(reference, np.ndarray):
+        G0 = np.asarray(reference, float)
+        if G0.shape != (2, 2) or not np.all(np.isfinite(G0)) or abs(np.linalg.det(G0)) < 1e-12:
+            raise ValueError(f"reference array must be a finite, invertible 2x2 [u v] in pixels, got {G0!r}")
+        return G0
+    return _median_basis(lattice, _region(reference, lattice.scan_shape))
+
+
+def strain_map(
+    peaks_or_lattice: BraggPeaks | Lattice,
+    reference: Any = None,
+    *,
+    rotation_rad: float = 0.0,
+    **fit_options: Any,
+) -> StrainMap:
+    """Strain and rotation maps relative to a reference lattice.
+
+    Parameters
+    ----------
+    peaks_or_lattice : detected :class:`BraggPeaks` (fitted with :func:`fit_lattice`) or a
+        fitted :class:`Lattice`.
+    reference : ``None``/``"median"`` (median lattice of the scan), a region
+        ``(slice, slice)`` of the scan (its median lattice), a :class:`Lattice` of a reference
+        scan or a :class:`Basis` (both also fix the indexing of the peaks), or a 2x2 array
+        ``[u v]`` in pixels.
+    rotation_rad : report strain in a frame whose x axis is at this angle (radians) from the
+        detector x axis (``eps' = R^T eps R``); theta does not depend on it.
+    **fit_options : passed to :func:`fit_lattice` when peaks are given.
+
+    Returns
+    -------
+    StrainMap (NaN and ``mask`` True where the fit failed).
+    """
+    if isinstance(peaks_or_lattice, BraggPeaks):
+        if "basis" not in fit_options:
+            if isinstance(reference, Lattice):
+                fit_options["basis"] = reference.basis
+            elif isinstance(reference, Basis):
+                fit_options["basis"] = reference
+        lattice = fit_lattice(peaks_or_lattice, **fit_options)
+    elif isinstance(peaks_or_lattice, Lattice):
+        if fit_options:
+            raise TypeError(f"fit options {sorted(fit_options)} apply only when BraggPeaks are given")
+        lattice = peaks_or_lattice
+    else:
+        raise TypeError(f"peaks_or_lattice must be BraggPeaks or a Lattice, got {type(peaks_or_lattice).__name__}")
+    phi = float(rotation_rad)
+    if not math.isfinite(phi):
+        raise ValueError(f"rotation_rad must be finite, got {rotation_rad!r}")
+    G0 = reference_basis(lattice, reference)
+    G = lattice.matrix
+    ok = lattice.ok
+    Gs = np.where(ok[..., None, None], G, np.eye(2))
+    F = np.swapaxes(np.linalg.inv(Gs), -1, -2) @ G0.T  # G^-T G0^T
+    if phi:
+        R = np.array([[math.cos(phi), -math.sin(phi)], [math.sin(phi), math.cos(phi)]])
+        F = R.T @ F @ R
+    s = strain_from_deformation(F)
+    for k in s:
+        s[k] = np.where(ok, s[k], np.nan)
+    return StrainMap(**s, mask=~ok, reference=G0, rotation_rad=phi)

@@ -1,0 +1,142 @@
+"""Strain maps: sign convention, accuracy on simulated strain and rotation, references, files, plots."""
+
+import math
+
+import numpy as np
+import pytest
+
+from distill4d.bragg import find_bragg_disks
+from distill4d.datacube import DataCube
+from distill4d.lattice import StrainMap, fit_lattice, strain_from_deformation, strain_map
+from distill4d.simulate.kinematic import strained_scan
+
+TOL = 5e-4
+
+
+@pytest.fixture(scope="module")
+def reference():
+    dc, _ = strained_scan((2, 2), (128, 128), kind="none")
+    return fit_lattice(find_bragg_disks(dc))
+
+
+def _strain(reference, **kw):
+    dc, truth = strained_scan(pattern_shape=(128, 128), **kw)
+    return strain_map(find_bragg_disks(dc), reference=reference), truth
+
+
+def test_strain_from_deformation():
+    s = strain_from_deformation(np.array([[1.01, 0.002], [0.004, 0.99]]))
+    assert (s["eps_xx"], s["eps_yy"], s["eps_xy"]) == pytest.approx((0.01, -0.01, 0.003))
+    t = math.radians(3)
+    R = np.array([[math.cos(t), -math.sin(t)], [math.sin(t), math.cos(t)]])
+    assert strain_from_deformation(R)["theta"] == pytest.approx(t)
+
+
+def test_sign_convention_stretch_along_x_is_positive(reference):
+    sm, _ = _strain(reference, scan_shape=(2, 2), kind="uniform", strain=0.01)
+    dc, _ = strained_scan((2, 2), (128, 128), kind="uniform", strain=0.01)
+    lat = fit_lattice(find_bragg_disks(dc), reference.basis)
+    # real-space cell stretched along x: the reciprocal x components shrink ...
+    assert abs(lat.u[0, 0, 0]) < abs(reference.u[0, 0, 0])
+    # ... and the strain is positive
+    assert np.all(sm.eps_xx > 0.009)
+
+
+def test_uniform_one_percent_along_x(reference):
+    sm, _ = _strain(reference, scan_shape=(3, 3), kind="uniform", strain=0.01)
+    np.testing.assert_allclose(sm.eps_xx, 0.0100, atol=TOL)
+    np.testing.assert_allclose(sm.eps_yy, 0.0, atol=TOL)
+    np.testing.assert_allclose(sm.eps_xy, 0.0, atol=TOL)
+    np.testing.assert_allclose(sm.theta, 0.0, atol=math.radians(0.05))
+    assert not sm.mask.any()
+
+
+def test_rotation_of_one_degree(reference):
+    sm, _ = _strain(reference, scan_shape=(2, 3), kind="uniform", strain=0.0, rotation_deg=1.0)
+    np.testing.assert_allclose(np.degrees(sm.theta), 1.0, atol=0.05)
+    for e in (sm.eps_xx, sm.eps_yy, sm.eps_xy):
+        np.testing.assert_allclose(e, 0.0, atol=TOL)  # cos(1 deg) - 1 = -1.5e-4
+
+
+def test_general_strain_tensor(reference):
+    eps = np.array([[0.006, -0.004], [-0.004, -0.008]])
+    sm, truth = _strain(reference, scan_shape=(2, 2), kind="uniform", strain=eps, rotation_deg=-0.5)
+    for k in ("eps_xx", "eps_yy", "eps_xy"):
+        np.testing.assert_allclose(getattr(sm, k), getattr(truth, k), atol=TOL)
+    np.testing.assert_allclose(sm.theta, truth.theta, atol=math.radians(0.05))
+
+
+def test_multilayer_recovered_per_layer(reference):
+    sm, truth = _strain(reference, scan_shape=(8, 2), kind="multilayer", strain=0.01, layer_width=2)
+    np.testing.assert_allclose(sm.eps_xx, truth.eps_xx, atol=TOL)
+    assert set(np.round(truth.eps_xx[:, 0], 3)) == {0.01, -0.01}
+    np.testing.assert_allclose(sm.eps_yy, 0.0, atol=TOL)
+    # relative to the median lattice of the scan (half the layers at +1 %, half at -1 %)
+    dc, _ = strained_scan((8, 2), (128, 128), kind="multilayer", strain=0.01, layer_width=2)
+    bp = find_bragg_disks(dc)
+    med = strain_map(bp)
+    assert np.all(np.abs(np.abs(med.eps_xx) - 0.01) < 1e-3)
+    # relative to a region: the first layer (+1 %) -> the other layers at 0.99 / 1.01 - 1
+    reg = strain_map(bp, reference=(slice(0, 2), slice(None)))
+    np.testing.assert_allclose(reg.eps_xx[:2], 0.0, atol=TOL)
+    np.testing.assert_allclose(reg.eps_xx[2:4], 0.99 / 1.01 - 1, atol=TOL)
+
+
+def test_reporting_frame_rotation(reference):
+    dc, _ = strained_scan((1, 2), (128, 128), kind="uniform", strain=0.01)
+    bp = find_bragg_disks(dc)
+    sm = strain_map(bp, reference=reference, rotation_rad=math.pi / 2)
+    np.testing.assert_allclose(sm.eps_yy, 0.01, atol=TOL)
+    np.testing.assert_allclose(sm.eps_xx, 0.0, atol=TOL)
+    sm45 = strain_map(bp, reference=reference, rotation_rad=math.pi / 4)
+    np.testing.assert_allclose(sm45.eps_xy, -0.005, atol=TOL)  # eps' = R^T eps R
+
+
+def test_failed_positions_are_nan_and_masked(reference):
+    dc, _ = strained_scan((2, 2), (128, 128), kind="uniform", strain=0.01)
+    data = np.array(dc.data)
+    data[1, 1] = 0.0
+    data[0, 1] = np.nan
+    sm = strain_map(find_bragg_disks(DataCube(data, dc.calibration)), reference=reference)
+    np.testing.assert_array_equal(sm.mask, [[False, True], [False, True]])
+    assert np.isnan(sm.eps_xx[1, 1]) and np.isnan(sm.theta[0, 1])
+    np.testing.assert_allclose(sm.eps_xx[:, 0], 0.01, atol=TOL)
+
+
+def test_bad_references(reference):
+    dc, _ = strained_scan((2, 2), (64, 64), kind="none")
+    bp = find_bragg_disks(dc)
+    with pytest.raises(ValueError, match="selects no position"):
+        strain_map(bp, reference=(slice(5, 9), slice(None)))
+    with pytest.raises(ValueError, match="selects no position"):
+        strain_map(bp, reference=(slice(0, 1), slice(2, 2)))
+    with pytest.raises(TypeError, match="reference must be"):
+        strain_map(bp, reference="top-left")
+    with pytest.raises(ValueError, match="invertible 2x2"):
+        strain_map(bp, reference=np.zeros((2, 2)))
+    with pytest.raises(TypeError, match="peaks_or_lattice"):
+        strain_map(np.zeros((2, 2)))
+    with pytest.raises(ValueError, match="rotation_rad"):
+        strain_map(bp, rotation_rad=float("nan"))
+
+
+def test_hdf5_round_trip_and_plot(tmp_path, reference):
+    import h5py
+
+    sm, _ = _strain(reference, scan_shape=(2, 3), kind="uniform", strain=0.01, rotation_deg=0.5)
+    sm.mask[0, 0] = True
+    sm.eps_xx[0, 0] = np.nan
+    path = tmp_path / "strain.h5"
+    sm.to_hdf5(path)
+    with h5py.File(path) as f:
+        assert f["eps_xx"].attrs["units"] == "fraction" and f["theta"].attrs["units"] == "rad"
+    back = StrainMap.from_hdf5(path)
+    for k in ("eps_xx", "eps_yy", "eps_xy", "theta", "mask", "reference"):
+        np.testing.assert_array_equal(getattr(back, k), getattr(sm, k))
+    with pytest.raises(FileExistsError):
+        sm.to_hdf5(path)
+    sm.to_hdf5(path, force=True)
+    png = tmp_path / "strain.png"
+    fig = sm.plot(png)
+    assert png.stat().st_size > 1000
+    assert len(fig.axes) == 8  # four panels and their colour bars
