@@ -92,7 +92,9 @@ class _Outputs:
         for p in (self.h5, self.png):
             if p is not None and p.exists() and not self.force:
                 raise CLIError(f"{p} exists; pass --force to overwrite it")
-        if Path(args.file.split(":")[0] if ":" in args.file and not Path(args.file).exists() else args.file).resolve() == self.h5.resolve():
+        from .io import split_dataset_path
+
+        if Path(split_dataset_path(args.file)[0]).resolve() == self.h5.resolve():
             raise CLIError(f"the output {self.h5} is the input file; choose another output")
         self.partial = self.h5.with_name(self.h5.name + ".partial")
 
@@ -130,7 +132,9 @@ def cmd_info(args: argparse.Namespace) -> int:
     try:
         dc = read(path, dataset=args.dataset, lazy=True)
     except ValueError as err:
-        base = path.split(":")[0]
+        from .io import split_dataset_path
+
+        base = str(split_dataset_path(path)[0])
         if base.lower().endswith((".h5", ".hdf5", ".emd")) and Path(base).exists():
             try:
                 found = list_datasets(base)

@@ -226,7 +226,7 @@ class _Executor:
             futures[submit(tile)] = tile
             if len(futures) >= in_flight:
                 break
-        ac = as_completed(list(futures))
+        ac = as_completed(list(futures), loop=client.loop)
         try:
             for fut in ac:
                 tile = futures.pop(fut)

@@ -1,0 +1,425 @@
+"""HDF5 readers: distill4d's own files, py4DSTEM EMD 1.0, Prismatic EMD, HyperSpy .hspy,
+and any HDF5 file with one 4D dataset (Dectris ARINA master files: :mod:`.arina`)."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from ..calibration import Calibration
+from ._common import (
+    Loaded,
+    angle_to_mrad,
+    check_dtype,
+    inv_length_to_inv_A,
+    length_to_A,
+    positive_or_none,
+    same_step,
+    scan_chunks,
+    want_lazy,
+)
+from .sources import CorruptFileError, H5Source
+
+__all__ = ["read_hdf5", "list_datasets", "open_h5", "OWN_FORMAT_ATTR"]
+
+#: Root attribute that marks files written by distill4d ("datacube" or "results").
+OWN_FORMAT_ATTR = "distill4d_format"
+_MAX_LISTED = 25
+
+
+@contextlib.contextmanager
+def open_h5(path: str) -> Iterator[Any]:
+    """Open ``path`` read-only; a truncated or non-HDF5 file raises CorruptFileError naming it."""
+    import h5py
+    import hdf5plugin  # noqa: F401  (bitshuffle, LZ4, ... filters)
+
+    try:
+        f = h5py.File(path, "r")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: file not found") from None
+    except OSError as err:
+        raise CorruptFileError(
+            f"{path}: not a readable HDF5 file; the file is truncated or corrupt ({_short(err)})"
+        ) from None
+    try:
+        yield f
+    finally:
+        f.close()
+
+
+def _short(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__
+
+
+def _all_datasets(f: Any) -> list[tuple[str, tuple[int, ...], str]]:
+    import h5py
+
+    found: list[tuple[str, tuple[int, ...], str]] = []
+
+    def visit(name: str, obj: Any) -> None:
+        if isinstance(obj, h5py.Dataset):
+            found.append(("/" + name, tuple(int(s) for s in obj.shape), str(obj.dtype)))
+
+    try:
+        f.visititems(visit)
+    except (OSError, RuntimeError) as err:
+        raise CorruptFileError(f"{f.filename}: the file is truncated or corrupt ({_short(err)})") from None
+    return found
+
+
+def _is_candidate(shape: tuple[int, ...]) -> bool:
+    """4D, or 5D and more with size-1 leading axes (squeezable to 4D)."""
+    if len(shape) < 4:
+        return False
+    return all(s == 1 for s in shape[: len(shape) - 4]) and all(s > 0 for s in shape)
+
+
+def list_datasets(path: str | os.PathLike) -> list[tuple[str, tuple[int, ...], str]]:
+    """The 4D-STEM candidate datasets of an HDF5 file.
+
+    Parameters
+    ----------
+    path : an HDF5 file (.h5, .hdf5, .emd, .hspy).
+
+    Returns
+    -------
+    ``[(dataset_path, shape, dtype), ...]`` for every 4D dataset and every 5D+ dataset whose
+    extra leading axes have size 1, in file order.
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: file not found")
+    with open_h5(path) as f:
+        return [d for d in _all_datasets(f) if _is_candidate(d[1])]
+
+
+def _describe(items: list[tuple[str, tuple[int, ...], str]]) -> str:
+    shown = [f"{p} {s} {d}" for p, s, d in items[:_MAX_LISTED]]
+    if len(items) > _MAX_LISTED:
+        shown.append(f"... and {len(items) - _MAX_LISTED} more")
+    return "; ".join(shown) if shown else "nothing"
+
+
+# ---------------------------------------------------------------------- entry point
+def read_hdf5(
+    path: str,
+    dataset: str | None,
+    lazy: bool | None,
+    budget: int,
+    scan_shape: tuple[int, int] | None = None,
+) -> Loaded:
+    """Read one 4D-STEM dataset from an HDF5 file (see :func:`distill4d.io.read`)."""
+    import h5py
+
+    with open_h5(path) as f:
+        fmt = _attr_str(f.attrs.get(OWN_FORMAT_ATTR))
+        if fmt == "results" and dataset is None:
+            raise ValueError(
+                f"{path} is a distill4d results file (images and maps), not a 4D dataset; "
+                "open it with distill4d.io.read_results(path)"
+            )
+        if dataset is None:
+            from .arina import is_arina_master, read_arina
+
+            if is_arina_master(f):
+                return read_arina(f, path, lazy, budget, scan_shape)
+        name = _choose_dataset(f, path, dataset)
+        obj = f[name]
+        if isinstance(obj, h5py.Group):  # a group given by the caller: its single array inside
+            inner = [d for d in _all_datasets(obj) if len(d[1]) >= 3]
+            if len(inner) != 1:
+                raise ValueError(
+                    f"{path}: {name!r} is a group; give the dataset inside it. Datasets of 3 or more "
+                    f"dimensions there: {_describe([(obj.name.rstrip('/') + p, s, d) for p, s, d in inner])}"
+                )
+            name = obj.name.rstrip("/") + inner[0][0]
+            obj = f[name]
+        dset = obj
+        what = f"dataset {dset.name}"
+        check_dtype(dset.dtype, path, what)
+        if dset.ndim < 3:
+            raise ValueError(
+                f"{path}: dataset {dset.name} has shape {dset.shape}, which is not 4D-STEM data "
+                "(expected (Rx, Ry, Qx, Qy) or a stack (N, Qx, Qy))"
+            )
+        calibration, q_mrad = _calibration_for(f, dset, path)
+        nbytes = int(np.prod(dset.shape, dtype=np.int64)) * dset.dtype.itemsize
+        if want_lazy(lazy, nbytes, budget):
+            import dask.array as da
+
+            source = H5Source(path, dset.name, dset.shape, dset.dtype)
+            scan_axes = 1 if dset.ndim == 3 else dset.ndim - 2
+            chunks = scan_chunks(dset.shape, dset.dtype.itemsize, dset.chunks, budget, scan_axes=scan_axes)
+            data = da.from_array(source, chunks=chunks, name=f"h5-{_token(source)}")
+        else:
+            data = _read_all(dset, path)
+    return Loaded(data, calibration, q_mrad, name=os.path.basename(path))
+
+
+def _token(source: Any) -> str:
+    from dask.base import tokenize
+
+    return tokenize(source)
+
+
+def _read_all(dset: Any, path: str) -> np.ndarray:
+    try:
+        return np.asarray(dset[()])
+    except (OSError, RuntimeError) as err:
+        raise CorruptFileError(
+            f"{path}: reading dataset {dset.name} failed: the file is truncated or corrupt ({_short(err)})"
+        ) from None
+
+
+def _attr_str(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, np.ndarray) and value.size == 1:
+        return _attr_str(value.reshape(-1)[0])
+    return str(value)
+
+
+def _choose_dataset(f: Any, path: str, dataset: str | None) -> str:
+    """The path of the dataset to read: the caller's choice, the own file's, or the only candidate."""
+    if dataset is not None:
+        if not isinstance(dataset, str):
+            raise TypeError(f"dataset must be a string (a path inside the HDF5 file), got {dataset!r}")
+        key = dataset if dataset.startswith("/") else "/" + dataset
+        try:
+            ok = key in f
+        except (OSError, RuntimeError):  # a broken external link
+            ok = False
+        if not ok:
+            cands = [d for d in _all_datasets(f) if _is_candidate(d[1])]
+            raise KeyError(
+                f"{path}: no dataset {dataset!r} in the file; 4D datasets available: {_describe(cands)}"
+            )
+        return key
+    own = _attr_str(f.attrs.get("distill4d_datacube"))
+    if _attr_str(f.attrs.get(OWN_FORMAT_ATTR)) == "datacube" and own and own in f:
+        return own
+    everything = _all_datasets(f)
+    cands = [d for d in everything if _is_candidate(d[1])]
+    if len(cands) == 1:
+        return cands[0][0]
+    if not cands:
+        raise ValueError(
+            f"{path}: no 4D dataset found (expected an array (Rx, Ry, Qx, Qy)); the file holds: "
+            f"{_describe(everything)}. Pass dataset='/path/in/file' (or 'file.h5:/path') to read a "
+            "3D stack (N, Qx, Qy) with scan_shape=(Rx, Ry)"
+        )
+    # an EMD 1.0 DataCube (py4DSTEM) among other 4D arrays is the datacube
+    cubes = [d for d in cands if _attr_str(f[d[0]].parent.attrs.get("python_class")) == "DataCube"]
+    if len(cubes) == 1:
+        return cubes[0][0]
+    raise ValueError(
+        f"{path} holds several 4D datasets; choose one with dataset='...' or 'file.h5:/path': "
+        f"{_describe(cands)}"
+    )
+
+
+# ---------------------------------------------------------------------- calibration
+def _calibration_for(f: Any, dset: Any, path: str) -> tuple[Calibration, float | None]:
+    """Calibration of ``dset`` from whatever the file records, and the q pixel in mrad if only that."""
+    grp = dset.parent
+    if _attr_str(f.attrs.get(OWN_FORMAT_ATTR)) == "datacube":
+        names = set(Calibration.field_names())
+        if any(k in names for k in grp.attrs):
+            return Calibration.from_attrs(grp.attrs), None
+    fields: dict[str, Any] = {}
+    q_mrad: float | None = None
+    emd_cal = _emd_calibration_group(grp)
+    if emd_cal is not None:
+        fields, q_mrad = _from_emd_calibration(emd_cal)
+    else:
+        axes = _dims(grp, dset.ndim) or _hspy_axes(grp, dset.ndim)
+        if axes:
+            fields, q_mrad = _from_axes(axes, prismatic="4DSTEM_simulation" in f)
+    fields.update(_beam_metadata(f, grp))
+    return _safe_calibration(fields, path), q_mrad
+
+
+def _safe_calibration(fields: dict[str, Any], path: str) -> Calibration:
+    """A Calibration from file values, dropping (with a warning) any that fails validation."""
+    import warnings
+
+    good: dict[str, Any] = {}
+    for key, value in fields.items():
+        if value is None:
+            continue
+        try:
+            Calibration(**{key: value})
+        except (TypeError, ValueError) as err:
+            warnings.warn(f"{path}: ignoring calibration {key}={value!r} from the file ({err})", stacklevel=4)
+            continue
+        good[key] = value
+    return Calibration(**good)
+
+
+def _emd_calibration_group(grp: Any) -> Any:
+    """The EMD 1.0 (py4DSTEM/emdfile) ``metadatabundle/calibration`` group that applies to ``grp``."""
+    node = grp
+    while True:
+        bundle = node.get("metadatabundle")
+        if bundle is not None and "calibration" in bundle:
+            return bundle["calibration"]
+        if _attr_str(node.attrs.get("emd_group_type")) == "root" or node.name == "/":
+            return None
+        node = node.parent
+
+
+def _value(obj: Any) -> Any:
+    import h5py
+
+    if isinstance(obj, h5py.Group):
+        return None
+    v = obj[()]
+    if isinstance(v, bytes):
+        return v.decode("utf-8", "replace")
+    if isinstance(v, np.ndarray) and v.ndim == 0:
+        return v.item()
+    return v
+
+
+def _from_emd_calibration(cal: Any) -> tuple[dict[str, Any], float | None]:
+    vals = {k: _value(cal[k]) for k in cal.keys()}
+    fields: dict[str, Any] = {}
+    q_mrad = None
+    r_size, r_units = _pair(vals.get("R_pixel_size")), vals.get("R_pixel_units", "pixels")
+    q_size, q_units = _pair(vals.get("Q_pixel_size")), vals.get("Q_pixel_units", "pixels")
+    r_units, q_units = _pair_units(r_units), _pair_units(q_units)
+    if r_size:
+        fields["scan_step_A"] = same_step(*(length_to_A(s, u) for s, u in zip(r_size, r_units, strict=True)))
+    if q_size:
+        fields["q_pixel_inv_A"] = same_step(
+            *(inv_length_to_inv_A(s, u) for s, u in zip(q_size, q_units, strict=True))
+        )
+        if fields["q_pixel_inv_A"] is None:
+            q_mrad = same_step(*(angle_to_mrad(s, u) for s, u in zip(q_size, q_units, strict=True)))
+    qx0, qy0 = vals.get("qx0_mean"), vals.get("qy0_mean")
+    if _finite(qx0) and _finite(qy0):
+        fields["origin_px"] = (float(qx0), float(qy0))
+    rot = vals.get("QR_rotation_degrees")
+    if _finite(rot):
+        fields["scan_rotation_rad"] = math.radians(float(rot))
+    if vals.get("QR_flip") is not None:
+        fields["scan_flip"] = bool(vals["QR_flip"])
+    semi = positive_or_none(vals.get("probe_convergence_semiangle_mrad"))
+    if semi is not None:
+        fields["semiangle_mrad"] = semi
+    for key in ("beam_energy_eV", "accelerating_voltage_V", "energy_eV"):
+        e = positive_or_none(vals.get(key))
+        if e is not None:
+            fields["energy_eV"] = e
+            break
+    return fields, q_mrad
+
+
+def _pair(value: Any) -> tuple[float, float] | None:
+    if value is None:
+        return None
+    arr = np.atleast_1d(np.asarray(value, dtype=float)).reshape(-1)
+    if arr.size == 1:
+        v = positive_or_none(arr[0])
+        return None if v is None else (v, v)
+    if arr.size >= 2:
+        a, b = positive_or_none(arr[0]), positive_or_none(arr[1])
+        return None if a is None or b is None else (a, b)
+    return None
+
+
+def _pair_units(value: Any) -> tuple[str, str]:
+    if isinstance(value, (list, tuple, np.ndarray)) and len(value) >= 2:
+        return _attr_str(value[0]), _attr_str(value[1])
+    return _attr_str(value), _attr_str(value)
+
+
+def _finite(v: Any) -> bool:
+    try:
+        return v is not None and math.isfinite(float(v))
+    except (TypeError, ValueError):
+        return False
+
+
+def _dims(grp: Any, ndim: int) -> list[tuple[float, float, str]] | None:
+    """EMD dim vectors next to the data as (step, offset, units): ``dim0..`` in EMD 1.0, ``dim1..`` in 0.x."""
+    import h5py
+
+    for base in (0, 1):
+        dims = [grp.get(f"dim{i + base}") for i in range(ndim)]
+        if all(isinstance(d, h5py.Dataset) and d.ndim == 1 and d.shape[0] >= 2 for d in dims):
+            out = []
+            for d in dims:
+                v = np.asarray(d[()], dtype=np.float64)
+                step = (v[-1] - v[0]) / (v.shape[0] - 1)  # the whole vector: float32 dims round less
+                out.append((float(step), float(v[0]), _attr_str(d.attrs.get("units"))))
+            return out
+    return None
+
+
+def _hspy_axes(grp: Any, ndim: int) -> list[tuple[float, float, str]] | None:
+    """HyperSpy ``axis-0 ..`` groups (array order) as (step, offset, units)."""
+    groups = [grp.get(f"axis-{i}") for i in range(ndim)]
+    if not all(g is not None for g in groups):
+        return None
+    out = []
+    for g in groups:
+        a = g.attrs
+        out.append((float(a.get("scale", 1.0)), float(a.get("offset", 0.0)), _attr_str(a.get("units", ""))))
+    return out
+
+
+def _from_axes(
+    axes: list[tuple[float, float, str]], prismatic: bool = False
+) -> tuple[dict[str, Any], float | None]:
+    """Calibration fields from (step, offset, units) of the last four axes (Rx, Ry, Qx, Qy)."""
+    axes = axes[-4:] if len(axes) >= 4 else [(1.0, 0.0, "")] * (4 - len(axes)) + axes
+    if prismatic:
+        # Prismatic (before its 2020 "Fix units" change) labelled its dims "[n_m]" and
+        # "[n_m^-1]" while the values are in Å and 1/Å (the probe step and 1/cell size).
+        fix = {"[n_m]": "A", "[n_m^-1]": "A^-1"}
+        axes = [(s, o, fix.get(u.strip(), u)) for s, o, u in axes]
+    fields: dict[str, Any] = {}
+    (sx, _, ux), (sy, _, uy) = axes[0], axes[1]
+    fields["scan_step_A"] = same_step(length_to_A(abs(sx), ux), length_to_A(abs(sy), uy))
+    (qx, ox, uqx), (qy, oy, uqy) = axes[2], axes[3]
+    q = same_step(inv_length_to_inv_A(abs(qx), uqx), inv_length_to_inv_A(abs(qy), uqy))
+    q_mrad = None
+    if q is not None:
+        fields["q_pixel_inv_A"] = q
+    else:
+        q_mrad = same_step(angle_to_mrad(abs(qx), uqx), angle_to_mrad(abs(qy), uqy))
+    calibrated = q is not None or q_mrad is not None
+    if calibrated and (ox != 0 or oy != 0) and qx != 0 and qy != 0:
+        fields["origin_px"] = (-ox / qx, -oy / qy)
+    return fields, q_mrad
+
+
+def _beam_metadata(f: Any, grp: Any) -> dict[str, Any]:
+    """Beam energy and convergence semiangle from HyperSpy or Prismatic metadata, when present."""
+    out: dict[str, Any] = {}
+    tem = grp.get("metadata/Acquisition_instrument/TEM")
+    if tem is not None:  # HyperSpy: keV and mrad
+        e = positive_or_none(tem.attrs.get("beam_energy"))
+        if e is not None:
+            out["energy_eV"] = e * 1e3
+        a = positive_or_none(tem.attrs.get("convergence_angle"))
+        if a is not None:
+            out["semiangle_mrad"] = a
+    sim = f.get("4DSTEM_simulation/metadata/metadata_0/original/simulation_parameters")
+    if sim is not None:  # Prismatic: E in keV, sa (probe semiangle) in mrad
+        e = positive_or_none(sim.attrs.get("E"))
+        if e is not None:
+            out["energy_eV"] = e * 1e3
+        a = positive_or_none(sim.attrs.get("sa"))
+        if a is not None:
+            out["semiangle_mrad"] = a
+    return out
