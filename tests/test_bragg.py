@@ -1,6 +1,5 @@
 """Bragg disk detection: probe template, correlation detection, automatic defaults, BraggPeaks, scoring."""
 
-import dataclasses
 
 import numpy as np
 import pytest

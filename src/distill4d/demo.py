@@ -47,9 +47,7 @@ def run_demo(out_dir: Path, *, force: bool = False, progress: bool = True) -> di
         code = main(argv + common)
         if code != 0:
             raise CLIError(f"demo step 'distill4d {' '.join(argv)}' failed with exit code {code}")
-    com = read_results(out_dir / "com.h5")
-    arrays = com[0] if isinstance(com, tuple) else com
-    phase = np.asarray(arrays["idpc_phase"])
+    phase = np.asarray(read_results(out_dir / "com.h5")["idpc_phase"])
     summary = {
         "idpc_correlation_with_true_phase": _corr(phase, sim.phase_rad),
         "idpc_correlation_with_probe_smoothed_phase": _corr(phase, sim.smoothed_phase_rad),

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .._atomic import atomic_output
 from ..calibration import Calibration
 
 __all__ = ["BraggPeaks"]
@@ -160,11 +160,7 @@ class BraggPeaks:
         import h5py
 
         path = Path(path)
-        if path.exists() and not force:
-            raise FileExistsError(f"{path} exists; pass force=True to overwrite it")
-        fd, tmp = tempfile.mkstemp(suffix=".tmp", prefix=path.name + ".", dir=path.parent)
-        os.close(fd)
-        try:
+        with atomic_output(path, force=force) as tmp:
             with h5py.File(tmp, "w") as f:
                 for name in ("qx", "qy", "intensity", "offsets"):
                     f.create_dataset(name, data=getattr(self, name))
@@ -175,11 +171,6 @@ class BraggPeaks:
                 cal = f.create_group("calibration")
                 for k, v in self.calibration.to_attrs().items():
                     cal.attrs[k] = v
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
         return path
 
     @classmethod

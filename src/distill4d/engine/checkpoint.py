@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+
+from .._atomic import atomic_output, atomic_write_bytes
 
 if TYPE_CHECKING:  # pragma: no cover
     from .core import Tile
@@ -62,7 +63,7 @@ class Checkpoint:
             "job_key": job_key,
             "tiles": [[t.x0, t.x1, t.y0, t.y1] for t in tiles],
         }
-        _atomic_write_bytes(manifest, json.dumps(meta).encode())
+        atomic_write_bytes(manifest, json.dumps(meta).encode())
         return cls(path, list(tiles))
 
     def _file(self, tile: "Tile") -> Path:
@@ -70,14 +71,8 @@ class Checkpoint:
 
     def save(self, tile: "Tile", result: dict[str, np.ndarray]) -> None:
         """Write the results of a finished tile (atomically: a crash leaves no half file)."""
-        fd, tmp = tempfile.mkstemp(dir=self.path, prefix=".tmp-", suffix=".npz")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.savez(fh, **{f"out_{k}": v for k, v in result.items()})
-            os.replace(tmp, self._file(tile))
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_output(self._file(tile)) as tmp, open(tmp, "xb") as fh:
+            np.savez(fh, **{f"out_{k}": v for k, v in result.items()})
 
     def load_done(self) -> dict["Tile", dict[str, np.ndarray]]:
         """The results of every tile finished so far."""
@@ -94,13 +89,3 @@ class Checkpoint:
                     warnings.warn(f"checkpoint tile {f} is unreadable ({err}); it will be recomputed", stacklevel=3)
         return done
 
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -31,13 +31,13 @@ import json
 import math
 import os
 import pathlib
-import tempfile
 import uuid
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
 
+from .._atomic import atomic_output
 from ..calibration import Calibration
 from ..datacube import DataCube, _is_dask
 
@@ -95,7 +95,7 @@ def write(
         raise FileNotFoundError(f"cannot write {out}: the folder {out.parent} does not exist")
     if isinstance(obj, DataCube):
         _refuse_input(out, obj)
-        with _atomic(out) as tmp:
+        with atomic_output(out) as tmp:
             _write_datacube(tmp, obj, units, attrs, compression)
     elif isinstance(obj, Mapping):
         arrays = _check_results(obj)
@@ -106,28 +106,13 @@ def write(
             raise ValueError(
                 f"units given for {sorted(unknown)}, which are not among the results {sorted(arrays)}"
             )
-        with _atomic(out) as tmp:
+        with atomic_output(out) as tmp:
             _write_results(tmp, arrays, units or {}, attrs)
     else:
         raise TypeError(
             f"obj must be a distill4d.DataCube or a dict {{name: array}} of results, got {type(obj).__name__}"
         )
     return out
-
-
-# ---------------------------------------------------------------------- atomic files
-@contextlib.contextmanager
-def _atomic(out: pathlib.Path) -> Iterator[str]:
-    """A temporary path next to ``out``; moved over ``out`` on success, removed on failure."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    try:
-        yield tmp
-        os.replace(tmp, out)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise
 
 
 def _refuse_input(out: pathlib.Path, dc: DataCube) -> None:

@@ -18,12 +18,12 @@ import dataclasses
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .._atomic import atomic_output
 from ..bragg.peaks import BraggPeaks
 from .find import Basis
 from .fit import Lattice, fit_lattice
@@ -78,11 +78,7 @@ class StrainMap:
         import h5py
 
         path = Path(path)
-        if path.exists() and not force:
-            raise FileExistsError(f"{path} exists; pass force=True to overwrite it")
-        fd, tmp = tempfile.mkstemp(suffix=".tmp", prefix=path.name + ".", dir=path.parent)
-        os.close(fd)
-        try:
+        with atomic_output(path, force=force) as tmp:
             with h5py.File(tmp, "w") as f:
                 f.attrs["format"] = _FORMAT
                 f.attrs["rotation_rad"] = self.rotation_rad
@@ -92,11 +88,6 @@ class StrainMap:
                 f.create_dataset("theta", data=self.theta).attrs["units"] = "rad"
                 f.create_dataset("mask", data=self.mask)
                 f.create_dataset("reference", data=self.reference).attrs["units"] = "pixels"
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
         return path
 
     @classmethod
