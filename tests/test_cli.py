@@ -63,7 +63,7 @@ def test_interrupted_run_resumes_with_the_same_command(scan_file, tmp_path, monk
     path, data = scan_file
     out = tmp_path / "v.h5"
     argv = ["virtual", str(path), "--bf", "6", "--origin-px", "31.5", "31.5", "-o", str(out),
-            "--memory-budget-MB", "1", "--no-progress", "--no-png"]
+            "--memory-budget-MB", "1", "--no-progress", "--no-png", "--scheduler", "inline"]
     real = virtual._virtual_batch
     calls = []
 

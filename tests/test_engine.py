@@ -116,11 +116,11 @@ def test_interrupted_job_resumes_to_the_same_result(tmp_path):
     assert n_tiles >= 3
     calls: list[int] = []
     with pytest.raises(_Boom):
-        map_patterns(cube, functools.partial(_counting, calls=calls, fail_after=2),
+        map_patterns(cube, functools.partial(_counting, calls=calls, fail_after=2), scheduler="inline",
                      memory_budget=budget, checkpoint=ckpt, job_key="moments")
     assert len(list(ckpt.glob("tile_*.npz"))) == 2
     calls2: list[int] = []
-    resumed = map_patterns(cube, functools.partial(_counting, calls=calls2),
+    resumed = map_patterns(cube, functools.partial(_counting, calls=calls2), scheduler="inline",
                            memory_budget=budget, checkpoint=ckpt, job_key="moments")
     assert len(calls2) == n_tiles - 2  # only the unfinished tiles ran again
     for k in full:
@@ -130,6 +130,25 @@ def test_interrupted_job_resumes_to_the_same_result(tmp_path):
         map_patterns(cube, _moments, memory_budget=budget, checkpoint=ckpt, job_key="other")
     meta = json.loads((ckpt / "manifest.json").read_text())
     assert meta["job_key"] == "moments" and len(meta["tiles"]) == n_tiles
+
+
+def test_interrupted_threaded_job_resumes_to_the_same_result(tmp_path):
+    cube = DataCube(np.random.default_rng(8).poisson(5.0, (9, 11, 64, 64)).astype(np.uint16))
+    full = map_patterns(cube, _moments, scheduler="inline")
+    calls: list[int] = []
+    with pytest.raises(_Boom):
+        map_patterns(cube, functools.partial(_counting, calls=calls, fail_after=2), scheduler="threads",
+                     n_workers=2, memory_budget=1 << 20, checkpoint=tmp_path / "c", job_key="m")
+    saved = len(list((tmp_path / "c").glob("tile_*.npz")))
+    n_tiles = len(plan_tiles(cube, 1 << 20, n_parallel=2))
+    # The two calls that succeeded are kept although a sibling failed while they ran.
+    assert saved == 2 and n_tiles > 3
+    calls2: list[int] = []
+    resumed = map_patterns(cube, functools.partial(_counting, calls=calls2), scheduler="threads",
+                           n_workers=2, memory_budget=1 << 20, checkpoint=tmp_path / "c", job_key="m")
+    assert len(calls2) == n_tiles - saved
+    for k in full:
+        np.testing.assert_array_equal(resumed[k], full[k])
 
 
 def test_checkpoint_refuses_a_foreign_nonempty_directory(cube, tmp_path):

@@ -36,8 +36,8 @@ def _add_calibration(p: argparse.ArgumentParser) -> None:
 
 def _add_engine(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("execution")
-    g.add_argument("--scheduler", default="inline",
-                   help="inline (default), threads, processes, or a Dask scheduler address tcp://host:port")
+    g.add_argument("--scheduler", default="threads",
+                   help="threads (default), inline, processes, or a Dask scheduler address tcp://host:port")
     g.add_argument("--workers", type=int, help="parallel workers for threads/processes (default: all cores)")
     g.add_argument("--memory-budget-MB", type=float, help="working memory to stay within, in MB (default 1024)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")

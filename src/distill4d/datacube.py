@@ -34,6 +34,10 @@ class DataCube:
         or Dask (lazy). Intensities must be real (integer or float).
     calibration : :class:`Calibration`; an empty one when omitted.
     name : a short label (e.g. the file it came from).
+    reader : optional fast path for lazy data: an object with the same ``shape`` and ``dtype``
+        whose ``reader[x0:x1, y0:y1]`` returns those patterns as a NumPy array (the file
+        readers of :mod:`distill4d.io` set it; picklable for Dask workers). The engine reads
+        tiles through it instead of through Dask. A sliced, cropped or binned DataCube has none.
 
     Examples
     --------
@@ -43,7 +47,9 @@ class DataCube:
     ((4, 5), (16, 16))
     """
 
-    def __init__(self, data: Any, calibration: Calibration | None = None, *, name: str = "") -> None:
+    def __init__(
+        self, data: Any, calibration: Calibration | None = None, *, name: str = "", reader: Any = None
+    ) -> None:
         if not (isinstance(data, np.ndarray) or _is_dask(data)):
             data = np.asarray(data)
         if data.ndim != 4:
@@ -60,9 +66,15 @@ class DataCube:
             calibration = Calibration()
         if not isinstance(calibration, Calibration):
             raise TypeError(f"calibration must be a distill4d.Calibration, got {type(calibration).__name__}")
+        if reader is not None and (tuple(reader.shape) != _shape_of(data) or np.dtype(reader.dtype) != data.dtype):
+            raise ValueError(
+                f"reader has shape {tuple(reader.shape)} and dtype {reader.dtype}, "
+                f"but the data has {_shape_of(data)} and {data.dtype}"
+            )
         self.data = data
         self.calibration = calibration
         self.name = str(name)
+        self.reader = reader
 
     # ---------------------------------------------------------------- factories
     @classmethod
@@ -156,7 +168,7 @@ class DataCube:
 
     def with_calibration(self, **fields: Any) -> "DataCube":
         """The same data with calibration fields replaced (e.g. ``energy_eV=300e3``)."""
-        return DataCube(self.data, self.calibration.replace(**fields), name=self.name)
+        return DataCube(self.data, self.calibration.replace(**fields), name=self.name, reader=self.reader)
 
     # ---------------------------------------------------------------- binning
     def bin_q(self, factor: int) -> "DataCube":
@@ -219,6 +231,10 @@ class DataCube:
         row = self.shape[1] * self.shape[2] * self.shape[3] * self.dtype.itemsize
         rows = max(1, min(self.shape[0], chunk_bytes // max(row, 1)))
         return da.from_array(self.data, chunks=(rows, -1, -1, -1))
+
+
+def _shape_of(data: Any) -> tuple[int, ...]:
+    return tuple(int(s) for s in data.shape)
 
 
 def _summed_axis_flags(axes: tuple[int, int], ndim: int) -> list[bool]:

@@ -81,9 +81,19 @@ def plan_tiles(datacube: DataCube, memory_budget: int | None = None, n_parallel:
     return tiles
 
 
+@dataclass(frozen=True)
+class _ReaderBlock:
+    """A tile to be read through a DataCube's ``reader`` (picklable when the reader is)."""
+
+    reader: Any
+    slices: tuple[slice, slice]
+
+
 def _read_block(block: Any) -> np.ndarray:
-    """A scan block ``(nx, ny, Qx, Qy)`` (NumPy or lazy Dask) as an ``(n, Qx, Qy)`` NumPy array."""
-    if _is_dask(block):
+    """A scan block ``(nx, ny, Qx, Qy)`` (NumPy, lazy Dask or a reader tile) as an ``(n, Qx, Qy)`` array."""
+    if isinstance(block, _ReaderBlock):
+        block = block.reader[block.slices]
+    elif _is_dask(block):
         block = block.compute(scheduler="sync")
     block = np.asarray(block)
     return block.reshape((-1,) + block.shape[2:])
@@ -102,6 +112,13 @@ def _as_dict(result: Any, n: int, fn: BatchFn) -> dict[str, np.ndarray]:
             )
         checked[key] = arr
     return checked
+
+
+def _blocks(datacube: DataCube) -> Callable[[Tile], Any]:
+    """How to get the block of a tile: through the DataCube's reader when it has one."""
+    if datacube.reader is not None:
+        return lambda tile: _ReaderBlock(datacube.reader, tile.slices)
+    return lambda tile: datacube.data[tile.slices]
 
 
 def _map_block(block: Any, fn: BatchFn) -> dict[str, np.ndarray]:
@@ -175,12 +192,12 @@ class _Executor:
         if self._cluster is not None:
             self._cluster.close()
 
-    def run(self, task: Callable, data: Any, tiles: list[Tile], fn: BatchFn) -> Iterator[tuple[Tile, Any]]:
+    def run(self, task: Callable, data: Callable[[Tile], Any], tiles: list[Tile], fn: BatchFn) -> Iterator[tuple[Tile, Any]]:
         if not tiles:
             return
         if self.scheduler == "inline":
             for tile in tiles:
-                yield tile, task(data[tile.slices], fn)
+                yield tile, task(data(tile), fn)
             return
         in_flight = 2 * self.n_parallel
         todo = iter(tiles)
@@ -189,34 +206,40 @@ class _Executor:
                 pending = {}
                 try:
                     for tile in todo:
-                        pending[pool.submit(task, data[tile.slices], fn)] = tile
+                        pending[pool.submit(task, data(tile), fn)] = tile
                         if len(pending) >= in_flight:
                             break
+                    failure: BaseException | None = None
                     while pending:
                         done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                        for fut in done:
+                        # Finished results first, so that a failure elsewhere loses none of them.
+                        for fut in sorted(done, key=lambda f: f.exception() is not None):
                             tile = pending.pop(fut)
+                            if fut.exception() is not None:
+                                failure = failure or fut.exception()
+                                continue
                             yield tile, fut.result()
-                            nxt = next(todo, None)
+                            nxt = None if failure else next(todo, None)
                             if nxt is not None:
-                                pending[pool.submit(task, data[nxt.slices], fn)] = nxt
+                                pending[pool.submit(task, data(nxt), fn)] = nxt
+                    if failure is not None:
+                        raise failure  # after the tiles in flight were drained (and checkpointed)
                 finally:
                     for fut in pending:
                         fut.cancel()
             return
         yield from self._run_distributed(task, data, tiles, fn, in_flight)
 
-    def _run_distributed(self, task: Callable, data: Any, tiles: list[Tile], fn: BatchFn, in_flight: int):
+    def _run_distributed(self, task: Callable, data: Callable[[Tile], Any], tiles: list[Tile], fn: BatchFn, in_flight: int):
         from distributed import as_completed
 
         client = self._client
-        lazy = _is_dask(data)
 
         def submit(tile: Tile):
-            block = data[tile.slices]
-            if not lazy:
+            block = data(tile)
+            if isinstance(block, np.ndarray):
                 # In-memory data is sent to the workers; lazy blocks only carry picklable
-                # file readers in their graphs, so the workers read the file themselves.
+                # file readers, so the workers read the file themselves.
                 block = np.ascontiguousarray(block)
             return client.submit(task, block, fn, pure=False)
 
@@ -257,7 +280,7 @@ def map_patterns(
     fn: BatchFn,
     *,
     memory_budget: int | None = None,
-    scheduler: str | Any = "inline",
+    scheduler: str | Any = "threads",
     n_workers: int | None = None,
     progress: bool | None = None,
     checkpoint: str | os.PathLike | None = None,
@@ -274,7 +297,8 @@ def map_patterns(
         for the process and Dask schedulers (a module-level function or ``functools.partial``).
     memory_budget : bytes of working memory to stay within (default 1 GiB, or the
         environment variable ``DISTILL4D_MEMORY_BUDGET``); it sets the tile size.
-    scheduler : ``"inline"`` (default), ``"threads"``, ``"processes"`` (a local Dask cluster),
+    scheduler : ``"threads"`` (default: local threads, one per core), ``"inline"`` (one at a time,
+        in this thread: for debugging), ``"processes"`` (a local Dask cluster),
         ``"dask"`` (the current ``distributed.Client``), a scheduler address
         (``"tcp://host:8786"``) or a ``distributed.Client``.
     n_workers : parallel tiles for threads/processes (default: all cores).
@@ -321,7 +345,7 @@ def map_patterns(
             place(tile, result)
         with _progress_bar(progress, datacube.n_patterns, len(tiles), desc) as bar:
             bar.update(sum(t.n for t in done))
-            for tile, result in ex.run(_map_block, datacube.data, todo, fn):
+            for tile, result in ex.run(_map_block, _blocks(datacube), todo, fn):
                 if store is not None:
                     store.save(tile, result)
                 place(tile, result)
@@ -336,7 +360,7 @@ def reduce_patterns(
     *,
     combine: str = "sum",
     memory_budget: int | None = None,
-    scheduler: str | Any = "inline",
+    scheduler: str | Any = "threads",
     n_workers: int | None = None,
     progress: bool | None = None,
     desc: str = "",
@@ -353,7 +377,7 @@ def reduce_patterns(
     with _Executor(scheduler, n_workers) as ex:
         tiles = plan_tiles(datacube, memory_budget, ex.n_parallel)
         with _progress_bar(progress, datacube.n_patterns, len(tiles), desc) as bar:
-            for tile, part in ex.run(_reduce_block, datacube.data, tiles, fn):
+            for tile, part in ex.run(_reduce_block, _blocks(datacube), tiles, fn):
                 total = part.copy() if total is None else op(total, part)
                 bar.update(tile.n)
     return total

@@ -170,7 +170,9 @@ def read(
         cal = cal.replace(**overrides)
     if cal.q_pixel_inv_A is None and loaded.q_pixel_mrad is not None and cal.energy_eV is not None:
         cal = cal.replace(q_pixel_inv_A=loaded.q_pixel_mrad * 1e-3 / electron_wavelength_A(cal.energy_eV))
-    return DataCube(data, cal, name=loaded.name or os.path.basename(file))
+    src = loaded.source
+    reader = src if src is not None and tuple(src.shape) == tuple(data.shape) and src.dtype == data.dtype else None
+    return DataCube(data, cal, name=loaded.name or os.path.basename(file), reader=reader)
 
 
 def _dispatch(

@@ -43,6 +43,7 @@ class Loaded:
     q_pixel_mrad: float | None = None
     name: str = ""
     scan_shape: tuple[int, int] | None = None  # the format's own scan shape for a stack of frames
+    source: Any = None  # the picklable file reader behind a lazy ``data``, if any
 
 
 def memory_budget(value: int | None) -> int:

@@ -158,8 +158,8 @@ def read_hdf5(
             chunks = scan_chunks(dset.shape, dset.dtype.itemsize, dset.chunks, budget, scan_axes=scan_axes)
             data = da.from_array(source, chunks=chunks, name=f"h5-{_token(source)}")
         else:
-            data = _read_all(dset, path)
-    return Loaded(data, calibration, q_mrad, name=os.path.basename(path))
+            data, source = _read_all(dset, path), None
+    return Loaded(data, calibration, q_mrad, name=os.path.basename(path), source=source)
 
 
 def _token(source: Any) -> str:

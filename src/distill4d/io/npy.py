@@ -6,6 +6,7 @@ import os
 
 import numpy as np
 
+from ..datacube import _is_dask
 from ._common import Loaded, check_dtype, scan_chunks, want_lazy
 from .sources import CorruptFileError, NpySource, read_npy_header
 
@@ -39,4 +40,4 @@ def read_npy(path: str, lazy: bool | None, budget: int) -> Loaded:
             data = np.load(path, allow_pickle=False)
         except (ValueError, EOFError, OSError) as err:
             raise CorruptFileError(f"{path}: the file is truncated or corrupt ({err})") from None
-    return Loaded(data, name=os.path.basename(path))
+    return Loaded(data, name=os.path.basename(path), source=source if _is_dask(data) else None)
