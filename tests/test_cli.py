@@ -142,3 +142,39 @@ def test_demo_runs_and_recovers_the_phase(tmp_path, capsys):
     assert main(["demo", "-o", str(out), "--no-progress"]) == 1
     assert "--force" in capsys.readouterr().err
     assert (out / "summary.json").read_text() == before
+
+
+def test_disks_and_strain_commands_recover_a_known_strain(tmp_path, capsys):
+    from distill4d.bragg import BraggPeaks
+    from distill4d.lattice import StrainMap
+    from distill4d.simulate.kinematic import strained_scan, vacuum_probe
+
+    dc, truth = strained_scan((8, 8), (128, 128), kind="uniform", strain=0.01, dose=None)
+    scan = tmp_path / "strained.h5"
+    distill4d.write(scan, dc)
+    probe = tmp_path / "probe.npy"
+    np.save(probe, vacuum_probe((128, 128), calibration=dc.calibration))
+    peaks_file = tmp_path / "peaks.h5"
+    assert main(["disks", str(scan), "--probe", str(probe), "-o", str(peaks_file), "--no-progress"]) == 0
+    peaks = BraggPeaks.from_hdf5(peaks_file)
+    assert peaks.scan_shape == (8, 8) and peaks.counts.min() >= 10
+    assert (tmp_path / "peaks.png").exists()
+    # A uniform strain referenced to a region of the same scan gives zero strain everywhere ...
+    out = tmp_path / "strain.h5"
+    assert main(["strain", str(scan), "--probe", str(probe), "-o", str(out), "--no-progress",
+                 "--reference", "0:4,0:8"]) == 0
+    smap = StrainMap.from_hdf5(out)
+    assert np.nanmax(np.abs(smap.eps_xx)) < 5e-4 and np.nanmax(np.abs(smap.eps_xy)) < 5e-4
+    # ... and a multilayer (alternating +-1 % eps_xx along Rx) referenced to its first layer.
+    ml, mtruth = strained_scan((8, 8), (128, 128), kind="multilayer", strain=0.01, layer_width=2, dose=None)
+    ml_file = tmp_path / "ml.h5"
+    distill4d.write(ml_file, ml)
+    out2 = tmp_path / "ml_strain.h5"
+    assert main(["strain", str(ml_file), "-o", str(out2), "--no-progress", "--reference", "0:2,0:8"]) == 0
+    smap2 = StrainMap.from_hdf5(out2)
+    expected = (1 + mtruth.eps_xx) / (1 + mtruth.eps_xx[0, 0]) - 1  # stretch along x relative to layer 1
+    assert np.ptp(expected) > 0.019  # the layers really differ by 2 %
+    np.testing.assert_allclose(smap2.eps_xx, expected, atol=5e-4)
+    np.testing.assert_allclose(smap2.eps_yy, 0.0, atol=5e-4)
+    assert main(["strain", str(ml_file), "-o", str(tmp_path / "x.h5"), "--reference", "0:2"]) == 1
+    assert "x0:x1,y0:y1" in capsys.readouterr().err

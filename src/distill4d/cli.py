@@ -16,6 +16,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 __all__ = ["main"]
 
 
@@ -240,6 +242,73 @@ def cmd_com(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_region(text: str | None) -> tuple[slice, slice] | None:
+    """``"x0:x1,y0:y1"`` (scan positions) -> slices; None -> None."""
+    if text is None:
+        return None
+    try:
+        parts = [p.split(":") for p in text.split(",")]
+        (a, b), (c, d) = parts
+        return slice(int(a), int(b)), slice(int(c), int(d))
+    except ValueError:
+        raise CLIError(f"--reference must look like x0:x1,y0:y1 (scan positions), got {text!r}") from None
+
+
+def _find_disks(args: argparse.Namespace, outs: "_Outputs"):
+    from .bragg import find_bragg_disks
+    from .io import read_probe
+
+    if args.method != "correlation":
+        raise CLIError(f"--method {args.method!r} is not available; available: correlation")
+    dc = _open(args)
+    probe = read_probe(args.probe) if args.probe else None
+    outs.clear_stale()
+    peaks = find_bragg_disks(dc, probe, checkpoint=outs.checkpoint("disks"), **_engine_kwargs(args))
+    counts = peaks.counts
+    print(f"found {int(counts.sum())} disks in {dc.n_patterns} patterns "
+          f"(median {float(np.median(counts)):.0f} per pattern); parameters: "
+          + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in peaks.params.items()))
+    return dc, peaks
+
+
+def cmd_disks(args: argparse.Namespace) -> int:
+    outs = _Outputs(args)
+    dc, peaks = _find_disks(args, outs)
+    peaks.to_hdf5(outs.h5, force=outs.force)
+    if outs.png:
+        from .plot import save_bragg_vector_map_png
+
+        save_bragg_vector_map_png(outs.png, dc.mean_pattern(), peaks, title=Path(args.file).name, force=outs.force)
+    outs.done()
+    print(f"wrote {outs.h5}" + (f" and {outs.png}" if outs.png else ""))
+    return 0
+
+
+def cmd_strain(args: argparse.Namespace) -> int:
+    from .lattice import strain_map
+
+    outs = _Outputs(args)
+    dc, peaks = _find_disks(args, outs)
+    region = _parse_region(args.reference)
+    smap = strain_map(peaks, reference=region)
+    bad = int(smap.mask.sum())
+    if bad:
+        print(f"distill4d: warning: no lattice could be fitted at {bad} of {smap.mask.size} positions (NaN there)",
+              file=sys.stderr)
+    smap.to_hdf5(outs.h5, force=outs.force)
+    if outs.png:
+        smap.plot(outs.png)
+    outs.done()
+    ok = ~smap.mask
+    if ok.any():
+        print("strain (median, 5th-95th percentile): "
+              + ", ".join(f"{k} {100 * np.median(v[ok]):+.3f}% [{100 * np.percentile(v[ok], 5):+.3f}, "
+                          f"{100 * np.percentile(v[ok], 95):+.3f}]"
+                          for k, v in (("εxx", smap.eps_xx), ("εyy", smap.eps_yy), ("εxy", smap.eps_xy))))
+    print(f"wrote {outs.h5}" + (f" and {outs.png}" if outs.png else ""))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -289,6 +358,23 @@ def build_parser() -> argparse.ArgumentParser:
     _add_calibration(p)
     _add_engine(p)
     p.set_defaults(func=cmd_com)
+
+    for name, helptext, func in (
+        ("disks", "Bragg disk positions in every pattern (BraggPeaks HDF5)", cmd_disks),
+        ("strain", "strain and rotation maps from the Bragg disks (eps_xx, eps_yy, eps_xy, theta)", cmd_strain),
+    ):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("file")
+        p.add_argument("--probe", help="vacuum probe: a 2D image (.npy, FILE.h5:/dataset) or a stack of "
+                       "vacuum patterns (averaged); default: the central disk of the mean pattern")
+        p.add_argument("--method", default="correlation", help="disk detection method (default correlation)")
+        if name == "strain":
+            p.add_argument("--reference", metavar="x0:x1,y0:y1",
+                           help="reference region of the scan (default: the median lattice of the scan)")
+        _add_output(p)
+        _add_calibration(p)
+        _add_engine(p)
+        p.set_defaults(func=func)
 
     p = sub.add_parser("demo", help="simulate a dataset and run the analyses on it")
     p.add_argument("-o", "--output", default="distill4d_demo", help="output directory (default distill4d_demo)")

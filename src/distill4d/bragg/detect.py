@@ -380,7 +380,7 @@ def find_bragg_disks(
     *,
     kind: str = "disk",
     memory_budget: int | None = None,
-    scheduler: Any = "inline",
+    scheduler: Any = "threads",
     n_workers: int | None = None,
     progress: bool | None = None,
     checkpoint: Any = None,

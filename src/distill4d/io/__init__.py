@@ -208,3 +208,30 @@ def _formats_text() -> str:
     for e, label in supported_formats().items():
         by_label.setdefault(label, []).append(e)
     return "; ".join(f"{' '.join(exts)} ({label})" for label, exts in by_label.items())
+
+
+def read_probe(path: str | os.PathLike, *, dataset: str | None = None) -> np.ndarray:
+    """A vacuum-probe image ``(Qx, Qy)`` as float64 from a file.
+
+    ``path`` (or ``"file.h5:/dataset"``) may hold a 2D image (``.npy`` or an HDF5 dataset),
+    or a 3D/4D stack of vacuum patterns, which is averaged (read with :func:`read`).
+    """
+    file, inline = split_dataset_path(path)
+    dataset = dataset or inline
+    if not os.path.exists(file):
+        raise FileNotFoundError(f"{file}: probe file not found")
+    ext = pathlib.Path(file).suffix.lower()
+    image = None
+    if ext == ".npy":
+        from .npy import read_npy_2d
+
+        image = read_npy_2d(file)
+    elif ext in _HDF5 and dataset is not None:
+        from .hdf5 import read_hdf5_2d
+
+        image = read_hdf5_2d(file, dataset)
+    if image is None:
+        return read(file, dataset=dataset).mean_pattern()
+    if not np.all(np.isfinite(image)):
+        raise ValueError(f"{path}: the probe image contains NaN or Inf values")
+    return image.astype(np.float64)

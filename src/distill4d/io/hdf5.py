@@ -423,3 +423,15 @@ def _beam_metadata(f: Any, grp: Any) -> dict[str, Any]:
         if a is not None:
             out["semiangle_mrad"] = a
     return out
+
+
+def read_hdf5_2d(path: str, dataset: str) -> np.ndarray | None:
+    """The dataset ``dataset`` of an HDF5 file if it is 2D (an image), else None."""
+    with open_h5(path) as f:
+        if dataset not in f or not hasattr(f[dataset], "shape"):
+            raise KeyError(f"{path}: dataset {dataset!r} not found")
+        dset = f[dataset]
+        if dset.ndim != 2:
+            return None
+        check_dtype(dset.dtype, path, f"dataset {dset.name}")
+        return np.asarray(dset[()])

@@ -41,3 +41,15 @@ def read_npy(path: str, lazy: bool | None, budget: int) -> Loaded:
         except (ValueError, EOFError, OSError) as err:
             raise CorruptFileError(f"{path}: the file is truncated or corrupt ({err})") from None
     return Loaded(data, name=os.path.basename(path), source=source if _is_dask(data) else None)
+
+
+def read_npy_2d(path: str) -> np.ndarray | None:
+    """The array of a ``.npy`` file if it is 2D (an image), else None."""
+    shape, _, dtype, _ = read_npy_header(path)
+    if len(shape) != 2:
+        return None
+    check_dtype(dtype, path)
+    try:
+        return np.load(path, allow_pickle=False)
+    except (ValueError, EOFError, OSError) as err:
+        raise CorruptFileError(f"{path}: the file is truncated or corrupt ({err})") from None

@@ -77,3 +77,22 @@ def save_images_png(
         plt.close(fig)
         tmp.unlink(missing_ok=True)
     return path
+
+
+def save_bragg_vector_map_png(
+    path: str | os.PathLike, mean_pattern: np.ndarray, peaks, *, title: str = "", force: bool = False
+) -> Path:
+    """Mean pattern (log scale) beside the Bragg vector map: a histogram of every detected
+    disk position weighted by its intensity, on the detector grid."""
+    mean_pattern = np.asarray(mean_pattern, dtype=np.float64)
+    qx, qy, w = peaks.qx, peaks.qy, peaks.intensity
+    ok = np.isfinite(qx) & np.isfinite(qy) & np.isfinite(w)
+    bins = [np.arange(mean_pattern.shape[0] + 1) - 0.5, np.arange(mean_pattern.shape[1] + 1) - 0.5]
+    bvm, _, _ = np.histogram2d(qx[ok], qy[ok], bins=bins, weights=np.clip(w[ok], 0, None))
+    floor = max(float(np.nanmin(mean_pattern[mean_pattern > 0])) if np.any(mean_pattern > 0) else 1.0, 1e-12)
+    return save_images_png(
+        path,
+        {"mean pattern (log10)": np.log10(np.clip(mean_pattern, floor, None)),
+         "Bragg vector map (sqrt)": np.sqrt(bvm)},
+        title=title, force=force,
+    )

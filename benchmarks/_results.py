@@ -1,0 +1,67 @@
+"""Shared by the benchmark scripts: the machine description and RESULTS.md sections.
+
+Each script owns one section of benchmarks/RESULTS.md between ``<!-- NAME:start -->`` and
+``<!-- NAME:end -->`` and rewrites only that section.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+from pathlib import Path
+
+RESULTS_MD = Path(__file__).resolve().parent / "RESULTS.md"
+
+
+def machine_info() -> dict:
+    """CPU model, cores, RAM (GB), kernel, Python and the date of the run."""
+    info: dict = {"cpu_model": "unknown", "cores": os.cpu_count(), "ram_gb": None}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    info["cpu_model"] = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal"):
+                    info["ram_gb"] = int(line.split()[1]) * 1024 / 1e9
+                    break
+    except OSError:
+        pass
+    try:
+        info["affinity_cores"] = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        info["affinity_cores"] = None
+    info["kernel"] = platform.release()
+    info["python"] = platform.python_version()
+    info["date"] = _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    return info
+
+
+def machine_line(info: dict | None = None) -> str:
+    """One Markdown line describing the machine."""
+    info = info or machine_info()
+    ram = f"{info['ram_gb']:.1f} GB RAM" if info.get("ram_gb") else "RAM unknown"
+    return (f"- Machine: {info['cpu_model']}, {info['cores']} cores, {ram}, "
+            f"Linux {info['kernel']}, Python {info['python']}")
+
+
+def write_section(name: str, section: str, path: Path = RESULTS_MD) -> None:
+    """Put ``section`` between this benchmark's markers in ``path``, keeping the rest."""
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    body = section.strip("\n")
+    if not body.startswith(start):
+        body = f"{start}\n{body}\n{end}"
+    text = path.read_text() if path.exists() else "# distill4d benchmark results\n\n"
+    if start in text and end in text:
+        head, rest = text.split(start, 1)
+        _, tail = rest.split(end, 1)
+        text = head + body + tail
+    else:
+        text = text.rstrip("\n") + "\n\n" + body + "\n"
+    path.write_text(text)
