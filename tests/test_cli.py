@@ -136,6 +136,9 @@ def test_demo_runs_and_recovers_the_phase(tmp_path, capsys):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["idpc_correlation_with_true_phase"] > 0.95
     assert summary["idpc_correlation_with_probe_smoothed_phase"] > 0.98
+    # +-1 % layers at 1e4 electrons per pattern: eps_xx within 0.15 % RMS, all positions fitted
+    assert summary["strain_eps_xx_rms_error_percent"] < 0.15
+    assert summary["strain_positions_fitted_fraction"] == 1.0
     for f in ("scan.h5", "virtual.h5", "virtual.png", "com.h5", "com.png"):
         assert (out / f).exists()
     before = (out / "summary.json").read_text()
