@@ -176,14 +176,9 @@ class BraggPeaks:
     @classmethod
     def from_hdf5(cls, path: str | os.PathLike) -> "BraggPeaks":
         """Read a file written by :meth:`to_hdf5`."""
-        import h5py
+        from ..io.hdf5 import open_h5
 
-        path = Path(path)
-        if not path.exists():
-            raise FileNotFoundError(f"no such file: {path}")
-        with h5py.File(path, "r") as f:
-            if f.attrs.get("format") != _FORMAT:
-                raise ValueError(f"{path} is not a distill4d BraggPeaks file (format {f.attrs.get('format')!r})")
+        with open_h5(path, expect_format=_FORMAT) as f:
             cal = Calibration.from_attrs(dict(f["calibration"].attrs))
             return cls(
                 f["qx"][()], f["qy"][()], f["intensity"][()], f["offsets"][()],

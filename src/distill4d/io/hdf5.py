@@ -23,7 +23,7 @@ from ._common import (
     scan_chunks,
     want_lazy,
 )
-from .sources import CorruptFileError, H5Source
+from .sources import CorruptFileError, H5Source, open_h5_file
 
 __all__ = ["read_hdf5", "list_datasets", "open_h5", "OWN_FORMAT_ATTR"]
 
@@ -33,20 +33,19 @@ _MAX_LISTED = 25
 
 
 @contextlib.contextmanager
-def open_h5(path: str) -> Iterator[Any]:
-    """Open ``path`` read-only; a truncated or non-HDF5 file raises CorruptFileError naming it."""
-    import h5py
-    import hdf5plugin  # noqa: F401  (bitshuffle, LZ4, ... filters)
+def open_h5(path: str | os.PathLike, expect_format: str | None = None) -> Iterator[Any]:
+    """Open ``path`` read-only; a truncated or non-HDF5 file raises CorruptFileError naming it.
 
+    With ``expect_format``, the root attribute ``format`` must equal it (files of distill4d's
+    result classes), else ValueError.
+    """
+    path = os.fspath(path)
+    f = open_h5_file(path)
     try:
-        f = h5py.File(path, "r")
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: file not found") from None
-    except OSError as err:
-        raise CorruptFileError(
-            f"{path}: not a readable HDF5 file; the file is truncated or corrupt ({_short(err)})"
-        ) from None
-    try:
+        if expect_format is not None and f.attrs.get("format") != expect_format:
+            raise ValueError(
+                f"{path} is not a {expect_format} file (its format attribute is {f.attrs.get('format')!r})"
+            )
         yield f
     finally:
         f.close()

@@ -86,6 +86,24 @@ class _Source:
         return out if dtype is None else out.astype(dtype)
 
 
+def open_h5_file(path: str) -> Any:
+    """``h5py.File(path, "r")`` with the compression filters registered; a missing file raises
+    FileNotFoundError and an unreadable one CorruptFileError, both naming the file."""
+    import h5py
+    import hdf5plugin  # noqa: F401  (registers bitshuffle/LZ4/... filters)
+
+    try:
+        return h5py.File(path, "r")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: file not found") from None
+    except OSError as err:
+        lines = str(err).strip().splitlines()
+        raise CorruptFileError(
+            f"{path}: not a readable HDF5 file; the file is truncated or corrupt "
+            f"({lines[0] if lines else type(err).__name__})"
+        ) from None
+
+
 class H5Source(_Source):
     """One HDF5 dataset, opened read-only on first access in each process.
 
@@ -109,17 +127,7 @@ class H5Source(_Source):
         self.dtype = np.dtype(dtype)
 
     def _open(self) -> Any:
-        import h5py
-        import hdf5plugin  # noqa: F401  (registers bitshuffle/LZ4/... filters)
-
-        try:
-            f = h5py.File(self.path, "r")
-        except FileNotFoundError:
-            raise FileNotFoundError(f"{self.path}: file not found") from None
-        except OSError as err:
-            raise CorruptFileError(
-                f"{self.path}: cannot open as HDF5, the file is truncated or corrupt ({err})"
-            ) from None
+        f = open_h5_file(self.path)
         try:
             return f[self.dataset]
         except KeyError:

@@ -93,14 +93,9 @@ class StrainMap:
     @classmethod
     def from_hdf5(cls, path: str | os.PathLike) -> "StrainMap":
         """Read a file written by :meth:`to_hdf5`."""
-        import h5py
+        from ..io.hdf5 import open_h5
 
-        path = Path(path)
-        if not path.exists():
-            raise FileNotFoundError(f"no such file: {path}")
-        with h5py.File(path, "r") as f:
-            if f.attrs.get("format") != _FORMAT:
-                raise ValueError(f"{path} is not a distill4d StrainMap file (format {f.attrs.get('format')!r})")
+        with open_h5(path, expect_format=_FORMAT) as f:
             return cls(
                 *(f[k][()] for k in ("eps_xx", "eps_yy", "eps_xy", "theta", "mask", "reference")),
                 rotation_rad=float(f.attrs["rotation_rad"]),
