@@ -62,6 +62,17 @@ def test_virtual_image_of_float_data_and_defaults():
     assert not adf[16, 16] and adf[0, 0]
 
 
+def test_default_bf_detector_is_clipped_to_the_detector_edge():
+    data = np.zeros((2, 2, 32, 32))
+    data[:, :, :, :12] = 100.0  # a "disk" cut by the edge: its measured radius exceeds the edge distance
+    dc = DataCube(data, Calibration(origin_px=(16.0, 4.0)))
+    with pytest.warns(UserWarning, match="clipped"):
+        mask = detector_mask(dc, "bf")
+    assert mask.sum() == circle_mask((32, 32), (16.0, 4.0), 4.5).sum()
+    with pytest.raises(ValueError, match="reaches beyond"):
+        detector_mask(dc, "bf", (8.0,))
+
+
 def test_detector_radii_in_mrad_use_the_calibration():
     cal = Calibration(q_pixel_inv_A=0.02, energy_eV=300e3, origin_px=(32.0, 32.0))
     dc = DataCube(np.ones((1, 1, 64, 64)), cal)

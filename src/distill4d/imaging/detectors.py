@@ -95,9 +95,9 @@ def detector_mask(
     ----------
     kind : ``"bf"`` (disk of radius ``radii[0]``), ``"adf"`` / ``"annulus"`` (``radii = (inner, outer)``;
         outer may be ``inf`` for "to the detector edge").
-    radii : radii in ``unit``. Defaults: BF = the bright-field disk radius; ADF = from 1.5x that
-        radius to the detector edge (BF disk measured on the mean pattern when the
-        calibration has no ``semiangle_mrad``).
+    radii : radii in ``unit``. Defaults: BF = the bright-field disk radius (clipped, with a
+        warning, to the detector edge); ADF = from 1.5x that radius to the detector edge (BF
+        disk measured on the mean pattern when the calibration has no ``semiangle_mrad``).
     unit : ``"px"``, ``"mrad"`` or ``"inv_A"``.
     origin : ``(qx, qy)`` in pixels; default the calibration's origin, else the centre of the
         bright-field disk of the mean pattern.
@@ -115,6 +115,14 @@ def detector_mask(
             r_bf = cal.length_to_px(cal.semiangle_mrad, "mrad")
         else:
             r_bf = disk[2]
+        edge = _edge_distance(datacube.pattern_shape, origin)
+        if kind == "bf" and r_bf > edge:
+            warnings.warn(
+                f"the bright-field disk (radius {r_bf:.1f} px) reaches beyond the detector edge "
+                f"({edge:.1f} px from the origin); the default BF detector is clipped to {edge:.1f} px",
+                stacklevel=2,
+            )
+            r_bf = edge
         radii_px = (r_bf,) if kind == "bf" else (1.5 * r_bf, math.inf)
     else:
         radii_px = tuple(cal.length_to_px(r, unit) if math.isfinite(r) else math.inf for r in radii)
