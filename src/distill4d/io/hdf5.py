@@ -405,20 +405,17 @@ def _from_axes(
 def _beam_metadata(f: Any, grp: Any) -> dict[str, Any]:
     """Beam energy and convergence semiangle from HyperSpy or Prismatic metadata, when present."""
     out: dict[str, Any] = {}
-    tem = grp.get("metadata/Acquisition_instrument/TEM")
-    if tem is not None:  # HyperSpy: keV and mrad
-        e = positive_or_none(tem.attrs.get("beam_energy"))
+    places = (
+        (grp.get("metadata/Acquisition_instrument/TEM"), "beam_energy", "convergence_angle"),  # HyperSpy
+        (f.get("4DSTEM_simulation/metadata/metadata_0/original/simulation_parameters"), "E", "sa"),  # Prismatic
+    )
+    for node, energy_keV, semiangle_mrad in places:  # both store keV and mrad
+        if node is None:
+            continue
+        e = positive_or_none(node.attrs.get(energy_keV))
         if e is not None:
             out["energy_eV"] = e * 1e3
-        a = positive_or_none(tem.attrs.get("convergence_angle"))
-        if a is not None:
-            out["semiangle_mrad"] = a
-    sim = f.get("4DSTEM_simulation/metadata/metadata_0/original/simulation_parameters")
-    if sim is not None:  # Prismatic: E in keV, sa (probe semiangle) in mrad
-        e = positive_or_none(sim.attrs.get("E"))
-        if e is not None:
-            out["energy_eV"] = e * 1e3
-        a = positive_or_none(sim.attrs.get("sa"))
+        a = positive_or_none(node.attrs.get(semiangle_mrad))
         if a is not None:
             out["semiangle_mrad"] = a
     return out
