@@ -232,3 +232,33 @@ def test_score_of_truth_against_itself_is_one(clean):
     s = disk_detection_accuracy(truth, truth)
     assert s.accuracy == pytest.approx(1.0)
     assert s.per_position.shape == (3, 3)
+
+
+def test_auto_threshold_ignores_disks_cut_by_the_detector_edge():
+    # At high dose the only maxima off the mean-pattern lattice are disks cut by the edge;
+    # counting them as noise once set the threshold to 7 % and lost a third of the disks.
+    from distill4d.bragg import auto_detection_parameters, disk_detection_accuracy, find_bragg_disks
+    from distill4d.simulate.kinematic import strained_scan, vacuum_probe
+
+    dc, truth = strained_scan((8, 8), (128, 128), kind="multilayer", strain=0.01, layer_width=4, dose=1e5, seed=2)
+    probe = vacuum_probe((128, 128), calibration=dc.calibration)
+    params = auto_detection_parameters(dc, probe)
+    assert params.min_relative_intensity < 0.02
+    peaks = find_bragg_disks(dc, probe, progress=False)
+    score = disk_detection_accuracy(peaks, truth.bragg_peaks(), threshold_inv_A=0.05,
+                                    q_pixel_inv_A=dc.calibration.q_pixel_inv_A)
+    assert score.accuracy > 0.95
+
+
+def test_overriding_the_threshold_recomputes_max_peaks():
+    from distill4d.bragg import auto_detection_parameters, find_bragg_disks
+    from distill4d.simulate.kinematic import strained_scan, vacuum_probe
+
+    dc, _ = strained_scan((4, 4), (128, 128), kind="uniform", strain=0.0, dose=3e3, seed=3)
+    probe = vacuum_probe((128, 128), calibration=dc.calibration)
+    auto = auto_detection_parameters(dc, probe)
+    low = auto_detection_parameters(dc, probe, min_relative_intensity=0.005)
+    assert low.min_relative_intensity == 0.005 and auto.min_relative_intensity > 0.05
+    assert low.max_peaks > auto.max_peaks  # more disks pass a lower threshold: the cap follows
+    peaks = find_bragg_disks(dc, probe, min_relative_intensity=0.005, progress=False)
+    assert peaks.params["max_peaks"] == low.max_peaks

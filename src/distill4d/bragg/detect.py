@@ -302,6 +302,7 @@ def auto_detection_parameters(
     kind: str = "disk",
     corr_power: float = 1.0,
     sigma_cc_px: float = 0.0,
+    min_relative_intensity: float | None = None,
 ) -> DetectionParameters:
     """Choose detection parameters from the data (each can be overridden in :func:`find_bragg_disks`).
 
@@ -312,7 +313,10 @@ def auto_detection_parameters(
       maxima are split into those on a disk of the mean pattern (within a quarter of the
       lattice spacing) and those off it; the threshold is 1.2x the 99th percentile of the
       off-lattice maxima (noise), clipped to [0.001, 0.2] (0.001 when there is no noise).
-    - ``max_peaks``: twice the number of disks of the mean pattern above that threshold, plus
+      Maxima within two disk radii of the detector edge do not count as noise: there, disks
+      cut by the edge give maxima that the mean pattern's detection does not list.
+      A given ``min_relative_intensity`` is used as it is.
+    - ``max_peaks``: twice the number of disks of the mean pattern above the threshold, plus
       10, and at most the number of disks that fit at the minimum spacing.
 
     ``corr_power`` and ``sigma_cc_px`` are those the detection will use (they change the
@@ -354,13 +358,17 @@ def auto_detection_parameters(
             continue
         x, y, v = sp["qx"][j, :cj], sp["qy"][j, :cj], sp["intensity"][j, :cj]
         rel = v / v.max()
+        inner = (x >= 2 * radius) & (x <= nx - 1 - 2 * radius) & (y >= 2 * radius) & (y <= ny - 1 - 2 * radius)
         if c:
             dist = np.hypot(x[:, None] - mx[None, :], y[:, None] - my[None, :]).min(axis=1)
-            off_rel.append(rel[dist > 0.25 * spacing])
+            off_rel.append(rel[(dist > 0.25 * spacing) & inner])
         else:
-            off_rel.append(rel[1:])
+            off_rel.append(rel[1:][inner[1:]])
     off = np.concatenate(off_rel) if off_rel else np.zeros(0)
-    threshold = 0.001 if off.size == 0 else float(np.clip(1.2 * np.quantile(off, 0.99), 0.001, 0.2))
+    if min_relative_intensity is not None:
+        threshold = float(min_relative_intensity)
+    else:
+        threshold = 0.001 if off.size == 0 else float(np.clip(1.2 * np.quantile(off, 0.99), 0.001, 0.2))
     n_mean = int(np.sum(mi >= threshold * (mi.max() if c else 1.0)))
     packing = int(nx * ny / (0.866 * max(min_spacing, 1.0) ** 2)) + 1
     return DetectionParameters(
@@ -416,7 +424,8 @@ def find_bragg_disks(
     needed = {"min_spacing_px", "min_relative_intensity", "max_peaks"} - set(overrides)
     if needed:
         base = auto_detection_parameters(
-            dc, probe, corr_power=overrides.get("corr_power", 1.0), sigma_cc_px=overrides.get("sigma_cc_px", 0.0)
+            dc, probe, corr_power=overrides.get("corr_power", 1.0), sigma_cc_px=overrides.get("sigma_cc_px", 0.0),
+            min_relative_intensity=overrides.get("min_relative_intensity"),
         )
     else:
         r = overrides.get("radius_px", probe.radius_px)
