@@ -170,7 +170,9 @@ def cmd_virtual(args: argparse.Namespace) -> int:
             detectors[f"annulus{i}"] = ("annulus", (r0, r1))
     if not detectors:
         detectors = {"bf": ("bf", None), "adf": ("adf", None)}
-    masks = {name: detector_mask(dc, kind, radii, unit=args.unit, origin=origin)
+    need_mean = any(r is None for _, r in detectors.values()) or (origin is None and dc.calibration.origin_px is None)
+    mean = dc.mean_pattern(**_engine_kwargs(args)) if need_mean else None  # one pass, shared by all detectors
+    masks = {name: detector_mask(dc, kind, radii, unit=args.unit, origin=origin, mean_pattern=mean)
              for name, (kind, radii) in detectors.items()}
     outs.clear_stale()
     images = virtual_images(dc, masks, checkpoint=outs.checkpoint("virtual"), **_engine_kwargs(args))
@@ -206,13 +208,14 @@ def cmd_com(args: argparse.Namespace) -> int:
 
     outs = _Outputs(args)
     dc = _open(args)
-    origin = tuple(args.origin_px) if args.origin_px else None
+    origin = tuple(args.origin_px) if args.origin_px else dc.calibration.origin_px
     mask = None
     if args.radius is not None:
         from .imaging.origin import find_bf_disk
 
-        center = origin or dc.calibration.origin_px or find_bf_disk(dc.mean_pattern())[:2]
-        mask = circle_mask(dc.pattern_shape, center, dc.calibration.length_to_px(args.radius, args.unit))
+        if origin is None:  # found once here and reused by center_of_mass
+            origin = find_bf_disk(dc.mean_pattern(**_engine_kwargs(args)))[:2]
+        mask = circle_mask(dc.pattern_shape, origin, dc.calibration.length_to_px(args.radius, args.unit))
     outs.clear_stale()
     com = center_of_mass(dc, mask=mask, origin=origin, checkpoint=outs.checkpoint("com"), **_engine_kwargs(args))
     arrays = {"com_qx": com.com_qx_px, "com_qy": com.com_qy_px}

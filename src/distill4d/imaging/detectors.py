@@ -88,6 +88,7 @@ def detector_mask(
     *,
     unit: str = "px",
     origin: tuple[float, float] | None = None,
+    mean_pattern: np.ndarray | None = None,
 ) -> np.ndarray:
     """A named virtual detector for ``datacube``.
 
@@ -101,13 +102,17 @@ def detector_mask(
     unit : ``"px"``, ``"mrad"`` or ``"inv_A"``.
     origin : ``(qx, qy)`` in pixels; default the calibration's origin, else the centre of the
         bright-field disk of the mean pattern.
+    mean_pattern : the dataset's mean pattern if already computed (saves a pass over the data
+        when several detectors are built).
     """
     from .origin import find_bf_disk
 
     cal = datacube.calibration
     angle_known = None not in (cal.semiangle_mrad, cal.q_pixel_inv_A, cal.energy_eV)
     need_disk = (origin is None and cal.origin_px is None) or (radii is None and not angle_known)
-    disk = find_bf_disk(datacube.mean_pattern()) if need_disk else None
+    if need_disk and mean_pattern is None:
+        mean_pattern = datacube.mean_pattern()
+    disk = find_bf_disk(mean_pattern) if need_disk else None
     if origin is None:
         origin = cal.origin_px if cal.origin_px is not None else (disk[0], disk[1])
     if radii is None:
