@@ -9,6 +9,6 @@ distributed cluster, with the same results; with ``checkpoint=DIR`` finished til
 written to disk and an interrupted job resumes from them.
 """
 
-from .core import DEFAULT_MEMORY_BUDGET, Tile, map_patterns, plan_tiles, reduce_patterns
+from .core import DEFAULT_MEMORY_BUDGET, Tile, map_patterns, plan_tiles, reduce_patterns, run_tasks
 
-__all__ = ["map_patterns", "reduce_patterns", "plan_tiles", "Tile", "DEFAULT_MEMORY_BUDGET"]
+__all__ = ["map_patterns", "reduce_patterns", "run_tasks", "plan_tiles", "Tile", "DEFAULT_MEMORY_BUDGET"]

@@ -15,7 +15,7 @@ from .._validate import positive_int
 from ..datacube import DataCube, _is_dask
 from .checkpoint import Checkpoint
 
-__all__ = ["map_patterns", "reduce_patterns", "plan_tiles", "Tile", "DEFAULT_MEMORY_BUDGET"]
+__all__ = ["map_patterns", "reduce_patterns", "run_tasks", "plan_tiles", "Tile", "DEFAULT_MEMORY_BUDGET"]
 
 #: Working memory the engine aims to stay within, in bytes (override with
 #: ``memory_budget=`` or the environment variable ``DISTILL4D_MEMORY_BUDGET``).
@@ -267,12 +267,44 @@ class _Executor:
 
 
 # ---------------------------------------------------------------------- public API
-def _progress_bar(progress: bool | None, total: int, n_tiles: int, desc: str):
+def _progress_bar(progress: bool | None, total: int, n_tiles: int, desc: str, unit: str = "pattern"):
     from tqdm.auto import tqdm
 
     if progress is None:
         progress = n_tiles > 1 and sys.stderr.isatty()
-    return tqdm(total=total, unit="pattern", desc=desc, disable=not progress, leave=False)
+    return tqdm(total=total, unit=unit, desc=desc, disable=not progress, leave=False)
+
+
+def _call(item: Any, fn: Callable[[Any], Any]) -> Any:
+    return fn(item)
+
+
+def _identity(item: Any) -> Any:
+    return item
+
+
+def run_tasks(
+    fn: Callable[[Any], Any],
+    items: list[Any],
+    *,
+    scheduler: str | Any = "threads",
+    n_workers: int | None = None,
+    progress: bool | None = None,
+    desc: str = "",
+    unit: str = "task",
+) -> Iterator[tuple[Any, Any]]:
+    """Run ``fn(item)`` for every item on the engine's executors; yield ``(item, result)`` as each finishes.
+
+    For independent jobs that are not patterns of one DataCube (e.g. the shards of a
+    simulation library). ``scheduler`` and ``n_workers`` are those of :func:`map_patterns`;
+    ``fn`` and the items must be picklable for ``"processes"`` and Dask. On a failure the
+    tasks in flight finish (and are yielded) before the error is raised.
+    """
+    items = list(items)
+    with _Executor(scheduler, n_workers) as ex, _progress_bar(progress, len(items), len(items), desc, unit) as bar:
+        for item, result in ex.run(_call, _identity, items, fn):
+            bar.update(1)
+            yield item, result
 
 
 def map_patterns(

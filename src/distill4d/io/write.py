@@ -58,6 +58,7 @@ def write(
     units: Mapping[str, str] | None = None,
     attrs: Mapping[str, Any] | None = None,
     compression: str | None = None,
+    results: Mapping[str, Any] | None = None,
 ) -> pathlib.Path:
     """Write a DataCube or a dict of result arrays to an HDF5 file, atomically.
 
@@ -75,6 +76,9 @@ def write(
     attrs : file-level attributes (e.g. the command line, calibration values); values that
         HDF5 cannot hold directly (dicts, None) are stored as JSON text.
     compression : ``None`` (default, fastest), ``"gzip"`` or ``"lz4"`` for a DataCube's data.
+    results : with a DataCube only: ``{name: array}`` stored beside it as ``/results/<name>``
+        (e.g. a simulation's ground truth), read back by :func:`read_results`; their units
+        go in ``units`` too.
 
     Returns
     -------
@@ -95,17 +99,13 @@ def write(
         raise FileNotFoundError(f"cannot write {out}: the folder {out.parent} does not exist")
     if isinstance(obj, DataCube):
         _refuse_input(out, obj)
+        extra = _check_results(results, {"data"}, units) if results is not None else {}
         with atomic_output(out) as tmp:
-            _write_datacube(tmp, obj, units, attrs, compression)
+            _write_datacube(tmp, obj, units, attrs, compression, extra)
     elif isinstance(obj, Mapping):
-        arrays = _check_results(obj)
-        if units is not None and not isinstance(units, Mapping):
-            raise TypeError(f"units must be a dict {{name: unit}}, got {type(units).__name__}")
-        unknown = set(units or {}) - set(arrays)
-        if unknown:
-            raise ValueError(
-                f"units given for {sorted(unknown)}, which are not among the results {sorted(arrays)}"
-            )
+        if results is not None:
+            raise TypeError("results= goes with a DataCube; a dict of results is written as it is")
+        arrays = _check_results(obj, set(), units)
         with atomic_output(out) as tmp:
             _write_results(tmp, arrays, units or {}, attrs)
     else:
@@ -145,7 +145,12 @@ def _source_files(data: Any) -> list[str]:
 
 # ---------------------------------------------------------------------- DataCube
 def _write_datacube(
-    tmp: str, dc: DataCube, units: Any, attrs: Mapping[str, Any] | None, compression: str | None
+    tmp: str,
+    dc: DataCube,
+    units: Any,
+    attrs: Mapping[str, Any] | None,
+    compression: str | None,
+    results: dict[str, np.ndarray],
 ) -> None:
     import h5py
     import hdf5plugin
@@ -201,6 +206,8 @@ def _write_datacube(
         bundle = root.create_group("metadatabundle")
         bundle.attrs["emd_group_type"] = "metadatabundle"
         _write_py4dstem_calibration(bundle, cal)
+        if results:
+            _results_group(f, results, units or {})
 
 
 def _copy_data(data: Any, dset: Any) -> None:
@@ -266,7 +273,9 @@ def _write_py4dstem_calibration(bundle: Any, cal: Calibration) -> None:
 
 
 # ---------------------------------------------------------------------- results
-def _check_results(obj: Mapping[str, Any]) -> dict[str, np.ndarray]:
+def _check_results(obj: Mapping[str, Any], other_units: set[str], units: Any) -> dict[str, np.ndarray]:
+    if not isinstance(obj, Mapping):
+        raise TypeError(f"results must be a dict {{name: array}}, got {type(obj).__name__}")
     if not obj:
         raise ValueError("the results dict is empty; nothing to write")
     arrays: dict[str, np.ndarray] = {}
@@ -279,6 +288,11 @@ def _check_results(obj: Mapping[str, Any]) -> dict[str, np.ndarray]:
         if arr.dtype.hasobject:
             raise TypeError(f"result {name!r} has dtype object; expected a numeric array")
         arrays[name] = arr
+    if units is not None and not isinstance(units, Mapping):
+        raise TypeError(f"units must be a dict {{name: unit}}, got {type(units).__name__}")
+    unknown = set(units or {}) - set(arrays) - other_units
+    if unknown:
+        raise ValueError(f"units given for {sorted(unknown)}, which are not among the results {sorted(arrays)}")
     return arrays
 
 
@@ -298,10 +312,14 @@ def _write_results(
             }
         )
         _set_attrs(f, attrs)
-        g = f.create_group("results")
-        for name, arr in arrays.items():
-            d = g.create_dataset(name, data=arr)
-            d.attrs["units"] = str(units.get(name, ""))
+        _results_group(f, arrays, units)
+
+
+def _results_group(f: Any, arrays: dict[str, np.ndarray], units: Mapping[str, str]) -> None:
+    g = f.create_group("results")
+    for name, arr in arrays.items():
+        d = g.create_dataset(name, data=arr)
+        d.attrs["units"] = str(units.get(name, ""))
 
 
 def _set_attrs(target: Any, attrs: Mapping[str, Any] | None) -> None:
@@ -371,7 +389,7 @@ class Results(collections.abc.Mapping):
 
 
 def read_results(path: str | os.PathLike) -> Results:
-    """Read a results file written by :func:`write` with a dict.
+    """Read a results file written by :func:`write` with a dict (or the ``results=`` stored beside a DataCube).
 
     Parameters
     ----------
@@ -388,7 +406,7 @@ def read_results(path: str | os.PathLike) -> Results:
         raise FileNotFoundError(f"{path}: file not found")
     with open_h5(path) as f:
         fmt = _attr_str(f.attrs.get("distill4d_format"))
-        if fmt != "results" or "results" not in f:
+        if fmt not in ("results", "datacube") or "results" not in f:
             what = (
                 "a distill4d DataCube file (read it with distill4d.read)"
                 if fmt == "datacube"

@@ -146,7 +146,8 @@ class CBEDResult:
     """Output of :func:`simulate_cbed`.
 
     patterns : (n_thickness, Nx, Ny) float32, fraction of the incident beam per pixel.
-    thicknesses_A : (n_thickness,) the thicknesses simulated (whole cells, Å).
+    thicknesses_A : (n_thickness,) the thicknesses simulated (whole cells, Å; sorted, requests
+        that round to the same number of cells give one pattern).
     probe : (Nx, Ny) float32 vacuum probe on the same grid (total 1 within the detector).
     target : (Nx, Ny) float32 structure-factor image (FCU-Net target), the (000) spot = 1.
     peaks : (m, 3) kinematic Bragg peaks on the detector: qx, qy (px), amplitude
@@ -185,7 +186,10 @@ def _abtem_device(device: str):
 
     if device not in ("cpu", "gpu"):
         raise ValueError(f"device must be 'cpu' or 'gpu', got {device!r}")
-    with abtem.config.set({"device": device}):
+    # FFTW_ESTIMATE: plans are deterministic (bit-reproducible results) and cheap to make for
+    # the new grid size that nearly every sample of a library has; eager compute: no nested
+    # Dask graphs inside library workers.
+    with abtem.config.set({"device": device, "fftw.planning_effort": "FFTW_ESTIMATE", "dask.lazy": False}):
         yield abtem
 
 
@@ -212,8 +216,10 @@ def _grid(lengths: np.ndarray, settings: CBEDSettings) -> dict[str, Any]:
     sampling = 1.0 / (3.0 * 1.03 * settings.max_q_inv_A)
     gpts = [int(math.ceil(e / sampling)) for e in extent]
     gpts = [g + (g % 2) for g in gpts]
-    per_cell = max(1, int(round(lengths[2] / settings.slice_thickness_A)))
-    cells = [max(1, int(round(t / lengths[2]))) for t in settings.thicknesses_A]
+    # at least two slices per cell: abTEM 1.0.11 misplaces exit planes of one-slice units
+    per_cell = max(2, int(round(lengths[2] / settings.slice_thickness_A)))
+    # whole cells, each thickness once (two requests may round to the same cell count)
+    cells = sorted({max(1, int(round(t / lengths[2]))) for t in settings.thicknesses_A})
     return {
         "repetitions": reps,
         "extent_A": extent,
@@ -264,7 +270,7 @@ def vacuum_probe_pattern(settings: CBEDSettings, *, device: str = "cpu") -> np.n
         probe = _probe(abtem, dataclasses.replace(settings, tilt_mrad=(0.0, 0.0)))
         probe.grid.gpts = tuple(grid["gpts"])
         probe.grid.extent = tuple(grid["extent_A"])
-        wave = probe.build().compute(progress_bar=False)
+        wave = probe.build(lazy=False)
         return _to_detector(_intensity(wave.array), grid["sampling_A"], settings)
 
 
@@ -322,7 +328,7 @@ def simulate_cbed(atoms: Any, settings: CBEDSettings, *, seed: int = 0, device: 
                 projection="infinite",
             )
             crystal = abtem.CrystalPotential(unit, repetitions=(1, 1, n_cells), exit_planes=exit_planes)
-            waves = probe.multislice(crystal).compute(progress_bar=False)
+            waves = probe.multislice(crystal, lazy=False)
             arr = waves.array.reshape((-1,) + tuple(grid["gpts"]))[-len(exit_planes):]
             inten = _intensity(arr)
             total = inten if total is None else total + inten
