@@ -380,6 +380,10 @@ def build_parser() -> argparse.ArgumentParser:
         _add_engine(p)
         p.set_defaults(func=func)
 
+    from .cli_simulate import add_simulate_parser
+
+    add_simulate_parser(sub)
+
     p = sub.add_parser("demo", help="simulate a dataset and run the analyses on it")
     p.add_argument("-o", "--output", default="distill4d_demo", help="output directory (default distill4d_demo)")
     p.add_argument("--force", action="store_true", help="overwrite files of an earlier demo")

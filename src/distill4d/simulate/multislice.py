@@ -26,7 +26,6 @@ How the grid is built:
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 import time
@@ -36,6 +35,7 @@ import numpy as np
 
 from .._validate import nonnegative_float, positive_float, positive_int
 from ..calibration import Calibration
+from ._abtem import abtem_session
 from .structure_factor import kinematic_reflections, structure_factor_image
 
 __all__ = [
@@ -180,19 +180,6 @@ def rebin_matrix(native_k: np.ndarray, native_dk: float, n_out: int, dq: float, 
     return np.clip(overlap, 0.0, None) / native_dk
 
 
-@contextlib.contextmanager
-def _abtem_device(device: str):
-    import abtem
-
-    if device not in ("cpu", "gpu"):
-        raise ValueError(f"device must be 'cpu' or 'gpu', got {device!r}")
-    # FFTW_ESTIMATE: plans are deterministic (bit-reproducible results) and cheap to make for
-    # the new grid size that nearly every sample of a library has; eager compute: no nested
-    # Dask graphs inside library workers.
-    with abtem.config.set({"device": device, "fftw.planning_effort": "FFTW_ESTIMATE", "dask.lazy": False}):
-        yield abtem
-
-
 def _check_atoms(atoms: Any) -> np.ndarray:
     cell = np.asarray(getattr(atoms, "cell", np.zeros((3, 3))), dtype=np.float64).reshape(3, 3)
     if len(atoms) == 0:
@@ -266,7 +253,7 @@ def vacuum_probe_pattern(settings: CBEDSettings, *, device: str = "cpu") -> np.n
     """The vacuum probe's diffraction pattern on the detector grid ((Nx, Ny) float32, total ≈ 1)."""
     lengths = np.array([1.0 / settings.q_pixel_inv_A] * 2 + [1.0])
     grid = _grid(lengths * np.array([settings.oversample, settings.oversample, 1.0]), settings)
-    with _abtem_device(device) as abtem:
+    with abtem_session(device) as abtem:
         probe = _probe(abtem, dataclasses.replace(settings, tilt_mrad=(0.0, 0.0)))
         probe.grid.gpts = tuple(grid["gpts"])
         probe.grid.extent = tuple(grid["extent_A"])
@@ -310,7 +297,7 @@ def simulate_cbed(atoms: Any, settings: CBEDSettings, *, seed: int = 0, device: 
     n_cells = max(grid["cells"])
     per_cell = grid["slices_per_cell"]
     exit_planes = tuple(c * per_cell - 1 for c in grid["cells"])
-    with _abtem_device(device) as abtem:
+    with abtem_session(device) as abtem:
         probe = _probe(abtem, settings)
         configs = max(1, settings.frozen_phonons)
         total = None

@@ -29,7 +29,7 @@ from .._validate import nonnegative_float, positive_float, positive_int
 from ..calibration import Calibration
 from ..datacube import DataCube
 from .kinematic import ScanTruth, deformation_to_strain
-from .multislice import CBEDSettings, bragg_peak_list, simulate_cbed, vacuum_probe_pattern
+from .multislice import CBEDSettings, simulate_cbed, vacuum_probe_pattern
 
 __all__ = ["PRESETS", "ScanFields", "scan_preset", "MultisliceTruth", "simulate_scan", "save_scan", "load_scan"]
 
