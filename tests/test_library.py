@@ -36,11 +36,21 @@ def _read_all(folder):
 
 
 def _same(a, b):
+    """Same entries: metadata and peak lists exactly; images to float32 round-off.
+
+    FFTW's results depend on the memory alignment of its arrays at the round-off level
+    (1e-18 of a pattern whose total is 1), so two builds agree bit for bit only when their
+    buffers happen to be aligned alike.
+    """
     assert a.keys() == b.keys()
     for name in a:
         assert a[name].keys() == b[name].keys()
         for k in a[name]:
-            assert np.array_equal(a[name][k], b[name][k]), (name, k)
+            x, y = a[name][k], b[name][k]
+            if k in ("patterns", "probes"):
+                assert np.allclose(x, y, rtol=0, atol=1e-6 * np.abs(x).max()), (name, k)
+            else:
+                assert np.array_equal(x, y), (name, k)
 
 
 @pytest.fixture(scope="module")
