@@ -158,3 +158,26 @@ def test_settings_validation():
         from ase.build import bulk
 
         simulate_cbed(bulk("Si"), SETTINGS)
+
+
+def test_frozen_phonons_are_seeded_and_damp_high_angles():
+    """Thermal displacements move flux from the Bragg disks to a diffuse background, by seed."""
+    settings = CBEDSettings(energy_eV=200e3, semiangle_mrad=2.0, shape=(64, 64), q_pixel_inv_A=0.05,
+                            thicknesses_A=(150.0,), frozen_phonons=2, phonon_sigma_A=0.1)
+    atoms = si_011()
+    a = simulate_cbed(atoms, settings, seed=1)
+    b = simulate_cbed(atoms, settings, seed=1)
+    c = simulate_cbed(atoms, settings, seed=2)
+    static = simulate_cbed(atoms, dataclasses.replace(settings, frozen_phonons=0))
+    assert np.allclose(a.patterns, b.patterns, rtol=0, atol=1e-7)
+    assert not np.allclose(a.patterns, c.patterns, rtol=0, atol=1e-7)
+    # thermal diffuse scattering: more flux between the disks than the static lattice has
+    o = np.array(settings.origin_px, dtype=float)
+    xx, yy = np.meshgrid(np.arange(64), np.arange(64), indexing="ij")  # xx: qx (axis 0)
+    in_disk = np.zeros((64, 64), dtype=bool)
+    r = 2e-3 / settings.wavelength_A / settings.q_pixel_inv_A + 1.5
+    for px, py, _ in a.peaks:
+        in_disk |= np.hypot(xx - px, yy - py) <= r
+    between_static = static.patterns[0][~in_disk].sum()
+    between_phonon = a.patterns[0][~in_disk].sum()
+    assert between_phonon > 1.5 * between_static

@@ -51,7 +51,7 @@ def test_vacuum_and_thickness_truth(multilayer):
     cry = np.asarray(dc.data[0, 0], dtype=np.float64)
     # vacuum: one disk at the origin holding all the flux; crystal: Bragg disks elsewhere
     o = truth.origin_px
-    yy, xx = np.meshgrid(np.arange(96), np.arange(96))
+    xx, yy = np.meshgrid(np.arange(96), np.arange(96), indexing="ij")
     central = np.hypot(xx - o[0], yy - o[1]) <= truth.radius_px + 1.5
     assert vac[central].sum() / vac.sum() > 0.999
     assert cry[~central].sum() / cry.sum() > 0.05

@@ -126,7 +126,8 @@ def add_simulate_parser(sub: Any) -> None:
     s.add_argument("--dose", type=float, help="electrons per pattern (Poisson noise); default noise-free")
     s.add_argument("--plasmon", type=float, default=0.0, help="plasmon background, fraction of the flux")
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--device", default="cpu", choices=("cpu", "gpu"))
+    s.add_argument("--device", default="auto", choices=("auto", "cpu", "gpu"),
+                   help="auto (default): abTEM's GPU path when CuPy sees a GPU, else the CPU")
     s.set_defaults(func=cmd_simulate_scan)
 
     s = ssub.add_parser("library", help="a training library of patterns, probes, targets and peak lists")
@@ -135,7 +136,8 @@ def add_simulate_parser(sub: Any) -> None:
     s.add_argument("--scheduler", default="processes",
                    help="processes (default), threads, inline, or a Dask scheduler address tcp://host:port")
     s.add_argument("--workers", type=int, help="parallel workers (default: all cores)")
-    s.add_argument("--device", default="cpu", choices=("cpu", "gpu"))
+    s.add_argument("--device", default="auto", choices=("auto", "cpu", "gpu"),
+                   help="auto (default): abTEM's GPU path when CuPy sees a GPU, else the CPU")
     s.add_argument("--max-shards", type=int, help="stop after this many new shards (rerun to go on)")
     s.add_argument("--summary", help="also write the build summary (JSON) here")
     s.add_argument("--no-progress", action="store_true")

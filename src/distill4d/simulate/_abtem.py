@@ -7,9 +7,25 @@ from collections.abc import Iterator
 from typing import Any
 
 
+def resolve_device(device: str) -> str:
+    """``"auto"`` → ``"gpu"`` when CuPy imports and sees a CUDA device, else ``"cpu"``."""
+    if device == "auto":
+        try:
+            import cupy
+
+            return "gpu" if cupy.cuda.runtime.getDeviceCount() > 0 else "cpu"
+        except Exception:  # no CuPy, no driver, no device
+            return "cpu"
+    if device not in ("cpu", "gpu"):
+        raise ValueError(f"device must be 'auto', 'cpu' or 'gpu', got {device!r}")
+    return device
+
+
 @contextlib.contextmanager
 def abtem_session(device: str = "cpu", *, lazy: bool = False) -> Iterator[Any]:
     """Yield the abTEM module with settings restored on exit (``abtem.config.set`` is process-wide).
+
+    ``device``: ``"cpu"``, ``"gpu"`` (CuPy) or ``"auto"`` (see :func:`resolve_device`).
 
     FFTW_ESTIMATE plans are deterministic (bit-reproducible results) and cheap to make for the
     new grid size nearly every simulation has; one FFTW thread (parallelism comes from running
@@ -18,8 +34,7 @@ def abtem_session(device: str = "cpu", *, lazy: bool = False) -> Iterator[Any]:
     """
     import abtem
 
-    if device not in ("cpu", "gpu"):
-        raise ValueError(f"device must be 'cpu' or 'gpu', got {device!r}")
+    device = resolve_device(device)
     try:
         import pyfftw  # noqa: F401
 

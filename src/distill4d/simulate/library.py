@@ -227,7 +227,7 @@ def _crystal(spec: dict[str, Any], config: LibraryConfig) -> tuple[Any, dict[str
     raise ValueError(f"no zone axis of {name} gives an orthogonal cell: {last}")
 
 
-def simulate_sample(spec: dict[str, Any], config: LibraryConfig, *, device: str = "cpu") -> list[dict[str, Any]]:
+def simulate_sample(spec: dict[str, Any], config: LibraryConfig, *, device: str = "auto") -> list[dict[str, Any]]:
     """Run the simulation of one spec; one entry per thickness (arrays + metadata)."""
     from .multislice import CBEDSettings, simulate_cbed
 
@@ -359,14 +359,14 @@ def build_library(
     *,
     scheduler: Any = "processes",
     n_workers: int | None = None,
-    device: str = "cpu",
+    device: str = "auto",
     progress: bool | None = None,
     max_shards: int | None = None,
 ) -> dict[str, Any]:
     """Build (or resume) a library in ``out_dir``; returns a summary dict.
 
     scheduler, n_workers : where shards run (see :func:`distill4d.engine.run_tasks`).
-    device : ``"cpu"`` or ``"gpu"`` (abTEM's CuPy path).
+    device : ``"auto"`` (the GPU when CuPy sees one), ``"cpu"`` or ``"gpu"`` (abTEM's CuPy path).
     max_shards : stop after this many new shards (for time-boxed sessions; rerun to go on).
     """
     from ..engine import run_tasks

@@ -249,7 +249,7 @@ def _probe(abtem: Any, settings: CBEDSettings) -> Any:
     )
 
 
-def vacuum_probe_pattern(settings: CBEDSettings, *, device: str = "cpu") -> np.ndarray:
+def vacuum_probe_pattern(settings: CBEDSettings, *, device: str = "auto") -> np.ndarray:
     """The vacuum probe's diffraction pattern on the detector grid ((Nx, Ny) float32, total ≈ 1)."""
     lengths = np.array([1.0 / settings.q_pixel_inv_A] * 2 + [1.0])
     grid = _grid(lengths * np.array([settings.oversample, settings.oversample, 1.0]), settings)
@@ -277,7 +277,7 @@ def bragg_peak_list(atoms: Any, settings: CBEDSettings) -> tuple[np.ndarray, Any
     return px, refl
 
 
-def simulate_cbed(atoms: Any, settings: CBEDSettings, *, seed: int = 0, device: str = "cpu") -> CBEDResult:
+def simulate_cbed(atoms: Any, settings: CBEDSettings, *, seed: int = 0, device: str = "auto") -> CBEDResult:
     """Multislice CBED patterns of a crystal at every thickness of ``settings``.
 
     Parameters
@@ -286,7 +286,7 @@ def simulate_cbed(atoms: Any, settings: CBEDSettings, *, seed: int = 0, device: 
         period along z (it is repeated to each thickness).
     settings : :class:`CBEDSettings`.
     seed : seed of the frozen-phonon displacements (ignored without frozen phonons).
-    device : ``"cpu"`` or ``"gpu"`` (CuPy; abTEM's GPU path).
+    device : ``"auto"`` (the GPU when CuPy sees one), ``"cpu"`` or ``"gpu"`` (abTEM's CuPy path).
     """
     if not isinstance(settings, CBEDSettings):
         raise TypeError(f"settings must be a CBEDSettings, got {type(settings).__name__}")

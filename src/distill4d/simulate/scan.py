@@ -153,7 +153,7 @@ def simulate_scan(
     seed: int = 0,
     strain_step: float = 5e-4,
     tilt_step_mrad: float = 0.5,
-    device: str = "cpu",
+    device: str = "auto",
 ) -> tuple[DataCube, MultisliceTruth]:
     """Simulate a scan of ``atoms`` (orthogonal cell, beam along z) deformed by ``fields``.
 
