@@ -41,11 +41,16 @@ def test_noise_free_peaks_within_0p1_px(clean, clean_peaks):
         t = truth.peaks(rx, ry)
         inner = t[(t[:, 0] >= r) & (t[:, 0] <= 127 - r) & (t[:, 1] >= r) & (t[:, 1] <= 127 - r)]
         found = clean_peaks[rx, ry]
-        err, ip, it = _errors(found, inner)
-        assert len(ip) == len(found)  # no spurious peak
+        _, ip_all, _ = _errors(found, t)
+        assert len(ip_all) == len(found)  # no spurious peak (disks cut by the edge included)
+        whole = found[(found[:, 0] >= r) & (found[:, 0] <= 127 - r) & (found[:, 1] >= r) & (found[:, 1] <= 127 - r)]
+        err, ip, it = _errors(whole, inner)
         assert len(it) >= 0.95 * len(inner)  # (almost) every disk away from the edge
-        assert err.max() < 0.1
+        assert err.max() < 0.1  # disks whole on the detector: within 0.1 px
         assert np.sqrt(np.mean(err**2)) < 0.05
+        # disks cut by the edge (centre 0.5-1 radius inside) are found too, within 0.75 px
+        err_cut, _, _ = _errors(found, t)
+        assert err_cut.max() < 0.75
 
 
 def test_parabolic_and_hybrid_correlation(clean):
@@ -85,9 +90,12 @@ def test_vacuum_probe_gives_the_same_peaks(clean, clean_peaks):
     with_vac = find_bragg_disks(dc[0:1, 0:1], probe=vac)
     err, ip, _ = _errors(with_vac[0, 0], clean_peaks[0, 0], 0.5)
     assert len(ip) == len(clean_peaks[0, 0])
-    assert err.max() < 0.1
-    # both templates find the true positions to the same precision
-    err_vac, _, _ = _errors(with_vac[0, 0], clean[1].peaks(0, 0))
+    r = clean[1].radius_px
+    f = with_vac[0, 0]
+    whole = f[(f[:, 0] >= r) & (f[:, 0] <= 127 - r) & (f[:, 1] >= r) & (f[:, 1] <= 127 - r)]
+    assert np.max(_errors(whole, clean_peaks[0, 0], 0.5)[0]) < 0.1
+    # both templates find the true positions to the same precision (disks whole on the detector)
+    err_vac, _, _ = _errors(whole, clean[1].peaks(0, 0))
     assert err_vac.max() < 0.1
 
 
@@ -95,7 +103,7 @@ def test_auto_parameters_follow_the_data(clean):
     dc, truth = clean
     p = auto_detection_parameters(dc)
     assert p.radius_px == pytest.approx(truth.radius_px, abs=0.15)
-    assert p.edge_px == p.radius_px
+    assert p.edge_px == 0.5 * p.radius_px
     # nearest disks of the centred Si[110] cell: |(1,1)| = 12.8 px; half of it (strain 0.4 %)
     assert p.min_spacing_px == pytest.approx(12.77 / 2, rel=0.03)
     assert 0.001 <= p.min_relative_intensity <= 0.2
@@ -257,8 +265,10 @@ def test_overriding_the_threshold_recomputes_max_peaks():
     dc, _ = strained_scan((4, 4), (128, 128), kind="uniform", strain=0.0, dose=3e3, seed=3)
     probe = vacuum_probe((128, 128), calibration=dc.calibration)
     auto = auto_detection_parameters(dc, probe)
-    low = auto_detection_parameters(dc, probe, min_relative_intensity=0.005)
-    assert low.min_relative_intensity == 0.005 and auto.min_relative_intensity > 0.05
-    assert low.max_peaks > auto.max_peaks  # more disks pass a lower threshold: the cap follows
-    peaks = find_bragg_disks(dc, probe, min_relative_intensity=0.005, progress=False)
-    assert peaks.params["max_peaks"] == low.max_peaks
+    assert auto.min_relative_intensity > 0.05  # off the lattice sites: above the noise
+    assert auto.min_relative_intensity_sites < 0.01  # on the mean pattern's disks: 5 % of that
+    high = auto_detection_parameters(dc, probe, min_relative_intensity=0.3)
+    assert high.min_relative_intensity == 0.3 and high.min_relative_intensity_sites is None  # used everywhere
+    assert high.max_peaks < auto.max_peaks  # fewer disks pass a higher threshold: the cap follows
+    peaks = find_bragg_disks(dc, probe, min_relative_intensity=0.3, progress=False)
+    assert peaks.params["max_peaks"] == high.max_peaks

@@ -114,10 +114,12 @@ def test_same_seed_same_library_and_resume_has_no_gaps(built, tmp_path, monkeypa
     assert build_library(config, other, scheduler="inline", progress=False)["shards_built"] == 0
 
 
-def test_threads_scheduler_gives_the_same_library(built, tmp_path):
+def test_processes_give_the_same_library(built, tmp_path):
     folder, _ = built
-    build_library(LibraryConfig(**SMALL), tmp_path / "t", scheduler="threads", n_workers=2, progress=False)
-    _same(_read_all(folder), _read_all(tmp_path / "t"))
+    build_library(LibraryConfig(**SMALL), tmp_path / "p", scheduler="processes", n_workers=2, progress=False)
+    _same(_read_all(folder), _read_all(tmp_path / "p"))
+    with pytest.raises(ValueError, match="threads"):
+        build_library(LibraryConfig(**SMALL), tmp_path / "t", scheduler="threads", progress=False)
 
 
 def test_refuses_other_config_and_foreign_folder(built, tmp_path):

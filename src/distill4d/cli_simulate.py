@@ -134,7 +134,7 @@ def add_simulate_parser(sub: Any) -> None:
     s.add_argument("--config", required=True, help="library configuration (.toml or .json; see LibraryConfig)")
     s.add_argument("-o", "--output", required=True, help="output folder (resumes when it holds the same library)")
     s.add_argument("--scheduler", default="processes",
-                   help="processes (default), threads, inline, or a Dask scheduler address tcp://host:port")
+                   help="processes (default), inline, or a Dask scheduler address tcp://host:port")
     s.add_argument("--workers", type=int, help="parallel workers (default: all cores)")
     s.add_argument("--device", default="auto", choices=("auto", "cpu", "gpu"),
                    help="auto (default): abTEM's GPU path when CuPy sees a GPU, else the CPU")

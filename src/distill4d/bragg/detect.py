@@ -52,6 +52,13 @@ class DetectionParameters:
     subpixel : ``"none"``, ``"parabolic"`` or ``"dft"`` (DFT upsampling).
     upsample_factor : DFT upsampling factor (precision 1/upsample_factor px before the final
         parabolic step).
+    sites_px : expected disk positions ``((qx, qy), ...)`` (e.g. the mean pattern's disks);
+        empty: none.
+    site_tolerance_px : a maximum within this distance of a site is "on a site".
+    min_relative_intensity_sites : threshold for maxima on a site (None: the same as
+        ``min_relative_intensity``). Noise rarely makes a maximum exactly where a disk is
+        expected, so on-site maxima can be accepted far below the noise threshold that
+        off-site maxima need.
     """
 
     radius_px: float
@@ -64,6 +71,9 @@ class DetectionParameters:
     sigma_cc_px: float = 0.0
     subpixel: str = "dft"
     upsample_factor: int = 16
+    sites_px: tuple[tuple[float, float], ...] = ()
+    site_tolerance_px: float = 0.0
+    min_relative_intensity_sites: float | None = None
 
     def __post_init__(self) -> None:
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731
@@ -81,6 +91,41 @@ class DetectionParameters:
         if self.subpixel not in _SUBPIXEL:
             raise ValueError(f"subpixel must be one of {_SUBPIXEL}, got {self.subpixel!r}")
         set_("upsample_factor", positive_int("upsample_factor", self.upsample_factor, minimum=2))
+        sites = np.asarray(self.sites_px, dtype=np.float64).reshape(-1, 2) if len(self.sites_px) else np.zeros((0, 2))
+        if not np.all(np.isfinite(sites)):
+            raise ValueError("sites_px must be finite (qx, qy) pixel positions")
+        set_("sites_px", tuple((float(x), float(y)) for x, y in sites))
+        set_("site_tolerance_px", nonnegative_float("site_tolerance_px", self.site_tolerance_px))
+        if self.min_relative_intensity_sites is not None:
+            v = nonnegative_float("min_relative_intensity_sites", self.min_relative_intensity_sites)
+            if v > 1:
+                raise ValueError(f"min_relative_intensity_sites must be in [0, 1], got {v}")
+            set_("min_relative_intensity_sites", v)
+
+    def to_dict(self) -> dict:
+        """The parameters as plain values (sites as a list of [qx, qy])."""
+        d = dataclasses.asdict(self)
+        d["sites_px"] = [list(s) for s in self.sites_px]
+        return d
+
+
+@functools.lru_cache(maxsize=16)
+def _site_mask(sites: tuple[tuple[float, float], ...], tolerance: float, shape: tuple[int, int]) -> np.ndarray:
+    """Pixels within ``tolerance`` of any site (bool (Qx, Qy))."""
+    mask = np.zeros(shape, dtype=bool)
+    if not sites or tolerance <= 0:
+        return mask
+    x = np.arange(shape[0])[:, None]
+    y = np.arange(shape[1])[None, :]
+    for sx, sy in sites:
+        mask |= (x - sx) ** 2 + (y - sy) ** 2 <= tolerance**2
+    return mask
+
+
+#: On-site threshold = this x the off-site (noise) threshold (see auto_detection_parameters).
+_SITE_FACTOR = 0.05
+#: On-site = within this fraction of the lattice spacing of a mean-pattern disk.
+_SITE_TOLERANCE = 0.25
 
 
 # ----------------------------------------------------------------------------- batch core
@@ -132,7 +177,11 @@ def detect_batch(batch: np.ndarray, kernel_ft: np.ndarray, params: DetectionPara
         return out
     vmax = np.zeros(n)
     np.maximum.at(vmax, ii, vv)
-    keep = (vv >= params.min_relative_intensity * vmax[ii]) & (vv >= params.min_absolute_intensity) & ~bad[ii]
+    rel = np.full(vv.shape, params.min_relative_intensity)
+    if params.min_relative_intensity_sites is not None and params.sites_px:
+        on_site = _site_mask(params.sites_px, params.site_tolerance_px, (nx, ny))[xx, yy]
+        rel[on_site] = params.min_relative_intensity_sites
+    keep = (vv >= rel * vmax[ii]) & (vv >= params.min_absolute_intensity) & ~bad[ii]
     ii, xx, yy, vv = ii[keep], xx[keep], yy[keep], vv[keep]
     order = np.lexsort((-vv, ii))  # by pattern, brightest first
     ii, xx, yy, vv = ii[order], xx[order], yy[order], vv[order]
@@ -306,7 +355,9 @@ def auto_detection_parameters(
 ) -> DetectionParameters:
     """Choose detection parameters from the data (each can be overridden in :func:`find_bragg_disks`).
 
-    - ``radius_px``: radius of the probe disk; ``edge_px`` = ``radius_px``.
+    - ``radius_px``: radius of the probe disk; ``edge_px`` = half of it: disks whose centre
+      is at least half a radius inside the detector are kept (closer ones are cut so much
+      that their correlation peaks move; benchmarks/RESULTS.md).
     - ``min_spacing_px``: half the median nearest-neighbour distance of the disks found in
       the mean pattern (the lattice spacing; ``2 * radius_px`` if fewer than 4 disks).
     - ``min_relative_intensity``: on ``n_sample`` patterns spread over the scan, correlation
@@ -315,7 +366,11 @@ def auto_detection_parameters(
       off-lattice maxima (noise), clipped to [0.001, 0.2] (0.001 when there is no noise).
       Maxima within two disk radii of the detector edge do not count as noise: there, disks
       cut by the edge give maxima that the mean pattern's detection does not list.
-      A given ``min_relative_intensity`` is used as it is.
+      A given ``min_relative_intensity`` is used as it is, everywhere.
+    - ``sites_px``, ``site_tolerance_px``, ``min_relative_intensity_sites``: maxima within a
+      quarter of the lattice spacing of a mean-pattern disk need only 5 % of that
+      threshold (at least 0.001): at low dose the noise threshold would drop real, weaker
+      disks, and noise seldom peaks exactly on a lattice site.
     - ``max_peaks``: twice the number of disks of the mean pattern above the threshold, plus
       10, and at most the number of disks that fit at the minimum spacing.
 
@@ -369,16 +424,25 @@ def auto_detection_parameters(
         threshold = float(min_relative_intensity)
     else:
         threshold = 0.001 if off.size == 0 else float(np.clip(1.2 * np.quantile(off, 0.99), 0.001, 0.2))
-    n_mean = int(np.sum(mi >= threshold * (mi.max() if c else 1.0)))
+    # on the mean pattern's disks, accept maxima far below the off-site noise level
+    sites: tuple = ()
+    site_threshold = None
+    if c >= 2 and min_relative_intensity is None:
+        sites = tuple(zip(mx.tolist(), my.tolist()))
+        site_threshold = float(max(0.001, min(threshold, _SITE_FACTOR * threshold)))
+    n_mean = int(np.sum(mi >= (site_threshold or threshold) * (mi.max() if c else 1.0)))
     packing = int(nx * ny / (0.866 * max(min_spacing, 1.0) ** 2)) + 1
     return DetectionParameters(
         radius_px=radius,
-        edge_px=radius,
+        edge_px=0.5 * radius,
         min_spacing_px=min_spacing,
         min_relative_intensity=threshold,
         max_peaks=max(1, min(packing, 2 * n_mean + 10)),
         corr_power=corr_power,
         sigma_cc_px=sigma_cc_px,
+        sites_px=sites,
+        site_tolerance_px=max(1.0, _SITE_TOLERANCE * spacing) if sites else 0.0,
+        min_relative_intensity_sites=site_threshold,
     )
 
 
@@ -429,9 +493,9 @@ def find_bragg_disks(
         )
     else:
         r = overrides.get("radius_px", probe.radius_px)
-        base = DetectionParameters(radius_px=r, edge_px=r, min_spacing_px=0.0)
+        base = DetectionParameters(radius_px=r, edge_px=0.5 * r, min_spacing_px=0.0)
     if "radius_px" in overrides and "edge_px" not in overrides:
-        overrides["edge_px"] = overrides["radius_px"]
+        overrides["edge_px"] = 0.5 * overrides["radius_px"]
     params = dataclasses.replace(base, **overrides)
     fn = functools.partial(detect_batch, kernel_ft=_kernel_ft(probe), params=params)
     res = map_patterns(

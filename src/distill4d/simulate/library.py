@@ -12,8 +12,8 @@ shards ``shard_00000.h5``, ``shard_00001.h5``, ... of ``shard_size`` samples eac
 - Resumable: a shard file appears (atomically) only when it is complete; a rerun with the
   same configuration skips finished shards. ``library.json`` records the configuration; a
   folder built with another configuration is refused.
-- Parallel: shards are tasks for :func:`distill4d.engine.run_tasks` (threads, processes, a
-  Dask scheduler address or Client).
+- Parallel: shards are tasks for :func:`distill4d.engine.run_tasks` (processes, a Dask
+  scheduler address or Client; not threads: abTEM's settings are process-wide).
 
 :class:`Library` reads a finished library lazily (one entry at a time, any process);
 ``distill4d.train.datasets.LibraryDataset`` wraps it for PyTorch.
@@ -365,7 +365,8 @@ def build_library(
 ) -> dict[str, Any]:
     """Build (or resume) a library in ``out_dir``; returns a summary dict.
 
-    scheduler, n_workers : where shards run (see :func:`distill4d.engine.run_tasks`).
+    scheduler, n_workers : where shards run (see :func:`distill4d.engine.run_tasks`):
+        ``"processes"`` (default), ``"inline"``, a Dask address or Client; not ``"threads"``.
     device : ``"auto"`` (the GPU when CuPy sees one), ``"cpu"`` or ``"gpu"`` (abTEM's CuPy path).
     max_shards : stop after this many new shards (for time-boxed sessions; rerun to go on).
     """
@@ -373,6 +374,12 @@ def build_library(
 
     if not isinstance(config, LibraryConfig):
         raise TypeError(f"config must be a LibraryConfig, got {type(config).__name__}")
+    if scheduler == "threads":
+        raise ValueError(
+            "scheduler='threads' is not supported for simulations: abTEM's settings and FFT plan caches "
+            "are shared by all threads of a process (results then differ at round-off level); use "
+            "'processes', 'inline' or a Dask scheduler"
+        )
     out = pathlib.Path(os.fspath(out_dir))
     config_json = _open_folder(config, out)
     todo = [s for s in range(config.n_shards) if not _shard_complete(out / _shard_name(s), s, config_json)]
