@@ -91,22 +91,16 @@ def _peaks(value: Any, name: str = "peaks") -> np.ndarray | None:
 def _origin(shape: tuple[int, ...], origin_px: Any) -> np.ndarray:
     if origin_px is None:
         return np.array([shape[0] // 2, shape[1] // 2], dtype=np.float64)
-    try:
-        o = np.asarray(origin_px, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise TypeError(f"origin_px must be a pair (qx, qy) in pixels, got {origin_px!r}") from None
-    if o.shape != (2,) or not np.all(np.isfinite(o)):
-        raise ValueError(f"origin_px must be a finite pair (qx, qy) in pixels, got {origin_px!r}")
-    return o
+    return _pair("origin_px", origin_px, "(qx, qy)")
 
 
-def _pair(name: str, value: Any) -> np.ndarray:
+def _pair(name: str, value: Any, what: str = "(dqx, dqy)") -> np.ndarray:
     try:
         v = np.asarray(value, dtype=np.float64)
     except (TypeError, ValueError):
-        raise TypeError(f"{name} must be a pair of numbers (dqx, dqy) in pixels, got {value!r}") from None
+        raise TypeError(f"{name} must be a pair of numbers {what} in pixels, got {value!r}") from None
     if v.shape != (2,) or not np.all(np.isfinite(v)):
-        raise ValueError(f"{name} must be a finite pair (dqx, dqy) in pixels, got {value!r}")
+        raise ValueError(f"{name} must be a finite pair {what} in pixels, got {value!r}")
     return v
 
 
