@@ -42,6 +42,7 @@ __all__ = [
     "CBEDResult",
     "CBEDSettings",
     "bragg_peak_list",
+    "orthogonal_cell_lengths",
     "rebin_matrix",
     "simulate_cbed",
     "vacuum_probe_pattern",
@@ -180,17 +181,20 @@ def rebin_matrix(native_k: np.ndarray, native_dk: float, n_out: int, dq: float, 
     return np.clip(overlap, 0.0, None) / native_dk
 
 
-def _check_atoms(atoms: Any) -> np.ndarray:
-    cell = np.asarray(getattr(atoms, "cell", np.zeros((3, 3))), dtype=np.float64).reshape(3, 3)
+def orthogonal_cell_lengths(atoms: Any) -> np.ndarray:
+    """The x, y, z lengths (Å) of ``atoms``' cell; ValueError unless it is orthogonal (beam along z) and holds atoms."""
+    if not hasattr(atoms, "cell") or not hasattr(atoms, "positions"):
+        raise TypeError(f"atoms must be an ase.Atoms, got {type(atoms).__name__}")
     if len(atoms) == 0:
         raise ValueError("atoms has no atoms to simulate")
-    off = cell - np.diag(np.diag(cell))
-    if np.any(np.abs(off) > 1e-6) or np.any(np.diag(cell) <= 0):
+    cell = np.asarray(atoms.cell, dtype=np.float64).reshape(3, 3)
+    lengths = np.diag(cell).copy()
+    if np.any(np.abs(cell - np.diag(lengths)) > 1e-6 * max(1.0, lengths.max())) or np.any(lengths <= 0):
         raise ValueError(
             "atoms must have an orthogonal cell with positive lengths (beam along z) for multislice; "
             f"got cell {np.round(cell, 4).tolist()}; orient it with distill4d.simulate.crystals.orient"
         )
-    return np.diag(cell).copy()
+    return lengths
 
 
 def _grid(lengths: np.ndarray, settings: CBEDSettings) -> dict[str, Any]:
@@ -290,7 +294,7 @@ def simulate_cbed(atoms: Any, settings: CBEDSettings, *, seed: int = 0, device: 
     """
     if not isinstance(settings, CBEDSettings):
         raise TypeError(f"settings must be a CBEDSettings, got {type(settings).__name__}")
-    lengths = _check_atoms(atoms)
+    lengths = orthogonal_cell_lengths(atoms)
     grid = _grid(lengths, settings)
     t0 = time.perf_counter()
     unit_atoms = atoms * (grid["repetitions"][0], grid["repetitions"][1], 1)

@@ -56,7 +56,7 @@ from .._validate import nonnegative_float, positive_float, positive_int
 from ..calibration import _C, _E, _M0, Calibration, electron_wavelength_A
 from ..datacube import DataCube
 from ._abtem import abtem_session
-from .multislice import rebin_matrix
+from .multislice import orthogonal_cell_lengths, rebin_matrix
 
 if TYPE_CHECKING:  # pragma: no cover
     import ase
@@ -241,17 +241,7 @@ def _smooth_size(n: int) -> int:
 
 def _check_atoms(atoms: Any) -> ase.Atoms:
     """A copy of ``atoms`` with x, y wrapped into an orthogonal cell; z checked inside (0, Lz)."""
-    if not hasattr(atoms, "cell") or not hasattr(atoms, "positions"):
-        raise TypeError(f"atoms must be an ase.Atoms, got {type(atoms).__name__}")
-    if len(atoms) == 0:
-        raise ValueError("atoms has no atoms to simulate")
-    cell = np.asarray(atoms.cell, dtype=np.float64).reshape(3, 3)
-    lengths = np.diag(cell).copy()
-    if np.any(np.abs(cell - np.diag(lengths)) > 1e-6 * max(1.0, lengths.max())) or np.any(lengths <= 0):
-        raise ValueError(
-            "atoms must have an orthogonal cell with positive lengths (beam along z), got cell "
-            f"{np.round(cell, 4).tolist()}; make it rectangular with abtem.orthogonalize_cell"
-        )
+    lengths = orthogonal_cell_lengths(atoms)
     z = atoms.positions[:, 2]
     if z.min() < 0 or z.max() >= lengths[2]:
         raise ValueError(
