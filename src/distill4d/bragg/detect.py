@@ -102,12 +102,6 @@ class DetectionParameters:
                 raise ValueError(f"min_relative_intensity_sites must be in [0, 1], got {v}")
             set_("min_relative_intensity_sites", v)
 
-    def to_dict(self) -> dict:
-        """The parameters as plain values (sites as a list of [qx, qy])."""
-        d = dataclasses.asdict(self)
-        d["sites_px"] = [list(s) for s in self.sites_px]
-        return d
-
 
 @functools.lru_cache(maxsize=16)
 def _site_mask(sites: tuple[tuple[float, float], ...], tolerance: float, shape: tuple[int, int]) -> np.ndarray:

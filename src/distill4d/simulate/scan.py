@@ -26,7 +26,6 @@ from typing import Any
 import numpy as np
 
 from .._validate import nonnegative_float, positive_float, positive_int
-from ..calibration import Calibration
 from ..datacube import DataCube
 from .kinematic import ScanTruth, deformation_to_strain
 from .multislice import CBEDSettings, simulate_cbed, vacuum_probe_pattern
@@ -196,6 +195,7 @@ def simulate_scan(
     peaks_per: list[np.ndarray] = [np.zeros((0, 3))] * (rx * ry)
     hk_all: dict[tuple[int, int], int] = {}
     sim_thick = np.zeros(rx * ry)
+    probe = None  # the vacuum probe: every simulation returns it (tilt does not move it)
     for key in sorted(states):
         idx = np.flatnonzero(crystal & np.all(keys == np.array(key), axis=1))
         Fs = np.diag([1 + key[0] * step, 1 + key[1] * step, 1.0])
@@ -204,6 +204,7 @@ def simulate_scan(
         wanted = sorted(set(np.round(thick_px[idx], 6)))
         s = dataclasses.replace(settings, thicknesses_A=tuple(wanted), tilt_mrad=(key[2] * tstep, key[3] * tstep))
         res = simulate_cbed(strained, s, device=device)
+        probe = res.probe
         sim_cells = np.round(res.thicknesses_A / cell[2]).astype(int)
         peaks0 = res.peaks
         gxy = (peaks0[:, :2] - o) * settings.q_pixel_inv_A
@@ -222,7 +223,8 @@ def simulate_scan(
                 pk[:, :2] = pk2
             data[i] = pat
             peaks_per[i] = np.column_stack([pk[:, :2], pk[:, 2], [hk_all[tuple(h)] for h in hk]])
-    probe = vacuum_probe_pattern(settings, device=device)
+    if probe is None:  # vacuum only
+        probe = vacuum_probe_pattern(settings, device=device)
     data[~crystal] = probe
     for i in np.flatnonzero(~crystal):
         peaks_per[i] = np.array([[o[0], o[1], 1.0, hk_all.setdefault((0, 0), len(hk_all))]])
@@ -297,6 +299,6 @@ def load_scan(path: str | os.PathLike) -> tuple[DataCube, MultisliceTruth]:
     return dc, MultisliceTruth(
         radius_px=float(r.attrs["truth_radius_px"]),
         origin_px=(float(origin[0]), float(origin[1])),
-        calibration=dc.calibration if isinstance(dc.calibration, Calibration) else Calibration(),
+        calibration=dc.calibration,
         **arrays,
     )
