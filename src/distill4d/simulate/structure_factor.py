@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from .._validate import positive_float
+from .._validate import positive_float, positive_int
 
 __all__ = ["Reflections", "kinematic_reflections", "structure_factor_image", "tukey_transfer"]
 
@@ -151,8 +151,10 @@ def tukey_transfer(q_inv_A: np.ndarray, window_A: float, alpha: float = 0.5) -> 
 
     Truncated after the third side lobe (|q| > 4 / window_A → 0) to keep peaks local.
     """
+    if not 0.0 <= float(alpha) <= 1.0:
+        raise ValueError(f"alpha (the Tukey taper fraction) must be in [0, 1], got {alpha!r}")
     freq, spec = _tukey_table(float(alpha))
-    x = np.abs(np.asarray(q_inv_A, dtype=np.float64)) * window_A
+    x = np.abs(np.asarray(q_inv_A, dtype=np.float64)) * positive_float("window_A", window_A)
     out = np.interp(x, freq, spec, right=0.0)
     out[x > 4.0] = 0.0
     return out
@@ -175,7 +177,9 @@ def structure_factor_image(
     window length: spots are about ``1.5 / (window_A · q_pixel_inv_A)`` px wide (FWHM);
     default ``1 / q_pixel_inv_A`` (≈ 1.5 px FWHM: well sampled wherever the spot falls).
     """
-    nx, ny = int(shape[0]), int(shape[1])
+    if np.ndim(shape) != 1 or len(shape) != 2:
+        raise ValueError(f"shape must be the detector size (Nx, Ny) in pixels, got {shape!r}")
+    nx, ny = positive_int("shape", shape[0]), positive_int("shape", shape[1])
     dq = positive_float("q_pixel_inv_A", q_pixel_inv_A)
     window = 1.0 / dq if window_A is None else positive_float("window_A", window_A)
     ox, oy = (nx // 2, ny // 2) if origin_px is None else (float(origin_px[0]), float(origin_px[1]))

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._validate import positive_int
 from ..simulate.augment import AugmentConfig, random_augment
 from ..simulate.library import Library
 
@@ -48,7 +49,7 @@ class LibraryDataset(torch.utils.data.Dataset):
             raise TypeError(f"augment must be an AugmentConfig or None, got {type(augment).__name__}")
         self.augment = augment
         self.seed = int(seed)
-        self.max_peaks = int(max_peaks)
+        self.max_peaks = positive_int("max_peaks", max_peaks)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
