@@ -262,17 +262,33 @@ def _find_disks(args: argparse.Namespace, outs: "_Outputs"):
     from .bragg import find_bragg_disks
     from .io import read_probe
 
-    if args.method != "correlation":
-        raise CLIError(f"--method {args.method!r} is not available; available: correlation")
+    if args.method not in _METHODS:
+        raise CLIError(f"--method {args.method!r} is not available; available: {', '.join(_METHODS)}")
     dc = _open(args)
     probe = read_probe(args.probe) if args.probe else None
     outs.clear_stale()
-    peaks = find_bragg_disks(dc, probe, checkpoint=outs.checkpoint("disks"), **_engine_kwargs(args))
+    if args.method == "fcunet":
+        try:
+            from .ml.fcunet_detect import find_bragg_disks_fcunet
+        except ImportError as err:
+            raise CLIError(f"--method fcunet needs PyTorch: pip install 'distill4d[ml]' ({err})") from None
+        engine = _engine_kwargs(args)
+        if args.scheduler == "threads":  # the network uses all cores itself
+            engine["scheduler"] = "inline"
+        peaks = find_bragg_disks_fcunet(
+            dc, probe, weights=args.weights, n_passes=args.passes, device=args.device,
+            checkpoint=outs.checkpoint("disks"), **engine,
+        )
+    else:
+        peaks = find_bragg_disks(dc, probe, checkpoint=outs.checkpoint("disks"), **_engine_kwargs(args))
     counts = peaks.counts
     print(f"found {int(counts.sum())} disks in {dc.n_patterns} patterns "
           f"(median {float(np.median(counts)):.0f} per pattern); parameters: "
           + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in peaks.params.items()))
     return dc, peaks
+
+
+_METHODS = ("correlation", "fcunet")
 
 
 def cmd_disks(args: argparse.Namespace) -> int:
@@ -371,7 +387,15 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("file")
         p.add_argument("--probe", help="vacuum probe: a 2D image (.npy, FILE.h5:/dataset) or a stack of "
                        "vacuum patterns (averaged); default: the central disk of the mean pattern")
-        p.add_argument("--method", default="correlation", help="disk detection method (default correlation)")
+        p.add_argument("--method", default="correlation", choices=_METHODS,
+                       help="disk detection: correlation (probe template, default) or fcunet (the shipped "
+                       "FCU-Net, for thick or tilted crystals)")
+        g = p.add_argument_group("FCU-Net (--method fcunet)")
+        g.add_argument("--weights", help="weights file with its model card (.json) beside it "
+                       "(default: the shipped model)")
+        g.add_argument("--passes", type=int, default=8,
+                       help="Monte-Carlo dropout passes averaged per pattern (default 8; 1: no dropout)")
+        g.add_argument("--device", default="auto", help="auto (GPU if PyTorch sees one), cpu or cuda")
         if name == "strain":
             p.add_argument("--reference", metavar="x0:x1,y0:y1",
                            help="reference region of the scan (default: the median lattice of the scan)")
@@ -381,8 +405,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
 
     from .cli_simulate import add_simulate_parser
+    from .cli_train import add_train_parser
 
     add_simulate_parser(sub)
+    add_train_parser(sub)
 
     p = sub.add_parser("demo", help="simulate a dataset and run the analyses on it")
     p.add_argument("-o", "--output", default="distill4d_demo", help="output directory (default distill4d_demo)")

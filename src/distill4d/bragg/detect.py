@@ -29,6 +29,7 @@ __all__ = [
     "auto_detection_parameters",
     "find_bragg_disks",
     "detect_batch",
+    "peaks_from_images",
     "finite_mean_pattern",
 ]
 
@@ -146,7 +147,29 @@ def detect_batch(batch: np.ndarray, kernel_ft: np.ndarray, params: DetectionPara
         ky = sfft.rfftfreq(ny)[None, :]
         M = M * np.exp(-2 * (np.pi * params.sigma_cc_px) ** 2 * (kx**2 + ky**2))
     cc = sfft.irfft2(M, s=(nx, ny))
+    return _peaks_from_maps(cc, M, bad, params)
 
+
+def peaks_from_images(images: np.ndarray, params: DetectionParameters) -> dict[str, np.ndarray]:
+    """Peaks of images that are already peak maps ``(n, Qx, Qy)`` (e.g. a predicted structure-factor image).
+
+    The same local maxima, filters and sub-pixel refinement as :func:`detect_batch` applies
+    to the correlation (the DFT refinement interpolates the image itself);
+    ``params.corr_power`` and ``params.sigma_cc_px`` are not used. Same padded outputs.
+    """
+    b = np.asarray(images, dtype=np.float64)
+    if b.ndim != 3:
+        raise ValueError(f"images must be a stack (n, Qx, Qy), got shape {b.shape}")
+    bad = ~np.isfinite(b).all(axis=(1, 2))
+    if bad.any():
+        b = b.copy()
+        b[bad] = 0.0
+    return _peaks_from_maps(b, sfft.rfft2(b), bad, params)
+
+
+def _peaks_from_maps(cc: np.ndarray, M: np.ndarray, bad: np.ndarray, params: DetectionParameters) -> dict[str, np.ndarray]:
+    """Local maxima of ``cc`` (n, Qx, Qy), filtered and refined; ``M = rfft2(cc)``."""
+    n, nx, ny = cc.shape
     k = params.max_peaks
     out = {
         "qx": np.full((n, k), np.nan),

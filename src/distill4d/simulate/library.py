@@ -200,11 +200,26 @@ def _crystal(spec: dict[str, Any], config: LibraryConfig) -> tuple[Any, dict[str
 
     c = spec["crystal"]
     if "prototype" in c:
-        atoms = crystals.prototype(c["prototype"])
-        name = c["prototype"]
-    else:
-        atoms = crystals.random_crystal(c["space_group"], rng=c["seed"])
-        name = f"random-sg{c['space_group']}-{atoms.get_chemical_formula()}"
+        return _oriented(crystals.prototype(c["prototype"]), c["prototype"], spec, config)
+    # A random crystal whose zone axes give no orthogonal cell is redrawn (deterministically).
+    last: Exception | None = None
+    for attempt in range(_RANDOM_ATTEMPTS):
+        try:
+            seed = c["seed"] if attempt == 0 else np.random.default_rng([c["seed"], attempt])
+            atoms = crystals.random_crystal(c["space_group"], rng=seed)
+            name = f"random-sg{c['space_group']}-{atoms.get_chemical_formula()}"
+            return _oriented(atoms, name, spec, config)
+        except (ValueError, RuntimeError) as err:
+            last = err
+    raise ValueError(f"{_RANDOM_ATTEMPTS} random crystals of space group {c['space_group']} failed: {last}")
+
+
+_RANDOM_ATTEMPTS = 8
+
+
+def _oriented(atoms: Any, name: str, spec: dict[str, Any], config: LibraryConfig) -> tuple[Any, dict[str, Any]]:
+    from . import crystals
+
     axes = crystals.zone_axes(atoms, config.max_zone_index)
     # Try the drawn zone axis first, then the next ones: some need too large an orthogonal cell.
     start = int(spec["zone_choice"] * len(axes))

@@ -1,0 +1,88 @@
+"""``distill4d train fcunet``: train a model on a simulated library (needs ``distill4d[ml]``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["add_train_parser"]
+
+
+def _train_config(args: argparse.Namespace) -> Any:
+    from .cli import CLIError
+    from .ml.fcunet import FCUNetConfig
+    from .train.fcunet import FCUNetTrainConfig
+
+    base: dict[str, Any] = {}
+    if args.config:
+        p = Path(args.config)
+        if not p.is_file():
+            raise CLIError(f"training configuration {p} does not exist")
+        try:
+            if p.suffix.lower() == ".toml":
+                import tomllib
+
+                base = tomllib.loads(p.read_text())
+            else:
+                base = json.loads(p.read_text())
+        except ValueError as err:
+            raise CLIError(f"cannot parse the training configuration {p}: {err}") from None
+    model = dict(base.pop("model", {}))
+    for key in ("filters", "depth", "dropout", "pool"):
+        v = getattr(args, key)
+        if v is not None:
+            model[key] = v
+    for key, attr in (("batch_size", "batch_size"), ("max_steps", "steps"), ("lr", "lr"),
+                      ("max_minutes", "minutes"), ("num_workers", "loader_workers"), ("seed", "seed")):
+        v = getattr(args, attr)
+        if v is not None:
+            base[key] = v
+    base["model"] = FCUNetConfig.from_dict(model)
+    return FCUNetTrainConfig.from_dict(base)
+
+
+def cmd_train_fcunet(args: argparse.Namespace) -> int:
+    from .cli import CLIError
+
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise CLIError("training needs PyTorch: pip install 'distill4d[ml]'") from None
+    from .train.fcunet import train_fcunet
+
+    cfg = _train_config(args)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    card = train_fcunet(args.library, args.out, cfg, device=args.device, force=args.force,
+                        command=" ".join(["distill4d"] + sys.argv[1:]))
+    if not card.get("complete"):
+        print(f"stopped at step {card['step']} (time limit); run the same command to go on")
+    return 0
+
+
+def add_train_parser(sub: Any) -> None:
+    p = sub.add_parser("train", help="train a model on a simulated library")
+    tsub = p.add_subparsers(dest="model", required=True, metavar="MODEL")
+    t = tsub.add_parser("fcunet", help="FCU-Net: CBED pattern + probe -> structure-factor image (Bragg disks)")
+    t.add_argument("--library", required=True, help="library folder (distill4d simulate library)")
+    t.add_argument("--out", required=True, help="weights file to write (.pt); the model card goes beside it (.json)")
+    t.add_argument("--config", help="training configuration (TOML or JSON; keys of FCUNetTrainConfig)")
+    t.add_argument("--filters", type=int, help="complex filters of the first level")
+    t.add_argument("--depth", type=int, help="pooling levels")
+    t.add_argument("--dropout", type=float, help="Monte-Carlo dropout probability")
+    t.add_argument("--pool", choices=("max", "spectral"), help="pooling")
+    t.add_argument("--batch-size", type=int)
+    t.add_argument("--steps", type=int, help="optimiser steps in total (the schedule's length)")
+    t.add_argument("--lr", type=float, help="peak learning rate")
+    t.add_argument("--minutes", type=float, help="stop after this many minutes (rerun to resume)")
+    t.add_argument("--loader-workers", type=int, help="data-loading worker processes")
+    t.add_argument("--threads", type=int, help="PyTorch CPU threads")
+    t.add_argument("--seed", type=int)
+    t.add_argument("--device", default="auto", help="auto (GPU if PyTorch sees one), cpu or cuda")
+    t.add_argument("--force", action="store_true", help="overwrite existing weights of that name")
+    t.set_defaults(func=cmd_train_fcunet)

@@ -1,0 +1,1 @@
+"""PyTorch models (one file per model) and their inference wrappers."""

@@ -1,0 +1,187 @@
+"""FCU-Net: a complex-valued Fourier-space U-Net from a CBED pattern to its structure-factor image.
+
+After Munshi et al., npj Comput. Mater. 8, 254 (2022). Inputs are the pattern and the centred
+vacuum probe (N x N, each divided by the probe's maximum). The network
+
+1. forms the cross-spectrum ``C = FFT(ifftshift(pattern)) · conj(FFT(ifftshift(probe)))``,
+   divided by ``max |C|`` per sample, as one complex channel;
+2. runs a complex U-Net on it (complex convolutions, batch norm, CReLU, Monte-Carlo dropout;
+   max or spectral pooling; skips concatenated real-with-real, imaginary-with-imaginary);
+3. takes the inverse FFT of its complex output channels back to the detector plane
+   (``fftshift``: the direct beam at pixel ``(N//2, N//2)``), and maps their real and
+   imaginary parts through a real convolution block to a linear 1-channel output: the
+   structure-factor image (the (000) spot = 1, see
+   :func:`distill4d.simulate.structure_factor.structure_factor_image`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .complex_layers import ComplexBatchNorm2d, ComplexConv2d, complex_cat, crelu, mc_dropout, spectral_pool
+
+__all__ = ["FCUNetConfig", "FCUNet", "cross_spectrum"]
+
+_POOLS = ("max", "spectral")
+
+
+@dataclasses.dataclass(frozen=True)
+class FCUNetConfig:
+    """Architecture of an :class:`FCUNet`.
+
+    size : input side N in pixels (a power of two, ≥ 2**depth · 4).
+    filters : complex filters of the first level (doubled at each deeper level).
+    depth : number of pooling steps.
+    dropout : Monte-Carlo dropout probability in every complex block.
+    pool : ``"max"`` (max-pooling of real and imaginary channels) or ``"spectral"``.
+    out_channels : complex channels transformed back to the detector plane.
+    real_filters : channels of the final real convolution block.
+    real_layers : 3x3 convolutions of that block, dilated 1, 2, 4, ... (receptive field
+        ``2**(real_layers + 1) - 1`` px).
+    correlation_skip : also give the real block the probe cross-correlation
+        ``IFFT(C)`` (divided by its maximum): the classical detector's map, which the
+        network then only has to sharpen and clean (an addition to the published model;
+        benchmarks/RESULTS.md, ``fcunet_search``).
+    """
+
+    size: int = 128
+    filters: int = 16
+    depth: int = 3
+    dropout: float = 0.1
+    pool: str = "max"
+    out_channels: int = 4
+    real_filters: int = 16
+    real_layers: int = 2
+    correlation_skip: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.correlation_skip, bool):
+            raise ValueError(f"FCUNetConfig.correlation_skip must be true or false, got {self.correlation_skip!r}")
+        for name in ("size", "filters", "depth", "out_channels", "real_filters", "real_layers"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"FCUNetConfig.{name} must be a whole number >= 1, got {v!r}")
+        if self.size & (self.size - 1) or self.size < 4 * 2**self.depth:
+            raise ValueError(
+                f"FCUNetConfig.size must be a power of two >= 4 * 2**depth = {4 * 2**self.depth}, got {self.size}"
+            )
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"FCUNetConfig.dropout must be in [0, 1), got {self.dropout!r}")
+        if self.pool not in _POOLS:
+            raise ValueError(f"FCUNetConfig.pool must be one of {_POOLS}, got {self.pool!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> FCUNetConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown FCUNetConfig keys {unknown}; known: {sorted(known)}")
+        return cls(**d)
+
+
+def cross_spectrum(pattern: torch.Tensor, probe: torch.Tensor) -> torch.Tensor:
+    """The normalised cross-spectrum as a complex map ``(N, 2, H, W)`` (real, imaginary).
+
+    ``C = FFT(ifftshift(pattern)) · conj(FFT(ifftshift(probe)))`` / ``max |C|`` per sample;
+    ``pattern`` and ``probe`` are ``(N, H, W)`` with the direct beam at ``(H//2, W//2)``.
+    """
+    P = torch.fft.fft2(torch.fft.ifftshift(pattern, dim=(-2, -1)))
+    Q = torch.fft.fft2(torch.fft.ifftshift(probe, dim=(-2, -1)))
+    C = P * torch.conj(Q)
+    scale = C.abs().flatten(1).amax(dim=1).clamp_min(1e-12)[:, None, None]
+    C = C / scale
+    return torch.stack([C.real, C.imag], dim=1)
+
+
+class _ComplexBlock(nn.Module):
+    """Two (complex conv → complex BN → CReLU) steps, then Monte-Carlo dropout."""
+
+    def __init__(self, cin: int, cout: int, dropout: float) -> None:
+        super().__init__()
+        self.conv1, self.bn1 = ComplexConv2d(cin, cout), ComplexBatchNorm2d(cout)
+        self.conv2, self.bn2 = ComplexConv2d(cout, cout), ComplexBatchNorm2d(cout)
+        self.dropout = dropout
+        self.mc = True
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        z = crelu(self.bn1(self.conv1(z)))
+        z = crelu(self.bn2(self.conv2(z)))
+        return mc_dropout(z, self.dropout, self.mc)
+
+
+class FCUNet(nn.Module):
+    """The FCU-Net; ``forward(pattern, probe)`` with ``(N, H, W)`` tensors → ``(N, H, W)`` image."""
+
+    def __init__(self, config: FCUNetConfig | None = None) -> None:
+        super().__init__()
+        self.config = cfg = config or FCUNetConfig()
+        f = [cfg.filters * 2**k for k in range(cfg.depth + 1)]
+        self.down = nn.ModuleList()
+        cin = 1
+        for k in range(cfg.depth):
+            self.down.append(_ComplexBlock(cin, f[k], cfg.dropout))
+            cin = f[k]
+        self.bottom = _ComplexBlock(f[cfg.depth - 1], f[cfg.depth], cfg.dropout)
+        self.up_conv = nn.ModuleList()
+        self.up = nn.ModuleList()
+        for k in reversed(range(cfg.depth)):
+            self.up_conv.append(ComplexConv2d(f[k + 1], f[k], kernel_size=3))
+            self.up.append(_ComplexBlock(2 * f[k], f[k], cfg.dropout))
+        self.to_out = ComplexConv2d(f[0], cfg.out_channels, kernel_size=1)
+        r = cfg.real_filters
+        layers: list[nn.Module] = []
+        cin = 2 * cfg.out_channels + (1 if cfg.correlation_skip else 0)
+        for k in range(cfg.real_layers):
+            d = 2**k
+            layers += [nn.Conv2d(cin, r, 3, padding=d, dilation=d), nn.ReLU()]
+            cin = r
+        layers.append(nn.Conv2d(cin, 1, 1))
+        self.real = nn.Sequential(*layers)
+
+    def set_mc_dropout(self, active: bool) -> None:
+        """Keep dropout on (Monte-Carlo) or off, independently of train/eval mode."""
+        for m in self.modules():
+            if isinstance(m, _ComplexBlock):
+                m.mc = bool(active)
+
+    def _pool(self, z: torch.Tensor) -> torch.Tensor:
+        return F.max_pool2d(z, 2) if self.config.pool == "max" else spectral_pool(z)
+
+    def forward(self, pattern: torch.Tensor, probe: torch.Tensor) -> torch.Tensor:
+        n = self.config.size
+        if pattern.ndim != 3 or pattern.shape[-2:] != (n, n) or probe.shape != pattern.shape:
+            raise ValueError(
+                f"FCUNet expects pattern and probe of shape (batch, {n}, {n}), got {tuple(pattern.shape)} "
+                f"and {tuple(probe.shape)}"
+            )
+        z = cross_spectrum(pattern, probe)
+        z0 = z
+        skips = []
+        for block in self.down:
+            z = block(z)
+            skips.append(z)
+            z = self._pool(z)
+        z = self.bottom(z)
+        for conv, block, skip in zip(self.up_conv, self.up, reversed(skips)):
+            z = conv(F.interpolate(z, scale_factor=2, mode="nearest"))
+            z = block(complex_cat(z, skip))
+        z = self.to_out(z)
+        c = self.config.out_channels
+        field = torch.fft.fftshift(torch.fft.ifft2(torch.complex(z[:, :c], z[:, c:])), dim=(-2, -1))
+        # the inverse FFT divides by N²; bring the real-space map back to order one
+        field = field * float(n)
+        maps = [field.real, field.imag]
+        if self.config.correlation_skip:
+            corr = torch.fft.fftshift(torch.fft.ifft2(torch.complex(z0[:, 0], z0[:, 1])).real, dim=(-2, -1))
+            corr = corr / corr.flatten(1).amax(dim=1).clamp_min(1e-12)[:, None, None]
+            maps.append(corr[:, None])
+        out = self.real(torch.cat(maps, dim=1))
+        return out[:, 0]

@@ -1,0 +1,352 @@
+"""Bragg disk detection with a trained FCU-Net (the shipped weights by default).
+
+Each pattern (and the vacuum probe) is resampled onto the model's grid — its size and
+pixel size in 1/Å, the direct beam at ``(N//2, N//2)`` — with a box prefilter when the data
+are finer than the model's pixels (no counts are thrown away at low dose). The network
+predicts the structure-factor image (averaged over ``n_passes`` Monte-Carlo dropout passes,
+whose spread gives a per-peak uncertainty); its maxima are found, filtered and refined with
+the classical detector's code (:func:`distill4d.bragg.detect.peaks_from_images`) and mapped
+back to the input's pixels. The resulting :class:`~distill4d.bragg.BraggPeaks` feed the same
+lattice and strain code as the classical path.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import pathlib
+from typing import Any
+
+import numpy as np
+
+from .._validate import nonnegative_float, positive_int
+
+__all__ = [
+    "DEFAULT_WEIGHTS",
+    "FCUNetDetector",
+    "load_fcunet",
+    "find_bragg_disks_fcunet",
+    "peaks_from_prediction",
+    "true_peaks",
+]
+
+#: The shipped weights (a plain state_dict) and their model card (same name, .json).
+DEFAULT_WEIGHTS = pathlib.Path(__file__).resolve().parent.parent / "weights" / "fcunet.pt"
+
+#: Prediction maxima below this (relative to the (000) spot = 1) are not peaks, unless the
+#: model card gives a threshold tuned on its validation split.
+DEFAULT_MIN_INTENSITY = 0.02
+
+
+def load_fcunet(weights: str | os.PathLike | None = None, *, device: str = "cpu") -> tuple[Any, dict[str, Any]]:
+    """Load an FCU-Net and its model card (``weights`` with ``.json``); None: the shipped model.
+
+    The weights are read with ``torch.load(weights_only=True)`` (no pickle code runs).
+    """
+    import torch
+
+    from .fcunet import FCUNet, FCUNetConfig
+
+    path = DEFAULT_WEIGHTS if weights is None else pathlib.Path(os.fspath(weights))
+    card_path = path.with_suffix(".json")
+    if not path.is_file():
+        raise FileNotFoundError(f"FCU-Net weights {path} do not exist")
+    if not card_path.is_file():
+        raise FileNotFoundError(f"the model card {card_path} of the weights {path.name} does not exist")
+    try:
+        card = json.loads(card_path.read_text())
+        config = FCUNetConfig.from_dict(card["architecture"])
+        q_pixel = float(card["input"]["q_pixel_inv_A"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"{card_path} is not an FCU-Net model card: {err}") from None
+    if card.get("model") != "fcunet" or not q_pixel > 0:
+        raise ValueError(f"{card_path} is not an FCU-Net model card (model={card.get('model')!r})")
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as err:  # torch raises several types for corrupt or foreign files
+        raise ValueError(f"cannot read FCU-Net weights {path}: {err}") from None
+    model = FCUNet(config)
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"the weights {path.name} do not fit the architecture of {card_path.name}: {err}") from None
+    model.to(device).eval()
+    return model, card
+
+
+def _prediction_params(min_intensity: float, size: int, max_peaks: int = 256) -> Any:
+    from ..bragg.detect import DetectionParameters
+
+    return DetectionParameters(
+        radius_px=1.0,
+        edge_px=1.0,
+        min_spacing_px=2.0,
+        min_relative_intensity=0.0,
+        min_absolute_intensity=min_intensity,
+        max_peaks=max_peaks,
+        subpixel="dft",
+    )
+
+
+def peaks_from_prediction(images: np.ndarray, min_intensity: float = DEFAULT_MIN_INTENSITY) -> list[np.ndarray]:
+    """Peaks ``(m, 3)`` (qx, qy in the image's pixels, predicted amplitude) of each predicted image."""
+    from ..bragg.detect import peaks_from_images
+
+    imgs = np.asarray(images, dtype=np.float64)
+    found = peaks_from_images(imgs, _prediction_params(min_intensity, imgs.shape[-1]))
+    return [
+        np.stack([found["qx"][j, :c], found["qy"][j, :c], found["intensity"][j, :c]], axis=1)
+        for j, c in enumerate(found["count"])
+    ]
+
+
+def true_peaks(peaks: np.ndarray, shape: tuple[int, int], min_amplitude: float = 0.01, edge_px: float = 1.0) -> np.ndarray:
+    """The kinematic peaks a detector can be scored against: amplitude ≥ ``min_amplitude`` of
+    (000), at least ``edge_px`` inside the detector and inside its inscribed circle (where the
+    simulated patterns are defined)."""
+    p = np.asarray(peaks, dtype=np.float64).reshape(-1, 3)
+    nx, ny = shape
+    r = np.hypot(p[:, 0] - nx // 2, p[:, 1] - ny // 2)
+    keep = (
+        (p[:, 2] >= min_amplitude)
+        & (p[:, 0] >= edge_px) & (p[:, 0] <= nx - 1 - edge_px)
+        & (p[:, 1] >= edge_px) & (p[:, 1] <= ny - 1 - edge_px)
+        & (r <= min(nx, ny) / 2 - edge_px)
+    )
+    return p[keep]
+
+
+def _resample(images: np.ndarray, origin: tuple[float, float], scale: float, size: int) -> np.ndarray:
+    """Images ``(n, Qx, Qy)`` on the model grid: model pixel ``u`` ↔ input ``origin + (u − size//2)·scale``.
+
+    ``scale`` = model pixel / input pixel. When ``scale`` > 1.5 the input is first box-filtered
+    over ``round(scale)`` pixels (the counts of the skipped pixels are kept). Outside the input: 0.
+    """
+    from scipy import ndimage
+
+    imgs = np.asarray(images, dtype=np.float32)
+    if abs(scale - 1.0) < 1e-9 and float(origin[0]).is_integer() and float(origin[1]).is_integer():
+        out = np.zeros((imgs.shape[0], size, size), dtype=np.float32)
+        c = size // 2
+        ox, oy = int(origin[0]) - c, int(origin[1]) - c
+        x0, y0 = max(0, -ox), max(0, -oy)
+        x1, y1 = min(size, imgs.shape[1] - ox), min(size, imgs.shape[2] - oy)
+        if x1 > x0 and y1 > y0:
+            out[:, x0:x1, y0:y1] = imgs[:, ox + x0 : ox + x1, oy + y0 : oy + y1]
+        return out
+    box = int(round(scale))
+    if scale > 1.5:
+        imgs = ndimage.uniform_filter(imgs, size=(1, box, box), mode="constant")
+    u = (np.arange(size) - size // 2) * scale
+    gx, gy = np.meshgrid(origin[0] + u, origin[1] + u, indexing="ij")
+    out = np.empty((imgs.shape[0], size, size), dtype=np.float32)
+    for j in range(imgs.shape[0]):
+        out[j] = ndimage.map_coordinates(imgs[j], [gx, gy], order=1, mode="constant", cval=0.0)
+    return out
+
+
+class FCUNetDetector:
+    """A loaded FCU-Net bound to one detector geometry; ``detect_batch`` is an engine batch function.
+
+    Parameters
+    ----------
+    probe : the vacuum probe image ``(Qx, Qy)`` of the data (any position on the detector).
+    q_pixel_inv_A : the data's detector pixel size in 1/Å.
+    origin_px : the direct beam's position in the data's pixels ``(qx, qy)``.
+    weights : weights file (None: the shipped model).
+    n_passes : Monte-Carlo dropout passes averaged per pattern (1: dropout off, deterministic).
+    min_intensity : prediction threshold (relative to (000)); None: the model card's tuned one.
+    seed : seed of the dropout masks (the same data give the same peaks).
+    device : ``"cpu"``, ``"cuda"`` or ``"auto"``.
+    batch_size : patterns per network call.
+    """
+
+    def __init__(
+        self,
+        probe: np.ndarray,
+        *,
+        q_pixel_inv_A: float,
+        origin_px: tuple[float, float],
+        probe_origin_px: tuple[float, float] | None = None,
+        weights: str | os.PathLike | None = None,
+        n_passes: int = 8,
+        min_intensity: float | None = None,
+        seed: int = 0,
+        device: str = "auto",
+        batch_size: int = 32,
+    ) -> None:
+        import torch
+
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = device
+        self.model, self.card = load_fcunet(weights, device=device)
+        self.size = int(self.card["input"]["size_px"])
+        self.model_q_pixel = float(self.card["input"]["q_pixel_inv_A"])
+        q = float(q_pixel_inv_A)
+        if not (np.isfinite(q) and q > 0):
+            raise ValueError(f"q_pixel_inv_A must be a positive pixel size in 1/Å, got {q_pixel_inv_A!r}")
+        self.scale = self.model_q_pixel / q
+        if not 0.1 <= self.scale <= 20:
+            raise ValueError(
+                f"the data's pixel size {q:.4g} 1/Å is {self.scale:.3g}x finer than the model's "
+                f"{self.model_q_pixel:.4g} 1/Å; FCU-Net resamples between 0.1x and 20x only"
+            )
+        self.origin = (float(origin_px[0]), float(origin_px[1]))
+        probe = np.asarray(probe, dtype=np.float64)
+        if probe.ndim != 2 or not np.all(np.isfinite(probe)) or probe.max() <= 0:
+            raise ValueError(f"probe must be a finite 2D image with a positive maximum, got shape {probe.shape}")
+        po = self.origin if probe_origin_px is None else (float(probe_origin_px[0]), float(probe_origin_px[1]))
+        p = _resample(probe[None], po, self.scale, self.size)[0]
+        if p.max() <= 0:
+            raise ValueError("the probe is empty after resampling onto the model grid (is its origin on the detector?)")
+        self.probe = p / p.max()
+        self.n_passes = positive_int("n_passes", n_passes)
+        tuned = self.card.get("detection", {}).get("min_intensity", DEFAULT_MIN_INTENSITY)
+        self.min_intensity = nonnegative_float("min_intensity", tuned if min_intensity is None else min_intensity)
+        self.seed = int(seed)
+        self.batch_size = positive_int("batch_size", batch_size)
+
+    def predict(self, patterns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and standard deviation over the MC passes of the predicted images, on the model grid."""
+        import torch
+
+        x = _resample(np.asarray(patterns), self.origin, self.scale, self.size)
+        bad = ~np.isfinite(x).all(axis=(1, 2))
+        x[bad] = 0.0
+        mean = np.zeros(x.shape, dtype=np.float32)
+        sq = np.zeros(x.shape, dtype=np.float32)
+        mc = self.n_passes > 1
+        self.model.set_mc_dropout(mc)
+        gen_state = torch.random.get_rng_state()
+        try:
+            torch.manual_seed(self.seed)
+            with torch.no_grad():
+                for b in range(0, x.shape[0], self.batch_size):
+                    xb = torch.from_numpy(x[b : b + self.batch_size]).to(self.device)
+                    pb = torch.from_numpy(self.probe).to(self.device).expand_as(xb)
+                    for _ in range(self.n_passes):
+                        y = self.model(xb, pb).float().cpu().numpy()
+                        mean[b : b + len(y)] += y
+                        sq[b : b + len(y)] += y * y
+        finally:
+            torch.random.set_rng_state(gen_state)
+            self.model.set_mc_dropout(True)
+        mean /= self.n_passes
+        std = np.sqrt(np.maximum(sq / self.n_passes - mean**2, 0.0))
+        mean[bad] = np.nan
+        return mean, std
+
+    def to_input_px(self, qx: np.ndarray, qy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Model-grid pixels → the data's pixels."""
+        c = self.size // 2
+        return self.origin[0] + (qx - c) * self.scale, self.origin[1] + (qy - c) * self.scale
+
+    def detect_batch(self, batch: np.ndarray, max_peaks: int = 256) -> dict[str, np.ndarray]:
+        """Padded peaks of a batch ``(n, Qx, Qy)``: qx, qy (data pixels), intensity, sigma, count."""
+        from ..bragg.detect import peaks_from_images
+
+        mean, std = self.predict(batch)
+        found = peaks_from_images(mean, _prediction_params(self.min_intensity, self.size, max_peaks))
+        qx, qy = self.to_input_px(found["qx"], found["qy"])
+        # uncertainty: the MC spread of the prediction at the peak's nearest pixel
+        sigma = np.full(found["qx"].shape, np.nan)
+        ok = np.isfinite(found["qx"])
+        ii = np.nonzero(ok)[0]
+        ix = np.clip(np.rint(found["qx"][ok]).astype(int), 0, self.size - 1)
+        iy = np.clip(np.rint(found["qy"][ok]).astype(int), 0, self.size - 1)
+        sigma[ok] = std[ii, ix, iy]
+        return {"qx": qx, "qy": qy, "intensity": found["intensity"], "sigma": sigma, "count": found["count"]}
+
+
+def _detect(batch: np.ndarray, detector: FCUNetDetector) -> dict[str, np.ndarray]:
+    return detector.detect_batch(batch)
+
+
+def _pixel_size(datacube: Any, probe: Any, q_pixel_inv_A: float | None) -> float:
+    if q_pixel_inv_A is not None:
+        return float(q_pixel_inv_A)
+    cal = datacube.calibration
+    if cal.q_pixel_inv_A is not None:
+        return float(cal.q_pixel_inv_A)
+    if cal.semiangle_mrad is not None and cal.energy_eV is not None:
+        from ..simulate.multislice import wavelength_A
+
+        # the probe disk's radius in pixels is the semiangle / wavelength in 1/Å
+        return float(cal.semiangle_mrad * 1e-3 / wavelength_A(cal.energy_eV) / probe.radius_px)
+    raise ValueError(
+        "FCU-Net needs the detector pixel size: give the calibration's q_pixel_inv_A "
+        "(--q-pixel-inv-A), or the semiangle and beam energy (--semiangle-mrad, --energy-kV)"
+    )
+
+
+def find_bragg_disks_fcunet(
+    datacube: Any,
+    probe: Any = None,
+    *,
+    weights: str | os.PathLike | None = None,
+    n_passes: int = 8,
+    min_intensity: float | None = None,
+    q_pixel_inv_A: float | None = None,
+    seed: int = 0,
+    device: str = "auto",
+    memory_budget: int | None = None,
+    scheduler: Any = "inline",
+    n_workers: int | None = None,
+    progress: bool | None = None,
+    checkpoint: Any = None,
+    return_uncertainty: bool = False,
+) -> Any:
+    """Find the Bragg disks of every pattern with FCU-Net; a :class:`BraggPeaks` in the data's pixels.
+
+    probe : the vacuum probe (as for :func:`distill4d.bragg.find_bragg_disks`; None: the
+        central disk of the mean pattern).
+    weights : a weights file with its model card beside it (None: the shipped model).
+    n_passes : Monte-Carlo dropout passes averaged per pattern (1: no dropout).
+    min_intensity : threshold on the predicted amplitude (relative to (000)); None: tuned one.
+    q_pixel_inv_A : the detector pixel size in 1/Å (default: the calibration, else from the
+        semiangle, energy and the probe's radius).
+    The direct beam is at the calibration's origin, else at the probe's centre.
+    return_uncertainty : also return the per-peak MC standard deviation of the predicted
+        amplitude (a flat array aligned with the peaks).
+    """
+    from ..bragg.detect import _as_datacube
+    from ..bragg.peaks import BraggPeaks
+    from ..bragg.probe import probe_template
+    from ..engine import map_patterns
+
+    dc = _as_datacube(datacube)
+    pr = probe_template(probe, datacube=dc, kind="disk")
+    dq = _pixel_size(dc, pr, q_pixel_inv_A)
+    cal = dc.calibration
+    origin = cal.origin_px if cal.origin_px is not None else pr.origin_px
+    image = np.fft.fftshift(pr.kernel)  # centred at (Qx//2, Qy//2)
+    nx, ny = image.shape
+    detector = FCUNetDetector(
+        image, q_pixel_inv_A=dq, origin_px=origin, probe_origin_px=(nx // 2, ny // 2), weights=weights,
+        n_passes=n_passes, min_intensity=min_intensity, seed=seed, device=device,
+    )
+    fn = functools.partial(_detect, detector=detector)
+    key = (
+        f"fcunet:{weights or 'shipped'}:{detector.card.get('training', {}).get('seconds')}:{n_passes}:"
+        f"{detector.min_intensity}:{dq}:{origin}:{seed}"
+    )
+    res = map_patterns(
+        dc, fn, memory_budget=memory_budget, scheduler=scheduler, n_workers=n_workers, progress=progress,
+        checkpoint=checkpoint, job_key=key, desc="fcunet disks",
+    )
+    params = {
+        "method": "fcunet",
+        "weights": str(weights or DEFAULT_WEIGHTS.name),
+        "n_passes": n_passes,
+        "min_intensity": detector.min_intensity,
+        "q_pixel_inv_A": dq,
+        "origin_px": list(origin),
+        "seed": seed,
+    }
+    peaks = BraggPeaks.from_padded(res["qx"], res["qy"], res["intensity"], res["count"], cal, params=params)
+    if not return_uncertainty:
+        return peaks
+    take = np.arange(res["qx"].shape[2]) < res["count"][..., None]
+    return peaks, res["sigma"][take]

@@ -1,0 +1,415 @@
+"""Training FCU-Net on a simulated library (``distill4d train fcunet --library DIR --out WEIGHTS``).
+
+- Split: entries of every 20th simulation (``sample_index % 20 == 0``: all thicknesses of
+  that simulation) form the validation split; the rest train. Validation patterns are
+  augmented once (fixed seed), training patterns anew every epoch.
+- Loss: mean squared error to the structure-factor target; AdamW (decoupled weight decay)
+  with a linear warm-up and a cosine decay over ``max_steps``.
+- Resumable: ``WEIGHTS.partial/checkpoint.pt`` (model, optimiser, RNG, position in the epoch,
+  best validation) is written atomically every ``checkpoint_minutes`` and when a time limit
+  stops the run; the same command resumes where it stopped, to the same weights as an
+  uninterrupted run (a different configuration is refused). The folder (with its
+  ``log.jsonl``) is removed once the weights are written; the card keeps the validation history.
+- Output: ``WEIGHTS`` (a plain ``state_dict`` of the best validation loss, loadable with
+  ``torch.load(weights_only=True)``) and ``WEIGHTS`` with ``.json``: the model card
+  (architecture, input size and pixel size, library configuration, command, metrics).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import pathlib
+import platform
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from .._atomic import atomic_output, atomic_write_bytes
+from .._validate import positive_float, positive_int
+from ..ml.fcunet import FCUNet, FCUNetConfig
+from ..simulate.augment import AugmentConfig
+from ..simulate.library import Library
+from .datasets import LibraryDataset
+
+__all__ = ["FCUNetTrainConfig", "train_fcunet", "evaluate_fcunet"]
+
+_VAL_EVERY = 20
+
+
+@dataclasses.dataclass(frozen=True)
+class FCUNetTrainConfig:
+    """Training settings (the architecture is ``model``).
+
+    batch_size, lr, weight_decay : AdamW settings (lr: peak learning rate).
+    warmup_steps : linear warm-up of the learning rate; then cosine decay to 0 at max_steps.
+    max_steps : optimiser steps in total (the schedule's length).
+    max_minutes : stop (with a checkpoint; rerun to go on) after this wall time; 0: no limit.
+    val_entries : at most this many validation entries are evaluated.
+    val_every_steps : validate every this many steps (and at the end).
+    checkpoint_minutes : checkpoint at least this often.
+    augment : on-the-fly augmentation (None: off).
+    spot_weight : the squared error of pixels where the target exceeds 1e-3 of (000) (the
+        Bragg spots, ~2 % of the pixels) counts ``1 + spot_weight`` times (0: plain MSE). The
+        target is sparse; weighting its spots speeds up learning them (benchmarks/RESULTS.md,
+        ``fcunet_search``).
+    seed : shuffling, augmentation and initialisation seed.
+    num_workers : DataLoader worker processes (0: load in the training process).
+    """
+
+    model: FCUNetConfig = dataclasses.field(default_factory=FCUNetConfig)
+    batch_size: int = 16
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    warmup_steps: int = 200
+    max_steps: int = 4000
+    max_minutes: float = 0.0
+    val_entries: int = 256
+    val_every_steps: int = 500
+    checkpoint_minutes: float = 5.0
+    augment: AugmentConfig | None = dataclasses.field(default_factory=AugmentConfig)
+    spot_weight: float = 0.0
+    seed: int = 0
+    num_workers: int = 1
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.model, FCUNetConfig):
+            raise TypeError(f"model must be an FCUNetConfig, got {type(self.model).__name__}")
+        for name in ("batch_size", "max_steps", "val_entries", "val_every_steps"):
+            positive_int(name, getattr(self, name))
+        positive_int("warmup_steps", self.warmup_steps, minimum=0)
+        positive_int("num_workers", self.num_workers, minimum=0)
+        positive_float("lr", self.lr, maximum=1.0)
+        if not 0 <= self.weight_decay < 1:
+            raise ValueError(f"weight_decay must be in [0, 1), got {self.weight_decay!r}")
+        if not self.max_minutes >= 0:
+            raise ValueError(f"max_minutes must be >= 0 (0: no limit), got {self.max_minutes!r}")
+        positive_float("checkpoint_minutes", self.checkpoint_minutes)
+        if not (math.isfinite(self.spot_weight) and self.spot_weight >= 0):
+            raise ValueError(f"spot_weight must be >= 0, got {self.spot_weight!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["model"] = self.model.to_dict()
+        return d
+
+    def schedule_dict(self) -> dict[str, Any]:
+        """What must match for a checkpoint to be resumed (everything but the time limits)."""
+        d = self.to_dict()
+        for k in ("max_minutes", "checkpoint_minutes", "num_workers"):
+            d.pop(k)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> FCUNetTrainConfig:
+        d = dict(d)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown training configuration keys {unknown}; known: {sorted(known)}")
+        if isinstance(d.get("model"), dict):
+            d["model"] = FCUNetConfig.from_dict(d["model"])
+        if isinstance(d.get("augment"), dict):
+            d["augment"] = AugmentConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d["augment"].items()})
+        return cls(**d)
+
+
+def _device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {device!r}")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("device='cuda' was asked for but PyTorch sees no GPU")
+    return torch.device(device)
+
+
+def _splits(library: Library) -> tuple[np.ndarray, np.ndarray]:
+    sample = library.metadata(("sample_index",))["sample_index"].astype(np.int64)
+    val = sample % _VAL_EVERY == 0
+    return np.nonzero(~val)[0], np.nonzero(val)[0]
+
+
+def _lr(step: int, cfg: FCUNetTrainConfig) -> float:
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    t = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
+    return cfg.lr * 0.5 * (1 + math.cos(math.pi * t))
+
+
+def _batches(n: int, cfg: FCUNetTrainConfig, epoch: int) -> list[np.ndarray]:
+    perm = np.random.default_rng([cfg.seed, epoch]).permutation(n)
+    nb = n // cfg.batch_size  # drop the last partial batch (batch norm)
+    return [perm[b * cfg.batch_size : (b + 1) * cfg.batch_size] for b in range(nb)]
+
+
+def _loss(pred: torch.Tensor, target: torch.Tensor, spot_weight: float) -> torch.Tensor:
+    se = (pred - target) ** 2
+    if spot_weight:
+        se = se * (1.0 + spot_weight * (target > 1e-3).to(se.dtype))
+    return se.mean()
+
+
+#: Candidate prediction thresholds (relative to (000)) tried by :func:`tune_detection`.
+THRESHOLDS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.1)
+
+
+@torch.no_grad()
+def tune_detection(
+    model: FCUNet, dataset: LibraryDataset, *, device: str | torch.device = "cpu", batch_size: int = 16,
+    thresholds: tuple[float, ...] = THRESHOLDS,
+) -> dict[str, Any]:
+    """The prediction threshold of highest disk accuracy (match within 0.5 px) on ``dataset``.
+
+    Returns ``{"min_intensity": best, "accuracy": {threshold: accuracy}}``; use the validation
+    split (never the test data).
+    """
+    from ..bragg.score import disk_detection_accuracy
+    from ..ml.fcunet_detect import peaks_from_prediction, true_peaks
+
+    dev = torch.device(device)
+    was_training = model.training
+    model.eval()
+    model.set_mc_dropout(False)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False,
+                                         generator=torch.Generator().manual_seed(0))
+    images, truths = [], []
+    for batch in loader:
+        images.append(model(batch["pattern"].to(dev), batch["probe"].to(dev)).cpu().numpy())
+        for j in range(len(batch["n_peaks"])):
+            truths.append(true_peaks(batch["peaks"][j, : int(batch["n_peaks"][j])].numpy(), images[-1].shape[-2:]))
+    model.train(was_training)
+    model.set_mc_dropout(True)
+    pred = np.concatenate(images)
+    acc = {}
+    for t in thresholds:
+        found = peaks_from_prediction(pred, min_intensity=t)
+        acc[float(t)] = float(disk_detection_accuracy(found, truths, threshold_inv_A=0.5, q_pixel_inv_A=1.0).accuracy)
+    best = max(acc, key=lambda t: acc[t])
+    return {"min_intensity": best, "accuracy": acc, "match_px": 0.5, "entries": len(truths)}
+
+
+@torch.no_grad()
+def evaluate_fcunet(
+    model: FCUNet, dataset: LibraryDataset, *, device: str | torch.device = "cpu", batch_size: int = 16
+) -> dict[str, float]:
+    """Validation metrics of ``model`` (eval mode, no dropout): ``mse`` and disk ``accuracy``.
+
+    ``accuracy``: intensity-weighted disk-detection accuracy (within 0.5 px) of the peaks found
+    in the predicted images by :func:`distill4d.ml.fcunet_detect.peaks_from_prediction`
+    against the kinematic peaks (amplitude ≥ 0.01 of (000)), over all entries.
+    """
+    from ..bragg.score import disk_detection_accuracy
+    from ..ml.fcunet_detect import peaks_from_prediction, true_peaks
+
+    dev = torch.device(device)
+    was_training = model.training
+    model.eval()
+    model.set_mc_dropout(False)
+    # its own generator: evaluating leaves the global RNG (dropout masks of training) untouched
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False,
+                                         generator=torch.Generator().manual_seed(0))
+    se, count = 0.0, 0
+    preds, truths = [], []
+    for batch in loader:
+        out = model(batch["pattern"].to(dev), batch["probe"].to(dev)).cpu()
+        se += float(((out - batch["target"]) ** 2).mean(dim=(1, 2)).sum())
+        count += out.shape[0]
+        found = peaks_from_prediction(out.numpy())
+        for j in range(out.shape[0]):
+            preds.append(found[j])
+            truths.append(true_peaks(batch["peaks"][j, : int(batch["n_peaks"][j])].numpy(), out.shape[-2:]))
+    model.train(was_training)
+    model.set_mc_dropout(True)
+    score = disk_detection_accuracy(preds, truths, threshold_inv_A=0.5, q_pixel_inv_A=1.0)
+    return {"mse": se / max(count, 1), "accuracy": score.accuracy, "mean_error_px": score.mean_error_px}
+
+
+def _save_checkpoint(path: pathlib.Path, state: dict[str, Any]) -> None:
+    with atomic_output(path, force=True) as tmp:
+        torch.save(state, tmp)
+
+
+def train_fcunet(
+    library: str | os.PathLike | Library,
+    out: str | os.PathLike,
+    config: FCUNetTrainConfig | None = None,
+    *,
+    device: str = "auto",
+    force: bool = False,
+    command: str | None = None,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Train (or resume training) an FCU-Net; write ``out`` (weights) and its model card.
+
+    Returns the model card (dict). Training stops at ``config.max_steps`` or after
+    ``config.max_minutes``; in the latter case no weights are written yet (``"complete":
+    False`` in the returned dict) and the same call resumes.
+    """
+    cfg = config or FCUNetTrainConfig()
+    if not isinstance(cfg, FCUNetTrainConfig):
+        raise TypeError(f"config must be an FCUNetTrainConfig, got {type(cfg).__name__}")
+    say = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    lib = library if isinstance(library, Library) else Library(library)
+    n = cfg.model.size
+    if tuple(lib.config.shape) != (n, n):
+        raise ValueError(f"the library's patterns are {tuple(lib.config.shape)} px but the model takes {n} x {n}")
+    out = pathlib.Path(os.fspath(out))
+    card_path = out.with_suffix(".json")
+    if out.suffix.lower() not in (".pt", ".pth"):
+        raise ValueError(f"the weights file must end in .pt or .pth, got {out.name}")
+    if (out.exists() or card_path.exists()) and not force:
+        raise FileExistsError(f"{out} or {card_path.name} exists; choose another name or pass force=True (--force)")
+    work = pathlib.Path(str(out) + ".partial")
+    work.mkdir(parents=True, exist_ok=True)
+    ckpt_path, log_path = work / "checkpoint.pt", work / "log.jsonl"
+    dev = _device(device)
+    torch.manual_seed(cfg.seed)
+    model = FCUNet(cfg.model).to(dev)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    state = {"step": 0, "epoch": 0, "batch": 0, "best": None, "best_state": None, "seconds": 0.0, "history": []}
+    key = json.dumps({"train": cfg.schedule_dict(), "library": lib.config.to_dict(), "entries": len(lib)}, sort_keys=True)
+    if ckpt_path.exists():
+        ck = torch.load(ckpt_path, map_location=dev, weights_only=True)
+        if ck.get("key") != key:
+            raise ValueError(
+                f"{work} holds a checkpoint of another training configuration or library; "
+                "remove it or choose another output name (nothing was changed)"
+            )
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        state = json.loads(ck["state"])
+        state["best_state"] = ck.get("best_state")
+        torch.set_rng_state(ck["torch_rng"])  # the dropout masks go on as if never stopped
+        say(f"resuming at step {state['step']} (epoch {state['epoch']}, batch {state['batch']})")
+    train_idx, val_idx = _splits(lib)
+    if len(train_idx) < cfg.batch_size or len(val_idx) == 0:
+        raise ValueError(
+            f"the library has {len(train_idx)} training and {len(val_idx)} validation entries; it needs at "
+            f"least a batch ({cfg.batch_size}) and one validation simulation (sample_index % {_VAL_EVERY} == 0)"
+        )
+    train_ds = LibraryDataset(lib, indices=train_idx, augment=cfg.augment, seed=cfg.seed)
+    val_sel = val_idx[np.linspace(0, len(val_idx) - 1, min(cfg.val_entries, len(val_idx))).round().astype(int)]
+    val_ds = LibraryDataset(lib, indices=np.unique(val_sel), augment=cfg.augment, seed=cfg.seed + 1)
+
+    def checkpoint() -> None:
+        body = dict(state)
+        best_state = body.pop("best_state")
+        _save_checkpoint(
+            ckpt_path,
+            {"key": key, "model": model.state_dict(), "optimizer": opt.state_dict(), "state": json.dumps(body),
+             "best_state": best_state, "torch_rng": torch.get_rng_state()},
+        )
+
+    def validate() -> None:
+        metrics = evaluate_fcunet(model, val_ds, device=dev, batch_size=cfg.batch_size)
+        metrics.update(step=state["step"], epoch=state["epoch"], seconds=round(state["seconds"], 1))
+        state["history"].append(metrics)
+        with open(log_path, "a") as fh:
+            fh.write(json.dumps({"kind": "val", **metrics}) + "\n")
+        say(f"step {state['step']}: val mse {metrics['mse']:.3g}, accuracy {metrics['accuracy']:.3f}")
+        if state["best"] is None or metrics["mse"] < state["best"]["mse"]:
+            state["best"] = metrics
+            state["best_state"] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+    model.train()
+    model.set_mc_dropout(True)
+    t_start = time.perf_counter()
+    seconds0 = state["seconds"]
+    last_ckpt = t_start
+    running, stopped_early = [], False
+    while state["step"] < cfg.max_steps:
+        train_ds.set_epoch(state["epoch"])
+        batches = _batches(len(train_ds), cfg, state["epoch"])
+        loader = torch.utils.data.DataLoader(
+            train_ds, batch_sampler=batches[state["batch"] :], num_workers=cfg.num_workers,
+            persistent_workers=False, generator=torch.Generator().manual_seed(cfg.seed + state["epoch"]),
+        )
+        for batch in loader:
+            for group in opt.param_groups:
+                group["lr"] = _lr(state["step"], cfg)
+            pred = model(batch["pattern"].to(dev), batch["probe"].to(dev))
+            loss = _loss(pred, batch["target"].to(dev), cfg.spot_weight)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"the training loss became {float(loss)} at step {state['step']}")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            running.append(float(loss.detach()))
+            state["step"] += 1
+            state["batch"] += 1
+            state["seconds"] = seconds0 + time.perf_counter() - t_start
+            if state["step"] % 50 == 0:
+                with open(log_path, "a") as fh:
+                    fh.write(json.dumps({"kind": "train", "step": state["step"], "loss": float(np.mean(running)),
+                                         "lr": _lr(state["step"], cfg), "seconds": round(state["seconds"], 1)}) + "\n")
+                say(f"step {state['step']}/{cfg.max_steps}: loss {np.mean(running):.3g} ({state['seconds'] / 60:.1f} min)")
+                running = []
+            if state["step"] % cfg.val_every_steps == 0 and state["step"] < cfg.max_steps:
+                validate()
+            now = time.perf_counter()
+            if state["step"] >= cfg.max_steps:
+                break
+            if cfg.max_minutes and now - t_start > 60 * cfg.max_minutes:
+                stopped_early = True
+                break
+            if now - last_ckpt > 60 * cfg.checkpoint_minutes:
+                checkpoint()
+                last_ckpt = now
+        if stopped_early or state["step"] >= cfg.max_steps:
+            break
+        state["epoch"] += 1
+        state["batch"] = 0
+    if stopped_early:
+        checkpoint()
+        say(f"stopped after {cfg.max_minutes} min at step {state['step']}; run the same command to go on")
+        return {"complete": False, "step": state["step"]}
+    validate()
+    checkpoint()
+    best = state["best_state"]
+    model.load_state_dict(best)
+    detection = tune_detection(model, val_ds, device=dev, batch_size=cfg.batch_size)
+    detection["chosen_on"] = "the validation split (every 20th simulation of the training library)"
+    say(f"detection threshold {detection['min_intensity']} (validation accuracy {detection['accuracy']})")
+    card = {
+        "model": "fcunet",
+        "format": "distill4d-weights-1",
+        "architecture": cfg.model.to_dict(),
+        "input": {
+            "size_px": n,
+            "q_pixel_inv_A": float(lib.config.q_pixel_inv_A),
+            "origin_px": [n // 2, n // 2],
+            "scaling": "pattern and probe divided by the probe maximum",
+            "output": "structure-factor image, (000) = 1",
+        },
+        "training": {
+            "config": cfg.to_dict(),
+            "library": str(lib.path),
+            "library_config": lib.config.to_dict(),
+            "entries_train": int(len(train_idx)),
+            "entries_val": int(len(val_ds)),
+            "steps": state["step"],
+            "epochs_seen": round(state["step"] * cfg.batch_size / len(train_idx), 2),
+            "seconds": round(state["seconds"], 1),
+            "device": str(dev) if dev.type == "cpu" else torch.cuda.get_device_name(dev),
+            "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+            "torch": torch.__version__,
+            "command": command,
+        },
+        "validation": {"best": state["best"], "history": state["history"]},
+        "detection": detection,
+        "complete": True,
+    }
+    with atomic_output(out, force=force) as tmp:
+        torch.save(best, tmp)
+    atomic_write_bytes(card_path, (json.dumps(card, indent=2) + "\n").encode())
+    shutil.rmtree(work, ignore_errors=True)
+    say(f"wrote {out} and {card_path.name} (best val mse {state['best']['mse']:.3g}, accuracy {state['best']['accuracy']:.3f})")
+    return card

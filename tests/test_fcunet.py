@@ -1,0 +1,309 @@
+"""FCU-Net: complex layers, the Fourier input layer, training/resume, weights, and the shipped model."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from distill4d.ml.complex_layers import ComplexConv2d, complex_cat, mc_dropout, spectral_pool  # noqa: E402
+from distill4d.ml.fcunet import FCUNet, FCUNetConfig, cross_spectrum  # noqa: E402
+from distill4d.ml import fcunet_detect  # noqa: E402
+from distill4d.ml.fcunet_detect import FCUNetDetector, load_fcunet, peaks_from_prediction  # noqa: E402
+
+
+def _direct_complex_conv(z: np.ndarray, W: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """out[o, i, j] = Σ_c Σ_kl W[o, c, k, l] z[c, i + k − p, j + l − p] + b[o] (zero padding), complex."""
+    C, H, Wd = z.shape
+    O, _, K, _ = W.shape
+    p = K // 2
+    zp = np.zeros((C, H + 2 * p, Wd + 2 * p), complex)
+    zp[:, p : p + H, p : p + Wd] = z
+    out = np.zeros((O, H, Wd), complex)
+    for o in range(O):
+        for k in range(K):
+            for ll in range(K):
+                out[o] += np.einsum("c,cij->ij", W[o, :, k, ll], zp[:, k : k + H, ll : ll + Wd])
+        out[o] += b[o]
+    return out
+
+
+def test_complex_conv_equals_direct_complex_computation():
+    torch.manual_seed(0)
+    conv = ComplexConv2d(3, 2, kernel_size=3)
+    with torch.no_grad():
+        conv.bias_re.normal_()
+        conv.bias_im.normal_()
+    rng = np.random.default_rng(1)
+    z = rng.normal(size=(3, 7, 6)) + 1j * rng.normal(size=(3, 7, 6))
+    x = torch.tensor(np.concatenate([z.real, z.imag])[None], dtype=torch.float64)
+    conv = conv.double()
+    out = conv(x)[0].detach().numpy()
+    W = conv.weight_re.detach().numpy() + 1j * conv.weight_im.detach().numpy()
+    b = conv.bias_re.detach().numpy() + 1j * conv.bias_im.detach().numpy()
+    ref = _direct_complex_conv(z, W, b)
+    assert np.allclose(out[:2], ref.real, atol=1e-12)
+    assert np.allclose(out[2:], ref.imag, atol=1e-12)
+    with pytest.raises(ValueError, match="expects 6 real channels"):
+        conv(torch.zeros(1, 4, 5, 5, dtype=torch.float64))
+
+
+def test_complex_cat_keeps_real_with_real():
+    a = torch.arange(4.0).reshape(1, 4, 1, 1)  # re [0, 1], im [2, 3]
+    b = torch.arange(10.0, 12.0).reshape(1, 2, 1, 1)  # re [10], im [11]
+    assert complex_cat(a, b).flatten().tolist() == [0, 1, 10, 2, 3, 11]
+
+
+def test_mc_dropout_same_mask_on_real_and_imaginary_and_off_when_inactive():
+    z = torch.ones(2, 8, 16, 16)
+    torch.manual_seed(3)
+    d = mc_dropout(z, 0.5, active=True)
+    assert torch.equal(d[:, :4] == 0, d[:, 4:] == 0)
+    assert 0.3 < float((d == 0).float().mean()) < 0.7
+    assert torch.equal(mc_dropout(z, 0.5, active=False), z)
+
+
+def test_spectral_pool_keeps_low_frequencies():
+    n = 32
+    x = torch.arange(n, dtype=torch.float64)
+    img = (2.0 + torch.cos(2 * np.pi * 3 * x / n))[:, None].expand(n, n)[None, None]
+    pooled = spectral_pool(img)
+    xs = torch.arange(n // 2, dtype=torch.float64)
+    ref = (2.0 + torch.cos(2 * np.pi * 3 * xs / (n // 2)))[:, None].expand(n // 2, n // 2)
+    assert pooled.shape == (1, 1, n // 2, n // 2)
+    assert torch.allclose(pooled[0, 0], ref, atol=1e-12)
+
+
+def test_cross_spectrum_is_shift_equivariant():
+    """Shifting the pattern by (dx, dy) px multiplies C by exp(−2πi(kx·dx + ky·dy)/N), |C| unchanged."""
+    rng = np.random.default_rng(0)
+    n = 32
+    pattern = rng.random((n, n))
+    probe = np.zeros((n, n))
+    probe[n // 2 - 3 : n // 2 + 4, n // 2 - 3 : n // 2 + 4] = 1.0
+    dx, dy = 3, -5
+    shifted = np.roll(pattern, (dx, dy), axis=(0, 1))
+    C0 = cross_spectrum(torch.tensor(pattern[None]), torch.tensor(probe[None]))[0].numpy()
+    C1 = cross_spectrum(torch.tensor(shifted[None]), torch.tensor(probe[None]))[0].numpy()
+    c0, c1 = C0[0] + 1j * C0[1], C1[0] + 1j * C1[1]
+    k = np.fft.fftfreq(n) * n
+    ramp = np.exp(-2j * np.pi * (k[:, None] * dx + k[None, :] * dy) / n)
+    assert np.allclose(c1, c0 * ramp, atol=1e-10)
+    assert np.isclose(np.abs(c0).max(), 1.0)  # normalised per sample
+    # scaling the pattern or the probe does not change the input (per-sample normalisation)
+    C2 = cross_spectrum(torch.tensor(7.0 * pattern[None]), torch.tensor(0.1 * probe[None]))[0].numpy()
+    assert np.allclose(C2, C0, atol=1e-12)
+
+
+def test_fcunet_shapes_and_config_errors():
+    torch.manual_seed(0)
+    for pool in ("max", "spectral"):
+        m = FCUNet(FCUNetConfig(size=32, filters=2, depth=2, pool=pool, out_channels=2, real_filters=4,
+                                correlation_skip=pool == "max", real_layers=3))
+        y = m(torch.rand(3, 32, 32), torch.rand(3, 32, 32))
+        assert y.shape == (3, 32, 32) and torch.isfinite(y).all()
+    with pytest.raises(ValueError, match="shape \\(batch, 32, 32\\)"):
+        m(torch.rand(3, 16, 16), torch.rand(3, 16, 16))
+    with pytest.raises(ValueError, match="power of two"):
+        FCUNetConfig(size=48)
+    with pytest.raises(ValueError, match="pool"):
+        FCUNetConfig(pool="avg")
+    with pytest.raises(ValueError, match="dropout"):
+        FCUNetConfig(dropout=1.0)
+
+
+def _write_weights(model: FCUNet, path, q_pixel_inv_A=0.025):
+    torch.save(model.state_dict(), path)
+    card = {"model": "fcunet", "architecture": model.config.to_dict(),
+            "input": {"size_px": model.config.size, "q_pixel_inv_A": q_pixel_inv_A}}
+    path.with_suffix(".json").write_text(json.dumps(card))
+
+
+def test_save_load_round_trip_gives_identical_outputs(tmp_path):
+    torch.manual_seed(1)
+    model = FCUNet(FCUNetConfig(size=32, filters=2, depth=2, out_channels=2, real_filters=4))
+    model.train()
+    model(torch.rand(4, 32, 32), torch.rand(4, 32, 32))  # move the batch-norm running statistics
+    model.eval()
+    model.set_mc_dropout(False)
+    _write_weights(model, tmp_path / "m.pt")
+    loaded, card = load_fcunet(tmp_path / "m.pt")
+    loaded.set_mc_dropout(False)
+    x, p = torch.rand(2, 32, 32), torch.rand(2, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model(x, p), loaded(x, p))
+    # MC dropout with the same seed: identical too
+    model.set_mc_dropout(True)
+    loaded.set_mc_dropout(True)
+    with torch.no_grad():
+        torch.manual_seed(5)
+        a = model(x, p)
+        torch.manual_seed(5)
+        b = loaded(x, p)
+    assert torch.equal(a, b)
+
+
+def test_load_errors_name_the_problem(tmp_path):
+    with pytest.raises(FileNotFoundError, match="none.pt do not exist"):
+        load_fcunet(tmp_path / "none.pt")
+    model = FCUNet(FCUNetConfig(size=32, filters=2, depth=2, out_channels=2, real_filters=4))
+    _write_weights(model, tmp_path / "m.pt")
+    card = json.loads((tmp_path / "m.json").read_text())
+    card["architecture"]["filters"] = 4
+    (tmp_path / "m.json").write_text(json.dumps(card))
+    with pytest.raises(ValueError, match="do not fit the architecture"):
+        load_fcunet(tmp_path / "m.pt")
+    (tmp_path / "bad.pt").write_bytes(b"not a torch file")
+    (tmp_path / "bad.json").write_text((tmp_path / "m.json").read_text())
+    with pytest.raises(ValueError, match="cannot read FCU-Net weights"):
+        load_fcunet(tmp_path / "bad.pt")
+
+
+def test_resampling_maps_peaks_back_to_the_input_pixels():
+    """A spot at a known input position, resampled to the model grid (other pixel size and origin),
+    found there and mapped back, lands within 0.05 px of where it was."""
+    n_in, size = 96, 64
+    x = np.arange(n_in)
+    true = (61.3, 30.7)
+    img = np.exp(-((x[:, None] - true[0]) ** 2 + (x[None, :] - true[1]) ** 2) / (2 * 2.5**2))
+    origin, scale = (47.6, 49.2), 1.25  # model pixel = 1.25 input pixels
+    on_grid = fcunet_detect._resample(img[None], origin, scale, size)
+    found = peaks_from_prediction(on_grid / on_grid.max(), min_intensity=0.5)[0]
+    assert len(found) == 1
+    det = object.__new__(FCUNetDetector)
+    det.size, det.origin, det.scale = size, origin, scale
+    qx, qy = det.to_input_px(found[:, 0], found[:, 1])
+    assert np.hypot(qx[0] - true[0], qy[0] - true[1]) < 0.05
+
+
+# --------------------------------------------------------------------------- training (needs abTEM)
+SMALL = dict(
+    n_samples=4, shard_size=2, shape=(32, 32), q_pixel_inv_A=0.08, thickness_A=(10.0, 40.0), n_thicknesses=2,
+    prototypes=("Cu", "MgO"), energies_kV=(200.0,), semiangle_mrad=(2.0, 3.0), seed=3,
+)
+
+
+@pytest.fixture(scope="module")
+def tiny_library(tmp_path_factory):
+    pytest.importorskip("abtem")
+    from distill4d.simulate.library import LibraryConfig, build_library
+
+    folder = tmp_path_factory.mktemp("fcunet_lib") / "lib"
+    build_library(LibraryConfig(**SMALL), folder, scheduler="inline", progress=False)
+    return folder
+
+
+def _tiny_config(**kw):
+    from distill4d.train.fcunet import FCUNetTrainConfig
+
+    base = dict(model=FCUNetConfig(size=32, filters=2, depth=2, out_channels=2, real_filters=4), batch_size=2,
+                max_steps=4, warmup_steps=1, val_entries=2, val_every_steps=2, num_workers=0, seed=0)
+    base.update(kw)
+    return FCUNetTrainConfig(**base)
+
+
+def test_training_resumes_to_the_same_weights(tiny_library, tmp_path):
+    from distill4d.train.fcunet import train_fcunet
+
+    full = train_fcunet(tiny_library, tmp_path / "full.pt", _tiny_config(), device="cpu", log=lambda m: None)
+    assert full["complete"] and full["training"]["steps"] == 4
+    card = json.loads((tmp_path / "full.json").read_text())
+    assert card["input"]["q_pixel_inv_A"] == SMALL["q_pixel_inv_A"] and card["input"]["size_px"] == 32
+    assert card["training"]["library_config"]["prototypes"] == ["Cu", "MgO"]
+    # stop after the first step (time limit), then resume with the same command
+    part = train_fcunet(tiny_library, tmp_path / "res.pt", _tiny_config(max_minutes=1e-9), device="cpu",
+                        log=lambda m: None)
+    assert part == {"complete": False, "step": 1}
+    assert not (tmp_path / "res.pt").exists()
+    train_fcunet(tiny_library, tmp_path / "res.pt", _tiny_config(), device="cpu", log=lambda m: None)
+    a = torch.load(tmp_path / "full.pt", weights_only=True)
+    b = torch.load(tmp_path / "res.pt", weights_only=True)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    # existing weights are not overwritten; another configuration does not resume a checkpoint
+    with pytest.raises(FileExistsError, match="exists"):
+        train_fcunet(tiny_library, tmp_path / "full.pt", _tiny_config(), device="cpu", log=lambda m: None)
+    assert not (tmp_path / "res.pt.partial").exists()  # the checkpoint goes once the weights are written
+    train_fcunet(tiny_library, tmp_path / "r2.pt", _tiny_config(max_minutes=1e-9), device="cpu", log=lambda m: None)
+    with pytest.raises(ValueError, match="another training configuration"):
+        train_fcunet(tiny_library, tmp_path / "r2.pt", _tiny_config(lr=1e-4), device="cpu", log=lambda m: None)
+
+
+def test_training_refuses_a_library_of_another_size(tiny_library, tmp_path):
+    from distill4d.train.fcunet import train_fcunet
+
+    cfg = _tiny_config(model=FCUNetConfig(size=64, filters=2, depth=2, out_channels=2, real_filters=4))
+    with pytest.raises(ValueError, match="32\\) px but the model takes 64 x 64"):
+        train_fcunet(tiny_library, tmp_path / "x.pt", cfg, device="cpu")
+
+
+def test_cli_train_and_detect_with_the_trained_weights(tiny_library, tmp_path):
+    from distill4d.calibration import Calibration
+    from distill4d.cli import main
+    from distill4d.datacube import DataCube
+    from distill4d.io import write
+    from distill4d.simulate.library import Library
+
+    out = tmp_path / "w.pt"
+    args = ["train", "fcunet", "--library", str(tiny_library), "--out", str(out), "--filters", "2", "--depth", "2",
+            "--batch-size", "2", "--steps", "2", "--loader-workers", "0", "--device", "cpu",
+            "--config", str(tmp_path / "cfg.json")]
+    (tmp_path / "cfg.json").write_text(json.dumps({"model": {"size": 32, "out_channels": 2, "real_filters": 4},
+                                                   "warmup_steps": 1, "val_entries": 2}))
+    assert main(args) == 0
+    assert out.exists() and out.with_suffix(".json").exists()
+    assert main(args) == 1  # refuses to overwrite
+    lib = Library(tiny_library)
+    e = lib[0]
+    dc = DataCube(np.stack([e["pattern"], e["pattern"]])[None], Calibration(q_pixel_inv_A=SMALL["q_pixel_inv_A"]))
+    write(tmp_path / "d.h5", dc)
+    np.save(tmp_path / "probe.npy", e["probe"])
+    rc = main(["disks", str(tmp_path / "d.h5"), "--probe", str(tmp_path / "probe.npy"), "--method", "fcunet",
+               "--weights", str(out), "--passes", "2", "-o", str(tmp_path / "p.h5"), "--no-png", "--no-progress"])
+    assert rc == 0 and (tmp_path / "p.h5").exists()
+    rc = main(["disks", str(tmp_path / "d.h5"), "--method", "fcunet", "--weights", str(tmp_path / "none.pt"),
+               "-o", str(tmp_path / "q.h5"), "--no-png"])
+    assert rc == 1 and not (tmp_path / "q.h5").exists()
+
+
+# --------------------------------------------------------------------------- the shipped model
+@pytest.mark.parametrize("shape, q_pixel_inv_A", [(128, 0.025), (160, 0.02)])
+def test_shipped_weights_find_the_disks_of_an_unseen_crystal(shape, q_pixel_inv_A):
+    """Si is absent from the training library (fcunet_train.toml). A 20 nm Si [011] multislice
+    pattern, at the model's pixel size and at a finer one (resampled by the detector): every
+    kinematic disk with amplitude >= 0.1 of (000) inside the detector circle is found within
+    0.5 px, and most strong detections are real disks."""
+    pytest.importorskip("abtem")
+    from distill4d.calibration import Calibration
+    from distill4d.datacube import DataCube
+    from distill4d.ml.fcunet_detect import find_bragg_disks_fcunet, true_peaks
+    from distill4d.simulate.crystals import orient, prototype
+    from distill4d.simulate.multislice import CBEDSettings, simulate_cbed
+
+    if not fcunet_detect.DEFAULT_WEIGHTS.exists():
+        pytest.fail(f"the shipped weights {fcunet_detect.DEFAULT_WEIGHTS} are missing")
+    atoms, _ = orient(prototype("Si"), (0, 1, 1))
+    settings = CBEDSettings(energy_eV=200e3, semiangle_mrad=2.0, shape=(shape, shape), q_pixel_inv_A=q_pixel_inv_A,
+                            thicknesses_A=(200.0,))
+    res = simulate_cbed(atoms, settings, device="cpu")
+    c = shape // 2
+    dc = DataCube(res.patterns[:1][None].astype(np.float32),
+                  Calibration(q_pixel_inv_A=q_pixel_inv_A, energy_eV=200e3, semiangle_mrad=2.0, origin_px=(c, c)))
+    peaks = find_bragg_disks_fcunet(dc, res.probe, n_passes=4, device="cpu", progress=False)
+    found = peaks[0, 0]
+    # the model sees +-64 of its pixels (0.025 1/Å): score the disks inside that circle, 2 px in
+    reach_px = (64 - 2) * 0.025 / q_pixel_inv_A
+    truth = true_peaks(res.peaks, (shape, shape), min_amplitude=0.1, edge_px=2.0)
+    truth = truth[np.hypot(truth[:, 0] - c, truth[:, 1] - c) <= reach_px]
+    assert len(truth) >= 8
+    d = np.hypot(found[:, None, 0] - truth[None, :, 0], found[:, None, 1] - truth[None, :, 1])
+    nearest = d.min(axis=0)
+    assert np.all(nearest < 0.5), (truth[nearest >= 0.5], nearest[nearest >= 0.5])
+    strong = found[found[:, 2] >= 0.1]
+    all_true = true_peaks(res.peaks, (shape, shape), min_amplitude=0.01, edge_px=0.0)
+    dd = np.hypot(strong[:, None, 0] - all_true[None, :, 0], strong[:, None, 1] - all_true[None, :, 1]).min(axis=1)
+    assert np.mean(dd < 1.0) >= 0.8
