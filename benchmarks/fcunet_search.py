@@ -41,10 +41,11 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--val-entries", type=int, default=64)
     ap.add_argument("--only", nargs="*", help="candidate names (default: all)")
+    ap.add_argument("--render", action="store_true", help="only rewrite the section from the stored runs")
     args = ap.parse_args()
     lib = Library(args.library)
     rows = []
-    names = args.only or list(CANDIDATES)
+    names = [] if args.render else args.only or list(CANDIDATES)
     with tempfile.TemporaryDirectory() as tmp:
         for name in names:
             cfg = FCUNetTrainConfig(

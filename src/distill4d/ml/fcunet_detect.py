@@ -16,6 +16,7 @@ import functools
 import json
 import os
 import pathlib
+import warnings
 from typing import Any
 
 import numpy as np
@@ -182,6 +183,9 @@ class FCUNetDetector:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = device
         self.model, self.card = load_fcunet(weights, device=device)
+        status = str(self.card.get("status", ""))
+        if status.startswith("preliminary"):
+            warnings.warn(f"FCU-Net weights {weights or DEFAULT_WEIGHTS.name}: {status}", stacklevel=2)
         self.size = int(self.card["input"]["size_px"])
         self.model_q_pixel = float(self.card["input"]["q_pixel_inv_A"])
         q = float(q_pixel_inv_A)
