@@ -84,7 +84,9 @@ def main() -> None:
     ]
     for name, n, mse, acc, sec, *entries in rows:
         lines.append(f"| {name} | {n:,} | {mse:.4g} | {acc:.3f} | {sec:.0f} | {entries[0] if entries and entries[0] else '?'} |")
-    lines += ["", "A short budget: this ranks early convergence, not final quality."]
+    lines += ["", "A short budget: this ranks early convergence, not final quality. Wall times differ with the load "
+              "of the machine (the rows with an unknown library size ran while the library was still being built "
+              "on the same 2 cores, over a partial library)."]
     write_section("fcunet_search", "\n".join(lines))
     print(json.dumps(rows))
 

@@ -71,3 +71,15 @@ def pattern_array(name: str, value: Any, *, ndim: int = 2) -> np.ndarray:
     if not np.all(np.isfinite(arr)):
         raise ValueError(f"{name} contains NaN or Inf values")
     return arr
+
+
+def check_keys(cls: Any, d: Any, what: str) -> None:
+    """ValueError naming the keys of ``d`` that are not fields of the dataclass ``cls``."""
+    import dataclasses
+
+    if not isinstance(d, dict):
+        raise TypeError(f"a {what} must be a mapping of keys to values, got {type(d).__name__}")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ValueError(f"unknown {what} keys {unknown}; known: {sorted(known)}")

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .._validate import check_keys
 from .complex_layers import ComplexBatchNorm2d, ComplexConv2d, complex_cat, crelu, mc_dropout, spectral_pool
 
 __all__ = ["FCUNetConfig", "FCUNet", "cross_spectrum"]
@@ -80,10 +81,7 @@ class FCUNetConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FCUNetConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown FCUNetConfig keys {unknown}; known: {sorted(known)}")
+        check_keys(cls, d, "FCUNetConfig")
         return cls(**d)
 
 

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from .._atomic import atomic_output, atomic_write_bytes
-from .._validate import nonnegative_float, positive_float, positive_int
+from .._validate import check_keys, nonnegative_float, positive_float, positive_int
 
 __all__ = ["LibraryConfig", "sample_spec", "simulate_sample", "build_library", "Library"]
 
@@ -144,10 +144,7 @@ class LibraryConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> LibraryConfig:
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - fields)
-        if unknown:
-            raise ValueError(f"unknown library configuration keys {unknown}; known: {sorted(fields)}")
+        check_keys(cls, d, "library configuration")
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
     @classmethod

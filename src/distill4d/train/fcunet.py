@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from .._atomic import atomic_output, atomic_write_bytes
-from .._validate import positive_float, positive_int
+from .._validate import check_keys, positive_float, positive_int
 from ..ml.fcunet import FCUNet, FCUNetConfig
 from ..simulate.augment import AugmentConfig
 from ..simulate.library import Library
@@ -110,10 +110,7 @@ class FCUNetTrainConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FCUNetTrainConfig:
         d = dict(d)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown training configuration keys {unknown}; known: {sorted(known)}")
+        check_keys(cls, d, "training configuration")
         if isinstance(d.get("model"), dict):
             d["model"] = FCUNetConfig.from_dict(d["model"])
         if isinstance(d.get("augment"), dict):
@@ -157,6 +154,34 @@ def _loss(pred: torch.Tensor, target: torch.Tensor, spot_weight: float) -> torch
     return se.mean()
 
 
+@torch.no_grad()
+def _predict(
+    model: FCUNet, dataset: LibraryDataset, device: str | torch.device, batch_size: int
+) -> tuple[np.ndarray, list[np.ndarray], float]:
+    """Predicted images (eval mode, no dropout), the scorable true peaks, and the MSE to the targets."""
+    from ..ml.fcunet_detect import true_peaks
+
+    dev = torch.device(device)
+    was_training = model.training
+    model.eval()
+    model.set_mc_dropout(False)
+    # its own generator: evaluating leaves the global RNG (dropout masks of training) untouched
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False,
+                                         generator=torch.Generator().manual_seed(0))
+    images, truths, se = [], [], 0.0
+    try:
+        for batch in loader:
+            out = model(batch["pattern"].to(dev), batch["probe"].to(dev)).cpu()
+            se += float(((out - batch["target"]) ** 2).mean(dim=(1, 2)).sum())
+            images.append(out.numpy())
+            for j in range(out.shape[0]):
+                truths.append(true_peaks(batch["peaks"][j, : int(batch["n_peaks"][j])].numpy(), out.shape[-2:]))
+    finally:
+        model.train(was_training)
+        model.set_mc_dropout(True)
+    return np.concatenate(images), truths, se / max(len(truths), 1)
+
+
 #: Candidate prediction thresholds (relative to (000)) tried by :func:`tune_detection`.
 THRESHOLDS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.1)
 
@@ -172,22 +197,9 @@ def tune_detection(
     split (never the test data).
     """
     from ..bragg.score import disk_detection_accuracy
-    from ..ml.fcunet_detect import peaks_from_prediction, true_peaks
+    from ..ml.fcunet_detect import peaks_from_prediction
 
-    dev = torch.device(device)
-    was_training = model.training
-    model.eval()
-    model.set_mc_dropout(False)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False,
-                                         generator=torch.Generator().manual_seed(0))
-    images, truths = [], []
-    for batch in loader:
-        images.append(model(batch["pattern"].to(dev), batch["probe"].to(dev)).cpu().numpy())
-        for j in range(len(batch["n_peaks"])):
-            truths.append(true_peaks(batch["peaks"][j, : int(batch["n_peaks"][j])].numpy(), images[-1].shape[-2:]))
-    model.train(was_training)
-    model.set_mc_dropout(True)
-    pred = np.concatenate(images)
+    pred, truths, _ = _predict(model, dataset, device, batch_size)
     acc = {}
     for t in thresholds:
         found = peaks_from_prediction(pred, min_intensity=t)
@@ -207,29 +219,12 @@ def evaluate_fcunet(
     against the kinematic peaks (amplitude ≥ 0.01 of (000)), over all entries.
     """
     from ..bragg.score import disk_detection_accuracy
-    from ..ml.fcunet_detect import peaks_from_prediction, true_peaks
+    from ..ml.fcunet_detect import peaks_from_prediction
 
-    dev = torch.device(device)
-    was_training = model.training
-    model.eval()
-    model.set_mc_dropout(False)
-    # its own generator: evaluating leaves the global RNG (dropout masks of training) untouched
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False,
-                                         generator=torch.Generator().manual_seed(0))
-    se, count = 0.0, 0
-    preds, truths = [], []
-    for batch in loader:
-        out = model(batch["pattern"].to(dev), batch["probe"].to(dev)).cpu()
-        se += float(((out - batch["target"]) ** 2).mean(dim=(1, 2)).sum())
-        count += out.shape[0]
-        found = peaks_from_prediction(out.numpy())
-        for j in range(out.shape[0]):
-            preds.append(found[j])
-            truths.append(true_peaks(batch["peaks"][j, : int(batch["n_peaks"][j])].numpy(), out.shape[-2:]))
-    model.train(was_training)
-    model.set_mc_dropout(True)
-    score = disk_detection_accuracy(preds, truths, threshold_inv_A=0.5, q_pixel_inv_A=1.0)
-    return {"mse": se / max(count, 1), "accuracy": score.accuracy, "mean_error_px": score.mean_error_px}
+    pred, truths, mse = _predict(model, dataset, device, batch_size)
+    score = disk_detection_accuracy(peaks_from_prediction(pred), truths, threshold_inv_A=0.5, q_pixel_inv_A=1.0)
+    return {"mse": mse, "accuracy": score.accuracy, "mean_error_px": score.mean_error_px}
+
 
 
 def _save_checkpoint(path: pathlib.Path, state: dict[str, Any]) -> None:
