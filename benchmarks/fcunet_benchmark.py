@@ -52,13 +52,12 @@ from _results import machine_info, machine_line, write_section  # noqa: E402
 
 import distill4d  # noqa: E402
 from distill4d.bragg import BraggPeaks, disk_detection_accuracy, find_bragg_disks  # noqa: E402
-from distill4d.calibration import Calibration  # noqa: E402
+from distill4d.calibration import Calibration, electron_wavelength_A  # noqa: E402
 from distill4d.datacube import DataCube  # noqa: E402
 from distill4d.lattice import strain_map  # noqa: E402
 from distill4d.ml.fcunet_detect import DEFAULT_WEIGHTS, find_bragg_disks_fcunet, load_fcunet, true_peaks  # noqa: E402
 from distill4d.simulate.augment import poisson_noise  # noqa: E402
 from distill4d.simulate.library import Library, LibraryConfig  # noqa: E402
-from distill4d.simulate.multislice import wavelength_A  # noqa: E402
 
 SECTION = "fcunet"
 CONFIGS = REPO / "src" / "distill4d" / "train" / "configs"
@@ -102,7 +101,7 @@ def _finite(x) -> float | None:
 def entry_info(entry: dict, index: int, q_pixel_inv_A: float, shape: tuple[int, int]) -> dict:
     """Metadata of one library entry and its true peaks, with the disk-overlap test."""
     truth = true_peaks(entry["peaks"], shape, min_amplitude=MIN_AMPLITUDE)
-    radius_px = entry["semiangle_mrad"] * 1e-3 / wavelength_A(entry["energy_eV"]) / q_pixel_inv_A
+    radius_px = entry["semiangle_mrad"] * 1e-3 / electron_wavelength_A(entry["energy_eV"]) / q_pixel_inv_A
     if len(truth) >= 2:
         d = np.hypot(truth[:, None, 0] - truth[None, :, 0], truth[:, None, 1] - truth[None, :, 1])
         min_spacing_px = float(d[np.triu_indices(len(truth), 1)].min())

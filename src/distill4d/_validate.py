@@ -73,6 +73,29 @@ def pattern_array(name: str, value: Any, *, ndim: int = 2) -> np.ndarray:
     return arr
 
 
+def read_mapping_file(path: Any, what: str) -> dict[str, Any]:
+    """A TOML (``.toml``) or JSON file as a dict; FileNotFoundError / ValueError naming ``what``."""
+    import json
+    import pathlib
+
+    p = pathlib.Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{what} {p} does not exist")
+    text = p.read_text()
+    try:
+        if p.suffix.lower() == ".toml":
+            import tomllib
+
+            d = tomllib.loads(text)
+        else:
+            d = json.loads(text)
+    except ValueError as err:
+        raise ValueError(f"cannot parse the {what} {p}: {err}") from None
+    if not isinstance(d, dict):
+        raise ValueError(f"the {what} {p} must hold a mapping of keys to values, got {type(d).__name__}")
+    return d
+
+
 def check_keys(cls: Any, d: Any, what: str) -> None:
     """ValueError naming the keys of ``d`` that are not fields of the dataclass ``cls``."""
     import dataclasses

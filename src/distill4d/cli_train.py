@@ -3,33 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from pathlib import Path
 from typing import Any
 
 __all__ = ["add_train_parser"]
 
 
 def _train_config(args: argparse.Namespace) -> Any:
-    from .cli import CLIError
+    from ._validate import read_mapping_file
     from .ml.fcunet import FCUNetConfig
     from .train.fcunet import FCUNetTrainConfig
 
-    base: dict[str, Any] = {}
-    if args.config:
-        p = Path(args.config)
-        if not p.is_file():
-            raise CLIError(f"training configuration {p} does not exist")
-        try:
-            if p.suffix.lower() == ".toml":
-                import tomllib
-
-                base = tomllib.loads(p.read_text())
-            else:
-                base = json.loads(p.read_text())
-        except ValueError as err:
-            raise CLIError(f"cannot parse the training configuration {p}: {err}") from None
+    base = read_mapping_file(args.config, "training configuration") if args.config else {}
     model = dict(base.pop("model", {}))
     for key in ("filters", "depth", "dropout", "pool"):
         v = getattr(args, key)

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from .._validate import nonnegative_float, positive_int
+from .device import torch_device
 
 __all__ = [
     "DEFAULT_WEIGHTS",
@@ -76,7 +77,7 @@ def load_fcunet(weights: str | os.PathLike | None = None, *, device: str = "cpu"
     return model, card
 
 
-def _prediction_params(min_intensity: float, size: int, max_peaks: int = 256) -> Any:
+def _prediction_params(min_intensity: float, max_peaks: int = 256) -> Any:
     from ..bragg.detect import DetectionParameters
 
     return DetectionParameters(
@@ -95,7 +96,7 @@ def peaks_from_prediction(images: np.ndarray, min_intensity: float = DEFAULT_MIN
     from ..bragg.detect import peaks_from_images
 
     imgs = np.asarray(images, dtype=np.float64)
-    found = peaks_from_images(imgs, _prediction_params(min_intensity, imgs.shape[-1]))
+    found = peaks_from_images(imgs, _prediction_params(min_intensity))
     return [
         np.stack([found["qx"][j, :c], found["qy"][j, :c], found["intensity"][j, :c]], axis=1)
         for j, c in enumerate(found["count"])
@@ -159,7 +160,7 @@ class FCUNetDetector:
     n_passes : Monte-Carlo dropout passes averaged per pattern (1: dropout off, deterministic).
     min_intensity : prediction threshold (relative to (000)); None: the model card's tuned one.
     seed : seed of the dropout masks (the same data give the same peaks).
-    device : ``"cpu"``, ``"cuda"`` or ``"auto"``.
+    device : ``"auto"``, ``"cpu"`` or ``"cuda[:N]"`` (see :func:`distill4d.ml.device.torch_device`).
     batch_size : patterns per network call.
     """
 
@@ -177,12 +178,8 @@ class FCUNetDetector:
         device: str = "auto",
         batch_size: int = 32,
     ) -> None:
-        import torch
-
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.device = device
-        self.model, self.card = load_fcunet(weights, device=device)
+        self.device = torch_device(device)
+        self.model, self.card = load_fcunet(weights, device=self.device)
         status = str(self.card.get("status", ""))
         if status.startswith("preliminary"):
             warnings.warn(f"FCU-Net weights {weights or DEFAULT_WEIGHTS.name}: {status}", stacklevel=2)
@@ -195,7 +192,7 @@ class FCUNetDetector:
         if not 0.1 <= self.scale <= 20:
             raise ValueError(
                 f"the data's pixel size {q:.4g} 1/Å is {self.scale:.3g}x finer than the model's "
-                f"{self.model_q_pixel:.4g} 1/Å; FCU-Net resamples between 0.1x and 20x only"
+                f"{self.model_q_pixel:.4g} 1/Å; FCU-Net resamples only between 0.1x (coarser data) and 20x"
             )
         self.origin = (float(origin_px[0]), float(origin_px[1]))
         probe = np.asarray(probe, dtype=np.float64)
@@ -252,7 +249,7 @@ class FCUNetDetector:
         from ..bragg.detect import peaks_from_images
 
         mean, std = self.predict(batch)
-        found = peaks_from_images(mean, _prediction_params(self.min_intensity, self.size, max_peaks))
+        found = peaks_from_images(mean, _prediction_params(self.min_intensity, max_peaks))
         qx, qy = self.to_input_px(found["qx"], found["qy"])
         # uncertainty: the MC spread of the prediction at the peak's nearest pixel
         sigma = np.full(found["qx"].shape, np.nan)
@@ -275,10 +272,8 @@ def _pixel_size(datacube: Any, probe: Any, q_pixel_inv_A: float | None) -> float
     if cal.q_pixel_inv_A is not None:
         return float(cal.q_pixel_inv_A)
     if cal.semiangle_mrad is not None and cal.energy_eV is not None:
-        from ..simulate.multislice import wavelength_A
-
         # the probe disk's radius in pixels is the semiangle / wavelength in 1/Å
-        return float(cal.semiangle_mrad * 1e-3 / wavelength_A(cal.energy_eV) / probe.radius_px)
+        return float(cal.semiangle_mrad * 1e-3 / cal.wavelength_A / probe.radius_px)
     raise ValueError(
         "FCU-Net needs the detector pixel size: give the calibration's q_pixel_inv_A "
         "(--q-pixel-inv-A), or the semiangle and beam energy (--semiangle-mrad, --energy-kV)"

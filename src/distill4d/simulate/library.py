@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from .._atomic import atomic_output, atomic_write_bytes
-from .._validate import check_keys, nonnegative_float, positive_float, positive_int
+from .._validate import check_keys, nonnegative_float, read_mapping_file, positive_float, positive_int
 
 __all__ = ["LibraryConfig", "sample_spec", "simulate_sample", "build_library", "Library"]
 
@@ -150,20 +150,7 @@ class LibraryConfig:
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> LibraryConfig:
         """Read a configuration from a TOML (``.toml``) or JSON file."""
-        p = pathlib.Path(path)
-        if not p.is_file():
-            raise FileNotFoundError(f"library configuration {p} does not exist")
-        text = p.read_text()
-        try:
-            if p.suffix.lower() == ".toml":
-                import tomllib
-
-                d = tomllib.loads(text)
-            else:
-                d = json.loads(text)
-        except ValueError as err:
-            raise ValueError(f"cannot parse the library configuration {p}: {err}") from None
-        return cls.from_dict(d)
+        return cls.from_dict(read_mapping_file(path, "library configuration"))
 
 
 def sample_spec(config: LibraryConfig, index: int) -> dict[str, Any]:

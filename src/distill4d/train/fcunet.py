@@ -34,6 +34,7 @@ import torch
 
 from .._atomic import atomic_output, atomic_write_bytes
 from .._validate import check_keys, positive_float, positive_int
+from ..ml.device import torch_device
 from ..ml.fcunet import FCUNet, FCUNetConfig
 from ..simulate.augment import AugmentConfig
 from ..simulate.library import Library
@@ -116,16 +117,6 @@ class FCUNetTrainConfig:
         if isinstance(d.get("augment"), dict):
             d["augment"] = AugmentConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d["augment"].items()})
         return cls(**d)
-
-
-def _device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {device!r}")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("device='cuda' was asked for but PyTorch sees no GPU")
-    return torch.device(device)
 
 
 def _splits(library: Library) -> tuple[np.ndarray, np.ndarray]:
@@ -262,10 +253,16 @@ def train_fcunet(
         raise ValueError(f"the weights file must end in .pt or .pth, got {out.name}")
     if (out.exists() or card_path.exists()) and not force:
         raise FileExistsError(f"{out} or {card_path.name} exists; choose another name or pass force=True (--force)")
+    train_idx, val_idx = _splits(lib)
+    if len(train_idx) < cfg.batch_size or len(val_idx) == 0:
+        raise ValueError(
+            f"the library has {len(train_idx)} training and {len(val_idx)} validation entries; it needs at "
+            f"least a batch ({cfg.batch_size}) and one validation simulation (sample_index % {_VAL_EVERY} == 0)"
+        )
     work = pathlib.Path(str(out) + ".partial")
     work.mkdir(parents=True, exist_ok=True)
     ckpt_path, log_path = work / "checkpoint.pt", work / "log.jsonl"
-    dev = _device(device)
+    dev = torch_device(device)
     torch.manual_seed(cfg.seed)
     model = FCUNet(cfg.model).to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -284,12 +281,6 @@ def train_fcunet(
         state["best_state"] = ck.get("best_state")
         torch.set_rng_state(ck["torch_rng"])  # the dropout masks go on as if never stopped
         say(f"resuming at step {state['step']} (epoch {state['epoch']}, batch {state['batch']})")
-    train_idx, val_idx = _splits(lib)
-    if len(train_idx) < cfg.batch_size or len(val_idx) == 0:
-        raise ValueError(
-            f"the library has {len(train_idx)} training and {len(val_idx)} validation entries; it needs at "
-            f"least a batch ({cfg.batch_size}) and one validation simulation (sample_index % {_VAL_EVERY} == 0)"
-        )
     train_ds = LibraryDataset(lib, indices=train_idx, augment=cfg.augment, seed=cfg.seed)
     val_sel = val_idx[np.linspace(0, len(val_idx) - 1, min(cfg.val_entries, len(val_idx))).round().astype(int)]
     val_ds = LibraryDataset(lib, indices=np.unique(val_sel), augment=cfg.augment, seed=cfg.seed + 1)
@@ -367,7 +358,6 @@ def train_fcunet(
         say(f"stopped after {cfg.max_minutes} min at step {state['step']}; run the same command to go on")
         return {"complete": False, "step": state["step"]}
     validate()
-    checkpoint()
     best = state["best_state"]
     model.load_state_dict(best)
     detection = tune_detection(model, val_ds, device=dev, batch_size=cfg.batch_size)
