@@ -13,6 +13,7 @@ from distill4d.ml.complex_layers import ComplexConv2d, complex_cat, mc_dropout, 
 from distill4d.ml.fcunet import FCUNet, FCUNetConfig, cross_spectrum  # noqa: E402
 from distill4d.ml import fcunet_detect  # noqa: E402
 from distill4d.ml.fcunet_detect import FCUNetDetector, load_fcunet, peaks_from_prediction  # noqa: E402
+from distill4d.ml.resample import resample_patterns  # noqa: E402
 
 
 def _direct_complex_conv(z: np.ndarray, W: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -170,7 +171,7 @@ def test_resampling_maps_peaks_back_to_the_input_pixels():
     true = (61.3, 30.7)
     img = np.exp(-((x[:, None] - true[0]) ** 2 + (x[None, :] - true[1]) ** 2) / (2 * 2.5**2))
     origin, scale = (47.6, 49.2), 1.25  # model pixel = 1.25 input pixels
-    on_grid = fcunet_detect._resample(img[None], origin, scale, size)
+    on_grid = resample_patterns(img[None], origin, scale, size)
     found = peaks_from_prediction(on_grid / on_grid.max(), min_intensity=0.5)[0]
     assert len(found) == 1
     det = object.__new__(FCUNetDetector)

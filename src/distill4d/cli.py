@@ -258,12 +258,12 @@ def _parse_region(text: str | None) -> tuple[slice, slice] | None:
         raise CLIError(f"--reference must look like x0:x1,y0:y1 (scan positions), got {text!r}") from None
 
 
-def _find_disks(args: argparse.Namespace, outs: "_Outputs"):
+def _find_disks(args: argparse.Namespace, outs: _Outputs):
     from .bragg import find_bragg_disks
     from .io import read_probe
 
     if args.method not in _METHODS:
-        raise CLIError(f"--method {args.method!r} is not available; available: {', '.join(_METHODS)}")
+        raise CLIError(f"--method {args.method!r} finds no disks; disk methods: {', '.join(_METHODS)}")
     dc = _open(args)
     probe = read_probe(args.probe) if args.probe else None
     outs.clear_stale()
@@ -279,6 +279,10 @@ def _find_disks(args: argparse.Namespace, outs: "_Outputs"):
             dc, probe, weights=args.weights, n_passes=args.passes, device=args.device,
             checkpoint=outs.checkpoint("disks"), **engine,
         )
+    elif args.method == "com":
+        from .bragg import find_bragg_disks_com
+
+        peaks = find_bragg_disks_com(dc, probe, **_engine_kwargs(args))
     else:
         peaks = find_bragg_disks(dc, probe, checkpoint=outs.checkpoint("disks"), **_engine_kwargs(args))
     counts = peaks.counts
@@ -288,7 +292,8 @@ def _find_disks(args: argparse.Namespace, outs: "_Outputs"):
     return dc, peaks
 
 
-_METHODS = ("correlation", "fcunet")
+_METHODS = ("correlation", "fcunet", "com")
+_STRAIN_METHODS = _METHODS + ("ccstae",)
 
 
 def cmd_disks(args: argparse.Namespace) -> int:
@@ -304,18 +309,57 @@ def cmd_disks(args: argparse.Namespace) -> int:
     return 0
 
 
+def _strain_ccstae(args: argparse.Namespace, outs: _Outputs):
+    try:
+        from .ml.ccstae_fit import CCSTAETrainConfig, save_ccstae, strain_map_ccstae
+    except ImportError as err:
+        raise CLIError(f"--method ccstae needs PyTorch: pip install 'distill4d[ml]' ({err})") from None
+    from .io import read_probe
+
+    dc = _open(args)
+    probe = read_probe(args.probe) if args.probe else None
+    if args.save_model and Path(args.save_model).exists() and not args.force:
+        raise CLIError(f"{args.save_model} exists; pass --force to overwrite it")
+    engine = _engine_kwargs(args)
+    engine.pop("checkpoint", None)
+    try:
+        train = CCSTAETrainConfig(max_steps=args.steps, seed=args.seed, max_minutes=args.minutes)
+    except ValueError as err:
+        raise CLIError(str(err)) from None
+
+    def report(rec: dict) -> None:
+        print(f"step {rec['step']}: loss {rec['train']:.4g} (held out {rec['held_out']:.4g}), "
+              f"{rec['seconds']:.0f} s", file=sys.stderr)
+
+    res = strain_map_ccstae(dc, probe, num_base=args.bases, reference=_parse_region(args.reference),
+                            model=args.model, train=train, device=args.device, callback=report, **engine)
+    if outs.png:
+        res.plot_bases(outs.png.with_name(outs.png.stem + "_bases.png"))
+    if args.save_model:
+        save_ccstae(args.save_model, res, force=args.force)
+        print(f"saved the model to {args.save_model} (+ .json card)")
+    n_vac = int((~res.sample).sum())
+    print(f"CC-ST-AE: {len(res.bases)} bases (vacuum: {res.vacuum_bases or 'none'}), {n_vac} vacuum positions, "
+          f"stopped: {res.info.get('stopped', 're-used model')}")
+    return res
+
+
 def cmd_strain(args: argparse.Namespace) -> int:
     from .lattice import strain_map
 
     outs = _Outputs(args)
-    dc, peaks = _find_disks(args, outs)
-    region = _parse_region(args.reference)
-    smap = strain_map(peaks, reference=region)
-    bad = int(smap.mask.sum())
-    if bad:
-        print(f"distill4d: warning: no lattice could be fitted at {bad} of {smap.mask.size} positions (NaN there)",
-              file=sys.stderr)
-    smap.to_hdf5(outs.h5, force=outs.force)
+    if args.method == "ccstae":
+        res = _strain_ccstae(args, outs)
+        smap, save = res.strain, res.to_hdf5
+    else:
+        _, peaks = _find_disks(args, outs)
+        smap = strain_map(peaks, reference=_parse_region(args.reference))
+        save = smap.to_hdf5
+        bad = int(smap.mask.sum())
+        if bad:
+            print(f"distill4d: warning: no lattice could be fitted at {bad} of {smap.mask.size} positions "
+                  "(NaN there)", file=sys.stderr)
+    save(outs.h5, force=outs.force)
     if outs.png:
         smap.plot(outs.png)
     outs.done()
@@ -387,9 +431,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("file")
         p.add_argument("--probe", help="vacuum probe: a 2D image (.npy, FILE.h5:/dataset) or a stack of "
                        "vacuum patterns (averaged); default: the central disk of the mean pattern")
-        p.add_argument("--method", default="correlation", choices=_METHODS,
-                       help="disk detection: correlation (probe template, default) or fcunet (the shipped "
-                       "FCU-Net, for thick or tilted crystals)")
+        p.add_argument("--method", default="correlation", choices=_STRAIN_METHODS if name == "strain" else _METHODS,
+                       help="correlation (probe template, default), fcunet (the shipped FCU-Net, for thick or "
+                       "tilted crystals), com (centres of mass of the disks of the mean pattern)"
+                       + (", ccstae (an autoencoder trained on this scan, no labels: very noisy data)"
+                          if name == "strain" else ""))
         g = p.add_argument_group("FCU-Net (--method fcunet)")
         g.add_argument("--weights", help="weights file with its model card (.json) beside it "
                        "(default: the shipped model)")
@@ -399,6 +445,13 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "strain":
             p.add_argument("--reference", metavar="x0:x1,y0:y1",
                            help="reference region of the scan (default: the median lattice of the scan)")
+            g = p.add_argument_group("CC-ST-AE (--method ccstae)")
+            g.add_argument("--bases", type=int, default=2, help="base patterns (default 2: sample and vacuum)")
+            g.add_argument("--steps", type=int, default=3000, help="at most this many training steps (default 3000)")
+            g.add_argument("--minutes", type=float, default=None, help="training time budget (minutes)")
+            g.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
+            g.add_argument("--save-model", metavar="M.pt", help="save the trained model (+ M.json card)")
+            g.add_argument("--model", metavar="M.pt", help="re-use a saved model instead of training")
         _add_output(p)
         _add_calibration(p)
         _add_engine(p)

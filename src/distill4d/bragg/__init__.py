@@ -1,5 +1,6 @@
-"""Bragg disk detection: probe template, correlation detection, BraggPeaks, scoring."""
+"""Bragg disk detection: probe template, correlation and centre-of-mass detection, BraggPeaks, scoring."""
 
+from .com_disks import find_bragg_disks_com, mean_pattern_spots
 from .detect import DetectionParameters, auto_detection_parameters, detect_batch, find_bragg_disks
 from .peaks import BraggPeaks
 from .probe import Probe, measure_disk, probe_template
@@ -14,6 +15,8 @@ __all__ = [
     "detect_batch",
     "disk_detection_accuracy",
     "find_bragg_disks",
+    "find_bragg_disks_com",
+    "mean_pattern_spots",
     "measure_disk",
     "probe_template",
 ]

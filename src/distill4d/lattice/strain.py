@@ -54,7 +54,8 @@ class StrainMap:
         the lattice fit failed.
     theta : ``(Rx, Ry)`` lattice rotation in radians (positive from x towards y).
     mask : ``(Rx, Ry)`` True where the fit failed.
-    reference : the reference reciprocal basis ``[u v]`` (2x2, pixels).
+    reference : the reference reciprocal basis ``[u v]`` (2x2, pixels) of the lattice methods;
+        for CC-ST-AE the reference deformation ``F_ref`` (2x2, relative to its base pattern).
     rotation_rad : angle of the reporting frame's x axis from the detector x axis.
     """
 
@@ -71,10 +72,14 @@ class StrainMap:
         return self.eps_xx.shape  # type: ignore[return-value]
 
     # ------------------------------------------------------------------ files
-    def to_hdf5(self, path: str | os.PathLike, force: bool = False) -> Path:
+    def to_hdf5(
+        self, path: str | os.PathLike, force: bool = False, *, extra: dict[str, Any] | None = None,
+        attrs: dict[str, Any] | None = None,
+    ) -> Path:
         """Write datasets ``eps_xx``, ``eps_yy``, ``eps_xy`` (units 'fraction'), ``theta`` ('rad'),
         ``mask`` and ``reference`` to an HDF5 file, atomically. FileExistsError if it exists and
-        ``force`` is False."""
+        ``force`` is False. ``extra`` (name → array) and ``attrs`` are written alongside, by the
+        methods that have more to keep (e.g. CC-ST-AE's bases and class map)."""
         import h5py
 
         path = Path(path)
@@ -88,6 +93,10 @@ class StrainMap:
                 f.create_dataset("theta", data=self.theta).attrs["units"] = "rad"
                 f.create_dataset("mask", data=self.mask)
                 f.create_dataset("reference", data=self.reference).attrs["units"] = "pixels"
+                for name, value in (extra or {}).items():
+                    f.create_dataset(name, data=np.asarray(value))
+                for name, value in (attrs or {}).items():
+                    f.attrs[name] = value
         return path
 
     @classmethod

@@ -14,13 +14,13 @@ from torch import nn
 from torch.nn import functional as F
 
 __all__ = [
-    "ComplexConv2d",
     "ComplexBatchNorm2d",
-    "crelu",
+    "ComplexConv2d",
     "complex_cat",
     "complex_split",
-    "spectral_pool",
+    "crelu",
     "mc_dropout",
+    "spectral_pool",
 ]
 
 

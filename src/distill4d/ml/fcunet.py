@@ -24,9 +24,16 @@ from torch import nn
 from torch.nn import functional as F
 
 from .._validate import check_keys
-from .complex_layers import ComplexBatchNorm2d, ComplexConv2d, complex_cat, crelu, mc_dropout, spectral_pool
+from .complex_layers import (
+    ComplexBatchNorm2d,
+    ComplexConv2d,
+    complex_cat,
+    crelu,
+    mc_dropout,
+    spectral_pool,
+)
 
-__all__ = ["FCUNetConfig", "FCUNet", "cross_spectrum"]
+__all__ = ["FCUNet", "FCUNetConfig", "cross_spectrum"]
 
 _POOLS = ("max", "spectral")
 

@@ -23,12 +23,13 @@ import numpy as np
 
 from .._validate import nonnegative_float, positive_int
 from .device import torch_device
+from .resample import resample_patterns
 
 __all__ = [
     "DEFAULT_WEIGHTS",
     "FCUNetDetector",
-    "load_fcunet",
     "find_bragg_disks_fcunet",
+    "load_fcunet",
     "peaks_from_prediction",
     "true_peaks",
 ]
@@ -119,35 +120,6 @@ def true_peaks(peaks: np.ndarray, shape: tuple[int, int], min_amplitude: float =
     return p[keep]
 
 
-def _resample(images: np.ndarray, origin: tuple[float, float], scale: float, size: int) -> np.ndarray:
-    """Images ``(n, Qx, Qy)`` on the model grid: model pixel ``u`` ↔ input ``origin + (u − size//2)·scale``.
-
-    ``scale`` = model pixel / input pixel. When ``scale`` > 1.5 the input is first box-filtered
-    over ``round(scale)`` pixels (the counts of the skipped pixels are kept). Outside the input: 0.
-    """
-    from scipy import ndimage
-
-    imgs = np.asarray(images, dtype=np.float32)
-    if abs(scale - 1.0) < 1e-9 and float(origin[0]).is_integer() and float(origin[1]).is_integer():
-        out = np.zeros((imgs.shape[0], size, size), dtype=np.float32)
-        c = size // 2
-        ox, oy = int(origin[0]) - c, int(origin[1]) - c
-        x0, y0 = max(0, -ox), max(0, -oy)
-        x1, y1 = min(size, imgs.shape[1] - ox), min(size, imgs.shape[2] - oy)
-        if x1 > x0 and y1 > y0:
-            out[:, x0:x1, y0:y1] = imgs[:, ox + x0 : ox + x1, oy + y0 : oy + y1]
-        return out
-    box = int(round(scale))
-    if scale > 1.5:
-        imgs = ndimage.uniform_filter(imgs, size=(1, box, box), mode="constant")
-    u = (np.arange(size) - size // 2) * scale
-    gx, gy = np.meshgrid(origin[0] + u, origin[1] + u, indexing="ij")
-    out = np.empty((imgs.shape[0], size, size), dtype=np.float32)
-    for j in range(imgs.shape[0]):
-        out[j] = ndimage.map_coordinates(imgs[j], [gx, gy], order=1, mode="constant", cval=0.0)
-    return out
-
-
 class FCUNetDetector:
     """A loaded FCU-Net bound to one detector geometry; ``detect_batch`` is an engine batch function.
 
@@ -199,7 +171,7 @@ class FCUNetDetector:
         if probe.ndim != 2 or not np.all(np.isfinite(probe)) or probe.max() <= 0:
             raise ValueError(f"probe must be a finite 2D image with a positive maximum, got shape {probe.shape}")
         po = self.origin if probe_origin_px is None else (float(probe_origin_px[0]), float(probe_origin_px[1]))
-        p = _resample(probe[None], po, self.scale, self.size)[0]
+        p = resample_patterns(probe[None], po, self.scale, self.size)[0]
         if p.max() <= 0:
             raise ValueError("the probe is empty after resampling onto the model grid (is its origin on the detector?)")
         self.probe = p / p.max()
@@ -213,7 +185,7 @@ class FCUNetDetector:
         """Mean and standard deviation over the MC passes of the predicted images, on the model grid."""
         import torch
 
-        x = _resample(np.asarray(patterns), self.origin, self.scale, self.size)
+        x = resample_patterns(np.asarray(patterns), self.origin, self.scale, self.size)
         bad = ~np.isfinite(x).all(axis=(1, 2))
         x[bad] = 0.0
         mean = np.zeros(x.shape, dtype=np.float32)

@@ -1,0 +1,666 @@
+"""Strain maps with a CC-ST-AE trained, without labels, on the user's own scan.
+
+:func:`strain_map_ccstae` does the whole job:
+
+1. **Prepare**: every pattern is resampled (through the engine, out of core) onto the
+   model's ``size x size`` grid with the direct beam at ``(size//2, size//2)``; by default the
+   grid covers the largest circle about the beam that fits on the detector (a box prefilter
+   keeps the counts when pixels are merged). Intensities are divided by one number for the
+   whole scan (the brightest spot of the mean pattern becomes 1), never per pattern, so
+   Poisson statistics stay consistent.
+2. **Spot mask** from the mean pattern: its Bragg disks as the classical detector finds them
+   (:func:`distill4d.bragg.mean_pattern_spots`), the direct beam left out, each covered by a
+   disk of the probe radius plus ``margin_px`` (see :func:`spot_mask`).
+3. **Bases** start as the means of a seeded k-means clustering of the masked patterns; the
+   choice head is warmed up on those cluster labels during the first epoch, then everything
+   is learned by the CC-ST-AE loss alone. Every 10th pattern is held out to monitor the loss:
+   early stopping keeps the best epoch.
+4. **Read-out**: each pattern's affine ``A`` (input ↔ base) gives ``F = A^-T`` (see
+   :mod:`distill4d.ml.ccstae`); a base whose masked spots carry less than ``vacuum_ratio`` of
+   the brightest base's is *vacuum* (no strain there). Sample bases other than the reference
+   one are registered onto it by an affine fit, so that all sample positions share one frame.
+   ``F`` relative to the median ``F_ref`` over the reference region, ``F F_ref^-1``, gives
+   ``eps_xx, eps_yy, eps_xy, theta`` in the DESIGN convention (the classical path's), as a
+   :class:`~distill4d.lattice.StrainMap`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .._atomic import atomic_output
+from .._validate import nonnegative_float, positive_float, positive_int
+from ..datacube import DataCube
+from ..lattice.strain import StrainMap, _region, strain_from_deformation
+from .resample import resample_patterns
+
+__all__ = [
+    "CCSTAEResult",
+    "CCSTAETrainConfig",
+    "encode_patterns",
+    "load_ccstae",
+    "prepare_patterns",
+    "save_ccstae",
+    "spot_mask",
+    "strain_map_ccstae",
+    "train_ccstae",
+]
+
+_FORMAT = "distill4d-ccstae-1"
+
+
+@dataclasses.dataclass(frozen=True)
+class CCSTAETrainConfig:
+    """Training settings.
+
+    max_steps : at most this many Adam steps (mini-batches).
+    eval_every : steps between evaluations of the held-out loss (every 10th pattern).
+    patience : stop after this many evaluations without a 0.1 % lower held-out loss.
+    batch_size, lr : Adam mini-batches and learning rate.
+    l1_coef, l1_start_step : L1 penalty on the bases (inside the mask), switched on at that step.
+    hinge_coef : weight of the penalty keeping scale and shear pre-activations off tanh saturation.
+    warmup_steps : steps during which the base choice is also fitted to the k-means labels.
+    max_minutes : wall-clock budget (None: none); the best evaluation so far is kept.
+    seed : the initial weights, k-means and batch order.
+    """
+
+    max_steps: int = 3000
+    eval_every: int = 50
+    patience: int = 10
+    batch_size: int = 32
+    lr: float = 3e-3
+    l1_coef: float = 0.0
+    l1_start_step: int = 0
+    hinge_coef: float = 1.0
+    warmup_steps: int = 100
+    max_minutes: float | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        positive_int("max_steps", self.max_steps)
+        positive_int("eval_every", self.eval_every)
+        positive_int("patience", self.patience)
+        positive_int("batch_size", self.batch_size)
+        positive_float("lr", self.lr, maximum=1.0)
+        nonnegative_float("l1_coef", self.l1_coef)
+        positive_int("l1_start_step", self.l1_start_step, minimum=0)
+        nonnegative_float("hinge_coef", self.hinge_coef)
+        positive_int("warmup_steps", self.warmup_steps, minimum=0)
+        if self.max_minutes is not None:
+            positive_float("max_minutes", self.max_minutes)
+        positive_int("seed", self.seed, minimum=0)
+
+
+# ============================================================================ preparation
+def _prepare_batch(batch: np.ndarray, *, origin: tuple[float, float], scale: float, size: int,
+                   blur_px: float = 0.0) -> np.ndarray:
+    out = resample_patterns(np.asarray(batch, dtype=np.float32), origin, scale, size)
+    if blur_px > 0:
+        from scipy import ndimage
+
+        out = ndimage.gaussian_filter(out, (0, blur_px, blur_px), mode="constant")
+    return out
+
+
+def _origin(datacube: DataCube, origin_px: Any) -> tuple[float, float]:
+    if origin_px is None:
+        origin_px = datacube.calibration.origin_px
+    if origin_px is None:
+        return _central_disk_centre(datacube.mean_pattern())
+    o = np.asarray(origin_px, dtype=np.float64)
+    if o.shape != (2,) or not np.all(np.isfinite(o)):
+        raise ValueError(f"origin_px must be two finite pixel coordinates (qx, qy), got {origin_px!r}")
+    return float(o[0]), float(o[1])
+
+
+def _central_disk_centre(mean: np.ndarray) -> tuple[float, float]:
+    """Centre of mass of the pixels above half the maximum of the mean pattern (the direct beam)."""
+    m = np.nan_to_num(np.asarray(mean, dtype=np.float64))
+    if not m.max() > 0:
+        raise ValueError("the mean pattern is empty (all zero); there is no direct beam to centre on")
+    w = np.where(m >= 0.5 * m.max(), m, 0.0)
+    ix, iy = np.indices(m.shape)
+    return float((w * ix).sum() / w.sum()), float((w * iy).sum() / w.sum())
+
+
+def prepare_patterns(
+    datacube: DataCube,
+    *,
+    size: int = 64,
+    origin_px: Any = None,
+    q_radius_px: float | None = None,
+    blur_px: float = 1.5,
+    **engine: Any,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """The patterns on the model grid, ``(Rx, Ry, size, size)`` float32, and the geometry used:
+    ``{"origin_px", "scale", "size"}`` (``scale`` = grid pixel / detector pixel).
+
+    origin_px : the direct beam on the detector (pixels); default the calibration's, else the
+        centre of the mean pattern's central disk.
+    q_radius_px : detector pixels from the beam to the grid's edge; default the largest
+        circle about the beam that fits on the detector.
+    blur_px : Gaussian sigma (grid pixels) applied after resampling. Bilinear warping of sharp
+        disk edges pulls the fitted transform towards the identity (the un-interpolated
+        image matches best); at 1.5 px the loss minimum of a known warp sits at the true
+        transform (at 0 px, at 0.9 of it: ``tests/test_ccstae.py``). It also smooths shot noise.
+    **engine : memory_budget, scheduler, n_workers, progress (see :func:`distill4d.engine.map_patterns`).
+    """
+    from ..engine import map_patterns
+
+    if not isinstance(datacube, DataCube):
+        raise TypeError(f"datacube must be a distill4d.DataCube, got {type(datacube).__name__}")
+    size = positive_int("size", size)
+    o = _origin(datacube, origin_px)
+    qx, qy = datacube.shape[2:]
+    if q_radius_px is None:
+        q_radius_px = min(o[0], o[1], qx - 1 - o[0], qy - 1 - o[1])
+        if q_radius_px < size / 8:
+            raise ValueError(f"the direct beam {o} is too close to the detector edge; give q_radius_px")
+    r = positive_float("q_radius_px", q_radius_px, maximum=4.0 * max(qx, qy))
+    scale = r / (size // 2)
+    blur = nonnegative_float("blur_px", blur_px)
+    fn = functools.partial(_prepare_batch, origin=o, scale=scale, size=size, blur_px=blur)
+    x = map_patterns(datacube, fn, desc="ccstae prepare", **engine)
+    bad = ~np.isfinite(x).all(axis=(2, 3))
+    if bad.any():
+        where = [tuple(int(v) for v in p) for p in np.argwhere(bad)[:5]]
+        raise ValueError(f"{int(bad.sum())} patterns contain NaN or inf, e.g. at scan positions {where}")
+    return x, {"origin_px": list(o), "scale": float(scale), "size": size, "blur_px": blur}
+
+
+def spot_mask(
+    spots_px: np.ndarray, radius_px: float, geometry: dict[str, Any], *, margin_px: float = 1.5
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """The loss mask on the model grid: ``(mask, spots, radius)`` in grid pixels.
+
+    spots_px : ``(k, 2)`` Bragg disks on the detector (pixels; e.g. from
+        :func:`distill4d.bragg.mean_pattern_spots`); the direct beam (within 1.5 disk radii of
+        the origin) and disks whose mask would leave the grid are dropped.
+    radius_px : the disk radius on the detector (pixels).
+    geometry : ``{"origin_px", "scale", "size"}`` from :func:`prepare_patterns`.
+    margin_px : grid pixels added to the disk radius (room for the disks to move).
+    """
+    size, scale = int(geometry["size"]), float(geometry["scale"])
+    o = np.asarray(geometry["origin_px"], dtype=np.float64)
+    r = positive_float("radius_px", radius_px) / scale
+    reach = r + nonnegative_float("margin_px", margin_px)
+    spots = (np.asarray(spots_px, dtype=np.float64).reshape(-1, 2) - o) / scale + size // 2
+    d = np.hypot(*(spots - size // 2).T)
+    inside = np.all((spots >= reach) & (spots <= size - 1 - reach), axis=1)
+    spots = spots[(d > 1.5 * r) & inside]
+    if not len(spots):
+        raise ValueError("no Bragg disk besides the direct beam lies on the model grid; CC-ST-AE needs "
+                         "a diffracting crystal (or a larger q_radius_px)")
+    ix, iy = np.indices((size, size))
+    mask = np.zeros((size, size), dtype=np.float32)
+    for p in spots:
+        mask[np.hypot(ix - p[0], iy - p[1]) <= reach] = 1.0
+    return mask, spots, float(r)
+
+
+def _kmeans(features: np.ndarray, k: int, seed: int, iterations: int = 25) -> np.ndarray:
+    """Labels of a seeded k-means (k-means++ start) of ``features`` (n, d)."""
+    rng = np.random.default_rng(seed)
+    n = features.shape[0]
+    if k == 1 or n <= k:
+        return np.zeros(n, dtype=np.int64) if k == 1 else np.arange(n) % k
+    centres = [features[rng.integers(n)]]
+    for _ in range(1, k):
+        d2 = np.min([((features - c) ** 2).sum(1) for c in centres], axis=0)
+        p = d2 / d2.sum() if d2.sum() > 0 else None
+        centres.append(features[rng.choice(n, p=p)])
+    C = np.stack(centres)
+    labels = np.zeros(n, dtype=np.int64)
+    for _ in range(iterations):
+        d2 = (features**2).sum(1)[:, None] - 2 * features @ C.T + (C**2).sum(1)[None]
+        labels = d2.argmin(1)
+        for j in range(k):
+            if (labels == j).any():
+                C[j] = features[labels == j].mean(0)
+    return labels
+
+
+# ============================================================================ training
+def _huber_delta(x: np.ndarray, mask: np.ndarray) -> float:
+    """3 x the median (over the mask's pixels) of the per-pixel standard deviation over patterns."""
+    sd = x[:, mask > 0].std(axis=0)
+    return float(max(3.0 * np.median(sd), 1e-3))
+
+
+def train_ccstae(
+    patterns: np.ndarray,
+    mask: np.ndarray,
+    config: Any = None,
+    train: CCSTAETrainConfig = CCSTAETrainConfig(),
+    *,
+    device: Any = "auto",
+    callback: Callable[[dict[str, Any]], None] | None = None,
+    reference_index: np.ndarray | None = None,
+) -> tuple[Any, list[dict[str, Any]], dict[str, Any]]:
+    """Train a CC-ST-AE on ``patterns`` (N, S, S) (prepared and scaled) with the loss ``mask`` (S, S).
+
+    reference_index : indices of the patterns of the reference region: the base of their
+        (majority) cluster starts as their mean, so that the base frame is the reference's.
+
+    Returns ``(model, history, info)``: the model at its best held-out evaluation (eval mode,
+    on the CPU), one dict per evaluation (``step``, ``train``, ``held_out`` losses,
+    ``seconds``), and ``{"delta", "stopped", "best_step", "steps", "seconds"}``.
+    ``callback(dict)`` is called after each evaluation.
+    """
+    import torch
+
+    from .ccstae import CCSTAE, CCSTAEConfig, ccstae_loss
+    from .device import torch_device
+
+    cfg = config if config is not None else CCSTAEConfig(size=patterns.shape[-1])
+    if not isinstance(cfg, CCSTAEConfig):
+        raise TypeError(f"config must be a CCSTAEConfig, got {type(cfg).__name__}")
+    if not isinstance(train, CCSTAETrainConfig):
+        raise TypeError(f"train must be a CCSTAETrainConfig, got {type(train).__name__}")
+    x = np.asarray(patterns, dtype=np.float32)
+    if x.ndim != 3 or x.shape[1:] != (cfg.size, cfg.size):
+        raise ValueError(f"patterns must have shape (N, {cfg.size}, {cfg.size}), got {x.shape}")
+    if x.shape[0] < 2 * cfg.num_base:
+        raise ValueError(f"at least {2 * cfg.num_base} patterns are needed to learn {cfg.num_base} bases, got {x.shape[0]}")
+    dev = torch_device(device)
+    t0 = time.perf_counter()
+    labels = _kmeans((x * mask).reshape(len(x), -1).astype(np.float64), cfg.num_base, train.seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(train.seed)
+        model = CCSTAE(cfg)
+    with torch.no_grad():
+        model.spot_mask.copy_(torch.from_numpy(np.asarray(mask, dtype=np.float32)))
+        model.input_mean.copy_(torch.from_numpy(x.mean(0)))
+        ref_label = -1
+        if reference_index is not None and len(reference_index):
+            ref_label = int(np.bincount(labels[reference_index], minlength=cfg.num_base).argmax())
+        for j in range(cfg.num_base):
+            if j == ref_label:
+                sel = x[reference_index][labels[reference_index] == j]
+            else:
+                sel = x[labels == j] if (labels == j).any() else x
+            model.bases[j].copy_(torch.from_numpy(sel.mean(0)))
+    model.to(dev)
+    delta = _huber_delta(x, mask)
+    held = np.arange(len(x)) % 10 == 0 if len(x) >= 20 else np.zeros(len(x), bool)
+    tr_idx, ho_idx = np.flatnonzero(~held), np.flatnonzero(held)
+    X = torch.from_numpy(x).to(dev)
+    L = torch.from_numpy(labels).to(dev)
+    opt = torch.optim.Adam(model.parameters(), lr=train.lr)
+    gen = torch.Generator().manual_seed(train.seed)
+    history: list[dict[str, Any]] = []
+    best, best_state, best_step, stale, stopped = math.inf, None, -1, 0, "max_steps"
+
+    def batch_loss(idx: torch.Tensor, step: int) -> torch.Tensor:
+        out = model(X[idx])
+        l1 = train.l1_coef if step >= train.l1_start_step else 0.0
+        loss = ccstae_loss(model, X[idx], out, delta=delta, l1_coef=l1, hinge_coef=train.hinge_coef)["total"]
+        if step < train.warmup_steps and cfg.num_base > 1:
+            loss = loss + torch.nn.functional.cross_entropy(out["logits"], L[idx])
+        return loss
+
+    def held_out_loss() -> float:
+        model.eval()
+        idx = torch.from_numpy(ho_idx if len(ho_idx) else tr_idx).to(dev)
+        with torch.no_grad():
+            total = sum(float(batch_loss(idx[i : i + 256], train.max_steps)) * len(idx[i : i + 256])
+                        for i in range(0, len(idx), 256))
+        model.train()
+        return total / len(idx)
+
+    step, running, n_run = 0, 0.0, 0
+    perm = torch.empty(0, dtype=torch.long)
+    model.train()
+    while step < train.max_steps:
+        if len(perm) < train.batch_size:
+            perm = torch.from_numpy(tr_idx)[torch.randperm(len(tr_idx), generator=gen)]
+        idx, perm = perm[: train.batch_size].to(dev), perm[train.batch_size :]
+        loss = batch_loss(idx, step)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        running += float(loss.detach())
+        n_run += 1
+        step += 1
+        if step % train.eval_every and step != train.max_steps:
+            continue
+        ho = held_out_loss()
+        rec = {"step": step, "train": running / n_run, "held_out": ho, "seconds": time.perf_counter() - t0}
+        running, n_run = 0.0, 0
+        history.append(rec)
+        if callback is not None:
+            callback(rec)
+        if step > train.warmup_steps and ho < best * (1 - 1e-3):
+            best, best_step, stale = ho, step, 0
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        elif step > train.warmup_steps:
+            stale += 1
+            if stale >= train.patience:
+                stopped = "patience"
+                break
+        if train.max_minutes is not None and time.perf_counter() - t0 > 60 * train.max_minutes:
+            stopped = "max_minutes"
+            break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.to("cpu").eval()
+    info = {"delta": delta, "stopped": stopped, "best_step": best_step, "steps": step, "seconds": time.perf_counter() - t0,
+            "held_out_fraction": float(held.mean())}
+    return model, history, info
+
+
+def encode_patterns(model: Any, patterns: np.ndarray, *, batch_size: int = 256, device: Any = "auto") -> dict[str, np.ndarray]:
+    """``A`` (N, 2, 2), ``t`` (N, 2; grid pixels) and ``classes`` (N,) of prepared patterns."""
+    import torch
+
+    from .device import torch_device
+
+    dev = torch_device(device)
+    model = model.to(dev).eval()
+    outs: dict[str, list[np.ndarray]] = {"A": [], "t": [], "classes": []}
+    with torch.no_grad():
+        for i in range(0, len(patterns), batch_size):
+            o = model(torch.from_numpy(np.asarray(patterns[i : i + batch_size], dtype=np.float32)).to(dev))
+            outs["A"].append(o["A"].double().cpu().numpy())
+            outs["t"].append(o["t"].double().cpu().numpy())
+            outs["classes"].append(o["logits"].argmax(1).cpu().numpy())
+    model.to("cpu")
+    return {k: np.concatenate(v) for k, v in outs.items()}
+
+
+# ============================================================================ read-out
+def _register(base: np.ndarray, ref: np.ndarray, mask: np.ndarray, steps: int = 300) -> np.ndarray:
+    """The affine ``(A, t)`` as a 2x3 array with ``warp(base, A, t) ≈ α ref`` inside ``mask``."""
+    import torch
+
+    from .ccstae import warp
+
+    b = torch.from_numpy(base.astype(np.float32))[None]
+    r = torch.from_numpy(ref.astype(np.float32))[None]
+    m = torch.from_numpy(mask.astype(np.float32))
+    p = torch.zeros(6, requires_grad=True)
+    opt = torch.optim.Adam([p], lr=2e-3)
+    for _ in range(steps):
+        A = (torch.eye(2) + p[:4].reshape(2, 2))[None]
+        w = warp(b, A, p[4:][None]) * m
+        alpha = (w * r * m).sum() / ((r * m) ** 2).sum().clamp_min(1e-12)
+        loss = ((w - alpha * r * m) ** 2).sum()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    A = np.eye(2) + p[:4].detach().double().numpy().reshape(2, 2)
+    return np.column_stack([A, p[4:].detach().double().numpy()])
+
+
+@dataclasses.dataclass
+class CCSTAEResult:
+    """What :func:`strain_map_ccstae` found.
+
+    strain : the strain map (NaN and ``mask`` True at vacuum positions).
+    classes : ``(Rx, Ry)`` base chosen at each position.
+    vacuum_bases : indices of the bases judged vacuum (no Bragg spots).
+    bases : ``(K, S, S)`` the learned base patterns (prepared-grid pixels, scaled intensities).
+    spot_mask : ``(S, S)`` the loss mask.
+    transforms : ``(Rx, Ry, 2, 3)`` each pattern's ``[A | t]`` onto the reference base's frame.
+    geometry : ``{"origin_px", "scale", "size", "intensity_scale"}`` of the preparation.
+    history : per-epoch losses; ``info``: training summary; ``model``: the trained network.
+    """
+
+    strain: StrainMap
+    classes: np.ndarray
+    vacuum_bases: list[int]
+    bases: np.ndarray
+    spot_mask: np.ndarray
+    transforms: np.ndarray
+    geometry: dict[str, Any]
+    history: list[dict[str, Any]]
+    info: dict[str, Any]
+    model: Any = None
+
+    @property
+    def sample(self) -> np.ndarray:
+        """``(Rx, Ry)`` True where the chosen base is not vacuum."""
+        return ~np.isin(self.classes, self.vacuum_bases)
+
+    def to_hdf5(self, path: str | os.PathLike, force: bool = False) -> Path:
+        """The strain map (see :meth:`StrainMap.to_hdf5`) plus ``ccstae/classes``, ``bases``,
+        ``spot_mask``, ``transforms`` and the geometry, in one file written atomically."""
+        extra = {
+            "ccstae/classes": self.classes.astype(np.int16),
+            "ccstae/bases": self.bases.astype(np.float32),
+            "ccstae/spot_mask": self.spot_mask.astype(np.uint8),
+            "ccstae/transforms": self.transforms,
+            "ccstae/vacuum_bases": np.asarray(self.vacuum_bases, dtype=np.int16),
+        }
+        attrs = {"ccstae_geometry": json.dumps(self.geometry), "ccstae_info": json.dumps(self.info)}
+        return self.strain.to_hdf5(path, force=force, extra=extra, attrs=attrs)
+
+    def plot_bases(self, path_or_ax: Any = None):
+        """The class map and each base (spot mask outlined); saved when ``path_or_ax`` is a path."""
+        import matplotlib
+
+        if path_or_ax is None or isinstance(path_or_ax, (str, os.PathLike)):
+            matplotlib.use("Agg", force=False)
+        import matplotlib.pyplot as plt
+
+        k = len(self.bases)
+        fig, axes = plt.subplots(1, k + 1, figsize=(4 * (k + 1), 4), constrained_layout=True)
+        im = axes[0].imshow(self.classes, cmap="tab10", vmin=-0.5, vmax=9.5, interpolation="nearest")
+        axes[0].set_title("base chosen (" + ", ".join(
+            f"{j}: {'vacuum' if j in self.vacuum_bases else 'sample'}" for j in range(k)) + ")")
+        axes[0].set_xlabel("scan y")
+        axes[0].set_ylabel("scan x")
+        for j in range(k):
+            axes[j + 1].imshow(np.sqrt(np.clip(self.bases[j], 0, None)), cmap="magma")
+            axes[j + 1].contour(self.spot_mask, levels=[0.5], colors="c", linewidths=0.5)
+            axes[j + 1].set_title(f"base {j} (sqrt intensity)")
+        del im
+        if isinstance(path_or_ax, (str, os.PathLike)):
+            fig.savefig(path_or_ax, dpi=110)
+            plt.close(fig)
+        return fig
+
+
+def _spot_contrast(base: np.ndarray, spots: np.ndarray, radius: float) -> float:
+    """Mean of ``base`` inside the disks at ``spots`` minus its mean in rings just outside them."""
+    ix, iy = np.indices(base.shape)
+    d = np.min([np.hypot(ix - p[0], iy - p[1]) for p in spots], axis=0)
+    core, ring = d <= max(radius - 0.5, 0.7), (d > radius + 0.5) & (d <= radius + 2.0)
+    return float(base[core].mean() - base[ring].mean()) if core.any() and ring.any() else 0.0
+
+
+def _readout(
+    enc: dict[str, np.ndarray],
+    bases: np.ndarray,
+    mask: np.ndarray,
+    spots: np.ndarray,
+    radius: float,
+    scan_shape: tuple[int, int],
+    reference: Any,
+    vacuum_ratio: float,
+) -> tuple[StrainMap, np.ndarray, list[int], np.ndarray]:
+    k = len(bases)
+    classes = enc["classes"].reshape(scan_shape)
+    contrast = np.array([_spot_contrast(b, spots, radius) for b in bases])
+    vacuum = [j for j in range(k) if contrast[j] < vacuum_ratio * contrast.max()]
+    sample = ~np.isin(classes, vacuum)
+    if not sample.any():
+        raise ValueError("every position was assigned to a vacuum base; no strain can be measured")
+    region = (slice(None), slice(None)) if reference is None or reference == "median" else _region(reference, scan_shape)
+    in_ref = np.zeros(scan_shape, bool)
+    in_ref[region] = True
+    in_ref &= sample
+    if not in_ref.any():
+        raise ValueError(f"the reference region {reference!r} holds no sample (non-vacuum) position")
+    ref_base = int(np.bincount(classes[in_ref], minlength=k).argmax())
+    A = enc["A"].reshape(*scan_shape, 2, 2).copy()
+    t = enc["t"].reshape(*scan_shape, 2).copy()
+    for j in range(k):
+        if j != ref_base and j not in vacuum and (classes == j).any():
+            Tj = _register(bases[j], bases[ref_base], mask)
+            sel = classes == j
+            # input(c + A u + t) = base_j(u);  base_j(c + Aj v + tj) = base_ref(v)
+            t[sel] = (A[sel] @ Tj[:, 2]) + t[sel]
+            A[sel] = A[sel] @ Tj[:, :2]
+    F = np.swapaxes(np.linalg.inv(A), -1, -2)
+    F_ref = np.median(F[in_ref], axis=0)
+    s = strain_from_deformation(F @ np.linalg.inv(F_ref))
+    for name in s:
+        s[name] = np.where(sample, s[name], np.nan)
+    smap = StrainMap(**s, mask=~sample, reference=F_ref)
+    return smap, classes, vacuum, np.concatenate([A, t[..., None]], axis=-1)
+
+
+# ============================================================================ the whole job
+def strain_map_ccstae(
+    datacube: DataCube,
+    probe: Any = None,
+    *,
+    num_base: int = 2,
+    reference: Any = None,
+    model: Any = None,
+    config: Any = None,
+    train: CCSTAETrainConfig = CCSTAETrainConfig(),
+    size: int = 64,
+    origin_px: Any = None,
+    q_radius_px: float | None = None,
+    margin_px: float = 1.5,
+    min_spot_intensity: float = 0.005,
+    vacuum_ratio: float = 0.25,
+    device: Any = "auto",
+    callback: Callable[[dict[str, Any]], None] | None = None,
+    **engine: Any,
+) -> CCSTAEResult:
+    """Strain, shear and rotation maps and a sample / vacuum (or phase) map from a CC-ST-AE
+    trained on ``datacube`` itself (no labels).
+
+    Parameters
+    ----------
+    probe : the vacuum probe (optional; see :func:`distill4d.bragg.probe_template`), used to
+        find the Bragg disks of the mean pattern and their radius.
+    num_base : number of base patterns (2: sample and vacuum, or two phases).
+    reference : ``None``/``"median"`` (all sample positions) or a region ``(slice, slice)``
+        of the scan whose median deformation is the zero of strain and rotation.
+    model : a model saved by :func:`save_ccstae` (path) or ``(model, card)`` from
+        :func:`load_ccstae`: it is re-used (no training) with its own preparation geometry.
+    config : a :class:`~distill4d.ml.ccstae.CCSTAEConfig` (default: ``size``, ``num_base``).
+    train : the training settings.
+    size, origin_px, q_radius_px : the preparation (see :func:`prepare_patterns`).
+    margin_px : the spot mask's margin beyond the disk radius (grid pixels).
+    min_spot_intensity : the weakest disk of the mean pattern kept in the mask, relative to
+        the direct beam.
+    vacuum_ratio : a base whose masked spot intensity is below this fraction of the brightest
+        base's is vacuum.
+    device : "auto", "cpu" or "cuda[:N]" for training and encoding.
+    callback : called with each epoch's losses.
+    **engine : memory_budget, scheduler, n_workers, progress for reading the data.
+    """
+    from .ccstae import CCSTAEConfig
+
+    t0 = time.perf_counter()
+    card = None
+    if model is not None:
+        if isinstance(model, (str, os.PathLike)):
+            model, card = load_ccstae(model)
+        elif isinstance(model, tuple) and len(model) == 2:
+            model, card = model
+        else:
+            raise TypeError("model must be a path written by save_ccstae or (model, card) from load_ccstae")
+        g = card["geometry"]
+        x, geom = prepare_patterns(datacube, size=g["size"], origin_px=g["origin_px"],
+                                   q_radius_px=g["scale"] * (g["size"] // 2), blur_px=g["blur_px"], **engine)
+        geom["intensity_scale"] = g["intensity_scale"]
+        x /= geom["intensity_scale"]
+        mask = model.spot_mask.detach().cpu().numpy()
+        history, info = [], {**card.get("info", {}), "reused": True}
+        spots, radius = np.asarray(info["spots"]), float(info["disk_radius_px"])
+    else:
+        x, geom = prepare_patterns(datacube, size=size, origin_px=origin_px, q_radius_px=q_radius_px, **engine)
+    n = datacube.n_patterns
+    flat = x.reshape(n, *x.shape[2:])
+    if card is None:
+        from ..bragg.com_disks import mean_pattern_spots
+
+        found, window = mean_pattern_spots(datacube, probe, min_spot_intensity=min_spot_intensity,
+                                           **{k: v for k, v in engine.items() if k != "progress"})
+        mask, spots, radius = spot_mask(found, window - 1.0, geom, margin_px=margin_px)
+        mean = flat.mean(0)
+        scale = float((mean * mask).max())
+        if not scale > 0:
+            raise ValueError("the Bragg spots of the mean pattern carry no intensity")
+        flat /= scale
+        geom["intensity_scale"] = scale
+        cfg = config if config is not None else CCSTAEConfig(size=geom["size"], num_base=num_base)
+        ref_index = None
+        if reference is not None and not (isinstance(reference, str) and reference == "median"):
+            sel = np.zeros(datacube.scan_shape, bool)
+            sel[_region(reference, datacube.scan_shape)] = True
+            ref_index = np.flatnonzero(sel.reshape(-1))
+        model, history, info = train_ccstae(flat, mask, cfg, train, device=device, callback=callback,
+                                            reference_index=ref_index)
+        info.update({"spots": spots.tolist(), "disk_radius_px": radius, "train": dataclasses.asdict(train)})
+    enc = encode_patterns(model, flat, device=device)
+    bases = model.bases.detach().cpu().numpy()
+    smap, classes, vacuum, transforms = _readout(
+        enc, bases, mask, spots, radius, datacube.scan_shape, reference, positive_float("vacuum_ratio", vacuum_ratio, maximum=1.0))
+    info["total_seconds"] = time.perf_counter() - t0
+    return CCSTAEResult(strain=smap, classes=classes, vacuum_bases=vacuum, bases=bases, spot_mask=mask,
+                        transforms=transforms, geometry=geom, history=history, info=info, model=model)
+
+
+# ============================================================================ files
+def save_ccstae(path: str | os.PathLike, result: CCSTAEResult, *, force: bool = False) -> Path:
+    """Write the trained model of ``result`` (a plain state_dict, ``path``) and its card
+    (``path`` with ``.json``: architecture, preparation geometry, training summary)."""
+    import torch
+
+    path = Path(path)
+    if result.model is None:
+        raise ValueError("result holds no model to save")
+    card = {"format": _FORMAT, "config": result.model.config.to_dict(), "geometry": result.geometry,
+            "vacuum_bases": result.vacuum_bases, "info": result.info,
+            "history": result.history}
+    card_path = path.with_suffix(".json")
+    if card_path.exists() and not force:
+        raise FileExistsError(f"{card_path} exists; pass force=True to replace it")
+    with atomic_output(path, force=force) as tmp:
+        torch.save(result.model.state_dict(), tmp)
+    with atomic_output(card_path, force=True) as tmp:
+        Path(tmp).write_text(json.dumps(card, indent=1, default=float))
+    return path
+
+
+def load_ccstae(path: str | os.PathLike) -> tuple[Any, dict[str, Any]]:
+    """``(model, card)`` from :func:`save_ccstae` (weights loaded with ``weights_only=True``)."""
+    import torch
+
+    from .ccstae import CCSTAE, CCSTAEConfig
+
+    path = Path(path)
+    card_path = path.with_suffix(".json")
+    for p in (path, card_path):
+        if not p.exists():
+            raise FileNotFoundError(f"CC-ST-AE model file {p} does not exist")
+    try:
+        card = json.loads(card_path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{card_path} is not a CC-ST-AE model card (bad JSON: {err})") from None
+    if not isinstance(card, dict) or card.get("format") != _FORMAT:
+        raise ValueError(f"{card_path} is not a CC-ST-AE model card (format {_FORMAT!r} expected)")
+    model = CCSTAE(CCSTAEConfig.from_dict(card["config"]))
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+    except Exception as err:  # noqa: BLE001 - any unreadable or mismatched file
+        raise ValueError(f"{path} is not a CC-ST-AE state_dict matching its card: {err}") from None
+    return model.eval(), card
