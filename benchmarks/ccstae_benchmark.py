@@ -66,7 +66,7 @@ def errors(smap, true: dict[str, np.ndarray], sample: np.ndarray) -> dict[str, f
         e = getattr(smap, k)[sample] - true[k][sample]
         f = 180 / math.pi if k == "theta" else 100.0
         out[k] = float(np.sqrt(np.nanmean(e**2)) * f) if np.isfinite(e).any() else float("nan")
-    out["failed"] = float(np.mean(~np.isfinite(getattr(smap, "eps_xx")[sample])))
+    out["failed"] = float(np.mean(~np.isfinite(smap.eps_xx[sample])))
     return out
 
 
@@ -81,7 +81,7 @@ def main() -> None:
     from distill4d.ml.ccstae_fit import CCSTAETrainConfig, strain_map_ccstae
 
     torch.set_num_threads(2)
-    dc0, truth, probe, sim_s = load_or_simulate((32, 32))
+    dc0, truth, probe, _ = load_or_simulate((32, 32))
     rx, ry = dc0.scan_shape
     sample_cols = int((~truth.vacuum[0]).sum())
     region = (slice(0, REF_ROWS), slice(0, sample_cols))

@@ -37,7 +37,7 @@ def make_fields(scan: tuple[int, int]):
     rx, ry = scan
     x = np.arange(rx)[:, None] * np.ones((1, ry))
     y = np.ones((rx, 1)) * np.arange(ry)[None, :]
-    n_vac = int(round(VACUUM_FRACTION * ry))
+    n_vac = round(VACUUM_FRACTION * ry)
     ry_s = ry - n_vac
     sample = x >= REF_ROWS
     xs = np.clip((x - REF_ROWS) / max(rx - 1 - REF_ROWS, 1), 0.0, 1.0)
@@ -95,7 +95,7 @@ def main() -> None:
     ap.add_argument("--scan", type=int, nargs=2, default=(32, 32))
     ap.add_argument("--resimulate", action="store_true")
     a = ap.parse_args()
-    dc, truth, probe, seconds = load_or_simulate(tuple(a.scan), a.resimulate)
+    dc, _, _, seconds = load_or_simulate(tuple(a.scan), a.resimulate)
     print(f"{scan_path(tuple(a.scan))}: {dc.shape}, simulated in {seconds:.0f} s")
 
 

@@ -107,7 +107,7 @@ def test_readout_convention_and_reference():
     enc = {"A": A.reshape(-1, 2, 2), "t": np.zeros((16, 2)), "classes": np.zeros(16, dtype=int)}
     base = np.zeros((1, 32, 32))
     base[0, 10, 10] = 1.0
-    smap, classes, vacuum, _ = _readout(enc, base, np.ones((32, 32)), np.array([[10.0, 10.0]]), 1.0, (4, 4),
+    smap, _, vacuum, _ = _readout(enc, base, np.ones((32, 32)), np.array([[10.0, 10.0]]), 1.0, (4, 4),
                                         (slice(0, 2), slice(None)), 0.25)
     want = strain_from_deformation(F)
     for k in ("eps_xx", "eps_yy", "eps_xy", "theta"):
@@ -144,7 +144,7 @@ def test_save_load_reuse_gives_identical_maps(trained, tmp_path):
     path = save_ccstae(tmp_path / "m.pt", res)
     with pytest.raises(FileExistsError):
         save_ccstae(path, res)
-    model, card = load_ccstae(path)
+    _, card = load_ccstae(path)
     assert card["geometry"]["size"] == 32
     again = strain_map_ccstae(dc, model=path, reference=(slice(0, 6), slice(None)), device="cpu", progress=False)
     np.testing.assert_allclose(again.strain.eps_xx, res.strain.eps_xx, atol=1e-9)

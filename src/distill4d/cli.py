@@ -321,7 +321,6 @@ def _strain_ccstae(args: argparse.Namespace, outs: _Outputs):
     if args.save_model and Path(args.save_model).exists() and not args.force:
         raise CLIError(f"{args.save_model} exists; pass --force to overwrite it")
     engine = _engine_kwargs(args)
-    engine.pop("checkpoint", None)
     try:
         train = CCSTAETrainConfig(max_steps=args.steps, seed=args.seed, max_minutes=args.minutes)
     except ValueError as err:

@@ -261,7 +261,7 @@ def mean_pattern_spots(
     """The Bragg disks of the mean pattern as :func:`find_bragg_disks_com` finds them:
     ``(spots, radius_px)``, spots ``(k, 2)`` ``(qx, qy)`` in pixels (the direct beam included)
     and the window radius (disk radius + 1 px by default). ``engine``: memory_budget,
-    scheduler, n_workers."""
+    scheduler, n_workers, progress (of reading the mean pattern)."""
     if not isinstance(datacube, DataCube):
         raise TypeError(f"datacube must be a distill4d.DataCube, got {type(datacube).__name__}")
     spots, radius, _ = _spots_and_radius(datacube, probe, None, radius_px, 2, True,

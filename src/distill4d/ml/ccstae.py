@@ -9,8 +9,9 @@ the base by ``A = D``; for a real-space deformation ``F`` (DESIGN: ``A_real = F 
 
 Model. An encoder (convolutions, residual blocks with a layer norm over channels and space,
 max pooling) gives a latent vector; a hard top-1 choice among ``num_base`` learned base
-patterns (straight-through gradient); and from the latent and the choice the affine
-parameters, each bounded: scales ``1 ± scale_limit·tanh``, a symmetric shear
+patterns (straight-through gradient); and the affine parameters, each bounded, from the
+choice and either the latent (the paper) or, by default, a second encoder fed with the
+residual against the chosen base (``CCSTAEConfig.residual_features``): scales ``1 ± scale_limit·tanh``, a symmetric shear
 ``shear_limit·tanh``, a rotation ``rotation_limit·tanh`` and optionally a translation
 ``translation_limit_px·tanh``: ``A = R(φ) [[sx, sh], [sh, sy]]``. The decoder is the chosen
 base (a free image per base). The loss (:func:`ccstae_loss`) compares, inside a mask around

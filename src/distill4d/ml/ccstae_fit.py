@@ -455,7 +455,7 @@ class CCSTAEResult:
 
         k = len(self.bases)
         fig, axes = plt.subplots(1, k + 1, figsize=(4 * (k + 1), 4), constrained_layout=True)
-        im = axes[0].imshow(self.classes, cmap="tab10", vmin=-0.5, vmax=9.5, interpolation="nearest")
+        axes[0].imshow(self.classes, cmap="tab10", vmin=-0.5, vmax=9.5, interpolation="nearest")
         axes[0].set_title("base chosen (" + ", ".join(
             f"{j}: {'vacuum' if j in self.vacuum_bases else 'sample'}" for j in range(k)) + ")")
         axes[0].set_xlabel("scan y")
@@ -464,7 +464,6 @@ class CCSTAEResult:
             axes[j + 1].imshow(np.sqrt(np.clip(self.bases[j], 0, None)), cmap="magma")
             axes[j + 1].contour(self.spot_mask, levels=[0.5], colors="c", linewidths=0.5)
             axes[j + 1].set_title(f"base {j} (sqrt intensity)")
-        del im
         if isinstance(path_or_ax, (str, os.PathLike)):
             fig.savefig(path_or_ax, dpi=110)
             plt.close(fig)
@@ -591,8 +590,7 @@ def strain_map_ccstae(
     if card is None:
         from ..bragg.com_disks import mean_pattern_spots
 
-        found, window = mean_pattern_spots(datacube, probe, min_spot_intensity=min_spot_intensity,
-                                           **{k: v for k, v in engine.items() if k != "progress"})
+        found, window = mean_pattern_spots(datacube, probe, min_spot_intensity=min_spot_intensity, **engine)
         mask, spots, radius = spot_mask(found, window - 1.0, geom, margin_px=margin_px)
         mean = flat.mean(0)
         scale = float((mean * mask).max())
