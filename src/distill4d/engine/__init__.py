@@ -7,8 +7,29 @@ calls ``fn``, and assembles the per-position results into arrays of shape
 ``(Rx, Ry, ...)``. It runs inline, on local threads, on local processes or on a Dask
 distributed cluster, with the same results; with ``checkpoint=DIR`` finished tiles are
 written to disk and an interrupted job resumes from them.
+
+:func:`map_neighbourhoods` does the same for methods that need neighbouring scan
+positions: ``fn`` receives a tile's patterns plus a halo of ``radius`` positions on every
+side, as a ``(nx + 2r, ny + 2r, Qx, Qy)`` block (padded like :func:`numpy.pad` at the scan edges).
 """
 
-from .core import DEFAULT_MEMORY_BUDGET, Tile, map_patterns, plan_tiles, reduce_patterns, run_tasks
+from .core import (
+    DEFAULT_MEMORY_BUDGET,
+    Tile,
+    map_patterns,
+    plan_tiles,
+    reduce_patterns,
+    run_tasks,
+)
+from .neighbourhoods import map_neighbourhoods, plan_neighbourhood_tiles
 
-__all__ = ["map_patterns", "reduce_patterns", "run_tasks", "plan_tiles", "Tile", "DEFAULT_MEMORY_BUDGET"]
+__all__ = [
+    "DEFAULT_MEMORY_BUDGET",
+    "Tile",
+    "map_neighbourhoods",
+    "map_patterns",
+    "plan_neighbourhood_tiles",
+    "plan_tiles",
+    "reduce_patterns",
+    "run_tasks",
+]

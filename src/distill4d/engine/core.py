@@ -89,18 +89,28 @@ class _ReaderBlock:
     slices: tuple[slice, slice]
 
 
-def _read_block(block: Any) -> np.ndarray:
-    """A scan block ``(nx, ny, Qx, Qy)`` (NumPy, lazy Dask or a reader tile) as an ``(n, Qx, Qy)`` array."""
+def _load_block(block: Any) -> np.ndarray:
+    """A scan block ``(nx, ny, Qx, Qy)`` (NumPy, lazy Dask or a reader tile) as a NumPy array."""
     if isinstance(block, _ReaderBlock):
         block = block.reader[block.slices]
     elif _is_dask(block):
         block = block.compute(scheduler="sync")
-    block = np.asarray(block)
+    return np.asarray(block)
+
+
+def _read_block(block: Any) -> np.ndarray:
+    """A scan block ``(nx, ny, Qx, Qy)`` (NumPy, lazy Dask or a reader tile) as an ``(n, Qx, Qy)`` array."""
+    block = _load_block(block)
     return block.reshape((-1,) + block.shape[2:])
 
 
-def _as_dict(result: Any, n: int, fn: BatchFn) -> dict[str, np.ndarray]:
+def _as_dict(result: Any, n: int, fn: BatchFn, what: str | None = None) -> dict[str, np.ndarray]:
+    """``fn``'s result as a dict of arrays, checking that each has first axis ``n``.
+
+    ``what`` describes the input of ``fn`` in the error message (default: a batch of ``n`` patterns).
+    """
     name = getattr(fn, "__name__", repr(fn))
+    what = f"a batch of {n} patterns" if what is None else what
     out = result if isinstance(result, dict) else {"": result}
     checked: dict[str, np.ndarray] = {}
     for key, value in out.items():
@@ -108,7 +118,7 @@ def _as_dict(result: Any, n: int, fn: BatchFn) -> dict[str, np.ndarray]:
         if arr.ndim == 0 or arr.shape[0] != n:
             raise ValueError(
                 f"batch function {name} returned {'output ' + repr(key) + ' ' if key else ''}with shape "
-                f"{arr.shape} for a batch of {n} patterns; its first axis must have length {n}"
+                f"{arr.shape} for {what}; its first axis must have length {n}"
             )
         checked[key] = arr
     return checked
@@ -353,37 +363,60 @@ def map_patterns(
         n_workers = positive_int("n_workers", n_workers)
     with _Executor(scheduler, n_workers) as ex:
         tiles = plan_tiles(datacube, memory_budget, ex.n_parallel)
-        store = None
-        done: dict[Tile, dict[str, np.ndarray]] = {}
-        if checkpoint is not None:
-            store = Checkpoint.open(checkpoint, datacube.shape, tiles, job_key)
-            tiles = store.tiles  # the tiling of an earlier run wins, so that tiles line up
-            done = store.load_done()
-        todo = [t for t in tiles if t not in done]
-        outputs: dict[str, np.ndarray] | None = None
-
-        def place(tile: Tile, result: dict[str, np.ndarray]) -> None:
-            nonlocal outputs
-            if outputs is None:
-                outputs = {
-                    k: np.empty(datacube.scan_shape + v.shape[1:], dtype=v.dtype) for k, v in result.items()
-                }
-            if set(result) != set(outputs):
-                raise ValueError(f"batch function returned keys {sorted(result)} after {sorted(outputs)}")
-            for k, v in result.items():
-                outputs[k][tile.slices] = v.reshape((tile.x1 - tile.x0, tile.y1 - tile.y0) + v.shape[1:])
-
-        for tile, result in done.items():
-            place(tile, result)
-        with _progress_bar(progress, datacube.n_patterns, len(tiles), desc) as bar:
-            bar.update(sum(t.n for t in done))
-            for tile, result in ex.run(_map_block, _blocks(datacube), todo, fn):
-                if store is not None:
-                    store.save(tile, result)
-                place(tile, result)
-                bar.update(tile.n)
-    assert outputs is not None  # at least one tile always exists
+        outputs = _map_tiles(datacube, ex, tiles, _map_block, _blocks(datacube), fn,
+                             checkpoint=checkpoint, job_key=job_key, progress=progress, desc=desc)
     return outputs[""] if set(outputs) == {""} else outputs
+
+
+def _map_tiles(
+    datacube: DataCube,
+    ex: _Executor,
+    tiles: list[Tile],
+    task: Callable[[Any, BatchFn], dict[str, np.ndarray]],
+    blocks: Callable[[Tile], Any],
+    fn: BatchFn,
+    *,
+    checkpoint: str | os.PathLike | None,
+    job_key: str,
+    progress: bool | None,
+    desc: str,
+) -> dict[str, np.ndarray]:
+    """Run ``task(blocks(tile), fn)`` over ``tiles`` on ``ex`` and assemble the ``(Rx, Ry, ...)`` outputs.
+
+    ``task`` returns a dict of arrays whose first axis is the tile's positions in row-major
+    order. With ``checkpoint``, finished tiles are saved and those of an earlier run reused.
+    """
+    store = None
+    done: dict[Tile, dict[str, np.ndarray]] = {}
+    if checkpoint is not None:
+        store = Checkpoint.open(checkpoint, datacube.shape, tiles, job_key)
+        tiles = store.tiles  # the tiling of an earlier run wins, so that tiles line up
+        done = store.load_done()
+    todo = [t for t in tiles if t not in done]
+    outputs: dict[str, np.ndarray] | None = None
+
+    def place(tile: Tile, result: dict[str, np.ndarray]) -> None:
+        nonlocal outputs
+        if outputs is None:
+            outputs = {
+                k: np.empty(datacube.scan_shape + v.shape[1:], dtype=v.dtype) for k, v in result.items()
+            }
+        if set(result) != set(outputs):
+            raise ValueError(f"batch function returned keys {sorted(result)} after {sorted(outputs)}")
+        for k, v in result.items():
+            outputs[k][tile.slices] = v.reshape((tile.x1 - tile.x0, tile.y1 - tile.y0) + v.shape[1:])
+
+    for tile, result in done.items():
+        place(tile, result)
+    with _progress_bar(progress, datacube.n_patterns, len(tiles), desc) as bar:
+        bar.update(sum(t.n for t in done))
+        for tile, result in ex.run(task, blocks, todo, fn):
+            if store is not None:
+                store.save(tile, result)
+            place(tile, result)
+            bar.update(tile.n)
+    assert outputs is not None  # at least one tile always exists
+    return outputs
 
 
 def reduce_patterns(
