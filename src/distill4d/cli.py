@@ -48,7 +48,7 @@ def _add_engine(p: argparse.ArgumentParser) -> None:
 
 def _add_output(p: argparse.ArgumentParser, default_png: bool = True) -> None:
     p.add_argument("-o", "--output", required=True, help="output HDF5 file")
-    p.add_argument("--png", help="also save a figure here (default: OUTPUT with .png)" if default_png else "figure")
+    p.add_argument("--png", "--plot", dest="png", help="also save a figure here (default: OUTPUT with .png)" if default_png else "figure")
     p.add_argument("--no-png", action="store_true", help="do not save a figure")
     p.add_argument("--force", action="store_true", help="overwrite existing outputs (and a stale .partial/)")
 
@@ -246,7 +246,7 @@ def cmd_com(args: argparse.Namespace) -> int:
     return 0
 
 
-def _parse_region(text: str | None) -> tuple[slice, slice] | None:
+def _parse_region(text: str | None, option: str = "--reference") -> tuple[slice, slice] | None:
     """``"x0:x1,y0:y1"`` (scan positions) -> slices; None -> None."""
     if text is None:
         return None
@@ -255,7 +255,7 @@ def _parse_region(text: str | None) -> tuple[slice, slice] | None:
         (a, b), (c, d) = parts
         return slice(int(a), int(b)), slice(int(c), int(d))
     except ValueError:
-        raise CLIError(f"--reference must look like x0:x1,y0:y1 (scan positions), got {text!r}") from None
+        raise CLIError(f"{option} must look like x0:x1,y0:y1 (scan positions), got {text!r}") from None
 
 
 def _find_disks(args: argparse.Namespace, outs: _Outputs):
@@ -456,9 +456,11 @@ def build_parser() -> argparse.ArgumentParser:
         _add_engine(p)
         p.set_defaults(func=func)
 
+    from .cli_phase import add_phase_parser
     from .cli_simulate import add_simulate_parser
     from .cli_train import add_train_parser
 
+    add_phase_parser(sub)
     add_simulate_parser(sub)
     add_train_parser(sub)
 

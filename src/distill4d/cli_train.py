@@ -1,4 +1,4 @@
-"""``distill4d train fcunet``: train a model on a simulated library (needs ``distill4d[ml]``)."""
+"""``distill4d train fcunet`` (on a simulated library) and ``train phase`` (:mod:`distill4d.cli_phase`); needs ``distill4d[ml]``."""
 
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ def cmd_train_fcunet(args: argparse.Namespace) -> int:
 
 
 def add_train_parser(sub: Any) -> None:
-    p = sub.add_parser("train", help="train a model on a simulated library")
+    p = sub.add_parser("train", help="train a model: fcunet (on a simulated library), phase (on a scan and a label image)")
     tsub = p.add_subparsers(dest="model", required=True, metavar="MODEL")
     t = tsub.add_parser("fcunet", help="FCU-Net: CBED pattern + probe -> structure-factor image (Bragg disks)")
     t.add_argument("--library", required=True, help="library folder (distill4d simulate library)")
@@ -71,3 +71,7 @@ def add_train_parser(sub: Any) -> None:
     t.add_argument("--device", default="auto", help="auto (GPU if PyTorch sees one), cpu or cuda")
     t.add_argument("--force", action="store_true", help="overwrite existing weights of that name")
     t.set_defaults(func=cmd_train_fcunet)
+
+    from .cli_phase import add_train_phase_parser
+
+    add_train_phase_parser(tsub)

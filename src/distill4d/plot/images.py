@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-__all__ = ["save_images_png"]
+__all__ = ["save_figure", "save_images_png"]
 
 
 def save_images_png(
@@ -68,10 +69,17 @@ def save_images_png(
     if title:
         fig.suptitle(title)
     fig.tight_layout()
+    return save_figure(fig, path, dpi=110)
+
+
+def save_figure(fig: Any, path: Path, *, dpi: int = 110) -> Path:
+    """Save ``fig`` to ``path`` atomically (a temporary file renamed into place) and close it."""
+    import matplotlib.pyplot as plt
+
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
     try:
-        fig.savefig(tmp, dpi=110)
+        fig.savefig(tmp, dpi=dpi)
         os.replace(tmp, path)
     finally:
         plt.close(fig)

@@ -1,0 +1,348 @@
+#!/usr/bin/env python3
+"""The simulated scans of the ML phase-retrieval benchmark (abTEM multislice, noise-free),
+cached in ``benchmarks/data/phase/`` with their projected-potential labels.
+
+Every scan is :func:`distill4d.simulate.realspace.simulate_realspace_scan` of the whole cell
+(periodic scan grid, ``scan_step_A`` 0.25 adjusted per axis to tile the cell), static atoms
+(no frozen phonons), 80 kV, 25 mrad convergence semiangle, defocus 0 (focus on the entrance
+plane), a 48 x 48 detector reaching 75 mrad (3 x semiangle) at the edge of its shorter axis,
+simulated up to the detector corners; the data are float32 fractions of the incident beam per
+pixel (no noise: the benchmark applies its doses with ``apply_dose`` later, so one simulation
+serves every dose). Simulation seed 0, ``num_workers=2``.
+
+- ``mos2_train``: ``mos2_monolayer(repeats=(6, 4), vacancy_fraction=0)``: 2H-MoS2 monolayer,
+  18.96 x 21.89 Å (48 Mo + 96 S), no vacancies, 1 Å slices. The training field.
+- ``mos2_test``: the same cell with vacancies never seen in training: 6 S vacancies
+  (``vacancy_fraction=0.06, vacancy_element="S", seed=1``) plus one Mo vacancy, the Mo atom
+  farthest (periodic distance in x, y) from every S vacancy. ``labels["atoms_removed"]``
+  lists all seven (indices in the vacancy-free supercell, positions in Å, symbols). 1 Å slices.
+- ``sto_thick``: ``perovskite_slab(thickness_A=121, repeats=(4, 4))``: SrTiO3 [001], 31 cells
+  = 121.06 Å thick, 15.62 x 15.62 Å (1 Å slices: 126 slices of the 125.06 Å cell, 2 Å of
+  vacuum each side). A thick (> 10 nm), strongly dynamical sample: phase up to 31.7 rad, and
+  8 % of the beam scatters beyond the detector (detected fraction 0.919 vs 0.998 for MoS2).
+
+Each cache ``<name>.h5`` is a distill4d DataCube file (:func:`distill4d.io.write`) with the
+labels under ``/results`` (``projected_potential``, ``phase``, ``projected_potential_point``,
+``projected_potential_blurred``, ``scan_positions_A``, and ``atoms_removed_indices``,
+``atoms_removed_positions_A`` when there are vacancies) and, as JSON file attributes, the
+simulation ``metadata``, the removed atoms' symbols and the parameters ``phase_params`` that
+:func:`load_or_simulate` compares with :data:`SCANS` (a mismatch re-simulates).
+
+Measured on the 2-core CPU machine (another benchmark running beside it, ``num_workers=2``);
+every scan has the same detector, 48 x 48 px of 3.125 mrad = 0.074837 1/Å (80 kV,
+λ = 0.041757 Å), origin at pixel (24, 24):
+
+==========  ==========  =================  ========  ========  =====================
+scan        scan shape  steps x, y (Å)     sim grid  slices    simulation wall time
+==========  ==========  =================  ========  ========  =====================
+mos2_train  76 x 88     0.2495, 0.2488     160x180   8         40 s
+mos2_test   76 x 88     0.2495, 0.2488     160x180   8         43 s
+sto_thick   62 x 62     0.2519, 0.2519     128x128   126       83 s
+==========  ==========  =================  ========  ========  =====================
+
+(Simulation sampling 0.119-0.122 Å, no cell repetition needed; reading a cache takes < 0.3 s.)
+
+Usage: ``.venv/bin/python benchmarks/phase_data.py [--only NAME ...] [--resimulate]``.
+API: :func:`scan_names`, :func:`load_or_simulate` ``(name) -> (DataCube, labels)``,
+:func:`cache_path`, :func:`build_atoms`, :data:`SCANS`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+CACHE = HERE / "data" / "phase"
+#: Bump when the cache layout changes (old caches are then re-simulated).
+FORMAT = 1
+
+#: Simulation settings shared by every scan (``simulate_realspace_scan`` keywords).
+COMMON: dict[str, Any] = {
+    "energy_eV": 80e3,
+    "semiangle_mrad": 25.0,
+    "defocus_A": 0.0,
+    "scan_step_A": 0.25,
+    "detector_shape": 48,
+    "q_max_mrad": None,  # default: 3 x semiangle
+    "cover_corners": True,
+    "frozen_phonons": 0,
+    "seed": 0,
+}
+NUM_WORKERS = 2
+
+#: name -> {"structure": builder keywords, "sim": per-scan simulation keywords}.
+SCANS: dict[str, dict[str, Any]] = {
+    "mos2_train": {
+        "structure": {"kind": "mos2", "repeats": [6, 4], "vacancy_fraction": 0.0},
+        "sim": {"slice_thickness_A": 1.0},
+    },
+    "mos2_test": {
+        "structure": {
+            "kind": "mos2",
+            "repeats": [6, 4],
+            "vacancy_fraction": 0.06,
+            "vacancy_element": "S",
+            "seed": 1,
+            "extra_mo_vacancies": 1,
+        },
+        "sim": {"slice_thickness_A": 1.0},
+    },
+    "sto_thick": {
+        "structure": {
+            "kind": "perovskite",
+            "thickness_A": 121.0,
+            "repeats": [4, 4],
+            "formula": "SrTiO3",
+        },
+        "sim": {"slice_thickness_A": 1.0},
+    },
+}
+
+LABEL_ARRAYS = (
+    "projected_potential",
+    "phase",
+    "projected_potential_point",
+    "projected_potential_blurred",
+)
+
+
+def scan_names() -> list[str]:
+    """The names of the benchmark's scans, in order (training field first)."""
+    return list(SCANS)
+
+
+def cache_path(name: str) -> Path:
+    """Where the scan ``name`` is cached."""
+    _spec(name)
+    return CACHE / f"{name}.h5"
+
+
+def _spec(name: str) -> dict[str, Any]:
+    if name not in SCANS:
+        raise KeyError(f"unknown scan {name!r}; choose one of {scan_names()}")
+    return SCANS[name]
+
+
+def _params(name: str) -> dict[str, Any]:
+    """Everything that determines the cached scan (compared on load), JSON-normalised."""
+    spec = _spec(name)
+    params = {
+        "format": FORMAT,
+        "name": name,
+        "structure": spec["structure"],
+        "sim": {**COMMON, **spec["sim"]},
+    }
+    return json.loads(json.dumps(params))
+
+
+# ---------------------------------------------------------------------------- structures
+def _remove_isolated_mo(atoms, full, n: int):
+    """Delete the ``n`` Mo atoms of ``atoms`` farthest (periodic x, y distance) from every atom
+    already removed (``atoms.info``); update ``removed_*`` with indices of the vacancy-free
+    supercell ``full``."""
+    info = dict(atoms.info)
+    lengths = np.diag(np.asarray(atoms.cell))[:2]
+    removed_pos = [np.asarray(p) for p in info["removed_positions"]]
+    removed_idx = [int(i) for i in info["removed_indices"]]
+    removed_sym = list(info["removed_symbols"])
+    full_symbols = np.array(full.get_chemical_symbols())
+    for _ in range(n):
+        symbols = np.array(atoms.get_chemical_symbols())
+        mo = np.flatnonzero(symbols == "Mo")
+        xy = atoms.positions[mo, :2]
+        if removed_pos:
+            d = xy[:, None, :] - np.array(removed_pos)[None, :, :2]
+            d -= lengths * np.round(d / lengths)
+            score = np.min(np.hypot(d[..., 0], d[..., 1]), axis=1)
+        else:
+            score = np.zeros(len(mo))
+        pick = int(mo[np.argmax(score)])  # first of the farthest (deterministic)
+        pos = atoms.positions[pick].copy()
+        # its index in the vacancy-free supercell
+        cand = np.flatnonzero(full_symbols == "Mo")
+        j = int(cand[np.argmin(np.linalg.norm(full.positions[cand] - pos, axis=1))])
+        del atoms[pick]
+        removed_pos.append(pos)
+        removed_idx.append(j)
+        removed_sym.append("Mo")
+    order = np.argsort(removed_idx, kind="stable")
+    info.update(
+        {
+            "removed_indices": np.asarray(removed_idx, dtype=np.int64)[order],
+            "removed_positions": np.asarray(removed_pos, dtype=np.float64)[order],
+            "removed_symbols": [removed_sym[i] for i in order],
+            "vacancy_element": "S+Mo",
+        }
+    )
+    atoms.info.clear()
+    atoms.info.update(info)
+    return atoms
+
+
+def build_atoms(name: str):
+    """The ``ase.Atoms`` of scan ``name`` (see the module doc)."""
+    from distill4d.simulate.realspace import mos2_monolayer, perovskite_slab
+
+    st = dict(_spec(name)["structure"])
+    kind = st.pop("kind")
+    if kind == "mos2":
+        extra = int(st.pop("extra_mo_vacancies", 0))
+        st["repeats"] = tuple(st["repeats"])
+        atoms = mos2_monolayer(**st)
+        if extra:
+            full = mos2_monolayer(repeats=st["repeats"], vacancy_fraction=0.0)
+            atoms = _remove_isolated_mo(atoms, full, extra)
+        return atoms
+    if kind == "perovskite":
+        st["repeats"] = tuple(st["repeats"])
+        return perovskite_slab(**st)
+    raise ValueError(f"unknown structure kind {kind!r}")
+
+
+# ---------------------------------------------------------------------------- simulate / cache
+def simulate(name: str, scan_region=None):
+    """Simulate scan ``name`` (optionally only ``scan_region``, for timing); no caching.
+
+    Returns ``(DataCube, labels)`` as :func:`simulate_realspace_scan`, with
+    ``labels["metadata"]["wall_seconds"]`` (structure + scan + labels).
+    """
+    from distill4d.simulate.realspace import simulate_realspace_scan
+
+    t = time.perf_counter()
+    atoms = build_atoms(name)
+    kw = {**COMMON, **_spec(name)["sim"]}
+    dc, labels = simulate_realspace_scan(
+        atoms,
+        scan_region=scan_region,
+        num_workers=NUM_WORKERS,
+        name=f"phase benchmark {name}",
+        **kw,
+    )
+    labels["metadata"]["wall_seconds"] = time.perf_counter() - t
+    labels["metadata"]["n_atoms"] = len(atoms)
+    return dc, labels
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"cannot store {type(value).__name__} as JSON")
+
+
+def _save(path: Path, name: str, dc, labels: dict[str, Any]) -> None:
+    from distill4d.io import write
+
+    results = {k: np.asarray(labels[k]) for k in (*LABEL_ARRAYS, "scan_positions_A")}
+    attrs = {
+        "phase_params": json.dumps(_params(name)),
+        "metadata": json.dumps(labels["metadata"], default=_json_default),
+    }
+    removed = labels.get("atoms_removed")
+    if removed is not None:
+        results["atoms_removed_indices"] = np.asarray(
+            removed["indices"], dtype=np.int64
+        )
+        results["atoms_removed_positions_A"] = np.asarray(
+            removed["positions_A"], dtype=np.float64
+        )
+        attrs["atoms_removed_symbols"] = json.dumps(list(removed["symbols"]))
+    units = {
+        "data": "fraction of the incident beam per pixel",
+        "projected_potential": "V*A",
+        "phase": "rad",
+        "projected_potential_point": "V*A",
+        "projected_potential_blurred": "V*A",
+        "scan_positions_A": "A",
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write(path, dc, results=results, attrs=attrs, units=units, force=True)
+
+
+def _tuples(meta: dict[str, Any]) -> dict[str, Any]:
+    """JSON lists of scalars back to tuples (as ``simulate_realspace_scan`` returns them)."""
+    return {
+        k: tuple(v)
+        if isinstance(v, list) and all(not isinstance(x, (list, dict)) for x in v)
+        else v
+        for k, v in meta.items()
+    }
+
+
+def _load(path: Path, name: str):
+    """``(DataCube, labels)`` from the cache, or None when absent, unreadable or stale."""
+    from distill4d.io import read, read_results
+
+    if not path.exists():
+        return None
+    try:
+        res = read_results(path)
+        if json.loads(res.attrs.get("phase_params", "null")) != _params(name):
+            return None
+        dc = read(path, lazy=False)
+    except (OSError, ValueError, KeyError) as err:
+        print(f"{path}: unreadable cache ({err}); re-simulating")
+        return None
+    labels: dict[str, Any] = {k: res[k] for k in (*LABEL_ARRAYS, "scan_positions_A")}
+    labels["metadata"] = _tuples(json.loads(res.attrs["metadata"]))
+    if "atoms_removed_indices" in res:
+        labels["atoms_removed"] = {
+            "indices": res["atoms_removed_indices"],
+            "positions_A": res["atoms_removed_positions_A"],
+            "symbols": json.loads(res.attrs["atoms_removed_symbols"]),
+        }
+    return dc, labels
+
+
+def load_or_simulate(name: str, resimulate: bool = False):
+    """``(DataCube, labels)`` of scan ``name``: the cache when present and made with the current
+    parameters, else a fresh simulation (then cached). ``labels`` as
+    :func:`~distill4d.simulate.realspace.simulate_realspace_scan` returns them;
+    ``labels["metadata"]["wall_seconds"]`` is the time the simulation took and
+    ``labels["metadata"]["from_cache"]`` says whether this call read the cache."""
+    path = cache_path(name)
+    out = None if resimulate else _load(path, name)
+    if out is not None:
+        out[1]["metadata"]["from_cache"] = True
+        return out
+    dc, labels = simulate(name)
+    _save(path, name, dc, labels)
+    labels["metadata"]["from_cache"] = False
+    return dc, labels
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--only", nargs="+", choices=scan_names(), help="only these scans")
+    ap.add_argument("--resimulate", action="store_true", help="ignore the caches")
+    a = ap.parse_args()
+    for name in a.only or scan_names():
+        t = time.perf_counter()
+        dc, labels = load_or_simulate(name, a.resimulate)
+        m = labels["metadata"]
+        how = "loaded from cache in" if m["from_cache"] else "simulated in"
+        print(
+            f"{name}: {cache_path(name)} {dc.shape} {dc.dtype}, step {m['scan_step_xy_A'][0]:.4f} x "
+            f"{m['scan_step_xy_A'][1]:.4f} A, q_pixel {m['q_pixel_inv_A']:.5f} 1/A = {m['mrad_per_px']:.4f} "
+            f"mrad/px, sim grid {m['sim_gpts']}, {m['num_slices']} slices; {how} "
+            f"{time.perf_counter() - t:.1f} s (simulation took {m['wall_seconds']:.1f} s)",
+            flush=True,
+        )
+        if math.isfinite(m.get("detected_fraction_mean", float("nan"))):
+            print(
+                f"  detected fraction mean {m['detected_fraction_mean']:.4f}, "
+                f"phase {labels['phase'].min():.3f} .. {labels['phase'].max():.3f} rad",
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,172 @@
+"""``distill4d phase`` (ML phase retrieval of a scan) and ``distill4d train phase`` (needs ``distill4d[ml]``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["add_phase_parser", "add_train_phase_parser"]
+
+
+def _need_torch() -> None:
+    from .cli import CLIError
+
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise CLIError("ML phase retrieval needs PyTorch: pip install 'distill4d[ml]'") from None
+
+
+def read_label(spec: str, key: str | None) -> tuple[np.ndarray, str, str]:
+    """The label image ``(array, name, units)`` from a .npy file, a distill4d results file (or the
+    results stored beside a simulated DataCube, e.g. ``projected_potential``) or ``FILE.h5:/dataset``."""
+    from .cli import CLIError
+    from .io import read_results, split_dataset_path
+
+    path, inner = split_dataset_path(spec)
+    if not Path(path).exists():
+        raise CLIError(f"label file {path} does not exist")
+    if path.endswith(".npy"):
+        arr = np.load(path, allow_pickle=False)
+        return arr, key or Path(path).stem, ""
+    if inner:
+        import h5py
+
+        with h5py.File(path, "r") as f:
+            if inner not in f:
+                raise CLIError(f"{path} has no dataset {inner!r}")
+            dset = f[inner]
+            units = dset.attrs.get("units", "")
+            return np.asarray(dset), inner.strip("/").split("/")[-1], units.decode() if isinstance(units, bytes) else str(units)
+    res = read_results(path)
+    images = [k for k, v in res.items() if np.ndim(v) == 2]
+    if key is None:
+        if len(images) != 1:
+            raise CLIError(f"{path} holds the 2D results {images}; choose one with --label-key")
+        key = images[0]
+    if key not in res:
+        raise CLIError(f"{path} has no result {key!r}; available: {sorted(res)}")
+    return np.asarray(res[key]), key, res.units.get(key, "")
+
+
+def cmd_phase(args: argparse.Namespace) -> int:
+    from .cli import _engine_kwargs, _open, _Outputs
+
+    _need_torch()
+    from .ml.phase_fit import phase_image
+
+    outs = _Outputs(args)
+    dc = _open(args)
+    model = args.weights or args.model
+    outs.clear_stale()
+    img = phase_image(dc, model, pad=args.pad, device=args.device, checkpoint=outs.checkpoint("phase"),
+                      **_engine_kwargs(args))
+    img.to_hdf5(outs.h5, force=outs.force)
+    if outs.png:
+        img.plot(outs.png, force=outs.force, title=f"{img.label_name} ({img.model}): {Path(args.file).name}")
+        if img.model == "linear":
+            from .ml.phase_fit import load_phase_model, shipped_phase_weights
+            from .plot.phase import save_phase_masks_png
+
+            net, _ = load_phase_model(args.weights or shipped_phase_weights("linear"))
+            save_phase_masks_png(outs.png.with_name(outs.png.stem + "_masks.png"), net, force=outs.force)
+    outs.done()
+    print(f"{img.label_name} ({img.units or 'label units'}): {dc.scan_shape[0]} x {dc.scan_shape[1]} in "
+          f"{img.info['seconds']:.2f} s")
+    print(f"wrote {outs.h5}" + (f" and {outs.png}" if outs.png else ""))
+    return 0
+
+
+def cmd_train_phase(args: argparse.Namespace) -> int:
+    from .cli import CLIError, _calibration_kwargs, _engine_kwargs, _parse_region
+
+    _need_torch()
+    from .io import read
+    from .ml.phase_fit import PhaseTrainConfig, save_phase_model, train_phase
+    from .ml.phase_models import PhaseConfig
+
+    out = Path(args.out)
+    for p in (out, out.with_suffix(".json")):
+        if p.exists() and not args.force:
+            raise CLIError(f"{p} exists; pass --force to overwrite it")
+    dc = read(args.data, dataset=args.dataset, **_calibration_kwargs(args))
+    label, name, units = read_label(args.label, args.label_key)
+    try:
+        config = PhaseConfig(model=args.model, size=args.size, extent=args.extent,
+                             cluster=5 if args.model == "conv4d" else args.cluster)
+        train = PhaseTrainConfig(max_steps=args.steps, seed=args.seed, max_minutes=args.minutes, lr=args.lr,
+                                 batch_size=args.batch_size)
+    except ValueError as err:
+        raise CLIError(str(err)) from None
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+
+    def report(rec: dict[str, Any]) -> None:
+        print(f"step {rec['step']}: train MSE {rec['train_mse']:.4g}, held-out MSE {rec['held_out_mse']:.4g} "
+              f"(r = {rec['held_out_r']:.3f}), {rec['seconds']:.0f} s", file=sys.stderr)
+
+    holdout = _parse_region(args.holdout, "--holdout")
+    model, card = train_phase(dc, label, config=config, train=train, pad=args.pad, label_units=units,
+                              label_name=name, holdout=holdout, device=args.device, callback=report,
+                              **_engine_kwargs(args))
+    card["data"] = {"file": str(args.data), "label": str(args.label), "label_key": name}
+    save_phase_model(out, model, card, force=args.force, command=" ".join(["distill4d"] + sys.argv[1:]))
+    m = card["metrics"]
+    print(f"{args.model}: held-out Pearson r {m['held_out_pearson_r']:.3f} (best step {m['best_step']}, "
+          f"stopped: {card['stopped']}); wrote {out} and {out.with_suffix('.json')}")
+    return 0
+
+
+def add_phase_parser(sub: Any) -> None:
+    from .cli import _add_calibration, _add_engine, _add_output
+
+    p = sub.add_parser("phase", help="ML phase retrieval: a high-resolution image from the 4D scan")
+    p.add_argument("file")
+    p.add_argument("--weights", help="weights file with its model card (.json) beside it "
+                   "(default: the shipped MoS2 model named by --model)")
+    p.add_argument("--model", default="conv4d", choices=("conv4d", "linear"),
+                   help="shipped model to use when no --weights is given (default conv4d)")
+    p.add_argument("--pad", choices=("edge", "reflect", "wrap"),
+                   help="how neighbourhoods continue past the scan edge (default: as in training)")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
+    _add_output(p)
+    _add_calibration(p)
+    _add_engine(p)
+    p.set_defaults(func=cmd_phase)
+
+
+def add_train_phase_parser(tsub: Any) -> None:
+    from .cli import _add_calibration, _add_engine
+
+    t = tsub.add_parser("phase", help="phase retrieval: 4D scan + label image -> linear or 4D-CNN model")
+    t.add_argument("--data", required=True, help="the 4D scan")
+    t.add_argument("--label", required=True, help="label image on the scan grid: .npy, a distill4d results file "
+                   "(e.g. a simulated scan's projected_potential) or FILE.h5:/dataset")
+    t.add_argument("--label-key", help="which result of --label (e.g. projected_potential, phase)")
+    t.add_argument("--model", required=True, choices=("linear", "conv4d"))
+    t.add_argument("--out", required=True, help="weights file to write (.pt); the model card goes beside it (.json)")
+    t.add_argument("--holdout", metavar="x0:x1,y0:y1",
+                   help="scan rectangle held out for validation (default: the last quarter of the rows)")
+    t.add_argument("--pad", default="edge", choices=("edge", "reflect", "wrap"),
+                   help="neighbourhoods past the scan edge (wrap for periodic simulations; default edge)")
+    t.add_argument("--size", type=int, default=16, help="prepared detector grid N (default 16)")
+    t.add_argument("--extent", type=float, default=2.0,
+                   help="the grid spans +- this many convergence semiangles (default 2)")
+    t.add_argument("--cluster", type=int, default=5, choices=(3, 5), help="cluster c x c (linear model; default 5)")
+    t.add_argument("--steps", type=int, default=2000, help="at most this many optimiser steps (default 2000)")
+    t.add_argument("--batch-size", type=int, default=16)
+    t.add_argument("--lr", type=float, help="Adam learning rate (default 1e-2 linear, 2e-3 conv4d)")
+    t.add_argument("--minutes", type=float, help="training time budget (minutes)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--threads", type=int, help="PyTorch CPU threads")
+    t.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
+    t.add_argument("--force", action="store_true", help="overwrite existing weights of that name")
+    _add_calibration(t)
+    _add_engine(t)
+    t.set_defaults(func=cmd_train_phase)

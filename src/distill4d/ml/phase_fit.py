@@ -1,0 +1,492 @@
+"""Train and run the phase-retrieval models (:mod:`~distill4d.ml.phase_models`) on 4D scans.
+
+Preparation (what makes a model transfer between datasets): every pattern is resampled onto
+an ``N x N`` grid spanning ``± extent`` convergence semiangles around the beam centre (the
+bright-field radius in pixels comes from the calibration: semiangle / mrad per pixel, or is
+measured on the mean pattern), box-filtered first when that bins the detector, and divided by
+its mean over the grid (total-count normalisation: the prepared pattern has mean 1).
+
+Training (:func:`train_phase`) takes one scan and a label image on the same scan grid (a
+ptychographic reconstruction, or for simulated data the projected potential / phase). The
+label is standardised; a rectangle of the scan (default: the last quarter of the rows) is held
+out for validation and early stopping (the best held-out state is kept); the loss is the MSE
+over random ``patch x patch`` tiles of the training positions. Inference
+(:func:`phase_image`) runs through :func:`~distill4d.engine.map_neighbourhoods`, so
+neighbourhoods across tile borders are those of the whole scan.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import os
+import pickle
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .._atomic import atomic_output
+from .._validate import check_keys, positive_float, positive_int
+from ..datacube import DataCube
+from ..engine.neighbourhoods import PAD_MODES
+from .resample import resample_patterns
+
+__all__ = [
+    "PhaseImage",
+    "PhaseTrainConfig",
+    "load_phase_model",
+    "phase_geometry",
+    "phase_image",
+    "prepare_phase_patterns",
+    "save_phase_model",
+    "shipped_phase_weights",
+    "train_phase",
+]
+
+_FORMAT = "distill4d-phase-1"
+#: Largest prepared training array held in memory (bytes).
+_MAX_PREPARED_BYTES = 4 << 30
+_WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+
+
+@dataclass(frozen=True)
+class PhaseTrainConfig:
+    """Training of a phase-retrieval model.
+
+    max_steps, batch_size, patch : optimiser steps, tiles per step, tile side (scan positions).
+    lr : Adam learning rate (default 1e-2 for the linear model, 2e-3 for the 4D CNN).
+    weight_decay : Adam weight decay.
+    eval_every, patience : held-out evaluation interval (steps) and early-stopping patience
+        (evaluations without improvement).
+    holdout_fraction : the last fraction of the rows held out when no ``holdout`` region is given.
+    max_minutes : stop after this wall time (the best state so far is kept).
+    seed : seeds the initialisation and the tile sampling.
+    """
+
+    max_steps: int = 2000
+    batch_size: int = 16
+    patch: int = 8
+    lr: float | None = None
+    weight_decay: float = 1e-5
+    eval_every: int = 50
+    patience: int = 8
+    holdout_fraction: float = 0.25
+    max_minutes: float | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("max_steps", "batch_size", "patch", "eval_every", "patience"):
+            positive_int(name, getattr(self, name))
+        if self.lr is not None:
+            positive_float("lr", self.lr, maximum=1.0)
+        if not 0 <= float(self.weight_decay) < 1:
+            raise ValueError(f"weight_decay must be in [0, 1), got {self.weight_decay!r}")
+        if not 0 < float(self.holdout_fraction) < 1:
+            raise ValueError(f"holdout_fraction must be in (0, 1), got {self.holdout_fraction!r}")
+        if self.max_minutes is not None:
+            positive_float("max_minutes", self.max_minutes)
+        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
+            raise ValueError(f"seed must be an integer >= 0, got {self.seed!r}")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PhaseTrainConfig:
+        check_keys(cls, d, "phase training config")
+        return cls(**d)
+
+
+# ---------------------------------------------------------------------- preparation
+def phase_geometry(datacube: DataCube, *, origin_px: tuple[float, float] | None = None,
+                   bf_radius_px: float | None = None, **engine: Any) -> dict[str, float]:
+    """Beam centre and bright-field radius (detector pixels) used to prepare the patterns.
+
+    ``origin_px``: given, else the calibration's, else measured on the mean pattern.
+    ``bf_radius_px``: given, else semiangle / (mrad per pixel) from the calibration, else
+    measured on the mean pattern.
+    """
+    from ..imaging.origin import find_bf_disk
+
+    cal = datacube.calibration
+    origin = origin_px if origin_px is not None else cal.origin_px
+    radius = bf_radius_px
+    if radius is None and cal.semiangle_mrad is not None and cal.q_pixel_inv_A is not None \
+            and cal.energy_eV is not None:
+        radius = cal.semiangle_mrad / cal.mrad_per_px
+    if origin is None or radius is None:
+        cx, cy, r = find_bf_disk(datacube.mean_pattern(**engine))
+        origin = (cx, cy) if origin is None else origin
+        radius = r if radius is None else radius
+    ox, oy = (float(v) for v in origin)
+    radius = positive_float("bf_radius_px", radius)
+    if not (math.isfinite(ox) and math.isfinite(oy)):
+        raise ValueError(f"origin_px must be finite, got {origin!r}")
+    return {"origin_px": (ox, oy), "bf_radius_px": radius}
+
+
+def prepare_phase_patterns(patterns: np.ndarray, geometry: dict[str, Any], size: int, extent: float) -> np.ndarray:
+    """Patterns ``(..., Qx, Qy)`` → ``(..., size, size)`` float32 on the model grid (module notes).
+
+    Model pixel ``u`` (centre ``(size - 1) / 2``) ↔ detector ``origin + (u - (size - 1)/2) · s``
+    with ``s = extent · bf_radius_px / (size / 2)`` detector pixels per model pixel. Each pattern
+    is divided by its mean over the grid. ValueError for NaN/Inf or a pattern with no counts.
+    """
+    arr = np.asarray(patterns)
+    lead = arr.shape[:-2]
+    flat = arr.reshape((-1,) + arr.shape[-2:])
+    scale = extent * geometry["bf_radius_px"] / (size / 2)
+    ox, oy = geometry["origin_px"]
+    shift = (size // 2 - (size - 1) / 2) * scale  # resample_patterns centres model pixel size//2
+    out = resample_patterns(flat, (ox + shift, oy + shift), scale, size)
+    mean = out.mean(axis=(1, 2), dtype=np.float64)
+    bad = ~np.isfinite(mean) | (mean <= 0)
+    if bad.any():
+        what = "NaN/Inf values" if not np.all(np.isfinite(mean)) else "no counts inside the model's detector grid"
+        raise ValueError(f"{int(bad.sum())} of {len(mean)} patterns have {what}; crop the scan to valid "
+                         "positions or repair the data")
+    out /= mean[:, None, None].astype(np.float32)
+    return out.reshape(lead + (size, size))
+
+
+def _prepare_batch(batch: np.ndarray, geometry: dict[str, Any], size: int, extent: float) -> np.ndarray:
+    return prepare_phase_patterns(batch, geometry, size, extent)
+
+
+def _check_label(label: Any, scan_shape: tuple[int, int]) -> np.ndarray:
+    lab = np.asarray(label, dtype=np.float64)
+    if lab.shape != tuple(scan_shape):
+        raise ValueError(f"label must be an image of the scan's shape {tuple(scan_shape)}, got shape {lab.shape}")
+    if not np.all(np.isfinite(lab)):
+        raise ValueError(f"label has {int(np.size(lab) - np.isfinite(lab).sum())} NaN/Inf values")
+    if not np.ptp(lab) > 0:
+        raise ValueError("label is constant: there is nothing to learn")
+    return lab
+
+
+def _holdout_mask(scan_shape: tuple[int, int], holdout: Any, fraction: float) -> tuple[np.ndarray, tuple[slice, slice]]:
+    rx, ry = scan_shape
+    if holdout is None:
+        n = max(1, round(fraction * rx))
+        region = (slice(rx - n, rx), slice(0, ry))
+    else:
+        try:
+            region = tuple(slice(*(int(v) for v in pair)) if not isinstance(pair, slice) else pair for pair in holdout)
+            if len(region) != 2:
+                raise ValueError
+        except (TypeError, ValueError):
+            raise ValueError(f"holdout must be ((x0, x1), (y0, y1)) scan indices, got {holdout!r}") from None
+    mask = np.zeros(scan_shape, dtype=bool)
+    mask[region] = True
+    if not mask.any() or mask.all():
+        raise ValueError(f"holdout {holdout!r} must keep some positions for training and some for validation")
+    return mask, region
+
+
+# ---------------------------------------------------------------------- training
+def _pad(prepared: np.ndarray, r: int, pad: str) -> np.ndarray:
+    return np.pad(prepared, ((r, r), (r, r), (0, 0), (0, 0)), mode=pad) if r else prepared
+
+
+def train_phase(
+    datacube: DataCube,
+    label: np.ndarray,
+    *,
+    config: Any = None,
+    train: PhaseTrainConfig | None = None,
+    holdout: Any = None,
+    pad: str = "edge",
+    origin_px: tuple[float, float] | None = None,
+    label_units: str = "",
+    label_name: str = "label",
+    device: Any = "cpu",
+    callback: Callable[[dict[str, Any]], None] | None = None,
+    **engine: Any,
+) -> tuple[Any, dict[str, Any]]:
+    """Train a phase-retrieval model on ``datacube`` against ``label`` (same scan shape).
+
+    Parameters
+    ----------
+    config : :class:`~distill4d.ml.phase_models.PhaseConfig` (default: the linear model).
+    train : :class:`PhaseTrainConfig`.
+    holdout : ``((x0, x1), (y0, y1))`` scan rectangle held out for validation (default: the
+        last ``train.holdout_fraction`` of the rows).
+    pad : how neighbourhoods continue past the scan edge: "edge", "reflect" or "wrap"
+        (periodic simulations). Stored in the card and used again at inference by default.
+    origin_px : beam centre (pixels), else from the calibration / the mean pattern.
+    label_units, label_name : recorded in the card; predictions come out in these units.
+    device : "cpu", "cuda" or "auto".
+    callback : called with each evaluation record.
+    engine : options of :func:`~distill4d.engine.map_patterns` for the preparation pass.
+
+    Returns
+    -------
+    ``(model, card)``; ``card["metrics"]`` holds the held-out MSE / Pearson r of the best state.
+    """
+    import torch
+
+    from ..engine import map_patterns
+    from .device import torch_device
+    from .phase_models import PhaseConfig, build_phase_model
+
+    if not isinstance(datacube, DataCube):
+        raise TypeError(f"datacube must be a distill4d.DataCube, got {type(datacube).__name__}")
+    config = PhaseConfig() if config is None else config
+    train = PhaseTrainConfig() if train is None else train
+    if pad not in PAD_MODES:
+        raise ValueError(f"pad must be one of {PAD_MODES}, got {pad!r}")
+    lab = _check_label(label, datacube.scan_shape)
+    r = config.radius
+    rx, ry = datacube.scan_shape
+    need = rx * ry * config.size**2 * 4
+    if need > _MAX_PREPARED_BYTES:
+        raise ValueError(f"the prepared scan would take {need / 2**30:.1f} GiB; train on a crop of the scan "
+                         f"(DataCube slicing) of at most {_MAX_PREPARED_BYTES / 2**30:.0f} GiB prepared")
+    hold, region = _holdout_mask(datacube.scan_shape, holdout, train.holdout_fraction)
+    dev = torch_device(device)
+    t0 = time.perf_counter()
+    geometry = phase_geometry(datacube, origin_px=origin_px, **engine)
+    fn = functools.partial(_prepare_batch, geometry=geometry, size=config.size, extent=config.extent)
+    prepared = map_patterns(datacube, fn, **engine)
+    seconds_prepare = time.perf_counter() - t0
+
+    mu, sd = float(lab[~hold].mean()), float(lab[~hold].std())
+    sd = sd if sd > 0 else 1.0
+    z = (lab - mu) / sd
+    P = torch.as_tensor(_pad(prepared, r, pad), device=dev)
+    Z = torch.as_tensor(z, dtype=torch.float32, device=dev)
+    W = torch.as_tensor(~hold, dtype=torch.float32, device=dev)
+    torch.manual_seed(train.seed)
+    model = build_phase_model(config).to(dev)
+    lr = train.lr if train.lr is not None else (1e-2 if config.model == "linear" else 2e-3)
+    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=train.weight_decay)
+    rng = np.random.default_rng(train.seed)
+    p = min(train.patch, rx, ry)
+    span = torch.arange(p + 2 * r, device=dev)
+    # tiles whose output holds at least one training position
+    starts = np.argwhere(np.lib.stride_tricks.sliding_window_view(~hold, (p, p)).any(axis=(2, 3)))
+    vx, vy = region
+    val_block = P[vx.start : vx.stop + 2 * r, vy.start : vy.stop + 2 * r].unsqueeze(0)
+    val_target = Z[vx, vy]
+
+    def evaluate() -> tuple[float, float]:
+        model.eval()
+        with torch.no_grad():
+            pred = model(val_block)[0]
+        model.train()
+        mse = float(((pred - val_target) ** 2).mean())
+        a, b = pred.flatten().double(), val_target.flatten().double()
+        a, b = a - a.mean(), b - b.mean()
+        corr = float((a * b).sum() / torch.sqrt((a * a).sum() * (b * b).sum()).clamp_min(1e-30))
+        return mse, corr
+
+    history: list[dict[str, Any]] = []
+    best = (math.inf, 0.0, 0)
+    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    stale, stopped, step = 0, "max_steps", 0
+    running = 0.0
+    t1 = time.perf_counter()
+    model.train()
+    for step in range(1, train.max_steps + 1):
+        pick = starts[rng.integers(0, len(starts), size=train.batch_size)]
+        ix = torch.as_tensor(pick[:, 0], device=dev)[:, None] + span
+        iy = torch.as_tensor(pick[:, 1], device=dev)[:, None] + span
+        block = P[ix[:, :, None], iy[:, None, :]]
+        out_x, out_y = ix[:, :p], iy[:, :p]
+        target = Z[out_x[:, :, None], out_y[:, None, :]]
+        weight = W[out_x[:, :, None], out_y[:, None, :]]
+        loss = (weight * (model(block) - target) ** 2).sum() / weight.sum().clamp_min(1.0)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        running += float(loss.detach())
+        if step % train.eval_every == 0 or step == train.max_steps:
+            mse, corr = evaluate()
+            rec = {"step": step, "train_mse": running / train.eval_every, "held_out_mse": mse,
+                   "held_out_r": corr, "seconds": time.perf_counter() - t1}
+            running = 0.0
+            history.append(rec)
+            if callback is not None:
+                callback(rec)
+            if mse < best[0]:
+                best, stale = (mse, corr, step), 0
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            else:
+                stale += 1
+                if stale >= train.patience:
+                    stopped = "early_stopping"
+                    break
+            if train.max_minutes is not None and time.perf_counter() - t1 > 60 * train.max_minutes:
+                stopped = "max_minutes"
+                break
+    model.load_state_dict(best_state)
+    model.eval()
+    model.cpu()
+    card = {
+        "format": _FORMAT,
+        "config": config.to_dict(),
+        "label": {"name": label_name, "units": label_units, "mean": mu, "std": sd},
+        "pad": pad,
+        "geometry_trained": {"origin_px": list(geometry["origin_px"]), "bf_radius_px": geometry["bf_radius_px"]},
+        "train": {**dataclasses.asdict(train), "lr": lr},
+        "holdout": [[region[0].start, region[0].stop], [region[1].start, region[1].stop]],
+        "scan_shape": [rx, ry],
+        "metrics": {"held_out_mse_standardised": best[0], "held_out_pearson_r": best[1], "best_step": best[2]},
+        "stopped": stopped,
+        "steps": step,
+        "seconds_prepare": seconds_prepare,
+        "seconds_train": time.perf_counter() - t1,
+        "history": history,
+    }
+    return model, card
+
+
+# ---------------------------------------------------------------------- inference
+@dataclass
+class PhaseImage:
+    """A phase-retrieval result: ``image`` ``(Rx, Ry)`` in ``units`` (those of the training label)."""
+
+    image: np.ndarray
+    units: str
+    label_name: str
+    model: str
+    calibration: Any
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def to_hdf5(self, path: str | os.PathLike, force: bool = False) -> Path:
+        """Write ``/results/<label_name>`` (with its units) and the calibration and model as attributes."""
+        from ..io import write
+
+        attrs = {"model": self.model, "info": json.dumps(self.info, default=str),
+                 **{f"calibration_{k}": v for k, v in self.calibration.to_attrs().items()}}
+        return write(path, {self.label_name: self.image}, force=force, units={self.label_name: self.units},
+                     attrs=attrs)
+
+    def plot(self, path: str | os.PathLike, *, force: bool = False, title: str = "") -> Path:
+        from ..plot import save_images_png
+
+        return save_images_png(path, {self.label_name: self.image}, units={self.label_name: self.units},
+                               title=title or f"ML phase retrieval ({self.model})",
+                               scan_step_A=self.calibration.scan_step_A, force=force)
+
+
+def _phase_block(block: np.ndarray, model: Any, geometry: dict[str, Any], size: int, extent: float,
+                 mean: float, std: float, device: Any) -> np.ndarray:
+    import torch
+
+    prepared = prepare_phase_patterns(block, geometry, size, extent)
+    with torch.no_grad():
+        out = model(torch.as_tensor(prepared, device=device).unsqueeze(0))[0]
+    return (out.double().cpu().numpy() * std + mean).reshape(-1)
+
+
+def shipped_phase_weights(model: str = "conv4d") -> Path:
+    """Path of the shipped MoS2 weights of ``model`` ("linear" or "conv4d")."""
+    if model not in ("linear", "conv4d"):
+        raise ValueError(f"model must be 'linear' or 'conv4d', got {model!r}")
+    return _WEIGHTS_DIR / f"phase_{model}_mos2.pt"
+
+
+def phase_image(
+    datacube: DataCube,
+    model: Any = "conv4d",
+    *,
+    pad: str | None = None,
+    origin_px: tuple[float, float] | None = None,
+    device: Any = "cpu",
+    **engine: Any,
+) -> PhaseImage:
+    """The model's image of ``datacube``: one value per scan position, in the label's units.
+
+    ``model``: a weights path (card beside it), ``(module, card)`` from :func:`train_phase` /
+    :func:`load_phase_model`, or "linear" / "conv4d" for the shipped MoS2 weights. ``pad``:
+    how neighbourhoods continue past the scan edge (default: the card's). The detector is
+    prepared exactly as in training (module notes); ``engine`` options go to
+    :func:`~distill4d.engine.map_neighbourhoods` (tiles, scheduler, checkpoint, progress).
+    """
+    from ..engine import map_neighbourhoods
+    from .device import torch_device
+    from .phase_models import PhaseConfig
+
+    if not isinstance(datacube, DataCube):
+        raise TypeError(f"datacube must be a distill4d.DataCube, got {type(datacube).__name__}")
+    if isinstance(model, str) and model in ("linear", "conv4d"):
+        model = shipped_phase_weights(model)
+    if isinstance(model, (str, os.PathLike)):
+        net, card = load_phase_model(model)
+        name = str(model)
+    else:
+        try:
+            net, card = model
+        except (TypeError, ValueError):
+            raise TypeError("model must be a weights path, 'linear'/'conv4d', or a (module, card) pair") from None
+        name = "in-memory model"
+    config = PhaseConfig.from_dict(card["config"])
+    pad = card.get("pad", "edge") if pad is None else pad
+    if pad not in PAD_MODES:
+        raise ValueError(f"pad must be one of {PAD_MODES}, got {pad!r}")
+    dev = torch_device(device)
+    net = net.to(dev).eval()
+    t0 = time.perf_counter()
+    geometry = phase_geometry(datacube, origin_px=origin_px, **{k: v for k, v in engine.items()
+                                                                 if k not in ("checkpoint", "job_key", "desc")})
+    lab = card["label"]
+    fn = functools.partial(_phase_block, model=net, geometry=geometry, size=config.size, extent=config.extent,
+                           mean=float(lab["mean"]), std=float(lab["std"]), device=dev)
+    engine.setdefault("desc", "phase")
+    engine.setdefault("job_key", f"phase:{name}:{json.dumps(geometry)}")
+    image = map_neighbourhoods(datacube, fn, config.radius, pad=pad, **engine)
+    info = {"seconds": time.perf_counter() - t0, "geometry": geometry, "pad": pad, "weights": name,
+            "device": str(dev)}
+    return PhaseImage(np.asarray(image, dtype=np.float64), lab.get("units", ""), lab.get("name", "phase"),
+                      config.model, datacube.calibration, info)
+
+
+# ---------------------------------------------------------------------- files
+def save_phase_model(path: str | os.PathLike, model: Any, card: dict[str, Any], *, force: bool = False,
+                     command: str | None = None) -> Path:
+    """Write ``model``'s state_dict to ``path`` and ``card`` (+ ``command``) beside it (``.json``)."""
+    import torch
+
+    path = Path(path)
+    card_path = path.with_suffix(".json")
+    for p in (path, card_path):
+        if p.exists() and not force:
+            raise FileExistsError(f"{p} exists; pass force=True (--force) to replace it")
+    card = dict(card)
+    if command is not None:
+        card["command"] = command
+    with atomic_output(path, force=force) as tmp:
+        torch.save(model.state_dict(), tmp)
+    with atomic_output(card_path, force=True) as tmp:
+        Path(tmp).write_text(json.dumps(card, indent=1, default=float))
+    return path
+
+
+def load_phase_model(path: str | os.PathLike) -> tuple[Any, dict[str, Any]]:
+    """``(model, card)`` from :func:`save_phase_model` (weights loaded with ``weights_only=True``)."""
+    import torch
+
+    from .phase_models import PhaseConfig, build_phase_model
+
+    path = Path(path)
+    card_path = path.with_suffix(".json")
+    for p in (path, card_path):
+        if not p.exists():
+            raise FileNotFoundError(f"phase model file {p} does not exist")
+    try:
+        card = json.loads(card_path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{card_path} is not a phase model card (bad JSON: {err})") from None
+    if not isinstance(card, dict) or card.get("format") != _FORMAT:
+        raise ValueError(f"{card_path} is not a phase model card (format {_FORMAT!r} expected)")
+    model = build_phase_model(PhaseConfig.from_dict(card["config"]))
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+    except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError) as err:
+        raise ValueError(f"{path} does not hold the weights its card describes: {err}") from None
+    return model.eval(), card
