@@ -38,7 +38,6 @@ from typing import Any
 
 import numpy as np
 
-from .._atomic import atomic_output
 from .._validate import nonnegative_float, positive_float, positive_int
 from ..datacube import DataCube
 from ..lattice.strain import StrainMap, _region, strain_from_deformation
@@ -620,45 +619,20 @@ def strain_map_ccstae(
 def save_ccstae(path: str | os.PathLike, result: CCSTAEResult, *, force: bool = False) -> Path:
     """Write the trained model of ``result`` (a plain state_dict, ``path``) and its card
     (``path`` with ``.json``: architecture, preparation geometry, training summary)."""
-    import torch
+    from .model_files import save_state_and_card
 
-    path = Path(path)
     if result.model is None:
         raise ValueError("result holds no model to save")
     card = {"format": _FORMAT, "config": result.model.config.to_dict(), "geometry": result.geometry,
             "vacuum_bases": result.vacuum_bases, "info": result.info,
             "history": result.history}
-    card_path = path.with_suffix(".json")
-    if card_path.exists() and not force:
-        raise FileExistsError(f"{card_path} exists; pass force=True to replace it")
-    with atomic_output(path, force=force) as tmp:
-        torch.save(result.model.state_dict(), tmp)
-    with atomic_output(card_path, force=True) as tmp:
-        Path(tmp).write_text(json.dumps(card, indent=1, default=float))
-    return path
+    return save_state_and_card(path, result.model, card, force=force)
 
 
 def load_ccstae(path: str | os.PathLike) -> tuple[Any, dict[str, Any]]:
     """``(model, card)`` from :func:`save_ccstae` (weights loaded with ``weights_only=True``)."""
-    import torch
-
     from .ccstae import CCSTAE, CCSTAEConfig
+    from .model_files import load_state_and_card
 
-    path = Path(path)
-    card_path = path.with_suffix(".json")
-    for p in (path, card_path):
-        if not p.exists():
-            raise FileNotFoundError(f"CC-ST-AE model file {p} does not exist")
-    try:
-        card = json.loads(card_path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{card_path} is not a CC-ST-AE model card (bad JSON: {err})") from None
-    if not isinstance(card, dict) or card.get("format") != _FORMAT:
-        raise ValueError(f"{card_path} is not a CC-ST-AE model card (format {_FORMAT!r} expected)")
-    model = CCSTAE(CCSTAEConfig.from_dict(card["config"]))
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        model.load_state_dict(state)
-    except Exception as err:  # noqa: BLE001 - any unreadable or mismatched file
-        raise ValueError(f"{path} is not a CC-ST-AE state_dict matching its card: {err}") from None
-    return model.eval(), card
+    return load_state_and_card(path, _FORMAT, "CC-ST-AE model",
+                               lambda card: CCSTAE(CCSTAEConfig.from_dict(card["config"])))

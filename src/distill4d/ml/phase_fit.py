@@ -22,7 +22,6 @@ import functools
 import json
 import math
 import os
-import pickle
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,7 +30,6 @@ from typing import Any
 
 import numpy as np
 
-from .._atomic import atomic_output
 from .._validate import check_keys, positive_float, positive_int
 from ..datacube import DataCube
 from ..engine.neighbourhoods import PAD_MODES
@@ -449,44 +447,16 @@ def phase_image(
 def save_phase_model(path: str | os.PathLike, model: Any, card: dict[str, Any], *, force: bool = False,
                      command: str | None = None) -> Path:
     """Write ``model``'s state_dict to ``path`` and ``card`` (+ ``command``) beside it (``.json``)."""
-    import torch
+    from .model_files import save_state_and_card
 
-    path = Path(path)
-    card_path = path.with_suffix(".json")
-    for p in (path, card_path):
-        if p.exists() and not force:
-            raise FileExistsError(f"{p} exists; pass force=True (--force) to replace it")
-    card = dict(card)
-    if command is not None:
-        card["command"] = command
-    with atomic_output(path, force=force) as tmp:
-        torch.save(model.state_dict(), tmp)
-    with atomic_output(card_path, force=True) as tmp:
-        Path(tmp).write_text(json.dumps(card, indent=1, default=float))
-    return path
+    card = dict(card) if command is None else {**card, "command": command}
+    return save_state_and_card(path, model, card, force=force)
 
 
 def load_phase_model(path: str | os.PathLike) -> tuple[Any, dict[str, Any]]:
     """``(model, card)`` from :func:`save_phase_model` (weights loaded with ``weights_only=True``)."""
-    import torch
-
+    from .model_files import load_state_and_card
     from .phase_models import PhaseConfig, build_phase_model
 
-    path = Path(path)
-    card_path = path.with_suffix(".json")
-    for p in (path, card_path):
-        if not p.exists():
-            raise FileNotFoundError(f"phase model file {p} does not exist")
-    try:
-        card = json.loads(card_path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{card_path} is not a phase model card (bad JSON: {err})") from None
-    if not isinstance(card, dict) or card.get("format") != _FORMAT:
-        raise ValueError(f"{card_path} is not a phase model card (format {_FORMAT!r} expected)")
-    model = build_phase_model(PhaseConfig.from_dict(card["config"]))
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        model.load_state_dict(state)
-    except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError) as err:
-        raise ValueError(f"{path} does not hold the weights its card describes: {err}") from None
-    return model.eval(), card
+    return load_state_and_card(path, _FORMAT, "phase model",
+                               lambda card: build_phase_model(PhaseConfig.from_dict(card["config"])))
