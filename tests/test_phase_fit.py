@@ -41,7 +41,7 @@ def scan():
 @pytest.fixture(scope="module")
 def trained(scan):
     torch.manual_seed(0)
-    return train_phase(scan.datacube, scan.phase_rad, config=PhaseConfig(model="linear", size=16),
+    return train_phase(scan.datacube, scan.phase_rad, config=PhaseConfig(model="linear", size=16, input_norm="pattern"),
                        train=PhaseTrainConfig(max_steps=300, eval_every=50, seed=0), pad="wrap",
                        label_units="rad", label_name="phase", scheduler="inline", progress=False)
 
@@ -158,3 +158,21 @@ def test_cli_train_phase_then_phase(tmp_path, scan, capsys):
     assert main(["train", "phase", "--data", str(src), "--label", str(src), "--label-key", "nope", "--model",
                  "linear", "--out", str(tmp_path / "x.pt")]) == 1
     assert "no result 'nope'" in capsys.readouterr().err
+
+
+def test_scan_input_norm_uses_the_whole_scans_statistics(scan):
+    """input_norm='scan': every tile is normalised by the statistics of the whole scan."""
+    model, card = train_phase(scan.datacube, scan.phase_rad, config=PhaseConfig(model="linear", size=8,
+                              input_norm="scan"), train=PhaseTrainConfig(max_steps=20, eval_every=10),
+                              pad="wrap", scheduler="inline", progress=False)
+    tiled = phase_image(scan.datacube, (model, card), scheduler="threads", n_workers=2, progress=False,
+                        memory_budget=1 << 20).image
+    prepared = prepare_phase_patterns(np.asarray(scan.datacube.data), phase_geometry(scan.datacube), 8, 2.0)
+    prepared = prepared.astype(np.float64)
+    mean = prepared.mean(axis=(0, 1))
+    rms = np.sqrt(((prepared - mean) ** 2).mean())
+    padded = np.pad((prepared - mean) / rms, ((2, 2), (2, 2), (0, 0), (0, 0)), mode="wrap")
+    with torch.no_grad():
+        direct = model.double()(torch.as_tensor(padded)[None])[0].numpy()
+    direct = direct * card["label"]["std"] + card["label"]["mean"]
+    np.testing.assert_allclose(tiled, direct, rtol=1e-4, atol=1e-5)

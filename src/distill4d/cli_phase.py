@@ -96,7 +96,7 @@ def cmd_train_phase(args: argparse.Namespace) -> int:
     dc = read(args.data, dataset=args.dataset, **_calibration_kwargs(args))
     label, name, units = read_label(args.label, args.label_key)
     try:
-        config = PhaseConfig(model=args.model, size=args.size, extent=args.extent,
+        config = PhaseConfig(model=args.model, size=args.size, extent=args.extent, input_norm=args.input_norm,
                              cluster=5 if args.model == "conv4d" else args.cluster)
         train = PhaseTrainConfig(max_steps=args.steps, seed=args.seed, max_minutes=args.minutes, lr=args.lr,
                                  batch_size=args.batch_size)
@@ -158,6 +158,9 @@ def add_train_phase_parser(tsub: Any) -> None:
     t.add_argument("--size", type=int, default=16, help="prepared detector grid N (default 16)")
     t.add_argument("--extent", type=float, default=2.0,
                    help="the grid spans +- this many convergence semiangles (default 2)")
+    t.add_argument("--input-norm", default="scan", choices=("scan", "pattern"),
+                   help="scan (default): subtract the scan's mean prepared pattern, divide by its RMS; "
+                   "pattern: each pattern divided by its mean only")
     t.add_argument("--cluster", type=int, default=5, choices=(3, 5), help="cluster c x c (linear model; default 5)")
     t.add_argument("--steps", type=int, default=2000, help="at most this many optimiser steps (default 2000)")
     t.add_argument("--batch-size", type=int, default=16)

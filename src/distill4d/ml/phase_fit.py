@@ -154,6 +154,21 @@ def _prepare_batch(batch: np.ndarray, geometry: dict[str, Any], size: int, exten
     return prepare_phase_patterns(batch, geometry, size, extent)
 
 
+def _prepared_moments(batch: np.ndarray, geometry: dict[str, Any], size: int, extent: float) -> np.ndarray:
+    """``(2, size, size)``: sum and sum of squares of the prepared patterns of ``batch``."""
+    p = prepare_phase_patterns(batch, geometry, size, extent).astype(np.float64)
+    return np.stack([p.sum(axis=0), (p * p).sum(axis=0)])
+
+
+def _scan_norm(total: np.ndarray, total_sq: np.ndarray, n: int) -> tuple[np.ndarray, np.float32]:
+    """The scan's mean prepared pattern and the RMS of the deviations from it (input_norm "scan")."""
+    mean = total / n
+    rms = math.sqrt(max(float(np.mean(total_sq / n - mean**2)), 0.0))
+    if not rms > 0:
+        raise ValueError("every prepared pattern of the scan is the same: input_norm='scan' has nothing to scale")
+    return mean.astype(np.float32), np.float32(rms)
+
+
 def _check_label(label: Any, scan_shape: tuple[int, int]) -> np.ndarray:
     lab = np.asarray(label, dtype=np.float64)
     if lab.shape != tuple(scan_shape):
@@ -249,6 +264,11 @@ def train_phase(
     geometry = phase_geometry(datacube, origin_px=origin_px, **engine)
     fn = functools.partial(_prepare_batch, geometry=geometry, size=config.size, extent=config.extent)
     prepared = map_patterns(datacube, fn, **engine)
+    norm = None
+    if config.input_norm == "scan":
+        norm = _scan_norm(prepared.sum(axis=(0, 1), dtype=np.float64),
+                          (prepared.astype(np.float64) ** 2).sum(axis=(0, 1)), rx * ry)
+        prepared = (prepared - norm[0]) / norm[1]
     seconds_prepare = time.perf_counter() - t0
 
     mu, sd = float(lab[~hold].mean()), float(lab[~hold].std())
@@ -372,10 +392,12 @@ class PhaseImage:
 
 
 def _phase_block(block: np.ndarray, model: Any, geometry: dict[str, Any], size: int, extent: float,
-                 mean: float, std: float, device: Any) -> np.ndarray:
+                 mean: float, std: float, device: Any, norm: tuple[np.ndarray, Any] | None = None) -> np.ndarray:
     import torch
 
     prepared = prepare_phase_patterns(block, geometry, size, extent)
+    if norm is not None:
+        prepared = (prepared - norm[0]) / norm[1]
     with torch.no_grad():
         out = model(torch.as_tensor(prepared, device=device).unsqueeze(0))[0]
     return (out.double().cpu().numpy() * std + mean).reshape(-1)
@@ -429,11 +451,18 @@ def phase_image(
     dev = torch_device(device)
     net = net.to(dev).eval()
     t0 = time.perf_counter()
-    geometry = phase_geometry(datacube, origin_px=origin_px, **{k: v for k, v in engine.items()
-                                                                 if k not in ("checkpoint", "job_key", "desc")})
+    pass_options = {k: v for k, v in engine.items() if k not in ("checkpoint", "job_key", "desc")}
+    geometry = phase_geometry(datacube, origin_px=origin_px, **pass_options)
     lab = card["label"]
+    norm = None
+    if config.input_norm == "scan":
+        from ..engine import reduce_patterns
+
+        moments = reduce_patterns(datacube, functools.partial(_prepared_moments, geometry=geometry, size=config.size,
+                                                              extent=config.extent), **pass_options)
+        norm = _scan_norm(moments[0], moments[1], datacube.n_patterns)
     fn = functools.partial(_phase_block, model=net, geometry=geometry, size=config.size, extent=config.extent,
-                           mean=float(lab["mean"]), std=float(lab["std"]), device=dev)
+                           mean=float(lab["mean"]), std=float(lab["std"]), device=dev, norm=norm)
     engine.setdefault("desc", "phase")
     engine.setdefault("job_key", f"phase:{name}:{json.dumps(geometry)}")
     image = map_neighbourhoods(datacube, fn, config.radius, pad=pad, **engine)
