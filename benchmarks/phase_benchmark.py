@@ -127,7 +127,12 @@ def main() -> None:
     a = ap.parse_args()
     import torch
 
-    from distill4d.ml.phase_fit import PhaseTrainConfig, phase_image, save_phase_model, train_phase
+    from distill4d.ml.phase_fit import (
+        PhaseTrainConfig,
+        phase_image,
+        save_phase_model,
+        train_phase,
+    )
     from distill4d.ml.phase_models import PhaseConfig
 
     torch.set_num_threads(2)

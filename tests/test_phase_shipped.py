@@ -13,7 +13,11 @@ pytest.importorskip("abtem")
 
 from distill4d.imaging import detector_mask, virtual_image  # noqa: E402
 from distill4d.ml.phase_fit import phase_image, shipped_phase_weights  # noqa: E402
-from distill4d.simulate.realspace import apply_dose, mos2_monolayer, simulate_realspace_scan  # noqa: E402
+from distill4d.simulate.realspace import (  # noqa: E402
+    apply_dose,
+    mos2_monolayer,
+    simulate_realspace_scan,
+)
 
 
 @pytest.fixture(scope="module")
