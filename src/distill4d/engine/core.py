@@ -52,21 +52,28 @@ def _memory_budget(value: int | None) -> int:
     return positive_int("memory_budget", value, minimum=1 << 20)
 
 
-def plan_tiles(datacube: DataCube, memory_budget: int | None = None, n_parallel: int = 1) -> list[Tile]:
+def plan_tiles(
+    datacube: DataCube, memory_budget: int | None = None, n_parallel: int = 1, *, halo: int = 0
+) -> list[Tile]:
     """Cut the scan into tiles of whole rows (or parts of a row) that fit the memory budget.
 
     Each of the ``n_parallel`` tiles in flight gets ``memory_budget / n_parallel`` bytes,
-    of which a quarter is the raw tile. Tiles follow the Dask chunks of lazy data where
+    of which a quarter is the raw block. A tile of ``nx x ny`` positions reads a block of
+    ``(nx + 2 halo) * (ny + 2 halo)`` patterns (``halo``: the neighbours read around it, see
+    :func:`~distill4d.engine.map_neighbourhoods`). Tiles are whole rows when at least one row
+    and its halo fit, and parts of one row otherwise (at least one position per tile, even if
+    its block alone exceeds the budget). Tiles follow the Dask chunks of lazy data where
     they can, so that a chunk is read once.
     """
     budget = _memory_budget(memory_budget)
     rx, ry, qx, qy = datacube.shape
     pattern_bytes = qx * qy * datacube.dtype.itemsize
     tile_bytes = max(pattern_bytes, budget // (_WORKING_FACTOR * max(1, n_parallel)))
-    per_tile = max(1, tile_bytes // pattern_bytes)  # patterns per tile
+    per_tile = max(1, tile_bytes // pattern_bytes)  # patterns per block, halo included
+    rows = per_tile // (ry + 2 * halo) - 2 * halo  # whole rows whose block fits
     tiles: list[Tile] = []
-    if per_tile >= ry:
-        rows = min(rx, per_tile // ry)
+    if rows >= 1:
+        rows = min(rx, rows)
         if _is_dask(datacube.data):
             chunk = int(datacube.data.chunks[0][0])
             if rows >= chunk:
@@ -74,11 +81,20 @@ def plan_tiles(datacube: DataCube, memory_budget: int | None = None, n_parallel:
         for x0 in range(0, rx, rows):
             tiles.append(Tile(x0, min(rx, x0 + rows), 0, ry))
     else:
-        cols = per_tile
+        cols = max(1, per_tile // (1 + 2 * halo) - 2 * halo)
         for x0 in range(rx):
             for y0 in range(0, ry, cols):
                 tiles.append(Tile(x0, x0 + 1, y0, min(ry, y0 + cols)))
     return tiles
+
+
+def _check_map_args(datacube: Any, fn: Any, n_workers: Any) -> int | None:
+    """Type checks shared by the mapping functions; ``n_workers`` as an int (or None)."""
+    if not isinstance(datacube, DataCube):
+        raise TypeError(f"datacube must be a distill4d.DataCube, got {type(datacube).__name__}")
+    if not callable(fn):
+        raise TypeError(f"fn must be callable, got {fn!r}")
+    return None if n_workers is None else positive_int("n_workers", n_workers)
 
 
 @dataclass(frozen=True)
@@ -355,12 +371,7 @@ def map_patterns(
     -------
     An array of shape ``(Rx, Ry, ...)``, or a dict of them if ``fn`` returns a dict.
     """
-    if not isinstance(datacube, DataCube):
-        raise TypeError(f"datacube must be a distill4d.DataCube, got {type(datacube).__name__}")
-    if not callable(fn):
-        raise TypeError(f"fn must be callable, got {fn!r}")
-    if n_workers is not None:
-        n_workers = positive_int("n_workers", n_workers)
+    n_workers = _check_map_args(datacube, fn, n_workers)
     with _Executor(scheduler, n_workers) as ex:
         tiles = plan_tiles(datacube, memory_budget, ex.n_parallel)
         outputs = _map_tiles(datacube, ex, tiles, _map_block, _blocks(datacube), fn,

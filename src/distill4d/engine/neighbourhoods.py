@@ -19,18 +19,17 @@ from typing import Any
 
 import numpy as np
 
-from .._validate import positive_int
-from ..datacube import DataCube, _is_dask
+from ..datacube import DataCube
 from .core import (
-    _WORKING_FACTOR,
     BatchFn,
     Tile,
     _as_dict,
+    _check_map_args,
     _Executor,
     _load_block,
     _map_tiles,
-    _memory_budget,
     _ReaderBlock,
+    plan_tiles,
 )
 
 __all__ = ["PAD_MODES", "map_neighbourhoods", "plan_neighbourhood_tiles"]
@@ -76,11 +75,9 @@ def plan_neighbourhood_tiles(
 ) -> list[Tile]:
     """Cut the scan into tiles whose blocks, halo included, fit the memory budget.
 
-    Like :func:`~distill4d.engine.plan_tiles`, but a tile of ``nx x ny`` positions holds
-    ``(nx + 2r) * (ny + 2r)`` patterns. Tiles are whole rows when at least one row and its
-    halo fit a quarter of each parallel task's share of the budget, and parts of one row
-    otherwise (at least one position per tile, even if its halo alone exceeds the budget).
-    With ``radius=0`` this is the tiling of :func:`~distill4d.engine.plan_tiles`.
+    :func:`~distill4d.engine.plan_tiles` with ``halo=radius``: a tile of ``nx x ny`` positions
+    holds ``(nx + 2r) * (ny + 2r)`` patterns. With ``radius=0`` this is the tiling of
+    :func:`~distill4d.engine.plan_tiles`.
 
     Parameters
     ----------
@@ -93,28 +90,7 @@ def plan_neighbourhood_tiles(
     -------
     The tiles, in row-major order, covering every scan position once.
     """
-    r = _check_radius(radius)
-    budget = _memory_budget(memory_budget)
-    rx, ry, qx, qy = datacube.shape
-    pattern_bytes = qx * qy * datacube.dtype.itemsize
-    tile_bytes = max(pattern_bytes, budget // (_WORKING_FACTOR * max(1, n_parallel)))
-    per_tile = max(1, tile_bytes // pattern_bytes)  # patterns per block, halo included
-    rows = per_tile // (ry + 2 * r) - 2 * r  # whole rows whose block fits
-    tiles: list[Tile] = []
-    if rows >= 1:
-        rows = min(rx, rows)
-        if _is_dask(datacube.data):
-            chunk = int(datacube.data.chunks[0][0])
-            if rows >= chunk:
-                rows = (rows // chunk) * chunk
-        for x0 in range(0, rx, rows):
-            tiles.append(Tile(x0, min(rx, x0 + rows), 0, ry))
-    else:
-        cols = max(1, per_tile // (1 + 2 * r) - 2 * r)
-        for x0 in range(rx):
-            for y0 in range(0, ry, cols):
-                tiles.append(Tile(x0, x0 + 1, y0, min(ry, y0 + cols)))
-    return tiles
+    return plan_tiles(datacube, memory_budget, n_parallel, halo=_check_radius(radius))
 
 
 def _source_index(lo: int, hi: int, n: int, pad: str) -> np.ndarray:
@@ -252,14 +228,9 @@ def map_neighbourhoods(
         If ``radius`` is negative, ``pad`` is unknown or too small a scan for it, or ``fn``
         returns arrays whose first axis is not ``nx * ny``.
     """
-    if not isinstance(datacube, DataCube):
-        raise TypeError(f"datacube must be a distill4d.DataCube, got {type(datacube).__name__}")
-    if not callable(fn):
-        raise TypeError(f"fn must be callable, got {fn!r}")
+    n_workers = _check_map_args(datacube, fn, n_workers)
     radius = _check_radius(radius)
     pad = _check_pad(pad, radius, datacube.scan_shape)
-    if n_workers is not None:
-        n_workers = positive_int("n_workers", n_workers)
     key = f"{job_key}|map_neighbourhoods(radius={radius}, pad={pad})"
     with _Executor(scheduler, n_workers) as ex:
         tiles = plan_neighbourhood_tiles(datacube, radius, memory_budget, ex.n_parallel)
