@@ -57,22 +57,22 @@ def cmd_phase(args: argparse.Namespace) -> int:
     from .cli import _engine_kwargs, _open, _Outputs
 
     _need_torch()
-    from .ml.phase_fit import phase_image
+    from .ml.phase_fit import load_phase_model, phase_image, shipped_phase_weights
 
     outs = _Outputs(args)
     dc = _open(args)
-    model = args.weights or args.model
+    weights = args.weights or shipped_phase_weights(args.model)
+    net, card = load_phase_model(weights)
     outs.clear_stale()
-    img = phase_image(dc, model, pad=args.pad, device=args.device, checkpoint=outs.checkpoint("phase"),
-                      **_engine_kwargs(args))
+    img = phase_image(dc, (net, card), pad=args.pad, device=args.device, checkpoint=outs.checkpoint("phase"),
+                      job_key=str(Path(weights).resolve()), **_engine_kwargs(args))
+    img.info["weights"] = str(weights)
     img.to_hdf5(outs.h5, force=outs.force)
     if outs.png:
         img.plot(outs.png, force=outs.force, title=f"{img.label_name} ({img.model}): {Path(args.file).name}")
         if img.model == "linear":
-            from .ml.phase_fit import load_phase_model, shipped_phase_weights
             from .plot.phase import save_phase_masks_png
 
-            net, _ = load_phase_model(args.weights or shipped_phase_weights("linear"))
             save_phase_masks_png(outs.png.with_name(outs.png.stem + "_masks.png"), net, force=outs.force)
     outs.done()
     print(f"{img.label_name} ({img.units or 'label units'}): {dc.scan_shape[0]} x {dc.scan_shape[1]} in "

@@ -30,9 +30,9 @@ from typing import Any
 
 import numpy as np
 
-from .._validate import check_keys, positive_float, positive_int
+from .._validate import positive_float, positive_int
 from ..datacube import DataCube
-from ..engine.neighbourhoods import PAD_MODES
+from ..engine.neighbourhoods import _check_pad
 from .resample import resample_patterns
 
 __all__ = [
@@ -92,11 +92,6 @@ class PhaseTrainConfig:
         if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
             raise ValueError(f"seed must be an integer >= 0, got {self.seed!r}")
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> PhaseTrainConfig:
-        check_keys(cls, d, "phase training config")
-        return cls(**d)
-
 
 # ---------------------------------------------------------------------- preparation
 def phase_geometry(datacube: DataCube, *, origin_px: tuple[float, float] | None = None,
@@ -150,10 +145,6 @@ def prepare_phase_patterns(patterns: np.ndarray, geometry: dict[str, Any], size:
     return out.reshape(lead + (size, size))
 
 
-def _prepare_batch(batch: np.ndarray, geometry: dict[str, Any], size: int, extent: float) -> np.ndarray:
-    return prepare_phase_patterns(batch, geometry, size, extent)
-
-
 def _prepared_moments(batch: np.ndarray, geometry: dict[str, Any], size: int, extent: float) -> np.ndarray:
     """``(2, size, size)``: sum and sum of squares of the prepared patterns of ``batch``."""
     p = prepare_phase_patterns(batch, geometry, size, extent).astype(np.float64)
@@ -200,8 +191,9 @@ def _holdout_mask(scan_shape: tuple[int, int], holdout: Any, fraction: float) ->
 
 
 # ---------------------------------------------------------------------- training
-def _pad(prepared: np.ndarray, r: int, pad: str) -> np.ndarray:
-    return np.pad(prepared, ((r, r), (r, r), (0, 0), (0, 0)), mode=pad) if r else prepared
+def _pass_options(engine: dict[str, Any]) -> dict[str, Any]:
+    """The engine options that a reduction pass (mean pattern, scan statistics) accepts."""
+    return {k: v for k, v in engine.items() if k not in ("checkpoint", "job_key", "desc")}
 
 
 def train_phase(
@@ -249,10 +241,9 @@ def train_phase(
         raise TypeError(f"datacube must be a distill4d.DataCube, got {type(datacube).__name__}")
     config = PhaseConfig() if config is None else config
     train = PhaseTrainConfig() if train is None else train
-    if pad not in PAD_MODES:
-        raise ValueError(f"pad must be one of {PAD_MODES}, got {pad!r}")
     lab = _check_label(label, datacube.scan_shape)
     r = config.radius
+    _check_pad(pad, r, datacube.scan_shape)
     rx, ry = datacube.scan_shape
     need = rx * ry * config.size**2 * 4
     if need > _MAX_PREPARED_BYTES:
@@ -261,8 +252,8 @@ def train_phase(
     hold, region = _holdout_mask(datacube.scan_shape, holdout, train.holdout_fraction)
     dev = torch_device(device)
     t0 = time.perf_counter()
-    geometry = phase_geometry(datacube, origin_px=origin_px, **engine)
-    fn = functools.partial(_prepare_batch, geometry=geometry, size=config.size, extent=config.extent)
+    geometry = phase_geometry(datacube, origin_px=origin_px, **_pass_options(engine))
+    fn = functools.partial(prepare_phase_patterns, geometry=geometry, size=config.size, extent=config.extent)
     prepared = map_patterns(datacube, fn, **engine)
     norm = None
     if config.input_norm == "scan":
@@ -274,7 +265,7 @@ def train_phase(
     mu, sd = float(lab[~hold].mean()), float(lab[~hold].std())
     sd = sd if sd > 0 else 1.0
     z = (lab - mu) / sd
-    P = torch.as_tensor(_pad(prepared, r, pad), device=dev)
+    P = torch.as_tensor(np.pad(prepared, ((r, r), (r, r), (0, 0), (0, 0)), mode=pad), device=dev)
     Z = torch.as_tensor(z, dtype=torch.float32, device=dev)
     W = torch.as_tensor(~hold, dtype=torch.float32, device=dev)
     torch.manual_seed(train.seed)
@@ -446,12 +437,11 @@ def phase_image(
         name = "in-memory model"
     config = PhaseConfig.from_dict(card["config"])
     pad = card.get("pad", "edge") if pad is None else pad
-    if pad not in PAD_MODES:
-        raise ValueError(f"pad must be one of {PAD_MODES}, got {pad!r}")
+    _check_pad(pad, config.radius, datacube.scan_shape)
     dev = torch_device(device)
     net = net.to(dev).eval()
     t0 = time.perf_counter()
-    pass_options = {k: v for k, v in engine.items() if k not in ("checkpoint", "job_key", "desc")}
+    pass_options = _pass_options(engine)
     geometry = phase_geometry(datacube, origin_px=origin_px, **pass_options)
     lab = card["label"]
     norm = None
@@ -464,7 +454,7 @@ def phase_image(
     fn = functools.partial(_phase_block, model=net, geometry=geometry, size=config.size, extent=config.extent,
                            mean=float(lab["mean"]), std=float(lab["std"]), device=dev, norm=norm)
     engine.setdefault("desc", "phase")
-    engine.setdefault("job_key", f"phase:{name}:{json.dumps(geometry)}")
+    engine["job_key"] = f"phase:{engine.get('job_key', '')}:{name}:{json.dumps(geometry)}"
     image = map_neighbourhoods(datacube, fn, config.radius, pad=pad, **engine)
     info = {"seconds": time.perf_counter() - t0, "geometry": geometry, "pad": pad, "weights": name,
             "device": str(dev)}
