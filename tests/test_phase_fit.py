@@ -176,3 +176,34 @@ def test_scan_input_norm_uses_the_whole_scans_statistics(scan):
         direct = model.double()(torch.as_tensor(padded)[None])[0].numpy()
     direct = direct * card["label"]["std"] + card["label"]["mean"]
     np.testing.assert_allclose(tiled, direct, rtol=1e-4, atol=1e-5)
+
+
+def test_training_on_several_scans_predicts_each_standardised(scan):
+    """Two scans (other detector sampling, lattice in scan pixels, dose) with labels in different
+    units train one model; it predicts each scan's held-out rows as that scan's z-scored label."""
+    other = phase_object_scan(scan_shape=(20, 20), pattern_size=32, q_pixel_inv_A=0.07, semiangle_mrad=25.0,
+                              energy_eV=80e3, dose_per_pattern=1e4, seed=5)
+    label2 = 10.0 * other.phase_rad + 3.0  # another unit and offset
+    torch.manual_seed(0)
+    model, card = train_phase([scan.datacube, other.datacube], [scan.phase_rad, label2],
+                              config=PhaseConfig(model="linear", size=16), train=PhaseTrainConfig(max_steps=300,
+                              eval_every=50, seed=0), pad="wrap", label_units="rad", label_name="phase",
+                              scheduler="inline", progress=False)
+    assert card["label"]["units"] == "standardised" and card["label"]["trained_units"] == "rad"
+    stats = card["label"]["per_scan"]
+    assert stats[1]["mean"] == pytest.approx(label2[:15].mean()) and stats[1]["std"] == pytest.approx(label2[:15].std())
+    assert len(card["metrics"]["per_scan"]) == 2 and card["scan_shape"] == [[24, 24], [20, 20]]
+    for dc, lab, hold, st in ((scan.datacube, scan.phase_rad, HOLD, stats[0]), (other.datacube, label2,
+                                                                                   slice(15, 20), stats[1])):
+        img = phase_image(dc, (model, card), scheduler="inline", progress=False)
+        assert img.units == "standardised"
+        z = (lab[hold] - st["mean"]) / st["std"]
+        # on each scan's own z scale (in the label's units the error would be ~100x larger);
+        # measured: r 0.93 / 0.81, MSE 0.18 / 0.17, scan mean -0.01
+        assert _pearson(img.image[hold], z) > 0.75
+        assert np.mean((img.image[hold] - z) ** 2) < 0.3
+        assert abs(img.image.mean()) < 0.1
+    with pytest.raises(ValueError, match="one label image per scan"):
+        train_phase([scan.datacube, other.datacube], [scan.phase_rad])
+    with pytest.raises(TypeError, match="list of them"):
+        train_phase([scan.datacube, "x"], [scan.phase_rad, label2])

@@ -16,6 +16,7 @@ pytest.importorskip("ase")
 from distill4d.simulate.realspace import (
     MOS2_A_A,
     apply_dose,
+    cubic_slab,
     interaction_parameter,
     mos2_monolayer,
     perovskite_slab,
@@ -102,6 +103,27 @@ def test_perovskite_slab_columns_and_thickness():
         perovskite_slab(thickness_A=10.0, zone="110")
     with pytest.raises(ValueError, match="formula"):
         perovskite_slab(thickness_A=10.0, formula="NaCl")
+
+
+def test_cubic_slab_rocksalt_columns_and_thickness():
+    atoms = cubic_slab("MgO", "rocksalt", a_A=4.212, thickness_A=40.0, repeats=(2, 3), vacuum_A=3.0)
+    sym = np.array(atoms.get_chemical_symbols())
+    nz = round(40.0 / 4.212)  # 9 cells
+    n = 2 * 3 * nz * 4
+    assert atoms.info["n_cells_z"] == nz and atoms.info["thickness_A"] == pytest.approx(nz * 4.212)
+    assert (int((sym == "Mg").sum()), int((sym == "O").sum())) == (n, n)
+    np.testing.assert_allclose(atoms.cell.lengths(), [2 * 4.212, 3 * 4.212, nz * 4.212 + 6.0])
+    z = atoms.positions[:, 2]
+    assert z.min() == pytest.approx(3.0) and z.max() < atoms.cell[2, 2] - 3.0
+    # [001] rocksalt: Mg and O alternate along every column, a/2 apart in x and y
+    xy = np.round(np.mod(atoms.positions[:, :2], 4.212) / (4.212 / 2)).astype(int) % 2
+    assert len({tuple(v) for v in xy}) == 4
+    corner = np.all(np.abs(atoms.positions[:, :2]) < 1e-6, axis=1)
+    assert corner.sum() == 2 * nz and set(sym[corner]) == {"Mg", "O"}
+    with pytest.raises(ValueError, match="crystalstructure"):
+        cubic_slab("MgO", "hcp", a_A=4.2, thickness_A=10.0)
+    with pytest.raises(ValueError, match="cannot build"):
+        cubic_slab("MgO", "fcc", a_A=4.2, thickness_A=10.0)
 
 
 # ---------------------------------------------------------------------------- the scan

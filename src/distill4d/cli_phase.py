@@ -93,8 +93,11 @@ def cmd_train_phase(args: argparse.Namespace) -> int:
     for p in (out, out.with_suffix(".json")):
         if p.exists() and not args.force:
             raise CLIError(f"{p} exists; pass --force to overwrite it")
-    dc = read(args.data, dataset=args.dataset, **_calibration_kwargs(args))
-    label, name, units = read_label(args.label, args.label_key)
+    if len(args.label) != len(args.data):
+        raise CLIError(f"give one --label per --data file: {len(args.data)} data, {len(args.label)} labels")
+    cubes = [read(path, dataset=args.dataset, **_calibration_kwargs(args)) for path in args.data]
+    labels = [read_label(spec, args.label_key) for spec in args.label]
+    name, units = labels[0][1], labels[0][2]
     try:
         config = PhaseConfig(model=args.model, size=args.size, extent=args.extent, input_norm=args.input_norm,
                              cluster=5 if args.model == "conv4d" else args.cluster)
@@ -112,10 +115,12 @@ def cmd_train_phase(args: argparse.Namespace) -> int:
               f"(r = {rec['held_out_r']:.3f}), {rec['seconds']:.0f} s", file=sys.stderr)
 
     holdout = _parse_region(args.holdout, "--holdout")
-    model, card = train_phase(dc, label, config=config, train=train, pad=args.pad, label_units=units,
-                              label_name=name, holdout=holdout, device=args.device, callback=report,
-                              **_engine_kwargs(args))
-    card["data"] = {"file": str(args.data), "label": str(args.label), "label_key": name}
+    one = len(cubes) == 1
+    model, card = train_phase(cubes[0] if one else cubes, labels[0][0] if one else [lab[0] for lab in labels],
+                              config=config, train=train, pad=args.pad, label_units=units, label_name=name,
+                              holdout=holdout, device=args.device, callback=report, **_engine_kwargs(args))
+    card["data"] = {"file": args.data[0] if one else args.data, "label": args.label[0] if one else args.label,
+                    "label_key": name}
     save_phase_model(out, model, card, force=args.force, command=" ".join(["distill4d"] + sys.argv[1:]))
     m = card["metrics"]
     print(f"{args.model}: held-out Pearson r {m['held_out_pearson_r']:.3f} (best step {m['best_step']}, "
@@ -145,14 +150,16 @@ def add_train_phase_parser(tsub: Any) -> None:
     from .cli import _add_calibration, _add_engine
 
     t = tsub.add_parser("phase", help="phase retrieval: 4D scan + label image -> linear or 4D-CNN model")
-    t.add_argument("--data", required=True, help="the 4D scan")
-    t.add_argument("--label", required=True, help="label image on the scan grid: .npy, a distill4d results file "
-                   "(e.g. a simulated scan's projected_potential) or FILE.h5:/dataset")
+    t.add_argument("--data", required=True, nargs="+", help="the 4D scan(s); several scans (materials, "
+                   "thicknesses) train one model, each label standardised on its own scan")
+    t.add_argument("--label", required=True, nargs="+", help="label image on the scan grid, one per --data: .npy, "
+                   "a distill4d results file (e.g. a simulated scan's projected_potential) or FILE.h5:/dataset")
     t.add_argument("--label-key", help="which result of --label (e.g. projected_potential, phase)")
     t.add_argument("--model", required=True, choices=("linear", "conv4d"))
     t.add_argument("--out", required=True, help="weights file to write (.pt); the model card goes beside it (.json)")
     t.add_argument("--holdout", metavar="x0:x1,y0:y1",
-                   help="scan rectangle held out for validation (default: the last quarter of the rows)")
+                   help="scan rectangle held out for validation, in every scan (default: the last quarter "
+                   "of the rows)")
     t.add_argument("--pad", default="edge", choices=("edge", "reflect", "wrap"),
                    help="neighbourhoods past the scan edge (wrap for periodic simulations; default edge)")
     t.add_argument("--size", type=int, default=16, help="prepared detector grid N (default 16)")

@@ -7,8 +7,9 @@ measured on the mean pattern), box-filtered first when that bins the detector, a
 its mean over the grid (total-count normalisation: the prepared pattern has mean 1).
 
 Training (:func:`train_phase`) takes one scan and a label image on the same scan grid (a
-ptychographic reconstruction, or for simulated data the projected potential / phase). The
-label is standardised; a rectangle of the scan (default: the last quarter of the rows) is held
+ptychographic reconstruction, or for simulated data the projected potential / phase), or
+several such pairs (materials, thicknesses) for a model that transfers. Each label is
+standardised on its own scan; a rectangle of the scan (default: the last quarter of the rows) is held
 out for validation and early stopping (the best held-out state is kept); the loss is the MSE
 over random ``patch x patch`` tiles of the training positions. Inference
 (:func:`phase_image`) runs through :func:`~distill4d.engine.map_neighbourhoods`, so
@@ -196,9 +197,74 @@ def _pass_options(engine: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in engine.items() if k not in ("checkpoint", "job_key", "desc")}
 
 
+@dataclass
+class _TrainScan:
+    """One training scan, prepared: padded inputs, standardised label, training weights, tiles."""
+
+    P: Any  # (rx + 2r, ry + 2r, N, N) torch tensor
+    Z: Any  # (rx, ry) standardised label
+    W: Any  # (rx, ry) 1 on training positions, 0 held out
+    starts: np.ndarray  # tile origins whose output holds a training position
+    region: tuple[slice, slice]
+    geometry: dict[str, Any]
+    mean: float
+    std: float
+    shape: tuple[int, int]
+
+
+def _as_scans(datacube: Any, label: Any, holdout: Any) -> list[tuple[DataCube, Any, Any]]:
+    """``[(datacube, label, holdout), ...]`` from one scan or from sequences of scans and labels."""
+    many = not isinstance(datacube, DataCube)
+    cubes = list(datacube) if many and isinstance(datacube, (list, tuple)) else [datacube]
+    for dc in cubes:
+        if not isinstance(dc, DataCube):
+            raise TypeError(f"datacube must be a distill4d.DataCube or a list of them, got {type(dc).__name__}")
+    if not many:
+        return [(cubes[0], label, holdout)]
+    if not cubes:
+        raise ValueError("no training scans given")
+    labels = list(label) if isinstance(label, (list, tuple)) else None
+    if labels is None or len(labels) != len(cubes):
+        raise ValueError(f"give one label image per scan: {len(cubes)} scans, "
+                         f"{len(labels) if labels is not None else 'a single'} label(s)")
+    holds = list(holdout) if isinstance(holdout, list) else [holdout] * len(cubes)
+    if len(holds) != len(cubes):
+        raise ValueError(f"holdout: give one region per scan ({len(cubes)}) or one for all, got {len(holds)}")
+    return list(zip(cubes, labels, holds))
+
+
+def _prepare_scan(dc: DataCube, label: Any, holdout: Any, config: Any, train: PhaseTrainConfig, pad: str,
+                  origin_px: Any, dev: Any, engine: dict[str, Any]) -> _TrainScan:
+    import torch
+
+    from ..engine import map_patterns
+
+    lab = _check_label(label, dc.scan_shape)
+    r = config.radius
+    _check_pad(pad, r, dc.scan_shape)
+    rx, ry = dc.scan_shape
+    hold, region = _holdout_mask(dc.scan_shape, holdout, train.holdout_fraction)
+    geometry = phase_geometry(dc, origin_px=origin_px, **_pass_options(engine))
+    fn = functools.partial(prepare_phase_patterns, geometry=geometry, size=config.size, extent=config.extent)
+    prepared = map_patterns(dc, fn, **engine)
+    if config.input_norm == "scan":
+        norm = _scan_norm(prepared.sum(axis=(0, 1), dtype=np.float64),
+                          (prepared.astype(np.float64) ** 2).sum(axis=(0, 1)), rx * ry)
+        prepared = (prepared - norm[0]) / norm[1]
+    mu, sd = float(lab[~hold].mean()), float(lab[~hold].std())
+    sd = sd if sd > 0 else 1.0
+    p = min(train.patch, rx, ry)
+    return _TrainScan(
+        P=torch.as_tensor(np.pad(prepared, ((r, r), (r, r), (0, 0), (0, 0)), mode=pad), device=dev),
+        Z=torch.as_tensor((lab - mu) / sd, dtype=torch.float32, device=dev),
+        W=torch.as_tensor(~hold, dtype=torch.float32, device=dev),
+        starts=np.argwhere(np.lib.stride_tricks.sliding_window_view(~hold, (p, p)).any(axis=(2, 3))),
+        region=region, geometry=geometry, mean=mu, std=sd, shape=(rx, ry))
+
+
 def train_phase(
-    datacube: DataCube,
-    label: np.ndarray,
+    datacube: DataCube | list[DataCube],
+    label: np.ndarray | list[np.ndarray],
     *,
     config: Any = None,
     train: PhaseTrainConfig | None = None,
@@ -215,10 +281,14 @@ def train_phase(
 
     Parameters
     ----------
+    datacube, label : one scan and its label image, or lists of scans and their labels (one
+        model for several materials / thicknesses: every label is standardised on its own scan,
+        each batch draws its tiles from the scans with equal probability, and the model then
+        predicts a standardised image, units "standardised").
     config : :class:`~distill4d.ml.phase_models.PhaseConfig` (default: the linear model).
     train : :class:`PhaseTrainConfig`.
     holdout : ``((x0, x1), (y0, y1))`` scan rectangle held out for validation (default: the
-        last ``train.holdout_fraction`` of the rows).
+        last ``train.holdout_fraction`` of the rows); with several scans, one for all or a list.
     pad : how neighbourhoods continue past the scan edge: "edge", "reflect" or "wrap"
         (periodic simulations). Stored in the card and used again at inference by default.
     origin_px : beam centre (pixels), else from the calibration / the mean pattern.
@@ -229,99 +299,90 @@ def train_phase(
 
     Returns
     -------
-    ``(model, card)``; ``card["metrics"]`` holds the held-out MSE / Pearson r of the best state.
+    ``(model, card)``; ``card["metrics"]`` holds the held-out MSE / Pearson r of the best state
+    (with several scans: their means, and ``per_scan``).
     """
     import torch
 
-    from ..engine import map_patterns
     from .device import torch_device
     from .phase_models import PhaseConfig, build_phase_model
 
-    if not isinstance(datacube, DataCube):
-        raise TypeError(f"datacube must be a distill4d.DataCube, got {type(datacube).__name__}")
+    items = _as_scans(datacube, label, holdout)
     config = PhaseConfig() if config is None else config
     train = PhaseTrainConfig() if train is None else train
-    lab = _check_label(label, datacube.scan_shape)
     r = config.radius
-    _check_pad(pad, r, datacube.scan_shape)
-    rx, ry = datacube.scan_shape
-    need = rx * ry * config.size**2 * 4
+    need = sum(dc.n_patterns for dc, _, _ in items) * config.size**2 * 4
     if need > _MAX_PREPARED_BYTES:
-        raise ValueError(f"the prepared scan would take {need / 2**30:.1f} GiB; train on a crop of the scan "
+        raise ValueError(f"the prepared scans would take {need / 2**30:.1f} GiB; train on crops of the scans "
                          f"(DataCube slicing) of at most {_MAX_PREPARED_BYTES / 2**30:.0f} GiB prepared")
-    hold, region = _holdout_mask(datacube.scan_shape, holdout, train.holdout_fraction)
     dev = torch_device(device)
     t0 = time.perf_counter()
-    geometry = phase_geometry(datacube, origin_px=origin_px, **_pass_options(engine))
-    fn = functools.partial(prepare_phase_patterns, geometry=geometry, size=config.size, extent=config.extent)
-    prepared = map_patterns(datacube, fn, **engine)
-    norm = None
-    if config.input_norm == "scan":
-        norm = _scan_norm(prepared.sum(axis=(0, 1), dtype=np.float64),
-                          (prepared.astype(np.float64) ** 2).sum(axis=(0, 1)), rx * ry)
-        prepared = (prepared - norm[0]) / norm[1]
+    scans = [_prepare_scan(dc, lab, hold, config, train, pad, origin_px, dev, engine) for dc, lab, hold in items]
     seconds_prepare = time.perf_counter() - t0
 
-    mu, sd = float(lab[~hold].mean()), float(lab[~hold].std())
-    sd = sd if sd > 0 else 1.0
-    z = (lab - mu) / sd
-    P = torch.as_tensor(np.pad(prepared, ((r, r), (r, r), (0, 0), (0, 0)), mode=pad), device=dev)
-    Z = torch.as_tensor(z, dtype=torch.float32, device=dev)
-    W = torch.as_tensor(~hold, dtype=torch.float32, device=dev)
     torch.manual_seed(train.seed)
     model = build_phase_model(config).to(dev)
     lr = train.lr if train.lr is not None else (1e-2 if config.model == "linear" else 2e-3)
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=train.weight_decay)
     rng = np.random.default_rng(train.seed)
-    p = min(train.patch, rx, ry)
+    p = min([train.patch] + [min(sc.shape) for sc in scans])
     span = torch.arange(p + 2 * r, device=dev)
-    # tiles whose output holds at least one training position
-    starts = np.argwhere(np.lib.stride_tricks.sliding_window_view(~hold, (p, p)).any(axis=(2, 3)))
-    vx, vy = region
-    val_block = P[vx.start : vx.stop + 2 * r, vy.start : vy.stop + 2 * r].unsqueeze(0)
-    val_target = Z[vx, vy]
 
-    def evaluate() -> tuple[float, float]:
-        model.eval()
+    def tiles(sc: _TrainScan, n: int) -> tuple[Any, Any, Any]:
+        pick = sc.starts[rng.integers(0, len(sc.starts), size=n)]
+        ix = torch.as_tensor(pick[:, 0], device=dev)[:, None] + span
+        iy = torch.as_tensor(pick[:, 1], device=dev)[:, None] + span
+        ox, oy = ix[:, :p, None], iy[:, None, :p]
+        return sc.P[ix[:, :, None], iy[:, None, :]], sc.Z[ox, oy], sc.W[ox, oy]
+
+    def evaluate_one(sc: _TrainScan) -> tuple[float, float]:
+        vx, vy = sc.region
         with torch.no_grad():
-            pred = model(val_block)[0]
-        model.train()
-        mse = float(((pred - val_target) ** 2).mean())
-        a, b = pred.flatten().double(), val_target.flatten().double()
+            pred = model(sc.P[vx.start : vx.stop + 2 * r, vy.start : vy.stop + 2 * r].unsqueeze(0))[0]
+        target = sc.Z[vx, vy]
+        mse = float(((pred - target) ** 2).mean())
+        a, b = pred.flatten().double(), target.flatten().double()
         a, b = a - a.mean(), b - b.mean()
         corr = float((a * b).sum() / torch.sqrt((a * a).sum() * (b * b).sum()).clamp_min(1e-30))
         return mse, corr
 
+    def evaluate() -> tuple[float, float, list[tuple[float, float]]]:
+        model.eval()
+        per = [evaluate_one(sc) for sc in scans]
+        model.train()
+        return float(np.mean([m for m, _ in per])), float(np.mean([c for _, c in per])), per
+
     history: list[dict[str, Any]] = []
-    best = (math.inf, 0.0, 0)
+    best: tuple[float, float, int, list[tuple[float, float]]] = (math.inf, 0.0, 0, [])
     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     stale, stopped, step = 0, "max_steps", 0
     running = 0.0
     t1 = time.perf_counter()
     model.train()
     for step in range(1, train.max_steps + 1):
-        pick = starts[rng.integers(0, len(starts), size=train.batch_size)]
-        ix = torch.as_tensor(pick[:, 0], device=dev)[:, None] + span
-        iy = torch.as_tensor(pick[:, 1], device=dev)[:, None] + span
-        block = P[ix[:, :, None], iy[:, None, :]]
-        out_x, out_y = ix[:, :p], iy[:, :p]
-        target = Z[out_x[:, :, None], out_y[:, None, :]]
-        weight = W[out_x[:, :, None], out_y[:, None, :]]
+        if len(scans) == 1:
+            block, target, weight = tiles(scans[0], train.batch_size)
+        else:
+            counts = np.bincount(rng.integers(0, len(scans), size=train.batch_size), minlength=len(scans))
+            parts = [tiles(sc, int(n)) for sc, n in zip(scans, counts) if n]
+            block, target, weight = (torch.cat(x) for x in zip(*parts))
         loss = (weight * (model(block) - target) ** 2).sum() / weight.sum().clamp_min(1.0)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         running += float(loss.detach())
         if step % train.eval_every == 0 or step == train.max_steps:
-            mse, corr = evaluate()
+            mse, corr, per = evaluate()
             rec = {"step": step, "train_mse": running / train.eval_every, "held_out_mse": mse,
                    "held_out_r": corr, "seconds": time.perf_counter() - t1}
+            if len(scans) > 1:
+                rec["held_out_r_per_scan"] = [c for _, c in per]
             running = 0.0
             history.append(rec)
             if callback is not None:
                 callback(rec)
             if mse < best[0]:
-                best, stale = (mse, corr, step), 0
+                best, stale = (mse, corr, step, per), 0
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
             else:
                 stale += 1
@@ -334,16 +395,33 @@ def train_phase(
     model.load_state_dict(best_state)
     model.eval()
     model.cpu()
+
+    def per_scan(fn: Callable[[_TrainScan], Any]) -> Any:
+        values = [fn(sc) for sc in scans]
+        return values[0] if len(scans) == 1 else values
+
+    def box(sc: _TrainScan) -> list[list[int]]:
+        return [[sc.region[0].start, sc.region[0].stop], [sc.region[1].start, sc.region[1].stop]]
+
+    if len(scans) == 1:
+        lab_card = {"name": label_name, "units": label_units, "mean": scans[0].mean, "std": scans[0].std}
+    else:
+        lab_card = {"name": label_name, "units": "standardised", "mean": 0.0, "std": 1.0,
+                    "trained_units": label_units, "per_scan": [{"mean": sc.mean, "std": sc.std} for sc in scans]}
+    metrics = {"held_out_mse_standardised": best[0], "held_out_pearson_r": best[1], "best_step": best[2]}
+    if len(scans) > 1:
+        metrics["per_scan"] = [{"held_out_mse_standardised": m, "held_out_pearson_r": c} for m, c in best[3]]
     card = {
         "format": _FORMAT,
         "config": config.to_dict(),
-        "label": {"name": label_name, "units": label_units, "mean": mu, "std": sd},
+        "label": lab_card,
         "pad": pad,
-        "geometry_trained": {"origin_px": list(geometry["origin_px"]), "bf_radius_px": geometry["bf_radius_px"]},
+        "geometry_trained": per_scan(lambda sc: {"origin_px": list(sc.geometry["origin_px"]),
+                                                 "bf_radius_px": sc.geometry["bf_radius_px"]}),
         "train": {**dataclasses.asdict(train), "lr": lr},
-        "holdout": [[region[0].start, region[0].stop], [region[1].start, region[1].stop]],
-        "scan_shape": [rx, ry],
-        "metrics": {"held_out_mse_standardised": best[0], "held_out_pearson_r": best[1], "best_step": best[2]},
+        "holdout": per_scan(box),
+        "scan_shape": per_scan(lambda sc: list(sc.shape)),
+        "metrics": metrics,
         "stopped": stopped,
         "steps": step,
         "seconds_prepare": seconds_prepare,

@@ -65,6 +65,7 @@ __all__ = [
     "MOS2_A_A",
     "MOS2_S_S_A",
     "apply_dose",
+    "cubic_slab",
     "interaction_parameter",
     "mos2_monolayer",
     "perovskite_slab",
@@ -201,7 +202,6 @@ def perovskite_slab(
     if match is None:
         raise ValueError(f"formula must be an ABX3 perovskite such as 'SrTiO3', got {formula!r}")
     a_sym, b_sym, x_sym = match.groups()
-    nz = max(1, round(thickness / a))
     frac = [(0.0, 0.0, 0.0), (0.5, 0.5, 0.5), (0.5, 0.5, 0.0), (0.5, 0.0, 0.5), (0.0, 0.5, 0.5)]
     unit = ase.Atoms(
         symbols=[a_sym, b_sym, x_sym, x_sym, x_sym],
@@ -209,13 +209,59 @@ def perovskite_slab(
         cell=[a, a, a],
         pbc=True,
     )
-    atoms = unit * (nx, ny, nz)
-    atoms.cell[2, 2] = nz * a + 2 * vacuum
-    atoms.positions[:, 2] += vacuum
+    atoms = _stack_slab(unit, thickness, (nx, ny), vacuum)
+    atoms.info.update({"material": f"{formula} [001]", "a_A": a})
+    return atoms
+
+
+_CUBIC_KINDS = ("sc", "fcc", "bcc", "diamond", "zincblende", "rocksalt", "cesiumchloride", "fluorite")
+
+
+def cubic_slab(
+    formula: str,
+    crystalstructure: str,
+    *,
+    a_A: float,
+    thickness_A: float,
+    repeats: tuple[int, int] = (3, 3),
+    vacuum_A: float = 2.0,
+) -> ase.Atoms:
+    """A slab of a cubic crystal viewed along [001] (the beam, +z).
+
+    The conventional cubic cell of ``ase.build.bulk(formula, crystalstructure, a=a_A,
+    cubic=True)`` (e.g. ``("Si", "diamond")``, ``("MgO", "rocksalt")``, ``("GaAs",
+    "zincblende")``, ``("CeO2", "fluorite")``, ``("Cu", "fcc")``) is repeated ``repeats`` times
+    in x, y and ``max(1, round(thickness_A / a_A))`` times along z, with ``vacuum_A`` above
+    and below. ``atoms.info`` records the material, ``a_A``, ``repeats``, ``n_cells_z`` and
+    ``thickness_A`` (the slab's actual thickness).
+    """
+    import ase.build
+
+    thickness = positive_float("thickness_A", thickness_A, maximum=5000.0)
+    nx, ny = _pair("repeats", repeats)
+    a = positive_float("a_A", a_A, maximum=100.0)
+    vacuum = nonnegative_float("vacuum_A", vacuum_A)
+    if crystalstructure not in _CUBIC_KINDS:
+        raise ValueError(f"crystalstructure must be one of {_CUBIC_KINDS}, got {crystalstructure!r}")
+    try:
+        unit = ase.build.bulk(formula, crystalstructure, a=a, cubic=True)
+    except (ValueError, KeyError, AssertionError) as err:
+        raise ValueError(f"cannot build {crystalstructure} {formula!r}: {err}") from None
+    atoms = _stack_slab(unit, thickness, (nx, ny), vacuum)
+    atoms.info.update({"material": f"{formula} ({crystalstructure}) [001]", "a_A": a})
+    return atoms
+
+
+def _stack_slab(unit: ase.Atoms, thickness_A: float, repeats: tuple[int, int], vacuum_A: float) -> ase.Atoms:
+    """``unit`` (orthogonal cell, atoms in [0, c) along z) repeated to a slab about ``thickness_A``
+    thick with ``vacuum_A`` above and below; periodic in x, y only."""
+    c = float(unit.cell[2, 2])
+    nz = max(1, round(thickness_A / c))
+    atoms = unit * (repeats[0], repeats[1], nz)
+    atoms.positions[:, 2] = np.mod(atoms.positions[:, 2], nz * c) + vacuum_A
+    atoms.cell[2, 2] = nz * c + 2 * vacuum_A
     atoms.pbc = (True, True, False)
-    atoms.info.update(
-        {"material": f"{formula} [001]", "a_A": a, "repeats": (nx, ny), "n_cells_z": nz, "thickness_A": nz * a}
-    )
+    atoms.info.update({"repeats": tuple(repeats), "n_cells_z": nz, "thickness_A": nz * c})
     return atoms
 
 
