@@ -61,7 +61,8 @@ def cmd_phase(args: argparse.Namespace) -> int:
 
     outs = _Outputs(args)
     dc = _open(args)
-    weights = args.weights or shipped_phase_weights(args.model)
+    kind, _, trained_on = args.model.partition("-")
+    weights = args.weights or shipped_phase_weights(kind, trained_on or "mos2")
     net, card = load_phase_model(weights)
     outs.clear_stale()
     img = phase_image(dc, (net, card), pad=args.pad, device=args.device, checkpoint=outs.checkpoint("phase"),
@@ -130,13 +131,16 @@ def cmd_train_phase(args: argparse.Namespace) -> int:
 
 def add_phase_parser(sub: Any) -> None:
     from .cli import _add_calibration, _add_engine, _add_output
+    from .ml.phase_fit import SHIPPED_MODELS
 
     p = sub.add_parser("phase", help="ML phase retrieval: a high-resolution image from the 4D scan")
     p.add_argument("file")
     p.add_argument("--weights", help="weights file with its model card (.json) beside it "
-                   "(default: the shipped MoS2 model named by --model)")
-    p.add_argument("--model", default="conv4d", choices=("conv4d", "linear"),
-                   help="shipped model to use when no --weights is given (default conv4d)")
+                   "(default: the shipped model named by --model)")
+    p.add_argument("--model", default="conv4d-mixed", choices=SHIPPED_MODELS,
+                   help="shipped model to use when no --weights is given: conv4d-mixed (default) / linear-mixed "
+                   "(trained on a MoS2 monolayer and five thick crystals; standardised output) or conv4d / "
+                   "linear (MoS2 monolayer only; output in V·Å)")
     p.add_argument("--pad", choices=("edge", "reflect", "wrap"),
                    help="how neighbourhoods continue past the scan edge (default: as in training)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")

@@ -39,6 +39,8 @@ from .resample import resample_patterns
 __all__ = [
     "PhaseImage",
     "PhaseTrainConfig",
+    "SHIPPED_MODELS",
+    "SHIPPED_TRAINING_SETS",
     "load_phase_model",
     "phase_geometry",
     "phase_image",
@@ -472,16 +474,27 @@ def _phase_block(block: np.ndarray, model: Any, geometry: dict[str, Any], size: 
     return (out.double().cpu().numpy() * std + mean).reshape(-1)
 
 
-def shipped_phase_weights(model: str = "conv4d") -> Path:
-    """Path of the shipped MoS2 weights of ``model`` ("linear" or "conv4d")."""
+#: Training sets of the shipped weights (``benchmarks/phase_benchmark.py``): "mos2", one
+#: simulated MoS2 monolayer field (label in V·Å); "mixed", that field plus five thick crystals
+#: of other structures (MgO, GaAs, CeO2, Cu, Si; 40-200 Å; standardised label).
+SHIPPED_TRAINING_SETS = ("mos2", "mixed")
+#: Names of the shipped models accepted by :func:`phase_image` and ``distill4d phase --model``.
+SHIPPED_MODELS = ("conv4d", "linear", "conv4d-mos2", "linear-mos2", "conv4d-mixed", "linear-mixed")
+
+
+def shipped_phase_weights(model: str = "conv4d", trained_on: str = "mos2") -> Path:
+    """Path of the shipped weights of ``model`` ("linear" or "conv4d") trained on ``trained_on``
+    (:data:`SHIPPED_TRAINING_SETS`)."""
     if model not in ("linear", "conv4d"):
         raise ValueError(f"model must be 'linear' or 'conv4d', got {model!r}")
-    return _WEIGHTS_DIR / f"phase_{model}_mos2.pt"
+    if trained_on not in SHIPPED_TRAINING_SETS:
+        raise ValueError(f"trained_on must be one of {SHIPPED_TRAINING_SETS}, got {trained_on!r}")
+    return _WEIGHTS_DIR / f"phase_{model}_{trained_on}.pt"
 
 
 def phase_image(
     datacube: DataCube,
-    model: Any = "conv4d",
+    model: Any = "conv4d-mixed",
     *,
     pad: str | None = None,
     origin_px: tuple[float, float] | None = None,
@@ -491,7 +504,8 @@ def phase_image(
     """The model's image of ``datacube``: one value per scan position, in the label's units.
 
     ``model``: a weights path (card beside it), ``(module, card)`` from :func:`train_phase` /
-    :func:`load_phase_model`, or "linear" / "conv4d" for the shipped MoS2 weights. ``pad``:
+    :func:`load_phase_model`, or a shipped model (:data:`SHIPPED_MODELS`: "conv4d" and "linear"
+    trained on MoS2, "conv4d-mixed" and "linear-mixed" also on thick crystals). ``pad``:
     how neighbourhoods continue past the scan edge (default: the card's). The detector is
     prepared exactly as in training (module notes); ``engine`` options go to
     :func:`~distill4d.engine.map_neighbourhoods` (tiles, scheduler, checkpoint, progress).
@@ -502,8 +516,9 @@ def phase_image(
 
     if not isinstance(datacube, DataCube):
         raise TypeError(f"datacube must be a distill4d.DataCube, got {type(datacube).__name__}")
-    if isinstance(model, str) and model in ("linear", "conv4d"):
-        model = shipped_phase_weights(model)
+    if isinstance(model, str) and model in SHIPPED_MODELS:
+        kind, _, trained_on = model.partition("-")
+        model = shipped_phase_weights(kind, trained_on or "mos2")
     if isinstance(model, (str, os.PathLike)):
         net, card = load_phase_model(model)
         name = str(model)
@@ -511,7 +526,8 @@ def phase_image(
         try:
             net, card = model
         except (TypeError, ValueError):
-            raise TypeError("model must be a weights path, 'linear'/'conv4d', or a (module, card) pair") from None
+            raise TypeError(f"model must be a weights path, one of {SHIPPED_MODELS}, or a (module, card) "
+                            "pair") from None
         name = "in-memory model"
     config = PhaseConfig.from_dict(card["config"])
     pad = card.get("pad", "edge") if pad is None else pad
