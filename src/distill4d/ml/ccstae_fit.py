@@ -387,18 +387,19 @@ def _register(base: np.ndarray, ref: np.ndarray, mask: np.ndarray, steps: int = 
     b = torch.from_numpy(base.astype(np.float32))[None]
     r = torch.from_numpy(ref.astype(np.float32))[None]
     m = torch.from_numpy(mask.astype(np.float32))
-    p = torch.zeros(6, requires_grad=True)
-    opt = torch.optim.Adam([p], lr=2e-3)
+    a = torch.zeros(4, requires_grad=True)
+    t = torch.zeros(2, requires_grad=True)
+    # Adam moves each parameter by about lr per step: 2e-3 for A, 0.05 px for t (a few px in 300 steps)
+    opt = torch.optim.Adam([{"params": [a], "lr": 2e-3}, {"params": [t], "lr": 5e-2}])
     for _ in range(steps):
-        A = (torch.eye(2) + p[:4].reshape(2, 2))[None]
-        w = warp(b, A, p[4:][None]) * m
+        w = warp(b, (torch.eye(2) + a.reshape(2, 2))[None], t[None]) * m
         alpha = (w * r * m).sum() / ((r * m) ** 2).sum().clamp_min(1e-12)
         loss = ((w - alpha * r * m) ** 2).sum()
         opt.zero_grad()
         loss.backward()
         opt.step()
-    A = np.eye(2) + p[:4].detach().double().numpy().reshape(2, 2)
-    return np.column_stack([A, p[4:].detach().double().numpy()])
+    A = np.eye(2) + a.detach().double().numpy().reshape(2, 2)
+    return np.column_stack([A, t.detach().double().numpy()])
 
 
 @dataclasses.dataclass
