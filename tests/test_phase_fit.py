@@ -207,3 +207,14 @@ def test_training_on_several_scans_predicts_each_standardised(scan):
         train_phase([scan.datacube, other.datacube], [scan.phase_rad])
     with pytest.raises(TypeError, match="list of them"):
         train_phase([scan.datacube, "x"], [scan.phase_rad, label2])
+
+
+def test_a_grid_beyond_the_detector_is_warned(scan, trained):
+    """The linear model reads ±2 α; a detector cropped to ±1.5 α around the beam gets a warning."""
+    dc = scan.datacube
+    r = phase_geometry(dc)["bf_radius_px"]
+    c = dc.pattern_shape[0] // 2
+    h = int(1.5 * r)
+    crop = DataCube(np.asarray(dc.data)[:, :, c - h : c + h + 1, c - h : c + h + 1], dc.calibration)
+    with pytest.warns(UserWarning, match="detector reaches only"):
+        phase_image(crop[:6, :6], trained, origin_px=(h, h), scheduler="inline", progress=False)

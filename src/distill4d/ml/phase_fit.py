@@ -24,6 +24,7 @@ import json
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -482,6 +483,18 @@ SHIPPED_TRAINING_SETS = ("mos2", "mixed")
 SHIPPED_MODELS = ("conv4d", "linear", "conv4d-mos2", "linear-mos2", "conv4d-mixed", "linear-mixed")
 
 
+def _warn_if_grid_leaves_detector(geometry: dict[str, Any], config: Any, shape: tuple[int, int]) -> None:
+    """Warn when the model's detector grid reaches past the detector (the model then sees zeros there)."""
+    reach = config.extent * geometry["bf_radius_px"] * (config.size - 1) / config.size
+    ox, oy = geometry["origin_px"]
+    room = min(ox, oy, shape[0] - 1 - ox, shape[1] - 1 - oy)
+    if reach > room + 0.5:
+        warnings.warn(f"the model reads ±{config.extent:g} convergence semiangles ({reach:.1f} detector px) from "
+                      f"the beam centre but the detector reaches only {room:.1f} px: it sees zeros beyond, and "
+                      "its image may be off unless it was trained on such a detector; a model with a smaller "
+                      "extent (distill4d train phase --extent) avoids this", stacklevel=3)
+
+
 def shipped_phase_weights(model: str = "conv4d", trained_on: str = "mos2") -> Path:
     """Path of the shipped weights of ``model`` ("linear" or "conv4d") trained on ``trained_on``
     (:data:`SHIPPED_TRAINING_SETS`)."""
@@ -537,6 +550,7 @@ def phase_image(
     t0 = time.perf_counter()
     pass_options = _pass_options(engine)
     geometry = phase_geometry(datacube, origin_px=origin_px, **pass_options)
+    _warn_if_grid_leaves_detector(geometry, config, datacube.pattern_shape)
     lab = card["label"]
     norm = None
     if config.input_norm == "scan":
