@@ -227,7 +227,7 @@ def main() -> None:
             rec["truth"] = {"vacancy_contrast": vacancy_contrast(truth, labels, step)}
         rows[name] = rec
         np.savez_compressed(HERE / "data" / f"phase_images_{name}.npz", truth=truth,
-                            **{m.replace(" ", "_").strip("()"): v for m, v in imgs.items()})
+                            **{m.replace(" (", "_").replace(")", ""): v for m, v in imgs.items()})
         print(name, json.dumps(rec), flush=True)
 
     # the speed goal: a 64 x 64 scan on the CPU

@@ -218,3 +218,17 @@ def test_a_grid_beyond_the_detector_is_warned(scan, trained):
     crop = DataCube(np.asarray(dc.data)[:, :, c - h : c + h + 1, c - h : c + h + 1], dc.calibration)
     with pytest.warns(UserWarning, match="detector reaches only"):
         phase_image(crop[:6, :6], trained, origin_px=(h, h), scheduler="inline", progress=False)
+
+
+def test_several_scans_checked_before_any_work(scan):
+    """Errors name the scan; a shared holdout region and a per-scan list are told apart."""
+    dc = scan.datacube
+    with pytest.raises(ValueError, match=r"scan 1: label must be an image of the scan's shape"):
+        train_phase([dc, dc], [scan.phase_rad, np.zeros((3, 3))])
+    with pytest.raises(ValueError, match=r"scan 0: holdout"):
+        train_phase([dc, dc], [scan.phase_rad, scan.phase_rad], holdout=[((0, 24), (0, 24)), None])
+    small = dc[:6, :6]  # a scan smaller than the tile: every scan's tiles are cut at its side
+    _, card = train_phase([dc, small], [scan.phase_rad, scan.phase_rad[:6, :6]], holdout=((0, 3), (0, 6)),
+                          config=PhaseConfig(model="linear", size=8), train=PhaseTrainConfig(max_steps=2, eval_every=1),
+                          pad="wrap", scheduler="inline", progress=False)
+    assert card["holdout"] == [[[0, 3], [0, 6]], [[0, 3], [0, 6]]]

@@ -98,7 +98,9 @@ def cmd_train_phase(args: argparse.Namespace) -> int:
         raise CLIError(f"give one --label per --data file: {len(args.data)} data, {len(args.label)} labels")
     cubes = [read(path, dataset=args.dataset, **_calibration_kwargs(args)) for path in args.data]
     labels = [read_label(spec, args.label_key) for spec in args.label]
-    name, units = labels[0][1], labels[0][2]
+    name = labels[0][1]
+    kinds = list(dict.fromkeys(lab[2] for lab in labels))  # each label is standardised on its own scan
+    units = kinds[0] if len(kinds) == 1 else "per scan: " + ", ".join(lab[2] or "?" for lab in labels)
     try:
         config = PhaseConfig(model=args.model, size=args.size, extent=args.extent, input_norm=args.input_norm,
                              cluster=5 if args.model == "conv4d" else args.cluster)

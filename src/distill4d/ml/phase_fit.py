@@ -215,38 +215,58 @@ class _TrainScan:
     shape: tuple[int, int]
 
 
-def _as_scans(datacube: Any, label: Any, holdout: Any) -> list[tuple[DataCube, Any, Any]]:
-    """``[(datacube, label, holdout), ...]`` from one scan or from sequences of scans and labels."""
+def _is_region(value: Any) -> bool:
+    """``((x0, x1), (y0, y1))`` (pairs or slices), as opposed to a list of such regions."""
+    try:
+        return len(value) == 2 and all(isinstance(v, slice) or len(v) == 2 for v in value) and \
+            not any(_is_region(v) for v in value if not isinstance(v, slice))
+    except TypeError:
+        return False
+
+
+def _as_scans(datacube: Any, label: Any, holdout: Any, pad: str, radius: int,
+              fraction: float) -> list[tuple[DataCube, np.ndarray, np.ndarray, tuple[slice, slice]]]:
+    """``[(datacube, label, held-out mask, held-out region), ...]``, checked, from one scan or from
+    sequences of scans and labels (errors then name the scan's index)."""
     many = not isinstance(datacube, DataCube)
     cubes = list(datacube) if many and isinstance(datacube, (list, tuple)) else [datacube]
     for dc in cubes:
         if not isinstance(dc, DataCube):
             raise TypeError(f"datacube must be a distill4d.DataCube or a list of them, got {type(dc).__name__}")
-    if not many:
-        return [(cubes[0], label, holdout)]
     if not cubes:
         raise ValueError("no training scans given")
-    labels = list(label) if isinstance(label, (list, tuple)) else None
-    if labels is None or len(labels) != len(cubes):
-        raise ValueError(f"give one label image per scan: {len(cubes)} scans, "
-                         f"{len(labels) if labels is not None else 'a single'} label(s)")
-    holds = list(holdout) if isinstance(holdout, list) else [holdout] * len(cubes)
-    if len(holds) != len(cubes):
-        raise ValueError(f"holdout: give one region per scan ({len(cubes)}) or one for all, got {len(holds)}")
-    return list(zip(cubes, labels, holds))
+    if many:
+        labels = list(label) if isinstance(label, (list, tuple)) else None
+        if labels is None or len(labels) != len(cubes):
+            raise ValueError(f"give one label image per scan: {len(cubes)} scans, "
+                             f"{len(labels) if labels is not None else 'a single'} label(s)")
+        per_scan = isinstance(holdout, (list, tuple)) and not _is_region(holdout)
+        holds = list(holdout) if per_scan else [holdout] * len(cubes)
+        if len(holds) != len(cubes):
+            raise ValueError(f"holdout: give one region per scan ({len(cubes)}) or one for all, got {len(holds)}")
+    else:
+        labels, holds = [label], [holdout]
+    out = []
+    for i, (dc, lab, hold) in enumerate(zip(cubes, labels, holds)):
+        try:
+            lab = _check_label(lab, dc.scan_shape)
+            _check_pad(pad, radius, dc.scan_shape)
+            mask, region = _holdout_mask(dc.scan_shape, hold, fraction)
+        except ValueError as err:
+            raise ValueError(f"scan {i}: {err}" if many else str(err)) from None
+        out.append((dc, lab, mask, region))
+    return out
 
 
-def _prepare_scan(dc: DataCube, label: Any, holdout: Any, config: Any, train: PhaseTrainConfig, pad: str,
-                  origin_px: Any, dev: Any, engine: dict[str, Any]) -> _TrainScan:
+def _prepare_scan(dc: DataCube, lab: np.ndarray, hold: np.ndarray, region: tuple[slice, slice], p: int,
+                  config: Any, pad: str, origin_px: Any, dev: Any, engine: dict[str, Any]) -> _TrainScan:
+    """Prepare one checked training scan (:func:`_as_scans`); ``p``: the tile side of every scan."""
     import torch
 
     from ..engine import map_patterns
 
-    lab = _check_label(label, dc.scan_shape)
     r = config.radius
-    _check_pad(pad, r, dc.scan_shape)
     rx, ry = dc.scan_shape
-    hold, region = _holdout_mask(dc.scan_shape, holdout, train.holdout_fraction)
     geometry = phase_geometry(dc, origin_px=origin_px, **_pass_options(engine))
     fn = functools.partial(prepare_phase_patterns, geometry=geometry, size=config.size, extent=config.extent)
     prepared = map_patterns(dc, fn, **engine)
@@ -256,7 +276,6 @@ def _prepare_scan(dc: DataCube, label: Any, holdout: Any, config: Any, train: Ph
         prepared = (prepared - norm[0]) / norm[1]
     mu, sd = float(lab[~hold].mean()), float(lab[~hold].std())
     sd = sd if sd > 0 else 1.0
-    p = min(train.patch, rx, ry)
     return _TrainScan(
         P=torch.as_tensor(np.pad(prepared, ((r, r), (r, r), (0, 0), (0, 0)), mode=pad), device=dev),
         Z=torch.as_tensor((lab - mu) / sd, dtype=torch.float32, device=dev),
@@ -310,17 +329,18 @@ def train_phase(
     from .device import torch_device
     from .phase_models import PhaseConfig, build_phase_model
 
-    items = _as_scans(datacube, label, holdout)
     config = PhaseConfig() if config is None else config
     train = PhaseTrainConfig() if train is None else train
     r = config.radius
-    need = sum(dc.n_patterns for dc, _, _ in items) * config.size**2 * 4
+    items = _as_scans(datacube, label, holdout, pad, r, train.holdout_fraction)
+    need = sum(item[0].n_patterns for item in items) * config.size**2 * 4
     if need > _MAX_PREPARED_BYTES:
         raise ValueError(f"the prepared scans would take {need / 2**30:.1f} GiB; train on crops of the scans "
                          f"(DataCube slicing) of at most {_MAX_PREPARED_BYTES / 2**30:.0f} GiB prepared")
     dev = torch_device(device)
     t0 = time.perf_counter()
-    scans = [_prepare_scan(dc, lab, hold, config, train, pad, origin_px, dev, engine) for dc, lab, hold in items]
+    p = min([train.patch] + [min(item[0].scan_shape) for item in items])
+    scans = [_prepare_scan(*item, p, config, pad, origin_px, dev, engine) for item in items]
     seconds_prepare = time.perf_counter() - t0
 
     torch.manual_seed(train.seed)
@@ -328,7 +348,6 @@ def train_phase(
     lr = train.lr if train.lr is not None else (1e-2 if config.model == "linear" else 2e-3)
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=train.weight_decay)
     rng = np.random.default_rng(train.seed)
-    p = min([train.patch] + [min(sc.shape) for sc in scans])
     span = torch.arange(p + 2 * r, device=dev)
 
     def tiles(sc: _TrainScan, n: int) -> tuple[Any, Any, Any]:
@@ -495,7 +514,7 @@ def _warn_if_grid_leaves_detector(geometry: dict[str, Any], config: Any, shape: 
                       "extent (distill4d train phase --extent) avoids this", stacklevel=3)
 
 
-def shipped_phase_weights(model: str = "conv4d", trained_on: str = "mos2") -> Path:
+def shipped_phase_weights(model: str = "conv4d", trained_on: str = "mixed") -> Path:
     """Path of the shipped weights of ``model`` ("linear" or "conv4d") trained on ``trained_on``
     (:data:`SHIPPED_TRAINING_SETS`)."""
     if model not in ("linear", "conv4d"):
