@@ -38,10 +38,10 @@ from ..engine.neighbourhoods import _check_pad
 from .resample import resample_patterns
 
 __all__ = [
-    "PhaseImage",
-    "PhaseTrainConfig",
     "SHIPPED_MODELS",
     "SHIPPED_TRAINING_SETS",
+    "PhaseImage",
+    "PhaseTrainConfig",
     "load_phase_model",
     "phase_geometry",
     "phase_image",
