@@ -57,12 +57,11 @@ def cmd_phase(args: argparse.Namespace) -> int:
     from .cli import _engine_kwargs, _open, _Outputs
 
     _need_torch()
-    from .ml.phase_fit import load_phase_model, phase_image, shipped_phase_weights
+    from .ml.phase_fit import load_phase_model, phase_image, shipped_model_path
 
     outs = _Outputs(args)
     dc = _open(args)
-    kind, _, trained_on = args.model.partition("-")
-    weights = args.weights or shipped_phase_weights(kind, trained_on or "mos2")
+    weights = args.weights or shipped_model_path(args.model)
     net, card = load_phase_model(weights)
     outs.clear_stale()
     img = phase_image(dc, (net, card), pad=args.pad, device=args.device, checkpoint=outs.checkpoint("phase"),

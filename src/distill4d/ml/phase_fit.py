@@ -47,6 +47,7 @@ __all__ = [
     "phase_image",
     "prepare_phase_patterns",
     "save_phase_model",
+    "shipped_model_path",
     "shipped_phase_weights",
     "train_phase",
 ]
@@ -524,6 +525,15 @@ def shipped_phase_weights(model: str = "conv4d", trained_on: str = "mixed") -> P
     return _WEIGHTS_DIR / f"phase_{model}_{trained_on}.pt"
 
 
+def shipped_model_path(name: str) -> Path:
+    """Weights path of a shipped model named as in :data:`SHIPPED_MODELS` ("conv4d" and "linear"
+    without a suffix are the MoS2 models)."""
+    if name not in SHIPPED_MODELS:
+        raise ValueError(f"unknown shipped model {name!r}; choose one of {SHIPPED_MODELS}")
+    kind, _, trained_on = name.partition("-")
+    return shipped_phase_weights(kind, trained_on or "mos2")
+
+
 def phase_image(
     datacube: DataCube,
     model: Any = "conv4d-mixed",
@@ -549,8 +559,7 @@ def phase_image(
     if not isinstance(datacube, DataCube):
         raise TypeError(f"datacube must be a distill4d.DataCube, got {type(datacube).__name__}")
     if isinstance(model, str) and model in SHIPPED_MODELS:
-        kind, _, trained_on = model.partition("-")
-        model = shipped_phase_weights(kind, trained_on or "mos2")
+        model = shipped_model_path(model)
     if isinstance(model, (str, os.PathLike)):
         net, card = load_phase_model(model)
         name = str(model)
