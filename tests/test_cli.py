@@ -181,3 +181,11 @@ def test_disks_and_strain_commands_recover_a_known_strain(tmp_path, capsys):
     np.testing.assert_allclose(smap2.eps_yy, 0.0, atol=5e-4)
     assert main(["strain", str(ml_file), "-o", str(tmp_path / "x.h5"), "--reference", "0:2"]) == 1
     assert "x0:x1,y0:y1" in capsys.readouterr().err
+    # --smooth averages over neighbouring positions: the 2-row layers (+-1 %) blur towards each other
+    out3 = tmp_path / "ml_smooth.h5"
+    assert main(["strain", str(ml_file), "-o", str(out3), "--no-progress", "--reference", "0:2,0:8",
+                 "--smooth", "1"]) == 0
+    np.testing.assert_allclose(StrainMap.from_hdf5(out3).eps_xx, smap2.smoothed(1.0).eps_xx, atol=1e-12)
+    assert np.ptp(StrainMap.from_hdf5(out3).eps_xx[2:6]) < 0.8 * np.ptp(expected[2:6])
+    assert main(["strain", str(ml_file), "-o", str(tmp_path / "y.h5"), "--smooth", "-1"]) == 1
+    assert "sigma" in capsys.readouterr().err

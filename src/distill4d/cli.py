@@ -330,8 +330,12 @@ def _strain_ccstae(args: argparse.Namespace, outs: _Outputs):
         print(f"step {rec['step']}: loss {rec['train']:.4g} (held out {rec['held_out']:.4g}), "
               f"{rec['seconds']:.0f} s", file=sys.stderr)
 
-    res = strain_map_ccstae(dc, probe, num_base=args.bases, reference=_parse_region(args.reference),
-                            model=args.model, train=train, device=args.device, callback=report, **engine)
+    try:
+        res = strain_map_ccstae(dc, probe, num_base=args.bases, reference=_parse_region(args.reference),
+                                model=args.model, train=train, refine_steps=args.refine_steps, smooth=args.smooth,
+                                device=args.device, callback=report, **engine)
+    except ValueError as err:
+        raise CLIError(str(err)) from None
     if outs.png:
         res.plot_bases(outs.png.with_name(outs.png.stem + "_bases.png"))
     if args.save_model:
@@ -353,6 +357,11 @@ def cmd_strain(args: argparse.Namespace) -> int:
     else:
         _, peaks = _find_disks(args, outs)
         smap = strain_map(peaks, reference=_parse_region(args.reference))
+        if args.smooth:
+            try:
+                smap = smap.smoothed(args.smooth)
+            except ValueError as err:
+                raise CLIError(str(err)) from None
         save = smap.to_hdf5
         bad = int(smap.mask.sum())
         if bad:
@@ -444,11 +453,17 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "strain":
             p.add_argument("--reference", metavar="x0:x1,y0:y1",
                            help="reference region of the scan (default: the median lattice of the scan)")
+            p.add_argument("--smooth", type=float, default=0.0, metavar="SIGMA",
+                           help="average the maps over neighbouring positions, Gaussian sigma in scan positions "
+                                "(default 0: none; precision for resolution on noisy data)")
             g = p.add_argument_group("CC-ST-AE (--method ccstae)")
             g.add_argument("--bases", type=int, default=2, help="base patterns (default 2: sample and vacuum)")
             g.add_argument("--steps", type=int, default=3000, help="at most this many training steps (default 3000)")
             g.add_argument("--minutes", type=float, default=None, help="training time budget (minutes)")
             g.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
+            g.add_argument("--refine-steps", type=int, default=100,
+                           help="steps of the per-pattern affine fit after the encoder (default 100; 0: the "
+                                "encoder's transforms, shrunk towards the mean on noisy data)")
             g.add_argument("--save-model", metavar="M.pt", help="save the trained model (+ M.json card)")
             g.add_argument("--model", metavar="M.pt", help="re-use a saved model instead of training")
         _add_output(p)

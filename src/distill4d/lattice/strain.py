@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from .._atomic import atomic_output
+from .._validate import nonnegative_float
 from ..bragg.peaks import BraggPeaks
 from .find import Basis
 from .fit import Lattice, fit_lattice
@@ -70,6 +71,32 @@ class StrainMap:
     @property
     def scan_shape(self) -> tuple[int, int]:
         return self.eps_xx.shape  # type: ignore[return-value]
+
+    def smoothed(self, sigma: float) -> "StrainMap":
+        """A copy with each component averaged over neighbouring positions by a Gaussian of
+        ``sigma`` scan positions (normalised over the valid positions only: masked or NaN
+        positions neither contribute nor receive values; ``sigma`` 0 returns an unchanged copy).
+
+        Trades spatial resolution for precision: on noisy data the error of an unbiased
+        per-position estimate falls by about ``1 / (2 sqrt(pi) sigma)``; features narrower than
+        a few ``sigma`` are flattened.
+        """
+        from scipy import ndimage
+
+        sigma = nonnegative_float("sigma", sigma)
+        if sigma > max(self.scan_shape):
+            raise ValueError(f"sigma {sigma} scan positions is wider than the scan {self.scan_shape}")
+        comps = ("eps_xx", "eps_yy", "eps_xy", "theta")
+        valid = ~np.asarray(self.mask, bool) & np.all([np.isfinite(getattr(self, k)) for k in comps], axis=0)
+        out = {}
+        w = ndimage.gaussian_filter(valid.astype(np.float64), sigma, mode="nearest") if sigma > 0 else None
+        for k in comps:
+            v = np.asarray(getattr(self, k), dtype=np.float64)
+            if sigma > 0:
+                num = ndimage.gaussian_filter(np.where(valid, v, 0.0), sigma, mode="nearest")
+                v = num / np.where(w > 0, w, 1.0)
+            out[k] = np.where(valid, v, np.nan)
+        return dataclasses.replace(self, **out, mask=~valid)
 
     # ------------------------------------------------------------------ files
     def to_hdf5(
