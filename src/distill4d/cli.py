@@ -330,12 +330,9 @@ def _strain_ccstae(args: argparse.Namespace, outs: _Outputs):
         print(f"step {rec['step']}: loss {rec['train']:.4g} (held out {rec['held_out']:.4g}), "
               f"{rec['seconds']:.0f} s", file=sys.stderr)
 
-    try:
-        res = strain_map_ccstae(dc, probe, num_base=args.bases, reference=_parse_region(args.reference),
-                                model=args.model, train=train, refine_steps=args.refine_steps, smooth=args.smooth,
-                                device=args.device, callback=report, **engine)
-    except ValueError as err:
-        raise CLIError(str(err)) from None
+    res = strain_map_ccstae(dc, probe, num_base=args.bases, reference=_parse_region(args.reference),
+                            model=args.model, train=train, refine_steps=args.refine_steps, smooth=args.smooth,
+                            device=args.device, callback=report, **engine)
     if outs.png:
         res.plot_bases(outs.png.with_name(outs.png.stem + "_bases.png"))
     if args.save_model:
@@ -358,10 +355,7 @@ def cmd_strain(args: argparse.Namespace) -> int:
         _, peaks = _find_disks(args, outs)
         smap = strain_map(peaks, reference=_parse_region(args.reference))
         if args.smooth:
-            try:
-                smap = smap.smoothed(args.smooth)
-            except ValueError as err:
-                raise CLIError(str(err)) from None
+            smap = smap.smoothed(args.smooth)
         save = smap.to_hdf5
         bad = int(smap.mask.sum())
         if bad:

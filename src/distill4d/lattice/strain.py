@@ -72,7 +72,7 @@ class StrainMap:
     def scan_shape(self) -> tuple[int, int]:
         return self.eps_xx.shape  # type: ignore[return-value]
 
-    def smoothed(self, sigma: float) -> "StrainMap":
+    def smoothed(self, sigma: float) -> StrainMap:
         """A copy with each component averaged over neighbouring positions by a Gaussian of
         ``sigma`` scan positions (normalised over the valid positions only: masked or NaN
         positions neither contribute nor receive values; ``sigma`` 0 returns an unchanged copy).

@@ -379,6 +379,28 @@ def encode_patterns(model: Any, patterns: np.ndarray, *, batch_size: int = 256, 
 
 
 # ============================================================================ refinement
+def _fit_warps(moving: Any, targets: Any, mask: Any, B: Any, s: Any, *, steps: int, lr_a: float, lr_t: float):
+    """``(B, s)`` minimising, for each image, ``Σ mask · (α warp(moving, B, s) − targets)²`` with
+    ``α`` in closed form; Adam from ``(B, s)``, moving about ``lr_a`` in ``B`` and ``lr_t`` grid px
+    in ``s`` per step. Tensors: ``moving``, ``targets`` (N, S, S), ``mask`` (S, S), ``B`` (N, 2, 2),
+    ``s`` (N, 2)."""
+    import torch
+
+    from .ccstae import warp
+
+    B, s = B.clone().requires_grad_(True), s.clone().requires_grad_(True)
+    x = targets * mask
+    opt = torch.optim.Adam([{"params": [B], "lr": lr_a}, {"params": [s], "lr": lr_t}])
+    for _ in range(steps):
+        pred = warp(moving, B, s) * mask
+        alpha = ((pred * x).sum((1, 2)) / (pred * pred).sum((1, 2)).clamp_min(1e-12)).detach()
+        loss = ((alpha[:, None, None] * pred - x) ** 2).sum()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return B.detach(), s.detach()
+
+
 def refine_transforms(
     patterns: np.ndarray,
     bases: np.ndarray,
@@ -400,7 +422,7 @@ def refine_transforms(
     """
     import torch
 
-    from .ccstae import inverse_affine, warp
+    from .ccstae import inverse_affine
     from .device import torch_device
 
     steps = positive_int("steps", steps, minimum=0)
@@ -410,46 +432,24 @@ def refine_transforms(
     A_out, t_out = np.array(enc["A"], dtype=np.float64), np.array(enc["t"], dtype=np.float64)
     for i in range(0, len(patterns), batch_size):
         sl = slice(i, i + batch_size)
-        x = torch.from_numpy(np.asarray(patterns[sl], dtype=np.float32)).to(dev) * M
+        x = torch.from_numpy(np.asarray(patterns[sl], dtype=np.float32)).to(dev)
         base = Bk[torch.from_numpy(enc["classes"][sl]).to(dev)]
         Bi, si = inverse_affine(torch.from_numpy(A_out[sl]).float().to(dev), torch.from_numpy(t_out[sl]).float().to(dev))
-        B, s = Bi.clone().requires_grad_(True), si.clone().requires_grad_(True)
-        opt = torch.optim.Adam([{"params": [B], "lr": 1e-3}, {"params": [s], "lr": 2e-2}])
-        for _ in range(steps):
-            pred = warp(base, B, s) * M
-            alpha = ((pred * x).sum((1, 2)) / (pred * pred).sum((1, 2)).clamp_min(1e-12)).detach()
-            loss = ((alpha[:, None, None] * pred - x) ** 2).sum()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        A, t = inverse_affine(B.detach(), s.detach())
+        A, t = inverse_affine(*_fit_warps(base, x, M, Bi, si, steps=steps, lr_a=1e-3, lr_t=2e-2))
         A_out[sl], t_out[sl] = A.double().cpu().numpy(), t.double().cpu().numpy()
     return {**enc, "A": A_out, "t": t_out}
 
 
 # ============================================================================ read-out
 def _register(base: np.ndarray, ref: np.ndarray, mask: np.ndarray, steps: int = 300) -> np.ndarray:
-    """The affine ``(A, t)`` as a 2x3 array with ``warp(base, A, t) ≈ α ref`` inside ``mask``."""
+    """The affine ``(A, t)`` as a 2x3 array with ``α warp(base, A, t) ≈ ref`` inside ``mask``."""
     import torch
 
-    from .ccstae import warp
-
-    b = torch.from_numpy(base.astype(np.float32))[None]
-    r = torch.from_numpy(ref.astype(np.float32))[None]
-    m = torch.from_numpy(mask.astype(np.float32))
-    a = torch.zeros(4, requires_grad=True)
-    t = torch.zeros(2, requires_grad=True)
-    # Adam moves each parameter by about lr per step: 2e-3 for A, 0.05 px for t (a few px in 300 steps)
-    opt = torch.optim.Adam([{"params": [a], "lr": 2e-3}, {"params": [t], "lr": 5e-2}])
-    for _ in range(steps):
-        w = warp(b, (torch.eye(2) + a.reshape(2, 2))[None], t[None]) * m
-        alpha = (w * r * m).sum() / ((r * m) ** 2).sum().clamp_min(1e-12)
-        loss = ((w - alpha * r * m) ** 2).sum()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    A = np.eye(2) + a.detach().double().numpy().reshape(2, 2)
-    return np.column_stack([A, t.detach().double().numpy()])
+    # 2e-3 per step in A, 0.05 px in t: a few px in 300 steps
+    A, t = _fit_warps(torch.from_numpy(base.astype(np.float32))[None], torch.from_numpy(ref.astype(np.float32))[None],
+                      torch.from_numpy(mask.astype(np.float32)), torch.eye(2)[None], torch.zeros(1, 2),
+                      steps=steps, lr_a=2e-3, lr_t=5e-2)
+    return np.column_stack([A[0].double().numpy(), t[0].double().numpy()])
 
 
 @dataclasses.dataclass
@@ -624,6 +624,9 @@ def strain_map_ccstae(
     from .ccstae import CCSTAEConfig
 
     t0 = time.perf_counter()
+    refine_steps = positive_int("refine_steps", refine_steps, minimum=0)
+    smooth = nonnegative_float("smooth", smooth)
+    vacuum_ratio = positive_float("vacuum_ratio", vacuum_ratio, maximum=1.0)
     card = None
     if model is not None:
         if isinstance(model, (str, os.PathLike)):
@@ -642,8 +645,6 @@ def strain_map_ccstae(
         spots, radius = np.asarray(info["spots"]), float(info["disk_radius_px"])
     else:
         x, geom = prepare_patterns(datacube, size=size, origin_px=origin_px, q_radius_px=q_radius_px, **engine)
-    refine_steps = positive_int("refine_steps", refine_steps, minimum=0)
-    smooth = nonnegative_float("smooth", smooth)
     n = datacube.n_patterns
     flat = x.reshape(n, *x.shape[2:])
     if card is None:
@@ -672,7 +673,7 @@ def strain_map_ccstae(
         enc = refine_transforms(flat, bases, enc, mask, steps=refine_steps, device=device)
     del flat, x
     smap, classes, vacuum, transforms = _readout(
-        enc, bases, mask, spots, radius, datacube.scan_shape, reference, positive_float("vacuum_ratio", vacuum_ratio, maximum=1.0))
+        enc, bases, mask, spots, radius, datacube.scan_shape, reference, vacuum_ratio)
     if smooth > 0:
         smap = smap.smoothed(smooth)
     info.update({"refine_steps": refine_steps, "smooth": smooth, "total_seconds": time.perf_counter() - t0})
