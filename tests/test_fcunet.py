@@ -234,6 +234,40 @@ def test_training_resumes_to_the_same_weights(tiny_library, tmp_path):
         train_fcunet(tiny_library, tmp_path / "r2.pt", _tiny_config(lr=1e-4), device="cpu", log=lambda m: None)
 
 
+def test_warm_start_begins_from_the_given_weights(tiny_library, tmp_path):
+    from distill4d.train.fcunet import train_fcunet
+
+    first = train_fcunet(tiny_library, tmp_path / "a.pt", _tiny_config(), device="cpu", log=lambda m: None)
+    a = torch.load(tmp_path / "a.pt", weights_only=True)
+    # a learning rate too small to move any weight by 1e-6: the result is the initial weights
+    card = train_fcunet(tiny_library, tmp_path / "b.pt", _tiny_config(lr=1e-9, seed=5), init=tmp_path / "a.pt",
+                        device="cpu", log=lambda m: None)
+    b = torch.load(tmp_path / "b.pt", weights_only=True)
+    for k in a:
+        if a[k].is_floating_point() and "running" not in k:  # batch-norm statistics move with the data
+            assert torch.allclose(a[k], b[k], atol=1e-6), k
+    # ...whereas the same run from a random start (seed 5) ends elsewhere
+    train_fcunet(tiny_library, tmp_path / "c.pt", _tiny_config(lr=1e-9, seed=5), device="cpu", log=lambda m: None)
+    c = torch.load(tmp_path / "c.pt", weights_only=True)
+    assert max(float((a[k] - c[k]).abs().max()) for k in a if a[k].is_floating_point()) > 1e-2
+    init = card["training"]["init"]
+    assert init["weights"] == "a.pt" and init["training"]["steps"] == first["training"]["steps"] == 4
+    assert len(init["sha256"]) == 64
+    # another architecture, or weights without their model card, are refused before any work
+    other = _tiny_config(model=FCUNetConfig(size=32, filters=4, depth=2, out_channels=2, real_filters=4))
+    with pytest.raises(ValueError, match="same architecture"):
+        train_fcunet(tiny_library, tmp_path / "d.pt", other, init=tmp_path / "a.pt", device="cpu")
+    (tmp_path / "lone.pt").write_bytes((tmp_path / "a.pt").read_bytes())
+    with pytest.raises(FileNotFoundError, match="model card"):
+        train_fcunet(tiny_library, tmp_path / "e.pt", _tiny_config(), init=tmp_path / "lone.pt", device="cpu")
+    assert not (tmp_path / "d.pt.partial").exists() and not (tmp_path / "e.pt.partial").exists()
+    # a checkpoint of a warm start is not resumed from another start
+    train_fcunet(tiny_library, tmp_path / "f.pt", _tiny_config(max_minutes=1e-9), init=tmp_path / "a.pt",
+                 device="cpu", log=lambda m: None)
+    with pytest.raises(ValueError, match="another training configuration"):
+        train_fcunet(tiny_library, tmp_path / "f.pt", _tiny_config(), device="cpu", log=lambda m: None)
+
+
 def test_training_refuses_a_library_of_another_size(tiny_library, tmp_path):
     from distill4d.train.fcunet import train_fcunet
 
@@ -258,6 +292,10 @@ def test_cli_train_and_detect_with_the_trained_weights(tiny_library, tmp_path):
     assert main(args) == 0
     assert out.exists() and out.with_suffix(".json").exists()
     assert main(args) == 1  # refuses to overwrite
+    warm = [a if a != str(out) else str(tmp_path / "w2.pt") for a in args] + ["--init", str(out)]
+    assert main(warm) == 0
+    assert json.loads((tmp_path / "w2.json").read_text())["training"]["init"]["weights"] == "w.pt"
+    assert main(warm[:-1] + [str(tmp_path / "absent.pt"), "--force"]) == 1  # a missing start is named, not trained
     lib = Library(tiny_library)
     e = lib[0]
     dc = DataCube(np.stack([e["pattern"], e["pattern"]])[None], Calibration(q_pixel_inv_A=SMALL["q_pixel_inv_A"]))

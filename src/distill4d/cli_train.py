@@ -43,7 +43,7 @@ def cmd_train_fcunet(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    card = train_fcunet(args.library, args.out, cfg, device=args.device, force=args.force,
+    card = train_fcunet(args.library, args.out, cfg, init=args.init, device=args.device, force=args.force,
                         command=" ".join(["distill4d"] + sys.argv[1:]))
     if not card.get("complete"):
         print(f"stopped at step {card['step']} (time limit); run the same command to go on")
@@ -69,6 +69,7 @@ def add_train_parser(sub: Any) -> None:
     t.add_argument("--threads", type=int, help="PyTorch CPU threads")
     t.add_argument("--seed", type=int)
     t.add_argument("--device", default="auto", help="auto (GPU if PyTorch sees one), cpu or cuda")
+    t.add_argument("--init", help="start from these weights (same architecture; fresh optimiser and schedule)")
     t.add_argument("--force", action="store_true", help="overwrite existing weights of that name")
     t.set_defaults(func=cmd_train_fcunet)
 

@@ -13,6 +13,9 @@
 - Output: ``WEIGHTS`` (a plain ``state_dict`` of the best validation loss, loadable with
   ``torch.load(weights_only=True)``) and ``WEIGHTS`` with ``.json``: the model card
   (architecture, input size and pixel size, library configuration, command, metrics).
+- Warm start (``init=``, ``--init``): the model starts from earlier weights of the same
+  architecture (their card's training record is kept in the new card, under ``init``) with a
+  fresh optimiser and schedule: a longer or further training of shipped weights.
 """
 
 from __future__ import annotations
@@ -223,11 +226,35 @@ def _save_checkpoint(path: pathlib.Path, state: dict[str, Any]) -> None:
         torch.save(state, tmp)
 
 
+def _init_weights(init: str | os.PathLike, model_cfg: FCUNetConfig) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The state_dict of earlier weights to start from, and what the new card records of them."""
+    import hashlib
+
+    from ..ml.fcunet_detect import load_fcunet
+
+    path = pathlib.Path(os.fspath(init))
+    model, card = load_fcunet(path, device="cpu")  # names a missing, corrupt or mismatched file
+    if FCUNetConfig.from_dict(card["architecture"]) != model_cfg:
+        raise ValueError(
+            f"the initial weights {path.name} have the architecture {card['architecture']}, but the training "
+            f"configuration asks for {model_cfg.to_dict()}; a warm start needs the same architecture"
+        )
+    prior = card.get("training", {})
+    record = {
+        "weights": path.name,
+        "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+        "training": {k: prior.get(k) for k in ("command", "steps", "seconds", "device", "library", "entries_train")},
+        "init": prior.get("init"),
+    }
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}, record
+
+
 def train_fcunet(
     library: str | os.PathLike | Library,
     out: str | os.PathLike,
     config: FCUNetTrainConfig | None = None,
     *,
+    init: str | os.PathLike | None = None,
     device: str = "auto",
     force: bool = False,
     command: str | None = None,
@@ -238,6 +265,8 @@ def train_fcunet(
     Returns the model card (dict). Training stops at ``config.max_steps`` or after
     ``config.max_minutes``; in the latter case no weights are written yet (``"complete":
     False`` in the returned dict) and the same call resumes.
+    init : weights (with their model card) of the same architecture to start from instead of
+        a random initialisation; the optimiser and schedule start afresh.
     """
     cfg = config or FCUNetTrainConfig()
     if not isinstance(cfg, FCUNetTrainConfig):
@@ -259,15 +288,20 @@ def train_fcunet(
             f"the library has {len(train_idx)} training and {len(val_idx)} validation entries; it needs at "
             f"least a batch ({cfg.batch_size}) and one validation simulation (sample_index % {_VAL_EVERY} == 0)"
         )
+    init_state, init_record = _init_weights(init, cfg.model) if init is not None else (None, None)
     work = pathlib.Path(str(out) + ".partial")
     work.mkdir(parents=True, exist_ok=True)
     ckpt_path, log_path = work / "checkpoint.pt", work / "log.jsonl"
     dev = torch_device(device)
     torch.manual_seed(cfg.seed)
-    model = FCUNet(cfg.model).to(dev)
+    model = FCUNet(cfg.model)
+    if init_state is not None:
+        model.load_state_dict(init_state)
+    model = model.to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     state = {"step": 0, "epoch": 0, "batch": 0, "best": None, "best_state": None, "seconds": 0.0, "history": []}
-    key = json.dumps({"train": cfg.schedule_dict(), "library": lib.config.to_dict(), "entries": len(lib)}, sort_keys=True)
+    key = json.dumps({"train": cfg.schedule_dict(), "library": lib.config.to_dict(), "entries": len(lib),
+                      "init": init_record and init_record["sha256"]}, sort_keys=True)
     if ckpt_path.exists():
         ck = torch.load(ckpt_path, map_location=dev, weights_only=True)
         if ck.get("key") != key:
@@ -387,6 +421,7 @@ def train_fcunet(
             "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
             "torch": torch.__version__,
             "command": command,
+            "init": init_record,
         },
         "validation": {"best": state["best"], "history": state["history"]},
         "detection": detection,
