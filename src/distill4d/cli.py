@@ -441,8 +441,8 @@ def build_parser() -> argparse.ArgumentParser:
         g = p.add_argument_group("FCU-Net (--method fcunet)")
         g.add_argument("--weights", help="weights file with its model card (.json) beside it "
                        "(default: the shipped model)")
-        g.add_argument("--passes", type=int, default=8,
-                       help="Monte-Carlo dropout passes averaged per pattern (default 8; 1: no dropout)")
+        g.add_argument("--passes", type=int, default=1,
+                       help="Monte-Carlo dropout passes averaged per pattern (default 1: dropout off)")
         g.add_argument("--device", default="auto", help="auto (GPU if PyTorch sees one), cpu or cuda")
         if name == "strain":
             p.add_argument("--reference", metavar="x0:x1,y0:y1",

@@ -3,8 +3,8 @@
 Each pattern (and the vacuum probe) is resampled onto the model's grid — its size and
 pixel size in 1/Å, the direct beam at ``(N//2, N//2)`` — with a box prefilter when the data
 are finer than the model's pixels (no counts are thrown away at low dose). The network
-predicts the structure-factor image (averaged over ``n_passes`` Monte-Carlo dropout passes,
-whose spread gives a per-peak uncertainty); its maxima are found, filtered and refined with
+predicts the structure-factor image (one pass with dropout off by default, or the mean of
+``n_passes`` Monte-Carlo dropout passes, whose spread gives a per-peak uncertainty); its maxima are found, filtered and refined with
 the classical detector's code (:func:`distill4d.bragg.detect.peaks_from_images`) and mapped
 back to the input's pixels. The resulting :class:`~distill4d.bragg.BraggPeaks` feed the same
 lattice and strain code as the classical path.
@@ -36,6 +36,12 @@ __all__ = [
 
 #: The shipped weights (a plain state_dict) and their model card (same name, .json).
 DEFAULT_WEIGHTS = pathlib.Path(__file__).resolve().parent.parent / "weights" / "fcunet.pt"
+
+#: Network passes per pattern by default: one, with dropout off. On the shipped model's
+#: validation split (116 entries, never trained on) Monte-Carlo dropout averages found no more
+#: disks within 0.5 px (1 pass without dropout 0.224; 2, 4, 8, 16 dropout passes 0.218, 0.220,
+#: 0.221, 0.221) at n times the cost; ask for n_passes > 1 for the per-peak uncertainty.
+DEFAULT_PASSES = 1
 
 #: Prediction maxima below this (relative to the (000) spot = 1) are not peaks, unless the
 #: model card gives a threshold tuned on its validation split.
@@ -129,7 +135,7 @@ class FCUNetDetector:
     q_pixel_inv_A : the data's detector pixel size in 1/Å.
     origin_px : the direct beam's position in the data's pixels ``(qx, qy)``.
     weights : weights file (None: the shipped model).
-    n_passes : Monte-Carlo dropout passes averaged per pattern (1: dropout off, deterministic).
+    n_passes : Monte-Carlo dropout passes averaged per pattern (1, the default: dropout off, deterministic).
     min_intensity : prediction threshold (relative to (000)); None: the model card's tuned one.
     seed : seed of the dropout masks (the same data give the same peaks).
     device : ``"auto"``, ``"cpu"`` or ``"cuda[:N]"`` (see :func:`distill4d.ml.device.torch_device`).
@@ -144,7 +150,7 @@ class FCUNetDetector:
         origin_px: tuple[float, float],
         probe_origin_px: tuple[float, float] | None = None,
         weights: str | os.PathLike | None = None,
-        n_passes: int = 8,
+        n_passes: int = DEFAULT_PASSES,
         min_intensity: float | None = None,
         seed: int = 0,
         device: str = "auto",
@@ -257,7 +263,7 @@ def find_bragg_disks_fcunet(
     probe: Any = None,
     *,
     weights: str | os.PathLike | None = None,
-    n_passes: int = 8,
+    n_passes: int = DEFAULT_PASSES,
     min_intensity: float | None = None,
     q_pixel_inv_A: float | None = None,
     seed: int = 0,
@@ -274,13 +280,14 @@ def find_bragg_disks_fcunet(
     probe : the vacuum probe (as for :func:`distill4d.bragg.find_bragg_disks`; None: the
         central disk of the mean pattern).
     weights : a weights file with its model card beside it (None: the shipped model).
-    n_passes : Monte-Carlo dropout passes averaged per pattern (1: no dropout).
+    n_passes : Monte-Carlo dropout passes averaged per pattern (1, the default: no dropout;
+        see :data:`DEFAULT_PASSES`).
     min_intensity : threshold on the predicted amplitude (relative to (000)); None: tuned one.
     q_pixel_inv_A : the detector pixel size in 1/Å (default: the calibration, else from the
         semiangle, energy and the probe's radius).
     The direct beam is at the calibration's origin, else at the probe's centre.
     return_uncertainty : also return the per-peak MC standard deviation of the predicted
-        amplitude (a flat array aligned with the peaks).
+        amplitude (a flat array aligned with the peaks; all 0 with one pass).
     """
     from ..bragg.detect import _as_datacube
     from ..bragg.peaks import BraggPeaks
