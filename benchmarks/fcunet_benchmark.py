@@ -28,7 +28,7 @@ Usage (from the repository root):
     .venv/bin/python benchmarks/fcunet_benchmark.py --quick --test-library TESTLIB --weights W.pt
 where TESTLIB comes from
     distill4d simulate library --config src/distill4d/train/configs/fcunet_test.toml -o TESTLIB
-The full library on a CPU takes about an hour (FCU-Net: ~0.03 s per pattern and pass on 2 cores);
+Wall times of the last run (whole run and each part) are in RESULTS.md;
 ``--quick`` (6 entries, 8x8 scans, 8 throughput patterns) does not write RESULTS.md.
 """
 

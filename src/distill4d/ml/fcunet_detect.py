@@ -4,9 +4,9 @@ Each pattern (and the vacuum probe) is resampled onto the model's grid — its s
 pixel size in 1/Å, the direct beam at ``(N//2, N//2)`` — with a box prefilter when the data
 are finer than the model's pixels (no counts are thrown away at low dose). The network
 predicts the structure-factor image (one pass with dropout off by default, or the mean of
-``n_passes`` Monte-Carlo dropout passes, whose spread gives a per-peak uncertainty); its maxima are found, filtered and refined with
-the classical detector's code (:func:`distill4d.bragg.detect.peaks_from_images`) and mapped
-back to the input's pixels. The resulting :class:`~distill4d.bragg.BraggPeaks` feed the same
+``n_passes`` Monte-Carlo dropout passes, whose spread gives a per-peak uncertainty); its
+maxima are found, filtered and refined with the classical detector's code
+(:func:`distill4d.bragg.detect.peaks_from_images`) and mapped back to the input's pixels. The resulting :class:`~distill4d.bragg.BraggPeaks` feed the same
 lattice and strain code as the classical path.
 """
 
