@@ -206,6 +206,46 @@ def _tiny_config(**kw):
     return FCUNetTrainConfig(**base)
 
 
+def _gaussian_spots(peaks, shape=(32, 32), sigma=0.8):
+    ii, jj = np.indices(shape)
+    img = np.zeros(shape)
+    for qx, qy, a in peaks:
+        img += a * np.exp(-((ii - qx) ** 2 + (jj - qy) ** 2) / (2 * sigma**2))
+    return torch.from_numpy(img[None])
+
+
+def test_position_loss_measures_the_spot_displacement():
+    from distill4d.train.fcunet import position_loss
+
+    truth = [(10.3, 12.0, 1.0), (20.0, 8.6, 0.5), (6.0, 25.2, 0.2)]
+    peaks = torch.full((1, 5, 3), float("nan"))
+    peaks[0, :3] = torch.tensor(truth)
+    peaks[0, 3] = torch.tensor([16.0, 16.0, 0.001])  # too weak to count
+    target = _gaussian_spots(truth)
+    assert float(position_loss(target, target, peaks)) == 0.0
+    # every predicted spot 0.4 px further along qx: squared distance 0.16 px², within 0.02
+    moved = [(qx + 0.4, qy, a) for qx, qy, a in truth]
+    pred = _gaussian_spots(moved).requires_grad_(True)
+    loss = position_loss(pred, target, peaks)
+    assert abs(float(loss) - 0.16) < 0.02
+    loss.backward()
+    assert float(pred.grad.abs().sum()) > 0
+    # a spot the prediction misses (window sum < 0.3 of the target's) is left to the MSE
+    missed = _gaussian_spots(moved[1:])
+    only = position_loss(missed, target, peaks)
+    assert abs(float(only) - 0.16) < 0.02
+    assert float(position_loss(torch.zeros_like(target), target, peaks)) == 0.0
+
+
+def test_position_weight_is_validated_and_old_checkpoints_keep_their_key():
+    from distill4d.train.fcunet import FCUNetTrainConfig
+
+    with pytest.raises(ValueError, match="position_weight"):
+        FCUNetTrainConfig(position_weight=-1.0)
+    assert "position_weight" not in FCUNetTrainConfig().schedule_dict()
+    assert FCUNetTrainConfig(position_weight=0.01).schedule_dict()["position_weight"] == 0.01
+
+
 def test_training_resumes_to_the_same_weights(tiny_library, tmp_path):
     from distill4d.train.fcunet import train_fcunet
 
@@ -232,6 +272,16 @@ def test_training_resumes_to_the_same_weights(tiny_library, tmp_path):
     train_fcunet(tiny_library, tmp_path / "r2.pt", _tiny_config(max_minutes=1e-9), device="cpu", log=lambda m: None)
     with pytest.raises(ValueError, match="another training configuration"):
         train_fcunet(tiny_library, tmp_path / "r2.pt", _tiny_config(lr=1e-4), device="cpu", log=lambda m: None)
+
+
+def test_training_with_the_position_term_records_it(tiny_library, tmp_path):
+    from distill4d.train.fcunet import train_fcunet
+
+    card = train_fcunet(tiny_library, tmp_path / "p.pt", _tiny_config(position_weight=0.01), device="cpu",
+                        log=lambda m: None)
+    assert card["complete"] and json.dumps(card).count('"position_weight": 0.01') == 1
+    state = torch.load(tmp_path / "p.pt", weights_only=True)
+    assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
 
 
 def test_warm_start_begins_from_the_given_weights(tiny_library, tmp_path):

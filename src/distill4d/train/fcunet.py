@@ -43,7 +43,7 @@ from ..simulate.augment import AugmentConfig
 from ..simulate.library import Library
 from .datasets import LibraryDataset
 
-__all__ = ["FCUNetTrainConfig", "train_fcunet", "evaluate_fcunet"]
+__all__ = ["FCUNetTrainConfig", "train_fcunet", "evaluate_fcunet", "position_loss"]
 
 _VAL_EVERY = 20
 
@@ -64,6 +64,11 @@ class FCUNetTrainConfig:
         Bragg spots, ~2 % of the pixels) counts ``1 + spot_weight`` times (0: plain MSE). The
         target is sparse; weighting its spots speeds up learning them (benchmarks/RESULTS.md,
         ``fcunet_search``).
+    position_weight : adds ``position_weight`` x the amplitude-weighted mean squared distance
+        (px²) between the centroids of prediction and target in a 5 x 5 window around each
+        true peak of amplitude >= 0.01 of (000) (0: off). The plain MSE lets a predicted spot
+        lag a strained lattice (benchmarks/RESULTS.md, FCU-Net ``stretch response``); this term
+        pulls each spot's centre of mass onto its true position.
     seed : shuffling, augmentation and initialisation seed.
     num_workers : DataLoader worker processes (0: load in the training process).
     """
@@ -80,6 +85,7 @@ class FCUNetTrainConfig:
     checkpoint_minutes: float = 5.0
     augment: AugmentConfig | None = dataclasses.field(default_factory=AugmentConfig)
     spot_weight: float = 0.0
+    position_weight: float = 0.0
     seed: int = 0
     num_workers: int = 1
 
@@ -96,8 +102,10 @@ class FCUNetTrainConfig:
         if not self.max_minutes >= 0:
             raise ValueError(f"max_minutes must be >= 0 (0: no limit), got {self.max_minutes!r}")
         positive_float("checkpoint_minutes", self.checkpoint_minutes)
-        if not (math.isfinite(self.spot_weight) and self.spot_weight >= 0):
-            raise ValueError(f"spot_weight must be >= 0, got {self.spot_weight!r}")
+        for name in ("spot_weight", "position_weight"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be >= 0, got {value!r}")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -109,6 +117,8 @@ class FCUNetTrainConfig:
         d = self.to_dict()
         for k in ("max_minutes", "checkpoint_minutes", "num_workers"):
             d.pop(k)
+        if not d["position_weight"]:  # checkpoints written before the term existed still resume
+            d.pop("position_weight")
         return d
 
     @classmethod
@@ -146,6 +156,48 @@ def _loss(pred: torch.Tensor, target: torch.Tensor, spot_weight: float) -> torch
     if spot_weight:
         se = se * (1.0 + spot_weight * (target > 1e-3).to(se.dtype))
     return se.mean()
+
+
+def position_loss(
+    pred: torch.Tensor, target: torch.Tensor, peaks: torch.Tensor, *, radius: int = 2, min_amplitude: float = 0.01
+) -> torch.Tensor:
+    """Amplitude-weighted mean squared distance (px²) between the centroids of ``pred`` and
+    ``target`` (both ``(B, Nx, Ny)``, clipped at 0) in a ``2 radius + 1`` square window around
+    each peak of ``peaks`` (``(B, P, 3)``: qx, qy in px, amplitude; NaN rows are padding).
+
+    Only peaks of amplitude >= ``min_amplitude`` whose window lies inside the image and whose
+    predicted window sum is at least 0.3 x the target's count: a missed spot is the MSE's
+    business, not a position to pull on. Returns 0 (with a gradient) when no peak qualifies.
+    """
+    _, nx, ny = pred.shape
+    pk = peaks.to(pred.device)
+    amp = torch.nan_to_num(pk[..., 2], nan=0.0)
+    cx = torch.round(torch.nan_to_num(pk[..., 0], nan=-1e6))
+    cy = torch.round(torch.nan_to_num(pk[..., 1], nan=-1e6))
+    ok = (amp >= min_amplitude) & (cx >= radius) & (cx <= nx - 1 - radius) & (cy >= radius) & (cy <= ny - 1 - radius)
+    b, j = torch.nonzero(ok, as_tuple=True)
+    if b.numel() == 0:
+        return pred.sum() * 0.0
+    d = torch.arange(-radius, radius + 1, device=pred.device)
+    ix = (cx[b, j].long()[:, None, None] + d[None, :, None]).expand(-1, len(d), len(d))
+    iy = (cy[b, j].long()[:, None, None] + d[None, None, :]).expand(-1, len(d), len(d))
+    flat = (b[:, None, None] * nx + ix) * ny + iy
+    dx = d.to(pred.dtype)[:, None].expand(len(d), len(d))
+    dy = d.to(pred.dtype)[None, :].expand(len(d), len(d))
+
+    def centroid(img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        w = img.reshape(-1)[flat].clamp(min=0)
+        s = w.sum(dim=(1, 2))
+        return (w * dx).sum(dim=(1, 2)) / s.clamp(min=1e-12), (w * dy).sum(dim=(1, 2)) / s.clamp(min=1e-12), s
+
+    px, py, ps = centroid(pred)
+    with torch.no_grad():
+        tx, ty, ts = centroid(target.to(pred.dtype))
+        use = (ts > 0) & (ps >= 0.3 * ts)
+        weight = amp[b, j].to(pred.dtype) * use
+    if not bool(use.any()):
+        return pred.sum() * 0.0
+    return (weight * ((px - tx) ** 2 + (py - ty) ** 2)).sum() / weight.sum()
 
 
 @torch.no_grad()
@@ -357,6 +409,8 @@ def train_fcunet(
                 group["lr"] = _lr(state["step"], cfg)
             pred = model(batch["pattern"].to(dev), batch["probe"].to(dev))
             loss = _loss(pred, batch["target"].to(dev), cfg.spot_weight)
+            if cfg.position_weight:
+                loss = loss + cfg.position_weight * position_loss(pred, batch["target"].to(dev), batch["peaks"])
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"the training loss became {float(loss)} at step {state['step']}")
             opt.zero_grad(set_to_none=True)
