@@ -235,6 +235,10 @@ def test_position_loss_measures_the_spot_displacement():
     only = position_loss(missed, target, peaks)
     assert abs(float(only) - 0.16) < 0.02
     assert float(position_loss(torch.zeros_like(target), target, peaks)) == 0.0
+    with pytest.raises(ValueError, match="peaks must be"):
+        position_loss(target, target, peaks[0])
+    with pytest.raises(ValueError, match="pred and target"):
+        position_loss(target, target[:, :16], peaks)
 
 
 def test_position_weight_is_validated_and_old_checkpoints_keep_their_key():

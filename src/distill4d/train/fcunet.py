@@ -169,6 +169,10 @@ def position_loss(
     predicted window sum is at least 0.3 x the target's count: a missed spot is the MSE's
     business, not a position to pull on. Returns 0 (with a gradient) when no peak qualifies.
     """
+    if pred.ndim != 3 or tuple(target.shape) != tuple(pred.shape):
+        raise ValueError(f"pred and target must both be (B, Nx, Ny), got {tuple(pred.shape)} and {tuple(target.shape)}")
+    if peaks.ndim != 3 or peaks.shape[0] != pred.shape[0] or peaks.shape[2] != 3:
+        raise ValueError(f"peaks must be (B, P, 3) with B = {pred.shape[0]}, got {tuple(peaks.shape)}")
     _, nx, ny = pred.shape
     pk = peaks.to(pred.device)
     amp = torch.nan_to_num(pk[..., 2], nan=0.0)
