@@ -392,9 +392,9 @@ def stretch_response(dc: DataCube, truth, probe: np.ndarray, *, weights, passes:
                             continue
                         dist = np.hypot(d[:, None, 0] - t[None, :, 0], d[:, None, 1] - t[None, :, 1])
                         j = np.argmin(dist, axis=0)
-                        ok = dist[j, np.arange(len(t))] < 1.0
-                        true_d += list(t[ok, axis] - t0[ok, axis])
-                        err += list(d[j[ok], axis] - t[ok, axis])
+                        matched = dist[j, np.arange(len(t))] < 1.0
+                        true_d += list(t[matched, axis] - t0[matched, axis])
+                        err += list(d[j[matched], axis] - t[matched, axis])
             ok = np.isfinite(means)
             out[m][key] = {
                 "measured_pct": [_finite(x * 100) for x in means], "true_pct": [float(x * 100) for x in expected],

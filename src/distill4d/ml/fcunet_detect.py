@@ -6,8 +6,9 @@ are finer than the model's pixels (no counts are thrown away at low dose). The n
 predicts the structure-factor image (one pass with dropout off by default, or the mean of
 ``n_passes`` Monte-Carlo dropout passes, whose spread gives a per-peak uncertainty); its
 maxima are found, filtered and refined with the classical detector's code
-(:func:`distill4d.bragg.detect.peaks_from_images`) and mapped back to the input's pixels. The resulting :class:`~distill4d.bragg.BraggPeaks` feed the same
-lattice and strain code as the classical path.
+(:func:`distill4d.bragg.detect.peaks_from_images`) and mapped back to the input's pixels.
+The resulting :class:`~distill4d.bragg.BraggPeaks` feed the same lattice and strain code as
+the classical path.
 """
 
 from __future__ import annotations

@@ -412,9 +412,10 @@ def train_fcunet(
             for group in opt.param_groups:
                 group["lr"] = _lr(state["step"], cfg)
             pred = model(batch["pattern"].to(dev), batch["probe"].to(dev))
-            loss = _loss(pred, batch["target"].to(dev), cfg.spot_weight)
+            target = batch["target"].to(dev)
+            loss = _loss(pred, target, cfg.spot_weight)
             if cfg.position_weight:
-                loss = loss + cfg.position_weight * position_loss(pred, batch["target"].to(dev), batch["peaks"])
+                loss = loss + cfg.position_weight * position_loss(pred, target, batch["peaks"])
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"the training loss became {float(loss)} at step {state['step']}")
             opt.zero_grad(set_to_none=True)
