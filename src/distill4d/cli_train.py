@@ -16,7 +16,7 @@ def _train_config(args: argparse.Namespace) -> Any:
 
     base = read_mapping_file(args.config, "training configuration") if args.config else {}
     model = dict(base.pop("model", {}))
-    for key in ("filters", "depth", "dropout", "pool"):
+    for key in ("filters", "depth", "dropout", "pool", "equivariant"):
         v = getattr(args, key)
         if v is not None:
             model[key] = v
@@ -61,6 +61,8 @@ def add_train_parser(sub: Any) -> None:
     t.add_argument("--depth", type=int, help="pooling levels")
     t.add_argument("--dropout", type=float, help="Monte-Carlo dropout probability")
     t.add_argument("--pool", choices=("max", "spectral"), help="pooling")
+    t.add_argument("--equivariant", action="store_true", default=None,
+                   help="phase-equivariant complex layers (modReLU, magnitude norm and pooling, no complex bias)")
     t.add_argument("--batch-size", type=int)
     t.add_argument("--steps", type=int, help="optimiser steps in total (the schedule's length)")
     t.add_argument("--lr", type=float, help="peak learning rate")

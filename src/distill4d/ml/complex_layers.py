@@ -17,8 +17,11 @@ __all__ = [
     "ComplexBatchNorm2d",
     "ComplexConv2d",
     "complex_cat",
+    "ComplexMagnitudeNorm2d",
+    "ModReLU",
     "complex_split",
     "crelu",
+    "magnitude_max_pool",
     "mc_dropout",
     "spectral_pool",
 ]
@@ -101,3 +104,62 @@ def spectral_pool(z: torch.Tensor) -> torch.Tensor:
     h0, w0 = h // 4, w // 4
     Z = Z[..., h0 : h0 + h // 2, w0 : w0 + w // 2]
     return torch.fft.ifft2(torch.fft.ifftshift(Z, dim=(-2, -1))).real / 4.0
+
+
+# ----------------------------------------------------------------------------- phase-equivariant variants
+# A shift of the pattern by s pixels multiplies the cross-spectrum by the phase ramp
+# exp(-2 pi i k.s / N). CReLU, max pooling of real and imaginary parts, batch norm of each part
+# and a complex bias all depend on the absolute phase, so a network built from them can tie its
+# output to absolute detector positions. The layers below commute with multiplying a map by a
+# unit phase factor (exactly for a constant one, approximately for a slowly varying ramp).
+
+
+class ComplexMagnitudeNorm2d(nn.Module):
+    """``z / sqrt(mean |z|² + eps) * gamma`` per channel (no centring, real gain ``gamma``).
+
+    Statistics over the batch and pixels in training (running averages used in eval mode, as
+    batch norm), so the layer commutes with multiplying ``z`` by a unit phase factor.
+    """
+
+    def __init__(self, channels: int, momentum: float = 0.1, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.channels, self.momentum, self.eps = channels, momentum, eps
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.register_buffer("running_power", torch.ones(channels))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        re, im = complex_split(z)
+        if self.training:
+            power = (re * re + im * im).mean(dim=(0, 2, 3))
+            with torch.no_grad():
+                self.running_power.lerp_(power.detach(), self.momentum)
+        else:
+            power = self.running_power
+        g = (self.weight / torch.sqrt(power + self.eps))[None, :, None, None]
+        return torch.cat([re * g, im * g], dim=1)
+
+
+class ModReLU(nn.Module):
+    """modReLU: ``z · relu(|z| + b) / |z|`` with a learnt real bias ``b`` per channel (init ``bias``).
+
+    Keeps each value's phase and thresholds its magnitude (Arjovsky et al. 2016).
+    """
+
+    def __init__(self, channels: int, bias: float = -0.3) -> None:
+        super().__init__()
+        self.bias = nn.Parameter(torch.full((channels,), float(bias)))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        re, im = complex_split(z)
+        mag = torch.sqrt(re * re + im * im + 1e-12)
+        scale = F.relu(mag + self.bias[None, :, None, None]) / mag
+        return torch.cat([re * scale, im * scale], dim=1)
+
+
+def magnitude_max_pool(z: torch.Tensor) -> torch.Tensor:
+    """2 x 2 max pooling by magnitude: the complex value of largest ``|z|`` in each block."""
+    re, im = complex_split(z)
+    _, idx = F.max_pool2d(re * re + im * im, 2, return_indices=True)
+    flat = lambda t: t.flatten(2)  # noqa: E731
+    pick = lambda t: torch.gather(flat(t), 2, idx.flatten(2)).view_as(idx).to(t.dtype)  # noqa: E731
+    return torch.cat([pick(re), pick(im)], dim=1)

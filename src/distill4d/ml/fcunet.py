@@ -27,8 +27,11 @@ from .._validate import check_keys
 from .complex_layers import (
     ComplexBatchNorm2d,
     ComplexConv2d,
+    ComplexMagnitudeNorm2d,
+    ModReLU,
     complex_cat,
     crelu,
+    magnitude_max_pool,
     mc_dropout,
     spectral_pool,
 )
@@ -55,6 +58,11 @@ class FCUNetConfig:
         ``IFFT(C)`` (divided by its maximum): the classical detector's map, which the
         network then only has to sharpen and clean (an addition to the published model;
         benchmarks/RESULTS.md, ``fcunet_search``).
+    equivariant : phase-equivariant complex layers instead of the published ones: magnitude
+        normalisation (no centring), modReLU, no complex biases, and max pooling by magnitude
+        (with ``pool="max"``). A pattern shift is a phase ramp on the cross-spectrum; CReLU and
+        part-wise pooling see the absolute phase, so the published network can tie its peaks to
+        absolute detector positions (an addition to the published model).
     """
 
     size: int = 128
@@ -66,10 +74,12 @@ class FCUNetConfig:
     real_filters: int = 16
     real_layers: int = 2
     correlation_skip: bool = False
+    equivariant: bool = False
 
     def __post_init__(self) -> None:
-        if not isinstance(self.correlation_skip, bool):
-            raise ValueError(f"FCUNetConfig.correlation_skip must be true or false, got {self.correlation_skip!r}")
+        for name in ("correlation_skip", "equivariant"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"FCUNetConfig.{name} must be true or false, got {getattr(self, name)!r}")
         for name in ("size", "filters", "depth", "out_channels", "real_filters", "real_layers"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
@@ -107,18 +117,23 @@ def cross_spectrum(pattern: torch.Tensor, probe: torch.Tensor) -> torch.Tensor:
 
 
 class _ComplexBlock(nn.Module):
-    """Two (complex conv → complex BN → CReLU) steps, then Monte-Carlo dropout."""
+    """Two (complex conv → complex BN → CReLU) steps, then Monte-Carlo dropout.
 
-    def __init__(self, cin: int, cout: int, dropout: float) -> None:
+    ``equivariant``: convolutions without bias, magnitude norm and modReLU instead.
+    """
+
+    def __init__(self, cin: int, cout: int, dropout: float, equivariant: bool = False) -> None:
         super().__init__()
-        self.conv1, self.bn1 = ComplexConv2d(cin, cout), ComplexBatchNorm2d(cout)
-        self.conv2, self.bn2 = ComplexConv2d(cout, cout), ComplexBatchNorm2d(cout)
+        norm = ComplexMagnitudeNorm2d if equivariant else ComplexBatchNorm2d
+        self.conv1, self.bn1 = ComplexConv2d(cin, cout, bias=not equivariant), norm(cout)
+        self.conv2, self.bn2 = ComplexConv2d(cout, cout, bias=not equivariant), norm(cout)
+        self.act1, self.act2 = (ModReLU(cout), ModReLU(cout)) if equivariant else (crelu, crelu)
         self.dropout = dropout
         self.mc = True
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        z = crelu(self.bn1(self.conv1(z)))
-        z = crelu(self.bn2(self.conv2(z)))
+        z = self.act1(self.bn1(self.conv1(z)))
+        z = self.act2(self.bn2(self.conv2(z)))
         return mc_dropout(z, self.dropout, self.mc)
 
 
@@ -132,15 +147,15 @@ class FCUNet(nn.Module):
         self.down = nn.ModuleList()
         cin = 1
         for k in range(cfg.depth):
-            self.down.append(_ComplexBlock(cin, f[k], cfg.dropout))
+            self.down.append(_ComplexBlock(cin, f[k], cfg.dropout, cfg.equivariant))
             cin = f[k]
-        self.bottom = _ComplexBlock(f[cfg.depth - 1], f[cfg.depth], cfg.dropout)
+        self.bottom = _ComplexBlock(f[cfg.depth - 1], f[cfg.depth], cfg.dropout, cfg.equivariant)
         self.up_conv = nn.ModuleList()
         self.up = nn.ModuleList()
         for k in reversed(range(cfg.depth)):
-            self.up_conv.append(ComplexConv2d(f[k + 1], f[k], kernel_size=3))
-            self.up.append(_ComplexBlock(2 * f[k], f[k], cfg.dropout))
-        self.to_out = ComplexConv2d(f[0], cfg.out_channels, kernel_size=1)
+            self.up_conv.append(ComplexConv2d(f[k + 1], f[k], kernel_size=3, bias=not cfg.equivariant))
+            self.up.append(_ComplexBlock(2 * f[k], f[k], cfg.dropout, cfg.equivariant))
+        self.to_out = ComplexConv2d(f[0], cfg.out_channels, kernel_size=1, bias=not cfg.equivariant)
         r = cfg.real_filters
         layers: list[nn.Module] = []
         cin = 2 * cfg.out_channels + (1 if cfg.correlation_skip else 0)
@@ -158,7 +173,9 @@ class FCUNet(nn.Module):
                 m.mc = bool(active)
 
     def _pool(self, z: torch.Tensor) -> torch.Tensor:
-        return F.max_pool2d(z, 2) if self.config.pool == "max" else spectral_pool(z)
+        if self.config.pool == "spectral":
+            return spectral_pool(z)
+        return magnitude_max_pool(z) if self.config.equivariant else F.max_pool2d(z, 2)
 
     def forward(self, pattern: torch.Tensor, probe: torch.Tensor) -> torch.Tensor:
         n = self.config.size
