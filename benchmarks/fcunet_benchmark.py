@@ -142,8 +142,9 @@ def probe_groups(lib: Library, indices: np.ndarray) -> list[list[int]]:
 
 
 def detect_library(lib: Library, groups: list[list[int]], *, dose_e: float | None, weights, passes: int,
-                   device: str, seed: int) -> dict:
-    """FCU-Net and classical peaks ((m, 3) per entry, in the order of ``groups``) and their wall times."""
+                   device: str, seed: int, classical: bool = True) -> dict:
+    """FCU-Net and (unless ``classical`` is False) classical peaks ((m, 3) per entry, in the order of
+    ``groups``) and their wall times."""
     q = float(lib.config.q_pixel_inv_A)
     shape = tuple(lib.config.shape)
     fc, cl = [], []
@@ -165,12 +166,12 @@ def detect_library(lib: Library, groups: list[list[int]], *, dose_e: float | Non
                                      weights=weights, n_passes=passes, seed=seed, device=device, progress=False)
         fc_s += time.perf_counter() - t
         fc += [bp[0, j] for j in range(len(group))]
-        for p in patterns:
+        for p in patterns if classical else ():
             t = time.perf_counter()
             bc = find_bragg_disks(DataCube(p[None, None], cal), probe, progress=False, scheduler="inline")
             cl_s += time.perf_counter() - t
             cl.append(bc[0, 0])
-    return {"fcunet": fc, "classical": cl, "fcunet_s": fc_s, "classical_s": cl_s}
+    return {"fcunet": fc, "classical": cl if classical else None, "fcunet_s": fc_s, "classical_s": cl_s}
 
 
 def score(pred: list[np.ndarray], truth: list[np.ndarray], q_pixel_inv_A: float) -> dict:
@@ -218,7 +219,9 @@ def library_splits(infos: list[dict], train: LibraryConfig) -> list[tuple[str, s
 
 
 def run_library(path: Path, max_entries: int | None, *, weights, passes: int, device: str, seed: int,
-                train: LibraryConfig) -> dict:
+                train: LibraryConfig, classical: bool = True) -> dict:
+    """Accuracy per split of FCU-Net (and the classical detector unless ``classical`` is False), both doses."""
+    methods = ("fcunet", "classical") if classical else ("fcunet",)
     lib = Library(path)
     q = float(lib.config.q_pixel_inv_A)
     shape = tuple(lib.config.shape)
@@ -239,19 +242,20 @@ def run_library(path: Path, max_entries: int | None, *, weights, passes: int, de
                  "splits": [{"name": n, "differs": d, "n": int(m.sum())} for n, d, m in splits], "doses": {}}
     for label, dose in (("noise-free", None), (f"low dose ({LOW_DOSE_E:,.0f} e-/pattern)", LOW_DOSE_E)):
         log(f"test library, {label}: {len(order)} entries in {len(groups)} probe groups ...")
-        det = detect_library(lib, groups, dose_e=dose, weights=weights, passes=passes, device=device, seed=seed)
+        det = detect_library(lib, groups, dose_e=dose, weights=weights, passes=passes, device=device, seed=seed,
+                             classical=classical)
         res = {"dose_e": dose, "fcunet_s": det["fcunet_s"], "classical_s": det["classical_s"], "splits": {},
                "per_entry": []}
         for name, _, mask in splits:
             sel = np.flatnonzero(mask)
             res["splits"][name] = {m: score([det[m][k] for k in sel], [truth[k] for k in sel], q)
-                                   for m in ("fcunet", "classical")} if sel.size else None
+                                   for m in methods} if sel.size else None
         for k in range(len(order)):
-            res["per_entry"].append({m: score([det[m][k]], [truth[k]], q) for m in ("fcunet", "classical")})
+            res["per_entry"].append({m: score([det[m][k]], [truth[k]], q) for m in methods})
         a = res["splits"]["all"]
-        log(f"  all: FCU-Net {a['fcunet']['accuracy_fine']} / {a['fcunet']['accuracy_coarse']}, classical "
-            f"{a['classical']['accuracy_fine']} / {a['classical']['accuracy_coarse']} (0.5 px / 2 px); "
-            f"{det['fcunet_s']:.0f} s / {det['classical_s']:.0f} s")
+        log("  all (0.5 px / 2 px): " + ", ".join(f"{m} {a[m]['accuracy_fine']} / {a[m]['accuracy_coarse']}"
+                                                   for m in methods)
+            + f"; {det['fcunet_s']:.0f} s / {det['classical_s']:.0f} s")
         out["doses"][label] = res
     lib.close()
     return out
@@ -338,7 +342,7 @@ STRETCH_PCT = (-2.0, -1.0, 1.0, 2.0)  # stretch-response test: the patterns magn
 
 
 def stretch_response(dc: DataCube, truth, probe: np.ndarray, *, weights, passes: int, device: str,
-                     seed: int) -> dict:
+                     seed: int, classical: bool = True) -> dict:
     """How far each detector's peaks follow a known geometric stretch of real patterns.
 
     The first layer's patterns (rows ``0 .. LAYER_WIDTH``) are magnified about the direct beam by
@@ -372,7 +376,7 @@ def stretch_response(dc: DataCube, truth, probe: np.ndarray, *, weights, passes:
     expected = np.array([1 / (1 + e) - 1 for e in es])
     found = {"fcunet": find_bragg_disks_fcunet(cube, probe, weights=weights, n_passes=passes, seed=seed,
                                                device=device, progress=False),
-             "classical": find_bragg_disks(cube, probe, progress=False, scheduler="inline")}
+             **({"classical": find_bragg_disks(cube, probe, progress=False, scheduler="inline")} if classical else {})}
     out: dict = {"stretch_pct": list(STRETCH_PCT), "patterns_per_block": rows * ry}
     for m, pk in found.items():
         out[m] = {}
@@ -405,8 +409,9 @@ def stretch_response(dc: DataCube, truth, probe: np.ndarray, *, weights, passes:
 
 
 def run_strain_sets(names: list[str], scan: tuple[int, int], *, weights, passes: int, device: str, seed: int,
-                    resimulate: bool) -> tuple[dict, dict]:
-    """Results per set, and the (DataCube, probe) of every set for the throughput part."""
+                    resimulate: bool, classical: bool = True) -> tuple[dict, dict]:
+    """Results per set (the classical detector's too unless ``classical`` is False), and the
+    (DataCube, probe) of every set for the throughput part."""
     pattern = (128, 128)
     ref_rows = (0, svp.LAYER_WIDTH)
     ref_region = (slice(*ref_rows), slice(None))
@@ -426,13 +431,15 @@ def run_strain_sets(names: list[str], scan: tuple[int, int], *, weights, passes:
         fc_s = time.perf_counter() - t
         res["fcunet"] = {**strain_result(pk, truth_bp, expected, ref_region), "seconds": fc_s,
                          "patterns_per_s": dc.n_patterns / fc_s}
-        t = time.perf_counter()
-        pc = find_bragg_disks(dc, probe, progress=False, scheduler="inline")
-        cl_s = time.perf_counter() - t
-        res["classical"] = {**strain_result(pc, truth_bp, expected, ref_region), "seconds": cl_s,
-                            "patterns_per_s": dc.n_patterns / cl_s}
-        res["stretch"] = stretch_response(dc, truth, probe, weights=weights, passes=passes, device=device, seed=seed)
-        for m in ("fcunet", "classical"):
+        if classical:
+            t = time.perf_counter()
+            pc = find_bragg_disks(dc, probe, progress=False, scheduler="inline")
+            cl_s = time.perf_counter() - t
+            res["classical"] = {**strain_result(pc, truth_bp, expected, ref_region), "seconds": cl_s,
+                                "patterns_per_s": dc.n_patterns / cl_s}
+        res["stretch"] = stretch_response(dc, truth, probe, weights=weights, passes=passes, device=device, seed=seed,
+                                          classical=classical)
+        for m in ("fcunet", "classical") if classical else ("fcunet",):
             r = res[m]
             log(f"  {m}: stretch response eps_xx {res['stretch'][m]['eps_xx']['strain_slope']:.3f}, "
                 f"eps_yy {res['stretch'][m]['eps_yy']['strain_slope']:.3f}")

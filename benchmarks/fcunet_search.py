@@ -72,7 +72,7 @@ def main() -> None:
     lines = [
         "## FCU-Net hyperparameter search (validation split)",
         "",
-        f"- Machine: {machine_line()}",
+        machine_line(),
         f"- Command: `python benchmarks/fcunet_search.py --library LIB --steps {args.steps}` "
         "(LIB: the `fcunet_train.toml` library, as far as it was built when each candidate ran: entries in the table)",
         f"- Each candidate: {args.steps} AdamW steps of {args.batch_size} augmented patterns (same order, "
