@@ -57,7 +57,7 @@ def measure(weights: Path | None, args, *, classical: bool, train_cfg) -> dict:
     tr = card.get("training", {})
     return {"weights": fb._repo_relative(Path(path)), "sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest(),
             "architecture": card.get("architecture"), "steps": tr.get("steps"), "seconds": tr.get("seconds"),
-            "init": (tr.get("init") or {}).get("weights"), "validation": card.get("validation", {}).get("best"),
+            "init": (tr.get("init") or {}).get("weights"), "command": tr.get("command"), "validation": card.get("validation", {}).get("best"),
             "library": {d: {s: v for s, v in r["splits"].items()} for d, r in lib["doses"].items()},
             "library_splits": lib["splits"], "library_n": lib["n_entries"],
             "strain": strain, "measure_s": time.perf_counter() - t}
@@ -116,9 +116,9 @@ def render(raw: dict) -> str:
     for v in variants:
         L.append(f"| {v['label']} | {strain_cells(v, 'fcunet')} |")
     L.append(f"| correlation (reference) | {strain_cells(first, 'classical')} |")
-    L += ["", "Weights: " + "; ".join(f"{v['label']}: `{v['weights']}` (sha256 {v['sha256'][:12]})"
-                                     for v in variants) + ".",
-          f"Raw numbers: `benchmarks/data/{meta['raw_name']}`."]
+    L += ["", "Weights (the training command from each model card):", ""]
+    L += [f"- {v['label']}: `{v['weights']}` (sha256 {v['sha256'][:12]}): `{v['command']}`" for v in variants]
+    L += ["", f"Raw numbers: `benchmarks/data/{meta['raw_name']}`."]
     return "\n".join(L)
 
 
