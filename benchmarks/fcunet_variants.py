@@ -58,7 +58,7 @@ def measure(weights: Path | None, args, *, classical: bool, train_cfg) -> dict:
     return {"weights": fb._repo_relative(Path(path)), "sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest(),
             "architecture": card.get("architecture"), "steps": tr.get("steps"), "seconds": tr.get("seconds"),
             "init": (tr.get("init") or {}).get("weights"), "command": tr.get("command"), "validation": card.get("validation", {}).get("best"),
-            "library": {d: {s: v for s, v in r["splits"].items()} for d, r in lib["doses"].items()},
+            "library": {d: r["splits"] for d, r in lib["doses"].items()},
             "library_splits": lib["splits"], "library_n": lib["n_entries"],
             "strain": strain, "measure_s": time.perf_counter() - t}
 

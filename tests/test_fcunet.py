@@ -127,6 +127,12 @@ def test_modrelu_thresholds_the_modulus_and_keeps_the_phase():
     assert torch.allclose(out[1].flatten(), torch.tensor([2.7, 3.6], dtype=torch.float64))  # 4.5 · (0.6, 0.8)
 
 
+@pytest.mark.parametrize("layer", [ModReLU(3), ComplexMagnitudeNorm2d(3)])
+def test_equivariant_layers_name_a_wrong_channel_count(layer):
+    with pytest.raises(ValueError, match="expects 6 real channels"):
+        layer(torch.zeros(1, 4, 2, 2))
+
+
 def test_equivariant_fcunet_follows_a_pattern_shift_where_the_published_one_need_not():
     """A pattern shifted by s px should give the prediction shifted by s px. At initialisation
     (seed 0, batch statistics of the pattern itself) the phase-equivariant network's shifted-back

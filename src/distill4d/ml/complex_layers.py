@@ -27,6 +27,11 @@ __all__ = [
 ]
 
 
+def _check_channels(layer: str, z: torch.Tensor, channels: int) -> None:
+    if z.shape[1] != 2 * channels:
+        raise ValueError(f"{layer} expects {2 * channels} real channels (re + im), got {z.shape[1]}")
+
+
 def complex_split(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(N, 2C, H, W)`` → real ``(N, C, H, W)``, imaginary ``(N, C, H, W)``."""
     c = z.shape[1] // 2
@@ -66,8 +71,7 @@ class ComplexConv2d(nn.Module):
         return torch.cat([torch.cat([A, -B], dim=1), torch.cat([B, A], dim=1)], dim=0)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        if z.shape[1] != 2 * self.in_channels:
-            raise ValueError(f"ComplexConv2d expects {2 * self.in_channels} real channels (re + im), got {z.shape[1]}")
+        _check_channels("ComplexConv2d", z, self.in_channels)
         bias = None if self.bias_re is None else torch.cat([self.bias_re, self.bias_im])
         return F.conv2d(z, self.block_weight(), bias, padding=self.kernel_size // 2)
 
@@ -128,6 +132,7 @@ class ComplexMagnitudeNorm2d(nn.Module):
         self.register_buffer("running_power", torch.ones(channels))
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
+        _check_channels("ComplexMagnitudeNorm2d", z, self.channels)
         re, im = complex_split(z)
         if self.training:
             power = (re * re + im * im).mean(dim=(0, 2, 3))
@@ -150,6 +155,7 @@ class ModReLU(nn.Module):
         self.bias = nn.Parameter(torch.full((channels,), float(bias)))
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
+        _check_channels("ModReLU", z, self.bias.numel())
         re, im = complex_split(z)
         mag = torch.sqrt(re * re + im * im + 1e-12)
         scale = F.relu(mag + self.bias[None, :, None, None]) / mag
@@ -160,6 +166,7 @@ def magnitude_max_pool(z: torch.Tensor) -> torch.Tensor:
     """2 x 2 max pooling by magnitude: the complex value of largest ``|z|`` in each block."""
     re, im = complex_split(z)
     _, idx = F.max_pool2d(re * re + im * im, 2, return_indices=True)
-    flat = lambda t: t.flatten(2)  # noqa: E731
-    pick = lambda t: torch.gather(flat(t), 2, idx.flatten(2)).view_as(idx).to(t.dtype)  # noqa: E731
-    return torch.cat([pick(re), pick(im)], dim=1)
+    where = idx.flatten(2)  # indices into each channel's flattened H x W map
+    re_max = torch.gather(re.flatten(2), 2, where).view_as(idx)
+    im_max = torch.gather(im.flatten(2), 2, where).view_as(idx)
+    return torch.cat([re_max, im_max], dim=1)
