@@ -30,7 +30,6 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 import fcunet_benchmark as fb  # noqa: E402
 from _results import machine_info, machine_line, write_section  # noqa: E402
@@ -38,7 +37,6 @@ from _results import machine_info, machine_line, write_section  # noqa: E402
 from distill4d.ml.fcunet_detect import load_fcunet  # noqa: E402
 
 SECTION = "fcunet_variants"
-NOISE_FREE = "noise-free"
 
 
 def _f(x, nd: int = 3) -> str:
@@ -57,7 +55,8 @@ def measure(weights: Path | None, args, *, classical: bool, train_cfg) -> dict:
     tr = card.get("training", {})
     return {"weights": fb._repo_relative(Path(path)), "sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest(),
             "architecture": card.get("architecture"), "steps": tr.get("steps"), "seconds": tr.get("seconds"),
-            "init": (tr.get("init") or {}).get("weights"), "command": tr.get("command"), "validation": card.get("validation", {}).get("best"),
+            "init": (tr.get("init") or {}).get("weights"), "command": tr.get("command"),
+            "validation": card.get("validation", {}).get("best"),
             "library": {d: r["splits"] for d, r in lib["doses"].items()},
             "library_splits": lib["splits"], "library_n": lib["n_entries"],
             "strain": strain, "measure_s": time.perf_counter() - t}
