@@ -509,3 +509,103 @@ def test_shipped_weights_find_every_strong_disk_within_half_a_pixel():
 def test_shipped_weights_find_every_strong_disk_within_half_a_pixel_when_resampled():
     nearest, _ = _unseen_crystal_distances(160, 0.02)
     assert np.all(nearest < 0.5), nearest
+
+
+def test_one_loader_serves_every_epoch_and_resumes_mid_epoch():
+    import itertools
+
+    from distill4d.train.fcunet import FCUNetTrainConfig, _batch_keys, _batches
+
+    cfg = FCUNetTrainConfig(batch_size=3, seed=5)
+    full = list(itertools.islice(_batch_keys(10, cfg, 0, 0), 7))  # 3 batches per epoch (10 // 3)
+    assert [b[0][0] for b in full] == [0, 0, 0, 1, 1, 1, 2]  # the epoch travels with each key
+    assert [i for _, i in full[4]] == list(_batches(10, cfg, 1)[1])  # epoch 1 draws its own order
+    assert full[3:] == list(itertools.islice(_batch_keys(10, cfg, 1, 0), 4))
+    assert full[5:] == list(itertools.islice(_batch_keys(10, cfg, 1, 2), 2))  # resumed at batch 2 of epoch 1
+    assert full[3:] == list(itertools.islice(_batch_keys(10, cfg, 0, 3), 4))  # an epoch's end is the next's start
+
+
+def test_dataset_key_with_epoch_matches_set_epoch(tiny_library):
+    from distill4d.simulate.augment import AugmentConfig
+    from distill4d.train.datasets import LibraryDataset
+
+    ds = LibraryDataset(tiny_library, augment=AugmentConfig(), seed=3)
+    keyed = ds[(2, 1)]
+    ds.set_epoch(2)
+    plain = ds[1]
+    assert keyed["epoch"] == plain["epoch"] == 2
+    assert torch.equal(keyed["pattern"], plain["pattern"])
+    ds.set_epoch(0)
+    assert not torch.equal(ds[1]["pattern"], plain["pattern"])  # another epoch, another augmentation
+
+
+def test_device_augmentation_keeps_the_input_scaling_and_moves_peaks_with_the_target():
+    from distill4d.simulate.augment import AugmentConfig
+    from distill4d.train.fcunet import augment_batch
+
+    truth = [(10.3, 12.0, 1.0), (20.0, 8.6, 0.5), (6.0, 25.2, 0.2)]
+    target = _gaussian_spots(truth).float().repeat(4, 1, 1)
+    pattern = 0.01 * target
+    peaks = torch.full((4, 6, 3), float("nan"))
+    peaks[:, :3] = torch.tensor(truth)
+    batch = {"pattern": pattern, "probe": torch.ones_like(pattern) * 0.05, "target": target, "peaks": peaks}
+    # geometry and gain only: dividing by the gain gives back the resampled pattern
+    cfg = AugmentConfig(ellipticity_max=0.05, shift_max_px=2.0, plasmon_fraction=(0, 0), dose_e=None,
+                        bad_pixel_probability=0.0, intensity_factor=(0.5, 2.0))
+    gen = torch.Generator().manual_seed(1)
+    p, probe, t, pk = augment_batch(batch, cfg, gen, torch.device("cpu"))
+    assert torch.allclose(p, 0.01 * t, rtol=1e-4, atol=1e-9)  # same resampling, the gain divided out
+    assert torch.equal(probe, batch["probe"])
+    assert torch.isnan(pk[:, 3:]).all() and torch.equal(pk[:, :3, 2], peaks[:, :3, 2])
+    moved = (pk[:, :3, :2] - peaks[:, :3, :2]).norm(dim=-1)
+    assert float(moved.max()) > 0.3  # the shifts and stretches did move them
+    # each moved peak sits at the centroid of the moved target spot (within 0.1 px)
+    ii, jj = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
+    for b in range(4):
+        for j in range(3):
+            x, y = pk[b, j, :2].tolist()
+            w = t[b] * ((ii - x) ** 2 + (jj - y) ** 2 < 2.5**2)
+            c = torch.stack([(w * ii).sum(), (w * jj).sum()]) / w.sum()
+            assert float((c - pk[b, j, :2]).norm()) < 0.1, (b, j)
+    # with Poisson noise at a high dose the pattern keeps its total in input units (within 1 %)
+    noisy = AugmentConfig(ellipticity_max=0.0, shift_max_px=0.0, plasmon_fraction=(0, 0), dose_e=(1e6, 1e6),
+                          noise_probability=1.0, bad_pixel_probability=0.0)
+    p2, *_ = augment_batch(batch, noisy, torch.Generator().manual_seed(2), torch.device("cpu"))
+    assert torch.allclose(p2.sum(dim=(1, 2)), pattern.sum(dim=(1, 2)), rtol=0.01)
+    assert not torch.allclose(p2, pattern, atol=1e-6)  # it is noisy
+
+
+def test_training_with_device_augmentation_resumes_to_the_same_weights(tiny_library, tmp_path):
+    from distill4d.train.fcunet import FCUNetTrainConfig, train_fcunet
+
+    with pytest.raises(ValueError, match="augment_on"):
+        FCUNetTrainConfig(augment_on="gpu")
+    kw = dict(augment_on="device", position_weight=0.01)
+    full = train_fcunet(tiny_library, tmp_path / "full.pt", _tiny_config(**kw), device="cpu", log=lambda m: None)
+    assert full["complete"] and full["training"]["config"]["augment_on"] == "device"
+    assert train_fcunet(tiny_library, tmp_path / "res.pt", _tiny_config(max_minutes=1e-9, **kw), device="cpu",
+                        log=lambda m: None) == {"complete": False, "step": 1}
+    train_fcunet(tiny_library, tmp_path / "res.pt", _tiny_config(**kw), device="cpu", log=lambda m: None)
+    a = torch.load(tmp_path / "full.pt", weights_only=True)
+    b = torch.load(tmp_path / "res.pt", weights_only=True)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    loader = train_fcunet(tiny_library, tmp_path / "l.pt", _tiny_config(position_weight=0.01), device="cpu",
+                          log=lambda m: None)
+    c = torch.load(tmp_path / "l.pt", weights_only=True)
+    assert any(not torch.equal(a[k], c[k]) for k in a)  # other draws than the loader's
+    assert loader["training"]["config"]["augment_on"] == "loader"
+
+
+def test_in_memory_dataset_gives_the_items_read_from_the_files(tiny_library):
+    from distill4d.simulate.augment import AugmentConfig
+    from distill4d.train.datasets import LibraryDataset
+
+    idx = [3, 0, 5]
+    files = LibraryDataset(tiny_library, indices=idx, augment=AugmentConfig(), seed=1)
+    memory = LibraryDataset(tiny_library, indices=idx, augment=AugmentConfig(), seed=1, in_memory=True)
+    for i in range(len(idx)):
+        a, b = files[(1, i)], memory[(1, i)]
+        for k in ("pattern", "probe", "target", "peaks"):
+            assert torch.equal(torch.nan_to_num(a[k], nan=-1.0), torch.nan_to_num(b[k], nan=-1.0)), (i, k)
+        assert a["n_peaks"] == b["n_peaks"] > 0 and a["index"] == b["index"] == idx[i]

@@ -31,6 +31,7 @@ __all__ = [
     "elliptic_distortion",
     "intensity_scale",
     "lorentzian_background",
+    "map_points",
     "plasmon_background",
     "poisson_noise",
     "random_augment",
@@ -208,12 +209,20 @@ def affine(
             if p is None:
                 new_pk.append(None)
                 continue
-            Mi, si, oi = M[i].to(p.device), s[i].to(p.device), o[i].to(p.device)
-            xy = p[:, :2].to(Mi.dtype)
-            q = p.clone() if p.is_floating_point() else p.to(torch.get_default_dtype())
-            q[:, :2] = (oi + (xy - oi) @ Mi.T + si).to(q.dtype)
-            new_pk.append(q)
+            q = p if p.is_floating_point() else p.to(torch.get_default_dtype())
+            new_pk.append(map_points(q[None], M[i : i + 1], s[i : i + 1], o[i : i + 1])[0])
     return out[:, 0], new_tgt, new_pk
+
+
+def map_points(points: torch.Tensor, matrix: torch.Tensor, shift_px: torch.Tensor, origin_px: torch.Tensor) -> torch.Tensor:
+    """``(B, P, 2 + k)`` points (qx_px, qy_px, extra columns unchanged; NaN rows stay NaN) mapped
+    by ``origin + matrix (p - origin) + shift`` with ``(B, 2, 2)``, ``(B, 2)``, ``(B, 2)`` tensors:
+    the exact map :func:`affine` applies to peaks, for a padded batch at once. Returns a new tensor."""
+    m = matrix.to(points.device)
+    o, s = origin_px.to(device=points.device, dtype=m.dtype), shift_px.to(device=points.device, dtype=m.dtype)
+    xy = points[..., :2].to(m.dtype) - o[:, None, :]
+    moved = o[:, None, :] + torch.einsum("bij,bpj->bpi", m, xy) + s[:, None, :]
+    return torch.cat([moved.to(points.dtype), points[..., 2:]], dim=-1)
 
 
 def elliptic_distortion(

@@ -472,6 +472,27 @@ class Library:
             entry[name] = v.decode() if isinstance(v, bytes) else str(v)
         return entry
 
+    def arrays(self, indices: Sequence[int] | None = None) -> dict[str, Any]:
+        """``pattern``, ``probe``, ``target`` ((n, Nx, Ny) float32) and ``peaks`` (a list of (m, 3)
+        arrays) of the entries ``indices`` (default: all), read shard by shard into memory (the
+        bulk of :meth:`__getitem__`, without the metadata, for training from memory)."""
+        idx = np.arange(len(self)) if indices is None else np.asarray(indices, dtype=np.int64)
+        where = np.array([self.locate(int(i)) for i in idx], dtype=np.int64).reshape(-1, 2)
+        n = tuple(self.config.shape)
+        out = {k: np.empty((len(idx), *n), dtype=np.float32) for k in ("pattern", "probe", "target")}
+        peaks: list[Any] = [None] * len(idx)
+        for k in np.unique(where[:, 0]):
+            rows = np.nonzero(where[:, 0] == k)[0]
+            f = self._file(int(k))
+            for key, name in (("pattern", "patterns"), ("probe", "probes"), ("target", "targets")):
+                out[key][rows] = f[name][()][where[rows, 1]]
+            all_peaks, offsets = f["peaks"][()], f["peak_offsets"][()]
+            for r in rows:
+                j = where[r, 1]
+                peaks[r] = all_peaks[offsets[j] : offsets[j + 1]]
+        out["peaks"] = peaks
+        return out
+
     def __iter__(self) -> Iterator[dict[str, Any]]:
         for i in range(len(self)):
             yield self[i]

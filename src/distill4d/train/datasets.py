@@ -26,9 +26,12 @@ class LibraryDataset(torch.utils.data.Dataset):
 
     augment : an :class:`~distill4d.simulate.augment.AugmentConfig` for on-the-fly,
         seeded augmentation (geometry applied to pattern, target and peaks alike), or None.
-    seed : with :meth:`set_epoch`, item ``i`` of epoch ``e`` is augmented with
+    seed : item ``i`` of epoch ``e`` (:meth:`set_epoch`, or the key ``(e, i)``) is augmented with
         ``numpy.random.default_rng([seed, e, i])``: reproducible whatever the worker count.
     indices : a subset of library entries (e.g. a train or validation split).
+    in_memory : read the subset's patterns, probes, targets and peaks into memory once
+        (:meth:`Library.arrays`; 3 x 4 x Nx x Ny bytes an entry) instead of from the files
+        item by item (~3 ms an item, mostly HDF5 overhead): for fast training on a GPU.
     """
 
     def __init__(
@@ -39,6 +42,7 @@ class LibraryDataset(torch.utils.data.Dataset):
         augment: AugmentConfig | None = None,
         seed: int = 0,
         max_peaks: int = 512,
+        in_memory: bool = False,
     ) -> None:
         self.library = library if isinstance(library, Library) else Library(library)
         n = len(self.library)
@@ -51,6 +55,7 @@ class LibraryDataset(torch.utils.data.Dataset):
         self.seed = int(seed)
         self.max_peaks = positive_int("max_peaks", max_peaks)
         self.epoch = 0
+        self._memory = self.library.arrays(self.indices) if in_memory else None
 
     def set_epoch(self, epoch: int) -> None:
         """Draw new augmentations for a new epoch."""
@@ -59,13 +64,15 @@ class LibraryDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
+    def __getitem__(self, i: int | tuple[int, int]) -> dict[str, Any]:
+        """Item ``i`` of the current epoch, or ``(epoch, i)``: item ``i`` augmented as in that epoch."""
+        epoch, i = i if isinstance(i, tuple) else (self.epoch, i)
         index = int(self.indices[i])
-        e = self.library[index]
+        e = self.library[index] if self._memory is None else {k: v[i] for k, v in self._memory.items()}
         pattern, target, peaks, probe = e["pattern"], e["target"], e["peaks"], e["probe"]
         gain = 1.0
         if self.augment is not None:
-            rng = np.random.default_rng([self.seed, self.epoch, index])
+            rng = np.random.default_rng([self.seed, int(epoch), index])
             pattern, target, peaks, params = random_augment(pattern, target, peaks, probe, rng=rng, config=self.augment)
             # the probe is recorded at the same dose and gain as the pattern
             gain = float(params["count_scale"]) * float(params["intensity_factor"])
@@ -82,4 +89,5 @@ class LibraryDataset(torch.utils.data.Dataset):
             "peaks": torch.from_numpy(padded),
             "n_peaks": n,
             "index": index,
+            "epoch": int(epoch),
         }

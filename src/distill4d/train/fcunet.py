@@ -29,7 +29,7 @@ import platform
 import shutil
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -43,7 +43,7 @@ from ..simulate.augment import AugmentConfig
 from ..simulate.library import Library
 from .datasets import LibraryDataset
 
-__all__ = ["FCUNetTrainConfig", "train_fcunet", "evaluate_fcunet", "position_loss"]
+__all__ = ["FCUNetTrainConfig", "train_fcunet", "evaluate_fcunet", "position_loss", "augment_batch"]
 
 _VAL_EVERY = 20
 
@@ -60,6 +60,11 @@ class FCUNetTrainConfig:
     val_every_steps : validate every this many steps (and at the end).
     checkpoint_minutes : checkpoint at least this often.
     augment : on-the-fly augmentation (None: off).
+    augment_on : ``"loader"``: each item is augmented with NumPy in the DataLoader's workers
+        (the CPU; ~14 ms a 128² pattern, which limits a GPU's rate); ``"device"``: each batch is
+        augmented on the training device by :func:`distill4d.simulate.augment_torch.random_augment`
+        (same chain and ranges, bilinear only, other draws). Validation is augmented by the
+        loader either way, so the two are scored alike.
     spot_weight : the squared error of pixels where the target exceeds 1e-3 of (000) (the
         Bragg spots, ~2 % of the pixels) counts ``1 + spot_weight`` times (0: plain MSE). The
         target is sparse; weighting its spots speeds up learning them (benchmarks/RESULTS.md,
@@ -71,6 +76,8 @@ class FCUNetTrainConfig:
         pulls each spot's centre of mass onto its true position.
     seed : shuffling, augmentation and initialisation seed.
     num_workers : DataLoader worker processes (0: load in the training process).
+    in_memory : hold the training split in memory (``LibraryDataset(in_memory=True)``) rather
+        than reading each item from the files.
     """
 
     model: FCUNetConfig = dataclasses.field(default_factory=FCUNetConfig)
@@ -84,10 +91,12 @@ class FCUNetTrainConfig:
     val_every_steps: int = 500
     checkpoint_minutes: float = 5.0
     augment: AugmentConfig | None = dataclasses.field(default_factory=AugmentConfig)
+    augment_on: str = "loader"
     spot_weight: float = 0.0
     position_weight: float = 0.0
     seed: int = 0
     num_workers: int = 1
+    in_memory: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, FCUNetConfig):
@@ -102,6 +111,12 @@ class FCUNetTrainConfig:
         if not self.max_minutes >= 0:
             raise ValueError(f"max_minutes must be >= 0 (0: no limit), got {self.max_minutes!r}")
         positive_float("checkpoint_minutes", self.checkpoint_minutes)
+        if not isinstance(self.in_memory, bool):
+            raise TypeError(f"in_memory must be true or false, got {self.in_memory!r}")
+        if self.augment_on not in ("loader", "device"):
+            raise ValueError(f"augment_on must be 'loader' or 'device', got {self.augment_on!r}")
+        if self.augment_on == "device" and self.augment is not None and self.augment.order != 1:
+            raise ValueError(f"augment_on='device' needs bilinear augmentation (augment.order 1), got {self.augment.order}")
         for name in ("spot_weight", "position_weight"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
@@ -115,10 +130,12 @@ class FCUNetTrainConfig:
     def schedule_dict(self) -> dict[str, Any]:
         """What must match for a checkpoint to be resumed (everything but the time limits)."""
         d = self.to_dict()
-        for k in ("max_minutes", "checkpoint_minutes", "num_workers"):
+        for k in ("max_minutes", "checkpoint_minutes", "num_workers", "in_memory"):
             d.pop(k)
         if not d["position_weight"]:  # checkpoints written before the term existed still resume
             d.pop("position_weight")
+        if d["augment_on"] == "loader":  # likewise
+            d.pop("augment_on")
         return d
 
     @classmethod
@@ -149,6 +166,15 @@ def _batches(n: int, cfg: FCUNetTrainConfig, epoch: int) -> list[np.ndarray]:
     perm = np.random.default_rng([cfg.seed, epoch]).permutation(n)
     nb = n // cfg.batch_size  # drop the last partial batch (batch norm)
     return [perm[b * cfg.batch_size : (b + 1) * cfg.batch_size] for b in range(nb)]
+
+
+def _batch_keys(n: int, cfg: FCUNetTrainConfig, epoch: int, batch: int) -> Iterator[list[tuple[int, int]]]:
+    """Batches of ``(epoch, item)`` keys from batch ``batch`` of ``epoch`` on, epoch after epoch
+    (endless): one DataLoader, and its worker processes, serve the whole run."""
+    while True:
+        for idx in _batches(n, cfg, epoch)[batch:]:
+            yield [(epoch, int(i)) for i in idx]
+        epoch, batch = epoch + 1, 0
 
 
 def _loss(pred: torch.Tensor, target: torch.Tensor, spot_weight: float) -> torch.Tensor:
@@ -277,6 +303,28 @@ def evaluate_fcunet(
 
 
 
+def augment_batch(
+    batch: dict[str, torch.Tensor], config: AugmentConfig, generator: torch.Generator, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A batch of un-augmented :class:`LibraryDataset` items augmented on ``device``.
+
+    Returns ``(pattern, probe, target, peaks)`` on ``device``: the pattern in the FCU-Net input
+    scaling (divided by the probe maximum at the pattern's dose and gain, as the loader's
+    augmentation gives it), the target and the padded peaks (NaN rows stay NaN) moved by the
+    same distortion and shift.
+    """
+    from ..simulate import augment_torch
+
+    pattern, probe = batch["pattern"].to(device), batch["probe"].to(device)
+    target, peaks = batch["target"].to(device), batch["peaks"].to(device)
+    pattern, target, _, params = augment_torch.random_augment(pattern, target, None, probe, generator, config)
+    gain = (params["count_scale"] * params["intensity_factor"]).to(pattern.dtype)
+    m = augment_torch.ellipse_matrix(params["ratio"], params["angle_rad"], n=len(gain), device=device)
+    origin = augment_torch._origins(None, pattern)  # the default origin of random_augment
+    peaks = augment_torch.map_points(peaks, m, params["shift_px"], origin)
+    return pattern / gain[:, None, None], probe, target, peaks
+
+
 def _save_checkpoint(path: pathlib.Path, state: dict[str, Any]) -> None:
     with atomic_output(path, force=True) as tmp:
         torch.save(state, tmp)
@@ -371,7 +419,9 @@ def train_fcunet(
         state["best_state"] = ck.get("best_state")
         torch.set_rng_state(ck["torch_rng"])  # the dropout masks go on as if never stopped
         say(f"resuming at step {state['step']} (epoch {state['epoch']}, batch {state['batch']})")
-    train_ds = LibraryDataset(lib, indices=train_idx, augment=cfg.augment, seed=cfg.seed)
+    on_device = cfg.augment_on == "device" and cfg.augment is not None
+    train_ds = LibraryDataset(lib, indices=train_idx, augment=None if on_device else cfg.augment, seed=cfg.seed,
+                              in_memory=cfg.in_memory)
     val_sel = val_idx[np.linspace(0, len(val_idx) - 1, min(cfg.val_entries, len(val_idx))).round().astype(int)]
     val_ds = LibraryDataset(lib, indices=np.unique(val_sel), augment=cfg.augment, seed=cfg.seed + 1)
 
@@ -401,51 +451,51 @@ def train_fcunet(
     seconds0 = state["seconds"]
     last_ckpt = t_start
     running, stopped_early = [], False
-    while state["step"] < cfg.max_steps:
-        train_ds.set_epoch(state["epoch"])
-        batches = _batches(len(train_ds), cfg, state["epoch"])
-        loader = torch.utils.data.DataLoader(
-            train_ds, batch_sampler=batches[state["batch"] :], num_workers=cfg.num_workers,
-            persistent_workers=False, generator=torch.Generator().manual_seed(cfg.seed + state["epoch"]),
-        )
-        for batch in loader:
-            for group in opt.param_groups:
-                group["lr"] = _lr(state["step"], cfg)
-            pred = model(batch["pattern"].to(dev), batch["probe"].to(dev))
-            target = batch["target"].to(dev)
-            loss = _loss(pred, target, cfg.spot_weight)
-            if cfg.position_weight:
-                loss = loss + cfg.position_weight * position_loss(pred, target, batch["peaks"])
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"the training loss became {float(loss)} at step {state['step']}")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            running.append(float(loss.detach()))
-            state["step"] += 1
-            state["batch"] += 1
-            state["seconds"] = seconds0 + time.perf_counter() - t_start
-            if state["step"] % 50 == 0:
-                with open(log_path, "a") as fh:
-                    fh.write(json.dumps({"kind": "train", "step": state["step"], "loss": float(np.mean(running)),
-                                         "lr": _lr(state["step"], cfg), "seconds": round(state["seconds"], 1)}) + "\n")
-                say(f"step {state['step']}/{cfg.max_steps}: loss {np.mean(running):.3g} ({state['seconds'] / 60:.1f} min)")
-                running = []
-            if state["step"] % cfg.val_every_steps == 0 and state["step"] < cfg.max_steps:
-                validate()
-            now = time.perf_counter()
-            if state["step"] >= cfg.max_steps:
-                break
-            if cfg.max_minutes and now - t_start > 60 * cfg.max_minutes:
-                stopped_early = True
-                break
-            if now - last_ckpt > 60 * cfg.checkpoint_minutes:
-                checkpoint()
-                last_ckpt = now
-        if stopped_early or state["step"] >= cfg.max_steps:
+    loader = torch.utils.data.DataLoader(
+        train_ds, batch_sampler=_batch_keys(len(train_ds), cfg, state["epoch"], state["batch"]),
+        num_workers=cfg.num_workers, generator=torch.Generator().manual_seed(cfg.seed + state["epoch"]),
+    )
+    for batch in loader if state["step"] < cfg.max_steps else ():
+        epoch = int(batch["epoch"][0])
+        state["batch"] = state["batch"] + 1 if epoch == state["epoch"] else 1
+        state["epoch"] = epoch
+        for group in opt.param_groups:
+            group["lr"] = _lr(state["step"], cfg)
+        if on_device:  # draws seeded by the step: a resumed run augments as an uninterrupted one
+            gen = torch.Generator(device=dev).manual_seed(cfg.seed * 1_000_003 + state["step"])
+            pattern, probe, target, peaks = augment_batch(batch, cfg.augment, gen, dev)
+        else:
+            pattern, probe, target, peaks = (batch[k].to(dev) for k in ("pattern", "probe", "target", "peaks"))
+        pred = model(pattern, probe)
+        loss = _loss(pred, target, cfg.spot_weight)
+        if cfg.position_weight:
+            loss = loss + cfg.position_weight * position_loss(pred, target, peaks)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"the training loss became {float(loss)} at step {state['step']}")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        running.append(float(loss.detach()))
+        state["step"] += 1
+        state["seconds"] = seconds0 + time.perf_counter() - t_start
+        if state["step"] % 50 == 0:
+            with open(log_path, "a") as fh:
+                fh.write(json.dumps({"kind": "train", "step": state["step"], "loss": float(np.mean(running)),
+                                     "lr": _lr(state["step"], cfg), "seconds": round(state["seconds"], 1)}) + "\n")
+            say(f"step {state['step']}/{cfg.max_steps}: loss {np.mean(running):.3g} ({state['seconds'] / 60:.1f} min)")
+            running = []
+        if state["step"] % cfg.val_every_steps == 0 and state["step"] < cfg.max_steps:
+            validate()
+        now = time.perf_counter()
+        if state["step"] >= cfg.max_steps:
             break
-        state["epoch"] += 1
-        state["batch"] = 0
+        if cfg.max_minutes and now - t_start > 60 * cfg.max_minutes:
+            stopped_early = True
+            break
+        if now - last_ckpt > 60 * cfg.checkpoint_minutes:
+            checkpoint()
+            last_ckpt = now
+    del loader  # stops its worker processes
     if stopped_early:
         checkpoint()
         say(f"stopped after {cfg.max_minutes} min at step {state['step']}; run the same command to go on")
