@@ -8,7 +8,7 @@ export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=
 W=/tmp/w; L=$OUT/l; mkdir -p $W /tmp/cal $L
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; nproc; grep -m1 "model name" /proc/cpuinfo;
   python3 -c "import torch,numpy,scipy,h5py;print(torch.__version__,numpy.__version__,scipy.__version__,h5py.__version__,torch.cuda.is_available())"; } 2>&1 | tee $L/env.txt
-python3 dev/gpu_session/unpack_library.py .gpu/lib /tmp/lib 16 || { echo "unpack failed"; exit 1; }
+python3 dev/gpu_session/library_transfer.py unpack .gpu/lib /tmp/lib 16 || { echo "unpack failed"; exit 1; }
 echo "unpacked at $(el) s"
 timeout 100 python3 benchmarks/fcunet_throughput.py --devices $DEV --scan 32 32 $TP > $L/throughput.log 2>&1
 grep -v Warn $L/throughput.log | tail -8

@@ -22,7 +22,7 @@ def _train_config(args: argparse.Namespace) -> Any:
             model[key] = v
     for key, attr in (("batch_size", "batch_size"), ("max_steps", "steps"), ("lr", "lr"),
                       ("max_minutes", "minutes"), ("num_workers", "loader_workers"), ("seed", "seed"),
-                      ("augment_on", "augment_on")):
+                      ("augment_on", "augment_on"), ("in_memory", "in_memory")):
         v = getattr(args, attr)
         if v is not None:
             base[key] = v
@@ -70,6 +70,8 @@ def add_train_parser(sub: Any) -> None:
     t.add_argument("--minutes", type=float, help="stop after this many minutes (rerun to resume)")
     t.add_argument("--loader-workers", type=int, help="data-loading worker processes")
     t.add_argument("--threads", type=int, help="PyTorch CPU threads")
+    t.add_argument("--in-memory", action="store_true", default=None,
+                   help="hold the training split in memory instead of reading each item from the files")
     t.add_argument("--augment-on", choices=("loader", "device"),
                    help="augment in the data loader (NumPy, CPU) or each batch on the training device (GPU)")
     t.add_argument("--seed", type=int)
