@@ -435,6 +435,10 @@ def test_cli_train_and_detect_with_the_trained_weights(tiny_library, tmp_path):
     assert main(warm) == 0
     assert json.loads((tmp_path / "w2.json").read_text())["training"]["init"]["weights"] == "w.pt"
     assert main(warm[:-1] + [str(tmp_path / "absent.pt"), "--force"]) == 1  # a missing start is named, not trained
+    gpu_style = [a if a != str(out) else str(tmp_path / "w3.pt") for a in args] + ["--in-memory", "--augment-on", "device"]
+    assert main(gpu_style) == 0
+    cfg = json.loads((tmp_path / "w3.json").read_text())["training"]["config"]
+    assert cfg["in_memory"] is True and cfg["augment_on"] == "device"
     lib = Library(tiny_library)
     e = lib[0]
     dc = DataCube(np.stack([e["pattern"], e["pattern"]])[None], Calibration(q_pixel_inv_A=SMALL["q_pixel_inv_A"]))
