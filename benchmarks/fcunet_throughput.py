@@ -152,8 +152,8 @@ def render(device: str, raw: dict, info: dict, command: str, seconds: float) -> 
     for r in raw["detector"]:
         lines.append(f"| `find_bragg_disks_fcunet` (whole call) | {r['passes']} pass(es) | {r['patterns']} | "
                      f"{r['seconds']:.2f} | {r['patterns_per_s']:.1f} |")
-    lines += ["", "The whole call includes resampling and the peak finding and refinement on the CPU, so on a GPU "
-              "it is bounded by the CPU part; the network row is the model alone.",
+    lines += ["", "The whole call includes resampling and the peak finding and refinement, which run on the CPU even when "
+              "the network runs on a GPU; the network row is the model alone.",
               f"Raw numbers: `benchmarks/data/{name}.json`.", f"<!-- {name}:end -->"]
     return "\n".join(lines)
 
