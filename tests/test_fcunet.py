@@ -613,3 +613,17 @@ def test_in_memory_dataset_gives_the_items_read_from_the_files(tiny_library):
         for k in ("pattern", "probe", "target", "peaks"):
             assert torch.equal(torch.nan_to_num(a[k], nan=-1.0), torch.nan_to_num(b[k], nan=-1.0)), (i, k)
         assert a["n_peaks"] == b["n_peaks"] > 0 and a["index"] == b["index"] == idx[i]
+
+
+def test_map_points_names_wrong_shapes():
+    from distill4d.simulate.augment_torch import map_points
+
+    pts = torch.tensor([[[10.0, 12.0, 1.0], [float("nan")] * 3]])
+    eye, zero = torch.eye(2)[None], torch.zeros(1, 2)
+    moved = map_points(pts, 1.1 * eye, torch.tensor([[0.5, 0.0]]), torch.tensor([[8.0, 8.0]]))
+    assert torch.allclose(moved[0, 0], torch.tensor([8 + 1.1 * 2 + 0.5, 8 + 1.1 * 4, 1.0]))
+    assert torch.isnan(moved[0, 1]).all()
+    with pytest.raises(ValueError, match="points must be"):
+        map_points(pts[0], eye, zero, zero)
+    with pytest.raises(ValueError, match="matrix must be"):
+        map_points(pts, torch.eye(2), zero, zero)

@@ -218,6 +218,13 @@ def map_points(points: torch.Tensor, matrix: torch.Tensor, shift_px: torch.Tenso
     """``(B, P, 2 + k)`` points (qx_px, qy_px, extra columns unchanged; NaN rows stay NaN) mapped
     by ``origin + matrix (p - origin) + shift`` with ``(B, 2, 2)``, ``(B, 2)``, ``(B, 2)`` tensors:
     the exact map :func:`affine` applies to peaks, for a padded batch at once. Returns a new tensor."""
+    if points.ndim != 3 or points.shape[-1] < 2:
+        raise ValueError(f"points must be (B, P, 2 + k) (qx_px, qy_px, ...), got {tuple(points.shape)}")
+    b = points.shape[0]
+    for name, t, tail in (("matrix", matrix, (2, 2)), ("shift_px", shift_px, (2,)), ("origin_px", origin_px, (2,))):
+        if not isinstance(t, torch.Tensor) or tuple(t.shape) != (b, *tail):
+            raise ValueError(f"{name} must be a tensor of shape {(b, *tail)}, got "
+                             f"{tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}")
     m = matrix.to(points.device)
     o, s = origin_px.to(device=points.device, dtype=m.dtype), shift_px.to(device=points.device, dtype=m.dtype)
     xy = points[..., :2].to(m.dtype) - o[:, None, :]

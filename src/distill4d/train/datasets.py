@@ -31,7 +31,7 @@ class LibraryDataset(torch.utils.data.Dataset):
     indices : a subset of library entries (e.g. a train or validation split).
     in_memory : read the subset's patterns, probes, targets and peaks into memory once
         (:meth:`Library.arrays`; 3 x 4 x Nx x Ny bytes an entry) instead of from the files
-        item by item (~3 ms an item, mostly HDF5 overhead): for fast training on a GPU.
+        item by item (each read opens several HDF5 datasets): for fast training on a GPU.
     """
 
     def __init__(

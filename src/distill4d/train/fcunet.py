@@ -61,7 +61,7 @@ class FCUNetTrainConfig:
     checkpoint_minutes : checkpoint at least this often.
     augment : on-the-fly augmentation (None: off).
     augment_on : ``"loader"``: each item is augmented with NumPy in the DataLoader's workers
-        (the CPU; ~14 ms a 128² pattern, which limits a GPU's rate); ``"device"``: each batch is
+        (the CPU, pattern by pattern, which can limit a GPU's rate); ``"device"``: each batch is
         augmented on the training device by :func:`distill4d.simulate.augment_torch.random_augment`
         (same chain and ranges, bilinear only, other draws). Validation is augmented by the
         loader either way, so the two are scored alike.
