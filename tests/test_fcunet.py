@@ -627,3 +627,24 @@ def test_map_points_names_wrong_shapes():
         map_points(pts[0], eye, zero, zero)
     with pytest.raises(ValueError, match="matrix must be"):
         map_points(pts, torch.eye(2), zero, zero)
+
+
+def test_affine_maps_padded_peaks_as_it_maps_each_list_entry():
+    from distill4d.simulate.augment_torch import affine
+
+    pats = torch.rand(2, 16, 16)
+    rows = [torch.tensor([[3.0, 4.0, 1.0], [9.5, 2.25, 0.5]]), torch.tensor([[7.0, 7.0, 0.2]])]
+    padded = torch.full((2, 3, 3), float("nan"))
+    padded[0, :2], padded[1, :1] = rows[0], rows[1]
+    m = torch.tensor([[[1.02, 0.01], [0.01, 0.99]], [[0.97, 0.0], [0.0, 1.03]]])
+    shift = torch.tensor([[0.5, -1.0], [1.5, 0.25]])
+    _, _, as_list = affine(pats, None, rows, matrix=m, shift_px=shift)
+    _, _, as_padded = affine(pats, None, padded, matrix=m, shift_px=shift)
+    assert torch.allclose(as_padded[0, :2], as_list[0]) and torch.allclose(as_padded[1, :1], as_list[1])
+    assert torch.isnan(as_padded[0, 2]).all() and torch.isnan(as_padded[1, 1:]).all()
+    with pytest.raises(ValueError, match="padded peaks must have shape"):
+        affine(pats, None, padded[:1], matrix=m, shift_px=shift)
+    half = padded.clone()
+    half[0, 2, 0] = 1.0  # qx given, qy NaN: neither a peak nor padding
+    with pytest.raises(ValueError, match="NaN in both"):
+        affine(pats, None, half, matrix=m, shift_px=shift)

@@ -1,8 +1,9 @@
 """Batched PyTorch versions of :mod:`distill4d.simulate.augment`.
 
 Patterns and targets are ``(B, Qx, Qy)`` tensors (axis 1 is qx, axis 2 is qy, pixel index ``i``
-centred at coordinate ``i``); ``peaks`` is None or a list of B tensors ``(n_i, 2 + k)`` (qx_px,
-qy_px, extra columns carried unchanged) or None entries. Parameters are scalars (shared) or
+centred at coordinate ``i``); ``peaks`` is None, a list of B tensors ``(n_i, 2 + k)`` (qx_px,
+qy_px, extra columns carried unchanged) or None entries, or one padded ``(B, P, 2 + k)`` tensor
+whose rows of NaN coordinates are padding (mapped in one call, returned padded). Parameters are scalars (shared) or
 per-sample ``(B,)`` (``(B, 2)`` for pairs, ``(B, 2, 2)`` for matrices). Everything runs on the
 tensors' device; randomness comes from an explicit ``torch.Generator`` on that device type.
 
@@ -73,11 +74,19 @@ def _targets(value: Any, patterns: torch.Tensor) -> torch.Tensor | None:
     return t
 
 
-def _peak_list(value: Any, n: int) -> list[torch.Tensor | None] | None:
+def _peak_list(value: Any, n: int) -> list[torch.Tensor | None] | torch.Tensor | None:
     if value is None:
         return None
+    if isinstance(value, torch.Tensor):  # padded (B, P, 2 + k): rows of NaN coordinates are padding
+        if value.ndim != 3 or value.shape[0] != n or value.shape[2] < 2:
+            raise ValueError(f"padded peaks must have shape ({n}, P, 2 + k), got {tuple(value.shape)}")
+        xy = value[..., :2]
+        if not bool((torch.isfinite(xy).all(-1) | torch.isnan(xy).all(-1)).all()):
+            raise ValueError("padded peaks: each row needs finite qx, qy or NaN in both (padding); Inf is not allowed")
+        return value if value.is_floating_point() else value.to(torch.get_default_dtype())
     if not isinstance(value, (list, tuple)) or len(value) != n:
-        raise ValueError(f"peaks must be None or a list of {n} tensors (one per pattern), got {type(value).__name__}"
+        raise ValueError(f"peaks must be None, a list of {n} tensors (one per pattern) or a padded ({n}, P, 2 + k) "
+                         f"tensor, got {type(value).__name__}"
                          + (f" of length {len(value)}" if isinstance(value, (list, tuple)) else ""))
     out = []
     for i, p in enumerate(value):
@@ -169,7 +178,7 @@ def affine(
     matrix: Any = ((1.0, 0.0), (0.0, 1.0)),
     shift_px: Any = (0.0, 0.0),
     origin_px: Any = None,
-) -> tuple[torch.Tensor, torch.Tensor | None, list[torch.Tensor | None] | None]:
+) -> tuple[torch.Tensor, torch.Tensor | None, Any]:
     """Map ``p -> origin + matrix (p - origin) + shift_px`` per sample, by one bilinear ``grid_sample``.
 
     ``matrix`` is ``(2, 2)`` or ``(B, 2, 2)``; ``shift_px`` and ``origin_px`` (default
@@ -203,7 +212,9 @@ def affine(
     out = F.grid_sample(images, grid.to(images.dtype), mode="bilinear", padding_mode="zeros", align_corners=True)
     new_tgt = None if tgt is None else out[:, 1].to(tgt.dtype)
     new_pk = None
-    if pk is not None:
+    if isinstance(pk, torch.Tensor):
+        new_pk = map_points(pk, M, s, o)
+    elif pk is not None:
         new_pk = []
         for i, p in enumerate(pk):
             if p is None:
@@ -240,7 +251,7 @@ def elliptic_distortion(
     ratio: Any,
     angle_rad: Any,
     origin_px: Any = None,
-) -> tuple[torch.Tensor, torch.Tensor | None, list[torch.Tensor | None] | None]:
+) -> tuple[torch.Tensor, torch.Tensor | None, Any]:
     """Per-sample stretch by ``ratio`` along ``angle_rad`` (from qx) about the origin (not area-preserving)."""
     pat = _batch("patterns", patterns)
     D = ellipse_matrix(ratio, angle_rad, n=pat.shape[0], device=pat.device)
@@ -249,7 +260,7 @@ def elliptic_distortion(
 
 def shift(
     patterns: torch.Tensor, targets: torch.Tensor | None = None, peaks: Any = None, *, shift_px: Any
-) -> tuple[torch.Tensor, torch.Tensor | None, list[torch.Tensor | None] | None]:
+) -> tuple[torch.Tensor, torch.Tensor | None, Any]:
     """Per-sample sub-pixel shift by ``shift_px`` (``(2,)`` or ``(B, 2)`` pixels), bilinear, zero filled."""
     return affine(patterns, targets, peaks, shift_px=shift_px)
 
@@ -366,7 +377,7 @@ def random_augment(
     config: AugmentConfig = _DEFAULT_CONFIG,
     *,
     origin_px: Any = None,
-) -> tuple[torch.Tensor, torch.Tensor | None, list[torch.Tensor | None] | None, dict[str, Any]]:
+) -> tuple[torch.Tensor, torch.Tensor | None, Any, dict[str, Any]]:
     """Batched :func:`distill4d.simulate.augment.random_augment` with per-sample parameters.
 
     Same chain and ranges (``config.order`` must be 1: bilinear); ``probes`` is ``(B, Qx, Qy)``,

@@ -317,11 +317,8 @@ def augment_batch(
 
     pattern, probe = batch["pattern"].to(device), batch["probe"].to(device)
     target, peaks = batch["target"].to(device), batch["peaks"].to(device)
-    pattern, target, _, params = augment_torch.random_augment(pattern, target, None, probe, generator, config)
+    pattern, target, peaks, params = augment_torch.random_augment(pattern, target, peaks, probe, generator, config)
     gain = (params["count_scale"] * params["intensity_factor"]).to(pattern.dtype)
-    m = augment_torch.ellipse_matrix(params["ratio"], params["angle_rad"], n=len(gain), device=device)
-    origin = augment_torch._origins(None, pattern)  # the default origin of random_augment
-    peaks = augment_torch.map_points(peaks, m, params["shift_px"], origin)
     return pattern / gain[:, None, None], probe, target, peaks
 
 
