@@ -262,8 +262,10 @@ def run_library(path: Path, max_entries: int | None, *, weights, passes: int, de
 
 
 # ============================================================================ 2. strain sets
-def make_tilt_gradient_set(scan: tuple[int, int], pattern: tuple[int, int], seed: int):
-    """The ``tilt`` multilayer (Si [011], 20 nm) with tilt_x = 0 .. 8 mrad linear along the columns."""
+def make_tilt_gradient_set(scan: tuple[int, int], pattern: tuple[int, int], seed: int,
+                           dose_e: float | None = svp.HIGH_DOSE):
+    """The ``tilt`` multilayer (Si [011], 20 nm) with tilt_x = 0 .. 8 mrad linear along the columns;
+    ``dose_e`` electrons per pattern (None: noise-free)."""
     from distill4d.simulate.crystals import orient, prototype
     from distill4d.simulate.kinematic import DEFAULT_CALIBRATION
     from distill4d.simulate.multislice import CBEDSettings, vacuum_probe_pattern
@@ -277,7 +279,7 @@ def make_tilt_gradient_set(scan: tuple[int, int], pattern: tuple[int, int], seed
                          thickness_A=svp.MULTISLICE["tilt"][1]["thickness_A"], tilt_mrad=(0.0, 0.0))
     fields.tilt_mrad[..., 0] = np.linspace(0.0, TILT_GRADIENT_MAX_MRAD, scan[1])[None, :]
     fields.tilt_mrad[..., 1] = 0.0
-    dc, truth = simulate_scan(atoms, fields, settings, dose_e=svp.HIGH_DOSE, seed=seed,
+    dc, truth = simulate_scan(atoms, fields, settings, dose_e=dose_e, seed=seed,
                               tilt_step_mrad=TILT_GRADIENT_STEP_MRAD)
     return dc, truth, vacuum_probe_pattern(settings)
 
@@ -287,21 +289,24 @@ def strain_set_seed(name: str) -> int:
     return 1 + (list(svp.SETS).index(name) if name in svp.SETS else len(svp.SETS))
 
 
-def load_or_simulate(name: str, scan: tuple[int, int], pattern: tuple[int, int], resimulate: bool):
-    """(DataCube, truth, probe, seconds, cached?) of a strain set, from ``CACHE`` when there."""
+def load_or_simulate(name: str, scan: tuple[int, int], pattern: tuple[int, int], resimulate: bool,
+                     dose_e: float | None = svp.HIGH_DOSE):
+    """(DataCube, truth, probe, seconds, cached?) of a strain set at ``dose_e`` electrons per
+    pattern (None: noise-free), from ``CACHE`` when there."""
     from distill4d.simulate.scan import load_scan, save_scan
 
     seed = strain_set_seed(name)
-    stem = CACHE / f"{name}_{scan[0]}x{scan[1]}_{pattern[0]}x{pattern[1]}_seed{seed}"
+    dose = "" if dose_e == svp.HIGH_DOSE else ("_noisefree" if dose_e is None else f"_dose{dose_e:.0e}")
+    stem = CACHE / f"{name}_{scan[0]}x{scan[1]}_{pattern[0]}x{pattern[1]}_seed{seed}{dose}"
     h5, probe_path = stem.with_suffix(".h5"), Path(f"{stem}_probe.npy")
     t = time.perf_counter()
     if h5.exists() and probe_path.exists() and not resimulate:
         dc, truth = load_scan(h5)
         return dc, truth, np.load(probe_path), time.perf_counter() - t, True
     if name == "tilt_gradient":
-        dc, truth, probe = make_tilt_gradient_set(scan, pattern, seed)
+        dc, truth, probe = make_tilt_gradient_set(scan, pattern, seed, dose_e)
     else:
-        dc, truth, probe = svp.make_multislice_set(name, scan, pattern, seed)
+        dc, truth, probe = svp.make_multislice_set(name, scan, pattern, seed, dose_e)
     seconds = time.perf_counter() - t
     CACHE.mkdir(parents=True, exist_ok=True)
     save_scan(h5, dc, truth, force=True)

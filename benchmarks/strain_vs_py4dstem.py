@@ -106,7 +106,9 @@ P4_STRAIN = {"max_peak_spacing": 3.0, "basis": {"minSpacing": 8, "edgeBoundary":
 
 
 # ============================================================================ data
-def make_multislice_set(name: str, scan: tuple[int, int], pattern: tuple[int, int], seed: int):
+def make_multislice_set(name: str, scan: tuple[int, int], pattern: tuple[int, int], seed: int,
+                        dose_e: float | None = HIGH_DOSE):
+    """A multislice multilayer set; ``dose_e`` electrons per pattern (None: noise-free)."""
     from distill4d.simulate.crystals import orient, prototype
     from distill4d.simulate.kinematic import DEFAULT_CALIBRATION
     from distill4d.simulate.multislice import CBEDSettings, vacuum_probe_pattern
@@ -118,7 +120,7 @@ def make_multislice_set(name: str, scan: tuple[int, int], pattern: tuple[int, in
     settings = CBEDSettings(energy_eV=cal.energy_eV, semiangle_mrad=cal.semiangle_mrad, shape=pattern,
                             q_pixel_inv_A=cal.q_pixel_inv_A)
     fields = scan_preset("multilayer", scan, strain=STRAIN, layer_width=LAYER_WIDTH, **opts)
-    dc, truth = simulate_scan(atoms, fields, settings, dose_e=HIGH_DOSE, seed=seed)
+    dc, truth = simulate_scan(atoms, fields, settings, dose_e=dose_e, seed=seed)
     return dc, truth, vacuum_probe_pattern(settings)
 
 
