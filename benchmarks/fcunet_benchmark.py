@@ -413,16 +413,27 @@ def stretch_response(dc: DataCube, truth, probe: np.ndarray, *, weights, passes:
     return out
 
 
+def check_strain_sets(names: list[str], scan: tuple[int, int]) -> None:
+    """Exit with a message naming unknown strain sets or a scan too short for two layers."""
+    unknown = [n for n in names if n not in STRAIN_SETS]
+    if unknown:
+        raise SystemExit(f"unknown strain set(s) {unknown}; known: {list(STRAIN_SETS)}")
+    if names and scan[0] < 2 * svp.LAYER_WIDTH:
+        raise SystemExit(f"the scan needs at least {2 * svp.LAYER_WIDTH} rows (two layers)")
+
+
 def run_strain_sets(names: list[str], scan: tuple[int, int], *, weights, passes: int, device: str, seed: int,
-                    resimulate: bool, classical: bool = True) -> tuple[dict, dict]:
-    """Results per set (the classical detector's too unless ``classical`` is False), and the
-    (DataCube, probe) of every set for the throughput part."""
+                    resimulate: bool, classical: bool = True, dose_e: float | None = svp.HIGH_DOSE,
+                    stretch: bool = True) -> tuple[dict, dict]:
+    """Results per set (the classical detector's too unless ``classical`` is False; the stretch
+    response unless ``stretch`` is False) at ``dose_e`` electrons per pattern (None: noise-free),
+    and the (DataCube, probe) of every set for the throughput part."""
     pattern = (128, 128)
     ref_rows = (0, svp.LAYER_WIDTH)
     ref_region = (slice(*ref_rows), slice(None))
     results, data = {}, {}
     for name in names:
-        dc, truth, probe, sim_s, cached = load_or_simulate(name, scan, pattern, resimulate)
+        dc, truth, probe, sim_s, cached = load_or_simulate(name, scan, pattern, resimulate, dose_e)
         log(f"strain set {name}: {scan[0]}x{scan[1]} ({'cache' if cached else 'simulated'}, {sim_s:.0f} s)")
         data[name] = (dc, probe)
         truth_bp = truth.bragg_peaks()
@@ -442,12 +453,14 @@ def run_strain_sets(names: list[str], scan: tuple[int, int], *, weights, passes:
             cl_s = time.perf_counter() - t
             res["classical"] = {**strain_result(pc, truth_bp, expected, ref_region), "seconds": cl_s,
                                 "patterns_per_s": dc.n_patterns / cl_s}
-        res["stretch"] = stretch_response(dc, truth, probe, weights=weights, passes=passes, device=device, seed=seed,
-                                          classical=classical)
+        if stretch:
+            res["stretch"] = stretch_response(dc, truth, probe, weights=weights, passes=passes, device=device,
+                                              seed=seed, classical=classical)
         for m in ("fcunet", "classical") if classical else ("fcunet",):
             r = res[m]
-            log(f"  {m}: stretch response eps_xx {res['stretch'][m]['eps_xx']['strain_slope']:.3f}, "
-                f"eps_yy {res['stretch'][m]['eps_yy']['strain_slope']:.3f}")
+            if stretch:
+                log(f"  {m}: stretch response eps_xx {res['stretch'][m]['eps_xx']['strain_slope']:.3f}, "
+                    f"eps_yy {res['stretch'][m]['eps_yy']['strain_slope']:.3f}")
             log(f"  {m}: accuracy {r['accuracy']}, eps_yy RMS {r['strain'].get('eps_yy')} %, "
                 f"failed {r['strain']['n_failed']}, {r['patterns_per_s']:.1f} patterns/s")
         results[name] = res
@@ -728,11 +741,7 @@ def main(argv=None) -> int:
     scan = tuple(a.scan) if a.scan else ((8, 8) if a.quick else (32, 32))
     n_tp = a.throughput_patterns or (8 if a.quick else 128)
     names = [] if a.sets == "none" else (a.sets.split(",") if a.sets else list(STRAIN_SETS))
-    unknown = [n for n in names if n not in STRAIN_SETS]
-    if unknown:
-        raise SystemExit(f"unknown strain set(s) {unknown}; known: {list(STRAIN_SETS)}")
-    if names and scan[0] < 2 * svp.LAYER_WIDTH:
-        raise SystemExit(f"the scan needs at least {2 * svp.LAYER_WIDTH} rows (two layers)")
+    check_strain_sets(names, scan)
     if a.passes < 1:
         raise SystemExit("--passes must be >= 1")
     if a.test_library is None:

@@ -32,11 +32,9 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import fcunet_benchmark as fb  # noqa: E402
-import strain_vs_py4dstem as svp  # noqa: E402
 from _results import machine_info, machine_line, write_section  # noqa: E402
 
-from distill4d.bragg import find_bragg_disks  # noqa: E402
-from distill4d.ml.fcunet_detect import find_bragg_disks_fcunet, load_fcunet  # noqa: E402
+from distill4d.ml.fcunet_detect import load_fcunet  # noqa: E402
 
 SECTION = "fcunet_dose"
 DEFAULT_DOSES = ("inf", "1e6", "1e5", "1e4")
@@ -59,29 +57,18 @@ def dose_label(dose: float | None) -> str:
 
 
 def run(names: list[str], doses: list[float | None], scan: tuple[int, int], *, weights, device: str) -> list[dict]:
-    """One row per (set, dose): both detectors' strain RMS errors and their row / scatter parts."""
-    ref_rows = (0, svp.LAYER_WIDTH)
-    ref_region = (slice(*ref_rows), slice(None))
+    """One row per (set, dose): both detectors' strain RMS errors and their row / scatter parts
+    (``fcunet_benchmark.run_strain_sets`` at that dose, one FCU-Net pass, no stretch test)."""
     rows = []
-    for name in names:
-        for dose in doses:
-            dc, truth, probe, sim_s, cached = fb.load_or_simulate(name, scan, (128, 128), False, dose_e=dose)
-            truth_bp, expected = truth.bragg_peaks(), svp.expected_strain(truth, ref_rows)[0]
-            row: dict = {"set": name, "dose_e": dose, "simulation_s": sim_s, "cached": cached}
-            detectors = {
-                "fcunet": lambda: find_bragg_disks_fcunet(dc, probe, weights=weights, device=device, progress=False),
-                "classical": lambda: find_bragg_disks(dc, probe, progress=False, scheduler="inline"),
-            }
-            for method, detect in detectors.items():
-                t = time.perf_counter()
-                peaks = detect()
-                row[method] = {**fb.strain_result(peaks, truth_bp, expected, ref_region),
-                               "seconds": time.perf_counter() - t}
-            parts = {m: row[m]["strain_parts"] for m in detectors}
-            fb.log(f"{name} {dose_label(dose)}: eps_xx RMS FCU-Net {parts['fcunet']['eps_xx']['rms']:.3f} / "
-                   f"correlation {parts['classical']['eps_xx']['rms']:.3f}, eps_yy "
-                   f"{parts['fcunet']['eps_yy']['rms']:.3f} / {parts['classical']['eps_yy']['rms']:.3f} %")
-            rows.append(row)
+    for dose in doses:
+        results, _ = fb.run_strain_sets(names, scan, weights=weights, passes=1, device=device, seed=0,
+                                        resimulate=False, dose_e=dose, stretch=False)
+        rows += [{"set": name, "dose_e": dose, **results[name]} for name in names]
+    rows.sort(key=lambda r: names.index(r["set"]))  # stable: each set's doses stay in the order asked
+    for r in rows:
+        f, c = r["fcunet"]["strain_parts"], r["classical"]["strain_parts"]
+        fb.log(f"{r['set']} {dose_label(r['dose_e'])}: eps_xx RMS FCU-Net {f['eps_xx']['rms']:.3f} / correlation "
+               f"{c['eps_xx']['rms']:.3f}, eps_yy {f['eps_yy']['rms']:.3f} / {c['eps_yy']['rms']:.3f} %")
     return rows
 
 
@@ -148,11 +135,7 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     a = parse_args(argv)
     names = a.sets.split(",")
-    unknown = [n for n in names if n not in fb.STRAIN_SETS]
-    if unknown:
-        raise SystemExit(f"unknown strain set(s) {unknown}; known: {list(fb.STRAIN_SETS)}")
-    if a.scan[0] < 2 * svp.LAYER_WIDTH:
-        raise SystemExit(f"the scan needs at least {2 * svp.LAYER_WIDTH} rows (two layers)")
+    fb.check_strain_sets(names, tuple(a.scan))
     load_fcunet(a.weights)  # fail early on missing or broken weights
     t0 = time.perf_counter()
     rows = run(names, a.doses, tuple(a.scan), weights=a.weights, device=a.device)
