@@ -335,6 +335,41 @@ def test_position_weight_is_validated_and_old_checkpoints_keep_their_key():
     assert FCUNetTrainConfig(position_weight=0.01).schedule_dict()["position_weight"] == 0.01
 
 
+class _SpotModel(torch.nn.Module):
+    """Stand-in FCU-Net: returns the pattern itself (``follow``) or always the same fixed image."""
+
+    def __init__(self, follow: bool, fixed: torch.Tensor | None = None):
+        super().__init__()
+        self.follow, self.fixed = follow, fixed
+
+    def set_mc_dropout(self, on: bool) -> None:
+        pass
+
+    def forward(self, pattern, probe):
+        return pattern if self.follow else self.fixed.expand_as(pattern)
+
+
+def test_stretch_response_is_one_for_a_detector_that_follows_and_zero_for_one_that_does_not():
+    from distill4d.train.fcunet import stretch_response
+
+    rng = np.random.default_rng(0)
+    items = []
+    for _ in range(3):
+        pk = np.column_stack([rng.uniform(12, 52, 8), rng.uniform(12, 52, 8), rng.uniform(0.2, 1.0, 8)])
+        pk = np.vstack([[32.0, 32.0, 1.0], pk])
+        padded = np.full((12, 3), np.nan)
+        padded[: len(pk)] = pk
+        items.append({"pattern": _gaussian_spots(pk, (64, 64), sigma=1.0)[0].float(), "probe": torch.ones(64, 64),
+                      "peaks": torch.from_numpy(padded), "n_peaks": torch.tensor(len(pk))})
+    full = stretch_response(_SpotModel(True), items, stretch=0.03, batch_size=2)
+    for axis in ("qx", "qy"):
+        assert abs(full[axis]["slope"] - 1.0) < 0.05, full
+        assert full[axis]["peaks"] >= 20 and full[axis]["rms_px"] < 0.1
+    frozen = stretch_response(_SpotModel(False, items[0]["pattern"]), items[:1], stretch=0.03)
+    assert abs(frozen["qx"]["slope"]) < 0.05 and abs(frozen["qy"]["slope"]) < 0.05, frozen
+    with pytest.raises(ValueError, match="stretch"):
+        stretch_response(_SpotModel(True), items, stretch=0.0)
+
 def test_training_resumes_to_the_same_weights(tiny_library, tmp_path):
     from distill4d.train.fcunet import train_fcunet
 
@@ -343,6 +378,8 @@ def test_training_resumes_to_the_same_weights(tiny_library, tmp_path):
     card = json.loads((tmp_path / "full.json").read_text())
     assert card["input"]["q_pixel_inv_A"] == SMALL["q_pixel_inv_A"] and card["input"]["size_px"] == 32
     assert card["training"]["library_config"]["prototypes"] == ["Cu", "MgO"]
+    stretch = card["validation"]["stretch_response"]  # measured on the un-augmented validation entries
+    assert stretch["stretch"] == 0.02 and stretch["entries"] >= 1 and set(stretch) >= {"qx", "qy"}
     # stop after the first step (time limit), then resume with the same command
     part = train_fcunet(tiny_library, tmp_path / "res.pt", _tiny_config(max_minutes=1e-9), device="cpu",
                         log=lambda m: None)

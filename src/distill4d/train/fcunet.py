@@ -12,7 +12,8 @@
   ``log.jsonl``) is removed once the weights are written; the card keeps the validation history.
 - Output: ``WEIGHTS`` (a plain ``state_dict`` of the best validation loss, loadable with
   ``torch.load(weights_only=True)``) and ``WEIGHTS`` with ``.json``: the model card
-  (architecture, input size and pixel size, library configuration, command, metrics).
+  (architecture, input size and pixel size, library configuration, command, metrics, and the
+  best weights' :func:`stretch_response` on un-augmented validation patterns).
 - Warm start (``init=``, ``--init``): the model starts from earlier weights of the same
   architecture (their card's training record is kept in the new card, under ``init``) with a
   fresh optimiser and schedule: a longer or further training of shipped weights.
@@ -43,7 +44,7 @@ from ..simulate.augment import AugmentConfig
 from ..simulate.library import Library
 from .datasets import LibraryDataset
 
-__all__ = ["FCUNetTrainConfig", "train_fcunet", "evaluate_fcunet", "position_loss", "augment_batch"]
+__all__ = ["FCUNetTrainConfig", "train_fcunet", "evaluate_fcunet", "stretch_response", "position_loss", "augment_batch"]
 
 _VAL_EVERY = 20
 
@@ -285,6 +286,84 @@ def tune_detection(
 
 
 @torch.no_grad()
+def stretch_response(
+    model: FCUNet, dataset: LibraryDataset, *, stretch: float = 0.02, device: str | torch.device = "cpu",
+    batch_size: int = 16, match_px: float = 1.0,
+) -> dict[str, Any]:
+    """How fully the predicted peaks follow a known magnification of the patterns (eval mode, no dropout).
+
+    Each item's pattern is magnified about the detector centre by ``1 - stretch`` and
+    ``1 + stretch`` along qx, then along qy (bilinear :func:`distill4d.simulate.augment.affine`;
+    the probe is unchanged). Each true peak (amplitude ≥ 0.01 of (000), ≥ 4 px inside the
+    detector), mapped exactly, is matched to the nearest predicted peak within ``match_px`` in
+    the unstretched and the stretched pattern. The slope (through 0) of the matched peaks'
+    predicted displacement along the stretched axis on their true displacement is 1 for a
+    detector that follows the lattice fully; a strain map from it reports that fraction of a
+    true strain. Use an un-augmented dataset (``augment=None``) of simulations never trained on.
+
+    Returns ``{"stretch": stretch, "qx": {"slope", "peaks", "rms_px"}, "qy": {...}}``; ``rms_px``:
+    the RMS difference (px) between predicted and true displacements; slope and rms_px are
+    None where no peak was matched.
+    """
+    from ..ml.fcunet_detect import peaks_from_prediction, true_peaks
+    from ..simulate.augment import affine
+
+    if not 0 < stretch < 0.5:
+        raise ValueError(f"stretch must be in (0, 0.5), got {stretch!r}")
+    dev = torch.device(device)
+    was_training = model.training
+    model.eval()
+    model.set_mc_dropout(False)
+    scales = (0.0, -stretch, stretch)
+    moved: dict[int, tuple[list[float], list[float]]] = {0: ([], []), 1: ([], [])}
+    try:
+        for start in range(0, len(dataset), batch_size):
+            items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+            for axis in (0, 1):
+                pats, probes, truths = [], [], []
+                for it in items:
+                    pat = it["pattern"].numpy()
+                    centre = np.array([pat.shape[0] // 2, pat.shape[1] // 2], dtype=np.float64)
+                    pk = it["peaks"][: int(it["n_peaks"])].numpy()
+                    t0 = true_peaks(pk, pat.shape, min_amplitude=0.01, edge_px=4.0)[:, :2]
+                    for e in scales:
+                        m = np.eye(2)
+                        m[axis, axis] = 1 + e
+                        pats.append(affine(pat, matrix=m, origin_px=centre)[0])
+                        probes.append(it["probe"].numpy())
+                        truths.append(centre + (t0 - centre) @ m.T)
+                x = torch.from_numpy(np.stack(pats).astype(np.float32)).to(dev)
+                p = torch.from_numpy(np.stack(probes).astype(np.float32)).to(dev)
+                found = peaks_from_prediction(model(x, p).float().cpu().numpy())
+                for k in range(0, len(found), len(scales)):
+                    pos = []
+                    for f, t in zip(found[k : k + len(scales)], truths[k : k + len(scales)]):
+                        q = np.full(t.shape, np.nan)
+                        if len(f) and len(t):
+                            d = np.hypot(f[:, None, 0] - t[None, :, 0], f[:, None, 1] - t[None, :, 1])
+                            j = d.argmin(axis=0)
+                            ok = d[j, np.arange(len(t))] < match_px
+                            q[ok] = f[j[ok], :2]
+                        pos.append(q)
+                    for s in range(1, len(scales)):
+                        t_d = truths[k + s][:, axis] - truths[k][:, axis]
+                        p_d = pos[s][:, axis] - pos[0][:, axis]
+                        good = np.isfinite(p_d) & (np.abs(t_d) > 0.05)
+                        moved[axis][0].extend(t_d[good])
+                        moved[axis][1].extend(p_d[good])
+    finally:
+        model.train(was_training)
+        model.set_mc_dropout(True)
+    out: dict[str, Any] = {"stretch": stretch}
+    for axis, name in ((0, "qx"), (1, "qy")):
+        t_d, p_d = (np.asarray(v, dtype=np.float64) for v in moved[axis])
+        ok = t_d.size > 0
+        out[name] = {"slope": float(np.sum(t_d * p_d) / np.sum(t_d * t_d)) if ok else None,
+                     "peaks": int(t_d.size), "rms_px": float(np.sqrt(np.mean((p_d - t_d) ** 2))) if ok else None}
+    return out
+
+
+@torch.no_grad()
 def evaluate_fcunet(
     model: FCUNet, dataset: LibraryDataset, *, device: str | torch.device = "cpu", batch_size: int = 16
 ) -> dict[str, float]:
@@ -503,6 +582,10 @@ def train_fcunet(
     detection = tune_detection(model, val_ds, device=dev, batch_size=cfg.batch_size)
     detection["chosen_on"] = "the validation split (every 20th simulation of the training library)"
     say(f"detection threshold {detection['min_intensity']} (validation accuracy {detection['accuracy']})")
+    plain_val = LibraryDataset(lib, indices=np.unique(val_sel)[::2], augment=None)
+    stretch = stretch_response(model, plain_val, device=dev, batch_size=cfg.batch_size)
+    stretch["entries"] = len(plain_val)
+    say(f"stretch response on validation: qx {stretch['qx']['slope']}, qy {stretch['qy']['slope']} (slopes; 1: full)")
     card = {
         "model": "fcunet",
         "format": "distill4d-weights-1",
@@ -529,7 +612,7 @@ def train_fcunet(
             "command": command,
             "init": init_record,
         },
-        "validation": {"best": state["best"], "history": state["history"]},
+        "validation": {"best": state["best"], "history": state["history"], "stretch_response": stretch},
         "detection": detection,
         "complete": True,
     }
