@@ -33,8 +33,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from _results import machine_info, machine_line, write_section  # noqa: E402
@@ -63,12 +61,11 @@ def score(path: str | None, library, entries: int, stretch: float) -> dict:
     from distill4d.ml.fcunet_detect import DEFAULT_WEIGHTS, load_fcunet
     from distill4d.simulate.augment import AugmentConfig
     from distill4d.train.datasets import LibraryDataset
-    from distill4d.train.fcunet import _splits, evaluate_fcunet, stretch_response
+    from distill4d.train.fcunet import evaluate_fcunet, stretch_response, validation_entries
 
     model, card = load_fcunet(path, device="cpu")
     file = Path(path) if path else DEFAULT_WEIGHTS
-    _, val_idx = _splits(library)
-    sel = np.unique(val_idx[np.linspace(0, len(val_idx) - 1, min(entries, len(val_idx))).round().astype(int)])
+    sel = validation_entries(library, entries)
     t = time.perf_counter()
     with torch.no_grad():
         metrics = evaluate_fcunet(model, LibraryDataset(library, indices=sel, augment=AugmentConfig(), seed=AUGMENT_SEED))

@@ -370,6 +370,7 @@ def test_stretch_response_is_one_for_a_detector_that_follows_and_zero_for_one_th
     with pytest.raises(ValueError, match="stretch"):
         stretch_response(_SpotModel(True), items, stretch=0.0)
 
+
 def test_training_resumes_to_the_same_weights(tiny_library, tmp_path):
     from distill4d.train.fcunet import train_fcunet
 

@@ -21,6 +21,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -44,7 +45,7 @@ from ..simulate.augment import AugmentConfig
 from ..simulate.library import Library
 from .datasets import LibraryDataset
 
-__all__ = ["FCUNetTrainConfig", "train_fcunet", "evaluate_fcunet", "stretch_response", "position_loss", "augment_batch"]
+__all__ = ["FCUNetTrainConfig", "train_fcunet", "evaluate_fcunet", "stretch_response", "validation_entries", "position_loss", "augment_batch"]
 
 _VAL_EVERY = 20
 
@@ -156,6 +157,12 @@ def _splits(library: Library) -> tuple[np.ndarray, np.ndarray]:
     return np.nonzero(~val)[0], np.nonzero(val)[0]
 
 
+def validation_entries(library: Library, n: int) -> np.ndarray:
+    """The validation entries training scores: at most ``n`` evenly spread over the validation split."""
+    _, val_idx = _splits(library)
+    return np.unique(val_idx[np.linspace(0, len(val_idx) - 1, min(n, len(val_idx))).round().astype(int)])
+
+
 def _lr(step: int, cfg: FCUNetTrainConfig) -> float:
     if cfg.warmup_steps and step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
@@ -232,6 +239,19 @@ def position_loss(
 
 
 @torch.no_grad()
+@contextlib.contextmanager
+def _eval_mode(model: FCUNet) -> Iterator[None]:
+    """Eval mode with dropout off inside; the model's training flag and MC dropout restored after."""
+    was_training = model.training
+    model.eval()
+    model.set_mc_dropout(False)
+    try:
+        yield
+    finally:
+        model.train(was_training)
+        model.set_mc_dropout(True)
+
+
 def _predict(
     model: FCUNet, dataset: LibraryDataset, device: str | torch.device, batch_size: int
 ) -> tuple[np.ndarray, list[np.ndarray], float]:
@@ -239,23 +259,17 @@ def _predict(
     from ..ml.fcunet_detect import true_peaks
 
     dev = torch.device(device)
-    was_training = model.training
-    model.eval()
-    model.set_mc_dropout(False)
     # its own generator: evaluating leaves the global RNG (dropout masks of training) untouched
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False,
                                          generator=torch.Generator().manual_seed(0))
     images, truths, se = [], [], 0.0
-    try:
+    with _eval_mode(model):
         for batch in loader:
             out = model(batch["pattern"].to(dev), batch["probe"].to(dev)).cpu()
             se += float(((out - batch["target"]) ** 2).mean(dim=(1, 2)).sum())
             images.append(out.numpy())
             for j in range(out.shape[0]):
                 truths.append(true_peaks(batch["peaks"][j, : int(batch["n_peaks"][j])].numpy(), out.shape[-2:]))
-    finally:
-        model.train(was_training)
-        model.set_mc_dropout(True)
     return np.concatenate(images), truths, se / max(len(truths), 1)
 
 
@@ -295,8 +309,8 @@ def stretch_response(
     Each item's pattern is magnified about the detector centre by ``1 - stretch`` and
     ``1 + stretch`` along qx, then along qy (bilinear :func:`distill4d.simulate.augment.affine`;
     the probe is unchanged). Each true peak (amplitude ≥ 0.01 of (000), ≥ 4 px inside the
-    detector), mapped exactly, is matched to the nearest predicted peak within ``match_px`` in
-    the unstretched and the stretched pattern. The slope (through 0) of the matched peaks'
+    detector), mapped exactly, is matched to a predicted peak within ``match_px`` (px;
+    :func:`distill4d.bragg.score.match_peaks`) in the unstretched and the stretched pattern. The slope (through 0) of the matched peaks'
     predicted displacement along the stretched axis on their true displacement is 1 for a
     detector that follows the lattice fully; a strain map from it reports that fraction of a
     true strain. Use an un-augmented dataset (``augment=None``) of simulations never trained on.
@@ -305,18 +319,16 @@ def stretch_response(
     the RMS difference (px) between predicted and true displacements; slope and rms_px are
     None where no peak was matched.
     """
+    from ..bragg.score import match_peaks
     from ..ml.fcunet_detect import peaks_from_prediction, true_peaks
     from ..simulate.augment import affine
 
     if not 0 < stretch < 0.5:
         raise ValueError(f"stretch must be in (0, 0.5), got {stretch!r}")
     dev = torch.device(device)
-    was_training = model.training
-    model.eval()
-    model.set_mc_dropout(False)
     scales = (0.0, -stretch, stretch)
     moved: dict[int, tuple[list[float], list[float]]] = {0: ([], []), 1: ([], [])}
-    try:
+    with _eval_mode(model):
         for start in range(0, len(dataset), batch_size):
             items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
             for axis in (0, 1):
@@ -339,11 +351,8 @@ def stretch_response(
                     pos = []
                     for f, t in zip(found[k : k + len(scales)], truths[k : k + len(scales)]):
                         q = np.full(t.shape, np.nan)
-                        if len(f) and len(t):
-                            d = np.hypot(f[:, None, 0] - t[None, :, 0], f[:, None, 1] - t[None, :, 1])
-                            j = d.argmin(axis=0)
-                            ok = d[j, np.arange(len(t))] < match_px
-                            q[ok] = f[j[ok], :2]
+                        i_pred, i_true = match_peaks(f[:, :2], t, match_px)
+                        q[i_true] = f[i_pred, :2]
                         pos.append(q)
                     for s in range(1, len(scales)):
                         t_d = truths[k + s][:, axis] - truths[k][:, axis]
@@ -351,9 +360,6 @@ def stretch_response(
                         good = np.isfinite(p_d) & (np.abs(t_d) > 0.05)
                         moved[axis][0].extend(t_d[good])
                         moved[axis][1].extend(p_d[good])
-    finally:
-        model.train(was_training)
-        model.set_mc_dropout(True)
     out: dict[str, Any] = {"stretch": stretch}
     for axis, name in ((0, "qx"), (1, "qy")):
         t_d, p_d = (np.asarray(v, dtype=np.float64) for v in moved[axis])
@@ -498,8 +504,8 @@ def train_fcunet(
     on_device = cfg.augment_on == "device" and cfg.augment is not None
     train_ds = LibraryDataset(lib, indices=train_idx, augment=None if on_device else cfg.augment, seed=cfg.seed,
                               in_memory=cfg.in_memory)
-    val_sel = val_idx[np.linspace(0, len(val_idx) - 1, min(cfg.val_entries, len(val_idx))).round().astype(int)]
-    val_ds = LibraryDataset(lib, indices=np.unique(val_sel), augment=cfg.augment, seed=cfg.seed + 1)
+    val_sel = validation_entries(lib, cfg.val_entries)
+    val_ds = LibraryDataset(lib, indices=val_sel, augment=cfg.augment, seed=cfg.seed + 1)
 
     def checkpoint() -> None:
         body = dict(state)
@@ -582,7 +588,7 @@ def train_fcunet(
     detection = tune_detection(model, val_ds, device=dev, batch_size=cfg.batch_size)
     detection["chosen_on"] = "the validation split (every 20th simulation of the training library)"
     say(f"detection threshold {detection['min_intensity']} (validation accuracy {detection['accuracy']})")
-    plain_val = LibraryDataset(lib, indices=np.unique(val_sel)[::2], augment=None)
+    plain_val = LibraryDataset(lib, indices=val_sel[::2], augment=None)
     stretch = stretch_response(model, plain_val, device=dev, batch_size=cfg.batch_size)
     stretch["entries"] = len(plain_val)
     say(f"stretch response on validation: qx {stretch['qx']['slope']}, qy {stretch['qy']['slope']} (slopes; 1: full)")
