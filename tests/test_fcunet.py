@@ -371,6 +371,42 @@ def test_stretch_response_is_one_for_a_detector_that_follows_and_zero_for_one_th
         stretch_response(_SpotModel(True), items, stretch=0.0)
 
 
+class _LastChannel(torch.nn.Module):
+    def forward(self, h):
+        return h[:, -1:]
+
+
+def test_stretch_response_with_a_held_input_shows_which_input_places_the_peaks():
+    from distill4d.ml.fcunet import FCUNet, FCUNetConfig
+    from distill4d.train.fcunet import stretch_response
+
+    rng = np.random.default_rng(1)
+    delta = torch.zeros(64, 64)
+    delta[32, 32] = 1.0  # the cross-correlation with a point probe is the pattern itself
+    items = []
+    for _ in range(2):
+        pk = np.vstack([[32.0, 32.0, 1.0], np.column_stack([rng.uniform(12, 52, 8), rng.uniform(12, 52, 8),
+                                                            rng.uniform(0.2, 1.0, 8)])])
+        padded = np.full((12, 3), np.nan)
+        padded[: len(pk)] = pk
+        items.append({"pattern": _gaussian_spots(pk, (64, 64), sigma=1.0)[0].float(), "probe": delta,
+                      "peaks": torch.from_numpy(padded), "n_peaks": torch.tensor(len(pk))})
+    torch.manual_seed(0)
+    model = FCUNet(FCUNetConfig(size=64, filters=2, depth=2, correlation_skip=True))
+    model.real = _LastChannel()  # a real block that reads only the correlation input
+    x = torch.stack([it["pattern"] for it in items])
+    assert torch.equal(model(x, delta.expand_as(x)), model.real(model.head_inputs(x, delta.expand_as(x)))[:, 0])
+    only_corr = stretch_response(model, items, stretch=0.03, hold="field")  # the correlation sees the stretch
+    only_field = stretch_response(model, items, stretch=0.03, hold="correlation")  # the correlation is frozen
+    for axis in ("qx", "qy"):
+        assert abs(only_corr[axis]["slope"] - 1.0) < 0.05, only_corr
+        assert abs(only_field[axis]["slope"]) < 0.05, only_field
+    with pytest.raises(ValueError, match="hold"):
+        stretch_response(model, items, hold="probe")
+    with pytest.raises(ValueError, match="correlation_skip"):
+        stretch_response(FCUNet(FCUNetConfig(size=64, filters=2, depth=2)), items, hold="field")
+
+
 def test_training_resumes_to_the_same_weights(tiny_library, tmp_path):
     from distill4d.train.fcunet import train_fcunet
 

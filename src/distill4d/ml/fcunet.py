@@ -177,7 +177,11 @@ class FCUNet(nn.Module):
             return spectral_pool(z)
         return magnitude_max_pool(z) if self.config.equivariant else F.max_pool2d(z, 2)
 
-    def forward(self, pattern: torch.Tensor, probe: torch.Tensor) -> torch.Tensor:
+    def head_inputs(self, pattern: torch.Tensor, probe: torch.Tensor) -> torch.Tensor:
+        """The real block's input ``(N, 2 out_channels [+ 1], H, W)``: the real and imaginary parts
+        of the U-Net's output fields in the detector plane, then (``correlation_skip``) the probe
+        cross-correlation. ``forward`` is ``real(head_inputs)``; swapping one part between two
+        patterns shows which part places the peaks (benchmarks/fcunet_validation.py)."""
         n = self.config.size
         if pattern.ndim != 3 or pattern.shape[-2:] != (n, n) or probe.shape != pattern.shape:
             raise ValueError(
@@ -205,5 +209,7 @@ class FCUNet(nn.Module):
             corr = torch.fft.fftshift(torch.fft.ifft2(torch.complex(z0[:, 0], z0[:, 1])).real, dim=(-2, -1))
             corr = corr / corr.flatten(1).amax(dim=1).clamp_min(1e-12)[:, None, None]
             maps.append(corr[:, None])
-        out = self.real(torch.cat(maps, dim=1))
-        return out[:, 0]
+        return torch.cat(maps, dim=1)
+
+    def forward(self, pattern: torch.Tensor, probe: torch.Tensor) -> torch.Tensor:
+        return self.real(self.head_inputs(pattern, probe))[:, 0]

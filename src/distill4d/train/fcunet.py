@@ -302,7 +302,7 @@ def tune_detection(
 @torch.no_grad()
 def stretch_response(
     model: FCUNet, dataset: LibraryDataset, *, stretch: float = 0.02, device: str | torch.device = "cpu",
-    batch_size: int = 16, match_px: float = 1.0,
+    batch_size: int = 16, match_px: float = 1.0, hold: str | None = None,
 ) -> dict[str, Any]:
     """How fully the predicted peaks follow a known magnification of the patterns (eval mode, no dropout).
 
@@ -315,6 +315,10 @@ def stretch_response(
     detector that follows the lattice fully; a strain map from it reports that fraction of a
     true strain. Use an un-augmented dataset (``augment=None``) of simulations never trained on.
 
+    hold : ``"field"`` or ``"correlation"``: that part of the real block's input
+        (:meth:`FCUNet.head_inputs`) is kept from the unstretched pattern, so only the other
+        part sees the stretch: which part places the peaks (needs ``correlation_skip``).
+
     Returns ``{"stretch": stretch, "qx": {"slope", "peaks", "rms_px"}, "qy": {...}}``; ``rms_px``:
     the RMS difference (px) between predicted and true displacements; slope and rms_px are
     None where no peak was matched.
@@ -325,6 +329,10 @@ def stretch_response(
 
     if not 0 < stretch < 0.5:
         raise ValueError(f"stretch must be in (0, 0.5), got {stretch!r}")
+    if hold not in (None, "field", "correlation"):
+        raise ValueError(f"hold must be None, 'field' or 'correlation', got {hold!r}")
+    if hold is not None and not model.config.correlation_skip:
+        raise ValueError("hold needs a model with correlation_skip (its real block has no correlation input)")
     dev = torch.device(device)
     scales = (0.0, -stretch, stretch)
     moved: dict[int, tuple[list[float], list[float]]] = {0: ([], []), 1: ([], [])}
@@ -346,7 +354,15 @@ def stretch_response(
                         truths.append(centre + (t0 - centre) @ m.T)
                 x = torch.from_numpy(np.stack(pats).astype(np.float32)).to(dev)
                 p = torch.from_numpy(np.stack(probes).astype(np.float32)).to(dev)
-                found = peaks_from_prediction(model(x, p).float().cpu().numpy())
+                if hold is None:
+                    pred = model(x, p)
+                else:
+                    h = model.head_inputs(x, p)
+                    h = h.reshape(-1, len(scales), *h.shape[1:])
+                    held = slice(0, -1) if hold == "field" else slice(-1, None)
+                    h[:, 1:, held] = h[:, :1, held]
+                    pred = model.real(h.flatten(0, 1))[:, 0]
+                found = peaks_from_prediction(pred.float().cpu().numpy())
                 for k in range(0, len(found), len(scales)):
                     pos = []
                     for f, t in zip(found[k : k + len(scales)], truths[k : k + len(scales)]):
