@@ -58,6 +58,8 @@ def write_section(name: str, section: str, path: Path = RESULTS_MD) -> None:
     if not body.startswith(start):
         body = f"{start}\n{body}\n{end}"
     text = path.read_text() if path.exists() else "# distill4d benchmark results\n\n"
+    if text.count(start) > 1 or text.count(end) > 1:
+        raise ValueError(f"{path} has more than one {start} or {end} marker; remove the stale copy by hand")
     if start in text and end in text:
         head, rest = text.split(start, 1)
         _, tail = rest.split(end, 1)
