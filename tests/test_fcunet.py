@@ -407,6 +407,45 @@ def test_stretch_response_with_a_held_input_shows_which_input_places_the_peaks()
         stretch_response(FCUNet(FCUNetConfig(size=64, filters=2, depth=2)), items, hold="field")
 
 
+def test_field_shift_moves_the_fields_by_whole_pixels_and_leaves_the_correlation():
+    from distill4d.ml.fcunet import FCUNet, FCUNetConfig
+
+    torch.manual_seed(0)
+    model = FCUNet(FCUNetConfig(size=32, filters=2, depth=2, out_channels=2, correlation_skip=True)).eval()
+    model.set_mc_dropout(False)
+    x, p = torch.rand(2, 32, 32), torch.rand(2, 32, 32)
+    with torch.no_grad():
+        a = model.head_inputs(x, p)
+        b = model.head_inputs(x, p, field_shift_px=torch.tensor([[3.0, 0.0], [0.0, -2.0]]))
+        half = model.head_inputs(x, p, field_shift_px=torch.tensor([[0.5, 0.0], [0.0, 0.5]]))
+    f = a.shape[1] - 1  # the last channel is the correlation
+    assert torch.allclose(b[0, :f], torch.roll(a[0, :f], 3, dims=-2), atol=1e-5)  # +3 px along qx
+    assert torch.allclose(b[1, :f], torch.roll(a[1, :f], -2, dims=-1), atol=1e-5)  # -2 px along qy
+    assert torch.equal(b[:, f], a[:, f])
+    assert not torch.allclose(half[:, :f], a[:, :f], atol=1e-3)  # a sub-pixel shift changes the fields too
+    with pytest.raises(ValueError, match="field_shift_px"):
+        model.head_inputs(x, p, field_shift_px=torch.zeros(3, 2))
+
+
+def test_field_jitter_is_validated_needs_the_correlation_and_trains(tiny_library, tmp_path):
+    from distill4d.train.fcunet import FCUNetTrainConfig, train_fcunet
+
+    with pytest.raises(ValueError, match="field_jitter_px"):
+        FCUNetTrainConfig(field_jitter_px=-0.5)
+    with pytest.raises(ValueError, match="correlation_skip"):
+        FCUNetTrainConfig(field_jitter_px=0.5)  # the default model has no correlation input
+    assert "field_jitter_px" not in FCUNetTrainConfig().schedule_dict()  # old checkpoints still resume
+    skip = FCUNetConfig(size=32, filters=2, depth=2, out_channels=2, real_filters=4, correlation_skip=True)
+    a = train_fcunet(tiny_library, tmp_path / "a.pt", _tiny_config(model=skip), device="cpu", log=lambda m: None)
+    b = train_fcunet(tiny_library, tmp_path / "b.pt", _tiny_config(model=skip, field_jitter_px=0.5), device="cpu",
+                     log=lambda m: None)
+    assert a["complete"] and b["complete"]
+    assert b["training"]["config"]["field_jitter_px"] == 0.5
+    sa, sb = torch.load(tmp_path / "a.pt", weights_only=True), torch.load(tmp_path / "b.pt", weights_only=True)
+    assert all(torch.isfinite(v).all() for v in sb.values() if v.is_floating_point())
+    assert any(not torch.equal(sa[k], sb[k]) for k in sa)  # the jitter changed what was learned
+
+
 def test_training_resumes_to_the_same_weights(tiny_library, tmp_path):
     from distill4d.train.fcunet import train_fcunet
 

@@ -17,6 +17,7 @@ vacuum probe (N x N, each divided by the probe's maximum). The network
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import torch
@@ -177,11 +178,16 @@ class FCUNet(nn.Module):
             return spectral_pool(z)
         return magnitude_max_pool(z) if self.config.equivariant else F.max_pool2d(z, 2)
 
-    def head_inputs(self, pattern: torch.Tensor, probe: torch.Tensor) -> torch.Tensor:
+    def head_inputs(
+        self, pattern: torch.Tensor, probe: torch.Tensor, field_shift_px: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """The real block's input ``(N, 2 out_channels [+ 1], H, W)``: the real and imaginary parts
         of the U-Net's output fields in the detector plane, then (``correlation_skip``) the probe
         cross-correlation. ``forward`` is ``real(head_inputs)``; swapping one part between two
-        patterns shows which part places the peaks (benchmarks/fcunet_validation.py)."""
+        patterns shows which part places the peaks (benchmarks/fcunet_validation.py).
+
+        ``field_shift_px`` ``(N, 2)``: shift the fields (not the correlation) by this many pixels
+        along (qx, qy), a Fourier shift (training with ``field_jitter_px``)."""
         n = self.config.size
         if pattern.ndim != 3 or pattern.shape[-2:] != (n, n) or probe.shape != pattern.shape:
             raise ValueError(
@@ -201,7 +207,15 @@ class FCUNet(nn.Module):
             z = block(complex_cat(z, skip))
         z = self.to_out(z)
         c = self.config.out_channels
-        field = torch.fft.fftshift(torch.fft.ifft2(torch.complex(z[:, :c], z[:, c:])), dim=(-2, -1))
+        spectrum = torch.complex(z[:, :c], z[:, c:])
+        if field_shift_px is not None:
+            if field_shift_px.shape != (pattern.shape[0], 2):
+                raise ValueError(f"field_shift_px must have shape ({pattern.shape[0]}, 2), got {tuple(field_shift_px.shape)}")
+            k = torch.fft.fftfreq(n, device=spectrum.device)
+            s = field_shift_px.to(device=spectrum.device, dtype=k.dtype)
+            phase = s[:, 0, None, None] * k[None, :, None] + s[:, 1, None, None] * k[None, None, :]
+            spectrum = spectrum * torch.exp(-2j * math.pi * phase)[:, None]
+        field = torch.fft.fftshift(torch.fft.ifft2(spectrum), dim=(-2, -1))
         # the inverse FFT divides by N²; bring the real-space map back to order one
         field = field * float(n)
         maps = [field.real, field.imag]
