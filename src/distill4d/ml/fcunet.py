@@ -225,5 +225,7 @@ class FCUNet(nn.Module):
             maps.append(corr[:, None])
         return torch.cat(maps, dim=1)
 
-    def forward(self, pattern: torch.Tensor, probe: torch.Tensor) -> torch.Tensor:
-        return self.real(self.head_inputs(pattern, probe))[:, 0]
+    def forward(
+        self, pattern: torch.Tensor, probe: torch.Tensor, field_shift_px: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return self.real(self.head_inputs(pattern, probe, field_shift_px))[:, 0]

@@ -575,12 +575,11 @@ def train_fcunet(
             pattern, probe, target, peaks = augment_batch(batch, cfg.augment, gen, dev)
         else:
             pattern, probe, target, peaks = (batch[k].to(dev) for k in ("pattern", "probe", "target", "peaks"))
-        if cfg.field_jitter_px:
+        shift = None
+        if cfg.field_jitter_px:  # drawn from the step, so a resumed run shifts as an uninterrupted one
             gen_j = torch.Generator().manual_seed(cfg.seed * 1_000_033 + state["step"])
-            shift = (2 * torch.rand(pattern.shape[0], 2, generator=gen_j) - 1) * cfg.field_jitter_px
-            pred = model.real(model.head_inputs(pattern, probe, field_shift_px=shift.to(dev)))[:, 0]
-        else:
-            pred = model(pattern, probe)
+            shift = ((2 * torch.rand(pattern.shape[0], 2, generator=gen_j) - 1) * cfg.field_jitter_px).to(dev)
+        pred = model(pattern, probe, field_shift_px=shift)
         loss = _loss(pred, target, cfg.spot_weight)
         if cfg.position_weight:
             loss = loss + cfg.position_weight * position_loss(pred, target, peaks)
