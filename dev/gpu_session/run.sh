@@ -20,6 +20,8 @@ declare -A ARGS
 ARGS[A]="--init $V4"
 ARGS[B]="--init $V4 --batch-size 128 --lr 0.001"
 ARGS[C]="--init .gpu/fcunet_eq2.pt --equivariant --lr 0.001"
+# the equivariant warm start is scratch data that may be gone: then C trains it from random weights
+[ -f .gpu/fcunet_eq2.pt ] || ARGS[C]="--equivariant --lr 0.001"
 for r in A B C; do
   python3 -m distill4d.cli train fcunet --library /tmp/lib ${ARGS[$r]} --out /tmp/cal/$r.pt --config $CFG --minutes 0.6 --device $DEV > $L/cal_$r.log 2>&1 &
 done
