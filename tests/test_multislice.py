@@ -181,3 +181,31 @@ def test_frozen_phonons_are_seeded_and_damp_high_angles():
     between_static = static.patterns[0][~in_disk].sum()
     between_phonon = a.patterns[0][~in_disk].sum()
     assert between_phonon > 1.5 * between_static
+
+
+def test_strain_bound_of_a_multislice_pattern_is_not_beaten_by_the_correlation_detector():
+    """The Cramér–Rao bound of a Si [011] pattern (eps_xx, eps_yy from the simulator's own
+    response to a stretched cell) at 1e5 e-: the correlation detector's scatter over Poisson
+    draws must not fall below it (it would if the bound were too high)."""
+    from distill4d.datacube import DataCube
+    from distill4d.lattice import strain_map
+    from distill4d.lattice.precision import strain_crb
+    from distill4d.simulate.augment import poisson_noise
+    from distill4d.simulate.multislice import strain_renderer
+
+    settings = dataclasses.replace(SETTINGS, thicknesses_A=(100.0,))
+    render = strain_renderer(si_011(), settings)
+    dose = 1e5
+    bound = strain_crb(render, dose_e=dose, components=("eps_xx", "eps_yy"))
+    assert all(1e-5 < v < 1e-2 for v in bound.values()), bound
+    with pytest.raises(ValueError, match="diagonal"):
+        render(np.array([[1.0, 1e-3], [1e-3, 1.0]]))
+    p = render(np.eye(2))
+    rng = np.random.default_rng(0)
+    stack = np.stack([poisson_noise(p, dose_e=dose, rng=rng) for _ in range(48)])
+    dc = DataCube(stack.reshape(6, 8, *p.shape), settings.calibration())
+    sm = strain_map(find_bragg_disks(dc, simulate_cbed(si_011(), settings).probe, progress=False),
+                    reference=(slice(None), slice(None)))
+    for k in ("eps_xx", "eps_yy"):
+        ratio = np.nanstd(getattr(sm, k)) / bound[k]
+        assert ratio > 0.8, (k, ratio, bound)  # 48 draws: the std is known to about 10 %

@@ -2,6 +2,7 @@
 
 from .find import Basis, find_lattice, reduce_basis
 from .fit import Lattice, fit_lattice
+from .precision import strain_crb
 from .strain import StrainMap, reference_basis, strain_from_deformation, strain_map
 
 __all__ = [
@@ -13,5 +14,6 @@ __all__ = [
     "reduce_basis",
     "reference_basis",
     "strain_from_deformation",
+    "strain_crb",
     "strain_map",
 ]

@@ -45,6 +45,8 @@ __all__ = [
     "orthogonal_cell_lengths",
     "rebin_matrix",
     "simulate_cbed",
+    "stretch_cell",
+    "strain_renderer",
     "vacuum_probe_pattern",
     "wavelength_A",
 ]
@@ -352,3 +354,34 @@ def simulate_cbed(atoms: Any, settings: CBEDSettings, *, seed: int = 0, device: 
         calibration=settings.calibration(),
         info=info,
     )
+
+
+def stretch_cell(atoms: Any, fx: float, fy: float) -> Any:
+    """A copy of ``atoms`` with its cell (and the atoms in it) stretched by ``fx`` along x and
+    ``fy`` along y (real-space deformation ``diag(fx, fy, 1)``)."""
+    for name, f in (("fx", fx), ("fy", fy)):
+        positive_float(name, f, maximum=2.0)
+    out = atoms.copy()
+    out.set_cell(atoms.cell.array @ np.diag([fx, fy, 1.0]).T, scale_atoms=True)
+    return out
+
+
+def strain_renderer(atoms: Any, settings: CBEDSettings, *, device: str = "auto") -> Any:
+    """``render(F) -> pattern`` for :func:`distill4d.lattice.precision.strain_crb`: the multislice
+    pattern (first thickness of ``settings``) of ``atoms`` under the diagonal real-space
+    deformation ``F`` (2x2), i.e. ``eps_xx`` and ``eps_yy`` only (the cell must stay
+    orthogonal). Raises if a deformation changes the simulation grid (supercell or sampling),
+    which would make finite differences jump: use a smaller step."""
+    grid0 = _grid(orthogonal_cell_lengths(atoms), settings)
+
+    def render(F: np.ndarray) -> np.ndarray:
+        F = np.asarray(F, dtype=np.float64)
+        if F.shape != (2, 2) or abs(F[0, 1]) > 1e-12 or abs(F[1, 0]) > 1e-12:
+            raise ValueError(f"the multislice renderer takes diagonal deformations only (eps_xx, eps_yy), got {F.tolist()}")
+        strained = stretch_cell(atoms, F[0, 0], F[1, 1])
+        grid = _grid(orthogonal_cell_lengths(strained), settings)
+        if any(np.any(np.asarray(grid[k]) != np.asarray(grid0[k])) for k in ("repetitions", "gpts")):
+            raise ValueError(f"deformation {np.diag(F).tolist()} changes the simulation grid; use a smaller step")
+        return simulate_cbed(strained, settings, device=device).patterns[0]
+
+    return render

@@ -28,7 +28,7 @@ import numpy as np
 from .._validate import nonnegative_float, positive_float, positive_int
 from ..datacube import DataCube
 from .kinematic import ScanTruth, deformation_to_strain
-from .multislice import CBEDSettings, simulate_cbed, vacuum_probe_pattern
+from .multislice import CBEDSettings, simulate_cbed, stretch_cell, vacuum_probe_pattern
 
 __all__ = ["PRESETS", "ScanFields", "scan_preset", "MultisliceTruth", "simulate_scan", "save_scan", "load_scan"]
 
@@ -199,8 +199,7 @@ def simulate_scan(
     for key in sorted(states):
         idx = np.flatnonzero(crystal & np.all(keys == np.array(key), axis=1))
         Fs = np.diag([1 + key[0] * step, 1 + key[1] * step, 1.0])
-        strained = atoms.copy()
-        strained.set_cell(atoms.cell.array @ Fs.T, scale_atoms=True)
+        strained = stretch_cell(atoms, Fs[0, 0], Fs[1, 1])
         wanted = sorted(set(np.round(thick_px[idx], 6)))
         s = dataclasses.replace(settings, thicknesses_A=tuple(wanted), tilt_mrad=(key[2] * tstep, key[3] * tstep))
         res = simulate_cbed(strained, s, device=device)
