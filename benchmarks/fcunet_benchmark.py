@@ -142,7 +142,7 @@ def probe_groups(lib: Library, indices: np.ndarray) -> list[list[int]]:
 
 
 def detect_library(lib: Library, groups: list[list[int]], *, dose_e: float | None, weights, passes: int,
-                   device: str, seed: int, classical: bool = True) -> dict:
+                   device: str, seed: int, classical: bool = True, views: str = "none") -> dict:
     """FCU-Net and (unless ``classical`` is False) classical peaks ((m, 3) per entry, in the order of
     ``groups``) and their wall times."""
     q = float(lib.config.q_pixel_inv_A)
@@ -163,7 +163,8 @@ def detect_library(lib: Library, groups: list[list[int]], *, dose_e: float | Non
                           origin_px=(shape[0] // 2, shape[1] // 2))
         t = time.perf_counter()
         bp = find_bragg_disks_fcunet(DataCube(np.stack(patterns)[None].astype(np.float32), cal), probe,
-                                     weights=weights, n_passes=passes, seed=seed, device=device, progress=False)
+                                     weights=weights, n_passes=passes, views=views, seed=seed, device=device,
+                                     progress=False)
         fc_s += time.perf_counter() - t
         fc += [bp[0, j] for j in range(len(group))]
         for p in patterns if classical else ():
@@ -219,7 +220,7 @@ def library_splits(infos: list[dict], train: LibraryConfig) -> list[tuple[str, s
 
 
 def run_library(path: Path, max_entries: int | None, *, weights, passes: int, device: str, seed: int,
-                train: LibraryConfig, classical: bool = True) -> dict:
+                train: LibraryConfig, classical: bool = True, views: str = "none") -> dict:
     """Accuracy per split of FCU-Net (and the classical detector unless ``classical`` is False), both doses."""
     methods = ("fcunet", "classical") if classical else ("fcunet",)
     lib = Library(path)
@@ -243,7 +244,7 @@ def run_library(path: Path, max_entries: int | None, *, weights, passes: int, de
     for label, dose in (("noise-free", None), (f"low dose ({LOW_DOSE_E:,.0f} e-/pattern)", LOW_DOSE_E)):
         log(f"test library, {label}: {len(order)} entries in {len(groups)} probe groups ...")
         det = detect_library(lib, groups, dose_e=dose, weights=weights, passes=passes, device=device, seed=seed,
-                             classical=classical)
+                             classical=classical, views=views)
         res = {"dose_e": dose, "fcunet_s": det["fcunet_s"], "classical_s": det["classical_s"], "splits": {},
                "per_entry": []}
         for name, _, mask in splits:
@@ -347,7 +348,7 @@ STRETCH_PCT = (-2.0, -1.0, 1.0, 2.0)  # stretch-response test: the patterns magn
 
 
 def stretch_response(dc: DataCube, truth, probe: np.ndarray, *, weights, passes: int, device: str,
-                     seed: int, classical: bool = True) -> dict:
+                     seed: int, classical: bool = True, views: str = "none") -> dict:
     """How far each detector's peaks follow a known geometric stretch of real patterns.
 
     The first layer's patterns (rows ``0 .. LAYER_WIDTH``) are magnified about the direct beam by
@@ -379,8 +380,8 @@ def stretch_response(dc: DataCube, truth, probe: np.ndarray, *, weights, passes:
     nb = len(es)
     cube = DataCube(np.stack(blocks).reshape(2 * nb * rows, ry, *a.shape[2:]).astype(np.float32), dc.calibration)
     expected = np.array([1 / (1 + e) - 1 for e in es])
-    found = {"fcunet": find_bragg_disks_fcunet(cube, probe, weights=weights, n_passes=passes, seed=seed,
-                                               device=device, progress=False),
+    found = {"fcunet": find_bragg_disks_fcunet(cube, probe, weights=weights, n_passes=passes, views=views,
+                                               seed=seed, device=device, progress=False),
              **({"classical": find_bragg_disks(cube, probe, progress=False, scheduler="inline")} if classical else {})}
     out: dict = {"stretch_pct": list(STRETCH_PCT), "patterns_per_block": rows * ry}
     for m, pk in found.items():
@@ -424,7 +425,7 @@ def check_strain_sets(names: list[str], scan: tuple[int, int]) -> None:
 
 def run_strain_sets(names: list[str], scan: tuple[int, int], *, weights, passes: int, device: str, seed: int,
                     resimulate: bool, classical: bool = True, dose_e: float | None = svp.HIGH_DOSE,
-                    stretch: bool = True) -> tuple[dict, dict]:
+                    stretch: bool = True, views: str = "none") -> tuple[dict, dict]:
     """Results per set (the classical detector's too unless ``classical`` is False; the stretch
     response unless ``stretch`` is False) at ``dose_e`` electrons per pattern (None: noise-free),
     and the (DataCube, probe) of every set for the throughput part."""
@@ -442,8 +443,8 @@ def run_strain_sets(names: list[str], scan: tuple[int, int], *, weights, passes:
                      "seed": strain_set_seed(name),
                      "true_per_pattern": truth_bp.n_peaks / len(truth_bp), "simulation_s": sim_s, "cached": cached}
         t = time.perf_counter()
-        pk = find_bragg_disks_fcunet(dc, probe, weights=weights, n_passes=passes, seed=seed, device=device,
-                                     progress=False)
+        pk = find_bragg_disks_fcunet(dc, probe, weights=weights, n_passes=passes, views=views, seed=seed,
+                                     device=device, progress=False)
         fc_s = time.perf_counter() - t
         res["fcunet"] = {**strain_result(pk, truth_bp, expected, ref_region), "seconds": fc_s,
                          "patterns_per_s": dc.n_patterns / fc_s}
@@ -455,7 +456,7 @@ def run_strain_sets(names: list[str], scan: tuple[int, int], *, weights, passes:
                                 "patterns_per_s": dc.n_patterns / cl_s}
         if stretch:
             res["stretch"] = stretch_response(dc, truth, probe, weights=weights, passes=passes, device=device,
-                                              seed=seed, classical=classical)
+                                              seed=seed, classical=classical, views=views)
         for m in ("fcunet", "classical") if classical else ("fcunet",):
             r = res[m]
             if stretch:

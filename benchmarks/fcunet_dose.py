@@ -24,6 +24,7 @@ benchmarks/data/fcunet_dose.json. Scans are cached in benchmarks/data/fcunet/.
 Usage (repository root):
     .venv/bin/python benchmarks/fcunet_dose.py                      # shipped weights
     .venv/bin/python benchmarks/fcunet_dose.py --weights W.pt --no-results
+    .venv/bin/python benchmarks/fcunet_dose.py --views flips        # section fcunet_dose_views_flips
 """
 
 from __future__ import annotations
@@ -122,12 +123,18 @@ def floor_pct(floor: dict, component: str, dose: float | None) -> float | None:
     return None if dose is None else 100.0 * floor[component] / np.sqrt(dose)
 
 
-def run(names: list[str], doses: list[float | None], scan: tuple[int, int], *, weights, device: str) -> list[dict]:
+def section_name(views: str) -> str:
+    """The RESULTS.md section: ``fcunet_dose``, or ``fcunet_dose_views_<views>`` with test-time views."""
+    return SECTION if views == "none" else f"{SECTION}_views_{views}"
+
+
+def run(names: list[str], doses: list[float | None], scan: tuple[int, int], *, weights, device: str,
+        views: str = "none") -> list[dict]:
     """One row per (set, dose): both detectors' strain RMS errors and their row / scatter parts
     (``fcunet_benchmark.run_strain_sets`` at that dose, one FCU-Net pass, no stretch test)."""
     rows = []
     for dose in doses:
-        results, _ = fb.run_strain_sets(names, scan, weights=weights, passes=1, device=device, seed=0,
+        results, _ = fb.run_strain_sets(names, scan, weights=weights, passes=1, views=views, device=device, seed=0,
                                         resimulate=False, dose_e=dose, stretch=False)
         rows += [{"set": name, "dose_e": dose, **results[name]} for name in names]
     rows.sort(key=lambda r: names.index(r["set"]))  # stable: each set's doses stay in the order asked
@@ -161,15 +168,19 @@ def _goal_doses(rows: list[dict]) -> list[tuple[str, float, float]]:
 
 
 def render(rows: list[dict], meta: dict) -> str:
+    views = meta.get("views", "none")
+    section = section_name(views)
     lines = [
-        f"<!-- {SECTION}:start -->",
-        "## FCU-Net vs correlation: strain error against dose",
+        f"<!-- {section}:start -->",
+        "## FCU-Net vs correlation: strain error against dose"
+        + ("" if views == "none" else f" (FCU-Net with test-time views `{views}`)"),
         "",
         f"Written by `benchmarks/fcunet_dose.py` on {meta['machine']['date']} (whole run {meta['seconds']:.0f} s).",
         "",
         machine_line(meta["machine"]),
         f"- Command: `{meta['command']}`",
-        f"- Weights: `{meta['weights']}` (one pass, dropout off, device `{meta['device']}`); classical: "
+        f"- Weights: `{meta['weights']}` (one pass, dropout off, test-time views `{views}`, device "
+        f"`{meta['device']}`); classical: "
         "`find_bragg_disks(dc, probe)` with its automatic parameters.",
         f"- Data: the strain sets of the FCU-Net benchmark ({meta['scan'][0]}x{meta['scan'][1]} positions, the same "
         "multislice simulations and seeds) recorded at each dose (Poisson, electrons per pattern; noise-free: "
@@ -211,7 +222,7 @@ def render(rows: list[dict], meta: dict) -> str:
     lines += ["", "The dose (e-/pattern) at which each set's eps_yy floor reaches its goal (below it, no unbiased "
               "detector can meet the goal): " + ", ".join(
                   f"`{name}` {(100 * fl / goal) ** 2:.1e}" for name, fl, goal in _goal_doses(rows)) + "."]
-    lines += ["", f"Raw numbers: `benchmarks/data/{SECTION}.json`.", f"<!-- {SECTION}:end -->"]
+    lines += ["", f"Raw numbers: `benchmarks/data/{section}.json`.", f"<!-- {section}:end -->"]
     return "\n".join(lines)
 
 
@@ -223,6 +234,8 @@ def parse_args(argv):
                    help="electrons per pattern, 'inf' for noise-free (default: inf 1e6 1e5 1e4)")
     p.add_argument("--scan", type=int, nargs=2, default=(16, 16), metavar=("RX", "RY"))
     p.add_argument("--device", default="cpu", help="FCU-Net device (default cpu)")
+    p.add_argument("--views", default="none", choices=("none", "flips", "dihedral"),
+                   help="FCU-Net test-time views (default none; others write their own section)")
     p.add_argument("--no-results", action="store_true", help="do not write RESULTS.md")
     return p.parse_args(argv)
 
@@ -234,17 +247,17 @@ def main(argv=None) -> int:
     fb.check_strain_sets(names, tuple(a.scan))
     load_fcunet(a.weights)  # fail early on missing or broken weights
     t0 = time.perf_counter()
-    rows = run(names, a.doses, tuple(a.scan), weights=a.weights, device=a.device)
+    rows = run(names, a.doses, tuple(a.scan), weights=a.weights, device=a.device, views=a.views)
     meta = {"command": ".venv/bin/python benchmarks/fcunet_dose.py" + (" " + shlex.join(argv) if argv else ""),
             "weights": str(a.weights) if a.weights else fb._repo_relative(fb.DEFAULT_WEIGHTS),
-            "device": a.device, "scan": list(a.scan), "machine": machine_info(), "seconds": time.perf_counter() - t0}
-    out = HERE / "data" / f"{SECTION}.json"
+            "device": a.device, "views": a.views, "scan": list(a.scan), "machine": machine_info(), "seconds": time.perf_counter() - t0}
+    out = HERE / "data" / f"{section_name(a.views)}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1, default=str))
     text = render(rows, meta)
     print(text)
     if not a.no_results:
-        write_section(SECTION, text)
+        write_section(section_name(a.views), text)
     return 0
 
 

@@ -57,16 +57,20 @@ def parse_weights(text: str) -> tuple[str, str | None]:
     return label, path
 
 
-def score(path: str | None, library, entries: int, stretch: float) -> dict:
-    """Validation metrics and stretch response of one weights file."""
+def score(path: str | None, library, entries: int, stretch: float, views: str = "none") -> dict:
+    """Validation metrics and stretch response of one weights file (averaged over test-time
+    ``views``: ``distill4d.ml.fcunet.FCUNetViews``)."""
     import torch
 
+    from distill4d.ml.fcunet import FCUNetViews
     from distill4d.ml.fcunet_detect import DEFAULT_WEIGHTS, load_fcunet
     from distill4d.simulate.augment import AugmentConfig
     from distill4d.train.datasets import LibraryDataset
     from distill4d.train.fcunet import evaluate_fcunet, stretch_response, validation_entries
 
     model, card = load_fcunet(path, device="cpu")
+    if views != "none":
+        model = FCUNetViews(model, views)
     file = Path(path) if path else DEFAULT_WEIGHTS
     sel = validation_entries(library, entries)
     t = time.perf_counter()
@@ -75,7 +79,7 @@ def score(path: str | None, library, entries: int, stretch: float) -> dict:
         plain = LibraryDataset(library, indices=sel[::2], augment=None)
         resp = stretch_response(model, plain, stretch=stretch)
         held = ({h: stretch_response(model, plain, stretch=stretch, hold=h) for h in ("correlation", "field")}
-                if model.config.correlation_skip else {})
+                if model.config.correlation_skip and views == "none" else {})
     tr = card.get("training", {})
     aug = (tr.get("config") or {}).get("augment") or {}
     return {"weights": str(file), "sha256": hashlib.sha256(file.read_bytes()).hexdigest()[:12],
@@ -83,7 +87,7 @@ def score(path: str | None, library, entries: int, stretch: float) -> dict:
             "ellipticity_max": aug.get("ellipticity_max"),
             "position_weight": (tr.get("config") or {}).get("position_weight"),
             "field_jitter_px": (tr.get("config") or {}).get("field_jitter_px", 0.0),
-            "command": tr.get("command"), "entries": len(sel), "stretch_entries": len(sel[::2]),
+            "command": tr.get("command"), "views": views, "entries": len(sel), "stretch_entries": len(sel[::2]),
             **metrics, "stretch": resp, "stretch_held": held, "seconds": time.perf_counter() - t}
 
 
@@ -100,12 +104,13 @@ def render(raw: dict) -> str:
          f"1 +- {m['stretch'] * 100:.0f} % along qx, then qy: slope of the predicted peaks' displacement on the true one "
          "(1 = follows the lattice fully; a strain map reports that fraction of a true strain), and the RMS "
          "difference of the two displacements.", "",
-         "| weights | steps | training ellipticity max | position weight | field jitter px | val MSE | val accuracy 0.5 px | stretch slope qx | stretch slope qy | displacement RMS qx / qy px |",
-         "|---|---|---|---|---|---|---|---|---|---|"]
+         "| weights | steps | training ellipticity max | position weight | field jitter px | test-time views | val MSE | val accuracy 0.5 px | stretch slope qx | stretch slope qy | displacement RMS qx / qy px |",
+         "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in raw["rows"]:
         s = r["stretch"]
         L.append(f"| {r['label']} (`{Path(r['weights']).name}`, sha256 {r['sha256']}) | {r['steps']} | "
-                 f"{r['ellipticity_max']} | {r['position_weight']} | {r.get('field_jitter_px', 0.0)} | {r['mse']:.3g} | "
+                 f"{r['ellipticity_max']} | {r['position_weight']} | {r.get('field_jitter_px', 0.0)} | "
+                 f"{r.get('views', 'none')} | {r['mse']:.3g} | "
                  f"{r['accuracy']:.3f} | "
                  f"{s['qx']['slope']:.3f} | {s['qy']['slope']:.3f} | {s['qx']['rms_px']:.3f} / {s['qy']['rms_px']:.3f} |")
     held = [r for r in raw["rows"] if r.get("stretch_held")]
@@ -129,7 +134,11 @@ def render(raw: dict) -> str:
                  "the real block takes part of the positions from the correlation.")]
     L += ["", "Training commands (from each model card):", ""]
     L += [f"- {r['label']}: `{r['command']}`" + (f" (warm start from `{r['init']}`)" if r["init"] else "")
-          for r in raw["rows"]]
+          for r in raw["rows"] if r.get("views", "none") == "none"]
+    if any(r.get("views", "none") != "none" for r in raw["rows"]):
+        L += ["", "Test-time views (`find_bragg_disks_fcunet(..., views=...)`): the prediction averaged over the "
+              "pattern and probe mirrored along qx, qy and both (`flips`, 4 network passes) and also transposed "
+              "(`dihedral`, 8), each mapped back; same weights."]
     L += ["", "A bilinear magnification of sharp spots alone gives a slope a little below 1 (a detector that "
           "returns the input's own spots: 0.96-0.97 in `tests/test_fcunet.py`).",
           f"Raw numbers: `{RAW.relative_to(HERE.parent)}`."]
@@ -141,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--library", required=True, help="the training library (its validation split is scored)")
     p.add_argument("--weights", action="append", type=parse_weights,
                    help="LABEL=PATH, PATH or 'shipped' (repeatable; default: shipped)")
+    p.add_argument("--views", nargs="+", default=["none"], choices=("none", "flips", "dihedral"),
+                   help="test-time views scored for every weights file (default: none)")
     p.add_argument("--entries", type=int, default=128, help="validation entries scored (default 128)")
     p.add_argument("--stretch", type=float, default=0.02, help="magnification step (default 0.02)")
     p.add_argument("--threads", type=int, default=2, help="PyTorch CPU threads")
@@ -156,9 +167,12 @@ def main(argv: list[str] | None = None) -> int:
     library = Library(a.library)
     t0 = time.perf_counter()
     rows = []
-    for label, path in a.weights or [("shipped", None)]:
-        r = {"label": label, **score(path, library, a.entries, a.stretch)}
-        print(f"{label}: val mse {r['mse']:.3g}, accuracy {r['accuracy']:.3f}, stretch slope qx "
+    for (label, path), views in [(w, v) for w in a.weights or [("shipped", None)] for v in a.views]:
+        if views != "none" and path is not None and label != "shipped":
+            continue  # views are scored on the shipped weights only (the others are training candidates)
+        r = {"label": label if views == "none" else f"{label}, views {views}",
+             **score(path, library, a.entries, a.stretch, views)}
+        print(f"{r['label']}: val mse {r['mse']:.3g}, accuracy {r['accuracy']:.3f}, stretch slope qx "
               f"{r['stretch']['qx']['slope']:.3f} qy {r['stretch']['qy']['slope']:.3f} ({r['seconds']:.0f} s)", flush=True)
         rows.append(r)
     cmd = "python benchmarks/fcunet_validation.py " + shlex.join(argv if argv is not None else sys.argv[1:])

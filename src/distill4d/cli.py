@@ -276,7 +276,7 @@ def _find_disks(args: argparse.Namespace, outs: _Outputs):
         if args.scheduler == "threads":  # the network uses all cores itself
             engine["scheduler"] = "inline"
         peaks = find_bragg_disks_fcunet(
-            dc, probe, weights=args.weights, n_passes=args.passes, device=args.device,
+            dc, probe, weights=args.weights, n_passes=args.passes, views=args.views, device=args.device,
             checkpoint=outs.checkpoint("disks"), **engine,
         )
     elif args.method == "com":
@@ -443,6 +443,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "(default: the shipped model)")
         g.add_argument("--passes", type=int, default=1,
                        help="Monte-Carlo dropout passes averaged per pattern (default 1: dropout off)")
+        g.add_argument("--views", default="none", choices=("none", "flips", "dihedral"),
+                       help="average the prediction over mirrored views of each pattern: flips (4 passes), "
+                       "dihedral (8, with transposes); default none")
         g.add_argument("--device", default="auto", help="auto (GPU if PyTorch sees one), cpu or cuda")
         if name == "strain":
             p.add_argument("--reference", metavar="x0:x1,y0:y1",

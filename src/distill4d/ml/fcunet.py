@@ -37,7 +37,7 @@ from .complex_layers import (
     spectral_pool,
 )
 
-__all__ = ["FCUNet", "FCUNetConfig", "cross_spectrum"]
+__all__ = ["FCUNet", "FCUNetConfig", "FCUNetViews", "VIEWS", "cross_spectrum"]
 
 _POOLS = ("max", "spectral")
 
@@ -229,3 +229,55 @@ class FCUNet(nn.Module):
         self, pattern: torch.Tensor, probe: torch.Tensor, field_shift_px: torch.Tensor | None = None
     ) -> torch.Tensor:
         return self.real(self.head_inputs(pattern, probe, field_shift_px))[:, 0]
+
+
+#: Test-time views: mirror images of the pattern and probe (about the model grid's centre pixel
+#: ``N//2``) and, for ``dihedral``, their transposes (qx <-> qy).
+VIEWS = ("none", "flips", "dihedral")
+
+
+def _mirror(t: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+    """Mirror ``t`` about pixel ``N//2`` along ``dims`` (index i -> N - i, modulo N): the direct
+    beam stays where it is. Its own inverse."""
+    for d in dims:
+        t = torch.roll(torch.flip(t, (d,)), 1, d)
+    return t
+
+
+class FCUNetViews(nn.Module):
+    """An FCU-Net averaged over symmetric views of its input (test-time augmentation).
+
+    ``forward(pattern, probe)`` is the mean, over the views, of the model's prediction for the
+    mirrored (and, for ``dihedral``, transposed) pattern and probe, mapped back: a prediction
+    that mirrors exactly with its input, whatever the weights learned. ``flips``: 4 views
+    (none, qx, qy, both); ``dihedral``: those and their transposes (8). Costs that many passes.
+    """
+
+    def __init__(self, model: FCUNet, views: str = "flips") -> None:
+        super().__init__()
+        if views not in VIEWS:
+            raise ValueError(f"views must be one of {VIEWS}, got {views!r}")
+        self.model = model
+        self.views = views
+        mirrors: list[tuple[int, ...]] = [(), (-2,), (-1,), (-2, -1)] if views != "none" else [()]
+        self._ops = [(m, t) for m in mirrors for t in ((False, True) if views == "dihedral" else (False,))]
+
+    @property
+    def config(self) -> FCUNetConfig:
+        return self.model.config
+
+    def set_mc_dropout(self, active: bool) -> None:
+        self.model.set_mc_dropout(active)
+
+    def forward(self, pattern: torch.Tensor, probe: torch.Tensor) -> torch.Tensor:
+        out = None
+        for dims, transpose in self._ops:
+            x, p = _mirror(pattern, dims), _mirror(probe, dims)
+            if transpose:
+                x, p = x.transpose(-1, -2).contiguous(), p.transpose(-1, -2).contiguous()
+            y = self.model(x, p)
+            if transpose:
+                y = y.transpose(-1, -2)
+            y = _mirror(y, dims)
+            out = y if out is None else out + y
+        return out / len(self._ops)

@@ -137,6 +137,9 @@ class FCUNetDetector:
     origin_px : the direct beam's position in the data's pixels ``(qx, qy)``.
     weights : weights file (None: the shipped model).
     n_passes : Monte-Carlo dropout passes averaged per pattern (1, the default: dropout off, deterministic).
+    views : ``"none"`` (default), ``"flips"`` or ``"dihedral"``: average the prediction over that
+        many mirrored views of each pattern (:class:`~distill4d.ml.fcunet.FCUNetViews`; 1, 4
+        or 8 times the cost).
     min_intensity : prediction threshold (relative to (000)); None: the model card's tuned one.
     seed : seed of the dropout masks (the same data give the same peaks).
     device : ``"auto"``, ``"cpu"`` or ``"cuda[:N]"`` (see :func:`distill4d.ml.device.torch_device`).
@@ -152,13 +155,19 @@ class FCUNetDetector:
         probe_origin_px: tuple[float, float] | None = None,
         weights: str | os.PathLike | None = None,
         n_passes: int = DEFAULT_PASSES,
+        views: str = "none",
         min_intensity: float | None = None,
         seed: int = 0,
         device: str = "auto",
         batch_size: int = 32,
     ) -> None:
+        from .fcunet import FCUNetViews
+
         self.device = torch_device(device)
         self.model, self.card = load_fcunet(weights, device=self.device)
+        self.views = views
+        if views != "none":
+            self.model = FCUNetViews(self.model, views)  # raises for an unknown name
         status = str(self.card.get("status", ""))
         if status.startswith("preliminary"):
             warnings.warn(f"FCU-Net weights {weights or DEFAULT_WEIGHTS.name}: {status}", stacklevel=2)
@@ -265,6 +274,7 @@ def find_bragg_disks_fcunet(
     *,
     weights: str | os.PathLike | None = None,
     n_passes: int = DEFAULT_PASSES,
+    views: str = "none",
     min_intensity: float | None = None,
     q_pixel_inv_A: float | None = None,
     seed: int = 0,
@@ -283,6 +293,8 @@ def find_bragg_disks_fcunet(
     weights : a weights file with its model card beside it (None: the shipped model).
     n_passes : Monte-Carlo dropout passes averaged per pattern (1, the default: no dropout;
         see :data:`DEFAULT_PASSES`).
+    views : ``"none"`` (default), ``"flips"`` (4 mirrored views averaged) or ``"dihedral"`` (8,
+        with transposes): test-time averaging, at that many times the cost.
     min_intensity : threshold on the predicted amplitude (relative to (000)); None: tuned one.
     q_pixel_inv_A : the detector pixel size in 1/Å (default: the calibration, else from the
         semiangle, energy and the probe's radius).
@@ -304,12 +316,12 @@ def find_bragg_disks_fcunet(
     nx, ny = image.shape
     detector = FCUNetDetector(
         image, q_pixel_inv_A=dq, origin_px=origin, probe_origin_px=(nx // 2, ny // 2), weights=weights,
-        n_passes=n_passes, min_intensity=min_intensity, seed=seed, device=device,
+        n_passes=n_passes, views=views, min_intensity=min_intensity, seed=seed, device=device,
     )
     fn = functools.partial(_detect, detector=detector)
     key = (
         f"fcunet:{weights or 'shipped'}:{detector.card.get('training', {}).get('seconds')}:{n_passes}:"
-        f"{detector.min_intensity}:{dq}:{origin}:{seed}"
+        f"{detector.min_intensity}:{dq}:{origin}:{seed}" + ("" if views == "none" else f":{views}")
     )
     res = map_patterns(
         dc, fn, memory_budget=memory_budget, scheduler=scheduler, n_workers=n_workers, progress=progress,
@@ -319,6 +331,7 @@ def find_bragg_disks_fcunet(
         "method": "fcunet",
         "weights": str(weights or DEFAULT_WEIGHTS.name),
         "n_passes": n_passes,
+        "views": views,
         "min_intensity": detector.min_intensity,
         "q_pixel_inv_A": dq,
         "origin_px": list(origin),
