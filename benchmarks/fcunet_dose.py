@@ -68,27 +68,27 @@ def dose_label(dose: float | None) -> str:
 FLOOR_COMPONENTS = ("eps_xx", "eps_yy")
 
 
-def _state_bounds(truth, shape: tuple[int, int], strain_step: float, tilt_step_mrad: float) -> tuple[dict, np.ndarray]:
+def _state_bounds(truth, shape: tuple[int, int], tilt_step_mrad: float) -> tuple[dict, np.ndarray]:
     """Per-electron Cramér–Rao std of eps_xx, eps_yy for each simulated state of a scan, and
-    each position's state key (``simulate_scan``'s rounding of the stretch and tilt)."""
+    each position's state key (``simulate.scan.state_keys`` plus the simulated thickness)."""
     from distill4d.lattice.precision import strain_crb
     from distill4d.simulate.crystals import orient, prototype
     from distill4d.simulate.kinematic import DEFAULT_CALIBRATION as cal
     from distill4d.simulate.multislice import CBEDSettings, stretch_cell, strain_renderer
+    from distill4d.simulate.scan import STRAIN_STEP, state_keys
 
     F = truth.F
     if np.any(np.abs(F[..., 0, 1]) > 1e-12) or np.any(np.abs(F[..., 1, 0]) > 1e-12) or truth.vacuum.any():
         raise ValueError("the floor needs diagonal deformations and no vacuum")
-    keys = np.stack([np.round((F[..., 0, 0] - 1) / strain_step), np.round((F[..., 1, 1] - 1) / strain_step),
-                     np.round(truth.tilt_mrad[..., 0] / tilt_step_mrad), np.round(truth.tilt_mrad[..., 1] / tilt_step_mrad),
-                     np.round(truth.thickness_A, 3)], -1)
+    keys = np.concatenate([state_keys(F, truth.tilt_mrad, STRAIN_STEP, tilt_step_mrad),
+                           np.round(truth.thickness_A, 3)[..., None]], -1)
     atoms, _ = orient(prototype("Si"), (0, 1, 1))
     bounds = {}
     for key in sorted({tuple(k) for k in keys.reshape(-1, 5)}):
         settings = CBEDSettings(energy_eV=cal.energy_eV, semiangle_mrad=cal.semiangle_mrad, shape=shape,
                                 q_pixel_inv_A=cal.q_pixel_inv_A, thicknesses_A=(key[4],),
                                 tilt_mrad=(key[2] * tilt_step_mrad, key[3] * tilt_step_mrad))
-        crystal = stretch_cell(atoms, 1 + key[0] * strain_step, 1 + key[1] * strain_step)
+        crystal = stretch_cell(atoms, 1 + key[0] * STRAIN_STEP, 1 + key[1] * STRAIN_STEP)
         bounds[key] = strain_crb(strain_renderer(crystal, settings, device="cpu"), dose_e=1.0,
                                  components=FLOOR_COMPONENTS)
     return bounds, keys
@@ -103,11 +103,13 @@ def shot_noise_floor(name: str, scan: tuple[int, int]) -> dict:
         return json.loads(path.read_text())
     t = time.perf_counter()
     dc, truth, *_ = fb.load_or_simulate(name, scan, (128, 128), False, None)
-    tilt_step = fb.TILT_GRADIENT_STEP_MRAD if name == "tilt_gradient" else 0.5  # simulate_scan's rounding
-    bounds, keys = _state_bounds(truth, tuple(dc.data.shape[2:]), 5e-4, tilt_step)
+    from distill4d.simulate.scan import TILT_STEP_MRAD
+
+    tilt_step = fb.TILT_GRADIENT_STEP_MRAD if name == "tilt_gradient" else TILT_STEP_MRAD  # as simulated
+    bounds, keys = _state_bounds(truth, tuple(dc.data.shape[2:]), tilt_step)
     ref = np.zeros(keys.shape[:2], dtype=bool)
     ref[: fb.svp.LAYER_WIDTH] = True
-    out = {"states": len(bounds), "seconds": 0.0}
+    out: dict = {"states": len(bounds)}
     for c in FLOOR_COMPONENTS:
         b2 = np.array([[bounds[tuple(k)][c] ** 2 for k in row] for row in keys])
         out[c] = float(np.sqrt(b2.mean() + b2[ref].mean() / ref.sum()))
@@ -118,9 +120,9 @@ def shot_noise_floor(name: str, scan: tuple[int, int]) -> dict:
     return out
 
 
-def floor_pct(floor: dict, component: str, dose: float | None) -> float | None:
-    """The floor (%) of ``component`` at ``dose`` electrons per pattern (None: noise-free, no floor)."""
-    return None if dose is None else 100.0 * floor[component] / np.sqrt(dose)
+def floor_pct(row: dict, component: str) -> float | None:
+    """A row's floor (%) of ``component`` at its dose (None: noise-free, no floor)."""
+    return None if row["dose_e"] is None else 100.0 * row["floor_per_e"][component] / np.sqrt(row["dose_e"])
 
 
 def section_name(views: str) -> str:
@@ -140,7 +142,6 @@ def run(names: list[str], doses: list[float | None], scan: tuple[int, int], *, w
     rows.sort(key=lambda r: names.index(r["set"]))  # stable: each set's doses stay in the order asked
     floors = {name: shot_noise_floor(name, scan) for name in names}
     for r in rows:
-        r["floor_pct"] = {c: floor_pct(floors[r["set"]], c, r["dose_e"]) for c in FLOOR_COMPONENTS}
         r["floor_per_e"] = {c: floors[r["set"]][c] for c in FLOOR_COMPONENTS}
     for r in rows:
         f, c = r["fcunet"]["strain_parts"], r["classical"]["strain_parts"]
@@ -201,7 +202,8 @@ def render(rows: list[dict], meta: dict) -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        f, c, fl = r["fcunet"]["strain_parts"], r["classical"]["strain_parts"], r["floor_pct"]
+        f, c = r["fcunet"]["strain_parts"], r["classical"]["strain_parts"]
+        fl = {k: floor_pct(r, k) for k in FLOOR_COMPONENTS}
         lines.append(f"| `{r['set']}` | {dose_label(r['dose_e'])} | {_cell(f['eps_xx'])} | {_cell(c['eps_xx'])} | "
                      f"{_pct(fl['eps_xx'])} | {_cell(f['eps_yy'])} | {_cell(c['eps_yy'])} | {_pct(fl['eps_yy'])} |")
     lines += ["", f"The paper's eps_yy goals (<= {GOAL_ON_ZONE} % on zone, < {GOAL_TILTED} % tilted) against each "
@@ -213,7 +215,7 @@ def render(rows: list[dict], meta: dict) -> str:
             v = r[m]["strain_parts"]["eps_yy"]["rms"]
             ok = v is not None and (v <= goal if op == "<=" else v < goal)
             verdict.append(f"{label} {v:.3f} % ({'PASS' if ok else 'FAIL'})" if v is not None else f"{label} -")
-        floor = r["floor_pct"]["eps_yy"]
+        floor = floor_pct(r, "eps_yy")
         if floor is not None:
             reach = ("above the goal: no unbiased detector can meet it at this dose" if floor > goal
                      else "below the goal: not ruled out")

@@ -30,7 +30,8 @@ from ..datacube import DataCube
 from .kinematic import ScanTruth, deformation_to_strain
 from .multislice import CBEDSettings, simulate_cbed, stretch_cell, vacuum_probe_pattern
 
-__all__ = ["PRESETS", "ScanFields", "scan_preset", "MultisliceTruth", "simulate_scan", "save_scan", "load_scan"]
+__all__ = ["PRESETS", "ScanFields", "scan_preset", "MultisliceTruth", "simulate_scan", "state_keys", "save_scan",
+           "load_scan"]
 
 PRESETS = ("uniform", "multilayer", "gradient", "rotation")
 
@@ -141,6 +142,28 @@ def _check_fields(fields: ScanFields) -> None:
         raise ValueError("fields.F must have positive determinants (no inverted lattices)")
 
 
+#: Default rounding of the simulated states (see module doc): stretch (fraction) and tilt (mrad).
+STRAIN_STEP = 5e-4
+TILT_STEP_MRAD = 0.5
+
+
+def state_keys(F: Any, tilt_mrad: Any, strain_step: float = STRAIN_STEP,
+               tilt_step_mrad: float = TILT_STEP_MRAD) -> np.ndarray:
+    """The simulated state of each position, ``(..., 4)`` integers ``(dx, dy, tx, ty)``: the
+    diagonal of the stretch ``U`` (``F = R U``) minus 1 in units of ``strain_step`` and the tilt
+    (mrad) in units of ``tilt_step_mrad``, rounded. ``simulate_scan`` runs one multislice
+    simulation per distinct key, of the cell stretched by ``1 + dx * strain_step`` and
+    ``1 + dy * strain_step`` and tilted by ``(tx, ty) * tilt_step_mrad``."""
+    F = np.asarray(F, dtype=np.float64)
+    FtF = np.swapaxes(F, -1, -2) @ F
+    w, v = np.linalg.eigh(FtF)
+    U = v @ (np.sqrt(w)[..., None] * np.swapaxes(v, -1, -2))
+    dx = np.round((U[..., 0, 0] - 1) / strain_step).astype(np.int64)
+    dy = np.round((U[..., 1, 1] - 1) / strain_step).astype(np.int64)
+    tq = np.round(np.asarray(tilt_mrad, dtype=np.float64) / tilt_step_mrad).astype(np.int64)
+    return np.stack([dx, dy, tq[..., 0], tq[..., 1]], -1)
+
+
 def simulate_scan(
     atoms: Any,
     fields: ScanFields,
@@ -150,8 +173,8 @@ def simulate_scan(
     dose_e: float | None = None,
     plasmon_fraction: float = 0.0,
     seed: int = 0,
-    strain_step: float = 5e-4,
-    tilt_step_mrad: float = 0.5,
+    strain_step: float = STRAIN_STEP,
+    tilt_step_mrad: float = TILT_STEP_MRAD,
     device: str = "auto",
 ) -> tuple[DataCube, MultisliceTruth]:
     """Simulate a scan of ``atoms`` (orthogonal cell, beam along z) deformed by ``fields``.
@@ -177,14 +200,7 @@ def simulate_scan(
     if dose_e is not None:
         positive_float("dose_e", dose_e)
     cell = np.diag(np.asarray(atoms.cell.array, dtype=np.float64))
-    # states: rounded diagonal of the stretch U (F = R U) and rounded tilt
-    FtF = np.swapaxes(fields.F, -1, -2) @ fields.F
-    w, v = np.linalg.eigh(FtF)
-    U = v @ (np.sqrt(w)[..., None] * np.swapaxes(v, -1, -2))
-    dx = np.round((U[..., 0, 0] - 1) / step).astype(np.int64)
-    dy = np.round((U[..., 1, 1] - 1) / step).astype(np.int64)
-    tq = np.round(fields.tilt_mrad / tstep).astype(np.int64)
-    keys = np.stack([dx, dy, tq[..., 0], tq[..., 1]], -1).reshape(-1, 4)
+    keys = state_keys(fields.F, fields.tilt_mrad, step, tstep).reshape(-1, 4)
     crystal = ~fields.vacuum.reshape(-1)
     states = {tuple(k) for k in keys[crystal]}
     qshape = settings.shape
