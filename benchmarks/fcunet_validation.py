@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--weights", action="append", type=parse_weights,
                    help="LABEL=PATH, PATH or 'shipped' (repeatable; default: shipped)")
     p.add_argument("--views", nargs="+", default=["none"], choices=("none", "flips", "dihedral"),
-                   help="test-time views scored for every weights file (default: none)")
+                   help="test-time views scored for the shipped weights; other weights files get one view (default: none)")
     p.add_argument("--entries", type=int, default=128, help="validation entries scored (default 128)")
     p.add_argument("--stretch", type=float, default=0.02, help="magnification step (default 0.02)")
     p.add_argument("--threads", type=int, default=2, help="PyTorch CPU threads")
