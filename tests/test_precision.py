@@ -93,9 +93,9 @@ def test_poisson_fisher_of_a_shifted_spot():
         (lambda F: spots(F), {"dose_e": 1e5, "components": ("eps_zz",)}, "unknown strain component"),
         (lambda F: spots(F), {"dose_e": 1e5, "components": ("eps_xx", "eps_xx")}, "distinct"),
         (lambda F: np.zeros(SHAPE), {"dose_e": 1e5}, "empty pattern"),
-        (lambda F: spots(F) * np.nan, {"dose_e": 1e5}, "non-finite"),
+        (lambda F: spots(F) * np.nan, {"dose_e": 1e5}, "NaN or Inf"),
         (lambda F: spots(F) - 1.0, {"dose_e": 1e5}, ">= 0"),
-        (lambda F: spots(F)[0], {"dose_e": 1e5}, "2D pattern"),
+        (lambda F: spots(F)[0], {"dose_e": 1e5}, "2D array"),
         (lambda F: spots(F) if np.allclose(F, np.eye(2)) else spots(F)[:90], {"dose_e": 1e5}, "reference pattern"),
         (lambda F: spots(F, G[12:13]), {"dose_e": 1e5}, "singular"),  # only the direct beam: no strain information
     ],

@@ -29,7 +29,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .._validate import positive_float
+from .._validate import pattern_array, positive_float
 
 __all__ = ["STRAIN_COMPONENTS", "deformation_step", "poisson_fisher", "strain_crb"]
 
@@ -51,13 +51,9 @@ def deformation_step(component: str, h: float) -> np.ndarray:
 
 
 def _check_pattern(name: str, p: Any, shape: tuple[int, ...] | None) -> np.ndarray:
-    a = np.asarray(p, dtype=np.float64)
-    if a.ndim != 2:
-        raise ValueError(f"{name} must be a 2D pattern (Qx, Qy), got shape {a.shape}")
+    a = pattern_array(name, p).astype(np.float64)  # 2D, real, finite, not empty
     if shape is not None and a.shape != shape:
         raise ValueError(f"{name} has shape {a.shape}, but the reference pattern has {shape}")
-    if not np.all(np.isfinite(a)):
-        raise ValueError(f"{name} has {int(np.sum(~np.isfinite(a)))} non-finite pixels")
     if a.min() < 0:
         raise ValueError(f"{name} must be >= 0 (expected intensities), got minimum {a.min()!r}")
     return a

@@ -283,22 +283,10 @@ def bragg_peak_list(atoms: Any, settings: CBEDSettings) -> tuple[np.ndarray, Any
     return px, refl
 
 
-def simulate_cbed(atoms: Any, settings: CBEDSettings, *, seed: int = 0, device: str = "auto") -> CBEDResult:
-    """Multislice CBED patterns of a crystal at every thickness of ``settings``.
-
-    Parameters
-    ----------
-    atoms : ``ase.Atoms`` with an orthogonal cell (x, y, z lengths > 0), beam along +z, one
-        period along z (it is repeated to each thickness).
-    settings : :class:`CBEDSettings`.
-    seed : seed of the frozen-phonon displacements (ignored without frozen phonons).
-    device : ``"auto"`` (the GPU when CuPy sees one), ``"cpu"`` or ``"gpu"`` (abTEM's CuPy path).
-    """
-    if not isinstance(settings, CBEDSettings):
-        raise TypeError(f"settings must be a CBEDSettings, got {type(settings).__name__}")
-    lengths = orthogonal_cell_lengths(atoms)
-    grid = _grid(lengths, settings)
-    t0 = time.perf_counter()
+def _multislice_patterns(
+    atoms: Any, settings: CBEDSettings, grid: dict[str, Any], lengths: np.ndarray, *, seed: int, device: str
+) -> np.ndarray:
+    """The detector-plane patterns (one per thickness of ``settings``) of ``atoms`` on ``grid``."""
     unit_atoms = atoms * (grid["repetitions"][0], grid["repetitions"][1], 1)
     n_cells = max(grid["cells"])
     per_cell = grid["slices_per_cell"]
@@ -325,7 +313,26 @@ def simulate_cbed(atoms: Any, settings: CBEDSettings, *, seed: int = 0, device: 
             arr = waves.array.reshape((-1,) + tuple(grid["gpts"]))[-len(exit_planes):]
             inten = _intensity(arr)
             total = inten if total is None else total + inten
-        patterns = _to_detector(total / configs, grid["sampling_A"], settings)
+        return _to_detector(total / configs, grid["sampling_A"], settings)
+
+
+def simulate_cbed(atoms: Any, settings: CBEDSettings, *, seed: int = 0, device: str = "auto") -> CBEDResult:
+    """Multislice CBED patterns of a crystal at every thickness of ``settings``.
+
+    Parameters
+    ----------
+    atoms : ``ase.Atoms`` with an orthogonal cell (x, y, z lengths > 0), beam along +z, one
+        period along z (it is repeated to each thickness).
+    settings : :class:`CBEDSettings`.
+    seed : seed of the frozen-phonon displacements (ignored without frozen phonons).
+    device : ``"auto"`` (the GPU when CuPy sees one), ``"cpu"`` or ``"gpu"`` (abTEM's CuPy path).
+    """
+    if not isinstance(settings, CBEDSettings):
+        raise TypeError(f"settings must be a CBEDSettings, got {type(settings).__name__}")
+    lengths = orthogonal_cell_lengths(atoms)
+    grid = _grid(lengths, settings)
+    t0 = time.perf_counter()
+    patterns = _multislice_patterns(atoms, settings, grid, lengths, seed=seed, device=device)
     seconds = time.perf_counter() - t0
     probe_img = vacuum_probe_pattern(settings, device=device)
     peaks, refl = bragg_peak_list(atoms, settings)
@@ -339,8 +346,8 @@ def simulate_cbed(atoms: Any, settings: CBEDSettings, *, seed: int = 0, device: 
     info.update(
         {
             "seconds": seconds,
-            "n_slices": n_cells * per_cell,
-            "slice_thickness_A": lengths[2] / per_cell,
+            "n_slices": max(grid["cells"]) * grid["slices_per_cell"],
+            "slice_thickness_A": lengths[2] / grid["slices_per_cell"],
             "cell_A": lengths.tolist(),
             "n_reflections": len(refl),
         }
@@ -379,9 +386,11 @@ def strain_renderer(atoms: Any, settings: CBEDSettings, *, device: str = "auto")
         if F.shape != (2, 2) or abs(F[0, 1]) > 1e-12 or abs(F[1, 0]) > 1e-12:
             raise ValueError(f"the multislice renderer takes diagonal deformations only (eps_xx, eps_yy), got {F.tolist()}")
         strained = stretch_cell(atoms, F[0, 0], F[1, 1])
-        grid = _grid(orthogonal_cell_lengths(strained), settings)
+        lengths = orthogonal_cell_lengths(strained)
+        grid = _grid(lengths, settings)
         if any(np.any(np.asarray(grid[k]) != np.asarray(grid0[k])) for k in ("repetitions", "gpts")):
             raise ValueError(f"deformation {np.diag(F).tolist()} changes the simulation grid; use a smaller step")
-        return simulate_cbed(strained, settings, device=device).patterns[0]
+        # the patterns only: the probe image, peaks and target of simulate_cbed are not needed
+        return _multislice_patterns(strained, settings, grid, lengths, seed=0, device=device)[0]
 
     return render
