@@ -12,7 +12,7 @@ they are reported once on the test scans:
 - ``val_gradient``: BaTiO3 [001], 25 nm, tilt_x rising 0 to 8 mrad along the columns.
 
 Each scan is noise-free and at 1e5 e-/pattern (Poisson, seed 5). For every FCU-Net variant
-(``--views``, ``--weights``) and the correlation detector: RMS error (%) of eps_xx and eps_yy
+(``--views``, ``--passes``, ``--weights``) and the correlation detector: RMS error (%) of eps_xx and eps_yy
 against the simulator's truth, with its row part and scatter (``fcunet_benchmark.error_parts``),
 reference = the first layer. Writes the section ``fcunet_val_strain`` of benchmarks/RESULTS.md
 and benchmarks/data/fcunet_val_strain.json; scans are cached in benchmarks/data/fcunet/.
@@ -87,7 +87,7 @@ def noisy(dc, dose_e: float):
     return DataCube(out.reshape(a.shape).astype(np.float32), dc.calibration)
 
 
-def run(variants: list[tuple[str, str | None, str]]) -> list[dict]:
+def run(variants: list[tuple[str, str | None, str, int]]) -> list[dict]:
     """One row per (set, dose, detector): eps_xx / eps_yy error parts (%)."""
     from distill4d.bragg import find_bragg_disks
     from distill4d.lattice import strain_map
@@ -102,8 +102,9 @@ def run(variants: list[tuple[str, str | None, str]]) -> list[dict]:
         expected = svp.expected_strain(truth, ref_rows)[0]
         for dose in (None, DOSE_E):
             dc = dc0 if dose is None else noisy(dc0, dose)
-            found = {label: find_bragg_disks_fcunet(dc, probe, weights=w, views=v, device="cpu", progress=False)
-                     for label, w, v in variants}
+            found = {label: find_bragg_disks_fcunet(dc, probe, weights=w, views=v, n_passes=n, seed=0, device="cpu",
+                                                    progress=False)
+                     for label, w, v, n in variants}
             found["correlation"] = find_bragg_disks(dc, probe, progress=False, scheduler="inline")
             for label, pk in found.items():
                 sm = strain_map(pk, reference=(slice(*ref_rows), slice(None)))
@@ -114,10 +115,13 @@ def run(variants: list[tuple[str, str | None, str]]) -> list[dict]:
 
 
 def render(rows: list[dict], meta: dict) -> str:
+    section = meta.get("section", SECTION)
     def cell(p: dict) -> str:
         return "-" if p["rms"] is None else f"{p['rms']:.3f} ({p['rows']:.3f} / {p['scatter']:.3f})"
 
-    L = [f"<!-- {SECTION}:start -->", "## FCU-Net options on validation strain scans (selection data)", "",
+    L = [f"<!-- {section}:start -->",
+         "## FCU-Net options on validation strain scans (selection data)" + ("" if section == SECTION else f": `{section}`"),
+         "",
          f"Written by `benchmarks/fcunet_val_strain.py` on {meta['machine']['date']} (whole run {meta['seconds']:.0f} s).",
          "", machine_line(meta["machine"]), f"- Command: `{meta['command']}`",
          "- Scans (16x16, 128x128 px, 300 kV, 2 mrad; crystals from the training library's list, so these are "
@@ -130,7 +134,7 @@ def render(rows: list[dict], meta: dict) -> str:
     for r in rows:
         dose = "noise-free" if r["dose_e"] is None else f"{r['dose_e']:.0e}"
         L.append(f"| `{r['set']}` | {dose} | {r['detector']} | {cell(r['eps_xx'])} | {cell(r['eps_yy'])} |")
-    L += ["", f"Raw numbers: `benchmarks/data/{SECTION}.json`.", f"<!-- {SECTION}:end -->"]
+    L += ["", f"Raw numbers: `benchmarks/data/{section}.json`.", f"<!-- {section}:end -->"]
     return "\n".join(L)
 
 
@@ -147,27 +151,35 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--views", nargs="+", default=["none"], choices=("none", "flips", "dihedral"),
                    help="test-time views of the shipped weights (default: none)")
+    p.add_argument("--passes", nargs="+", type=int, default=[],
+                   help="also the shipped weights (one view) averaged over this many Monte-Carlo dropout passes")
     p.add_argument("--weights", action="append", type=parse_variant, default=[],
                    help="LABEL=PATH: other weights, one pass, no views (repeatable)")
     p.add_argument("--threads", type=int, default=2, help="PyTorch CPU threads")
     p.add_argument("--no-results", action="store_true", help="do not write RESULTS.md")
+    p.add_argument("--section", default=SECTION,
+                   help=f"RESULTS.md section (and data/SECTION.json) to write (default {SECTION}; another name keeps "
+                        "that section's earlier rows)")
     a = p.parse_args(argv)
     import torch
 
     torch.set_num_threads(a.threads)
-    variants = [(f"FCU-Net, views {v}" if v != "none" else "FCU-Net", None, v) for v in a.views]
-    variants += [(f"FCU-Net {label}", path, "none") for label, path in a.weights]
+    if any(n < 2 for n in a.passes):
+        p.error(f"--passes takes counts >= 2 (one pass is the plain FCU-Net row), got {a.passes}")
+    variants = [(f"FCU-Net, views {v}" if v != "none" else "FCU-Net", None, v, 1) for v in a.views]
+    variants += [(f"FCU-Net, {n} dropout passes", None, "none", n) for n in a.passes]
+    variants += [(f"FCU-Net {label}", path, "none", 1) for label, path in a.weights]
     t0 = time.perf_counter()
     rows = run(variants)
     meta = {"command": ".venv/bin/python benchmarks/fcunet_val_strain.py" + (" " + shlex.join(argv) if argv else ""),
-            "machine": machine_info(), "seconds": time.perf_counter() - t0}
-    out = HERE / "data" / f"{SECTION}.json"
+            "machine": machine_info(), "seconds": time.perf_counter() - t0, "section": a.section}
+    out = HERE / "data" / f"{a.section}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     text = render(rows, meta)
     print(text)
     if not a.no_results:
-        write_section(SECTION, text)
+        write_section(a.section, text)
     return 0
 
 

@@ -41,7 +41,13 @@ sys.path.insert(0, str(HERE))
 from _results import machine_info, machine_line, write_section  # noqa: E402
 
 SECTION = "fcunet_validation"
-RAW = HERE / "data" / "fcunet_validation.json"
+
+
+def _raw_path(section: str) -> Path:
+    """Where a run's raw numbers go: ``benchmarks/data/<section>.json``."""
+    return HERE / "data" / f"{section}.json"
+
+
 AUGMENT_SEED = 100
 
 
@@ -93,7 +99,9 @@ def score(path: str | None, library, entries: int, stretch: float, views: str = 
 
 def render(raw: dict) -> str:
     m = raw["meta"]
-    L = ["## FCU-Net weights on the validation split (selection data)", "",
+    section = m.get("section", SECTION)
+    title = "## FCU-Net weights on the validation split (selection data)"
+    L = [title + ("" if section == SECTION else f": `{section}`"), "",
          f"Written by `benchmarks/fcunet_validation.py` on {raw['machine']['date']} (whole run {m['total_s']:.0f} s).", "",
          machine_line(raw["machine"]),
          f"- Command: `{m['command']}`",
@@ -141,7 +149,7 @@ def render(raw: dict) -> str:
               "(`dihedral`, 8), each mapped back; same weights."]
     L += ["", "A bilinear magnification of sharp spots alone gives a slope a little below 1 (a detector that "
           "returns the input's own spots: 0.96-0.97 in `tests/test_fcunet.py`).",
-          f"Raw numbers: `{RAW.relative_to(HERE.parent)}`."]
+          f"Raw numbers: `{_raw_path(section).relative_to(HERE.parent)}`."]
     return "\n".join(L) + "\n"
 
 
@@ -156,6 +164,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stretch", type=float, default=0.02, help="magnification step (default 0.02)")
     p.add_argument("--threads", type=int, default=2, help="PyTorch CPU threads")
     p.add_argument("--no-results", action="store_true", help="do not write RESULTS.md")
+    p.add_argument("--section", default=SECTION,
+                   help=f"RESULTS.md section (and data/SECTION.json) to write (default {SECTION}; another name keeps "
+                        "that section's earlier rows)")
     a = p.parse_args(argv)
     if a.entries < 2:
         p.error("--entries must be at least 2")
@@ -178,11 +189,12 @@ def main(argv: list[str] | None = None) -> int:
     cmd = "python benchmarks/fcunet_validation.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     raw = {"machine": machine_info(), "rows": rows,
            "meta": {"command": cmd, "library": str(library.path), "library_entries": len(library),
-                    "stretch": a.stretch, "total_s": time.perf_counter() - t0}}
-    RAW.parent.mkdir(parents=True, exist_ok=True)
-    RAW.write_text(json.dumps(raw, indent=1) + "\n")
+                    "stretch": a.stretch, "total_s": time.perf_counter() - t0, "section": a.section}}
+    out = _raw_path(a.section)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(raw, indent=1) + "\n")
     if not a.no_results:
-        write_section(SECTION, render(raw))
+        write_section(a.section, render(raw))
     print(render(raw))
     return 0
 
