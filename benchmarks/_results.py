@@ -67,3 +67,13 @@ def write_section(name: str, section: str, path: Path = RESULTS_MD) -> None:
     else:
         text = text.rstrip("\n") + "\n\n" + body + "\n"
     path.write_text(text)
+
+
+def add_output_arguments(parser, section: str) -> None:
+    """``--threads``, ``--no-results`` and ``--section`` (default ``section``) of a benchmark that
+    writes one RESULTS.md section and ``benchmarks/data/<section>.json``."""
+    parser.add_argument("--threads", type=int, default=2, help="PyTorch CPU threads")
+    parser.add_argument("--no-results", action="store_true", help="do not write RESULTS.md")
+    parser.add_argument("--section", default=section,
+                        help=f"RESULTS.md section (and data/SECTION.json) to write (default {section}; another name "
+                             "keeps that section's earlier rows)")

@@ -36,7 +36,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import fcunet_benchmark as fb  # noqa: E402
 import strain_vs_py4dstem as svp  # noqa: E402
-from _results import machine_info, machine_line, write_section  # noqa: E402
+from _results import add_output_arguments, machine_info, machine_line, write_section  # noqa: E402
 
 SECTION = "fcunet_val_strain"
 SCAN = (16, 16)
@@ -155,11 +155,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="also the shipped weights (one view) averaged over this many Monte-Carlo dropout passes")
     p.add_argument("--weights", action="append", type=parse_variant, default=[],
                    help="LABEL=PATH: other weights, one pass, no views (repeatable)")
-    p.add_argument("--threads", type=int, default=2, help="PyTorch CPU threads")
-    p.add_argument("--no-results", action="store_true", help="do not write RESULTS.md")
-    p.add_argument("--section", default=SECTION,
-                   help=f"RESULTS.md section (and data/SECTION.json) to write (default {SECTION}; another name keeps "
-                        "that section's earlier rows)")
+    add_output_arguments(p, SECTION)
     a = p.parse_args(argv)
     import torch
 

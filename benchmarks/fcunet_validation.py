@@ -38,7 +38,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _results import machine_info, machine_line, write_section  # noqa: E402
+from _results import add_output_arguments, machine_info, machine_line, write_section  # noqa: E402
 
 SECTION = "fcunet_validation"
 
@@ -162,11 +162,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="test-time views scored for the shipped weights; other weights files get one view (default: none)")
     p.add_argument("--entries", type=int, default=128, help="validation entries scored (default 128)")
     p.add_argument("--stretch", type=float, default=0.02, help="magnification step (default 0.02)")
-    p.add_argument("--threads", type=int, default=2, help="PyTorch CPU threads")
-    p.add_argument("--no-results", action="store_true", help="do not write RESULTS.md")
-    p.add_argument("--section", default=SECTION,
-                   help=f"RESULTS.md section (and data/SECTION.json) to write (default {SECTION}; another name keeps "
-                        "that section's earlier rows)")
+    add_output_arguments(p, SECTION)
     a = p.parse_args(argv)
     if a.entries < 2:
         p.error("--entries must be at least 2")
