@@ -43,6 +43,7 @@ sys.path.insert(0, str(HERE))
 import fcunet_benchmark as fb  # noqa: E402
 from _results import machine_info, machine_line, write_section  # noqa: E402
 
+from distill4d.ml import FCUNET_VIEWS  # noqa: E402
 from distill4d.ml.fcunet_detect import load_fcunet  # noqa: E402
 
 SECTION = "fcunet_dose"
@@ -236,7 +237,7 @@ def parse_args(argv):
                    help="electrons per pattern, 'inf' for noise-free (default: inf 1e6 1e5 1e4)")
     p.add_argument("--scan", type=int, nargs=2, default=(16, 16), metavar=("RX", "RY"))
     p.add_argument("--device", default="cpu", help="FCU-Net device (default cpu)")
-    p.add_argument("--views", default="none", choices=("none", "flips", "dihedral"),
+    p.add_argument("--views", default="none", choices=FCUNET_VIEWS,
                    help="FCU-Net test-time views (default none; others write their own section)")
     p.add_argument("--no-results", action="store_true", help="do not write RESULTS.md")
     return p.parse_args(argv)

@@ -38,6 +38,8 @@ import fcunet_benchmark as fb  # noqa: E402
 import strain_vs_py4dstem as svp  # noqa: E402
 from _results import add_output_arguments, machine_info, machine_line, write_section  # noqa: E402
 
+from distill4d.ml import FCUNET_VIEWS  # noqa: E402
+
 SECTION = "fcunet_val_strain"
 SCAN = (16, 16)
 DOSE_E = 1e5
@@ -149,7 +151,7 @@ def parse_variant(text: str) -> tuple[str, str | None]:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--views", nargs="+", default=["none"], choices=("none", "flips", "dihedral"),
+    p.add_argument("--views", nargs="+", default=["none"], choices=FCUNET_VIEWS,
                    help="test-time views of the shipped weights (default: none)")
     p.add_argument("--passes", nargs="+", type=int, default=[],
                    help="also the shipped weights (one view) averaged over this many Monte-Carlo dropout passes")

@@ -40,6 +40,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from _results import add_output_arguments, machine_info, machine_line, write_section  # noqa: E402
 
+from distill4d.ml import FCUNET_VIEWS  # noqa: E402
+
 SECTION = "fcunet_validation"
 
 
@@ -158,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--library", required=True, help="the training library (its validation split is scored)")
     p.add_argument("--weights", action="append", type=parse_weights,
                    help="LABEL=PATH, PATH or 'shipped' (repeatable; default: shipped)")
-    p.add_argument("--views", nargs="+", default=["none"], choices=("none", "flips", "dihedral"),
+    p.add_argument("--views", nargs="+", default=["none"], choices=FCUNET_VIEWS,
                    help="test-time views scored for the shipped weights; other weights files get one view (default: none)")
     p.add_argument("--entries", type=int, default=128, help="validation entries scored (default 128)")
     p.add_argument("--stretch", type=float, default=0.02, help="magnification step (default 0.02)")

@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from .ml import FCUNET_VIEWS
+
 __all__ = ["main"]
 
 
@@ -443,7 +445,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "(default: the shipped model)")
         g.add_argument("--passes", type=int, default=1,
                        help="Monte-Carlo dropout passes averaged per pattern (default 1: dropout off)")
-        g.add_argument("--views", default="none", choices=("none", "flips", "dihedral"),
+        g.add_argument("--views", default="none", choices=FCUNET_VIEWS,
                        help="average the prediction over mirrored views of each pattern: flips (4 passes), "
                        "dihedral (8, with transposes); default none")
         g.add_argument("--device", default="auto", help="auto (GPU if PyTorch sees one), cpu or cuda")

@@ -25,6 +25,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .._validate import check_keys
+from . import FCUNET_VIEWS
 from .complex_layers import (
     ComplexBatchNorm2d,
     ComplexConv2d,
@@ -37,7 +38,7 @@ from .complex_layers import (
     spectral_pool,
 )
 
-__all__ = ["FCUNet", "FCUNetConfig", "FCUNetViews", "VIEWS", "cross_spectrum"]
+__all__ = ["FCUNet", "FCUNetConfig", "FCUNetViews", "cross_spectrum"]
 
 _POOLS = ("max", "spectral")
 
@@ -231,11 +232,6 @@ class FCUNet(nn.Module):
         return self.real(self.head_inputs(pattern, probe, field_shift_px))[:, 0]
 
 
-#: Test-time views: mirror images of the pattern and probe (about the model grid's centre pixel
-#: ``N//2``) and, for ``dihedral``, their transposes (qx <-> qy).
-VIEWS = ("none", "flips", "dihedral")
-
-
 def _mirror(t: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
     """Mirror ``t`` about pixel ``N//2`` along ``dims`` (index i -> N - i, modulo N): the direct
     beam stays where it is. Its own inverse."""
@@ -255,8 +251,8 @@ class FCUNetViews(nn.Module):
 
     def __init__(self, model: FCUNet, views: str = "flips") -> None:
         super().__init__()
-        if views not in VIEWS:
-            raise ValueError(f"views must be one of {VIEWS}, got {views!r}")
+        if views not in FCUNET_VIEWS:
+            raise ValueError(f"views must be one of {FCUNET_VIEWS}, got {views!r}")
         self.model = model
         self.views = views
         mirrors: list[tuple[int, ...]] = [(), (-2,), (-1,), (-2, -1)] if views != "none" else [()]
