@@ -290,29 +290,38 @@ def strain_set_seed(name: str) -> int:
     return 1 + (list(svp.SETS).index(name) if name in svp.SETS else len(svp.SETS))
 
 
+def cached_scan(stem: Path, make, resimulate: bool = False) -> tuple:
+    """(DataCube, truth, probe, cached?) of a simulated scan: from ``stem``.h5 and ``stem``_probe.npy
+    when both are there (and not ``resimulate``), else ``make()`` -> (DataCube, truth, probe), stored there."""
+    from distill4d.simulate.scan import load_scan, save_scan
+
+    h5, probe_path = stem.with_suffix(".h5"), Path(f"{stem}_probe.npy")
+    if h5.exists() and probe_path.exists() and not resimulate:
+        dc, truth = load_scan(h5)
+        return dc, truth, np.load(probe_path), True
+    dc, truth, probe = make()
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    save_scan(h5, dc, truth, force=True)
+    np.save(probe_path, probe)
+    return dc, truth, probe, False
+
+
 def load_or_simulate(name: str, scan: tuple[int, int], pattern: tuple[int, int], resimulate: bool,
                      dose_e: float | None = svp.HIGH_DOSE):
     """(DataCube, truth, probe, seconds, cached?) of a strain set at ``dose_e`` electrons per
     pattern (None: noise-free), from ``CACHE`` when there."""
-    from distill4d.simulate.scan import load_scan, save_scan
-
     seed = strain_set_seed(name)
     dose = "" if dose_e == svp.HIGH_DOSE else ("_noisefree" if dose_e is None else f"_dose{dose_e:.0e}")
     stem = CACHE / f"{name}_{scan[0]}x{scan[1]}_{pattern[0]}x{pattern[1]}_seed{seed}{dose}"
-    h5, probe_path = stem.with_suffix(".h5"), Path(f"{stem}_probe.npy")
+
+    def make():
+        if name == "tilt_gradient":
+            return make_tilt_gradient_set(scan, pattern, seed, dose_e)
+        return svp.make_multislice_set(name, scan, pattern, seed, dose_e)
+
     t = time.perf_counter()
-    if h5.exists() and probe_path.exists() and not resimulate:
-        dc, truth = load_scan(h5)
-        return dc, truth, np.load(probe_path), time.perf_counter() - t, True
-    if name == "tilt_gradient":
-        dc, truth, probe = make_tilt_gradient_set(scan, pattern, seed, dose_e)
-    else:
-        dc, truth, probe = svp.make_multislice_set(name, scan, pattern, seed, dose_e)
-    seconds = time.perf_counter() - t
-    CACHE.mkdir(parents=True, exist_ok=True)
-    save_scan(h5, dc, truth, force=True)
-    np.save(probe_path, probe)
-    return dc, truth, probe, seconds, False
+    dc, truth, probe, cached = cached_scan(stem, make, resimulate)
+    return dc, truth, probe, time.perf_counter() - t, cached
 
 
 def error_parts(values: np.ndarray, expected: np.ndarray) -> dict:

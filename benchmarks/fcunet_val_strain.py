@@ -57,25 +57,20 @@ def load_or_simulate(name: str):
     from distill4d.simulate.crystals import orient, prototype
     from distill4d.simulate.kinematic import DEFAULT_CALIBRATION as cal
     from distill4d.simulate.multislice import CBEDSettings, vacuum_probe_pattern
-    from distill4d.simulate.scan import load_scan, save_scan, scan_preset, simulate_scan
+    from distill4d.simulate.scan import scan_preset, simulate_scan
 
-    h5, probe_path = fb.CACHE / f"{name}_{SCAN[0]}x{SCAN[1]}.h5", fb.CACHE / f"{name}_{SCAN[0]}x{SCAN[1]}_probe.npy"
-    if h5.exists() and probe_path.exists():
-        dc, truth = load_scan(h5)
-        return dc, truth, np.load(probe_path)
-    proto, zone, opts, grad = VAL_SETS[name]
-    atoms, _ = orient(prototype(proto), zone)
-    settings = CBEDSettings(energy_eV=cal.energy_eV, semiangle_mrad=cal.semiangle_mrad, shape=(128, 128),
-                            q_pixel_inv_A=cal.q_pixel_inv_A)
-    fields = scan_preset("multilayer", SCAN, strain=svp.STRAIN, layer_width=svp.LAYER_WIDTH, **opts)
-    if grad:
-        fields.tilt_mrad[..., 0] = np.linspace(0.0, grad, SCAN[1])[None, :]
-    dc, truth = simulate_scan(atoms, fields, settings, dose_e=None, seed=0, tilt_step_mrad=1.0)
-    probe = vacuum_probe_pattern(settings)
-    fb.CACHE.mkdir(parents=True, exist_ok=True)
-    save_scan(h5, dc, truth, force=True)
-    np.save(probe_path, probe)
-    return dc, truth, probe
+    def make():
+        proto, zone, opts, grad = VAL_SETS[name]
+        atoms, _ = orient(prototype(proto), zone)
+        settings = CBEDSettings(energy_eV=cal.energy_eV, semiangle_mrad=cal.semiangle_mrad, shape=(128, 128),
+                                q_pixel_inv_A=cal.q_pixel_inv_A)
+        fields = scan_preset("multilayer", SCAN, strain=svp.STRAIN, layer_width=svp.LAYER_WIDTH, **opts)
+        if grad:
+            fields.tilt_mrad[..., 0] = np.linspace(0.0, grad, SCAN[1])[None, :]
+        dc, truth = simulate_scan(atoms, fields, settings, dose_e=None, seed=0, tilt_step_mrad=1.0)
+        return dc, truth, vacuum_probe_pattern(settings)
+
+    return fb.cached_scan(fb.CACHE / f"{name}_{SCAN[0]}x{SCAN[1]}", make)[:3]
 
 
 def noisy(dc, dose_e: float):
