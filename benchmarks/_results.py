@@ -9,9 +9,18 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import platform
+import re
 from pathlib import Path
 
 RESULTS_MD = Path(__file__).resolve().parent / "RESULTS.md"
+#: Where the selection and experiment scripts (weights candidates, variants, searches, test-time
+#: views) write their sections: not RESULTS.md, which keeps only the benchmarks behind claims of
+#: the shipped code. ``benchmarks/data/`` is gitignored; a decision taken on these numbers is
+#: recorded in docs/experiments.md.
+EXPERIMENTS_MD = Path(__file__).resolve().parent / "data" / "experiments.md"
+_REPO = Path(__file__).resolve().parent.parent
+# absolute paths of one machine (scratch, home and temporary folders) never go into a results file
+_MACHINE_PATH = re.compile(r"(?<![\w.~-])/(?:work|tmp|root|home|scratch|mnt)(?:/[^\s`'\")\],;]+)+")
 
 
 def machine_info() -> dict:
@@ -51,12 +60,23 @@ def machine_line(info: dict | None = None) -> str:
             f"Linux {info['kernel']}, Python {info['python']}")
 
 
+def public_text(text: str) -> str:
+    """``text`` with this repository's absolute paths made relative and other machine paths
+    (``/work/...``, ``/tmp/...``, home folders) cut to their last component."""
+    text = text.replace(str(_REPO) + "/", "")
+    return _MACHINE_PATH.sub(lambda m: Path(m.group(0)).name, text)
+
+
 def write_section(name: str, section: str, path: Path = RESULTS_MD) -> None:
-    """Put ``section`` between this benchmark's markers in ``path``, keeping the rest."""
+    """Put ``section`` between this benchmark's markers in ``path``, keeping the rest.
+
+    Machine paths are removed first (:func:`public_text`)."""
     start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
-    body = section.strip("\n")
+    body = public_text(section).strip("\n")
     if not body.startswith(start):
         body = f"{start}\n{body}\n{end}"
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     text = path.read_text() if path.exists() else "# distill4d benchmark results\n\n"
     if text.count(start) > 1 or text.count(end) > 1:
         raise ValueError(f"{path} has more than one {start} or {end} marker; remove the stale copy by hand")

@@ -127,7 +127,8 @@ def floor_pct(row: dict, component: str) -> float | None:
 
 
 def section_name(views: str) -> str:
-    """The RESULTS.md section: ``fcunet_dose``, or ``fcunet_dose_views_<views>`` with test-time views."""
+    """The section: ``fcunet_dose`` (RESULTS.md), or ``fcunet_dose_views_<views>`` with test-time views
+    (benchmarks/data/experiments.md)."""
     return SECTION if views == "none" else f"{SECTION}_views_{views}"
 
 
@@ -260,7 +261,8 @@ def main(argv=None) -> int:
     text = render(rows, meta)
     print(text)
     if not a.no_results:
-        write_section(section_name(a.views), text)
+        # test-time views are an experiment: their sections go to benchmarks/data/experiments.md
+        write_section(section_name(a.views), text, *([] if a.views == "none" else [Path(__file__).resolve().parent / "data" / "experiments.md"]))
     return 0
 
 

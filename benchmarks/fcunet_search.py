@@ -3,7 +3,8 @@
 Each candidate architecture is trained for the same number of steps (same data order,
 augmentation and schedule) and scored on the validation split (every 20th simulation,
 never trained on): MSE to the structure-factor target and intensity-weighted disk accuracy.
-Writes the table into benchmarks/RESULTS.md (section ``fcunet_search``).
+Writes the table into benchmarks/data/experiments.md (section ``fcunet_search``; an experiment,
+not a RESULTS.md benchmark).
 
     python benchmarks/fcunet_search.py --library LIB --steps 80
 """
@@ -87,7 +88,7 @@ def main() -> None:
     lines += ["", "A short budget: this ranks early convergence, not final quality. Wall times differ with the load "
               "of the machine (the rows with an unknown library size ran while the library was still being built "
               "on the same 2 cores, over a partial library)."]
-    write_section("fcunet_search", "\n".join(lines))
+    write_section("fcunet_search", "\n".join(lines), Path(__file__).resolve().parent / "data" / "experiments.md")  # an experiment: not RESULTS.md
     print(json.dumps(rows))
 
 

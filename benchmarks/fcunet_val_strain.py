@@ -14,7 +14,7 @@ they are reported once on the test scans:
 Each scan is noise-free and at 1e5 e-/pattern (Poisson, seed 5). For every FCU-Net variant
 (``--views``, ``--passes``, ``--weights``) and the correlation detector: RMS error (%) of eps_xx and eps_yy
 against the simulator's truth, with its row part and scatter (``fcunet_benchmark.error_parts``),
-reference = the first layer. Writes the section ``fcunet_val_strain`` of benchmarks/RESULTS.md
+reference = the first layer. Writes the section ``fcunet_val_strain`` of benchmarks/data/experiments.md (selection data, not RESULTS.md)
 and benchmarks/data/fcunet_val_strain.json; scans are cached in benchmarks/data/fcunet/.
 
 Usage (repository root):
@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     text = render(rows, meta)
     print(text)
     if not a.no_results:
-        write_section(a.section, text)
+        write_section(a.section, text, Path(__file__).resolve().parent / "data" / "experiments.md")  # selection data: not RESULTS.md
     return 0
 
 

@@ -16,7 +16,8 @@ test library and strain scans (``fcunet_benchmark.py``, ``fcunet_dose.py``):
   at the unstretched pattern's value (``stretch_response(hold=...)``): which input, the
   Fourier U-Net's fields or the probe cross-correlation, moves the peaks.
 
-Writes the section ``fcunet_validation`` of benchmarks/RESULTS.md and the raw numbers to
+Writes the section ``fcunet_validation`` of benchmarks/data/experiments.md (selection data, not
+RESULTS.md) and the raw numbers to
 benchmarks/data/fcunet_validation.json.
 
 Usage (repository root):
@@ -192,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(raw, indent=1) + "\n")
     if not a.no_results:
-        write_section(a.section, render(raw))
+        write_section(a.section, render(raw), Path(__file__).resolve().parent / "data" / "experiments.md")  # selection data: not RESULTS.md
     print(render(raw))
     return 0
 

@@ -13,7 +13,7 @@ correlation detector once, as the reference row.
 Usage (from the repository root):
     .venv/bin/python benchmarks/fcunet_variants.py --test-library TESTLIB \\
         --variant "max (published layers)=W1.pt" --variant "spectral pooling=W2.pt" ...
-Writes section ``fcunet_variants`` of RESULTS.md and ``benchmarks/data/fcunet_variants.json``.
+Writes section ``fcunet_variants`` of benchmarks/data/experiments.md (an experiment, not RESULTS.md) and ``benchmarks/data/fcunet_variants.json``.
 Choose between variants on the validation columns; the test columns report, they do not select.
 """
 
@@ -174,8 +174,8 @@ def main(argv=None) -> int:
     text = render(raw)
     print("\n" + text)
     if not a.no_results:
-        write_section(SECTION, text)
-        fb.log(f"wrote section '{SECTION}' of benchmarks/RESULTS.md")
+        write_section(SECTION, text, Path(__file__).resolve().parent / "data" / "experiments.md")  # an experiment: not RESULTS.md
+        fb.log(f"wrote section '{SECTION}' of benchmarks/data/experiments.md")
     return 0
 
 
