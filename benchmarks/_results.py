@@ -62,7 +62,7 @@ def machine_line(info: dict | None = None) -> str:
 
 def public_text(text: str) -> str:
     """``text`` with this repository's absolute paths made relative and other machine paths
-    (``/work/...``, ``/tmp/...``, home folders) cut to their last component."""
+    (scratch, temporary and home folders) cut to their last component."""
     text = text.replace(str(_REPO) + "/", "")
     return _MACHINE_PATH.sub(lambda m: Path(m.group(0)).name, text)
 
