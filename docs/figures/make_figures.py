@@ -62,19 +62,25 @@ def demo_dir() -> Path:
 
 
 def overview() -> None:
+    from distill4d.bragg import find_bragg_disks
     from distill4d.io import read_results
     from distill4d.lattice import StrainMap
 
     d = demo_dir()
-    virtual = read_results(d / "virtual.h5")
     com = read_results(d / "com.h5")
     smap = StrainMap.from_hdf5(d / "strain.h5")
-    fig, axes = plt.subplots(1, 3, figsize=(11, 3.3))
-    _panel(axes[0], np.asarray(virtual["bf"]), "virtual bright field")
-    _panel(axes[1], np.asarray(com["idpc_phase"]), "iDPC phase", unit="rad")
-    _panel(axes[2], 100 * smap.eps_xx, "strain $\\epsilon_{xx}$ (Bragg disks)", cmap="RdBu_r", unit="%",
+    dc, probe = _multilayer()
+    peaks = find_bragg_disks(dc[0:1, 0:1], probe, progress=False)[0, 0]
+    fig, axes = plt.subplots(1, 3, figsize=(11.5, 3.4), gridspec_kw={"wspace": 0.35})
+    axes[0].imshow(np.log1p(np.asarray(dc.pattern(0, 0), dtype=float)), cmap="gray")
+    axes[0].scatter(peaks[:, 1], peaks[:, 0], s=16, facecolors="none", edgecolors="c", linewidths=0.8)
+    axes[0].set_title("a diffraction pattern and its Bragg disks", fontsize=10)
+    axes[0].set_xticks([])
+    axes[0].set_yticks([])
+    _panel(axes[1], np.asarray(com["idpc_phase"]), "iDPC phase of a weak phase object", unit="rad")
+    _panel(axes[2], 100 * smap.eps_xx, "strain $\\epsilon_{xx}$ of a multilayer", cmap="RdBu_r", unit="%",
            symmetric=True)
-    fig.suptitle("distill4d demo: a weak phase object and a strained multilayer, simulated and analysed",
+    fig.suptitle("distill4d demo: simulated scans with known answers, analysed by the distill4d commands",
                  fontsize=10)
     _save(fig, "overview.png")
 
