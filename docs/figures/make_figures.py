@@ -1,6 +1,6 @@
 """Make the figures of the README and the documentation site (run once; the PNGs are committed).
 
-    PYTHONPATH=src python docs/figures/make_figures.py            # all figures, ~2-4 min on 2 cores
+    PYTHONPATH=src python docs/figures/make_figures.py            # all figures (CC-ST-AE training is most of the time)
     PYTHONPATH=src python docs/figures/make_figures.py phase      # only some of them
 
 Every figure comes from data this script simulates with a known answer (the ``distill4d demo``
