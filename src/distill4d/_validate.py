@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from .errors import Distill4dError
+
 __all__ = ["positive_int", "positive_float", "nonnegative_float", "intensity_dtype", "pattern_array"]
 
 
@@ -18,7 +20,7 @@ def positive_int(name: str, value: Any, *, minimum: int = 1) -> int:
         else:
             raise TypeError(f"{name} must be an integer, got {value!r}")
     if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+        raise Distill4dError(f"{name} must be >= {minimum}, got {value}")
     return int(value)
 
 
@@ -29,7 +31,7 @@ def positive_float(name: str, value: Any, *, maximum: float = math.inf) -> float
     except (TypeError, ValueError):
         raise TypeError(f"{name} must be a number, got {value!r}") from None
     if not math.isfinite(v) or v <= 0 or v > maximum:
-        raise ValueError(f"{name} must be a finite number in (0, {maximum:g}], got {value!r}")
+        raise Distill4dError(f"{name} must be a finite number in (0, {maximum:g}], got {value!r}")
     return v
 
 
@@ -40,7 +42,7 @@ def nonnegative_float(name: str, value: Any) -> float:
     except (TypeError, ValueError):
         raise TypeError(f"{name} must be a number, got {value!r}") from None
     if not math.isfinite(v) or v < 0:
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        raise Distill4dError(f"{name} must be a finite number >= 0, got {value!r}")
     return v
 
 
@@ -62,14 +64,14 @@ def pattern_array(name: str, value: Any, *, ndim: int = 2) -> np.ndarray:
     """``value`` as a finite float array with ``ndim`` dimensions (a pattern, a mask, a probe)."""
     arr = np.asarray(value)
     if arr.ndim != ndim:
-        raise ValueError(f"{name} must be a {ndim}D array, got shape {arr.shape}")
+        raise Distill4dError(f"{name} must be a {ndim}D array, got shape {arr.shape}")
     if arr.dtype.kind == "b":
         arr = arr.astype(np.float32)
     intensity_dtype(name, arr.dtype)
     if arr.size == 0:
-        raise ValueError(f"{name} is empty (shape {arr.shape})")
+        raise Distill4dError(f"{name} is empty (shape {arr.shape})")
     if not np.all(np.isfinite(arr)):
-        raise ValueError(f"{name} contains NaN or Inf values")
+        raise Distill4dError(f"{name} contains NaN or Inf values")
     return arr
 
 
@@ -90,9 +92,9 @@ def read_mapping_file(path: Any, what: str) -> dict[str, Any]:
         else:
             d = json.loads(text)
     except ValueError as err:
-        raise ValueError(f"cannot parse the {what} {p}: {err}") from None
+        raise Distill4dError(f"cannot parse the {what} {p}: {err}") from None
     if not isinstance(d, dict):
-        raise ValueError(f"the {what} {p} must hold a mapping of keys to values, got {type(d).__name__}")
+        raise Distill4dError(f"the {what} {p} must hold a mapping of keys to values, got {type(d).__name__}")
     return d
 
 
@@ -105,4 +107,4 @@ def check_keys(cls: Any, d: Any, what: str) -> None:
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(d) - known)
     if unknown:
-        raise ValueError(f"unknown {what} keys {unknown}; known: {sorted(known)}")
+        raise Distill4dError(f"unknown {what} keys {unknown}; known: {sorted(known)}")

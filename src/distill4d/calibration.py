@@ -11,6 +11,8 @@ import dataclasses
 import math
 from typing import Any
 
+from .errors import Distill4dError
+
 __all__ = ["Calibration", "electron_wavelength_A"]
 
 # Physical constants (CODATA 2018).
@@ -34,7 +36,7 @@ def _positive(name: str, value: Any, *, low: float = 0.0, high: float = math.inf
     except (TypeError, ValueError):
         raise TypeError(f"{name} must be a number, got {value!r}") from None
     if not math.isfinite(v) or not (low < v <= high):
-        raise ValueError(f"{name} must be a finite number in ({low:g}, {high:g}], got {value!r}")
+        raise Distill4dError(f"{name} must be a finite number in ({low:g}, {high:g}], got {value!r}")
     return v
 
 
@@ -82,12 +84,12 @@ class Calibration:
                     f"origin_px must be a pair (qx, qy) of pixel coordinates, got {self.origin_px!r}"
                 ) from None
             if not (math.isfinite(qx) and math.isfinite(qy)):
-                raise ValueError(f"origin_px must be finite, got {self.origin_px!r}")
+                raise Distill4dError(f"origin_px must be finite, got {self.origin_px!r}")
             object.__setattr__(self, "origin_px", (qx, qy))
         if self.scan_rotation_rad is not None:
             r = float(self.scan_rotation_rad)
             if not math.isfinite(r):
-                raise ValueError(f"scan_rotation_rad must be finite, got {self.scan_rotation_rad!r}")
+                raise Distill4dError(f"scan_rotation_rad must be finite, got {self.scan_rotation_rad!r}")
             object.__setattr__(self, "scan_rotation_rad", r)
         object.__setattr__(self, "scan_flip", bool(self.scan_flip))
 
@@ -106,7 +108,7 @@ class Calibration:
         """Return the calibration field ``name`` or raise a ValueError saying how to set it."""
         value = getattr(self, name)
         if value is None:
-            raise ValueError(
+            raise Distill4dError(
                 f"this needs the calibration '{name}', which is not set: pass it when reading "
                 f"(e.g. read(path, {name}=...)), with DataCube.with_calibration({name}=...), "
                 f"or on the command line (--{name.replace('_', '-')})"
@@ -124,7 +126,7 @@ class Calibration:
             return float(value) / self.mrad_per_px
         if unit in ("inv_A", "1/A"):
             return float(value) / self.require("q_pixel_inv_A")
-        raise ValueError(f"unit must be 'px', 'mrad' or 'inv_A', got {unit!r}")
+        raise Distill4dError(f"unit must be 'px', 'mrad' or 'inv_A', got {unit!r}")
 
     # ---------------------------------------------------------------- transformations
     def replace(self, **changes: Any) -> "Calibration":

@@ -14,6 +14,7 @@ import numpy as np
 
 from ._validate import intensity_dtype, positive_int
 from .calibration import Calibration
+from .errors import Distill4dError
 
 if TYPE_CHECKING:  # pragma: no cover
     import dask.array as da
@@ -58,16 +59,16 @@ class DataCube:
                 hint = " (a 3D stack of patterns: reshape it to (Rx, Ry, Qx, Qy), e.g. data[None])"
             elif data.ndim == 2:
                 hint = " (a single pattern: use data[None, None])"
-            raise ValueError(f"DataCube data must be 4D (Rx, Ry, Qx, Qy), got shape {tuple(data.shape)}{hint}")
+            raise Distill4dError(f"DataCube data must be 4D (Rx, Ry, Qx, Qy), got shape {tuple(data.shape)}{hint}")
         if any(int(s) == 0 for s in data.shape):
-            raise ValueError(f"DataCube data has an empty axis: shape {tuple(data.shape)}")
+            raise Distill4dError(f"DataCube data has an empty axis: shape {tuple(data.shape)}")
         intensity_dtype("DataCube data", data.dtype)
         if calibration is None:
             calibration = Calibration()
         if not isinstance(calibration, Calibration):
             raise TypeError(f"calibration must be a distill4d.Calibration, got {type(calibration).__name__}")
         if reader is not None and (tuple(reader.shape) != _shape_of(data) or np.dtype(reader.dtype) != data.dtype):
-            raise ValueError(
+            raise Distill4dError(
                 f"reader has shape {tuple(reader.shape)} and dtype {reader.dtype}, "
                 f"but the data has {_shape_of(data)} and {data.dtype}"
             )
@@ -162,7 +163,7 @@ class DataCube:
         qx0, qx1, _ = qx.indices(self.shape[2])
         qy0, qy1, _ = qy.indices(self.shape[3])
         if qx1 <= qx0 or qy1 <= qy0:
-            raise ValueError(f"crop ({qx}, {qy}) leaves no pixel of a {self.pattern_shape} pattern")
+            raise Distill4dError(f"crop ({qx}, {qy}) leaves no pixel of a {self.pattern_shape} pattern")
         data = self.data[:, :, qx0:qx1, qy0:qy1]
         return DataCube(data, self.calibration.cropped(qx0, qy0), name=self.name)
 
@@ -186,7 +187,7 @@ class DataCube:
             return DataCube(self.data, calibration, name=self.name)
         shape = self.shape
         if any(shape[a] < factor for a in axes):
-            raise ValueError(f"binning factor {factor} is larger than axes {axes} of shape {shape}")
+            raise Distill4dError(f"binning factor {factor} is larger than axes {axes} of shape {shape}")
         out_dtype = _sum_dtype(self.dtype)
         trimmed = tuple(slice(0, (s // factor) * factor) if i in axes else slice(None) for i, s in enumerate(shape))
         data = self.data[trimmed]

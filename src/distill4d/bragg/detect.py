@@ -21,6 +21,7 @@ import scipy.fft as sfft
 
 from .._validate import nonnegative_float, positive_float, positive_int
 from ..datacube import DataCube
+from ..errors import Distill4dError
 from .peaks import BraggPeaks
 from .probe import Probe, probe_template
 
@@ -83,24 +84,24 @@ class DetectionParameters:
             set_(name, nonnegative_float(name, getattr(self, name)))
         set_("min_relative_intensity", nonnegative_float("min_relative_intensity", self.min_relative_intensity))
         if self.min_relative_intensity > 1:
-            raise ValueError(f"min_relative_intensity must be in [0, 1], got {self.min_relative_intensity}")
+            raise Distill4dError(f"min_relative_intensity must be in [0, 1], got {self.min_relative_intensity}")
         set_("max_peaks", positive_int("max_peaks", self.max_peaks))
         p = nonnegative_float("corr_power", self.corr_power)
         if p > 1:
-            raise ValueError(f"corr_power must be in [0, 1] (1: cross, 0: phase correlation), got {p}")
+            raise Distill4dError(f"corr_power must be in [0, 1] (1: cross, 0: phase correlation), got {p}")
         set_("corr_power", p)
         if self.subpixel not in _SUBPIXEL:
-            raise ValueError(f"subpixel must be one of {_SUBPIXEL}, got {self.subpixel!r}")
+            raise Distill4dError(f"subpixel must be one of {_SUBPIXEL}, got {self.subpixel!r}")
         set_("upsample_factor", positive_int("upsample_factor", self.upsample_factor, minimum=2))
         sites = np.asarray(self.sites_px, dtype=np.float64).reshape(-1, 2) if len(self.sites_px) else np.zeros((0, 2))
         if not np.all(np.isfinite(sites)):
-            raise ValueError("sites_px must be finite (qx, qy) pixel positions")
+            raise Distill4dError("sites_px must be finite (qx, qy) pixel positions")
         set_("sites_px", tuple((float(x), float(y)) for x, y in sites))
         set_("site_tolerance_px", nonnegative_float("site_tolerance_px", self.site_tolerance_px))
         if self.min_relative_intensity_sites is not None:
             v = nonnegative_float("min_relative_intensity_sites", self.min_relative_intensity_sites)
             if v > 1:
-                raise ValueError(f"min_relative_intensity_sites must be in [0, 1], got {v}")
+                raise Distill4dError(f"min_relative_intensity_sites must be in [0, 1], got {v}")
             set_("min_relative_intensity_sites", v)
 
 
@@ -159,7 +160,7 @@ def peaks_from_images(images: np.ndarray, params: DetectionParameters) -> dict[s
     """
     b = np.asarray(images, dtype=np.float64)
     if b.ndim != 3:
-        raise ValueError(f"images must be a stack (n, Qx, Qy), got shape {b.shape}")
+        raise Distill4dError(f"images must be a stack (n, Qx, Qy), got shape {b.shape}")
     bad = ~np.isfinite(b).all(axis=(1, 2))
     if bad.any():
         b = b.copy()
@@ -333,7 +334,7 @@ def finite_mean_pattern(datacube: DataCube, **engine_options: Any) -> np.ndarray
 
     total = reduce_patterns(datacube, _finite_sum_batch, combine="sum", **engine_options)
     if total[1, 0, 0] == 0:
-        raise ValueError("every pattern of the datacube contains NaN or Inf values; there is nothing to detect")
+        raise Distill4dError("every pattern of the datacube contains NaN or Inf values; there is nothing to detect")
     return total[0] / total[1, 0, 0]
 
 
@@ -350,7 +351,7 @@ def _as_datacube(data: Any) -> DataCube:
     elif arr.ndim == 3:
         arr = arr[None]
     if arr.ndim != 4:
-        raise ValueError(f"data must be a DataCube or an array of 2, 3 or 4 dimensions, got shape {arr.shape}")
+        raise Distill4dError(f"data must be a DataCube or an array of 2, 3 or 4 dimensions, got shape {arr.shape}")
     return DataCube(arr)
 
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .._atomic import atomic_output, atomic_write_bytes
+from ..errors import Distill4dError
 
 if TYPE_CHECKING:  # pragma: no cover
     from .core import Tile
@@ -44,18 +45,18 @@ class Checkpoint:
             try:
                 meta = json.loads(manifest.read_text())
             except (OSError, json.JSONDecodeError) as err:
-                raise ValueError(f"checkpoint manifest {manifest} is unreadable ({err}); delete the directory") from None
+                raise Distill4dError(f"checkpoint manifest {manifest} is unreadable ({err}); delete the directory") from None
             if meta.get("format") != _FORMAT:
-                raise ValueError(f"{path} is not a distill4d checkpoint (format {meta.get('format')!r})")
+                raise Distill4dError(f"{path} is not a distill4d checkpoint (format {meta.get('format')!r})")
             if tuple(meta["shape"]) != tuple(shape) or meta["job_key"] != job_key:
-                raise ValueError(
+                raise Distill4dError(
                     f"checkpoint {path} belongs to another job (data shape {tuple(meta['shape'])}, "
                     f"job {meta['job_key']!r}); this job has shape {tuple(shape)} and job {job_key!r}. "
                     "Use another checkpoint directory or delete this one."
                 )
             return cls(path, [Tile(*t) for t in meta["tiles"]])
         if path.exists() and any(path.iterdir()):
-            raise ValueError(f"checkpoint directory {path} is not empty and has no manifest; refusing to use it")
+            raise Distill4dError(f"checkpoint directory {path} is not empty and has no manifest; refusing to use it")
         path.mkdir(parents=True, exist_ok=True)
         meta = {
             "format": _FORMAT,

@@ -13,6 +13,7 @@ import numpy as np
 
 from .._validate import positive_int
 from ..datacube import DataCube, _is_dask
+from ..errors import Distill4dError
 from .checkpoint import Checkpoint
 
 __all__ = ["map_patterns", "reduce_patterns", "run_tasks", "plan_tiles", "Tile", "DEFAULT_MEMORY_BUDGET"]
@@ -132,7 +133,7 @@ def _as_dict(result: Any, n: int, fn: BatchFn, what: str | None = None) -> dict[
     for key, value in out.items():
         arr = np.asarray(value)
         if arr.ndim == 0 or arr.shape[0] != n:
-            raise ValueError(
+            raise Distill4dError(
                 f"batch function {name} returned {'output ' + repr(key) + ' ' if key else ''}with shape "
                 f"{arr.shape} for {what}; its first axis must have length {n}"
             )
@@ -191,7 +192,7 @@ class _Executor:
             try:
                 self._client = get_client()
             except ValueError:
-                raise ValueError(
+                raise Distill4dError(
                     "scheduler='dask' needs a running distributed.Client; create one first or pass "
                     "the scheduler address (scheduler='tcp://host:8786')"
                 ) from None
@@ -204,7 +205,7 @@ class _Executor:
         elif hasattr(s, "submit") and hasattr(s, "gather"):
             self._client = s  # a distributed.Client given directly
         else:
-            raise ValueError(
+            raise Distill4dError(
                 "scheduler must be 'inline', 'threads', 'processes', 'dask', a Dask scheduler "
                 f"address like 'tcp://host:8786', or a distributed.Client; got {s!r}"
             )
@@ -413,7 +414,7 @@ def _map_tiles(
                 k: np.empty(datacube.scan_shape + v.shape[1:], dtype=v.dtype) for k, v in result.items()
             }
         if set(result) != set(outputs):
-            raise ValueError(f"batch function returned keys {sorted(result)} after {sorted(outputs)}")
+            raise Distill4dError(f"batch function returned keys {sorted(result)} after {sorted(outputs)}")
         for k, v in result.items():
             outputs[k][tile.slices] = v.reshape((tile.x1 - tile.x0, tile.y1 - tile.y0) + v.shape[1:])
 
@@ -447,7 +448,7 @@ def reduce_patterns(
     shape for every batch. Options as in :func:`map_patterns`.
     """
     if combine not in ("sum", "max"):
-        raise ValueError(f"combine must be 'sum' or 'max', got {combine!r}")
+        raise Distill4dError(f"combine must be 'sum' or 'max', got {combine!r}")
     op = np.add if combine == "sum" else np.maximum
     total = None
     with _Executor(scheduler, n_workers) as ex:

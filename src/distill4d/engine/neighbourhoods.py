@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..datacube import DataCube
+from ..errors import Distill4dError
 from .core import (
     BatchFn,
     Tile,
@@ -47,22 +48,22 @@ def _check_radius(radius: Any) -> int:
             f"({type(radius).__name__})"
         )
     if radius < 0:
-        raise ValueError(f"radius must be an integer number of scan positions >= 0, got {radius}")
+        raise Distill4dError(f"radius must be an integer number of scan positions >= 0, got {radius}")
     return int(radius)
 
 
 def _check_pad(pad: Any, radius: int, scan_shape: tuple[int, int]) -> str:
     """``pad`` checked against :data:`PAD_MODES` and, for reflect and wrap, against the scan size."""
     if not isinstance(pad, str) or pad not in PAD_MODES:
-        raise ValueError(f"pad must be one of {', '.join(map(repr, PAD_MODES))}, got {pad!r}")
+        raise Distill4dError(f"pad must be one of {', '.join(map(repr, PAD_MODES))}, got {pad!r}")
     rx, ry = scan_shape
     if pad == "reflect" and radius >= min(rx, ry):
-        raise ValueError(
+        raise Distill4dError(
             f"pad='reflect' mirrors the scan without repeating its edge, so radius must be smaller "
             f"than both scan dimensions {rx} x {ry}; got radius={radius}. Use pad='edge' or a smaller radius"
         )
     if pad == "wrap" and radius > min(rx, ry):
-        raise ValueError(
+        raise Distill4dError(
             f"pad='wrap' needs radius <= both scan dimensions {rx} x {ry} (one period); got radius={radius}. "
             "Use pad='edge' or a smaller radius"
         )

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import Distill4dError
 from .com import CenterOfMass, estimate_scan_rotation, to_scan_frame
 
 __all__ = ["IDPCResult", "idpc", "integrate_gradient"]
@@ -28,11 +29,11 @@ def integrate_gradient(gx: np.ndarray, gy: np.ndarray, step: float = 1.0) -> np.
     gx = np.asarray(gx, dtype=np.float64)
     gy = np.asarray(gy, dtype=np.float64)
     if gx.ndim != 2 or gx.shape != gy.shape:
-        raise ValueError(f"gx and gy must be 2D arrays of one shape, got {gx.shape} and {gy.shape}")
+        raise Distill4dError(f"gx and gy must be 2D arrays of one shape, got {gx.shape} and {gy.shape}")
     if min(gx.shape) < 2:
-        raise ValueError(f"integrating a gradient needs at least 2x2 positions, got {gx.shape}")
+        raise Distill4dError(f"integrating a gradient needs at least 2x2 positions, got {gx.shape}")
     if not (np.all(np.isfinite(gx)) and np.all(np.isfinite(gy))):
-        raise ValueError("gx and gy must be finite (replace NaN first)")
+        raise Distill4dError("gx and gy must be finite (replace NaN first)")
     # Even extension of φ: ∂φ/∂x is odd along x and even along y, and vice versa.
     ex = np.concatenate([gx, -gx[::-1]], axis=0)
     ex = np.concatenate([ex, ex[:, ::-1]], axis=1)
@@ -89,7 +90,7 @@ def idpc(com: CenterOfMass, *, rotation_rad: float | None = None, flip: bool | N
     dqx, dqy = com.in_inv_A() if calibrated else (com.com_qx_px, com.com_qy_px)
     bad = ~(np.isfinite(dqx) & np.isfinite(dqy))
     if bad.all():
-        raise ValueError("every CoM value is undefined (NaN): no phase can be integrated")
+        raise Distill4dError("every CoM value is undefined (NaN): no phase can be integrated")
     if bad.any():
         warnings.warn(f"{int(bad.sum())} positions have no defined CoM; they are NaN in the phase", stacklevel=2)
         dqx = np.where(bad, np.nanmean(dqx), dqx)

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..errors import Distill4dError
 from .hdf5 import list_datasets
 from .sources import CorruptFileError, H5Source, MemmapSource, NpySource
 from .write import Results, read_results, write
@@ -138,7 +139,7 @@ def read(
     file, inline = split_dataset_path(path)
     if inline is not None:
         if dataset is not None and dataset != inline:
-            raise ValueError(f"the dataset is given twice: {inline!r} in the path and dataset={dataset!r}")
+            raise Distill4dError(f"the dataset is given twice: {inline!r} in the path and dataset={dataset!r}")
         dataset = inline
     unknown = set(calibration_fields) - set(Calibration.field_names())
     if unknown:
@@ -185,7 +186,7 @@ def _dispatch(
 
         return read_hdf5(file, dataset, lazy, budget, scan_shape)
     if dataset is not None and ext not in RSCIIO_FORMATS:
-        raise ValueError(
+        raise Distill4dError(
             f"{file}: dataset={dataset!r} applies to HDF5 files only, not to {ext or 'this'} files"
         )
     if ext == ".npy":
@@ -200,7 +201,7 @@ def _dispatch(
         from .rsciio import read_rsciio
 
         return read_rsciio(file, lazy, budget, dataset)
-    raise ValueError(f"{file}: unknown file extension {ext!r}; supported formats: {_formats_text()}")
+    raise Distill4dError(f"{file}: unknown file extension {ext!r}; supported formats: {_formats_text()}")
 
 
 def _formats_text() -> str:
@@ -233,5 +234,5 @@ def read_probe(path: str | os.PathLike, *, dataset: str | None = None) -> np.nda
     if image is None:
         return read(file, dataset=dataset).mean_pattern()
     if not np.all(np.isfinite(image)):
-        raise ValueError(f"{path}: the probe image contains NaN or Inf values")
+        raise Distill4dError(f"{path}: the probe image contains NaN or Inf values")
     return image.astype(np.float64)

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import Distill4dError
 from ._common import Loaded, check_dtype, positive_or_none, scan_chunks, want_lazy
 from .hdf5 import _read_all, _safe_calibration, _token, _value
 from .sources import H5Source
@@ -59,13 +60,13 @@ def read_arina(
                 f"(it must be in the same folder: {os.path.dirname(os.path.abspath(path))})"
             ) from None
         if d.ndim != 3:
-            raise ValueError(f"{path}: {d.name} has shape {d.shape}; expected a stack of frames (N, Qx, Qy)")
+            raise Distill4dError(f"{path}: {d.name} has shape {d.shape}; expected a stack of frames (N, Qx, Qy)")
         parts.append((f"/entry/data/{k}", tuple(int(s) for s in d.shape), d.dtype))
     dtype = parts[0][2]
     check_dtype(dtype, path, "ARINA frames")
     frame = parts[0][1][1:]
     if any(p[1][1:] != frame for p in parts):
-        raise ValueError(
+        raise Distill4dError(
             f"{path}: the linked data files hold frames of different shapes: {[p[1] for p in parts]}"
         )
     n = sum(p[1][0] for p in parts)
@@ -100,7 +101,7 @@ def read_arina(
     if scan_shape is None:
         side = math.isqrt(n)
         if side * side != n:
-            raise ValueError(
+            raise Distill4dError(
                 f"{path}: {n} frames do not make a square scan; pass scan_shape=(Rx, Ry) "
                 "(e.g. read(path, scan_shape=(rows, columns)))"
             )

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from ..calibration import Calibration
+from ..errors import Distill4dError
 from ._common import (
     Loaded,
     angle_to_mrad,
@@ -43,7 +44,7 @@ def open_h5(path: str | os.PathLike, expect_format: str | None = None) -> Iterat
     f = open_h5_file(path)
     try:
         if expect_format is not None and f.attrs.get("format") != expect_format:
-            raise ValueError(
+            raise Distill4dError(
                 f"{path} is not a {expect_format} file (its format attribute is {f.attrs.get('format')!r})"
             )
         yield f
@@ -119,7 +120,7 @@ def read_hdf5(
     with open_h5(path) as f:
         fmt = _attr_str(f.attrs.get(OWN_FORMAT_ATTR))
         if fmt == "results" and dataset is None:
-            raise ValueError(
+            raise Distill4dError(
                 f"{path} is a distill4d results file (images and maps), not a 4D dataset; "
                 "open it with distill4d.io.read_results(path)"
             )
@@ -133,7 +134,7 @@ def read_hdf5(
         if isinstance(obj, h5py.Group):  # a group given by the caller: its single array inside
             inner = [d for d in _all_datasets(obj) if len(d[1]) >= 3]
             if len(inner) != 1:
-                raise ValueError(
+                raise Distill4dError(
                     f"{path}: {name!r} is a group; give the dataset inside it. Datasets of 3 or more "
                     f"dimensions there: {_describe([(obj.name.rstrip('/') + p, s, d) for p, s, d in inner])}"
                 )
@@ -143,7 +144,7 @@ def read_hdf5(
         what = f"dataset {dset.name}"
         check_dtype(dset.dtype, path, what)
         if dset.ndim < 3:
-            raise ValueError(
+            raise Distill4dError(
                 f"{path}: dataset {dset.name} has shape {dset.shape}, which is not 4D-STEM data "
                 "(expected (Rx, Ry, Qx, Qy) or a stack (N, Qx, Qy))"
             )
@@ -210,7 +211,7 @@ def _choose_dataset(f: Any, path: str, dataset: str | None) -> str:
     if len(cands) == 1:
         return cands[0][0]
     if not cands:
-        raise ValueError(
+        raise Distill4dError(
             f"{path}: no 4D dataset found (expected an array (Rx, Ry, Qx, Qy)); the file holds: "
             f"{_describe(everything)}. Pass dataset='/path/in/file' (or 'file.h5:/path') to read a "
             "3D stack (N, Qx, Qy) with scan_shape=(Rx, Ry)"
@@ -219,7 +220,7 @@ def _choose_dataset(f: Any, path: str, dataset: str | None) -> str:
     cubes = [d for d in cands if _attr_str(f[d[0]].parent.attrs.get("python_class")) == "DataCube"]
     if len(cubes) == 1:
         return cubes[0][0]
-    raise ValueError(
+    raise Distill4dError(
         f"{path} holds several 4D datasets; choose one with dataset='...' or 'file.h5:/path': "
         f"{_describe(cands)}"
     )

@@ -7,6 +7,7 @@ import os
 import numpy as np
 
 from ..datacube import _is_dask
+from ..errors import Distill4dError
 from ._common import Loaded, check_dtype, scan_chunks, want_lazy
 from .sources import CorruptFileError, NpySource, read_npy_header
 
@@ -22,7 +23,7 @@ def read_npy(path: str, lazy: bool | None, budget: int) -> Loaded:
         )
     check_dtype(dtype, path)
     if len(shape) < 3:
-        raise ValueError(
+        raise Distill4dError(
             f"{path}: the array has shape {shape}, which is not 4D-STEM data "
             "(expected (Rx, Ry, Qx, Qy) or a stack (N, Qx, Qy))"
         )

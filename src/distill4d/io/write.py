@@ -40,6 +40,7 @@ import numpy as np
 from .._atomic import atomic_output
 from ..calibration import Calibration
 from ..datacube import DataCube, _is_dask
+from ..errors import Distill4dError
 
 __all__ = ["write", "read_results", "Results"]
 
@@ -88,7 +89,7 @@ def write(
     if not isinstance(force, bool):
         raise TypeError(f"force must be True or False, got {force!r}")
     if compression not in _COMPRESSIONS:
-        raise ValueError(f"compression must be one of {_COMPRESSIONS}, got {compression!r}")
+        raise Distill4dError(f"compression must be one of {_COMPRESSIONS}, got {compression!r}")
     if out.exists() and out.is_dir():
         raise IsADirectoryError(f"{out} is a folder; give a file name to write to")
     if out.exists() and not force:
@@ -122,7 +123,7 @@ def _refuse_input(out: pathlib.Path, dc: DataCube) -> None:
     for src in _source_files(dc.data):
         with contextlib.suppress(OSError):
             if os.path.samefile(src, out):
-                raise ValueError(
+                raise Distill4dError(
                     f"cannot write to {out}: it is the file this DataCube is being read from; "
                     "write to another file"
                 )
@@ -277,11 +278,11 @@ def _check_results(obj: Mapping[str, Any], other_units: set[str], units: Any) ->
     if not isinstance(obj, Mapping):
         raise TypeError(f"results must be a dict {{name: array}}, got {type(obj).__name__}")
     if not obj:
-        raise ValueError("the results dict is empty; nothing to write")
+        raise Distill4dError("the results dict is empty; nothing to write")
     arrays: dict[str, np.ndarray] = {}
     for name, value in obj.items():
         if not isinstance(name, str) or not name or "/" in name or name in (".", ".."):
-            raise ValueError(f"result names must be non-empty strings without '/', got {name!r}")
+            raise Distill4dError(f"result names must be non-empty strings without '/', got {name!r}")
         if _is_dask(value):
             value = value.compute()
         arr = np.asarray(value)
@@ -292,7 +293,7 @@ def _check_results(obj: Mapping[str, Any], other_units: set[str], units: Any) ->
         raise TypeError(f"units must be a dict {{name: unit}}, got {type(units).__name__}")
     unknown = set(units or {}) - set(arrays) - other_units
     if unknown:
-        raise ValueError(f"units given for {sorted(unknown)}, which are not among the results {sorted(arrays)}")
+        raise Distill4dError(f"units given for {sorted(unknown)}, which are not among the results {sorted(arrays)}")
     return arrays
 
 
@@ -330,9 +331,9 @@ def _set_attrs(target: Any, attrs: Mapping[str, Any] | None) -> None:
     reserved = {"distill4d_format", "distill4d_format_version", "distill4d_version", "distill4d_datacube"}
     for key, value in attrs.items():
         if not isinstance(key, str) or not key:
-            raise ValueError(f"attribute names must be non-empty strings, got {key!r}")
+            raise Distill4dError(f"attribute names must be non-empty strings, got {key!r}")
         if key in reserved:
-            raise ValueError(f"attribute {key!r} is reserved for distill4d's own use")
+            raise Distill4dError(f"attribute {key!r} is reserved for distill4d's own use")
         target.attrs[key] = _attr_value(value)
 
 
@@ -412,7 +413,7 @@ def read_results(path: str | os.PathLike) -> Results:
                 if fmt == "datacube"
                 else "not a distill4d results file"
             )
-            raise ValueError(
+            raise Distill4dError(
                 f"{path}: {what}; expected a file written by distill4d.write(path, {{name: array}})"
             )
         arrays: dict[str, np.ndarray] = {}
