@@ -18,13 +18,13 @@ def _need_sim() -> None:
         import abtem  # noqa: F401
         import ase  # noqa: F401
     except ImportError as err:
-        from .cli import CLIError
+        from . import CLIError
 
         raise CLIError(f"simulation needs the sim extra ({err.name} is missing): pip install 'distill4d[sim]'") from None
 
 
 def _ints(text: str, n: int, what: str) -> tuple[int, ...]:
-    from .cli import CLIError
+    from . import CLIError
 
     parts = text.replace("x", ",").split(",")
     try:
@@ -37,12 +37,12 @@ def _ints(text: str, n: int, what: str) -> tuple[int, ...]:
 
 
 def cmd_simulate_scan(args: argparse.Namespace) -> int:
-    from .cli import CLIError
+    from . import CLIError
 
     _need_sim()
-    from .simulate.crystals import orient, prototype
-    from .simulate.multislice import CBEDSettings
-    from .simulate.scan import save_scan, scan_preset, simulate_scan
+    from ..simulate.crystals import orient, prototype
+    from ..simulate.multislice import CBEDSettings
+    from ..simulate.scan import save_scan, scan_preset, simulate_scan
 
     out = Path(args.output)
     if out.exists() and not args.force:
@@ -81,7 +81,7 @@ def cmd_simulate_scan(args: argparse.Namespace) -> int:
 
 def cmd_simulate_library(args: argparse.Namespace) -> int:
     _need_sim()
-    from .simulate.library import LibraryConfig, build_library
+    from ..simulate.library import LibraryConfig, build_library
 
     config = LibraryConfig.from_file(args.config)
     kwargs: dict[str, Any] = {"scheduler": args.scheduler, "device": args.device,

@@ -13,7 +13,7 @@ __all__ = ["add_phase_parser", "add_train_phase_parser"]
 
 
 def _need_torch() -> None:
-    from .cli import CLIError
+    from . import CLIError
 
     try:
         import torch  # noqa: F401
@@ -24,8 +24,8 @@ def _need_torch() -> None:
 def read_label(spec: str, key: str | None) -> tuple[np.ndarray, str, str]:
     """The label image ``(array, name, units)`` from a .npy file, a distill4d results file (or the
     results stored beside a simulated DataCube, e.g. ``projected_potential``) or ``FILE.h5:/dataset``."""
-    from .cli import CLIError
-    from .io import read_results, split_dataset_path
+    from . import CLIError
+    from ..io import read_results, split_dataset_path
 
     path, inner = split_dataset_path(spec)
     if not Path(path).exists():
@@ -54,10 +54,10 @@ def read_label(spec: str, key: str | None) -> tuple[np.ndarray, str, str]:
 
 
 def cmd_phase(args: argparse.Namespace) -> int:
-    from .cli import _engine_kwargs, _open, _Outputs
+    from . import _engine_kwargs, _open, _Outputs
 
     _need_torch()
-    from .ml.phase_fit import load_phase_model, phase_image, shipped_model_path
+    from ..ml.phase_fit import load_phase_model, phase_image, shipped_model_path
 
     outs = _Outputs(args)
     dc = _open(args)
@@ -71,7 +71,7 @@ def cmd_phase(args: argparse.Namespace) -> int:
     if outs.png:
         img.plot(outs.png, force=outs.force, title=f"{img.label_name} ({img.model}): {Path(args.file).name}")
         if img.model == "linear":
-            from .plot.phase import save_phase_masks_png
+            from ..plot.phase import save_phase_masks_png
 
             save_phase_masks_png(outs.png.with_name(outs.png.stem + "_masks.png"), net, force=outs.force)
     outs.done()
@@ -82,12 +82,12 @@ def cmd_phase(args: argparse.Namespace) -> int:
 
 
 def cmd_train_phase(args: argparse.Namespace) -> int:
-    from .cli import CLIError, _calibration_kwargs, _engine_kwargs, _parse_region
+    from . import CLIError, _calibration_kwargs, _engine_kwargs, _parse_region
 
     _need_torch()
-    from .io import read
-    from .ml.phase_fit import PhaseTrainConfig, save_phase_model, train_phase
-    from .ml.phase_models import PhaseConfig
+    from ..io import read
+    from ..ml.phase_fit import PhaseTrainConfig, save_phase_model, train_phase
+    from ..ml.phase_models import PhaseConfig
 
     out = Path(args.out)
     for p in (out, out.with_suffix(".json")):
@@ -131,8 +131,8 @@ def cmd_train_phase(args: argparse.Namespace) -> int:
 
 
 def add_phase_parser(sub: Any) -> None:
-    from .cli import _add_calibration, _add_engine, _add_output
-    from .ml.phase_fit import SHIPPED_MODELS
+    from . import _add_calibration, _add_engine, _add_output
+    from ..ml.phase_fit import SHIPPED_MODELS
 
     p = sub.add_parser("phase", help="ML phase retrieval: a high-resolution image from the 4D scan")
     p.add_argument("file")
@@ -152,7 +152,7 @@ def add_phase_parser(sub: Any) -> None:
 
 
 def add_train_phase_parser(tsub: Any) -> None:
-    from .cli import _add_calibration, _add_engine
+    from . import _add_calibration, _add_engine
 
     t = tsub.add_parser("phase", help="phase retrieval: 4D scan + label image -> linear or 4D-CNN model")
     t.add_argument("--data", required=True, nargs="+", help="the 4D scan(s); several scans (materials, "

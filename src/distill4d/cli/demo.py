@@ -22,10 +22,10 @@ def _corr(a: np.ndarray, b: np.ndarray) -> float:
 
 def _strain_demo(out_dir: Path, force: bool, common: list[str]) -> dict[str, float]:
     """A multilayer with alternating +-1 % eps_xx: disks -> lattice -> strain, against the truth."""
-    from .cli import CLIError, main
-    from .io import write
-    from .lattice import StrainMap
-    from .simulate.kinematic import strained_scan, vacuum_probe
+    from . import CLIError, main
+    from ..io import write
+    from ..lattice import StrainMap
+    from ..simulate.kinematic import strained_scan, vacuum_probe
 
     print("\nsimulating a 24x24 scan of a Si-like multilayer (alternating +-1 % eps_xx, 1e4 e-/pattern)...")
     dc, truth = strained_scan((24, 24), (128, 128), kind="multilayer", strain=0.01, layer_width=6,
@@ -54,9 +54,9 @@ def run_demo(out_dir: Path, *, force: bool = False, progress: bool = True) -> di
     multilayer (``multilayer.h5``) through ``strain``. ``summary.json`` holds the measured
     agreement with the ground truth.
     """
-    from .cli import CLIError, main
-    from .io import read_results, write
-    from .simulate.phase_object import phase_object_scan
+    from . import CLIError, main
+    from ..io import read_results, write
+    from ..simulate.phase_object import phase_object_scan
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""``distill4d train fcunet`` (on a simulated library) and ``train phase`` (:mod:`distill4d.cli_phase`); needs ``distill4d[ml]``."""
+"""``distill4d train fcunet`` (on a simulated library) and ``train phase`` (:mod:`distill4d.cli.phase`); needs ``distill4d[ml]``."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ __all__ = ["add_train_parser"]
 
 
 def _train_config(args: argparse.Namespace) -> Any:
-    from ._validate import read_mapping_file
-    from .ml.fcunet import FCUNetConfig
-    from .train.fcunet import FCUNetTrainConfig
+    from .._validate import read_mapping_file
+    from ..ml.fcunet import FCUNetConfig
+    from ..train.fcunet import FCUNetTrainConfig
 
     base = read_mapping_file(args.config, "training configuration") if args.config else {}
     model = dict(base.pop("model", {}))
@@ -31,13 +31,13 @@ def _train_config(args: argparse.Namespace) -> Any:
 
 
 def cmd_train_fcunet(args: argparse.Namespace) -> int:
-    from .cli import CLIError
+    from . import CLIError
 
     try:
         import torch  # noqa: F401
     except ImportError:
         raise CLIError("training needs PyTorch: pip install 'distill4d[ml]'") from None
-    from .train.fcunet import train_fcunet
+    from ..train.fcunet import train_fcunet
 
     cfg = _train_config(args)
     if args.threads:
@@ -80,6 +80,6 @@ def add_train_parser(sub: Any) -> None:
     t.add_argument("--force", action="store_true", help="overwrite existing weights of that name")
     t.set_defaults(func=cmd_train_fcunet)
 
-    from .cli_phase import add_train_phase_parser
+    from .phase import add_train_phase_parser
 
     add_train_phase_parser(tsub)

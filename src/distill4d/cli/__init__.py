@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from .ml import FCUNET_VIEWS
+from ..ml import FCUNET_VIEWS
 
 __all__ = ["main"]
 
@@ -82,7 +82,7 @@ def _engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _open(args: argparse.Namespace):
-    from .io import read
+    from ..io import read
 
     return read(args.file, dataset=args.dataset, **_calibration_kwargs(args))
 
@@ -97,7 +97,7 @@ class _Outputs:
         for p in (self.h5, self.png):
             if p is not None and p.exists() and not self.force:
                 raise CLIError(f"{p} exists; pass --force to overwrite it")
-        from .io import split_dataset_path
+        from ..io import split_dataset_path
 
         if Path(split_dataset_path(args.file)[0]).resolve() == self.h5.resolve():
             raise CLIError(f"the output {self.h5} is the input file; choose another output")
@@ -131,13 +131,13 @@ def _command_line() -> str:
 
 # ---------------------------------------------------------------------- commands
 def cmd_info(args: argparse.Namespace) -> int:
-    from .io import list_datasets, read
+    from ..io import list_datasets, read
 
     path = args.file
     try:
         dc = read(path, dataset=args.dataset, lazy=True)
     except ValueError as err:
-        from .io import split_dataset_path
+        from ..io import split_dataset_path
 
         base = str(split_dataset_path(path)[0])
         if base.lower().endswith((".h5", ".hdf5", ".emd")) and Path(base).exists():
@@ -156,8 +156,8 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_virtual(args: argparse.Namespace) -> int:
-    from .imaging import detector_mask, virtual_images
-    from .io import write
+    from ..imaging import detector_mask, virtual_images
+    from ..io import write
 
     outs = _Outputs(args)
     dc = _open(args)
@@ -185,7 +185,7 @@ def cmd_virtual(args: argparse.Namespace) -> int:
     arrays.update({f"mask_{k}": m.astype("uint8") for k, m in masks.items()})
     write(outs.h5, arrays, force=outs.force, units=units, attrs=attrs)
     if outs.png:
-        from .plot import save_images_png
+        from ..plot import save_images_png
 
         save_images_png(outs.png, images, units=units, title=f"virtual images: {Path(args.file).name}",
                         scan_step_A=dc.calibration.scan_step_A, force=outs.force)
@@ -205,15 +205,15 @@ def _adf_radii(values: list[float]) -> tuple[float, float] | None:
 
 
 def cmd_com(args: argparse.Namespace) -> int:
-    from .imaging import center_of_mass, circle_mask, idpc
-    from .io import write
+    from ..imaging import center_of_mass, circle_mask, idpc
+    from ..io import write
 
     outs = _Outputs(args)
     dc = _open(args)
     origin = tuple(args.origin_px) if args.origin_px else dc.calibration.origin_px
     mask = None
     if args.radius is not None:
-        from .imaging.origin import find_bf_disk
+        from ..imaging.origin import find_bf_disk
 
         if origin is None:  # found once here and reused by center_of_mass
             origin = find_bf_disk(dc.mean_pattern(**_engine_kwargs(args)))[:2]
@@ -237,7 +237,7 @@ def cmd_com(args: argparse.Namespace) -> int:
         print("distill4d: note: scan smaller than 3x3: no DPC rotation or iDPC phase", file=sys.stderr)
     write(outs.h5, arrays, force=outs.force, units=units, attrs=attrs)
     if outs.png:
-        from .plot import save_images_png
+        from ..plot import save_images_png
 
         shown = {k: arrays[k] for k in ("com_qx", "com_qy", "idpc_phase") if k in arrays}
         save_images_png(outs.png, shown, units=units, diverging=("com_qx", "com_qy"),
@@ -261,8 +261,8 @@ def _parse_region(text: str | None, option: str = "--reference") -> tuple[slice,
 
 
 def _find_disks(args: argparse.Namespace, outs: _Outputs):
-    from .bragg import find_bragg_disks
-    from .io import read_probe
+    from ..bragg import find_bragg_disks
+    from ..io import read_probe
 
     if args.method not in _METHODS:
         raise CLIError(f"--method {args.method!r} finds no disks; disk methods: {', '.join(_METHODS)}")
@@ -271,7 +271,7 @@ def _find_disks(args: argparse.Namespace, outs: _Outputs):
     outs.clear_stale()
     if args.method == "fcunet":
         try:
-            from .ml.fcunet_detect import find_bragg_disks_fcunet
+            from ..ml.fcunet_detect import find_bragg_disks_fcunet
         except ImportError as err:
             raise CLIError(f"--method fcunet needs PyTorch: pip install 'distill4d[ml]' ({err})") from None
         engine = _engine_kwargs(args)
@@ -282,7 +282,7 @@ def _find_disks(args: argparse.Namespace, outs: _Outputs):
             checkpoint=outs.checkpoint("disks"), **engine,
         )
     elif args.method == "com":
-        from .bragg import find_bragg_disks_com
+        from ..bragg import find_bragg_disks_com
 
         peaks = find_bragg_disks_com(dc, probe, **_engine_kwargs(args))
     else:
@@ -303,7 +303,7 @@ def cmd_disks(args: argparse.Namespace) -> int:
     dc, peaks = _find_disks(args, outs)
     peaks.to_hdf5(outs.h5, force=outs.force)
     if outs.png:
-        from .plot import save_bragg_vector_map_png
+        from ..plot import save_bragg_vector_map_png
 
         save_bragg_vector_map_png(outs.png, dc.mean_pattern(), peaks, title=Path(args.file).name, force=outs.force)
     outs.done()
@@ -313,10 +313,10 @@ def cmd_disks(args: argparse.Namespace) -> int:
 
 def _strain_ccstae(args: argparse.Namespace, outs: _Outputs):
     try:
-        from .ml.ccstae_fit import CCSTAETrainConfig, save_ccstae, strain_map_ccstae
+        from ..ml.ccstae_fit import CCSTAETrainConfig, save_ccstae, strain_map_ccstae
     except ImportError as err:
         raise CLIError(f"--method ccstae needs PyTorch: pip install 'distill4d[ml]' ({err})") from None
-    from .io import read_probe
+    from ..io import read_probe
 
     dc = _open(args)
     probe = read_probe(args.probe) if args.probe else None
@@ -347,7 +347,7 @@ def _strain_ccstae(args: argparse.Namespace, outs: _Outputs):
 
 
 def cmd_strain(args: argparse.Namespace) -> int:
-    from .lattice import strain_map
+    from ..lattice import strain_map
 
     outs = _Outputs(args)
     if args.method == "ccstae":
@@ -386,7 +386,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from .. import __version__
 
     parser = argparse.ArgumentParser(
         prog="distill4d", description="4D-STEM data to images, strain maps and more.",
@@ -470,9 +470,9 @@ def build_parser() -> argparse.ArgumentParser:
         _add_engine(p)
         p.set_defaults(func=func)
 
-    from .cli_phase import add_phase_parser
-    from .cli_simulate import add_simulate_parser
-    from .cli_train import add_train_parser
+    from .phase import add_phase_parser
+    from .simulate import add_simulate_parser
+    from .train import add_train_parser
 
     add_phase_parser(sub)
     add_simulate_parser(sub)
