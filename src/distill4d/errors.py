@@ -8,7 +8,7 @@ other exception there is a bug and shows its traceback.
 
 from __future__ import annotations
 
-__all__ = ["Distill4dError"]
+__all__ = ["Distill4dError", "Distill4dKeyError"]
 
 
 class Distill4dError(ValueError):
@@ -25,3 +25,13 @@ class Distill4dError(ValueError):
     ...     print(err)
     radius must be > 0, got -1
     """
+
+
+class Distill4dKeyError(Distill4dError, KeyError):
+    """A :class:`Distill4dError` for a name that is not there (a dataset in a file, a signal).
+
+    It is also a :class:`KeyError`, as the readers documented before; unlike a plain
+    ``KeyError`` its message is shown as written, not quoted.
+    """
+
+    __str__ = Exception.__str__

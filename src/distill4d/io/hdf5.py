@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from ..calibration import Calibration
-from ..errors import Distill4dError
+from ..errors import Distill4dError, Distill4dKeyError
 from ._common import (
     Loaded,
     angle_to_mrad,
@@ -199,7 +199,7 @@ def _choose_dataset(f: Any, path: str, dataset: str | None) -> str:
             ok = False
         if not ok:
             cands = [d for d in _all_datasets(f) if _is_candidate(d[1])]
-            raise KeyError(
+            raise Distill4dKeyError(
                 f"{path}: no dataset {dataset!r} in the file; 4D datasets available: {_describe(cands)}"
             )
         return key
@@ -426,7 +426,7 @@ def read_hdf5_2d(path: str, dataset: str) -> np.ndarray | None:
     """The dataset ``dataset`` of an HDF5 file if it is 2D (an image), else None."""
     with open_h5(path) as f:
         if dataset not in f or not hasattr(f[dataset], "shape"):
-            raise KeyError(f"{path}: dataset {dataset!r} not found")
+            raise Distill4dKeyError(f"{path}: dataset {dataset!r} not found")
         dset = f[dataset]
         if dset.ndim != 2:
             return None

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..calibration import Calibration
-from ..errors import Distill4dError
+from ..errors import Distill4dError, Distill4dKeyError
 from ._common import (
     Loaded,
     angle_to_mrad,
@@ -177,7 +177,7 @@ def _pick_signal(signals: list[dict], path: str, dataset: str | None) -> dict:
         try:
             return signals[int(dataset)]
         except (ValueError, IndexError):
-            raise KeyError(f"{path}: no signal {dataset!r}; the file holds: {_list(signals)}") from None
+            raise Distill4dKeyError(f"{path}: no signal {dataset!r}; the file holds: {_list(signals)}") from None
     if not signals:
         raise Distill4dError(f"{path}: the file holds no data")
     if not usable:
