@@ -9,7 +9,12 @@ import numpy as np
 
 from .errors import Distill4dError
 
-__all__ = ["positive_int", "positive_float", "nonnegative_float", "intensity_dtype", "pattern_array"]
+__all__ = ["positive_int", "positive_float", "nonnegative_float", "intensity_dtype", "pattern_array", "is_dask"]
+
+
+def is_dask(array: Any) -> bool:
+    """True if ``array`` is a Dask collection (checked by type, without importing Dask)."""
+    return type(array).__module__.startswith("dask.")
 
 
 def positive_int(name: str, value: Any, *, minimum: int = 1) -> int:

@@ -13,20 +13,32 @@ from typing import Any
 
 from .errors import Distill4dError
 
-__all__ = ["Calibration", "electron_wavelength_A"]
+__all__ = [
+    "Calibration",
+    "electron_wavelength_A",
+    "ELECTRON_MASS_KG",
+    "ELEMENTARY_CHARGE_C",
+    "PLANCK_J_S",
+    "SPEED_OF_LIGHT_M_S",
+]
 
-# Physical constants (CODATA 2018).
-_H = 6.62607015e-34  # J s
-_M0 = 9.1093837015e-31  # kg
-_E = 1.602176634e-19  # C
-_C = 299792458.0  # m/s
+# Physical constants (CODATA 2018), SI units as named.
+#: Planck constant in J s.
+PLANCK_J_S = 6.62607015e-34
+#: Electron rest mass in kg.
+ELECTRON_MASS_KG = 9.1093837015e-31
+#: Elementary charge in C.
+ELEMENTARY_CHARGE_C = 1.602176634e-19
+#: Speed of light in m/s.
+SPEED_OF_LIGHT_M_S = 299792458.0
 
 
 def electron_wavelength_A(energy_eV: float) -> float:
     """Relativistic electron wavelength in Å for a beam energy in eV (300 kV -> 0.01969 Å)."""
     energy_eV = _positive("energy_eV", energy_eV)
-    p = math.sqrt(2 * _M0 * _E * energy_eV * (1 + _E * energy_eV / (2 * _M0 * _C**2)))
-    return _H / p * 1e10
+    m0, e = ELECTRON_MASS_KG, ELEMENTARY_CHARGE_C
+    p = math.sqrt(2 * m0 * e * energy_eV * (1 + e * energy_eV / (2 * m0 * SPEED_OF_LIGHT_M_S**2)))
+    return PLANCK_J_S / p * 1e10
 
 
 def _positive(name: str, value: Any, *, low: float = 0.0, high: float = math.inf) -> float:

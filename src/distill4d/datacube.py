@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ._validate import intensity_dtype, positive_int
+from ._validate import intensity_dtype, is_dask, positive_int
 from .calibration import Calibration
 from .errors import Distill4dError
 
@@ -20,10 +20,6 @@ if TYPE_CHECKING:  # pragma: no cover
     import dask.array as da
 
 __all__ = ["DataCube"]
-
-
-def _is_dask(array: Any) -> bool:
-    return type(array).__module__.startswith("dask.")
 
 
 class DataCube:
@@ -51,7 +47,7 @@ class DataCube:
     def __init__(
         self, data: Any, calibration: Calibration | None = None, *, name: str = "", reader: Any = None
     ) -> None:
-        if not (isinstance(data, np.ndarray) or _is_dask(data)):
+        if not (isinstance(data, np.ndarray) or is_dask(data)):
             data = np.asarray(data)
         if data.ndim != 4:
             hint = ""
@@ -116,7 +112,7 @@ class DataCube:
     @property
     def is_lazy(self) -> bool:
         """True when the data is read from disk on demand (Dask array or memory map)."""
-        return _is_dask(self.data) or isinstance(self.data, np.memmap)
+        return is_dask(self.data) or isinstance(self.data, np.memmap)
 
     def __repr__(self) -> str:
         kind = "lazy" if self.is_lazy else "in memory"
@@ -134,7 +130,7 @@ class DataCube:
             if not isinstance(v, (int, np.integer)) or not -n <= v < n:
                 raise IndexError(f"{name} must be an integer in [0, {n}), got {v!r}")
         p = self.data[rx, ry]
-        return np.asarray(p.compute() if _is_dask(p) else p)
+        return np.asarray(p.compute() if is_dask(p) else p)
 
     def __getitem__(self, key: Any) -> "DataCube | np.ndarray":
         """``dc[rx, ry]`` gives one pattern; ``dc[x0:x1, y0:y1]`` a sub-scan DataCube."""
@@ -191,7 +187,7 @@ class DataCube:
         out_dtype = _sum_dtype(self.dtype)
         trimmed = tuple(slice(0, (s // factor) * factor) if i in axes else slice(None) for i, s in enumerate(shape))
         data = self.data[trimmed]
-        if _is_dask(data):
+        if is_dask(data):
             import dask.array as da
 
             aligned = {a: max(factor, (int(data.chunks[a][0]) // factor) * factor) for a in axes}
@@ -220,14 +216,14 @@ class DataCube:
 
     def compute(self) -> "DataCube":
         """An in-memory copy (reads everything: check ``nbytes`` first)."""
-        data = self.data.compute() if _is_dask(self.data) else np.array(self.data)
+        data = self.data.compute() if is_dask(self.data) else np.array(self.data)
         return DataCube(data, self.calibration, name=self.name)
 
     def to_dask(self, chunk_bytes: int = 128 * 2**20) -> "da.Array":
         """The data as a Dask array chunked over the scan (about ``chunk_bytes`` per chunk)."""
         import dask.array as da
 
-        if _is_dask(self.data):
+        if is_dask(self.data):
             return self.data
         row = self.shape[1] * self.shape[2] * self.shape[3] * self.dtype.itemsize
         rows = max(1, min(self.shape[0], chunk_bytes // max(row, 1)))

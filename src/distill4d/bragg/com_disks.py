@@ -209,7 +209,8 @@ def _spots_and_radius(
     background: bool, min_spot_intensity: float, engine: dict[str, Any],
 ) -> tuple[np.ndarray, float, str]:
     """The spots (given, or found in the mean pattern), the window radius and where the spots came from."""
-    from .detect import find_bragg_disks, finite_mean_pattern
+    from .detect import find_bragg_disks
+    from .mean import finite_mean_pattern
 
     nx, ny = datacube.pattern_shape
     mean = finite_mean_pattern(datacube, **engine) if spots is None else None

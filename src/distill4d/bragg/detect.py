@@ -22,6 +22,7 @@ import scipy.fft as sfft
 from .._validate import nonnegative_float, positive_float, positive_int
 from ..datacube import DataCube
 from ..errors import Distill4dError
+from .mean import finite_mean_pattern
 from .peaks import BraggPeaks
 from .probe import Probe, probe_template
 
@@ -31,7 +32,7 @@ __all__ = [
     "find_bragg_disks",
     "detect_batch",
     "peaks_from_images",
-    "finite_mean_pattern",
+    "as_datacube",
 ]
 
 _SUBPIXEL = ("none", "parabolic", "dft")
@@ -322,27 +323,13 @@ def _dft_refine(M: np.ndarray, ii: np.ndarray, fx: np.ndarray, fy: np.ndarray, s
 
 
 # ----------------------------------------------------------------------------- data-level helpers
-def _finite_sum_batch(batch: np.ndarray) -> np.ndarray:
-    b = np.asarray(batch, dtype=np.float64)
-    good = np.isfinite(b).all(axis=(1, 2))
-    return np.stack([b[good].sum(axis=0), np.full(b.shape[1:], float(good.sum()))])
-
-
-def finite_mean_pattern(datacube: DataCube, **engine_options: Any) -> np.ndarray:
-    """Mean pattern over the patterns without NaN/Inf (float64); ValueError if there are none."""
-    from ..engine import reduce_patterns
-
-    total = reduce_patterns(datacube, _finite_sum_batch, combine="sum", **engine_options)
-    if total[1, 0, 0] == 0:
-        raise Distill4dError("every pattern of the datacube contains NaN or Inf values; there is nothing to detect")
-    return total[0] / total[1, 0, 0]
-
-
 def _kernel_ft(probe: Probe) -> np.ndarray:
     return np.conj(sfft.rfft2(probe.kernel))
 
 
-def _as_datacube(data: Any) -> DataCube:
+def as_datacube(data: Any) -> DataCube:
+    """``data`` as a DataCube: a DataCube as it is, an array of 2, 3 or 4 dimensions as a
+    DataCube of 1 x 1, 1 x n or its own scan (Distill4dError for other shapes)."""
     if isinstance(data, DataCube):
         return data
     arr = np.asarray(data)
@@ -396,7 +383,7 @@ def auto_detection_parameters(
     relative heights of the correlation peaks); ``kind`` is the probe kernel when ``probe``
     is not already a :class:`Probe`.
     """
-    dc = _as_datacube(datacube)
+    dc = as_datacube(datacube)
     if not isinstance(probe, Probe):
         probe = probe_template(probe, datacube=dc, kind=kind)
     radius = probe.radius_px
@@ -497,7 +484,7 @@ def find_bragg_disks(
     """
     from ..engine import map_patterns
 
-    dc = _as_datacube(datacube)
+    dc = as_datacube(datacube)
     fields = {f.name for f in dataclasses.fields(DetectionParameters)}
     unknown = set(overrides) - fields
     if unknown:

@@ -12,6 +12,7 @@ from scipy import ndimage
 from .._validate import pattern_array, positive_float
 from ..datacube import DataCube
 from ..errors import Distill4dError
+from .mean import finite_mean_pattern
 
 __all__ = ["Probe", "probe_template", "measure_disk"]
 
@@ -118,8 +119,6 @@ def probe_template(
         if probe is None:
             if datacube is None:
                 raise Distill4dError("probe_template needs a probe image or a datacube (to estimate the probe from)")
-            from .detect import finite_mean_pattern
-
             image = finite_mean_pattern(datacube)
         elif isinstance(probe, DataCube):
             image = finite_mean_pattern(probe)

@@ -18,7 +18,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from .. import __version__
+from .._version import __version__
 from . import demo, imaging, phase, simulate, strain, train
 from ._common import run_command
 

@@ -11,15 +11,12 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .._atomic import atomic_output, atomic_write_bytes
 from ..errors import Distill4dError
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .core import Tile
+from .tiles import Tile
 
 _FORMAT = "distill4d-checkpoint-1"
 
@@ -27,16 +24,14 @@ _FORMAT = "distill4d-checkpoint-1"
 class Checkpoint:
     """A directory of finished tiles for one job (see the module docstring)."""
 
-    def __init__(self, path: Path, tiles: list["Tile"]) -> None:
+    def __init__(self, path: Path, tiles: list[Tile]) -> None:
         self.path = path
         self.tiles = tiles
         self._index = {t: i for i, t in enumerate(tiles)}
 
     @classmethod
-    def open(cls, path: str | os.PathLike, shape: tuple[int, ...], tiles: list["Tile"], job_key: str) -> "Checkpoint":
+    def open(cls, path: str | os.PathLike, shape: tuple[int, ...], tiles: list[Tile], job_key: str) -> "Checkpoint":
         """Open ``path`` for a job, creating it, or check that it belongs to this job."""
-        from .core import Tile
-
         path = Path(path)
         manifest = path / "manifest.json"
         if path.exists() and not path.is_dir():
@@ -67,15 +62,15 @@ class Checkpoint:
         atomic_write_bytes(manifest, json.dumps(meta).encode())
         return cls(path, list(tiles))
 
-    def _file(self, tile: "Tile") -> Path:
+    def _file(self, tile: Tile) -> Path:
         return self.path / f"tile_{self._index[tile]:06d}.npz"
 
-    def save(self, tile: "Tile", result: dict[str, np.ndarray]) -> None:
+    def save(self, tile: Tile, result: dict[str, np.ndarray]) -> None:
         """Write the results of a finished tile (atomically: a crash leaves no half file)."""
         with atomic_output(self._file(tile)) as tmp, open(tmp, "xb") as fh:
             np.savez(fh, **{f"out_{k}": v for k, v in result.items()})
 
-    def load_done(self) -> dict["Tile", dict[str, np.ndarray]]:
+    def load_done(self) -> dict[Tile, dict[str, np.ndarray]]:
         """The results of every tile finished so far."""
         done = {}
         for tile in self.tiles:

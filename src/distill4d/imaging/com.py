@@ -19,6 +19,7 @@ import numpy as np
 
 from .._validate import pattern_array
 from ..errors import Distill4dError
+from .integrate import integrate_gradient
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..calibration import Calibration
@@ -170,8 +171,6 @@ def estimate_scan_rotation(com: CenterOfMass) -> tuple[float, bool]:
         if fcosts[j] < best[0]:
             best = (fcosts[j], float(fine[j]), flip)
     _, theta, flip = best
-    from .idpc import integrate_gradient
-
     sx, sy = to_scan_frame(fx, fy, theta, flip)
     phase = integrate_gradient(sx, sy)
     centred = phase - phase.mean()

@@ -130,7 +130,8 @@ def read(
     >>> dc = read("scan.h5:/datacube_root/datacube/data", q_pixel_inv_A=0.02)  # doctest: +SKIP
     """
     from ..calibration import Calibration, electron_wavelength_A
-    from ..datacube import DataCube, _is_dask
+    from .._validate import is_dask
+    from ..datacube import DataCube
     from ._common import memory_budget as _budget
     from ._common import native, scan_chunks, to_4d, want_lazy
 
@@ -161,7 +162,7 @@ def read(
     data = native(to_4d(loaded.data, file, scan_shape if scan_shape is not None else loaded.scan_shape))
     if lazy is not True and isinstance(data, np.memmap) and not want_lazy(lazy, data.nbytes, budget):
         data = np.array(data)  # an eager read is an ordinary in-memory array
-    if lazy is True and not _is_dask(data):
+    if lazy is True and not is_dask(data):
         import dask.array as da
 
         data = da.from_array(data, chunks=scan_chunks(data.shape, data.dtype.itemsize, None, budget))

@@ -16,7 +16,7 @@ import numpy as np
 
 from ..errors import Distill4dError
 from ._common import Loaded, check_dtype, positive_or_none, scan_chunks, want_lazy
-from .hdf5 import _read_all, _safe_calibration, _token, _value
+from ._h5 import dask_token, h5_value, read_all, safe_calibration
 from .sources import H5Source
 
 __all__ = ["is_arina_master", "read_arina"]
@@ -81,16 +81,16 @@ def read_arina(
                 da.from_array(
                     src,
                     chunks=scan_chunks(shape, dt.itemsize, (1,) + shape[1:], budget, 1),
-                    name=f"h5-{_token(src)}",
+                    name=f"h5-{dask_token(src)}",
                 )
             )
         data = da.concatenate(arrays, axis=0) if len(arrays) > 1 else arrays[0]
     else:
-        data = np.concatenate([_read_all(f[name], path) for name, _, _ in parts], axis=0)
+        data = np.concatenate([read_all(f[name], path) for name, _, _ in parts], axis=0)
     fields: dict[str, Any] = {}
     det = f.get("entry/instrument/detector/detectorSpecific")
     if det is not None and "photon_energy" in det:  # the beam energy the detector was set up for, eV
-        e = positive_or_none(_value(det["photon_energy"]))
+        e = positive_or_none(h5_value(det["photon_energy"]))
         if e is not None:
             fields["energy_eV"] = e
     meta_scan, step = _arina_companion(path)
@@ -107,7 +107,7 @@ def read_arina(
             )
         scan_shape = (side, side)
     return Loaded(
-        data, _safe_calibration(fields, path), None, name=os.path.basename(path), scan_shape=scan_shape
+        data, safe_calibration(fields, path), None, name=os.path.basename(path), scan_shape=scan_shape
     )
 
 

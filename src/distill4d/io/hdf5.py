@@ -24,6 +24,8 @@ from ._common import (
     scan_chunks,
     want_lazy,
 )
+from ._h5 import dask_token, h5_value, read_all, safe_calibration, short_error
+from .arina import is_arina_master, read_arina
 from .sources import CorruptFileError, H5Source, open_h5_file
 
 __all__ = ["read_hdf5", "list_datasets", "open_h5", "OWN_FORMAT_ATTR"]
@@ -52,11 +54,6 @@ def open_h5(path: str | os.PathLike, expect_format: str | None = None) -> Iterat
         f.close()
 
 
-def _short(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return text[0] if text else type(err).__name__
-
-
 def _all_datasets(f: Any) -> list[tuple[str, tuple[int, ...], str]]:
     import h5py
 
@@ -69,7 +66,7 @@ def _all_datasets(f: Any) -> list[tuple[str, tuple[int, ...], str]]:
     try:
         f.visititems(visit)
     except (OSError, RuntimeError) as err:
-        raise CorruptFileError(f"{f.filename}: the file is truncated or corrupt ({_short(err)})") from None
+        raise CorruptFileError(f"{f.filename}: the file is truncated or corrupt ({short_error(err)})") from None
     return found
 
 
@@ -125,8 +122,6 @@ def read_hdf5(
                 "open it with distill4d.io.read_results(path)"
             )
         if dataset is None:
-            from .arina import is_arina_master, read_arina
-
             if is_arina_master(f):
                 return read_arina(f, path, lazy, budget, scan_shape)
         name = _choose_dataset(f, path, dataset)
@@ -156,25 +151,10 @@ def read_hdf5(
             source = H5Source(path, dset.name, dset.shape, dset.dtype)
             scan_axes = 1 if dset.ndim == 3 else dset.ndim - 2
             chunks = scan_chunks(dset.shape, dset.dtype.itemsize, dset.chunks, budget, scan_axes=scan_axes)
-            data = da.from_array(source, chunks=chunks, name=f"h5-{_token(source)}")
+            data = da.from_array(source, chunks=chunks, name=f"h5-{dask_token(source)}")
         else:
-            data, source = _read_all(dset, path), None
+            data, source = read_all(dset, path), None
     return Loaded(data, calibration, q_mrad, name=os.path.basename(path), source=source)
-
-
-def _token(source: Any) -> str:
-    from dask.base import tokenize
-
-    return tokenize(source)
-
-
-def _read_all(dset: Any, path: str) -> np.ndarray:
-    try:
-        return np.asarray(dset[()])
-    except (OSError, RuntimeError) as err:
-        raise CorruptFileError(
-            f"{path}: reading dataset {dset.name} failed: the file is truncated or corrupt ({_short(err)})"
-        ) from None
 
 
 def _attr_str(value: Any) -> str:
@@ -244,24 +224,7 @@ def _calibration_for(f: Any, dset: Any, path: str) -> tuple[Calibration, float |
         if axes:
             fields, q_mrad = _from_axes(axes, prismatic="4DSTEM_simulation" in f)
     fields.update(_beam_metadata(f, grp))
-    return _safe_calibration(fields, path), q_mrad
-
-
-def _safe_calibration(fields: dict[str, Any], path: str) -> Calibration:
-    """A Calibration from file values, dropping (with a warning) any that fails validation."""
-    import warnings
-
-    good: dict[str, Any] = {}
-    for key, value in fields.items():
-        if value is None:
-            continue
-        try:
-            Calibration(**{key: value})
-        except (TypeError, ValueError) as err:
-            warnings.warn(f"{path}: ignoring calibration {key}={value!r} from the file ({err})", stacklevel=4)
-            continue
-        good[key] = value
-    return Calibration(**good)
+    return safe_calibration(fields, path), q_mrad
 
 
 def _emd_calibration_group(grp: Any) -> Any:
@@ -276,21 +239,8 @@ def _emd_calibration_group(grp: Any) -> Any:
         node = node.parent
 
 
-def _value(obj: Any) -> Any:
-    import h5py
-
-    if isinstance(obj, h5py.Group):
-        return None
-    v = obj[()]
-    if isinstance(v, bytes):
-        return v.decode("utf-8", "replace")
-    if isinstance(v, np.ndarray) and v.ndim == 0:
-        return v.item()
-    return v
-
-
 def _from_emd_calibration(cal: Any) -> tuple[dict[str, Any], float | None]:
-    vals = {k: _value(cal[k]) for k in cal.keys()}
+    vals = {k: h5_value(cal[k]) for k in cal.keys()}
     fields: dict[str, Any] = {}
     q_mrad = None
     r_size, r_units = _pair(vals.get("R_pixel_size")), vals.get("R_pixel_units", "pixels")

@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 
-from ..datacube import _is_dask
+from .._validate import is_dask
 from ..errors import Distill4dError
 from ._common import Loaded, check_dtype, scan_chunks, want_lazy
 from .sources import CorruptFileError, NpySource, read_npy_header
@@ -41,7 +41,7 @@ def read_npy(path: str, lazy: bool | None, budget: int) -> Loaded:
             data = np.load(path, allow_pickle=False)
         except (ValueError, EOFError, OSError) as err:
             raise CorruptFileError(f"{path}: the file is truncated or corrupt ({err})") from None
-    return Loaded(data, name=os.path.basename(path), source=source if _is_dask(data) else None)
+    return Loaded(data, name=os.path.basename(path), source=source if is_dask(data) else None)
 
 
 def read_npy_2d(path: str) -> np.ndarray | None:

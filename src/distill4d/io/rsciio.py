@@ -245,6 +245,6 @@ def calibration_from_axes(
     semi = positive_or_none(tem.get("convergence_angle"))
     if semi is not None:
         fields["semiangle_mrad"] = semi
-    from .hdf5 import _safe_calibration
+    from ._h5 import safe_calibration
 
-    return _safe_calibration(fields, path), q_mrad
+    return safe_calibration(fields, path), q_mrad

@@ -38,8 +38,9 @@ from typing import Any
 import numpy as np
 
 from .._atomic import atomic_output
+from .._validate import is_dask
 from ..calibration import Calibration
-from ..datacube import DataCube, _is_dask
+from ..datacube import DataCube
 from ..errors import Distill4dError
 
 __all__ = ["write", "read_results", "Results"]
@@ -135,7 +136,7 @@ def _source_files(data: Any) -> list[str]:
     if isinstance(data, np.memmap) and data.filename:
         return [data.filename]
     files: list[str] = []
-    if _is_dask(data):
+    if is_dask(data):
         for value in dict(data.__dask_graph__()).values():
             if isinstance(value, _Source):
                 files.append(value.path)
@@ -156,7 +157,7 @@ def _write_datacube(
     import h5py
     import hdf5plugin
 
-    from .. import __version__
+    from .._version import __version__
 
     data_units = "counts"
     if isinstance(units, Mapping) and "data" in units:
@@ -218,7 +219,7 @@ def _copy_data(data: Any, dset: Any) -> None:
     row = ry * pattern
     if row <= _WRITE_BLOCK_BYTES:
         rows = max(1, min(rx, _WRITE_BLOCK_BYTES // row))
-        if _is_dask(data):
+        if is_dask(data):
             chunk = int(data.chunks[0][0])
             if rows >= chunk:
                 rows = (rows // chunk) * chunk
@@ -232,7 +233,7 @@ def _copy_data(data: Any, dset: Any) -> None:
 
 
 def _materialise(block: Any) -> np.ndarray:
-    return np.asarray(block.compute(scheduler="threads") if _is_dask(block) else block)
+    return np.asarray(block.compute(scheduler="threads") if is_dask(block) else block)
 
 
 def _write_py4dstem_calibration(bundle: Any, cal: Calibration) -> None:
@@ -283,7 +284,7 @@ def _check_results(obj: Mapping[str, Any], other_units: set[str], units: Any) ->
     for name, value in obj.items():
         if not isinstance(name, str) or not name or "/" in name or name in (".", ".."):
             raise Distill4dError(f"result names must be non-empty strings without '/', got {name!r}")
-        if _is_dask(value):
+        if is_dask(value):
             value = value.compute()
         arr = np.asarray(value)
         if arr.dtype.hasobject:
@@ -302,7 +303,7 @@ def _write_results(
 ) -> None:
     import h5py
 
-    from .. import __version__
+    from .._version import __version__
 
     with h5py.File(tmp, "w") as f:
         f.attrs.update(

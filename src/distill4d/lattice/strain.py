@@ -191,7 +191,10 @@ def _median_basis(lattice: Lattice, region: tuple[slice, slice] | None = None) -
     return np.median(G[ok], axis=0)
 
 
-def _region(reference: Any, shape: tuple[int, int]) -> tuple[slice, slice]:
+def reference_region(reference: Any, shape: tuple[int, int]) -> tuple[slice, slice]:
+    """The region ``(slice, slice)`` of a scan of ``shape`` checked and made explicit (step 1,
+    non-negative bounds); TypeError if ``reference`` is not two slices, Distill4dError if a slice
+    has a step or selects no position."""
     if not (isinstance(reference, tuple) and len(reference) == 2 and all(isinstance(s, slice) for s in reference)):
         raise TypeError(
             "reference must be None or 'median', a region (slice, slice) of the scan, a Lattice, a Basis "
@@ -222,7 +225,7 @@ def reference_basis(lattice: Lattice, reference: Any = None) -> np.ndarray:
         if G0.shape != (2, 2) or not np.all(np.isfinite(G0)) or abs(np.linalg.det(G0)) < 1e-12:
             raise Distill4dError(f"reference array must be a finite, invertible 2x2 [u v] in pixels, got {G0!r}")
         return G0
-    return _median_basis(lattice, _region(reference, lattice.scan_shape))
+    return _median_basis(lattice, reference_region(reference, lattice.scan_shape))
 
 
 def strain_map(

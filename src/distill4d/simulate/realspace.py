@@ -53,7 +53,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .._validate import nonnegative_float, positive_float, positive_int
-from ..calibration import _C, _E, _M0, Calibration, electron_wavelength_A
+from ..calibration import (
+    ELECTRON_MASS_KG,
+    ELEMENTARY_CHARGE_C,
+    SPEED_OF_LIGHT_M_S,
+    Calibration,
+    electron_wavelength_A,
+)
 from ..datacube import DataCube
 from ..errors import Distill4dError
 from ._abtem import abtem_session
@@ -91,7 +97,7 @@ def interaction_parameter(energy_eV: float) -> float:
     0.000653 rad/(V·Å) at 300 kV, 0.00101 at 80 kV.
     """
     energy = positive_float("energy_eV", energy_eV)
-    rest_eV = _M0 * _C**2 / _E
+    rest_eV = ELECTRON_MASS_KG * SPEED_OF_LIGHT_M_S**2 / ELEMENTARY_CHARGE_C
     lam = electron_wavelength_A(energy)
     return 2 * math.pi / (lam * energy) * (rest_eV + energy) / (2 * rest_eV + energy)
 
