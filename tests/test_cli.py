@@ -204,6 +204,11 @@ def test_bad_input_is_one_line_and_a_bug_shows_its_traceback(scan_file, tmp_path
     assert main(["info", str(path), "--dataset", "/nope"]) == 1  # a missing dataset is bad input too
     err = capsys.readouterr().err
     assert "distill4d: error:" in err and "/nope" in err and "Traceback" not in err
+    bad = tmp_path / "complex.npy"  # the wrong kind of data in a file is bad input, not a bug
+    np.save(bad, np.ones((2, 2, 4, 4), dtype=np.complex64))
+    assert main(["virtual", str(bad), "-o", str(tmp_path / "c.h5")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("distill4d: error:") and "real detector intensities" in err and "Traceback" not in err
 
     # an internal bug (here a KeyError inside a command) is not dressed up as a user error
     def broken(args):

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import Distill4dError
+from .errors import Distill4dError, Distill4dTypeError
 
 __all__ = ["positive_int", "positive_float", "nonnegative_float", "intensity_dtype", "pattern_array", "is_dask"]
 
@@ -108,7 +108,7 @@ def check_keys(cls: Any, d: Any, what: str) -> None:
     import dataclasses
 
     if not isinstance(d, dict):
-        raise TypeError(f"a {what} must be a mapping of keys to values, got {type(d).__name__}")
+        raise Distill4dTypeError(f"a {what} must be a mapping of keys to values, got {type(d).__name__}")
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(d) - known)
     if unknown:

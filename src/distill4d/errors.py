@@ -8,7 +8,7 @@ other exception there is a bug and shows its traceback.
 
 from __future__ import annotations
 
-__all__ = ["Distill4dError", "Distill4dKeyError"]
+__all__ = ["Distill4dError", "Distill4dKeyError", "Distill4dTypeError"]
 
 
 class Distill4dError(ValueError):
@@ -35,3 +35,12 @@ class Distill4dKeyError(Distill4dError, KeyError):
     """
 
     __str__ = Exception.__str__
+
+
+class Distill4dTypeError(Distill4dError, TypeError):
+    """A :class:`Distill4dError` for input of the wrong kind that came from a file the user gave
+    (a dataset of complex numbers, a configuration entry that is not a table).
+
+    It is also a :class:`TypeError`, as these checks raised before. A ``TypeError`` from a
+    Python argument of the wrong type stays a plain ``TypeError``: a bug in the calling code.
+    """

@@ -12,7 +12,7 @@ import numpy as np
 
 from .._validate import intensity_dtype, positive_int
 from ..calibration import Calibration
-from ..errors import Distill4dError
+from ..errors import Distill4dError, Distill4dTypeError
 
 __all__ = [
     "Loaded",
@@ -235,12 +235,12 @@ def _check_scan_shape(scan_shape: Any) -> tuple[int, int]:
 
 
 def check_dtype(dtype: Any, path: str, what: str = "") -> np.dtype:
-    """Raise TypeError (naming the file) unless ``dtype`` holds real intensities."""
+    """Raise Distill4dTypeError (a TypeError naming the file) unless ``dtype`` holds real intensities."""
     label = f"{path}{(' ' + what) if what else ''}"
     try:
         return intensity_dtype(label, dtype)
     except TypeError as err:
-        raise TypeError(str(err).replace(" must hold", ": the data must hold", 1)) from None
+        raise Distill4dTypeError(str(err).replace(" must hold", ": the data must hold", 1)) from None
 
 
 def native(data: Any) -> Any:

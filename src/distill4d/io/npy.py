@@ -7,7 +7,7 @@ import os
 import numpy as np
 
 from .._validate import is_dask
-from ..errors import Distill4dError
+from ..errors import Distill4dError, Distill4dTypeError
 from ._common import Loaded, check_dtype, scan_chunks, want_lazy
 from .sources import CorruptFileError, NpySource, read_npy_header
 
@@ -18,7 +18,7 @@ def read_npy(path: str, lazy: bool | None, budget: int) -> Loaded:
     """Read a ``.npy`` array (3D stack, 4D or squeezable 5D); see :func:`distill4d.io.read`."""
     shape, fortran, dtype, offset = read_npy_header(path)
     if dtype.hasobject:
-        raise TypeError(
+        raise Distill4dTypeError(
             f"{path}: the array has dtype {dtype} (Python objects); expected real detector intensities"
         )
     check_dtype(dtype, path)
