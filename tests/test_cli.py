@@ -189,3 +189,51 @@ def test_disks_and_strain_commands_recover_a_known_strain(tmp_path, capsys):
     assert np.ptp(StrainMap.from_hdf5(out3).eps_xx[2:6]) < 0.8 * np.ptp(expected[2:6])
     assert main(["strain", str(ml_file), "-o", str(tmp_path / "y.h5"), "--smooth", "-1"]) == 1
     assert "sigma" in capsys.readouterr().err
+
+
+def test_bad_input_is_one_line_and_a_bug_shows_its_traceback(scan_file, tmp_path, capsys, monkeypatch):
+    from distill4d import Distill4dError
+    from distill4d.cli import imaging
+
+    path, _ = scan_file
+    # bad input: one line on stderr, no traceback, exit code 1
+    assert main(["strain", str(path), "-o", str(tmp_path / "x.h5"), "--reference", "0:2"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("distill4d: error: --reference must look like x0:x1,y0:y1")
+    assert "Traceback" not in err
+    assert main(["info", str(path), "--dataset", "/nope"]) == 1  # a missing dataset is bad input too
+    err = capsys.readouterr().err
+    assert "distill4d: error:" in err and "/nope" in err and "Traceback" not in err
+    bad = tmp_path / "complex.npy"  # the wrong kind of data in a file is bad input, not a bug
+    np.save(bad, np.ones((2, 2, 4, 4), dtype=np.complex64))
+    assert main(["virtual", str(bad), "-o", str(tmp_path / "c.h5")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("distill4d: error:") and "real detector intensities" in err and "Traceback" not in err
+
+    # an internal bug (here a KeyError inside a command) is not dressed up as a user error
+    def broken(args):
+        raise KeyError("internal")
+
+    monkeypatch.setattr(imaging, "cmd_info", broken)
+    with pytest.raises(KeyError, match="internal"):
+        main(["info", str(path)])
+    assert "distill4d: error" not in capsys.readouterr().err
+
+    # --debug shows the traceback of bad input as well
+    with pytest.raises(Distill4dError, match="x0:x1,y0:y1"):
+        main(["--debug", "strain", str(path), "-o", str(tmp_path / "x.h5"), "--reference", "0:2"])
+
+
+def test_bad_input_in_a_subprocess_prints_one_line(tmp_path):
+    code = "import sys; from distill4d.cli import main; sys.exit(main(sys.argv[1:]))"
+    out = subprocess.run([sys.executable, "-c", code, "info", str(tmp_path / "missing.h5")],
+                         capture_output=True, text=True, env={**__import__("os").environ,
+                                                              "PYTHONPATH": str(_src())})
+    assert out.returncode == 1
+    assert out.stderr.count("\n") == 1 and out.stderr.startswith("distill4d: error:") and "missing.h5" in out.stderr
+
+
+def _src():
+    from pathlib import Path
+
+    return Path(distill4d.__file__).resolve().parents[1]

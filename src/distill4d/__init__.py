@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-__version__ = "0.1.0"
+from ._version import __version__
 
-__all__ = ["Calibration", "DataCube", "read", "write", "map_patterns", "__version__"]
+__all__ = ["Calibration", "DataCube", "Distill4dError", "read", "write", "map_patterns", "__version__"]
 
 
 def __getattr__(name: str) -> Any:
@@ -22,6 +22,10 @@ def __getattr__(name: str) -> Any:
         from .datacube import DataCube
 
         return DataCube
+    if name == "Distill4dError":
+        from .errors import Distill4dError
+
+        return Distill4dError
     if name in ("read", "write"):
         from . import io
 

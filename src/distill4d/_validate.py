@@ -7,7 +7,14 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["positive_int", "positive_float", "nonnegative_float", "intensity_dtype", "pattern_array"]
+from .errors import Distill4dError, Distill4dTypeError
+
+__all__ = ["positive_int", "positive_float", "nonnegative_float", "intensity_dtype", "pattern_array", "is_dask"]
+
+
+def is_dask(array: Any) -> bool:
+    """True if ``array`` is a Dask collection (checked by type, without importing Dask)."""
+    return type(array).__module__.startswith("dask.")
 
 
 def positive_int(name: str, value: Any, *, minimum: int = 1) -> int:
@@ -18,7 +25,7 @@ def positive_int(name: str, value: Any, *, minimum: int = 1) -> int:
         else:
             raise TypeError(f"{name} must be an integer, got {value!r}")
     if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+        raise Distill4dError(f"{name} must be >= {minimum}, got {value}")
     return int(value)
 
 
@@ -29,7 +36,7 @@ def positive_float(name: str, value: Any, *, maximum: float = math.inf) -> float
     except (TypeError, ValueError):
         raise TypeError(f"{name} must be a number, got {value!r}") from None
     if not math.isfinite(v) or v <= 0 or v > maximum:
-        raise ValueError(f"{name} must be a finite number in (0, {maximum:g}], got {value!r}")
+        raise Distill4dError(f"{name} must be a finite number in (0, {maximum:g}], got {value!r}")
     return v
 
 
@@ -40,7 +47,7 @@ def nonnegative_float(name: str, value: Any) -> float:
     except (TypeError, ValueError):
         raise TypeError(f"{name} must be a number, got {value!r}") from None
     if not math.isfinite(v) or v < 0:
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        raise Distill4dError(f"{name} must be a finite number >= 0, got {value!r}")
     return v
 
 
@@ -62,14 +69,14 @@ def pattern_array(name: str, value: Any, *, ndim: int = 2) -> np.ndarray:
     """``value`` as a finite float array with ``ndim`` dimensions (a pattern, a mask, a probe)."""
     arr = np.asarray(value)
     if arr.ndim != ndim:
-        raise ValueError(f"{name} must be a {ndim}D array, got shape {arr.shape}")
+        raise Distill4dError(f"{name} must be a {ndim}D array, got shape {arr.shape}")
     if arr.dtype.kind == "b":
         arr = arr.astype(np.float32)
     intensity_dtype(name, arr.dtype)
     if arr.size == 0:
-        raise ValueError(f"{name} is empty (shape {arr.shape})")
+        raise Distill4dError(f"{name} is empty (shape {arr.shape})")
     if not np.all(np.isfinite(arr)):
-        raise ValueError(f"{name} contains NaN or Inf values")
+        raise Distill4dError(f"{name} contains NaN or Inf values")
     return arr
 
 
@@ -90,9 +97,9 @@ def read_mapping_file(path: Any, what: str) -> dict[str, Any]:
         else:
             d = json.loads(text)
     except ValueError as err:
-        raise ValueError(f"cannot parse the {what} {p}: {err}") from None
+        raise Distill4dError(f"cannot parse the {what} {p}: {err}") from None
     if not isinstance(d, dict):
-        raise ValueError(f"the {what} {p} must hold a mapping of keys to values, got {type(d).__name__}")
+        raise Distill4dError(f"the {what} {p} must hold a mapping of keys to values, got {type(d).__name__}")
     return d
 
 
@@ -101,8 +108,8 @@ def check_keys(cls: Any, d: Any, what: str) -> None:
     import dataclasses
 
     if not isinstance(d, dict):
-        raise TypeError(f"a {what} must be a mapping of keys to values, got {type(d).__name__}")
+        raise Distill4dTypeError(f"a {what} must be a mapping of keys to values, got {type(d).__name__}")
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(d) - known)
     if unknown:
-        raise ValueError(f"unknown {what} keys {unknown}; known: {sorted(known)}")
+        raise Distill4dError(f"unknown {what} keys {unknown}; known: {sorted(known)}")

@@ -11,20 +11,34 @@ import dataclasses
 import math
 from typing import Any
 
-__all__ = ["Calibration", "electron_wavelength_A"]
+from .errors import Distill4dError
 
-# Physical constants (CODATA 2018).
-_H = 6.62607015e-34  # J s
-_M0 = 9.1093837015e-31  # kg
-_E = 1.602176634e-19  # C
-_C = 299792458.0  # m/s
+__all__ = [
+    "Calibration",
+    "electron_wavelength_A",
+    "ELECTRON_MASS_KG",
+    "ELEMENTARY_CHARGE_C",
+    "PLANCK_J_S",
+    "SPEED_OF_LIGHT_M_S",
+]
+
+# Physical constants (CODATA 2018), SI units as named.
+#: Planck constant in J s.
+PLANCK_J_S = 6.62607015e-34
+#: Electron rest mass in kg.
+ELECTRON_MASS_KG = 9.1093837015e-31
+#: Elementary charge in C.
+ELEMENTARY_CHARGE_C = 1.602176634e-19
+#: Speed of light in m/s.
+SPEED_OF_LIGHT_M_S = 299792458.0
 
 
 def electron_wavelength_A(energy_eV: float) -> float:
     """Relativistic electron wavelength in Å for a beam energy in eV (300 kV -> 0.01969 Å)."""
     energy_eV = _positive("energy_eV", energy_eV)
-    p = math.sqrt(2 * _M0 * _E * energy_eV * (1 + _E * energy_eV / (2 * _M0 * _C**2)))
-    return _H / p * 1e10
+    m0, e = ELECTRON_MASS_KG, ELEMENTARY_CHARGE_C
+    p = math.sqrt(2 * m0 * e * energy_eV * (1 + e * energy_eV / (2 * m0 * SPEED_OF_LIGHT_M_S**2)))
+    return PLANCK_J_S / p * 1e10
 
 
 def _positive(name: str, value: Any, *, low: float = 0.0, high: float = math.inf) -> float:
@@ -34,7 +48,7 @@ def _positive(name: str, value: Any, *, low: float = 0.0, high: float = math.inf
     except (TypeError, ValueError):
         raise TypeError(f"{name} must be a number, got {value!r}") from None
     if not math.isfinite(v) or not (low < v <= high):
-        raise ValueError(f"{name} must be a finite number in ({low:g}, {high:g}], got {value!r}")
+        raise Distill4dError(f"{name} must be a finite number in ({low:g}, {high:g}], got {value!r}")
     return v
 
 
@@ -82,12 +96,12 @@ class Calibration:
                     f"origin_px must be a pair (qx, qy) of pixel coordinates, got {self.origin_px!r}"
                 ) from None
             if not (math.isfinite(qx) and math.isfinite(qy)):
-                raise ValueError(f"origin_px must be finite, got {self.origin_px!r}")
+                raise Distill4dError(f"origin_px must be finite, got {self.origin_px!r}")
             object.__setattr__(self, "origin_px", (qx, qy))
         if self.scan_rotation_rad is not None:
             r = float(self.scan_rotation_rad)
             if not math.isfinite(r):
-                raise ValueError(f"scan_rotation_rad must be finite, got {self.scan_rotation_rad!r}")
+                raise Distill4dError(f"scan_rotation_rad must be finite, got {self.scan_rotation_rad!r}")
             object.__setattr__(self, "scan_rotation_rad", r)
         object.__setattr__(self, "scan_flip", bool(self.scan_flip))
 
@@ -106,7 +120,7 @@ class Calibration:
         """Return the calibration field ``name`` or raise a ValueError saying how to set it."""
         value = getattr(self, name)
         if value is None:
-            raise ValueError(
+            raise Distill4dError(
                 f"this needs the calibration '{name}', which is not set: pass it when reading "
                 f"(e.g. read(path, {name}=...)), with DataCube.with_calibration({name}=...), "
                 f"or on the command line (--{name.replace('_', '-')})"
@@ -124,7 +138,7 @@ class Calibration:
             return float(value) / self.mrad_per_px
         if unit in ("inv_A", "1/A"):
             return float(value) / self.require("q_pixel_inv_A")
-        raise ValueError(f"unit must be 'px', 'mrad' or 'inv_A', got {unit!r}")
+        raise Distill4dError(f"unit must be 'px', 'mrad' or 'inv_A', got {unit!r}")
 
     # ---------------------------------------------------------------- transformations
     def replace(self, **changes: Any) -> "Calibration":

@@ -12,17 +12,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ._validate import intensity_dtype, positive_int
+from ._validate import intensity_dtype, is_dask, positive_int
 from .calibration import Calibration
+from .errors import Distill4dError
 
 if TYPE_CHECKING:  # pragma: no cover
     import dask.array as da
 
 __all__ = ["DataCube"]
-
-
-def _is_dask(array: Any) -> bool:
-    return type(array).__module__.startswith("dask.")
 
 
 class DataCube:
@@ -50,7 +47,7 @@ class DataCube:
     def __init__(
         self, data: Any, calibration: Calibration | None = None, *, name: str = "", reader: Any = None
     ) -> None:
-        if not (isinstance(data, np.ndarray) or _is_dask(data)):
+        if not (isinstance(data, np.ndarray) or is_dask(data)):
             data = np.asarray(data)
         if data.ndim != 4:
             hint = ""
@@ -58,16 +55,16 @@ class DataCube:
                 hint = " (a 3D stack of patterns: reshape it to (Rx, Ry, Qx, Qy), e.g. data[None])"
             elif data.ndim == 2:
                 hint = " (a single pattern: use data[None, None])"
-            raise ValueError(f"DataCube data must be 4D (Rx, Ry, Qx, Qy), got shape {tuple(data.shape)}{hint}")
+            raise Distill4dError(f"DataCube data must be 4D (Rx, Ry, Qx, Qy), got shape {tuple(data.shape)}{hint}")
         if any(int(s) == 0 for s in data.shape):
-            raise ValueError(f"DataCube data has an empty axis: shape {tuple(data.shape)}")
+            raise Distill4dError(f"DataCube data has an empty axis: shape {tuple(data.shape)}")
         intensity_dtype("DataCube data", data.dtype)
         if calibration is None:
             calibration = Calibration()
         if not isinstance(calibration, Calibration):
             raise TypeError(f"calibration must be a distill4d.Calibration, got {type(calibration).__name__}")
         if reader is not None and (tuple(reader.shape) != _shape_of(data) or np.dtype(reader.dtype) != data.dtype):
-            raise ValueError(
+            raise Distill4dError(
                 f"reader has shape {tuple(reader.shape)} and dtype {reader.dtype}, "
                 f"but the data has {_shape_of(data)} and {data.dtype}"
             )
@@ -115,7 +112,7 @@ class DataCube:
     @property
     def is_lazy(self) -> bool:
         """True when the data is read from disk on demand (Dask array or memory map)."""
-        return _is_dask(self.data) or isinstance(self.data, np.memmap)
+        return is_dask(self.data) or isinstance(self.data, np.memmap)
 
     def __repr__(self) -> str:
         kind = "lazy" if self.is_lazy else "in memory"
@@ -133,7 +130,7 @@ class DataCube:
             if not isinstance(v, (int, np.integer)) or not -n <= v < n:
                 raise IndexError(f"{name} must be an integer in [0, {n}), got {v!r}")
         p = self.data[rx, ry]
-        return np.asarray(p.compute() if _is_dask(p) else p)
+        return np.asarray(p.compute() if is_dask(p) else p)
 
     def __getitem__(self, key: Any) -> "DataCube | np.ndarray":
         """``dc[rx, ry]`` gives one pattern; ``dc[x0:x1, y0:y1]`` a sub-scan DataCube."""
@@ -162,7 +159,7 @@ class DataCube:
         qx0, qx1, _ = qx.indices(self.shape[2])
         qy0, qy1, _ = qy.indices(self.shape[3])
         if qx1 <= qx0 or qy1 <= qy0:
-            raise ValueError(f"crop ({qx}, {qy}) leaves no pixel of a {self.pattern_shape} pattern")
+            raise Distill4dError(f"crop ({qx}, {qy}) leaves no pixel of a {self.pattern_shape} pattern")
         data = self.data[:, :, qx0:qx1, qy0:qy1]
         return DataCube(data, self.calibration.cropped(qx0, qy0), name=self.name)
 
@@ -186,11 +183,11 @@ class DataCube:
             return DataCube(self.data, calibration, name=self.name)
         shape = self.shape
         if any(shape[a] < factor for a in axes):
-            raise ValueError(f"binning factor {factor} is larger than axes {axes} of shape {shape}")
+            raise Distill4dError(f"binning factor {factor} is larger than axes {axes} of shape {shape}")
         out_dtype = _sum_dtype(self.dtype)
         trimmed = tuple(slice(0, (s // factor) * factor) if i in axes else slice(None) for i, s in enumerate(shape))
         data = self.data[trimmed]
-        if _is_dask(data):
+        if is_dask(data):
             import dask.array as da
 
             aligned = {a: max(factor, (int(data.chunks[a][0]) // factor) * factor) for a in axes}
@@ -219,14 +216,14 @@ class DataCube:
 
     def compute(self) -> "DataCube":
         """An in-memory copy (reads everything: check ``nbytes`` first)."""
-        data = self.data.compute() if _is_dask(self.data) else np.array(self.data)
+        data = self.data.compute() if is_dask(self.data) else np.array(self.data)
         return DataCube(data, self.calibration, name=self.name)
 
     def to_dask(self, chunk_bytes: int = 128 * 2**20) -> "da.Array":
         """The data as a Dask array chunked over the scan (about ``chunk_bytes`` per chunk)."""
         import dask.array as da
 
-        if _is_dask(self.data):
+        if is_dask(self.data):
             return self.data
         row = self.shape[1] * self.shape[2] * self.shape[3] * self.dtype.itemsize
         rows = max(1, min(self.shape[0], chunk_bytes // max(row, 1)))

@@ -20,6 +20,7 @@ import numpy as np
 
 from .._validate import nonnegative_float, positive_float, positive_int
 from ..datacube import DataCube
+from ..errors import Distill4dError
 from .peaks import BraggPeaks
 from .probe import Probe, probe_template
 
@@ -120,9 +121,9 @@ def _spots_array(spots_px: Any) -> np.ndarray:
     except (TypeError, ValueError):
         raise TypeError(f"spots_px must be a (k, 2) array of (qx, qy) pixel positions, got {spots_px!r}") from None
     if s.ndim != 2 or s.shape[1] != 2 or s.shape[0] == 0:
-        raise ValueError(f"spots_px must be a (k, 2) array of (qx, qy) pixel positions, k >= 1; got shape {s.shape}")
+        raise Distill4dError(f"spots_px must be a (k, 2) array of (qx, qy) pixel positions, k >= 1; got shape {s.shape}")
     if not np.all(np.isfinite(s)):
-        raise ValueError("spots_px must be finite (qx, qy) pixel positions; it contains NaN or Inf")
+        raise Distill4dError("spots_px must be finite (qx, qy) pixel positions; it contains NaN or Inf")
     return s
 
 
@@ -179,14 +180,14 @@ def find_bragg_disks_com(
         raise TypeError(f"background must be True or False, got {background!r}")
     min_spot_intensity = nonnegative_float("min_spot_intensity", min_spot_intensity)
     if min_spot_intensity > 1:
-        raise ValueError(f"min_spot_intensity must be in [0, 1] (of the direct beam), got {min_spot_intensity}")
+        raise Distill4dError(f"min_spot_intensity must be in [0, 1] (of the direct beam), got {min_spot_intensity}")
     spots = None if spots_px is None else _spots_array(spots_px)
     engine = {"memory_budget": memory_budget, "scheduler": scheduler, "n_workers": n_workers}
     spots, radius, source = _spots_and_radius(datacube, probe, spots, radius_px, iterations, background,
                                               min_spot_intensity, engine)
     if spots.shape[0] == 0:
         what = "no spot of spots_px" if source == "given" else "no disk of the mean pattern (pass spots_px)"
-        raise ValueError(f"{what} has its window (radius_px = {radius:g}) on the detector {datacube.pattern_shape}")
+        raise Distill4dError(f"{what} has its window (radius_px = {radius:g}) on the detector {datacube.pattern_shape}")
     fn = functools.partial(com_batch, spots=spots, radius_px=radius, iterations=iterations, background=bool(background))
     res = map_patterns(datacube, fn, progress=progress, desc="bragg disks (com)", **engine)
     params = {
@@ -208,7 +209,8 @@ def _spots_and_radius(
     background: bool, min_spot_intensity: float, engine: dict[str, Any],
 ) -> tuple[np.ndarray, float, str]:
     """The spots (given, or found in the mean pattern), the window radius and where the spots came from."""
-    from .detect import find_bragg_disks, finite_mean_pattern
+    from .detect import find_bragg_disks
+    from .mean import finite_mean_pattern
 
     nx, ny = datacube.pattern_shape
     mean = finite_mean_pattern(datacube, **engine) if spots is None else None
@@ -236,7 +238,7 @@ def _spots_and_radius(
         res = com_batch(mean[None], spots, radius, iterations, background)
         c = int(res["count"][0])
         if c == 0:
-            raise ValueError("no disk found in the mean pattern (its windows are empty); pass spots_px")
+            raise Distill4dError("no disk found in the mean pattern (its windows are empty); pass spots_px")
         spots = np.stack([res["qx"][0, :c], res["qy"][0, :c]], axis=1)
         it = res["intensity"][0, :c]
         origin = datacube.calibration.origin_px
@@ -267,7 +269,7 @@ def mean_pattern_spots(
     spots, radius, _ = _spots_and_radius(datacube, probe, None, radius_px, 2, True,
                                          nonnegative_float("min_spot_intensity", min_spot_intensity), engine)
     if spots.shape[0] == 0:
-        raise ValueError("no disk of the mean pattern has its window on the detector")
+        raise Distill4dError("no disk of the mean pattern has its window on the detector")
     return spots, radius
 
 

@@ -21,6 +21,8 @@ import scipy.fft as sfft
 
 from .._validate import nonnegative_float, positive_float, positive_int
 from ..datacube import DataCube
+from ..errors import Distill4dError
+from .mean import finite_mean_pattern
 from .peaks import BraggPeaks
 from .probe import Probe, probe_template
 
@@ -30,7 +32,7 @@ __all__ = [
     "find_bragg_disks",
     "detect_batch",
     "peaks_from_images",
-    "finite_mean_pattern",
+    "as_datacube",
 ]
 
 _SUBPIXEL = ("none", "parabolic", "dft")
@@ -83,24 +85,24 @@ class DetectionParameters:
             set_(name, nonnegative_float(name, getattr(self, name)))
         set_("min_relative_intensity", nonnegative_float("min_relative_intensity", self.min_relative_intensity))
         if self.min_relative_intensity > 1:
-            raise ValueError(f"min_relative_intensity must be in [0, 1], got {self.min_relative_intensity}")
+            raise Distill4dError(f"min_relative_intensity must be in [0, 1], got {self.min_relative_intensity}")
         set_("max_peaks", positive_int("max_peaks", self.max_peaks))
         p = nonnegative_float("corr_power", self.corr_power)
         if p > 1:
-            raise ValueError(f"corr_power must be in [0, 1] (1: cross, 0: phase correlation), got {p}")
+            raise Distill4dError(f"corr_power must be in [0, 1] (1: cross, 0: phase correlation), got {p}")
         set_("corr_power", p)
         if self.subpixel not in _SUBPIXEL:
-            raise ValueError(f"subpixel must be one of {_SUBPIXEL}, got {self.subpixel!r}")
+            raise Distill4dError(f"subpixel must be one of {_SUBPIXEL}, got {self.subpixel!r}")
         set_("upsample_factor", positive_int("upsample_factor", self.upsample_factor, minimum=2))
         sites = np.asarray(self.sites_px, dtype=np.float64).reshape(-1, 2) if len(self.sites_px) else np.zeros((0, 2))
         if not np.all(np.isfinite(sites)):
-            raise ValueError("sites_px must be finite (qx, qy) pixel positions")
+            raise Distill4dError("sites_px must be finite (qx, qy) pixel positions")
         set_("sites_px", tuple((float(x), float(y)) for x, y in sites))
         set_("site_tolerance_px", nonnegative_float("site_tolerance_px", self.site_tolerance_px))
         if self.min_relative_intensity_sites is not None:
             v = nonnegative_float("min_relative_intensity_sites", self.min_relative_intensity_sites)
             if v > 1:
-                raise ValueError(f"min_relative_intensity_sites must be in [0, 1], got {v}")
+                raise Distill4dError(f"min_relative_intensity_sites must be in [0, 1], got {v}")
             set_("min_relative_intensity_sites", v)
 
 
@@ -159,7 +161,7 @@ def peaks_from_images(images: np.ndarray, params: DetectionParameters) -> dict[s
     """
     b = np.asarray(images, dtype=np.float64)
     if b.ndim != 3:
-        raise ValueError(f"images must be a stack (n, Qx, Qy), got shape {b.shape}")
+        raise Distill4dError(f"images must be a stack (n, Qx, Qy), got shape {b.shape}")
     bad = ~np.isfinite(b).all(axis=(1, 2))
     if bad.any():
         b = b.copy()
@@ -321,27 +323,13 @@ def _dft_refine(M: np.ndarray, ii: np.ndarray, fx: np.ndarray, fy: np.ndarray, s
 
 
 # ----------------------------------------------------------------------------- data-level helpers
-def _finite_sum_batch(batch: np.ndarray) -> np.ndarray:
-    b = np.asarray(batch, dtype=np.float64)
-    good = np.isfinite(b).all(axis=(1, 2))
-    return np.stack([b[good].sum(axis=0), np.full(b.shape[1:], float(good.sum()))])
-
-
-def finite_mean_pattern(datacube: DataCube, **engine_options: Any) -> np.ndarray:
-    """Mean pattern over the patterns without NaN/Inf (float64); ValueError if there are none."""
-    from ..engine import reduce_patterns
-
-    total = reduce_patterns(datacube, _finite_sum_batch, combine="sum", **engine_options)
-    if total[1, 0, 0] == 0:
-        raise ValueError("every pattern of the datacube contains NaN or Inf values; there is nothing to detect")
-    return total[0] / total[1, 0, 0]
-
-
 def _kernel_ft(probe: Probe) -> np.ndarray:
     return np.conj(sfft.rfft2(probe.kernel))
 
 
-def _as_datacube(data: Any) -> DataCube:
+def as_datacube(data: Any) -> DataCube:
+    """``data`` as a DataCube: a DataCube as it is, an array of 2, 3 or 4 dimensions as a
+    DataCube of 1 x 1, 1 x n or its own scan (Distill4dError for other shapes)."""
     if isinstance(data, DataCube):
         return data
     arr = np.asarray(data)
@@ -350,7 +338,7 @@ def _as_datacube(data: Any) -> DataCube:
     elif arr.ndim == 3:
         arr = arr[None]
     if arr.ndim != 4:
-        raise ValueError(f"data must be a DataCube or an array of 2, 3 or 4 dimensions, got shape {arr.shape}")
+        raise Distill4dError(f"data must be a DataCube or an array of 2, 3 or 4 dimensions, got shape {arr.shape}")
     return DataCube(arr)
 
 
@@ -395,7 +383,7 @@ def auto_detection_parameters(
     relative heights of the correlation peaks); ``kind`` is the probe kernel when ``probe``
     is not already a :class:`Probe`.
     """
-    dc = _as_datacube(datacube)
+    dc = as_datacube(datacube)
     if not isinstance(probe, Probe):
         probe = probe_template(probe, datacube=dc, kind=kind)
     radius = probe.radius_px
@@ -496,7 +484,7 @@ def find_bragg_disks(
     """
     from ..engine import map_patterns
 
-    dc = _as_datacube(datacube)
+    dc = as_datacube(datacube)
     fields = {f.name for f in dataclasses.fields(DetectionParameters)}
     unknown = set(overrides) - fields
     if unknown:

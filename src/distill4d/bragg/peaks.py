@@ -11,6 +11,7 @@ import numpy as np
 
 from .._atomic import atomic_output
 from ..calibration import Calibration
+from ..errors import Distill4dError
 
 __all__ = ["BraggPeaks"]
 
@@ -52,7 +53,7 @@ class BraggPeaks:
         self.params = dict(params or {})
         n = self.qx.size
         if self.qy.size != n or self.intensity.size != n:
-            raise ValueError(
+            raise Distill4dError(
                 f"qx, qy and intensity must have the same length, got {n}, {self.qy.size}, {self.intensity.size}"
             )
         npos = self.scan_shape[0] * self.scan_shape[1]
@@ -62,7 +63,7 @@ class BraggPeaks:
             or self.offsets[-1] != n
             or np.any(np.diff(self.offsets) < 0)
         ):
-            raise ValueError(
+            raise Distill4dError(
                 f"offsets must be non-decreasing, of length Rx*Ry+1 = {npos + 1}, from 0 to {n}; "
                 f"got length {self.offsets.size}"
             )
@@ -82,7 +83,7 @@ class BraggPeaks:
         qx, qy, it = (np.asarray(a, dtype=np.float64) for a in (qx, qy, intensity))
         count = np.asarray(count, dtype=np.int64)
         if qx.ndim != 3 or qy.shape != qx.shape or it.shape != qx.shape or count.shape != qx.shape[:2]:
-            raise ValueError(
+            raise Distill4dError(
                 f"padded arrays must be (Rx, Ry, K) with count (Rx, Ry); got {qx.shape}, {qy.shape}, "
                 f"{it.shape}, {count.shape}"
             )
@@ -97,7 +98,7 @@ class BraggPeaks:
         """From a list (row-major over the scan) of ``(m, 3)`` arrays (qx, qy, intensity)."""
         arrs = [np.asarray(p, dtype=np.float64).reshape(-1, 3) for p in peaks]
         if len(arrs) != scan_shape[0] * scan_shape[1]:
-            raise ValueError(f"need {scan_shape[0] * scan_shape[1]} peak lists for scan {scan_shape}, got {len(arrs)}")
+            raise Distill4dError(f"need {scan_shape[0] * scan_shape[1]} peak lists for scan {scan_shape}, got {len(arrs)}")
         flat = np.concatenate(arrs) if arrs else np.zeros((0, 3))
         offsets = np.concatenate([[0], np.cumsum([len(a) for a in arrs])])
         return cls(flat[:, 0], flat[:, 1], flat[:, 2], offsets, scan_shape, calibration)

@@ -11,6 +11,8 @@ from scipy import ndimage
 
 from .._validate import pattern_array, positive_float
 from ..datacube import DataCube
+from ..errors import Distill4dError
+from .mean import finite_mean_pattern
 
 __all__ = ["Probe", "probe_template", "measure_disk"]
 
@@ -54,7 +56,7 @@ def measure_disk(image: Any) -> tuple[tuple[float, float], float, np.ndarray]:
     peak = np.unravel_index(int(np.argmax(smooth)), im.shape)
     top = smooth[peak]
     if not top > 0:
-        raise ValueError("no disk found: the image is flat (no pixel above the background)")
+        raise Distill4dError("no disk found: the image is flat (no pixel above the background)")
     labels, _ = ndimage.label(smooth > 0.5 * top)
     core = labels == labels[peak]
     mask = ndimage.binary_dilation(core, iterations=2)
@@ -101,7 +103,7 @@ def probe_template(
     Probe
     """
     if kind not in ("disk", "edge"):
-        raise ValueError(f"kind must be 'disk' or 'edge', got {kind!r}")
+        raise Distill4dError(f"kind must be 'disk' or 'edge', got {kind!r}")
     if datacube is not None and not isinstance(datacube, DataCube):
         raise TypeError(f"datacube must be a distill4d.DataCube, got {type(datacube).__name__}")
     if isinstance(probe, Probe):
@@ -110,15 +112,13 @@ def probe_template(
             return probe
         base = probe.kernel if probe.kind == "disk" else None
         if base is None:
-            raise ValueError("cannot turn an 'edge' Probe into another kind; build it from the probe image")
+            raise Distill4dError("cannot turn an 'edge' Probe into another kind; build it from the probe image")
         disk = base
         radius, origin = probe.radius_px, probe.origin_px
     else:
         if probe is None:
             if datacube is None:
-                raise ValueError("probe_template needs a probe image or a datacube (to estimate the probe from)")
-            from .detect import finite_mean_pattern
-
+                raise Distill4dError("probe_template needs a probe image or a datacube (to estimate the probe from)")
             image = finite_mean_pattern(datacube)
         elif isinstance(probe, DataCube):
             image = finite_mean_pattern(probe)
@@ -141,6 +141,6 @@ def probe_template(
 
 def _check_shape(shape: tuple[int, ...], datacube: DataCube | None) -> None:
     if datacube is not None and tuple(shape) != datacube.pattern_shape:
-        raise ValueError(
+        raise Distill4dError(
             f"probe must have the pattern shape of the data {datacube.pattern_shape}, got {tuple(shape)}"
         )

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from .._validate import positive_float
+from ..errors import Distill4dError
 from .peaks import BraggPeaks
 
 __all__ = ["DetectionScore", "disk_detection_accuracy", "match_peaks"]
@@ -86,7 +87,7 @@ def _as_lists(x: Any, name: str) -> tuple[list[np.ndarray], tuple[int, ...], Bra
     arr = np.asarray(x, dtype=np.float64)
     if arr.ndim == 2 and arr.shape[1] == 3 or arr.size == 0:
         return [arr.reshape(-1, 3)], (), None
-    raise ValueError(f"{name} must be BraggPeaks, an (m, 3) array (qx, qy, intensity) or a list of them, got {arr.shape}")
+    raise Distill4dError(f"{name} must be BraggPeaks, an (m, 3) array (qx, qy, intensity) or a list of them, got {arr.shape}")
 
 
 def disk_detection_accuracy(
@@ -105,14 +106,14 @@ def disk_detection_accuracy(
     P, pshape, pb = _as_lists(pred, "pred")
     T, tshape, tb = _as_lists(truth, "truth")
     if len(P) != len(T):
-        raise ValueError(f"pred has {len(P)} patterns but truth has {len(T)}")
+        raise Distill4dError(f"pred has {len(P)} patterns but truth has {len(T)}")
     if q_pixel_inv_A is None:
         for b in (pb, tb):
             if b is not None and b.calibration.q_pixel_inv_A is not None:
                 q_pixel_inv_A = b.calibration.q_pixel_inv_A
                 break
         else:
-            raise ValueError("q_pixel_inv_A is needed (no BraggPeaks with a calibrated pixel size was given)")
+            raise Distill4dError("q_pixel_inv_A is needed (no BraggPeaks with a calibrated pixel size was given)")
     thr_px = thr / positive_float("q_pixel_inv_A", q_pixel_inv_A)
     tp = fp = fn = err = 0.0
     nm = 0

@@ -11,14 +11,12 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .._atomic import atomic_output, atomic_write_bytes
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .core import Tile
+from ..errors import Distill4dError
+from .tiles import Tile
 
 _FORMAT = "distill4d-checkpoint-1"
 
@@ -26,16 +24,14 @@ _FORMAT = "distill4d-checkpoint-1"
 class Checkpoint:
     """A directory of finished tiles for one job (see the module docstring)."""
 
-    def __init__(self, path: Path, tiles: list["Tile"]) -> None:
+    def __init__(self, path: Path, tiles: list[Tile]) -> None:
         self.path = path
         self.tiles = tiles
         self._index = {t: i for i, t in enumerate(tiles)}
 
     @classmethod
-    def open(cls, path: str | os.PathLike, shape: tuple[int, ...], tiles: list["Tile"], job_key: str) -> "Checkpoint":
+    def open(cls, path: str | os.PathLike, shape: tuple[int, ...], tiles: list[Tile], job_key: str) -> "Checkpoint":
         """Open ``path`` for a job, creating it, or check that it belongs to this job."""
-        from .core import Tile
-
         path = Path(path)
         manifest = path / "manifest.json"
         if path.exists() and not path.is_dir():
@@ -44,18 +40,18 @@ class Checkpoint:
             try:
                 meta = json.loads(manifest.read_text())
             except (OSError, json.JSONDecodeError) as err:
-                raise ValueError(f"checkpoint manifest {manifest} is unreadable ({err}); delete the directory") from None
+                raise Distill4dError(f"checkpoint manifest {manifest} is unreadable ({err}); delete the directory") from None
             if meta.get("format") != _FORMAT:
-                raise ValueError(f"{path} is not a distill4d checkpoint (format {meta.get('format')!r})")
+                raise Distill4dError(f"{path} is not a distill4d checkpoint (format {meta.get('format')!r})")
             if tuple(meta["shape"]) != tuple(shape) or meta["job_key"] != job_key:
-                raise ValueError(
+                raise Distill4dError(
                     f"checkpoint {path} belongs to another job (data shape {tuple(meta['shape'])}, "
                     f"job {meta['job_key']!r}); this job has shape {tuple(shape)} and job {job_key!r}. "
                     "Use another checkpoint directory or delete this one."
                 )
             return cls(path, [Tile(*t) for t in meta["tiles"]])
         if path.exists() and any(path.iterdir()):
-            raise ValueError(f"checkpoint directory {path} is not empty and has no manifest; refusing to use it")
+            raise Distill4dError(f"checkpoint directory {path} is not empty and has no manifest; refusing to use it")
         path.mkdir(parents=True, exist_ok=True)
         meta = {
             "format": _FORMAT,
@@ -66,15 +62,15 @@ class Checkpoint:
         atomic_write_bytes(manifest, json.dumps(meta).encode())
         return cls(path, list(tiles))
 
-    def _file(self, tile: "Tile") -> Path:
+    def _file(self, tile: Tile) -> Path:
         return self.path / f"tile_{self._index[tile]:06d}.npz"
 
-    def save(self, tile: "Tile", result: dict[str, np.ndarray]) -> None:
+    def save(self, tile: Tile, result: dict[str, np.ndarray]) -> None:
         """Write the results of a finished tile (atomically: a crash leaves no half file)."""
         with atomic_output(self._file(tile)) as tmp, open(tmp, "xb") as fh:
             np.savez(fh, **{f"out_{k}": v for k, v in result.items()})
 
-    def load_done(self) -> dict["Tile", dict[str, np.ndarray]]:
+    def load_done(self) -> dict[Tile, dict[str, np.ndarray]]:
         """The results of every tile finished so far."""
         done = {}
         for tile in self.tiles:

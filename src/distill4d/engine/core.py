@@ -5,15 +5,19 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable, Iterator
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .._validate import positive_int
-from ..datacube import DataCube, _is_dask
+from .._validate import is_dask, positive_int
+from ..errors import Distill4dError
 from .checkpoint import Checkpoint
+from .executors import BatchFn, Executor
+from .tiles import Tile
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..datacube import DataCube
 
 __all__ = ["map_patterns", "reduce_patterns", "run_tasks", "plan_tiles", "Tile", "DEFAULT_MEMORY_BUDGET"]
 
@@ -24,27 +28,6 @@ DEFAULT_MEMORY_BUDGET = 1 << 30
 # A tile's raw bytes times this factor bounds what one task holds at once
 # (the raw tile, its float copy and the method's temporaries).
 _WORKING_FACTOR = 4
-
-BatchFn = Callable[[np.ndarray], Any]
-
-
-@dataclass(frozen=True)
-class Tile:
-    """A rectangle of scan positions ``[x0:x1, y0:y1]``."""
-
-    x0: int
-    x1: int
-    y0: int
-    y1: int
-
-    @property
-    def n(self) -> int:
-        return (self.x1 - self.x0) * (self.y1 - self.y0)
-
-    @property
-    def slices(self) -> tuple[slice, slice]:
-        return slice(self.x0, self.x1), slice(self.y0, self.y1)
-
 
 def _memory_budget(value: int | None) -> int:
     if value is None:
@@ -74,7 +57,7 @@ def plan_tiles(
     tiles: list[Tile] = []
     if rows >= 1:
         rows = min(rx, rows)
-        if _is_dask(datacube.data):
+        if is_dask(datacube.data):
             chunk = int(datacube.data.chunks[0][0])
             if rows >= chunk:
                 rows = (rows // chunk) * chunk
@@ -88,9 +71,15 @@ def plan_tiles(
     return tiles
 
 
+def _is_datacube(obj: Any) -> bool:
+    """A DataCube, told by what the engine uses of it (the engine does not import :mod:`distill4d.datacube`,
+    which runs its reductions through the engine)."""
+    return all(hasattr(obj, a) for a in ("data", "reader", "scan_shape", "pattern_shape", "n_patterns", "calibration"))
+
+
 def _check_map_args(datacube: Any, fn: Any, n_workers: Any) -> int | None:
     """Type checks shared by the mapping functions; ``n_workers`` as an int (or None)."""
-    if not isinstance(datacube, DataCube):
+    if not _is_datacube(datacube):
         raise TypeError(f"datacube must be a distill4d.DataCube, got {type(datacube).__name__}")
     if not callable(fn):
         raise TypeError(f"fn must be callable, got {fn!r}")
@@ -109,7 +98,7 @@ def _load_block(block: Any) -> np.ndarray:
     """A scan block ``(nx, ny, Qx, Qy)`` (NumPy, lazy Dask or a reader tile) as a NumPy array."""
     if isinstance(block, _ReaderBlock):
         block = block.reader[block.slices]
-    elif _is_dask(block):
+    elif is_dask(block):
         block = block.compute(scheduler="sync")
     return np.asarray(block)
 
@@ -132,7 +121,7 @@ def _as_dict(result: Any, n: int, fn: BatchFn, what: str | None = None) -> dict[
     for key, value in out.items():
         arr = np.asarray(value)
         if arr.ndim == 0 or arr.shape[0] != n:
-            raise ValueError(
+            raise Distill4dError(
                 f"batch function {name} returned {'output ' + repr(key) + ' ' if key else ''}with shape "
                 f"{arr.shape} for {what}; its first axis must have length {n}"
             )
@@ -154,142 +143,6 @@ def _map_block(block: Any, fn: BatchFn) -> dict[str, np.ndarray]:
 
 def _reduce_block(block: Any, fn: BatchFn) -> np.ndarray:
     return np.asarray(fn(_read_block(block)))
-
-
-# ---------------------------------------------------------------------- executors
-class _Executor:
-    """Runs ``task(block, fn)`` over the tiles of ``data`` and yields ``(tile, result)`` as they finish."""
-
-    def __init__(self, scheduler: str | Any, n_workers: int | None) -> None:
-        self.scheduler = scheduler
-        self.n_workers = n_workers
-        self._client = None
-        self._cluster = None
-        self._owns_client = False
-
-    @property
-    def n_parallel(self) -> int:
-        if self.scheduler == "inline":
-            return 1
-        return self.n_workers or os.cpu_count() or 1
-
-    def __enter__(self) -> "_Executor":
-        s = self.scheduler
-        if s in ("inline", "threads"):
-            return self
-        from distributed import Client, LocalCluster  # lazy: heavy import
-
-        if s == "processes":
-            self._cluster = LocalCluster(
-                n_workers=self.n_parallel, threads_per_worker=1, processes=True, dashboard_address=":0"
-            )
-            self._client = Client(self._cluster, set_as_default=False)
-            self._owns_client = True
-        elif s == "dask":
-            from distributed import get_client
-
-            try:
-                self._client = get_client()
-            except ValueError:
-                raise ValueError(
-                    "scheduler='dask' needs a running distributed.Client; create one first or pass "
-                    "the scheduler address (scheduler='tcp://host:8786')"
-                ) from None
-        elif isinstance(s, str) and "://" in s:
-            try:
-                self._client = Client(s, timeout="20s", set_as_default=False)
-                self._owns_client = True
-            except OSError as err:
-                raise ConnectionError(f"could not connect to the Dask scheduler at {s}: {err}") from None
-        elif hasattr(s, "submit") and hasattr(s, "gather"):
-            self._client = s  # a distributed.Client given directly
-        else:
-            raise ValueError(
-                "scheduler must be 'inline', 'threads', 'processes', 'dask', a Dask scheduler "
-                f"address like 'tcp://host:8786', or a distributed.Client; got {s!r}"
-            )
-        if self.n_workers is None and self._client is not None:
-            self.n_workers = max(1, sum(self._client.nthreads().values()))
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self._owns_client:
-            self._client.close()
-        if self._cluster is not None:
-            self._cluster.close()
-
-    def run(self, task: Callable, data: Callable[[Tile], Any], tiles: list[Tile], fn: BatchFn) -> Iterator[tuple[Tile, Any]]:
-        if not tiles:
-            return
-        if self.scheduler == "inline":
-            for tile in tiles:
-                yield tile, task(data(tile), fn)
-            return
-        in_flight = 2 * self.n_parallel
-        todo = iter(tiles)
-        if self._client is None:
-            with ThreadPoolExecutor(max_workers=self.n_parallel) as pool:
-                pending = {}
-                try:
-                    for tile in todo:
-                        pending[pool.submit(task, data(tile), fn)] = tile
-                        if len(pending) >= in_flight:
-                            break
-                    failure: BaseException | None = None
-                    while pending:
-                        done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                        # Finished results first, so that a failure elsewhere loses none of them.
-                        for fut in sorted(done, key=lambda f: f.exception() is not None):
-                            tile = pending.pop(fut)
-                            if fut.exception() is not None:
-                                failure = failure or fut.exception()
-                                continue
-                            yield tile, fut.result()
-                            nxt = None if failure else next(todo, None)
-                            if nxt is not None:
-                                pending[pool.submit(task, data(nxt), fn)] = nxt
-                    if failure is not None:
-                        raise failure  # after the tiles in flight were drained (and checkpointed)
-                finally:
-                    for fut in pending:
-                        fut.cancel()
-            return
-        yield from self._run_distributed(task, data, tiles, fn, in_flight)
-
-    def _run_distributed(self, task: Callable, data: Callable[[Tile], Any], tiles: list[Tile], fn: BatchFn, in_flight: int):
-        from distributed import as_completed
-
-        client = self._client
-
-        def submit(tile: Tile):
-            block = data(tile)
-            if isinstance(block, np.ndarray):
-                # In-memory data is sent to the workers; lazy blocks only carry picklable
-                # file readers, so the workers read the file themselves.
-                block = np.ascontiguousarray(block)
-            return client.submit(task, block, fn, pure=False)
-
-        todo = iter(tiles)
-        futures = {}
-        for tile in todo:
-            futures[submit(tile)] = tile
-            if len(futures) >= in_flight:
-                break
-        ac = as_completed(list(futures), loop=client.loop)
-        try:
-            for fut in ac:
-                tile = futures.pop(fut)
-                result = fut.result()
-                fut.release()
-                yield tile, result
-                nxt = next(todo, None)
-                if nxt is not None:
-                    f = submit(nxt)
-                    futures[f] = nxt
-                    ac.add(f)
-        finally:
-            for fut in futures:
-                fut.cancel()
 
 
 # ---------------------------------------------------------------------- public API
@@ -327,7 +180,7 @@ def run_tasks(
     tasks in flight finish (and are yielded) before the error is raised.
     """
     items = list(items)
-    with _Executor(scheduler, n_workers) as ex, _progress_bar(progress, len(items), len(items), desc, unit) as bar:
+    with Executor(scheduler, n_workers) as ex, _progress_bar(progress, len(items), len(items), desc, unit) as bar:
         for item, result in ex.run(_call, _identity, items, fn):
             bar.update(1)
             yield item, result
@@ -372,7 +225,7 @@ def map_patterns(
     An array of shape ``(Rx, Ry, ...)``, or a dict of them if ``fn`` returns a dict.
     """
     n_workers = _check_map_args(datacube, fn, n_workers)
-    with _Executor(scheduler, n_workers) as ex:
+    with Executor(scheduler, n_workers) as ex:
         tiles = plan_tiles(datacube, memory_budget, ex.n_parallel)
         outputs = _map_tiles(datacube, ex, tiles, _map_block, _blocks(datacube), fn,
                              checkpoint=checkpoint, job_key=job_key, progress=progress, desc=desc)
@@ -381,7 +234,7 @@ def map_patterns(
 
 def _map_tiles(
     datacube: DataCube,
-    ex: _Executor,
+    ex: Executor,
     tiles: list[Tile],
     task: Callable[[Any, BatchFn], dict[str, np.ndarray]],
     blocks: Callable[[Tile], Any],
@@ -413,7 +266,7 @@ def _map_tiles(
                 k: np.empty(datacube.scan_shape + v.shape[1:], dtype=v.dtype) for k, v in result.items()
             }
         if set(result) != set(outputs):
-            raise ValueError(f"batch function returned keys {sorted(result)} after {sorted(outputs)}")
+            raise Distill4dError(f"batch function returned keys {sorted(result)} after {sorted(outputs)}")
         for k, v in result.items():
             outputs[k][tile.slices] = v.reshape((tile.x1 - tile.x0, tile.y1 - tile.y0) + v.shape[1:])
 
@@ -447,10 +300,10 @@ def reduce_patterns(
     shape for every batch. Options as in :func:`map_patterns`.
     """
     if combine not in ("sum", "max"):
-        raise ValueError(f"combine must be 'sum' or 'max', got {combine!r}")
+        raise Distill4dError(f"combine must be 'sum' or 'max', got {combine!r}")
     op = np.add if combine == "sum" else np.maximum
     total = None
-    with _Executor(scheduler, n_workers) as ex:
+    with Executor(scheduler, n_workers) as ex:
         tiles = plan_tiles(datacube, memory_budget, ex.n_parallel)
         with _progress_bar(progress, datacube.n_patterns, len(tiles), desc) as bar:
             for tile, part in ex.run(_reduce_block, _blocks(datacube), tiles, fn):

@@ -15,24 +15,19 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..datacube import DataCube
-from .core import (
-    BatchFn,
-    Tile,
-    _as_dict,
-    _check_map_args,
-    _Executor,
-    _load_block,
-    _map_tiles,
-    _ReaderBlock,
-    plan_tiles,
-)
+from ..errors import Distill4dError
+from .core import _as_dict, _check_map_args, _load_block, _map_tiles, _ReaderBlock, plan_tiles
+from .executors import BatchFn, Executor
+from .tiles import Tile
 
-__all__ = ["PAD_MODES", "map_neighbourhoods", "plan_neighbourhood_tiles"]
+if TYPE_CHECKING:  # pragma: no cover
+    from ..datacube import DataCube
+
+__all__ = ["PAD_MODES", "check_pad", "map_neighbourhoods", "plan_neighbourhood_tiles"]
 
 #: How halo positions outside the scan are filled (the :func:`numpy.pad` mode of that name).
 PAD_MODES = ("edge", "reflect", "wrap")
@@ -47,22 +42,23 @@ def _check_radius(radius: Any) -> int:
             f"({type(radius).__name__})"
         )
     if radius < 0:
-        raise ValueError(f"radius must be an integer number of scan positions >= 0, got {radius}")
+        raise Distill4dError(f"radius must be an integer number of scan positions >= 0, got {radius}")
     return int(radius)
 
 
-def _check_pad(pad: Any, radius: int, scan_shape: tuple[int, int]) -> str:
-    """``pad`` checked against :data:`PAD_MODES` and, for reflect and wrap, against the scan size."""
+def check_pad(pad: Any, radius: int, scan_shape: tuple[int, int]) -> str:
+    """``pad`` checked against :data:`PAD_MODES` and, for reflect and wrap, against the scan size
+    (a halo of ``radius`` positions around a scan of ``scan_shape``); Distill4dError if it does not fit."""
     if not isinstance(pad, str) or pad not in PAD_MODES:
-        raise ValueError(f"pad must be one of {', '.join(map(repr, PAD_MODES))}, got {pad!r}")
+        raise Distill4dError(f"pad must be one of {', '.join(map(repr, PAD_MODES))}, got {pad!r}")
     rx, ry = scan_shape
     if pad == "reflect" and radius >= min(rx, ry):
-        raise ValueError(
+        raise Distill4dError(
             f"pad='reflect' mirrors the scan without repeating its edge, so radius must be smaller "
             f"than both scan dimensions {rx} x {ry}; got radius={radius}. Use pad='edge' or a smaller radius"
         )
     if pad == "wrap" and radius > min(rx, ry):
-        raise ValueError(
+        raise Distill4dError(
             f"pad='wrap' needs radius <= both scan dimensions {rx} x {ry} (one period); got radius={radius}. "
             "Use pad='edge' or a smaller radius"
         )
@@ -230,9 +226,9 @@ def map_neighbourhoods(
     """
     n_workers = _check_map_args(datacube, fn, n_workers)
     radius = _check_radius(radius)
-    pad = _check_pad(pad, radius, datacube.scan_shape)
+    pad = check_pad(pad, radius, datacube.scan_shape)
     key = f"{job_key}|map_neighbourhoods(radius={radius}, pad={pad})"
-    with _Executor(scheduler, n_workers) as ex:
+    with Executor(scheduler, n_workers) as ex:
         tiles = plan_neighbourhood_tiles(datacube, radius, memory_budget, ex.n_parallel)
         outputs = _map_tiles(datacube, ex, tiles, _map_halo_block, _halo_blocks(datacube, radius, pad), fn,
                              checkpoint=checkpoint, job_key=key, progress=progress, desc=desc)

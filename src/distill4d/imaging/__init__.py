@@ -2,7 +2,8 @@
 
 from .com import CenterOfMass, center_of_mass, estimate_scan_rotation, to_scan_frame
 from .detectors import annulus_mask, circle_mask, detector_mask
-from .idpc import IDPCResult, idpc, integrate_gradient
+from .idpc import IDPCResult, idpc
+from .integrate import integrate_gradient
 from .origin import find_bf_disk, find_origins, fit_origin_plane
 from .virtual import virtual_image, virtual_images
 

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .._validate import pattern_array
+from ..errors import Distill4dError
+from .integrate import integrate_gradient
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..calibration import Calibration
@@ -103,9 +105,9 @@ def center_of_mass(
     else:
         w = pattern_array("mask", mask).astype(np.float64)
         if w.shape != shape:
-            raise ValueError(f"mask has shape {w.shape}, but the patterns are {shape}")
+            raise Distill4dError(f"mask has shape {w.shape}, but the patterns are {shape}")
         if not np.any(w):
-            raise ValueError("mask is all zero: no pixel would count")
+            raise Distill4dError("mask is all zero: no pixel would count")
     if origin is None:
         origin = datacube.calibration.origin_px
     if origin is None:
@@ -113,7 +115,7 @@ def center_of_mass(
         origin = (cx, cy)
     origin = (float(origin[0]), float(origin[1]))
     if not all(math.isfinite(o) for o in origin):
-        raise ValueError(f"origin must be finite, got {origin}")
+        raise Distill4dError(f"origin must be finite, got {origin}")
     qx, qy = np.indices(shape, dtype=np.float64)
     fn = functools.partial(_com_batch, weights=(w, w * (qx - origin[0]), w * (qy - origin[1])))
     engine_options.setdefault("desc", "centre of mass")
@@ -154,9 +156,9 @@ def estimate_scan_rotation(com: CenterOfMass) -> tuple[float, bool]:
     """
     dqx, dqy = com.com_qx_px, com.com_qy_px
     if min(dqx.shape) < 3:
-        raise ValueError(f"estimating the scan rotation needs a scan of at least 3x3, got {dqx.shape}")
+        raise Distill4dError(f"estimating the scan rotation needs a scan of at least 3x3, got {dqx.shape}")
     if np.mean(np.isfinite(dqx)) < 0.5:
-        raise ValueError("more than half of the CoM values are undefined (NaN): cannot estimate the rotation")
+        raise Distill4dError("more than half of the CoM values are undefined (NaN): cannot estimate the rotation")
     fx, fy = np.nan_to_num(dqx - np.nanmean(dqx)), np.nan_to_num(dqy - np.nanmean(dqy))
     best = (math.inf, 0.0, False)
     coarse = np.deg2rad(np.arange(0.0, 180.0, 1.0))
@@ -169,8 +171,6 @@ def estimate_scan_rotation(com: CenterOfMass) -> tuple[float, bool]:
         if fcosts[j] < best[0]:
             best = (fcosts[j], float(fine[j]), flip)
     _, theta, flip = best
-    from .idpc import integrate_gradient
-
     sx, sy = to_scan_frame(fx, fy, theta, flip)
     phase = integrate_gradient(sx, sy)
     centred = phase - phase.mean()

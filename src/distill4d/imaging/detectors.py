@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .._validate import nonnegative_float, positive_float
+from ..errors import Distill4dError
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..datacube import DataCube
@@ -38,13 +39,13 @@ def annulus_mask(
     r_in = nonnegative_float("r_inner_px", r_inner_px)
     r_out = float(r_outer_px)
     if not r_out > r_in:
-        raise ValueError(f"r_outer_px must be larger than r_inner_px, got {r_outer_px!r} <= {r_inner_px!r}")
+        raise Distill4dError(f"r_outer_px must be larger than r_inner_px, got {r_outer_px!r} <= {r_inner_px!r}")
     shape = (int(shape[0]), int(shape[1]))
     origin = (float(origin[0]), float(origin[1]))
     r = _radius_grid(shape, origin)
     mask = (r >= r_in) & (r < r_out)
     if not mask.any():
-        raise ValueError(
+        raise Distill4dError(
             f"the detector [{r_in:g}, {r_out:g}) px around origin ({origin[0]:.1f}, {origin[1]:.1f}) "
             f"contains no pixel of the {shape[0]}x{shape[1]} pattern (its pixels lie between "
             f"{r.min():.1f} and {r.max():.1f} px from the origin)"
@@ -68,7 +69,7 @@ def circle_mask(shape: tuple[int, int], origin: tuple[float, float], radius_px: 
     radius = positive_float("radius_px", radius_px)
     edge = _edge_distance(shape, origin)
     if radius > edge + 1:
-        raise ValueError(
+        raise Distill4dError(
             f"the detector radius {radius:g} px reaches beyond the {int(shape[0])}x{int(shape[1])} pattern "
             f"(its edge is {edge:.1f} px from the origin ({float(origin[0]):.1f}, {float(origin[1]):.1f}))"
         )
@@ -133,10 +134,10 @@ def detector_mask(
         radii_px = tuple(cal.length_to_px(r, unit) if math.isfinite(r) else math.inf for r in radii)
     if kind == "bf":
         if len(radii_px) != 1:
-            raise ValueError(f"a 'bf' detector takes one radius, got {radii!r}")
+            raise Distill4dError(f"a 'bf' detector takes one radius, got {radii!r}")
         return circle_mask(datacube.pattern_shape, origin, radii_px[0])
     if kind in ("adf", "annulus"):
         if len(radii_px) != 2:
-            raise ValueError(f"an '{kind}' detector takes two radii (inner, outer), got {radii!r}")
+            raise Distill4dError(f"an '{kind}' detector takes two radii (inner, outer), got {radii!r}")
         return annulus_mask(datacube.pattern_shape, origin, *radii_px)
-    raise ValueError(f"kind must be 'bf', 'adf' or 'annulus', got {kind!r}")
+    raise Distill4dError(f"kind must be 'bf', 'adf' or 'annulus', got {kind!r}")

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .._validate import pattern_array
+from ..errors import Distill4dError
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..datacube import DataCube
@@ -42,7 +43,7 @@ def find_bf_disk(pattern: Any) -> tuple[float, float, float]:
     smooth = ndimage.gaussian_filter(ndimage.median_filter(p, size=3), 1.0)
     peak = smooth.max()
     if not peak > 0:
-        raise ValueError("pattern has no positive intensity: cannot find the bright-field disk")
+        raise Distill4dError("pattern has no positive intensity: cannot find the bright-field disk")
     smooth = smooth - np.median(smooth) if np.median(smooth) < 0.5 * peak else smooth
     peak = smooth.max()
     labels, _ = ndimage.label(smooth > 0.5 * peak)
@@ -93,16 +94,16 @@ def fit_origin_plane(origins: np.ndarray, mask: np.ndarray | None = None) -> np.
     """
     origins = np.asarray(origins, dtype=np.float64)
     if origins.ndim != 3 or origins.shape[2] != 2:
-        raise ValueError(f"origins must have shape (Rx, Ry, 2), got {origins.shape}")
+        raise Distill4dError(f"origins must have shape (Rx, Ry, 2), got {origins.shape}")
     rx, ry = np.indices(origins.shape[:2], dtype=np.float64)
     ok = np.all(np.isfinite(origins), axis=2)
     if mask is not None:
         mask = np.asarray(mask, dtype=bool)
         if mask.shape != origins.shape[:2]:
-            raise ValueError(f"mask has shape {mask.shape}, expected {origins.shape[:2]}")
+            raise Distill4dError(f"mask has shape {mask.shape}, expected {origins.shape[:2]}")
         ok &= mask
     if ok.sum() < 3:
-        raise ValueError(f"fitting a plane needs at least 3 finite origins, got {int(ok.sum())}")
+        raise Distill4dError(f"fitting a plane needs at least 3 finite origins, got {int(ok.sum())}")
     design = np.stack([np.ones(ok.sum()), rx[ok], ry[ok]], axis=1)
     coef, *_ = np.linalg.lstsq(design, origins[ok], rcond=None)
     full = np.stack([np.ones(rx.size), rx.ravel(), ry.ravel()], axis=1)

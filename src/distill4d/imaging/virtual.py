@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .._validate import pattern_array
+from ..errors import Distill4dError
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..datacube import DataCube
@@ -82,9 +83,9 @@ def _virtual_batch(batch: np.ndarray, plans: tuple[_MaskPlan, ...]) -> np.ndarra
 def _check_mask(name: str, mask: Any, pattern_shape: tuple[int, int]) -> np.ndarray:
     mask = pattern_array(name, mask)
     if mask.shape != tuple(pattern_shape):
-        raise ValueError(f"{name} has shape {mask.shape}, but the patterns are {tuple(pattern_shape)}")
+        raise Distill4dError(f"{name} has shape {mask.shape}, but the patterns are {tuple(pattern_shape)}")
     if not np.any(mask):
-        raise ValueError(f"{name} is all zero: the virtual image would be zero everywhere")
+        raise Distill4dError(f"{name} is all zero: the virtual image would be zero everywhere")
     return mask
 
 
@@ -107,7 +108,7 @@ def virtual_images(datacube: "DataCube", masks: dict[str, Any], **engine_options
     from ..engine import map_patterns
 
     if not isinstance(masks, dict) or not masks:
-        raise ValueError("masks must be a non-empty dict {name: mask}")
+        raise Distill4dError("masks must be a non-empty dict {name: mask}")
     checked = {k: _check_mask(f"mask {k!r}", m, datacube.pattern_shape) for k, m in masks.items()}
     integer = datacube.dtype.kind in "ui"
     plans = tuple(_plan(m, integer) for m in checked.values())

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..errors import Distill4dError
 from .hdf5 import list_datasets
 from .sources import CorruptFileError, H5Source, MemmapSource, NpySource
 from .write import Results, read_results, write
@@ -129,7 +130,8 @@ def read(
     >>> dc = read("scan.h5:/datacube_root/datacube/data", q_pixel_inv_A=0.02)  # doctest: +SKIP
     """
     from ..calibration import Calibration, electron_wavelength_A
-    from ..datacube import DataCube, _is_dask
+    from .._validate import is_dask
+    from ..datacube import DataCube
     from ._common import memory_budget as _budget
     from ._common import native, scan_chunks, to_4d, want_lazy
 
@@ -138,7 +140,7 @@ def read(
     file, inline = split_dataset_path(path)
     if inline is not None:
         if dataset is not None and dataset != inline:
-            raise ValueError(f"the dataset is given twice: {inline!r} in the path and dataset={dataset!r}")
+            raise Distill4dError(f"the dataset is given twice: {inline!r} in the path and dataset={dataset!r}")
         dataset = inline
     unknown = set(calibration_fields) - set(Calibration.field_names())
     if unknown:
@@ -160,7 +162,7 @@ def read(
     data = native(to_4d(loaded.data, file, scan_shape if scan_shape is not None else loaded.scan_shape))
     if lazy is not True and isinstance(data, np.memmap) and not want_lazy(lazy, data.nbytes, budget):
         data = np.array(data)  # an eager read is an ordinary in-memory array
-    if lazy is True and not _is_dask(data):
+    if lazy is True and not is_dask(data):
         import dask.array as da
 
         data = da.from_array(data, chunks=scan_chunks(data.shape, data.dtype.itemsize, None, budget))
@@ -185,7 +187,7 @@ def _dispatch(
 
         return read_hdf5(file, dataset, lazy, budget, scan_shape)
     if dataset is not None and ext not in RSCIIO_FORMATS:
-        raise ValueError(
+        raise Distill4dError(
             f"{file}: dataset={dataset!r} applies to HDF5 files only, not to {ext or 'this'} files"
         )
     if ext == ".npy":
@@ -200,7 +202,7 @@ def _dispatch(
         from .rsciio import read_rsciio
 
         return read_rsciio(file, lazy, budget, dataset)
-    raise ValueError(f"{file}: unknown file extension {ext!r}; supported formats: {_formats_text()}")
+    raise Distill4dError(f"{file}: unknown file extension {ext!r}; supported formats: {_formats_text()}")
 
 
 def _formats_text() -> str:
@@ -233,5 +235,5 @@ def read_probe(path: str | os.PathLike, *, dataset: str | None = None) -> np.nda
     if image is None:
         return read(file, dataset=dataset).mean_pattern()
     if not np.all(np.isfinite(image)):
-        raise ValueError(f"{path}: the probe image contains NaN or Inf values")
+        raise Distill4dError(f"{path}: the probe image contains NaN or Inf values")
     return image.astype(np.float64)

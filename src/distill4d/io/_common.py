@@ -12,6 +12,7 @@ import numpy as np
 
 from .._validate import intensity_dtype, positive_int
 from ..calibration import Calibration
+from ..errors import Distill4dError, Distill4dTypeError
 
 __all__ = [
     "Loaded",
@@ -56,7 +57,7 @@ def memory_budget(value: int | None) -> int:
             try:
                 value = int(float(env))
             except ValueError:
-                raise ValueError(
+                raise Distill4dError(
                     f"environment variable DISTILL4D_MEMORY_BUDGET must be a number of bytes, got {env!r}"
                 ) from None
         else:
@@ -200,12 +201,12 @@ def to_4d(data: Any, path: str, scan_shape: tuple[int, int] | None = None, what:
         data = data[0]
         shape = shape[1:]
     if len(shape) > 4:
-        raise ValueError(
+        raise Distill4dError(
             f"{label} has shape {shape}: more than 4 dimensions with a leading axis longer than 1; "
             "choose one 4D dataset (e.g. read(path, dataset=...)) or slice it first"
         )
     if len(shape) < 3:
-        raise ValueError(
+        raise Distill4dError(
             f"{label} has shape {shape}: a {len(shape)}D array is not 4D-STEM data "
             "(expected (Rx, Ry, Qx, Qy), or a stack of patterns (N, Qx, Qy))"
         )
@@ -213,7 +214,7 @@ def to_4d(data: Any, path: str, scan_shape: tuple[int, int] | None = None, what:
     if scan_shape is not None:
         scan_shape = _check_scan_shape(scan_shape)
         if scan_shape[0] * scan_shape[1] != n:
-            raise ValueError(
+            raise Distill4dError(
                 f"scan_shape {scan_shape} holds {scan_shape[0] * scan_shape[1]} patterns, "
                 f"but {label} has {n} (shape {shape})"
             )
@@ -234,12 +235,12 @@ def _check_scan_shape(scan_shape: Any) -> tuple[int, int]:
 
 
 def check_dtype(dtype: Any, path: str, what: str = "") -> np.dtype:
-    """Raise TypeError (naming the file) unless ``dtype`` holds real intensities."""
+    """Raise Distill4dTypeError (a TypeError naming the file) unless ``dtype`` holds real intensities."""
     label = f"{path}{(' ' + what) if what else ''}"
     try:
         return intensity_dtype(label, dtype)
     except TypeError as err:
-        raise TypeError(str(err).replace(" must hold", ": the data must hold", 1)) from None
+        raise Distill4dTypeError(str(err).replace(" must hold", ": the data must hold", 1)) from None
 
 
 def native(data: Any) -> Any:

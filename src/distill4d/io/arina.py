@@ -14,8 +14,9 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import Distill4dError
 from ._common import Loaded, check_dtype, positive_or_none, scan_chunks, want_lazy
-from .hdf5 import _read_all, _safe_calibration, _token, _value
+from ._h5 import dask_token, h5_value, read_all, safe_calibration
 from .sources import H5Source
 
 __all__ = ["is_arina_master", "read_arina"]
@@ -59,13 +60,13 @@ def read_arina(
                 f"(it must be in the same folder: {os.path.dirname(os.path.abspath(path))})"
             ) from None
         if d.ndim != 3:
-            raise ValueError(f"{path}: {d.name} has shape {d.shape}; expected a stack of frames (N, Qx, Qy)")
+            raise Distill4dError(f"{path}: {d.name} has shape {d.shape}; expected a stack of frames (N, Qx, Qy)")
         parts.append((f"/entry/data/{k}", tuple(int(s) for s in d.shape), d.dtype))
     dtype = parts[0][2]
     check_dtype(dtype, path, "ARINA frames")
     frame = parts[0][1][1:]
     if any(p[1][1:] != frame for p in parts):
-        raise ValueError(
+        raise Distill4dError(
             f"{path}: the linked data files hold frames of different shapes: {[p[1] for p in parts]}"
         )
     n = sum(p[1][0] for p in parts)
@@ -80,16 +81,16 @@ def read_arina(
                 da.from_array(
                     src,
                     chunks=scan_chunks(shape, dt.itemsize, (1,) + shape[1:], budget, 1),
-                    name=f"h5-{_token(src)}",
+                    name=f"h5-{dask_token(src)}",
                 )
             )
         data = da.concatenate(arrays, axis=0) if len(arrays) > 1 else arrays[0]
     else:
-        data = np.concatenate([_read_all(f[name], path) for name, _, _ in parts], axis=0)
+        data = np.concatenate([read_all(f[name], path) for name, _, _ in parts], axis=0)
     fields: dict[str, Any] = {}
     det = f.get("entry/instrument/detector/detectorSpecific")
     if det is not None and "photon_energy" in det:  # the beam energy the detector was set up for, eV
-        e = positive_or_none(_value(det["photon_energy"]))
+        e = positive_or_none(h5_value(det["photon_energy"]))
         if e is not None:
             fields["energy_eV"] = e
     meta_scan, step = _arina_companion(path)
@@ -100,13 +101,13 @@ def read_arina(
     if scan_shape is None:
         side = math.isqrt(n)
         if side * side != n:
-            raise ValueError(
+            raise Distill4dError(
                 f"{path}: {n} frames do not make a square scan; pass scan_shape=(Rx, Ry) "
                 "(e.g. read(path, scan_shape=(rows, columns)))"
             )
         scan_shape = (side, side)
     return Loaded(
-        data, _safe_calibration(fields, path), None, name=os.path.basename(path), scan_shape=scan_shape
+        data, safe_calibration(fields, path), None, name=os.path.basename(path), scan_shape=scan_shape
     )
 
 

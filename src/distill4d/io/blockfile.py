@@ -13,8 +13,8 @@ import os
 
 import numpy as np
 
+from .._validate import is_dask
 from ..calibration import Calibration
-from ..datacube import _is_dask
 from ._common import Loaded, positive_or_none, same_step, scan_chunks, want_lazy
 from .sources import CorruptFileError, MemmapSource
 
@@ -88,4 +88,4 @@ def read_blockfile(path: str, lazy: bool | None, budget: int) -> Loaded:
         scan_step_A=None if step_nm is None else step_nm * 10.0,
         energy_eV=energy if energy is not None and 1e2 < energy <= 1e7 else None,
     )
-    return Loaded(data, cal, name=os.path.basename(path), source=source if _is_dask(data) else None)
+    return Loaded(data, cal, name=os.path.basename(path), source=source if is_dask(data) else None)

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from ..calibration import Calibration
+from ..errors import Distill4dError, Distill4dKeyError
 from ._common import (
     Loaded,
     angle_to_mrad,
@@ -23,6 +24,8 @@ from ._common import (
     scan_chunks,
     want_lazy,
 )
+from ._h5 import dask_token, h5_value, read_all, safe_calibration, short_error
+from .arina import is_arina_master, read_arina
 from .sources import CorruptFileError, H5Source, open_h5_file
 
 __all__ = ["read_hdf5", "list_datasets", "open_h5", "OWN_FORMAT_ATTR"]
@@ -43,17 +46,12 @@ def open_h5(path: str | os.PathLike, expect_format: str | None = None) -> Iterat
     f = open_h5_file(path)
     try:
         if expect_format is not None and f.attrs.get("format") != expect_format:
-            raise ValueError(
+            raise Distill4dError(
                 f"{path} is not a {expect_format} file (its format attribute is {f.attrs.get('format')!r})"
             )
         yield f
     finally:
         f.close()
-
-
-def _short(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return text[0] if text else type(err).__name__
 
 
 def _all_datasets(f: Any) -> list[tuple[str, tuple[int, ...], str]]:
@@ -68,7 +66,7 @@ def _all_datasets(f: Any) -> list[tuple[str, tuple[int, ...], str]]:
     try:
         f.visititems(visit)
     except (OSError, RuntimeError) as err:
-        raise CorruptFileError(f"{f.filename}: the file is truncated or corrupt ({_short(err)})") from None
+        raise CorruptFileError(f"{f.filename}: the file is truncated or corrupt ({short_error(err)})") from None
     return found
 
 
@@ -119,13 +117,11 @@ def read_hdf5(
     with open_h5(path) as f:
         fmt = _attr_str(f.attrs.get(OWN_FORMAT_ATTR))
         if fmt == "results" and dataset is None:
-            raise ValueError(
+            raise Distill4dError(
                 f"{path} is a distill4d results file (images and maps), not a 4D dataset; "
                 "open it with distill4d.io.read_results(path)"
             )
         if dataset is None:
-            from .arina import is_arina_master, read_arina
-
             if is_arina_master(f):
                 return read_arina(f, path, lazy, budget, scan_shape)
         name = _choose_dataset(f, path, dataset)
@@ -133,7 +129,7 @@ def read_hdf5(
         if isinstance(obj, h5py.Group):  # a group given by the caller: its single array inside
             inner = [d for d in _all_datasets(obj) if len(d[1]) >= 3]
             if len(inner) != 1:
-                raise ValueError(
+                raise Distill4dError(
                     f"{path}: {name!r} is a group; give the dataset inside it. Datasets of 3 or more "
                     f"dimensions there: {_describe([(obj.name.rstrip('/') + p, s, d) for p, s, d in inner])}"
                 )
@@ -143,7 +139,7 @@ def read_hdf5(
         what = f"dataset {dset.name}"
         check_dtype(dset.dtype, path, what)
         if dset.ndim < 3:
-            raise ValueError(
+            raise Distill4dError(
                 f"{path}: dataset {dset.name} has shape {dset.shape}, which is not 4D-STEM data "
                 "(expected (Rx, Ry, Qx, Qy) or a stack (N, Qx, Qy))"
             )
@@ -155,25 +151,10 @@ def read_hdf5(
             source = H5Source(path, dset.name, dset.shape, dset.dtype)
             scan_axes = 1 if dset.ndim == 3 else dset.ndim - 2
             chunks = scan_chunks(dset.shape, dset.dtype.itemsize, dset.chunks, budget, scan_axes=scan_axes)
-            data = da.from_array(source, chunks=chunks, name=f"h5-{_token(source)}")
+            data = da.from_array(source, chunks=chunks, name=f"h5-{dask_token(source)}")
         else:
-            data, source = _read_all(dset, path), None
+            data, source = read_all(dset, path), None
     return Loaded(data, calibration, q_mrad, name=os.path.basename(path), source=source)
-
-
-def _token(source: Any) -> str:
-    from dask.base import tokenize
-
-    return tokenize(source)
-
-
-def _read_all(dset: Any, path: str) -> np.ndarray:
-    try:
-        return np.asarray(dset[()])
-    except (OSError, RuntimeError) as err:
-        raise CorruptFileError(
-            f"{path}: reading dataset {dset.name} failed: the file is truncated or corrupt ({_short(err)})"
-        ) from None
 
 
 def _attr_str(value: Any) -> str:
@@ -198,7 +179,7 @@ def _choose_dataset(f: Any, path: str, dataset: str | None) -> str:
             ok = False
         if not ok:
             cands = [d for d in _all_datasets(f) if _is_candidate(d[1])]
-            raise KeyError(
+            raise Distill4dKeyError(
                 f"{path}: no dataset {dataset!r} in the file; 4D datasets available: {_describe(cands)}"
             )
         return key
@@ -210,7 +191,7 @@ def _choose_dataset(f: Any, path: str, dataset: str | None) -> str:
     if len(cands) == 1:
         return cands[0][0]
     if not cands:
-        raise ValueError(
+        raise Distill4dError(
             f"{path}: no 4D dataset found (expected an array (Rx, Ry, Qx, Qy)); the file holds: "
             f"{_describe(everything)}. Pass dataset='/path/in/file' (or 'file.h5:/path') to read a "
             "3D stack (N, Qx, Qy) with scan_shape=(Rx, Ry)"
@@ -219,7 +200,7 @@ def _choose_dataset(f: Any, path: str, dataset: str | None) -> str:
     cubes = [d for d in cands if _attr_str(f[d[0]].parent.attrs.get("python_class")) == "DataCube"]
     if len(cubes) == 1:
         return cubes[0][0]
-    raise ValueError(
+    raise Distill4dError(
         f"{path} holds several 4D datasets; choose one with dataset='...' or 'file.h5:/path': "
         f"{_describe(cands)}"
     )
@@ -243,24 +224,7 @@ def _calibration_for(f: Any, dset: Any, path: str) -> tuple[Calibration, float |
         if axes:
             fields, q_mrad = _from_axes(axes, prismatic="4DSTEM_simulation" in f)
     fields.update(_beam_metadata(f, grp))
-    return _safe_calibration(fields, path), q_mrad
-
-
-def _safe_calibration(fields: dict[str, Any], path: str) -> Calibration:
-    """A Calibration from file values, dropping (with a warning) any that fails validation."""
-    import warnings
-
-    good: dict[str, Any] = {}
-    for key, value in fields.items():
-        if value is None:
-            continue
-        try:
-            Calibration(**{key: value})
-        except (TypeError, ValueError) as err:
-            warnings.warn(f"{path}: ignoring calibration {key}={value!r} from the file ({err})", stacklevel=4)
-            continue
-        good[key] = value
-    return Calibration(**good)
+    return safe_calibration(fields, path), q_mrad
 
 
 def _emd_calibration_group(grp: Any) -> Any:
@@ -275,21 +239,8 @@ def _emd_calibration_group(grp: Any) -> Any:
         node = node.parent
 
 
-def _value(obj: Any) -> Any:
-    import h5py
-
-    if isinstance(obj, h5py.Group):
-        return None
-    v = obj[()]
-    if isinstance(v, bytes):
-        return v.decode("utf-8", "replace")
-    if isinstance(v, np.ndarray) and v.ndim == 0:
-        return v.item()
-    return v
-
-
 def _from_emd_calibration(cal: Any) -> tuple[dict[str, Any], float | None]:
-    vals = {k: _value(cal[k]) for k in cal.keys()}
+    vals = {k: h5_value(cal[k]) for k in cal.keys()}
     fields: dict[str, Any] = {}
     q_mrad = None
     r_size, r_units = _pair(vals.get("R_pixel_size")), vals.get("R_pixel_units", "pixels")
@@ -425,7 +376,7 @@ def read_hdf5_2d(path: str, dataset: str) -> np.ndarray | None:
     """The dataset ``dataset`` of an HDF5 file if it is 2D (an image), else None."""
     with open_h5(path) as f:
         if dataset not in f or not hasattr(f[dataset], "shape"):
-            raise KeyError(f"{path}: dataset {dataset!r} not found")
+            raise Distill4dKeyError(f"{path}: dataset {dataset!r} not found")
         dset = f[dataset]
         if dset.ndim != 2:
             return None

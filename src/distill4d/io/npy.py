@@ -6,7 +6,8 @@ import os
 
 import numpy as np
 
-from ..datacube import _is_dask
+from .._validate import is_dask
+from ..errors import Distill4dError, Distill4dTypeError
 from ._common import Loaded, check_dtype, scan_chunks, want_lazy
 from .sources import CorruptFileError, NpySource, read_npy_header
 
@@ -17,12 +18,12 @@ def read_npy(path: str, lazy: bool | None, budget: int) -> Loaded:
     """Read a ``.npy`` array (3D stack, 4D or squeezable 5D); see :func:`distill4d.io.read`."""
     shape, fortran, dtype, offset = read_npy_header(path)
     if dtype.hasobject:
-        raise TypeError(
+        raise Distill4dTypeError(
             f"{path}: the array has dtype {dtype} (Python objects); expected real detector intensities"
         )
     check_dtype(dtype, path)
     if len(shape) < 3:
-        raise ValueError(
+        raise Distill4dError(
             f"{path}: the array has shape {shape}, which is not 4D-STEM data "
             "(expected (Rx, Ry, Qx, Qy) or a stack (N, Qx, Qy))"
         )
@@ -40,7 +41,7 @@ def read_npy(path: str, lazy: bool | None, budget: int) -> Loaded:
             data = np.load(path, allow_pickle=False)
         except (ValueError, EOFError, OSError) as err:
             raise CorruptFileError(f"{path}: the file is truncated or corrupt ({err})") from None
-    return Loaded(data, name=os.path.basename(path), source=source if _is_dask(data) else None)
+    return Loaded(data, name=os.path.basename(path), source=source if is_dask(data) else None)
 
 
 def read_npy_2d(path: str) -> np.ndarray | None:

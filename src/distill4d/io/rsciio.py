@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..calibration import Calibration
+from ..errors import Distill4dError, Distill4dKeyError
 from ._common import (
     Loaded,
     angle_to_mrad,
@@ -69,7 +70,7 @@ def read_rsciio(
     data = sig["data"]
     check_dtype(data.dtype, path)
     if data.ndim < 3:
-        raise ValueError(
+        raise Distill4dError(
             f"{path}: the {label} file holds a {data.ndim}D array of shape {tuple(data.shape)}, "
             "not 4D-STEM data (expected a scan of diffraction patterns)"
         )
@@ -176,11 +177,11 @@ def _pick_signal(signals: list[dict], path: str, dataset: str | None) -> dict:
         try:
             return signals[int(dataset)]
         except (ValueError, IndexError):
-            raise KeyError(f"{path}: no signal {dataset!r}; the file holds: {_list(signals)}") from None
+            raise Distill4dKeyError(f"{path}: no signal {dataset!r}; the file holds: {_list(signals)}") from None
     if not signals:
-        raise ValueError(f"{path}: the file holds no data")
+        raise Distill4dError(f"{path}: the file holds no data")
     if not usable:
-        raise ValueError(
+        raise Distill4dError(
             f"{path}: no 4D-STEM data found (no array with 3 or more dimensions); "
             f"the file holds: {_list(signals)}"
         )
@@ -189,7 +190,7 @@ def _pick_signal(signals: list[dict], path: str, dataset: str | None) -> dict:
         return four[0]
     if len(usable) == 1:
         return usable[0]
-    raise ValueError(
+    raise Distill4dError(
         f"{path} holds several multi-dimensional signals; choose one with dataset='<title or index>': "
         f"{_list(signals)}"
     )
@@ -244,6 +245,6 @@ def calibration_from_axes(
     semi = positive_or_none(tem.get("convergence_angle"))
     if semi is not None:
         fields["semiangle_mrad"] = semi
-    from .hdf5 import _safe_calibration
+    from ._h5 import safe_calibration
 
-    return _safe_calibration(fields, path), q_mrad
+    return safe_calibration(fields, path), q_mrad

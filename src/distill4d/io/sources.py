@@ -13,10 +13,12 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import Distill4dError, Distill4dKeyError
+
 __all__ = ["H5Source", "MemmapSource", "NpySource", "CorruptFileError"]
 
 
-class CorruptFileError(ValueError):
+class CorruptFileError(Distill4dError):
     """A file that cannot be read because it is truncated, corrupt or not in the format its name says."""
 
 
@@ -132,7 +134,7 @@ class H5Source(_Source):
             return f[self.dataset]
         except KeyError:
             f.close()
-            raise KeyError(
+            raise Distill4dKeyError(
                 f"{self.path}: dataset {self.dataset!r} not found (was the file changed?)"
             ) from None
 

@@ -38,8 +38,10 @@ from typing import Any
 import numpy as np
 
 from .._atomic import atomic_output
+from .._validate import is_dask
 from ..calibration import Calibration
-from ..datacube import DataCube, _is_dask
+from ..datacube import DataCube
+from ..errors import Distill4dError
 
 __all__ = ["write", "read_results", "Results"]
 
@@ -88,7 +90,7 @@ def write(
     if not isinstance(force, bool):
         raise TypeError(f"force must be True or False, got {force!r}")
     if compression not in _COMPRESSIONS:
-        raise ValueError(f"compression must be one of {_COMPRESSIONS}, got {compression!r}")
+        raise Distill4dError(f"compression must be one of {_COMPRESSIONS}, got {compression!r}")
     if out.exists() and out.is_dir():
         raise IsADirectoryError(f"{out} is a folder; give a file name to write to")
     if out.exists() and not force:
@@ -122,7 +124,7 @@ def _refuse_input(out: pathlib.Path, dc: DataCube) -> None:
     for src in _source_files(dc.data):
         with contextlib.suppress(OSError):
             if os.path.samefile(src, out):
-                raise ValueError(
+                raise Distill4dError(
                     f"cannot write to {out}: it is the file this DataCube is being read from; "
                     "write to another file"
                 )
@@ -134,7 +136,7 @@ def _source_files(data: Any) -> list[str]:
     if isinstance(data, np.memmap) and data.filename:
         return [data.filename]
     files: list[str] = []
-    if _is_dask(data):
+    if is_dask(data):
         for value in dict(data.__dask_graph__()).values():
             if isinstance(value, _Source):
                 files.append(value.path)
@@ -155,7 +157,7 @@ def _write_datacube(
     import h5py
     import hdf5plugin
 
-    from .. import __version__
+    from .._version import __version__
 
     data_units = "counts"
     if isinstance(units, Mapping) and "data" in units:
@@ -217,7 +219,7 @@ def _copy_data(data: Any, dset: Any) -> None:
     row = ry * pattern
     if row <= _WRITE_BLOCK_BYTES:
         rows = max(1, min(rx, _WRITE_BLOCK_BYTES // row))
-        if _is_dask(data):
+        if is_dask(data):
             chunk = int(data.chunks[0][0])
             if rows >= chunk:
                 rows = (rows // chunk) * chunk
@@ -231,7 +233,7 @@ def _copy_data(data: Any, dset: Any) -> None:
 
 
 def _materialise(block: Any) -> np.ndarray:
-    return np.asarray(block.compute(scheduler="threads") if _is_dask(block) else block)
+    return np.asarray(block.compute(scheduler="threads") if is_dask(block) else block)
 
 
 def _write_py4dstem_calibration(bundle: Any, cal: Calibration) -> None:
@@ -277,12 +279,12 @@ def _check_results(obj: Mapping[str, Any], other_units: set[str], units: Any) ->
     if not isinstance(obj, Mapping):
         raise TypeError(f"results must be a dict {{name: array}}, got {type(obj).__name__}")
     if not obj:
-        raise ValueError("the results dict is empty; nothing to write")
+        raise Distill4dError("the results dict is empty; nothing to write")
     arrays: dict[str, np.ndarray] = {}
     for name, value in obj.items():
         if not isinstance(name, str) or not name or "/" in name or name in (".", ".."):
-            raise ValueError(f"result names must be non-empty strings without '/', got {name!r}")
-        if _is_dask(value):
+            raise Distill4dError(f"result names must be non-empty strings without '/', got {name!r}")
+        if is_dask(value):
             value = value.compute()
         arr = np.asarray(value)
         if arr.dtype.hasobject:
@@ -292,7 +294,7 @@ def _check_results(obj: Mapping[str, Any], other_units: set[str], units: Any) ->
         raise TypeError(f"units must be a dict {{name: unit}}, got {type(units).__name__}")
     unknown = set(units or {}) - set(arrays) - other_units
     if unknown:
-        raise ValueError(f"units given for {sorted(unknown)}, which are not among the results {sorted(arrays)}")
+        raise Distill4dError(f"units given for {sorted(unknown)}, which are not among the results {sorted(arrays)}")
     return arrays
 
 
@@ -301,7 +303,7 @@ def _write_results(
 ) -> None:
     import h5py
 
-    from .. import __version__
+    from .._version import __version__
 
     with h5py.File(tmp, "w") as f:
         f.attrs.update(
@@ -330,9 +332,9 @@ def _set_attrs(target: Any, attrs: Mapping[str, Any] | None) -> None:
     reserved = {"distill4d_format", "distill4d_format_version", "distill4d_version", "distill4d_datacube"}
     for key, value in attrs.items():
         if not isinstance(key, str) or not key:
-            raise ValueError(f"attribute names must be non-empty strings, got {key!r}")
+            raise Distill4dError(f"attribute names must be non-empty strings, got {key!r}")
         if key in reserved:
-            raise ValueError(f"attribute {key!r} is reserved for distill4d's own use")
+            raise Distill4dError(f"attribute {key!r} is reserved for distill4d's own use")
         target.attrs[key] = _attr_value(value)
 
 
@@ -412,7 +414,7 @@ def read_results(path: str | os.PathLike) -> Results:
                 if fmt == "datacube"
                 else "not a distill4d results file"
             )
-            raise ValueError(
+            raise Distill4dError(
                 f"{path}: {what}; expected a file written by distill4d.write(path, {{name: array}})"
             )
         arrays: dict[str, np.ndarray] = {}

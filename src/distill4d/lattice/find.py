@@ -8,6 +8,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..bragg.peaks import BraggPeaks
+from ..errors import Distill4dError
 
 __all__ = ["Basis", "find_lattice", "reduce_basis"]
 
@@ -98,12 +99,12 @@ def find_lattice(
         raise TypeError(f"peaks must be BraggPeaks, got {type(peaks).__name__}")
     ok = np.isfinite(peaks.qx) & np.isfinite(peaks.qy)
     if ok.sum() < 3:
-        raise ValueError(f"need at least 3 peaks to find a lattice, got {int(ok.sum())}")
+        raise Distill4dError(f"need at least 3 peaks to find a lattice, got {int(ok.sum())}")
     pos, count, inten = _spots(peaks.qx[ok], peaks.qy[ok], np.nan_to_num(peaks.intensity[ok]))
     strong = count >= 0.1 * count.max()
     pos, count, inten = pos[strong], count[strong], inten[strong]
     if len(pos) < 3:
-        raise ValueError(f"found only {len(pos)} recurring Bragg spots; need at least 3 to find a lattice")
+        raise Distill4dError(f"found only {len(pos)} recurring Bragg spots; need at least 3 to find a lattice")
     if origin_px is None:
         io = int(np.argmax(inten))
     else:
@@ -131,7 +132,7 @@ def find_lattice(
             v = g
             break
     if v is None:
-        raise ValueError("could not find two non-collinear lattice vectors among the Bragg spots")
+        raise Distill4dError("could not find two non-collinear lattice vectors among the Bragg spots")
     u, v = reduce_basis(u, v)
     basis = Basis(origin, u, v)
     # least-squares refinement on all clusters that index well

@@ -30,6 +30,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .._validate import pattern_array, positive_float
+from ..errors import Distill4dError
 
 __all__ = ["STRAIN_COMPONENTS", "deformation_step", "poisson_fisher", "strain_crb"]
 
@@ -47,15 +48,15 @@ def deformation_step(component: str, h: float) -> np.ndarray:
     if component == "theta":
         c, s = math.cos(h), math.sin(h)
         return np.array([[c, -s], [s, c]])
-    raise ValueError(f"unknown strain component {component!r}; expected one of {STRAIN_COMPONENTS}")
+    raise Distill4dError(f"unknown strain component {component!r}; expected one of {STRAIN_COMPONENTS}")
 
 
 def _check_pattern(name: str, p: Any, shape: tuple[int, ...] | None) -> np.ndarray:
     a = pattern_array(name, p).astype(np.float64)  # 2D, real, finite, not empty
     if shape is not None and a.shape != shape:
-        raise ValueError(f"{name} has shape {a.shape}, but the reference pattern has {shape}")
+        raise Distill4dError(f"{name} has shape {a.shape}, but the reference pattern has {shape}")
     if a.min() < 0:
-        raise ValueError(f"{name} must be >= 0 (expected intensities), got minimum {a.min()!r}")
+        raise Distill4dError(f"{name} must be >= 0 (expected intensities), got minimum {a.min()!r}")
     return a
 
 
@@ -69,11 +70,11 @@ def poisson_fisher(minus: Any, plus: Any, steps: Any, *, total: float) -> np.nda
     lo, hi = np.asarray(minus, dtype=np.float64), np.asarray(plus, dtype=np.float64)
     h = np.asarray(steps, dtype=np.float64).reshape(-1)
     if lo.shape != hi.shape or lo.ndim < 2 or lo.shape[0] != h.size:
-        raise ValueError(f"minus {lo.shape} and plus {hi.shape} must be (n, ...) with n = len(steps) = {h.size}")
+        raise Distill4dError(f"minus {lo.shape} and plus {hi.shape} must be (n, ...) with n = len(steps) = {h.size}")
     if not (np.all(np.isfinite(lo)) and np.all(np.isfinite(hi))) or min(lo.min(), hi.min()) < 0:
-        raise ValueError("minus and plus must be finite patterns >= 0")
+        raise Distill4dError("minus and plus must be finite patterns >= 0")
     if not np.all(np.isfinite(h)) or np.any(h <= 0):
-        raise ValueError(f"steps must be finite and > 0, got {h.tolist()}")
+        raise Distill4dError(f"steps must be finite and > 0, got {h.tolist()}")
     t = positive_float("total", total)
     d = (np.sqrt(hi / t) - np.sqrt(lo / t)).reshape(h.size, -1) / h[:, None]  # = 2 d sqrt(lam)/ds per electron
     return d @ d.T
@@ -106,19 +107,19 @@ def strain_crb(
     h = positive_float("step", step, maximum=0.01)
     comps = tuple(components)
     if not comps or len(set(comps)) != len(comps):
-        raise ValueError(f"components must be distinct strain components, got {components!r}")
+        raise Distill4dError(f"components must be distinct strain components, got {components!r}")
     for c in comps:
         deformation_step(c, 0.0)  # names an unknown component
     p0 = _check_pattern("render(identity)", render(np.eye(2)), None)
     total = float(p0.sum())
     if total <= 0:
-        raise ValueError("render(identity) is an empty pattern (all zero): it carries no strain information")
+        raise Distill4dError("render(identity) is an empty pattern (all zero): it carries no strain information")
     plus = np.stack([_check_pattern(f"render(+{c})", render(deformation_step(c, h)), p0.shape) for c in comps])
     minus = np.stack([_check_pattern(f"render(-{c})", render(deformation_step(c, -h)), p0.shape) for c in comps])
     fisher = dose * poisson_fisher(minus, plus, np.full(len(comps), h), total=total)
     w = np.linalg.eigvalsh(fisher)
     if w[0] <= 1e-12 * max(w[-1], 0.0) or w[-1] <= 0:
-        raise ValueError(f"the pattern does not change independently with {comps}: their Fisher information is "
+        raise Distill4dError(f"the pattern does not change independently with {comps}: their Fisher information is "
                          "singular (too few disks, or disks on one line), so no finite bound exists")
     cov = np.linalg.inv(fisher)
     return {c: float(math.sqrt(cov[i, i])) for i, c in enumerate(comps)}

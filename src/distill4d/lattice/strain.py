@@ -26,6 +26,7 @@ import numpy as np
 from .._atomic import atomic_output
 from .._validate import nonnegative_float
 from ..bragg.peaks import BraggPeaks
+from ..errors import Distill4dError
 from .find import Basis
 from .fit import Lattice, fit_lattice
 
@@ -85,7 +86,7 @@ class StrainMap:
 
         sigma = nonnegative_float("sigma", sigma)
         if sigma > max(self.scan_shape):
-            raise ValueError(f"sigma {sigma} scan positions is wider than the scan {self.scan_shape}")
+            raise Distill4dError(f"sigma {sigma} scan positions is wider than the scan {self.scan_shape}")
         comps = ("eps_xx", "eps_yy", "eps_xy", "theta")
         valid = ~np.asarray(self.mask, bool) & np.all([np.isfinite(getattr(self, k)) for k in comps], axis=0)
         out = {}
@@ -155,7 +156,7 @@ class StrainMap:
         else:
             axes = np.ravel(path_or_ax)
             if axes.size != 4:
-                raise ValueError(f"path_or_ax must be a path, None or 4 axes, got {axes.size} axes")
+                raise Distill4dError(f"path_or_ax must be a path, None or 4 axes, got {axes.size} axes")
             fig = axes[0].figure
         panels = [
             ("ε_xx (%)", 100 * self.eps_xx, limit_percent),
@@ -186,11 +187,14 @@ def _median_basis(lattice: Lattice, region: tuple[slice, slice] | None = None) -
         G, ok = G[region], ok[region]
     if not ok.any():
         where = "in the reference region" if region is not None else "anywhere in the scan"
-        raise ValueError(f"the lattice fit failed {where}; no reference lattice can be taken from it")
+        raise Distill4dError(f"the lattice fit failed {where}; no reference lattice can be taken from it")
     return np.median(G[ok], axis=0)
 
 
-def _region(reference: Any, shape: tuple[int, int]) -> tuple[slice, slice]:
+def reference_region(reference: Any, shape: tuple[int, int]) -> tuple[slice, slice]:
+    """The region ``(slice, slice)`` of a scan of ``shape`` checked and made explicit (step 1,
+    non-negative bounds); TypeError if ``reference`` is not two slices, Distill4dError if a slice
+    has a step or selects no position."""
     if not (isinstance(reference, tuple) and len(reference) == 2 and all(isinstance(s, slice) for s in reference)):
         raise TypeError(
             "reference must be None or 'median', a region (slice, slice) of the scan, a Lattice, a Basis "
@@ -199,11 +203,11 @@ def _region(reference: Any, shape: tuple[int, int]) -> tuple[slice, slice]:
     out = []
     for s, n, name in zip(reference, shape, ("Rx", "Ry")):
         if s.step not in (None, 1):
-            raise ValueError(f"reference region slices must have step 1, got {s}")
+            raise Distill4dError(f"reference region slices must have step 1, got {s}")
         a, b, _ = s.indices(n)
         start = s.start if s.start is not None else 0
         if b <= a or (start >= n if start >= 0 else start < -n):
-            raise ValueError(f"reference region {s} along {name} selects no position of a scan of {n}")
+            raise Distill4dError(f"reference region {s} along {name} selects no position of a scan of {n}")
         out.append(slice(a, b))
     return out[0], out[1]
 
@@ -219,9 +223,9 @@ def reference_basis(lattice: Lattice, reference: Any = None) -> np.ndarray:
     if isinstance(reference, np.ndarray):
         G0 = np.asarray(reference, float)
         if G0.shape != (2, 2) or not np.all(np.isfinite(G0)) or abs(np.linalg.det(G0)) < 1e-12:
-            raise ValueError(f"reference array must be a finite, invertible 2x2 [u v] in pixels, got {G0!r}")
+            raise Distill4dError(f"reference array must be a finite, invertible 2x2 [u v] in pixels, got {G0!r}")
         return G0
-    return _median_basis(lattice, _region(reference, lattice.scan_shape))
+    return _median_basis(lattice, reference_region(reference, lattice.scan_shape))
 
 
 def strain_map(
@@ -264,7 +268,7 @@ def strain_map(
         raise TypeError(f"peaks_or_lattice must be BraggPeaks or a Lattice, got {type(peaks_or_lattice).__name__}")
     phi = float(rotation_rad)
     if not math.isfinite(phi):
-        raise ValueError(f"rotation_rad must be finite, got {rotation_rad!r}")
+        raise Distill4dError(f"rotation_rad must be finite, got {rotation_rad!r}")
     G0 = reference_basis(lattice, reference)
     G = lattice.matrix
     ok = lattice.ok

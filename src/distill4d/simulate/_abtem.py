@@ -6,6 +6,8 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
+from ..errors import Distill4dError
+
 
 def resolve_device(device: str) -> str:
     """``"auto"`` → ``"gpu"`` when CuPy imports and sees a CUDA device, else ``"cpu"``."""
@@ -17,7 +19,7 @@ def resolve_device(device: str) -> str:
         except Exception:  # no CuPy, no driver, no device
             return "cpu"
     if device not in ("cpu", "gpu"):
-        raise ValueError(f"device must be 'auto', 'cpu' or 'gpu', got {device!r}")
+        raise Distill4dError(f"device must be 'auto', 'cpu' or 'gpu', got {device!r}")
     return device
 
 

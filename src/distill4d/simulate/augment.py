@@ -36,6 +36,7 @@ import numpy as np
 from scipy import ndimage
 
 from .._validate import nonnegative_float, pattern_array, positive_float
+from ..errors import Distill4dError
 
 __all__ = [
     "AugmentConfig",
@@ -71,7 +72,7 @@ def _target(value: Any, shape: tuple[int, ...]) -> np.ndarray | None:
         return None
     arr = pattern_array("target", value, ndim=2)
     if arr.shape != shape:
-        raise ValueError(f"target must have the pattern's shape {shape}, got {arr.shape}")
+        raise Distill4dError(f"target must have the pattern's shape {shape}, got {arr.shape}")
     return arr
 
 
@@ -80,11 +81,11 @@ def _peaks(value: Any, name: str = "peaks") -> np.ndarray | None:
         return None
     arr = np.asarray(value)
     if arr.ndim != 2 or arr.shape[1] < 2:
-        raise ValueError(f"{name} must have shape (n, 2) or (n, 3) (qx_px, qy_px[, amplitude]), got {arr.shape}")
+        raise Distill4dError(f"{name} must have shape (n, 2) or (n, 3) (qx_px, qy_px[, amplitude]), got {arr.shape}")
     if arr.dtype.kind not in "uif":
         raise TypeError(f"{name} must hold real numbers, got dtype {arr.dtype}")
     if not np.all(np.isfinite(arr[:, :2])):
-        raise ValueError(f"{name} contains NaN or Inf coordinates; drop those rows first")
+        raise Distill4dError(f"{name} contains NaN or Inf coordinates; drop those rows first")
     return arr
 
 
@@ -100,7 +101,7 @@ def _pair(name: str, value: Any, what: str = "(dqx, dqy)") -> np.ndarray:
     except (TypeError, ValueError):
         raise TypeError(f"{name} must be a pair of numbers {what} in pixels, got {value!r}") from None
     if v.shape != (2,) or not np.all(np.isfinite(v)):
-        raise ValueError(f"{name} must be a finite pair {what} in pixels, got {value!r}")
+        raise Distill4dError(f"{name} must be a finite pair {what} in pixels, got {value!r}")
     return v
 
 
@@ -110,16 +111,16 @@ def _matrix(value: Any) -> np.ndarray:
     except (TypeError, ValueError):
         raise TypeError(f"matrix must be a 2x2 array of numbers, got {value!r}") from None
     if m.shape != (2, 2) or not np.all(np.isfinite(m)):
-        raise ValueError(f"matrix must be a finite 2x2 array, got {value!r}")
+        raise Distill4dError(f"matrix must be a finite 2x2 array, got {value!r}")
     if abs(np.linalg.det(m)) < 1e-9:
-        raise ValueError(f"matrix must be invertible, got {m.tolist()} (det = {np.linalg.det(m):.3g})")
+        raise Distill4dError(f"matrix must be invertible, got {m.tolist()} (det = {np.linalg.det(m):.3g})")
     return m
 
 
 def _fraction(name: str, value: Any) -> float:
     v = nonnegative_float(name, value)
     if v > 1:
-        raise ValueError(f"{name} must be a fraction in [0, 1], got {value!r}")
+        raise Distill4dError(f"{name} must be a fraction in [0, 1], got {value!r}")
     return v
 
 
@@ -138,7 +139,7 @@ def ellipse_matrix(ratio: float, angle_rad: float) -> np.ndarray:
     except (TypeError, ValueError):
         raise TypeError(f"angle_rad must be a number, got {angle_rad!r}") from None
     if not math.isfinite(angle):
-        raise ValueError(f"angle_rad must be finite, got {angle_rad!r}")
+        raise Distill4dError(f"angle_rad must be finite, got {angle_rad!r}")
     c, s = math.cos(angle), math.sin(angle)
     R = np.array([[c, -s], [s, c]])
     return R @ np.diag([ratio, 1.0]) @ R.T
@@ -171,7 +172,7 @@ def affine(
     s = _pair("shift_px", shift_px)
     o = _origin(pat.shape, origin_px)
     if order not in (1, 3):
-        raise ValueError(f"order must be 1 (bilinear) or 3 (cubic spline), got {order!r}")
+        raise Distill4dError(f"order must be 1 (bilinear) or 3 (cubic spline), got {order!r}")
     Minv = np.linalg.inv(M)
     # input coordinate of output pixel x: o + Minv (x - s - o)
     offset = o - Minv @ (o + s)
@@ -254,9 +255,9 @@ def plasmon_background(pattern: Any, probe: Any, *, fraction: float, width_px: f
     pat = _pattern("pattern", pattern)
     pr = pattern_array("probe", probe, ndim=2)
     if pr.shape != pat.shape:
-        raise ValueError(f"probe must have the pattern's shape {pat.shape}, got {pr.shape}")
+        raise Distill4dError(f"probe must have the pattern's shape {pat.shape}, got {pr.shape}")
     if np.any(pr < 0) or not pr.sum() > 0:
-        raise ValueError("probe must be >= 0 with a positive total (a vacuum probe image)")
+        raise Distill4dError("probe must be >= 0 with a positive total (a vacuum probe image)")
     fraction = nonnegative_float("fraction", fraction)
     width = positive_float("width_px", width_px)
     total = float(pat.sum(dtype=np.float64))
@@ -278,9 +279,9 @@ def poisson_noise(pattern: Any, *, dose_e: float, rng: np.random.Generator) -> n
     rng = _generator(rng)
     total = float(pat.sum(dtype=np.float64))
     if not math.isfinite(total) or total <= 0:
-        raise ValueError(f"pattern must have a positive finite total to be scaled to dose_e, got total {total!r}")
+        raise Distill4dError(f"pattern must have a positive finite total to be scaled to dose_e, got total {total!r}")
     if pat.min() < 0:
-        raise ValueError(f"pattern must be >= 0 for Poisson noise, got minimum {pat.min()!r}")
+        raise Distill4dError(f"pattern must be >= 0 for Poisson noise, got minimum {pat.min()!r}")
     return rng.poisson(pat.astype(np.float64) * (dose / total)).astype(np.float64)
 
 
@@ -304,7 +305,7 @@ def bad_pixels(
     hot_f = _fraction("hot_fraction", hot_fraction)
     dead_f = _fraction("dead_fraction", dead_fraction)
     if hot_f + dead_f > 1:
-        raise ValueError(f"hot_fraction + dead_fraction must be <= 1, got {hot_f} + {dead_f}")
+        raise Distill4dError(f"hot_fraction + dead_fraction must be <= 1, got {hot_f} + {dead_f}")
     rng = _generator(rng)
     if hot_value is None:
         peak = float(pat.max())
@@ -340,7 +341,7 @@ def _range(name: str, value: Any, *, positive: bool = False) -> tuple[float, flo
     check(f"{name} low", lo)
     check(f"{name} high", hi)
     if lo > hi:
-        raise ValueError(f"{name} must have low <= high, got {value!r}")
+        raise Distill4dError(f"{name} must have low <= high, got {value!r}")
     return lo, hi
 
 
@@ -389,14 +390,14 @@ class AugmentConfig:
         set_("hot_fraction_max", _fraction("hot_fraction_max", self.hot_fraction_max))
         set_("dead_fraction_max", _fraction("dead_fraction_max", self.dead_fraction_max))
         if self.hot_fraction_max + self.dead_fraction_max > 1:
-            raise ValueError(
+            raise Distill4dError(
                 f"hot_fraction_max + dead_fraction_max must be <= 1, got {self.hot_fraction_max} + "
                 f"{self.dead_fraction_max}"
             )
         if self.hot_value is not None:
             set_("hot_value", nonnegative_float("hot_value", self.hot_value))
         if self.order not in (1, 3):
-            raise ValueError(f"order must be 1 (bilinear) or 3 (cubic spline), got {self.order!r}")
+            raise Distill4dError(f"order must be 1 (bilinear) or 3 (cubic spline), got {self.order!r}")
 
 
 def random_augment(

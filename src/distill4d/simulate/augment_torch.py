@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..errors import Distill4dError
 from .augment import AugmentConfig
 
 __all__ = [
@@ -51,15 +52,15 @@ def _batch(name: str, value: Any) -> torch.Tensor:
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of shape (B, Qx, Qy), got {type(value).__name__}")
     if value.ndim != 3:
-        raise ValueError(f"{name} must have shape (B, Qx, Qy), got {tuple(value.shape)} (use x[None] for one)")
+        raise Distill4dError(f"{name} must have shape (B, Qx, Qy), got {tuple(value.shape)} (use x[None] for one)")
     if value.is_complex() or value.dtype == torch.bool:
         raise TypeError(f"{name} must hold real intensities, got dtype {value.dtype}")
     if value.numel() == 0:
-        raise ValueError(f"{name} is empty (shape {tuple(value.shape)})")
+        raise Distill4dError(f"{name} is empty (shape {tuple(value.shape)})")
     if not value.is_floating_point():
         value = value.to(torch.float32)
     if not bool(torch.isfinite(value).all()):
-        raise ValueError(f"{name} contains NaN or Inf values")
+        raise Distill4dError(f"{name} contains NaN or Inf values")
     return value
 
 
@@ -68,9 +69,9 @@ def _targets(value: Any, patterns: torch.Tensor) -> torch.Tensor | None:
         return None
     t = _batch("targets", value)
     if t.shape != patterns.shape:
-        raise ValueError(f"targets must have the patterns' shape {tuple(patterns.shape)}, got {tuple(t.shape)}")
+        raise Distill4dError(f"targets must have the patterns' shape {tuple(patterns.shape)}, got {tuple(t.shape)}")
     if t.device != patterns.device:
-        raise ValueError(f"targets must be on the patterns' device {patterns.device}, got {t.device}")
+        raise Distill4dError(f"targets must be on the patterns' device {patterns.device}, got {t.device}")
     return t
 
 
@@ -79,13 +80,13 @@ def _peak_list(value: Any, n: int) -> list[torch.Tensor | None] | torch.Tensor |
         return None
     if isinstance(value, torch.Tensor):  # padded (B, P, 2 + k): rows of NaN coordinates are padding
         if value.ndim != 3 or value.shape[0] != n or value.shape[2] < 2:
-            raise ValueError(f"padded peaks must have shape ({n}, P, 2 + k), got {tuple(value.shape)}")
+            raise Distill4dError(f"padded peaks must have shape ({n}, P, 2 + k), got {tuple(value.shape)}")
         xy = value[..., :2]
         if not bool((torch.isfinite(xy).all(-1) | torch.isnan(xy).all(-1)).all()):
-            raise ValueError("padded peaks: each row needs finite qx, qy or NaN in both (padding); Inf is not allowed")
+            raise Distill4dError("padded peaks: each row needs finite qx, qy or NaN in both (padding); Inf is not allowed")
         return value if value.is_floating_point() else value.to(torch.get_default_dtype())
     if not isinstance(value, (list, tuple)) or len(value) != n:
-        raise ValueError(f"peaks must be None, a list of {n} tensors (one per pattern) or a padded ({n}, P, 2 + k) "
+        raise Distill4dError(f"peaks must be None, a list of {n} tensors (one per pattern) or a padded ({n}, P, 2 + k) "
                          f"tensor, got {type(value).__name__}"
                          + (f" of length {len(value)}" if isinstance(value, (list, tuple)) else ""))
     out = []
@@ -96,9 +97,9 @@ def _peak_list(value: Any, n: int) -> list[torch.Tensor | None] | torch.Tensor |
         if not isinstance(p, torch.Tensor):
             p = torch.as_tensor(np.asarray(p))
         if p.ndim != 2 or p.shape[1] < 2:
-            raise ValueError(f"peaks[{i}] must have shape (n, 2) or (n, 3) (qx_px, qy_px[, amplitude]), got {tuple(p.shape)}")
+            raise Distill4dError(f"peaks[{i}] must have shape (n, 2) or (n, 3) (qx_px, qy_px[, amplitude]), got {tuple(p.shape)}")
         if not bool(torch.isfinite(p[:, :2]).all()):
-            raise ValueError(f"peaks[{i}] contains NaN or Inf coordinates; drop those rows first")
+            raise Distill4dError(f"peaks[{i}] contains NaN or Inf coordinates; drop those rows first")
         out.append(p)
     return out
 
@@ -118,15 +119,15 @@ def _per_sample(
         t = t.expand(n, *tail)
     if t.shape != (n, *tail):
         want = " or ".join(str(s) for s in [tail, (n, *tail)])
-        raise ValueError(f"{name} must have shape {want}, got {tuple(t.shape)}")
+        raise Distill4dError(f"{name} must have shape {want}, got {tuple(t.shape)}")
     if not bool(torch.isfinite(t).all()):
-        raise ValueError(f"{name} must be finite, got {value!r}")
+        raise Distill4dError(f"{name} must be finite, got {value!r}")
     if kind == "positive" and not bool((t > 0).all()):
-        raise ValueError(f"{name} must be > 0, got {value!r}")
+        raise Distill4dError(f"{name} must be > 0, got {value!r}")
     if kind == "nonnegative" and not bool((t >= 0).all()):
-        raise ValueError(f"{name} must be >= 0, got {value!r}")
+        raise Distill4dError(f"{name} must be >= 0, got {value!r}")
     if kind == "fraction" and not bool(((t >= 0) & (t <= 1)).all()):
-        raise ValueError(f"{name} must be a fraction in [0, 1], got {value!r}")
+        raise Distill4dError(f"{name} must be a fraction in [0, 1], got {value!r}")
     return t
 
 
@@ -134,7 +135,7 @@ def _generator(generator: Any, device: torch.device) -> torch.Generator:
     if not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
     if generator.device.type != device.type:
-        raise ValueError(
+        raise Distill4dError(
             f"generator is on {generator.device} but the data are on {device}; "
             f"use torch.Generator(device={str(device)!r}).manual_seed(seed)"
         )
@@ -189,13 +190,13 @@ def affine(
     tgt = _targets(targets, pat)
     B, nx, ny = pat.shape
     if nx < 2 or ny < 2:
-        raise ValueError(f"patterns must be at least 2x2 pixels, got {(nx, ny)}")
+        raise Distill4dError(f"patterns must be at least 2x2 pixels, got {(nx, ny)}")
     pk = _peak_list(peaks, B)
     dev = pat.device
     M = _per_sample("matrix", matrix, B, dev, tail=(2, 2))
     det = torch.linalg.det(M)
     if not bool((det.abs() > 1e-9).all()):
-        raise ValueError(f"matrix must be invertible, got determinants {det.tolist()}")
+        raise Distill4dError(f"matrix must be invertible, got determinants {det.tolist()}")
     s = _per_sample("shift_px", shift_px, B, dev, tail=(2,))
     o = _origins(origin_px, pat)
     Minv = torch.linalg.inv(M)
@@ -230,11 +231,11 @@ def map_points(points: torch.Tensor, matrix: torch.Tensor, shift_px: torch.Tenso
     by ``origin + matrix (p - origin) + shift`` with ``(B, 2, 2)``, ``(B, 2)``, ``(B, 2)`` tensors:
     the exact map :func:`affine` applies to peaks, for a padded batch at once. Returns a new tensor."""
     if points.ndim != 3 or points.shape[-1] < 2:
-        raise ValueError(f"points must be (B, P, 2 + k) (qx_px, qy_px, ...), got {tuple(points.shape)}")
+        raise Distill4dError(f"points must be (B, P, 2 + k) (qx_px, qy_px, ...), got {tuple(points.shape)}")
     b = points.shape[0]
     for name, t, tail in (("matrix", matrix, (2, 2)), ("shift_px", shift_px, (2,)), ("origin_px", origin_px, (2,))):
         if not isinstance(t, torch.Tensor) or tuple(t.shape) != (b, *tail):
-            raise ValueError(f"{name} must be a tensor of shape {(b, *tail)}, got "
+            raise Distill4dError(f"{name} must be a tensor of shape {(b, *tail)}, got "
                              f"{tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}")
     m = matrix.to(points.device)
     o, s = origin_px.to(device=points.device, dtype=m.dtype), shift_px.to(device=points.device, dtype=m.dtype)
@@ -296,11 +297,11 @@ def plasmon_background(patterns: torch.Tensor, probes: torch.Tensor, *, fraction
         probes = probes[None].expand(B, *probes.shape)
     pr = _batch("probes", probes)
     if pr.shape != pat.shape:
-        raise ValueError(f"probes must have the patterns' shape {tuple(pat.shape)}, got {tuple(pr.shape)}")
+        raise Distill4dError(f"probes must have the patterns' shape {tuple(pat.shape)}, got {tuple(pr.shape)}")
     pr = pr.to(pat.device)
     totals_pr = pr.sum(dim=(1, 2))
     if bool((pr < 0).any()) or not bool((totals_pr > 0).all()):
-        raise ValueError("probes must be >= 0 with a positive total (vacuum probe images)")
+        raise Distill4dError("probes must be >= 0 with a positive total (vacuum probe images)")
     f = _per_sample("fraction", fraction, B, pat.device, kind="nonnegative")
     bg = lorentzian_background(pr, width_px)
     total = pat.to(bg.dtype).sum(dim=(1, 2))
@@ -316,9 +317,9 @@ def poisson_noise(patterns: torch.Tensor, *, dose_e: Any, generator: torch.Gener
     dose = _per_sample("dose_e", dose_e, pat.shape[0], pat.device, kind="positive")
     total = pat.to(dose.dtype).sum(dim=(1, 2))
     if not bool((torch.isfinite(total) & (total > 0)).all()):
-        raise ValueError(f"patterns must each have a positive finite total to be scaled to dose_e, got totals {total.tolist()}")
+        raise Distill4dError(f"patterns must each have a positive finite total to be scaled to dose_e, got totals {total.tolist()}")
     if bool((pat < 0).any()):
-        raise ValueError(f"patterns must be >= 0 for Poisson noise, got minimum {float(pat.min())!r}")
+        raise Distill4dError(f"patterns must be >= 0 for Poisson noise, got minimum {float(pat.min())!r}")
     rate = pat.to(dose.dtype) * (dose / total)[:, None, None]
     return torch.poisson(rate, generator=gen).to(pat.dtype)
 
@@ -342,7 +343,7 @@ def bad_pixels(
     hot_f = _per_sample("hot_fraction", hot_fraction, B, pat.device, kind="fraction")
     dead_f = _per_sample("dead_fraction", dead_fraction, B, pat.device, kind="fraction")
     if bool((hot_f + dead_f > 1).any()):
-        raise ValueError("hot_fraction + dead_fraction must be <= 1")
+        raise Distill4dError("hot_fraction + dead_fraction must be <= 1")
     if hot_value is None:
         peak = pat.amax(dim=(1, 2)).to(hot_f.dtype)
         hot = torch.where(peak > 0, 10.0 * peak, torch.ones_like(peak))
@@ -389,7 +390,7 @@ def random_augment(
     if not isinstance(config, AugmentConfig):
         raise TypeError(f"config must be an AugmentConfig, got {type(config).__name__}")
     if config.order != 1:
-        raise ValueError(f"config.order must be 1 (bilinear) for the torch version, got {config.order}")
+        raise Distill4dError(f"config.order must be 1 (bilinear) for the torch version, got {config.order}")
     pat = _batch("patterns", patterns)
     tgt = _targets(targets, pat)
     B, dev = pat.shape[0], pat.device

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .._validate import nonnegative_float, positive_float, positive_int
+from ..errors import Distill4dError
 
 if TYPE_CHECKING:  # pragma: no cover
     from ase import Atoms
@@ -134,7 +135,7 @@ def _spec(name: str) -> tuple[str, _Spec]:
     for key, spec in _SPECS.items():
         if key.lower() == name.lower():
             return key, spec
-    raise ValueError(f"unknown prototype {name!r}; valid names: {', '.join(_SPECS)}")
+    raise Distill4dError(f"unknown prototype {name!r}; valid names: {', '.join(_SPECS)}")
 
 
 def prototype(name: str, **overrides: Any) -> Atoms:
@@ -155,7 +156,7 @@ def prototype(name: str, **overrides: Any) -> Atoms:
     allowed = {"a", "elements"} | ({"c"} if spec.c is not None else set()) | set(extra)
     unknown = sorted(set(overrides) - allowed)
     if unknown:
-        raise ValueError(
+        raise Distill4dError(
             f"prototype {key!r} does not take override(s) {unknown}; allowed: {sorted(allowed)}"
         )
     a = positive_float("a", overrides.get("a", spec.a))
@@ -164,14 +165,14 @@ def prototype(name: str, **overrides: Any) -> Atoms:
         if k in overrides:
             v = float(overrides[k])
             if not math.isfinite(v):
-                raise ValueError(f"{k} must be finite, got {overrides[k]!r}")
+                raise Distill4dError(f"{k} must be finite, got {overrides[k]!r}")
             extra[k] = v
     els = overrides.get("elements", spec.elements)
     if isinstance(els, str):
         els = (els,)
     els = tuple(els)
     if len(els) != len(spec.elements) or not all(isinstance(e, str) and e in atomic_numbers for e in els):
-        raise ValueError(
+        raise Distill4dError(
             f"elements for prototype {key!r} must be {len(spec.elements)} chemical symbol(s) "
             f"(default {list(spec.elements)}), got {list(els)!r}"
         )
@@ -255,7 +256,7 @@ _SYSTEMS = (
 def _space_group(value: Any) -> int:
     sg = positive_int("space_group", value)
     if sg > 230:
-        raise ValueError(f"space_group must be an integer in 1..230, got {value!r}")
+        raise Distill4dError(f"space_group must be an integer in 1..230, got {value!r}")
     return sg
 
 
@@ -274,7 +275,7 @@ def spacegroup_number(atoms: Atoms, symprec: float = 1e-3) -> int:
         warnings.simplefilter("ignore", DeprecationWarning)
         data = spglib.get_symmetry_dataset(cell, symprec=positive_float("symprec", symprec))
     if data is None:
-        raise ValueError(f"spglib could not determine the symmetry (symprec={symprec})")
+        raise Distill4dError(f"spglib could not determine the symmetry (symprec={symprec})")
     return int(data.number if hasattr(data, "number") else data["number"])
 
 
@@ -290,9 +291,9 @@ def _elements(value: Any) -> list[str]:
         elif isinstance(e, str) and e in atomic_numbers and e != "X":
             out.append(e)
         else:
-            raise ValueError(f"elements must be chemical symbols or atomic numbers, got {e!r}")
+            raise Distill4dError(f"elements must be chemical symbols or atomic numbers, got {e!r}")
     if not out or len(set(out)) != len(out):
-        raise ValueError(f"elements must be a non-empty list of distinct elements, got {list(value)!r}")
+        raise Distill4dError(f"elements must be a non-empty list of distinct elements, got {list(value)!r}")
     return out
 
 
@@ -351,7 +352,7 @@ def random_crystal(
     mults = sorted({m for m, _, _ in wyckoffs})
     n_min = len(fixed) if fixed is not None else 1
     if n_min * mults[0] > max_atoms:
-        raise ValueError(
+        raise Distill4dError(
             f"max_atoms={max_atoms} is too small for space group {sg} with {n_min} species: its "
             f"smallest Wyckoff multiplicity is {mults[0]}"
         )
@@ -449,9 +450,9 @@ def _check_atoms(name: str, atoms: Any) -> None:
     if cell is None or not hasattr(atoms, "positions"):
         raise TypeError(f"{name} must be an ase.Atoms, got {type(atoms).__name__}")
     if len(atoms) == 0:
-        raise ValueError(f"{name} has no atoms")
+        raise Distill4dError(f"{name} has no atoms")
     if abs(np.linalg.det(np.asarray(cell))) < 1e-9:
-        raise ValueError(
+        raise Distill4dError(
             f"{name} must have a 3D periodic cell of non-zero volume, got cell {np.asarray(cell).tolist()}"
         )
 
@@ -536,11 +537,11 @@ def _primitive(atoms: Atoms, tol: float = 1e-3) -> Atoms:
 def _int_vector(name: str, value: Any) -> np.ndarray:
     arr = np.asarray(value)
     if arr.ndim != 1 or arr.shape[0] not in (3, 4):
-        raise ValueError(f"{name} must be 3 (or 4 Miller-Bravais) integers, got {value!r}")
+        raise Distill4dError(f"{name} must be 3 (or 4 Miller-Bravais) integers, got {value!r}")
     if arr.dtype.kind == "b" or arr.dtype.kind not in "iuf":
-        raise ValueError(f"{name} must be integers, got {value!r}")
+        raise Distill4dError(f"{name} must be integers, got {value!r}")
     if arr.dtype.kind == "f" and not np.all(np.isfinite(arr) & (arr == np.round(arr))):
-        raise ValueError(f"{name} must be integers, got {value!r}")
+        raise Distill4dError(f"{name} must be integers, got {value!r}")
     return np.round(arr).astype(np.int64)
 
 
@@ -552,16 +553,16 @@ def _direction(name: str, value: Any, cell: np.ndarray) -> np.ndarray:
         la, lb = np.linalg.norm(a1), np.linalg.norm(a2)
         gamma = math.degrees(math.acos(np.clip(a1 @ a2 / (la * lb), -1, 1)))
         if not (abs(la - lb) < 1e-6 * la and abs(gamma - 120) < 1e-4 and abs(a1 @ cell[2]) < 1e-6 * la):
-            raise ValueError(
+            raise Distill4dError(
                 f"{name}={v.tolist()} is a four-index (Miller-Bravais) direction, which needs a hexagonal "
                 f"cell (|a1| = |a2|, gamma = 120 deg, c normal to them); got cell lengths "
                 f"{np.round(np.linalg.norm(cell, axis=1), 4).tolist()} and gamma={gamma:.3f}"
             )
         if v[0] + v[1] + v[2] != 0:
-            raise ValueError(f"{name}={v.tolist()} must satisfy u + v + t = 0 for [uvtw]")
+            raise Distill4dError(f"{name}={v.tolist()} must satisfy u + v + t = 0 for [uvtw]")
         v = np.array([v[0] - v[2], v[1] - v[2], v[3]])
     if not np.any(v):
-        raise ValueError(f"{name} must be a non-zero direction, got {np.asarray(value).tolist()}")
+        raise Distill4dError(f"{name} must be a non-zero direction, got {np.asarray(value).tolist()}")
     return v // math.gcd(*(int(x) for x in v))
 
 
@@ -672,7 +673,7 @@ def orient(
     tol = positive_float("tolerance", tolerance)
     theta = float(in_plane_rotation_rad)
     if not math.isfinite(theta):
-        raise ValueError(f"in_plane_rotation_rad must be finite, got {in_plane_rotation_rad!r}")
+        raise Distill4dError(f"in_plane_rotation_rad must be finite, got {in_plane_rotation_rad!r}")
     cell = np.asarray(atoms.cell, dtype=float)
     uvw = _direction("zone_axis", zone_axis, cell)
     d = uvw @ cell
@@ -684,7 +685,7 @@ def orient(
     if x_axis is not None:
         xv = _direction("x_axis", x_axis, cell) @ cell
         if abs(xv @ d_hat) > 1e-6 * np.linalg.norm(xv):
-            raise ValueError(
+            raise Distill4dError(
                 f"x_axis={list(np.asarray(x_axis).tolist())} must be perpendicular to "
                 f"zone_axis={uvw.tolist()}"
             )
@@ -704,7 +705,7 @@ def orient(
     zone = tuple(int(x) for x in uvw)
     M = _best_orthogonal_supercell(Pr, n_rep)
     if M is None:
-        raise ValueError(
+        raise Distill4dError(
             f"zone_axis {list(zone)}: no three independent lattice vectors close to x, y and z "
             f"within max_repetitions={n_rep}; increase max_repetitions"
         )
@@ -714,7 +715,7 @@ def orient(
     F = A.T
     strain_norm = float(np.linalg.norm(F - np.eye(3), 2))
     if strain_norm > tol:
-        raise ValueError(
+        raise Distill4dError(
             f"zone_axis {list(zone)}: the best orthogonal cell within max_repetitions={n_rep} "
             f"needs a strain of {strain_norm:.3g} (> tolerance={tol:g}); increase "
             f"max_repetitions or tolerance"
@@ -815,10 +816,10 @@ def deformation_gradient(
     for k, v in vals.items():
         number = isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
         if not number or not math.isfinite(v):
-            raise ValueError(f"{k} must be a finite number, got {v!r}")
+            raise Distill4dError(f"{k} must be a finite number, got {v!r}")
     U = np.array([[1.0 + exx, exy], [exy, 1.0 + eyy]])
     if np.linalg.eigvalsh(U).min() <= 0:
-        raise ValueError(
+        raise Distill4dError(
             f"I + eps must be positive definite (a physical stretch), got exx={exx}, eyy={eyy}, exy={exy}"
         )
     c, s = math.cos(theta_rad), math.sin(theta_rad)
@@ -840,17 +841,17 @@ def strain(atoms: Atoms, F: Any, *, allow_nonorthogonal: bool = False) -> Atoms:
     _check_atoms("atoms", atoms)
     F = np.asarray(F, dtype=float)
     if F.shape != (3, 3) or not np.all(np.isfinite(F)):
-        raise ValueError(f"F must be a finite 3x3 array, got shape {F.shape}")
+        raise Distill4dError(f"F must be a finite 3x3 array, got shape {F.shape}")
     if np.linalg.det(F) <= 0:
-        raise ValueError(f"F must have a positive determinant, got det(F)={np.linalg.det(F):.4g}")
+        raise Distill4dError(f"F must have a positive determinant, got det(F)={np.linalg.det(F):.4g}")
     coupling = np.abs(np.array([F[2, 0], F[2, 1], F[0, 2], F[1, 2]])).max()
     if coupling > 1e-12:
-        raise ValueError(
+        raise Distill4dError(
             f"F must not couple z with x, y (F[2, :2] and F[:2, 2] must be 0), got {F.tolist()}; "
             "tilt the beam in the multislice propagator instead"
         )
     if not allow_nonorthogonal and abs(F[0, 1]) + abs(F[1, 0]) > 1e-12:
-        raise ValueError(
+        raise Distill4dError(
             f"F has in-plane shear/rotation (F[0, 1]={F[0, 1]:.3g}, F[1, 0]={F[1, 0]:.3g}), which makes "
             "the cell non-orthogonal; pass allow_nonorthogonal=True to get the sheared cell "
             "(multislice then needs an orthogonal supercell approximation)"
@@ -872,13 +873,13 @@ def repeat_to_extent(
     cell = np.asarray(atoms.cell, dtype=float)
     lengths = np.abs(np.diag(cell))
     if np.abs(cell[~np.eye(3, dtype=bool)]).max() > 1e-8 * lengths.max():
-        raise ValueError(
+        raise Distill4dError(
             f"atoms must have an orthogonal (diagonal) cell, got {np.round(cell, 6).tolist()}; "
             "use distill4d.simulate.crystals.orient"
         )
     ext = np.asarray(extent_A, dtype=float).ravel()
     if ext.shape != (2,):
-        raise ValueError(f"extent_A must be (x, y) in Å, got {extent_A!r}")
+        raise Distill4dError(f"extent_A must be (x, y) in Å, got {extent_A!r}")
     targets = [positive_float("extent_A", ext[0]), positive_float("extent_A", ext[1])]
     targets.append(lengths[2] if thickness_A is None else positive_float("thickness_A", thickness_A))
     reps = tuple(max(1, math.ceil(t / L * (1 - 1e-9))) for t, L in zip(targets, lengths))

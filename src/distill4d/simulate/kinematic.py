@@ -24,6 +24,7 @@ import numpy as np
 from .._validate import nonnegative_float, positive_float, positive_int
 from ..calibration import Calibration
 from ..datacube import DataCube
+from ..errors import Distill4dError
 
 __all__ = [
     "SI110_LATTICE_A",
@@ -50,9 +51,9 @@ DEFAULT_CALIBRATION = Calibration(q_pixel_inv_A=0.025, energy_eV=300e3, semiangl
 def _lattice(name: str, value: Any) -> np.ndarray:
     arr = np.asarray(value, dtype=np.float64)
     if arr.shape != (2, 2) or not np.all(np.isfinite(arr)):
-        raise ValueError(f"{name} must be a finite 2x2 array (columns = lattice vectors), got {arr!r}")
+        raise Distill4dError(f"{name} must be a finite 2x2 array (columns = lattice vectors), got {arr!r}")
     if abs(np.linalg.det(arr)) < 1e-12:
-        raise ValueError(f"{name} must have two non-collinear lattice vectors, got {arr.tolist()}")
+        raise Distill4dError(f"{name} must have two non-collinear lattice vectors, got {arr.tolist()}")
     return arr
 
 
@@ -118,7 +119,7 @@ def render_disks(
     qx_n, qy_n = (positive_int("shape", s) for s in shape)
     centers = np.asarray(centers_px, dtype=np.float64)
     if centers.ndim != 3 or centers.shape[2] != 2:
-        raise ValueError(f"centers_px must have shape (n, m, 2), got {centers.shape}")
+        raise Distill4dError(f"centers_px must have shape (n, m, 2), got {centers.shape}")
     n, m = centers.shape[:2]
     amps = np.broadcast_to(np.asarray(amplitudes, dtype=np.float64), (n, m))
     radius = positive_float("radius_px", radius_px)
@@ -166,7 +167,7 @@ def _origin(shape: tuple[int, int], origin_px: Any) -> np.ndarray:
         return np.array([shape[0] / 2.0, shape[1] / 2.0])
     o = np.asarray(origin_px, dtype=np.float64)
     if o.shape != (2,) or not np.all(np.isfinite(o)):
-        raise ValueError(f"origin_px must be a finite pair (qx, qy) in pixels, got {origin_px!r}")
+        raise Distill4dError(f"origin_px must be a finite pair (qx, qy) in pixels, got {origin_px!r}")
     return o
 
 
@@ -232,9 +233,9 @@ def kinematic_patterns(
     if F.shape == (2, 2):
         F = F[None]
     if F.ndim != 3 or F.shape[1:] != (2, 2) or not np.all(np.isfinite(F)):
-        raise ValueError(f"deformation must be finite with shape (n, 2, 2) or (2, 2), got shape {F.shape}")
+        raise Distill4dError(f"deformation must be finite with shape (n, 2, 2) or (2, 2), got shape {F.shape}")
     if np.any(np.abs(np.linalg.det(F)) < 1e-6):
-        raise ValueError("deformation contains a singular matrix (det F = 0)")
+        raise Distill4dError("deformation contains a singular matrix (det F = 0)")
     q_pixel = calibration.require("q_pixel_inv_A")
     radius = _disk_radius_px(calibration)
     origin = _origin(shape, origin_px)
@@ -376,13 +377,13 @@ def strained_scan(
     if deformation is not None:
         F = np.asarray(deformation, dtype=np.float64)
         if F.shape != (rx, ry, 2, 2):
-            raise ValueError(f"deformation must have shape {(rx, ry, 2, 2)}, got {F.shape}")
+            raise Distill4dError(f"deformation must have shape {(rx, ry, 2, 2)}, got {F.shape}")
     else:
         eps = np.asarray(strain, dtype=np.float64)
         if eps.ndim == 0:
             eps = np.array([[float(eps), 0.0], [0.0, 0.0]])
         if eps.shape != (2, 2) or not np.allclose(eps, eps.T) or not np.all(np.isfinite(eps)):
-            raise ValueError(f"strain must be a float (eps_xx) or a symmetric 2x2 array, got {strain!r}")
+            raise Distill4dError(f"strain must be a float (eps_xx) or a symmetric 2x2 array, got {strain!r}")
         t = math.radians(float(rotation_deg))
         R = np.array([[math.cos(t), -math.sin(t)], [math.sin(t), math.cos(t)]])
         if kind == "uniform":
@@ -395,7 +396,7 @@ def strained_scan(
         elif kind == "none":
             F = np.broadcast_to(np.eye(2), (rx, ry, 2, 2)).copy()
         else:
-            raise ValueError(f"kind must be 'uniform', 'multilayer' or 'none', got {kind!r}")
+            raise Distill4dError(f"kind must be 'uniform', 'multilayer' or 'none', got {kind!r}")
     patterns, t = kinematic_patterns(
         F.reshape(-1, 2, 2), shape=pattern_shape, calibration=calibration, dose=dose, seed=seed, **pattern_options
     )

@@ -34,6 +34,7 @@ import numpy as np
 
 from .._atomic import atomic_output, atomic_write_bytes
 from .._validate import check_keys, nonnegative_float, read_mapping_file, positive_float, positive_int
+from ..errors import Distill4dError
 
 __all__ = ["LibraryConfig", "sample_spec", "simulate_sample", "build_library", "Library"]
 
@@ -46,7 +47,7 @@ def _pair(name: str, value: Any, *, lo: float, hi: float) -> tuple[float, float]
     if arr.shape == (1,):
         arr = np.array([arr[0], arr[0]])
     if arr.shape != (2,) or not np.all(np.isfinite(arr)) or arr[0] > arr[1] or arr[0] < lo or arr[1] > hi:
-        raise ValueError(f"{name} must be a range [min, max] within [{lo}, {hi}], got {value!r}")
+        raise Distill4dError(f"{name} must be a range [min, max] within [{lo}, {hi}], got {value!r}")
     return float(arr[0]), float(arr[1])
 
 
@@ -101,12 +102,12 @@ class LibraryConfig:
         positive_int("shard_size", self.shard_size)
         shape = tuple(int(n) for n in np.atleast_1d(self.shape))
         if len(shape) != 2 or min(shape) < 16:
-            raise ValueError(f"shape must be two detector sizes >= 16, got {self.shape!r}")
+            raise Distill4dError(f"shape must be two detector sizes >= 16, got {self.shape!r}")
         object.__setattr__(self, "shape", shape)
         positive_float("q_pixel_inv_A", self.q_pixel_inv_A, maximum=1.0)
         energies = tuple(float(e) for e in np.atleast_1d(self.energies_kV))
         if not energies or not all(20 <= e <= 1000 for e in energies):
-            raise ValueError(f"energies_kV must be energies between 20 and 1000 kV, got {self.energies_kV!r}")
+            raise Distill4dError(f"energies_kV must be energies between 20 and 1000 kV, got {self.energies_kV!r}")
         object.__setattr__(self, "energies_kV", energies)
         object.__setattr__(self, "semiangle_mrad", _pair("semiangle_mrad", self.semiangle_mrad, lo=0.1, hi=100.0))
         object.__setattr__(self, "thickness_A", _pair("thickness_A", self.thickness_A, lo=1.0, hi=5000.0))
@@ -115,24 +116,24 @@ class LibraryConfig:
         for name in ("on_zone_fraction", "random_fraction"):
             v = nonnegative_float(name, getattr(self, name))
             if v > 1:
-                raise ValueError(f"{name} must be a fraction between 0 and 1, got {v!r}")
+                raise Distill4dError(f"{name} must be a fraction between 0 and 1, got {v!r}")
         if nonnegative_float("strain", self.strain) >= 0.2:
-            raise ValueError(f"strain must be below 0.2 (20 %), got {self.strain!r}")
+            raise Distill4dError(f"strain must be below 0.2 (20 %), got {self.strain!r}")
         names = tuple(str(p) for p in self.prototypes)
         known = list_prototypes()
         unknown = sorted(set(names) - set(known))
         if unknown:
-            raise ValueError(f"unknown prototypes {unknown}; known: {known}")
+            raise Distill4dError(f"unknown prototypes {unknown}; known: {known}")
         object.__setattr__(self, "prototypes", names)
         groups = tuple(int(g) for g in self.random_space_groups)
         if any(not 1 <= g <= 230 for g in groups):
-            raise ValueError(f"random_space_groups must be space-group numbers 1-230, got {self.random_space_groups!r}")
+            raise Distill4dError(f"random_space_groups must be space-group numbers 1-230, got {self.random_space_groups!r}")
         object.__setattr__(self, "random_space_groups", groups)
         if self.random_fraction > 0 and not groups:
-            raise ValueError("random_fraction > 0 needs random_space_groups to draw from")
+            raise Distill4dError("random_fraction > 0 needs random_space_groups to draw from")
         positive_int("max_zone_index", self.max_zone_index)
         if not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
-            raise ValueError(f"seed must be a whole number >= 0, got {self.seed!r}")
+            raise Distill4dError(f"seed must be a whole number >= 0, got {self.seed!r}")
 
     @property
     def n_shards(self) -> int:
@@ -195,7 +196,7 @@ def _crystal(spec: dict[str, Any], config: LibraryConfig) -> tuple[Any, dict[str
             return _oriented(atoms, name, spec, config)
         except (ValueError, RuntimeError) as err:
             last = err
-    raise ValueError(f"{_RANDOM_ATTEMPTS} random crystals of space group {c['space_group']} failed: {last}")
+    raise Distill4dError(f"{_RANDOM_ATTEMPTS} random crystals of space group {c['space_group']} failed: {last}")
 
 
 _RANDOM_ATTEMPTS = 8
@@ -223,7 +224,7 @@ def _oriented(atoms: Any, name: str, spec: dict[str, Any], config: LibraryConfig
         sg = crystals.spacegroup_number(atoms)
         meta = {"crystal": name, "zone_axis": list(zone), "space_group": sg, "crystal_system": crystals.crystal_system(sg)}
         return strained, meta
-    raise ValueError(f"no zone axis of {name} gives an orthogonal cell: {last}")
+    raise Distill4dError(f"no zone axis of {name} gives an orthogonal cell: {last}")
 
 
 def simulate_sample(spec: dict[str, Any], config: LibraryConfig, *, device: str = "auto") -> list[dict[str, Any]]:
@@ -337,9 +338,9 @@ def _open_folder(config: LibraryConfig, out_dir: pathlib.Path) -> str:
         try:
             old = json.loads(manifest.read_text())
         except ValueError:
-            raise ValueError(f"{manifest} is not a distill4d library manifest (unreadable JSON)") from None
+            raise Distill4dError(f"{manifest} is not a distill4d library manifest (unreadable JSON)") from None
         if old.get("format") != FORMAT or json.dumps(old.get("config"), sort_keys=True) != config_json:
-            raise ValueError(
+            raise Distill4dError(
                 f"{out_dir} holds a library built with another configuration; "
                 "build into a new folder (nothing was changed)"
             )
@@ -374,7 +375,7 @@ def build_library(
     if not isinstance(config, LibraryConfig):
         raise TypeError(f"config must be a LibraryConfig, got {type(config).__name__}")
     if scheduler == "threads":
-        raise ValueError(
+        raise Distill4dError(
             "scheduler='threads' is not supported for simulations: abTEM's settings and FFT plan caches "
             "are shared by all threads of a process (results then differ at round-off level); use "
             "'processes', 'inline' or a Dask scheduler"
@@ -430,7 +431,7 @@ class Library:
                     counts.append(int(f.attrs["n_entries"]))
                 self.shards.append(p)
         if not self.shards:
-            raise ValueError(f"{self.path} has no finished shards yet")
+            raise Distill4dError(f"{self.path} has no finished shards yet")
         self._offsets = np.concatenate([[0], np.cumsum(counts)])
         self._files: dict[int, Any] = {}
         self._pid = os.getpid()

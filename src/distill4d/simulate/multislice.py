@@ -35,6 +35,7 @@ import numpy as np
 
 from .._validate import nonnegative_float, positive_float, positive_int
 from ..calibration import Calibration
+from ..errors import Distill4dError
 from ._abtem import abtem_session
 from .structure_factor import kinematic_reflections, structure_factor_image
 
@@ -90,33 +91,33 @@ class CBEDSettings:
     def __post_init__(self) -> None:
         energy = positive_float("energy_eV", self.energy_eV, maximum=1e6)
         if energy < 20e3:
-            raise ValueError(f"energy_eV must be between 20e3 and 1e6 eV, got {energy!r}")
+            raise Distill4dError(f"energy_eV must be between 20e3 and 1e6 eV, got {energy!r}")
         positive_float("semiangle_mrad", self.semiangle_mrad, maximum=200.0)
         shape = tuple(self.shape) if np.ndim(self.shape) == 1 else ()
         if len(shape) != 2:
-            raise ValueError(f"shape must be two detector sizes (Nx, Ny), got {self.shape!r}")
+            raise Distill4dError(f"shape must be two detector sizes (Nx, Ny), got {self.shape!r}")
         for n in shape:
             positive_int("shape", n, minimum=8)
         object.__setattr__(self, "shape", (int(shape[0]), int(shape[1])))
         positive_float("q_pixel_inv_A", self.q_pixel_inv_A, maximum=1.0)
         thick = np.atleast_1d(np.asarray(self.thicknesses_A, dtype=np.float64))
         if thick.ndim != 1 or len(thick) == 0 or not np.all(np.isfinite(thick)) or np.any(thick <= 0):
-            raise ValueError(f"thicknesses_A must be positive thicknesses in Å, got {self.thicknesses_A!r}")
+            raise Distill4dError(f"thicknesses_A must be positive thicknesses in Å, got {self.thicknesses_A!r}")
         if thick.max() > 5000:
-            raise ValueError(f"thicknesses_A must be at most 5000 Å (500 nm), got {thick.max()!r}")
+            raise Distill4dError(f"thicknesses_A must be at most 5000 Å (500 nm), got {thick.max()!r}")
         object.__setattr__(self, "thicknesses_A", tuple(float(t) for t in thick))
         tilt = np.asarray(self.tilt_mrad, dtype=np.float64)
         if tilt.shape != (2,) or not np.all(np.isfinite(tilt)) or np.any(np.abs(tilt) > 200):
-            raise ValueError(f"tilt_mrad must be two finite angles (tx, ty) within ±200 mrad, got {self.tilt_mrad!r}")
+            raise Distill4dError(f"tilt_mrad must be two finite angles (tx, ty) within ±200 mrad, got {self.tilt_mrad!r}")
         object.__setattr__(self, "tilt_mrad", (float(tilt[0]), float(tilt[1])))
         if not math.isfinite(float(self.defocus_A)):
-            raise ValueError(f"defocus_A must be finite, got {self.defocus_A!r}")
+            raise Distill4dError(f"defocus_A must be finite, got {self.defocus_A!r}")
         positive_float("slice_thickness_A", self.slice_thickness_A, maximum=50.0)
         if not isinstance(self.frozen_phonons, (int, np.integer)) or self.frozen_phonons < 0:
-            raise ValueError(f"frozen_phonons must be a whole number >= 0, got {self.frozen_phonons!r}")
+            raise Distill4dError(f"frozen_phonons must be a whole number >= 0, got {self.frozen_phonons!r}")
         nonnegative_float("phonon_sigma_A", self.phonon_sigma_A)
         if positive_float("oversample", self.oversample, maximum=16.0) < 1.0:
-            raise ValueError(f"oversample must be between 1 and 16, got {self.oversample!r}")
+            raise Distill4dError(f"oversample must be between 1 and 16, got {self.oversample!r}")
 
     @property
     def wavelength_A(self) -> float:
@@ -188,11 +189,11 @@ def orthogonal_cell_lengths(atoms: Any) -> np.ndarray:
     if not hasattr(atoms, "cell") or not hasattr(atoms, "positions"):
         raise TypeError(f"atoms must be an ase.Atoms, got {type(atoms).__name__}")
     if len(atoms) == 0:
-        raise ValueError("atoms has no atoms to simulate")
+        raise Distill4dError("atoms has no atoms to simulate")
     cell = np.asarray(atoms.cell, dtype=np.float64).reshape(3, 3)
     lengths = np.diag(cell).copy()
     if np.any(np.abs(cell - np.diag(lengths)) > 1e-6 * max(1.0, lengths.max())) or np.any(lengths <= 0):
-        raise ValueError(
+        raise Distill4dError(
             "atoms must have an orthogonal cell with positive lengths (beam along z) for multislice; "
             f"got cell {np.round(cell, 4).tolist()}; orient it with distill4d.simulate.crystals.orient"
         )
@@ -384,12 +385,12 @@ def strain_renderer(atoms: Any, settings: CBEDSettings, *, device: str = "auto")
     def render(F: np.ndarray) -> np.ndarray:
         F = np.asarray(F, dtype=np.float64)
         if F.shape != (2, 2) or abs(F[0, 1]) > 1e-12 or abs(F[1, 0]) > 1e-12:
-            raise ValueError(f"the multislice renderer takes diagonal deformations only (eps_xx, eps_yy), got {F.tolist()}")
+            raise Distill4dError(f"the multislice renderer takes diagonal deformations only (eps_xx, eps_yy), got {F.tolist()}")
         strained = stretch_cell(atoms, F[0, 0], F[1, 1])
         lengths = orthogonal_cell_lengths(strained)
         grid = _grid(lengths, settings)
         if any(np.any(np.asarray(grid[k]) != np.asarray(grid0[k])) for k in ("repetitions", "gpts")):
-            raise ValueError(f"deformation {np.diag(F).tolist()} changes the simulation grid; use a smaller step")
+            raise Distill4dError(f"deformation {np.diag(F).tolist()} changes the simulation grid; use a smaller step")
         # the patterns only: the probe image, peaks and target of simulate_cbed are not needed
         return _multislice_patterns(strained, settings, grid, lengths, seed=0, device=device)[0]
 

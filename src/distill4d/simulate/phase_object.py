@@ -16,6 +16,7 @@ import numpy as np
 from .._validate import positive_float, positive_int
 from ..calibration import Calibration, electron_wavelength_A
 from ..datacube import DataCube
+from ..errors import Distill4dError
 
 __all__ = ["PhaseObjectScan", "atomic_phase", "probe_wave", "phase_object_scan"]
 
@@ -33,12 +34,12 @@ def probe_wave(
     lam = electron_wavelength_A(energy_eV)
     k_max = positive_float("semiangle_mrad", semiangle_mrad) * 1e-3 / lam
     if k_max < 2 * q:
-        raise ValueError(
+        raise Distill4dError(
             f"the probe aperture ({k_max:.4g} 1/Å) spans fewer than 2 pixels of {q:.4g} 1/Å: "
             "raise semiangle_mrad or lower q_pixel_inv_A"
         )
     if k_max >= q * n / 2:
-        raise ValueError(f"the probe aperture ({k_max:.4g} 1/Å) does not fit in the {n}x{n} detector")
+        raise Distill4dError(f"the probe aperture ({k_max:.4g} 1/Å) does not fit in the {n}x{n} detector")
     k = np.fft.fftfreq(n, d=1.0 / (n * q))
     k2 = k[:, None] ** 2 + k[None, :] ** 2
     aperture = (k2 <= k_max**2).astype(np.complex128)
@@ -116,7 +117,7 @@ def phase_object_scan(
         phase_rad = atomic_phase((rx * step, ry * step), pixel_A)
     phase_rad = np.asarray(phase_rad, dtype=np.float64)
     if phase_rad.ndim != 2:
-        raise ValueError(f"phase_rad must be 2D, got shape {phase_rad.shape}")
+        raise Distill4dError(f"phase_rad must be 2D, got shape {phase_rad.shape}")
     probe = probe_wave(n, q_pixel_inv_A, semiangle_mrad, energy_eV, defocus_A)
     obj = np.exp(1j * phase_rad)
     idx = np.arange(n) - n // 2

@@ -53,8 +53,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .._validate import nonnegative_float, positive_float, positive_int
-from ..calibration import _C, _E, _M0, Calibration, electron_wavelength_A
+from ..calibration import (
+    ELECTRON_MASS_KG,
+    ELEMENTARY_CHARGE_C,
+    SPEED_OF_LIGHT_M_S,
+    Calibration,
+    electron_wavelength_A,
+)
 from ..datacube import DataCube
+from ..errors import Distill4dError
 from ._abtem import abtem_session
 from .multislice import orthogonal_cell_lengths, rebin_matrix
 
@@ -90,7 +97,7 @@ def interaction_parameter(energy_eV: float) -> float:
     0.000653 rad/(V·Å) at 300 kV, 0.00101 at 80 kV.
     """
     energy = positive_float("energy_eV", energy_eV)
-    rest_eV = _M0 * _C**2 / _E
+    rest_eV = ELECTRON_MASS_KG * SPEED_OF_LIGHT_M_S**2 / ELEMENTARY_CHARGE_C
     lam = electron_wavelength_A(energy)
     return 2 * math.pi / (lam * energy) * (rest_eV + energy) / (2 * rest_eV + energy)
 
@@ -105,7 +112,7 @@ def _pair(name: str, value: Any, *, minimum: int = 1) -> tuple[int, int]:
     except TypeError:
         raise TypeError(f"{name} must be an integer or a pair of integers, got {value!r}") from None
     if len(items) != 2:
-        raise ValueError(f"{name} must be a pair of integers, got {value!r}")
+        raise Distill4dError(f"{name} must be a pair of integers, got {value!r}")
     a, b = (positive_int(name, v, minimum=minimum) for v in items)
     return a, b
 
@@ -138,9 +145,9 @@ def mos2_monolayer(
     vacuum = nonnegative_float("vacuum_A", vacuum_A)
     fraction = nonnegative_float("vacancy_fraction", vacancy_fraction)
     if fraction > 1:
-        raise ValueError(f"vacancy_fraction must be in [0, 1], got {vacancy_fraction!r}")
+        raise Distill4dError(f"vacancy_fraction must be in [0, 1], got {vacancy_fraction!r}")
     if vacancy_element not in ("S", "Mo"):
-        raise ValueError(f"vacancy_element must be 'S' or 'Mo', got {vacancy_element!r}")
+        raise Distill4dError(f"vacancy_element must be 'S' or 'Mo', got {vacancy_element!r}")
     seed = _seed(seed)
 
     cell = ase.build.mx2("MoS2", kind="2H", a=a, thickness=MOS2_S_S_A, vacuum=vacuum)
@@ -197,10 +204,10 @@ def perovskite_slab(
     a = positive_float("a_A", a_A, maximum=100.0)
     vacuum = nonnegative_float("vacuum_A", vacuum_A)
     if str(zone).strip("[]") != "001":
-        raise ValueError(f"zone must be '001' (the only zone axis implemented), got {zone!r}")
+        raise Distill4dError(f"zone must be '001' (the only zone axis implemented), got {zone!r}")
     match = _FORMULA.match(str(formula))
     if match is None:
-        raise ValueError(f"formula must be an ABX3 perovskite such as 'SrTiO3', got {formula!r}")
+        raise Distill4dError(f"formula must be an ABX3 perovskite such as 'SrTiO3', got {formula!r}")
     a_sym, b_sym, x_sym = match.groups()
     frac = [(0.0, 0.0, 0.0), (0.5, 0.5, 0.5), (0.5, 0.5, 0.0), (0.5, 0.0, 0.5), (0.0, 0.5, 0.5)]
     unit = ase.Atoms(
@@ -242,11 +249,11 @@ def cubic_slab(
     a = positive_float("a_A", a_A, maximum=100.0)
     vacuum = nonnegative_float("vacuum_A", vacuum_A)
     if crystalstructure not in _CUBIC_KINDS:
-        raise ValueError(f"crystalstructure must be one of {_CUBIC_KINDS}, got {crystalstructure!r}")
+        raise Distill4dError(f"crystalstructure must be one of {_CUBIC_KINDS}, got {crystalstructure!r}")
     try:
         unit = ase.build.bulk(formula, crystalstructure, a=a, cubic=True)
     except (ValueError, KeyError, AssertionError) as err:
-        raise ValueError(f"cannot build {crystalstructure} {formula!r}: {err}") from None
+        raise Distill4dError(f"cannot build {crystalstructure} {formula!r}: {err}") from None
     atoms = _stack_slab(unit, thickness, (nx, ny), vacuum)
     atoms.info.update({"material": f"{formula} ({crystalstructure}) [001]", "a_A": a})
     return atoms
@@ -268,7 +275,7 @@ def _stack_slab(unit: ase.Atoms, thickness_A: float, repeats: tuple[int, int], v
 # ---------------------------------------------------------------------------- grids
 def _seed(seed: Any) -> int:
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
+        raise Distill4dError(f"seed must be an integer >= 0, got {seed!r}")
     return int(seed)
 
 
@@ -290,7 +297,7 @@ def _check_atoms(atoms: Any) -> ase.Atoms:
     lengths = orthogonal_cell_lengths(atoms)
     z = atoms.positions[:, 2]
     if z.min() < 0 or z.max() >= lengths[2]:
-        raise ValueError(
+        raise Distill4dError(
             f"atoms must lie inside the cell along z (0 <= z < {lengths[2]:.4g} Å), got z in "
             f"[{z.min():.4g}, {z.max():.4g}] Å; add vacuum (atoms.center(vacuum=2.0, axis=2))"
         )
@@ -342,15 +349,15 @@ def _plan(
         try:
             (x0, y0), (x1, y1) = ((float(u), float(v)) for u, v in scan_region)
         except (TypeError, ValueError):
-            raise ValueError(
+            raise Distill4dError(
                 f"scan_region must be ((x0, y0), (x1, y1)) in Å or None, got {scan_region!r}"
             ) from None
         if not all(math.isfinite(v) for v in (x0, y0, x1, y1)):
-            raise ValueError(f"scan_region must be finite, got {scan_region!r}")
+            raise Distill4dError(f"scan_region must be finite, got {scan_region!r}")
         start = (round(x0 / step[0]), round(y0 / step[1]))
         stop = (round(x1 / step[0]), round(y1 / step[1]))
         if stop[0] <= start[0] or stop[1] <= start[1]:
-            raise ValueError(
+            raise Distill4dError(
                 f"scan_region {scan_region!r} holds no scan position of the {step[0]:.4g} x "
                 f"{step[1]:.4g} Å grid: it needs x1 > x0 and y1 > y0 by at least one step"
             )
@@ -358,18 +365,18 @@ def _plan(
 
     half = min(detector_shape) // 2
     if q_max_mrad is not None and mrad_per_px is not None:
-        raise ValueError("give q_max_mrad or mrad_per_px, not both")
+        raise Distill4dError("give q_max_mrad or mrad_per_px, not both")
     if mrad_per_px is None:
         q_max = 3.0 * semiangle_mrad if q_max_mrad is None else q_max_mrad
         mrad_per_px = q_max / half
     radius_px = semiangle_mrad / mrad_per_px
     if radius_px < 2:
-        raise ValueError(
+        raise Distill4dError(
             f"the bright-field disk ({semiangle_mrad:g} mrad) spans {radius_px:.2f} < 2 detector pixels of "
             f"{mrad_per_px:.4g} mrad: lower q_max_mrad / mrad_per_px or enlarge detector_shape"
         )
     if radius_px >= half - 1:
-        raise ValueError(
+        raise Distill4dError(
             f"the bright-field disk ({semiangle_mrad:g} mrad = {radius_px:.1f} px) does not fit in the "
             f"{detector_shape} detector: raise q_max_mrad / mrad_per_px above semiangle_mrad"
         )
@@ -383,7 +390,7 @@ def _plan(
     max_sampling = flat / (k_needed * 1.01)
     if sampling_A is not None:
         if sampling_A > max_sampling:
-            raise ValueError(
+            raise Distill4dError(
                 f"sampling_A = {sampling_A:g} Å is too coarse for the detector: abTEM keeps only "
                 f"|k| < {flat / sampling_A:.3g} 1/Å, the detector reaches {k_needed:.3g} 1/Å; "
                 f"use sampling_A <= {max_sampling:.4g} Å"
@@ -395,7 +402,7 @@ def _plan(
     reps = tuple(max(1, math.ceil(extent_min / lengths[i] - 1e-9)) for i in range(2))
     gpts = tuple(_smooth_size(math.ceil(reps[i] * lengths[i] / max_sampling - 1e-9)) for i in range(2))
     if max(gpts) > _MAX_GPTS:
-        raise ValueError(
+        raise Distill4dError(
             f"the simulation grid would be {gpts[0]} x {gpts[1]} points (> {_MAX_GPTS}): lower q_max_mrad "
             f"or mrad_per_px, or use a smaller cell"
         )
@@ -502,7 +509,7 @@ def apply_dose(datacube: DataCube, dose_e: float, *, seed: int = 0) -> DataCube:
     seed = _seed(seed)
     data = np.asarray(datacube.data, dtype=np.float64)
     if np.any(data < 0) or not np.all(np.isfinite(data)):
-        raise ValueError("datacube must hold finite, non-negative beam fractions to apply a dose")
+        raise Distill4dError("datacube must hold finite, non-negative beam fractions to apply a dose")
     counts = np.random.default_rng(seed).poisson(data * dose)
     return DataCube(counts.astype(np.uint32), datacube.calibration, name=datacube.name)
 
@@ -579,14 +586,14 @@ def simulate_realspace_scan(
     atoms = _check_atoms(atoms)
     energy = positive_float("energy_eV", energy_eV, maximum=1e7)
     if energy < 1e3:
-        raise ValueError(f"energy_eV must be at least 1e3 eV for multislice, got {energy_eV!r}")
+        raise Distill4dError(f"energy_eV must be at least 1e3 eV for multislice, got {energy_eV!r}")
     semiangle = positive_float("semiangle_mrad", semiangle_mrad, maximum=200.0)
     try:
         defocus = float(defocus_A)
     except (TypeError, ValueError):
         raise TypeError(f"defocus_A must be a number, got {defocus_A!r}") from None
     if not math.isfinite(defocus):
-        raise ValueError(f"defocus_A must be finite, got {defocus_A!r}")
+        raise Distill4dError(f"defocus_A must be finite, got {defocus_A!r}")
     step = positive_float("scan_step_A", scan_step_A, maximum=100.0)
     shape_q = _pair("detector_shape", detector_shape, minimum=8)
     if q_max_mrad is not None:
@@ -600,13 +607,13 @@ def simulate_realspace_scan(
         probe_window_A = positive_float("probe_window_A", probe_window_A, maximum=1e4)
     n_fp = frozen_phonons
     if isinstance(n_fp, bool) or not isinstance(n_fp, (int, np.integer)) or n_fp < 0:
-        raise ValueError(f"frozen_phonons must be an integer >= 0, got {frozen_phonons!r}")
+        raise Distill4dError(f"frozen_phonons must be an integer >= 0, got {frozen_phonons!r}")
     n_fp = int(n_fp)
     symbols = sorted(set(atoms.get_chemical_symbols()))
     if isinstance(phonon_sigma_A, Mapping):
         missing = [s for s in symbols if s not in phonon_sigma_A]
         if missing:
-            raise ValueError(f"phonon_sigma_A has no value for {missing}; give one for each of {symbols}")
+            raise Distill4dError(f"phonon_sigma_A has no value for {missing}; give one for each of {symbols}")
         sigmas: float | dict[str, float] = {
             s: nonnegative_float(f"phonon_sigma_A[{s!r}]", phonon_sigma_A[s]) for s in symbols
         }
@@ -616,7 +623,7 @@ def simulate_realspace_scan(
         dose_e = positive_float("dose_e", dose_e, maximum=1e12)
     seed = _seed(seed)
     if device not in ("cpu", "gpu"):
-        raise ValueError(f"device must be 'cpu' or 'gpu', got {device!r}")
+        raise Distill4dError(f"device must be 'cpu' or 'gpu', got {device!r}")
     if num_workers is not None:
         num_workers = positive_int("num_workers", num_workers)
 

@@ -27,6 +27,7 @@ import numpy as np
 
 from .._validate import nonnegative_float, positive_float, positive_int
 from ..datacube import DataCube
+from ..errors import Distill4dError
 from .kinematic import ScanTruth, deformation_to_strain
 from .multislice import CBEDSettings, simulate_cbed, stretch_cell, vacuum_probe_pattern
 
@@ -79,14 +80,14 @@ def scan_preset(
     vacuum_fraction : the last ``vacuum_fraction`` of the columns (along Ry) are vacuum.
     """
     if name not in PRESETS:
-        raise ValueError(f"preset must be one of {PRESETS}, got {name!r}")
+        raise Distill4dError(f"preset must be one of {PRESETS}, got {name!r}")
     rx, ry = (positive_int("scan_shape", s) for s in scan_shape)
     s = float(strain)
     if not math.isfinite(s) or abs(s) >= 0.2:
-        raise ValueError(f"strain must be a fraction with |strain| < 0.2, got {strain!r}")
+        raise Distill4dError(f"strain must be a fraction with |strain| < 0.2, got {strain!r}")
     frac = nonnegative_float("vacuum_fraction", vacuum_fraction)
     if frac >= 1:
-        raise ValueError(f"vacuum_fraction must be below 1, got {vacuum_fraction!r}")
+        raise Distill4dError(f"vacuum_fraction must be below 1, got {vacuum_fraction!r}")
     exx = np.zeros((rx, ry))
     theta = np.zeros((rx, ry))
     x = np.arange(rx)[:, None] * np.ones((1, ry))
@@ -108,7 +109,7 @@ def scan_preset(
     F = _rot(theta) @ U
     tilt = np.asarray(tilt_mrad, dtype=np.float64)
     if tilt.shape != (2,) or not np.all(np.isfinite(tilt)):
-        raise ValueError(f"tilt_mrad must be two finite angles (mrad), got {tilt_mrad!r}")
+        raise Distill4dError(f"tilt_mrad must be two finite angles (mrad), got {tilt_mrad!r}")
     vacuum = np.zeros((rx, ry), dtype=bool)
     n_vac = int(round(frac * ry))
     if n_vac:
@@ -135,11 +136,11 @@ class MultisliceTruth(ScanTruth):
 def _check_fields(fields: ScanFields) -> None:
     rx, ry = fields.F.shape[:2]
     if fields.F.shape != (rx, ry, 2, 2) or not np.all(np.isfinite(fields.F)):
-        raise ValueError(f"fields.F must be finite with shape (Rx, Ry, 2, 2), got {fields.F.shape}")
+        raise Distill4dError(f"fields.F must be finite with shape (Rx, Ry, 2, 2), got {fields.F.shape}")
     if fields.tilt_mrad.shape != (rx, ry, 2) or fields.thickness_A.shape != (rx, ry) or fields.vacuum.shape != (rx, ry):
-        raise ValueError("fields.tilt_mrad, thickness_A and vacuum must match the scan shape of fields.F")
+        raise Distill4dError("fields.tilt_mrad, thickness_A and vacuum must match the scan shape of fields.F")
     if np.any(np.linalg.det(fields.F) <= 0):
-        raise ValueError("fields.F must have positive determinants (no inverted lattices)")
+        raise Distill4dError("fields.F must have positive determinants (no inverted lattices)")
 
 
 #: Default rounding of the simulated states (see module doc): stretch (fraction) and tilt (mrad).
@@ -307,7 +308,7 @@ def load_scan(path: str | os.PathLike) -> tuple[DataCube, MultisliceTruth]:
     r = read_results(path)
     missing = [n for n in _TRUTH_ARRAYS if n not in r]
     if missing:
-        raise ValueError(f"{path} has no ground truth {missing}; was it written by distill4d simulate scan?")
+        raise Distill4dError(f"{path} has no ground truth {missing}; was it written by distill4d simulate scan?")
     arrays = {n: np.asarray(r[n]) for n in _TRUTH_ARRAYS}
     arrays["vacuum"] = arrays["vacuum"].astype(bool)
     origin = r.attrs.get("truth_origin_px")

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from .._validate import positive_float, positive_int
+from ..errors import Distill4dError
 
 __all__ = ["Reflections", "kinematic_reflections", "structure_factor_image", "tukey_transfer"]
 
@@ -105,7 +106,7 @@ def kinematic_reflections(
     cutoff = positive_float("qz_cutoff_sigmas", qz_cutoff_sigmas)
     cell = np.asarray(atoms.cell.array, dtype=np.float64)
     if abs(np.linalg.det(cell)) < 1e-9:
-        raise ValueError("atoms must have a 3D periodic cell (non-zero volume) to have reflections")
+        raise Distill4dError("atoms must have a 3D periodic cell (non-zero volume) to have reflections")
     recip = np.linalg.inv(cell)  # columns b_i: cell[i] · recip[:, j] = δij
     # h_i = G · a_i, so |h_i| ≤ |G| |a_i| bounds every reflection that can pass both cuts.
     qz_max = cutoff * sigma
@@ -152,7 +153,7 @@ def tukey_transfer(q_inv_A: np.ndarray, window_A: float, alpha: float = 0.5) -> 
     Truncated after the third side lobe (|q| > 4 / window_A → 0) to keep peaks local.
     """
     if not 0.0 <= float(alpha) <= 1.0:
-        raise ValueError(f"alpha (the Tukey taper fraction) must be in [0, 1], got {alpha!r}")
+        raise Distill4dError(f"alpha (the Tukey taper fraction) must be in [0, 1], got {alpha!r}")
     freq, spec = _tukey_table(float(alpha))
     x = np.abs(np.asarray(q_inv_A, dtype=np.float64)) * positive_float("window_A", window_A)
     out = np.interp(x, freq, spec, right=0.0)
@@ -178,7 +179,7 @@ def structure_factor_image(
     default ``1 / q_pixel_inv_A`` (≈ 1.5 px FWHM: well sampled wherever the spot falls).
     """
     if np.ndim(shape) != 1 or len(shape) != 2:
-        raise ValueError(f"shape must be the detector size (Nx, Ny) in pixels, got {shape!r}")
+        raise Distill4dError(f"shape must be the detector size (Nx, Ny) in pixels, got {shape!r}")
     nx, ny = positive_int("shape", shape[0]), positive_int("shape", shape[1])
     dq = positive_float("q_pixel_inv_A", q_pixel_inv_A)
     window = 1.0 / dq if window_A is None else positive_float("window_A", window_A)
@@ -186,7 +187,7 @@ def structure_factor_image(
     g = np.asarray(g_xy_inv_A, dtype=np.float64).reshape(-1, 2)
     amp = np.asarray(amplitude, dtype=np.float64).reshape(-1)
     if len(amp) != len(g):
-        raise ValueError(f"amplitude has {len(amp)} values for {len(g)} reflections")
+        raise Distill4dError(f"amplitude has {len(amp)} values for {len(g)} reflections")
     qx = (np.arange(nx) - ox) * dq
     qy = (np.arange(ny) - oy) * dq
     px = tukey_transfer(qx[None, :] - g[:, :1], window, alpha)  # (n, nx)

@@ -6,13 +6,21 @@ demo prints how close each result is to the ground truth.
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-__all__ = ["run_demo"]
+from ..errors import Distill4dError
+
+__all__ = ["add_parser", "cmd_demo", "run_demo"]
+
+#: The ``distill4d`` entry point: arguments -> exit code (:func:`distill4d.cli.main`).
+Main = Callable[[Sequence[str]], int]
 
 
 def _corr(a: np.ndarray, b: np.ndarray) -> float:
@@ -20,12 +28,11 @@ def _corr(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(a[ok].ravel(), b[ok].ravel())[0, 1])
 
 
-def _strain_demo(out_dir: Path, force: bool, common: list[str]) -> dict[str, float]:
+def _strain_demo(out_dir: Path, force: bool, common: list[str], main: Main) -> dict[str, float]:
     """A multilayer with alternating +-1 % eps_xx: disks -> lattice -> strain, against the truth."""
-    from .cli import CLIError, main
-    from .io import write
-    from .lattice import StrainMap
-    from .simulate.kinematic import strained_scan, vacuum_probe
+    from ..io import write
+    from ..lattice import StrainMap
+    from ..simulate.kinematic import strained_scan, vacuum_probe
 
     print("\nsimulating a 24x24 scan of a Si-like multilayer (alternating +-1 % eps_xx, 1e4 e-/pattern)...")
     dc, truth = strained_scan((24, 24), (128, 128), kind="multilayer", strain=0.01, layer_width=6,
@@ -36,7 +43,7 @@ def _strain_demo(out_dir: Path, force: bool, common: list[str]) -> dict[str, flo
     np.save(probe, vacuum_probe((128, 128), calibration=dc.calibration))
     argv = ["strain", str(scan), "--probe", str(probe), "--reference", "0:6,0:24", "-o", str(out_dir / "strain.h5")]
     if main(argv + common) != 0:
-        raise CLIError(f"demo step 'distill4d {' '.join(argv)}' failed")
+        raise Distill4dError(f"demo step 'distill4d {' '.join(argv)}' failed")
     smap = StrainMap.from_hdf5(out_dir / "strain.h5")
     expected = (1 + truth.eps_xx) / (1 + truth.eps_xx[0, 0]) - 1  # relative to the reference layer
     err = smap.eps_xx - expected
@@ -47,16 +54,15 @@ def _strain_demo(out_dir: Path, force: bool, common: list[str]) -> dict[str, flo
     }
 
 
-def run_demo(out_dir: Path, *, force: bool = False, progress: bool = True) -> dict[str, float]:
+def run_demo(out_dir: Path, *, main: Main, force: bool = False, progress: bool = True) -> dict[str, float]:
     """Simulate two scans with known answers and analyse them with the ``distill4d`` commands.
 
     A weak phase object (``scan.h5``) goes through ``virtual`` and ``com`` (iDPC); a strained
     multilayer (``multilayer.h5``) through ``strain``. ``summary.json`` holds the measured
-    agreement with the ground truth.
+    agreement with the ground truth. ``main`` runs each step: :func:`distill4d.cli.main`.
     """
-    from .cli import CLIError, main
-    from .io import read_results, write
-    from .simulate.phase_object import phase_object_scan
+    from ..io import read_results, write
+    from ..simulate.phase_object import phase_object_scan
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -64,7 +70,7 @@ def run_demo(out_dir: Path, *, force: bool = False, progress: bool = True) -> di
              "strain.h5", "strain.png", "summary.json"]
     existing = [f for f in files if (out_dir / f).exists()]
     if existing and not force:
-        raise CLIError(f"{out_dir} already holds demo outputs ({', '.join(existing)}); pass --force to overwrite them")
+        raise Distill4dError(f"{out_dir} already holds demo outputs ({', '.join(existing)}); pass --force to overwrite them")
     print("simulating a 64x64 scan of a weak phase object (300 kV, 20 mrad, 5e4 e-/pattern)...")
     sim = phase_object_scan(scan_shape=(64, 64), pattern_size=64, step_px=1, q_pixel_inv_A=0.04,
                             semiangle_mrad=20.0, energy_eV=300e3, dose_per_pattern=5e4, seed=0)
@@ -78,7 +84,7 @@ def run_demo(out_dir: Path, *, force: bool = False, progress: bool = True) -> di
                  ["com", str(scan), "-o", str(out_dir / "com.h5")]):
         code = main(argv + common)
         if code != 0:
-            raise CLIError(f"demo step 'distill4d {' '.join(argv)}' failed with exit code {code}")
+            raise Distill4dError(f"demo step 'distill4d {' '.join(argv)}' failed with exit code {code}")
     phase = np.asarray(read_results(out_dir / "com.h5")["idpc_phase"])
     summary = {
         "idpc_correlation_with_true_phase": _corr(phase, sim.phase_rad),
@@ -87,12 +93,26 @@ def run_demo(out_dir: Path, *, force: bool = False, progress: bool = True) -> di
                                                          + sim.smoothed_phase_rad.mean()) ** 2))),
         "true_phase_rms_rad": float(sim.smoothed_phase_rad.std()),
     }
-    summary.update(_strain_demo(out_dir, force, common))
+    summary.update(_strain_demo(out_dir, force, common, main))
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     print("\nagreement with the ground truth:")
     for k, v in summary.items():
         print(f"  {k:45s} {v:.4f}")
     if not math.isfinite(summary["idpc_correlation_with_true_phase"]):
-        raise CLIError("the demo produced no finite phase")
+        raise Distill4dError("the demo produced no finite phase")
     print(f"\nall outputs are in {out_dir}/")
     return summary
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    run_demo(Path(args.output), main=args.main, force=args.force, progress=not args.no_progress)
+    return 0
+
+
+def add_parser(sub: Any, main: Main) -> None:
+    """Add ``demo`` to the subcommands ``sub``; its steps run through ``main``."""
+    p = sub.add_parser("demo", help="simulate a dataset and run the analyses on it")
+    p.add_argument("-o", "--output", default="distill4d_demo", help="output directory (default distill4d_demo)")
+    p.add_argument("--force", action="store_true", help="overwrite files of an earlier demo")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_demo, main=main)

@@ -10,7 +10,9 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["add_simulate_parser"]
+from ..errors import Distill4dError
+
+__all__ = ["add_parser", "cmd_simulate_library", "cmd_simulate_scan"]
 
 
 def _need_sim() -> None:
@@ -18,35 +20,29 @@ def _need_sim() -> None:
         import abtem  # noqa: F401
         import ase  # noqa: F401
     except ImportError as err:
-        from .cli import CLIError
-
-        raise CLIError(f"simulation needs the sim extra ({err.name} is missing): pip install 'distill4d[sim]'") from None
+        raise Distill4dError(f"simulation needs the sim extra ({err.name} is missing): pip install 'distill4d[sim]'") from None
 
 
 def _ints(text: str, n: int, what: str) -> tuple[int, ...]:
-    from .cli import CLIError
-
     parts = text.replace("x", ",").split(",")
     try:
         vals = tuple(int(p) for p in parts)
     except ValueError:
         vals = ()
     if len(vals) != n:
-        raise CLIError(f"{what} must be {n} whole numbers like {','.join(['1'] * n)}, got {text!r}")
+        raise Distill4dError(f"{what} must be {n} whole numbers like {','.join(['1'] * n)}, got {text!r}")
     return vals
 
 
 def cmd_simulate_scan(args: argparse.Namespace) -> int:
-    from .cli import CLIError
-
     _need_sim()
-    from .simulate.crystals import orient, prototype
-    from .simulate.multislice import CBEDSettings
-    from .simulate.scan import save_scan, scan_preset, simulate_scan
+    from ..simulate.crystals import orient, prototype
+    from ..simulate.multislice import CBEDSettings
+    from ..simulate.scan import save_scan, scan_preset, simulate_scan
 
     out = Path(args.output)
     if out.exists() and not args.force:
-        raise CLIError(f"{out} already exists; pass --force to overwrite it")
+        raise Distill4dError(f"{out} already exists; pass --force to overwrite it")
     atoms, info = orient(prototype(args.crystal), _ints(args.zone, 3, "--zone"))
     shape = (args.shape, args.shape)
     settings = CBEDSettings(
@@ -81,7 +77,7 @@ def cmd_simulate_scan(args: argparse.Namespace) -> int:
 
 def cmd_simulate_library(args: argparse.Namespace) -> int:
     _need_sim()
-    from .simulate.library import LibraryConfig, build_library
+    from ..simulate.library import LibraryConfig, build_library
 
     config = LibraryConfig.from_file(args.config)
     kwargs: dict[str, Any] = {"scheduler": args.scheduler, "device": args.device,
@@ -100,7 +96,8 @@ def cmd_simulate_library(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_simulate_parser(sub: Any) -> None:
+def add_parser(sub: Any) -> None:
+    """Add ``simulate scan`` and ``simulate library`` to the subcommands ``sub``."""
     p = sub.add_parser("simulate", help="multislice simulations with ground truth (needs distill4d[sim])")
     ssub = p.add_subparsers(dest="simulate_command", required=True, metavar="WHAT")
 

@@ -9,27 +9,32 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["add_phase_parser", "add_train_phase_parser"]
+from ..errors import Distill4dError
+from ._common import (
+    Outputs,
+    add_calibration,
+    add_engine,
+    add_output,
+    calibration_kwargs,
+    command_line,
+    engine_kwargs,
+    open_input,
+    parse_region,
+    require_torch,
+    wrote,
+)
 
-
-def _need_torch() -> None:
-    from .cli import CLIError
-
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        raise CLIError("ML phase retrieval needs PyTorch: pip install 'distill4d[ml]'") from None
+__all__ = ["add_parser", "add_train_parser", "cmd_phase", "cmd_train_phase", "read_label"]
 
 
 def read_label(spec: str, key: str | None) -> tuple[np.ndarray, str, str]:
     """The label image ``(array, name, units)`` from a .npy file, a distill4d results file (or the
     results stored beside a simulated DataCube, e.g. ``projected_potential``) or ``FILE.h5:/dataset``."""
-    from .cli import CLIError
-    from .io import read_results, split_dataset_path
+    from ..io import read_results, split_dataset_path
 
     path, inner = split_dataset_path(spec)
     if not Path(path).exists():
-        raise CLIError(f"label file {path} does not exist")
+        raise Distill4dError(f"label file {path} does not exist")
     if path.endswith(".npy"):
         arr = np.load(path, allow_pickle=False)
         return arr, key or Path(path).stem, ""
@@ -38,7 +43,7 @@ def read_label(spec: str, key: str | None) -> tuple[np.ndarray, str, str]:
 
         with h5py.File(path, "r") as f:
             if inner not in f:
-                raise CLIError(f"{path} has no dataset {inner!r}")
+                raise Distill4dError(f"{path} has no dataset {inner!r}")
             dset = f[inner]
             units = dset.attrs.get("units", "")
             return np.asarray(dset), inner.strip("/").split("/")[-1], units.decode() if isinstance(units, bytes) else str(units)
@@ -46,56 +51,52 @@ def read_label(spec: str, key: str | None) -> tuple[np.ndarray, str, str]:
     images = [k for k, v in res.items() if np.ndim(v) == 2]
     if key is None:
         if len(images) != 1:
-            raise CLIError(f"{path} holds the 2D results {images}; choose one with --label-key")
+            raise Distill4dError(f"{path} holds the 2D results {images}; choose one with --label-key")
         key = images[0]
     if key not in res:
-        raise CLIError(f"{path} has no result {key!r}; available: {sorted(res)}")
+        raise Distill4dError(f"{path} has no result {key!r}; available: {sorted(res)}")
     return np.asarray(res[key]), key, res.units.get(key, "")
 
 
 def cmd_phase(args: argparse.Namespace) -> int:
-    from .cli import _engine_kwargs, _open, _Outputs
+    require_torch("ML phase retrieval")
+    from ..ml.phase_fit import load_phase_model, phase_image, shipped_model_path
 
-    _need_torch()
-    from .ml.phase_fit import load_phase_model, phase_image, shipped_model_path
-
-    outs = _Outputs(args)
-    dc = _open(args)
+    outs = Outputs(args)
+    dc = open_input(args)
     weights = args.weights or shipped_model_path(args.model)
     net, card = load_phase_model(weights)
     outs.clear_stale()
     img = phase_image(dc, (net, card), pad=args.pad, device=args.device, checkpoint=outs.checkpoint("phase"),
-                      job_key=str(Path(weights).resolve()), **_engine_kwargs(args))
+                      job_key=str(Path(weights).resolve()), **engine_kwargs(args))
     img.info["weights"] = str(weights)
     img.to_hdf5(outs.h5, force=outs.force)
     if outs.png:
         img.plot(outs.png, force=outs.force, title=f"{img.label_name} ({img.model}): {Path(args.file).name}")
         if img.model == "linear":
-            from .plot.phase import save_phase_masks_png
+            from ..plot.phase import save_phase_masks_png
 
             save_phase_masks_png(outs.png.with_name(outs.png.stem + "_masks.png"), net, force=outs.force)
     outs.done()
     print(f"{img.label_name} ({img.units or 'label units'}): {dc.scan_shape[0]} x {dc.scan_shape[1]} in "
           f"{img.info['seconds']:.2f} s")
-    print(f"wrote {outs.h5}" + (f" and {outs.png}" if outs.png else ""))
+    wrote(outs)
     return 0
 
 
 def cmd_train_phase(args: argparse.Namespace) -> int:
-    from .cli import CLIError, _calibration_kwargs, _engine_kwargs, _parse_region
-
-    _need_torch()
-    from .io import read
-    from .ml.phase_fit import PhaseTrainConfig, save_phase_model, train_phase
-    from .ml.phase_models import PhaseConfig
+    require_torch("ML phase retrieval")
+    from ..io import read
+    from ..ml.phase_fit import PhaseTrainConfig, save_phase_model, train_phase
+    from ..ml.phase_models import PhaseConfig
 
     out = Path(args.out)
     for p in (out, out.with_suffix(".json")):
         if p.exists() and not args.force:
-            raise CLIError(f"{p} exists; pass --force to overwrite it")
+            raise Distill4dError(f"{p} exists; pass --force to overwrite it")
     if len(args.label) != len(args.data):
-        raise CLIError(f"give one --label per --data file: {len(args.data)} data, {len(args.label)} labels")
-    cubes = [read(path, dataset=args.dataset, **_calibration_kwargs(args)) for path in args.data]
+        raise Distill4dError(f"give one --label per --data file: {len(args.data)} data, {len(args.label)} labels")
+    cubes = [read(path, dataset=args.dataset, **calibration_kwargs(args)) for path in args.data]
     labels = [read_label(spec, args.label_key) for spec in args.label]
     name = labels[0][1]
     kinds = list(dict.fromkeys(lab[2] for lab in labels))  # each label is standardised on its own scan
@@ -106,7 +107,7 @@ def cmd_train_phase(args: argparse.Namespace) -> int:
         train = PhaseTrainConfig(max_steps=args.steps, seed=args.seed, max_minutes=args.minutes, lr=args.lr,
                                  batch_size=args.batch_size)
     except ValueError as err:
-        raise CLIError(str(err)) from None
+        raise Distill4dError(str(err)) from None
     if args.threads:
         import torch
 
@@ -116,23 +117,23 @@ def cmd_train_phase(args: argparse.Namespace) -> int:
         print(f"step {rec['step']}: train MSE {rec['train_mse']:.4g}, held-out MSE {rec['held_out_mse']:.4g} "
               f"(r = {rec['held_out_r']:.3f}), {rec['seconds']:.0f} s", file=sys.stderr)
 
-    holdout = _parse_region(args.holdout, "--holdout")
+    holdout = parse_region(args.holdout, "--holdout")
     one = len(cubes) == 1
     model, card = train_phase(cubes[0] if one else cubes, labels[0][0] if one else [lab[0] for lab in labels],
                               config=config, train=train, pad=args.pad, label_units=units, label_name=name,
-                              holdout=holdout, device=args.device, callback=report, **_engine_kwargs(args))
+                              holdout=holdout, device=args.device, callback=report, **engine_kwargs(args))
     card["data"] = {"file": args.data[0] if one else args.data, "label": args.label[0] if one else args.label,
                     "label_key": name}
-    save_phase_model(out, model, card, force=args.force, command=" ".join(["distill4d"] + sys.argv[1:]))
+    save_phase_model(out, model, card, force=args.force, command=command_line())
     m = card["metrics"]
     print(f"{args.model}: held-out Pearson r {m['held_out_pearson_r']:.3f} (best step {m['best_step']}, "
           f"stopped: {card['stopped']}); wrote {out} and {out.with_suffix('.json')}")
     return 0
 
 
-def add_phase_parser(sub: Any) -> None:
-    from .cli import _add_calibration, _add_engine, _add_output
-    from .ml.phase_fit import SHIPPED_MODELS
+def add_parser(sub: Any) -> None:
+    """Add ``phase`` to the subcommands ``sub``."""
+    from ..ml.phase_fit import SHIPPED_MODELS
 
     p = sub.add_parser("phase", help="ML phase retrieval: a high-resolution image from the 4D scan")
     p.add_argument("file")
@@ -145,15 +146,14 @@ def add_phase_parser(sub: Any) -> None:
     p.add_argument("--pad", choices=("edge", "reflect", "wrap"),
                    help="how neighbourhoods continue past the scan edge (default: as in training)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
-    _add_output(p)
-    _add_calibration(p)
-    _add_engine(p)
+    add_output(p)
+    add_calibration(p)
+    add_engine(p)
     p.set_defaults(func=cmd_phase)
 
 
-def add_train_phase_parser(tsub: Any) -> None:
-    from .cli import _add_calibration, _add_engine
-
+def add_train_parser(tsub: Any) -> None:
+    """Add ``phase`` to the models of ``distill4d train`` (``tsub``)."""
     t = tsub.add_parser("phase", help="phase retrieval: 4D scan + label image -> linear or 4D-CNN model")
     t.add_argument("--data", required=True, nargs="+", help="the 4D scan(s); several scans (materials, "
                    "thicknesses) train one model, each label standardised on its own scan")
@@ -182,6 +182,6 @@ def add_train_phase_parser(tsub: Any) -> None:
     t.add_argument("--threads", type=int, help="PyTorch CPU threads")
     t.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
     t.add_argument("--force", action="store_true", help="overwrite existing weights of that name")
-    _add_calibration(t)
-    _add_engine(t)
+    add_calibration(t)
+    add_engine(t)
     t.set_defaults(func=cmd_train_phase)

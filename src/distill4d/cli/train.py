@@ -1,18 +1,22 @@
-"""``distill4d train fcunet`` (on a simulated library) and ``train phase`` (:mod:`distill4d.cli_phase`); needs ``distill4d[ml]``."""
+"""``distill4d train fcunet`` (on a simulated library); needs ``distill4d[ml]``.
+
+``distill4d train phase`` is in :mod:`distill4d.cli.phase`.
+"""
 
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any
 
-__all__ = ["add_train_parser"]
+from ._common import command_line, require_torch
+
+__all__ = ["add_train_parser", "cmd_train_fcunet"]
 
 
 def _train_config(args: argparse.Namespace) -> Any:
-    from ._validate import read_mapping_file
-    from .ml.fcunet import FCUNetConfig
-    from .train.fcunet import FCUNetTrainConfig
+    from .._validate import read_mapping_file
+    from ..ml.fcunet import FCUNetConfig
+    from ..train.fcunet import FCUNetTrainConfig
 
     base = read_mapping_file(args.config, "training configuration") if args.config else {}
     model = dict(base.pop("model", {}))
@@ -31,13 +35,8 @@ def _train_config(args: argparse.Namespace) -> Any:
 
 
 def cmd_train_fcunet(args: argparse.Namespace) -> int:
-    from .cli import CLIError
-
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        raise CLIError("training needs PyTorch: pip install 'distill4d[ml]'") from None
-    from .train.fcunet import train_fcunet
+    require_torch("training")
+    from ..train.fcunet import train_fcunet
 
     cfg = _train_config(args)
     if args.threads:
@@ -45,15 +44,14 @@ def cmd_train_fcunet(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(args.threads)
     card = train_fcunet(args.library, args.out, cfg, init=args.init, device=args.device, force=args.force,
-                        command=" ".join(["distill4d"] + sys.argv[1:]))
+                        command=command_line())
     if not card.get("complete"):
         print(f"stopped at step {card['step']} (time limit); run the same command to go on")
     return 0
 
 
-def add_train_parser(sub: Any) -> None:
-    p = sub.add_parser("train", help="train a model: fcunet (on a simulated library), phase (on a scan and a label image)")
-    tsub = p.add_subparsers(dest="model", required=True, metavar="MODEL")
+def add_train_parser(tsub: Any) -> None:
+    """Add ``fcunet`` to the models of ``distill4d train`` (``tsub``)."""
     t = tsub.add_parser("fcunet", help="FCU-Net: CBED pattern + probe -> structure-factor image (Bragg disks)")
     t.add_argument("--library", required=True, help="library folder (distill4d simulate library)")
     t.add_argument("--out", required=True, help="weights file to write (.pt); the model card goes beside it (.json)")
@@ -79,7 +77,3 @@ def add_train_parser(sub: Any) -> None:
     t.add_argument("--init", help="start from these weights (same architecture; fresh optimiser and schedule)")
     t.add_argument("--force", action="store_true", help="overwrite existing weights of that name")
     t.set_defaults(func=cmd_train_fcunet)
-
-    from .cli_phase import add_train_phase_parser
-
-    add_train_phase_parser(tsub)

@@ -1,0 +1,56 @@
+"""The ``distill4d`` command line: a thin layer over the Python API.
+
+Every command that computes something writes HDF5 (with units) atomically, refuses to
+overwrite an existing output without ``--force``, and keeps finished chunks in
+``OUTPUT.partial/`` so that an interrupted run resumes when the same command is run again.
+
+One module per command group (:mod:`.imaging`: info, virtual, com; :mod:`.strain`: disks,
+strain; :mod:`.phase`: phase, train phase; :mod:`.train`: train fcunet; :mod:`.simulate`;
+:mod:`.demo`), each with an ``add_parser(sub)`` hook (``add_train_parser(tsub)`` for the
+models of ``distill4d train``); what they share is in :mod:`._common`. This module assembles
+them. Bad input (:class:`~distill4d.Distill4dError`) and file errors are one line on stderr;
+anything else is a bug and shows its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from .._version import __version__
+from . import demo, imaging, phase, simulate, strain, train
+from ._common import run_command
+
+__all__ = ["build_parser", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``distill4d`` command (also used to generate its documentation)."""
+    parser = argparse.ArgumentParser(
+        prog="distill4d", description="4D-STEM data to images, strain maps and more.",
+        epilog="Input FILE may name a dataset inside an HDF5 file as FILE.h5:/path/to/data.",
+    )
+    parser.add_argument("--version", action="version", version=f"distill4d {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    imaging.add_parser(sub)
+    strain.add_parser(sub)
+    phase.add_parser(sub)
+    simulate.add_parser(sub)
+    p = sub.add_parser("train", help="train a model: fcunet (on a simulated library), phase (on a scan and a label image)")
+    tsub = p.add_subparsers(dest="model", required=True, metavar="MODEL")
+    train.add_train_parser(tsub)
+    phase.add_train_parser(tsub)
+    demo.add_parser(sub, main)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``distill4d`` command."""
+    args = build_parser().parse_args(argv)
+    return run_command(args)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

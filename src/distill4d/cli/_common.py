@@ -1,0 +1,196 @@
+"""What the commands share: options, outputs, region parsing, the command line, error reporting.
+
+The command modules (:mod:`.imaging`, :mod:`.strain`, :mod:`.phase`, :mod:`.train`,
+:mod:`.simulate`, :mod:`.demo`) import only this module; :mod:`distill4d.cli` assembles them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import shutil
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+from ..errors import Distill4dError
+
+__all__ = [
+    "Outputs",
+    "add_calibration",
+    "add_engine",
+    "add_output",
+    "calibration_kwargs",
+    "command_line",
+    "engine_kwargs",
+    "open_input",
+    "parse_region",
+    "require_torch",
+    "run_command",
+    "warn_nonfinite",
+    "wrote",
+]
+
+
+# ---------------------------------------------------------------------- shared options
+def add_calibration(p: argparse.ArgumentParser) -> None:
+    """Options that override the calibration of the input file (see :func:`calibration_kwargs`)."""
+    g = p.add_argument_group("calibration (overrides what the file says)")
+    g.add_argument("--scan-step-A", type=float, metavar="Å", help="real-space scan step in Å")
+    g.add_argument("--q-pixel-inv-A", type=float, metavar="1/Å", help="detector pixel size in 1/Å")
+    g.add_argument("--energy-kV", type=float, metavar="kV", help="beam energy in kV (e.g. 300)")
+    g.add_argument("--semiangle-mrad", type=float, metavar="mrad", help="probe convergence semiangle in mrad")
+    g.add_argument("--origin-px", type=float, nargs=2, metavar=("QX", "QY"), help="diffraction origin in pixels")
+    g.add_argument("--dataset", help="dataset path inside an HDF5 file (or use FILE.h5:/path)")
+
+
+def add_engine(p: argparse.ArgumentParser) -> None:
+    """Options of the engine: scheduler, workers, memory budget, progress (see :func:`engine_kwargs`)."""
+    g = p.add_argument_group("execution")
+    g.add_argument("--scheduler", default="threads",
+                   help="threads (default), inline, processes, or a Dask scheduler address tcp://host:port")
+    g.add_argument("--workers", type=int, help="parallel workers for threads/processes (default: all cores)")
+    g.add_argument("--memory-budget-MB", type=float, help="working memory to stay within, in MB (default 1024)")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def add_output(p: argparse.ArgumentParser, default_png: bool = True) -> None:
+    """``-o/--output``, ``--png``, ``--no-png`` and ``--force`` (see :class:`Outputs`)."""
+    p.add_argument("-o", "--output", required=True, help="output HDF5 file")
+    p.add_argument("--png", "--plot", dest="png", help="also save a figure here (default: OUTPUT with .png)" if default_png else "figure")
+    p.add_argument("--no-png", action="store_true", help="do not save a figure")
+    p.add_argument("--force", action="store_true", help="overwrite existing outputs (and a stale .partial/)")
+
+
+def calibration_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The calibration options given on the command line, as keyword arguments of :func:`distill4d.io.read`."""
+    out: dict[str, Any] = {}
+    if args.scan_step_A is not None:
+        out["scan_step_A"] = args.scan_step_A
+    if args.q_pixel_inv_A is not None:
+        out["q_pixel_inv_A"] = args.q_pixel_inv_A
+    if args.energy_kV is not None:
+        out["energy_eV"] = args.energy_kV * 1e3
+    if args.semiangle_mrad is not None:
+        out["semiangle_mrad"] = args.semiangle_mrad
+    if args.origin_px is not None:
+        out["origin_px"] = tuple(args.origin_px)
+    return out
+
+
+def engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The execution options as keyword arguments of the engine (``scheduler``, ``n_workers``, ...)."""
+    out: dict[str, Any] = {"scheduler": args.scheduler, "progress": False if args.no_progress else None}
+    if args.workers is not None:
+        out["n_workers"] = args.workers
+    if args.memory_budget_MB is not None:
+        if not (math.isfinite(args.memory_budget_MB) and args.memory_budget_MB >= 1):
+            raise Distill4dError(f"--memory-budget-MB must be at least 1, got {args.memory_budget_MB}")
+        out["memory_budget"] = int(args.memory_budget_MB * 2**20)
+    return out
+
+
+def open_input(args: argparse.Namespace):
+    """The DataCube of ``args.file`` (``--dataset`` and the calibration options applied)."""
+    from ..io import read
+
+    return read(args.file, dataset=args.dataset, **calibration_kwargs(args))
+
+
+class Outputs:
+    """Checks outputs up front, and owns the resumable ``OUTPUT.partial/`` checkpoint."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.h5 = Path(args.output)
+        self.png = None if args.no_png else Path(args.png) if args.png else self.h5.with_suffix(".png")
+        self.force = args.force
+        for p in (self.h5, self.png):
+            if p is not None and p.exists() and not self.force:
+                raise Distill4dError(f"{p} exists; pass --force to overwrite it")
+        from ..io import split_dataset_path
+
+        if Path(split_dataset_path(args.file)[0]).resolve() == self.h5.resolve():
+            raise Distill4dError(f"the output {self.h5} is the input file; choose another output")
+        self.partial = self.h5.with_name(self.h5.name + ".partial")
+
+    def checkpoint(self, step: str) -> Path:
+        return self.partial / step
+
+    def clear_stale(self) -> None:
+        if self.force and self.partial.exists():
+            shutil.rmtree(self.partial)
+
+    def done(self) -> None:
+        if self.partial.exists():
+            shutil.rmtree(self.partial)
+
+
+def wrote(outs: Outputs) -> None:
+    """Print which files a command wrote."""
+    print(f"wrote {outs.h5}" + (f" and {outs.png}" if outs.png else ""))
+
+
+def warn_nonfinite(images: dict[str, Any]) -> None:
+    """Warn (on stderr) about NaN/Inf pixels of each result image."""
+    import numpy as np
+
+    for name, img in images.items():
+        bad = int(np.size(img) - np.isfinite(img).sum())
+        if bad:
+            print(f"distill4d: warning: {name} is undefined (NaN/Inf) at {bad} scan positions "
+                  "(patterns with NaN/Inf values or no intensity)", file=sys.stderr)
+
+
+def parse_region(text: str | None, option: str = "--reference") -> tuple[slice, slice] | None:
+    """``"x0:x1,y0:y1"`` (scan positions) -> slices; None -> None."""
+    if text is None:
+        return None
+    try:
+        parts = [p.split(":") for p in text.split(",")]
+        (a, b), (c, d) = parts
+        return slice(int(a), int(b)), slice(int(c), int(d))
+    except ValueError:
+        raise Distill4dError(f"{option} must look like x0:x1,y0:y1 (scan positions), got {text!r}") from None
+
+
+def require_torch(what: str) -> None:
+    """A :class:`Distill4dError` saying that ``what`` needs PyTorch, unless it is installed."""
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise Distill4dError(f"{what} needs PyTorch: pip install 'distill4d[ml]'") from None
+
+
+def command_line() -> str:
+    """The command as typed, recorded in outputs and model cards."""
+    return " ".join(["distill4d"] + sys.argv[1:])
+
+
+# ---------------------------------------------------------------------- errors
+def _show_warning(message: Warning | str, category: type, filename: str, lineno: int, file: Any = None,
+                  line: str | None = None) -> None:
+    print(f"distill4d: warning: {message}", file=sys.stderr)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Run ``args.func(args)``; its exit code.
+
+    Bad input (:class:`~distill4d.Distill4dError`) and failures of files or connections
+    (:class:`OSError`) are one line on stderr and exit code 1 (``--debug`` or the environment
+    variable ``DISTILL4D_DEBUG`` show the traceback). Any other exception is a bug: it
+    propagates with its traceback. Ctrl-C exits with 130.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            return args.func(args)
+    except KeyboardInterrupt:
+        print("distill4d: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    except (Distill4dError, OSError) as err:
+        if args.debug or os.environ.get("DISTILL4D_DEBUG"):
+            raise
+        print(f"distill4d: error: {err}", file=sys.stderr)
+        return 1

@@ -1,0 +1,187 @@
+"""``distill4d disks`` (Bragg disk positions) and ``strain`` (strain and rotation maps)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import Distill4dError
+from ..ml import FCUNET_VIEWS
+from ._common import (
+    Outputs,
+    add_calibration,
+    add_engine,
+    add_output,
+    engine_kwargs,
+    open_input,
+    parse_region,
+    wrote,
+)
+
+__all__ = ["add_parser", "cmd_disks", "cmd_strain"]
+
+_METHODS = ("correlation", "fcunet", "com")
+_STRAIN_METHODS = _METHODS + ("ccstae",)
+
+
+def _find_disks(args: argparse.Namespace, outs: Outputs):
+    from ..bragg import find_bragg_disks
+    from ..io import read_probe
+
+    if args.method not in _METHODS:
+        raise Distill4dError(f"--method {args.method!r} finds no disks; disk methods: {', '.join(_METHODS)}")
+    dc = open_input(args)
+    probe = read_probe(args.probe) if args.probe else None
+    outs.clear_stale()
+    if args.method == "fcunet":
+        try:
+            from ..ml.fcunet_detect import find_bragg_disks_fcunet
+        except ImportError as err:
+            raise Distill4dError(f"--method fcunet needs PyTorch: pip install 'distill4d[ml]' ({err})") from None
+        engine = engine_kwargs(args)
+        if args.scheduler == "threads":  # the network uses all cores itself
+            engine["scheduler"] = "inline"
+        peaks = find_bragg_disks_fcunet(
+            dc, probe, weights=args.weights, n_passes=args.passes, views=args.views, device=args.device,
+            checkpoint=outs.checkpoint("disks"), **engine,
+        )
+    elif args.method == "com":
+        from ..bragg import find_bragg_disks_com
+
+        peaks = find_bragg_disks_com(dc, probe, **engine_kwargs(args))
+    else:
+        peaks = find_bragg_disks(dc, probe, checkpoint=outs.checkpoint("disks"), **engine_kwargs(args))
+    counts = peaks.counts
+    print(f"found {int(counts.sum())} disks in {dc.n_patterns} patterns "
+          f"(median {float(np.median(counts)):.0f} per pattern); parameters: "
+          + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in peaks.params.items()))
+    return dc, peaks
+
+
+def cmd_disks(args: argparse.Namespace) -> int:
+    outs = Outputs(args)
+    dc, peaks = _find_disks(args, outs)
+    peaks.to_hdf5(outs.h5, force=outs.force)
+    if outs.png:
+        from ..plot import save_bragg_vector_map_png
+
+        save_bragg_vector_map_png(outs.png, dc.mean_pattern(), peaks, title=Path(args.file).name, force=outs.force)
+    outs.done()
+    wrote(outs)
+    return 0
+
+
+def _strain_ccstae(args: argparse.Namespace, outs: Outputs):
+    try:
+        from ..ml.ccstae_fit import CCSTAETrainConfig, save_ccstae, strain_map_ccstae
+    except ImportError as err:
+        raise Distill4dError(f"--method ccstae needs PyTorch: pip install 'distill4d[ml]' ({err})") from None
+    from ..io import read_probe
+
+    dc = open_input(args)
+    probe = read_probe(args.probe) if args.probe else None
+    if args.save_model and Path(args.save_model).exists() and not args.force:
+        raise Distill4dError(f"{args.save_model} exists; pass --force to overwrite it")
+    engine = engine_kwargs(args)
+    try:
+        train = CCSTAETrainConfig(max_steps=args.steps, seed=args.seed, max_minutes=args.minutes)
+    except ValueError as err:
+        raise Distill4dError(str(err)) from None
+
+    def report(rec: dict) -> None:
+        print(f"step {rec['step']}: loss {rec['train']:.4g} (held out {rec['held_out']:.4g}), "
+              f"{rec['seconds']:.0f} s", file=sys.stderr)
+
+    res = strain_map_ccstae(dc, probe, num_base=args.bases, reference=parse_region(args.reference),
+                            model=args.model, train=train, refine_steps=args.refine_steps, smooth=args.smooth,
+                            device=args.device, callback=report, **engine)
+    if outs.png:
+        res.plot_bases(outs.png.with_name(outs.png.stem + "_bases.png"))
+    if args.save_model:
+        save_ccstae(args.save_model, res, force=args.force)
+        print(f"saved the model to {args.save_model} (+ .json card)")
+    n_vac = int((~res.sample).sum())
+    print(f"CC-ST-AE: {len(res.bases)} bases (vacuum: {res.vacuum_bases or 'none'}), {n_vac} vacuum positions, "
+          f"stopped: {res.info.get('stopped', 're-used model')}")
+    return res
+
+
+def cmd_strain(args: argparse.Namespace) -> int:
+    from ..lattice import strain_map
+
+    outs = Outputs(args)
+    if args.method == "ccstae":
+        res = _strain_ccstae(args, outs)
+        smap, save = res.strain, res.to_hdf5
+    else:
+        _, peaks = _find_disks(args, outs)
+        smap = strain_map(peaks, reference=parse_region(args.reference))
+        if args.smooth:
+            smap = smap.smoothed(args.smooth)
+        save = smap.to_hdf5
+        bad = int(smap.mask.sum())
+        if bad:
+            print(f"distill4d: warning: no lattice could be fitted at {bad} of {smap.mask.size} positions "
+                  "(NaN there)", file=sys.stderr)
+    save(outs.h5, force=outs.force)
+    if outs.png:
+        smap.plot(outs.png)
+    outs.done()
+    ok = ~smap.mask
+    if ok.any():
+        print("strain (median, 5th-95th percentile): "
+              + ", ".join(f"{k} {100 * np.median(v[ok]):+.3f}% [{100 * np.percentile(v[ok], 5):+.3f}, "
+                          f"{100 * np.percentile(v[ok], 95):+.3f}]"
+                          for k, v in (("εxx", smap.eps_xx), ("εyy", smap.eps_yy), ("εxy", smap.eps_xy))))
+    wrote(outs)
+    return 0
+
+
+def add_parser(sub: Any) -> None:
+    """Add ``disks`` and ``strain`` to the subcommands ``sub``."""
+    for name, helptext, func in (
+        ("disks", "Bragg disk positions in every pattern (BraggPeaks HDF5)", cmd_disks),
+        ("strain", "strain and rotation maps from the Bragg disks (eps_xx, eps_yy, eps_xy, theta)", cmd_strain),
+    ):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("file")
+        p.add_argument("--probe", help="vacuum probe: a 2D image (.npy, FILE.h5:/dataset) or a stack of "
+                       "vacuum patterns (averaged); default: the central disk of the mean pattern")
+        p.add_argument("--method", default="correlation", choices=_STRAIN_METHODS if name == "strain" else _METHODS,
+                       help="correlation (probe template, default), fcunet (the shipped FCU-Net, for thick or "
+                       "tilted crystals), com (centres of mass of the disks of the mean pattern)"
+                       + (", ccstae (an autoencoder trained on this scan, no labels: very noisy data)"
+                          if name == "strain" else ""))
+        g = p.add_argument_group("FCU-Net (--method fcunet)")
+        g.add_argument("--weights", help="weights file with its model card (.json) beside it "
+                       "(default: the shipped model)")
+        g.add_argument("--passes", type=int, default=1,
+                       help="Monte-Carlo dropout passes averaged per pattern (default 1: dropout off)")
+        g.add_argument("--views", default="none", choices=FCUNET_VIEWS,
+                       help="average the prediction over mirrored views of each pattern: flips (4 passes), "
+                       "dihedral (8, with transposes); default none")
+        g.add_argument("--device", default="auto", help="auto (GPU if PyTorch sees one), cpu or cuda")
+        if name == "strain":
+            p.add_argument("--reference", metavar="x0:x1,y0:y1",
+                           help="reference region of the scan (default: the median lattice of the scan)")
+            p.add_argument("--smooth", type=float, default=0.0, metavar="SIGMA",
+                           help="average the maps over neighbouring positions, Gaussian sigma in scan positions "
+                                "(default 0: none; precision for resolution on noisy data)")
+            g = p.add_argument_group("CC-ST-AE (--method ccstae)")
+            g.add_argument("--bases", type=int, default=2, help="base patterns (default 2: sample and vacuum)")
+            g.add_argument("--steps", type=int, default=3000, help="at most this many training steps (default 3000)")
+            g.add_argument("--minutes", type=float, default=None, help="training time budget (minutes)")
+            g.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
+            g.add_argument("--refine-steps", type=int, default=100,
+                           help="steps of the per-pattern affine fit after the encoder (default 100; 0: the "
+                                "encoder's transforms, shrunk towards the mean on noisy data)")
+            g.add_argument("--save-model", metavar="M.pt", help="save the trained model (+ M.json card)")
+            g.add_argument("--model", metavar="M.pt", help="re-use a saved model instead of training")
+        add_output(p)
+        add_calibration(p)
+        add_engine(p)
+        p.set_defaults(func=func)

@@ -1,0 +1,160 @@
+"""Executors of the engine: where the tasks run (inline, threads, local processes, Dask).
+
+:class:`Executor` runs ``task(block, fn)`` over tiles and yields each result as it finishes,
+with a bounded number of tasks in flight; on a failure the tasks in flight finish first.
+``"processes"`` starts a local Dask cluster, ``"dask"`` uses the current ``distributed``
+client, an address ``tcp://host:port`` connects to a scheduler, and a ``distributed.Client``
+may be given directly. Dask is imported only when one of those is used.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from typing import Any
+
+import numpy as np
+
+from ..errors import Distill4dError
+from .tiles import Tile
+
+__all__ = ["BatchFn", "Executor"]
+
+#: A method of the engine: a batch of patterns ``(n, Qx, Qy)`` -> an array or a dict of arrays of first axis ``n``.
+BatchFn = Callable[[np.ndarray], Any]
+
+
+class Executor:
+    """Runs ``task(block, fn)`` over the tiles of ``data`` and yields ``(tile, result)`` as they finish."""
+
+    def __init__(self, scheduler: str | Any, n_workers: int | None) -> None:
+        self.scheduler = scheduler
+        self.n_workers = n_workers
+        self._client = None
+        self._cluster = None
+        self._owns_client = False
+
+    @property
+    def n_parallel(self) -> int:
+        if self.scheduler == "inline":
+            return 1
+        return self.n_workers or os.cpu_count() or 1
+
+    def __enter__(self) -> "Executor":
+        s = self.scheduler
+        if s in ("inline", "threads"):
+            return self
+        from distributed import Client, LocalCluster  # lazy: heavy import
+
+        if s == "processes":
+            self._cluster = LocalCluster(
+                n_workers=self.n_parallel, threads_per_worker=1, processes=True, dashboard_address=":0"
+            )
+            self._client = Client(self._cluster, set_as_default=False)
+            self._owns_client = True
+        elif s == "dask":
+            from distributed import get_client
+
+            try:
+                self._client = get_client()
+            except ValueError:
+                raise Distill4dError(
+                    "scheduler='dask' needs a running distributed.Client; create one first or pass "
+                    "the scheduler address (scheduler='tcp://host:8786')"
+                ) from None
+        elif isinstance(s, str) and "://" in s:
+            try:
+                self._client = Client(s, timeout="20s", set_as_default=False)
+                self._owns_client = True
+            except OSError as err:
+                raise ConnectionError(f"could not connect to the Dask scheduler at {s}: {err}") from None
+        elif hasattr(s, "submit") and hasattr(s, "gather"):
+            self._client = s  # a distributed.Client given directly
+        else:
+            raise Distill4dError(
+                "scheduler must be 'inline', 'threads', 'processes', 'dask', a Dask scheduler "
+                f"address like 'tcp://host:8786', or a distributed.Client; got {s!r}"
+            )
+        if self.n_workers is None and self._client is not None:
+            self.n_workers = max(1, sum(self._client.nthreads().values()))
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._owns_client:
+            self._client.close()
+        if self._cluster is not None:
+            self._cluster.close()
+
+    def run(self, task: Callable, data: Callable[[Tile], Any], tiles: list[Tile], fn: BatchFn) -> Iterator[tuple[Tile, Any]]:
+        if not tiles:
+            return
+        if self.scheduler == "inline":
+            for tile in tiles:
+                yield tile, task(data(tile), fn)
+            return
+        in_flight = 2 * self.n_parallel
+        todo = iter(tiles)
+        if self._client is None:
+            with ThreadPoolExecutor(max_workers=self.n_parallel) as pool:
+                pending = {}
+                try:
+                    for tile in todo:
+                        pending[pool.submit(task, data(tile), fn)] = tile
+                        if len(pending) >= in_flight:
+                            break
+                    failure: BaseException | None = None
+                    while pending:
+                        done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                        # Finished results first, so that a failure elsewhere loses none of them.
+                        for fut in sorted(done, key=lambda f: f.exception() is not None):
+                            tile = pending.pop(fut)
+                            if fut.exception() is not None:
+                                failure = failure or fut.exception()
+                                continue
+                            yield tile, fut.result()
+                            nxt = None if failure else next(todo, None)
+                            if nxt is not None:
+                                pending[pool.submit(task, data(nxt), fn)] = nxt
+                    if failure is not None:
+                        raise failure  # after the tiles in flight were drained (and checkpointed)
+                finally:
+                    for fut in pending:
+                        fut.cancel()
+            return
+        yield from self._run_distributed(task, data, tiles, fn, in_flight)
+
+    def _run_distributed(self, task: Callable, data: Callable[[Tile], Any], tiles: list[Tile], fn: BatchFn, in_flight: int):
+        from distributed import as_completed
+
+        client = self._client
+
+        def submit(tile: Tile):
+            block = data(tile)
+            if isinstance(block, np.ndarray):
+                # In-memory data is sent to the workers; lazy blocks only carry picklable
+                # file readers, so the workers read the file themselves.
+                block = np.ascontiguousarray(block)
+            return client.submit(task, block, fn, pure=False)
+
+        todo = iter(tiles)
+        futures = {}
+        for tile in todo:
+            futures[submit(tile)] = tile
+            if len(futures) >= in_flight:
+                break
+        ac = as_completed(list(futures), loop=client.loop)
+        try:
+            for fut in ac:
+                tile = futures.pop(fut)
+                result = fut.result()
+                fut.release()
+                yield tile, result
+                nxt = next(todo, None)
+                if nxt is not None:
+                    f = submit(nxt)
+                    futures[f] = nxt
+                    ac.add(f)
+        finally:
+            for fut in futures:
+                fut.cancel()
