@@ -117,6 +117,10 @@ class Provenance:
         return dataclasses.replace(self, method=method, parameters=params, version=_version(), created=_now(),
                                    **changes)
 
+    def replace(self, **changes: Any) -> "Provenance":
+        """A copy with the given fields changed (e.g. ``command=..., inputs=(path,)``)."""
+        return dataclasses.replace(self, **changes)
+
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict of the fields."""
         out = dataclasses.asdict(self)
@@ -196,13 +200,19 @@ class Results(collections.abc.Mapping):
         how = f", method {self.provenance.method!r}" if self.provenance is not None else ""
         return f"Results({items}{how})"
 
-    def to_h5(self, path: str | os.PathLike, *, force: bool = False) -> Path:
-        """Write ``/results/<name>`` (with units), ``/calibration`` and the provenance to an HDF5
-        file, atomically (:func:`distill4d.io.write`). FileExistsError if it exists and not ``force``."""
-        from .io.write import write
+    def to_h5(self, path: str | os.PathLike, *, force: bool = False, group: str = "results") -> Path:
+        """Write the arrays (with units) under ``/<group>``, ``/calibration`` and the provenance to an
+        HDF5 file, atomically (:func:`distill4d.io.write.write_results_file`). ``group=""`` puts the
+        arrays at the root (the layout of ``StrainMap`` and ``BraggPeaks`` files). FileExistsError
+        if ``path`` exists and not ``force``."""
+        from .io.write import write_results_file
 
-        return write(path, self.arrays, force=force, units=self.units, attrs=self.attrs,
-                     calibration=self.calibration, provenance=self.provenance)
+        return write_results_file(path, self.arrays, units=self.units, attrs=self.attrs, force=force,
+                                  calibration=self.calibration, provenance=self.provenance, group=group)
+
+    def replace(self, **changes: Any) -> "Results":
+        """A copy with the given fields changed (e.g. ``arrays={**r.arrays, "extra": a}``)."""
+        return dataclasses.replace(self, **changes)
 
     @classmethod
     def from_h5(cls, path: str | os.PathLike) -> "Results":

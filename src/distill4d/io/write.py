@@ -118,10 +118,9 @@ def write(
     elif isinstance(obj, Mapping):
         if results is not None:
             raise TypeError("results= goes with a DataCube; a dict of results is written as it is")
-        arrays = _check_results(obj, set(), units)
-        _check_metadata(calibration, provenance)
-        with atomic_output(out) as tmp:
-            _write_results(tmp, arrays, units or {}, attrs, calibration, provenance)
+        arrays = _check_results(obj, set(), units)  # plain names here: no sub-groups
+        write_results_file(out, arrays, units=units, attrs=attrs, calibration=calibration,
+                           provenance=provenance, force=True)  # existing outputs were refused above
     else:
         raise TypeError(
             f"obj must be a distill4d.DataCube or a dict {{name: array}} of results, got {type(obj).__name__}"
