@@ -146,7 +146,8 @@ class StrainMap:
 
     # ------------------------------------------------------------------ figure
     def plot(self, path_or_ax: Any = None, *, limit_percent: float | None = None, limit_deg: float | None = None):
-        """Four panels (eps_xx, eps_yy, eps_xy in %, theta in degrees), diverging colours centred at 0.
+        """Four panels (eps_xx, eps_yy, eps_xy in %, theta in degrees), diverging colours centred at 0,
+        with a scale bar when the calibration has ``scan_step_A`` (else axes in scan positions).
 
         ``path_or_ax``: a file path (the figure is saved there), an array of 4 matplotlib axes,
         or None. Colour limits default to the 99th percentile of |values|. Returns the figure.
@@ -156,6 +157,8 @@ class StrainMap:
         if path_or_ax is None or isinstance(path_or_ax, (str, os.PathLike)):
             matplotlib.use("Agg", force=False)
         import matplotlib.pyplot as plt
+
+        from ..plot.scalebar import label_real_space
 
         if path_or_ax is None or isinstance(path_or_ax, (str, os.PathLike)):
             fig, axes = plt.subplots(1, 4, figsize=(16, 4), constrained_layout=True)
@@ -177,8 +180,7 @@ class StrainMap:
                 lim = lim if lim > 0 else 1.0
             im = ax.imshow(np.ma.masked_invalid(data), cmap="RdBu_r", vmin=-lim, vmax=lim, interpolation="nearest")
             ax.set_title(title)
-            ax.set_xlabel("scan y")
-            ax.set_ylabel("scan x")
+            label_real_space(ax, self.calibration.scan_step_A)
             fig.colorbar(im, ax=ax, shrink=0.8)
         if isinstance(path_or_ax, (str, os.PathLike)):
             fig.savefig(path_or_ax, dpi=120)
