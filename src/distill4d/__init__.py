@@ -10,7 +10,9 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = ["Calibration", "DataCube", "read", "write", "map_patterns", "__version__"]
+__all__ = [
+    "Calibration", "DataCube", "Provenance", "Results", "read", "read_results", "write", "map_patterns", "__version__",
+]
 
 
 def __getattr__(name: str) -> Any:
@@ -22,7 +24,11 @@ def __getattr__(name: str) -> Any:
         from .datacube import DataCube
 
         return DataCube
-    if name in ("read", "write"):
+    if name in ("Results", "Provenance"):
+        from . import results
+
+        return getattr(results, name)
+    if name in ("read", "write", "read_results"):
         from . import io
 
         return getattr(io, name)

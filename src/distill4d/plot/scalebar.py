@@ -56,28 +56,24 @@ def add_scale_bar(ax: Any, pixel_size: float, unit: str, *, fraction: float = 0.
     return bar
 
 
-def _no_ticks(ax: Any) -> None:
-    ax.set_xticks([])
-    ax.set_yticks([])
+def _label(ax: Any, pixel_size: float | None, unit: str, axis_names: tuple[str, str]) -> None:
+    """A scale bar (and no ticks) when ``pixel_size`` is known, else axes labelled in pixels."""
+    if pixel_size:
+        add_scale_bar(ax, pixel_size, unit)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    else:
+        ax.set_xlabel(f"{axis_names[1]} (px)")
+        ax.set_ylabel(f"{axis_names[0]} (px)")
 
 
 def label_real_space(ax: Any, scan_step_A: float | None) -> None:
     """A real-space map (Rx down, Ry across): a scale bar in Å/nm when ``scan_step_A`` (Å) is
     known, else axes labelled in scan positions (px)."""
-    if scan_step_A:
-        add_scale_bar(ax, scan_step_A, "Å")
-        _no_ticks(ax)
-    else:
-        ax.set_xlabel("scan y (px)")
-        ax.set_ylabel("scan x (px)")
+    _label(ax, scan_step_A, "Å", ("scan x", "scan y"))
 
 
 def label_diffraction(ax: Any, q_pixel_inv_A: float | None) -> None:
     """A diffraction pattern (Qx down, Qy across): a 1/Å scale bar when ``q_pixel_inv_A`` (1/Å)
     is known, else axes labelled in detector pixels."""
-    if q_pixel_inv_A:
-        add_scale_bar(ax, q_pixel_inv_A, "1/Å")
-        _no_ticks(ax)
-    else:
-        ax.set_xlabel("qy (px)")
-        ax.set_ylabel("qx (px)")
+    _label(ax, q_pixel_inv_A, "1/Å", ("qx", "qy"))
