@@ -141,3 +141,15 @@ def test_com_and_idpc_share_the_container(tmp_path):
     back = Results.from_h5(ph.to_h5(tmp_path / "idpc.h5"))
     np.testing.assert_array_equal(back["idpc_phase"], ph["idpc_phase"])
     assert back.provenance == ph.provenance
+
+
+def test_one_writer_refuses_bad_groups_and_root_names(tmp_path):
+    from distill4d.io.write import write_results_file
+
+    with pytest.raises(ValueError, match="group"):
+        write_results_file(tmp_path / "x.h5", {"a": np.ones(2)}, group="other")
+    with pytest.raises(ValueError, match="calibration"):
+        write_results_file(tmp_path / "x.h5", {"calibration": np.ones(2)}, group="")
+    with pytest.raises(ValueError, match="parts between"):
+        write_results_file(tmp_path / "x.h5", {"a//b": np.ones(2)})
+    assert not any(tmp_path.iterdir())

@@ -128,6 +128,7 @@ class Provenance:
         return out
 
     def to_json(self) -> str:
+        """:meth:`to_dict` as JSON text (the ``provenance`` attribute of results files)."""
         return json.dumps(self.to_dict())
 
     @classmethod
@@ -141,6 +142,7 @@ class Provenance:
 
     @classmethod
     def from_json(cls, text: str | bytes) -> "Provenance":
+        """Inverse of :meth:`to_json`."""
         return cls.from_dict(json.loads(text))
 
 

@@ -299,7 +299,8 @@ def _check_results(
         if not isinstance(name, str) or not all(
             isinstance(p, str) and p and "/" not in p and p not in (".", "..") for p in parts
         ):
-            raise ValueError(f"result names must be non-empty strings without '/', got {name!r}")
+            rule = "of non-empty parts between '/'" if nested else "without '/'"
+            raise ValueError(f"result names must be non-empty strings {rule}, got {name!r}")
         if _is_dask(value):
             value = value.compute()
         arr = np.asarray(value)
@@ -339,7 +340,12 @@ def write_results_file(
     ``calibration`` as attributes of ``/calibration``, the ``provenance`` as JSON, and
     ``attrs`` at the root, atomically. FileExistsError if ``path`` exists and not ``force``.
     """
+    if group not in ("results", ""):
+        raise ValueError(f"group must be 'results' or '' (the root), got {group!r}")
     arrays = _check_results(arrays, set(), units, nested=True)
+    taken = {"calibration", "results"} & {name.split("/")[0] for name in arrays} if not group else set()
+    if taken:
+        raise ValueError(f"arrays at the root cannot be named {sorted(taken)}: those names are the file's own")
     _check_metadata(calibration, provenance)
     out = pathlib.Path(os.fspath(path))
     with atomic_output(out, force=force) as tmp:
