@@ -10,7 +10,10 @@ from typing import Any
 
 from ._version import __version__
 
-__all__ = ["Calibration", "DataCube", "Distill4dError", "read", "write", "map_patterns", "__version__"]
+__all__ = [
+    "Calibration", "DataCube", "Distill4dError", "Provenance", "Results", "read", "read_results", "write",
+    "map_patterns", "__version__",
+]
 
 
 def __getattr__(name: str) -> Any:
@@ -26,7 +29,11 @@ def __getattr__(name: str) -> Any:
         from .errors import Distill4dError
 
         return Distill4dError
-    if name in ("read", "write"):
+    if name in ("Results", "Provenance"):
+        from . import results
+
+        return getattr(results, name)
+    if name in ("read", "write", "read_results"):
         from . import io
 
         return getattr(io, name)

@@ -508,5 +508,7 @@ def find_bragg_disks(
         checkpoint=checkpoint, job_key=f"bragg:{params}:{probe.kind}:{probe.radius_px}", desc="bragg disks",
     )
     return BraggPeaks.from_padded(
-        res["qx"], res["qy"], res["intensity"], res["count"], dc.calibration, params=dataclasses.asdict(params)
+        res["qx"], res["qy"], res["intensity"], res["count"], dc.calibration,
+        params={"method": "correlation", **dataclasses.asdict(params), "probe_kind": probe.kind,
+                "probe_radius_px": probe.radius_px},
     )

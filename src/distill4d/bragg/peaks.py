@@ -9,9 +9,9 @@ from typing import Any
 
 import numpy as np
 
-from .._atomic import atomic_output
 from ..calibration import Calibration
 from ..errors import Distill4dError
+from ..results import Provenance, Results
 
 __all__ = ["BraggPeaks"]
 
@@ -32,6 +32,7 @@ class BraggPeaks:
     scan_shape : ``(Rx, Ry)``.
     calibration : calibration of the data (pixel size in 1/Å, origin, ...).
     params : the detection parameters used (stored with the peaks).
+    provenance : how the peaks were found; default: method ``params["method"]`` with ``params``.
     """
 
     def __init__(
@@ -43,6 +44,7 @@ class BraggPeaks:
         scan_shape: tuple[int, int],
         calibration: Calibration | None = None,
         params: dict[str, Any] | None = None,
+        provenance: Provenance | None = None,
     ) -> None:
         self.qx = np.asarray(qx, dtype=np.float64).ravel()
         self.qy = np.asarray(qy, dtype=np.float64).ravel()
@@ -51,6 +53,9 @@ class BraggPeaks:
         self.scan_shape = (int(scan_shape[0]), int(scan_shape[1]))
         self.calibration = calibration or Calibration()
         self.params = dict(params or {})
+        if provenance is not None and not isinstance(provenance, Provenance):
+            raise TypeError(f"provenance must be a Provenance or None, got {type(provenance).__name__}")
+        self.provenance = provenance or Provenance(str(self.params.get("method", "")), self.params)
         n = self.qx.size
         if self.qy.size != n or self.intensity.size != n:
             raise Distill4dError(
@@ -151,37 +156,34 @@ class BraggPeaks:
         )
 
     # ------------------------------------------------------------------ files
+    def to_result(self) -> Results:
+        """The common result container: ``qx``, ``qy`` ('pixels'), ``intensity``, ``offsets``, with
+        ``scan_shape`` and ``params`` (JSON) as attributes, the calibration and provenance."""
+        arrays = {name: getattr(self, name) for name in ("qx", "qy", "intensity", "offsets")}
+        attrs = {"scan_shape": list(self.scan_shape), "params": json.dumps(self.params, default=str)}
+        return Results(arrays, {"qx": "pixels", "qy": "pixels"}, attrs, self.calibration, self.provenance)
+
     def to_hdf5(self, path: str | os.PathLike, force: bool = False) -> Path:
         """Write to an HDF5 file (atomically: a temporary file in the same folder, then renamed).
 
         Layout: datasets ``qx``, ``qy`` (pixels), ``intensity``, ``offsets``; attributes
-        ``format``, ``scan_shape``, the calibration fields and ``params`` (JSON).
+        ``format``, ``scan_shape``, ``params`` (JSON) and ``provenance`` (JSON); the calibration
+        fields as attributes of ``/calibration``.
         Raises FileExistsError if ``path`` exists and ``force`` is False.
         """
-        import h5py
-
-        path = Path(path)
-        with atomic_output(path, force=force) as tmp:
-            with h5py.File(tmp, "w") as f:
-                for name in ("qx", "qy", "intensity", "offsets"):
-                    f.create_dataset(name, data=getattr(self, name))
-                f.attrs["format"] = _FORMAT
-                f.attrs["scan_shape"] = list(self.scan_shape)
-                f.attrs["params"] = json.dumps(self.params, default=str)
-                f["qx"].attrs["units"] = f["qy"].attrs["units"] = "pixels"
-                cal = f.create_group("calibration")
-                for k, v in self.calibration.to_attrs().items():
-                    cal.attrs[k] = v
-        return path
+        r = self.to_result()
+        return r.replace(attrs={"format": _FORMAT, **r.attrs}).to_h5(path, force=force, group="")
 
     @classmethod
     def from_hdf5(cls, path: str | os.PathLike) -> "BraggPeaks":
-        """Read a file written by :meth:`to_hdf5`."""
+        """Read a file written by :meth:`to_hdf5` (also one written before provenance was kept)."""
         from ..io.hdf5 import open_h5
+        from ..io.write import read_results
 
-        with open_h5(path, expect_format=_FORMAT) as f:
-            cal = Calibration.from_attrs(dict(f["calibration"].attrs))
-            return cls(
-                f["qx"][()], f["qy"][()], f["intensity"][()], f["offsets"][()],
-                tuple(int(s) for s in f.attrs["scan_shape"]), cal, json.loads(f.attrs["params"]),
-            )
+        with open_h5(path, expect_format=_FORMAT):
+            pass
+        r = read_results(path)
+        return cls(
+            r["qx"], r["qy"], r["intensity"], r["offsets"], tuple(int(s) for s in r.attrs["scan_shape"]),
+            r.calibration, json.loads(r.attrs["params"]), r.provenance,
+        )

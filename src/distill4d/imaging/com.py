@@ -24,6 +24,7 @@ from .integrate import integrate_gradient
 if TYPE_CHECKING:  # pragma: no cover
     from ..calibration import Calibration
     from ..datacube import DataCube
+    from ..results import Provenance, Results
 
 __all__ = ["CenterOfMass", "center_of_mass", "estimate_scan_rotation", "to_scan_frame"]
 
@@ -40,12 +41,22 @@ class CenterOfMass:
         pattern has no positive total intensity or contains NaN/Inf.
     origin_px : the origin ``(qx, qy)`` in pixels the shifts are measured from.
     calibration : the DataCube's calibration (for conversion to 1/Å or mrad).
+    provenance : how it was computed (method ``"center_of_mass"``, origin, mask), or None.
     """
 
     com_qx_px: np.ndarray
     com_qy_px: np.ndarray
     origin_px: tuple[float, float]
     calibration: "Calibration" = field(repr=False)
+    provenance: "Provenance | None" = field(default=None, repr=False)
+
+    def to_result(self) -> "Results":
+        """The common result container: ``com_qx``, ``com_qy`` ('px'), calibration and provenance."""
+        from ..results import Provenance, Results
+
+        prov = self.provenance or Provenance("center_of_mass", {"origin_px": self.origin_px})
+        return Results({"com_qx": self.com_qx_px, "com_qy": self.com_qy_px}, {"com_qx": "px", "com_qy": "px"},
+                       calibration=self.calibration, provenance=prov)
 
     def in_inv_A(self) -> tuple[np.ndarray, np.ndarray]:
         """The CoM shifts in 1/Å (needs ``q_pixel_inv_A``)."""
@@ -120,7 +131,10 @@ def center_of_mass(
     fn = functools.partial(_com_batch, weights=(w, w * (qx - origin[0]), w * (qy - origin[1])))
     engine_options.setdefault("desc", "centre of mass")
     com = map_patterns(datacube, fn, **engine_options)
-    return CenterOfMass(com[..., 0], com[..., 1], origin, datacube.calibration)
+    from ..results import Provenance
+
+    prov = Provenance("center_of_mass", {"origin_px": origin, "mask": None if mask is None else "given"})
+    return CenterOfMass(com[..., 0], com[..., 1], origin, datacube.calibration, prov)
 
 
 def _reduce_options(options: dict[str, Any]) -> dict[str, Any]:

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..errors import Distill4dError
+from ..calibration import Calibration
+from ..results import Provenance, Results
 from .com import CenterOfMass, estimate_scan_rotation, to_scan_frame
 from .integrate import integrate_gradient
 
@@ -30,6 +32,9 @@ class IDPCResult:
     field_x, field_y : (Rx, Ry) CoM in the scan frame, in 1/Å (calibrated) or detector pixels.
     rotation_rad, flip : the scan rotation used (estimated when not given).
     units : ``"rad"`` or ``"a.u."``.
+    calibration : of the data (scan step in Å for scale bars).
+    provenance : how it was computed (method ``"idpc"``, rotation, flip; the CoM's under
+        ``parameters["com"]``), or None.
     """
 
     phase: np.ndarray
@@ -38,6 +43,16 @@ class IDPCResult:
     rotation_rad: float
     flip: bool
     units: str
+    calibration: Calibration = field(default_factory=Calibration, repr=False)
+    provenance: Provenance | None = field(default=None, repr=False)
+
+    def to_result(self) -> Results:
+        """The common result container: ``idpc_phase`` (``units``), ``dpc_x``, ``dpc_y`` (1/Å or px)."""
+        field_unit = "1/Å" if self.units == "rad" else "px"
+        prov = self.provenance or Provenance("idpc", {"rotation_rad": self.rotation_rad, "flip": self.flip})
+        return Results({"idpc_phase": self.phase, "dpc_x": self.field_x, "dpc_y": self.field_y},
+                       {"idpc_phase": self.units, "dpc_x": field_unit, "dpc_y": field_unit},
+                       calibration=self.calibration, provenance=prov)
 
 
 def idpc(com: CenterOfMass, *, rotation_rad: float | None = None, flip: bool | None = None) -> IDPCResult:
@@ -75,4 +90,7 @@ def idpc(com: CenterOfMass, *, rotation_rad: float | None = None, flip: bool | N
     phase[bad] = np.nan
     sx = np.where(bad, np.nan, sx)
     sy = np.where(bad, np.nan, sy)
-    return IDPCResult(phase, sx, sy, float(rotation_rad), flip, "rad" if calibrated else "a.u.")
+    params = {"rotation_rad": float(rotation_rad), "flip": flip, "calibrated": calibrated}
+    prov = (com.provenance.derive("idpc", params, key="com") if com.provenance is not None
+            else Provenance("idpc", params))
+    return IDPCResult(phase, sx, sy, float(rotation_rad), flip, "rad" if calibrated else "a.u.", cal, prov)

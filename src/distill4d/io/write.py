@@ -12,10 +12,16 @@ Own DataCube file (``distill4d_format = "datacube"``)::
     /datacube_root/datacube/dim0..dim3  [0, step] with name (Rx, Ry, Qx, Qy) and units (A, A^-1, pixels)
     /datacube_root/metadatabundle/calibration   py4DSTEM Calibration (R/Q_pixel_size, units, origin, ...)
 
-Results file (``distill4d_format = "results"``)::
+Results file (``distill4d_format = "results"``; :class:`distill4d.results.Results`)::
 
-    /            distill4d_format="results", distill4d_version, + the caller's attrs
+    /                 distill4d_format="results", distill4d_format_version, distill4d_version,
+                      provenance (JSON of distill4d.results.Provenance, when given), + the caller's attrs
+    /calibration      attributes Calibration.to_attrs() (when given; names carry units)
     /results/<name>   one dataset per array, attribute ``units``
+
+``StrainMap`` and ``BraggPeaks`` files are results files too, written by the same writer
+(:func:`write_results_file`) with their arrays at the root instead of ``/results`` and their
+own ``format`` attribute, so that files written before read as they did.
 
 Every write goes to a temporary file in the output folder and is moved over the output
 with :func:`os.replace` only when complete, so a failed write leaves no partial file and
@@ -24,15 +30,13 @@ an existing output untouched.
 
 from __future__ import annotations
 
-import collections.abc
 import contextlib
-import dataclasses
 import json
 import math
 import os
 import pathlib
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -42,6 +46,7 @@ from .._validate import is_dask
 from ..calibration import Calibration
 from ..datacube import DataCube
 from ..errors import Distill4dError
+from ..results import Provenance, Results
 
 __all__ = ["write", "read_results", "Results"]
 
@@ -61,6 +66,8 @@ def write(
     attrs: Mapping[str, Any] | None = None,
     compression: str | None = None,
     results: Mapping[str, Any] | None = None,
+    calibration: Calibration | None = None,
+    provenance: Provenance | None = None,
 ) -> pathlib.Path:
     """Write a DataCube or a dict of result arrays to an HDF5 file, atomically.
 
@@ -81,6 +88,10 @@ def write(
     results : with a DataCube only: ``{name: array}`` stored beside it as ``/results/<name>``
         (e.g. a simulation's ground truth), read back by :func:`read_results`; their units
         go in ``units`` too.
+    calibration : with a dict only: the calibration of the data the results came from,
+        stored as the attributes of ``/calibration``.
+    provenance : with a dict only: how the results were made
+        (:class:`distill4d.results.Provenance`), stored as JSON in the ``provenance`` attribute.
 
     Returns
     -------
@@ -100,6 +111,8 @@ def write(
     if not out.parent.exists():
         raise FileNotFoundError(f"cannot write {out}: the folder {out.parent} does not exist")
     if isinstance(obj, DataCube):
+        if calibration is not None or provenance is not None:
+            raise TypeError("calibration= and provenance= go with a dict of results; a DataCube has its own calibration")
         _refuse_input(out, obj)
         extra = _check_results(results, {"data"}, units) if results is not None else {}
         with atomic_output(out) as tmp:
@@ -107,9 +120,9 @@ def write(
     elif isinstance(obj, Mapping):
         if results is not None:
             raise TypeError("results= goes with a DataCube; a dict of results is written as it is")
-        arrays = _check_results(obj, set(), units)
-        with atomic_output(out) as tmp:
-            _write_results(tmp, arrays, units or {}, attrs)
+        arrays = _check_results(obj, set(), units)  # plain names here: no sub-groups
+        write_results_file(out, arrays, units=units, attrs=attrs, calibration=calibration,
+                           provenance=provenance, force=True)  # existing outputs were refused above
     else:
         raise TypeError(
             f"obj must be a distill4d.DataCube or a dict {{name: array}} of results, got {type(obj).__name__}"
@@ -275,15 +288,21 @@ def _write_py4dstem_calibration(bundle: Any, cal: Calibration) -> None:
 
 
 # ---------------------------------------------------------------------- results
-def _check_results(obj: Mapping[str, Any], other_units: set[str], units: Any) -> dict[str, np.ndarray]:
+def _check_results(
+    obj: Mapping[str, Any], other_units: set[str], units: Any, *, nested: bool = False
+) -> dict[str, np.ndarray]:
     if not isinstance(obj, Mapping):
         raise TypeError(f"results must be a dict {{name: array}}, got {type(obj).__name__}")
     if not obj:
         raise Distill4dError("the results dict is empty; nothing to write")
     arrays: dict[str, np.ndarray] = {}
     for name, value in obj.items():
-        if not isinstance(name, str) or not name or "/" in name or name in (".", ".."):
-            raise Distill4dError(f"result names must be non-empty strings without '/', got {name!r}")
+        parts = name.split("/") if isinstance(name, str) and nested else [name]
+        if not isinstance(name, str) or not all(
+            isinstance(p, str) and p and "/" not in p and p not in (".", "..") for p in parts
+        ):
+            rule = "of non-empty parts between '/'" if nested else "without '/'"
+            raise Distill4dError(f"result names must be non-empty strings {rule}, got {name!r}")
         if is_dask(value):
             value = value.compute()
         arr = np.asarray(value)
@@ -298,8 +317,52 @@ def _check_results(obj: Mapping[str, Any], other_units: set[str], units: Any) ->
     return arrays
 
 
+def _check_metadata(calibration: Any, provenance: Any) -> None:
+    if calibration is not None and not isinstance(calibration, Calibration):
+        raise TypeError(f"calibration must be a distill4d.Calibration or None, got {type(calibration).__name__}")
+    if provenance is not None and not isinstance(provenance, Provenance):
+        raise TypeError(f"provenance must be a distill4d.results.Provenance or None, got {type(provenance).__name__}")
+
+
+def write_results_file(
+    path: str | os.PathLike,
+    arrays: Mapping[str, Any],
+    *,
+    units: Mapping[str, str] | None = None,
+    attrs: Mapping[str, Any] | None = None,
+    calibration: Calibration | None = None,
+    provenance: Provenance | None = None,
+    force: bool = False,
+    group: str = "results",
+) -> pathlib.Path:
+    """The one results writer behind :func:`write` and the result classes' ``to_hdf5``.
+
+    Writes ``arrays`` (names may contain ``/`` for sub-groups) under ``/<group>`` (``""``: the
+    root, the layout of ``StrainMap`` and ``BraggPeaks`` files) with their ``units``, the
+    ``calibration`` as attributes of ``/calibration``, the ``provenance`` as JSON, and
+    ``attrs`` at the root, atomically. FileExistsError if ``path`` exists and not ``force``.
+    """
+    if group not in ("results", ""):
+        raise Distill4dError(f"group must be 'results' or '' (the root), got {group!r}")
+    arrays = _check_results(arrays, set(), units, nested=True)
+    taken = {"calibration", "results"} & {name.split("/")[0] for name in arrays} if not group else set()
+    if taken:
+        raise Distill4dError(f"arrays at the root cannot be named {sorted(taken)}: those names are the file's own")
+    _check_metadata(calibration, provenance)
+    out = pathlib.Path(os.fspath(path))
+    with atomic_output(out, force=force) as tmp:
+        _write_results(tmp, arrays, units or {}, attrs, calibration, provenance, group)
+    return out
+
+
 def _write_results(
-    tmp: str, arrays: dict[str, np.ndarray], units: Mapping[str, str], attrs: Mapping[str, Any] | None
+    tmp: str,
+    arrays: dict[str, np.ndarray],
+    units: Mapping[str, str],
+    attrs: Mapping[str, Any] | None,
+    calibration: Calibration | None = None,
+    provenance: Provenance | None = None,
+    group: str = "results",
 ) -> None:
     import h5py
 
@@ -314,11 +377,15 @@ def _write_results(
             }
         )
         _set_attrs(f, attrs)
-        _results_group(f, arrays, units)
+        if calibration is not None:
+            f.create_group("calibration").attrs.update(calibration.to_attrs())
+        if provenance is not None:
+            f.attrs["provenance"] = provenance.to_json()
+        _results_group(f, arrays, units, group)
 
 
-def _results_group(f: Any, arrays: dict[str, np.ndarray], units: Mapping[str, str]) -> None:
-    g = f.create_group("results")
+def _results_group(f: Any, arrays: dict[str, np.ndarray], units: Mapping[str, str], group: str = "results") -> None:
+    g = f.create_group(group) if group else f
     for name, arr in arrays.items():
         d = g.create_dataset(name, data=arr)
         d.attrs["units"] = str(units.get(name, ""))
@@ -329,7 +396,7 @@ def _set_attrs(target: Any, attrs: Mapping[str, Any] | None) -> None:
         return
     if not isinstance(attrs, Mapping):
         raise TypeError(f"attrs must be a dict {{name: value}}, got {type(attrs).__name__}")
-    reserved = {"distill4d_format", "distill4d_format_version", "distill4d_version", "distill4d_datacube"}
+    reserved = {"distill4d_format", "distill4d_format_version", "distill4d_version", "distill4d_datacube", "provenance"}
     for key, value in attrs.items():
         if not isinstance(key, str) or not key:
             raise Distill4dError(f"attribute names must be non-empty strings, got {key!r}")
@@ -355,43 +422,9 @@ def _attr_value(value: Any) -> Any:
         return str(value)
 
 
-@dataclasses.dataclass(frozen=True, eq=False, repr=False)
-class Results(collections.abc.Mapping):
-    """Arrays read from a results file; behaves as a read-only dict ``{name: array}``.
-
-    Attributes
-    ----------
-    arrays : ``{name: np.ndarray}``.
-    units : ``{name: unit}`` (``""`` where none was given).
-    attrs : the file-level attributes (e.g. the command line, calibration as JSON text).
-    """
-
-    arrays: dict[str, np.ndarray]
-    units: dict[str, str]
-    attrs: dict[str, Any]
-
-    def __getitem__(self, name: str) -> np.ndarray:
-        try:
-            return self.arrays[name]
-        except KeyError:
-            raise KeyError(f"no result {name!r}; available: {sorted(self.arrays)}") from None
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.arrays)
-
-    def __len__(self) -> int:
-        return len(self.arrays)
-
-    def __repr__(self) -> str:
-        items = ", ".join(
-            f"{k} {v.shape} {v.dtype}" + (f" [{self.units[k]}]" if self.units.get(k) else "")
-            for k, v in self.arrays.items()
-        )
-        return f"Results({items})"
-
-
 def read_results(path: str | os.PathLike) -> Results:
-    """Read a results file written by :func:`write` with a dict (or the ``results=`` stored beside a DataCube).
+    """Read a results file: one written by :func:`write` with a dict or :meth:`Results.to_h5`,
+    the ``results=`` stored beside a DataCube, or a ``StrainMap`` / ``BraggPeaks`` file.
 
     Parameters
     ----------
@@ -399,7 +432,10 @@ def read_results(path: str | os.PathLike) -> Results:
 
     Returns
     -------
-    :class:`Results`: a read-only mapping ``{name: array}`` with ``.units`` and ``.attrs``.
+    :class:`Results`: a read-only mapping ``{name: array}`` with ``.units``, ``.attrs``,
+    ``.calibration`` (empty where the file has none) and ``.provenance`` (None where the file
+    records none; files written before provenance existed give one from their ``command`` and
+    ``input`` attributes).
     """
     from .hdf5 import _attr_str, open_h5
 
@@ -408,7 +444,12 @@ def read_results(path: str | os.PathLike) -> Results:
         raise FileNotFoundError(f"{path}: file not found")
     with open_h5(path) as f:
         fmt = _attr_str(f.attrs.get("distill4d_format"))
-        if fmt not in ("results", "datacube") or "results" not in f:
+        own = _attr_str(f.attrs.get("format")).startswith("distill4d-")  # StrainMap, BraggPeaks, ...
+        if "results" in f and fmt in ("results", "datacube"):
+            group = f["results"]
+        elif own:
+            group = f
+        else:
             what = (
                 "a distill4d DataCube file (read it with distill4d.read)"
                 if fmt == "datacube"
@@ -420,7 +461,7 @@ def read_results(path: str | os.PathLike) -> Results:
         arrays: dict[str, np.ndarray] = {}
         units: dict[str, str] = {}
         try:
-            for name, d in f["results"].items():
+            for name, d in _datasets(group, skip=("calibration",) if group is f else ()):
                 arrays[name] = np.asarray(d[()])
                 units[name] = _attr_str(d.attrs.get("units", ""))
         except (OSError, RuntimeError) as err:
@@ -428,4 +469,38 @@ def read_results(path: str | os.PathLike) -> Results:
 
             raise CorruptFileError(f"{path}: the file is truncated or corrupt ({err})") from None
         attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
-    return Results(arrays, units, attrs)
+        if "calibration" in f:
+            cal = Calibration.from_attrs(dict(f["calibration"].attrs))
+        elif fmt == "datacube" and _DATACUBE_PATH.rsplit("/", 1)[0] in f:
+            cal = Calibration.from_attrs(dict(f[_DATACUBE_PATH.rsplit("/", 1)[0]].attrs))
+        else:  # files of the CLI before /calibration: calibration_<field> attributes
+            cal = Calibration.from_attrs({k[12:]: v for k, v in attrs.items() if k.startswith("calibration_")})
+    return Results(arrays, units, attrs, cal, _read_provenance(attrs))
+
+
+def _datasets(group: Any, skip: tuple[str, ...] = ()) -> list[tuple[str, Any]]:
+    """``(relative name, dataset)`` of every dataset under ``group``, sub-groups included."""
+    import h5py
+
+    found: list[tuple[str, Any]] = []
+    for name, obj in group.items():
+        if name in skip:
+            continue
+        if isinstance(obj, h5py.Group):
+            found.extend((f"{name}/{sub}", d) for sub, d in _datasets(obj))
+        else:
+            found.append((name, obj))
+    return found
+
+
+def _read_provenance(attrs: dict[str, Any]) -> Provenance | None:
+    """The ``provenance`` attribute (removed from ``attrs``), else one from an older file's
+    ``command`` / ``input`` attributes, else None."""
+    text = attrs.pop("provenance", None)
+    if text is not None:
+        return Provenance.from_json(text)
+    if "command" not in attrs:
+        return None
+    inputs = (str(attrs["input"]),) if "input" in attrs else ()
+    return Provenance("", inputs=inputs, command=str(attrs["command"]),
+                      version=str(attrs.get("distill4d_version", "")), created="")

@@ -23,10 +23,11 @@ from typing import Any
 
 import numpy as np
 
-from .._atomic import atomic_output
 from .._validate import nonnegative_float
 from ..bragg.peaks import BraggPeaks
 from ..errors import Distill4dError
+from ..calibration import Calibration
+from ..results import Provenance, Results
 from .find import Basis
 from .fit import Lattice, fit_lattice
 
@@ -59,6 +60,9 @@ class StrainMap:
     reference : the reference reciprocal basis ``[u v]`` (2x2, pixels) of the lattice methods;
         for CC-ST-AE the reference deformation ``F_ref`` (2x2, relative to its base pattern).
     rotation_rad : angle of the reporting frame's x axis from the detector x axis.
+    calibration : of the data (scan step in Å for scale bars, ...).
+    provenance : how the map was made: the detection method and parameters (under
+        ``parameters["detection"]``), the lattice fit options, the reference and the rotation.
     """
 
     eps_xx: np.ndarray
@@ -68,6 +72,8 @@ class StrainMap:
     mask: np.ndarray
     reference: np.ndarray
     rotation_rad: float = 0.0
+    calibration: Calibration = dataclasses.field(default_factory=Calibration)
+    provenance: Provenance | None = None
 
     @property
     def scan_shape(self) -> tuple[int, int]:
@@ -97,50 +103,52 @@ class StrainMap:
                 num = ndimage.gaussian_filter(np.where(valid, v, 0.0), sigma, mode="nearest")
                 v = num / np.where(w > 0, w, 1.0)
             out[k] = np.where(valid, v, np.nan)
-        return dataclasses.replace(self, **out, mask=~valid)
+        prov = self.provenance
+        if prov is not None:
+            prov = prov.replace(parameters={**prov.parameters, "smoothed_sigma": sigma})
+        return dataclasses.replace(self, **out, mask=~valid, provenance=prov)
 
     # ------------------------------------------------------------------ files
+    def to_result(self) -> Results:
+        """The common result container: ``eps_xx``, ``eps_yy``, ``eps_xy`` ('fraction'), ``theta``
+        ('rad'), ``mask``, ``reference`` ('pixels'), with the calibration and provenance."""
+        arrays = {k: getattr(self, k) for k in ("eps_xx", "eps_yy", "eps_xy", "theta", "mask", "reference")}
+        units = {"eps_xx": "fraction", "eps_yy": "fraction", "eps_xy": "fraction", "theta": "rad",
+                 "reference": "pixels"}
+        attrs = {"rotation_rad": self.rotation_rad,
+                 "frame": json.dumps({"x": "detector x rotated by rotation_rad"})}
+        return Results(arrays, units, attrs, self.calibration, self.provenance)
+
     def to_hdf5(
         self, path: str | os.PathLike, force: bool = False, *, extra: dict[str, Any] | None = None,
         attrs: dict[str, Any] | None = None,
     ) -> Path:
-        """Write datasets ``eps_xx``, ``eps_yy``, ``eps_xy`` (units 'fraction'), ``theta`` ('rad'),
-        ``mask`` and ``reference`` to an HDF5 file, atomically. FileExistsError if it exists and
-        ``force`` is False. ``extra`` (name → array) and ``attrs`` are written alongside, by the
-        methods that have more to keep (e.g. CC-ST-AE's bases and class map)."""
-        import h5py
-
-        path = Path(path)
-        with atomic_output(path, force=force) as tmp:
-            with h5py.File(tmp, "w") as f:
-                f.attrs["format"] = _FORMAT
-                f.attrs["rotation_rad"] = self.rotation_rad
-                f.attrs["frame"] = json.dumps({"x": "detector x rotated by rotation_rad"})
-                for name in ("eps_xx", "eps_yy", "eps_xy"):
-                    f.create_dataset(name, data=getattr(self, name)).attrs["units"] = "fraction"
-                f.create_dataset("theta", data=self.theta).attrs["units"] = "rad"
-                f.create_dataset("mask", data=self.mask)
-                f.create_dataset("reference", data=self.reference).attrs["units"] = "pixels"
-                for name, value in (extra or {}).items():
-                    f.create_dataset(name, data=np.asarray(value))
-                for name, value in (attrs or {}).items():
-                    f.attrs[name] = value
-        return path
+        """Write :meth:`to_result` (datasets at the root, ``/calibration``, ``provenance``) to an HDF5
+        file, atomically. FileExistsError if it exists and ``force`` is False. ``extra`` (name →
+        array) and ``attrs`` are written alongside, by the methods that have more to keep (e.g.
+        CC-ST-AE's bases and class map)."""
+        r = self.to_result()
+        r = r.replace(arrays={**r.arrays, **(extra or {})}, attrs={"format": _FORMAT, **r.attrs, **(attrs or {})})
+        return r.to_h5(path, force=force, group="")
 
     @classmethod
     def from_hdf5(cls, path: str | os.PathLike) -> "StrainMap":
-        """Read a file written by :meth:`to_hdf5`."""
+        """Read a file written by :meth:`to_hdf5` (also one written before calibration and provenance were kept)."""
         from ..io.hdf5 import open_h5
+        from ..io.write import read_results
 
-        with open_h5(path, expect_format=_FORMAT) as f:
-            return cls(
-                *(f[k][()] for k in ("eps_xx", "eps_yy", "eps_xy", "theta", "mask", "reference")),
-                rotation_rad=float(f.attrs["rotation_rad"]),
-            )
+        with open_h5(path, expect_format=_FORMAT):
+            pass
+        r = read_results(path)
+        return cls(
+            *(r[k] for k in ("eps_xx", "eps_yy", "eps_xy", "theta", "mask", "reference")),
+            rotation_rad=float(r.attrs["rotation_rad"]), calibration=r.calibration, provenance=r.provenance,
+        )
 
     # ------------------------------------------------------------------ figure
     def plot(self, path_or_ax: Any = None, *, limit_percent: float | None = None, limit_deg: float | None = None):
-        """Four panels (eps_xx, eps_yy, eps_xy in %, theta in degrees), diverging colours centred at 0.
+        """Four panels (eps_xx, eps_yy, eps_xy in %, theta in degrees), diverging colours centred at 0,
+        with a scale bar when the calibration has ``scan_step_A`` (else axes in scan positions).
 
         ``path_or_ax``: a file path (the figure is saved there), an array of 4 matplotlib axes,
         or None. Colour limits default to the 99th percentile of |values|. Returns the figure.
@@ -150,6 +158,8 @@ class StrainMap:
         if path_or_ax is None or isinstance(path_or_ax, (str, os.PathLike)):
             matplotlib.use("Agg", force=False)
         import matplotlib.pyplot as plt
+
+        from ..plot.scalebar import label_real_space
 
         if path_or_ax is None or isinstance(path_or_ax, (str, os.PathLike)):
             fig, axes = plt.subplots(1, 4, figsize=(16, 4), constrained_layout=True)
@@ -171,8 +181,7 @@ class StrainMap:
                 lim = lim if lim > 0 else 1.0
             im = ax.imshow(np.ma.masked_invalid(data), cmap="RdBu_r", vmin=-lim, vmax=lim, interpolation="nearest")
             ax.set_title(title)
-            ax.set_xlabel("scan y")
-            ax.set_ylabel("scan x")
+            label_real_space(ax, self.calibration.scan_step_A)
             fig.colorbar(im, ax=ax, shrink=0.8)
         if isinstance(path_or_ax, (str, os.PathLike)):
             fig.savefig(path_or_ax, dpi=120)
@@ -280,4 +289,27 @@ def strain_map(
     s = strain_from_deformation(F)
     for k in s:
         s[k] = np.where(ok, s[k], np.nan)
-    return StrainMap(**s, mask=~ok, reference=G0, rotation_rad=phi)
+    params = {
+        "lattice_fit": {k: (v.matrix if isinstance(v, Basis) else v) for k, v in fit_options.items()},
+        "reference": _describe_reference(reference),
+        "reference_basis_px": G0,
+        "rotation_rad": phi,
+    }
+    if isinstance(peaks_or_lattice, BraggPeaks):
+        prov = peaks_or_lattice.provenance.derive("strain_map", params, key="detection")
+    else:
+        prov = Provenance("strain_map", params)
+    return StrainMap(**s, mask=~ok, reference=G0, rotation_rad=phi, calibration=lattice.calibration,
+                     provenance=prov)
+
+
+def _describe_reference(reference: Any) -> Any:
+    """``reference`` of :func:`strain_map` as JSON-able provenance: "median", a region
+    ``[[x0, x1], [y0, y1]]``, a basis ``[u v]`` in pixels, or "lattice" (another scan's)."""
+    if reference is None or isinstance(reference, str):
+        return reference or "median"
+    if isinstance(reference, Lattice):
+        return "lattice"
+    if isinstance(reference, Basis):
+        return reference.matrix
+    return reference

@@ -8,7 +8,9 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["save_figure", "save_images_png"]
+from ..errors import Distill4dError
+
+__all__ = ["images_figure", "save_figure", "save_images_png"]
 
 
 def save_images_png(
@@ -19,25 +21,51 @@ def save_images_png(
     title: str = "",
     diverging: tuple[str, ...] = (),
     scan_step_A: float | None = None,
+    q_pixel_inv_A: float | None = None,
+    diffraction: bool = False,
     force: bool = False,
 ) -> Path:
     """Save ``images`` ({name: (Rx, Ry) array}) side by side as a PNG with colour bars.
 
     Rx runs down the page and Ry across (the array's own orientation). Names listed in
-    ``diverging`` get a colour map centred at zero. With ``scan_step_A`` the axes are in Å.
+    ``diverging`` get a colour map centred at zero. Real-space maps get a scale bar in Å or nm
+    from ``scan_step_A`` (Å); with ``diffraction`` the images are diffraction patterns and get a
+    1/Å scale bar from ``q_pixel_inv_A`` (1/Å); without the pixel size the axes are in pixels.
     Colour limits are the 0.5-99.5 percentiles, so a few hot positions do not wash out the
     image; NaN positions are grey. Refuses to overwrite an existing file unless ``force``.
     """
+    path = Path(path)
+    if path.exists() and not force:
+        raise FileExistsError(f"{path} exists; pass force=True (--force) to overwrite it")
+    fig = images_figure(images, units=units, title=title, diverging=diverging, scan_step_A=scan_step_A,
+                        q_pixel_inv_A=q_pixel_inv_A, diffraction=diffraction)
+    return save_figure(fig, path, dpi=110)
+
+
+def images_figure(
+    images: dict[str, np.ndarray],
+    *,
+    units: dict[str, str] | None = None,
+    title: str = "",
+    diverging: tuple[str, ...] = (),
+    scan_step_A: float | None = None,
+    q_pixel_inv_A: float | None = None,
+    diffraction: bool = False,
+) -> Any:
+    """The figure of :func:`save_images_png` (a matplotlib Figure, not saved)."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    path = Path(path)
-    if path.exists() and not force:
-        raise FileExistsError(f"{path} exists; pass force=True (--force) to overwrite it")
+    from .scalebar import label_diffraction, label_real_space
+
     if not images:
-        raise ValueError("images is empty: nothing to plot")
+        raise Distill4dError("images is empty: nothing to plot")
+    if diffraction and scan_step_A is not None:
+        raise Distill4dError("scan_step_A goes with real-space maps; diffraction patterns take q_pixel_inv_A")
+    if not diffraction and q_pixel_inv_A is not None:
+        raise Distill4dError("q_pixel_inv_A goes with diffraction patterns: pass diffraction=True")
     units = units or {}
     n = len(images)
     fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 4.0), squeeze=False)
@@ -55,13 +83,12 @@ def save_images_png(
             cmap = "gray"
         if hi <= lo:
             hi = lo + 1.0
-        extent = None
-        if scan_step_A:
-            extent = (0, img.shape[1] * scan_step_A, img.shape[0] * scan_step_A, 0)
-            ax.set_xlabel("y (Å)")
-            ax.set_ylabel("x (Å)")
         cm = plt.get_cmap(cmap).with_extremes(bad="0.6")
-        im = ax.imshow(img, cmap=cm, vmin=lo, vmax=hi, extent=extent, interpolation="nearest")
+        im = ax.imshow(img, cmap=cm, vmin=lo, vmax=hi, interpolation="nearest")
+        if diffraction:
+            label_diffraction(ax, q_pixel_inv_A)
+        else:
+            label_real_space(ax, scan_step_A)
         ax.set_title(name)
         bar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
         if units.get(name):
@@ -69,7 +96,7 @@ def save_images_png(
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    return save_figure(fig, path, dpi=110)
+    return fig
 
 
 def save_figure(fig: Any, path: Path, *, dpi: int = 110) -> Path:
@@ -91,7 +118,8 @@ def save_bragg_vector_map_png(
     path: str | os.PathLike, mean_pattern: np.ndarray, peaks, *, title: str = "", force: bool = False
 ) -> Path:
     """Mean pattern (log scale) beside the Bragg vector map: a histogram of every detected
-    disk position weighted by its intensity, on the detector grid."""
+    disk position weighted by its intensity, on the detector grid; a 1/Å scale bar when the
+    peaks' calibration has ``q_pixel_inv_A``."""
     mean_pattern = np.asarray(mean_pattern, dtype=np.float64)
     qx, qy, w = peaks.qx, peaks.qy, peaks.intensity
     ok = np.isfinite(qx) & np.isfinite(qy) & np.isfinite(w)
@@ -102,5 +130,5 @@ def save_bragg_vector_map_png(
         path,
         {"mean pattern (log10)": np.log10(np.clip(mean_pattern, floor, None)),
          "Bragg vector map (sqrt)": np.sqrt(bvm)},
-        title=title, force=force,
+        title=title, q_pixel_inv_A=peaks.calibration.q_pixel_inv_A, diffraction=True, force=force,
     )
