@@ -63,26 +63,11 @@ class CCSTAETrainConfig:
 
 
 
-def _kmeans(features: np.ndarray, k: int, seed: int, iterations: int = 25) -> np.ndarray:
-    """Labels of a seeded k-means (k-means++ start) of ``features`` (n, d)."""
-    rng = np.random.default_rng(seed)
-    n = features.shape[0]
-    if k == 1 or n <= k:
-        return np.zeros(n, dtype=np.int64) if k == 1 else np.arange(n) % k
-    centres = [features[rng.integers(n)]]
-    for _ in range(1, k):
-        d2 = np.min([((features - c) ** 2).sum(1) for c in centres], axis=0)
-        p = d2 / d2.sum() if d2.sum() > 0 else None
-        centres.append(features[rng.choice(n, p=p)])
-    C = np.stack(centres)
-    labels = np.zeros(n, dtype=np.int64)
-    for _ in range(iterations):
-        d2 = (features**2).sum(1)[:, None] - 2 * features @ C.T + (C**2).sum(1)[None]
-        labels = d2.argmin(1)
-        for j in range(k):
-            if (labels == j).any():
-                C[j] = features[labels == j].mean(0)
-    return labels
+def _kmeans(features: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """Labels (int64) of a seeded k-means (scikit-learn, k-means++ start) of ``features`` (n, d)."""
+    from sklearn.cluster import KMeans
+
+    return KMeans(n_clusters=k, n_init=1, random_state=seed).fit_predict(features).astype(np.int64)
 
 
 # ============================================================================ training
