@@ -29,10 +29,6 @@ from ..._validate import positive_float, positive_int
 
 __all__ = ["StopRule"]
 
-#: Why training stopped.
-REASONS = ("max_steps", "patience", "max_minutes")
-
-
 class StopRule:
     """When to stop training, and which evaluation is the best so far.
 

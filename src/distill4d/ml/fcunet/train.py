@@ -39,12 +39,12 @@ import torch
 
 from ..._atomic import atomic_output, atomic_write_bytes
 from ..._validate import check_keys, positive_float, positive_int
-from .._common.device import torch_device
-from .._common.loop import StopRule
-from .model import FCUNet, FCUNetConfig
 from ...simulate.augment import AugmentConfig
 from ...simulate.library import Library
+from .._common.device import torch_device
+from .._common.loop import StopRule
 from .data import LibraryDataset
+from .model import FCUNet, FCUNetConfig
 
 __all__ = ["FCUNetTrainConfig", "train_fcunet", "evaluate_fcunet", "stretch_response", "validation_entries", "position_loss", "augment_batch"]
 
