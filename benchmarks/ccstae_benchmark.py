@@ -124,7 +124,7 @@ def main() -> None:
     a = ap.parse_args()
     import torch
 
-    from distill4d.ml.ccstae_fit import CCSTAETrainConfig, strain_map_ccstae
+    from distill4d.ml.ccstae import CCSTAETrainConfig, strain_map_ccstae
 
     torch.set_num_threads(2)
     dc0, truth, probe, _ = load_or_simulate((32, 32))

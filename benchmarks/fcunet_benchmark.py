@@ -2,7 +2,7 @@
 """FCU-Net Bragg-disk detection vs the classical correlation detector: accuracy, strain, speed.
 
 1. Disk accuracy on a held-out simulated test library (``--test-library``, built from
-   ``src/distill4d/train/configs/fcunet_test.toml``: crystals absent from training,
+   ``src/distill4d/ml/configs/fcunet_test.toml``: crystals absent from training,
    thicknesses beyond the training range). Every entry is detected by
    ``find_bragg_disks_fcunet`` (the entries of one simulation, which share a probe, as one
    (1, n) DataCube) and by the classical ``find_bragg_disks`` (automatic parameters, each
@@ -29,7 +29,7 @@ Usage (from the repository root):
     .venv/bin/python benchmarks/fcunet_benchmark.py --test-library TESTLIB     # writes RESULTS.md
     .venv/bin/python benchmarks/fcunet_benchmark.py --quick --test-library TESTLIB --weights W.pt
 where TESTLIB comes from
-    distill4d simulate library --config src/distill4d/train/configs/fcunet_test.toml -o TESTLIB
+    distill4d simulate library --config src/distill4d/ml/configs/fcunet_test.toml -o TESTLIB
 Wall times of the last run (whole run and each part) are in RESULTS.md;
 ``--quick`` (6 entries, 8x8 scans, 8 throughput patterns) does not write RESULTS.md.
 """
@@ -57,12 +57,13 @@ from distill4d.bragg import BraggPeaks, disk_detection_accuracy, find_bragg_disk
 from distill4d.calibration import Calibration, electron_wavelength_A  # noqa: E402
 from distill4d.datacube import DataCube  # noqa: E402
 from distill4d.lattice import strain_map  # noqa: E402
-from distill4d.ml.fcunet_detect import DEFAULT_WEIGHTS, find_bragg_disks_fcunet, load_fcunet, true_peaks  # noqa: E402
+from distill4d.ml.fcunet import DEFAULT_WEIGHTS  # noqa: E402
+from distill4d.ml.fcunet.detect import find_bragg_disks_fcunet, load_fcunet, true_peaks  # noqa: E402
 from distill4d.simulate.augment import poisson_noise  # noqa: E402
 from distill4d.simulate.library import Library, LibraryConfig  # noqa: E402
 
 SECTION = "fcunet"
-CONFIGS = REPO / "src" / "distill4d" / "train" / "configs"
+CONFIGS = REPO / "src" / "distill4d" / "ml" / "configs"
 TRAIN_CONFIG = CONFIGS / "fcunet_train.toml"
 TEST_CONFIG = CONFIGS / "fcunet_test.toml"
 CACHE = HERE / "data" / "fcunet"
@@ -553,7 +554,7 @@ def render(raw: dict) -> str:
         src = {True: "identical to `fcunet_test.toml`", False: "**not** the configuration of `fcunet_test.toml`",
                None: "`fcunet_test.toml` not readable"}[lib["same_as_test_toml"]]
         L += [f"Test library `{lib['path']}` ({src}; build: `distill4d simulate library --config "
-              f"src/distill4d/train/configs/fcunet_test.toml -o TESTLIB`): {lib['n_entries']} of its "
+              f"src/distill4d/ml/configs/fcunet_test.toml -o TESTLIB`): {lib['n_entries']} of its "
               f"{lib['n_entries_library']} entries from {lib['n_simulations']} multislice simulations "
               f"({cfg['shape'][0]}x{cfg['shape'][1]} px at {cfg['q_pixel_inv_A']} 1/Å, "
               f"{', '.join(f'{e:g}' for e in cfg['energies_kV'])} kV, semiangle {cfg['semiangle_mrad'][0]:g}-"

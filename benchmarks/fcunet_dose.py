@@ -43,8 +43,8 @@ sys.path.insert(0, str(HERE))
 import fcunet_benchmark as fb  # noqa: E402
 from _results import machine_info, machine_line, write_section  # noqa: E402
 
-from distill4d.ml import FCUNET_VIEWS  # noqa: E402
-from distill4d.ml.fcunet_detect import load_fcunet  # noqa: E402
+from distill4d.ml.fcunet import FCUNET_VIEWS  # noqa: E402
+from distill4d.ml.fcunet.detect import load_fcunet  # noqa: E402
 
 SECTION = "fcunet_dose"
 DEFAULT_DOSES = ("inf", "1e6", "1e5", "1e4")

@@ -21,9 +21,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import machine_line, write_section  # noqa: E402
 
-from distill4d.ml.fcunet import FCUNet, FCUNetConfig  # noqa: E402
+from distill4d.ml.fcunet.model import FCUNet, FCUNetConfig  # noqa: E402
 from distill4d.simulate.library import Library  # noqa: E402
-from distill4d.train.fcunet import FCUNetTrainConfig, train_fcunet  # noqa: E402
+from distill4d.ml.fcunet.train import FCUNetTrainConfig, train_fcunet  # noqa: E402
 
 CANDIDATES = {  # name -> (architecture, training overrides)
     "f8-d3-max-mse": (FCUNetConfig(filters=8, depth=3, pool="max", dropout=0.1), {}),

@@ -40,7 +40,7 @@ sys.path.insert(0, str(HERE.parent / "src"))
 from _results import machine_info, machine_line, write_section  # noqa: E402
 
 from distill4d.datacube import DataCube  # noqa: E402
-from distill4d.ml.fcunet_detect import find_bragg_disks_fcunet, load_fcunet  # noqa: E402
+from distill4d.ml.fcunet.detect import find_bragg_disks_fcunet, load_fcunet  # noqa: E402
 from distill4d.simulate.kinematic import strained_scan, vacuum_probe  # noqa: E402
 
 

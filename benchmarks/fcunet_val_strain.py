@@ -38,7 +38,7 @@ import fcunet_benchmark as fb  # noqa: E402
 import strain_vs_py4dstem as svp  # noqa: E402
 from _results import add_output_arguments, machine_info, machine_line, write_section  # noqa: E402
 
-from distill4d.ml import FCUNET_VIEWS  # noqa: E402
+from distill4d.ml.fcunet import FCUNET_VIEWS  # noqa: E402
 
 SECTION = "fcunet_val_strain"
 SCAN = (16, 16)
@@ -88,7 +88,7 @@ def run(variants: list[tuple[str, str | None, str, int]]) -> list[dict]:
     """One row per (set, dose, detector): eps_xx / eps_yy error parts (%)."""
     from distill4d.bragg import find_bragg_disks
     from distill4d.lattice import strain_map
-    from distill4d.ml.fcunet_detect import find_bragg_disks_fcunet
+    from distill4d.ml.fcunet.detect import find_bragg_disks_fcunet
 
     ref_rows = (0, svp.LAYER_WIDTH)
     rows = []

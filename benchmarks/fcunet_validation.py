@@ -9,7 +9,7 @@ test library and strain scans (``fcunet_benchmark.py``, ``fcunet_dose.py``):
 - ``mse`` and disk ``accuracy`` (within 0.5 px) with the default augmentation
   (``AugmentConfig()``, one fixed seed for every candidate; a model card's own validation
   numbers used its training augmentation and seed, so they need not agree across cards);
-- the stretch response (``distill4d.train.fcunet.stretch_response``): how fully the predicted
+- the stretch response (``distill4d.ml.fcunet.train.stretch_response``): how fully the predicted
   peaks follow a known +-2 % magnification of the un-augmented validation patterns along qx and
   along qy (1: fully; a strain map reports that fraction of a true strain);
 - for models with the correlation skip, the same slope with one input of the real block held
@@ -24,7 +24,7 @@ Usage (repository root):
     .venv/bin/python benchmarks/fcunet_validation.py --library LIB
     .venv/bin/python benchmarks/fcunet_validation.py --library LIB --weights 'new=W.pt' --weights shipped
 (LIB: the training library, ``distill4d simulate library --config
-src/distill4d/train/configs/fcunet_train.toml -o LIB``, as far as the shipped card says it was built.)
+src/distill4d/ml/configs/fcunet_train.toml -o LIB``, as far as the shipped card says it was built.)
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from _results import add_output_arguments, machine_info, machine_line, write_section  # noqa: E402
 
-from distill4d.ml import FCUNET_VIEWS  # noqa: E402
+from distill4d.ml.fcunet import FCUNET_VIEWS  # noqa: E402
 
 SECTION = "fcunet_validation"
 
@@ -68,14 +68,15 @@ def parse_weights(text: str) -> tuple[str, str | None]:
 
 def score(path: str | None, library, entries: int, stretch: float, views: str = "none") -> dict:
     """Validation metrics and stretch response of one weights file (averaged over test-time
-    ``views``: ``distill4d.ml.fcunet.FCUNetViews``)."""
+    ``views``: ``distill4d.ml.fcunet.model.FCUNetViews``)."""
     import torch
 
-    from distill4d.ml.fcunet import FCUNetViews
-    from distill4d.ml.fcunet_detect import DEFAULT_WEIGHTS, load_fcunet
+    from distill4d.ml.fcunet import DEFAULT_WEIGHTS
+    from distill4d.ml.fcunet.data import LibraryDataset
+    from distill4d.ml.fcunet.detect import load_fcunet
+    from distill4d.ml.fcunet.model import FCUNetViews
+    from distill4d.ml.fcunet.train import evaluate_fcunet, stretch_response, validation_entries
     from distill4d.simulate.augment import AugmentConfig
-    from distill4d.train.datasets import LibraryDataset
-    from distill4d.train.fcunet import evaluate_fcunet, stretch_response, validation_entries
 
     model, card = load_fcunet(path, device="cpu")
     if views != "none":

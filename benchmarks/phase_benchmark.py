@@ -6,7 +6,7 @@ contrast, and the time of each method.
 
 Data: ``phase_data.py`` (abTEM multislice, 80 kV, 25 mrad, 0.25 Å steps, 48 x 48 detector to
 75 mrad). Poisson noise of ``--dose`` electrons per pattern (seed: the scan's index in
-``phase_data.SCANS``). Models: trained with :func:`distill4d.ml.phase_fit.train_phase` (label:
+``phase_data.SCANS``). Models: trained with :func:`distill4d.ml.phase.train.train_phase` (label:
 the band-limited projected potential; the last quarter of each scan's rows held out for early
 stopping; ``pad="wrap"``: the simulated cells are periodic; default ``input_norm="scan"``) on
 two training sets: ``mos2`` (``mos2_train`` only, the issue's set-up; label in V·Å) and
@@ -134,8 +134,8 @@ def train_models(set_name: str, scans: dict, a, command: str) -> tuple[dict, dic
     """Train the linear model and the 4D CNN on the training set ``set_name``."""
     import torch
 
-    from distill4d.ml.phase_fit import PhaseTrainConfig, train_phase
-    from distill4d.ml.phase_models import PhaseConfig
+    from distill4d.ml.phase import PhaseTrainConfig, train_phase
+    from distill4d.ml.phase.model import PhaseConfig
 
     names = TRAIN_SETS[set_name]
     cubes, labels = [scans[n][0] for n in names], [scans[n][1][LABEL] for n in names]
@@ -179,7 +179,7 @@ def main() -> None:
         ap.error("--save-weights and --use-shipped exclude each other")
     import torch
 
-    from distill4d.ml.phase_fit import (
+    from distill4d.ml.phase import (
         load_phase_model,
         phase_image,
         save_phase_model,

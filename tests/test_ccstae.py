@@ -11,9 +11,8 @@ torch = pytest.importorskip("torch")
 
 from distill4d.datacube import DataCube  # noqa: E402
 from distill4d.lattice.strain import strain_from_deformation  # noqa: E402
-from distill4d.ml.ccstae import CCSTAE, CCSTAEConfig, ccstae_loss, inverse_affine, warp  # noqa: E402
-from distill4d.ml.ccstae_fit import (  # noqa: E402
-    CCSTAETrainConfig,
+from distill4d.ml.ccstae.model import CCSTAE, CCSTAEConfig, ccstae_loss, inverse_affine, warp  # noqa: E402
+from distill4d.ml.ccstae.strain import (  # noqa: E402
     _readout,
     _register,
     load_ccstae,
@@ -23,6 +22,7 @@ from distill4d.ml.ccstae_fit import (  # noqa: E402
     spot_mask,
     strain_map_ccstae,
 )
+from distill4d.ml.ccstae.train import CCSTAETrainConfig  # noqa: E402
 from distill4d.simulate.kinematic import strained_scan  # noqa: E402
 
 EPS = np.array([[0.01, 0.003], [0.003, -0.005]])

@@ -9,7 +9,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from distill4d.ml.complex_layers import (  # noqa: E402
+from distill4d.ml._common.layers import (  # noqa: E402
     ComplexConv2d,
     ComplexMagnitudeNorm2d,
     ModReLU,
@@ -20,10 +20,10 @@ from distill4d.ml.complex_layers import (  # noqa: E402
     mc_dropout,
     spectral_pool,
 )
-from distill4d.ml.fcunet import FCUNet, FCUNetConfig, FCUNetViews, _mirror, cross_spectrum  # noqa: E402
-from distill4d.ml import fcunet_detect  # noqa: E402
-from distill4d.ml.fcunet_detect import FCUNetDetector, load_fcunet, peaks_from_prediction  # noqa: E402
-from distill4d.ml.resample import resample_patterns  # noqa: E402
+from distill4d.ml._common.resample import resample_patterns  # noqa: E402
+from distill4d.ml.fcunet import DEFAULT_WEIGHTS  # noqa: E402
+from distill4d.ml.fcunet.detect import FCUNetDetector, load_fcunet, peaks_from_prediction  # noqa: E402
+from distill4d.ml.fcunet.model import FCUNet, FCUNetConfig, FCUNetViews, _mirror, cross_spectrum  # noqa: E402
 
 
 def _direct_complex_conv(z: np.ndarray, W: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -264,7 +264,7 @@ def test_save_load_round_trip_gives_identical_outputs(tmp_path):
 
 
 def test_load_errors_name_the_problem(tmp_path):
-    with pytest.raises(FileNotFoundError, match="none.pt do not exist"):
+    with pytest.raises(FileNotFoundError, match="none.pt does not exist"):
         load_fcunet(tmp_path / "none.pt")
     model = FCUNet(FCUNetConfig(size=32, filters=2, depth=2, out_channels=2, real_filters=4))
     _write_weights(model, tmp_path / "m.pt")
@@ -314,7 +314,7 @@ def tiny_library(tmp_path_factory):
 
 
 def _tiny_config(**kw):
-    from distill4d.train.fcunet import FCUNetTrainConfig
+    from distill4d.ml.fcunet.train import FCUNetTrainConfig
 
     base = dict(model=FCUNetConfig(size=32, filters=2, depth=2, out_channels=2, real_filters=4), batch_size=2,
                 max_steps=4, warmup_steps=1, val_entries=2, val_every_steps=2, num_workers=0, seed=0)
@@ -331,7 +331,7 @@ def _gaussian_spots(peaks, shape=(32, 32), sigma=0.8):
 
 
 def test_position_loss_measures_the_spot_displacement():
-    from distill4d.train.fcunet import position_loss
+    from distill4d.ml.fcunet.train import position_loss
 
     truth = [(10.3, 12.0, 1.0), (20.0, 8.6, 0.5), (6.0, 25.2, 0.2)]
     peaks = torch.full((1, 5, 3), float("nan"))
@@ -358,7 +358,7 @@ def test_position_loss_measures_the_spot_displacement():
 
 
 def test_position_weight_is_validated_and_old_checkpoints_keep_their_key():
-    from distill4d.train.fcunet import FCUNetTrainConfig
+    from distill4d.ml.fcunet.train import FCUNetTrainConfig
 
     with pytest.raises(ValueError, match="position_weight"):
         FCUNetTrainConfig(position_weight=-1.0)
@@ -381,7 +381,7 @@ class _SpotModel(torch.nn.Module):
 
 
 def test_stretch_response_is_one_for_a_detector_that_follows_and_zero_for_one_that_does_not():
-    from distill4d.train.fcunet import stretch_response
+    from distill4d.ml.fcunet.train import stretch_response
 
     rng = np.random.default_rng(0)
     items = []
@@ -408,8 +408,8 @@ class _LastChannel(torch.nn.Module):
 
 
 def test_stretch_response_with_a_held_input_shows_which_input_places_the_peaks():
-    from distill4d.ml.fcunet import FCUNet, FCUNetConfig
-    from distill4d.train.fcunet import stretch_response
+    from distill4d.ml.fcunet.model import FCUNet, FCUNetConfig
+    from distill4d.ml.fcunet.train import stretch_response
 
     rng = np.random.default_rng(1)
     delta = torch.zeros(64, 64)
@@ -439,7 +439,7 @@ def test_stretch_response_with_a_held_input_shows_which_input_places_the_peaks()
 
 
 def test_field_shift_moves_the_fields_by_whole_pixels_and_leaves_the_correlation():
-    from distill4d.ml.fcunet import FCUNet, FCUNetConfig
+    from distill4d.ml.fcunet.model import FCUNet, FCUNetConfig
 
     torch.manual_seed(0)
     model = FCUNet(FCUNetConfig(size=32, filters=2, depth=2, out_channels=2, correlation_skip=True)).eval()
@@ -459,7 +459,7 @@ def test_field_shift_moves_the_fields_by_whole_pixels_and_leaves_the_correlation
 
 
 def test_field_jitter_is_validated_needs_the_correlation_and_trains(tiny_library, tmp_path):
-    from distill4d.train.fcunet import FCUNetTrainConfig, train_fcunet
+    from distill4d.ml.fcunet.train import FCUNetTrainConfig, train_fcunet
 
     with pytest.raises(ValueError, match="field_jitter_px"):
         FCUNetTrainConfig(field_jitter_px=-0.5)
@@ -478,7 +478,7 @@ def test_field_jitter_is_validated_needs_the_correlation_and_trains(tiny_library
 
 
 def test_training_resumes_to_the_same_weights(tiny_library, tmp_path):
-    from distill4d.train.fcunet import train_fcunet
+    from distill4d.ml.fcunet.train import train_fcunet
 
     full = train_fcunet(tiny_library, tmp_path / "full.pt", _tiny_config(), device="cpu", log=lambda m: None)
     assert full["complete"] and full["training"]["steps"] == 4
@@ -508,7 +508,7 @@ def test_training_resumes_to_the_same_weights(tiny_library, tmp_path):
 
 
 def test_training_with_the_position_term_records_it(tiny_library, tmp_path):
-    from distill4d.train.fcunet import train_fcunet
+    from distill4d.ml.fcunet.train import train_fcunet
 
     card = train_fcunet(tiny_library, tmp_path / "p.pt", _tiny_config(position_weight=0.01), device="cpu",
                         log=lambda m: None)
@@ -518,7 +518,7 @@ def test_training_with_the_position_term_records_it(tiny_library, tmp_path):
 
 
 def test_warm_start_begins_from_the_given_weights(tiny_library, tmp_path):
-    from distill4d.train.fcunet import train_fcunet
+    from distill4d.ml.fcunet.train import train_fcunet
 
     first = train_fcunet(tiny_library, tmp_path / "a.pt", _tiny_config(), device="cpu", log=lambda m: None)
     a = torch.load(tmp_path / "a.pt", weights_only=True)
@@ -552,7 +552,7 @@ def test_warm_start_begins_from_the_given_weights(tiny_library, tmp_path):
 
 
 def test_training_refuses_a_library_of_another_size(tiny_library, tmp_path):
-    from distill4d.train.fcunet import train_fcunet
+    from distill4d.ml.fcunet.train import train_fcunet
 
     cfg = _tiny_config(model=FCUNetConfig(size=64, filters=2, depth=2, out_channels=2, real_filters=4))
     with pytest.raises(ValueError, match="32\\) px but the model takes 64 x 64"):
@@ -609,12 +609,12 @@ def _unseen_crystal_distances(shape: int, q_pixel_inv_A: float):
     pytest.importorskip("abtem")
     from distill4d.calibration import Calibration
     from distill4d.datacube import DataCube
-    from distill4d.ml.fcunet_detect import find_bragg_disks_fcunet, true_peaks
+    from distill4d.ml.fcunet.detect import find_bragg_disks_fcunet, true_peaks
     from distill4d.simulate.crystals import orient, prototype
     from distill4d.simulate.multislice import CBEDSettings, simulate_cbed
 
-    if not fcunet_detect.DEFAULT_WEIGHTS.exists():
-        pytest.fail(f"the shipped weights {fcunet_detect.DEFAULT_WEIGHTS} are missing")
+    if not DEFAULT_WEIGHTS.exists():
+        pytest.fail(f"the shipped weights {DEFAULT_WEIGHTS} are missing")
     atoms, _ = orient(prototype("Si"), (0, 1, 1))
     settings = CBEDSettings(energy_eV=200e3, semiangle_mrad=2.0, shape=(shape, shape), q_pixel_inv_A=q_pixel_inv_A,
                             thicknesses_A=(200.0,))
@@ -667,7 +667,7 @@ def test_shipped_weights_find_every_strong_disk_within_half_a_pixel_when_resampl
 def test_one_loader_serves_every_epoch_and_resumes_mid_epoch():
     import itertools
 
-    from distill4d.train.fcunet import FCUNetTrainConfig, _batch_keys, _batches
+    from distill4d.ml.fcunet.train import FCUNetTrainConfig, _batch_keys, _batches
 
     cfg = FCUNetTrainConfig(batch_size=3, seed=5)
     full = list(itertools.islice(_batch_keys(10, cfg, 0, 0), 7))  # 3 batches per epoch (10 // 3)
@@ -680,7 +680,7 @@ def test_one_loader_serves_every_epoch_and_resumes_mid_epoch():
 
 def test_dataset_key_with_epoch_matches_set_epoch(tiny_library):
     from distill4d.simulate.augment import AugmentConfig
-    from distill4d.train.datasets import LibraryDataset
+    from distill4d.ml.fcunet.data import LibraryDataset
 
     ds = LibraryDataset(tiny_library, augment=AugmentConfig(), seed=3)
     keyed = ds[(2, 1)]
@@ -694,7 +694,7 @@ def test_dataset_key_with_epoch_matches_set_epoch(tiny_library):
 
 def test_device_augmentation_keeps_the_input_scaling_and_moves_peaks_with_the_target():
     from distill4d.simulate.augment import AugmentConfig
-    from distill4d.train.fcunet import augment_batch
+    from distill4d.ml.fcunet.train import augment_batch
 
     truth = [(10.3, 12.0, 1.0), (20.0, 8.6, 0.5), (6.0, 25.2, 0.2)]
     target = _gaussian_spots(truth).float().repeat(4, 1, 1)
@@ -729,7 +729,7 @@ def test_device_augmentation_keeps_the_input_scaling_and_moves_peaks_with_the_ta
 
 
 def test_training_with_device_augmentation_resumes_to_the_same_weights(tiny_library, tmp_path):
-    from distill4d.train.fcunet import FCUNetTrainConfig, train_fcunet
+    from distill4d.ml.fcunet.train import FCUNetTrainConfig, train_fcunet
 
     with pytest.raises(ValueError, match="augment_on"):
         FCUNetTrainConfig(augment_on="gpu")
@@ -752,7 +752,7 @@ def test_training_with_device_augmentation_resumes_to_the_same_weights(tiny_libr
 
 def test_in_memory_dataset_gives_the_items_read_from_the_files(tiny_library):
     from distill4d.simulate.augment import AugmentConfig
-    from distill4d.train.datasets import LibraryDataset
+    from distill4d.ml.fcunet.data import LibraryDataset
 
     idx = [3, 0, 5]
     files = LibraryDataset(tiny_library, indices=idx, augment=AugmentConfig(), seed=1)
@@ -805,7 +805,7 @@ def test_shipped_weights_with_flips_give_mirrored_peaks_for_a_mirrored_pattern()
     shipped weights); an unknown view is named."""
     from distill4d.calibration import Calibration
     from distill4d.datacube import DataCube
-    from distill4d.ml.fcunet_detect import find_bragg_disks_fcunet
+    from distill4d.ml.fcunet.detect import find_bragg_disks_fcunet
     from distill4d.simulate.kinematic import kinematic_patterns, vacuum_probe
 
     F = np.array([[1.01, 0.004], [-0.003, 0.995]])  # a deformed, unsymmetric pattern

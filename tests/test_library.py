@@ -153,7 +153,7 @@ def test_config_file_and_validation(tmp_path):
 def test_torch_dataset_reads_lazily_and_augments_consistently(built):
     torch = pytest.importorskip("torch")
     from distill4d.simulate.augment import AugmentConfig
-    from distill4d.train.datasets import LibraryDataset
+    from distill4d.ml.fcunet.data import LibraryDataset
 
     folder, _ = built
     plain = LibraryDataset(folder)

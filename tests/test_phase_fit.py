@@ -12,7 +12,7 @@ torch = pytest.importorskip("torch")
 
 from distill4d.datacube import DataCube
 from distill4d.imaging import detector_mask, virtual_image
-from distill4d.ml.phase_fit import (
+from distill4d.ml.phase import (
     PhaseTrainConfig,
     load_phase_model,
     phase_geometry,
@@ -21,7 +21,7 @@ from distill4d.ml.phase_fit import (
     save_phase_model,
     train_phase,
 )
-from distill4d.ml.phase_models import PhaseConfig
+from distill4d.ml.phase.model import PhaseConfig
 from distill4d.simulate.phase_object import phase_object_scan
 
 HOLD = slice(18, 24)  # the last quarter of the rows: held out by default

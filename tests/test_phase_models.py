@@ -8,7 +8,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from distill4d.ml.phase_models import (
+from distill4d.ml.phase.model import (
     Conv4d,
     Conv4dNet,
     PhaseConfig,

@@ -13,7 +13,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("abtem")
 
 from distill4d.imaging import detector_mask, virtual_image  # noqa: E402
-from distill4d.ml.phase_fit import phase_image, shipped_model_path  # noqa: E402
+from distill4d.ml.phase import phase_image, shipped_model_path  # noqa: E402
 from distill4d.simulate.realspace import (  # noqa: E402
     apply_dose,
     mos2_monolayer,

@@ -14,7 +14,7 @@ timeout 100 python3 benchmarks/fcunet_throughput.py --devices $DEV --scan 32 32 
 grep -v Warn $L/throughput.log | tail -8
 cp benchmarks/RESULTS.md $OUT/RESULTS.md; cp benchmarks/data/fcunet_throughput_$DEV.json $OUT/
 echo "throughput done at $(el) s"
-CFG=src/distill4d/train/configs/fcunet_gpu_continue.toml
+CFG=src/distill4d/ml/configs/fcunet_gpu_continue.toml
 V4=src/distill4d/weights/fcunet.pt
 declare -A ARGS
 ARGS[A]="--init $V4"

@@ -1,7 +1,14 @@
-"""PyTorch models (one file per model) and their inference wrappers."""
+"""The PyTorch models (the ``distill4d[ml]`` extra), one package each:
 
-#: FCU-Net test-time views (:class:`distill4d.ml.fcunet.FCUNetViews`): none, the pattern and probe
-#: mirrored about the model grid's centre pixel ``N//2`` (``flips``) and, for ``dihedral``, also
-#: transposed (qx <-> qy). Here, not in the model module, so that the CLI can offer them without
-#: importing PyTorch.
-FCUNET_VIEWS = ("none", "flips", "dihedral")
+- :mod:`distill4d.ml.fcunet`: FCU-Net Bragg disk detection (``model``, ``train`` on a simulated
+  library, ``detect`` through the engine, ``data``: the library as a PyTorch dataset);
+- :mod:`distill4d.ml.ccstae`: the CC-ST-AE strain autoencoder trained on the user's scan
+  (``model``, ``train``, ``strain``: the whole scan-to-strain-map job);
+- :mod:`distill4d.ml.phase`: ML phase retrieval (``model``, ``prepare``, ``train``, ``infer``).
+
+Shared pieces live in :mod:`distill4d.ml._common` (complex layers, model files and the one
+model-card loader, device choice, resampling, the training stop rule); the training recipes
+of the shipped weights in ``distill4d/ml/configs/``. Each package's ``__init__`` is torch-free
+(constants, and its public names imported on first use), so ``import distill4d.ml.fcunet``
+does not import PyTorch.
+"""

@@ -16,7 +16,7 @@ shards ``shard_00000.h5``, ``shard_00001.h5``, ... of ``shard_size`` samples eac
   scheduler address or Client; not threads: abTEM's settings are process-wide).
 
 :class:`Library` reads a finished library lazily (one entry at a time, any process);
-``distill4d.train.datasets.LibraryDataset`` wraps it for PyTorch.
+``distill4d.ml.fcunet.data.LibraryDataset`` wraps it for PyTorch.
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .._validate import check_keys, positive_float, positive_int
+from ..._validate import check_keys, positive_float, positive_int
 
 __all__ = ["Conv4d", "Conv4dNet", "PhaseConfig", "RadialLinear", "build_phase_model", "radial_index"]
 

@@ -14,7 +14,6 @@ the classical path.
 from __future__ import annotations
 
 import functools
-import json
 import os
 import pathlib
 import warnings
@@ -22,12 +21,12 @@ from typing import Any
 
 import numpy as np
 
-from .._validate import nonnegative_float, positive_int
-from .device import torch_device
-from .resample import resample_patterns
+from ..._validate import nonnegative_float, positive_int
+from .._common.device import torch_device
+from .._common.resample import resample_patterns
+from . import DEFAULT_MIN_INTENSITY, DEFAULT_PASSES, DEFAULT_WEIGHTS
 
 __all__ = [
-    "DEFAULT_WEIGHTS",
     "FCUNetDetector",
     "find_bragg_disks_fcunet",
     "load_fcunet",
@@ -35,58 +34,21 @@ __all__ = [
     "true_peaks",
 ]
 
-#: The shipped weights (a plain state_dict) and their model card (same name, .json).
-DEFAULT_WEIGHTS = pathlib.Path(__file__).resolve().parent.parent / "weights" / "fcunet.pt"
-
-#: Network passes per pattern by default: one, with dropout off. On the shipped model's
-#: validation split (116 entries, never trained on) Monte-Carlo dropout averages found no more
-#: disks within 0.5 px (1 pass without dropout 0.224; 2, 4, 8, 16 dropout passes 0.218, 0.220,
-#: 0.221, 0.221) at n times the cost; ask for n_passes > 1 for the per-peak uncertainty.
-DEFAULT_PASSES = 1
-
-#: Prediction maxima below this (relative to the (000) spot = 1) are not peaks, unless the
-#: model card gives a threshold tuned on its validation split.
-DEFAULT_MIN_INTENSITY = 0.02
-
-
 def load_fcunet(weights: str | os.PathLike | None = None, *, device: str = "cpu") -> tuple[Any, dict[str, Any]]:
     """Load an FCU-Net and its model card (``weights`` with ``.json``); None: the shipped model.
 
-    The weights are read with ``torch.load(weights_only=True)`` (no pickle code runs).
+    Read through :func:`distill4d.ml._common.model_files.load_model` (``torch.load(weights_only=True)``:
+    no pickle code runs); the card is a :class:`~distill4d.ml._common.model_files.ModelCard`.
     """
-    import torch
-
-    from .fcunet import FCUNet, FCUNetConfig
+    from .._common.model_files import load_model
+    from .model import FCUNet, FCUNetConfig
 
     path = DEFAULT_WEIGHTS if weights is None else pathlib.Path(os.fspath(weights))
-    card_path = path.with_suffix(".json")
-    if not path.is_file():
-        raise FileNotFoundError(f"FCU-Net weights {path} do not exist")
-    if not card_path.is_file():
-        raise FileNotFoundError(f"the model card {card_path} of the weights {path.name} does not exist")
-    try:
-        card = json.loads(card_path.read_text())
-        config = FCUNetConfig.from_dict(card["architecture"])
-        q_pixel = float(card["input"]["q_pixel_inv_A"])
-    except (ValueError, KeyError, TypeError) as err:
-        raise ValueError(f"{card_path} is not an FCU-Net model card: {err}") from None
-    if card.get("model") != "fcunet" or not q_pixel > 0:
-        raise ValueError(f"{card_path} is not an FCU-Net model card (model={card.get('model')!r})")
-    try:
-        state = torch.load(path, map_location=device, weights_only=True)
-    except Exception as err:  # torch raises several types for corrupt or foreign files
-        raise ValueError(f"cannot read FCU-Net weights {path}: {err}") from None
-    model = FCUNet(config)
-    try:
-        model.load_state_dict(state)
-    except (RuntimeError, TypeError) as err:
-        raise ValueError(f"the weights {path.name} do not fit the architecture of {card_path.name}: {err}") from None
-    model.to(device).eval()
-    return model, card
+    return load_model(path, "fcunet", lambda card: FCUNet(FCUNetConfig.from_dict(card.config)), device=device)
 
 
 def _prediction_params(min_intensity: float, max_peaks: int = 256) -> Any:
-    from ..bragg.detect import DetectionParameters
+    from ...bragg.detect import DetectionParameters
 
     return DetectionParameters(
         radius_px=1.0,
@@ -101,7 +63,7 @@ def _prediction_params(min_intensity: float, max_peaks: int = 256) -> Any:
 
 def peaks_from_prediction(images: np.ndarray, min_intensity: float = DEFAULT_MIN_INTENSITY) -> list[np.ndarray]:
     """Peaks ``(m, 3)`` (qx, qy in the image's pixels, predicted amplitude) of each predicted image."""
-    from ..bragg.detect import peaks_from_images
+    from ...bragg.detect import peaks_from_images
 
     imgs = np.asarray(images, dtype=np.float64)
     found = peaks_from_images(imgs, _prediction_params(min_intensity))
@@ -142,7 +104,7 @@ class FCUNetDetector:
         or 8 times the cost).
     min_intensity : prediction threshold (relative to (000)); None: the model card's tuned one.
     seed : seed of the dropout masks (the same data give the same peaks).
-    device : ``"auto"``, ``"cpu"`` or ``"cuda[:N]"`` (see :func:`distill4d.ml.device.torch_device`).
+    device : ``"auto"``, ``"cpu"`` or ``"cuda[:N]"`` (see :func:`distill4d.ml._common.device.torch_device`).
     batch_size : patterns per network call.
     """
 
@@ -161,7 +123,7 @@ class FCUNetDetector:
         device: str = "auto",
         batch_size: int = 32,
     ) -> None:
-        from .fcunet import FCUNetViews
+        from .model import FCUNetViews
 
         self.device = torch_device(device)
         self.model, self.card = load_fcunet(weights, device=self.device)
@@ -234,7 +196,7 @@ class FCUNetDetector:
 
     def detect_batch(self, batch: np.ndarray, max_peaks: int = 256) -> dict[str, np.ndarray]:
         """Padded peaks of a batch ``(n, Qx, Qy)``: qx, qy (data pixels), intensity, sigma, count."""
-        from ..bragg.detect import peaks_from_images
+        from ...bragg.detect import peaks_from_images
 
         mean, std = self.predict(batch)
         found = peaks_from_images(mean, _prediction_params(self.min_intensity, max_peaks))
@@ -302,10 +264,10 @@ def find_bragg_disks_fcunet(
     return_uncertainty : also return the per-peak MC standard deviation of the predicted
         amplitude (a flat array aligned with the peaks; all 0 with one pass).
     """
-    from ..bragg.detect import _as_datacube
-    from ..bragg.peaks import BraggPeaks
-    from ..bragg.probe import probe_template
-    from ..engine import map_patterns
+    from ...bragg.detect import _as_datacube
+    from ...bragg.peaks import BraggPeaks
+    from ...bragg.probe import probe_template
+    from ...engine import map_patterns
 
     dc = _as_datacube(datacube)
     pr = probe_template(probe, datacube=dc, kind="disk")

@@ -11,12 +11,12 @@
 2. **Spot mask** from the mean pattern: its Bragg disks as the classical detector finds them
    (:func:`distill4d.bragg.mean_pattern_spots`), the direct beam left out, each covered by a
    disk of the probe radius plus ``margin_px`` (see :func:`spot_mask`).
-3. **Bases** start as the means of a seeded k-means clustering of the masked patterns; the
+3. **Training** (:mod:`distill4d.ml.ccstae.train`): the bases start as the means of a seeded k-means clustering of the masked patterns; the
    choice head is warmed up on those cluster labels during the first epoch, then everything
    is learned by the CC-ST-AE loss alone. Every 10th pattern is held out to monitor the loss:
    early stopping keeps the best epoch.
 4. **Read-out**: each pattern's affine ``A`` (input ↔ base) gives ``F = A^-T`` (see
-   :mod:`distill4d.ml.ccstae`); a base whose masked spots carry less than ``vacuum_ratio`` of
+   :mod:`distill4d.ml.ccstae.model`); a base whose masked spots carry less than ``vacuum_ratio`` of
    the brightest base's is *vacuum* (no strain there). Sample bases other than the reference
    one are registered onto it by an affine fit, so that all sample positions share one frame.
    ``F`` relative to the median ``F_ref`` over the reference region, ``F F_ref^-1``, gives
@@ -29,7 +29,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import math
 import os
 import time
 from collections.abc import Callable
@@ -38,14 +37,14 @@ from typing import Any
 
 import numpy as np
 
-from .._validate import nonnegative_float, positive_float, positive_int
-from ..datacube import DataCube
-from ..lattice.strain import StrainMap, _region, strain_from_deformation
-from .resample import resample_patterns
+from ..._validate import nonnegative_float, positive_float, positive_int
+from ...datacube import DataCube
+from ...lattice.strain import StrainMap, _region, strain_from_deformation
+from .._common.resample import resample_patterns
+from .train import CCSTAETrainConfig, train_ccstae
 
 __all__ = [
     "CCSTAEResult",
-    "CCSTAETrainConfig",
     "encode_patterns",
     "load_ccstae",
     "prepare_patterns",
@@ -53,53 +52,7 @@ __all__ = [
     "save_ccstae",
     "spot_mask",
     "strain_map_ccstae",
-    "train_ccstae",
 ]
-
-_FORMAT = "distill4d-ccstae-1"
-
-
-@dataclasses.dataclass(frozen=True)
-class CCSTAETrainConfig:
-    """Training settings.
-
-    max_steps : at most this many Adam steps (mini-batches).
-    eval_every : steps between evaluations of the held-out loss (every 10th pattern).
-    patience : stop after this many evaluations without a 0.1 % lower held-out loss.
-    batch_size, lr : Adam mini-batches and learning rate.
-    l1_coef, l1_start_step : L1 penalty on the bases (inside the mask), switched on at that step.
-    hinge_coef : weight of the penalty keeping scale and shear pre-activations off tanh saturation.
-    warmup_steps : steps during which the base choice is also fitted to the k-means labels.
-    max_minutes : wall-clock budget (None: none); the best evaluation so far is kept.
-    seed : the initial weights, k-means and batch order.
-    """
-
-    max_steps: int = 3000
-    eval_every: int = 50
-    patience: int = 10
-    batch_size: int = 32
-    lr: float = 3e-3
-    l1_coef: float = 0.0
-    l1_start_step: int = 0
-    hinge_coef: float = 1.0
-    warmup_steps: int = 100
-    max_minutes: float | None = None
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        positive_int("max_steps", self.max_steps)
-        positive_int("eval_every", self.eval_every)
-        positive_int("patience", self.patience)
-        positive_int("batch_size", self.batch_size)
-        positive_float("lr", self.lr, maximum=1.0)
-        nonnegative_float("l1_coef", self.l1_coef)
-        positive_int("l1_start_step", self.l1_start_step, minimum=0)
-        nonnegative_float("hinge_coef", self.hinge_coef)
-        positive_int("warmup_steps", self.warmup_steps, minimum=0)
-        if self.max_minutes is not None:
-            positive_float("max_minutes", self.max_minutes)
-        positive_int("seed", self.seed, minimum=0)
-
 
 # ============================================================================ preparation
 def _prepare_batch(batch: np.ndarray, *, origin: tuple[float, float], scale: float, size: int,
@@ -155,7 +108,7 @@ def prepare_patterns(
         transform (at 0 px, at 0.9 of it: ``tests/test_ccstae.py``). It also smooths shot noise.
     **engine : memory_budget, scheduler, n_workers, progress (see :func:`distill4d.engine.map_patterns`).
     """
-    from ..engine import map_patterns
+    from ...engine import map_patterns
 
     if not isinstance(datacube, DataCube):
         raise TypeError(f"datacube must be a distill4d.DataCube, got {type(datacube).__name__}")
@@ -208,162 +161,11 @@ def spot_mask(
     return mask, spots, float(r)
 
 
-def _kmeans(features: np.ndarray, k: int, seed: int, iterations: int = 25) -> np.ndarray:
-    """Labels of a seeded k-means (k-means++ start) of ``features`` (n, d)."""
-    rng = np.random.default_rng(seed)
-    n = features.shape[0]
-    if k == 1 or n <= k:
-        return np.zeros(n, dtype=np.int64) if k == 1 else np.arange(n) % k
-    centres = [features[rng.integers(n)]]
-    for _ in range(1, k):
-        d2 = np.min([((features - c) ** 2).sum(1) for c in centres], axis=0)
-        p = d2 / d2.sum() if d2.sum() > 0 else None
-        centres.append(features[rng.choice(n, p=p)])
-    C = np.stack(centres)
-    labels = np.zeros(n, dtype=np.int64)
-    for _ in range(iterations):
-        d2 = (features**2).sum(1)[:, None] - 2 * features @ C.T + (C**2).sum(1)[None]
-        labels = d2.argmin(1)
-        for j in range(k):
-            if (labels == j).any():
-                C[j] = features[labels == j].mean(0)
-    return labels
-
-
-# ============================================================================ training
-def _huber_delta(x: np.ndarray, mask: np.ndarray) -> float:
-    """3 x the median (over the mask's pixels) of the per-pixel standard deviation over patterns."""
-    sd = x[:, mask > 0].std(axis=0)
-    return float(max(3.0 * np.median(sd), 1e-3))
-
-
-def train_ccstae(
-    patterns: np.ndarray,
-    mask: np.ndarray,
-    config: Any = None,
-    train: CCSTAETrainConfig = CCSTAETrainConfig(),
-    *,
-    device: Any = "auto",
-    callback: Callable[[dict[str, Any]], None] | None = None,
-    reference_index: np.ndarray | None = None,
-) -> tuple[Any, list[dict[str, Any]], dict[str, Any]]:
-    """Train a CC-ST-AE on ``patterns`` (N, S, S) (prepared and scaled) with the loss ``mask`` (S, S).
-
-    reference_index : indices of the patterns of the reference region: the base of their
-        (majority) cluster starts as their mean, so that the base frame is the reference's.
-
-    Returns ``(model, history, info)``: the model at its best held-out evaluation (eval mode,
-    on the CPU), one dict per evaluation (``step``, ``train``, ``held_out`` losses,
-    ``seconds``), and ``{"delta", "stopped", "best_step", "steps", "seconds"}``.
-    ``callback(dict)`` is called after each evaluation.
-    """
-    import torch
-
-    from .ccstae import CCSTAE, CCSTAEConfig, ccstae_loss
-    from .device import torch_device
-
-    cfg = config if config is not None else CCSTAEConfig(size=patterns.shape[-1])
-    if not isinstance(cfg, CCSTAEConfig):
-        raise TypeError(f"config must be a CCSTAEConfig, got {type(cfg).__name__}")
-    if not isinstance(train, CCSTAETrainConfig):
-        raise TypeError(f"train must be a CCSTAETrainConfig, got {type(train).__name__}")
-    x = np.asarray(patterns, dtype=np.float32)
-    if x.ndim != 3 or x.shape[1:] != (cfg.size, cfg.size):
-        raise ValueError(f"patterns must have shape (N, {cfg.size}, {cfg.size}), got {x.shape}")
-    if x.shape[0] < 2 * cfg.num_base:
-        raise ValueError(f"at least {2 * cfg.num_base} patterns are needed to learn {cfg.num_base} bases, got {x.shape[0]}")
-    dev = torch_device(device)
-    t0 = time.perf_counter()
-    labels = _kmeans((x * mask).reshape(len(x), -1).astype(np.float64), cfg.num_base, train.seed)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(train.seed)
-        model = CCSTAE(cfg)
-    with torch.no_grad():
-        model.spot_mask.copy_(torch.from_numpy(np.asarray(mask, dtype=np.float32)))
-        model.input_mean.copy_(torch.from_numpy(x.mean(0)))
-        ref_label = -1
-        if reference_index is not None and len(reference_index):
-            ref_label = int(np.bincount(labels[reference_index], minlength=cfg.num_base).argmax())
-        for j in range(cfg.num_base):
-            if j == ref_label:
-                sel = x[reference_index][labels[reference_index] == j]
-            else:
-                sel = x[labels == j] if (labels == j).any() else x
-            model.bases[j].copy_(torch.from_numpy(sel.mean(0)))
-    model.to(dev)
-    delta = _huber_delta(x, mask)
-    held = np.arange(len(x)) % 10 == 0 if len(x) >= 20 else np.zeros(len(x), bool)
-    tr_idx, ho_idx = np.flatnonzero(~held), np.flatnonzero(held)
-    X = torch.from_numpy(x).to(dev)
-    L = torch.from_numpy(labels).to(dev)
-    opt = torch.optim.Adam(model.parameters(), lr=train.lr)
-    gen = torch.Generator().manual_seed(train.seed)
-    history: list[dict[str, Any]] = []
-    best, best_state, best_step, stale, stopped = math.inf, None, -1, 0, "max_steps"
-
-    def batch_loss(idx: torch.Tensor, step: int) -> torch.Tensor:
-        out = model(X[idx])
-        l1 = train.l1_coef if step >= train.l1_start_step else 0.0
-        loss = ccstae_loss(model, X[idx], out, delta=delta, l1_coef=l1, hinge_coef=train.hinge_coef)["total"]
-        if step < train.warmup_steps and cfg.num_base > 1:
-            loss = loss + torch.nn.functional.cross_entropy(out["logits"], L[idx])
-        return loss
-
-    def held_out_loss() -> float:
-        model.eval()
-        idx = torch.from_numpy(ho_idx if len(ho_idx) else tr_idx).to(dev)
-        with torch.no_grad():
-            total = sum(float(batch_loss(idx[i : i + 256], train.max_steps)) * len(idx[i : i + 256])
-                        for i in range(0, len(idx), 256))
-        model.train()
-        return total / len(idx)
-
-    step, running, n_run = 0, 0.0, 0
-    perm = torch.empty(0, dtype=torch.long)
-    model.train()
-    while step < train.max_steps:
-        if len(perm) < train.batch_size:
-            perm = torch.from_numpy(tr_idx)[torch.randperm(len(tr_idx), generator=gen)]
-        idx, perm = perm[: train.batch_size].to(dev), perm[train.batch_size :]
-        loss = batch_loss(idx, step)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        running += float(loss.detach())
-        n_run += 1
-        step += 1
-        if step % train.eval_every and step != train.max_steps:
-            continue
-        ho = held_out_loss()
-        rec = {"step": step, "train": running / n_run, "held_out": ho, "seconds": time.perf_counter() - t0}
-        running, n_run = 0.0, 0
-        history.append(rec)
-        if callback is not None:
-            callback(rec)
-        if step > train.warmup_steps and ho < best * (1 - 1e-3):
-            best, best_step, stale = ho, step, 0
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        elif step > train.warmup_steps:
-            stale += 1
-            if stale >= train.patience:
-                stopped = "patience"
-                break
-        if train.max_minutes is not None and time.perf_counter() - t0 > 60 * train.max_minutes:
-            stopped = "max_minutes"
-            break
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    model.to("cpu").eval()
-    info = {"delta": delta, "stopped": stopped, "best_step": best_step, "steps": step, "seconds": time.perf_counter() - t0,
-            "held_out_fraction": float(held.mean())}
-    return model, history, info
-
-
 def encode_patterns(model: Any, patterns: np.ndarray, *, batch_size: int = 256, device: Any = "auto") -> dict[str, np.ndarray]:
     """``A`` (N, 2, 2), ``t`` (N, 2; grid pixels) and ``classes`` (N,) of prepared patterns."""
     import torch
 
-    from .device import torch_device
+    from .._common.device import torch_device
 
     dev = torch_device(device)
     model = model.to(dev).eval()
@@ -386,7 +188,7 @@ def _fit_warps(moving: Any, targets: Any, mask: Any, B: Any, s: Any, *, steps: i
     ``s`` (N, 2)."""
     import torch
 
-    from .ccstae import warp
+    from .model import warp
 
     B, s = B.clone().requires_grad_(True), s.clone().requires_grad_(True)
     x = targets * mask
@@ -422,8 +224,8 @@ def refine_transforms(
     """
     import torch
 
-    from .ccstae import inverse_affine
-    from .device import torch_device
+    from .model import inverse_affine
+    from .._common.device import torch_device
 
     steps = positive_int("steps", steps, minimum=0)
     dev = torch_device(device)
@@ -621,7 +423,7 @@ def strain_map_ccstae(
     callback : called with each epoch's losses.
     **engine : memory_budget, scheduler, n_workers, progress for reading the data.
     """
-    from .ccstae import CCSTAEConfig
+    from .model import CCSTAEConfig
 
     t0 = time.perf_counter()
     refine_steps = positive_int("refine_steps", refine_steps, minimum=0)
@@ -648,7 +450,7 @@ def strain_map_ccstae(
     n = datacube.n_patterns
     flat = x.reshape(n, *x.shape[2:])
     if card is None:
-        from ..bragg.com_disks import mean_pattern_spots
+        from ...bragg.com_disks import mean_pattern_spots
 
         found, window = mean_pattern_spots(datacube, probe, min_spot_intensity=min_spot_intensity, **engine)
         mask, spots, radius = spot_mask(found, window - 1.0, geom, margin_px=margin_px)
@@ -685,11 +487,11 @@ def strain_map_ccstae(
 def save_ccstae(path: str | os.PathLike, result: CCSTAEResult, *, force: bool = False) -> Path:
     """Write the trained model of ``result`` (a plain state_dict, ``path``) and its card
     (``path`` with ``.json``: architecture, preparation geometry, training summary)."""
-    from .model_files import save_state_and_card
+    from .._common.model_files import CARD_FORMATS, save_state_and_card
 
     if result.model is None:
         raise ValueError("result holds no model to save")
-    card = {"format": _FORMAT, "config": result.model.config.to_dict(), "geometry": result.geometry,
+    card = {"format": CARD_FORMATS["ccstae"], "config": result.model.config.to_dict(), "geometry": result.geometry,
             "vacuum_bases": result.vacuum_bases, "info": result.info,
             "history": result.history}
     return save_state_and_card(path, result.model, card, force=force)
@@ -697,8 +499,7 @@ def save_ccstae(path: str | os.PathLike, result: CCSTAEResult, *, force: bool = 
 
 def load_ccstae(path: str | os.PathLike) -> tuple[Any, dict[str, Any]]:
     """``(model, card)`` from :func:`save_ccstae` (weights loaded with ``weights_only=True``)."""
-    from .ccstae import CCSTAE, CCSTAEConfig
-    from .model_files import load_state_and_card
+    from .._common.model_files import load_model
+    from .model import CCSTAE, CCSTAEConfig
 
-    return load_state_and_card(path, _FORMAT, "CC-ST-AE model",
-                               lambda card: CCSTAE(CCSTAEConfig.from_dict(card["config"])))
+    return load_model(path, "ccstae", lambda card: CCSTAE(CCSTAEConfig.from_dict(card.config)))

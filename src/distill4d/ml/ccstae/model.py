@@ -29,7 +29,7 @@ import torch
 from torch import nn
 from torch.nn import functional as nnf
 
-from .._validate import check_keys, nonnegative_float, positive_float, positive_int
+from ..._validate import check_keys, nonnegative_float, positive_float, positive_int
 
 __all__ = ["CCSTAE", "CCSTAEConfig", "ccstae_loss", "inverse_affine", "warp"]
 

@@ -1,61 +1,39 @@
-"""Train and run the phase-retrieval models (:mod:`~distill4d.ml.phase_models`) on 4D scans.
+"""Training the phase-retrieval models (:mod:`~distill4d.ml.phase.model`) on 4D scans: :func:`train_phase`.
 
-Preparation (what makes a model transfer between datasets): every pattern is resampled onto
-an ``N x N`` grid spanning ``± extent`` convergence semiangles around the beam centre (the
-bright-field radius in pixels comes from the calibration: semiangle / mrad per pixel, or is
-measured on the mean pattern), box-filtered first when that bins the detector, and divided by
-its mean over the grid (total-count normalisation: the prepared pattern has mean 1).
-
-Training (:func:`train_phase`) takes one scan and a label image on the same scan grid (a
-ptychographic reconstruction, or for simulated data the projected potential / phase), or
-several such pairs (materials, thicknesses) for a model that transfers. Each label is
-standardised on its own scan; a rectangle of the scan (default: the last quarter of the rows) is held
-out for validation and early stopping (the best held-out state is kept); the loss is the MSE
-over random ``patch x patch`` tiles of the training positions. Inference
-(:func:`phase_image`) runs through :func:`~distill4d.engine.map_neighbourhoods`, so
-neighbourhoods across tile borders are those of the whole scan.
+Training takes one scan and a label image on the same scan grid (a ptychographic
+reconstruction, or for simulated data the projected potential / phase), or several such pairs
+(materials, thicknesses) for a model that transfers. The patterns are prepared as at inference
+(:mod:`~distill4d.ml.phase.prepare`). Each label is standardised on its own scan; a rectangle
+of the scan (default: the last quarter of the rows) is held out for validation and early
+stopping (the best held-out state is kept); the loss is the MSE over random ``patch x patch``
+tiles of the training positions.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import math
 import os
 import time
-import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .._validate import positive_float, positive_int
-from ..datacube import DataCube
-from ..engine.neighbourhoods import _check_pad
-from .resample import resample_patterns
+from ..._validate import positive_float, positive_int
+from ...datacube import DataCube
+from ...engine.neighbourhoods import _check_pad
+from .._common.model_files import CARD_FORMATS
+from .._common.loop import StopRule
+from .prepare import _pass_options, _scan_norm, phase_geometry, prepare_phase_patterns
 
-__all__ = [
-    "SHIPPED_MODELS",
-    "SHIPPED_TRAINING_SETS",
-    "PhaseImage",
-    "PhaseTrainConfig",
-    "load_phase_model",
-    "phase_geometry",
-    "phase_image",
-    "prepare_phase_patterns",
-    "save_phase_model",
-    "shipped_model_path",
-    "shipped_phase_weights",
-    "train_phase",
-]
+__all__ = ["PhaseTrainConfig", "save_phase_model", "train_phase"]
 
-_FORMAT = "distill4d-phase-1"
 #: Largest prepared training array held in memory (bytes).
 _MAX_PREPARED_BYTES = 4 << 30
-_WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 
 
 @dataclass(frozen=True)
@@ -98,72 +76,6 @@ class PhaseTrainConfig:
             raise ValueError(f"seed must be an integer >= 0, got {self.seed!r}")
 
 
-# ---------------------------------------------------------------------- preparation
-def phase_geometry(datacube: DataCube, *, origin_px: tuple[float, float] | None = None,
-                   bf_radius_px: float | None = None, **engine: Any) -> dict[str, float]:
-    """Beam centre and bright-field radius (detector pixels) used to prepare the patterns.
-
-    ``origin_px``: given, else the calibration's, else measured on the mean pattern.
-    ``bf_radius_px``: given, else semiangle / (mrad per pixel) from the calibration, else
-    measured on the mean pattern.
-    """
-    from ..imaging.origin import find_bf_disk
-
-    cal = datacube.calibration
-    origin = origin_px if origin_px is not None else cal.origin_px
-    radius = bf_radius_px
-    if radius is None and cal.semiangle_mrad is not None and cal.q_pixel_inv_A is not None \
-            and cal.energy_eV is not None:
-        radius = cal.semiangle_mrad / cal.mrad_per_px
-    if origin is None or radius is None:
-        cx, cy, r = find_bf_disk(datacube.mean_pattern(**engine))
-        origin = (cx, cy) if origin is None else origin
-        radius = r if radius is None else radius
-    ox, oy = (float(v) for v in origin)
-    radius = positive_float("bf_radius_px", radius)
-    if not (math.isfinite(ox) and math.isfinite(oy)):
-        raise ValueError(f"origin_px must be finite, got {origin!r}")
-    return {"origin_px": (ox, oy), "bf_radius_px": radius}
-
-
-def prepare_phase_patterns(patterns: np.ndarray, geometry: dict[str, Any], size: int, extent: float) -> np.ndarray:
-    """Patterns ``(..., Qx, Qy)`` → ``(..., size, size)`` float32 on the model grid (module notes).
-
-    Model pixel ``u`` (centre ``(size - 1) / 2``) ↔ detector ``origin + (u - (size - 1)/2) · s``
-    with ``s = extent · bf_radius_px / (size / 2)`` detector pixels per model pixel. Each pattern
-    is divided by its mean over the grid. ValueError for NaN/Inf or a pattern with no counts.
-    """
-    arr = np.asarray(patterns)
-    lead = arr.shape[:-2]
-    flat = arr.reshape((-1,) + arr.shape[-2:])
-    scale = extent * geometry["bf_radius_px"] / (size / 2)
-    ox, oy = geometry["origin_px"]
-    shift = (size // 2 - (size - 1) / 2) * scale  # resample_patterns centres model pixel size//2
-    out = resample_patterns(flat, (ox + shift, oy + shift), scale, size)
-    mean = out.mean(axis=(1, 2), dtype=np.float64)
-    bad = ~np.isfinite(mean) | (mean <= 0)
-    if bad.any():
-        what = "NaN/Inf values" if not np.all(np.isfinite(mean)) else "no counts inside the model's detector grid"
-        raise ValueError(f"{int(bad.sum())} of {len(mean)} patterns have {what}; crop the scan to valid "
-                         "positions or repair the data")
-    out /= mean[:, None, None].astype(np.float32)
-    return out.reshape(lead + (size, size))
-
-
-def _prepared_moments(batch: np.ndarray, geometry: dict[str, Any], size: int, extent: float) -> np.ndarray:
-    """``(2, size, size)``: sum and sum of squares of the prepared patterns of ``batch``."""
-    p = prepare_phase_patterns(batch, geometry, size, extent).astype(np.float64)
-    return np.stack([p.sum(axis=0), (p * p).sum(axis=0)])
-
-
-def _scan_norm(total: np.ndarray, total_sq: np.ndarray, n: int) -> tuple[np.ndarray, np.float32]:
-    """The scan's mean prepared pattern and the RMS of the deviations from it (input_norm "scan")."""
-    mean = total / n
-    rms = math.sqrt(max(float(np.mean(total_sq / n - mean**2)), 0.0))
-    if not rms > 0:
-        raise ValueError("every prepared pattern of the scan is the same: input_norm='scan' has nothing to scale")
-    return mean.astype(np.float32), np.float32(rms)
-
 
 def _check_label(label: Any, scan_shape: tuple[int, int]) -> np.ndarray:
     lab = np.asarray(label, dtype=np.float64)
@@ -195,10 +107,6 @@ def _holdout_mask(scan_shape: tuple[int, int], holdout: Any, fraction: float) ->
     return mask, region
 
 
-# ---------------------------------------------------------------------- training
-def _pass_options(engine: dict[str, Any]) -> dict[str, Any]:
-    """The engine options that a reduction pass (mean pattern, scan statistics) accepts."""
-    return {k: v for k, v in engine.items() if k not in ("checkpoint", "job_key", "desc")}
 
 
 @dataclass
@@ -264,7 +172,7 @@ def _prepare_scan(dc: DataCube, lab: np.ndarray, hold: np.ndarray, region: tuple
     """Prepare one checked training scan (:func:`_as_scans`); ``p``: the tile side of every scan."""
     import torch
 
-    from ..engine import map_patterns
+    from ...engine import map_patterns
 
     r = config.radius
     rx, ry = dc.scan_shape
@@ -308,7 +216,7 @@ def train_phase(
         model for several materials / thicknesses: every label is standardised on its own scan,
         each batch draws its tiles from the scans with equal probability, and the model then
         predicts a standardised image, units "standardised").
-    config : :class:`~distill4d.ml.phase_models.PhaseConfig` (default: the linear model).
+    config : :class:`~distill4d.ml.phase.model.PhaseConfig` (default: the linear model).
     train : :class:`PhaseTrainConfig`.
     holdout : ``((x0, x1), (y0, y1))`` scan rectangle held out for validation (default: the
         last ``train.holdout_fraction`` of the rows); with several scans, one for all or a list.
@@ -327,8 +235,8 @@ def train_phase(
     """
     import torch
 
-    from .device import torch_device
-    from .phase_models import PhaseConfig, build_phase_model
+    from .._common.device import torch_device
+    from .model import PhaseConfig, build_phase_model
 
     config = PhaseConfig() if config is None else config
     train = PhaseTrainConfig() if train is None else train
@@ -378,9 +286,10 @@ def train_phase(
     history: list[dict[str, Any]] = []
     best: tuple[float, float, int, list[tuple[float, float]]] = (math.inf, 0.0, 0, [])
     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    stale, stopped, step = 0, "max_steps", 0
-    running = 0.0
+    step, running = 0, 0.0
     t1 = time.perf_counter()
+    rule = StopRule(train.max_steps, patience=train.patience, max_minutes=train.max_minutes)
+    rule.start(t1)
     model.train()
     for step in range(1, train.max_steps + 1):
         if len(scans) == 1:
@@ -404,17 +313,13 @@ def train_phase(
             history.append(rec)
             if callback is not None:
                 callback(rec)
-            if mse < best[0]:
-                best, stale = (mse, corr, step, per), 0
+            if rule.record(step, mse):
+                best = (mse, corr, step, per)
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            else:
-                stale += 1
-                if stale >= train.patience:
-                    stopped = "early_stopping"
-                    break
-            if train.max_minutes is not None and time.perf_counter() - t1 > 60 * train.max_minutes:
-                stopped = "max_minutes"
+            if rule.stopped or rule.out_of_time():
                 break
+    # the phase cards name a patience stop "early_stopping"
+    stopped = {None: "max_steps", "patience": "early_stopping"}.get(rule.reason, rule.reason)
     model.load_state_dict(best_state)
     model.eval()
     model.cpu()
@@ -435,7 +340,7 @@ def train_phase(
     if len(scans) > 1:
         metrics["per_scan"] = [{"held_out_mse_standardised": m, "held_out_pearson_r": c} for m, c in best[3]]
     card = {
-        "format": _FORMAT,
+        "format": CARD_FORMATS["phase"],
         "config": config.to_dict(),
         "label": lab_card,
         "pad": pad,
@@ -454,164 +359,10 @@ def train_phase(
     return model, card
 
 
-# ---------------------------------------------------------------------- inference
-@dataclass
-class PhaseImage:
-    """A phase-retrieval result: ``image`` ``(Rx, Ry)`` in ``units`` (those of the training label)."""
-
-    image: np.ndarray
-    units: str
-    label_name: str
-    model: str
-    calibration: Any
-    info: dict[str, Any] = field(default_factory=dict)
-
-    def to_hdf5(self, path: str | os.PathLike, force: bool = False) -> Path:
-        """Write ``/results/<label_name>`` (with its units) and the calibration and model as attributes."""
-        from ..io import write
-
-        attrs = {"model": self.model, "info": json.dumps(self.info, default=str),
-                 **{f"calibration_{k}": v for k, v in self.calibration.to_attrs().items()}}
-        return write(path, {self.label_name: self.image}, force=force, units={self.label_name: self.units},
-                     attrs=attrs)
-
-    def plot(self, path: str | os.PathLike, *, force: bool = False, title: str = "") -> Path:
-        from ..plot import save_images_png
-
-        return save_images_png(path, {self.label_name: self.image}, units={self.label_name: self.units},
-                               title=title or f"ML phase retrieval ({self.model})",
-                               scan_step_A=self.calibration.scan_step_A, force=force)
-
-
-def _phase_block(block: np.ndarray, model: Any, geometry: dict[str, Any], size: int, extent: float,
-                 mean: float, std: float, device: Any, norm: tuple[np.ndarray, Any] | None = None) -> np.ndarray:
-    import torch
-
-    prepared = prepare_phase_patterns(block, geometry, size, extent)
-    if norm is not None:
-        prepared = (prepared - norm[0]) / norm[1]
-    with torch.no_grad():
-        out = model(torch.as_tensor(prepared, device=device).unsqueeze(0))[0]
-    return (out.double().cpu().numpy() * std + mean).reshape(-1)
-
-
-#: Training sets of the shipped weights (``benchmarks/phase_benchmark.py``): "mos2", one
-#: simulated MoS2 monolayer field (label in V·Å); "mixed", that field plus five thick crystals
-#: of other structures (MgO, GaAs, CeO2, Cu, Si; 40-200 Å; standardised label).
-SHIPPED_TRAINING_SETS = ("mos2", "mixed")
-#: Names of the shipped models accepted by :func:`phase_image` and ``distill4d phase --model``.
-SHIPPED_MODELS = ("conv4d", "linear", "conv4d-mos2", "linear-mos2", "conv4d-mixed", "linear-mixed")
-
-
-def _warn_if_grid_leaves_detector(geometry: dict[str, Any], config: Any, shape: tuple[int, int]) -> None:
-    """Warn when the model's detector grid reaches past the detector (the model then sees zeros there)."""
-    reach = config.extent * geometry["bf_radius_px"] * (config.size - 1) / config.size
-    ox, oy = geometry["origin_px"]
-    room = min(ox, oy, shape[0] - 1 - ox, shape[1] - 1 - oy)
-    if reach > room + 0.5:
-        warnings.warn(f"the model reads ±{config.extent:g} convergence semiangles ({reach:.1f} detector px) from "
-                      f"the beam centre but the detector reaches only {room:.1f} px: it sees zeros beyond, and "
-                      "its image may be off unless it was trained on such a detector; a model with a smaller "
-                      "extent (distill4d train phase --extent) avoids this", stacklevel=3)
-
-
-def shipped_phase_weights(model: str = "conv4d", trained_on: str = "mixed") -> Path:
-    """Path of the shipped weights of ``model`` ("linear" or "conv4d") trained on ``trained_on``
-    (:data:`SHIPPED_TRAINING_SETS`)."""
-    if model not in ("linear", "conv4d"):
-        raise ValueError(f"model must be 'linear' or 'conv4d', got {model!r}")
-    if trained_on not in SHIPPED_TRAINING_SETS:
-        raise ValueError(f"trained_on must be one of {SHIPPED_TRAINING_SETS}, got {trained_on!r}")
-    return _WEIGHTS_DIR / f"phase_{model}_{trained_on}.pt"
-
-
-def shipped_model_path(name: str) -> Path:
-    """Weights path of a shipped model named as in :data:`SHIPPED_MODELS` ("conv4d" and "linear"
-    without a suffix are the MoS2 models)."""
-    if name not in SHIPPED_MODELS:
-        raise ValueError(f"unknown shipped model {name!r}; choose one of {SHIPPED_MODELS}")
-    kind, _, trained_on = name.partition("-")
-    return shipped_phase_weights(kind, trained_on or "mos2")
-
-
-def phase_image(
-    datacube: DataCube,
-    model: Any = "conv4d-mixed",
-    *,
-    pad: str | None = None,
-    origin_px: tuple[float, float] | None = None,
-    device: Any = "cpu",
-    **engine: Any,
-) -> PhaseImage:
-    """The model's image of ``datacube``: one value per scan position, in the label's units.
-
-    ``model``: a weights path (card beside it), ``(module, card)`` from :func:`train_phase` /
-    :func:`load_phase_model`, or a shipped model (:data:`SHIPPED_MODELS`: "conv4d" and "linear"
-    trained on MoS2, "conv4d-mixed" and "linear-mixed" also on thick crystals). ``pad``:
-    how neighbourhoods continue past the scan edge (default: the card's). The detector is
-    prepared exactly as in training (module notes); ``engine`` options go to
-    :func:`~distill4d.engine.map_neighbourhoods` (tiles, scheduler, checkpoint, progress).
-    """
-    from ..engine import map_neighbourhoods
-    from .device import torch_device
-    from .phase_models import PhaseConfig
-
-    if not isinstance(datacube, DataCube):
-        raise TypeError(f"datacube must be a distill4d.DataCube, got {type(datacube).__name__}")
-    if isinstance(model, str) and model in SHIPPED_MODELS:
-        model = shipped_model_path(model)
-    if isinstance(model, (str, os.PathLike)):
-        net, card = load_phase_model(model)
-        name = str(model)
-    else:
-        try:
-            net, card = model
-        except (TypeError, ValueError):
-            raise TypeError(f"model must be a weights path, one of {SHIPPED_MODELS}, or a (module, card) "
-                            "pair") from None
-        name = "in-memory model"
-    config = PhaseConfig.from_dict(card["config"])
-    pad = card.get("pad", "edge") if pad is None else pad
-    _check_pad(pad, config.radius, datacube.scan_shape)
-    dev = torch_device(device)
-    net = net.to(dev).eval()
-    t0 = time.perf_counter()
-    pass_options = _pass_options(engine)
-    geometry = phase_geometry(datacube, origin_px=origin_px, **pass_options)
-    _warn_if_grid_leaves_detector(geometry, config, datacube.pattern_shape)
-    lab = card["label"]
-    norm = None
-    if config.input_norm == "scan":
-        from ..engine import reduce_patterns
-
-        moments = reduce_patterns(datacube, functools.partial(_prepared_moments, geometry=geometry, size=config.size,
-                                                              extent=config.extent), **pass_options)
-        norm = _scan_norm(moments[0], moments[1], datacube.n_patterns)
-    fn = functools.partial(_phase_block, model=net, geometry=geometry, size=config.size, extent=config.extent,
-                           mean=float(lab["mean"]), std=float(lab["std"]), device=dev, norm=norm)
-    engine.setdefault("desc", "phase")
-    engine["job_key"] = f"phase:{engine.get('job_key', '')}:{name}:{json.dumps(geometry)}"
-    image = map_neighbourhoods(datacube, fn, config.radius, pad=pad, **engine)
-    info = {"seconds": time.perf_counter() - t0, "geometry": geometry, "pad": pad, "weights": name,
-            "device": str(dev)}
-    return PhaseImage(np.asarray(image, dtype=np.float64), lab.get("units", ""), lab.get("name", "phase"),
-                      config.model, datacube.calibration, info)
-
-
-# ---------------------------------------------------------------------- files
 def save_phase_model(path: str | os.PathLike, model: Any, card: dict[str, Any], *, force: bool = False,
                      command: str | None = None) -> Path:
     """Write ``model``'s state_dict to ``path`` and ``card`` (+ ``command``) beside it (``.json``)."""
-    from .model_files import save_state_and_card
+    from .._common.model_files import save_state_and_card
 
     card = dict(card) if command is None else {**card, "command": command}
     return save_state_and_card(path, model, card, force=force)
-
-
-def load_phase_model(path: str | os.PathLike) -> tuple[Any, dict[str, Any]]:
-    """``(model, card)`` from :func:`save_phase_model` (weights loaded with ``weights_only=True``)."""
-    from .model_files import load_state_and_card
-    from .phase_models import PhaseConfig, build_phase_model
-
-    return load_state_and_card(path, _FORMAT, "phase model",
-                               lambda card: build_phase_model(PhaseConfig.from_dict(card["config"])))

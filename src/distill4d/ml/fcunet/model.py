@@ -24,9 +24,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .._validate import check_keys
+from ..._validate import check_keys
 from . import FCUNET_VIEWS
-from .complex_layers import (
+from .._common.layers import (
     ComplexBatchNorm2d,
     ComplexConv2d,
     ComplexMagnitudeNorm2d,

@@ -37,13 +37,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._atomic import atomic_output, atomic_write_bytes
-from .._validate import check_keys, positive_float, positive_int
-from ..ml.device import torch_device
-from ..ml.fcunet import FCUNet, FCUNetConfig
-from ..simulate.augment import AugmentConfig
-from ..simulate.library import Library
-from .datasets import LibraryDataset
+from ..._atomic import atomic_output, atomic_write_bytes
+from ..._validate import check_keys, positive_float, positive_int
+from ...simulate.augment import AugmentConfig
+from ...simulate.library import Library
+from .._common.device import torch_device
+from .._common.loop import StopRule
+from .data import LibraryDataset
+from .model import FCUNet, FCUNetConfig
 
 __all__ = ["FCUNetTrainConfig", "train_fcunet", "evaluate_fcunet", "stretch_response", "validation_entries", "position_loss", "augment_batch"]
 
@@ -267,7 +268,7 @@ def _predict(
     model: FCUNet, dataset: LibraryDataset, device: str | torch.device, batch_size: int
 ) -> tuple[np.ndarray, list[np.ndarray], float]:
     """Predicted images (eval mode, no dropout), the scorable true peaks, and the MSE to the targets."""
-    from ..ml.fcunet_detect import true_peaks
+    from .detect import true_peaks
 
     dev = torch.device(device)
     # its own generator: evaluating leaves the global RNG (dropout masks of training) untouched
@@ -298,8 +299,8 @@ def tune_detection(
     Returns ``{"min_intensity": best, "accuracy": {threshold: accuracy}}``; use the validation
     split (never the test data).
     """
-    from ..bragg.score import disk_detection_accuracy
-    from ..ml.fcunet_detect import peaks_from_prediction
+    from ...bragg.score import disk_detection_accuracy
+    from .detect import peaks_from_prediction
 
     pred, truths, _ = _predict(model, dataset, device, batch_size)
     acc = {}
@@ -334,9 +335,9 @@ def stretch_response(
     the RMS difference (px) between predicted and true displacements; slope and rms_px are
     None where no peak was matched.
     """
-    from ..bragg.score import match_peaks
-    from ..ml.fcunet_detect import peaks_from_prediction, true_peaks
-    from ..simulate.augment import affine
+    from ...bragg.score import match_peaks
+    from .detect import peaks_from_prediction, true_peaks
+    from ...simulate.augment import affine
 
     if not 0 < stretch < 0.5:
         raise ValueError(f"stretch must be in (0, 0.5), got {stretch!r}")
@@ -403,11 +404,11 @@ def evaluate_fcunet(
     """Validation metrics of ``model`` (eval mode, no dropout): ``mse`` and disk ``accuracy``.
 
     ``accuracy``: intensity-weighted disk-detection accuracy (within 0.5 px) of the peaks found
-    in the predicted images by :func:`distill4d.ml.fcunet_detect.peaks_from_prediction`
+    in the predicted images by :func:`distill4d.ml.fcunet.detect.peaks_from_prediction`
     against the kinematic peaks (amplitude ≥ 0.01 of (000)), over all entries.
     """
-    from ..bragg.score import disk_detection_accuracy
-    from ..ml.fcunet_detect import peaks_from_prediction
+    from ...bragg.score import disk_detection_accuracy
+    from .detect import peaks_from_prediction
 
     pred, truths, mse = _predict(model, dataset, device, batch_size)
     score = disk_detection_accuracy(peaks_from_prediction(pred), truths, threshold_inv_A=0.5, q_pixel_inv_A=1.0)
@@ -425,7 +426,7 @@ def augment_batch(
     augmentation gives it), the target and the padded peaks (NaN rows stay NaN) moved by the
     same distortion and shift.
     """
-    from ..simulate import augment_torch
+    from ...simulate import augment_torch
 
     pattern, probe = batch["pattern"].to(device), batch["probe"].to(device)
     target, peaks = batch["target"].to(device), batch["peaks"].to(device)
@@ -443,7 +444,7 @@ def _init_weights(init: str | os.PathLike, model_cfg: FCUNetConfig) -> tuple[dic
     """The state_dict of earlier weights to start from, and what the new card records of them."""
     import hashlib
 
-    from ..ml.fcunet_detect import load_fcunet
+    from .detect import load_fcunet
 
     path = pathlib.Path(os.fspath(init))
     model, card = load_fcunet(path, device="cpu")  # names a missing, corrupt or mismatched file
@@ -513,6 +514,7 @@ def train_fcunet(
     model = model.to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     state = {"step": 0, "epoch": 0, "batch": 0, "best": None, "best_state": None, "seconds": 0.0, "history": []}
+    rule = StopRule(cfg.max_steps, max_minutes=cfg.max_minutes)  # the best: lowest validation MSE
     key = json.dumps({"train": cfg.schedule_dict(), "library": lib.config.to_dict(), "entries": len(lib),
                       "init": init_record and init_record["sha256"]}, sort_keys=True)
     if ckpt_path.exists():
@@ -526,6 +528,7 @@ def train_fcunet(
         opt.load_state_dict(ck["optimizer"])
         state = json.loads(ck["state"])
         state["best_state"] = ck.get("best_state")
+        rule.load_state_dict(state.pop("stop", None) or {"best": state["best"] and state["best"]["mse"]})
         torch.set_rng_state(ck["torch_rng"])  # the dropout masks go on as if never stopped
         say(f"resuming at step {state['step']} (epoch {state['epoch']}, batch {state['batch']})")
     on_device = cfg.augment_on == "device" and cfg.augment is not None
@@ -537,6 +540,7 @@ def train_fcunet(
     def checkpoint() -> None:
         body = dict(state)
         best_state = body.pop("best_state")
+        body["stop"] = rule.state_dict()
         _save_checkpoint(
             ckpt_path,
             {"key": key, "model": model.state_dict(), "optimizer": opt.state_dict(), "state": json.dumps(body),
@@ -550,21 +554,22 @@ def train_fcunet(
         with open(log_path, "a") as fh:
             fh.write(json.dumps({"kind": "val", **metrics}) + "\n")
         say(f"step {state['step']}: val mse {metrics['mse']:.3g}, accuracy {metrics['accuracy']:.3f}")
-        if state["best"] is None or metrics["mse"] < state["best"]["mse"]:
+        if rule.record(state["step"], metrics["mse"]):
             state["best"] = metrics
             state["best_state"] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
     model.train()
     model.set_mc_dropout(True)
     t_start = time.perf_counter()
+    rule.start(t_start)
     seconds0 = state["seconds"]
     last_ckpt = t_start
-    running, stopped_early = [], False
+    running = []
     loader = torch.utils.data.DataLoader(
         train_ds, batch_sampler=_batch_keys(len(train_ds), cfg, state["epoch"], state["batch"]),
         num_workers=cfg.num_workers, generator=torch.Generator().manual_seed(cfg.seed + state["epoch"]),
     )
-    for batch in loader if state["step"] < cfg.max_steps else ():
+    for batch in loader if not rule.steps_done(state["step"]) else ():
         epoch = int(batch["epoch"][0])
         state["batch"] = state["batch"] + 1 if epoch == state["epoch"] else 1
         state["epoch"] = epoch
@@ -600,16 +605,13 @@ def train_fcunet(
         if state["step"] % cfg.val_every_steps == 0 and state["step"] < cfg.max_steps:
             validate()
         now = time.perf_counter()
-        if state["step"] >= cfg.max_steps:
-            break
-        if cfg.max_minutes and now - t_start > 60 * cfg.max_minutes:
-            stopped_early = True
+        if rule.steps_done(state["step"]) or rule.out_of_time():
             break
         if now - last_ckpt > 60 * cfg.checkpoint_minutes:
             checkpoint()
             last_ckpt = now
     del loader  # stops its worker processes
-    if stopped_early:
+    if rule.reason == "max_minutes":
         checkpoint()
         say(f"stopped after {cfg.max_minutes} min at step {state['step']}; run the same command to go on")
         return {"complete": False, "step": state["step"]}

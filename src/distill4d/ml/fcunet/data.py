@@ -9,9 +9,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._validate import positive_int
-from ..simulate.augment import AugmentConfig, random_augment
-from ..simulate.library import Library
+from ..._validate import positive_int
+from ...simulate.augment import AugmentConfig, random_augment
+from ...simulate.library import Library
 
 __all__ = ["LibraryDataset"]
 
