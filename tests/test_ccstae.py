@@ -220,6 +220,10 @@ def test_cli_strain_ccstae(tmp_path):
 
     with h5py.File(out) as f:
         assert f["eps_xx"].shape == (6, 6) and "ccstae/spot_mask" in f
+    from distill4d.results import read_results
+
+    prov = read_results(out).provenance
+    assert prov.method == "ccstae" and prov.inputs == (str(src),) and prov.parameters["reference"] == [[0, 3], [0, 6]]
 
 
 def test_bad_inputs_are_named():

@@ -36,6 +36,9 @@ def test_virtual_writes_exact_images_and_png(scan_file, tmp_path, capsys):
     arrays = distill4d.io.read_results(out)
     expected = virtual_images(DataCube(data), {"bf": circle_mask((64, 64), (31.5, 31.5), 6)})["bf"]
     np.testing.assert_allclose(arrays["bf"], expected, rtol=1e-12)
+    assert arrays.calibration.q_pixel_inv_A == 0.02 and arrays.calibration.scan_step_A == 0.5
+    assert arrays.provenance.method == "virtual" and arrays.provenance.inputs == (str(path),)
+    assert arrays.provenance.parameters["detectors"]["bf"] == ["bf", [6.0]]
     assert out.with_suffix(".png").stat().st_size > 1000
     assert not (tmp_path / "v.h5.partial").exists()
 
@@ -168,6 +171,11 @@ def test_disks_and_strain_commands_recover_a_known_strain(tmp_path, capsys):
                  "--reference", "0:4,0:8"]) == 0
     smap = StrainMap.from_hdf5(out)
     assert np.nanmax(np.abs(smap.eps_xx)) < 5e-4 and np.nanmax(np.abs(smap.eps_xy)) < 5e-4
+    # the file records its command, inputs, detector and reference
+    prov = smap.provenance
+    assert prov.command.startswith("distill4d ") and prov.inputs == (str(scan), str(probe))
+    assert prov.parameters["detection"]["method"] == "correlation"
+    assert prov.parameters["reference"] == [[0, 4], [0, 8]] and smap.calibration == dc.calibration
     # ... and a multilayer (alternating +-1 % eps_xx along Rx) referenced to its first layer.
     ml, mtruth = strained_scan((8, 8), (128, 128), kind="multilayer", strain=0.01, layer_width=2, dose=None)
     ml_file = tmp_path / "ml.h5"

@@ -54,10 +54,11 @@ def demo_dir() -> Path:
     """The ``distill4d demo`` outputs (made once per run of this script)."""
     global _DEMO
     if _DEMO is None:
-        from distill4d.demo import run_demo
+        from distill4d.cli import main
+        from distill4d.cli.demo import run_demo
 
         _DEMO = Path(tempfile.mkdtemp(prefix="distill4d_figures_"))
-        run_demo(_DEMO, progress=False)
+        run_demo(_DEMO, main=main, progress=False)
     return _DEMO
 
 
@@ -138,7 +139,7 @@ def strain() -> None:
 
 def fcunet() -> None:
     from distill4d.bragg import find_bragg_disks
-    from distill4d.ml.fcunet_detect import find_bragg_disks_fcunet  # distill4d.ml.fcunet.detect after the move
+    from distill4d.ml.fcunet.detect import find_bragg_disks_fcunet
 
     dc, probe = _multilayer()
     sub = dc[0:1, 0:2]
@@ -160,7 +161,7 @@ def fcunet() -> None:
 
 
 def ccstae() -> None:
-    from distill4d.ml.ccstae_fit import CCSTAETrainConfig, strain_map_ccstae  # distill4d.ml.ccstae.strain after the move
+    from distill4d.ml.ccstae import CCSTAETrainConfig, strain_map_ccstae
 
     dc, probe = _multilayer()
     res = strain_map_ccstae(dc, probe, num_base=2, reference=(slice(0, 6), slice(0, 24)),
@@ -175,7 +176,7 @@ def ccstae() -> None:
 def phase() -> None:
     import distill4d
     from distill4d.io import read_results
-    from distill4d.ml.phase_fit import phase_image  # distill4d.ml.phase.infer after the move
+    from distill4d.ml.phase import phase_image
 
     d = demo_dir()
     dc = distill4d.read(d / "scan.h5")

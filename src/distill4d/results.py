@@ -3,7 +3,7 @@
 Every analysis result (virtual images, CoM / iDPC, Bragg peaks, strain maps, ML phase
 images, CC-ST-AE) can be turned into a :class:`Results` and written with one writer,
 :meth:`Results.to_h5` (the atomic results writer of :mod:`distill4d.io.write`), and read
-back with :meth:`Results.from_h5` / :func:`distill4d.io.read_results`.
+back with :meth:`Results.from_h5` / :func:`read_results`.
 
 File layout (``distill4d_format = "results"``)::
 
@@ -35,7 +35,7 @@ import numpy as np
 from .calibration import Calibration
 from .errors import Distill4dError
 
-__all__ = ["Provenance", "Results", "command_line"]
+__all__ = ["Provenance", "Results", "command_line", "read_results"]
 
 
 def command_line(argv: Sequence[str] | None = None) -> str:
@@ -48,7 +48,7 @@ def _now() -> str:
 
 
 def _version() -> str:
-    from . import __version__
+    from ._version import __version__
 
     return __version__
 
@@ -220,6 +220,33 @@ class Results(collections.abc.Mapping):
     @classmethod
     def from_h5(cls, path: str | os.PathLike) -> "Results":
         """Read a results file (also those written before calibration and provenance were stored)."""
-        from .io.write import read_results
-
         return read_results(path)
+
+
+def read_results(path: str | os.PathLike) -> Results:
+    """Read a results file: one written by :func:`distill4d.write` with a dict or
+    :meth:`Results.to_h5`, the ``results=`` stored beside a DataCube, or a ``StrainMap`` /
+    ``BraggPeaks`` file.
+
+    Returns a :class:`Results`: a read-only mapping ``{name: array}`` with ``.units``,
+    ``.attrs``, ``.calibration`` (empty where the file has none) and ``.provenance`` (None where
+    the file records none; files written before provenance existed give one from their
+    ``command`` and ``input`` attributes).
+    """
+    from .io.write import read_results_file
+
+    arrays, units, attrs, calibration = read_results_file(path)
+    return Results(arrays, units, attrs, calibration, _read_provenance(attrs))
+
+
+def _read_provenance(attrs: dict[str, Any]) -> Provenance | None:
+    """The ``provenance`` attribute (removed from ``attrs``), else one from an older file's
+    ``command`` / ``input`` attributes, else None."""
+    text = attrs.pop("provenance", None)
+    if text is not None:
+        return Provenance.from_json(text)
+    if "command" not in attrs:
+        return None
+    inputs = (str(attrs["input"]),) if "input" in attrs else ()
+    return Provenance("", inputs=inputs, command=str(attrs["command"]),
+                      version=str(attrs.get("distill4d_version", "")), created="")

@@ -178,7 +178,7 @@ class BraggPeaks:
     def from_hdf5(cls, path: str | os.PathLike) -> "BraggPeaks":
         """Read a file written by :meth:`to_hdf5` (also one written before provenance was kept)."""
         from ..io.hdf5 import open_h5
-        from ..io.write import read_results
+        from ..results import read_results
 
         with open_h5(path, expect_format=_FORMAT):
             pass

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import Distill4dError
+from ..results import command_line
 
 __all__ = [
     "Outputs",
@@ -161,11 +162,6 @@ def require_torch(what: str) -> None:
         import torch  # noqa: F401
     except ImportError:
         raise Distill4dError(f"{what} needs PyTorch: pip install 'distill4d[ml]'") from None
-
-
-def command_line() -> str:
-    """The command as typed, recorded in outputs and model cards."""
-    return " ".join(["distill4d"] + sys.argv[1:])
 
 
 # ---------------------------------------------------------------------- errors

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import Distill4dError
+from ..results import Provenance
 from ._common import (
     Outputs,
     add_calibration,
@@ -74,10 +75,12 @@ def cmd_virtual(args: argparse.Namespace) -> int:
     images = virtual_images(dc, masks, checkpoint=outs.checkpoint("virtual"), **engine_kwargs(args))
     warn_nonfinite(images)
     units = {k: "counts" for k in images}
-    attrs = {"command": command_line(), "input": str(args.file), **{f"calibration_{k}": v for k, v in dc.calibration.to_attrs().items()}}
+    prov = Provenance("virtual", {"detectors": {k: [kind, radii] for k, (kind, radii) in detectors.items()},
+                                  "unit": args.unit, "origin_px": origin},
+                      inputs=(str(args.file),), command=command_line())
     arrays = dict(images)
     arrays.update({f"mask_{k}": m.astype("uint8") for k, m in masks.items()})
-    write(outs.h5, arrays, force=outs.force, units=units, attrs=attrs)
+    write(outs.h5, arrays, force=outs.force, units=units, calibration=dc.calibration, provenance=prov)
     if outs.png:
         from ..plot import save_images_png
 
@@ -117,7 +120,8 @@ def cmd_com(args: argparse.Namespace) -> int:
     arrays = {"com_qx": com.com_qx_px, "com_qy": com.com_qy_px}
     units = {"com_qx": "px", "com_qy": "px"}
     warn_nonfinite(arrays)
-    attrs: dict[str, Any] = {"command": command_line(), "input": str(args.file), "origin_px": list(com.origin_px)}
+    attrs: dict[str, Any] = {"origin_px": list(com.origin_px)}
+    params: dict[str, Any] = {"origin_px": list(com.origin_px), "radius": args.radius, "unit": args.unit}
     if min(dc.scan_shape) >= 3:
         rotation = None if args.rotation_deg is None else math.radians(args.rotation_deg)
         res = idpc(com, rotation_rad=rotation, flip=args.flip)
@@ -125,11 +129,14 @@ def cmd_com(args: argparse.Namespace) -> int:
         field_unit = "1/Å" if res.units == "rad" else "px"
         units.update({"idpc_phase": res.units, "dpc_x": field_unit, "dpc_y": field_unit})
         attrs.update({"scan_rotation_deg": math.degrees(res.rotation_rad), "scan_flip": res.flip})
+        params.update({"rotation_deg": args.rotation_deg, "flip": args.flip})
         print(f"scan rotation {math.degrees(res.rotation_rad):.2f}°" + (" (flipped)" if res.flip else "")
               + (" (estimated from the data)" if args.rotation_deg is None else ""))
     else:
         print("distill4d: note: scan smaller than 3x3: no DPC rotation or iDPC phase", file=sys.stderr)
-    write(outs.h5, arrays, force=outs.force, units=units, attrs=attrs)
+    prov = Provenance("idpc" if "idpc_phase" in arrays else "com", params, inputs=(str(args.file),),
+                      command=command_line())
+    write(outs.h5, arrays, force=outs.force, units=units, attrs=attrs, calibration=dc.calibration, provenance=prov)
     if outs.png:
         from ..plot import save_images_png
 

@@ -60,7 +60,7 @@ def read_label(spec: str, key: str | None) -> tuple[np.ndarray, str, str]:
 
 def cmd_phase(args: argparse.Namespace) -> int:
     require_torch("ML phase retrieval")
-    from ..ml.phase_fit import load_phase_model, phase_image, shipped_model_path
+    from ..ml.phase.infer import load_phase_model, phase_image, shipped_model_path
 
     outs = Outputs(args)
     dc = open_input(args)
@@ -87,8 +87,8 @@ def cmd_phase(args: argparse.Namespace) -> int:
 def cmd_train_phase(args: argparse.Namespace) -> int:
     require_torch("ML phase retrieval")
     from ..io import read
-    from ..ml.phase_fit import PhaseTrainConfig, save_phase_model, train_phase
-    from ..ml.phase_models import PhaseConfig
+    from ..ml.phase.train import PhaseTrainConfig, save_phase_model, train_phase
+    from ..ml.phase.model import PhaseConfig
 
     out = Path(args.out)
     for p in (out, out.with_suffix(".json")):
@@ -133,7 +133,7 @@ def cmd_train_phase(args: argparse.Namespace) -> int:
 
 def add_parser(sub: Any) -> None:
     """Add ``phase`` to the subcommands ``sub``."""
-    from ..ml.phase_fit import SHIPPED_MODELS
+    from ..ml.phase import SHIPPED_MODELS
 
     p = sub.add_parser("phase", help="ML phase retrieval: a high-resolution image from the 4D scan")
     p.add_argument("file")

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import Distill4dError
+from ..results import command_line
 
 __all__ = ["add_parser", "cmd_simulate_library", "cmd_simulate_scan"]
 
@@ -66,7 +67,7 @@ def cmd_simulate_scan(args: argparse.Namespace) -> int:
         atoms, fields, settings, scan_step_A=args.scan_step_A, dose_e=args.dose, plasmon_fraction=args.plasmon,
         seed=args.seed, device=args.device,
     )
-    attrs = {"command": " ".join(sys.argv), "crystal": args.crystal, "zone_axis": list(info["zone_axis"]),
+    attrs = {"command": command_line(), "crystal": args.crystal, "zone_axis": list(info["zone_axis"]),
              "preset": args.preset}
     save_scan(out, dc, truth, force=args.force, attrs=attrs)
     print(f"wrote {out}: {dc.shape[0]}x{dc.shape[1]} patterns of {shape[0]}x{shape[1]} px, "

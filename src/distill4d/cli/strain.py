@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 from typing import Any
@@ -10,12 +11,14 @@ from typing import Any
 import numpy as np
 
 from ..errors import Distill4dError
-from ..ml import FCUNET_VIEWS
+from ..ml.fcunet import FCUNET_VIEWS
+from ..results import Provenance
 from ._common import (
     Outputs,
     add_calibration,
     add_engine,
     add_output,
+    command_line,
     engine_kwargs,
     open_input,
     parse_region,
@@ -39,7 +42,7 @@ def _find_disks(args: argparse.Namespace, outs: Outputs):
     outs.clear_stale()
     if args.method == "fcunet":
         try:
-            from ..ml.fcunet_detect import find_bragg_disks_fcunet
+            from ..ml.fcunet.detect import find_bragg_disks_fcunet
         except ImportError as err:
             raise Distill4dError(f"--method fcunet needs PyTorch: pip install 'distill4d[ml]' ({err})") from None
         engine = engine_kwargs(args)
@@ -77,7 +80,8 @@ def cmd_disks(args: argparse.Namespace) -> int:
 
 def _strain_ccstae(args: argparse.Namespace, outs: Outputs):
     try:
-        from ..ml.ccstae_fit import CCSTAETrainConfig, save_ccstae, strain_map_ccstae
+        from ..ml.ccstae.strain import save_ccstae, strain_map_ccstae
+        from ..ml.ccstae.train import CCSTAETrainConfig
     except ImportError as err:
         raise Distill4dError(f"--method ccstae needs PyTorch: pip install 'distill4d[ml]' ({err})") from None
     from ..io import read_probe
@@ -114,20 +118,26 @@ def cmd_strain(args: argparse.Namespace) -> int:
     from ..lattice import strain_map
 
     outs = Outputs(args)
+    res = None
     if args.method == "ccstae":
         res = _strain_ccstae(args, outs)
-        smap, save = res.strain, res.to_hdf5
+        smap = res.strain
     else:
         _, peaks = _find_disks(args, outs)
         smap = strain_map(peaks, reference=parse_region(args.reference))
         if args.smooth:
             smap = smap.smoothed(args.smooth)
-        save = smap.to_hdf5
         bad = int(smap.mask.sum())
         if bad:
             print(f"distill4d: warning: no lattice could be fitted at {bad} of {smap.mask.size} positions "
                   "(NaN there)", file=sys.stderr)
-    save(outs.h5, force=outs.force)
+    # the file records what made it: command, inputs, method and (in the parameters) the reference
+    prov = (smap.provenance or Provenance(args.method)).replace(
+        command=command_line(), inputs=tuple(str(p) for p in (args.file, args.probe) if p))
+    smap = dataclasses.replace(smap, provenance=prov)
+    if res is not None:
+        res = dataclasses.replace(res, strain=smap)
+    (res or smap).to_hdf5(outs.h5, force=outs.force)
     if outs.png:
         smap.plot(outs.png)
     outs.done()

@@ -15,8 +15,8 @@ __all__ = ["add_train_parser", "cmd_train_fcunet"]
 
 def _train_config(args: argparse.Namespace) -> Any:
     from .._validate import read_mapping_file
-    from ..ml.fcunet import FCUNetConfig
-    from ..train.fcunet import FCUNetTrainConfig
+    from ..ml.fcunet.model import FCUNetConfig
+    from ..ml.fcunet.train import FCUNetTrainConfig
 
     base = read_mapping_file(args.config, "training configuration") if args.config else {}
     model = dict(base.pop("model", {}))
@@ -36,7 +36,7 @@ def _train_config(args: argparse.Namespace) -> Any:
 
 def cmd_train_fcunet(args: argparse.Namespace) -> int:
     require_torch("training")
-    from ..train.fcunet import train_fcunet
+    from ..ml.fcunet.train import train_fcunet
 
     cfg = _train_config(args)
     if args.threads:

@@ -34,7 +34,8 @@ import numpy as np
 from ..errors import Distill4dError
 from .hdf5 import list_datasets
 from .sources import CorruptFileError, H5Source, MemmapSource, NpySource
-from .write import Results, read_results, write
+from ..results import Results, read_results
+from .write import write
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..datacube import DataCube

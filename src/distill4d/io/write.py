@@ -46,9 +46,8 @@ from .._validate import is_dask
 from ..calibration import Calibration
 from ..datacube import DataCube
 from ..errors import Distill4dError
-from ..results import Provenance, Results
 
-__all__ = ["write", "read_results", "Results"]
+__all__ = ["write", "write_results_file", "read_results_file"]
 
 FORMAT_VERSION = 1
 _DATACUBE_PATH = "/datacube_root/datacube/data"
@@ -67,7 +66,7 @@ def write(
     compression: str | None = None,
     results: Mapping[str, Any] | None = None,
     calibration: Calibration | None = None,
-    provenance: Provenance | None = None,
+    provenance: Any = None,
 ) -> pathlib.Path:
     """Write a DataCube or a dict of result arrays to an HDF5 file, atomically.
 
@@ -86,7 +85,7 @@ def write(
         HDF5 cannot hold directly (dicts, None) are stored as JSON text.
     compression : ``None`` (default, fastest), ``"gzip"`` or ``"lz4"`` for a DataCube's data.
     results : with a DataCube only: ``{name: array}`` stored beside it as ``/results/<name>``
-        (e.g. a simulation's ground truth), read back by :func:`read_results`; their units
+        (e.g. a simulation's ground truth), read back by :func:`distill4d.results.read_results`; their units
         go in ``units`` too.
     calibration : with a dict only: the calibration of the data the results came from,
         stored as the attributes of ``/calibration``.
@@ -320,7 +319,7 @@ def _check_results(
 def _check_metadata(calibration: Any, provenance: Any) -> None:
     if calibration is not None and not isinstance(calibration, Calibration):
         raise TypeError(f"calibration must be a distill4d.Calibration or None, got {type(calibration).__name__}")
-    if provenance is not None and not isinstance(provenance, Provenance):
+    if provenance is not None and not callable(getattr(provenance, "to_json", None)):
         raise TypeError(f"provenance must be a distill4d.results.Provenance or None, got {type(provenance).__name__}")
 
 
@@ -331,7 +330,7 @@ def write_results_file(
     units: Mapping[str, str] | None = None,
     attrs: Mapping[str, Any] | None = None,
     calibration: Calibration | None = None,
-    provenance: Provenance | None = None,
+    provenance: Any = None,
     force: bool = False,
     group: str = "results",
 ) -> pathlib.Path:
@@ -361,7 +360,7 @@ def _write_results(
     units: Mapping[str, str],
     attrs: Mapping[str, Any] | None,
     calibration: Calibration | None = None,
-    provenance: Provenance | None = None,
+    provenance: Any = None,
     group: str = "results",
 ) -> None:
     import h5py
@@ -422,20 +421,16 @@ def _attr_value(value: Any) -> Any:
         return str(value)
 
 
-def read_results(path: str | os.PathLike) -> Results:
-    """Read a results file: one written by :func:`write` with a dict or :meth:`Results.to_h5`,
-    the ``results=`` stored beside a DataCube, or a ``StrainMap`` / ``BraggPeaks`` file.
+def read_results_file(
+    path: str | os.PathLike,
+) -> tuple[dict[str, np.ndarray], dict[str, str], dict[str, Any], Calibration]:
+    """The pieces of a results file: ``(arrays, units, attrs, calibration)``, for
+    :func:`distill4d.results.read_results`, which builds the :class:`~distill4d.results.Results`.
 
-    Parameters
-    ----------
-    path : the results file.
-
-    Returns
-    -------
-    :class:`Results`: a read-only mapping ``{name: array}`` with ``.units``, ``.attrs``,
-    ``.calibration`` (empty where the file has none) and ``.provenance`` (None where the file
-    records none; files written before provenance existed give one from their ``command`` and
-    ``input`` attributes).
+    Reads files written by :func:`write` with a dict or :func:`write_results_file`, the
+    ``results=`` stored beside a DataCube, and ``StrainMap`` / ``BraggPeaks`` files. ``attrs``
+    still holds the ``provenance`` JSON (or an older file's ``command`` / ``input``); the
+    calibration is empty where the file has none.
     """
     from .hdf5 import _attr_str, open_h5
 
@@ -475,7 +470,7 @@ def read_results(path: str | os.PathLike) -> Results:
             cal = Calibration.from_attrs(dict(f[_DATACUBE_PATH.rsplit("/", 1)[0]].attrs))
         else:  # files of the CLI before /calibration: calibration_<field> attributes
             cal = Calibration.from_attrs({k[12:]: v for k, v in attrs.items() if k.startswith("calibration_")})
-    return Results(arrays, units, attrs, cal, _read_provenance(attrs))
+    return arrays, units, attrs, cal
 
 
 def _datasets(group: Any, skip: tuple[str, ...] = ()) -> list[tuple[str, Any]]:
@@ -491,16 +486,3 @@ def _datasets(group: Any, skip: tuple[str, ...] = ()) -> list[tuple[str, Any]]:
         else:
             found.append((name, obj))
     return found
-
-
-def _read_provenance(attrs: dict[str, Any]) -> Provenance | None:
-    """The ``provenance`` attribute (removed from ``attrs``), else one from an older file's
-    ``command`` / ``input`` attributes, else None."""
-    text = attrs.pop("provenance", None)
-    if text is not None:
-        return Provenance.from_json(text)
-    if "command" not in attrs:
-        return None
-    inputs = (str(attrs["input"]),) if "input" in attrs else ()
-    return Provenance("", inputs=inputs, command=str(attrs["command"]),
-                      version=str(attrs.get("distill4d_version", "")), created="")

@@ -135,7 +135,7 @@ class StrainMap:
     def from_hdf5(cls, path: str | os.PathLike) -> "StrainMap":
         """Read a file written by :meth:`to_hdf5` (also one written before calibration and provenance were kept)."""
         from ..io.hdf5 import open_h5
-        from ..io.write import read_results
+        from ..results import read_results
 
         with open_h5(path, expect_format=_FORMAT):
             pass

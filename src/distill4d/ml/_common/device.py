@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ...errors import Distill4dError
+
 __all__ = ["torch_device"]
 
 
@@ -16,7 +18,7 @@ def torch_device(device: Any = "auto") -> Any:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if not isinstance(device, str) or (device != "cpu" and device != "cuda" and not device.startswith("cuda:")):
-        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {device!r}")
+        raise Distill4dError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {device!r}")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("device='cuda' was asked for but PyTorch sees no GPU")
+        raise Distill4dError("device='cuda' was asked for but PyTorch sees no GPU")
     return torch.device(device)

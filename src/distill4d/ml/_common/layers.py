@@ -13,6 +13,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ...errors import Distill4dError
+
 __all__ = [
     "ComplexBatchNorm2d",
     "ComplexConv2d",
@@ -29,7 +31,7 @@ __all__ = [
 
 def _check_channels(layer: str, z: torch.Tensor, channels: int) -> None:
     if z.shape[1] != 2 * channels:
-        raise ValueError(f"{layer} expects {2 * channels} real channels (re + im), got {z.shape[1]}")
+        raise Distill4dError(f"{layer} expects {2 * channels} real channels (re + im), got {z.shape[1]}")
 
 
 def complex_split(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

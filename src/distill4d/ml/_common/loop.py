@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from ...errors import Distill4dError
 from ..._validate import positive_float, positive_int
 
 __all__ = ["StopRule"]
@@ -51,7 +52,7 @@ class StopRule:
         self.max_steps = positive_int("max_steps", max_steps)
         self.patience = None if patience is None else positive_int("patience", patience)
         if not 0.0 <= float(min_rel_improvement) < 1.0:
-            raise ValueError(f"min_rel_improvement must be in [0, 1), got {min_rel_improvement!r}")
+            raise Distill4dError(f"min_rel_improvement must be in [0, 1), got {min_rel_improvement!r}")
         self.min_rel_improvement = float(min_rel_improvement)
         self.max_minutes = positive_float("max_minutes", max_minutes) if max_minutes else None
         self.start_after_step = positive_int("start_after_step", start_after_step, minimum=0)

@@ -29,6 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ...errors import Distill4dError
 from ..._atomic import atomic_output
 
 __all__ = ["CARD_FORMATS", "MOVED_PATHS", "ModelCard", "load_model", "read_card", "save_state_and_card"]
@@ -50,7 +51,7 @@ MOVED_PATHS = {"src/distill4d/train/configs/": "src/distill4d/ml/configs/"}
 def _fcunet_fields(card: dict[str, Any]) -> dict[str, Any]:
     q_pixel = float(card["input"]["q_pixel_inv_A"])
     if not q_pixel > 0:
-        raise ValueError(f"input.q_pixel_inv_A must be > 0, got {q_pixel}")
+        raise Distill4dError(f"input.q_pixel_inv_A must be > 0, got {q_pixel}")
     return {"config": dict(card["architecture"]), "input": card["input"],
             "command": card.get("training", {}).get("command"),
             "metrics": card.get("validation", {}).get("best") or {}}
@@ -102,13 +103,13 @@ def read_card(path: str | os.PathLike, model: str | None = None) -> ModelCard:
     card_path = path.with_suffix(".json")
     what = _WHAT.get(model, "model") if model is not None else "model"
     if model is not None and model not in CARD_FORMATS:
-        raise ValueError(f"model must be one of {tuple(CARD_FORMATS)}, got {model!r}")
+        raise Distill4dError(f"model must be one of {tuple(CARD_FORMATS)}, got {model!r}")
     if not card_path.is_file():
         raise FileNotFoundError(f"the model card {card_path} of the weights {path.name} does not exist")
     try:
         raw = json.loads(card_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{card_path} is not {_a(what)} card (bad JSON: {err})") from None
+        raise Distill4dError(f"{card_path} is not {_a(what)} card (bad JSON: {err})") from None
     fmt = raw.get("format") if isinstance(raw, dict) else None
     if fmt is None and isinstance(raw, dict) and raw.get("model") == "fcunet":
         fmt = CARD_FORMATS["fcunet"]  # compat: FCU-Net cards were read by their model name alone
@@ -116,12 +117,12 @@ def read_card(path: str | os.PathLike, model: str | None = None) -> ModelCard:
     named = raw.get("model", found) if isinstance(raw, dict) else None
     if found is None or named != found or (model is not None and found != model):
         expected = repr(CARD_FORMATS[model]) if model is not None else f"one of {tuple(_COMPAT)}"
-        raise ValueError(f"{card_path} is not {_a(what)} card (format {fmt!r}, model {named!r}; format {expected} "
+        raise Distill4dError(f"{card_path} is not {_a(what)} card (format {fmt!r}, model {named!r}; format {expected} "
                          "expected)")
     try:
         fields = _COMPAT[fmt](raw)
     except (KeyError, TypeError, ValueError, AttributeError) as err:
-        raise ValueError(f"{card_path} is not {_a(_WHAT[found])} card: {err!r}") from None
+        raise Distill4dError(f"{card_path} is not {_a(_WHAT[found])} card: {err!r}") from None
     return ModelCard(raw, found, fmt, fields, card_path)
 
 
@@ -140,16 +141,16 @@ def load_model(path: str | os.PathLike, model: str, build: Callable[[ModelCard],
     try:
         module = build(card)
     except (KeyError, TypeError, ValueError) as err:
-        raise ValueError(f"{card.path} is not {_a(what)} card: {err}") from None
+        raise Distill4dError(f"{card.path} is not {_a(what)} card: {err}") from None
     try:
         state = torch.load(path, map_location=device, weights_only=True)
     except Exception as err:  # noqa: BLE001 - torch raises several types for corrupt or foreign files
-        raise ValueError(f"cannot read {what} weights {path}: it does not hold the weights its card describes "
+        raise Distill4dError(f"cannot read {what} weights {path}: it does not hold the weights its card describes "
                          f"({err})") from None
     try:
         module.load_state_dict(state)
     except (RuntimeError, TypeError, KeyError) as err:
-        raise ValueError(f"the weights {path.name} do not fit the architecture of {card.path.name} ({what}): "
+        raise Distill4dError(f"the weights {path.name} do not fit the architecture of {card.path.name} ({what}): "
                          f"{err}") from None
     return module.to(device).eval(), card
 

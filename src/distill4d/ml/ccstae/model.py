@@ -29,6 +29,7 @@ import torch
 from torch import nn
 from torch.nn import functional as nnf
 
+from ...errors import Distill4dError
 from ..._validate import check_keys, nonnegative_float, positive_float, positive_int
 
 __all__ = ["CCSTAE", "CCSTAEConfig", "ccstae_loss", "inverse_affine", "warp"]
@@ -71,18 +72,18 @@ class CCSTAEConfig:
     def __post_init__(self) -> None:
         size = positive_int("size", self.size)
         if size < 16 or size % 2:
-            raise ValueError(f"size must be an even number of pixels >= 16, got {self.size!r}")
+            raise Distill4dError(f"size must be an even number of pixels >= 16, got {self.size!r}")
         if positive_int("num_base", self.num_base) > 16:
-            raise ValueError(f"num_base must be at most 16, got {self.num_base!r}")
+            raise Distill4dError(f"num_base must be at most 16, got {self.num_base!r}")
         ch = tuple(self.channels)
         if not ch or len(ch) > int(math.log2(size)) - 2:
-            raise ValueError(f"channels must list 1 to {int(math.log2(size)) - 2} levels for size {size}, got {ch!r}")
+            raise Distill4dError(f"channels must list 1 to {int(math.log2(size)) - 2} levels for size {size}, got {ch!r}")
         for c in ch:
             if positive_int("channels", c) > 1024:
-                raise ValueError(f"channels must be at most 1024 per level, got {ch!r}")
+                raise Distill4dError(f"channels must be at most 1024 per level, got {ch!r}")
         object.__setattr__(self, "channels", ch)
         if positive_int("latent", self.latent) > 4096:
-            raise ValueError(f"latent must be at most 4096, got {self.latent!r}")
+            raise Distill4dError(f"latent must be at most 4096, got {self.latent!r}")
         positive_float("scale_limit", self.scale_limit, maximum=0.5)
         positive_float("shear_limit", self.shear_limit, maximum=0.5)
         positive_float("rotation_limit_deg", self.rotation_limit_deg, maximum=180.0)
@@ -178,7 +179,7 @@ class CCSTAE(nn.Module):
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         if x.ndim != 3 or x.shape[1:] != self.spot_mask.shape:
-            raise ValueError(f"x must have shape (N, {self.config.size}, {self.config.size}), got {tuple(x.shape)}")
+            raise Distill4dError(f"x must have shape (N, {self.config.size}, {self.config.size}), got {tuple(x.shape)}")
         xm = ((x - self.input_mean) * self.spot_mask)[:, None]
         if self.config.coord_channels:
             u = (torch.arange(x.shape[-1], dtype=x.dtype, device=x.device) - x.shape[-1] // 2) / (x.shape[-1] // 2)
@@ -219,7 +220,7 @@ def warp(images: torch.Tensor, A: torch.Tensor, t: torch.Tensor) -> torch.Tensor
     ``A`` (N, 2, 2), ``t`` (N, 2) in pixels, ``c = (S//2, S//2)``; ``(qx, qy)`` = (rows, columns)."""
     _, sx, sy = images.shape
     if sx != sy:
-        raise ValueError(f"images must be square, got {tuple(images.shape)}")
+        raise Distill4dError(f"images must be square, got {tuple(images.shape)}")
     s = sx
     u = torch.arange(s, dtype=images.dtype, device=images.device) - s // 2
     U = torch.stack(torch.meshgrid(u, u, indexing="ij"), -1)  # (S, S, 2) offsets (qx, qy)

@@ -37,9 +37,11 @@ from typing import Any
 
 import numpy as np
 
+from ...errors import Distill4dError
+from ...results import Provenance, Results
 from ..._validate import nonnegative_float, positive_float, positive_int
 from ...datacube import DataCube
-from ...lattice.strain import StrainMap, _region, strain_from_deformation
+from ...lattice.strain import StrainMap, reference_region, strain_from_deformation
 from .._common.resample import resample_patterns
 from .train import CCSTAETrainConfig, train_ccstae
 
@@ -72,7 +74,7 @@ def _origin(datacube: DataCube, origin_px: Any) -> tuple[float, float]:
         return _central_disk_centre(datacube.mean_pattern())
     o = np.asarray(origin_px, dtype=np.float64)
     if o.shape != (2,) or not np.all(np.isfinite(o)):
-        raise ValueError(f"origin_px must be two finite pixel coordinates (qx, qy), got {origin_px!r}")
+        raise Distill4dError(f"origin_px must be two finite pixel coordinates (qx, qy), got {origin_px!r}")
     return float(o[0]), float(o[1])
 
 
@@ -80,7 +82,7 @@ def _central_disk_centre(mean: np.ndarray) -> tuple[float, float]:
     """Centre of mass of the pixels above half the maximum of the mean pattern (the direct beam)."""
     m = np.nan_to_num(np.asarray(mean, dtype=np.float64))
     if not m.max() > 0:
-        raise ValueError("the mean pattern is empty (all zero); there is no direct beam to centre on")
+        raise Distill4dError("the mean pattern is empty (all zero); there is no direct beam to centre on")
     w = np.where(m >= 0.5 * m.max(), m, 0.0)
     ix, iy = np.indices(m.shape)
     return float((w * ix).sum() / w.sum()), float((w * iy).sum() / w.sum())
@@ -118,7 +120,7 @@ def prepare_patterns(
     if q_radius_px is None:
         q_radius_px = min(o[0], o[1], qx - 1 - o[0], qy - 1 - o[1])
         if q_radius_px < size / 8:
-            raise ValueError(f"the direct beam {o} is too close to the detector edge; give q_radius_px")
+            raise Distill4dError(f"the direct beam {o} is too close to the detector edge; give q_radius_px")
     r = positive_float("q_radius_px", q_radius_px, maximum=4.0 * max(qx, qy))
     scale = r / (size // 2)
     blur = nonnegative_float("blur_px", blur_px)
@@ -127,7 +129,7 @@ def prepare_patterns(
     bad = ~np.isfinite(x).all(axis=(2, 3))
     if bad.any():
         where = [tuple(int(v) for v in p) for p in np.argwhere(bad)[:5]]
-        raise ValueError(f"{int(bad.sum())} patterns contain NaN or inf, e.g. at scan positions {where}")
+        raise Distill4dError(f"{int(bad.sum())} patterns contain NaN or inf, e.g. at scan positions {where}")
     return x, {"origin_px": list(o), "scale": float(scale), "size": size, "blur_px": blur}
 
 
@@ -152,7 +154,7 @@ def spot_mask(
     inside = np.all((spots >= reach) & (spots <= size - 1 - reach), axis=1)
     spots = spots[(d > 1.5 * r) & inside]
     if not len(spots):
-        raise ValueError("no Bragg disk besides the direct beam lies on the model grid; CC-ST-AE needs "
+        raise Distill4dError("no Bragg disk besides the direct beam lies on the model grid; CC-ST-AE needs "
                          "a diffracting crystal (or a larger q_radius_px)")
     ix, iy = np.indices((size, size))
     mask = np.zeros((size, size), dtype=np.float32)
@@ -284,18 +286,27 @@ class CCSTAEResult:
         """``(Rx, Ry)`` True where the chosen base is not vacuum."""
         return ~np.isin(self.classes, self.vacuum_bases)
 
-    def to_hdf5(self, path: str | os.PathLike, force: bool = False) -> Path:
-        """The strain map (see :meth:`StrainMap.to_hdf5`) plus ``ccstae/classes``, ``bases``,
-        ``spot_mask``, ``transforms`` and the geometry, in one file written atomically."""
-        extra = {
+    def _extra(self) -> dict[str, np.ndarray]:
+        return {
             "ccstae/classes": self.classes.astype(np.int16),
             "ccstae/bases": self.bases.astype(np.float32),
             "ccstae/spot_mask": self.spot_mask.astype(np.uint8),
             "ccstae/transforms": self.transforms,
             "ccstae/vacuum_bases": np.asarray(self.vacuum_bases, dtype=np.int16),
         }
-        attrs = {"ccstae_geometry": json.dumps(self.geometry), "ccstae_info": json.dumps(self.info)}
-        return self.strain.to_hdf5(path, force=force, extra=extra, attrs=attrs)
+
+    def _attrs(self) -> dict[str, str]:
+        return {"ccstae_geometry": json.dumps(self.geometry), "ccstae_info": json.dumps(self.info)}
+
+    def to_result(self) -> Results:
+        """The strain map's container (:meth:`StrainMap.to_result`) plus the ``ccstae/...`` arrays."""
+        r = self.strain.to_result()
+        return r.replace(arrays={**r.arrays, **self._extra()}, attrs={**r.attrs, **self._attrs()})
+
+    def to_hdf5(self, path: str | os.PathLike, force: bool = False) -> Path:
+        """The strain map (see :meth:`StrainMap.to_hdf5`) plus ``ccstae/classes``, ``bases``,
+        ``spot_mask``, ``transforms`` and the geometry, in one file written atomically."""
+        return self.strain.to_hdf5(path, force=force, extra=self._extra(), attrs=self._attrs())
 
     def plot_bases(self, path_or_ax: Any = None):
         """The class map and each base (spot mask outlined); saved when ``path_or_ax`` is a path."""
@@ -346,13 +357,13 @@ def _readout(
     vacuum = [j for j in range(k) if contrast[j] < vacuum_ratio * contrast.max()]
     sample = ~np.isin(classes, vacuum)
     if not sample.any():
-        raise ValueError("every position was assigned to a vacuum base; no strain can be measured")
-    region = (slice(None), slice(None)) if reference is None or reference == "median" else _region(reference, scan_shape)
+        raise Distill4dError("every position was assigned to a vacuum base; no strain can be measured")
+    region = (slice(None), slice(None)) if reference is None or reference == "median" else reference_region(reference, scan_shape)
     in_ref = np.zeros(scan_shape, bool)
     in_ref[region] = True
     in_ref &= sample
     if not in_ref.any():
-        raise ValueError(f"the reference region {reference!r} holds no sample (non-vacuum) position")
+        raise Distill4dError(f"the reference region {reference!r} holds no sample (non-vacuum) position")
     ref_base = int(np.bincount(classes[in_ref], minlength=k).argmax())
     A = enc["A"].reshape(*scan_shape, 2, 2).copy()
     t = enc["t"].reshape(*scan_shape, 2).copy()
@@ -457,14 +468,14 @@ def strain_map_ccstae(
         mean = flat.mean(0)
         scale = float((mean * mask).max())
         if not scale > 0:
-            raise ValueError("the Bragg spots of the mean pattern carry no intensity")
+            raise Distill4dError("the Bragg spots of the mean pattern carry no intensity")
         flat /= scale
         geom["intensity_scale"] = scale
         cfg = config if config is not None else CCSTAEConfig(size=geom["size"], num_base=num_base)
         ref_index = None
         if reference is not None and not (isinstance(reference, str) and reference == "median"):
             sel = np.zeros(datacube.scan_shape, bool)
-            sel[_region(reference, datacube.scan_shape)] = True
+            sel[reference_region(reference, datacube.scan_shape)] = True
             ref_index = np.flatnonzero(sel.reshape(-1))
         model, history, info = train_ccstae(flat, mask, cfg, train, device=device, callback=callback,
                                             reference_index=ref_index)
@@ -476,6 +487,11 @@ def strain_map_ccstae(
     del flat, x
     smap, classes, vacuum, transforms = _readout(
         enc, bases, mask, spots, radius, datacube.scan_shape, reference, vacuum_ratio)
+    smap = dataclasses.replace(smap, calibration=datacube.calibration, provenance=Provenance("ccstae", {
+        "num_base": num_base, "reference": reference, "size": size, "origin_px": origin_px,
+        "q_radius_px": q_radius_px, "margin_px": margin_px, "min_spot_intensity": min_spot_intensity,
+        "vacuum_ratio": vacuum_ratio, "refine_steps": refine_steps, "train": dataclasses.asdict(train),
+        "model": None if model is None else str(model) if isinstance(model, (str, os.PathLike)) else "in-memory model"}))
     if smooth > 0:
         smap = smap.smoothed(smooth)
     info.update({"refine_steps": refine_steps, "smooth": smooth, "total_seconds": time.perf_counter() - t0})
@@ -490,7 +506,7 @@ def save_ccstae(path: str | os.PathLike, result: CCSTAEResult, *, force: bool = 
     from .._common.model_files import CARD_FORMATS, save_state_and_card
 
     if result.model is None:
-        raise ValueError("result holds no model to save")
+        raise Distill4dError("result holds no model to save")
     card = {"format": CARD_FORMATS["ccstae"], "config": result.model.config.to_dict(), "geometry": result.geometry,
             "vacuum_bases": result.vacuum_bases, "info": result.info,
             "history": result.history}

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from ...errors import Distill4dError
 from ..._validate import nonnegative_float, positive_float, positive_int
 from .._common.loop import StopRule
 
@@ -109,9 +110,9 @@ def train_ccstae(
         raise TypeError(f"train must be a CCSTAETrainConfig, got {type(train).__name__}")
     x = np.asarray(patterns, dtype=np.float32)
     if x.ndim != 3 or x.shape[1:] != (cfg.size, cfg.size):
-        raise ValueError(f"patterns must have shape (N, {cfg.size}, {cfg.size}), got {x.shape}")
+        raise Distill4dError(f"patterns must have shape (N, {cfg.size}, {cfg.size}), got {x.shape}")
     if x.shape[0] < 2 * cfg.num_base:
-        raise ValueError(f"at least {2 * cfg.num_base} patterns are needed to learn {cfg.num_base} bases, got {x.shape[0]}")
+        raise Distill4dError(f"at least {2 * cfg.num_base} patterns are needed to learn {cfg.num_base} bases, got {x.shape[0]}")
     dev = torch_device(device)
     t0 = time.perf_counter()
     rule = StopRule(train.max_steps, patience=train.patience, min_rel_improvement=1e-3, max_minutes=train.max_minutes,

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ...errors import Distill4dError
 from ..._validate import positive_int
 from ...simulate.augment import AugmentConfig, random_augment
 from ...simulate.library import Library
@@ -48,7 +49,7 @@ class LibraryDataset(torch.utils.data.Dataset):
         n = len(self.library)
         self.indices = np.arange(n) if indices is None else np.asarray(indices, dtype=np.int64)
         if self.indices.ndim != 1 or (len(self.indices) and (self.indices.min() < 0 or self.indices.max() >= n)):
-            raise ValueError(f"indices must be entry numbers in [0, {n}), got {indices!r}")
+            raise Distill4dError(f"indices must be entry numbers in [0, {n}), got {indices!r}")
         if augment is not None and not isinstance(augment, AugmentConfig):
             raise TypeError(f"augment must be an AugmentConfig or None, got {type(augment).__name__}")
         self.augment = augment
@@ -78,7 +79,7 @@ class LibraryDataset(torch.utils.data.Dataset):
             gain = float(params["count_scale"]) * float(params["intensity_factor"])
         scale = float(np.max(probe))
         if not np.isfinite(scale) or scale <= 0:
-            raise ValueError(f"library entry {index} has an empty or non-finite probe")
+            raise Distill4dError(f"library entry {index} has an empty or non-finite probe")
         padded = np.full((self.max_peaks, 3), np.nan, dtype=np.float32)
         n = min(len(peaks), self.max_peaks)
         padded[:n] = np.asarray(peaks, dtype=np.float32)[:n]

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from ...errors import Distill4dError
 from ..._validate import nonnegative_float, positive_int
 from .._common.device import torch_device
 from .._common.resample import resample_patterns
@@ -137,21 +138,21 @@ class FCUNetDetector:
         self.model_q_pixel = float(self.card["input"]["q_pixel_inv_A"])
         q = float(q_pixel_inv_A)
         if not (np.isfinite(q) and q > 0):
-            raise ValueError(f"q_pixel_inv_A must be a positive pixel size in 1/Å, got {q_pixel_inv_A!r}")
+            raise Distill4dError(f"q_pixel_inv_A must be a positive pixel size in 1/Å, got {q_pixel_inv_A!r}")
         self.scale = self.model_q_pixel / q
         if not 0.1 <= self.scale <= 20:
-            raise ValueError(
+            raise Distill4dError(
                 f"the data's pixel size {q:.4g} 1/Å is {self.scale:.3g}x finer than the model's "
                 f"{self.model_q_pixel:.4g} 1/Å; FCU-Net resamples only between 0.1x (coarser data) and 20x"
             )
         self.origin = (float(origin_px[0]), float(origin_px[1]))
         probe = np.asarray(probe, dtype=np.float64)
         if probe.ndim != 2 or not np.all(np.isfinite(probe)) or probe.max() <= 0:
-            raise ValueError(f"probe must be a finite 2D image with a positive maximum, got shape {probe.shape}")
+            raise Distill4dError(f"probe must be a finite 2D image with a positive maximum, got shape {probe.shape}")
         po = self.origin if probe_origin_px is None else (float(probe_origin_px[0]), float(probe_origin_px[1]))
         p = resample_patterns(probe[None], po, self.scale, self.size)[0]
         if p.max() <= 0:
-            raise ValueError("the probe is empty after resampling onto the model grid (is its origin on the detector?)")
+            raise Distill4dError("the probe is empty after resampling onto the model grid (is its origin on the detector?)")
         self.probe = p / p.max()
         self.n_passes = positive_int("n_passes", n_passes)
         tuned = self.card.get("detection", {}).get("min_intensity", DEFAULT_MIN_INTENSITY)
@@ -224,7 +225,7 @@ def _pixel_size(datacube: Any, probe: Any, q_pixel_inv_A: float | None) -> float
     if cal.semiangle_mrad is not None and cal.energy_eV is not None:
         # the probe disk's radius in pixels is the semiangle / wavelength in 1/Å
         return float(cal.semiangle_mrad * 1e-3 / cal.wavelength_A / probe.radius_px)
-    raise ValueError(
+    raise Distill4dError(
         "FCU-Net needs the detector pixel size: give the calibration's q_pixel_inv_A "
         "(--q-pixel-inv-A), or the semiangle and beam energy (--semiangle-mrad, --energy-kV)"
     )
@@ -264,12 +265,12 @@ def find_bragg_disks_fcunet(
     return_uncertainty : also return the per-peak MC standard deviation of the predicted
         amplitude (a flat array aligned with the peaks; all 0 with one pass).
     """
-    from ...bragg.detect import _as_datacube
+    from ...bragg.detect import as_datacube
     from ...bragg.peaks import BraggPeaks
     from ...bragg.probe import probe_template
     from ...engine import map_patterns
 
-    dc = _as_datacube(datacube)
+    dc = as_datacube(datacube)
     pr = probe_template(probe, datacube=dc, kind="disk")
     dq = _pixel_size(dc, pr, q_pixel_inv_A)
     cal = dc.calibration

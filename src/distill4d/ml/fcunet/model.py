@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ...errors import Distill4dError
 from ..._validate import check_keys
 from . import FCUNET_VIEWS
 from .._common.layers import (
@@ -81,19 +82,19 @@ class FCUNetConfig:
     def __post_init__(self) -> None:
         for name in ("correlation_skip", "equivariant"):
             if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"FCUNetConfig.{name} must be true or false, got {getattr(self, name)!r}")
+                raise Distill4dError(f"FCUNetConfig.{name} must be true or false, got {getattr(self, name)!r}")
         for name in ("size", "filters", "depth", "out_channels", "real_filters", "real_layers"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"FCUNetConfig.{name} must be a whole number >= 1, got {v!r}")
+                raise Distill4dError(f"FCUNetConfig.{name} must be a whole number >= 1, got {v!r}")
         if self.size & (self.size - 1) or self.size < 4 * 2**self.depth:
-            raise ValueError(
+            raise Distill4dError(
                 f"FCUNetConfig.size must be a power of two >= 4 * 2**depth = {4 * 2**self.depth}, got {self.size}"
             )
         if not 0 <= self.dropout < 1:
-            raise ValueError(f"FCUNetConfig.dropout must be in [0, 1), got {self.dropout!r}")
+            raise Distill4dError(f"FCUNetConfig.dropout must be in [0, 1), got {self.dropout!r}")
         if self.pool not in _POOLS:
-            raise ValueError(f"FCUNetConfig.pool must be one of {_POOLS}, got {self.pool!r}")
+            raise Distill4dError(f"FCUNetConfig.pool must be one of {_POOLS}, got {self.pool!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -191,7 +192,7 @@ class FCUNet(nn.Module):
         along (qx, qy), a Fourier shift (training with ``field_jitter_px``)."""
         n = self.config.size
         if pattern.ndim != 3 or pattern.shape[-2:] != (n, n) or probe.shape != pattern.shape:
-            raise ValueError(
+            raise Distill4dError(
                 f"FCUNet expects pattern and probe of shape (batch, {n}, {n}), got {tuple(pattern.shape)} "
                 f"and {tuple(probe.shape)}"
             )
@@ -211,7 +212,7 @@ class FCUNet(nn.Module):
         spectrum = torch.complex(z[:, :c], z[:, c:])
         if field_shift_px is not None:
             if field_shift_px.shape != (pattern.shape[0], 2):
-                raise ValueError(f"field_shift_px must have shape ({pattern.shape[0]}, 2), got {tuple(field_shift_px.shape)}")
+                raise Distill4dError(f"field_shift_px must have shape ({pattern.shape[0]}, 2), got {tuple(field_shift_px.shape)}")
             k = torch.fft.fftfreq(n, device=spectrum.device)
             s = field_shift_px.to(device=spectrum.device, dtype=k.dtype)
             phase = s[:, 0, None, None] * k[None, :, None] + s[:, 1, None, None] * k[None, None, :]
@@ -252,7 +253,7 @@ class FCUNetViews(nn.Module):
     def __init__(self, model: FCUNet, views: str = "flips") -> None:
         super().__init__()
         if views not in FCUNET_VIEWS:
-            raise ValueError(f"views must be one of {FCUNET_VIEWS}, got {views!r}")
+            raise Distill4dError(f"views must be one of {FCUNET_VIEWS}, got {views!r}")
         self.model = model
         self.views = views
         mirrors: list[tuple[int, ...]] = [(), (-2,), (-1,), (-2, -1)] if views != "none" else [()]

@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ...errors import Distill4dError
 from ..._atomic import atomic_output, atomic_write_bytes
 from ..._validate import check_keys, positive_float, positive_int
 from ...simulate.augment import AugmentConfig
@@ -118,22 +119,22 @@ class FCUNetTrainConfig:
         positive_int("num_workers", self.num_workers, minimum=0)
         positive_float("lr", self.lr, maximum=1.0)
         if not 0 <= self.weight_decay < 1:
-            raise ValueError(f"weight_decay must be in [0, 1), got {self.weight_decay!r}")
+            raise Distill4dError(f"weight_decay must be in [0, 1), got {self.weight_decay!r}")
         if not self.max_minutes >= 0:
-            raise ValueError(f"max_minutes must be >= 0 (0: no limit), got {self.max_minutes!r}")
+            raise Distill4dError(f"max_minutes must be >= 0 (0: no limit), got {self.max_minutes!r}")
         positive_float("checkpoint_minutes", self.checkpoint_minutes)
         if not isinstance(self.in_memory, bool):
             raise TypeError(f"in_memory must be true or false, got {self.in_memory!r}")
         if self.augment_on not in ("loader", "device"):
-            raise ValueError(f"augment_on must be 'loader' or 'device', got {self.augment_on!r}")
+            raise Distill4dError(f"augment_on must be 'loader' or 'device', got {self.augment_on!r}")
         if self.augment_on == "device" and self.augment is not None and self.augment.order != 1:
-            raise ValueError(f"augment_on='device' needs bilinear augmentation (augment.order 1), got {self.augment.order}")
+            raise Distill4dError(f"augment_on='device' needs bilinear augmentation (augment.order 1), got {self.augment.order}")
         for name in ("spot_weight", "position_weight", "field_jitter_px"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-                raise ValueError(f"{name} must be >= 0, got {value!r}")
+                raise Distill4dError(f"{name} must be >= 0, got {value!r}")
         if self.field_jitter_px and not self.model.correlation_skip:
-            raise ValueError("field_jitter_px needs model.correlation_skip (the correlation the real block must use)")
+            raise Distill4dError("field_jitter_px needs model.correlation_skip (the correlation the real block must use)")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -216,9 +217,9 @@ def position_loss(
     business, not a position to pull on. Returns 0 (with a gradient) when no peak qualifies.
     """
     if pred.ndim != 3 or tuple(target.shape) != tuple(pred.shape):
-        raise ValueError(f"pred and target must both be (B, Nx, Ny), got {tuple(pred.shape)} and {tuple(target.shape)}")
+        raise Distill4dError(f"pred and target must both be (B, Nx, Ny), got {tuple(pred.shape)} and {tuple(target.shape)}")
     if peaks.ndim != 3 or peaks.shape[0] != pred.shape[0] or peaks.shape[2] != 3:
-        raise ValueError(f"peaks must be (B, P, 3) with B = {pred.shape[0]}, got {tuple(peaks.shape)}")
+        raise Distill4dError(f"peaks must be (B, P, 3) with B = {pred.shape[0]}, got {tuple(peaks.shape)}")
     _, nx, ny = pred.shape
     pk = peaks.to(pred.device)
     amp = torch.nan_to_num(pk[..., 2], nan=0.0)
@@ -340,11 +341,11 @@ def stretch_response(
     from ...simulate.augment import affine
 
     if not 0 < stretch < 0.5:
-        raise ValueError(f"stretch must be in (0, 0.5), got {stretch!r}")
+        raise Distill4dError(f"stretch must be in (0, 0.5), got {stretch!r}")
     if hold not in (None, "field", "correlation"):
-        raise ValueError(f"hold must be None, 'field' or 'correlation', got {hold!r}")
+        raise Distill4dError(f"hold must be None, 'field' or 'correlation', got {hold!r}")
     if hold is not None and not model.config.correlation_skip:
-        raise ValueError("hold needs a model with correlation_skip (its real block has no correlation input)")
+        raise Distill4dError("hold needs a model with correlation_skip (its real block has no correlation input)")
     dev = torch.device(device)
     scales = (0.0, -stretch, stretch)
     moved: dict[int, tuple[list[float], list[float]]] = {0: ([], []), 1: ([], [])}
@@ -449,7 +450,7 @@ def _init_weights(init: str | os.PathLike, model_cfg: FCUNetConfig) -> tuple[dic
     path = pathlib.Path(os.fspath(init))
     model, card = load_fcunet(path, device="cpu")  # names a missing, corrupt or mismatched file
     if FCUNetConfig.from_dict(card["architecture"]) != model_cfg:
-        raise ValueError(
+        raise Distill4dError(
             f"the initial weights {path.name} have the architecture {card['architecture']}, but the training "
             f"configuration asks for {model_cfg.to_dict()}; a warm start needs the same architecture"
         )
@@ -489,16 +490,16 @@ def train_fcunet(
     lib = library if isinstance(library, Library) else Library(library)
     n = cfg.model.size
     if tuple(lib.config.shape) != (n, n):
-        raise ValueError(f"the library's patterns are {tuple(lib.config.shape)} px but the model takes {n} x {n}")
+        raise Distill4dError(f"the library's patterns are {tuple(lib.config.shape)} px but the model takes {n} x {n}")
     out = pathlib.Path(os.fspath(out))
     card_path = out.with_suffix(".json")
     if out.suffix.lower() not in (".pt", ".pth"):
-        raise ValueError(f"the weights file must end in .pt or .pth, got {out.name}")
+        raise Distill4dError(f"the weights file must end in .pt or .pth, got {out.name}")
     if (out.exists() or card_path.exists()) and not force:
         raise FileExistsError(f"{out} or {card_path.name} exists; choose another name or pass force=True (--force)")
     train_idx, val_idx = _splits(lib)
     if len(train_idx) < cfg.batch_size or len(val_idx) == 0:
-        raise ValueError(
+        raise Distill4dError(
             f"the library has {len(train_idx)} training and {len(val_idx)} validation entries; it needs at "
             f"least a batch ({cfg.batch_size}) and one validation simulation (sample_index % {_VAL_EVERY} == 0)"
         )
@@ -520,7 +521,7 @@ def train_fcunet(
     if ckpt_path.exists():
         ck = torch.load(ckpt_path, map_location=dev, weights_only=True)
         if ck.get("key") != key:
-            raise ValueError(
+            raise Distill4dError(
                 f"{work} holds a checkpoint of another training configuration or library; "
                 "remove it or choose another output name (nothing was changed)"
             )

@@ -19,8 +19,10 @@ from typing import Any
 
 import numpy as np
 
+from ...errors import Distill4dError
+from ...results import Provenance, Results
 from ...datacube import DataCube
-from ...engine.neighbourhoods import _check_pad
+from ...engine.neighbourhoods import check_pad
 from . import SHIPPED_MODELS, SHIPPED_TRAINING_SETS
 from .prepare import _pass_options, _prepared_moments, _scan_norm, phase_geometry, prepare_phase_patterns
 
@@ -45,15 +47,17 @@ class PhaseImage:
     model: str
     calibration: Any
     info: dict[str, Any] = field(default_factory=dict)
+    provenance: Provenance | None = None
+
+    def to_result(self) -> Results:
+        """The common result container: ``<label_name>`` in ``units``, the calibration and provenance."""
+        prov = self.provenance or Provenance("phase_image", {"model": self.model, **self.info})
+        return Results({self.label_name: self.image}, {self.label_name: self.units},
+                       {"model": self.model, "info": json.dumps(self.info, default=str)}, self.calibration, prov)
 
     def to_hdf5(self, path: str | os.PathLike, force: bool = False) -> Path:
-        """Write ``/results/<label_name>`` (with its units) and the calibration and model as attributes."""
-        from ...io import write
-
-        attrs = {"model": self.model, "info": json.dumps(self.info, default=str),
-                 **{f"calibration_{k}": v for k, v in self.calibration.to_attrs().items()}}
-        return write(path, {self.label_name: self.image}, force=force, units={self.label_name: self.units},
-                     attrs=attrs)
+        """Write ``/results/<label_name>`` (with its units), ``/calibration`` and the provenance."""
+        return self.to_result().to_h5(path, force=force)
 
     def plot(self, path: str | os.PathLike, *, force: bool = False, title: str = "") -> Path:
         from ...plot import save_images_png
@@ -92,9 +96,9 @@ def shipped_phase_weights(model: str = "conv4d", trained_on: str = "mixed") -> P
     """Path of the shipped weights of ``model`` ("linear" or "conv4d") trained on ``trained_on``
     (:data:`SHIPPED_TRAINING_SETS`)."""
     if model not in ("linear", "conv4d"):
-        raise ValueError(f"model must be 'linear' or 'conv4d', got {model!r}")
+        raise Distill4dError(f"model must be 'linear' or 'conv4d', got {model!r}")
     if trained_on not in SHIPPED_TRAINING_SETS:
-        raise ValueError(f"trained_on must be one of {SHIPPED_TRAINING_SETS}, got {trained_on!r}")
+        raise Distill4dError(f"trained_on must be one of {SHIPPED_TRAINING_SETS}, got {trained_on!r}")
     return _WEIGHTS_DIR / f"phase_{model}_{trained_on}.pt"
 
 
@@ -102,7 +106,7 @@ def shipped_model_path(name: str) -> Path:
     """Weights path of a shipped model named as in :data:`SHIPPED_MODELS` ("conv4d" and "linear"
     without a suffix are the MoS2 models)."""
     if name not in SHIPPED_MODELS:
-        raise ValueError(f"unknown shipped model {name!r}; choose one of {SHIPPED_MODELS}")
+        raise Distill4dError(f"unknown shipped model {name!r}; choose one of {SHIPPED_MODELS}")
     kind, _, trained_on = name.partition("-")
     return shipped_phase_weights(kind, trained_on or "mos2")
 
@@ -145,7 +149,7 @@ def phase_image(
         name = "in-memory model"
     config = PhaseConfig.from_dict(card["config"])
     pad = card.get("pad", "edge") if pad is None else pad
-    _check_pad(pad, config.radius, datacube.scan_shape)
+    check_pad(pad, config.radius, datacube.scan_shape)
     dev = torch_device(device)
     net = net.to(dev).eval()
     t0 = time.perf_counter()
@@ -168,7 +172,8 @@ def phase_image(
     info = {"seconds": time.perf_counter() - t0, "geometry": geometry, "pad": pad, "weights": name,
             "device": str(dev)}
     return PhaseImage(np.asarray(image, dtype=np.float64), lab.get("units", ""), lab.get("name", "phase"),
-                      config.model, datacube.calibration, info)
+                      config.model, datacube.calibration, info,
+                      Provenance("phase_image", {"model": config.model, "weights": name, "pad": pad}))
 
 
 def load_phase_model(path: str | os.PathLike) -> tuple[Any, dict[str, Any]]:

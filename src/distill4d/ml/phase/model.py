@@ -31,6 +31,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ...errors import Distill4dError
 from ..._validate import check_keys, positive_float, positive_int
 
 __all__ = ["Conv4d", "Conv4dNet", "PhaseConfig", "RadialLinear", "build_phase_model", "radial_index"]
@@ -72,27 +73,27 @@ class PhaseConfig:
 
     def __post_init__(self) -> None:
         if self.model not in _MODELS:
-            raise ValueError(f"model must be one of {_MODELS}, got {self.model!r}")
+            raise Distill4dError(f"model must be one of {_MODELS}, got {self.model!r}")
         size = positive_int("size", self.size, minimum=8)
         if size % 4:
-            raise ValueError(f"size must be a multiple of 4 (pooled twice by 2), got {self.size!r}")
+            raise Distill4dError(f"size must be a multiple of 4 (pooled twice by 2), got {self.size!r}")
         positive_float("extent", self.extent, maximum=20.0)
         if self.cluster not in (3, 5):
-            raise ValueError(f"cluster must be 3 or 5, got {self.cluster!r}")
+            raise Distill4dError(f"cluster must be 3 or 5, got {self.cluster!r}")
         if self.model == "conv4d" and self.cluster != 5:
-            raise ValueError("the 4D CNN (two 3 x 3 scan kernels, valid) needs cluster = 5")
+            raise Distill4dError("the 4D CNN (two 3 x 3 scan kernels, valid) needs cluster = 5")
         if self.n_bins is not None:
             positive_int("n_bins", self.n_bins, minimum=2)
         positive_int("n_masks", self.n_masks)
         if len(tuple(self.channels)) != 2:
-            raise ValueError(f"channels must be two integers, got {self.channels!r}")
+            raise Distill4dError(f"channels must be two integers, got {self.channels!r}")
         for c in self.channels:
             positive_int("channels", c)
         positive_int("hidden", self.hidden)
         if self.input_norm not in ("pattern", "scan"):
-            raise ValueError(f"input_norm must be 'pattern' or 'scan', got {self.input_norm!r}")
+            raise Distill4dError(f"input_norm must be 'pattern' or 'scan', got {self.input_norm!r}")
         if not 0 <= float(self.dropout) < 1:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+            raise Distill4dError(f"dropout must be in [0, 1), got {self.dropout!r}")
 
     @property
     def radius(self) -> int:
@@ -181,7 +182,7 @@ class Conv4d(nn.Module):
         k = self.kernel
         xo = X - k + 1
         if xo < 1 or Y - k + 1 < 1:
-            raise ValueError(f"Conv4d needs at least {k} scan positions per axis, got {X} x {Y}")
+            raise Distill4dError(f"Conv4d needs at least {k} scan positions per axis, got {X} x {Y}")
         xp = x.permute(0, 2, 1, 3, 4, 5)  # (B, X, C, Y, Qx, Qy)
         out = None
         for i in range(k):

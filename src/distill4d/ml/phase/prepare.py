@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from ...errors import Distill4dError
 from ..._validate import positive_float
 from ...datacube import DataCube
 from .._common.resample import resample_patterns
@@ -44,7 +45,7 @@ def phase_geometry(datacube: DataCube, *, origin_px: tuple[float, float] | None 
     ox, oy = (float(v) for v in origin)
     radius = positive_float("bf_radius_px", radius)
     if not (math.isfinite(ox) and math.isfinite(oy)):
-        raise ValueError(f"origin_px must be finite, got {origin!r}")
+        raise Distill4dError(f"origin_px must be finite, got {origin!r}")
     return {"origin_px": (ox, oy), "bf_radius_px": radius}
 
 
@@ -66,7 +67,7 @@ def prepare_phase_patterns(patterns: np.ndarray, geometry: dict[str, Any], size:
     bad = ~np.isfinite(mean) | (mean <= 0)
     if bad.any():
         what = "NaN/Inf values" if not np.all(np.isfinite(mean)) else "no counts inside the model's detector grid"
-        raise ValueError(f"{int(bad.sum())} of {len(mean)} patterns have {what}; crop the scan to valid "
+        raise Distill4dError(f"{int(bad.sum())} of {len(mean)} patterns have {what}; crop the scan to valid "
                          "positions or repair the data")
     out /= mean[:, None, None].astype(np.float32)
     return out.reshape(lead + (size, size))
@@ -83,7 +84,7 @@ def _scan_norm(total: np.ndarray, total_sq: np.ndarray, n: int) -> tuple[np.ndar
     mean = total / n
     rms = math.sqrt(max(float(np.mean(total_sq / n - mean**2)), 0.0))
     if not rms > 0:
-        raise ValueError("every prepared pattern of the scan is the same: input_norm='scan' has nothing to scale")
+        raise Distill4dError("every prepared pattern of the scan is the same: input_norm='scan' has nothing to scale")
     return mean.astype(np.float32), np.float32(rms)
 
 

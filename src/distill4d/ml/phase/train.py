@@ -23,9 +23,10 @@ from typing import Any
 
 import numpy as np
 
+from ...errors import Distill4dError
 from ..._validate import positive_float, positive_int
 from ...datacube import DataCube
-from ...engine.neighbourhoods import _check_pad
+from ...engine.neighbourhoods import check_pad
 from .._common.model_files import CARD_FORMATS
 from .._common.loop import StopRule
 from .prepare import _pass_options, _scan_norm, phase_geometry, prepare_phase_patterns
@@ -67,24 +68,24 @@ class PhaseTrainConfig:
         if self.lr is not None:
             positive_float("lr", self.lr, maximum=1.0)
         if not 0 <= float(self.weight_decay) < 1:
-            raise ValueError(f"weight_decay must be in [0, 1), got {self.weight_decay!r}")
+            raise Distill4dError(f"weight_decay must be in [0, 1), got {self.weight_decay!r}")
         if not 0 < float(self.holdout_fraction) < 1:
-            raise ValueError(f"holdout_fraction must be in (0, 1), got {self.holdout_fraction!r}")
+            raise Distill4dError(f"holdout_fraction must be in (0, 1), got {self.holdout_fraction!r}")
         if self.max_minutes is not None:
             positive_float("max_minutes", self.max_minutes)
         if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
-            raise ValueError(f"seed must be an integer >= 0, got {self.seed!r}")
+            raise Distill4dError(f"seed must be an integer >= 0, got {self.seed!r}")
 
 
 
 def _check_label(label: Any, scan_shape: tuple[int, int]) -> np.ndarray:
     lab = np.asarray(label, dtype=np.float64)
     if lab.shape != tuple(scan_shape):
-        raise ValueError(f"label must be an image of the scan's shape {tuple(scan_shape)}, got shape {lab.shape}")
+        raise Distill4dError(f"label must be an image of the scan's shape {tuple(scan_shape)}, got shape {lab.shape}")
     if not np.all(np.isfinite(lab)):
-        raise ValueError(f"label has {int(np.size(lab) - np.isfinite(lab).sum())} NaN/Inf values")
+        raise Distill4dError(f"label has {int(np.size(lab) - np.isfinite(lab).sum())} NaN/Inf values")
     if not np.ptp(lab) > 0:
-        raise ValueError("label is constant: there is nothing to learn")
+        raise Distill4dError("label is constant: there is nothing to learn")
     return lab
 
 
@@ -99,11 +100,11 @@ def _holdout_mask(scan_shape: tuple[int, int], holdout: Any, fraction: float) ->
             if len(region) != 2:
                 raise ValueError
         except (TypeError, ValueError):
-            raise ValueError(f"holdout must be ((x0, x1), (y0, y1)) scan indices, got {holdout!r}") from None
+            raise Distill4dError(f"holdout must be ((x0, x1), (y0, y1)) scan indices, got {holdout!r}") from None
     mask = np.zeros(scan_shape, dtype=bool)
     mask[region] = True
     if not mask.any() or mask.all():
-        raise ValueError(f"holdout {holdout!r} must keep some positions for training and some for validation")
+        raise Distill4dError(f"holdout {holdout!r} must keep some positions for training and some for validation")
     return mask, region
 
 
@@ -143,26 +144,26 @@ def _as_scans(datacube: Any, label: Any, holdout: Any, pad: str, radius: int,
         if not isinstance(dc, DataCube):
             raise TypeError(f"datacube must be a distill4d.DataCube or a list of them, got {type(dc).__name__}")
     if not cubes:
-        raise ValueError("no training scans given")
+        raise Distill4dError("no training scans given")
     if many:
         labels = list(label) if isinstance(label, (list, tuple)) else None
         if labels is None or len(labels) != len(cubes):
-            raise ValueError(f"give one label image per scan: {len(cubes)} scans, "
+            raise Distill4dError(f"give one label image per scan: {len(cubes)} scans, "
                              f"{len(labels) if labels is not None else 'a single'} label(s)")
         per_scan = isinstance(holdout, (list, tuple)) and not _is_region(holdout)
         holds = list(holdout) if per_scan else [holdout] * len(cubes)
         if len(holds) != len(cubes):
-            raise ValueError(f"holdout: give one region per scan ({len(cubes)}) or one for all, got {len(holds)}")
+            raise Distill4dError(f"holdout: give one region per scan ({len(cubes)}) or one for all, got {len(holds)}")
     else:
         labels, holds = [label], [holdout]
     out = []
     for i, (dc, lab, hold) in enumerate(zip(cubes, labels, holds)):
         try:
             lab = _check_label(lab, dc.scan_shape)
-            _check_pad(pad, radius, dc.scan_shape)
+            check_pad(pad, radius, dc.scan_shape)
             mask, region = _holdout_mask(dc.scan_shape, hold, fraction)
         except ValueError as err:
-            raise ValueError(f"scan {i}: {err}" if many else str(err)) from None
+            raise Distill4dError(f"scan {i}: {err}" if many else str(err)) from None
         out.append((dc, lab, mask, region))
     return out
 
@@ -244,7 +245,7 @@ def train_phase(
     items = _as_scans(datacube, label, holdout, pad, r, train.holdout_fraction)
     need = sum(item[0].n_patterns for item in items) * config.size**2 * 4
     if need > _MAX_PREPARED_BYTES:
-        raise ValueError(f"the prepared scans would take {need / 2**30:.1f} GiB; train on crops of the scans "
+        raise Distill4dError(f"the prepared scans would take {need / 2**30:.1f} GiB; train on crops of the scans "
                          f"(DataCube slicing) of at most {_MAX_PREPARED_BYTES / 2**30:.0f} GiB prepared")
     dev = torch_device(device)
     t0 = time.perf_counter()
