@@ -160,6 +160,7 @@ def test_settings_validation():
         simulate_cbed(bulk("Si"), SETTINGS)
 
 
+@pytest.mark.slow
 def test_frozen_phonons_are_seeded_and_damp_high_angles():
     """Thermal displacements move flux from the Bragg disks to a diffuse background, by seed."""
     settings = CBEDSettings(energy_eV=200e3, semiangle_mrad=2.0, shape=(64, 64), q_pixel_inv_A=0.05,

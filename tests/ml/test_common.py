@@ -11,8 +11,6 @@ import pytest
 from distill4d.ml._common.loop import StopRule
 from distill4d.ml._common.model_files import CARD_FORMATS, ModelCard, read_card
 
-WEIGHTS = __import__("pathlib").Path(__file__).resolve().parents[1] / "src" / "distill4d" / "weights"
-
 
 class _Clock:
     def __init__(self) -> None:
@@ -87,34 +85,34 @@ def _sha(path):
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_shipped_cards_read_through_compat_unchanged():
-    before = {p.name: _sha(p) for p in WEIGHTS.iterdir()}
-    card = read_card(WEIGHTS / "fcunet.pt", "fcunet")
+def test_shipped_cards_read_through_compat_unchanged(weights_dir):
+    before = {p.name: _sha(p) for p in weights_dir.iterdir()}
+    card = read_card(weights_dir / "fcunet.pt", "fcunet")
     assert isinstance(card, ModelCard) and isinstance(card, dict)
     assert (card.model, card.format) == ("fcunet", CARD_FORMATS["fcunet"])
     assert card.config == card["architecture"] and card.input["q_pixel_inv_A"] > 0
-    assert card.metrics["mse"] > 0 and card.path == WEIGHTS / "fcunet.json"
+    assert card.metrics["mse"] > 0 and card.path == weights_dir / "fcunet.json"
     # the recorded command names the recipes' old folder; the card's text is left as shipped
     assert "src/distill4d/train/configs/" in card["training"]["command"]
     assert "src/distill4d/ml/configs/fcunet_cpu_position.toml" in card.command
     config = card.command.split("--config ")[1].split()[0]
-    assert (WEIGHTS.parents[2] / config).is_file()
+    assert (weights_dir.parents[2] / config).is_file()
     for name in ("conv4d_mixed", "linear_mos2"):
-        phase = read_card(WEIGHTS / f"phase_{name}.json", "phase")
+        phase = read_card(weights_dir / f"phase_{name}.json", "phase")
         assert phase.model == "phase" and phase.config == phase["config"]
         assert phase.metrics["held_out_pearson_r"] > 0 and phase.input["pad"] == phase["pad"]
         assert phase.command == phase["command"]
-    assert read_card(WEIGHTS / "phase_linear_mixed.pt").model == "phase"  # any model
-    assert {p.name: _sha(p) for p in WEIGHTS.iterdir()} == before
+    assert read_card(weights_dir / "phase_linear_mixed.pt").model == "phase"  # any model
+    assert {p.name: _sha(p) for p in weights_dir.iterdir()} == before
 
 
-def test_card_errors_name_the_file_and_model(tmp_path):
+def test_card_errors_name_the_file_and_model(tmp_path, weights_dir):
     with pytest.raises(FileNotFoundError, match="model card"):
         read_card(tmp_path / "none.pt")
     (tmp_path / "a.json").write_text("{not json")
     with pytest.raises(ValueError, match="a.json is not a phase model card \\(bad JSON"):
         read_card(tmp_path / "a.pt", "phase")
-    (tmp_path / "b.json").write_text((WEIGHTS / "fcunet.json").read_text())
+    (tmp_path / "b.json").write_text((weights_dir / "fcunet.json").read_text())
     with pytest.raises(ValueError, match="b.json is not a CC-ST-AE model card"):
         read_card(tmp_path / "b.pt", "ccstae")
     (tmp_path / "c.json").write_text(json.dumps({"format": "distill4d-weights-1", "model": "other"}))

@@ -114,6 +114,7 @@ def test_same_seed_same_library_and_resume_has_no_gaps(built, tmp_path, monkeypa
     assert build_library(config, other, scheduler="inline", progress=False)["shards_built"] == 0
 
 
+@pytest.mark.slow
 def test_processes_give_the_same_library(built, tmp_path):
     folder, _ = built
     build_library(LibraryConfig(**SMALL), tmp_path / "p", scheduler="processes", n_workers=2, progress=False)

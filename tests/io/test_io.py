@@ -30,17 +30,6 @@ from distill4d.io import (
     write,
 )
 
-DETECTORS = Path(__file__).resolve().parents[2] / "shared" / "testdata" / "detectors"
-
-
-@pytest.fixture(scope="module")
-def det() -> Path:
-    if not DETECTORS.is_dir():
-        pytest.skip(
-            f"real detector test files not found at {DETECTORS} (the shared test data folder is absent)"
-        )
-    return DETECTORS
-
 
 @pytest.fixture(scope="module")
 def merlin(det: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:

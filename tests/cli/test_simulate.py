@@ -12,6 +12,7 @@ pytest.importorskip("abtem")
 from distill4d.cli import main  # noqa: E402
 
 
+@pytest.mark.e2e
 def test_simulate_scan_writes_data_and_truth(tmp_path, capsys):
     out = tmp_path / "scan.h5"
     argv = ["simulate", "scan", "--preset", "gradient", "--scan", "6x4", "--shape", "64", "--q-pixel-inv-A", "0.04",

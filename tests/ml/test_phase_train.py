@@ -133,6 +133,7 @@ def test_bad_inputs_are_named(scan, trained):
         phase_image(DataCube(data, dc.calibration), trained, scheduler="inline", progress=False)
 
 
+@pytest.mark.e2e
 def test_cli_train_phase_then_phase(tmp_path, scan, capsys):
     from distill4d.cli import main
     from distill4d.io import read_results, write

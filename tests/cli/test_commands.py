@@ -133,6 +133,8 @@ def test_info_prints_shape_and_calibration(scan_file, capsys):
     assert "16x16" in out and "64x64" in out and "300 kV" in out
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_demo_runs_and_recovers_the_phase(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "-o", str(out), "--no-progress"]) == 0
@@ -150,6 +152,8 @@ def test_demo_runs_and_recovers_the_phase(tmp_path, capsys):
     assert (out / "summary.json").read_text() == before
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_disks_and_strain_commands_recover_a_known_strain(tmp_path, capsys):
     from distill4d.bragg import BraggPeaks
     from distill4d.lattice import StrainMap

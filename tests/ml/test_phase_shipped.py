@@ -11,6 +11,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("abtem")
+pytestmark = pytest.mark.slow  # the shipped models on simulated fields: about 20 s
 
 from distill4d.imaging import detector_mask, virtual_image  # noqa: E402
 from distill4d.ml.phase import phase_image, shipped_model_path  # noqa: E402

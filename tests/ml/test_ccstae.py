@@ -174,6 +174,7 @@ def trained():
     return dc, truth, res
 
 
+@pytest.mark.slow
 def test_training_recovers_a_known_uniform_strain(trained):
     """Half the scan strained by R(0.5°)(I + eps), eps = [[1, 0.3], [0.3, -0.5]] %: the trained
     model (32 px grid, 400 steps: a CI-sized run) reads the strained half's median within
@@ -189,6 +190,7 @@ def test_training_recovers_a_known_uniform_strain(trained):
     assert res.info["steps"] > 0 and not s.mask.any()
 
 
+@pytest.mark.slow
 def test_save_load_reuse_gives_identical_maps(trained, tmp_path):
     dc, _, res = trained
     path = save_ccstae(tmp_path / "m.pt", res)
@@ -206,6 +208,8 @@ def test_save_load_reuse_gives_identical_maps(trained, tmp_path):
         assert f["ccstae/bases"].shape == (1, 32, 32) and f["ccstae/classes"].shape == (12, 12)
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_cli_strain_ccstae(tmp_path):
     from distill4d.cli import main
     from distill4d.io import write

@@ -559,6 +559,7 @@ def test_training_refuses_a_library_of_another_size(tiny_library, tmp_path):
         train_fcunet(tiny_library, tmp_path / "x.pt", cfg, device="cpu")
 
 
+@pytest.mark.e2e
 def test_cli_train_and_detect_with_the_trained_weights(tiny_library, tmp_path):
     from distill4d.calibration import Calibration
     from distill4d.cli import main
