@@ -5,10 +5,10 @@ set -u
 T0=$(date +%s); el() { echo $(( $(date +%s) - T0 )); }
 END=${END:-540}; DEV=${DEV:-cuda}; TP=${TP:---batch 16 64 256 1024 --passes 1 2}
 export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
-W=/tmp/w; L=$OUT/l; mkdir -p $W /tmp/cal $L
+S=$(mktemp -d); W=$S/w; L=$OUT/l; mkdir -p $W $S/cal $L   # S: scratch on the device machine
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; nproc; grep -m1 "model name" /proc/cpuinfo;
   python3 -c "import torch,numpy,scipy,h5py;print(torch.__version__,numpy.__version__,scipy.__version__,h5py.__version__,torch.cuda.is_available())"; } 2>&1 | tee $L/env.txt
-python3 dev/gpu_session/library_transfer.py unpack .gpu/lib /tmp/lib 16 || { echo "unpack failed"; exit 1; }
+python3 dev/gpu_session/library_transfer.py unpack .gpu/lib $S/lib 16 || { echo "unpack failed"; exit 1; }
 echo "unpacked at $(el) s"
 timeout 100 python3 benchmarks/fcunet_throughput.py --devices $DEV --scan 32 32 $TP > $L/throughput.log 2>&1
 grep -v Warn $L/throughput.log | tail -8
@@ -23,12 +23,12 @@ ARGS[C]="--init .gpu/fcunet_eq2.pt --equivariant --lr 0.001"
 # the equivariant warm start is scratch data that may be gone: then C trains it from random weights
 [ -f .gpu/fcunet_eq2.pt ] || ARGS[C]="--equivariant --lr 0.001"
 for r in A B C; do
-  python3 -m distill4d.cli train fcunet --library /tmp/lib ${ARGS[$r]} --out /tmp/cal/$r.pt --config $CFG --minutes 0.6 --device $DEV > $L/cal_$r.log 2>&1 &
+  python3 -m distill4d.cli train fcunet --library $S/lib ${ARGS[$r]} --out $S/cal/$r.pt --config $CFG --minutes 0.6 --device $DEV > $L/cal_$r.log 2>&1 &
 done
 wait
 LEFT=$(( END - $(el) ))
 for r in A B C; do
-  S=$(python3 - /tmp/cal/$r.pt.partial/log.jsonl $LEFT <<'PY'
+  S=$(python3 - $S/cal/$r.pt.partial/log.jsonl $LEFT <<'PY'
 import json, os, sys, torch
 p = sys.argv[1]
 rows = [json.loads(l) for l in open(p) if '"train"' in l] if os.path.exists(p) else []
@@ -43,7 +43,7 @@ print(max(200, int(0.9 * rate * left)))
 PY
 ) || S=0
   echo "$r: calibrated rate -> $S steps in $LEFT s" | tee -a $L/env.txt; tail -2 $L/cal_$r.log
-  [ "$S" -gt 0 ] && python3 -m distill4d.cli train fcunet --library /tmp/lib ${ARGS[$r]} --out $W/fcunet_$r.pt --config $CFG --steps $S --minutes $(python3 -c "print(round(($LEFT - 12) / 60, 2))") --device $DEV > $L/train_$r.log 2>&1 &
+  [ "$S" -gt 0 ] && python3 -m distill4d.cli train fcunet --library $S/lib ${ARGS[$r]} --out $W/fcunet_$r.pt --config $CFG --steps $S --minutes $(python3 -c "print(round(($LEFT - 12) / 60, 2))") --device $DEV > $L/train_$r.log 2>&1 &
 done
 wait
 echo "training ended at $(el) s"

@@ -60,7 +60,7 @@ class FCUNetConfig:
     correlation_skip : also give the real block the probe cross-correlation
         ``IFFT(C)`` (divided by its maximum): the classical detector's map, which the
         network then only has to sharpen and clean (an addition to the published model;
-        benchmarks/RESULTS.md, ``fcunet_search``).
+        docs/experiments.md, FCU-Net).
     equivariant : phase-equivariant complex layers instead of the published ones: magnitude
         normalisation (no centring), modReLU, no complex biases, and max pooling by magnitude
         (with ``pool="max"``). A pattern shift is a phase ramp on the cross-spectrum; CReLU and

@@ -71,8 +71,8 @@ class FCUNetTrainConfig:
         loader either way, so the two are scored alike.
     spot_weight : the squared error of pixels where the target exceeds 1e-3 of (000) (the
         Bragg spots, ~2 % of the pixels) counts ``1 + spot_weight`` times (0: plain MSE). The
-        target is sparse; weighting its spots speeds up learning them (benchmarks/RESULTS.md,
-        ``fcunet_search``).
+        target is sparse; weighting its spots speeds up learning them (docs/experiments.md,
+        FCU-Net).
     position_weight : adds ``position_weight`` x the amplitude-weighted mean squared distance
         (px²) between the centroids of prediction and target in a 5 x 5 window around each
         true peak of amplitude >= 0.01 of (000) (0: off). The plain MSE lets a predicted spot
@@ -84,7 +84,7 @@ class FCUNetTrainConfig:
         the disks from the correlation, which follows the detector plane exactly (needs
         ``model.correlation_skip``; 0: off). With the CPU-sized real block (3 layers of 3x3)
         0.5 px raised the correlation's share of the positions only from 1 % to 2 %
-        (benchmarks/RESULTS.md, FCU-Net weights on the validation split).
+        (docs/experiments.md, FCU-Net).
     seed : shuffling, augmentation and initialisation seed.
     num_workers : DataLoader worker processes (0: load in the training process).
     in_memory : hold the training split in memory (``LibraryDataset(in_memory=True)``) rather
