@@ -1,7 +1,7 @@
 """distill4d: 4D-STEM data to strain maps, images, domains and crystal identities.
 
-The top-level namespace is light: heavy modules (Dask distributed, PyTorch, abTEM,
-FastAPI) are imported only when a function that needs them is called.
+The top-level namespace is light: heavy modules (Dask distributed, PyTorch, abTEM)
+are imported only when a function that needs them is called.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ def positive_int(name: str, value: Any, *, minimum: int = 1) -> int:
         if isinstance(value, (float, np.floating)) and float(value).is_integer():
             value = int(value)
         else:
-            raise TypeError(f"{name} must be an integer, got {value!r}")
+            raise Distill4dTypeError(f"{name} must be an integer, got {value!r}")
     if value < minimum:
         raise Distill4dError(f"{name} must be >= {minimum}, got {value}")
     return int(value)
@@ -34,7 +34,7 @@ def positive_float(name: str, value: Any, *, maximum: float = math.inf) -> float
     try:
         v = float(value)
     except (TypeError, ValueError):
-        raise TypeError(f"{name} must be a number, got {value!r}") from None
+        raise Distill4dTypeError(f"{name} must be a number, got {value!r}") from None
     if not math.isfinite(v) or v <= 0 or v > maximum:
         raise Distill4dError(f"{name} must be a finite number in (0, {maximum:g}], got {value!r}")
     return v
@@ -45,7 +45,7 @@ def nonnegative_float(name: str, value: Any) -> float:
     try:
         v = float(value)
     except (TypeError, ValueError):
-        raise TypeError(f"{name} must be a number, got {value!r}") from None
+        raise Distill4dTypeError(f"{name} must be a number, got {value!r}") from None
     if not math.isfinite(v) or v < 0:
         raise Distill4dError(f"{name} must be a finite number >= 0, got {value!r}")
     return v

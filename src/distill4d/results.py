@@ -244,7 +244,10 @@ def _read_provenance(attrs: dict[str, Any]) -> Provenance | None:
     ``command`` / ``input`` attributes, else None."""
     text = attrs.pop("provenance", None)
     if text is not None:
-        return Provenance.from_json(text)
+        try:
+            return Provenance.from_json(text)
+        except (ValueError, TypeError, KeyError) as err:
+            raise Distill4dError(f"the file's provenance attribute is not valid provenance JSON ({err})") from None
     if "command" not in attrs:
         return None
     inputs = (str(attrs["input"]),) if "input" in attrs else ()

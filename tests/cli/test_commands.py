@@ -249,3 +249,22 @@ def _src():
     from pathlib import Path
 
     return Path(distill4d.__file__).resolve().parents[1]
+
+
+def test_python_m_runs_the_command():
+    out = subprocess.run([sys.executable, "-m", "distill4d.cli", "--version"], capture_output=True, text=True,
+                         env={**__import__("os").environ, "PYTHONPATH": str(_src())})
+    assert out.returncode == 0 and out.stdout.startswith("distill4d ")
+
+
+def test_a_wrongly_typed_config_value_is_one_line(tmp_path, capsys):
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text('max_steps = "ten"\n')
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    assert main(["train", "fcunet", "--library", str(lib), "--out", str(tmp_path / "w.pt"), "--config", str(cfg)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("distill4d: error:") and "max_steps must be an integer, got 'ten'" in err
+    cfg.write_text("model = 3\n")
+    assert main(["train", "fcunet", "--library", str(lib), "--out", str(tmp_path / "w.pt"), "--config", str(cfg)]) == 1
+    assert "[model] must be a table" in capsys.readouterr().err

@@ -15,7 +15,6 @@ anything else is a bug and shows its traceback.
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
 
 from .._version import __version__
@@ -51,6 +50,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     return run_command(args)
 
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

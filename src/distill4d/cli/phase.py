@@ -36,7 +36,10 @@ def read_label(spec: str, key: str | None) -> tuple[np.ndarray, str, str]:
     if not Path(path).exists():
         raise Distill4dError(f"label file {path} does not exist")
     if path.endswith(".npy"):
-        arr = np.load(path, allow_pickle=False)
+        try:
+            arr = np.load(path, allow_pickle=False)
+        except ValueError as err:  # an object array or a file that is not a .npy
+            raise Distill4dError(f"label file {path} is not a numeric .npy array ({err})") from None
         return arr, key or Path(path).stem, ""
     if inner:
         import h5py

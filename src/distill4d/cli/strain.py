@@ -22,6 +22,7 @@ from ._common import (
     engine_kwargs,
     open_input,
     parse_region,
+    require_torch,
     wrote,
 )
 
@@ -41,10 +42,9 @@ def _find_disks(args: argparse.Namespace, outs: Outputs):
     probe = read_probe(args.probe) if args.probe else None
     outs.clear_stale()
     if args.method == "fcunet":
-        try:
-            from ..ml.fcunet.detect import find_bragg_disks_fcunet
-        except ImportError as err:
-            raise Distill4dError(f"--method fcunet needs PyTorch: pip install 'distill4d[ml]' ({err})") from None
+        require_torch("--method fcunet")
+        from ..ml.fcunet.detect import find_bragg_disks_fcunet
+
         engine = engine_kwargs(args)
         if args.scheduler == "threads":  # the network uses all cores itself
             engine["scheduler"] = "inline"
@@ -79,11 +79,10 @@ def cmd_disks(args: argparse.Namespace) -> int:
 
 
 def _strain_ccstae(args: argparse.Namespace, outs: Outputs):
-    try:
-        from ..ml.ccstae.strain import save_ccstae, strain_map_ccstae
-        from ..ml.ccstae.train import CCSTAETrainConfig
-    except ImportError as err:
-        raise Distill4dError(f"--method ccstae needs PyTorch: pip install 'distill4d[ml]' ({err})") from None
+    require_torch("--method ccstae")
+    from ..ml.ccstae.strain import save_ccstae, strain_map_ccstae
+    from ..ml.ccstae.train import CCSTAETrainConfig
+
     from ..io import read_probe
 
     dc = open_input(args)

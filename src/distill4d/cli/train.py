@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from ..errors import Distill4dError
 from ._common import command_line, require_torch
 
 __all__ = ["add_train_parser", "cmd_train_fcunet"]
@@ -19,7 +20,10 @@ def _train_config(args: argparse.Namespace) -> Any:
     from ..ml.fcunet.train import FCUNetTrainConfig
 
     base = read_mapping_file(args.config, "training configuration") if args.config else {}
-    model = dict(base.pop("model", {}))
+    model = base.pop("model", {})
+    if not isinstance(model, dict):
+        raise Distill4dError(f"{args.config}: [model] must be a table of architecture settings, got {model!r}")
+    model = dict(model)
     for key in ("filters", "depth", "dropout", "pool", "equivariant"):
         v = getattr(args, key)
         if v is not None:

@@ -62,10 +62,12 @@ class CCSTAETrainConfig:
         positive_int("seed", self.seed, minimum=0)
 
 
-
-
 def _kmeans(features: np.ndarray, k: int, seed: int) -> np.ndarray:
-    """Labels (int64) of a seeded k-means (scikit-learn, k-means++ start) of ``features`` (n, d)."""
+    """Labels (int64) of a seeded k-means (scikit-learn, k-means++ start) of ``features`` (n, d);
+    one cluster, or no more patterns than clusters, needs no clustering."""
+    n = features.shape[0]
+    if k == 1 or n <= k:
+        return np.zeros(n, dtype=np.int64) if k == 1 else np.arange(n) % k
     from sklearn.cluster import KMeans
 
     return KMeans(n_clusters=k, n_init=1, random_state=seed).fit_predict(features).astype(np.int64)
