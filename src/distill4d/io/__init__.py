@@ -19,6 +19,10 @@ Arrays keep their stored order: axis 0 is the slow scan direction (rows, Rx), ax
 detector rows (Qx), as py4DSTEM does. A stack of patterns with one navigation axis
 ``(N, Qx, Qy)`` (a line scan, or frames whose scan shape the file does not record) becomes
 ``(1, N, Qx, Qy)``, or ``scan_shape + (Qx, Qy)`` when ``scan_shape=(Rx, Ry)`` is given.
+A plain HDF5 file is calibrated from attributes of its dataset whose name and unit are
+unambiguous (``energy_eV``, ``beam_energy`` with a unit, ``semiangle_mrad``,
+``q_pixel_size_invA``, ``scan_step_A``, ...: the list is in :mod:`distill4d.io.attrs`);
+:func:`calibration_attributes` says which it used.
 Merlin frames are flipped upside down as RosettaSciIO, pyxem and py4DSTEM do (the detector
 reads its rows out bottom first), so a pixel at raw row ``y`` is at ``Qx = height - 1 - y``.
 """
