@@ -59,16 +59,17 @@ _ENERGY_EV = {"ev": 1.0, "v": 1.0, "kev": 1e3, "kv": 1e3}
 _NUMBER_UNIT = re.compile(r"^\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*(.*?)\s*$")
 
 
-def attribute_calibration(dset: Any) -> tuple[dict[str, Any], float | None, list[str]]:
+def attribute_calibration(dset: Any) -> tuple[dict[str, Any], float | None, list[tuple[str, str]]]:
     """Calibration fields from the attributes of the HDF5 dataset ``dset`` and of its parent group.
 
     Returns ``(fields, q_pixel_mrad, used)``: the :class:`~distill4d.Calibration` fields found,
-    the detector pixel in mrad when it is given as an angle only, and one line per attribute
-    taken (``"energy_eV = 300000 from /scan/data: beam_energy = 300 (kV)"``).
+    the detector pixel in mrad when it is given as an angle only, and ``(field, line)`` for each
+    attribute taken (``"energy_eV = 300000 from /scan/data: beam_energy = 300 (kV)"``; the field
+    ``"q_pixel_mrad"`` for a pixel in mrad).
     """
     fields: dict[str, Any] = {}
     q_mrad: float | None = None
-    used: list[str] = []
+    used: list[tuple[str, str]] = []
     for node in (dset, dset.parent):
         attrs = {str(k).lower(): (str(k), v) for k, v in node.attrs.items()}
         for lower, (name, value) in attrs.items():
@@ -82,7 +83,7 @@ def attribute_calibration(dset: Any) -> tuple[dict[str, Any], float | None, list
                 q_mrad = number
             else:
                 fields[field] = number
-            used.append(f"{field} = {number:.6g} from {node.name}: {name} = {_show(value)}{note}")
+            used.append((field, f"{field} = {number:.6g} from {node.name}: {name} = {_show(value)}{note}"))
     return fields, q_mrad, used
 
 

@@ -249,8 +249,7 @@ def _calibration_for(f: Any, dset: Any, path: str) -> tuple[Calibration, float |
     fields.update(_beam_metadata(f, grp))
     found, found_mrad, lines = attribute_calibration(dset)  # plain attributes fill what is missing
     used = []
-    for line in lines:
-        field = line.split(" ", 1)[0]
+    for field, line in lines:
         if field == "q_pixel_mrad":
             if "q_pixel_inv_A" in fields or q_mrad is not None:
                 continue
