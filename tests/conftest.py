@@ -29,3 +29,15 @@ def det() -> Path:
     if not DETECTORS.is_dir():
         pytest.skip(f"real detector test files not found at {DETECTORS} (the shared test data folder is absent)")
     return DETECTORS
+
+
+@pytest.fixture(scope="session")
+def merlin(det: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The Merlin ``.mib``/``.hdr`` test files unpacked: ``merlin / "<zip name without .zip>" / "<file>"``."""
+    import zipfile
+
+    out = tmp_path_factory.mktemp("merlin")
+    for name in ("Merlin_navigation4x2_ROI.zip", "Merlin_navigation4x2_signalNx256_ROI.zip"):
+        with zipfile.ZipFile(det / name) as z:
+            z.extractall(out / name[: -len(".zip")])
+    return out

@@ -9,7 +9,6 @@ import pickle
 import subprocess
 import sys
 import types
-import zipfile
 from pathlib import Path
 
 import h5py
@@ -29,15 +28,6 @@ from distill4d.io import (
     split_dataset_path,
     write,
 )
-
-
-@pytest.fixture(scope="module")
-def merlin(det: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("merlin")
-    for name in ("Merlin_navigation4x2_ROI.zip", "Merlin_navigation4x2_signalNx256_ROI.zip"):
-        with zipfile.ZipFile(det / name) as z:
-            z.extractall(out / name[: -len(".zip")])
-    return out
 
 
 def _is_dask(a) -> bool:

@@ -22,10 +22,12 @@ __all__ = [
     "Outputs",
     "add_calibration",
     "add_engine",
+    "add_input_options",
     "add_output",
     "calibration_kwargs",
     "command_line",
     "engine_kwargs",
+    "input_label",
     "open_input",
     "parse_region",
     "require_torch",
@@ -44,7 +46,14 @@ def add_calibration(p: argparse.ArgumentParser) -> None:
     g.add_argument("--energy-kV", type=float, metavar="kV", help="beam energy in kV (e.g. 300)")
     g.add_argument("--semiangle-mrad", type=float, metavar="mrad", help="probe convergence semiangle in mrad")
     g.add_argument("--origin-px", type=float, nargs=2, metavar=("QX", "QY"), help="diffraction origin in pixels")
-    g.add_argument("--dataset", help="dataset path inside an HDF5 file (or use FILE.h5:/path)")
+    add_input_options(g)
+
+
+def add_input_options(p: Any) -> None:
+    """``--dataset`` and ``--scan-shape``: which data of the file to read, and its scan (a parser or group)."""
+    p.add_argument("--dataset", metavar="PATH", help="dataset path inside an HDF5 file (or use FILE.h5:/path)")
+    p.add_argument("--scan-shape", type=int, nargs=2, metavar=("RX", "RY"),
+                   help="scan shape of a stack of patterns (N, Qx, Qy), e.g. the frames of an ARINA file")
 
 
 def add_engine(p: argparse.ArgumentParser) -> None:
@@ -66,8 +75,11 @@ def add_output(p: argparse.ArgumentParser, default_png: bool = True) -> None:
 
 
 def calibration_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    """The calibration options given on the command line, as keyword arguments of :func:`distill4d.io.read`."""
+    """The calibration options (and ``--scan-shape``) given on the command line, as keyword arguments of
+    :func:`distill4d.io.read`."""
     out: dict[str, Any] = {}
+    if getattr(args, "scan_shape", None) is not None:
+        out["scan_shape"] = tuple(args.scan_shape)
     if args.scan_step_A is not None:
         out["scan_step_A"] = args.scan_step_A
     if args.q_pixel_inv_A is not None:
@@ -93,8 +105,19 @@ def engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def input_label(args: argparse.Namespace) -> str:
+    """The input as a figure title names it: the file's name, and the dataset inside it when one is named
+    (``scan.h5:/entry/data`` for ``FILE:/entry/data`` or ``--dataset /entry/data``)."""
+    from ..io import split_dataset_path
+
+    file, inline = split_dataset_path(args.file)
+    dataset = inline or getattr(args, "dataset", None)
+    name = Path(file).name
+    return f"{name}:{dataset}" if dataset else name
+
+
 def open_input(args: argparse.Namespace):
-    """The DataCube of ``args.file`` (``--dataset`` and the calibration options applied)."""
+    """The DataCube of ``args.file`` (``--dataset``, ``--scan-shape`` and the calibration options applied)."""
     from ..io import read
 
     return read(args.file, dataset=args.dataset, **calibration_kwargs(args))

@@ -14,9 +14,11 @@ from ._common import (
     Outputs,
     add_calibration,
     add_engine,
+    add_input_options,
     add_output,
     command_line,
     engine_kwargs,
+    input_label,
     open_input,
     warn_nonfinite,
     wrote,
@@ -26,11 +28,12 @@ __all__ = ["add_parser", "cmd_com", "cmd_info", "cmd_virtual"]
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from ..io import list_datasets, read
+    from ..io import calibration_attributes, list_datasets, read
 
     path = args.file
+    scan_shape = tuple(args.scan_shape) if args.scan_shape else None
     try:
-        dc = read(path, dataset=args.dataset, lazy=True)
+        dc = read(path, dataset=args.dataset, lazy=True, scan_shape=scan_shape)
     except ValueError as err:
         from ..io import split_dataset_path
 
@@ -47,7 +50,13 @@ def cmd_info(args: argparse.Namespace) -> int:
         raise Distill4dError(str(err)) from None
     print(dc)
     print(dc.calibration.describe())
+    used = calibration_attributes(path, args.dataset, scan_shape)
+    if used:
+        print("calibration read from HDF5 attributes:")
+        for line in used:
+            print(f"  {line}")
     return 0
+
 
 
 def cmd_virtual(args: argparse.Namespace) -> int:
@@ -84,7 +93,7 @@ def cmd_virtual(args: argparse.Namespace) -> int:
     if outs.png:
         from ..plot import save_images_png
 
-        save_images_png(outs.png, images, units=units, title=f"virtual images: {Path(args.file).name}",
+        save_images_png(outs.png, images, units=units, title=f"virtual images: {input_label(args)}",
                         scan_step_A=dc.calibration.scan_step_A, force=outs.force)
     outs.done()
     wrote(outs)
@@ -142,7 +151,7 @@ def cmd_com(args: argparse.Namespace) -> int:
 
         shown = {k: arrays[k] for k in ("com_qx", "com_qy", "idpc_phase") if k in arrays}
         save_images_png(outs.png, shown, units=units, diverging=("com_qx", "com_qy"),
-                        title=f"centre of mass / iDPC: {Path(args.file).name}",
+                        title=f"centre of mass / iDPC: {input_label(args)}",
                         scan_step_A=dc.calibration.scan_step_A, force=outs.force)
     outs.done()
     wrote(outs)
@@ -153,7 +162,7 @@ def add_parser(sub: Any) -> None:
     """Add ``info``, ``virtual`` and ``com`` to the subcommands ``sub``."""
     p = sub.add_parser("info", help="describe a dataset: shape, dtype, calibration")
     p.add_argument("file")
-    p.add_argument("--dataset")
+    add_input_options(p)
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("virtual", help="virtual bright-field / annular dark-field images")

@@ -27,6 +27,13 @@ def _soft_weights(img: np.ndarray, peak: np.ndarray) -> np.ndarray:
     return np.clip((img - lo) / np.maximum(hi - lo, np.finfo(float).tiny), 0.0, 1.0)
 
 
+#: Hint of every "no disk found" error: the flags (and keywords) that make the search unnecessary.
+NO_DISK_HINT = (
+    "give the origin yourself with --origin-px QX QY, and for virtual images the radii with --bf R and "
+    "--adf INNER [OUTER] (origin=(qx, qy) and radii= in Python)"
+)
+
+
 def find_bf_disk(pattern: Any) -> tuple[float, float, float]:
     """Centre ``(qx, qy)`` and radius of the bright-field disk of one pattern, in pixels.
 
@@ -35,26 +42,73 @@ def find_bf_disk(pattern: Any) -> tuple[float, float, float]:
     region above half the maximum that holds the maximum is taken as the disk, and its
     centre and radius (from its area) are measured with soft edge weights.
 
-    Raises ValueError for an all-zero or non-finite pattern.
+    Sparse patterns (counting data whose mean is mostly zeros: the median filter keeps fewer
+    than half as many nonzero pixels) are searched again with outliers
+    clipped (at the median of the nonzero pixels, so a hot pixel cannot win) and a wider
+    smoothing (sigma 3 px); the disk is the region above half its plateau (the median of the
+    smoothed region above half the maximum). It counts as a disk only when at least 9 and a
+    tenth of its pixels received counts, at least 5 times as densely as outside it.
+
+    Raises :class:`~distill4d.Distill4dError` (a ValueError) for an all-zero or non-finite
+    pattern, or when no disk can be found: the message says what the pattern holds and which
+    options give the origin and radii instead.
     """
     from scipy import ndimage
 
     p = pattern_array("pattern", pattern).astype(np.float64)
-    smooth = ndimage.gaussian_filter(ndimage.median_filter(p, size=3), 1.0)
+    filtered = ndimage.median_filter(p, size=3)
+    smooth = ndimage.gaussian_filter(filtered, 1.0)
     peak = smooth.max()
-    if not peak > 0:
-        raise Distill4dError("pattern has no positive intensity: cannot find the bright-field disk")
-    smooth = smooth - np.median(smooth) if np.median(smooth) < 0.5 * peak else smooth
-    peak = smooth.max()
-    labels, _ = ndimage.label(smooth > 0.5 * peak)
-    region = labels == labels[np.unravel_index(np.argmax(smooth), smooth.shape)]
-    region = ndimage.binary_dilation(region, iterations=3)
+    # sparse (the filter keeps under half as many nonzero pixels) or empty: search it as counts
+    if not peak > 0 or np.count_nonzero(filtered > 0) < 0.5 * np.count_nonzero(p > 0):
+        smooth, peak = _sparse_disk_image(p)
+    else:
+        smooth = smooth - np.median(smooth) if np.median(smooth) < 0.5 * peak else smooth
+        peak = smooth.max()
+    region = ndimage.binary_dilation(_peak_region(smooth, 0.5 * peak), iterations=3)
     w = _soft_weights(smooth, peak) * region
     total = w.sum()
     qx, qy = np.indices(p.shape, dtype=np.float64)
     cx, cy = (w * qx).sum() / total, (w * qy).sum() / total
     radius = float(np.sqrt(total / np.pi))
     return float(cx), float(cy), radius
+
+
+def _peak_region(img: np.ndarray, level: float) -> np.ndarray:
+    """The connected region of ``img > level`` that holds the maximum of ``img``."""
+    from scipy import ndimage
+
+    labels, _ = ndimage.label(img > level)
+    return labels == labels[np.unravel_index(np.argmax(img), img.shape)]
+
+
+def _sparse_disk_image(p: np.ndarray) -> tuple[np.ndarray, float]:
+    """The smoothed image of a sparse pattern to search for the disk in, and the disk's level.
+
+    Raises Distill4dError saying what the pattern holds when it shows no disk.
+    """
+    from scipy import ndimage
+
+    positive = p > 0
+    n_pos = int(positive.sum())
+    if n_pos == 0:
+        raise Distill4dError(
+            f"pattern has no positive intensity (all {p.size} pixels are zero or less): cannot find the "
+            f"bright-field disk; {NO_DISK_HINT}"
+        )
+    smooth = ndimage.gaussian_filter(np.clip(p, 0.0, np.median(p[positive])), 3.0)
+    plateau = float(np.median(smooth[_peak_region(smooth, 0.5 * smooth.max())]))
+    region = _peak_region(smooth, 0.5 * plateau)
+    lit, area = int((positive & region).sum()), int(region.sum())
+    outside = (n_pos - lit) / max(p.size - area, 1)
+    if lit >= 9 and lit >= 0.1 * area and lit / area >= 5 * outside:
+        return smooth, plateau
+    brightest = np.unravel_index(np.argmax(p), p.shape)
+    raise Distill4dError(
+        f"no bright-field disk found: the pattern is sparse, only {n_pos} of its {p.size} pixels have "
+        f"intensity (total {p.sum():.4g}, brightest {p.max():.4g} at qx, qy = {brightest[0]}, {brightest[1]}), "
+        f"scattered rather than in a disk; {NO_DISK_HINT}"
+    )
 
 
 def _origin_batch(batch: np.ndarray, grid: tuple[np.ndarray, np.ndarray]) -> np.ndarray:

@@ -19,6 +19,10 @@ Arrays keep their stored order: axis 0 is the slow scan direction (rows, Rx), ax
 detector rows (Qx), as py4DSTEM does. A stack of patterns with one navigation axis
 ``(N, Qx, Qy)`` (a line scan, or frames whose scan shape the file does not record) becomes
 ``(1, N, Qx, Qy)``, or ``scan_shape + (Qx, Qy)`` when ``scan_shape=(Rx, Ry)`` is given.
+A plain HDF5 file is calibrated from attributes of its dataset whose name and unit are
+unambiguous (``energy_eV``, ``beam_energy`` with a unit, ``semiangle_mrad``,
+``q_pixel_size_invA``, ``scan_step_A``, ...: the list is in :mod:`distill4d.io.attrs`);
+:func:`calibration_attributes` says which it used.
 Merlin frames are flipped upside down as RosettaSciIO, pyxem and py4DSTEM do (the detector
 reads its rows out bottom first), so a pixel at raw row ``y`` is at ``Qx = height - 1 - y``.
 """
@@ -47,6 +51,7 @@ __all__ = [
     "read_results",
     "Results",
     "list_datasets",
+    "calibration_attributes",
     "split_dataset_path",
     "supported_formats",
     "H5Source",
@@ -141,7 +146,7 @@ def read(
     file, inline = split_dataset_path(path)
     if inline is not None:
         if dataset is not None and dataset != inline:
-            raise Distill4dError(f"the dataset is given twice: {inline!r} in the path and dataset={dataset!r}")
+            raise Distill4dError(f"the dataset is given twice: {inline!r} in the path and {dataset!r} as --dataset (dataset=)")
         dataset = inline
     unknown = set(calibration_fields) - set(Calibration.field_names())
     if unknown:
@@ -178,6 +183,26 @@ def read(
     return DataCube(data, cal, name=loaded.name or os.path.basename(file), reader=reader)
 
 
+def calibration_attributes(
+    path: str | os.PathLike, dataset: str | None = None, scan_shape: tuple[int, int] | None = None
+) -> list[str]:
+    """Which attributes of a plain HDF5 file :func:`read` took its calibration from.
+
+    One line per attribute taken (see :mod:`distill4d.io.attrs` for the names understood); empty
+    for files that are not HDF5, distill4d's own files, ARINA master files and files whose
+    metadata (EMD, HyperSpy, Prismatic) already gave those fields. ``dataset`` (or
+    ``"file.h5:/path"``) and ``scan_shape`` as for :func:`read`.
+    """
+    import h5py
+
+    from .hdf5 import calibration_attributes as from_hdf5
+
+    file, inline = split_dataset_path(path)
+    if not (os.path.isfile(file) and h5py.is_hdf5(file)):
+        return []
+    return from_hdf5(file, dataset or inline, scan_shape)
+
+
 def _dispatch(
     file: str, ext: str, dataset: str | None, lazy: bool | None, budget: int, scan_shape: Any
 ) -> Loaded:
@@ -189,7 +214,7 @@ def _dispatch(
         return read_hdf5(file, dataset, lazy, budget, scan_shape)
     if dataset is not None and ext not in RSCIIO_FORMATS:
         raise Distill4dError(
-            f"{file}: dataset={dataset!r} applies to HDF5 files only, not to {ext or 'this'} files"
+            f"{file}: --dataset (dataset=) {dataset!r} applies to HDF5 files only, not to {ext or 'this'} files"
         )
     if ext == ".npy":
         from .npy import read_npy

@@ -25,6 +25,10 @@ __all__ = [
     "to_4d",
 ]
 
+#: How error messages name the dataset and scan-shape options: the CLI flag and the keyword of read().
+DATASET_HINT = "--dataset PATH (dataset= in Python)"
+SCAN_SHAPE_HINT = "--scan-shape RX RY (scan_shape=(Rx, Ry) in Python)"
+
 #: Size of one lazy chunk the readers aim for, in bytes (whole patterns along the scan).
 CHUNK_TARGET_BYTES = 96 * 2**20
 
@@ -203,7 +207,7 @@ def to_4d(data: Any, path: str, scan_shape: tuple[int, int] | None = None, what:
     if len(shape) > 4:
         raise Distill4dError(
             f"{label} has shape {shape}: more than 4 dimensions with a leading axis longer than 1; "
-            "choose one 4D dataset (e.g. read(path, dataset=...)) or slice it first"
+            f"choose one 4D dataset with {DATASET_HINT}, or slice it first"
         )
     if len(shape) < 3:
         raise Distill4dError(
@@ -215,7 +219,8 @@ def to_4d(data: Any, path: str, scan_shape: tuple[int, int] | None = None, what:
         scan_shape = _check_scan_shape(scan_shape)
         if scan_shape[0] * scan_shape[1] != n:
             raise Distill4dError(
-                f"scan_shape {scan_shape} holds {scan_shape[0] * scan_shape[1]} patterns, "
+                f"the scan shape {scan_shape[0]} x {scan_shape[1]} (--scan-shape / scan_shape=) holds "
+                f"{scan_shape[0] * scan_shape[1]} patterns, "
                 f"but {label} has {n} (shape {shape})"
             )
         if shape[:-2] != scan_shape:

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import Distill4dError
-from ._common import Loaded, check_dtype, positive_or_none, scan_chunks, want_lazy
+from ._common import SCAN_SHAPE_HINT, Loaded, check_dtype, positive_or_none, scan_chunks, want_lazy
 from ._h5 import dask_token, h5_value, read_all, safe_calibration
 from .sources import H5Source
 
@@ -102,8 +102,7 @@ def read_arina(
         side = math.isqrt(n)
         if side * side != n:
             raise Distill4dError(
-                f"{path}: {n} frames do not make a square scan; pass scan_shape=(Rx, Ry) "
-                "(e.g. read(path, scan_shape=(rows, columns)))"
+                f"{path}: {n} frames do not make a square scan; give the scan with {SCAN_SHAPE_HINT}"
             )
         scan_shape = (side, side)
     return Loaded(

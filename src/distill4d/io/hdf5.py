@@ -14,6 +14,8 @@ import numpy as np
 from ..calibration import Calibration
 from ..errors import Distill4dError, Distill4dKeyError
 from ._common import (
+    DATASET_HINT,
+    SCAN_SHAPE_HINT,
     Loaded,
     angle_to_mrad,
     check_dtype,
@@ -26,9 +28,10 @@ from ._common import (
 )
 from ._h5 import dask_token, h5_value, read_all, safe_calibration, short_error
 from .arina import is_arina_master, read_arina
+from .attrs import attribute_calibration
 from .sources import CorruptFileError, H5Source, open_h5_file
 
-__all__ = ["read_hdf5", "list_datasets", "open_h5", "OWN_FORMAT_ATTR"]
+__all__ = ["read_hdf5", "list_datasets", "calibration_attributes", "open_h5", "OWN_FORMAT_ATTR"]
 
 #: Root attribute that marks files written by distill4d ("datacube" or "results").
 OWN_FORMAT_ATTR = "distill4d_format"
@@ -112,8 +115,6 @@ def read_hdf5(
     scan_shape: tuple[int, int] | None = None,
 ) -> Loaded:
     """Read one 4D-STEM dataset from an HDF5 file (see :func:`distill4d.io.read`)."""
-    import h5py
-
     with open_h5(path) as f:
         fmt = _attr_str(f.attrs.get(OWN_FORMAT_ATTR))
         if fmt == "results" and dataset is None:
@@ -124,18 +125,7 @@ def read_hdf5(
         if dataset is None:
             if is_arina_master(f):
                 return read_arina(f, path, lazy, budget, scan_shape)
-        name = _choose_dataset(f, path, dataset)
-        obj = f[name]
-        if isinstance(obj, h5py.Group):  # a group given by the caller: its single array inside
-            inner = [d for d in _all_datasets(obj) if len(d[1]) >= 3]
-            if len(inner) != 1:
-                raise Distill4dError(
-                    f"{path}: {name!r} is a group; give the dataset inside it. Datasets of 3 or more "
-                    f"dimensions there: {_describe([(obj.name.rstrip('/') + p, s, d) for p, s, d in inner])}"
-                )
-            name = obj.name.rstrip("/") + inner[0][0]
-            obj = f[name]
-        dset = obj
+        dset = _resolve_dataset(f, path, dataset, scan_shape)
         what = f"dataset {dset.name}"
         check_dtype(dset.dtype, path, what)
         if dset.ndim < 3:
@@ -143,7 +133,7 @@ def read_hdf5(
                 f"{path}: dataset {dset.name} has shape {dset.shape}, which is not 4D-STEM data "
                 "(expected (Rx, Ry, Qx, Qy) or a stack (N, Qx, Qy))"
             )
-        calibration, q_mrad = _calibration_for(f, dset, path)
+        calibration, q_mrad, _ = _calibration_for(f, dset, path)
         nbytes = int(np.prod(dset.shape, dtype=np.int64)) * dset.dtype.itemsize
         if want_lazy(lazy, nbytes, budget):
             import dask.array as da
@@ -157,6 +147,32 @@ def read_hdf5(
     return Loaded(data, calibration, q_mrad, name=os.path.basename(path), source=source)
 
 
+def _resolve_dataset(f: Any, path: str, dataset: str | None, scan_shape: Any = None) -> Any:
+    """The h5py dataset to read: :func:`_choose_dataset`'s, or the single array of a group the caller named."""
+    import h5py
+
+    name = _choose_dataset(f, path, dataset, scan_shape)
+    obj = f[name]
+    if isinstance(obj, h5py.Group):  # a group given by the caller: its single array inside
+        inner = [d for d in _all_datasets(obj) if len(d[1]) >= 3]
+        if len(inner) != 1:
+            raise Distill4dError(
+                f"{path}: {name!r} is a group; give the dataset inside it. Datasets of 3 or more "
+                f"dimensions there: {_describe([(obj.name.rstrip('/') + p, s, d) for p, s, d in inner])}"
+            )
+        obj = f[obj.name.rstrip("/") + inner[0][0]]
+    return obj
+
+
+def calibration_attributes(path: str, dataset: str | None, scan_shape: tuple[int, int] | None) -> list[str]:
+    """The lines of :func:`distill4d.io.calibration_attributes` for the HDF5 file ``path``."""
+    with open_h5(path) as f:
+        if dataset is None and is_arina_master(f):
+            return []
+        dset = _resolve_dataset(f, path, dataset, scan_shape)
+        return _calibration_for(f, dset, path)[2]
+
+
 def _attr_str(value: Any) -> str:
     if value is None:
         return ""
@@ -167,8 +183,9 @@ def _attr_str(value: Any) -> str:
     return str(value)
 
 
-def _choose_dataset(f: Any, path: str, dataset: str | None) -> str:
-    """The path of the dataset to read: the caller's choice, the own file's, or the only candidate."""
+def _choose_dataset(f: Any, path: str, dataset: str | None, scan_shape: Any = None) -> str:
+    """The path of the dataset to read: the caller's choice, the own file's, the only candidate, or
+    (with ``scan_shape`` and no 4D dataset) the only stack of that many patterns."""
     if dataset is not None:
         if not isinstance(dataset, str):
             raise TypeError(f"dataset must be a string (a path inside the HDF5 file), got {dataset!r}")
@@ -190,30 +207,36 @@ def _choose_dataset(f: Any, path: str, dataset: str | None) -> str:
     cands = [d for d in everything if _is_candidate(d[1])]
     if len(cands) == 1:
         return cands[0][0]
+    if not cands and scan_shape is not None:
+        n = int(np.prod(tuple(scan_shape), dtype=np.int64))
+        stacks = [d for d in everything if len(d[1]) == 3 and d[1][0] == n]
+        if len(stacks) == 1:
+            return stacks[0][0]
     if not cands:
         raise Distill4dError(
             f"{path}: no 4D dataset found (expected an array (Rx, Ry, Qx, Qy)); the file holds: "
-            f"{_describe(everything)}. Pass dataset='/path/in/file' (or 'file.h5:/path') to read a "
-            "3D stack (N, Qx, Qy) with scan_shape=(Rx, Ry)"
+            f"{_describe(everything)}. To read a 3D stack (N, Qx, Qy), name it as FILE.h5:/path or with "
+            f"{DATASET_HINT}, and give its scan with {SCAN_SHAPE_HINT}"
         )
     # an EMD 1.0 DataCube (py4DSTEM) among other 4D arrays is the datacube
     cubes = [d for d in cands if _attr_str(f[d[0]].parent.attrs.get("python_class")) == "DataCube"]
     if len(cubes) == 1:
         return cubes[0][0]
     raise Distill4dError(
-        f"{path} holds several 4D datasets; choose one with dataset='...' or 'file.h5:/path': "
+        f"{path} holds several 4D datasets; choose one as FILE.h5:/path or with {DATASET_HINT}: "
         f"{_describe(cands)}"
     )
 
 
 # ---------------------------------------------------------------------- calibration
-def _calibration_for(f: Any, dset: Any, path: str) -> tuple[Calibration, float | None]:
-    """Calibration of ``dset`` from whatever the file records, and the q pixel in mrad if only that."""
+def _calibration_for(f: Any, dset: Any, path: str) -> tuple[Calibration, float | None, list[str]]:
+    """Calibration of ``dset`` from whatever the file records, the q pixel in mrad if only that, and
+    the attributes of a plain file it came from (see :mod:`.attrs`)."""
     grp = dset.parent
     if _attr_str(f.attrs.get(OWN_FORMAT_ATTR)) == "datacube":
         names = set(Calibration.field_names())
         if any(k in names for k in grp.attrs):
-            return Calibration.from_attrs(grp.attrs), None
+            return Calibration.from_attrs(grp.attrs), None, []
     fields: dict[str, Any] = {}
     q_mrad: float | None = None
     emd_cal = _emd_calibration_group(grp)
@@ -224,7 +247,19 @@ def _calibration_for(f: Any, dset: Any, path: str) -> tuple[Calibration, float |
         if axes:
             fields, q_mrad = _from_axes(axes, prismatic="4DSTEM_simulation" in f)
     fields.update(_beam_metadata(f, grp))
-    return safe_calibration(fields, path), q_mrad
+    found, found_mrad, lines = attribute_calibration(dset)  # plain attributes fill what is missing
+    used = []
+    for field, line in lines:
+        if field == "q_pixel_mrad":
+            if "q_pixel_inv_A" in fields or q_mrad is not None:
+                continue
+            q_mrad = found_mrad
+        elif field in fields:
+            continue
+        else:
+            fields[field] = found[field]
+        used.append(line)
+    return safe_calibration(fields, path), q_mrad, used
 
 
 def _emd_calibration_group(grp: Any) -> Any:

@@ -191,7 +191,7 @@ def _pick_signal(signals: list[dict], path: str, dataset: str | None) -> dict:
     if len(usable) == 1:
         return usable[0]
     raise Distill4dError(
-        f"{path} holds several multi-dimensional signals; choose one with dataset='<title or index>': "
+        f"{path} holds several multi-dimensional signals; choose one with --dataset TITLE_OR_INDEX (dataset= in Python): "
         f"{_list(signals)}"
     )
 
