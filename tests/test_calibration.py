@@ -26,6 +26,9 @@ def test_mrad_per_pixel_and_length_conversion():
 def test_missing_field_error_names_the_field_and_the_fix():
     with pytest.raises(ValueError, match="energy_eV.*not set"):
         Calibration(q_pixel_inv_A=0.01).mrad_per_px
+    # the flag it names exists: the energy is given in kV on the command line
+    with pytest.raises(ValueError, match=r"\(--energy-kV\)"):
+        Calibration().require("energy_eV")
 
 
 @pytest.mark.parametrize(

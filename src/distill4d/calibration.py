@@ -52,6 +52,11 @@ def _positive(name: str, value: Any, *, low: float = 0.0, high: float = math.inf
     return v
 
 
+#: The command-line flag that sets each calibration field (the energy flag takes kV).
+_FLAGS = {"energy_eV": "--energy-kV", "scan_step_A": "--scan-step-A", "q_pixel_inv_A": "--q-pixel-inv-A",
+          "semiangle_mrad": "--semiangle-mrad", "origin_px": "--origin-px QX QY"}
+
+
 @dataclasses.dataclass(frozen=True)
 class Calibration:
     """Physical calibration of a 4D-STEM dataset with axes ``(Rx, Ry, Qx, Qy)``.
@@ -120,10 +125,11 @@ class Calibration:
         """Return the calibration field ``name`` or raise a ValueError saying how to set it."""
         value = getattr(self, name)
         if value is None:
+            flag = _FLAGS.get(name, f"--{name.replace('_', '-')}")
             raise Distill4dError(
                 f"this needs the calibration '{name}', which is not set: pass it when reading "
                 f"(e.g. read(path, {name}=...)), with DataCube.with_calibration({name}=...), "
-                f"or on the command line (--{name.replace('_', '-')})"
+                f"or on the command line ({flag})"
             )
         return value
 
