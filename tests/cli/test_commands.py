@@ -249,3 +249,46 @@ def _src():
     from pathlib import Path
 
     return Path(distill4d.__file__).resolve().parents[1]
+
+
+def test_disks_and_strain_print_a_short_parameter_line_and_keep_the_full_set(tmp_path, capsys):
+    """The screen shows the parameters a user chooses (method, probe, radius, threshold) in a short
+    line; the full set (lattice sites included) is in the output file's provenance."""
+    from distill4d.bragg import BraggPeaks
+    from distill4d.lattice import StrainMap
+    from distill4d.simulate.kinematic import strained_scan
+
+    dc, _ = strained_scan((3, 3), (128, 128), kind="uniform", strain=0.01)
+    scan = tmp_path / "s.h5"
+    distill4d.write(scan, dc)
+    for cmd in ("disks", "strain"):
+        out = tmp_path / f"{cmd}.h5"
+        assert main([cmd, str(scan), "-o", str(out), "--no-progress", "--no-png"]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        line = next(x for x in lines if x.startswith("found "))
+        assert len(line) < 300 and "sites_px" not in line
+        assert "radius_px 4.0" in line and "threshold" in line and "probe disk" in line
+        assert max(map(len, lines)) < 300
+        params = (BraggPeaks.from_hdf5(out).provenance.parameters if cmd == "disks"
+                  else StrainMap.from_hdf5(out).provenance.parameters["detection"]["parameters"])
+        assert "sites_px" in params and "min_relative_intensity" in params
+
+
+def test_strain_on_noise_marks_every_position_invalid_and_warns_once(tmp_path, capsys):
+    """No crystal: no lattice anywhere, so the map is NaN (mask True) with one warning line."""
+    from distill4d.lattice import StrainMap
+
+    rng = np.random.default_rng(0)
+    cal = Calibration(q_pixel_inv_A=0.025, energy_eV=300e3, semiangle_mrad=2.0)
+    scan = tmp_path / "noise.h5"
+    distill4d.write(scan, DataCube(rng.poisson(1.0, (4, 4, 128, 128)).astype(np.float32), cal))
+    out = tmp_path / "strain.h5"
+    assert main(["strain", str(scan), "-o", str(out), "--no-progress"]) == 0
+    captured = capsys.readouterr()
+    warnings = [x for x in captured.err.splitlines() if "warning" in x]
+    assert len(warnings) == 1 and "no lattice at 16 of 16 positions" in warnings[0]
+    assert "% needed" in warnings[0] and "no crystal lattice" in warnings[0]
+    assert "strain (median" not in captured.out  # no numbers are reported
+    smap = StrainMap.from_hdf5(out)
+    assert smap.mask.all() and np.isnan(smap.eps_xx).all()
+    assert out.with_suffix(".png").exists()
