@@ -141,7 +141,9 @@ def cmd_com(args: argparse.Namespace) -> int:
         from ..plot import save_images_png
 
         shown = {k: arrays[k] for k in ("com_qx", "com_qy", "idpc_phase") if k in arrays}
+        # the CoM sits at some offset (e.g. +20 px from an assumed origin): show its variation
         save_images_png(outs.png, shown, units=units, diverging=("com_qx", "com_qy"),
+                        subtract_mean=("com_qx", "com_qy"),
                         title=f"centre of mass / iDPC: {Path(args.file).name}",
                         scan_step_A=dc.calibration.scan_step_A, force=outs.force)
     outs.done()

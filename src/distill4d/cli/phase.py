@@ -72,7 +72,8 @@ def cmd_phase(args: argparse.Namespace) -> int:
     img.info["weights"] = str(weights)
     img.to_hdf5(outs.h5, force=outs.force)
     if outs.png:
-        img.plot(outs.png, force=outs.force, title=f"{img.label_name} ({img.model}): {Path(args.file).name}")
+        chosen = Path(args.weights).name if args.weights else args.model  # e.g. conv4d-mixed, not conv4d
+        img.plot(outs.png, force=outs.force, title=f"{img.label_name} ({chosen}): {Path(args.file).name}")
         if img.model == "linear":
             from ..plot.phase import save_phase_masks_png
 
