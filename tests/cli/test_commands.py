@@ -296,3 +296,35 @@ def test_strain_on_noise_marks_every_position_invalid_and_warns_once(tmp_path, c
     smap = StrainMap.from_hdf5(out)
     assert smap.mask.all() and np.isnan(smap.eps_xx).all()
     assert out.with_suffix(".png").exists()
+
+
+def _options(parser, name="distill4d"):
+    """(command, argparse action) of every option and positional argument, subcommands included."""
+    import argparse
+
+    for a in parser._actions:
+        if isinstance(a, argparse._SubParsersAction):
+            for n, sp in a.choices.items():
+                yield from _options(sp, f"{name} {n}")
+        elif not isinstance(a, (argparse._HelpAction, argparse._VersionAction)):
+            yield name, a
+
+
+def test_every_option_has_help_and_states_its_default():
+    """--help describes every option (FILE included: its formats and the FILE.h5:/path form), and
+    names the default of each option that has one. (`train` is checked by its own owners.)"""
+    from distill4d.cli import build_parser
+
+    missing = []
+    for cmd, a in _options(build_parser()):
+        if cmd.startswith("distill4d train"):
+            continue
+        flag = "/".join(a.option_strings) or a.dest
+        d = a.default
+        if not a.help:
+            missing.append(f"{cmd} {flag}: no help")
+        elif not (d is None or d is False or a.required) and "default" not in a.help.lower():
+            missing.append(f"{cmd} {flag}: default {d!r} not stated")
+        if a.dest == "file" and not a.option_strings:
+            assert a.metavar == "FILE" and "FILE.h5:/" in a.help and ".mib" in a.help, cmd
+    assert not missing, "\n".join(missing)

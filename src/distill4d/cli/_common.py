@@ -19,6 +19,7 @@ from ..errors import Distill4dError
 from ..results import command_line
 
 __all__ = [
+    "FILE_HELP",
     "Outputs",
     "add_calibration",
     "add_engine",
@@ -36,6 +37,13 @@ __all__ = [
 
 
 # ---------------------------------------------------------------------- shared options
+#: What the positional FILE of the commands that read data accepts.
+FILE_HELP = ("the 4D-STEM data: HDF5 / EMD (.h5 .hdf5 .emd .hspy: distill4d, py4DSTEM, Prismatic, HyperSpy, "
+             "Dectris ARINA/EIGER *_master.h5; choose a dataset inside as FILE.h5:/path/to/data or with "
+             "--dataset), .npy, Merlin .mib, ASTAR .blo, Gatan .dm3/.dm4, EMPAD .xml (beside its .raw), "
+             "TVIPS .tvips, .mrc, .ser, .prz")
+
+
 def add_calibration(p: argparse.ArgumentParser) -> None:
     """Options that override the calibration of the input file (see :func:`calibration_kwargs`)."""
     g = p.add_argument_group("calibration (overrides what the file says)")

@@ -11,6 +11,7 @@ import numpy as np
 
 from ..errors import Distill4dError
 from ._common import (
+    FILE_HELP,
     Outputs,
     add_calibration,
     add_engine,
@@ -137,7 +138,7 @@ def add_parser(sub: Any) -> None:
     from ..ml.phase import SHIPPED_MODELS
 
     p = sub.add_parser("phase", help="ML phase retrieval: a high-resolution image from the 4D scan")
-    p.add_argument("file")
+    p.add_argument("file", metavar="FILE", help=FILE_HELP)
     p.add_argument("--weights", help="weights file with its model card (.json) beside it "
                    "(default: the shipped model named by --model)")
     p.add_argument("--model", default="conv4d-mixed", choices=SHIPPED_MODELS,

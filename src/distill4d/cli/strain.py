@@ -14,6 +14,7 @@ from ..errors import Distill4dError
 from ..ml.fcunet import FCUNET_VIEWS
 from ..results import Provenance
 from ._common import (
+    FILE_HELP,
     Outputs,
     add_calibration,
     add_engine,
@@ -203,7 +204,7 @@ def add_parser(sub: Any) -> None:
         ("strain", "strain and rotation maps from the Bragg disks (eps_xx, eps_yy, eps_xy, theta)", cmd_strain),
     ):
         p = sub.add_parser(name, help=helptext)
-        p.add_argument("file")
+        p.add_argument("file", metavar="FILE", help=FILE_HELP)
         p.add_argument("--probe", help="vacuum probe: a 2D image (.npy, FILE.h5:/dataset) or a stack of "
                        "vacuum patterns (averaged); default: the central disk of the mean pattern")
         p.add_argument("--method", default="correlation", choices=_STRAIN_METHODS if name == "strain" else _METHODS,
@@ -219,7 +220,7 @@ def add_parser(sub: Any) -> None:
         g.add_argument("--views", default="none", choices=FCUNET_VIEWS,
                        help="average the prediction over mirrored views of each pattern: flips (4 passes), "
                        "dihedral (8, with transposes); default none")
-        g.add_argument("--device", default="auto", help="auto (GPU if PyTorch sees one), cpu or cuda")
+        g.add_argument("--device", default="auto", help="auto (default: GPU if PyTorch sees one), cpu or cuda")
         if name == "strain":
             p.add_argument("--reference", metavar="x0:x1,y0:y1",
                            help="reference region of the scan (default: the median lattice of the scan)")
