@@ -262,7 +262,7 @@ def test_plot_bases_has_a_discrete_colour_bar_and_labelled_axes():
     res = CCSTAEResult(sm, np.zeros((5, 6), int), [1], np.ones((2, 8, 8)), np.ones((8, 8), bool),
                        np.zeros((5, 6, 2, 3)), {}, [], {})
     fig = res.plot_bases()
-    bar_ax = [ax for ax in fig.axes if "base chosen" in ax.get_ylabel()]
+    bar_ax = [ax for ax in fig.axes if ax.get_title() == "base (positions)"]
     assert len(bar_ax) == 1
     ticks = [t.get_text() for t in bar_ax[0].get_yticklabels()]
     assert ticks == ["0: sample (30)", "1: vacuum (0)"]

@@ -329,8 +329,8 @@ class CCSTAEResult:
         bar = fig.colorbar(im, ax=axes[0], ticks=np.arange(k), shrink=0.8)
         bar.ax.set_yticklabels([f"{j}: {'vacuum' if j in self.vacuum_bases else 'sample'} "
                                 f"({int(np.sum(self.classes == j))})" for j in range(k)])
-        bar.set_label("base chosen (positions)")
-        axes[0].set_title("base chosen at each position")
+        bar.ax.set_title("base (positions)", fontsize=9)
+        axes[0].set_title("base chosen")
         label_real_space(axes[0], self.strain.calibration.scan_step_A)
         for j in range(k):
             axes[j + 1].imshow(np.sqrt(np.clip(self.bases[j], 0, None)), cmap="magma")
