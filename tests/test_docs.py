@@ -46,3 +46,25 @@ def test_docs_build_strict(tmp_path):
     assert "WARNING" not in log, log
     assert (tmp_path / "site" / "reference" / "cli" / "index.html").exists()
     assert (tmp_path / "site" / "reference" / "api" / "index.html").exists()
+
+
+@pytest.mark.slow
+def test_readme_python_tour_runs_as_written_on_the_demo_files(repo_root, tmp_path, monkeypatch):
+    """The README's Python tour runs, line by line as written, in the folder of the demo's files
+    (scan.h5, multilayer.h5, probe.npy), and its detectors fit the demo's detector (no clipping)."""
+    import re
+    import warnings
+
+    pytest.importorskip("torch")
+    from distill4d.cli.demo import demo_inputs
+
+    text = (repo_root / "README.md").read_text()
+    tour = re.search(r"## Python tour\n\n.*?```python\n(.*?)```", text, re.S).group(1)
+    assert len(text.splitlines()) <= 150
+    demo_inputs(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        exec(compile(tour, "README.md tour", "exec"), {})
+    assert not [w for w in caught if "clipped" in str(w.message)]
+    assert (tmp_path / "tour_strain.png").exists() and (tmp_path / "tour_results.h5").exists()

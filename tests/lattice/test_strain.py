@@ -168,3 +168,38 @@ def test_smoothed_averages_noise_keeps_gradients_and_holes():
         sm.smoothed(-1)
     with pytest.raises(ValueError, match="wider than the scan"):
         sm.smoothed(100)
+
+
+def test_noise_has_no_lattice_and_every_position_is_invalid():
+    """Pure Poisson noise (no crystal): ~10 % of the peaks fit any lattice by chance, so no
+    position has one; strain is NaN and masked everywhere, not numbers of ±10 %."""
+    from distill4d import Calibration
+
+    rng = np.random.default_rng(0)
+    cal = Calibration(q_pixel_inv_A=0.025, energy_eV=300e3, semiangle_mrad=2.0)
+    peaks = find_bragg_disks(DataCube(rng.poisson(1.0, (4, 4, 128, 128)).astype(np.float32), cal))
+    assert peaks.counts.min() > 100  # the detector finds many "disks" in noise ...
+    lat = fit_lattice(peaks)
+    assert not lat.ok.any() and np.nanmax(lat.indexed_fraction) < 0.25  # ... that no lattice explains
+    sm = strain_map(peaks)
+    assert sm.mask.all() and np.isnan(sm.eps_xx).all() and np.isnan(sm.theta).all()
+    assert np.isnan(sm.reference).all() and sm.provenance.parameters["positions_with_lattice"] == 0
+    # the old behaviour, for comparison: without the check every position gets a "lattice"
+    assert fit_lattice(peaks, min_indexed_fraction=0).ok.all()
+
+
+@pytest.mark.parametrize("dose", [None, 1e3])
+def test_a_strained_crystal_keeps_every_position_and_its_strain(dose):
+    dc, truth = strained_scan((6, 6), (128, 128), kind="multilayer", strain=0.01, layer_width=2, dose=dose, seed=2)
+    peaks = find_bragg_disks(dc)
+    region = (slice(0, 2), slice(None))
+    sm = strain_map(peaks, reference=region)
+    old = strain_map(peaks, reference=region, min_indexed_fraction=0)
+    assert not sm.mask.any() and fit_lattice(peaks).indexed_fraction.min() > 0.6  # measured >= 0.73 at 1e3
+    for k in ("eps_xx", "eps_yy", "eps_xy", "theta"):
+        np.testing.assert_array_equal(getattr(sm, k), getattr(old, k))
+    expected = (1 + truth.eps_xx) / (1 + truth.eps_xx[0, 0]) - 1
+    if dose is None:
+        np.testing.assert_allclose(sm.eps_xx, expected, atol=TOL)
+    else:  # 1e3 e-/pattern: per-position noise (measured RMS error 0.32 %)
+        assert np.sqrt(np.mean((sm.eps_xx - expected) ** 2)) < 6e-3

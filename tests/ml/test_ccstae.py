@@ -247,3 +247,24 @@ def test_bad_inputs_are_named():
     with pytest.raises(ValueError, match="reference"):
         strain_map_ccstae(dc, num_base=1, reference=(slice(10, 12), slice(None)), size=32, device="cpu",
                           train=CCSTAETrainConfig(max_steps=2, eval_every=1), progress=False)
+
+
+def test_plot_bases_has_a_discrete_colour_bar_and_labelled_axes():
+    """The "base chosen" panel names each base on a discrete colour bar (with how often it was
+    chosen), so one flat colour still reads as "every position: base 0"; axes are labelled."""
+    from matplotlib import pyplot as plt
+
+    from distill4d.lattice import StrainMap
+    from distill4d.ml.ccstae.strain import CCSTAEResult
+
+    z = np.zeros((5, 6))
+    sm = StrainMap(z, z, z, z, np.zeros((5, 6), bool), np.eye(2))
+    res = CCSTAEResult(sm, np.zeros((5, 6), int), [1], np.ones((2, 8, 8)), np.ones((8, 8), bool),
+                       np.zeros((5, 6, 2, 3)), {}, [], {})
+    fig = res.plot_bases()
+    bar_ax = [ax for ax in fig.axes if ax.get_title() == "base (positions)"]
+    assert len(bar_ax) == 1
+    ticks = [t.get_text() for t in bar_ax[0].get_yticklabels()]
+    assert ticks == ["0: sample (30)", "1: vacuum (0)"]
+    assert fig.axes[0].get_xlabel() == "scan y (px)" and fig.axes[1].get_xlabel().endswith("(px)")
+    plt.close(fig)

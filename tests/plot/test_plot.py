@@ -74,3 +74,31 @@ def test_strain_map_plot_has_a_scale_bar_when_calibrated():
     fig = StrainMap(z, z, z, z, np.zeros((6, 8), bool), np.eye(2)).plot()
     assert not any(_bars(ax) for ax in fig.axes) and fig.axes[0].get_xlabel() == "scan y (px)"
     _close(fig)
+
+
+def test_an_offset_map_is_shown_minus_its_mean_and_the_colour_bar_says_so():
+    """A CoM around +20 px on a diverging map centred at 0 was one flat red: minus its mean it
+    spans the colour map, and the colour-bar label gives the mean that was subtracted."""
+    com = 20.0 + np.random.default_rng(0).normal(0, 0.5, (16, 16))
+    fig = images_figure({"com_qx": com, "bf": com}, units={"com_qx": "px"}, diverging=("com_qx",),
+                        subtract_mean=("com_qx",))
+    im = fig.axes[0].images[0]
+    lo, hi = im.get_clim()
+    assert lo == -hi and hi < 3  # centred on 0, limits set by the variation, not the offset
+    np.testing.assert_allclose(np.ma.getdata(im.get_array()), com - com.mean())
+    labels = [ax.get_ylabel() for ax in fig.axes[2:]]
+    assert any("mean" in s and "+20" in s and "px" in s for s in labels)
+    assert fig.axes[1].images[0].get_clim()[0] > 18  # not listed: shown as it is
+    _close(fig)
+
+
+def test_uncalibrated_axes_are_labelled_in_every_figure(tmp_path):
+    from distill4d.lattice import StrainMap
+
+    z = np.zeros((6, 8))
+    for fig in (images_figure({"a": np.ones((4, 5))}), images_figure({"a": np.ones((4, 5))}, diffraction=True),
+                StrainMap(z, z, z, z, np.zeros((6, 8), bool), np.eye(2)).plot()):
+        for ax in fig.axes:
+            if ax.images:  # colour bars have no image
+                assert ax.get_xlabel().endswith("(px)") and ax.get_ylabel().endswith("(px)")
+        _close(fig)

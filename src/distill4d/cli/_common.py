@@ -19,6 +19,7 @@ from ..errors import Distill4dError
 from ..results import command_line
 
 __all__ = [
+    "FILE_HELP",
     "Outputs",
     "add_calibration",
     "add_engine",
@@ -38,6 +39,13 @@ __all__ = [
 
 
 # ---------------------------------------------------------------------- shared options
+#: What the positional FILE of the commands that read data accepts.
+FILE_HELP = ("the 4D-STEM data: HDF5 / EMD (.h5 .hdf5 .emd .hspy: distill4d, py4DSTEM, Prismatic, HyperSpy, "
+             "Dectris ARINA/EIGER *_master.h5; choose a dataset inside as FILE.h5:/path/to/data or with "
+             "--dataset), .npy, Merlin .mib, ASTAR .blo, Gatan .dm3/.dm4, EMPAD .xml (beside its .raw), "
+             "TVIPS .tvips, .mrc, .ser, .prz")
+
+
 def add_calibration(p: argparse.ArgumentParser) -> None:
     """Options that override the calibration of the input file (see :func:`calibration_kwargs`)."""
     g = p.add_argument_group("calibration (overrides what the file says)")
@@ -51,7 +59,8 @@ def add_calibration(p: argparse.ArgumentParser) -> None:
 
 def add_input_options(p: Any) -> None:
     """``--dataset`` and ``--scan-shape``: which data of the file to read, and its scan (a parser or group)."""
-    p.add_argument("--dataset", metavar="PATH", help="dataset path inside an HDF5 file (or use FILE.h5:/path)")
+    p.add_argument("--dataset", metavar="PATH", help="dataset path inside an HDF5 file (default: the only 4D "
+                   "dataset; the candidates are listed when there are several); or use FILE.h5:/path")
     p.add_argument("--scan-shape", type=int, nargs=2, metavar=("RX", "RY"),
                    help="scan shape of a stack of patterns (N, Qx, Qy), e.g. the frames of an ARINA file")
 

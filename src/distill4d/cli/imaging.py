@@ -11,6 +11,7 @@ from typing import Any
 from ..errors import Distill4dError
 from ..results import Provenance
 from ._common import (
+    FILE_HELP,
     Outputs,
     add_calibration,
     add_engine,
@@ -150,7 +151,9 @@ def cmd_com(args: argparse.Namespace) -> int:
         from ..plot import save_images_png
 
         shown = {k: arrays[k] for k in ("com_qx", "com_qy", "idpc_phase") if k in arrays}
+        # the CoM sits at some offset (e.g. +20 px from an assumed origin): show its variation
         save_images_png(outs.png, shown, units=units, diverging=("com_qx", "com_qy"),
+                        subtract_mean=("com_qx", "com_qy"),
                         title=f"centre of mass / iDPC: {input_label(args)}",
                         scan_step_A=dc.calibration.scan_step_A, force=outs.force)
     outs.done()
@@ -161,28 +164,28 @@ def cmd_com(args: argparse.Namespace) -> int:
 def add_parser(sub: Any) -> None:
     """Add ``info``, ``virtual`` and ``com`` to the subcommands ``sub``."""
     p = sub.add_parser("info", help="describe a dataset: shape, dtype, calibration")
-    p.add_argument("file")
+    p.add_argument("file", metavar="FILE", help=FILE_HELP)
     add_input_options(p)
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("virtual", help="virtual bright-field / annular dark-field images")
-    p.add_argument("file")
+    p.add_argument("file", metavar="FILE", help=FILE_HELP)
     p.add_argument("--bf", type=float, nargs="*", metavar="R",
                    help="bright-field disk of radius R (default: the measured BF disk)")
     p.add_argument("--adf", type=float, nargs="*", metavar="R",
                    help="annular dark field INNER [OUTER] (default: 1.5x the BF radius to the detector edge)")
     p.add_argument("--annulus", type=float, nargs=2, action="append", metavar=("INNER", "OUTER"),
                    help="an extra annular detector (repeatable)")
-    p.add_argument("--unit", default="px", choices=("px", "mrad", "inv_A"), help="unit of the radii")
+    p.add_argument("--unit", default="px", choices=("px", "mrad", "inv_A"), help="unit of the radii (default px)")
     add_output(p)
     add_calibration(p)
     add_engine(p)
     p.set_defaults(func=cmd_virtual)
 
     p = sub.add_parser("com", help="centre of mass, DPC and integrated DPC (iDPC) phase")
-    p.add_argument("file")
+    p.add_argument("file", metavar="FILE", help=FILE_HELP)
     p.add_argument("--radius", type=float, help="only count pixels within this radius of the origin")
-    p.add_argument("--unit", default="px", choices=("px", "mrad", "inv_A"), help="unit of --radius")
+    p.add_argument("--unit", default="px", choices=("px", "mrad", "inv_A"), help="unit of --radius (default px)")
     p.add_argument("--rotation-deg", type=float, help="scan rotation in degrees (default: estimated)")
     p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
                    help="detector axes transposed w.r.t. the scan (default: estimated)")

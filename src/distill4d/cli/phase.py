@@ -11,6 +11,7 @@ import numpy as np
 
 from ..errors import Distill4dError
 from ._common import (
+    FILE_HELP,
     Outputs,
     add_calibration,
     add_engine,
@@ -18,6 +19,7 @@ from ._common import (
     calibration_kwargs,
     command_line,
     engine_kwargs,
+    input_label,
     open_input,
     parse_region,
     require_torch,
@@ -75,7 +77,8 @@ def cmd_phase(args: argparse.Namespace) -> int:
     img.info["weights"] = str(weights)
     img.to_hdf5(outs.h5, force=outs.force)
     if outs.png:
-        img.plot(outs.png, force=outs.force, title=f"{img.label_name} ({img.model}): {Path(args.file).name}")
+        chosen = Path(args.weights).name if args.weights else args.model  # e.g. conv4d-mixed, not conv4d
+        img.plot(outs.png, force=outs.force, title=f"{img.label_name} ({chosen}): {input_label(args)}")
         if img.model == "linear":
             from ..plot.phase import save_phase_masks_png
 
@@ -139,7 +142,7 @@ def add_parser(sub: Any) -> None:
     from ..ml.phase import SHIPPED_MODELS
 
     p = sub.add_parser("phase", help="ML phase retrieval: a high-resolution image from the 4D scan")
-    p.add_argument("file")
+    p.add_argument("file", metavar="FILE", help=FILE_HELP)
     p.add_argument("--weights", help="weights file with its model card (.json) beside it "
                    "(default: the shipped model named by --model)")
     p.add_argument("--model", default="conv4d-mixed", choices=SHIPPED_MODELS,

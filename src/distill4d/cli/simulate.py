@@ -103,7 +103,10 @@ def add_parser(sub: Any) -> None:
     ssub = p.add_subparsers(dest="simulate_command", required=True, metavar="WHAT")
 
     s = ssub.add_parser("scan", help="a 4D-STEM scan of a crystal with a known strain field")
-    s.add_argument("--preset", default="multilayer", choices=("uniform", "multilayer", "gradient", "rotation"))
+    s.add_argument("--preset", default="multilayer", choices=("uniform", "multilayer", "gradient", "rotation"),
+                   help="strain field: uniform (εxx = --strain everywhere), multilayer (default: layers of "
+                   "--layer-width rows, εxx alternating ±--strain), gradient (εxx from -strain to +strain along "
+                   "x), rotation (a dislocation-like rotation of up to --rotation-deg, no strain)")
     s.add_argument("-o", "--output", required=True, help="output HDF5 file (DataCube + /results ground truth)")
     s.add_argument("--force", action="store_true", help="overwrite an existing output")
     s.add_argument("--crystal", default="Si", help="crystal prototype (default Si)")
@@ -112,18 +115,21 @@ def add_parser(sub: Any) -> None:
     s.add_argument("--scan-step-A", type=float, default=10.0, help="scan step in Å (default 10)")
     s.add_argument("--shape", type=int, default=128, help="detector pixels per side (default 128)")
     s.add_argument("--q-pixel-inv-A", type=float, default=0.025, help="detector pixel in 1/Å (default 0.025)")
-    s.add_argument("--energy-kV", type=float, default=200.0)
-    s.add_argument("--semiangle-mrad", type=float, default=2.0)
-    s.add_argument("--thickness-A", type=float, default=200.0)
-    s.add_argument("--slice-thickness-A", type=float, default=2.0)
-    s.add_argument("--tilt-mrad", type=float, nargs=2, default=(0.0, 0.0), metavar=("TX", "TY"))
+    s.add_argument("--energy-kV", type=float, default=200.0, help="beam energy in kV (default 200)")
+    s.add_argument("--semiangle-mrad", type=float, default=2.0,
+                   help="probe convergence semiangle in mrad (default 2: separate disks)")
+    s.add_argument("--thickness-A", type=float, default=200.0, help="sample thickness in Å (default 200)")
+    s.add_argument("--slice-thickness-A", type=float, default=2.0,
+                   help="multislice slice thickness in Å (default 2)")
+    s.add_argument("--tilt-mrad", type=float, nargs=2, default=(0.0, 0.0), metavar=("TX", "TY"),
+                   help="sample tilt in mrad along x and y, the same at every position (default 0 0)")
     s.add_argument("--strain", type=float, default=0.01, help="εxx amplitude (fraction; default 0.01)")
-    s.add_argument("--layer-width", type=int, default=4, help="multilayer: rows per layer")
-    s.add_argument("--rotation-deg", type=float, default=1.0, help="rotation preset: peak rotation (degrees)")
-    s.add_argument("--vacuum-fraction", type=float, default=0.0, help="fraction of columns that are vacuum")
+    s.add_argument("--layer-width", type=int, default=4, help="multilayer: scan rows per layer (default 4)")
+    s.add_argument("--rotation-deg", type=float, default=1.0, help="rotation preset: peak rotation in degrees (default 1)")
+    s.add_argument("--vacuum-fraction", type=float, default=0.0, help="fraction of the scan columns (the last ones) that are vacuum (default 0)")
     s.add_argument("--dose", type=float, help="electrons per pattern (Poisson noise); default noise-free")
-    s.add_argument("--plasmon", type=float, default=0.0, help="plasmon background, fraction of the flux")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--plasmon", type=float, default=0.0, help="plasmon background, fraction of the flux (default 0)")
+    s.add_argument("--seed", type=int, default=0, help="noise seed; a seed gives the same scan every time (default 0)")
     s.add_argument("--device", default="auto", choices=("auto", "cpu", "gpu"),
                    help="auto (default): abTEM's GPU path when CuPy sees a GPU, else the CPU")
     s.set_defaults(func=cmd_simulate_scan)
@@ -138,5 +144,5 @@ def add_parser(sub: Any) -> None:
                    help="auto (default): abTEM's GPU path when CuPy sees a GPU, else the CPU")
     s.add_argument("--max-shards", type=int, help="stop after this many new shards (rerun to go on)")
     s.add_argument("--summary", help="also write the build summary (JSON) here")
-    s.add_argument("--no-progress", action="store_true")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_simulate_library)

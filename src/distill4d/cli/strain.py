@@ -14,12 +14,14 @@ from ..errors import Distill4dError
 from ..ml.fcunet import FCUNET_VIEWS
 from ..results import Provenance
 from ._common import (
+    FILE_HELP,
     Outputs,
     add_calibration,
     add_engine,
     add_output,
     command_line,
     engine_kwargs,
+    input_label,
     open_input,
     parse_region,
     require_torch,
@@ -60,9 +62,31 @@ def _find_disks(args: argparse.Namespace, outs: Outputs):
         peaks = find_bragg_disks(dc, probe, checkpoint=outs.checkpoint("disks"), **engine_kwargs(args))
     counts = peaks.counts
     print(f"found {int(counts.sum())} disks in {dc.n_patterns} patterns "
-          f"(median {float(np.median(counts)):.0f} per pattern); parameters: "
-          + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in peaks.params.items()))
+          f"(median {float(np.median(counts)):.0f} per pattern); {describe_detection(peaks.params)}")
     return dc, peaks
+
+
+#: The detection parameters shown on screen (key, label); the full set is in the output's provenance.
+_SHOWN = (("method", "method"), ("probe_kind", "probe"), ("weights", "weights"), ("radius_px", "radius_px"),
+          ("probe_radius_px", "probe_radius_px"), ("min_relative_intensity", "threshold (of the brightest)"),
+          ("min_absolute_intensity", "min_intensity"), ("min_intensity", "min_intensity"), ("n_spots", "spots"))
+
+
+def describe_detection(params: dict[str, Any]) -> str:
+    """One short line of the detection parameters a user chooses (method, probe or weights, disk
+    radius, threshold, number of spots); the full set stays in the output file's provenance."""
+    shown = {}
+    for key, label in _SHOWN:
+        v = params.get(key)
+        if v is None or (key == "min_absolute_intensity" and not v) or label in shown:
+            continue
+        if key == "probe_radius_px" and params.get("radius_px") == v:
+            continue
+        if key == "weights":
+            v = Path(str(v)).name
+        shown[label] = f"{v:.4g}" if isinstance(v, float) else str(v)
+    return ("parameters: " + ", ".join(f"{k} {v}" for k, v in shown.items())
+            + " (all parameters: the output file's provenance)")
 
 
 def cmd_disks(args: argparse.Namespace) -> int:
@@ -72,7 +96,7 @@ def cmd_disks(args: argparse.Namespace) -> int:
     if outs.png:
         from ..plot import save_bragg_vector_map_png
 
-        save_bragg_vector_map_png(outs.png, dc.mean_pattern(), peaks, title=Path(args.file).name, force=outs.force)
+        save_bragg_vector_map_png(outs.png, dc.mean_pattern(), peaks, title=input_label(args), force=outs.force)
     outs.done()
     wrote(outs)
     return 0
@@ -113,8 +137,29 @@ def _strain_ccstae(args: argparse.Namespace, outs: Outputs):
     return res
 
 
+def describe_lattice_failures(lattice) -> str:
+    """One line on the positions without a lattice (empty when every position has one): how many,
+    how many of their peaks lie on a lattice against the fraction needed, and the fit residuals."""
+    ok = lattice.ok
+    bad = int((~ok).sum())
+    if not bad:
+        return ""
+    frac = lattice.indexed_fraction[~ok] if lattice.indexed_fraction is not None else np.array([np.nan])
+    frac = frac[np.isfinite(frac)]
+    line = f"no lattice at {bad} of {ok.size} positions (NaN there, mask True)"
+    if frac.size and lattice.min_indexed_fraction > 0:
+        line += (f": {100 * np.median(frac):.0f} % of their peaks (median) lie on a lattice, "
+                 f"{100 * lattice.min_indexed_fraction:.0f} % needed")
+    rms = lattice.rms_px[ok]
+    if rms.size:
+        line += f"; fit residual where found: median {np.median(rms):.2f} px RMS"
+    if not ok.any():
+        line += "; no crystal lattice anywhere in the scan (is this the right file, or vacuum / amorphous?)"
+    return line
+
+
 def cmd_strain(args: argparse.Namespace) -> int:
-    from ..lattice import strain_map
+    from ..lattice import fit_lattice, strain_map
 
     outs = Outputs(args)
     res = None
@@ -123,13 +168,15 @@ def cmd_strain(args: argparse.Namespace) -> int:
         smap = res.strain
     else:
         _, peaks = _find_disks(args, outs)
-        smap = strain_map(peaks, reference=parse_region(args.reference))
+        lattice = fit_lattice(peaks, min_indexed_fraction=args.min_indexed_fraction)
+        smap = strain_map(lattice, reference=parse_region(args.reference))
+        smap = dataclasses.replace(smap, provenance=peaks.provenance.derive(
+            "strain_map", smap.provenance.parameters, key="detection"))
         if args.smooth:
             smap = smap.smoothed(args.smooth)
-        bad = int(smap.mask.sum())
-        if bad:
-            print(f"distill4d: warning: no lattice could be fitted at {bad} of {smap.mask.size} positions "
-                  "(NaN there)", file=sys.stderr)
+        warning = describe_lattice_failures(lattice)
+        if warning:
+            print(f"distill4d: warning: {warning}", file=sys.stderr)
     # the file records what made it: command, inputs, method and (in the parameters) the reference
     prov = (smap.provenance or Provenance(args.method)).replace(
         command=command_line(), inputs=tuple(str(p) for p in (args.file, args.probe) if p))
@@ -157,7 +204,7 @@ def add_parser(sub: Any) -> None:
         ("strain", "strain and rotation maps from the Bragg disks (eps_xx, eps_yy, eps_xy, theta)", cmd_strain),
     ):
         p = sub.add_parser(name, help=helptext)
-        p.add_argument("file")
+        p.add_argument("file", metavar="FILE", help=FILE_HELP)
         p.add_argument("--probe", help="vacuum probe: a 2D image (.npy, FILE.h5:/dataset) or a stack of "
                        "vacuum patterns (averaged); default: the central disk of the mean pattern")
         p.add_argument("--method", default="correlation", choices=_STRAIN_METHODS if name == "strain" else _METHODS,
@@ -173,10 +220,14 @@ def add_parser(sub: Any) -> None:
         g.add_argument("--views", default="none", choices=FCUNET_VIEWS,
                        help="average the prediction over mirrored views of each pattern: flips (4 passes), "
                        "dihedral (8, with transposes); default none")
-        g.add_argument("--device", default="auto", help="auto (GPU if PyTorch sees one), cpu or cuda")
+        g.add_argument("--device", default="auto", help="auto (default: GPU if PyTorch sees one), cpu or cuda")
         if name == "strain":
             p.add_argument("--reference", metavar="x0:x1,y0:y1",
                            help="reference region of the scan (default: the median lattice of the scan)")
+            p.add_argument("--min-indexed-fraction", type=float, default=0.25, metavar="F",
+                           help="a position has a lattice only when this fraction of its peaks lies on it "
+                                "(default 0.25; noise gives 0.1-0.2; at 1e2 e-/pattern a crystal may give "
+                                "as little, so pass 0 to keep every position there)")
             p.add_argument("--smooth", type=float, default=0.0, metavar="SIGMA",
                            help="average the maps over neighbouring positions, Gaussian sigma in scan positions "
                                 "(default 0: none; precision for resolution on noisy data)")

@@ -25,6 +25,9 @@ class Lattice:
     rms_px : ``(Rx, Ry)`` intensity-weighted rms distance of the used peaks from the fit.
     basis : the scan-wide :class:`Basis` that defined the indexing.
     calibration : of the data.
+    indexed_fraction : ``(Rx, Ry)`` fraction of the detected peaks within the residual tolerance of
+        the lattice fitted there (also where the fit was refused; NaN without peaks).
+    min_indexed_fraction : the fraction a position needed to count as having a lattice (0: no check).
     """
 
     origin: np.ndarray
@@ -34,6 +37,8 @@ class Lattice:
     rms_px: np.ndarray
     basis: Basis
     calibration: Calibration
+    indexed_fraction: np.ndarray | None = None
+    min_indexed_fraction: float = 0.0
 
     @property
     def ok(self) -> np.ndarray:
@@ -75,6 +80,7 @@ def fit_lattice(
     min_peaks: int = 3,
     fit_origin: bool = True,
     weighted: bool = True,
+    min_indexed_fraction: float = 0.25,
 ) -> Lattice:
     """Fit ``q = origin + h u + k v`` to the peaks of every position.
 
@@ -90,6 +96,13 @@ def fit_lattice(
     min_peaks : positions with fewer accepted peaks are failures (NaN).
     fit_origin : fit the origin at each position (else it is fixed to ``basis.origin``).
     weighted : weight peaks by their intensity (else equally).
+    min_indexed_fraction : a position has a lattice only when at least this fraction of its
+        detected peaks lies within ``max_residual_px`` of the lattice fitted there, and at least
+        twice the fraction expected by chance (``pi max_residual_px**2`` over the cell area: how
+        often a peak of noise falls that close to some lattice point); elsewhere the fit is a
+        failure (NaN). On Poisson noise ~0.1-0.2 of the peaks fit any lattice by chance; on a
+        crystal at 1e3 e-/pattern 0.7-0.9; at 1e2 e-/pattern, where the automatic threshold
+        also picks up noise, 0.15-0.5, no longer separable from noise. 0 turns the check off.
 
     Returns
     -------
@@ -98,6 +111,7 @@ def fit_lattice(
     if not isinstance(peaks, BraggPeaks):
         raise TypeError(f"peaks must be BraggPeaks, got {type(peaks).__name__}")
     n_iter = positive_int("n_iter", n_iter, minimum=0)
+    min_indexed_fraction = nonnegative_float("min_indexed_fraction", min_indexed_fraction)
     min_peaks = positive_int("min_peaks", min_peaks, minimum=3)
     if basis is None:
         basis = find_lattice(peaks, origin_px=peaks.calibration.origin_px)
@@ -133,6 +147,14 @@ def fit_lattice(
         o = np.where(good[:, None], beta[:, 0], o)
         G = np.where(good[:, None, None], np.stack([beta[:, 1], beta[:, 2]], axis=-1), G)
         limit = tol
+    n_peaks = valid.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        indexed = np.where(n_peaks > 0, use.sum(axis=1) / n_peaks, np.nan)
+    need = 0.0
+    if min_indexed_fraction > 0:
+        chance = np.pi * tol**2 / abs(np.linalg.det(basis.matrix))
+        need = max(min_indexed_fraction, min(2 * chance, 0.9))
+        good &= indexed >= need
     fit = o[:, None, :] + np.einsum("nij,nkj->nki", G, np.stack([h, k], axis=-1))
     rr = np.hypot(qx0 - fit[..., 0], qy0 - fit[..., 1])
     wsum = w.sum(axis=1)
@@ -147,6 +169,8 @@ def fit_lattice(
         rms_px=np.where(good, rms, np.nan).reshape(shape),
         basis=basis,
         calibration=peaks.calibration,
+        indexed_fraction=indexed.reshape(shape),
+        min_indexed_fraction=float(need),
     )
 
 

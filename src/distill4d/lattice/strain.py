@@ -260,7 +260,10 @@ def strain_map(
 
     Returns
     -------
-    StrainMap (NaN and ``mask`` True where the fit failed).
+    StrainMap (NaN and ``mask`` True where the fit failed, including positions where too few
+    peaks lie on a lattice: ``min_indexed_fraction`` of :func:`fit_lattice`). When no position
+    has a lattice (no crystal) and the reference comes from the scan, every position is
+    invalid and the reference is NaN.
     """
     if isinstance(peaks_or_lattice, BraggPeaks):
         if "basis" not in fit_options:
@@ -278,9 +281,15 @@ def strain_map(
     phi = float(rotation_rad)
     if not math.isfinite(phi):
         raise Distill4dError(f"rotation_rad must be finite, got {rotation_rad!r}")
-    G0 = reference_basis(lattice, reference)
-    G = lattice.matrix
     ok = lattice.ok
+    if ok.any() or not (reference is None or (isinstance(reference, str) and reference == "median")
+                         or isinstance(reference, tuple)):
+        G0 = reference_basis(lattice, reference)
+    else:  # no lattice anywhere (e.g. no crystal): every position invalid, no reference to take
+        if isinstance(reference, tuple):
+            reference_region(reference, lattice.scan_shape)
+        G0 = np.full((2, 2), np.nan)
+    G = lattice.matrix
     Gs = np.where(ok[..., None, None], G, np.eye(2))
     F = np.swapaxes(np.linalg.inv(Gs), -1, -2) @ G0.T  # G^-T G0^T
     if phi:
@@ -294,6 +303,8 @@ def strain_map(
         "reference": _describe_reference(reference),
         "reference_basis_px": G0,
         "rotation_rad": phi,
+        "positions_with_lattice": int(ok.sum()),
+        "min_indexed_fraction": lattice.min_indexed_fraction,
     }
     if isinstance(peaks_or_lattice, BraggPeaks):
         prov = peaks_or_lattice.provenance.derive("strain_map", params, key="detection")

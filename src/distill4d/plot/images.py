@@ -20,6 +20,7 @@ def save_images_png(
     units: dict[str, str] | None = None,
     title: str = "",
     diverging: tuple[str, ...] = (),
+    subtract_mean: tuple[str, ...] = (),
     scan_step_A: float | None = None,
     q_pixel_inv_A: float | None = None,
     diffraction: bool = False,
@@ -28,7 +29,9 @@ def save_images_png(
     """Save ``images`` ({name: (Rx, Ry) array}) side by side as a PNG with colour bars.
 
     Rx runs down the page and Ry across (the array's own orientation). Names listed in
-    ``diverging`` get a colour map centred at zero. Real-space maps get a scale bar in Å or nm
+    ``diverging`` get a colour map centred at zero; names listed in ``subtract_mean`` are shown
+    minus their mean (e.g. a centre of mass offset by +20 px: its variation, not one flat colour),
+    and their colour-bar label says so with the mean subtracted. Real-space maps get a scale bar in Å or nm
     from ``scan_step_A`` (Å); with ``diffraction`` the images are diffraction patterns and get a
     1/Å scale bar from ``q_pixel_inv_A`` (1/Å); without the pixel size the axes are in pixels.
     Colour limits are the 0.5-99.5 percentiles, so a few hot positions do not wash out the
@@ -37,8 +40,8 @@ def save_images_png(
     path = Path(path)
     if path.exists() and not force:
         raise FileExistsError(f"{path} exists; pass force=True (--force) to overwrite it")
-    fig = images_figure(images, units=units, title=title, diverging=diverging, scan_step_A=scan_step_A,
-                        q_pixel_inv_A=q_pixel_inv_A, diffraction=diffraction)
+    fig = images_figure(images, units=units, title=title, diverging=diverging, subtract_mean=subtract_mean,
+                        scan_step_A=scan_step_A, q_pixel_inv_A=q_pixel_inv_A, diffraction=diffraction)
     return save_figure(fig, path, dpi=110)
 
 
@@ -48,6 +51,7 @@ def images_figure(
     units: dict[str, str] | None = None,
     title: str = "",
     diverging: tuple[str, ...] = (),
+    subtract_mean: tuple[str, ...] = (),
     scan_step_A: float | None = None,
     q_pixel_inv_A: float | None = None,
     diffraction: bool = False,
@@ -72,6 +76,11 @@ def images_figure(
     for ax, (name, img) in zip(axes[0], images.items()):
         img = np.asarray(img, dtype=np.float64)
         finite = img[np.isfinite(img)]
+        label = units.get(name, "")
+        if name in subtract_mean and finite.size:
+            mean = float(finite.mean())
+            img, finite = img - mean, finite - mean
+            label = f"{label} − mean ({mean:+.3g}{' ' + units[name] if units.get(name) else ''})".strip()
         if finite.size:
             lo, hi = np.percentile(finite, [0.5, 99.5])
         else:
@@ -91,8 +100,8 @@ def images_figure(
             label_real_space(ax, scan_step_A)
         ax.set_title(name)
         bar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
-        if units.get(name):
-            bar.set_label(units[name])
+        if label:
+            bar.set_label(label)
     if title:
         fig.suptitle(title)
     fig.tight_layout()

@@ -316,17 +316,28 @@ class CCSTAEResult:
             matplotlib.use("Agg", force=False)
         import matplotlib.pyplot as plt
 
+        from matplotlib.colors import BoundaryNorm, ListedColormap
+
+        from ...plot.scalebar import label_real_space
+
         k = len(self.bases)
         fig, axes = plt.subplots(1, k + 1, figsize=(4 * (k + 1), 4), constrained_layout=True)
-        axes[0].imshow(self.classes, cmap="tab10", vmin=-0.5, vmax=9.5, interpolation="nearest")
-        axes[0].set_title("base chosen (" + ", ".join(
-            f"{j}: {'vacuum' if j in self.vacuum_bases else 'sample'}" for j in range(k)) + ")")
-        axes[0].set_xlabel("scan y")
-        axes[0].set_ylabel("scan x")
+        # one colour per base, with a discrete colour bar naming each (and how often it was chosen)
+        cmap = ListedColormap(plt.get_cmap("tab10")(np.arange(k) % 10))
+        im = axes[0].imshow(self.classes, cmap=cmap, norm=BoundaryNorm(np.arange(k + 1) - 0.5, k),
+                            interpolation="nearest")
+        bar = fig.colorbar(im, ax=axes[0], ticks=np.arange(k), shrink=0.8)
+        bar.ax.set_yticklabels([f"{j}: {'vacuum' if j in self.vacuum_bases else 'sample'} "
+                                f"({int(np.sum(self.classes == j))})" for j in range(k)])
+        bar.ax.set_title("base (positions)", fontsize=9)
+        axes[0].set_title("base chosen")
+        label_real_space(axes[0], self.strain.calibration.scan_step_A)
         for j in range(k):
             axes[j + 1].imshow(np.sqrt(np.clip(self.bases[j], 0, None)), cmap="magma")
             axes[j + 1].contour(self.spot_mask, levels=[0.5], colors="c", linewidths=0.5)
             axes[j + 1].set_title(f"base {j} (sqrt intensity)")
+            axes[j + 1].set_xlabel("qy, prepared grid (px)")
+            axes[j + 1].set_ylabel("qx, prepared grid (px)")
         if isinstance(path_or_ax, (str, os.PathLike)):
             fig.savefig(path_or_ax, dpi=110)
             plt.close(fig)
