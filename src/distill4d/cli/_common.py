@@ -24,6 +24,7 @@ __all__ = [
     "add_engine",
     "add_output",
     "calibration_kwargs",
+    "check_counts",
     "command_line",
     "engine_kwargs",
     "open_input",
@@ -81,14 +82,26 @@ def calibration_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def check_counts(args: argparse.Namespace) -> None:
+    """Refuse bad ``--workers``, ``--threads``, ``--loader-workers`` and ``--memory-budget-MB`` values
+    (whichever the command has) before any work starts: Distill4dError naming the flag."""
+    for flag, minimum in (("workers", 1), ("threads", 1), ("loader_workers", 0)):
+        value = getattr(args, flag, None)
+        if value is not None and value < minimum:
+            what = "0 (load in the main process) or more" if minimum == 0 else f"at least {minimum}"
+            raise Distill4dError(f"--{flag.replace('_', '-')} must be {what}, got {value}")
+    budget = getattr(args, "memory_budget_MB", None)
+    if budget is not None and not (math.isfinite(budget) and budget >= 1):
+        raise Distill4dError(f"--memory-budget-MB must be at least 1, got {budget}")
+
+
 def engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     """The execution options as keyword arguments of the engine (``scheduler``, ``n_workers``, ...)."""
+    check_counts(args)
     out: dict[str, Any] = {"scheduler": args.scheduler, "progress": False if args.no_progress else None}
     if args.workers is not None:
         out["n_workers"] = args.workers
     if args.memory_budget_MB is not None:
-        if not (math.isfinite(args.memory_budget_MB) and args.memory_budget_MB >= 1):
-            raise Distill4dError(f"--memory-budget-MB must be at least 1, got {args.memory_budget_MB}")
         out["memory_budget"] = int(args.memory_budget_MB * 2**20)
     return out
 
@@ -181,6 +194,7 @@ def run_command(args: argparse.Namespace) -> int:
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning
+            check_counts(args)  # before any file is read
             return args.func(args)
     except KeyboardInterrupt:
         print("distill4d: interrupted; run the same command again to resume", file=sys.stderr)

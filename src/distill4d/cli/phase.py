@@ -108,7 +108,7 @@ def cmd_train_phase(args: argparse.Namespace) -> int:
                                  batch_size=args.batch_size)
     except ValueError as err:
         raise Distill4dError(str(err)) from None
-    if args.threads:
+    if args.threads is not None:  # checked (>= 1) before the command ran
         import torch
 
         torch.set_num_threads(args.threads)

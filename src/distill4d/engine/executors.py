@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from .._validate import positive_int
 from ..errors import Distill4dError
 from .tiles import Tile
 
@@ -30,7 +31,8 @@ class Executor:
 
     def __init__(self, scheduler: str | Any, n_workers: int | None) -> None:
         self.scheduler = scheduler
-        self.n_workers = n_workers
+        # Checked before any worker starts (a LocalCluster of -2 workers waits forever).
+        self.n_workers = None if n_workers is None else positive_int("n_workers", n_workers)
         self._client = None
         self._cluster = None
         self._owns_client = False
