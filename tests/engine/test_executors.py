@@ -37,3 +37,32 @@ def test_every_entry_point_checks_n_workers_first(scheduler, n_workers):
             call()
     with pytest.raises(TypeError, match="n_workers must be an integer"):
         Executor(scheduler, "2")
+
+
+@pytest.fixture(scope="module")
+def client():
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as lc, distributed.Client(lc) as c:
+        yield c
+
+
+def test_no_dask_graph_carries_the_data(client, tmp_path):
+    import warnings
+
+    import distill4d
+
+    # 16 MiB in memory (as an eager read of a file gives): one tile, far above Dask's 10 MB warning.
+    data = np.random.default_rng(0).poisson(2.0, (16, 16, 128, 128)).astype(np.float32)
+    distill4d.write(tmp_path / "scan.h5", DataCube(data))
+    cube = distill4d.io.read(tmp_path / "scan.h5", lazy=False)
+    assert cube.reader is None and isinstance(cube.data, np.ndarray)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        total = map_patterns(cube, _total, scheduler=client)
+        mean = cube.mean_pattern(scheduler=client)
+        halo = map_neighbourhoods(cube, _centre, 1, scheduler=client)
+    assert not [w for w in caught if "large graph" in str(w.message)]
+    np.testing.assert_array_equal(total, data.reshape(256, -1).sum(axis=1).reshape(16, 16))
+    np.testing.assert_allclose(mean, data.mean(axis=(0, 1)), rtol=1e-6)
+    np.testing.assert_array_equal(halo, map_neighbourhoods(cube, _centre, 1, scheduler="inline"))

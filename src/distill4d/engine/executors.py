@@ -9,6 +9,7 @@ may be given directly. Dask is imported only when one of those is used.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
@@ -24,6 +25,17 @@ __all__ = ["BatchFn", "Executor"]
 
 #: A method of the engine: a batch of patterns ``(n, Qx, Qy)`` -> an array or a dict of arrays of first axis ``n``.
 BatchFn = Callable[[np.ndarray], Any]
+
+
+def _carries_array(block: Any) -> bool:
+    """True if a task's block holds NumPy data (an array, or one inside a tuple or dataclass)."""
+    if isinstance(block, np.ndarray):
+        return True
+    if isinstance(block, (tuple, list)):
+        return any(_carries_array(b) for b in block)
+    if dataclasses.is_dataclass(block) and not isinstance(block, type):
+        return any(_carries_array(getattr(block, f.name)) for f in dataclasses.fields(block))
+    return False
 
 
 class Executor:
@@ -133,10 +145,13 @@ class Executor:
 
         def submit(tile: Tile):
             block = data(tile)
-            if isinstance(block, np.ndarray):
-                # In-memory data is sent to the workers; lazy blocks only carry picklable
-                # file readers, so the workers read the file themselves.
-                block = np.ascontiguousarray(block)
+            if _carries_array(block):
+                # In-memory data goes to a worker by itself (scatter), never inside the task graph
+                # (Dask warned "Sending large graph"); blocks of a file reader carry only the
+                # picklable reader, and the workers read the file themselves.
+                if isinstance(block, np.ndarray):
+                    block = np.ascontiguousarray(block)
+                block = client.scatter(block, hash=False)
             return client.submit(task, block, fn, pure=False)
 
         todo = iter(tiles)
