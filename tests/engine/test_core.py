@@ -173,3 +173,44 @@ def test_bad_batch_function_and_arguments(cube):
         map_patterns(cube, _moments, memory_budget=10)
     with pytest.raises(ValueError, match="n_workers"):
         map_patterns(cube, _moments, scheduler="threads", n_workers=0)
+
+
+def test_default_tiles_are_enough_for_progress_and_resume():
+    da = pytest.importorskip("dask.array")
+    from distill4d.engine.core import MIN_TILES
+
+    # 64 x 64 x (128 x 128) float32, 256 MiB: 2 tiles of 128 MiB before, now >= 20 within the budget.
+    scan = DataCube(da.zeros((64, 64, 128, 128), dtype=np.float32, chunks=(8, 64, 128, 128)))
+    for n_parallel in (1, 2, 8, 16):
+        tiles = plan_tiles(scan, n_parallel=n_parallel)
+        assert len(tiles) >= max(MIN_TILES, 2 * n_parallel)
+        assert all(t.y1 - t.y0 == 64 for t in tiles)  # whole rows
+        assert max(t.n for t in tiles) * 128 * 128 * 4 <= (1 << 30) // (4 * n_parallel)
+    # The budget still wins: 8 MiB -> 2 MiB blocks of 32 patterns.
+    assert max(t.n for t in plan_tiles(scan, 8 << 20)) == 32
+    # Fewer rows than tiles wanted: rows are split; a scan of 16 positions gives one tile each.
+    small = DataCube(np.zeros((9, 11, 4, 4), np.uint16))
+    tiles = plan_tiles(small)
+    assert len(tiles) >= MIN_TILES and sum(t.n for t in tiles) == 99
+    assert len(plan_tiles(DataCube(np.zeros((4, 4, 4, 4))))) == 16
+    # With a halo, tiles keep at least 2 halo rows (thinner ones would read mostly halo).
+    assert min(t.x1 - t.x0 for t in plan_tiles(scan, halo=2)[:-1]) >= 4
+
+
+def test_single_tile_jobs_show_progress_on_a_terminal(monkeypatch):
+    import io
+    import sys
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    term = Terminal()
+    monkeypatch.setattr(sys, "stderr", term)
+    one = DataCube(np.ones((1, 1, 4, 4)))
+    assert len(plan_tiles(one)) == 1
+    map_patterns(one, lambda b: b.sum(axis=(1, 2)), desc="one tile")
+    assert "one tile:" in term.getvalue()
+    term.truncate(0)
+    map_patterns(one, lambda b: b.sum(axis=(1, 2)), desc="quiet", progress=False)
+    assert "quiet" not in term.getvalue()

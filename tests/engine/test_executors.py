@@ -66,3 +66,40 @@ def test_no_dask_graph_carries_the_data(client, tmp_path):
     np.testing.assert_array_equal(total, data.reshape(256, -1).sum(axis=1).reshape(16, 16))
     np.testing.assert_allclose(mean, data.mean(axis=(0, 1)), rtol=1e-6)
     np.testing.assert_array_equal(halo, map_neighbourhoods(cube, _centre, 1, scheduler="inline"))
+
+
+def _slow_total(batch, seconds, calls):
+    import time
+
+    calls.append(batch.shape[0])
+    time.sleep(seconds)
+    return _total(batch)
+
+
+def test_ctrl_c_acts_within_a_tile_and_keeps_the_finished_tiles(tmp_path):
+    import functools
+    import signal
+    import threading
+    import time
+
+    cube = DataCube(np.random.default_rng(1).poisson(2.0, (40, 4, 8, 8)).astype(np.uint16))
+    calls: list[int] = []
+    fn = functools.partial(_slow_total, seconds=0.25, calls=calls)
+    kw = dict(scheduler="threads", n_workers=2, checkpoint=tmp_path / "ck", job_key="slow", progress=False)
+    sent = []
+
+    def interrupt():
+        sent.append(time.perf_counter())
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+
+    timer = threading.Timer(0.6, interrupt)
+    timer.start()
+    with pytest.raises(KeyboardInterrupt):
+        map_patterns(cube, fn, **kw)
+    latency = time.perf_counter() - sent[0]
+    timer.join()
+    assert latency < 0.5  # the two running tiles finish (0.25 s each); the queued ones are cancelled
+    saved = len(list((tmp_path / "ck").glob("tile_*.npz")))
+    assert saved == len(calls) and 2 <= saved < 20  # every tile that ran was kept, those in flight too
+    resumed = map_patterns(cube, fn, **kw)
+    np.testing.assert_array_equal(resumed, map_patterns(cube, _total, scheduler="inline"))

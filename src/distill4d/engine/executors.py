@@ -108,35 +108,57 @@ class Executor:
                 yield tile, task(data(tile), fn)
             return
         in_flight = 2 * self.n_parallel
-        todo = iter(tiles)
         if self._client is None:
-            with ThreadPoolExecutor(max_workers=self.n_parallel) as pool:
-                pending = {}
+            yield from self._run_threads(task, data, tiles, fn, in_flight)
+        else:
+            yield from self._run_distributed(task, data, tiles, fn, in_flight)
+
+    def _run_threads(self, task: Callable, data: Callable[[Tile], Any], tiles: list[Tile], fn: BatchFn,
+                     in_flight: int) -> Iterator[tuple[Tile, Any]]:
+        """Local threads. After a failure nothing more is submitted and the tiles in flight finish
+        (and are yielded, so they are checkpointed). On Ctrl-C the queued tiles are cancelled and
+        only those already running finish (a thread cannot be stopped); a second Ctrl-C leaves at once."""
+        todo = iter(tiles)
+        pool = ThreadPoolExecutor(max_workers=self.n_parallel)
+        pending: dict[Any, Tile] = {}
+        failure: BaseException | None = None
+
+        def fill() -> None:
+            while failure is None and len(pending) < in_flight:
+                tile = next(todo, None)
+                if tile is None:
+                    return
+                pending[pool.submit(task, data(tile), fn)] = tile
+
+        try:
+            fill()
+            while pending:
                 try:
-                    for tile in todo:
-                        pending[pool.submit(task, data(tile), fn)] = tile
-                        if len(pending) >= in_flight:
-                            break
-                    failure: BaseException | None = None
-                    while pending:
-                        done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                        # Finished results first, so that a failure elsewhere loses none of them.
-                        for fut in sorted(done, key=lambda f: f.exception() is not None):
-                            tile = pending.pop(fut)
-                            if fut.exception() is not None:
-                                failure = failure or fut.exception()
-                                continue
-                            yield tile, fut.result()
-                            nxt = None if failure else next(todo, None)
-                            if nxt is not None:
-                                pending[pool.submit(task, data(nxt), fn)] = nxt
-                    if failure is not None:
-                        raise failure  # after the tiles in flight were drained (and checkpointed)
-                finally:
-                    for fut in pending:
-                        fut.cancel()
-            return
-        yield from self._run_distributed(task, data, tiles, fn, in_flight)
+                    done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                except KeyboardInterrupt as interrupt:
+                    if isinstance(failure, KeyboardInterrupt):
+                        raise  # the second Ctrl-C
+                    failure = interrupt
+                    for fut in [f for f in pending if f.cancel()]:
+                        del pending[fut]
+                    continue
+                # Finished results first, so that a failure elsewhere loses none of them.
+                for fut in sorted(done, key=lambda f: f.cancelled() or f.exception() is not None):
+                    tile = pending.pop(fut)
+                    if fut.cancelled():
+                        continue
+                    if fut.exception() is not None:
+                        failure = failure or fut.exception()
+                        continue
+                    yield tile, fut.result()
+                fill()
+            if failure is not None:
+                raise failure  # after the tiles in flight were drained (and checkpointed)
+        finally:
+            for fut in pending:
+                fut.cancel()
+            # Wait for the threads only when none is still busy (a second Ctrl-C, or the caller stopped).
+            pool.shutdown(wait=not pending, cancel_futures=True)
 
     def _run_distributed(self, task: Callable, data: Callable[[Tile], Any], tiles: list[Tile], fn: BatchFn, in_flight: int):
         from distributed import as_completed
