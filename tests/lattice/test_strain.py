@@ -168,3 +168,17 @@ def test_smoothed_averages_noise_keeps_gradients_and_holes():
         sm.smoothed(-1)
     with pytest.raises(ValueError, match="wider than the scan"):
         sm.smoothed(100)
+
+
+def test_reference_region_is_checked_against_the_scan():
+    from distill4d.lattice.strain import reference_region
+
+    assert reference_region((slice(None), slice(-2, None)), (4, 5)) == (slice(0, 4), slice(3, 5))
+    with pytest.warns(UserWarning, match=r"reference region 0:100,2:4 reaches past the scan of 4 x 5 "
+                                         r"positions; using 0:4,2:4"):
+        assert reference_region((slice(0, 100), slice(2, 4)), (4, 5)) == (slice(0, 4), slice(2, 4))
+    with pytest.raises(ValueError, match=r"--ref region 50:100,0:5 selects no position of the scan of 4 x 5 "
+                                         r"positions \(x0:x1,y0:y1 within 0:4,0:5\)"):
+        reference_region((slice(50, 100), slice(0, 5)), (4, 5), "--ref")
+    with pytest.raises(ValueError, match="step 1"):
+        reference_region((slice(0, 4, 2), slice(0, 5)), (4, 5))

@@ -157,16 +157,26 @@ def warn_nonfinite(images: dict[str, Any]) -> None:
                   "(patterns with NaN/Inf values or no intensity)", file=sys.stderr)
 
 
-def parse_region(text: str | None, option: str = "--reference") -> tuple[slice, slice] | None:
-    """``"x0:x1,y0:y1"`` (scan positions) -> slices; None -> None."""
+def parse_region(text: str | None, option: str = "--reference",
+                 scan_shape: tuple[int, int] | None = None) -> tuple[slice, slice] | None:
+    """``"x0:x1,y0:y1"`` (scan positions) -> slices; None -> None.
+
+    With ``scan_shape``, the region is also checked against the scan (before any pattern is
+    read): a region partly outside is clipped with a warning, one wholly outside is refused.
+    """
     if text is None:
         return None
     try:
         parts = [p.split(":") for p in text.split(",")]
         (a, b), (c, d) = parts
-        return slice(int(a), int(b)), slice(int(c), int(d))
+        region = slice(int(a), int(b)), slice(int(c), int(d))
     except ValueError:
         raise Distill4dError(f"{option} must look like x0:x1,y0:y1 (scan positions), got {text!r}") from None
+    if scan_shape is None:
+        return region
+    from ..lattice.strain import reference_region
+
+    return reference_region(region, scan_shape, option)
 
 
 def require_torch(what: str) -> None:
