@@ -52,3 +52,22 @@ def test_a_region_reaching_past_the_scan_is_clipped_with_a_warning(scan, tmp_pat
     assert smap.provenance.parameters["reference"] == [[0, 6], [0, 3]]  # the region used
     assert np.nanmax(np.abs(smap.eps_xx)) < 1e-3
     assert not (tmp_path / "s.h5.partial").exists()
+
+
+def test_detection_is_kept_until_the_output_is_written(scan, tmp_path, capsys, monkeypatch):
+    import distill4d.lattice
+    from distill4d import Distill4dError
+
+    real = distill4d.lattice.strain_map
+
+    def failing(*args, **kwargs):
+        raise Distill4dError("the fit failed")
+
+    monkeypatch.setattr(distill4d.lattice, "strain_map", failing)
+    out = tmp_path / "s.h5"
+    argv = ["strain", str(scan), "-o", str(out), "--no-progress", "--no-png"]
+    assert main(argv) == 1
+    assert list((tmp_path / "s.h5.partial" / "disks").glob("tile_*.npz"))  # the detection can be resumed
+    monkeypatch.setattr(distill4d.lattice, "strain_map", real)
+    assert main(argv) == 0
+    assert out.exists() and not (tmp_path / "s.h5.partial").exists()

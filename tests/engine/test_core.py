@@ -119,17 +119,18 @@ def test_interrupted_job_resumes_to_the_same_result(tmp_path):
         map_patterns(cube, functools.partial(_counting, calls=calls, fail_after=2), scheduler="inline",
                      memory_budget=budget, checkpoint=ckpt, job_key="moments")
     assert len(list(ckpt.glob("tile_*.npz"))) == 2
+    # A different job may not reuse the directory.
+    with pytest.raises(ValueError, match="belongs to another job"):
+        map_patterns(cube, _moments, memory_budget=budget, checkpoint=ckpt, job_key="other")
+    meta = json.loads((ckpt / "manifest.json").read_text())
+    assert meta["job_key"] == "moments" and len(meta["tiles"]) == n_tiles
     calls2: list[int] = []
     resumed = map_patterns(cube, functools.partial(_counting, calls=calls2), scheduler="inline",
                            memory_budget=budget, checkpoint=ckpt, job_key="moments")
     assert len(calls2) == n_tiles - 2  # only the unfinished tiles ran again
     for k in full:
         np.testing.assert_array_equal(resumed[k], full[k])
-    # A different job may not reuse the directory.
-    with pytest.raises(ValueError, match="belongs to another job"):
-        map_patterns(cube, _moments, memory_budget=budget, checkpoint=ckpt, job_key="other")
-    meta = json.loads((ckpt / "manifest.json").read_text())
-    assert meta["job_key"] == "moments" and len(meta["tiles"]) == n_tiles
+    assert not ckpt.exists()  # the job is complete: nothing is left to resume
 
 
 def test_interrupted_threaded_job_resumes_to_the_same_result(tmp_path):
@@ -214,3 +215,22 @@ def test_single_tile_jobs_show_progress_on_a_terminal(monkeypatch):
     term.truncate(0)
     map_patterns(one, lambda b: b.sum(axis=(1, 2)), desc="quiet", progress=False)
     assert "quiet" not in term.getvalue()
+
+
+def test_checkpoint_is_removed_after_a_complete_run_unless_kept(cube, tmp_path):
+    from distill4d.engine import KeepCheckpoint, map_neighbourhoods
+
+    ckpt = tmp_path / "peak.partial"
+    out = map_patterns(cube, _moments, checkpoint=ckpt, job_key="m")
+    np.testing.assert_array_equal(out["total"], _reference(cube)["total"])
+    assert not ckpt.exists()
+    map_neighbourhoods(cube, lambda b: b[1:-1, 1:-1].sum(axis=(2, 3)).reshape(-1), 1, checkpoint=ckpt)
+    assert not ckpt.exists()
+    kept = KeepCheckpoint(ckpt)
+    assert map_patterns(cube, _moments, checkpoint=kept, job_key="m")["total"].shape == (9, 11)
+    n_tiles = len(json.loads((ckpt / "manifest.json").read_text())["tiles"])
+    assert len(list(ckpt.glob("tile_*.npz"))) == n_tiles  # kept for the later steps of a pipeline
+    # A file put into the directory by someone else stays, and so does the directory.
+    (ckpt / "notes.txt").write_text("mine")
+    map_patterns(cube, _moments, checkpoint=ckpt, job_key="m")
+    assert sorted(p.name for p in ckpt.iterdir()) == ["notes.txt"]

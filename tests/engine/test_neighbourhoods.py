@@ -231,11 +231,6 @@ def test_interrupted_job_resumes_and_other_radius_or_pad_is_refused(cube: DataCu
         map_neighbourhoods(cube, functools.partial(_counting, radius=radius, calls=calls, fail_after=2), radius,
                            pad=pad, memory_budget=budget, scheduler="inline", checkpoint=ckpt, job_key="feat")
     assert len(list(ckpt.glob("tile_*.npz"))) == 2
-    calls2: list = []
-    resumed = map_neighbourhoods(cube, functools.partial(_counting, radius=radius, calls=calls2), radius, pad=pad,
-                                 memory_budget=budget, scheduler="inline", checkpoint=ckpt, job_key="feat")
-    assert len(calls2) == n_tiles - 2  # only the unfinished tiles ran again
-    _assert_equal(resumed, _reference(cube.data, radius, pad))
     with pytest.raises(ValueError, match="belongs to another job"):
         map_neighbourhoods(cube, functools.partial(_features, radius=2), 2, pad=pad, memory_budget=budget,
                            checkpoint=ckpt, job_key="feat")
@@ -244,6 +239,12 @@ def test_interrupted_job_resumes_and_other_radius_or_pad_is_refused(cube: DataCu
                            memory_budget=budget, checkpoint=ckpt, job_key="feat")
     with pytest.raises(ValueError, match="belongs to another job"):
         map_patterns(cube, lambda b: b.sum(axis=(1, 2)), memory_budget=budget, checkpoint=ckpt, job_key="feat")
+    calls2: list = []
+    resumed = map_neighbourhoods(cube, functools.partial(_counting, radius=radius, calls=calls2), radius, pad=pad,
+                                 memory_budget=budget, scheduler="inline", checkpoint=ckpt, job_key="feat")
+    assert len(calls2) == n_tiles - 2  # only the unfinished tiles ran again
+    _assert_equal(resumed, _reference(cube.data, radius, pad))
+    assert not ckpt.exists()  # removed once complete
 
 
 # ====================================================================== errors

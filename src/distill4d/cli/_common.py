@@ -129,8 +129,11 @@ class Outputs:
             raise Distill4dError(f"the output {self.h5} is the input file; choose another output")
         self.partial = self.h5.with_name(self.h5.name + ".partial")
 
-    def checkpoint(self, step: str) -> Path:
-        return self.partial / step
+    def checkpoint(self, step: str) -> Any:
+        """The checkpoint of ``step``; it stays until :meth:`done`, so that a failure after the step resumes too."""
+        from ..engine import KeepCheckpoint
+
+        return KeepCheckpoint(self.partial / step)
 
     def clear_stale(self) -> None:
         if self.force and self.partial.exists():

@@ -12,14 +12,14 @@ import numpy as np
 
 from .._validate import is_dask, positive_int
 from ..errors import Distill4dError
-from .checkpoint import Checkpoint
+from .checkpoint import Checkpoint, KeepCheckpoint
 from .executors import BatchFn, Executor
 from .tiles import Tile
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..datacube import DataCube
 
-__all__ = ["map_patterns", "reduce_patterns", "run_tasks", "plan_tiles", "Tile", "DEFAULT_MEMORY_BUDGET"]
+__all__ = ["KeepCheckpoint", "map_patterns", "reduce_patterns", "run_tasks", "plan_tiles", "Tile", "DEFAULT_MEMORY_BUDGET"]
 
 #: Working memory the engine aims to stay within, in bytes (override with
 #: ``memory_budget=`` or the environment variable ``DISTILL4D_MEMORY_BUDGET``).
@@ -233,7 +233,9 @@ def map_patterns(
     n_workers : parallel tiles for threads/processes (default: all cores).
     progress : show a progress bar (default: when stderr is a terminal).
     checkpoint : a directory; finished tiles are saved there and a rerun with the same
-        directory resumes from them.
+        directory resumes from them. It is removed when the job is complete, as the full result
+        is then returned; pass ``KeepCheckpoint(dir)`` to keep it (a pipeline whose later steps
+        should resume too, like the CLI's ``OUTPUT.partial/``, removes it itself).
     job_key : a string identifying the computation (method and parameters); a checkpoint
         written under another key is refused rather than silently mixed.
     desc : label of the progress bar.
@@ -298,6 +300,8 @@ def _map_tiles(
             place(tile, result)
             bar.update(tile.n)
     assert outputs is not None  # at least one tile always exists
+    if store is not None and not isinstance(checkpoint, KeepCheckpoint):
+        store.remove()  # the job is complete: its result is returned, nothing is left to resume
     return outputs
 
 
