@@ -209,6 +209,11 @@ def reference_region(reference: Any, shape: tuple[int, int], name: str = "refere
     ``reference`` is not two slices, Distill4dError if a slice has a step or selects no
     position of the scan. ``name`` names the region in the messages (e.g. ``"--reference"``).
     """
+    return _checked_region(reference, shape, name)[0]
+
+
+def _checked_region(reference: Any, shape: tuple[int, int], name: str) -> tuple[tuple[slice, slice], bool]:
+    """:func:`reference_region` (warning included) and whether the region was clipped."""
     if not (isinstance(reference, tuple) and len(reference) == 2 and all(isinstance(s, slice) for s in reference)):
         raise TypeError(
             f"{name} must be None or 'median', a region (slice, slice) of the scan, a Lattice, a Basis "
@@ -231,8 +236,8 @@ def reference_region(reference: Any, shape: tuple[int, int], name: str = "refere
         )
     if clipped:
         warnings.warn(f"{name} region {given} reaches past the scan of {shape[0]} x {shape[1]} positions; "
-                      f"using {_region_text(tuple(out))}", stacklevel=2)
-    return out[0], out[1]
+                      f"using {_region_text(tuple(out))}", stacklevel=3)
+    return (out[0], out[1]), clipped
 
 
 def _region_text(region: tuple[slice, slice]) -> str:
@@ -297,8 +302,9 @@ def strain_map(
     phi = float(rotation_rad)
     if not math.isfinite(phi):
         raise Distill4dError(f"rotation_rad must be finite, got {rotation_rad!r}")
-    if isinstance(reference, tuple):  # a region: checked, clipped (with a warning) and recorded as used
-        reference = reference_region(reference, lattice.scan_shape)
+    if isinstance(reference, tuple):  # a region: checked once; recorded as used when it was clipped
+        region, clipped = _checked_region(reference, lattice.scan_shape, "reference")
+        reference = region if clipped else reference
     G0 = reference_basis(lattice, reference)
     G = lattice.matrix
     ok = lattice.ok
