@@ -119,17 +119,18 @@ def test_interrupted_job_resumes_to_the_same_result(tmp_path):
         map_patterns(cube, functools.partial(_counting, calls=calls, fail_after=2), scheduler="inline",
                      memory_budget=budget, checkpoint=ckpt, job_key="moments")
     assert len(list(ckpt.glob("tile_*.npz"))) == 2
+    # A different job may not reuse the directory.
+    with pytest.raises(ValueError, match="belongs to another job"):
+        map_patterns(cube, _moments, memory_budget=budget, checkpoint=ckpt, job_key="other")
+    meta = json.loads((ckpt / "manifest.json").read_text())
+    assert meta["job_key"] == "moments" and len(meta["tiles"]) == n_tiles
     calls2: list[int] = []
     resumed = map_patterns(cube, functools.partial(_counting, calls=calls2), scheduler="inline",
                            memory_budget=budget, checkpoint=ckpt, job_key="moments")
     assert len(calls2) == n_tiles - 2  # only the unfinished tiles ran again
     for k in full:
         np.testing.assert_array_equal(resumed[k], full[k])
-    # A different job may not reuse the directory.
-    with pytest.raises(ValueError, match="belongs to another job"):
-        map_patterns(cube, _moments, memory_budget=budget, checkpoint=ckpt, job_key="other")
-    meta = json.loads((ckpt / "manifest.json").read_text())
-    assert meta["job_key"] == "moments" and len(meta["tiles"]) == n_tiles
+    assert not ckpt.exists()  # the job is complete: nothing is left to resume
 
 
 def test_interrupted_threaded_job_resumes_to_the_same_result(tmp_path):
@@ -173,3 +174,63 @@ def test_bad_batch_function_and_arguments(cube):
         map_patterns(cube, _moments, memory_budget=10)
     with pytest.raises(ValueError, match="n_workers"):
         map_patterns(cube, _moments, scheduler="threads", n_workers=0)
+
+
+def test_default_tiles_are_enough_for_progress_and_resume():
+    da = pytest.importorskip("dask.array")
+    from distill4d.engine.core import MIN_TILES
+
+    # 64 x 64 x (128 x 128) float32, 256 MiB: 2 tiles of 128 MiB before, now >= 20 within the budget.
+    scan = DataCube(da.zeros((64, 64, 128, 128), dtype=np.float32, chunks=(8, 64, 128, 128)))
+    for n_parallel in (1, 2, 8, 16):
+        tiles = plan_tiles(scan, n_parallel=n_parallel)
+        assert len(tiles) >= max(MIN_TILES, 2 * n_parallel)
+        assert all(t.y1 - t.y0 == 64 for t in tiles)  # whole rows
+        assert max(t.n for t in tiles) * 128 * 128 * 4 <= (1 << 30) // (4 * n_parallel)
+    # The budget still wins: 8 MiB -> 2 MiB blocks of 32 patterns.
+    assert max(t.n for t in plan_tiles(scan, 8 << 20)) == 32
+    # Fewer rows than tiles wanted: rows are split; a scan of 16 positions gives one tile each.
+    small = DataCube(np.zeros((9, 11, 4, 4), np.uint16))
+    tiles = plan_tiles(small)
+    assert len(tiles) >= MIN_TILES and sum(t.n for t in tiles) == 99
+    assert len(plan_tiles(DataCube(np.zeros((4, 4, 4, 4))))) == 16
+    # With a halo, tiles keep at least 2 halo rows (thinner ones would read mostly halo).
+    assert min(t.x1 - t.x0 for t in plan_tiles(scan, halo=2)[:-1]) >= 4
+
+
+def test_single_tile_jobs_show_progress_on_a_terminal(monkeypatch):
+    import io
+    import sys
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    term = Terminal()
+    monkeypatch.setattr(sys, "stderr", term)
+    one = DataCube(np.ones((1, 1, 4, 4)))
+    assert len(plan_tiles(one)) == 1
+    map_patterns(one, lambda b: b.sum(axis=(1, 2)), desc="one tile")
+    assert "one tile:" in term.getvalue()
+    term.truncate(0)
+    map_patterns(one, lambda b: b.sum(axis=(1, 2)), desc="quiet", progress=False)
+    assert "quiet" not in term.getvalue()
+
+
+def test_checkpoint_is_removed_after_a_complete_run_unless_kept(cube, tmp_path):
+    from distill4d.engine import KeepCheckpoint, map_neighbourhoods
+
+    ckpt = tmp_path / "peak.partial"
+    out = map_patterns(cube, _moments, checkpoint=ckpt, job_key="m")
+    np.testing.assert_array_equal(out["total"], _reference(cube)["total"])
+    assert not ckpt.exists()
+    map_neighbourhoods(cube, lambda b: b[1:-1, 1:-1].sum(axis=(2, 3)).reshape(-1), 1, checkpoint=ckpt)
+    assert not ckpt.exists()
+    kept = KeepCheckpoint(ckpt)
+    assert map_patterns(cube, _moments, checkpoint=kept, job_key="m")["total"].shape == (9, 11)
+    n_tiles = len(json.loads((ckpt / "manifest.json").read_text())["tiles"])
+    assert len(list(ckpt.glob("tile_*.npz"))) == n_tiles  # kept for the later steps of a pipeline
+    # A file put into the directory by someone else stays, and so does the directory.
+    (ckpt / "notes.txt").write_text("mine")
+    map_patterns(cube, _moments, checkpoint=ckpt, job_key="m")
+    assert sorted(p.name for p in ckpt.iterdir()) == ["notes.txt"]

@@ -76,11 +76,14 @@ def test_results_equal_fn_on_the_padded_array(cube: DataCube, pad: str, radius: 
     fn = functools.partial(_features, radius=radius)
     rows, split = _row_budget(radius, 2), _split_budget(radius, 4)
     row_tiles = plan_neighbourhood_tiles(cube, radius, rows)
-    assert len(row_tiles) == 4 and all(t.y0 == 0 and t.y1 == RY for t in row_tiles)
-    assert {t.x1 - t.x0 for t in row_tiles} == {1, 2}
     split_tiles = plan_neighbourhood_tiles(cube, radius, split)
-    assert len(split_tiles) == RX * 3 and all(t.x1 - t.x0 == 1 for t in split_tiles)
-    assert max(t.n for t in split_tiles) == 4  # rows are split
+    if radius:
+        assert len(row_tiles) == 4 and all(t.y0 == 0 and t.y1 == RY for t in row_tiles)
+        assert {t.x1 - t.x0 for t in row_tiles} == {1, 2}
+        assert len(split_tiles) == RX * 3 and all(t.x1 - t.x0 == 1 for t in split_tiles)
+        assert max(t.n for t in split_tiles) == 4  # rows are split
+    else:  # no halo: 7 rows are split for the 20 tiles wanted (engine.core.MIN_TILES)
+        assert len(row_tiles) == len(split_tiles) == RX * 3 and max(t.n for t in split_tiles) == 3
     for budget in (None, rows, split):
         _assert_equal(map_neighbourhoods(cube, fn, radius, pad=pad, memory_budget=budget, scheduler="inline"), ref)
 
@@ -228,11 +231,6 @@ def test_interrupted_job_resumes_and_other_radius_or_pad_is_refused(cube: DataCu
         map_neighbourhoods(cube, functools.partial(_counting, radius=radius, calls=calls, fail_after=2), radius,
                            pad=pad, memory_budget=budget, scheduler="inline", checkpoint=ckpt, job_key="feat")
     assert len(list(ckpt.glob("tile_*.npz"))) == 2
-    calls2: list = []
-    resumed = map_neighbourhoods(cube, functools.partial(_counting, radius=radius, calls=calls2), radius, pad=pad,
-                                 memory_budget=budget, scheduler="inline", checkpoint=ckpt, job_key="feat")
-    assert len(calls2) == n_tiles - 2  # only the unfinished tiles ran again
-    _assert_equal(resumed, _reference(cube.data, radius, pad))
     with pytest.raises(ValueError, match="belongs to another job"):
         map_neighbourhoods(cube, functools.partial(_features, radius=2), 2, pad=pad, memory_budget=budget,
                            checkpoint=ckpt, job_key="feat")
@@ -241,6 +239,12 @@ def test_interrupted_job_resumes_and_other_radius_or_pad_is_refused(cube: DataCu
                            memory_budget=budget, checkpoint=ckpt, job_key="feat")
     with pytest.raises(ValueError, match="belongs to another job"):
         map_patterns(cube, lambda b: b.sum(axis=(1, 2)), memory_budget=budget, checkpoint=ckpt, job_key="feat")
+    calls2: list = []
+    resumed = map_neighbourhoods(cube, functools.partial(_counting, radius=radius, calls=calls2), radius, pad=pad,
+                                 memory_budget=budget, scheduler="inline", checkpoint=ckpt, job_key="feat")
+    assert len(calls2) == n_tiles - 2  # only the unfinished tiles ran again
+    _assert_equal(resumed, _reference(cube.data, radius, pad))
+    assert not ckpt.exists()  # removed once complete
 
 
 # ====================================================================== errors

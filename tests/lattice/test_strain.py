@@ -203,3 +203,17 @@ def test_a_strained_crystal_keeps_every_position_and_its_strain(dose):
         np.testing.assert_allclose(sm.eps_xx, expected, atol=TOL)
     else:  # 1e3 e-/pattern: per-position noise (measured RMS error 0.32 %)
         assert np.sqrt(np.mean((sm.eps_xx - expected) ** 2)) < 6e-3
+
+
+def test_reference_region_is_checked_against_the_scan():
+    from distill4d.lattice.strain import reference_region
+
+    assert reference_region((slice(None), slice(-2, None)), (4, 5)) == (slice(0, 4), slice(3, 5))
+    with pytest.warns(UserWarning, match=r"reference region 0:100,2:4 reaches past the scan of 4 x 5 "
+                                         r"positions; using 0:4,2:4"):
+        assert reference_region((slice(0, 100), slice(2, 4)), (4, 5)) == (slice(0, 4), slice(2, 4))
+    with pytest.raises(ValueError, match=r"--ref region 50:100,0:5 selects no position of the scan of 4 x 5 "
+                                         r"positions \(x0:x1,y0:y1 within 0:4,0:5\)"):
+        reference_region((slice(50, 100), slice(0, 5)), (4, 5), "--ref")
+    with pytest.raises(ValueError, match="step 1"):
+        reference_region((slice(0, 4, 2), slice(0, 5)), (4, 5))

@@ -26,6 +26,7 @@ __all__ = [
     "add_input_options",
     "add_output",
     "calibration_kwargs",
+    "check_counts",
     "command_line",
     "engine_kwargs",
     "input_label",
@@ -102,14 +103,26 @@ def calibration_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def check_counts(args: argparse.Namespace) -> None:
+    """Refuse bad ``--workers``, ``--threads``, ``--loader-workers`` and ``--memory-budget-MB`` values
+    (whichever the command has) before any work starts: Distill4dError naming the flag."""
+    for flag, minimum in (("workers", 1), ("threads", 1), ("loader_workers", 0)):
+        value = getattr(args, flag, None)
+        if value is not None and value < minimum:
+            what = "0 (load in the main process) or more" if minimum == 0 else f"at least {minimum}"
+            raise Distill4dError(f"--{flag.replace('_', '-')} must be {what}, got {value}")
+    budget = getattr(args, "memory_budget_MB", None)
+    if budget is not None and not (math.isfinite(budget) and budget >= 1):
+        raise Distill4dError(f"--memory-budget-MB must be at least 1, got {budget}")
+
+
 def engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     """The execution options as keyword arguments of the engine (``scheduler``, ``n_workers``, ...)."""
+    check_counts(args)
     out: dict[str, Any] = {"scheduler": args.scheduler, "progress": False if args.no_progress else None}
     if args.workers is not None:
         out["n_workers"] = args.workers
     if args.memory_budget_MB is not None:
-        if not (math.isfinite(args.memory_budget_MB) and args.memory_budget_MB >= 1):
-            raise Distill4dError(f"--memory-budget-MB must be at least 1, got {args.memory_budget_MB}")
         out["memory_budget"] = int(args.memory_budget_MB * 2**20)
     return out
 
@@ -148,8 +161,11 @@ class Outputs:
             raise Distill4dError(f"the output {self.h5} is the input file; choose another output")
         self.partial = self.h5.with_name(self.h5.name + ".partial")
 
-    def checkpoint(self, step: str) -> Path:
-        return self.partial / step
+    def checkpoint(self, step: str) -> Any:
+        """The checkpoint of ``step``; it stays until :meth:`done`, so that a failure after the step resumes too."""
+        from ..engine import KeepCheckpoint
+
+        return KeepCheckpoint(self.partial / step)
 
     def clear_stale(self) -> None:
         if self.force and self.partial.exists():
@@ -176,16 +192,26 @@ def warn_nonfinite(images: dict[str, Any]) -> None:
                   "(patterns with NaN/Inf values or no intensity)", file=sys.stderr)
 
 
-def parse_region(text: str | None, option: str = "--reference") -> tuple[slice, slice] | None:
-    """``"x0:x1,y0:y1"`` (scan positions) -> slices; None -> None."""
+def parse_region(text: str | None, option: str = "--reference",
+                 scan_shape: tuple[int, int] | None = None) -> tuple[slice, slice] | None:
+    """``"x0:x1,y0:y1"`` (scan positions) -> slices; None -> None.
+
+    With ``scan_shape``, the region is also checked against the scan (before any pattern is
+    read): a region partly outside is clipped with a warning, one wholly outside is refused.
+    """
     if text is None:
         return None
     try:
         parts = [p.split(":") for p in text.split(",")]
         (a, b), (c, d) = parts
-        return slice(int(a), int(b)), slice(int(c), int(d))
+        region = slice(int(a), int(b)), slice(int(c), int(d))
     except ValueError:
         raise Distill4dError(f"{option} must look like x0:x1,y0:y1 (scan positions), got {text!r}") from None
+    if scan_shape is None:
+        return region
+    from ..lattice.strain import reference_region
+
+    return reference_region(region, scan_shape, option)
 
 
 def require_torch(what: str) -> None:
@@ -213,6 +239,7 @@ def run_command(args: argparse.Namespace) -> int:
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning
+            check_counts(args)  # before any file is read
             return args.func(args)
     except KeyboardInterrupt:
         print("distill4d: interrupted; run the same command again to resume", file=sys.stderr)

@@ -102,6 +102,7 @@ def cmd_train_phase(args: argparse.Namespace) -> int:
             raise Distill4dError(f"{p} exists; pass --force to overwrite it")
     if len(args.label) != len(args.data):
         raise Distill4dError(f"give one --label per --data file: {len(args.data)} data, {len(args.label)} labels")
+    holdout = parse_region(args.holdout, "--holdout")  # its form, before any file is read
     cubes = [read(path, dataset=args.dataset, **calibration_kwargs(args)) for path in args.data]
     labels = [read_label(spec, args.label_key) for spec in args.label]
     name = labels[0][1]
@@ -114,7 +115,7 @@ def cmd_train_phase(args: argparse.Namespace) -> int:
                                  batch_size=args.batch_size)
     except ValueError as err:
         raise Distill4dError(str(err)) from None
-    if args.threads:
+    if args.threads is not None:  # checked (>= 1) before the command ran
         import torch
 
         torch.set_num_threads(args.threads)
@@ -123,7 +124,6 @@ def cmd_train_phase(args: argparse.Namespace) -> int:
         print(f"step {rec['step']}: train MSE {rec['train_mse']:.4g}, held-out MSE {rec['held_out_mse']:.4g} "
               f"(r = {rec['held_out_r']:.3f}), {rec['seconds']:.0f} s", file=sys.stderr)
 
-    holdout = parse_region(args.holdout, "--holdout")
     one = len(cubes) == 1
     model, card = train_phase(cubes[0] if one else cubes, labels[0][0] if one else [lab[0] for lab in labels],
                               config=config, train=train, pad=args.pad, label_units=units, label_name=name,

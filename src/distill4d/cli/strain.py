@@ -41,6 +41,8 @@ def _find_disks(args: argparse.Namespace, outs: Outputs):
     if args.method not in _METHODS:
         raise Distill4dError(f"--method {args.method!r} finds no disks; disk methods: {', '.join(_METHODS)}")
     dc = open_input(args)
+    # the region against the scan before the long work (nothing of OUTPUT.partial/ is written yet)
+    region = parse_region(getattr(args, "reference", None), scan_shape=dc.scan_shape)
     probe = read_probe(args.probe) if args.probe else None
     outs.clear_stale()
     if args.method == "fcunet":
@@ -63,7 +65,7 @@ def _find_disks(args: argparse.Namespace, outs: Outputs):
     counts = peaks.counts
     print(f"found {int(counts.sum())} disks in {dc.n_patterns} patterns "
           f"(median {float(np.median(counts)):.0f} per pattern); {describe_detection(peaks.params)}")
-    return dc, peaks
+    return dc, peaks, region
 
 
 #: The detection parameters shown on screen (key, label); the full set is in the output's provenance.
@@ -91,7 +93,7 @@ def describe_detection(params: dict[str, Any]) -> str:
 
 def cmd_disks(args: argparse.Namespace) -> int:
     outs = Outputs(args)
-    dc, peaks = _find_disks(args, outs)
+    dc, peaks, _ = _find_disks(args, outs)
     peaks.to_hdf5(outs.h5, force=outs.force)
     if outs.png:
         from ..plot import save_bragg_vector_map_png
@@ -110,6 +112,7 @@ def _strain_ccstae(args: argparse.Namespace, outs: Outputs):
     from ..io import read_probe
 
     dc = open_input(args)
+    region = parse_region(args.reference, scan_shape=dc.scan_shape)  # before training
     probe = read_probe(args.probe) if args.probe else None
     if args.save_model and Path(args.save_model).exists() and not args.force:
         raise Distill4dError(f"{args.save_model} exists; pass --force to overwrite it")
@@ -123,7 +126,7 @@ def _strain_ccstae(args: argparse.Namespace, outs: Outputs):
         print(f"step {rec['step']}: loss {rec['train']:.4g} (held out {rec['held_out']:.4g}), "
               f"{rec['seconds']:.0f} s", file=sys.stderr)
 
-    res = strain_map_ccstae(dc, probe, num_base=args.bases, reference=parse_region(args.reference),
+    res = strain_map_ccstae(dc, probe, num_base=args.bases, reference=region,
                             model=args.model, train=train, refine_steps=args.refine_steps, smooth=args.smooth,
                             device=args.device, callback=report, **engine)
     if outs.png:
@@ -162,14 +165,15 @@ def cmd_strain(args: argparse.Namespace) -> int:
     from ..lattice import fit_lattice, strain_map
 
     outs = Outputs(args)
+    parse_region(args.reference)  # its form, before any file is read
     res = None
     if args.method == "ccstae":
         res = _strain_ccstae(args, outs)
         smap = res.strain
     else:
-        _, peaks = _find_disks(args, outs)
+        _, peaks, region = _find_disks(args, outs)
         lattice = fit_lattice(peaks, min_indexed_fraction=args.min_indexed_fraction)
-        smap = strain_map(lattice, reference=parse_region(args.reference))
+        smap = strain_map(lattice, reference=region)
         smap = dataclasses.replace(smap, provenance=peaks.provenance.derive(
             "strain_map", smap.provenance.parameters, key="detection"))
         if args.smooth:

@@ -43,7 +43,7 @@ def cmd_train_fcunet(args: argparse.Namespace) -> int:
     from ..ml.fcunet.train import train_fcunet
 
     cfg = _train_config(args)
-    if args.threads:
+    if args.threads is not None:  # checked (>= 1) before the command ran
         import torch
 
         torch.set_num_threads(args.threads)

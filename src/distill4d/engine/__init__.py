@@ -6,13 +6,15 @@ The engine cuts the scan into tiles sized from a memory budget, reads each tile,
 calls ``fn``, and assembles the per-position results into arrays of shape
 ``(Rx, Ry, ...)``. It runs inline, on local threads, on local processes or on a Dask
 distributed cluster, with the same results; with ``checkpoint=DIR`` finished tiles are
-written to disk and an interrupted job resumes from them.
+written to disk and an interrupted job resumes from them; the directory is removed once the
+job is complete (``checkpoint=KeepCheckpoint(DIR)`` keeps it).
 
 :func:`map_neighbourhoods` does the same for methods that need neighbouring scan
 positions: ``fn`` receives a tile's patterns plus a halo of ``radius`` positions on every
 side, as a ``(nx + 2r, ny + 2r, Qx, Qy)`` block (padded like :func:`numpy.pad` at the scan edges).
 """
 
+from .checkpoint import KeepCheckpoint
 from .core import (
     DEFAULT_MEMORY_BUDGET,
     Tile,
@@ -25,6 +27,7 @@ from .neighbourhoods import map_neighbourhoods, plan_neighbourhood_tiles
 
 __all__ = [
     "DEFAULT_MEMORY_BUDGET",
+    "KeepCheckpoint",
     "Tile",
     "map_neighbourhoods",
     "map_patterns",

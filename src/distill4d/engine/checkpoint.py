@@ -21,6 +21,25 @@ from .tiles import Tile
 _FORMAT = "distill4d-checkpoint-1"
 
 
+class KeepCheckpoint(os.PathLike):
+    """A checkpoint directory that stays after a successful run.
+
+    The mapping functions remove their checkpoint directory once they return the full result.
+    A pipeline whose later steps should resume too passes ``KeepCheckpoint(path)`` instead and
+    removes the directory itself when its last output is written (the CLI does so with
+    ``OUTPUT.partial/``).
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+
+    def __fspath__(self) -> str:
+        return os.fspath(self.path)
+
+    def __repr__(self) -> str:
+        return f"KeepCheckpoint({os.fspath(self.path)!r})"
+
+
 class Checkpoint:
     """A directory of finished tiles for one job (see the module docstring)."""
 
@@ -69,6 +88,15 @@ class Checkpoint:
         """Write the results of a finished tile (atomically: a crash leaves no half file)."""
         with atomic_output(self._file(tile)) as tmp, open(tmp, "xb") as fh:
             np.savez(fh, **{f"out_{k}": v for k, v in result.items()})
+
+    def remove(self) -> None:
+        """Delete the manifest and the tile files, then the directory if nothing else is in it."""
+        for f in [self.path / "manifest.json", *(self._file(t) for t in self.tiles)]:
+            f.unlink(missing_ok=True)
+        try:
+            self.path.rmdir()
+        except OSError:  # something else was put there: leave it
+            pass
 
     def load_done(self) -> dict[Tile, dict[str, np.ndarray]]:
         """The results of every tile finished so far."""

@@ -12,18 +12,21 @@ import numpy as np
 
 from .._validate import is_dask, positive_int
 from ..errors import Distill4dError
-from .checkpoint import Checkpoint
+from .checkpoint import Checkpoint, KeepCheckpoint
 from .executors import BatchFn, Executor
 from .tiles import Tile
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..datacube import DataCube
 
-__all__ = ["map_patterns", "reduce_patterns", "run_tasks", "plan_tiles", "Tile", "DEFAULT_MEMORY_BUDGET"]
+__all__ = ["KeepCheckpoint", "map_patterns", "reduce_patterns", "run_tasks", "plan_tiles", "Tile", "DEFAULT_MEMORY_BUDGET"]
 
 #: Working memory the engine aims to stay within, in bytes (override with
 #: ``memory_budget=`` or the environment variable ``DISTILL4D_MEMORY_BUDGET``).
 DEFAULT_MEMORY_BUDGET = 1 << 30
+
+#: Tiles a job is cut into at least, where the scan has that many positions (see :func:`plan_tiles`).
+MIN_TILES = 20
 
 # A tile's raw bytes times this factor bounds what one task holds at once
 # (the raw tile, its float copy and the method's temporaries).
@@ -38,22 +41,34 @@ def _memory_budget(value: int | None) -> int:
 def plan_tiles(
     datacube: DataCube, memory_budget: int | None = None, n_parallel: int = 1, *, halo: int = 0
 ) -> list[Tile]:
-    """Cut the scan into tiles of whole rows (or parts of a row) that fit the memory budget.
+    """Cut the scan into tiles of whole rows (or parts of a row): at least :data:`MIN_TILES`
+    when the scan has that many positions, each within the memory budget.
 
     Each of the ``n_parallel`` tiles in flight gets ``memory_budget / n_parallel`` bytes,
     of which a quarter is the raw block. A tile of ``nx x ny`` positions reads a block of
     ``(nx + 2 halo) * (ny + 2 halo)`` patterns (``halo``: the neighbours read around it, see
-    :func:`~distill4d.engine.map_neighbourhoods`). Tiles are whole rows when at least one row
-    and its halo fit, and parts of one row otherwise (at least one position per tile, even if
-    its block alone exceeds the budget). Tiles follow the Dask chunks of lazy data where
-    they can, so that a chunk is read once.
+    :func:`~distill4d.engine.map_neighbourhoods`). Within that budget, the scan is cut into
+    at least ``max(MIN_TILES, 2 n_parallel)`` tiles where it has enough positions, so that
+    the progress bar moves, an interrupt acts within a tile's time and a resume keeps the
+    finished tiles (with a halo, tiles keep at least ``2 halo`` rows and whole rows, as
+    thinner tiles would read mostly halo). Tiles are whole rows when at least one row and its
+    halo fit and the count allows, and parts of one row otherwise (at least one position per
+    tile, even if its block alone exceeds the budget). Tiles follow the Dask chunks of lazy
+    data where they can, so that a chunk is read once.
     """
     budget = _memory_budget(memory_budget)
     rx, ry, qx, qy = datacube.shape
     pattern_bytes = qx * qy * datacube.dtype.itemsize
     tile_bytes = max(pattern_bytes, budget // (_WORKING_FACTOR * max(1, n_parallel)))
     per_tile = max(1, tile_bytes // pattern_bytes)  # patterns per block, halo included
+    target = max(MIN_TILES, 2 * n_parallel)  # tiles wanted, when the scan has enough positions
     rows = per_tile // (ry + 2 * halo) - 2 * halo  # whole rows whose block fits
+    if halo:
+        rows = min(rows, max(2 * halo, rx // target))
+    elif rows >= 1 and rx < target:
+        rows = 0  # fewer rows than tiles wanted: parts of rows
+    else:
+        rows = min(rows, max(1, rx // target))
     tiles: list[Tile] = []
     if rows >= 1:
         rows = min(rx, rows)
@@ -65,6 +80,9 @@ def plan_tiles(
             tiles.append(Tile(x0, min(rx, x0 + rows), 0, ry))
     else:
         cols = max(1, per_tile // (1 + 2 * halo) - 2 * halo)
+        if not halo:
+            parts = -(-target // rx)  # parts per row for the target count
+            cols = min(cols, max(1, -(-ry // parts)))
         for x0 in range(rx):
             for y0 in range(0, ry, cols):
                 tiles.append(Tile(x0, x0 + 1, y0, min(ry, y0 + cols)))
@@ -146,11 +164,11 @@ def _reduce_block(block: Any, fn: BatchFn) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------- public API
-def _progress_bar(progress: bool | None, total: int, n_tiles: int, desc: str, unit: str = "pattern"):
+def _progress_bar(progress: bool | None, total: int, desc: str, unit: str = "pattern"):
     from tqdm.auto import tqdm
 
-    if progress is None:
-        progress = n_tiles > 1 and sys.stderr.isatty()
+    if progress is None:  # on a terminal, also for a single tile (a long one shows its elapsed time)
+        progress = sys.stderr.isatty()
     return tqdm(total=total, unit=unit, desc=desc, disable=not progress, leave=False)
 
 
@@ -180,7 +198,7 @@ def run_tasks(
     tasks in flight finish (and are yielded) before the error is raised.
     """
     items = list(items)
-    with Executor(scheduler, n_workers) as ex, _progress_bar(progress, len(items), len(items), desc, unit) as bar:
+    with Executor(scheduler, n_workers) as ex, _progress_bar(progress, len(items), desc, unit) as bar:
         for item, result in ex.run(_call, _identity, items, fn):
             bar.update(1)
             yield item, result
@@ -213,9 +231,11 @@ def map_patterns(
         ``"dask"`` (the current ``distributed.Client``), a scheduler address
         (``"tcp://host:8786"``) or a ``distributed.Client``.
     n_workers : parallel tiles for threads/processes (default: all cores).
-    progress : show a progress bar (default: on a terminal, for more than one tile).
+    progress : show a progress bar (default: when stderr is a terminal).
     checkpoint : a directory; finished tiles are saved there and a rerun with the same
-        directory resumes from them.
+        directory resumes from them. It is removed when the job is complete, as the full result
+        is then returned; pass ``KeepCheckpoint(dir)`` to keep it (a pipeline whose later steps
+        should resume too, like the CLI's ``OUTPUT.partial/``, removes it itself).
     job_key : a string identifying the computation (method and parameters); a checkpoint
         written under another key is refused rather than silently mixed.
     desc : label of the progress bar.
@@ -272,7 +292,7 @@ def _map_tiles(
 
     for tile, result in done.items():
         place(tile, result)
-    with _progress_bar(progress, datacube.n_patterns, len(tiles), desc) as bar:
+    with _progress_bar(progress, datacube.n_patterns, desc) as bar:
         bar.update(sum(t.n for t in done))
         for tile, result in ex.run(task, blocks, todo, fn):
             if store is not None:
@@ -280,6 +300,8 @@ def _map_tiles(
             place(tile, result)
             bar.update(tile.n)
     assert outputs is not None  # at least one tile always exists
+    if store is not None and not isinstance(checkpoint, KeepCheckpoint):
+        store.remove()  # the job is complete: its result is returned, nothing is left to resume
     return outputs
 
 
@@ -305,7 +327,7 @@ def reduce_patterns(
     total = None
     with Executor(scheduler, n_workers) as ex:
         tiles = plan_tiles(datacube, memory_budget, ex.n_parallel)
-        with _progress_bar(progress, datacube.n_patterns, len(tiles), desc) as bar:
+        with _progress_bar(progress, datacube.n_patterns, desc) as bar:
             for tile, part in ex.run(_reduce_block, _blocks(datacube), tiles, fn):
                 total = part.copy() if total is None else op(total, part)
                 bar.update(tile.n)

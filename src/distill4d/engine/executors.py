@@ -9,6 +9,7 @@ may be given directly. Dask is imported only when one of those is used.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
@@ -16,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from .._validate import positive_int
 from ..errors import Distill4dError
 from .tiles import Tile
 
@@ -25,12 +27,24 @@ __all__ = ["BatchFn", "Executor"]
 BatchFn = Callable[[np.ndarray], Any]
 
 
+def _carries_array(block: Any) -> bool:
+    """True if a task's block holds NumPy data (an array, or one inside a tuple or dataclass)."""
+    if isinstance(block, np.ndarray):
+        return True
+    if isinstance(block, (tuple, list)):
+        return any(_carries_array(b) for b in block)
+    if dataclasses.is_dataclass(block) and not isinstance(block, type):
+        return any(_carries_array(getattr(block, f.name)) for f in dataclasses.fields(block))
+    return False
+
+
 class Executor:
     """Runs ``task(block, fn)`` over the tiles of ``data`` and yields ``(tile, result)`` as they finish."""
 
     def __init__(self, scheduler: str | Any, n_workers: int | None) -> None:
         self.scheduler = scheduler
-        self.n_workers = n_workers
+        # Checked before any worker starts (a LocalCluster of -2 workers waits forever).
+        self.n_workers = None if n_workers is None else positive_int("n_workers", n_workers)
         self._client = None
         self._cluster = None
         self._owns_client = False
@@ -94,35 +108,57 @@ class Executor:
                 yield tile, task(data(tile), fn)
             return
         in_flight = 2 * self.n_parallel
-        todo = iter(tiles)
         if self._client is None:
-            with ThreadPoolExecutor(max_workers=self.n_parallel) as pool:
-                pending = {}
+            yield from self._run_threads(task, data, tiles, fn, in_flight)
+        else:
+            yield from self._run_distributed(task, data, tiles, fn, in_flight)
+
+    def _run_threads(self, task: Callable, data: Callable[[Tile], Any], tiles: list[Tile], fn: BatchFn,
+                     in_flight: int) -> Iterator[tuple[Tile, Any]]:
+        """Local threads. After a failure nothing more is submitted and the tiles in flight finish
+        (and are yielded, so they are checkpointed). On Ctrl-C the queued tiles are cancelled and
+        only those already running finish (a thread cannot be stopped); a second Ctrl-C leaves at once."""
+        todo = iter(tiles)
+        pool = ThreadPoolExecutor(max_workers=self.n_parallel)
+        pending: dict[Any, Tile] = {}
+        failure: BaseException | None = None
+
+        def fill() -> None:
+            while failure is None and len(pending) < in_flight:
+                tile = next(todo, None)
+                if tile is None:
+                    return
+                pending[pool.submit(task, data(tile), fn)] = tile
+
+        try:
+            fill()
+            while pending:
                 try:
-                    for tile in todo:
-                        pending[pool.submit(task, data(tile), fn)] = tile
-                        if len(pending) >= in_flight:
-                            break
-                    failure: BaseException | None = None
-                    while pending:
-                        done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                        # Finished results first, so that a failure elsewhere loses none of them.
-                        for fut in sorted(done, key=lambda f: f.exception() is not None):
-                            tile = pending.pop(fut)
-                            if fut.exception() is not None:
-                                failure = failure or fut.exception()
-                                continue
-                            yield tile, fut.result()
-                            nxt = None if failure else next(todo, None)
-                            if nxt is not None:
-                                pending[pool.submit(task, data(nxt), fn)] = nxt
-                    if failure is not None:
-                        raise failure  # after the tiles in flight were drained (and checkpointed)
-                finally:
-                    for fut in pending:
-                        fut.cancel()
-            return
-        yield from self._run_distributed(task, data, tiles, fn, in_flight)
+                    done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                except KeyboardInterrupt as interrupt:
+                    if isinstance(failure, KeyboardInterrupt):
+                        raise  # the second Ctrl-C
+                    failure = interrupt
+                    for fut in [f for f in pending if f.cancel()]:
+                        del pending[fut]
+                    continue
+                # Finished results first, so that a failure elsewhere loses none of them.
+                for fut in sorted(done, key=lambda f: f.cancelled() or f.exception() is not None):
+                    tile = pending.pop(fut)
+                    if fut.cancelled():
+                        continue
+                    if fut.exception() is not None:
+                        failure = failure or fut.exception()
+                        continue
+                    yield tile, fut.result()
+                fill()
+            if failure is not None:
+                raise failure  # after the tiles in flight were drained (and checkpointed)
+        finally:
+            for fut in pending:
+                fut.cancel()
+            # Wait for the threads only when none is still busy (a second Ctrl-C, or the caller stopped).
+            pool.shutdown(wait=not pending, cancel_futures=True)
 
     def _run_distributed(self, task: Callable, data: Callable[[Tile], Any], tiles: list[Tile], fn: BatchFn, in_flight: int):
         from distributed import as_completed
@@ -131,10 +167,13 @@ class Executor:
 
         def submit(tile: Tile):
             block = data(tile)
-            if isinstance(block, np.ndarray):
-                # In-memory data is sent to the workers; lazy blocks only carry picklable
-                # file readers, so the workers read the file themselves.
-                block = np.ascontiguousarray(block)
+            if _carries_array(block):
+                # In-memory data goes to a worker by itself (scatter), never inside the task graph
+                # (Dask warned "Sending large graph"); blocks of a file reader carry only the
+                # picklable reader, and the workers read the file themselves.
+                if isinstance(block, np.ndarray):
+                    block = np.ascontiguousarray(block)
+                block = client.scatter(block, hash=False)
             return client.submit(task, block, fn, pure=False)
 
         todo = iter(tiles)

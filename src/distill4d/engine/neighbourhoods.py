@@ -208,7 +208,9 @@ def map_neighbourhoods(
         the halo (see :func:`plan_neighbourhood_tiles`).
     scheduler, n_workers, progress, desc : as in :func:`~distill4d.engine.map_patterns`.
     checkpoint : a directory; finished tiles are saved there and a rerun with the same
-        directory (and the same ``radius``, ``pad`` and ``job_key``) resumes from them.
+        directory (and the same ``radius``, ``pad`` and ``job_key``) resumes from them. Removed
+        when the job is complete, unless given as ``KeepCheckpoint(dir)`` (as in
+        :func:`~distill4d.engine.map_patterns`).
     job_key : a string identifying the computation (method and parameters); ``radius`` and
         ``pad`` are added to it, so a checkpoint written with others is refused.
 

@@ -18,6 +18,7 @@ import dataclasses
 import json
 import math
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -200,25 +201,48 @@ def _median_basis(lattice: Lattice, region: tuple[slice, slice] | None = None) -
     return np.median(G[ok], axis=0)
 
 
-def reference_region(reference: Any, shape: tuple[int, int]) -> tuple[slice, slice]:
+def reference_region(reference: Any, shape: tuple[int, int], name: str = "reference") -> tuple[slice, slice]:
     """The region ``(slice, slice)`` of a scan of ``shape`` checked and made explicit (step 1,
-    non-negative bounds); TypeError if ``reference`` is not two slices, Distill4dError if a slice
-    has a step or selects no position."""
+    bounds within the scan; negative bounds count from the end, as in Python).
+
+    A region that reaches past the scan is clipped to it with a warning; TypeError if
+    ``reference`` is not two slices, Distill4dError if a slice has a step or selects no
+    position of the scan. ``name`` names the region in the messages (e.g. ``"--reference"``).
+    """
+    return _checked_region(reference, shape, name)[0]
+
+
+def _checked_region(reference: Any, shape: tuple[int, int], name: str) -> tuple[tuple[slice, slice], bool]:
+    """:func:`reference_region` (warning included) and whether the region was clipped."""
     if not (isinstance(reference, tuple) and len(reference) == 2 and all(isinstance(s, slice) for s in reference)):
         raise TypeError(
-            "reference must be None or 'median', a region (slice, slice) of the scan, a Lattice, a Basis "
+            f"{name} must be None or 'median', a region (slice, slice) of the scan, a Lattice, a Basis "
             f"or a 2x2 array [u v] in pixels; got {reference!r}"
         )
-    out = []
-    for s, n, name in zip(reference, shape, ("Rx", "Ry")):
+    out, clipped = [], False
+    for s, n in zip(reference, shape):
         if s.step not in (None, 1):
-            raise Distill4dError(f"reference region slices must have step 1, got {s}")
-        a, b, _ = s.indices(n)
-        start = s.start if s.start is not None else 0
-        if b <= a or (start >= n if start >= 0 else start < -n):
-            raise Distill4dError(f"reference region {s} along {name} selects no position of a scan of {n}")
+            raise Distill4dError(f"{name} region slices must have step 1, got {s}")
+        lo = 0 if s.start is None else int(s.start) + (n if s.start < 0 else 0)
+        hi = n if s.stop is None else int(s.stop) + (n if s.stop < 0 else 0)
+        a, b = max(lo, 0), min(hi, n)
+        clipped |= (a, b) != (lo, hi)
         out.append(slice(a, b))
-    return out[0], out[1]
+    given, scan = _region_text(reference), f"0:{shape[0]},0:{shape[1]}"
+    if any(s.stop <= s.start for s in out):
+        raise Distill4dError(
+            f"{name} region {given} selects no position of the scan of {shape[0]} x {shape[1]} positions "
+            f"(x0:x1,y0:y1 within {scan})"
+        )
+    if clipped:
+        warnings.warn(f"{name} region {given} reaches past the scan of {shape[0]} x {shape[1]} positions; "
+                      f"using {_region_text(tuple(out))}", stacklevel=3)
+    return (out[0], out[1]), clipped
+
+
+def _region_text(region: tuple[slice, slice]) -> str:
+    """``x0:x1,y0:y1`` of a region (empty where a bound is None)."""
+    return ",".join(f"{'' if s.start is None else s.start}:{'' if s.stop is None else s.stop}" for s in region)
 
 
 def reference_basis(lattice: Lattice, reference: Any = None) -> np.ndarray:
@@ -281,13 +305,14 @@ def strain_map(
     phi = float(rotation_rad)
     if not math.isfinite(phi):
         raise Distill4dError(f"rotation_rad must be finite, got {rotation_rad!r}")
+    if isinstance(reference, tuple):  # a region: checked once; recorded as used when it was clipped
+        region, clipped = _checked_region(reference, lattice.scan_shape, "reference")
+        reference = region if clipped else reference
     ok = lattice.ok
     if ok.any() or not (reference is None or (isinstance(reference, str) and reference == "median")
                          or isinstance(reference, tuple)):
         G0 = reference_basis(lattice, reference)
     else:  # no lattice anywhere (e.g. no crystal): every position invalid, no reference to take
-        if isinstance(reference, tuple):
-            reference_region(reference, lattice.scan_shape)
         G0 = np.full((2, 2), np.nan)
     G = lattice.matrix
     Gs = np.where(ok[..., None, None], G, np.eye(2))

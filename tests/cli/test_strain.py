@@ -1,0 +1,73 @@
+"""`distill4d strain`: region arguments are checked against the scan before any pattern is read."""
+
+import numpy as np
+import pytest
+
+import distill4d
+from distill4d.cli import main
+
+
+@pytest.fixture
+def scan(tmp_path):
+    from distill4d.simulate.kinematic import strained_scan
+
+    dc, _ = strained_scan((6, 6), (64, 64), kind="uniform", strain=0.01, dose=None)
+    path = tmp_path / "scan.h5"
+    distill4d.write(path, dc)
+    return path
+
+
+@pytest.fixture
+def no_detection(monkeypatch):
+    """Fail the test if the disk detection starts."""
+    import distill4d.bragg
+
+    def boom(*args, **kwargs):
+        raise AssertionError("the disk detection ran")
+
+    monkeypatch.setattr(distill4d.bragg, "find_bragg_disks", boom)
+
+
+@pytest.mark.parametrize("method", ["correlation", "com", "ccstae"])
+@pytest.mark.parametrize("region, message", [
+    ("50:100,50:100", "--reference region 50:100,50:100 selects no position of the scan of 6 x 6 positions"),
+    ("abc", "--reference must look like x0:x1,y0:y1 (scan positions), got 'abc'"),
+    ("3:3,0:6", "--reference region 3:3,0:6 selects no position"),
+])
+def test_bad_regions_are_refused_before_the_detection(scan, tmp_path, capsys, no_detection, method, region, message):
+    out = tmp_path / "s.h5"
+    assert main(["strain", str(scan), "--method", method, "-o", str(out), "--reference", region]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("distill4d: error: " + message) and err.count("\n") == 1
+    assert not out.exists() and not (tmp_path / "s.h5.partial").exists()
+
+
+def test_a_region_reaching_past_the_scan_is_clipped_with_a_warning(scan, tmp_path, capsys):
+    out = tmp_path / "s.h5"
+    assert main(["strain", str(scan), "-o", str(out), "--reference", "0:100,-8:3", "--no-progress", "--no-png"]) == 0
+    err = capsys.readouterr().err
+    assert ("distill4d: warning: --reference region 0:100,-8:3 reaches past the scan of 6 x 6 positions; "
+            "using 0:6,0:3") in err
+    smap = distill4d.lattice.StrainMap.from_hdf5(out)
+    assert smap.provenance.parameters["reference"] == [[0, 6], [0, 3]]  # the region used
+    assert np.nanmax(np.abs(smap.eps_xx)) < 1e-3
+    assert not (tmp_path / "s.h5.partial").exists()
+
+
+def test_detection_is_kept_until_the_output_is_written(scan, tmp_path, capsys, monkeypatch):
+    import distill4d.lattice
+    from distill4d import Distill4dError
+
+    real = distill4d.lattice.strain_map
+
+    def failing(*args, **kwargs):
+        raise Distill4dError("the fit failed")
+
+    monkeypatch.setattr(distill4d.lattice, "strain_map", failing)
+    out = tmp_path / "s.h5"
+    argv = ["strain", str(scan), "-o", str(out), "--no-progress", "--no-png"]
+    assert main(argv) == 1
+    assert list((tmp_path / "s.h5.partial" / "disks").glob("tile_*.npz"))  # the detection can be resumed
+    monkeypatch.setattr(distill4d.lattice, "strain_map", real)
+    assert main(argv) == 0
+    assert out.exists() and not (tmp_path / "s.h5.partial").exists()

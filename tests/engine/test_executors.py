@@ -1,0 +1,105 @@
+"""The executors: argument checks before any worker starts, no data inside Dask graphs, Ctrl-C."""
+
+import numpy as np
+import pytest
+
+from distill4d import DataCube
+from distill4d.engine import map_neighbourhoods, map_patterns, reduce_patterns, run_tasks
+from distill4d.engine.executors import Executor
+
+
+def _total(batch):
+    return batch.reshape(batch.shape[0], -1).sum(axis=1)
+
+
+def _sum(batch):
+    return batch.sum(axis=0)
+
+
+def _centre(block):
+    return block[1:-1, 1:-1].reshape(-1, *block.shape[2:]).sum(axis=(1, 2))
+
+
+@pytest.mark.parametrize("scheduler", ["inline", "threads", "processes"])
+@pytest.mark.parametrize("n_workers", [-2, -1, 0])
+def test_every_entry_point_checks_n_workers_first(scheduler, n_workers):
+    cube = DataCube(np.ones((3, 3, 4, 4), np.float32))
+    calls = (
+        lambda: map_patterns(cube, _total, scheduler=scheduler, n_workers=n_workers),
+        lambda: reduce_patterns(cube, _sum, scheduler=scheduler, n_workers=n_workers),
+        lambda: cube.mean_pattern(scheduler=scheduler, n_workers=n_workers),
+        lambda: map_neighbourhoods(cube, _centre, 1, scheduler=scheduler, n_workers=n_workers),
+        lambda: list(run_tasks(abs, [1, 2], scheduler=scheduler, n_workers=n_workers)),
+        lambda: Executor(scheduler, n_workers),
+    )
+    for call in calls:
+        with pytest.raises(ValueError, match=f"n_workers must be >= 1, got {n_workers}"):
+            call()
+    with pytest.raises(TypeError, match="n_workers must be an integer"):
+        Executor(scheduler, "2")
+
+
+@pytest.fixture(scope="module")
+def client():
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as lc, distributed.Client(lc) as c:
+        yield c
+
+
+def test_no_dask_graph_carries_the_data(client, tmp_path):
+    import warnings
+
+    import distill4d
+
+    # 16 MiB in memory (as an eager read of a file gives): one tile, far above Dask's 10 MB warning.
+    data = np.random.default_rng(0).poisson(2.0, (16, 16, 128, 128)).astype(np.float32)
+    distill4d.write(tmp_path / "scan.h5", DataCube(data))
+    cube = distill4d.io.read(tmp_path / "scan.h5", lazy=False)
+    assert cube.reader is None and isinstance(cube.data, np.ndarray)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        total = map_patterns(cube, _total, scheduler=client)
+        mean = cube.mean_pattern(scheduler=client)
+        halo = map_neighbourhoods(cube, _centre, 1, scheduler=client)
+    assert not [w for w in caught if "large graph" in str(w.message)]
+    np.testing.assert_array_equal(total, data.reshape(256, -1).sum(axis=1).reshape(16, 16))
+    np.testing.assert_allclose(mean, data.mean(axis=(0, 1)), rtol=1e-6)
+    np.testing.assert_array_equal(halo, map_neighbourhoods(cube, _centre, 1, scheduler="inline"))
+
+
+def _slow_total(batch, seconds, calls):
+    import time
+
+    calls.append(batch.shape[0])
+    time.sleep(seconds)
+    return _total(batch)
+
+
+def test_ctrl_c_acts_within_a_tile_and_keeps_the_finished_tiles(tmp_path):
+    import functools
+    import signal
+    import threading
+    import time
+
+    cube = DataCube(np.random.default_rng(1).poisson(2.0, (40, 4, 8, 8)).astype(np.uint16))
+    calls: list[int] = []
+    fn = functools.partial(_slow_total, seconds=0.25, calls=calls)
+    kw = dict(scheduler="threads", n_workers=2, checkpoint=tmp_path / "ck", job_key="slow", progress=False)
+    sent = []
+
+    def interrupt():
+        sent.append(time.perf_counter())
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+
+    timer = threading.Timer(0.6, interrupt)
+    timer.start()
+    with pytest.raises(KeyboardInterrupt):
+        map_patterns(cube, fn, **kw)
+    latency = time.perf_counter() - sent[0]
+    timer.join()
+    assert latency < 0.5  # the two running tiles finish (0.25 s each); the queued ones are cancelled
+    saved = len(list((tmp_path / "ck").glob("tile_*.npz")))
+    assert saved == len(calls) and 2 <= saved < 20  # every tile that ran was kept, those in flight too
+    resumed = map_patterns(cube, fn, **kw)
+    np.testing.assert_array_equal(resumed, map_patterns(cube, _total, scheduler="inline"))
