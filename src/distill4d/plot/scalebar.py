@@ -52,7 +52,8 @@ def add_scale_bar(ax: Any, pixel_size: float, unit: str, *, fraction: float = 0.
     else:
         label = f"{length:g} {unit}"
     bar = AnchoredSizeBar(ax.transData, length / pixel_size, label, "lower left", pad=0.4, color=color,
-                          frameon=False, size_vertical=max(abs(x1 - x0) / 100, 0.3), borderpad=0.3)
+                          frameon=True, size_vertical=max(abs(x1 - x0) / 100, 0.3), borderpad=0.3)
+    bar.patch.set(facecolor="black", alpha=0.45, edgecolor="none")  # readable on light and dark images
     bar.set_gid("scale_bar")
     ax.add_artist(bar)
     return bar
