@@ -331,13 +331,11 @@ def _options(parser, name="distill4d"):
 
 def test_every_option_has_help_and_states_its_default():
     """--help describes every option (FILE included: its formats and the FILE.h5:/path form), and
-    names the default of each option that has one. (`train` is checked by its own owners.)"""
+    names the default of each option that has one."""
     from distill4d.cli import build_parser
 
     missing = []
     for cmd, a in _options(build_parser()):
-        if cmd.startswith("distill4d train"):
-            continue
         flag = "/".join(a.option_strings) or a.dest
         d = a.default
         if not a.help:

@@ -166,7 +166,8 @@ def add_train_parser(tsub: Any) -> None:
     t.add_argument("--label", required=True, nargs="+", help="label image on the scan grid, one per --data: .npy, "
                    "a distill4d results file (e.g. a simulated scan's projected_potential) or FILE.h5:/dataset")
     t.add_argument("--label-key", help="which result of --label (e.g. projected_potential, phase)")
-    t.add_argument("--model", required=True, choices=("linear", "conv4d"))
+    t.add_argument("--model", required=True, choices=("linear", "conv4d"),
+                   help="linear (radial-ring linear model) or conv4d (the 4D CNN)")
     t.add_argument("--out", required=True, help="weights file to write (.pt); the model card goes beside it (.json)")
     t.add_argument("--holdout", metavar="x0:x1,y0:y1",
                    help="scan rectangle held out for validation, in every scan (default: the last quarter "
@@ -181,10 +182,10 @@ def add_train_parser(tsub: Any) -> None:
                    "pattern: each pattern divided by its mean only")
     t.add_argument("--cluster", type=int, default=5, choices=(3, 5), help="cluster c x c (linear model; default 5)")
     t.add_argument("--steps", type=int, default=2000, help="at most this many optimiser steps (default 2000)")
-    t.add_argument("--batch-size", type=int, default=16)
+    t.add_argument("--batch-size", type=int, default=16, help="scan positions per optimiser step (default 16)")
     t.add_argument("--lr", type=float, help="Adam learning rate (default 1e-2 linear, 2e-3 conv4d)")
     t.add_argument("--minutes", type=float, help="training time budget (minutes)")
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--seed", type=int, default=0, help="initialisation and shuffling seed (default 0)")
     t.add_argument("--threads", type=int, help="PyTorch CPU threads")
     t.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
     t.add_argument("--force", action="store_true", help="overwrite existing weights of that name")

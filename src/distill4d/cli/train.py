@@ -66,7 +66,7 @@ def add_train_parser(tsub: Any) -> None:
     t.add_argument("--pool", choices=("max", "spectral"), help="pooling")
     t.add_argument("--equivariant", action="store_true", default=None,
                    help="phase-equivariant complex layers (modReLU, magnitude norm and pooling, no complex bias)")
-    t.add_argument("--batch-size", type=int)
+    t.add_argument("--batch-size", type=int, help="patterns per optimiser step (default: the configuration's, 16)")
     t.add_argument("--steps", type=int, help="optimiser steps in total (the schedule's length)")
     t.add_argument("--lr", type=float, help="peak learning rate")
     t.add_argument("--minutes", type=float, help="stop after this many minutes (rerun to resume)")
@@ -76,8 +76,9 @@ def add_train_parser(tsub: Any) -> None:
                    help="hold the training split in memory instead of reading each item from the files")
     t.add_argument("--augment-on", choices=("loader", "device"),
                    help="augment in the data loader (NumPy, CPU) or each batch on the training device (GPU)")
-    t.add_argument("--seed", type=int)
-    t.add_argument("--device", default="auto", help="auto (GPU if PyTorch sees one), cpu or cuda")
+    t.add_argument("--seed", type=int, help="shuffling, augmentation and initialisation seed "
+                   "(default: the configuration's, 0)")
+    t.add_argument("--device", default="auto", help="auto (default: GPU if PyTorch sees one), cpu or cuda")
     t.add_argument("--init", help="start from these weights (same architecture; fresh optimiser and schedule)")
     t.add_argument("--force", action="store_true", help="overwrite existing weights of that name")
     t.set_defaults(func=cmd_train_fcunet)
