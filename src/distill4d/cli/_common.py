@@ -118,7 +118,6 @@ def check_counts(args: argparse.Namespace) -> None:
 
 def engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     """The execution options as keyword arguments of the engine (``scheduler``, ``n_workers``, ...)."""
-    check_counts(args)
     out: dict[str, Any] = {"scheduler": args.scheduler, "progress": False if args.no_progress else None}
     if args.workers is not None:
         out["n_workers"] = args.workers
