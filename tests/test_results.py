@@ -90,6 +90,11 @@ def test_strain_map_carries_detection_parameters_calibration_and_provenance(tmp_
     assert prov.parameters["reference"] == [[0, 2], [None, None]]
     np.testing.assert_allclose(prov.parameters["reference_basis_px"], smap.reference)
     assert smap.smoothed(1.0).provenance.parameters["smoothed_sigma"] == 1.0
+    # a lattice fitted first carries the detection on to the map as well
+    from distill4d.lattice import fit_lattice
+
+    via = strain_map(fit_lattice(peaks, max_residual_px=2.0), reference=(slice(0, 2), slice(None))).provenance
+    assert via.parameters["detection"] == prov.parameters["detection"] and via.method == "strain_map"
     # the files keep their own layout and now carry calibration and provenance
     out = smap.to_hdf5(tmp_path / "strain.h5")
     back = StrainMap.from_hdf5(out)

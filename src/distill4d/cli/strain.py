@@ -174,8 +174,6 @@ def cmd_strain(args: argparse.Namespace) -> int:
         _, peaks, region = _find_disks(args, outs)
         lattice = fit_lattice(peaks, min_indexed_fraction=args.min_indexed_fraction)
         smap = strain_map(lattice, reference=region)
-        smap = dataclasses.replace(smap, provenance=peaks.provenance.derive(
-            "strain_map", smap.provenance.parameters, key="detection"))
         if args.smooth:
             smap = smap.smoothed(args.smooth)
         warning = describe_lattice_failures(lattice)

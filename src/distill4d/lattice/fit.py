@@ -8,6 +8,7 @@ import numpy as np
 from .._validate import nonnegative_float, positive_int
 from ..bragg.peaks import BraggPeaks
 from ..calibration import Calibration
+from ..results import Provenance
 from .find import Basis, find_lattice
 
 __all__ = ["Lattice", "fit_lattice"]
@@ -28,6 +29,7 @@ class Lattice:
     indexed_fraction : ``(Rx, Ry)`` fraction of the detected peaks within the residual tolerance of
         the lattice fitted there (also where the fit was refused; NaN without peaks).
     min_indexed_fraction : the fraction a position needed to count as having a lattice (0: no check).
+    provenance : how the peaks were found (the peaks' own), carried on to the strain map.
     """
 
     origin: np.ndarray
@@ -39,6 +41,7 @@ class Lattice:
     calibration: Calibration
     indexed_fraction: np.ndarray | None = None
     min_indexed_fraction: float = 0.0
+    provenance: Provenance | None = None
 
     @property
     def ok(self) -> np.ndarray:
@@ -171,6 +174,7 @@ def fit_lattice(
         calibration=peaks.calibration,
         indexed_fraction=indexed.reshape(shape),
         min_indexed_fraction=float(need),
+        provenance=peaks.provenance,
     )
 
 

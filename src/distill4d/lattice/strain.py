@@ -331,8 +331,8 @@ def strain_map(
         "positions_with_lattice": int(ok.sum()),
         "min_indexed_fraction": lattice.min_indexed_fraction,
     }
-    if isinstance(peaks_or_lattice, BraggPeaks):
-        prov = peaks_or_lattice.provenance.derive("strain_map", params, key="detection")
+    if lattice.provenance is not None:  # the detection's, whether peaks or their lattice were given
+        prov = lattice.provenance.derive("strain_map", params, key="detection")
     else:
         prov = Provenance("strain_map", params)
     return StrainMap(**s, mask=~ok, reference=G0, rotation_rad=phi, calibration=lattice.calibration,
