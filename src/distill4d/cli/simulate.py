@@ -65,7 +65,8 @@ def cmd_simulate_scan(args: argparse.Namespace) -> int:
     )
     dc, truth = simulate_scan(
         atoms, fields, settings, scan_step_A=args.scan_step_A, dose_e=args.dose, plasmon_fraction=args.plasmon,
-        seed=args.seed, device=args.device,
+        seed=args.seed, device=args.device, scheduler=args.scheduler, n_workers=args.workers,
+        progress=False if args.no_progress else None,
     )
     attrs = {"command": command_line(), "crystal": args.crystal, "zone_axis": list(info["zone_axis"]),
              "preset": args.preset}
@@ -132,6 +133,10 @@ def add_parser(sub: Any) -> None:
     s.add_argument("--seed", type=int, default=0, help="noise seed; a seed gives the same scan every time (default 0)")
     s.add_argument("--device", default="auto", choices=("auto", "cpu", "gpu"),
                    help="auto (default): abTEM's GPU path when CuPy sees a GPU, else the CPU")
+    s.add_argument("--scheduler", default="inline", choices=("inline", "processes"),
+                   help="inline (default: one state after another) or processes (one state per core)")
+    s.add_argument("--workers", type=int, help="processes: parallel workers (default: all cores)")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar (default: shown on a terminal)")
     s.set_defaults(func=cmd_simulate_scan)
 
     s = ssub.add_parser("library", help="a training library of patterns, probes, targets and peak lists")

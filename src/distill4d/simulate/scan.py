@@ -177,6 +177,9 @@ def simulate_scan(
     strain_step: float = STRAIN_STEP,
     tilt_step_mrad: float = TILT_STEP_MRAD,
     device: str = "auto",
+    scheduler: str | Any = "inline",
+    n_workers: int | None = None,
+    progress: bool | None = None,
 ) -> tuple[DataCube, MultisliceTruth]:
     """Simulate a scan of ``atoms`` (orthogonal cell, beam along z) deformed by ``fields``.
 
@@ -190,8 +193,17 @@ def simulate_scan(
         each pattern's flux, added before the noise.
     seed : noise seed.
     strain_step, tilt_step_mrad : rounding of the simulated states (see module doc).
+    scheduler, n_workers : where the states are simulated, as in
+        :func:`~distill4d.engine.run_tasks` (``"inline"`` by default; ``"processes"`` runs one
+        state per core; never threads, see :mod:`distill4d.simulate.multislice`).
+    progress : a progress bar over the states (default: when stderr is a terminal).
     """
+    from ..engine import run_tasks
     from .augment import affine, plasmon_background, poisson_noise
+
+    if scheduler == "threads":
+        raise Distill4dError("scheduler='threads' is refused for simulations (abTEM's settings are process-wide): "
+                             "use 'inline' or 'processes'")
 
     _check_fields(fields)
     rx, ry = fields.shape
@@ -213,13 +225,19 @@ def simulate_scan(
     hk_all: dict[tuple[int, int], int] = {}
     sim_thick = np.zeros(rx * ry)
     probe = None  # the vacuum probe: every simulation returns it (tilt does not move it)
+    tasks = []
     for key in sorted(states):
         idx = np.flatnonzero(crystal & np.all(keys == np.array(key), axis=1))
         Fs = np.diag([1 + key[0] * step, 1 + key[1] * step, 1.0])
-        strained = stretch_cell(atoms, Fs[0, 0], Fs[1, 1])
         wanted = sorted(set(np.round(thick_px[idx], 6)))
         s = dataclasses.replace(settings, thicknesses_A=tuple(wanted), tilt_mrad=(key[2] * tstep, key[3] * tstep))
-        res = simulate_cbed(strained, s, device=device)
+        tasks.append((key, stretch_cell(atoms, Fs[0, 0], Fs[1, 1]), s, device))
+    done = {task[0]: res for task, res in run_tasks(_simulate_state, tasks, scheduler=scheduler, n_workers=n_workers,
+                                                    progress=progress, desc="simulate", unit="state")}
+    for key in sorted(states):  # in the order of the states, whatever order they finished in
+        res = done[key]
+        idx = np.flatnonzero(crystal & np.all(keys == np.array(key), axis=1))
+        Fs = np.diag([1 + key[0] * step, 1 + key[1] * step, 1.0])
         probe = res.probe
         sim_cells = np.round(res.thicknesses_A / cell[2]).astype(int)
         peaks0 = res.peaks
@@ -280,6 +298,12 @@ def simulate_scan(
         vacuum=fields.vacuum.copy(),
     )
     return dc, truth
+
+
+def _simulate_state(task: tuple) -> Any:
+    """One state's multislice patterns (a task of :func:`simulate_scan`)."""
+    _, atoms, settings, device = task
+    return simulate_cbed(atoms, settings, device=device)
 
 
 _TRUTH_ARRAYS = ("F", "eps_xx", "eps_yy", "eps_xy", "theta", "qx", "qy", "intensity", "hk", "tilt_mrad", "thickness_A", "vacuum")
