@@ -120,6 +120,6 @@ def strain_crb(
     w = np.linalg.eigvalsh(fisher)
     if w[0] <= 1e-12 * max(w[-1], 0.0) or w[-1] <= 0:
         raise Distill4dError(f"the pattern does not change independently with {comps}: their Fisher information is "
-                         "singular (too few disks, or disks on one line), so no finite bound exists")
+                             "singular (too few disks, or disks on one line), so no finite bound exists")
     cov = np.linalg.inv(fisher)
     return {c: float(math.sqrt(cov[i, i])) for i, c in enumerate(comps)}

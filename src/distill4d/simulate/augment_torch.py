@@ -87,8 +87,8 @@ def _peak_list(value: Any, n: int) -> list[torch.Tensor | None] | torch.Tensor |
         return value if value.is_floating_point() else value.to(torch.get_default_dtype())
     if not isinstance(value, (list, tuple)) or len(value) != n:
         raise Distill4dError(f"peaks must be None, a list of {n} tensors (one per pattern) or a padded ({n}, P, 2 + k) "
-                         f"tensor, got {type(value).__name__}"
-                         + (f" of length {len(value)}" if isinstance(value, (list, tuple)) else ""))
+                             f"tensor, got {type(value).__name__}"
+                             + (f" of length {len(value)}" if isinstance(value, (list, tuple)) else ""))
     out = []
     for i, p in enumerate(value):
         if p is None:
@@ -236,7 +236,7 @@ def map_points(points: torch.Tensor, matrix: torch.Tensor, shift_px: torch.Tenso
     for name, t, tail in (("matrix", matrix, (2, 2)), ("shift_px", shift_px, (2,)), ("origin_px", origin_px, (2,))):
         if not isinstance(t, torch.Tensor) or tuple(t.shape) != (b, *tail):
             raise Distill4dError(f"{name} must be a tensor of shape {(b, *tail)}, got "
-                             f"{tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}")
+                                 f"{tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}")
     m = matrix.to(points.device)
     o, s = origin_px.to(device=points.device, dtype=m.dtype), shift_px.to(device=points.device, dtype=m.dtype)
     xy = points[..., :2].to(m.dtype) - o[:, None, :]

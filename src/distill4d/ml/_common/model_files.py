@@ -118,7 +118,7 @@ def read_card(path: str | os.PathLike, model: str | None = None) -> ModelCard:
     if found is None or named != found or (model is not None and found != model):
         expected = repr(CARD_FORMATS[model]) if model is not None else f"one of {tuple(_COMPAT)}"
         raise Distill4dError(f"{card_path} is not {_a(what)} card (format {fmt!r}, model {named!r}; format {expected} "
-                         "expected)")
+                             "expected)")
     try:
         fields = _COMPAT[fmt](raw)
     except (KeyError, TypeError, ValueError, AttributeError) as err:
@@ -146,12 +146,12 @@ def load_model(path: str | os.PathLike, model: str, build: Callable[[ModelCard],
         state = torch.load(path, map_location=device, weights_only=True)
     except Exception as err:  # noqa: BLE001 - torch raises several types for corrupt or foreign files
         raise Distill4dError(f"cannot read {what} weights {path}: it does not hold the weights its card describes "
-                         f"({err})") from None
+                             f"({err})") from None
     try:
         module.load_state_dict(state)
     except (RuntimeError, TypeError, KeyError) as err:
         raise Distill4dError(f"the weights {path.name} do not fit the architecture of {card.path.name} ({what}): "
-                         f"{err}") from None
+                             f"{err}") from None
     return module.to(device).eval(), card
 
 

@@ -155,7 +155,7 @@ def spot_mask(
     spots = spots[(d > 1.5 * r) & inside]
     if not len(spots):
         raise Distill4dError("no Bragg disk besides the direct beam lies on the model grid; CC-ST-AE needs "
-                         "a diffracting crystal (or a larger q_radius_px)")
+                             "a diffracting crystal (or a larger q_radius_px)")
     ix, iy = np.indices((size, size))
     mask = np.zeros((size, size), dtype=np.float32)
     for p in spots:

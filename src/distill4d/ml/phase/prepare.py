@@ -68,7 +68,7 @@ def prepare_phase_patterns(patterns: np.ndarray, geometry: dict[str, Any], size:
     if bad.any():
         what = "NaN/Inf values" if not np.all(np.isfinite(mean)) else "no counts inside the model's detector grid"
         raise Distill4dError(f"{int(bad.sum())} of {len(mean)} patterns have {what}; crop the scan to valid "
-                         "positions or repair the data")
+                             "positions or repair the data")
     out /= mean[:, None, None].astype(np.float32)
     return out.reshape(lead + (size, size))
 

@@ -149,7 +149,7 @@ def _as_scans(datacube: Any, label: Any, holdout: Any, pad: str, radius: int,
         labels = list(label) if isinstance(label, (list, tuple)) else None
         if labels is None or len(labels) != len(cubes):
             raise Distill4dError(f"give one label image per scan: {len(cubes)} scans, "
-                             f"{len(labels) if labels is not None else 'a single'} label(s)")
+                                 f"{len(labels) if labels is not None else 'a single'} label(s)")
         per_scan = isinstance(holdout, (list, tuple)) and not _is_region(holdout)
         holds = list(holdout) if per_scan else [holdout] * len(cubes)
         if len(holds) != len(cubes):
@@ -246,7 +246,7 @@ def train_phase(
     need = sum(item[0].n_patterns for item in items) * config.size**2 * 4
     if need > _MAX_PREPARED_BYTES:
         raise Distill4dError(f"the prepared scans would take {need / 2**30:.1f} GiB; train on crops of the scans "
-                         f"(DataCube slicing) of at most {_MAX_PREPARED_BYTES / 2**30:.0f} GiB prepared")
+                             f"(DataCube slicing) of at most {_MAX_PREPARED_BYTES / 2**30:.0f} GiB prepared")
     dev = torch_device(device)
     t0 = time.perf_counter()
     p = min([train.patch] + [min(item[0].scan_shape) for item in items])
