@@ -103,3 +103,42 @@ def test_ctrl_c_acts_within_a_tile_and_keeps_the_finished_tiles(tmp_path):
     assert saved == len(calls) and 2 <= saved < 20  # every tile that ran was kept, those in flight too
     resumed = map_patterns(cube, fn, **kw)
     np.testing.assert_array_equal(resumed, map_patterns(cube, _total, scheduler="inline"))
+
+
+def _sleepy_total(batch, seconds):
+    import time
+
+    time.sleep(seconds)
+    return _total(batch)
+
+
+def test_ctrl_c_on_a_dask_client_keeps_the_tiles_in_flight(tmp_path):
+    import functools
+    import signal
+    import threading
+    import time
+
+    distributed = pytest.importorskip("distributed")
+    cube = DataCube(np.random.default_rng(2).poisson(2.0, (40, 4, 8, 8)).astype(np.uint16))
+    fn = functools.partial(_sleepy_total, seconds=0.25)
+    sent = []
+
+    def interrupt():
+        sent.append((time.perf_counter(), len(list((tmp_path / "ck").glob("tile_*.npz")))))
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
+                                  dashboard_address=None) as lc, distributed.Client(lc) as c:
+        kw = dict(scheduler=c, checkpoint=tmp_path / "ck", job_key="slow", progress=False)
+        timer = threading.Timer(0.8, interrupt)
+        timer.start()
+        with pytest.raises(KeyboardInterrupt):
+            map_patterns(cube, fn, **kw)
+        latency = time.perf_counter() - sent[0][0]
+        timer.join()
+        saved = len(list((tmp_path / "ck").glob("tile_*.npz")))
+        # nothing more is submitted; the tiles in flight (2 running, up to 2 queued) finish and are kept
+        assert latency < 1.5
+        assert sent[0][1] + 2 <= saved <= sent[0][1] + 4 and saved < 20
+        resumed = map_patterns(cube, fn, **kw)
+    np.testing.assert_array_equal(resumed, map_patterns(cube, _total, scheduler="inline"))

@@ -183,17 +183,35 @@ class Executor:
             if len(futures) >= in_flight:
                 break
         ac = as_completed(list(futures), loop=client.loop)
+        failure: BaseException | None = None
         try:
-            for fut in ac:
-                tile = futures.pop(fut)
-                result = fut.result()
-                fut.release()
+            # As with threads: after a failure or a Ctrl-C nothing more is submitted and the tiles in
+            # flight (at most 2 per worker) finish and are yielded, so they are checkpointed; a
+            # second Ctrl-C leaves at once.
+            while futures:
+                try:
+                    if failure is None and len(futures) < in_flight:
+                        nxt = next(todo, None)
+                        if nxt is not None:
+                            f = submit(nxt)
+                            futures[f] = nxt
+                            ac.add(f)
+                    fut = next(ac)
+                    tile = futures.pop(fut)
+                    if fut.status != "finished":
+                        if failure is None:
+                            failure = fut.exception() if fut.status == "error" else RuntimeError(f"tile {fut.status}")
+                        continue
+                    result = fut.result()
+                    fut.release()
+                except KeyboardInterrupt as interrupt:
+                    if isinstance(failure, KeyboardInterrupt):
+                        raise
+                    failure = interrupt
+                    continue
                 yield tile, result
-                nxt = next(todo, None)
-                if nxt is not None:
-                    f = submit(nxt)
-                    futures[f] = nxt
-                    ac.add(f)
+            if failure is not None:
+                raise failure
         finally:
             for fut in futures:
                 fut.cancel()
