@@ -142,3 +142,53 @@ def test_ctrl_c_on_a_dask_client_keeps_the_tiles_in_flight(tmp_path):
         assert sent[0][1] + 2 <= saved <= sent[0][1] + 4 and saved < 20
         resumed = map_patterns(cube, fn, **kw)
     np.testing.assert_array_equal(resumed, map_patterns(cube, _total, scheduler="inline"))
+
+
+_INTERRUPTED_SCRIPT = '''
+import signal, sys, time
+import numpy as np
+
+def slow(batch):
+    time.sleep(0.3)
+    return batch.reshape(len(batch), -1).sum(axis=1)
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # a background shell ignores SIGINT
+    from distill4d import DataCube
+    from distill4d.engine import map_patterns
+    cube = DataCube(np.ones((40, 4, 8, 8), np.float32))
+    try:
+        map_patterns(cube, slow, scheduler="processes", n_workers=2, checkpoint=sys.argv[1], job_key="k",
+                     progress=False)
+    except KeyboardInterrupt:
+        sys.exit(3)
+'''
+
+
+@pytest.mark.slow
+def test_ctrl_c_at_a_terminal_stops_a_processes_job_cleanly(tmp_path):
+    """A terminal's Ctrl-C reaches the whole process group: the workers ignore it, the tiles in
+    flight finish and are kept, and the job ends with KeyboardInterrupt (no worker tracebacks)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    pytest.importorskip("distributed")
+    script = tmp_path / "job.py"
+    script.write_text(_INTERRUPTED_SCRIPT)
+    ck = tmp_path / "ck"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen([sys.executable, str(script), str(ck)], start_new_session=True, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while len(list(ck.glob("tile_*.npz"))) < 2 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    at_kill = len(list(ck.glob("tile_*.npz")))
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    saved = len(list(ck.glob("tile_*.npz")))
+    assert proc.returncode == 3, err[-2000:]
+    assert "Traceback" not in err, err[-2000:]
+    assert at_kill >= 2 and at_kill < saved < 20  # the tiles in flight were kept

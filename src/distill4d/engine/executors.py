@@ -9,8 +9,11 @@ may be given directly. Dask is imported only when one of those is used.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import signal
+import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from typing import Any
@@ -38,6 +41,19 @@ def _carries_array(block: Any) -> bool:
     return False
 
 
+@contextlib.contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """SIGINT ignored while child processes start (in the main thread only; elsewhere a no-op)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 class Executor:
     """Runs ``task(block, fn)`` over the tiles of ``data`` and yields ``(tile, result)`` as they finish."""
 
@@ -62,9 +78,13 @@ class Executor:
         from distributed import Client, LocalCluster  # lazy: heavy import
 
         if s == "processes":
-            self._cluster = LocalCluster(
-                n_workers=self.n_parallel, threads_per_worker=1, processes=True, dashboard_address=":0"
-            )
+            # The workers ignore Ctrl-C (they inherit SIG_IGN): a terminal's SIGINT reaches the
+            # whole process group, and only this process should act on it (the tiles in flight
+            # finish and are checkpointed); the workers stop when the cluster is closed.
+            with _sigint_ignored():
+                self._cluster = LocalCluster(
+                    n_workers=self.n_parallel, threads_per_worker=1, processes=True, dashboard_address=":0"
+                )
             self._client = Client(self._cluster, set_as_default=False)
             self._owns_client = True
         elif s == "dask":
