@@ -17,10 +17,10 @@ KW = dict(edge_px=2.0, background=0.02)
 ORIGIN = (64.0, 64.0)
 
 
-def _deformations(n: int, seed: int) -> np.ndarray:
+def _deformations(n: int, seed: int, amplitude: float = 0.01) -> np.ndarray:
     rng = np.random.default_rng(seed)
-    eps = rng.uniform(-0.01, 0.01, (n, 3))
-    th = rng.uniform(-0.005, 0.005, n)
+    eps = rng.uniform(-amplitude, amplitude, (n, 3))
+    th = rng.uniform(-amplitude / 2, amplitude / 2, n)
     F = np.empty((n, 2, 2))
     for i in range(n):
         R = np.array([[np.cos(th[i]), -np.sin(th[i])], [np.sin(th[i]), np.cos(th[i])]])
@@ -35,12 +35,13 @@ def template():
 
 def test_exact_on_patterns_of_its_own_model(template):
     F = _deformations(3, 5)
-    p = np.zeros((3, 8))
+    p = np.zeros((3, 11))
     p[:, :4] = np.swapaxes(F, 1, 2).reshape(3, 4)  # M = F^T
     p[:, 4:6] = [[0.3, -0.2], [0.0, 0.7], [-1.1, 0.4]]
-    p[:, 6], p[:, 7] = 900.0, 0.05
+    p[:, 6], p[:, 7] = 900.0, 850.0
     qx, qy = np.indices(template.shape, dtype=np.float64)
-    lam, _, _ = _model(template, p, qx.reshape(1, -1) - ORIGIN[0], qy.reshape(1, -1) - ORIGIN[1])
+    lam, _, _ = _model(template, p, qx.reshape(1, -1) - ORIGIN[0], qy.reshape(1, -1) - ORIGIN[1],
+                       template.background.reshape(1, -1))
     out = fit_template_batch(lam.reshape(3, *template.shape), template)
     assert out["ok"].all()
     np.testing.assert_allclose(out["M"], np.swapaxes(F, 1, 2), atol=5e-5)  # 0.005 %: stops within 0.1 SE
@@ -49,10 +50,12 @@ def test_exact_on_patterns_of_its_own_model(template):
 
 @pytest.mark.slow
 def test_noisy_patterns_near_the_bound_and_unbiased(template):
-    """200 kinematic patterns with known affines (|eps| <= 1 %, |theta| <= 0.29 deg) at 1e3 e-:
-    measured RMS 1.15-1.41x the per-pattern CRB (which holds the shift known), slope 0.93-0.99."""
+    """200 kinematic patterns with known affines (|eps| <= 2 %, |theta| <= 0.57 deg) at 1e3 e-.
+    Measured on three noise seeds: RMS 1.09-1.34x the per-pattern CRB; per-component slopes
+    0.92-1.06 (200 patterns: about +-0.03 each), pooled over the components 0.97-1.0; the Fisher
+    standard errors cover the error 64-71 % of the time (1 sigma: 68 %)."""
     n, dose = 200, 1e3
-    F = _deformations(n, 0)
+    F = _deformations(n, 0, amplitude=0.02)
     pats, _ = kinematic_patterns(F, dose=dose, seed=1, **KW)
     out = fit_template_batch(pats, template)
     assert out["ok"].mean() >= 0.97
@@ -60,15 +63,17 @@ def test_noisy_patterns_near_the_bound_and_unbiased(template):
     true = strain_from_deformation(F)
     crb = strain_crb(lambda f: kinematic_patterns(f, **KW)[0][0], dose_e=dose)
     ok = out["ok"]
+    t_all, g_all = [], []
     for c in ("eps_xx", "eps_yy", "eps_xy", "theta"):
         err = (got[c] - true[c])[ok]
         rms = np.sqrt(np.mean(err**2))
-        assert rms <= 1.5 * crb[c], (c, rms, crb[c])
-        slope = np.polyfit(true[c][ok], got[c][ok], 1)[0]
-        assert 0.9 <= slope <= 1.05, (c, slope)
-        # the Fisher standard errors cover the true error at about the 1-sigma rate (68 %)
+        assert rms <= 1.4 * crb[c], (c, rms, crb[c])
         cover = np.mean(np.abs(err) < got["se_" + c][ok])
-        assert 0.5 <= cover <= 0.8, (c, cover)
+        assert 0.55 <= cover <= 0.8, (c, cover)
+        t_all.append(true[c][ok] / crb[c])  # in units of the bound, so the components pool
+        g_all.append(got[c][ok] / crb[c])
+    slope = np.polyfit(np.concatenate(t_all), np.concatenate(g_all), 1)[0]
+    assert 0.96 <= slope <= 1.03, slope
 
 
 def test_scan_through_the_engine_recovers_a_multilayer(tmp_path):
@@ -81,6 +86,7 @@ def test_scan_through_the_engine_recovers_a_multilayer(tmp_path):
     assert np.sqrt(np.mean((sm.eps_xx - expected) ** 2)) < 1e-3  # 0.1 % at 2e4 e-
     assert np.median(sm.eps_xx[2:4]) == pytest.approx(-0.0198, abs=1e-3)
     assert np.all(res.standard_error["eps_xx"] < 1e-3) and np.all(res.standard_error["eps_xx"] > 0)
+    assert "aligned" in sm.provenance.parameters["template"]
     assert sm.provenance.method == "strain_map_template"
     assert not (tmp_path / "ck").exists()  # complete: no checkpoint left
 
