@@ -99,9 +99,9 @@ def make_template(image: Any, origin_px: Any, *, reach_px: float = 4.0) -> Templ
     bg = radial_background(t, o)
     coef = ndimage.spline_filter(np.pad(t - bg, _PAD, mode="edge"), order=3, mode="mirror")
     reach = positive_float("reach_px", reach_px)
-    # Fisher information of a pixel on a displacement: |grad T|^2 / T, weighted by the distance
-    # from the origin (strain moves far pixels more); keep the pixels holding 99.5 % of it
-    gx, gy = np.gradient(t)
+    # Fisher information of a pixel on a displacement of the disks: |grad D|^2 / T, weighted by
+    # the distance from the origin (strain moves far pixels more); keep the pixels holding 99.5 %
+    gx, gy = np.gradient(ndimage.gaussian_filter(t - bg, 0.5))
     qx, qy = np.indices(t.shape, dtype=np.float64)
     r2 = (qx - o[0]) ** 2 + (qy - o[1]) ** 2
     info = (gx**2 + gy**2) * (1.0 + r2 / max(r2.max(), 1.0)) / (t + 1e-3 * t.max())
