@@ -107,6 +107,8 @@ class FCUNetDetector:
     seed : seed of the dropout masks (the same data give the same peaks).
     device : ``"auto"``, ``"cpu"`` or ``"cuda[:N]"`` (see :func:`distill4d.ml._common.device.torch_device`).
     batch_size : patterns per network call.
+    loaded : ``(model, card)`` from :func:`load_fcunet` on ``device``, to share one loaded network
+        (``weights`` is then only its name).
     """
 
     def __init__(
@@ -123,11 +125,15 @@ class FCUNetDetector:
         seed: int = 0,
         device: str = "auto",
         batch_size: int = 32,
+        loaded: tuple[Any, dict[str, Any]] | None = None,
     ) -> None:
         from .model import FCUNetViews
 
         self.device = torch_device(device)
-        self.model, self.card = load_fcunet(weights, device=self.device)
+        if loaded is None:
+            self.model, self.card = load_fcunet(weights, device=self.device)
+        else:  # one network shared by several detectors (the inference server)
+            self.model, self.card = loaded
         self.views = views
         if views != "none":
             self.model = FCUNetViews(self.model, views)  # raises for an unknown name
