@@ -33,6 +33,8 @@ __all__ = [
     "InferRequest",
     "ProtocolError",
     "decode_request",
+    "decode_response",
+    "encode_request",
     "encode_response",
     "datatype_of",
 ]
@@ -222,3 +224,48 @@ def encode_response(model: str, outputs: dict[str, np.ndarray], parameters: dict
         return head, {"content-type": "application/json"}
     return head + b"".join(blobs), {"content-type": "application/octet-stream",
                                      "inference-header-content-length": str(len(head))}
+
+
+def encode_request(inputs: dict[str, np.ndarray], parameters: dict[str, Any] | None = None, *,
+                   binary: bool = True, binary_outputs: bool = True) -> tuple[bytes, dict[str, str]]:
+    """A client's request body and headers for ``inputs`` (binary extension by default, else JSON)."""
+    specs, blobs = [], []
+    for name, arr in inputs.items():
+        a = np.ascontiguousarray(arr)
+        dt = datatype_of(a.dtype)
+        spec: dict[str, Any] = {"name": name, "shape": list(a.shape), "datatype": dt}
+        if binary:
+            raw = a.astype(DATATYPES[dt], copy=False).tobytes()
+            spec["parameters"] = {"binary_data_size": len(raw)}
+            blobs.append(raw)
+        else:
+            spec["data"] = a.ravel().tolist()
+        specs.append(spec)
+    doc: dict[str, Any] = {"inputs": specs, "parameters": {**(parameters or {})}}
+    if binary_outputs:
+        doc["parameters"]["binary_data_output"] = True
+    head = json.dumps(doc).encode()
+    if not binary:
+        return head, {"content-type": "application/json"}
+    return head + b"".join(blobs), {"content-type": "application/octet-stream",
+                                     "inference-header-content-length": str(len(head))}
+
+
+def decode_response(body: bytes, headers: Any) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """The output arrays and response parameters of a V2 response (JSON or binary extension)."""
+    n = headers.get("inference-header-content-length")
+    head = json.loads(body[: int(n)] if n is not None else body)
+    if "error" in head and "outputs" not in head:
+        raise Distill4dError(head["error"])
+    offset = int(n) if n is not None else 0
+    out = {}
+    for spec in head["outputs"]:
+        dtype = DATATYPES[spec["datatype"]]
+        size = (spec.get("parameters") or {}).get("binary_data_size")
+        if size is not None:
+            out[spec["name"]] = np.frombuffer(body[offset:offset + size], dtype=dtype).reshape(spec["shape"]).copy()
+            offset += size
+        else:
+            data = [np.nan if v is None else v for v in spec["data"]] if dtype.kind == "f" else spec["data"]
+            out[spec["name"]] = np.asarray(data, dtype=dtype).reshape(spec["shape"])
+    return out, head.get("parameters") or {}
