@@ -227,8 +227,9 @@ def encode_response(model: str, outputs: dict[str, np.ndarray], parameters: dict
 
 
 def encode_request(inputs: dict[str, np.ndarray], parameters: dict[str, Any] | None = None, *,
-                   binary: bool = True, binary_outputs: bool = True) -> tuple[bytes, dict[str, str]]:
-    """A client's request body and headers for ``inputs`` (binary extension by default, else JSON)."""
+                   binary: bool = True, binary_outputs: bool | None = None) -> tuple[bytes, dict[str, str]]:
+    """A client's request body and headers for ``inputs`` (binary extension by default, else JSON);
+    ``binary_outputs`` (default: as ``binary``) asks for the outputs in the binary extension."""
     specs, blobs = [], []
     for name, arr in inputs.items():
         a = np.ascontiguousarray(arr)
@@ -242,7 +243,7 @@ def encode_request(inputs: dict[str, np.ndarray], parameters: dict[str, Any] | N
             spec["data"] = a.ravel().tolist()
         specs.append(spec)
     doc: dict[str, Any] = {"inputs": specs, "parameters": {**(parameters or {})}}
-    if binary_outputs:
+    if binary if binary_outputs is None else binary_outputs:
         doc["parameters"]["binary_data_output"] = True
     head = json.dumps(doc).encode()
     if not binary:
