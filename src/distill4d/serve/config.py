@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -106,3 +107,8 @@ def setup_json_logging(level: str = "info") -> None:
         log.handlers[:] = [handler]
         log.setLevel(level.upper())
         log.propagate = False
+
+    def show(message: Warning | str, category: type, filename: str, lineno: int, file=None, line=None) -> None:
+        logging.getLogger("distill4d.serve").warning(str(message), extra={"category": category.__name__})
+
+    warnings.showwarning = show

@@ -384,7 +384,8 @@ class PhaseModel(ServedModel):
         self.card = {"default": self.DEFAULT, "models": {k: dict(v[1]) for k, v in self._nets.items()}}
 
     def example_inputs(self) -> dict[str, np.ndarray]:
-        return {"patterns": _example_patterns(25, 32).reshape(5, 5, 32, 32)}
+        p = _example_patterns(25, 32) * np.random.default_rng(0).uniform(0.5, 1.5, (25, 1, 1)).astype(np.float32)
+        return {"patterns": p.reshape(5, 5, 32, 32)}
 
     def prepare(self, request: InferRequest) -> Prepared:
         _unexpected(request.inputs, {"patterns"})
