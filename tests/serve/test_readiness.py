@@ -51,8 +51,9 @@ def test_ready_only_after_loading_then_fcunet_and_phase_answer(start_server, sca
         np.testing.assert_allclose(out["qx"][j, :c], ref[0, j][:, 0], atol=1e-4)  # float32 network: round-off of another process's thread count
         np.testing.assert_allclose(out["qy"][j, :c], ref[0, j][:, 1], atol=1e-4)  # float32 network: round-off of another process's thread count
 
-    # phase: a block of patterns gives an image of the block's shape
-    body, h = encode_request({"patterns": scan_files["data"]})
+    # phase: a block of patterns gives an image of the block's shape (identical patterns are refused: 422)
+    block = scan_files["data"] * np.random.default_rng(1).uniform(0.8, 1.2, (4, 4, 1, 1)).astype(np.float32)
+    body, h = encode_request({"patterns": block})
     r = httpx.post(server.url + "/v2/models/phase/infer", content=body, headers={**h, **server.headers}, timeout=60)
     assert r.status_code == 200, r.text
     out, params = decode_response(r.content, r.headers)
