@@ -80,3 +80,77 @@ class Server:
                 self.kill()
         self.fh.close()
 
+
+
+class Balancer:
+    """A small round-robin TCP load balancer on loopback (asyncio, in a thread of its own).
+
+    Each client connection is piped to the next backend; a backend that refuses the connection
+    is skipped (passive health check), so a killed server stops receiving new connections.
+    """
+
+    def __init__(self, backends: list[int]) -> None:
+        import asyncio
+        import threading
+
+        self.backends = backends
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.connections = [0] * len(backends)
+        self._next = 0
+        self._loop = asyncio.new_event_loop()
+        started = threading.Event()
+
+        async def serve() -> None:
+            self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
+            started.set()
+
+        self._thread = threading.Thread(target=lambda: (self._loop.run_until_complete(serve()),
+                                                        self._loop.run_forever()), daemon=True)
+        self._thread.start()
+        started.wait(10)
+
+    async def _handle(self, reader, writer) -> None:
+        import asyncio
+
+        for _ in range(len(self.backends)):
+            i = self._next % len(self.backends)
+            self._next += 1
+            try:
+                up_r, up_w = await asyncio.open_connection("127.0.0.1", self.backends[i])
+            except OSError:
+                continue
+            self.connections[i] += 1
+            break
+        else:
+            writer.close()
+            return
+
+        async def pipe(src, dst) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                try:
+                    dst.close()
+                except Exception:  # noqa: BLE001
+                    pass
+
+        await asyncio.gather(pipe(reader, up_w), pipe(up_r, writer))
+
+    def close(self) -> None:
+        import asyncio
+
+        async def shutdown() -> None:
+            self._server.close()
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
