@@ -52,3 +52,12 @@ def test_batches_respect_the_size_limit_and_keys():
     m = Recorder()
     _run(m, [("a", 10)], max_batch_size=4, max_wait_ms=1)
     assert m.batches == [[10]]
+
+
+def test_a_lone_request_does_not_wait():
+    import time
+
+    m = Recorder()
+    t0 = time.perf_counter()
+    _run(m, [("a", 1)], max_batch_size=64, max_wait_ms=500)
+    assert time.perf_counter() - t0 < 0.4 and m.batches == [[1]]

@@ -4,7 +4,9 @@ Requests whose prepared items share a key (same pattern shape and dtype, probe a
 parameters) wait in one asyncio queue. A collector takes the first item, waits until a batch
 worker is free, then gathers more items until ``max_batch_size`` patterns or ``max_wait_ms``
 after the first, and runs the batch in a worker thread; results are handed back per request.
-``max_batch_size=1`` turns batching off (every request runs alone, in arrival order).
+A request with no other request of the model outstanding (queued or running) does not wait:
+a lone client (concurrency 1) pays no batching delay. ``max_batch_size=1`` turns batching off
+(every request runs alone, in arrival order).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ class Batcher:
         self._queues: dict[Any, asyncio.Queue] = {}
         self._collectors: dict[Any, asyncio.Task] = {}
         self._running: set[asyncio.Task] = set()
+        self._outstanding = 0
 
     async def submit(self, item: Prepared) -> tuple[dict, dict]:
         """Queue a prepared request; its outputs and response parameters once its batch ran."""
@@ -43,6 +46,7 @@ class Batcher:
             q = self._queues[key] = asyncio.Queue()
             self._collectors[key] = asyncio.create_task(self._collect(q))
         self.metrics.queue_depth(self.model.name, +1)
+        self._outstanding += 1
         await q.put((item, fut))
         try:
             return await asyncio.shield(fut)
@@ -50,6 +54,7 @@ class Batcher:
             fut.cancel()
             raise
         finally:
+            self._outstanding -= 1
             self.metrics.queue_depth(self.model.name, -1)
 
     async def _collect(self, q: asyncio.Queue) -> None:
@@ -64,7 +69,7 @@ class Batcher:
             while size < self.max_batch_size:
                 if q.empty():
                     left = deadline - loop.time()
-                    if left <= 0:
+                    if left <= 0 or self._outstanding <= len(batch):  # expired, or nobody else to wait for
                         break
                     try:
                         nxt = await asyncio.wait_for(q.get(), left)

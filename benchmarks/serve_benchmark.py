@@ -1,0 +1,186 @@
+"""Inference server load benchmark: one-pattern ``disks`` requests over loopback.
+
+A real ``distill4d serve --models disks`` runs in a subprocess; an asyncio + httpx client sends
+one 256 x 256 pattern per request (binary tensor extension, a fixed probe and the detection
+parameters fixed from the patterns once, as a streaming client would) at concurrency 1, 8 and
+64, with dynamic batching on (max batch 64, max wait 5 ms) and off (max batch 1). Each point
+runs for ``--seconds``. The reference is ``distill4d.bragg.detect_batch`` called directly in
+Python on the same patterns: one pattern at a time (latency) and batches of 64 (patterns/s).
+The client and the server share the machine's cores. Writes the ``serve`` section of
+benchmarks/RESULTS.md.
+
+    python benchmarks/serve_benchmark.py [--seconds 5] [--no-results]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _results import machine_info, machine_line, write_section  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+N_PATTERNS = 16
+SIZE = 256
+
+
+def _patterns():
+    from distill4d.bragg import detection_setup, kernel_ft
+    from distill4d.simulate.kinematic import strained_scan, vacuum_probe
+
+    dc, _ = strained_scan((4, 4), (SIZE, SIZE), kind="multilayer", strain=0.01, layer_width=1, dose=1e5, seed=0)
+    data = np.asarray(dc.data, dtype=np.float32).reshape(-1, SIZE, SIZE)[:N_PATTERNS]
+    probe = vacuum_probe((SIZE, SIZE), calibration=dc.calibration).astype(np.float32)
+    pr, params = detection_setup(data, probe)
+    return data, probe, pr, kernel_ft(pr), params
+
+
+def _direct(data, kft, params, repeats: int = 30):
+    from distill4d.bragg import detect_batch
+
+    detect_batch(data[:1], kft, params)
+    one = []
+    for i in range(repeats):
+        t0 = time.perf_counter()
+        detect_batch(data[i % len(data)][None], kft, params)
+        one.append(time.perf_counter() - t0)
+    batch = np.concatenate([data] * (64 // len(data)))
+    times = []
+    for _ in range(4):
+        t0 = time.perf_counter()
+        detect_batch(batch, kft, params)
+        times.append(time.perf_counter() - t0)
+    return float(np.median(one)), float(np.percentile(one, 99)), len(batch) / float(np.median(times))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start(batch: int) -> tuple[subprocess.Popen, str]:
+    import httpx
+
+    port = _free_port()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
+    env.pop("DISTILL4D_TOKEN", None)
+    proc = subprocess.Popen([sys.executable, "-m", "distill4d.cli", "serve", "--models", "disks", "--port", str(port),
+                             "--max-batch-size", str(batch), "--max-wait-ms", "5", "--log-level", "warning"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 60:
+        try:
+            if httpx.get(url + "/v2/health/ready", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.TransportError:
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError("the server did not become ready")
+
+
+async def _load(url: str, bodies: list, concurrency: int, seconds: float) -> dict:
+    import httpx
+
+    lat, errors = [], 0
+    stop = time.perf_counter() + seconds
+    async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=concurrency,
+                                                                 max_keepalive_connections=concurrency)) as client:
+        async def worker(k: int) -> None:
+            nonlocal errors
+            i = k
+            while time.perf_counter() < stop:
+                body, h = bodies[i % len(bodies)]
+                i += concurrency
+                t0 = time.perf_counter()
+                try:
+                    r = await client.post(url + "/v2/models/disks/infer", content=body, headers=h)
+                    ok = r.status_code == 200
+                except httpx.TransportError:
+                    ok = False
+                if ok:
+                    lat.append(time.perf_counter() - t0)
+                else:
+                    errors += 1
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker(k) for k in range(concurrency)))
+        wall = time.perf_counter() - t0
+    lat_ms = 1000 * np.array(lat)
+    return {"n": len(lat), "errors": errors, "p50": float(np.percentile(lat_ms, 50)),
+            "p99": float(np.percentile(lat_ms, 99)), "rate": len(lat) / wall}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=float, default=5.0, help="load per point (default 5 s)")
+    ap.add_argument("--no-results", action="store_true", help="print only; do not write RESULTS.md")
+    a = ap.parse_args()
+
+    from distill4d.serve.protocol import encode_request
+
+    data, probe, pr, kft, params = _patterns()
+    one_p50, one_p99, direct_rate = _direct(data, kft, params)
+    print(f"direct: one pattern median {1000 * one_p50:.1f} ms (p99 {1000 * one_p99:.1f}); "
+          f"batches of 64: {direct_rate:.1f} patterns/s")
+    fixed = {"radius_px": params.radius_px, "min_spacing_px": params.min_spacing_px,
+             "min_relative_intensity": params.min_relative_intensity, "max_peaks": params.max_peaks}
+    bodies = [encode_request({"patterns": data[i:i + 1], "probe": probe}, fixed) for i in range(len(data))]
+    rows = []
+    for batching, batch in (("on", 64), ("off", 1)):
+        proc, url = _start(batch)
+        try:
+            asyncio.run(_load(url, bodies, 4, 1.0))  # warm the connections and caches
+            for conc in (1, 8, 64):
+                r = asyncio.run(_load(url, bodies, conc, a.seconds))
+                rows.append((batching, conc, r))
+                print(f"batching {batching}, concurrency {conc}: p50 {r['p50']:.1f} ms, p99 {r['p99']:.1f} ms, "
+                      f"{r['rate']:.1f} patterns/s, {r['errors']} errors ({r['n']} requests)")
+        finally:
+            proc.terminate()
+            proc.wait(20)
+
+    info = machine_info()
+    c1 = next(r for b, c, r in rows if b == "on" and c == 1)
+    goal_lat = 1000 * one_p50 + 10
+    L = ["## Inference server (`distill4d serve`, disks)", "",
+         machine_line(info),
+         f"- Run: {info['date']}; `python benchmarks/serve_benchmark.py --seconds {a.seconds:g}`; "
+         f"{a.seconds:g} s per point, loopback, the asyncio + httpx client on the same "
+         f"{info['cores']} cores as the server (the server's batch runs in one thread).",
+         f"- Requests: one {SIZE}x{SIZE} float32 pattern each (kinematic, 1e5 e-), binary tensor extension, "
+         "a fixed probe and fixed detection parameters; batching on: max batch 64, max wait 5 ms; off: max "
+         "batch 1.",
+         f"- Direct in Python (`detect_batch`, one thread): one pattern {1000 * one_p50:.1f} ms (median; p99 "
+         f"{1000 * one_p99:.1f} ms); batches of 64: **{direct_rate:.1f} patterns/s**.", "",
+         "| batching | concurrency | p50 (ms) | p99 (ms) | patterns/s | % of direct batched | errors |",
+         "|---|---|---|---|---|---|---|"]
+    for b, c, r in rows:
+        L.append(f"| {b} | {c} | {r['p50']:.1f} | {r['p99']:.1f} | {r['rate']:.1f} | "
+                 f"{100 * r['rate'] / direct_rate:.0f} % | {r['errors']} |")
+    errors = sum(r["errors"] for _, _, r in rows)
+    thr = [100 * r["rate"] / direct_rate for b, c, r in rows if b == "on" and c in (8, 64)]
+    L += ["", "Goals: "
+          f"0 errors: **{'met' if errors == 0 else 'not met'}** ({errors}); "
+          f"p99 at concurrency 1 ≤ one pattern in Python + 10 ms ({goal_lat:.1f} ms): "
+          f"**{'met' if c1['p99'] <= goal_lat else 'not met'}** ({c1['p99']:.1f} ms); "
+          f"batched throughput at concurrency 8 and 64 ≥ 80 % of direct batched: "
+          f"**{'met' if min(thr) >= 80 else 'not met'}** ({thr[0]:.0f} %, {thr[1]:.0f} %)."]
+    text = "\n".join(L)
+    print(text)
+    if not a.no_results:
+        write_section("serve", text)
+
+
+if __name__ == "__main__":
+    main()
