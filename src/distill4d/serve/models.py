@@ -297,7 +297,7 @@ class FCUNetModel(ServedModel):
         self._loaded: Any = None
 
     def load(self) -> None:
-        from ..ml._common.device import torch_device
+        from ..ml import torch_device
         from ..ml.fcunet import DEFAULT_WEIGHTS
         from ..ml.fcunet.detect import load_fcunet
 
@@ -372,7 +372,7 @@ class PhaseModel(ServedModel):
         self._nets: dict[str, Any] = {}
 
     def load(self) -> None:
-        from ..ml._common.device import torch_device
+        from ..ml import torch_device
         from ..ml.phase import SHIPPED_MODELS, load_phase_model, shipped_model_path
 
         dev = torch_device(self.device)
