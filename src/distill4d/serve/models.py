@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -223,13 +224,14 @@ class DisksModel(ServedModel):
         "kind": "probe kernel: disk (default) or edge",
         "DetectionParameters fields": "radius_px, min_spacing_px, min_relative_intensity, max_peaks, ...: as in "
                                       "distill4d.bragg.find_bragg_disks; those not given are chosen from the "
-                                      "request's patterns. Give min_spacing_px, min_relative_intensity and "
-                                      "max_peaks (the response's 'detection') to skip that step.",
+                                      "request's patterns. Send back the response's 'detection' (every field) "
+                                      "to detect later patterns alike and skip that step.",
     }
 
     def __init__(self, device: str = "auto") -> None:
         super().__init__(device)
         self._probes = _LRU(32)
+        self._setups = _LRU(64)
         self.device = "cpu"  # NumPy
         self.card = {"model": "disks", "method": "correlation with the probe template (distill4d.bragg)",
                      "weights": None, "equivalent_command": "distill4d disks FILE --probe PROBE"}
@@ -245,6 +247,13 @@ class DisksModel(ServedModel):
             overrides["sites_px"] = tuple(tuple(p) for p in overrides["sites_px"])
         patterns = _patterns(request.inputs)
         probe = _probe(request.inputs, patterns.shape[1:])
+        fixed = probe is not None and {"min_spacing_px", "min_relative_intensity", "max_peaks"} <= set(overrides)
+        if fixed:  # nothing is chosen from the data: the setup of these parameters is kept
+            setup_key = (_digest(probe), kind, json.dumps(overrides, sort_keys=True), patterns.shape[1:])
+            with self._setups.lock:
+                cached = self._setups.get(setup_key)
+            if cached is not None:
+                return self._prepared(patterns, *cached)
         try:
             if probe is not None:  # the template of a probe is kept: the usual client sends the same one
                 def make() -> Any:
@@ -258,8 +267,14 @@ class DisksModel(ServedModel):
                 kft = kernel_ft(pr)
         except TypeError as err:
             raise ProtocolError(str(err)) from None
-        key = (patterns.dtype.str, patterns.shape[1:], id(kft), params)
         info = {"detection": dataclasses.asdict(params), "probe_kind": pr.kind, "probe_radius_px": pr.radius_px}
+        if fixed:
+            self._setups.get_or(setup_key, lambda: (kft, params, info))
+        return self._prepared(patterns, kft, params, info)
+
+    @staticmethod
+    def _prepared(patterns: np.ndarray, kft: np.ndarray, params: Any, info: dict[str, Any]) -> Prepared:
+        key = (patterns.dtype.str, patterns.shape[1:], id(kft), params)
         return Prepared(key, patterns.shape[0], {"patterns": patterns, "kernel_ft": kft, "params": params,
                                                  "info": info})
 
