@@ -121,6 +121,38 @@ async def _load(url: str, bodies: list, concurrency: int, seconds: float) -> dic
             "p99": float(np.percentile(lat_ms, 99)), "rate": len(lat) / wall}
 
 
+def _interleaved(url: str, bodies: list, data, kft, params, seconds: float) -> tuple[dict, dict]:
+    """Concurrency 1: one direct ``detect_batch`` call, then one request, in turn, for ``seconds``
+    (so that both see the same load of the shared machine)."""
+    import httpx
+
+    from distill4d.bragg import detect_batch
+
+    lat, direct, errors, i = [], [], 0, 0
+    stop = time.perf_counter() + seconds
+    with httpx.Client(timeout=60) as client:
+        t_req = 0.0
+        while time.perf_counter() < stop:
+            t0 = time.perf_counter()
+            detect_batch(data[i % len(data)][None], kft, params)
+            t1 = time.perf_counter()
+            body, h = bodies[i % len(bodies)]
+            r = client.post(url + "/v2/models/disks/infer", content=body, headers=h)
+            t2 = time.perf_counter()
+            direct.append(t1 - t0)
+            t_req += t2 - t1
+            if r.status_code == 200:
+                lat.append(t2 - t1)
+            else:
+                errors += 1
+            i += 1
+    lat_ms, d_ms = 1000 * np.array(lat), 1000 * np.array(direct)
+    return ({"n": len(lat), "errors": errors, "p50": float(np.percentile(lat_ms, 50)),
+             "p99": float(np.percentile(lat_ms, 99)), "rate": len(lat) / t_req},
+            {"rate": len(d_ms) / (d_ms.sum() / 1000), "p50": float(np.median(d_ms)),
+             "p99": float(np.percentile(d_ms, 99))})
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=5.0, help="load per point (default 5 s)")
@@ -143,8 +175,11 @@ def main() -> None:
         try:
             asyncio.run(_load(url, bodies, 4, 1.0))  # warm the connections and caches
             for conc in concs:
-                d = _direct(data, kft, params, min(conc, batch), a.seconds)
-                r = asyncio.run(_load(url, bodies, conc, a.seconds))
+                if conc == 1:
+                    r, d = _interleaved(url, bodies, data, kft, params, 2 * a.seconds)
+                else:
+                    d = _direct(data, kft, params, min(conc, batch), a.seconds)
+                    r = asyncio.run(_load(url, bodies, conc, a.seconds))
                 rows.append((batching, batch, wait, conc, r, d))
                 print(f"batching {batching} (max batch {batch}, wait {wait:g} ms), concurrency {conc}: "
                       f"p50 {r['p50']:.1f} ms, p99 {r['p99']:.1f} ms, {r['rate']:.1f} patterns/s, "
@@ -163,8 +198,8 @@ def main() -> None:
          f"{a.seconds:g} s per point, loopback, the asyncio + httpx client on the same "
          f"{info['cores']} cores as the server (the server's batch runs in one thread). The cores were "
          f"shared with other work (load average {os.getloadavg()[0]:.1f} at the end): each point is paired "
-         f"with a direct run of {a.seconds:g} s just before it, and the numbers move by tens of percent "
-         "from run to run.",
+         f"with a direct run of {a.seconds:g} s just before it (at concurrency 1, direct calls and requests "
+         f"alternate for {2 * a.seconds:g} s), and the numbers move by tens of percent from run to run.",
          f"- Requests: one {SIZE}x{SIZE} float32 pattern each (kinematic, 1e5 e-), binary tensor extension, "
          "a fixed probe and fixed detection parameters.",
          "- Direct: `distill4d.bragg.detect_batch` in one thread of the benchmark's process, on batches of "

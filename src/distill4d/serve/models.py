@@ -177,6 +177,11 @@ class ServedModel:
         """Check a request and prepare it for a batch (ProtocolError: 422 with the reason)."""
         raise NotImplementedError
 
+    def prepare_cached(self, request: InferRequest) -> Prepared | None:
+        """:meth:`prepare` when it is cheap (its setup is cached), else None: then the server runs
+        :meth:`prepare` in a worker thread."""
+        return None
+
     def run_batch(self, items: list[Prepared]) -> list[tuple[dict[str, np.ndarray], dict[str, Any]]]:
         """Run items of one key as one batch; per item its outputs and response parameters."""
         raise NotImplementedError
@@ -236,24 +241,36 @@ class DisksModel(ServedModel):
         self.card = {"model": "disks", "method": "correlation with the probe template (distill4d.bragg)",
                      "weights": None, "equivalent_command": "distill4d disks FILE --probe PROBE"}
 
-    def prepare(self, request: InferRequest) -> Prepared:
-        from ..bragg import DetectionParameters, detection_setup, kernel_ft, probe_template
+    def _checked(self, request: InferRequest) -> tuple:
+        from ..bragg import DetectionParameters
 
         _unexpected(request.inputs, {"patterns", "probe"})
         fields = {f.name for f in dataclasses.fields(DetectionParameters)}
         overrides = _parameter_overrides(request.parameters, fields | {"kind"})
         kind = overrides.pop("kind", "disk")
-        if "sites_px" in overrides:
-            overrides["sites_px"] = tuple(tuple(p) for p in overrides["sites_px"])
         patterns = _patterns(request.inputs)
         probe = _probe(request.inputs, patterns.shape[1:])
         fixed = probe is not None and {"min_spacing_px", "min_relative_intensity", "max_peaks"} <= set(overrides)
-        if fixed:  # nothing is chosen from the data: the setup of these parameters is kept
-            setup_key = (_digest(probe), kind, json.dumps(overrides, sort_keys=True), patterns.shape[1:])
+        # nothing is chosen from the data when the probe and parameters are given: their setup is kept
+        setup_key = (_digest(probe), kind, json.dumps(overrides, sort_keys=True), patterns.shape[1:]) if fixed else None
+        return overrides, kind, patterns, probe, setup_key
+
+    def prepare_cached(self, request: InferRequest) -> Prepared | None:
+        overrides, kind, patterns, probe, setup_key = self._checked(request)
+        if setup_key is not None:
             with self._setups.lock:
                 cached = self._setups.get(setup_key)
             if cached is not None:
                 return self._prepared(patterns, *cached)
+        return None
+
+    def prepare(self, request: InferRequest) -> Prepared:
+        from ..bragg import detection_setup, kernel_ft, probe_template
+
+        overrides, kind, patterns, probe, setup_key = self._checked(request)
+        fixed = setup_key is not None
+        if "sites_px" in overrides:
+            overrides["sites_px"] = tuple(tuple(p) for p in overrides["sites_px"])
         try:
             if probe is not None:  # the template of a probe is kept: the usual client sends the same one
                 def make() -> Any:
