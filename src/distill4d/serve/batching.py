@@ -12,6 +12,8 @@ a lone client (concurrency 1) pays no batching delay. ``max_batch_size=1`` turns
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -19,6 +21,8 @@ from .metrics import Metrics
 from .models import Prepared, ServedModel
 
 __all__ = ["Batcher"]
+
+_LOG = logging.getLogger("distill4d.serve")
 
 
 class Batcher:
@@ -92,6 +96,7 @@ class Batcher:
             if not live:
                 return
             self.metrics.batch_size(self.model.name, size)
+            t0 = time.perf_counter()
             try:
                 results = await asyncio.get_running_loop().run_in_executor(
                     self._pool, self.model.run_batch, [it for it, _ in live])
@@ -100,6 +105,8 @@ class Batcher:
                     if not f.done():
                         f.set_exception(err)
                 return
+            _LOG.debug("batch", extra={"model": self.model.name, "requests": len(live), "patterns": size,
+                                       "ms": round(1000 * (time.perf_counter() - t0), 2)})
             for (_, f), r in zip(live, results):
                 if not f.done():
                     f.set_result(r)
