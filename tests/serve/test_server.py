@@ -194,3 +194,13 @@ def test_json_logs(server):
     requests = [d for d in lines if d["msg"] == "request"]
     assert requests and {"method", "path", "status", "ms"} <= set(requests[-1])
     assert any(d["msg"] == "model ready" and d["model"] == "disks" for d in lines)
+
+
+@pytest.mark.slow
+def test_a_request_longer_than_the_timeout_is_504(start_server, scan_files):
+    s = start_server("--models", "disks", "--timeout-s", "0.01")
+    s.wait_ready()
+    data = np.tile(scan_files["data"].reshape(-1, 64, 64), (4, 1, 1))  # 64 patterns: the automatic setup alone
+    r = _infer(s, "disks", {"patterns": data, "probe": scan_files["probe_array"]})  # takes longer than 10 ms
+    assert r.status_code == 504 and "longer than the server's timeout of 0.01 s" in r.json()["error"]
+    assert httpx.get(s.url + "/v2/health/live").status_code == 200

@@ -32,8 +32,10 @@ __all__ = ["create_app"]
 
 _LOG = logging.getLogger("distill4d.serve")
 _OPEN = ("/v2/health/live", "/v2/health/ready")
-#: Requests up to this size are decoded and, when their setup is cached, prepared on the event loop.
+#: Binary requests up to this size (JSON ones up to the second) are decoded and, when their setup is
+#: cached, prepared on the event loop; larger ones in a worker thread.
 _INLINE_BYTES = 4 * 2**20
+_INLINE_JSON_BYTES = 256 * 2**10
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -239,14 +241,20 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
 
         # a small request whose setup is cached is decoded and prepared here (no thread hand-offs, which
         # cost milliseconds on a busy machine); anything else in a worker thread
+        timeout = f"the inference took longer than the server's timeout of {config.request_timeout_s:g} s"
+        json_body = "inference-header-content-length" not in headers and "npy" not in headers.get("content-type", "") \
+            and "npz" not in headers.get("content-type", "")
         item = None
-        if len(body) <= _INLINE_BYTES:
-            req = decode_request(body, headers.get("content-type"), headers, query, first)
-            item = m.prepare_cached(req)
-            if item is None:
-                req, item = await run_in_threadpool(prepare, req)
-        else:
-            req, item = await run_in_threadpool(prepare)
+        try:
+            if len(body) <= (_INLINE_JSON_BYTES if json_body else _INLINE_BYTES):
+                req = decode_request(body, headers.get("content-type"), headers, query, first)
+                item = m.prepare_cached(req)
+                if item is None:
+                    req, item = await asyncio.wait_for(run_in_threadpool(prepare, req), config.request_timeout_s)
+            else:
+                req, item = await asyncio.wait_for(run_in_threadpool(prepare), config.request_timeout_s)
+        except asyncio.TimeoutError:
+            return _error(504, timeout)
         batcher = state.batchers.get(name)
         if batcher is None:
             batcher = state.batchers[name] = Batcher(
@@ -255,7 +263,7 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
         try:
             outputs, params = await asyncio.wait_for(batcher.submit(item), config.request_timeout_s)
         except asyncio.TimeoutError:
-            return _error(504, f"the inference took longer than the server's timeout of {config.request_timeout_s:g} s")
+            return _error(504, timeout)
         except Distill4dError as err:
             raise ProtocolError(str(err)) from None
         body_out, hdrs = encode_response(name, outputs, params, req.id, req.binary_outputs)

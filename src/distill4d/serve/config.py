@@ -8,7 +8,7 @@ import os
 import sys
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import Distill4dError
@@ -49,7 +49,6 @@ class ServeConfig:
     batch_workers: int = 1
     request_timeout_s: float = 60.0
     job_workers: int = 1
-    extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         from .models import MODEL_NAMES
