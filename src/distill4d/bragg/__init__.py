@@ -1,7 +1,14 @@
 """Bragg disk detection: probe template, correlation and centre-of-mass detection, BraggPeaks, scoring."""
 
 from .com_disks import find_bragg_disks_com, mean_pattern_spots
-from .detect import DetectionParameters, auto_detection_parameters, detect_batch, find_bragg_disks
+from .detect import (
+    DetectionParameters,
+    auto_detection_parameters,
+    detect_batch,
+    detection_setup,
+    find_bragg_disks,
+    kernel_ft,
+)
 from .peaks import BraggPeaks
 from .probe import Probe, measure_disk, probe_template
 from .score import DetectionScore, disk_detection_accuracy
@@ -13,9 +20,11 @@ __all__ = [
     "Probe",
     "auto_detection_parameters",
     "detect_batch",
+    "detection_setup",
     "disk_detection_accuracy",
     "find_bragg_disks",
     "find_bragg_disks_com",
+    "kernel_ft",
     "mean_pattern_spots",
     "measure_disk",
     "probe_template",

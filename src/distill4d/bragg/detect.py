@@ -31,6 +31,8 @@ __all__ = [
     "auto_detection_parameters",
     "find_bragg_disks",
     "detect_batch",
+    "detection_setup",
+    "kernel_ft",
     "peaks_from_images",
     "as_datacube",
 ]
@@ -485,6 +487,28 @@ def find_bragg_disks(
     from ..engine import map_patterns
 
     dc = as_datacube(datacube)
+    probe, params = detection_setup(dc, probe, kind=kind, **overrides)
+    fn = functools.partial(detect_batch, kernel_ft=_kernel_ft(probe), params=params)
+    res = map_patterns(
+        dc, fn, memory_budget=memory_budget, scheduler=scheduler, n_workers=n_workers, progress=progress,
+        checkpoint=checkpoint, job_key=f"bragg:{params}:{probe.kind}:{probe.radius_px}", desc="bragg disks",
+    )
+    return BraggPeaks.from_padded(
+        res["qx"], res["qy"], res["intensity"], res["count"], dc.calibration,
+        params={"method": "correlation", **dataclasses.asdict(params), "probe_kind": probe.kind,
+                "probe_radius_px": probe.radius_px},
+    )
+
+
+def detection_setup(datacube: Any, probe: Any = None, *, kind: str = "disk",
+                    **overrides: Any) -> tuple[Probe, DetectionParameters]:
+    """The probe template and the detection parameters :func:`find_bragg_disks` uses on ``datacube``.
+
+    ``overrides`` are fields of :class:`DetectionParameters`; the others are chosen by
+    :func:`auto_detection_parameters`. :func:`detect_batch` with ``kernel_ft(probe)`` and these
+    parameters gives :func:`find_bragg_disks`' peaks on any batch of the data's patterns.
+    """
+    dc = as_datacube(datacube)
     fields = {f.name for f in dataclasses.fields(DetectionParameters)}
     unknown = set(overrides) - fields
     if unknown:
@@ -501,14 +525,9 @@ def find_bragg_disks(
         base = DetectionParameters(radius_px=r, edge_px=0.5 * r, min_spacing_px=0.0)
     if "radius_px" in overrides and "edge_px" not in overrides:
         overrides["edge_px"] = 0.5 * overrides["radius_px"]
-    params = dataclasses.replace(base, **overrides)
-    fn = functools.partial(detect_batch, kernel_ft=_kernel_ft(probe), params=params)
-    res = map_patterns(
-        dc, fn, memory_budget=memory_budget, scheduler=scheduler, n_workers=n_workers, progress=progress,
-        checkpoint=checkpoint, job_key=f"bragg:{params}:{probe.kind}:{probe.radius_px}", desc="bragg disks",
-    )
-    return BraggPeaks.from_padded(
-        res["qx"], res["qy"], res["intensity"], res["count"], dc.calibration,
-        params={"method": "correlation", **dataclasses.asdict(params), "probe_kind": probe.kind,
-                "probe_radius_px": probe.radius_px},
-    )
+    return probe, dataclasses.replace(base, **overrides)
+
+
+def kernel_ft(probe: Probe) -> np.ndarray:
+    """``conj(rfft2(probe.kernel))``: the ``kernel_ft`` argument of :func:`detect_batch`."""
+    return _kernel_ft(probe)

@@ -18,7 +18,7 @@ import argparse
 from collections.abc import Sequence
 
 from .._version import __version__
-from . import demo, imaging, phase, simulate, strain, train
+from . import demo, imaging, phase, serve, simulate, strain, train
 from ._common import run_command
 
 __all__ = ["build_parser", "main"]
@@ -42,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_train_parser(tsub)
     phase.add_train_parser(tsub)
     demo.add_parser(sub, main)
+    serve.add_parser(sub)
     return parser
 
 

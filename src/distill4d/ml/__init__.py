@@ -12,3 +12,7 @@ of the shipped weights in ``distill4d/ml/configs/``. Each package's ``__init__``
 (constants, and its public names imported on first use), so ``import distill4d.ml.fcunet``
 does not import PyTorch.
 """
+
+from ._common.device import torch_device  # torch-free until called
+
+__all__ = ["torch_device"]

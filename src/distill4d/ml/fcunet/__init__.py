@@ -30,7 +30,7 @@ DEFAULT_MIN_INTENSITY = 0.02
 
 _HOMES = {
     **dict.fromkeys(("FCUNet", "FCUNetConfig", "FCUNetViews", "cross_spectrum"), "model"),
-    **dict.fromkeys(("FCUNetDetector", "find_bragg_disks_fcunet", "load_fcunet", "peaks_from_prediction",
+    **dict.fromkeys(("FCUNetDetector", "fcunet_detector", "find_bragg_disks_fcunet", "load_fcunet", "peaks_from_prediction",
                      "true_peaks"), "detect"),
     **dict.fromkeys(("FCUNetTrainConfig", "train_fcunet", "evaluate_fcunet", "stretch_response",
                      "validation_entries", "position_loss", "augment_batch"), "train"),

@@ -29,6 +29,7 @@ from . import DEFAULT_MIN_INTENSITY, DEFAULT_PASSES, DEFAULT_WEIGHTS
 
 __all__ = [
     "FCUNetDetector",
+    "fcunet_detector",
     "find_bragg_disks_fcunet",
     "load_fcunet",
     "peaks_from_prediction",
@@ -107,6 +108,8 @@ class FCUNetDetector:
     seed : seed of the dropout masks (the same data give the same peaks).
     device : ``"auto"``, ``"cpu"`` or ``"cuda[:N]"`` (see :func:`distill4d.ml._common.device.torch_device`).
     batch_size : patterns per network call.
+    loaded : ``(model, card)`` from :func:`load_fcunet` on ``device``, to share one loaded network
+        (``weights`` is then only its name).
     """
 
     def __init__(
@@ -123,11 +126,15 @@ class FCUNetDetector:
         seed: int = 0,
         device: str = "auto",
         batch_size: int = 32,
+        loaded: tuple[Any, dict[str, Any]] | None = None,
     ) -> None:
         from .model import FCUNetViews
 
         self.device = torch_device(device)
-        self.model, self.card = load_fcunet(weights, device=self.device)
+        if loaded is None:
+            self.model, self.card = load_fcunet(weights, device=self.device)
+        else:  # one network shared by several detectors (the inference server)
+            self.model, self.card = loaded
         self.views = views
         if views != "none":
             self.model = FCUNetViews(self.model, views)  # raises for an unknown name
@@ -139,6 +146,7 @@ class FCUNetDetector:
         q = float(q_pixel_inv_A)
         if not (np.isfinite(q) and q > 0):
             raise Distill4dError(f"q_pixel_inv_A must be a positive pixel size in 1/Å, got {q_pixel_inv_A!r}")
+        self.q_pixel_inv_A = q
         self.scale = self.model_q_pixel / q
         if not 0.1 <= self.scale <= 20:
             raise Distill4dError(
@@ -231,6 +239,43 @@ def _pixel_size(datacube: Any, probe: Any, q_pixel_inv_A: float | None) -> float
     )
 
 
+def fcunet_detector(
+    datacube: Any,
+    probe: Any = None,
+    *,
+    weights: str | os.PathLike | None = None,
+    n_passes: int = DEFAULT_PASSES,
+    views: str = "none",
+    min_intensity: float | None = None,
+    q_pixel_inv_A: float | None = None,
+    origin_px: tuple[float, float] | None = None,
+    seed: int = 0,
+    device: str = "auto",
+    loaded: tuple[Any, dict[str, Any]] | None = None,
+) -> FCUNetDetector:
+    """The :class:`FCUNetDetector` that :func:`find_bragg_disks_fcunet` applies to ``datacube``.
+
+    The probe template is built as for the correlation detector (None: the central disk of the
+    mean pattern); the direct beam is at ``origin_px``, else the calibration's origin, else the
+    probe's centre; the pixel size as in :func:`find_bragg_disks_fcunet`. ``loaded``: a
+    ``(model, card)`` pair from :func:`load_fcunet` to share.
+    """
+    from ...bragg.detect import as_datacube
+    from ...bragg.probe import probe_template
+
+    dc = as_datacube(datacube)
+    pr = probe_template(probe, datacube=dc, kind="disk")
+    dq = _pixel_size(dc, pr, q_pixel_inv_A)
+    cal = dc.calibration
+    origin = origin_px if origin_px is not None else cal.origin_px if cal.origin_px is not None else pr.origin_px
+    image = np.fft.fftshift(pr.kernel)  # centred at (Qx//2, Qy//2)
+    nx, ny = image.shape
+    return FCUNetDetector(
+        image, q_pixel_inv_A=dq, origin_px=origin, probe_origin_px=(nx // 2, ny // 2), weights=weights,
+        n_passes=n_passes, views=views, min_intensity=min_intensity, seed=seed, device=device, loaded=loaded,
+    )
+
+
 def find_bragg_disks_fcunet(
     datacube: Any,
     probe: Any = None,
@@ -267,20 +312,13 @@ def find_bragg_disks_fcunet(
     """
     from ...bragg.detect import as_datacube
     from ...bragg.peaks import BraggPeaks
-    from ...bragg.probe import probe_template
     from ...engine import map_patterns
 
     dc = as_datacube(datacube)
-    pr = probe_template(probe, datacube=dc, kind="disk")
-    dq = _pixel_size(dc, pr, q_pixel_inv_A)
     cal = dc.calibration
-    origin = cal.origin_px if cal.origin_px is not None else pr.origin_px
-    image = np.fft.fftshift(pr.kernel)  # centred at (Qx//2, Qy//2)
-    nx, ny = image.shape
-    detector = FCUNetDetector(
-        image, q_pixel_inv_A=dq, origin_px=origin, probe_origin_px=(nx // 2, ny // 2), weights=weights,
-        n_passes=n_passes, views=views, min_intensity=min_intensity, seed=seed, device=device,
-    )
+    detector = fcunet_detector(dc, probe, weights=weights, n_passes=n_passes, views=views,
+                               min_intensity=min_intensity, q_pixel_inv_A=q_pixel_inv_A, seed=seed, device=device)
+    dq, origin = detector.q_pixel_inv_A, detector.origin
     fn = functools.partial(_detect, detector=detector)
     key = (
         f"fcunet:{weights or 'shipped'}:{detector.card.get('training', {}).get('seconds')}:{n_passes}:"

@@ -1,0 +1,229 @@
+"""Inference server load benchmark: one-pattern ``disks`` requests over loopback.
+
+A real ``distill4d serve --models disks`` runs in a subprocess; an asyncio + httpx client sends
+one 256 x 256 pattern per request (binary tensor extension, a fixed probe and the detection
+parameters fixed from the patterns once, as a streaming client would) at concurrency 1, 8 and
+64, with dynamic batching on (max batch 64, max wait 5 ms; and max batch 16, max wait 20 ms)
+and off (max batch 1). Each point runs for ``--seconds``. The reference is ``distill4d.bragg.detect_batch`` called directly in
+Python on the same patterns, just before each point: on batches of the size the server can form.
+The client and the server share the machine's cores. Writes the ``serve`` section of
+benchmarks/RESULTS.md.
+
+    python benchmarks/serve_benchmark.py [--seconds 5] [--no-results]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _results import machine_info, machine_line, write_section  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+N_PATTERNS = 16
+SIZE = 256
+
+
+def _patterns():
+    from distill4d.bragg import detection_setup, kernel_ft
+    from distill4d.simulate.kinematic import strained_scan, vacuum_probe
+
+    dc, _ = strained_scan((4, 4), (SIZE, SIZE), kind="multilayer", strain=0.01, layer_width=1, dose=1e5, seed=0)
+    data = np.asarray(dc.data, dtype=np.float32).reshape(-1, SIZE, SIZE)[:N_PATTERNS]
+    probe = vacuum_probe((SIZE, SIZE), calibration=dc.calibration).astype(np.float32)
+    pr, params = detection_setup(data, probe)
+    return data, probe, pr, kernel_ft(pr), params
+
+
+def _direct(data, kft, params, size: int, seconds: float) -> dict:
+    """``detect_batch`` in this process on batches of ``size`` patterns for ``seconds``: patterns/s,
+    and the median and p99 time of one call (ms)."""
+    from distill4d.bragg import detect_batch
+
+    batch = np.concatenate([data] * (size // len(data) + 1))[:size]
+    detect_batch(batch[:1], kft, params)
+    times = []
+    stop = time.perf_counter() + seconds
+    while time.perf_counter() < stop or len(times) < 2:
+        t0 = time.perf_counter()
+        detect_batch(batch, kft, params)
+        times.append(time.perf_counter() - t0)
+    t = 1000 * np.array(times)
+    return {"rate": size * len(t) / (t.sum() / 1000), "p50": float(np.median(t)), "p99": float(np.percentile(t, 99))}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start(batch: int, wait_ms: float) -> tuple[subprocess.Popen, str]:
+    import httpx
+
+    port = _free_port()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
+    env.pop("DISTILL4D_TOKEN", None)
+    proc = subprocess.Popen([sys.executable, "-m", "distill4d.cli", "serve", "--models", "disks", "--port", str(port),
+                             "--max-batch-size", str(batch), "--max-wait-ms", str(wait_ms), "--log-level", "warning"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 60:
+        try:
+            if httpx.get(url + "/v2/health/ready", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.TransportError:
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError("the server did not become ready")
+
+
+async def _load(url: str, bodies: list, concurrency: int, seconds: float) -> dict:
+    import httpx
+
+    lat, errors = [], 0
+    stop = time.perf_counter() + seconds
+    async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=concurrency,
+                                                                 max_keepalive_connections=concurrency)) as client:
+        async def worker(k: int) -> None:
+            nonlocal errors
+            i = k
+            while time.perf_counter() < stop:
+                body, h = bodies[i % len(bodies)]
+                i += concurrency
+                t0 = time.perf_counter()
+                try:
+                    r = await client.post(url + "/v2/models/disks/infer", content=body, headers=h)
+                    ok = r.status_code == 200
+                except httpx.TransportError:
+                    ok = False
+                if ok:
+                    lat.append(time.perf_counter() - t0)
+                else:
+                    errors += 1
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker(k) for k in range(concurrency)))
+        wall = time.perf_counter() - t0
+    lat_ms = 1000 * np.array(lat)
+    return {"n": len(lat), "errors": errors, "p50": float(np.percentile(lat_ms, 50)),
+            "p99": float(np.percentile(lat_ms, 99)), "rate": len(lat) / wall}
+
+
+def _interleaved(url: str, bodies: list, data, kft, params, seconds: float) -> tuple[dict, dict]:
+    """Concurrency 1: one direct ``detect_batch`` call, then one request, in turn, for ``seconds``
+    (so that both see the same load of the shared machine)."""
+    import httpx
+
+    from distill4d.bragg import detect_batch
+
+    lat, direct, errors, i = [], [], 0, 0
+    stop = time.perf_counter() + seconds
+    with httpx.Client(timeout=60) as client:
+        t_req = 0.0
+        while time.perf_counter() < stop:
+            t0 = time.perf_counter()
+            detect_batch(data[i % len(data)][None], kft, params)
+            t1 = time.perf_counter()
+            body, h = bodies[i % len(bodies)]
+            r = client.post(url + "/v2/models/disks/infer", content=body, headers=h)
+            t2 = time.perf_counter()
+            direct.append(t1 - t0)
+            t_req += t2 - t1
+            if r.status_code == 200:
+                lat.append(t2 - t1)
+            else:
+                errors += 1
+            i += 1
+    lat_ms, d_ms = 1000 * np.array(lat), 1000 * np.array(direct)
+    return ({"n": len(lat), "errors": errors, "p50": float(np.percentile(lat_ms, 50)),
+             "p99": float(np.percentile(lat_ms, 99)), "rate": len(lat) / t_req},
+            {"rate": len(d_ms) / (d_ms.sum() / 1000), "p50": float(np.median(d_ms)),
+             "p99": float(np.percentile(d_ms, 99))})
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=float, default=5.0, help="load per point (default 5 s)")
+    ap.add_argument("--no-results", action="store_true", help="print only; do not write RESULTS.md")
+    a = ap.parse_args()
+
+    from distill4d.serve.protocol import encode_request
+
+    data, probe, pr, kft, params = _patterns()
+    # all the detection parameters (those a first request's response gives in parameters.detection),
+    # so that the server and the direct calls detect with the very same parameters
+    fixed = dataclasses.asdict(params)
+    bodies = [encode_request({"patterns": data[i:i + 1], "probe": probe}, fixed) for i in range(len(data))]
+    # The cores are shared: every point is paired with a direct run of the same length just
+    # before it, on batches of the size the server can form there (min(concurrency, max batch)).
+    configs = (("on", 64, 5.0, (1, 8, 64)), ("on", 16, 20.0, (8, 64)), ("off", 1, 5.0, (1, 8, 64)))
+    rows = []
+    for batching, batch, wait, concs in configs:
+        proc, url = _start(batch, wait)
+        try:
+            asyncio.run(_load(url, bodies, 4, 1.0))  # warm the connections and caches
+            for conc in concs:
+                if conc == 1:
+                    r, d = _interleaved(url, bodies, data, kft, params, 2 * a.seconds)
+                else:
+                    d = _direct(data, kft, params, min(conc, batch), a.seconds)
+                    r = asyncio.run(_load(url, bodies, conc, a.seconds))
+                rows.append((batching, batch, wait, conc, r, d))
+                print(f"batching {batching} (max batch {batch}, wait {wait:g} ms), concurrency {conc}: "
+                      f"p50 {r['p50']:.1f} ms, p99 {r['p99']:.1f} ms, {r['rate']:.1f} patterns/s, "
+                      f"{r['errors']} errors ({r['n']} requests); direct on {min(conc, batch)}: "
+                      f"{d['rate']:.1f} patterns/s, {d['p50']:.1f} ms per call")
+        finally:
+            proc.terminate()
+            proc.wait(20)
+
+    info = machine_info()
+    c1, d1 = next((r, d) for b, m, w, c, r, d in rows if b == "on" and m == 64 and c == 1)
+    goal_lat = d1["p50"] + 10
+    L = ["## Inference server (`distill4d serve`, disks)", "",
+         machine_line(info),
+         f"- Run: {info['date']}; `python benchmarks/serve_benchmark.py --seconds {a.seconds:g}`; "
+         f"{a.seconds:g} s per point, loopback, the asyncio + httpx client on the same "
+         f"{info['cores']} cores as the server (the server's batch runs in one thread). The cores were "
+         f"shared with other work (load average {os.getloadavg()[0]:.1f} at the end): each point is paired "
+         f"with a direct run of {a.seconds:g} s just before it (at concurrency 1, direct calls and requests "
+         f"alternate for {2 * a.seconds:g} s), and the numbers move by tens of percent from run to run.",
+         f"- Requests: one {SIZE}x{SIZE} float32 pattern each (kinematic, 1e5 e-), binary tensor extension, "
+         "a fixed probe and fixed detection parameters.",
+         "- Direct: `distill4d.bragg.detect_batch` in one thread of the benchmark's process, on batches of "
+         "min(concurrency, max batch) patterns (the batch the server can form; one pattern at "
+         "concurrency 1).", "",
+         "| batching | max batch | max wait (ms) | concurrency | p50 (ms) | p99 (ms) | patterns/s | "
+         "direct patterns/s | % of direct | direct ms per call | errors |",
+         "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for b, m, w, c, r, d in rows:
+        L.append(f"| {b} | {m} | {w:g} | {c} | {r['p50']:.1f} | {r['p99']:.1f} | {r['rate']:.1f} | "
+                 f"{d['rate']:.1f} | {100 * r['rate'] / d['rate']:.0f} % | {d['p50']:.1f} | {r['errors']} |")
+    errors = sum(r["errors"] for *_, r, d in rows)
+    thr = [100 * r["rate"] / d["rate"] for b, m, w, c, r, d in rows if b == "on" and m == 64 and c in (8, 64)]
+    L += ["", "Goals: "
+          f"0 errors: **{'met' if errors == 0 else 'not met'}** ({errors}); "
+          f"p99 at concurrency 1 ≤ one pattern in Python + 10 ms ({goal_lat:.1f} ms): "
+          f"**{'met' if c1['p99'] <= goal_lat else 'not met'}** ({c1['p99']:.1f} ms; p50 {c1['p50']:.1f} ms); "
+          f"batched throughput (max batch 64) at concurrency 8 and 64 ≥ 80 % of direct batched: "
+          f"**{'met' if min(thr) >= 80 else 'not met'}** ({thr[0]:.1f} %, {thr[1]:.1f} %)."]
+    text = "\n".join(L)
+    print(text)
+    if not a.no_results:
+        write_section("serve", text)
+
+
+if __name__ == "__main__":
+    main()

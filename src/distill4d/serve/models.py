@@ -1,0 +1,533 @@
+"""The served models: each wraps one of the package's batch functions, with its V2 metadata.
+
+A request is checked and prepared (:meth:`ServedModel.prepare`: shapes, dtypes, NaN, the
+probe template and detection parameters) into a :class:`Prepared` item whose ``key`` says
+which items can share one batch; :meth:`ServedModel.run_batch` runs a list of items of one
+key as one call of the package's function and splits the result per request. No method
+logic lives here: ``disks`` calls :func:`distill4d.bragg.detect_batch` with the probe and
+parameters of :func:`distill4d.bragg.detection_setup` (so its peaks are those of
+``distill4d disks``), ``fcunet`` :meth:`FCUNetDetector.detect_batch`, ``phase``
+:func:`distill4d.ml.phase.phase_image` and ``strain`` :func:`distill4d.lattice.strain_map`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from ..errors import Distill4dError
+from .protocol import InferRequest, ProtocolError, datatype_of
+
+__all__ = ["MODEL_NAMES", "Prepared", "ServedModel", "TensorSpec", "build_model"]
+
+#: Models the server can serve (``identify`` and ``segment`` join when their packages land).
+MODEL_NAMES = ("disks", "fcunet", "phase", "strain")
+
+#: Datatypes accepted for patterns (detector counts or floats).
+PATTERN_DATATYPES = ("FP32", "FP64", "FP16", "UINT8", "UINT16", "UINT32", "INT16", "INT32")
+_MAX_SIDE = 4096
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """An input or output of a model: name, V2 datatype, shape (-1: any) and whether it is optional."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+    optional: bool = False
+    description: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        """The V2 metadata entry (``optional`` and ``description`` are extensions)."""
+        d: dict[str, Any] = {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
+        if self.optional:
+            d["optional"] = True
+        if self.description:
+            d["description"] = self.description
+        return d
+
+
+@dataclass
+class Prepared:
+    """A checked request: ``key`` (items of one key share a batch), ``n`` patterns and the model's payload."""
+
+    key: Any
+    n: int
+    payload: dict[str, Any] = field(default_factory=dict)
+
+
+def _digest(a: np.ndarray) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    h.update(str((a.dtype.str, a.shape)).encode())
+    h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
+
+
+def _patterns(inputs: dict[str, np.ndarray], name: str = "patterns", ndim: int = 3) -> np.ndarray:
+    if name not in inputs:
+        raise ProtocolError(f"input {name!r} is missing; inputs given: {sorted(inputs) or 'none'}")
+    a = inputs[name]
+    what = "(N, Qx, Qy)" if ndim == 3 else "(Rx, Ry, Qx, Qy)"
+    if a.ndim != ndim:
+        raise ProtocolError(f"input {name!r} must have shape {what}, got {list(a.shape)}")
+    if a.dtype.kind not in "uif" or datatype_of(a.dtype) not in PATTERN_DATATYPES:
+        raise ProtocolError(f"input {name!r} has datatype {datatype_of(a.dtype)}; patterns are one of "
+                            f"{', '.join(PATTERN_DATATYPES)}")
+    if min(a.shape) < 1 or not 8 <= a.shape[-1] <= _MAX_SIDE or not 8 <= a.shape[-2] <= _MAX_SIDE:
+        raise ProtocolError(f"input {name!r} of shape {list(a.shape)}: need at least one pattern, each "
+                            f"between 8 and {_MAX_SIDE} pixels a side")
+    if a.dtype.kind == "f":
+        bad = int(np.count_nonzero(~np.isfinite(a)))
+        if bad:
+            raise ProtocolError(f"input {name!r} has {bad} NaN or infinite values; patterns must be finite")
+    return a
+
+
+def _probe(inputs: dict[str, np.ndarray], pattern_shape: tuple[int, int]) -> np.ndarray | None:
+    p = inputs.get("probe")
+    if p is None:
+        return None
+    if p.ndim != 2 or tuple(p.shape) != tuple(pattern_shape):
+        raise ProtocolError(f"input 'probe' must be one pattern of shape {list(pattern_shape)} like the "
+                            f"patterns, got {list(p.shape)}")
+    if p.dtype.kind not in "uif":
+        raise ProtocolError(f"input 'probe' has datatype {datatype_of(p.dtype)}; it must be numeric")
+    p = p.astype(np.float64, copy=False)
+    if not np.isfinite(p).all() or p.max() <= 0:
+        raise ProtocolError("input 'probe' must be finite with a positive maximum (a vacuum probe image)")
+    return p
+
+
+def _unexpected(inputs: dict[str, np.ndarray], allowed: set[str]) -> None:
+    extra = sorted(set(inputs) - allowed)
+    if extra:
+        raise ProtocolError(f"unknown input(s) {extra}; this model takes {sorted(allowed)}")
+
+
+def _pad_peaks(out: dict[str, np.ndarray], rows: slice, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """One request's rows of padded peak arrays, trimmed to its own largest count."""
+    count = out["count"][rows].astype(np.int64)
+    k = int(count.max()) if count.size else 0
+    res = {key: np.asarray(out[key][rows, :k], dtype=np.float64) for key in keys}
+    res["count"] = count
+    return res
+
+
+class _LRU(OrderedDict):
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+        self.lock = threading.Lock()
+
+    def get_or(self, key: Any, make: Callable[[], Any]) -> Any:
+        with self.lock:
+            if key in self:
+                self.move_to_end(key)
+                return self[key]
+        value = make()
+        with self.lock:
+            self[key] = value
+            while len(self) > self.size:
+                self.popitem(last=False)
+        return value
+
+
+class ServedModel:
+    """A model the server serves: metadata, loading, request preparation and batched execution."""
+
+    name = ""
+    batchable = True
+    inputs: tuple[TensorSpec, ...] = ()
+    outputs: tuple[TensorSpec, ...] = ()
+    parameters: dict[str, str] = {}
+
+    def __init__(self, device: str = "auto") -> None:
+        self.device = device
+        self.card: dict[str, Any] = {}
+
+    def load(self) -> None:
+        """Load the weights (once, at start)."""
+
+    def warmup(self) -> None:
+        """Run the model once on a small synthetic request."""
+        item = self.prepare(InferRequest(self.example_inputs(), self.example_parameters()))
+        self.run_batch([item])
+
+    def example_inputs(self) -> dict[str, np.ndarray]:
+        return {"patterns": _example_patterns(1, 64), "probe": _example_probe(64)}
+
+    def example_parameters(self) -> dict[str, Any]:
+        return {}
+
+    def metadata(self) -> dict[str, Any]:
+        """The V2 model metadata (``GET /v2/models/{name}``)."""
+        return {"name": self.name, "versions": ["1"], "platform": "distill4d",
+                "inputs": [s.to_json() for s in self.inputs], "outputs": [s.to_json() for s in self.outputs],
+                "parameters": dict(self.parameters), "batchable": self.batchable}
+
+    def prepare(self, request: InferRequest) -> Prepared:
+        """Check a request and prepare it for a batch (ProtocolError: 422 with the reason)."""
+        raise NotImplementedError
+
+    def prepare_cached(self, request: InferRequest) -> Prepared | None:
+        """:meth:`prepare` when it is cheap (its setup is cached), else None: then the server runs
+        :meth:`prepare` in a worker thread."""
+        return None
+
+    def run_batch(self, items: list[Prepared]) -> list[tuple[dict[str, np.ndarray], dict[str, Any]]]:
+        """Run items of one key as one batch; per item its outputs and response parameters."""
+        raise NotImplementedError
+
+
+def _example_probe(n: int) -> np.ndarray:
+    q = np.indices((n, n)) - n // 2
+    return (np.hypot(q[0], q[1]) <= n / 16).astype(np.float32) * 100
+
+
+def _example_patterns(count: int, n: int) -> np.ndarray:
+    q = np.indices((n, n)).astype(np.float64)
+    out = np.zeros((count, n, n), dtype=np.float32)
+    step = n / 5
+    for i in range(-2, 3):
+        for j in range(-2, 3):
+            c = (n // 2 + i * step, n // 2 + j * step)
+            out[:] += (np.hypot(q[0] - c[0], q[1] - c[1]) <= n / 16) * (100 if i == j == 0 else 20)
+    return out
+
+
+def _parameter_overrides(params: dict[str, Any], allowed: set[str]) -> dict[str, Any]:
+    unknown = sorted(set(params) - allowed)
+    if unknown:
+        raise ProtocolError(f"unknown parameter(s) {unknown}; this model takes {sorted(allowed)}")
+    return dict(params)
+
+
+class DisksModel(ServedModel):
+    """Bragg disks by correlation with the probe: the peaks of ``distill4d disks``."""
+
+    name = "disks"
+    inputs = (
+        TensorSpec("patterns", "FP32", (-1, -1, -1), description="patterns (N, Qx, Qy); also FP64 or integer counts"),
+        TensorSpec("probe", "FP32", (-1, -1), optional=True,
+                   description="vacuum probe (Qx, Qy); default: the central disk of the patterns' mean"),
+    )
+    outputs = (
+        TensorSpec("qx", "FP64", (-1, -1), description="peak positions along Qx (pixels), NaN-padded (N, K)"),
+        TensorSpec("qy", "FP64", (-1, -1), description="peak positions along Qy (pixels), NaN-padded (N, K)"),
+        TensorSpec("intensity", "FP64", (-1, -1), description="correlation intensity of each peak (N, K)"),
+        TensorSpec("count", "INT64", (-1,), description="peaks per pattern (N)"),
+    )
+    parameters = {
+        "kind": "probe kernel: disk (default) or edge",
+        "DetectionParameters fields": "radius_px, min_spacing_px, min_relative_intensity, max_peaks, ...: as in "
+                                      "distill4d.bragg.find_bragg_disks; those not given are chosen from the "
+                                      "request's patterns. Send back the response's 'detection' (every field) "
+                                      "to detect later patterns alike and skip that step.",
+    }
+
+    def __init__(self, device: str = "auto") -> None:
+        super().__init__(device)
+        self._probes = _LRU(32)
+        self._setups = _LRU(64)
+        self.device = "cpu"  # NumPy
+        self.card = {"model": "disks", "method": "correlation with the probe template (distill4d.bragg)",
+                     "weights": None, "equivalent_command": "distill4d disks FILE --probe PROBE"}
+
+    def _checked(self, request: InferRequest) -> tuple:
+        from ..bragg import DetectionParameters
+
+        _unexpected(request.inputs, {"patterns", "probe"})
+        fields = {f.name for f in dataclasses.fields(DetectionParameters)}
+        overrides = _parameter_overrides(request.parameters, fields | {"kind"})
+        kind = overrides.pop("kind", "disk")
+        patterns = _patterns(request.inputs)
+        probe = _probe(request.inputs, patterns.shape[1:])
+        fixed = probe is not None and {"min_spacing_px", "min_relative_intensity", "max_peaks"} <= set(overrides)
+        # nothing is chosen from the data when the probe and parameters are given: their setup is kept
+        setup_key = (_digest(probe), kind, json.dumps(overrides, sort_keys=True), patterns.shape[1:]) if fixed else None
+        return overrides, kind, patterns, probe, setup_key
+
+    def prepare_cached(self, request: InferRequest) -> Prepared | None:
+        overrides, kind, patterns, probe, setup_key = self._checked(request)
+        if setup_key is not None:
+            with self._setups.lock:
+                cached = self._setups.get(setup_key)
+            if cached is not None:
+                return self._prepared(patterns, *cached)
+        return None
+
+    def prepare(self, request: InferRequest) -> Prepared:
+        from ..bragg import detection_setup, kernel_ft, probe_template
+
+        overrides, kind, patterns, probe, setup_key = self._checked(request)
+        fixed = setup_key is not None
+        if "sites_px" in overrides:
+            overrides["sites_px"] = tuple(tuple(p) for p in overrides["sites_px"])
+        try:
+            if probe is not None:  # the template of a probe is kept: the usual client sends the same one
+                def make() -> Any:
+                    pr = probe_template(probe, datacube=None, kind=kind)
+                    return pr, kernel_ft(pr)
+
+                pr, kft = self._probes.get_or((_digest(probe), kind), make)
+                pr, params = detection_setup(patterns, pr, kind=kind, **overrides)
+            else:
+                pr, params = detection_setup(patterns, None, kind=kind, **overrides)
+                kft = kernel_ft(pr)
+        except TypeError as err:
+            raise ProtocolError(str(err)) from None
+        info = {"detection": dataclasses.asdict(params), "probe_kind": pr.kind, "probe_radius_px": pr.radius_px}
+        if fixed:
+            self._setups.get_or(setup_key, lambda: (kft, params, info))
+        return self._prepared(patterns, kft, params, info)
+
+    @staticmethod
+    def _prepared(patterns: np.ndarray, kft: np.ndarray, params: Any, info: dict[str, Any]) -> Prepared:
+        key = (patterns.dtype.str, patterns.shape[1:], id(kft), params)
+        return Prepared(key, patterns.shape[0], {"patterns": patterns, "kernel_ft": kft, "params": params,
+                                                 "info": info})
+
+    def run_batch(self, items: list[Prepared]) -> list[tuple[dict[str, np.ndarray], dict[str, Any]]]:
+        from ..bragg import detect_batch
+
+        p0 = items[0].payload
+        batch = np.concatenate([it.payload["patterns"] for it in items]) if len(items) > 1 else p0["patterns"]
+        out = detect_batch(batch, p0["kernel_ft"], p0["params"])
+        res, start = [], 0
+        for it in items:
+            res.append((_pad_peaks(out, slice(start, start + it.n), ("qx", "qy", "intensity")), it.payload["info"]))
+            start += it.n
+        return res
+
+
+class FCUNetModel(ServedModel):
+    """Bragg disks with the shipped FCU-Net (:meth:`FCUNetDetector.detect_batch`)."""
+
+    name = "fcunet"
+    inputs = DisksModel.inputs
+    outputs = DisksModel.outputs[:3] + (
+        TensorSpec("sigma", "FP64", (-1, -1), description="Monte-Carlo spread of the predicted amplitude (N, K)"),
+        DisksModel.outputs[3],
+    )
+    parameters = {
+        "q_pixel_inv_A": "detector pixel size in 1/Å (required)",
+        "origin_px": "direct beam (qx, qy) in pixels (default: the probe's centre)",
+        "min_intensity": "prediction threshold relative to (000) (default: the model card's)",
+    }
+
+    def __init__(self, device: str = "auto") -> None:
+        super().__init__(device)
+        self._detectors = _LRU(16)
+        self._loaded: Any = None
+
+    def load(self) -> None:
+        from ..ml import torch_device
+        from ..ml.fcunet import DEFAULT_WEIGHTS
+        from ..ml.fcunet.detect import load_fcunet
+
+        dev = torch_device(self.device)
+        self._loaded = load_fcunet(None, device=dev)
+        self.device = str(dev)
+        self.card = {"weights": DEFAULT_WEIGHTS.name, **dict(self._loaded[1])}
+
+    def example_parameters(self) -> dict[str, Any]:
+        return {"q_pixel_inv_A": float(self.card["input"]["q_pixel_inv_A"])}
+
+    def prepare(self, request: InferRequest) -> Prepared:
+        from ..ml.fcunet.detect import fcunet_detector
+
+        _unexpected(request.inputs, {"patterns", "probe"})
+        opts = _parameter_overrides(request.parameters, set(self.parameters))
+        if "q_pixel_inv_A" not in opts:
+            raise ProtocolError("fcunet needs the parameter q_pixel_inv_A (the detector pixel size in 1/Å)")
+        patterns = _patterns(request.inputs)
+        probe = _probe(request.inputs, patterns.shape[1:])
+        origin = opts.get("origin_px")
+        if origin is not None:
+            try:
+                origin = (float(origin[0]), float(origin[1]))
+            except (TypeError, ValueError, IndexError):
+                raise ProtocolError(f"origin_px must be [qx, qy] in pixels, got {origin!r}") from None
+        try:
+            q = float(opts["q_pixel_inv_A"])
+            mi = None if opts.get("min_intensity") is None else float(opts["min_intensity"])
+        except (TypeError, ValueError):
+            raise ProtocolError("q_pixel_inv_A and min_intensity must be numbers") from None
+        if probe is None:  # the template comes from the patterns: no reuse
+            det = fcunet_detector(patterns, None, q_pixel_inv_A=q, origin_px=origin, min_intensity=mi,
+                                  device=self.device, loaded=self._loaded)
+        else:
+            det = self._detectors.get_or((_digest(probe), q, origin, mi), lambda: fcunet_detector(
+                patterns, probe, q_pixel_inv_A=q, origin_px=origin, min_intensity=mi, device=self.device,
+                loaded=self._loaded))
+        info = {"q_pixel_inv_A": q, "origin_px": list(det.origin), "min_intensity": det.min_intensity}
+        return Prepared((patterns.shape[1:], id(det)), patterns.shape[0],
+                        {"patterns": patterns, "detector": det, "info": info})
+
+    def run_batch(self, items: list[Prepared]) -> list[tuple[dict[str, np.ndarray], dict[str, Any]]]:
+        p0 = items[0].payload
+        batch = np.concatenate([it.payload["patterns"].astype(np.float32, copy=False) for it in items])
+        out = p0["detector"].detect_batch(batch)
+        res, start = [], 0
+        for it in items:
+            res.append((_pad_peaks(out, slice(start, start + it.n), ("qx", "qy", "intensity", "sigma")),
+                        it.payload["info"]))
+            start += it.n
+        return res
+
+
+class PhaseModel(ServedModel):
+    """A block of patterns → phase image with a shipped phase model (:func:`phase_image`)."""
+
+    name = "phase"
+    batchable = False
+    inputs = (TensorSpec("patterns", "FP32", (-1, -1, -1, -1),
+                         description="a block of the scan (Rx, Ry, Qx, Qy); also FP64 or integer counts"),)
+    outputs = (TensorSpec("image", "FP64", (-1, -1), description="one value per position (Rx, Ry)"),)
+    parameters = {
+        "model": "a shipped model: conv4d-mixed (default), linear-mixed, conv4d-mos2, linear-mos2",
+        "origin_px": "direct beam (qx, qy) in pixels (default: measured on the mean pattern)",
+        "pad": "how neighbourhoods continue past the block's edge (default: the card's)",
+    }
+    DEFAULT = "conv4d-mixed"
+
+    def __init__(self, device: str = "auto") -> None:
+        super().__init__(device)
+        self._nets: dict[str, Any] = {}
+
+    def load(self) -> None:
+        from ..ml import torch_device
+        from ..ml.phase import SHIPPED_MODELS, load_phase_model, shipped_model_path
+
+        dev = torch_device(self.device)
+        self.device = str(dev)
+        for name in SHIPPED_MODELS:
+            if "-" in name:  # "conv4d" and "linear" are the -mos2 files again
+                net, card = load_phase_model(shipped_model_path(name))
+                self._nets[name] = (net.to(dev).eval(), card)
+        self.card = {"default": self.DEFAULT, "models": {k: dict(v[1]) for k, v in self._nets.items()}}
+
+    def example_inputs(self) -> dict[str, np.ndarray]:
+        p = _example_patterns(25, 32) * np.random.default_rng(0).uniform(0.5, 1.5, (25, 1, 1)).astype(np.float32)
+        return {"patterns": p.reshape(5, 5, 32, 32)}
+
+    def prepare(self, request: InferRequest) -> Prepared:
+        _unexpected(request.inputs, {"patterns"})
+        opts = _parameter_overrides(request.parameters, set(self.parameters))
+        name = opts.get("model", self.DEFAULT)
+        name = {"conv4d": "conv4d-mos2", "linear": "linear-mos2"}.get(name, name)
+        if name not in self._nets:
+            raise ProtocolError(f"phase model {name!r} is not served; choose one of {sorted(self._nets)}")
+        patterns = _patterns(request.inputs, ndim=4)
+        origin = opts.get("origin_px")
+        return Prepared(None, 1, {"patterns": patterns, "net": self._nets[name], "name": name,
+                                  "origin_px": None if origin is None else tuple(float(v) for v in origin),
+                                  "pad": opts.get("pad")})
+
+    def run_batch(self, items: list[Prepared]) -> list[tuple[dict[str, np.ndarray], dict[str, Any]]]:
+        from ..datacube import DataCube
+        from ..ml.phase import phase_image
+
+        res = []
+        for it in items:
+            p = it.payload
+            img = phase_image(DataCube(p["patterns"]), p["net"], pad=p["pad"], origin_px=p["origin_px"],
+                              device=self.device, scheduler="inline", progress=False)
+            res.append(({"image": img.image}, {"model": p["name"], "units": img.units, "label": img.label_name}))
+        return res
+
+
+class StrainModel(ServedModel):
+    """Peaks → strain against a given reference lattice (:func:`distill4d.lattice.strain_map`)."""
+
+    name = "strain"
+    batchable = False
+    inputs = (
+        TensorSpec("qx", "FP64", (-1, -1), description="peak positions (pixels), NaN-padded (N, K)"),
+        TensorSpec("qy", "FP64", (-1, -1), description="peak positions (pixels), NaN-padded (N, K)"),
+        TensorSpec("intensity", "FP64", (-1, -1), description="peak intensities (N, K)"),
+        TensorSpec("count", "INT64", (-1,), description="peaks per pattern (N)"),
+        TensorSpec("reference", "FP64", (3, 2), description="reference lattice: rows origin, u, v (pixels)"),
+    )
+    outputs = tuple(TensorSpec(k, "FP64", (-1,), description=d) for k, d in (
+        ("eps_xx", "strain (fraction)"), ("eps_yy", "strain (fraction)"), ("eps_xy", "strain (fraction)"),
+        ("theta", "rotation (radians)"))) + (TensorSpec("mask", "BOOL", (-1,), description="True: no lattice fit"),)
+    parameters = {"min_indexed_fraction": "fraction of a pattern's peaks that must lie on the lattice (default 0.25)",
+                  "rotation_rad": "angle of the reporting frame's x axis (default 0)"}
+
+    def __init__(self, device: str = "auto") -> None:
+        super().__init__(device)
+        self.device = "cpu"
+        self.card = {"model": "strain", "method": "lattice fit of the peaks, strain against the reference "
+                     "(distill4d.lattice.strain_map)", "weights": None}
+
+    def example_inputs(self) -> dict[str, np.ndarray]:
+        h, k = np.meshgrid(np.arange(-2, 3), np.arange(-2, 3), indexing="ij")
+        qx = (32 + 10 * h).ravel()[None].astype(float)
+        qy = (32 + 10 * k).ravel()[None].astype(float)
+        return {"qx": qx, "qy": qy, "intensity": np.ones_like(qx), "count": np.array([qx.shape[1]]),
+                "reference": np.array([[32.0, 32.0], [10.0, 0.0], [0.0, 10.0]])}
+
+    def prepare(self, request: InferRequest) -> Prepared:
+        ins = request.inputs
+        names = {s.name for s in self.inputs}
+        _unexpected(ins, names)
+        missing = sorted(names - set(ins))
+        if missing:
+            raise ProtocolError(f"input(s) {missing} missing; strain takes {sorted(names)}")
+        opts = _parameter_overrides(request.parameters, set(self.parameters))
+        qx, qy, inten = (np.asarray(ins[k], dtype=np.float64) for k in ("qx", "qy", "intensity"))
+        count = ins["count"]
+        if qx.ndim != 2 or qy.shape != qx.shape or inten.shape != qx.shape:
+            raise ProtocolError(f"qx, qy and intensity must have one shape (N, K), got {list(qx.shape)}, "
+                                f"{list(qy.shape)}, {list(inten.shape)}")
+        if count.dtype.kind not in "ui" or count.shape != (qx.shape[0],):
+            raise ProtocolError(f"count must be integers of shape [{qx.shape[0]}], got {datatype_of(count.dtype)} "
+                                f"{list(count.shape)}")
+        if (count < 0).any() or (count > qx.shape[1]).any():
+            raise ProtocolError(f"count must lie in [0, {qx.shape[1]}] (the padded width K)")
+        take = np.arange(qx.shape[1]) < count[:, None]
+        for name, a in (("qx", qx), ("qy", qy), ("intensity", inten)):
+            if not np.isfinite(a[take]).all():
+                raise ProtocolError(f"input {name!r} has NaN or infinite values among its first count peaks")
+        ref = np.asarray(ins["reference"], dtype=np.float64)
+        if ref.shape != (3, 2) or not np.isfinite(ref).all() or abs(np.linalg.det(ref[1:])) < 1e-9:
+            raise ProtocolError(f"reference must be a finite (3, 2) array: rows origin, u, v (pixels) with u, v "
+                                f"independent; got shape {list(ref.shape)}")
+        return Prepared(None, qx.shape[0], {"qx": qx, "qy": qy, "intensity": inten, "count": count, "ref": ref,
+                                            "opts": opts})
+
+    def run_batch(self, items: list[Prepared]) -> list[tuple[dict[str, np.ndarray], dict[str, Any]]]:
+        from ..bragg import BraggPeaks
+        from ..lattice import Basis, strain_map
+
+        res = []
+        for it in items:
+            p = it.payload
+            peaks = BraggPeaks.from_padded(p["qx"][None], p["qy"][None], p["intensity"][None], p["count"][None])
+            ref = p["ref"]
+            smap = strain_map(peaks, Basis(ref[0], ref[1], ref[2]),
+                              rotation_rad=float(p["opts"].get("rotation_rad", 0.0)),
+                              min_indexed_fraction=float(p["opts"].get("min_indexed_fraction", 0.25)))
+            res.append(({k: np.asarray(getattr(smap, k))[0] for k in ("eps_xx", "eps_yy", "eps_xy", "theta", "mask")},
+                        {}))
+        return res
+
+
+_MODELS: dict[str, type[ServedModel]] = {"disks": DisksModel, "fcunet": FCUNetModel, "phase": PhaseModel,
+                                         "strain": StrainModel}
+
+
+def build_model(name: str, device: str = "auto") -> ServedModel:
+    """The served model ``name`` (not loaded yet); Distill4dError for an unknown name."""
+    if name not in _MODELS:
+        raise Distill4dError(f"unknown model {name!r}; the server offers {', '.join(MODEL_NAMES)}")
+    return _MODELS[name](device)

@@ -1,0 +1,63 @@
+"""The dynamic batcher gathers concurrent requests of one key into one batch, up to its limits."""
+
+import asyncio
+
+import numpy as np
+
+from distill4d.serve.batching import Batcher
+from distill4d.serve.models import Prepared, ServedModel
+
+
+class Recorder(ServedModel):
+    name = "rec"
+
+    def __init__(self):
+        super().__init__("cpu")
+        self.batches = []
+
+    def run_batch(self, items):
+        self.batches.append([it.n for it in items])
+        return [({"x": np.full(it.n, it.payload["v"])}, {}) for it in items]
+
+
+def _run(model, requests, **kw):
+    async def main():
+        b = Batcher(model, **kw)
+        try:
+            return await asyncio.gather(*(b.submit(Prepared(key, n, {"v": i})) for i, (key, n) in enumerate(requests)))
+        finally:
+            await b.close()
+    return asyncio.run(main())
+
+
+def test_concurrent_requests_share_a_batch_and_get_their_own_results():
+    m = Recorder()
+    res = _run(m, [("a", 1)] * 10, max_batch_size=64, max_wait_ms=20)
+    assert [int(r[0]["x"][0]) for r in res] == list(range(10))
+    assert sum(len(b) for b in m.batches) == 10 and max(len(b) for b in m.batches) > 1
+
+
+def test_batching_off_runs_each_request_alone():
+    m = Recorder()
+    _run(m, [("a", 1)] * 6, max_batch_size=1, max_wait_ms=20)
+    assert m.batches == [[1]] * 6
+
+
+def test_batches_respect_the_size_limit_and_keys():
+    m = Recorder()
+    _run(m, [("a", 3)] * 5 + [("b", 1)] * 3, max_batch_size=7, max_wait_ms=20)
+    assert all(sum(b) <= 7 for b in m.batches)
+    assert sorted(n for b in m.batches for n in b) == [1, 1, 1, 3, 3, 3, 3, 3]
+    # a request larger than the limit is run whole, never split
+    m = Recorder()
+    _run(m, [("a", 10)], max_batch_size=4, max_wait_ms=1)
+    assert m.batches == [[10]]
+
+
+def test_a_lone_request_does_not_wait():
+    import time
+
+    m = Recorder()
+    t0 = time.perf_counter()
+    _run(m, [("a", 1)], max_batch_size=64, max_wait_ms=500)
+    assert time.perf_counter() - t0 < 0.4 and m.batches == [[1]]
