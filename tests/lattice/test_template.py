@@ -10,7 +10,8 @@ from distill4d.lattice.strain import strain_from_deformation
 from distill4d.lattice.template import (
     _model, fit_outputs_to_strain, fit_template_batch, make_template, strain_map_template,
 )
-from distill4d.simulate.kinematic import kinematic_patterns, strained_scan
+from distill4d import DataCube
+from distill4d.simulate.kinematic import kinematic_patterns, strained_scan, vacuum_probe
 
 # soft disk edges (2 px) and a weak diffuse background: a recorded pattern always has both
 KW = dict(edge_px=2.0, background=0.02)
@@ -89,6 +90,17 @@ def test_scan_through_the_engine_recovers_a_multilayer(tmp_path):
     assert "aligned" in sm.provenance.parameters["template"]
     assert sm.provenance.method == "strain_map_template"
     assert not (tmp_path / "ck").exists()  # complete: no checkpoint left
+
+
+def test_vacuum_positions_are_invalid_not_numbers():
+    dc, _ = strained_scan((6, 4), kind="uniform", strain=0.0, dose=2e4, seed=4, **KW)
+    data = np.array(dc.data, dtype=np.float32)
+    vac = vacuum_probe(edge_px=2.0)
+    data[4:, 2:] = np.random.default_rng(5).poisson(vac * 2e4 / vac.sum(), (2, 2, *vac.shape))
+    res = strain_map_template(DataCube(data, dc.calibration), (slice(0, 2), slice(None)), scheduler="inline",
+                              progress=False)
+    assert res.strain.mask[4:, 2:].all() and not res.strain.mask[:4].any()
+    assert np.isnan(res.strain.eps_xx[4:, 2:]).all()
 
 
 def test_bad_input_is_named(template):

@@ -446,14 +446,21 @@ def build_template(datacube: Any, region: tuple[slice, slice], origin_px: Any = 
     if origin_px is None:
         cx, cy, _ = find_bf_disk(t)
         origin_px = (cx, cy)
+    n_ref = int(finite[: ref_idx.size].sum())
     pats = pats[finite]
+    used = n_ref
     for _ in range(passes):
-        tmpl = make_template(t, origin_px)
+        tmpl = make_template(np.clip(t, 0.0, None), origin_px)
         out = fit_template_batch(pats, tmpl, params)
-        t = aligned_mean(pats, out, tmpl)
+        # only patterns like the reference's (vacuum or another phase would blur the template):
+        # fitted, with a disk scale within a factor 2 of the reference region's median
+        s_ref = np.median(out["scale"][:n_ref][out["ok"][:n_ref]]) if out["ok"][:n_ref].any() else np.nan
+        like = out["ok"] & (out["scale"] > 0.5 * s_ref) & (out["scale"] < 2.0 * s_ref)
+        used = int(like.sum())
+        t = aligned_mean(pats, {**out, "ok": like}, tmpl)
         t = ndimage.gaussian_filter(t, smooth_px) if smooth_px > 0 else t
-    desc = {"template": f"mean of {pats.shape[0]} patterns ({min(ref_idx.size, finite.size)} of the reference region) "
-            f"aligned to it, {passes} passes"}
+    desc = {"template": f"mean of {used} patterns aligned to the reference region's ({n_ref} patterns), "
+            f"{passes} passes"}
     return np.clip(t, 0.0, None), (float(origin_px[0]), float(origin_px[1])), desc
 
 
@@ -536,6 +543,10 @@ def strain_map_template(
     if not (ok & in_ref).any():
         raise Distill4dError("no pattern of the reference region could be fitted to the template: choose another "
                              "--reference (a region of the crystal, not vacuum)")
+    # a position whose disks are much fainter or brighter than the reference's (vacuum, a hole,
+    # another phase) is not this crystal: invalid rather than a number
+    s_ref = np.median(out["scale"][ok & in_ref])
+    ok &= (out["scale"] > 0.5 * s_ref) & (out["scale"] < 2.0 * s_ref)
     F_ref = np.median(F[ok & in_ref], axis=0)
     F_rel = F @ np.linalg.inv(F_ref)
     comps = {k: np.where(ok, v, np.nan) for k, v in strain_from_deformation(F_rel).items()}
