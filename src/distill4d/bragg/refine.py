@@ -1,0 +1,273 @@
+"""Disk positions that ignore the disk interior: rim (disk-edge) circle fits.
+
+Thick or tilted crystals fill the CBED disks with uneven contrast (dynamical scattering; the
+intensity moves towards the Bragg condition), so the intensity-weighted centre of a disk and
+its correlation peak with the vacuum probe move although the disk does not: the disk's rim is
+fixed by the condenser aperture and the reciprocal lattice. :func:`rim_refine` starts at each
+detected position, finds sub-pixel edge points on the rim along ``n_angles`` rays (the maximum
+of the inward intensity step, ``-dI/dr``, within ``+-search_px`` of the disk radius) and fits a
+circle of that radius to them by least squares, with edge points that disagree with the fit by
+more than ``1 px`` dropped. Positions are in detector pixels.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any
+
+import numpy as np
+
+from .._validate import positive_float, positive_int
+from ..errors import Distill4dError
+from .detect import DetectionParameters, _kernel_ft, as_datacube, auto_detection_parameters, detect_batch
+from .peaks import BraggPeaks
+from .probe import Probe, probe_template
+
+__all__ = ["RimParameters", "rim_radius_px", "rim_refine", "rim_batch", "find_bragg_disks_rim"]
+
+#: Edge points weaker than this fraction of the disk's strongest are not fitted.
+MIN_EDGE_FRACTION = 0.2
+#: Peaks (x rays x samples) handled at once inside a batch.
+_CHUNK_ELEMENTS = 1 << 21
+
+
+@dataclasses.dataclass(frozen=True)
+class RimParameters:
+    """Parameters of :func:`rim_refine` (lengths in detector pixels).
+
+    Attributes
+    ----------
+    radius_px : radius of the disk rim (where the probe's intensity falls fastest).
+    search_px : edge points are looked for within ``radius_px +- search_px`` of the centre.
+    n_angles : rays from the centre (edge points per disk).
+    step_px : sampling step along a ray.
+    iterations : re-centrings (rays from the last fitted centre).
+    smooth_px : Gaussian smoothing of each ray profile before the derivative (0: none).
+    max_shift_px : a fit that moves a peak farther than this is rejected (the peak keeps its
+        detected position).
+    """
+
+    radius_px: float
+    search_px: float = 2.0
+    n_angles: int = 32
+    step_px: float = 0.25
+    iterations: int = 2
+    smooth_px: float = 0.5
+    max_shift_px: float = 1.5
+
+    def __post_init__(self) -> None:
+        set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731
+        set_("radius_px", positive_float("radius_px", self.radius_px))
+        set_("search_px", positive_float("search_px", self.search_px, maximum=self.radius_px))
+        set_("n_angles", positive_int("n_angles", self.n_angles, minimum=8))
+        set_("step_px", positive_float("step_px", self.step_px, maximum=1.0))
+        set_("iterations", positive_int("iterations", self.iterations))
+        if not (isinstance(self.smooth_px, (int, float)) and math.isfinite(self.smooth_px) and self.smooth_px >= 0):
+            raise Distill4dError(f"smooth_px must be a finite number >= 0, got {self.smooth_px!r}")
+        set_("max_shift_px", positive_float("max_shift_px", self.max_shift_px))
+
+
+def rim_radius_px(probe: Probe | np.ndarray) -> float:
+    """Radius (px) of the probe disk's rim: the mean distance, from the disk centre, of the
+    steepest intensity fall along 64 rays (sub-pixel, parabolic)."""
+    if isinstance(probe, Probe):
+        kernel, r0 = probe.kernel, probe.radius_px
+        if probe.kind != "disk":
+            raise Distill4dError(f"rim_radius_px needs a 'disk' probe, got kind {probe.kind!r}")
+        img = np.fft.fftshift(kernel)
+        c = (img.shape[0] // 2, img.shape[1] // 2)
+    else:
+        from .probe import measure_disk
+
+        img = np.asarray(probe, dtype=np.float64)
+        c, r0, _ = measure_disk(img)
+    p = RimParameters(radius_px=r0, search_px=min(0.75 * r0, 3.0), n_angles=64, smooth_px=0.5)
+    _, r = _edge_points(img[None], np.zeros(1, np.int64), np.array([float(c[0])]), np.array([float(c[1])]), p)
+    r = r[np.isfinite(r)]
+    if r.size < 8:
+        raise Distill4dError("no disk rim found in the probe (is it a disk?)")
+    return float(np.median(r))
+
+
+def _bilinear(b: np.ndarray, ii: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """``b[ii, x, y]`` bilinearly interpolated (clamped at the detector edge)."""
+    nx, ny = b.shape[1:]
+    x = np.clip(x, 0, nx - 1.000001)
+    y = np.clip(y, 0, ny - 1.000001)
+    x0 = np.floor(x).astype(np.int64)
+    y0 = np.floor(y).astype(np.int64)
+    fx, fy = x - x0, y - y0
+    return ((1 - fx) * ((1 - fy) * b[ii, x0, y0] + fy * b[ii, x0, y0 + 1])
+            + fx * ((1 - fy) * b[ii, x0 + 1, y0] + fy * b[ii, x0 + 1, y0 + 1]))
+
+
+def _edge_points(b: np.ndarray, ii: np.ndarray, cx: np.ndarray, cy: np.ndarray, p: RimParameters):
+    """Edge radius along each ray ``(P, n_angles)`` (NaN: no inward step there) and its strength."""
+    phi = 2 * np.pi * np.arange(p.n_angles) / p.n_angles
+    r = np.arange(p.radius_px - p.search_px, p.radius_px + p.search_px + 1e-9, p.step_px)
+    ux, uy = np.cos(phi), np.sin(phi)
+    X = cx[:, None, None] + ux[None, :, None] * r[None, None, :]
+    Y = cy[:, None, None] + uy[None, :, None] * r[None, None, :]
+    prof = _bilinear(b, ii[:, None, None], X, Y)  # (P, A, R)
+    if p.smooth_px > 0:
+        from scipy.ndimage import gaussian_filter1d
+
+        prof = gaussian_filter1d(prof, p.smooth_px / p.step_px, axis=-1, mode="nearest")
+    d = -(prof[..., 2:] - prof[..., :-2]) / (2 * p.step_px)  # -dI/dr at r[1:-1]
+    j = np.argmax(d, axis=-1)
+    m = d.shape[-1]
+    jc = np.clip(j, 1, m - 2)
+    d0 = np.take_along_axis(d, jc[..., None], -1)[..., 0]
+    dm = np.take_along_axis(d, (jc - 1)[..., None], -1)[..., 0]
+    dp = np.take_along_axis(d, (jc + 1)[..., None], -1)[..., 0]
+    den = dm - 2 * d0 + dp
+    with np.errstate(divide="ignore", invalid="ignore"):
+        s = np.clip(np.where(den < 0, 0.5 * (dm - dp) / den, 0.0), -0.5, 0.5)
+    radius = r[1:-1][jc] + s * p.step_px
+    strength = np.take_along_axis(d, j[..., None], -1)[..., 0]
+    ok = (j > 0) & (j < m - 1) & (strength > 0)
+    return strength, np.where(ok, radius, np.nan)
+
+
+def _fit_centres(strength: np.ndarray, radius: np.ndarray, p: RimParameters) -> tuple[np.ndarray, np.ndarray]:
+    """Weighted least-squares shift ``(P, 2)`` of the circle centre from the rays' edge radii,
+    and the RMS misfit (px) of the edge points kept.
+
+    For a circle of the known rim radius R centred at ``d`` from the ray origin, the edge along
+    the unit vector u is at ``r(u) = R + d . u`` (to first order in |d|/R). R is fixed: dynamical
+    contrast often leaves part of a rim without an edge (a dark half disk), and an arc alone
+    cannot tell a shift from a change of radius. Edge points weaker than ``MIN_EDGE_FRACTION``
+    of the disk's strongest are not used; points more than 0.75 px off a fit are dropped and
+    the fit repeated (twice); weights are the edge strengths.
+    """
+    phi = 2 * np.pi * np.arange(p.n_angles) / p.n_angles
+    U = np.stack([np.cos(phi), np.sin(phi)], axis=1)  # (A, 2)
+    ok = np.isfinite(radius)
+    s = np.where(ok, strength, 0.0)
+    smax = s.max(axis=1, keepdims=True)
+    w = np.where(ok & (s >= MIN_EDGE_FRACTION * smax), s, 0.0)
+    rr = np.where(ok, radius - p.radius_px, 0.0)
+    sol = np.zeros((radius.shape[0], 2))
+    for _ in range(3):
+        N = np.einsum("pa,ai,aj->pij", w, U, U)
+        rhs = np.einsum("pa,ai,pa->pi", w, U, rr)
+        tr = np.trace(N, axis1=1, axis2=2)
+        good = np.linalg.det(N) > 0.02 * tr**2  # edge points spread over enough of the rim
+        sol = np.full((len(w), 2), np.nan)
+        if good.any():
+            sol[good] = np.linalg.solve(N[good], rhs[good][..., None])[..., 0]
+        resid = rr - np.nan_to_num(sol) @ U.T
+        w = np.where(np.abs(resid) <= 0.75, w, 0.0)
+    enough = ((w > 0).sum(axis=1) >= max(6, p.n_angles // 4)) & np.isfinite(sol).all(axis=1)
+    with np.errstate(invalid="ignore"):
+        rms = np.sqrt(np.sum(w * resid**2, axis=1) / np.sum(w, axis=1))
+    shift = np.where(enough[:, None], sol, np.nan)
+    return shift, rms
+
+
+def rim_refine(batch: np.ndarray, qx: np.ndarray, qy: np.ndarray, params: RimParameters) -> tuple[np.ndarray, np.ndarray]:
+    """Refine padded positions ``qx``, ``qy`` (n, k) (pixels, NaN padding) of a batch
+    ``(n, Qx, Qy)`` to the centres of circles fitted to the disks' rims.
+
+    Returns ``(qx, qy)`` of the same shape; a peak whose rim fit fails (too few edge points,
+    or a shift above ``params.max_shift_px``) keeps its position.
+    """
+    b = np.asarray(batch, dtype=np.float64)
+    qx = np.array(qx, dtype=np.float64)
+    qy = np.array(qy, dtype=np.float64)
+    ii, kk = np.nonzero(np.isfinite(qx) & np.isfinite(qy))
+    if ii.size == 0:
+        return qx, qy
+    step = max(1, _CHUNK_ELEMENTS // (params.n_angles * int(2 * params.search_px / params.step_px + 2)))
+    for s in range(0, ii.size, step):
+        i, k = ii[s:s + step], kk[s:s + step]
+        x0, y0 = qx[i, k], qy[i, k]
+        cx, cy = x0.copy(), y0.copy()
+        for _ in range(params.iterations):
+            strength, radius = _edge_points(b, i, cx, cy, params)
+            shift, _ = _fit_centres(strength, radius, params)
+            ok = np.isfinite(shift).all(axis=1)
+            cx = np.where(ok, cx + np.nan_to_num(shift[:, 0]), cx)
+            cy = np.where(ok, cy + np.nan_to_num(shift[:, 1]), cy)
+        far = np.hypot(cx - x0, cy - y0) > params.max_shift_px
+        qx[i, k] = np.where(far, x0, cx)
+        qy[i, k] = np.where(far, y0, cy)
+    return qx, qy
+
+
+def rim_batch(batch: np.ndarray, kernel_ft: np.ndarray, params: DetectionParameters,
+              rim: RimParameters) -> dict[str, np.ndarray]:
+    """:func:`detect_batch` (which disks exist, where roughly) then :func:`rim_refine` (where exactly).
+
+    Same padded outputs as :func:`detect_batch` (``qx``, ``qy`` in pixels, ``intensity``, ``count``).
+    """
+    out = detect_batch(batch, kernel_ft, params)
+    b = np.asarray(batch, dtype=np.float64)
+    bad = ~np.isfinite(b).all(axis=(1, 2))
+    if bad.any():
+        b = np.where(np.isfinite(b), b, 0.0)
+    out["qx"], out["qy"] = rim_refine(b, out["qx"], out["qy"], rim)
+    return out
+
+
+def find_bragg_disks_rim(
+    datacube: Any,
+    probe: Any = None,
+    *,
+    rim_radius: float | None = None,
+    search_px: float | None = None,
+    n_angles: int = 32,
+    memory_budget: int | None = None,
+    scheduler: Any = "threads",
+    n_workers: int | None = None,
+    progress: bool | None = None,
+    checkpoint: Any = None,
+    **overrides: Any,
+) -> BraggPeaks:
+    """Find the Bragg disks by correlation with the probe, then place each on its rim (circle fit).
+
+    Parameters
+    ----------
+    datacube : a DataCube (or an array of 2, 3 or 4 dimensions).
+    probe : vacuum probe (see :func:`probe_template`); None: the central disk of the mean pattern.
+    rim_radius : rim radius in pixels (default: :func:`rim_radius_px` of the probe).
+    search_px : edge points within ``rim_radius +- search_px`` (default: ``min(2, rim_radius / 2)`` px).
+    n_angles : edge points (rays) per disk.
+    memory_budget, scheduler, n_workers, progress, checkpoint : engine options
+        (see :func:`distill4d.engine.map_patterns`).
+    **overrides : fields of :class:`DetectionParameters` for the detection step.
+
+    Returns
+    -------
+    BraggPeaks (pixels); ``.params`` has ``method="rim"``, the detection and rim parameters.
+    """
+    from ..engine import map_patterns
+
+    dc = as_datacube(datacube)
+    template = probe_template(probe, datacube=dc, kind="disk")
+    params = _detection_params(dc, template, overrides)
+    r = rim_radius_px(template) if rim_radius is None else positive_float("rim_radius", rim_radius)
+    rim = RimParameters(radius_px=r, search_px=min(2.0, 0.5 * r) if search_px is None else search_px,
+                        n_angles=n_angles)
+    fn = functools.partial(rim_batch, kernel_ft=_kernel_ft(template), params=params, rim=rim)
+    res = map_patterns(dc, fn, memory_budget=memory_budget, scheduler=scheduler, n_workers=n_workers,
+                       progress=progress, checkpoint=checkpoint, job_key=f"rim:{params}:{rim}", desc="bragg disks (rim)")
+    return BraggPeaks.from_padded(
+        res["qx"], res["qy"], res["intensity"], res["count"], dc.calibration,
+        params={"method": "rim", **dataclasses.asdict(params), "probe_kind": "disk",
+                "probe_radius_px": template.radius_px, "rim": dataclasses.asdict(rim)},
+    )
+
+
+def _detection_params(dc, template: Probe, overrides: dict[str, Any], prefilter: str = "none") -> DetectionParameters:
+    """Automatic detection parameters with ``overrides`` applied (TypeError for unknown names)."""
+    fields = {f.name for f in dataclasses.fields(DetectionParameters)}
+    unknown = set(overrides) - fields
+    if unknown:
+        raise TypeError(f"unknown detection parameter(s) {sorted(unknown)}; known: {sorted(fields)}")
+    base = auto_detection_parameters(dc, template, corr_power=overrides.get("corr_power", 1.0),
+                                     sigma_cc_px=overrides.get("sigma_cc_px", 0.0),
+                                     min_relative_intensity=overrides.get("min_relative_intensity"))
+    return dataclasses.replace(base, **overrides)
