@@ -23,7 +23,7 @@ from .._validate import positive_float, positive_int
 from ..errors import Distill4dError
 from .detect import DetectionParameters, _kernel_ft, as_datacube, auto_detection_parameters, detect_batch
 from .peaks import BraggPeaks
-from .probe import Probe, probe_template
+from .probe import Probe, probe_template, sobel_magnitude
 
 __all__ = ["RimParameters", "rim_radius_px", "rim_refine", "rim_batch", "find_bragg_disks_rim"]
 
@@ -271,3 +271,223 @@ def _detection_params(dc, template: Probe, overrides: dict[str, Any], prefilter:
                                      sigma_cc_px=overrides.get("sigma_cc_px", 0.0),
                                      min_relative_intensity=overrides.get("min_relative_intensity"))
     return dataclasses.replace(base, **overrides)
+
+
+# ----------------------------------------------------------------------------- per-reflection templates
+@dataclasses.dataclass(frozen=True)
+class TemplateParameters:
+    """Parameters of :func:`template_refine` (lengths in detector pixels).
+
+    Attributes
+    ----------
+    half_px : the window of a reflection is ``2 half_px + 1`` pixels wide, centred on its spot.
+    mask_radius_px : pixels farther than this from the spot do not count (a soft circular
+        mask, 1 px wide), so that neighbouring disks stay out.
+    iterations : Gauss-Newton steps of the registration.
+    edges : register the gradient magnitudes (Sobel) of template and pattern instead of the
+        intensities: the rims count, the disk interior's contrast much less.
+    max_shift_px : a registration that moves farther than this from the spot is rejected (no peak).
+    """
+
+    half_px: int
+    mask_radius_px: float
+    iterations: int = 4
+    edges: bool = False
+    max_shift_px: float = 2.0
+
+    def __post_init__(self) -> None:
+        set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731
+        set_("half_px", positive_int("half_px", self.half_px, minimum=2))
+        set_("mask_radius_px", positive_float("mask_radius_px", self.mask_radius_px, maximum=self.half_px))
+        set_("iterations", positive_int("iterations", self.iterations))
+        if not isinstance(self.edges, (bool, np.bool_)):
+            raise TypeError(f"edges must be True or False, got {self.edges!r}")
+        set_("edges", bool(self.edges))
+        set_("max_shift_px", positive_float("max_shift_px", self.max_shift_px))
+
+
+def _windows(b: np.ndarray, base: np.ndarray, half: int) -> np.ndarray:
+    """Windows ``(n, k, W, W)`` of ``b`` (n, Qx, Qy) at integer corners ``base - half`` (k, 2), clamped."""
+    nx, ny = b.shape[1:]
+    off = np.arange(-half, half + 1)
+    px = np.clip(base[:, 0, None] + off, 0, nx - 1)  # (k, W)
+    py = np.clip(base[:, 1, None] + off, 0, ny - 1)
+    return b[:, px[:, :, None], py[:, None, :]]
+
+
+def reflection_templates(reference_patterns: np.ndarray, spots_px: np.ndarray, half_px: int) -> np.ndarray:
+    """Each reflection's disk averaged over ``reference_patterns`` (m, Qx, Qy): windows
+    ``(k, 2 half_px + 1, 2 half_px + 1)`` centred on ``rint(spots_px)`` (k, 2) (pixels)."""
+    ref = np.asarray(reference_patterns, dtype=np.float64)
+    if ref.ndim != 3:
+        raise Distill4dError(f"reference_patterns must be a stack (m, Qx, Qy), got shape {ref.shape}")
+    ref = ref[np.isfinite(ref).all(axis=(1, 2))]
+    if ref.shape[0] == 0:
+        raise Distill4dError("every reference pattern contains NaN or Inf; no template can be learned")
+    base = np.rint(np.asarray(spots_px, dtype=np.float64)).astype(np.int64).reshape(-1, 2)
+    return _windows(ref.mean(axis=0)[None], base, positive_int("half_px", half_px, minimum=2))[0]
+
+
+def template_refine(batch: np.ndarray, spots_px: np.ndarray, templates: np.ndarray,
+                    params: TemplateParameters) -> dict[str, np.ndarray]:
+    """Register each reflection's template in every pattern of a batch ``(n, Qx, Qy)``.
+
+    The window of reflection j at ``rint(spots_px[j])`` is fitted by ``a T_j(x - d) + b``
+    (Gauss-Newton on ``d``, linear in ``a`` and ``b``, weighted by the circular mask; the
+    template shifted in Fourier space), so its position is ``spots_px[j] + d``: at the
+    patterns the templates were averaged over, ``d`` is 0 up to noise, whatever the contrast
+    inside the disks. Returns padded ``qx``, ``qy`` (pixels), ``intensity`` (``a`` times the
+    template's masked total, pattern units) of shape ``(n, k)``, valid entries first, and
+    ``count``; a fit with ``a <= 0``, a failed solve or a shift above ``params.max_shift_px``
+    gives no peak.
+    """
+    b = np.asarray(batch, dtype=np.float64)
+    n = b.shape[0]
+    spots = np.asarray(spots_px, dtype=np.float64).reshape(-1, 2)
+    k = spots.shape[0]
+    h = params.half_px
+    W = 2 * h + 1
+    bad = ~np.isfinite(b).all(axis=(1, 2))
+    if bad.any():
+        b = np.where(np.isfinite(b), b, 0.0)
+    base = np.rint(spots).astype(np.int64)
+    T = np.asarray(templates, dtype=np.float64)
+    if T.shape != (k, W, W):
+        raise Distill4dError(f"templates must have shape {(k, W, W)} for {k} spots and half_px {h}, got {T.shape}")
+    P = _windows(b, base, h)  # (n, k, W, W)
+    if params.edges:
+        T = sobel_magnitude(T)
+        P = sobel_magnitude(P)
+    off = np.arange(-h, h + 1, dtype=np.float64)
+    frac = spots - base  # the spot within its window
+    r = np.hypot(off[None, :, None] - frac[:, 0, None, None], off[None, None, :] - frac[:, 1, None, None])
+    w = np.clip(params.mask_radius_px + 0.5 - r, 0.0, 1.0)  # (k, W, W)
+    kx = np.fft.fftfreq(W)[:, None]
+    ky = np.fft.fftfreq(W)[None, :]
+    Tf = np.fft.fft2(T)  # (k, W, W)
+    d = np.zeros((n, k, 2))
+    a = np.zeros((n, k))
+    ok = np.ones((n, k), bool)
+    for _ in range(params.iterations):
+        ph = np.exp(-2j * np.pi * (kx * d[..., 0, None, None] + ky * d[..., 1, None, None]))  # (n, k, W, W)
+        F = Tf[None] * ph
+        Td = np.real(np.fft.ifft2(F))
+        Gx = np.real(np.fft.ifft2(F * (2j * np.pi * kx)))
+        Gy = np.real(np.fft.ifft2(F * (2j * np.pi * ky)))
+        basis = np.stack([Td, np.ones_like(Td), Gx, Gy], axis=-1).reshape(n, k, W * W, 4)
+        ww = np.broadcast_to(w.reshape(1, k, W * W), (n, k, W * W))
+        N = np.einsum("nkpi,nkp,nkpj->nkij", basis, ww, basis)
+        rhs = np.einsum("nkpi,nkp,nkp->nki", basis, ww, P.reshape(n, k, W * W))
+        solvable = np.abs(np.linalg.det(N)) > 1e-300
+        sol = np.zeros((n, k, 4))
+        if solvable.any():
+            sol[solvable] = np.linalg.solve(N[solvable], rhs[solvable][..., None])[..., 0]
+        a = sol[..., 0]
+        ok = solvable & (a > 0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            step = np.where(ok[..., None], -sol[..., 2:] / a[..., None], 0.0)
+        d = d + np.clip(step, -1.0, 1.0)
+    ok &= (np.hypot(d[..., 0], d[..., 1]) <= params.max_shift_px) & ~bad[:, None]
+    total = a * (T * w).sum(axis=(1, 2))[None] if not params.edges else a * (np.asarray(templates) * w).sum(axis=(1, 2))[None]
+    valid = ok & np.isfinite(d).all(axis=-1)
+    order = np.argsort(~valid, axis=1, kind="stable")
+    take = lambda v: np.take_along_axis(np.where(valid, v, np.nan), order, axis=1)  # noqa: E731
+    return {
+        "qx": take(spots[None, :, 0] + d[..., 0]),
+        "qy": take(spots[None, :, 1] + d[..., 1]),
+        "intensity": take(total),
+        "count": valid.sum(axis=1).astype(np.int32),
+    }
+
+
+def template_batch(batch: np.ndarray, spots_px: np.ndarray, templates: np.ndarray,
+                   params: TemplateParameters) -> dict[str, np.ndarray]:
+    """:func:`template_refine` in chunks that bound the memory (a batch function for the engine)."""
+    b = np.asarray(batch)
+    k = np.asarray(spots_px).reshape(-1, 2).shape[0]
+    W = 2 * params.half_px + 1
+    step = max(1, (1 << 22) // max(1, 12 * k * W * W))
+    parts = [template_refine(b[s:s + step], spots_px, templates, params) for s in range(0, b.shape[0], step)]
+    if len(parts) == 1:
+        return parts[0]
+    return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
+
+
+def find_bragg_disks_template(
+    datacube: Any,
+    probe: Any = None,
+    *,
+    reference: Any = None,
+    edges: bool = False,
+    min_spot_intensity: float = 0.0,
+    memory_budget: int | None = None,
+    scheduler: Any = "threads",
+    n_workers: int | None = None,
+    progress: bool | None = None,
+    checkpoint: Any = None,
+) -> BraggPeaks:
+    """Bragg disks registered against per-reflection templates learned from the scan itself.
+
+    The disks of the reference region's mean pattern are found by correlation with the probe;
+    each one's window, averaged over the reference region's patterns, is its template; every
+    pattern's window is registered against it (:func:`template_refine`). Where dynamical
+    contrast fills the disks the same way across the scan (a thick crystal of even thickness),
+    the template carries that contrast and the registration is not biased by it.
+
+    Parameters
+    ----------
+    datacube : the data.
+    probe : vacuum probe (see :func:`probe_template`); None: the central disk of the mean pattern.
+    reference : the region ``(slice, slice)`` of the scan whose patterns make the templates
+        (the strain reference region); None: the whole scan.
+    edges : register gradient magnitudes (Sobel), not intensities (see :class:`TemplateParameters`).
+    min_spot_intensity : spots weaker than this fraction of the brightest (correlation) are left out.
+    memory_budget, scheduler, n_workers, progress, checkpoint : engine options
+        (see :func:`distill4d.engine.map_patterns`).
+
+    Returns
+    -------
+    BraggPeaks (pixels); ``.params`` has ``method="template"`` and the spots.
+    """
+    from ..engine import map_patterns
+    from ..lattice.strain import reference_region
+    from .detect import find_bragg_disks
+
+    dc = as_datacube(datacube)
+    region = (slice(None), slice(None)) if reference is None else reference_region(reference, dc.scan_shape)
+    ref_dc = dc[region[0], region[1]]
+    template = probe_template(probe, datacube=dc, kind="disk")
+    ref_mean = _finite_mean(ref_dc)
+    from ..datacube import DataCube
+
+    mp = find_bragg_disks(DataCube(ref_mean[None, None].astype(np.float64), dc.calibration), template,
+                          scheduler="inline", progress=False)
+    spots = np.stack([mp.qx, mp.qy], axis=1)
+    if min_spot_intensity > 0 and spots.size:
+        spots = spots[mp.intensity >= min_spot_intensity * mp.intensity.max()]
+    r = template.radius_px
+    half = int(math.ceil(r + 3.0))
+    nx, ny = dc.pattern_shape
+    inside = (spots[:, 0] >= half) & (spots[:, 0] <= nx - 1 - half) & (spots[:, 1] >= half) & (spots[:, 1] <= ny - 1 - half)
+    spots = spots[inside]
+    if spots.shape[0] < 3:
+        raise Distill4dError(f"the reference region's mean pattern has {spots.shape[0]} disks inside the detector; "
+                             "templates need at least 3")
+    tp = TemplateParameters(half_px=half, mask_radius_px=min(float(half), r + 2.0), edges=edges)
+    templates = _windows(ref_mean[None], np.rint(spots).astype(np.int64), half)[0]
+    fn = functools.partial(template_batch, spots_px=spots, templates=templates, params=tp)
+    res = map_patterns(dc, fn, memory_budget=memory_budget, scheduler=scheduler, n_workers=n_workers,
+                       progress=progress, checkpoint=checkpoint,
+                       job_key=f"template:{tp}:{spots.round(4).tolist()}", desc="bragg disks (template)")
+    region_text = [[s.start, s.stop] for s in region]
+    return BraggPeaks.from_padded(
+        res["qx"], res["qy"], res["intensity"], res["count"], dc.calibration,
+        params={"method": "template", **dataclasses.asdict(tp), "reference": region_text,
+                "probe_radius_px": r, "n_spots": int(spots.shape[0]), "spots_px": spots.tolist()},
+    )
+
+
+def _finite_mean(dc) -> np.ndarray:
+    from .mean import finite_mean_pattern
+
+    return finite_mean_pattern(dc, scheduler="inline", progress=False)
