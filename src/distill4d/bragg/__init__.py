@@ -4,6 +4,7 @@ from .com_disks import find_bragg_disks_com, mean_pattern_spots
 from .detect import DetectionParameters, auto_detection_parameters, detect_batch, find_bragg_disks
 from .peaks import BraggPeaks
 from .probe import Probe, measure_disk, probe_template
+from .refine import find_bragg_disks_rim, find_bragg_disks_template, rim_radius_px
 from .score import DetectionScore, disk_detection_accuracy
 
 __all__ = [
@@ -16,7 +17,10 @@ __all__ = [
     "disk_detection_accuracy",
     "find_bragg_disks",
     "find_bragg_disks_com",
+    "find_bragg_disks_rim",
+    "find_bragg_disks_template",
     "mean_pattern_spots",
     "measure_disk",
     "probe_template",
+    "rim_radius_px",
 ]

@@ -450,12 +450,16 @@ def find_bragg_disks_template(
     BraggPeaks (pixels); ``.params`` has ``method="template"`` and the spots.
     """
     from ..engine import map_patterns
-    from ..lattice.strain import reference_region
     from .detect import find_bragg_disks
 
     dc = as_datacube(datacube)
-    region = (slice(None), slice(None)) if reference is None else reference_region(reference, dc.scan_shape)
-    ref_dc = dc[region[0], region[1]]
+    region = (slice(None), slice(None)) if reference is None else reference
+    if not (isinstance(region, tuple) and len(region) == 2 and all(isinstance(s, slice) for s in region)):
+        raise Distill4dError(f"reference must be a region (slice, slice) of the scan or None, got {reference!r}")
+    try:
+        ref_dc = dc[region[0], region[1]]
+    except IndexError as err:
+        raise Distill4dError(f"reference {reference!r}: {err}") from None
     template = probe_template(probe, datacube=dc, kind="disk")
     ref_mean = _finite_mean(ref_dc)
     from ..datacube import DataCube
