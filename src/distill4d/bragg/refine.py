@@ -25,7 +25,9 @@ from .detect import DetectionParameters, _kernel_ft, as_datacube, auto_detection
 from .peaks import BraggPeaks
 from .probe import Probe, probe_template, sobel_magnitude
 
-__all__ = ["RimParameters", "rim_radius_px", "rim_refine", "rim_batch", "find_bragg_disks_rim"]
+__all__ = ["RimParameters", "rim_radius_px", "rim_refine", "rim_batch", "find_bragg_disks_rim", "interior_asymmetry",
+           "rim_tilt_bias_px", "TemplateParameters", "reflection_templates", "template_refine", "template_batch",
+           "find_bragg_disks_template"]
 
 #: Edge points weaker than this fraction of the disk's strongest are not fitted.
 MIN_EDGE_FRACTION = 0.2
@@ -47,6 +49,8 @@ class RimParameters:
     smooth_px : Gaussian smoothing of each ray profile before the derivative (0: none).
     max_shift_px : a fit that moves a peak farther than this is rejected (the peak keeps its
         detected position).
+    bias_px : the tilt-bias model: the fitted centre moves by ``-bias_px`` times the disk's
+        interior asymmetry (:func:`interior_asymmetry`, :func:`rim_tilt_bias_px`); 0: off.
     """
 
     radius_px: float
@@ -56,9 +60,12 @@ class RimParameters:
     iterations: int = 2
     smooth_px: float = 0.5
     max_shift_px: float = 1.5
+    bias_px: float = 0.0
 
     def __post_init__(self) -> None:
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731
+        if not (isinstance(self.bias_px, (int, float)) and math.isfinite(self.bias_px)):
+            raise Distill4dError(f"bias_px must be a finite number (px), got {self.bias_px!r}")
         set_("radius_px", positive_float("radius_px", self.radius_px))
         set_("search_px", positive_float("search_px", self.search_px, maximum=self.radius_px))
         set_("n_angles", positive_int("n_angles", self.n_angles, minimum=8))
@@ -84,7 +91,7 @@ def rim_radius_px(probe: Probe | np.ndarray) -> float:
         img = np.asarray(probe, dtype=np.float64)
         c, r0, _ = measure_disk(img)
     p = RimParameters(radius_px=r0, search_px=min(0.75 * r0, 3.0), n_angles=64, smooth_px=0.5)
-    _, r = _edge_points(img[None], np.zeros(1, np.int64), np.array([float(c[0])]), np.array([float(c[1])]), p)
+    _, r, _ = _edge_points(img[None], np.zeros(1, np.int64), np.array([float(c[0])]), np.array([float(c[1])]), p)
     r = r[np.isfinite(r)]
     if r.size < 8:
         raise Distill4dError("no disk rim found in the probe (is it a disk?)")
@@ -111,6 +118,7 @@ def _edge_points(b: np.ndarray, ii: np.ndarray, cx: np.ndarray, cy: np.ndarray, 
     X = cx[:, None, None] + ux[None, :, None] * r[None, None, :]
     Y = cy[:, None, None] + uy[None, :, None] * r[None, None, :]
     prof = _bilinear(b, ii[:, None, None], X, Y)  # (P, A, R)
+    inner = prof[..., r <= p.radius_px - 1.0].mean(axis=-1) if np.any(r <= p.radius_px - 1.0) else prof[..., 0]
     if p.smooth_px > 0:
         from scipy.ndimage import gaussian_filter1d
 
@@ -128,7 +136,7 @@ def _edge_points(b: np.ndarray, ii: np.ndarray, cx: np.ndarray, cy: np.ndarray, 
     radius = r[1:-1][jc] + s * p.step_px
     strength = np.take_along_axis(d, j[..., None], -1)[..., 0]
     ok = (j > 0) & (j < m - 1) & (strength > 0)
-    return strength, np.where(ok, radius, np.nan)
+    return strength, np.where(ok, radius, np.nan), inner
 
 
 def _fit_centres(strength: np.ndarray, radius: np.ndarray, p: RimParameters) -> tuple[np.ndarray, np.ndarray]:
@@ -167,6 +175,42 @@ def _fit_centres(strength: np.ndarray, radius: np.ndarray, p: RimParameters) -> 
     return shift, rms
 
 
+def interior_asymmetry(inner: np.ndarray) -> np.ndarray:
+    """First angular harmonic ``(P, 2)`` of the disk interior's intensity ``inner`` (P, n_angles)
+    (rays at angles ``2 pi j / n_angles``), relative to its mean: ``2 <m cos phi> / <m>``, the same
+    with sin; 0 for an even disk, ~``t r / R`` for an interior ramp ``1 + t x / R`` sampled at radius r."""
+    n = inner.shape[-1]
+    phi = 2 * np.pi * np.arange(n) / n
+    mean = inner.mean(axis=-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = 2 * np.stack([(inner * np.cos(phi)).mean(axis=-1), (inner * np.sin(phi)).mean(axis=-1)], -1) / mean[:, None]
+    return np.where(mean[:, None] > 0, out, 0.0)
+
+
+def rim_tilt_bias_px(probe: Probe | np.ndarray, params: RimParameters, ramp: float = 0.3) -> float:
+    """The tilt-bias model of the rim fit: the shift (px) of the fitted rim centre per unit interior
+    asymmetry (:func:`interior_asymmetry`), measured on the probe disk itself given an interior
+    ramp ``1 + ramp x / R`` (a tilt moves intensity towards the Bragg condition; the rim's own
+    intensity then varies around it and pulls the steepest fall outward on the bright side)."""
+    if isinstance(probe, Probe):
+        img = np.fft.fftshift(probe.kernel)
+        c = (img.shape[0] // 2, img.shape[1] // 2)
+    else:
+        from .probe import measure_disk
+
+        img = np.asarray(probe, dtype=np.float64)
+        c, _, _ = measure_disk(img)
+    x = np.arange(img.shape[0])[:, None] - c[0]
+    tilted = img * np.clip(1 + ramp * x / params.radius_px, 0, None)
+    p0 = dataclasses.replace(params, bias_px=0.0)
+    qx, _ = rim_refine(tilted[None], np.array([[float(c[0])]]), np.array([[float(c[1])]]), p0)
+    _, _, inner = _edge_points(tilted[None], np.zeros(1, np.int64), qx[0], np.array([float(c[1])]), p0)
+    a = interior_asymmetry(inner)[0, 0]
+    if not abs(a) > 1e-6:
+        raise Distill4dError("the probe disk shows no interior asymmetry under a ramp (is it a disk?)")
+    return float((qx[0, 0] - c[0]) / a)
+
+
 def rim_refine(batch: np.ndarray, qx: np.ndarray, qy: np.ndarray, params: RimParameters) -> tuple[np.ndarray, np.ndarray]:
     """Refine padded positions ``qx``, ``qy`` (n, k) (pixels, NaN padding) of a batch
     ``(n, Qx, Qy)`` to the centres of circles fitted to the disks' rims.
@@ -185,9 +229,11 @@ def rim_refine(batch: np.ndarray, qx: np.ndarray, qy: np.ndarray, params: RimPar
         i, k = ii[s:s + step], kk[s:s + step]
         x0, y0 = qx[i, k], qy[i, k]
         cx, cy = x0.copy(), y0.copy()
-        for _ in range(params.iterations):
-            strength, radius = _edge_points(b, i, cx, cy, params)
+        for it in range(params.iterations):
+            strength, radius, inner = _edge_points(b, i, cx, cy, params)
             shift, _ = _fit_centres(strength, radius, params)
+            if params.bias_px and it == params.iterations - 1:
+                shift = shift - params.bias_px * interior_asymmetry(inner)
             ok = np.isfinite(shift).all(axis=1)
             cx = np.where(ok, cx + np.nan_to_num(shift[:, 0]), cx)
             cy = np.where(ok, cy + np.nan_to_num(shift[:, 1]), cy)
@@ -219,6 +265,7 @@ def find_bragg_disks_rim(
     rim_radius: float | None = None,
     search_px: float | None = None,
     n_angles: int = 32,
+    tilt_correction: bool = True,
     memory_budget: int | None = None,
     scheduler: Any = "threads",
     n_workers: int | None = None,
@@ -235,6 +282,8 @@ def find_bragg_disks_rim(
     rim_radius : rim radius in pixels (default: :func:`rim_radius_px` of the probe).
     search_px : edge points within ``rim_radius +- search_px`` (default: ``min(2, rim_radius / 2)`` px).
     n_angles : edge points (rays) per disk.
+    tilt_correction : remove the tilt bias model's shift (:func:`rim_tilt_bias_px`, calibrated on
+        the probe) from every disk according to its interior asymmetry (default True).
     memory_budget, scheduler, n_workers, progress, checkpoint : engine options
         (see :func:`distill4d.engine.map_patterns`).
     **overrides : fields of :class:`DetectionParameters` for the detection step.
@@ -251,6 +300,8 @@ def find_bragg_disks_rim(
     r = rim_radius_px(template) if rim_radius is None else positive_float("rim_radius", rim_radius)
     rim = RimParameters(radius_px=r, search_px=min(2.0, 0.5 * r) if search_px is None else search_px,
                         n_angles=n_angles)
+    if tilt_correction:
+        rim = dataclasses.replace(rim, bias_px=rim_tilt_bias_px(template, rim))
     fn = functools.partial(rim_batch, kernel_ft=_kernel_ft(template), params=params, rim=rim)
     res = map_patterns(dc, fn, memory_budget=memory_budget, scheduler=scheduler, n_workers=n_workers,
                        progress=progress, checkpoint=checkpoint, job_key=f"rim:{params}:{rim}", desc="bragg disks (rim)")
@@ -280,7 +331,8 @@ class TemplateParameters:
 
     Attributes
     ----------
-    half_px : the window of a reflection is ``2 half_px + 1`` pixels wide, centred on its spot.
+    half_px : the window of a reflection is ``2 half_px + 1`` pixels wide, centred on its spot;
+        the template is tapered to 0 between ``mask_radius_px + 1`` and ``half_px``.
     mask_radius_px : pixels farther than this from the spot do not count (a soft circular
         mask, 1 px wide), so that neighbouring disks stay out.
     iterations : Gauss-Newton steps of the registration.
@@ -364,7 +416,11 @@ def template_refine(batch: np.ndarray, spots_px: np.ndarray, templates: np.ndarr
     w = np.clip(params.mask_radius_px + 0.5 - r, 0.0, 1.0)  # (k, W, W)
     kx = np.fft.fftfreq(W)[:, None]
     ky = np.fft.fftfreq(W)[None, :]
-    Tf = np.fft.fft2(T)  # (k, W, W)
+    # taper the template to 0 at the window's border (1 up to 1 px beyond the mask), so that its
+    # Fourier shift does not ring from the periodic wrap
+    edge = params.mask_radius_px + 1.0
+    taper = np.where(r <= edge, 1.0, np.cos(0.5 * np.pi * np.clip((r - edge) / max(h - edge, 1.0), 0, 1)) ** 2)
+    Tf = np.fft.fft2(T * taper)  # (k, W, W)
     d = np.zeros((n, k, 2))
     a = np.zeros((n, k))
     ok = np.ones((n, k), bool)
@@ -470,7 +526,7 @@ def find_bragg_disks_template(
     if min_spot_intensity > 0 and spots.size:
         spots = spots[mp.intensity >= min_spot_intensity * mp.intensity.max()]
     r = template.radius_px
-    half = int(math.ceil(r + 3.0))
+    half = int(math.ceil(r + 5.0))
     nx, ny = dc.pattern_shape
     inside = (spots[:, 0] >= half) & (spots[:, 0] <= nx - 1 - half) & (spots[:, 1] >= half) & (spots[:, 1] <= ny - 1 - half)
     spots = spots[inside]
