@@ -5,7 +5,10 @@ contrast of tilted and thick crystals (intensity ramp towards the Bragg conditio
 import numpy as np
 import pytest
 
-from _synth import soft_disk
+from _synth import LATTICE_N as N
+from _synth import LATTICE_R as R
+from _synth import LATTICE_PROBE as PROBE
+from _synth import lattice_points, soft_disk, tilt_series, uneven_disks as pattern
 from distill4d.bragg import (
     DetectionParameters,
     find_bragg_disks,
@@ -17,42 +20,6 @@ from distill4d.bragg import (
 from distill4d.bragg.refine import RimParameters, TemplateParameters, rim_refine, template_refine
 from distill4d.datacube import DataCube
 from distill4d.errors import Distill4dError
-
-N = 96
-R = 5.0
-ORIGIN = np.array([47.3, 48.6])
-U = np.array([14.0, 3.0])
-V = np.array([-2.0, 15.0])
-
-
-def lattice_points(scale=(1.0, 1.0)) -> np.ndarray:
-    """Lattice points (px) at least 10 px inside the pattern; ``scale`` stretches qx, qy about the origin."""
-    pts = [ORIGIN + (h * U + k * V) * np.asarray(scale) for h in range(-4, 5) for k in range(-4, 5)]
-    return np.array([p for p in pts if 10 <= p[0] <= N - 11 and 10 <= p[1] <= N - 11])
-
-
-def pattern(pts: np.ndarray, interior: str = "flat", strength: float = 0.0, angle: float = 0.6) -> np.ndarray:
-    """Disks of radius R at ``pts`` (the first, the direct beam, 3x brighter); ``interior``:
-    ``"flat"``, ``"ramp"`` (1 + strength * s, s = distance along the direction ``angle`` / R:
-    intensity moved towards one side, as a tilt does) or ``"half"`` (the far half dimmed by
-    ``strength``: a dark Bragg band across the disk)."""
-    qx, qy = np.indices((N, N), dtype=np.float64)
-    u = np.array([np.cos(angle), np.sin(angle)])
-    img = np.zeros((N, N))
-    for i, p in enumerate(pts):
-        s = ((qx - p[0]) * u[0] + (qy - p[1]) * u[1]) / R
-        if interior == "ramp":
-            w = np.clip(1 + strength * s, 0, None)
-        elif interior == "half":
-            w = np.where(s < 0, 1 - strength, 1.0)
-        else:
-            w = 1.0
-        img += (3.0 if i == 0 else 1.0) * soft_disk((N, N), tuple(p), R) * w
-    return 1000.0 * img
-
-
-PROBE = 1000.0 * soft_disk((N, N), (N / 2, N / 2), R)
-
 
 def _errors(peaks, pts: np.ndarray) -> np.ndarray:
     p = peaks[0, 0]
@@ -115,23 +82,6 @@ def test_rim_radius_of_a_soft_disk():
     # there, the pixel grid picks a point within 0.1 px of the middle
     assert rim_radius_px(PROBE) == pytest.approx(R, abs=0.1)
     assert rim_radius_px(probe_template(PROBE)) == pytest.approx(R, abs=0.1)
-
-
-def tilt_series(tilts, pts=None) -> np.ndarray:
-    """Patterns (len(tilts), N, N) of one lattice whose disks carry an interior ramp along qx
-    ``1 + t g_x / (40 px) x / R``: in a tilted crystal the excitation error, so the intensity's
-    move towards the Bragg condition, grows with g along the tilt."""
-    pts = lattice_points() if pts is None else pts
-    frames = []
-    for t in tilts:
-        qx, qy = np.indices((N, N), dtype=np.float64)
-        img = np.zeros((N, N))
-        for i, p in enumerate(pts):
-            g = (p[0] - ORIGIN[0]) / 40.0  # ramp along qx, proportional to g_x
-            s = (qx - p[0]) / R
-            img += (3.0 if i == 0 else 1.0) * soft_disk((N, N), tuple(p), R) * np.clip(1 + t * g * s, 0, None)
-        frames.append(1000.0 * img)
-    return np.stack(frames)
 
 
 def test_tilt_bias_that_grows_with_g_is_removed_by_the_rim_fit():
