@@ -151,6 +151,7 @@ def evaluate(name: str, dose, methods) -> dict:
         if m == "auto":
             row["chosen"] = pk.params["auto"]["chosen"]
             row["reason"] = pk.params["auto"]["reason"]
+            row["choice_seconds"] = pk.params["auto"].get("seconds")
         out[m] = row
         st = r["strain"]
         log(f"  {name} {dose} {m:11s} exx {st.get('eps_xx', float('nan')):.3f} eyy {st.get('eps_yy', float('nan')):.3f} "
@@ -217,7 +218,8 @@ def render(raw: dict) -> str:
         ratio = [a["strain"][k] / c["strain"][k] for k in ("eps_xx", "eps_yy")]
         L.append(f"- `{key.replace('@', '` ')}: auto chose {a['chosen']}; eps_xx {a['strain']['eps_xx']:.3f} % "
                  f"({ratio[0]:.2f}x correlation), eps_yy {a['strain']['eps_yy']:.3f} % ({ratio[1]:.2f}x); "
-                 f"throughput {a['patterns_per_s'] / c['patterns_per_s']:.2f}x correlation's")
+                 f"throughput {a['patterns_per_s'] / c['patterns_per_s']:.2f}x correlation's (the choice: "
+                 f"{a.get('choice_seconds') or 0:.1f} s of {a['seconds']:.1f} s)")
     L += ["", f"Raw numbers: `benchmarks/data/{SECTION}.json`.", f"<!-- {SECTION}:end -->"]
     return "\n".join(L)
 

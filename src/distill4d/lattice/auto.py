@@ -57,8 +57,9 @@ class AutoChoice:
     ----------
     method : ``"correlation"``, ``"sobel"`` or ``"rim"``.
     evidence : the measurements behind the choice (JSON-able): ``friedel_asymmetry``,
-        ``interior_contrast``, ``probe_contrast``, ``n_disks``, and when candidates were run,
-        ``validation`` (region, score kind) and ``scores`` (strain scatter per candidate, %).
+        ``interior_contrast``, ``probe_contrast``, ``n_disks``, ``seconds`` (of the choice), and
+        when candidates were run, ``validation`` (region, score kind) and ``scores`` (strain
+        scatter per candidate, %).
     reason : one line for the user.
     """
 
@@ -190,6 +191,9 @@ def choose_disk_method(
     -------
     AutoChoice
     """
+    import time
+
+    t0 = time.perf_counter()
     dc = as_datacube(datacube)
     unknown = [c for c in candidates if c not in AUTO_CANDIDATES]
     if unknown:
@@ -208,6 +212,7 @@ def choose_disk_method(
     asym = ev.get("friedel_asymmetry")
     ev["asymmetry_threshold"] = asymmetry_threshold
     if asym is None or asym < asymmetry_threshold:
+        ev["seconds"] = time.perf_counter() - t0
         why = ("no Friedel pairs of disks to judge tilt by" if asym is None
                else f"disk pairs symmetric (Friedel asymmetry {asym:.3f} < {asymmetry_threshold:g}): on zone")
         return AutoChoice("correlation", ev, f"correlation: {why}")
@@ -222,6 +227,7 @@ def choose_disk_method(
     ev["scores"] = {k: (v if math.isfinite(v) else None) for k, v in scores.items()}
     best = min(scores, key=lambda k: scores[k])
     base = scores["correlation"]
+    ev["seconds"] = time.perf_counter() - t0
     if best != "correlation" and scores[best] < margin * base:
         return AutoChoice(best, ev, f"{best}: disks uneven (Friedel asymmetry {asym:.3f}); strain scatter in the "
                           f"{where} {scores[best]:.3g} % vs correlation {base:.3g} %")
