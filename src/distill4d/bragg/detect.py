@@ -491,7 +491,8 @@ def find_bragg_disks(
 
     Returns
     -------
-    BraggPeaks with positions in detector pixels; the chosen parameters are in ``.params``.
+    BraggPeaks with positions in detector pixels; the chosen parameters are in ``.params``
+    (``method`` is ``"sobel"`` for edge-filtered correlation, else ``"correlation"``).
     """
     from ..engine import map_patterns
 
@@ -521,6 +522,7 @@ def find_bragg_disks(
     )
     return BraggPeaks.from_padded(
         res["qx"], res["qy"], res["intensity"], res["count"], dc.calibration,
-        params={"method": "correlation", **dataclasses.asdict(params), "probe_kind": probe.kind,
+        params={"method": "sobel" if params.prefilter == "sobel" else "correlation", **dataclasses.asdict(params),
+                "probe_kind": probe.kind,
                 "probe_radius_px": probe.radius_px},
     )
