@@ -8,7 +8,8 @@ import pytest
 from _synth import LATTICE_N as N
 from _synth import LATTICE_R as R
 from _synth import LATTICE_PROBE as PROBE
-from _synth import lattice_points, soft_disk, tilt_series, uneven_disks as pattern
+from _synth import lattice_points, tilt_series
+from _synth import uneven_disks as pattern
 from distill4d.bragg import (
     DetectionParameters,
     find_bragg_disks,
@@ -20,6 +21,7 @@ from distill4d.bragg import (
 from distill4d.bragg.refine import RimParameters, TemplateParameters, rim_refine, template_refine
 from distill4d.datacube import DataCube
 from distill4d.errors import Distill4dError
+
 
 def _errors(peaks, pts: np.ndarray) -> np.ndarray:
     p = peaks[0, 0]
