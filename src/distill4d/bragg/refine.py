@@ -45,7 +45,8 @@ class RimParameters:
     search_px : edge points are looked for within ``radius_px +- search_px`` of the centre.
     n_angles : rays from the centre (edge points per disk).
     step_px : sampling step along a ray.
-    iterations : re-centrings (rays from the last fitted centre).
+    iterations : fits, each with rays from the last fitted centre (1: the correlation peak is
+        close enough for the first-order model; 2 gave the same strain errors at 0.75x the speed).
     smooth_px : Gaussian smoothing of each ray profile before the derivative (0: none).
     max_shift_px : a fit that moves a peak farther than this is rejected (the peak keeps its
         detected position).
@@ -57,7 +58,7 @@ class RimParameters:
     search_px: float = 2.0
     n_angles: int = 32
     step_px: float = 0.25
-    iterations: int = 2
+    iterations: int = 1
     smooth_px: float = 0.5
     max_shift_px: float = 1.5
     bias_px: float = 0.0
