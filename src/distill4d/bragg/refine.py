@@ -46,7 +46,7 @@ class RimParameters:
     n_angles : rays from the centre (edge points per disk).
     step_px : sampling step along a ray.
     iterations : fits, each with rays from the last fitted centre (1: the correlation peak is
-        close enough for the first-order model; 2 gave the same strain errors at 0.75x the speed).
+        close enough for the first-order model; 2 gave the same strain errors and took 1.3x as long).
     smooth_px : Gaussian smoothing of each ray profile before the derivative (0: none).
     max_shift_px : a fit that moves a peak farther than this is rejected (the peak keeps its
         detected position).
