@@ -182,7 +182,9 @@ def test_disks_and_strain_commands_recover_a_known_strain(tmp_path, capsys):
     # the file records its command, inputs, detector and reference
     prov = smap.provenance
     assert prov.command.startswith("distill4d ") and prov.inputs == (str(scan), str(probe))
+    # the default --method auto keeps plain correlation on these even (kinematic) disks, and says why
     assert prov.parameters["detection"]["method"] == "correlation"
+    assert prov.parameters["detection"]["parameters"]["auto"]["chosen"] == "correlation"
     assert prov.parameters["reference"] == [[0, 4], [0, 8]] and smap.calibration == dc.calibration
     # ... and a multilayer (alternating +-1 % eps_xx along Rx) referenced to its first layer.
     ml, mtruth = strained_scan((8, 8), (128, 128), kind="multilayer", strain=0.01, layer_width=2, dose=None)

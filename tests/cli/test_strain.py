@@ -28,7 +28,7 @@ def no_detection(monkeypatch):
     monkeypatch.setattr(distill4d.bragg, "find_bragg_disks", boom)
 
 
-@pytest.mark.parametrize("method", ["correlation", "com", "ccstae"])
+@pytest.mark.parametrize("method", ["auto", "correlation", "rim", "template", "com", "ccstae"])
 @pytest.mark.parametrize("region, message", [
     ("50:100,50:100", "--reference region 50:100,50:100 selects no position of the scan of 6 x 6 positions"),
     ("abc", "--reference must look like x0:x1,y0:y1 (scan positions), got 'abc'"),
@@ -71,3 +71,16 @@ def test_detection_is_kept_until_the_output_is_written(scan, tmp_path, capsys, m
     monkeypatch.setattr(distill4d.lattice, "strain_map", real)
     assert main(argv) == 0
     assert out.exists() and not (tmp_path / "s.h5.partial").exists()
+
+
+@pytest.mark.parametrize("method", ["sobel", "rim", "template"])
+def test_named_robust_methods_run_and_are_recorded(scan, tmp_path, capsys, method):
+    from distill4d.lattice import StrainMap
+
+    out = tmp_path / "s.h5"
+    assert main(["strain", str(scan), "--method", method, "-o", str(out), "--reference", "0:3,0:6",
+                 "--no-progress"]) == 0
+    smap = StrainMap.from_hdf5(out)
+    assert smap.provenance.parameters["detection"]["method"] == method
+    # a uniform 1 % strain referenced to part of the same scan reads 0 everywhere (noise-free)
+    assert np.nanmax(np.abs(smap.eps_xx)) < 1e-3 and np.nanmax(np.abs(smap.eps_yy)) < 1e-3

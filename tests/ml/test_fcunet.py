@@ -825,3 +825,26 @@ def test_shipped_weights_with_flips_give_mirrored_peaks_for_a_mirrored_pattern()
     assert np.all(d < 0.02), d
     with pytest.raises(ValueError, match="views must be one of"):
         find_bragg_disks_fcunet(dc, probe, views="rotations", device="cpu", progress=False)
+
+
+@pytest.mark.slow
+def test_fcunet_as_judge_with_rim_refinement_refines_its_positions():
+    """refine="rim": the network says which disks exist, the rim fit places them (on even disks
+    within 0.1 px of the known centres); a bad refine is refused before any work."""
+    from _synth import LATTICE_PROBE, lattice_points, uneven_disks
+    from distill4d.datacube import DataCube
+    from distill4d.errors import Distill4dError
+    from distill4d.ml.fcunet.detect import find_bragg_disks_fcunet
+
+    with pytest.raises(Distill4dError, match="refine"):
+        find_bragg_disks_fcunet(np.zeros((4, 4)), refine="circle")
+    pts = lattice_points()
+    dc = DataCube(uneven_disks(pts)[None, None])
+    kw = dict(device="cpu", progress=False, q_pixel_inv_A=0.025)
+    plain = find_bragg_disks_fcunet(dc, LATTICE_PROBE, **kw)
+    refined = find_bragg_disks_fcunet(dc, LATTICE_PROBE, refine="rim", **kw)
+    assert refined.params["refine"] == "rim" and "rim" in refined.params
+    assert plain.n_peaks == refined.n_peaks > 0
+    p = refined[0, 0]
+    d = np.hypot(p[:, 0, None] - pts[None, :, 0], p[:, 1, None] - pts[None, :, 1]).min(axis=1)
+    assert np.median(d) < 0.1

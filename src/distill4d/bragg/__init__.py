@@ -11,6 +11,7 @@ from .detect import (
 )
 from .peaks import BraggPeaks
 from .probe import Probe, measure_disk, probe_template
+from .refine import find_bragg_disks_rim, find_bragg_disks_template, rim_radius_px
 from .score import DetectionScore, disk_detection_accuracy
 
 __all__ = [
@@ -24,8 +25,11 @@ __all__ = [
     "disk_detection_accuracy",
     "find_bragg_disks",
     "find_bragg_disks_com",
+    "find_bragg_disks_rim",
+    "find_bragg_disks_template",
     "kernel_ft",
     "mean_pattern_spots",
     "measure_disk",
     "probe_template",
+    "rim_radius_px",
 ]

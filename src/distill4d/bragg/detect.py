@@ -24,7 +24,7 @@ from ..datacube import DataCube
 from ..errors import Distill4dError
 from .mean import finite_mean_pattern
 from .peaks import BraggPeaks
-from .probe import Probe, probe_template
+from .probe import Probe, probe_template, sobel_magnitude
 
 __all__ = [
     "DetectionParameters",
@@ -38,6 +38,7 @@ __all__ = [
 ]
 
 _SUBPIXEL = ("none", "parabolic", "dft")
+_PREFILTERS = ("none", "sobel")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +65,8 @@ class DetectionParameters:
         ``min_relative_intensity``). Noise rarely makes a maximum exactly where a disk is
         expected, so on-site maxima can be accepted far below the noise threshold that
         off-site maxima need.
+    prefilter : ``"none"`` or ``"sobel"``: each pattern is replaced by its Sobel gradient
+        magnitude before the correlation (edge-filtered correlation; use the ``"sobel"`` probe).
     """
 
     radius_px: float
@@ -79,6 +82,7 @@ class DetectionParameters:
     sites_px: tuple[tuple[float, float], ...] = ()
     site_tolerance_px: float = 0.0
     min_relative_intensity_sites: float | None = None
+    prefilter: str = "none"
 
     def __post_init__(self) -> None:
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731
@@ -93,6 +97,8 @@ class DetectionParameters:
         if p > 1:
             raise Distill4dError(f"corr_power must be in [0, 1] (1: cross, 0: phase correlation), got {p}")
         set_("corr_power", p)
+        if self.prefilter not in _PREFILTERS:
+            raise Distill4dError(f"prefilter must be one of {_PREFILTERS}, got {self.prefilter!r}")
         if self.subpixel not in _SUBPIXEL:
             raise Distill4dError(f"subpixel must be one of {_SUBPIXEL}, got {self.subpixel!r}")
         set_("upsample_factor", positive_int("upsample_factor", self.upsample_factor, minimum=2))
@@ -141,6 +147,8 @@ def detect_batch(batch: np.ndarray, kernel_ft: np.ndarray, params: DetectionPara
     if bad.any():
         b = b.copy()
         b[bad] = 0.0
+    if params.prefilter == "sobel":
+        b = sobel_magnitude(b)
     M = sfft.rfft2(b) * kernel_ft
     if params.corr_power != 1.0:
         a = np.abs(M)
@@ -383,11 +391,12 @@ def auto_detection_parameters(
 
     ``corr_power`` and ``sigma_cc_px`` are those the detection will use (they change the
     relative heights of the correlation peaks); ``kind`` is the probe kernel when ``probe``
-    is not already a :class:`Probe`.
+    is not already a :class:`Probe`; a ``"sobel"`` probe sets ``prefilter="sobel"``.
     """
     dc = as_datacube(datacube)
     if not isinstance(probe, Probe):
         probe = probe_template(probe, datacube=dc, kind=kind)
+    prefilter = "sobel" if probe.kind == "sobel" else "none"
     radius = probe.radius_px
     nx, ny = dc.pattern_shape
     kft = _kernel_ft(probe)
@@ -395,7 +404,7 @@ def auto_detection_parameters(
     loose = DetectionParameters(
         radius_px=radius, edge_px=radius, min_spacing_px=radius, min_relative_intensity=0.001,
         max_peaks=max(16, int(nx * ny / (radius**2 * 2))), subpixel="parabolic",
-        corr_power=corr_power, sigma_cc_px=sigma_cc_px,
+        corr_power=corr_power, sigma_cc_px=sigma_cc_px, prefilter=prefilter,
     )
     mp = detect_batch(mean[None], kft, loose)
     c = int(mp["count"][0])
@@ -450,6 +459,7 @@ def auto_detection_parameters(
         sites_px=sites,
         site_tolerance_px=max(1.0, _SITE_TOLERANCE * spacing) if sites else 0.0,
         min_relative_intensity_sites=site_threshold,
+        prefilter=prefilter,
     )
 
 
@@ -472,7 +482,8 @@ def find_bragg_disks(
     datacube : a DataCube (or an array ``(Qx, Qy)``, ``(n, Qx, Qy)``, ``(Rx, Ry, Qx, Qy)``).
     probe : vacuum probe (2D pattern, 3D stack, DataCube or :class:`Probe`); None: the
         central disk of the mean pattern.
-    kind : probe kernel, ``"disk"`` or ``"edge"`` (see :func:`probe_template`).
+    kind : probe kernel, ``"disk"``, ``"edge"`` or ``"sobel"`` (see :func:`probe_template`;
+        ``"sobel"`` also filters the patterns: edge-filtered correlation).
     memory_budget, scheduler, n_workers, progress, checkpoint : engine options
         (see :func:`distill4d.engine.map_patterns`).
     **overrides : any field of :class:`DetectionParameters` (``radius_px``, ``edge_px``,
@@ -482,7 +493,8 @@ def find_bragg_disks(
 
     Returns
     -------
-    BraggPeaks with positions in detector pixels; the chosen parameters are in ``.params``.
+    BraggPeaks with positions in detector pixels; the chosen parameters are in ``.params``
+    (``method`` is ``"sobel"`` for edge-filtered correlation, else ``"correlation"``).
     """
     from ..engine import map_patterns
 
@@ -495,8 +507,8 @@ def find_bragg_disks(
     )
     return BraggPeaks.from_padded(
         res["qx"], res["qy"], res["intensity"], res["count"], dc.calibration,
-        params={"method": "correlation", **dataclasses.asdict(params), "probe_kind": probe.kind,
-                "probe_radius_px": probe.radius_px},
+        params={"method": "sobel" if params.prefilter == "sobel" else "correlation", **dataclasses.asdict(params),
+                "probe_kind": probe.kind, "probe_radius_px": probe.radius_px},
     )
 
 
@@ -522,7 +534,8 @@ def detection_setup(datacube: Any, probe: Any = None, *, kind: str = "disk",
         )
     else:
         r = overrides.get("radius_px", probe.radius_px)
-        base = DetectionParameters(radius_px=r, edge_px=0.5 * r, min_spacing_px=0.0)
+        base = DetectionParameters(radius_px=r, edge_px=0.5 * r, min_spacing_px=0.0,
+                                   prefilter="sobel" if probe.kind == "sobel" else "none")
     if "radius_px" in overrides and "edge_px" not in overrides:
         overrides["edge_px"] = 0.5 * overrides["radius_px"]
     return probe, dataclasses.replace(base, **overrides)

@@ -14,7 +14,19 @@ from ..datacube import DataCube
 from ..errors import Distill4dError
 from .mean import finite_mean_pattern
 
-__all__ = ["Probe", "probe_template", "measure_disk"]
+__all__ = ["KINDS", "Probe", "probe_template", "measure_disk", "sobel_magnitude"]
+
+#: Probe template kinds.
+KINDS = ("disk", "edge", "sobel")
+
+
+def sobel_magnitude(images: Any) -> np.ndarray:
+    """Sobel gradient magnitude of images over their last two axes (float64, pattern units per px;
+    the detector edge repeats its pixels)."""
+    a = np.asarray(images, dtype=np.float64)
+    gx = ndimage.sobel(a, axis=-2, mode="nearest")
+    gy = ndimage.sobel(a, axis=-1, mode="nearest")
+    return np.hypot(gx, gy)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,7 +39,9 @@ class Probe:
         normalised so that the plain disk sums to 1 (the ``"edge"`` kernel then sums to 0).
     radius_px : disk radius in pixels (from the area of the disk).
     origin_px : centre ``(qx, qy)`` of the disk in the source image, in pixels.
-    kind : ``"disk"`` (the probe itself) or ``"edge"`` (probe minus its Gaussian blur).
+    kind : ``"disk"`` (the probe itself), ``"edge"`` (probe minus its Gaussian blur) or
+        ``"sobel"`` (the probe's Sobel gradient magnitude, normalised to sum 1: a ring on the rim,
+        for patterns filtered the same way, see ``DetectionParameters.prefilter``).
     """
 
     kernel: np.ndarray
@@ -94,16 +108,19 @@ def probe_template(
         ``kind`` matches), or None: the central (brightest) disk of the mean pattern of
         ``datacube``.
     datacube : the data the template is for; its pattern shape must match the probe's.
-    kind : ``"disk"`` (the probe) or ``"edge"`` (probe minus its Gaussian blur: a trench
-        kernel that ignores smooth backgrounds and sharpens correlation peaks).
+    kind : ``"disk"`` (the probe), ``"edge"`` (probe minus its Gaussian blur: a trench
+        kernel that ignores smooth backgrounds and sharpens correlation peaks) or ``"sobel"``
+        (the Sobel gradient magnitude of the probe, normalised to sum 1: the kernel of
+        edge-filtered correlation, Pekin et al., Ultramicroscopy 176 (2017); the patterns must be
+        filtered the same way, ``prefilter="sobel"`` of the detection).
     sigma_px : Gaussian width of the ``"edge"`` kernel in pixels (default: radius / 2).
 
     Returns
     -------
     Probe
     """
-    if kind not in ("disk", "edge"):
-        raise Distill4dError(f"kind must be 'disk' or 'edge', got {kind!r}")
+    if kind not in KINDS:
+        raise Distill4dError(f"kind must be one of {KINDS}, got {kind!r}")
     if datacube is not None and not isinstance(datacube, DataCube):
         raise TypeError(f"datacube must be a distill4d.DataCube, got {type(datacube).__name__}")
     if isinstance(probe, Probe):
@@ -112,7 +129,7 @@ def probe_template(
             return probe
         base = probe.kernel if probe.kind == "disk" else None
         if base is None:
-            raise Distill4dError("cannot turn an 'edge' Probe into another kind; build it from the probe image")
+            raise Distill4dError(f"cannot turn a {probe.kind!r} Probe into another kind; build it from the probe image")
         disk = base
         radius, origin = probe.radius_px, probe.origin_px
     else:
@@ -134,6 +151,9 @@ def probe_template(
         disk /= disk.sum()
     if kind == "disk":
         return Probe(disk, float(radius), origin, "disk")
+    if kind == "sobel":
+        ring = np.fft.ifftshift(sobel_magnitude(np.fft.fftshift(disk)))
+        return Probe(ring / ring.sum(), float(radius), origin, "sobel")
     sigma = radius / 2 if sigma_px is None else positive_float("sigma_px", sigma_px)
     edge = disk - ndimage.gaussian_filter(disk, sigma, mode="wrap")
     return Probe(edge, float(radius), origin, "edge")

@@ -30,7 +30,7 @@ from ._common import (
 
 __all__ = ["add_parser", "cmd_disks", "cmd_strain"]
 
-_METHODS = ("correlation", "fcunet", "com")
+_METHODS = ("auto", "correlation", "sobel", "rim", "template", "fcunet", "com")
 _STRAIN_METHODS = _METHODS + ("ccstae",)
 
 
@@ -60,8 +60,24 @@ def _find_disks(args: argparse.Namespace, outs: Outputs):
         from ..bragg import find_bragg_disks_com
 
         peaks = find_bragg_disks_com(dc, probe, **engine_kwargs(args))
+    elif args.method == "auto":
+        from ..lattice.auto import find_bragg_disks_auto
+
+        peaks = find_bragg_disks_auto(dc, probe, reference=region, checkpoint=outs.checkpoint("disks"),
+                                      **engine_kwargs(args))
+        print(f"--method auto chose {peaks.params['auto']['reason']}")
+    elif args.method == "template":
+        from ..bragg import find_bragg_disks_template
+
+        peaks = find_bragg_disks_template(dc, probe, reference=region, checkpoint=outs.checkpoint("disks"),
+                                          **engine_kwargs(args))
+    elif args.method == "rim":
+        from ..bragg import find_bragg_disks_rim
+
+        peaks = find_bragg_disks_rim(dc, probe, checkpoint=outs.checkpoint("disks"), **engine_kwargs(args))
     else:
-        peaks = find_bragg_disks(dc, probe, checkpoint=outs.checkpoint("disks"), **engine_kwargs(args))
+        kind = "sobel" if args.method == "sobel" else "disk"
+        peaks = find_bragg_disks(dc, probe, kind=kind, checkpoint=outs.checkpoint("disks"), **engine_kwargs(args))
     counts = peaks.counts
     print(f"found {int(counts.sum())} disks in {dc.n_patterns} patterns "
           f"(median {float(np.median(counts)):.0f} per pattern); {describe_detection(peaks.params)}")
@@ -209,9 +225,13 @@ def add_parser(sub: Any) -> None:
         p.add_argument("file", metavar="FILE", help=FILE_HELP)
         p.add_argument("--probe", help="vacuum probe: a 2D image (.npy, FILE.h5:/dataset) or a stack of "
                        "vacuum patterns (averaged); default: the central disk of the mean pattern")
-        p.add_argument("--method", default="correlation", choices=_STRAIN_METHODS if name == "strain" else _METHODS,
-                       help="correlation (probe template, default), fcunet (the shipped FCU-Net, for thick or "
-                       "tilted crystals), com (centres of mass of the disks of the mean pattern)"
+        p.add_argument("--method", default="auto", choices=_STRAIN_METHODS if name == "strain" else _METHODS,
+                       help="auto (default: correlation on zone; where the disks' Friedel pairs differ (tilt), "
+                       "the detector whose strain scatters least in the reference region, recorded in the "
+                       "output's provenance), correlation (probe template), sobel (edge-filtered correlation), "
+                       "rim (correlation, then a circle fit to each disk's rim), template (each reflection's "
+                       "disk averaged over the reference region, registered in every pattern), fcunet (the "
+                       "shipped FCU-Net), com (centres of mass of the disks of the mean pattern)"
                        + (", ccstae (an autoencoder trained on this scan, no labels: very noisy data)"
                           if name == "strain" else ""))
         g = p.add_argument_group("FCU-Net (--method fcunet)")

@@ -13,6 +13,7 @@ the classical path.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import pathlib
@@ -224,6 +225,18 @@ def _detect(batch: np.ndarray, detector: FCUNetDetector) -> dict[str, np.ndarray
     return detector.detect_batch(batch)
 
 
+def _detect_refined(batch: np.ndarray, detector: FCUNetDetector, rim: Any) -> dict[str, np.ndarray]:
+    """FCU-Net says which disks exist (and roughly where), the rim fit where exactly."""
+    from ...bragg.refine import rim_refine
+
+    out = detector.detect_batch(batch)
+    b = np.asarray(batch, dtype=np.float64)
+    if not np.isfinite(b).all():
+        b = np.where(np.isfinite(b), b, 0.0)
+    out["qx"], out["qy"] = rim_refine(b, out["qx"], out["qy"], rim)
+    return out
+
+
 def _pixel_size(datacube: Any, probe: Any, q_pixel_inv_A: float | None) -> float:
     if q_pixel_inv_A is not None:
         return float(q_pixel_inv_A)
@@ -293,6 +306,7 @@ def find_bragg_disks_fcunet(
     progress: bool | None = None,
     checkpoint: Any = None,
     return_uncertainty: bool = False,
+    refine: str = "none",
 ) -> Any:
     """Find the Bragg disks of every pattern with FCU-Net; a :class:`BraggPeaks` in the data's pixels.
 
@@ -309,20 +323,37 @@ def find_bragg_disks_fcunet(
     The direct beam is at the calibration's origin, else at the probe's centre.
     return_uncertainty : also return the per-peak MC standard deviation of the predicted
         amplitude (a flat array aligned with the peaks; all 0 with one pass).
+    refine : ``"none"`` (the network's positions) or ``"rim"``: FCU-Net judges which disks exist,
+        and each position is refined by the rim circle fit with the tilt-bias model
+        (:func:`distill4d.bragg.refine.rim_refine`).
     """
     from ...bragg.detect import as_datacube
     from ...bragg.peaks import BraggPeaks
     from ...engine import map_patterns
 
+    if refine not in ("none", "rim"):
+        raise Distill4dError(f"refine must be 'none' or 'rim', got {refine!r}")
     dc = as_datacube(datacube)
     cal = dc.calibration
     detector = fcunet_detector(dc, probe, weights=weights, n_passes=n_passes, views=views,
                                min_intensity=min_intensity, q_pixel_inv_A=q_pixel_inv_A, seed=seed, device=device)
     dq, origin = detector.q_pixel_inv_A, detector.origin
-    fn = functools.partial(_detect, detector=detector)
+    rim = None
+    if refine == "rim":
+        from ...bragg.probe import probe_template
+        from ...bragg.refine import RimParameters, rim_radius_px, rim_tilt_bias_px
+
+        pr = probe_template(probe, datacube=dc, kind="disk")
+        r = rim_radius_px(pr)
+        rim = RimParameters(radius_px=r, search_px=min(2.0, 0.5 * r))
+        rim = dataclasses.replace(rim, bias_px=rim_tilt_bias_px(pr, rim))
+        fn = functools.partial(_detect_refined, detector=detector, rim=rim)
+    else:
+        fn = functools.partial(_detect, detector=detector)
     key = (
         f"fcunet:{weights or 'shipped'}:{detector.card.get('training', {}).get('seconds')}:{n_passes}:"
         f"{detector.min_intensity}:{dq}:{origin}:{seed}" + ("" if views == "none" else f":{views}")
+        + ("" if rim is None else f":{rim}")
     )
     res = map_patterns(
         dc, fn, memory_budget=memory_budget, scheduler=scheduler, n_workers=n_workers, progress=progress,
@@ -337,7 +368,10 @@ def find_bragg_disks_fcunet(
         "q_pixel_inv_A": dq,
         "origin_px": list(origin),
         "seed": seed,
+        "refine": refine,
     }
+    if rim is not None:
+        params["rim"] = dataclasses.asdict(rim)
     peaks = BraggPeaks.from_padded(res["qx"], res["qy"], res["intensity"], res["count"], cal, params=params)
     if not return_uncertainty:
         return peaks

@@ -1,0 +1,249 @@
+"""``method="auto"``: choose the Bragg-disk detector for strain from the data, and say why.
+
+1. Evidence from the disks (:func:`disk_evidence`): the Friedel asymmetry of the disk
+   intensities, ``sum |I(g) - I(-g)| / sum (I(g) + I(-g))`` over the pairs of disks of the
+   (reference region's) mean pattern, in each of up to ``n_sample`` patterns (median). On zone
+   (thin or thick) the pairs are nearly equal; a tilt moves the Laue circle and makes them
+   unequal, and inside each disk the intensity moves towards the Bragg condition, which biases
+   correlation with the vacuum probe. The interior contrast of the disks (standard deviation /
+   mean inside 0.6 of the radius, against the probe's) is recorded too.
+2. Below ``asymmetry_threshold``: plain correlation (on zone, the contrast is symmetric and its
+   bias is nearly a uniform scale, which the strain reference removes).
+3. Above it: every candidate detector runs on the validation region (the strain reference
+   region; without one, the central block of at most ``8 x 8`` positions), and the one whose
+   strain there is the least scattered wins (the reference region's strain should be uniform;
+   without a reference, real strain adds the same variance to every detector that follows it).
+   A candidate must beat correlation by the factor ``margin``, else correlation is kept.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import numpy as np
+
+from .._validate import positive_float
+from ..bragg.com_disks import com_batch
+from ..bragg.detect import as_datacube, find_bragg_disks
+from ..bragg.mean import finite_mean_pattern
+from ..bragg.peaks import BraggPeaks
+from ..bragg.probe import probe_template
+from ..bragg.refine import find_bragg_disks_rim
+from ..datacube import DataCube
+from ..errors import Distill4dError
+from .fit import fit_lattice
+from .strain import reference_region, strain_map
+
+__all__ = ["AUTO_CANDIDATES", "AutoChoice", "disk_evidence", "choose_disk_method", "find_bragg_disks_auto",
+           "find_disks_by_method"]
+
+#: Detectors ``auto`` chooses among (correlation first: the fallback).
+AUTO_CANDIDATES = ("correlation", "sobel", "rim")
+#: Friedel asymmetry of the disk intensities above which the robust detectors are tried.
+ASYMMETRY_THRESHOLD = 0.15
+#: A candidate replaces correlation only when its validation scatter is below this x correlation's.
+MARGIN = 0.8
+#: Largest validation block without a reference region (positions per side).
+VALIDATION_BLOCK = 8
+
+
+@dataclasses.dataclass(frozen=True)
+class AutoChoice:
+    """The detector ``auto`` chose and the evidence.
+
+    Attributes
+    ----------
+    method : ``"correlation"``, ``"sobel"`` or ``"rim"``.
+    evidence : the measurements behind the choice (JSON-able): ``friedel_asymmetry``,
+        ``interior_contrast``, ``probe_contrast``, ``n_disks``, ``seconds`` (of the choice), and
+        when candidates were run, ``validation`` (region, score kind) and ``scores`` (strain
+        scatter per candidate, %).
+    reason : one line for the user.
+    """
+
+    method: str
+    evidence: dict
+    reason: str
+
+
+def disk_evidence(datacube: DataCube, probe: Any = None, *, region: tuple[slice, slice] | None = None,
+                  n_sample: int = 64) -> dict:
+    """Disk-contrast evidence of thickness and tilt (see the module doc): ``friedel_asymmetry``
+    (median over up to ``n_sample`` patterns of ``region``, fraction), ``interior_contrast`` and
+    ``probe_contrast`` (std / mean inside 0.6 of the disk radius, mean pattern and probe), ``n_disks``."""
+    dc = as_datacube(datacube)
+    region = region or (slice(None), slice(None))
+    sub = dc[region[0], region[1]]
+    template = probe_template(probe, datacube=dc, kind="disk")
+    r = template.radius_px
+    mean = finite_mean_pattern(sub, scheduler="inline", progress=False)
+    mp = find_bragg_disks(DataCube(mean[None, None], dc.calibration), template, scheduler="inline", progress=False)
+    spots = np.stack([mp.qx, mp.qy], axis=1)
+    nx, ny = dc.pattern_shape
+    w = r + 1.0 + 2.0
+    inside = (spots[:, 0] >= w) & (spots[:, 0] <= nx - 1 - w) & (spots[:, 1] >= w) & (spots[:, 1] <= ny - 1 - w)
+    spots, inten = spots[inside], mp.intensity[inside]
+    out = {"n_disks": int(spots.shape[0]), "friedel_asymmetry": None, "interior_contrast": None,
+           "probe_contrast": _contrast(np.fft.fftshift(template.kernel)[None],
+                                       np.array([[nx // 2, ny // 2]], float), r)}
+    if spots.shape[0] < 3:
+        return out
+    direct = int(np.argmax(inten))
+    o = spots[direct]
+    partner = np.hypot(*(2 * o - spots[:, None, :] - spots[None, :, :]).transpose(2, 0, 1)).argmin(axis=1)
+    dist = np.hypot(*(2 * o - spots - spots[partner]).T)
+    pairs = [(i, int(j)) for i, j in enumerate(partner) if i < j and dist[i] <= 1.5 and i != direct]
+    others = np.array([i for i in range(len(spots)) if i != direct])
+    out["interior_contrast"] = _contrast(mean[None], spots[others], r) if others.size else None
+    if not pairs:
+        return out
+    flat = np.arange(sub.n_patterns)
+    take = np.unique(np.linspace(0, sub.n_patterns - 1, min(n_sample, sub.n_patterns)).round().astype(int))
+    rx, ry = np.unravel_index(flat[take], sub.scan_shape)
+    stack = np.stack([np.asarray(sub.pattern(int(a), int(b)), dtype=np.float64) for a, b in zip(rx, ry)])
+    res = com_batch(stack, spots, r + 1.0, iterations=0, background=True)
+    # com_batch packs valid windows first; with iterations=0 every window is at its spot, so
+    # map them back by position
+    tot = np.zeros((stack.shape[0], len(spots)))
+    for j in range(stack.shape[0]):
+        c = int(res["count"][j])
+        d = np.hypot(res["qx"][j, :c, None] - spots[None, :, 0], res["qy"][j, :c, None] - spots[None, :, 1])
+        tot[j, d.argmin(axis=1)] = res["intensity"][j, :c]
+    I1 = np.stack([tot[:, i] for i, _ in pairs], axis=1)
+    I2 = np.stack([tot[:, k] for _, k in pairs], axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        asym = np.abs(I1 - I2).sum(axis=1) / (I1 + I2).sum(axis=1)
+    asym = asym[np.isfinite(asym)]
+    out["friedel_asymmetry"] = float(np.median(asym)) if asym.size else None
+    out["n_pairs"] = len(pairs)
+    return out
+
+
+def _contrast(images: np.ndarray, spots: np.ndarray, radius: float) -> float:
+    """Intensity-weighted mean over disks of std / mean of the pixels within 0.6 ``radius``."""
+    img = images[0]
+    x = np.arange(img.shape[0])[:, None]
+    y = np.arange(img.shape[1])[None, :]
+    cvs, ws = [], []
+    for sx, sy in spots:
+        m = (x - sx) ** 2 + (y - sy) ** 2 <= (0.6 * radius) ** 2
+        v = img[m]
+        if v.size < 3 or not v.mean() > 0:
+            continue
+        cvs.append(v.std() / v.mean())
+        ws.append(v.mean())
+    return float(np.average(cvs, weights=ws)) if cvs else float("nan")
+
+
+def find_disks_by_method(method: str, datacube: DataCube, probe: Any = None, **engine: Any) -> BraggPeaks:
+    """Bragg disks by one named detector: ``"correlation"``, ``"sobel"`` (edge-filtered
+    correlation) or ``"rim"`` (correlation, then a rim circle fit); ``engine``: engine options."""
+    if method == "correlation":
+        return find_bragg_disks(datacube, probe, **engine)
+    if method == "sobel":
+        return find_bragg_disks(datacube, probe, kind="sobel", **engine)
+    if method == "rim":
+        return find_bragg_disks_rim(datacube, probe, **engine)
+    raise Distill4dError(f"method must be one of {AUTO_CANDIDATES}, got {method!r}")
+
+
+def _scatter_pct(peaks: BraggPeaks) -> float:
+    """Strain scatter (%) of a validation block: RMS over eps_xx, eps_yy and eps_xy of the
+    deviations from the block's median (inf when more than half the fits fail)."""
+    try:
+        sm = strain_map(fit_lattice(peaks))
+    except Distill4dError:
+        return math.inf
+    if float(np.mean(sm.mask)) > 0.5:
+        return math.inf
+    parts = []
+    for k in ("eps_xx", "eps_yy", "eps_xy"):
+        v = getattr(sm, k)
+        v = v[np.isfinite(v)]
+        parts.append(np.mean((v - np.median(v)) ** 2))
+    return 100.0 * math.sqrt(float(np.mean(parts)))
+
+
+def choose_disk_method(
+    datacube: Any,
+    probe: Any = None,
+    *,
+    reference: Any = None,
+    candidates: tuple[str, ...] = AUTO_CANDIDATES,
+    asymmetry_threshold: float = ASYMMETRY_THRESHOLD,
+    margin: float = MARGIN,
+) -> AutoChoice:
+    """Choose the disk detector for ``datacube`` (see the module doc).
+
+    Parameters
+    ----------
+    datacube : the data.
+    probe : vacuum probe (see :func:`distill4d.bragg.probe_template`); None: from the data.
+    reference : the strain reference region ``(slice, slice)``, validated against the scan;
+        None: the central block of at most 8 x 8 positions.
+    candidates : detectors to try (``"correlation"`` is always among them, as the fallback).
+    asymmetry_threshold : Friedel asymmetry (fraction) below which correlation is kept untried.
+    margin : a candidate wins only with a scatter below ``margin`` x correlation's.
+
+    Returns
+    -------
+    AutoChoice
+    """
+    import time
+
+    t0 = time.perf_counter()
+    dc = as_datacube(datacube)
+    unknown = [c for c in candidates if c not in AUTO_CANDIDATES]
+    if unknown:
+        raise Distill4dError(f"candidates must be among {AUTO_CANDIDATES}, got {unknown}")
+    asymmetry_threshold = positive_float("asymmetry_threshold", asymmetry_threshold, maximum=1.0)
+    margin = positive_float("margin", margin, maximum=1.0)
+    if reference is not None:
+        region = reference_region(reference, dc.scan_shape)
+        where = "reference region"
+    else:
+        bx, by = (min(VALIDATION_BLOCK, n) for n in dc.scan_shape)
+        x0, y0 = (dc.scan_shape[0] - bx) // 2, (dc.scan_shape[1] - by) // 2
+        region = (slice(x0, x0 + bx), slice(y0, y0 + by))
+        where = "central block"
+    ev = disk_evidence(dc, probe, region=region)
+    asym = ev.get("friedel_asymmetry")
+    ev["asymmetry_threshold"] = asymmetry_threshold
+    if asym is None or asym < asymmetry_threshold:
+        ev["seconds"] = time.perf_counter() - t0
+        why = ("no Friedel pairs of disks to judge tilt by" if asym is None
+               else f"disk pairs symmetric (Friedel asymmetry {asym:.3f} < {asymmetry_threshold:g}): on zone")
+        return AutoChoice("correlation", ev, f"correlation: {why}")
+    sub = dc[region[0], region[1]]
+    scores = {}
+    for m in ("correlation",) + tuple(c for c in candidates if c != "correlation"):
+        try:
+            scores[m] = _scatter_pct(find_disks_by_method(m, sub, probe, scheduler="inline", progress=False))
+        except Distill4dError:
+            scores[m] = math.inf
+    ev["validation"] = {"region": [[s.start, s.stop] for s in region], "score": where}
+    ev["scores"] = {k: (v if math.isfinite(v) else None) for k, v in scores.items()}
+    best = min(scores, key=lambda k: scores[k])
+    base = scores["correlation"]
+    ev["seconds"] = time.perf_counter() - t0
+    if best != "correlation" and scores[best] < margin * base:
+        return AutoChoice(best, ev, f"{best}: disks uneven (Friedel asymmetry {asym:.3f}); strain scatter in the "
+                          f"{where} {scores[best]:.3g} % vs correlation {base:.3g} %")
+    return AutoChoice("correlation", ev, f"correlation: disks uneven (Friedel asymmetry {asym:.3f}) but no detector "
+                      f"beat correlation's strain scatter {base:.3g} % by {1 / margin:.3g}x in the {where}")
+
+
+def find_bragg_disks_auto(datacube: Any, probe: Any = None, *, reference: Any = None, **engine: Any) -> BraggPeaks:
+    """Bragg disks by the detector :func:`choose_disk_method` picks for these data.
+
+    ``engine``: memory_budget, scheduler, n_workers, progress, checkpoint (of the full detection).
+    The returned peaks' ``params`` are the chosen detector's, with ``"auto"`` (method chosen,
+    reason, evidence) added; ``params["method"]`` names the chosen detector.
+    """
+    dc = as_datacube(datacube)
+    choice = choose_disk_method(dc, probe, reference=reference)
+    peaks = find_disks_by_method(choice.method, dc, probe, **engine)
+    params = {**peaks.params, "auto": {"chosen": choice.method, "reason": choice.reason, **choice.evidence}}
+    return BraggPeaks(peaks.qx, peaks.qy, peaks.intensity, peaks.offsets, peaks.scan_shape, peaks.calibration, params)

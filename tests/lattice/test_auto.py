@@ -1,0 +1,77 @@
+"""``method="auto"``: correlation on even (on-zone) disks, a robust detector where the disks are
+uneven and their bias varies across the scan, and the choice recorded with its evidence."""
+
+import numpy as np
+import pytest
+
+from distill4d.datacube import DataCube
+from distill4d.errors import Distill4dError
+from distill4d.lattice.auto import choose_disk_method, disk_evidence, find_bragg_disks_auto
+
+from _synth import LATTICE_N as N
+from _synth import LATTICE_PROBE as PROBE
+from _synth import lattice_points, tilt_series
+from _synth import uneven_disks as pattern
+
+
+def _noisy(data: np.ndarray, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).poisson(data).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def thin():
+    """4 x 4 positions of even disks (a thin crystal on zone), Poisson noise."""
+    img = pattern(lattice_points())
+    return DataCube(_noisy(np.broadcast_to(img, (4, 4, N, N)), 1))
+
+
+@pytest.fixture(scope="module")
+def tilted():
+    """4 x 4 positions, the tilt growing along the scan columns: each disk's interior ramp grows
+    with g along qx and with the tilt, and the disks' brightness with g_x (the Laue circle
+    moves): uneven Friedel pairs, and a correlation bias that varies across the reference rows."""
+    pts = lattice_points()
+    frames = tilt_series(np.linspace(0.0, 0.6, 4), pts)
+    # brighter on one side of the direct beam along qx (uneven Friedel pairs)
+    qx = np.indices((N, N))[0]
+    frames = frames * (1.0 + 0.8 * np.tanh((qx - pts[0, 0]) / 15.0))
+    return DataCube(_noisy(np.broadcast_to(frames, (4, 4, N, N)), 2))
+
+
+def test_auto_keeps_correlation_on_even_disks(thin):
+    ch = choose_disk_method(thin, PROBE, reference=(slice(0, 2), slice(None)))
+    assert ch.method == "correlation"
+    assert ch.evidence["friedel_asymmetry"] < 0.05 and "scores" not in ch.evidence
+    assert "on zone" in ch.reason
+
+
+def test_auto_takes_a_robust_detector_on_tilted_disks(tilted):
+    ch = choose_disk_method(tilted, PROBE, reference=(slice(0, 2), slice(None)))
+    assert ch.evidence["friedel_asymmetry"] > 0.15
+    scores = ch.evidence["scores"]
+    assert ch.method in ("rim", "sobel")
+    # the winner's reference-region strain scatter beats correlation's by the margin
+    assert scores[ch.method] < 0.8 * scores["correlation"]
+
+
+def test_auto_records_its_choice_in_the_peaks_provenance(tilted):
+    peaks = find_bragg_disks_auto(tilted, PROBE, reference=(slice(0, 2), slice(None)), scheduler="inline",
+                                  progress=False)
+    auto = peaks.params["auto"]
+    assert peaks.params["method"] == auto["chosen"] != "correlation"
+    assert peaks.provenance.parameters["auto"]["reason"].startswith(auto["chosen"])
+    assert "friedel_asymmetry" in auto and "scores" in auto
+
+
+def test_disk_evidence_of_even_disks(thin):
+    ev = disk_evidence(thin, PROBE)
+    assert ev["n_disks"] >= 9 and ev["n_pairs"] >= 4
+    assert ev["friedel_asymmetry"] < 0.05
+    assert ev["interior_contrast"] < 0.1  # flat disks (Poisson noise only)
+
+
+def test_bad_options_are_refused(thin):
+    with pytest.raises(Distill4dError, match="candidates"):
+        choose_disk_method(thin, PROBE, candidates=("correlation", "magic"))
+    with pytest.raises(Distill4dError, match="reference"):
+        choose_disk_method(thin, PROBE, reference=(slice(10, 12), slice(None)))
