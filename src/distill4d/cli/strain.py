@@ -31,7 +31,7 @@ from ._common import (
 __all__ = ["add_parser", "cmd_disks", "cmd_strain"]
 
 _METHODS = ("auto", "correlation", "sobel", "rim", "template", "fcunet", "com")
-_STRAIN_METHODS = _METHODS + ("ccstae",)
+_STRAIN_METHODS = _METHODS + ("ccstae", "poisson")
 
 
 def _find_disks(args: argparse.Namespace, outs: Outputs):
@@ -177,15 +177,48 @@ def describe_lattice_failures(lattice) -> str:
     return line
 
 
+def _strain_poisson(args: argparse.Namespace):
+    from ..lattice.template import strain_map_template
+
+    if not args.reference:
+        raise Distill4dError("--method poisson needs --reference x0:x1,y0:y1: the region whose pattern is the "
+                             "template (zero strain)")
+    dc = open_input(args)
+    region = parse_region(args.reference, scan_shape=dc.scan_shape)
+    template = None
+    if args.template:
+        from ..io import read_probe
+
+        template = read_probe(args.template)
+    res = strain_map_template(dc, region, template=template, **engine_kwargs(args))
+    se = res.standard_error
+    print(f"Poisson template fit: {res.strain.provenance.parameters['template']}; median standard error "
+          f"εxx {100 * np.nanmedian(se['eps_xx']):.3f} %, εyy {100 * np.nanmedian(se['eps_yy']):.3f} %")
+    return res
+
+
 def cmd_strain(args: argparse.Namespace) -> int:
     from ..lattice import fit_lattice, strain_map
+    from ..lattice.priors import apply_prior, parse_prior
 
     outs = Outputs(args)
     parse_region(args.reference)  # its form, before any file is read
+    prior = parse_prior(args.prior)
+    if prior[0] != "none" and args.smooth:
+        raise Distill4dError("--smooth SIGMA is --prior gaussian SIGMA: give one of them")
     res = None
+    extra = {}
+    standard_error = None
     if args.method == "ccstae":
         res = _strain_ccstae(args, outs)
         smap = res.strain
+    elif args.method == "poisson":
+        fit = _strain_poisson(args)
+        smap, standard_error = fit.strain, fit.standard_error
+        if args.smooth:
+            smap = smap.smoothed(args.smooth)
+        extra = {f"se_{k}": v for k, v in standard_error.items()}
+        extra.update(shift_px=fit.shift_px, disk_scale=fit.scale, background_scale=fit.background)
     else:
         _, peaks, region = _find_disks(args, outs)
         lattice = fit_lattice(peaks, min_indexed_fraction=args.min_indexed_fraction)
@@ -195,13 +228,16 @@ def cmd_strain(args: argparse.Namespace) -> int:
         warning = describe_lattice_failures(lattice)
         if warning:
             print(f"distill4d: warning: {warning}", file=sys.stderr)
+    smap = apply_prior(smap, prior, standard_error)
     # the file records what made it: command, inputs, method and (in the parameters) the reference
     prov = (smap.provenance or Provenance(args.method)).replace(
         command=command_line(), inputs=tuple(str(p) for p in (args.file, args.probe) if p))
     smap = dataclasses.replace(smap, provenance=prov)
     if res is not None:
         res = dataclasses.replace(res, strain=smap)
-    (res or smap).to_hdf5(outs.h5, force=outs.force)
+        res.to_hdf5(outs.h5, force=outs.force)
+    else:
+        smap.to_hdf5(outs.h5, force=outs.force, extra=extra or None)
     if outs.png:
         smap.plot(outs.png)
     outs.done()
@@ -232,7 +268,9 @@ def add_parser(sub: Any) -> None:
                        "rim (correlation, then a circle fit to each disk's rim), template (each reflection's "
                        "disk averaged over the reference region, registered in every pattern), fcunet (the "
                        "shipped FCU-Net), com (centres of mass of the disks of the mean pattern)"
-                       + (", ccstae (an autoencoder trained on this scan, no labels: very noisy data)"
+                       + (", ccstae (an autoencoder trained on this scan, no labels: very noisy data), poisson "
+                          "(no disk finding: every pattern fitted by Poisson maximum likelihood to a template "
+                          "built from the scan, with standard errors; low dose; needs --reference)"
                           if name == "strain" else ""))
         g = p.add_argument_group("FCU-Net (--method fcunet)")
         g.add_argument("--weights", help="weights file with its model card (.json) beside it "
@@ -252,7 +290,17 @@ def add_parser(sub: Any) -> None:
                                 "as little, so pass 0 to keep every position there)")
             p.add_argument("--smooth", type=float, default=0.0, metavar="SIGMA",
                            help="average the maps over neighbouring positions, Gaussian sigma in scan positions "
-                                "(default 0: none; precision for resolution on noisy data)")
+                                "(default 0: none; precision for resolution on noisy data; = --prior gaussian SIGMA)")
+            p.add_argument("--prior", nargs="+", default=None, metavar="PRIOR",
+                           help="spatial prior on the maps: none (default), gaussian SIGMA (scan positions; blurs "
+                                "edges by 2.56 SIGMA) or tv LAMBDA (edge-preserving total variation, LAMBDA in "
+                                "units of the map's noise, 0.5-2 useful; weighted by the standard errors of "
+                                "--method poisson)")
+            g = p.add_argument_group("Poisson template fit (--method poisson)")
+            g.add_argument("--template", metavar="FILE",
+                           help="a noise-free template pattern (.npy or FILE.h5:/dataset) instead of the one "
+                                "built from the scan (the reference region's patterns, then up to 1024 patterns "
+                                "aligned to it)")
             g = p.add_argument_group("CC-ST-AE (--method ccstae)")
             g.add_argument("--bases", type=int, default=2, help="base patterns (default 2: sample and vacuum)")
             g.add_argument("--steps", type=int, default=3000, help="at most this many training steps (default 3000)")

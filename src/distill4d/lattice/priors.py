@@ -42,6 +42,8 @@ def parse_prior(text: Any) -> tuple[str, float]:
         return ("none", 0.0)
     if isinstance(text, (tuple, list)):
         parts = [str(p) for p in text]
+        if len(parts) == 2 and parts[0].lower() == "none" and parts[1] in ("0", "0.0"):
+            parts = parts[:1]  # a parsed ("none", 0.0) given back
     else:
         parts = str(text).replace("=", " ").replace(":", " ").split()
     if not parts or parts[0].lower() not in PRIORS:
