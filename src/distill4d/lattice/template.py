@@ -35,6 +35,7 @@ __all__ = ["TemplateFitParameters", "Template", "TemplateStrain", "fit_template_
            "radial_background"]
 
 _PAD = 4  # px of edge padding around the spline coefficients
+_CHUNK = 32  # patterns fitted together (memory: about 32 x 11 x P x 8 bytes for the Jacobian: 46 MB at 128 x 128)
 _N_PARAMS = 11  # M00, M01, M10, M11, t0, t1, s (disks), c (background), a_xx, a_yy, a_xy (disk envelope)
 
 
@@ -281,9 +282,13 @@ def fit_template_batch(batch: np.ndarray, template: Template,
     scale, background, and the three envelope terms of :func:`_model`), ``iterations`` (n,) and ``ok`` (n,) (False where the
     pattern is empty or the fit did not converge).
     """
+    shape = np.shape(batch)
+    if len(shape) != 3 or tuple(shape[1:]) != template.shape:
+        raise Distill4dError(f"patterns must be (n, {template.shape[0]}, {template.shape[1]}), got {shape}")
+    if shape[0] > _CHUNK:  # the Jacobian is 11 x P floats per pattern: bounded memory, whatever the tile
+        parts = [fit_template_batch(batch[i : i + _CHUNK], template, params) for i in range(0, shape[0], _CHUNK)]
+        return {key: np.concatenate([q[key] for q in parts]) for key in parts[0]}
     k = np.asarray(batch, dtype=np.float64)
-    if k.ndim != 3 or k.shape[1:] != template.shape:
-        raise Distill4dError(f"patterns must be (n, {template.shape[0]}, {template.shape[1]}), got {k.shape}")
     n = k.shape[0]
     start_shift = _correlation_shift(np.where(np.isfinite(k), k, 0.0), template)
     sel = template.pixels
@@ -416,7 +421,8 @@ def build_template(datacube: Any, region: tuple[slice, slice], origin_px: Any = 
                    passes: int = 2, smooth_px: float = 0.5,
                    params: TemplateFitParameters = TemplateFitParameters()) -> tuple[np.ndarray, tuple, dict]:
     """A low-noise template from the scan itself: the reference region's mean, then ``passes``
-    times the mean of up to ``sample`` patterns (the region's and others spread over the scan)
+    times the mean of up to ``sample`` patterns (at most 256 MB of them; the region's and others
+    spread over the scan)
     aligned to it by their fits; each smoothed by ``smooth_px`` (Gaussian sigma, px).
 
     Returns the template, its origin ``(qx, qy)`` (px) and a description for the provenance.
@@ -429,7 +435,8 @@ def build_template(datacube: Any, region: tuple[slice, slice], origin_px: Any = 
     from ..imaging.origin import find_bf_disk
 
     rx, ry = datacube.scan_shape
-    n_max = positive_int("sample", sample)
+    qx, qy = datacube.pattern_shape
+    n_max = min(positive_int("sample", sample), max(16, (256 << 20) // (4 * qx * qy)))  # at most 256 MB in memory
     ref_idx = np.ravel_multi_index(np.indices((rx, ry))[:, region[0], region[1]].reshape(2, -1), (rx, ry))
     ref_idx = ref_idx[np.linspace(0, ref_idx.size - 1, min(ref_idx.size, n_max)).round().astype(int)]
     rest = np.setdiff1d(np.arange(rx * ry), ref_idx)
@@ -437,7 +444,7 @@ def build_template(datacube: Any, region: tuple[slice, slice], origin_px: Any = 
     others = rest[np.linspace(0, rest.size - 1, k).round().astype(int)] if k > 0 else rest[:0]
     idx = np.concatenate([ref_idx, others])
     data = datacube.data
-    pats = np.stack([np.asarray(data[i // ry, i % ry], dtype=np.float64) for i in idx])
+    pats = np.stack([np.asarray(data[i // ry, i % ry], dtype=np.float32) for i in idx])
     finite = np.all(np.isfinite(pats), axis=(1, 2))
     if not finite[: ref_idx.size].any():
         raise Distill4dError("every pattern of the reference region holds NaN or Inf: choose another --reference")
