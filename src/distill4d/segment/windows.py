@@ -23,7 +23,7 @@ import numpy as np
 from ..errors import Distill4dError
 from .._validate import positive_int
 
-__all__ = ["TAPERS", "WindowFeatures", "check_images", "window_features", "window_grid", "window_taper"]
+__all__ = ["TAPERS", "WindowFeatures", "check_images", "default_feature_px", "window_features", "window_grid", "window_taper"]
 
 #: The real-space tapers a window can get.
 TAPERS = ("hann", "hamming", "none")
@@ -61,6 +61,15 @@ def window_grid(shape: tuple[int, int], window_px: int, step_px: int) -> tuple[i
     return (h - window_px) // step_px + 1, (w - window_px) // step_px + 1
 
 
+def default_feature_px(window_px: int, largest: int = 64) -> int:
+    """The feature side for a window: ``window_px / b`` for the smallest bin ``b`` that divides
+    ``window_px`` and makes it at most ``largest`` px (64 for a 128 px window, 32 for 32 px)."""
+    b = max(1, -(-window_px // largest))
+    while window_px % b:
+        b += 1
+    return window_px // b
+
+
 def window_taper(window_px: int, taper: str = "hann") -> np.ndarray:
     """The 2D real-space taper (outer product of the periodic 1D window), float32 (window_px, window_px)."""
     if taper not in TAPERS:
@@ -78,9 +87,9 @@ def window_taper(window_px: int, taper: str = "hann") -> np.ndarray:
 class WindowFeatures:
     """The windowed-FFT features of a series.
 
-    features : (T, ny, nx, F, F) float32 in [0, 1]: centred log(1 + |FFT|), binned to F px,
-        divided by the clip level. Frequency (kx, ky) of the unbinned window is at
-        ``F/2 + k / bin`` (``bin = window_px / F``).
+    features : (T, ny, nx, F, F) float32 in [0, 1]: centred log(1 + RMS |FFT|) over bins of
+        b x b frequencies (b = window_px / F), divided by the clip level. Bin j of an axis holds the
+        frequencies ``b (j - F/2) .. b (j - F/2) + b - 1`` (cycles per window).
     window_px, step_px : window width and step (image px).
     image_shape : (T, H, W) of the input.
     clip : the clip level of log(1 + |FFT|) (the ``clip_quantile`` of the series).
@@ -103,6 +112,18 @@ class WindowFeatures:
     def feature_px(self) -> int:
         """F, the side of a feature (px)."""
         return self.features.shape[-1]
+
+    @property
+    def zero_frequency_px(self) -> float:
+        """Where the zero frequency lies on both axes of a feature (px): ``F/2 - (b - 1)/(2 b)`` for
+        bins of ``b = window_px / F`` frequencies (a bin's centre is its frequencies' mean)."""
+        b = max(self.window_px // self.feature_px, 1)
+        return self.feature_px / 2 - (b - 1) / (2 * b)
+
+    def period_px(self, radius_px: float) -> float:
+        """The real-space period (image px) of a feature peak ``radius_px`` from the zero frequency."""
+        b = max(self.window_px // self.feature_px, 1)
+        return self.window_px / max(radius_px * b, 1e-9)
 
     def flat(self) -> np.ndarray:
         """The features as (T·ny·nx, F, F) (a view)."""
@@ -163,7 +184,7 @@ def window_features(
     window_px: int = 128,
     step_px: int = 32,
     *,
-    feature_px: int = 64,
+    feature_px: int | None = None,
     taper: str = "hann",
     clip_quantile: float = 0.999,
     clip: float | None = None,
@@ -175,7 +196,7 @@ def window_features(
 
     window_px : window width (image px); step_px : step between windows (image px).
     feature_px : side of each feature (px); ``window_px`` must be a multiple of it (the spectrum
-        is binned by ``window_px / feature_px``).
+        is binned by ``window_px / feature_px``). Default: :func:`default_feature_px`.
     taper : real-space taper before the FFT: "hann" (default), "hamming" or "none".
     clip_quantile : log(1 + |FFT|) is divided by this quantile over the whole series and clipped to 1.
     clip : a fixed clip level instead (e.g. the ``clip`` of a model's training features).
@@ -186,7 +207,7 @@ def window_features(
     arr = check_images(images)
     window_px = positive_int("window_px", window_px, minimum=2)
     step_px = positive_int("step_px", step_px)
-    feature_px = positive_int("feature_px", feature_px, minimum=2)
+    feature_px = default_feature_px(window_px) if feature_px is None else positive_int("feature_px", feature_px, minimum=2)
     if window_px % feature_px:
         raise Distill4dError(f"window_px ({window_px}) must be a multiple of feature_px, got feature_px {feature_px}")
     if not 0 < clip_quantile <= 1:

@@ -104,7 +104,7 @@ def simulate_domains(
     periods_px: Any = 8.0,
     tetragonality: float = 1.02,
     fraction_range: tuple[float, float] = (0.5, 0.5),
-    wall_smooth_px: float = 40.0,
+    wall_smooth_px: float | None = None,
     contrast: float = 1.0,
     dose: float | None = None,
     read_noise: float = 0.0,
@@ -119,11 +119,12 @@ def simulate_domains(
     periods_px : stripe period / lattice constant a of each variant (px), one value or K values.
     tetragonality : c/a of the lattice (1.005 to 1.05 for BaTiO3 / PbTiO3).
     fraction_range : fraction of variant 0 in the first and the last frame (the others share the rest).
-    wall_smooth_px : smoothing length (px) of the random wall curves.
+    wall_smooth_px : smoothing length (px) of the random wall curves (default a quarter of the larger side).
     contrast : modulation of the pattern (0..1) on a flat background of 1 - contrast.
     dose : mean counts per pixel (Poisson noise); None: noiseless.
     read_noise : Gaussian read noise (counts; with no dose, in units of the mean intensity).
-    gradient : slow intensity gradient: relative change of the intensity across the image.
+    gradient : slow linear intensity gradient (random direction): the intensity goes from
+        1 - gradient/2 to 1 + gradient/2 of its mean across the image.
     blur_px : Gaussian blur σ (px) of the noiseless image.
     seed : the random walls, phases and noise.
     """
@@ -147,7 +148,7 @@ def simulate_domains(
     f0, f1 = (float(v) for v in fraction_range)
     if not (0 <= f0 <= 1 and 0 <= f1 <= 1):
         raise Distill4dError(f"fraction_range must be two fractions in [0, 1], got {fraction_range!r}")
-    positive_float("wall_smooth_px", wall_smooth_px)
+    wall_smooth_px = max(h, w) / 4 if wall_smooth_px is None else positive_float("wall_smooth_px", wall_smooth_px)
     contrast = positive_float("contrast", contrast, maximum=1.0)
     if dose is not None:
         dose = positive_float("dose", dose)
@@ -166,14 +167,15 @@ def simulate_domains(
         patterns.append((1 - contrast) + contrast * p)
     yy, xx = np.mgrid[:h, :w]
     g_phi = rng.uniform(0, 2 * np.pi)
-    ramp = 1 + gradient * ((yy / h - 0.5) * math.cos(g_phi) + (xx / w - 0.5) * math.sin(g_phi))
+    proj = yy * math.cos(g_phi) + xx * math.sin(g_phi)
+    ramp = 1 + gradient * ((proj - proj.min()) / max(float(np.ptp(proj)), 1e-12) - 0.5)
     flat = np.sort(field.ravel())
     images = np.empty((n_frames, h, w), dtype=np.float32)
     labels = np.empty((n_frames, h, w), dtype=np.int16)
     for t in range(n_frames):
         f = f0 if n_frames == 1 else f0 + (f1 - f0) * t / (n_frames - 1)
         cuts = [f + (1 - f) * i / (k - 1) for i in range(k - 1)] if k > 1 else []
-        levels = [flat[min(int(c * flat.size), flat.size - 1)] for c in cuts]
+        levels = [np.inf if c >= 1 else flat[int(c * flat.size)] for c in cuts]
         lab = np.searchsorted(np.asarray(levels), field, side="right").astype(np.int16) if levels else \
             np.zeros((h, w), np.int16)
         img = np.choose(lab, patterns)
