@@ -49,8 +49,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
         from ..ml._common.model_files import read_card
 
         geo = read_card(args.model, "window_ae").input
-        window = window or int(geo["window_px"])
-        step = step or int(geo["step_px"])
+        window = int(geo["window_px"]) if window is None else window
+        step = int(geo["step_px"]) if step is None else step
 
     def report(rec: dict) -> None:
         print(f"step {rec['step']}: loss {rec['train']:.4g} (held out {rec['held_out']:.4g}), {rec['seconds']:.0f} s",
@@ -62,14 +62,16 @@ def cmd_segment(args: argparse.Namespace) -> int:
     ndim = image_ndim(args.file, args.dataset)
     if ndim in (2, 3):
         images = read_images(args.file, args.dataset)
-        seg = segment(images, args.method, window_px=window or 128, step_px=step or 32, **opts)
+        seg = segment(images, args.method, window_px=128 if window is None else window,
+                      step_px=32 if step is None else step, **opts)
         shown = images
     elif args.route == "virtual":
         from ..imaging import detector_mask, virtual_image
 
         dc = open_input(args)
         shown = virtual_image(dc, detector_mask(dc, args.detector), **engine_kwargs(args))
-        seg = segment(shown, args.method, window_px=window or 32, step_px=step or 8, **opts)
+        seg = segment(shown, args.method, window_px=32 if window is None else window,
+                      step_px=8 if step is None else step, **opts)
     else:
         dc = open_input(args)
         seg = segment_datacube(dc, args.method, route="patterns", engine=engine_kwargs(args), **opts)

@@ -198,7 +198,8 @@ def window_features(
     feature_px : side of each feature (px); ``window_px`` must be a multiple of it (the spectrum
         is binned by ``window_px / feature_px``). Default: :func:`default_feature_px`.
     taper : real-space taper before the FFT: "hann" (default), "hamming" or "none".
-    clip_quantile : log(1 + |FFT|) is divided by this quantile over the whole series and clipped to 1.
+    clip_quantile : log(1 + |FFT|) is divided by this quantile over the whole series and clipped to 1
+        (the series is first divided by its standard deviation, so the pixel unit does not matter).
     clip : a fixed clip level instead (e.g. the ``clip`` of a model's training features).
     dc_radius_px : feature pixels within this radius of the centre (the DC term and the taper's
         leakage of the mean) are set to 0.
@@ -214,6 +215,10 @@ def window_features(
         raise Distill4dError(f"clip_quantile must be in (0, 1], got {clip_quantile!r}")
     t, h, w = arr.shape
     ny, nx = window_grid((h, w), window_px, step_px)
+    # the pixel unit must not matter (log(1 + x) is not scale-free): the series in units of its std
+    scale = float(arr.std())
+    if scale > 0:
+        arr = arr * np.float32(1.0 / scale)
     tap = window_taper(window_px, taper)
     bin_px = window_px // feature_px
     workers = workers or (len(_affinity()) or 1)
