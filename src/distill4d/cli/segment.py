@@ -46,9 +46,9 @@ def cmd_segment(args: argparse.Namespace) -> int:
         train = WindowAETrainConfig(max_steps=args.steps, seed=args.seed, max_minutes=args.minutes)
     window, step = args.window, args.step
     if args.model:
-        from ..ml._common.model_files import read_card
+        from ..ml.window_ae.segment import window_ae_geometry
 
-        geo = read_card(args.model, "window_ae").input
+        geo = window_ae_geometry(args.model)
         window = int(geo["window_px"]) if window is None else window
         step = int(geo["step_px"]) if step is None else step
 

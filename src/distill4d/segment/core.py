@@ -260,9 +260,9 @@ def _model_clip(model: Any) -> float | None:
     """The training features' clip level recorded in a saved model's card (None for no model)."""
     if model is None or not isinstance(model, (str, os.PathLike)):
         return getattr(model, "feature_clip", None)
-    from ..ml._common.model_files import read_card
+    from ..ml.window_ae.segment import window_ae_geometry
 
-    return read_card(model, "window_ae").get("features", {}).get("clip")
+    return window_ae_geometry(model).get("clip")
 
 
 def _segment_features(features: WindowFeatures, method: str, *, domains: int | None, channels: int, model: Any,

@@ -14,7 +14,8 @@ CARD_FORMAT = "distill4d-window-ae-1"
 _HOMES = {
     **dict.fromkeys(("WindowAE", "WindowAEConfig", "window_ae_loss"), "model"),
     **dict.fromkeys(("WindowAETrainConfig", "train_window_ae"), "train"),
-    **dict.fromkeys(("encode_windows", "load_window_ae", "run_window_ae", "save_window_ae"), "segment"),
+    **dict.fromkeys(("channel_descriptors", "encode_windows", "load_window_ae", "run_window_ae", "save_window_ae",
+                     "window_ae_geometry"), "segment"),
 }
 __all__ = ["CARD_FORMAT", *_HOMES]
 __getattr__, __dir__ = lazy_names(__name__, _HOMES)

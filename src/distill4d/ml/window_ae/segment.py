@@ -15,10 +15,17 @@ import numpy as np
 
 from ...errors import Distill4dError
 from ...segment.readout import spectrum_orientation
-from .._common.model_files import load_model, save_state_and_card
+from .._common.model_files import load_model, read_card, save_state_and_card
 from . import CARD_FORMAT
 
-__all__ = ["channel_descriptors", "encode_windows", "load_window_ae", "run_window_ae", "save_window_ae"]
+__all__ = ["channel_descriptors", "encode_windows", "load_window_ae", "run_window_ae", "save_window_ae",
+           "window_ae_geometry"]
+
+
+def window_ae_geometry(path: str | os.PathLike) -> dict[str, Any]:
+    """The window geometry a saved model was trained on, from its card alone (no PyTorch):
+    ``{"window_px", "step_px", "feature_px", "taper", "clip"}``."""
+    return dict(read_card(path, "window_ae").input)
 
 
 def encode_windows(model: Any, features: np.ndarray, *, batch_size: int = 4096, device: Any = "cpu") -> dict[str, np.ndarray]:
