@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
+torch.set_num_threads(1)  # two threads on a busy 2-core machine were 6x slower (OpenMP spinning)
 
 from distill4d import Distill4dError
 from distill4d.ml.window_ae.model import WindowAE, WindowAEConfig, window_ae_loss
@@ -17,7 +18,7 @@ from distill4d.ml.window_ae.train import WindowAETrainConfig
 from distill4d.segment import mean_iou, segment
 from distill4d.simulate.domains import simulate_domains
 
-FAST = WindowAETrainConfig(max_steps=300, eval_every=50, l1_start_step=50, l1_ramp_steps=100, seed=0)
+FAST = WindowAETrainConfig(max_steps=400, seed=0)
 
 
 def test_latent_is_bounded_and_the_decoder_warps_templates():
@@ -49,7 +50,7 @@ def test_two_domains_separated_and_orientations_recovered(tmp_path):
     torch.set_num_threads(2)
     d = simulate_domains((192, 192), angles_deg=(25, 115), periods_px=7, dose=40, seed=11)
     s = segment(d.images, "autoencoder", domains=2, window_px=32, step_px=8, train=FAST, save_model=tmp_path / "m.pt")
-    # measured 0.93 (seed 11); a failure to separate gives about 0.33 (one label for all)
+    # measured 0.926 (seed 11; k-means 0.927, NMF 0.925); a failure to separate gives about 0.33
     assert mean_iou(s.labels, d.labels) > 0.88
     assert np.allclose(np.sort(s.variant_angles_deg), [25, 115], atol=3)
     assert np.abs(np.sort(s.fractions[0]) - np.sort(d.fractions[0])).max() < 0.08

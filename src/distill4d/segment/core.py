@@ -23,10 +23,10 @@ from .readout import (
     channel_masks,
     channel_strength,
     group_channels,
+    group_spectra,
     label_map,
     spectrum_orientation,
     upsample_strength,
-    variant_strength,
 )
 from .windows import WindowFeatures, check_images, window_features
 
@@ -133,18 +133,20 @@ class Segmentation:
 
 
 def _descriptors(features: np.ndarray, winner: np.ndarray, n_channels: int, centre: float) -> tuple[np.ndarray, ...]:
-    """Orientation (degrees) and peak radius (feature px) of each channel's mean spectrum over the
+    """Orientation (degrees), peak radius (feature px) and mean spectrum of each channel over the
     windows it wins; ``used`` where it wins any."""
     ang = np.zeros(n_channels)
     rad = np.ones(n_channels)
+    spectra = np.zeros((n_channels,) + features.shape[1:])
     used = np.zeros(n_channels, bool)
     for c in range(n_channels):
         sel = winner == c
         if sel.sum() == 0:
             continue
         used[c] = True
-        ang[c], rad[c] = spectrum_orientation(features[sel].mean(axis=0), centre)
-    return ang, rad, used
+        spectra[c] = features[sel].mean(axis=0)
+        ang[c], rad[c] = spectrum_orientation(spectra[c], centre)
+    return ang, rad, spectra, used
 
 
 def read_out(
@@ -168,11 +170,24 @@ def read_out(
     strength = channel_strength(ch, masks, thr)
     winner = label_map(strength).reshape(-1)
     flat = features.flat()
-    ang, rad, used = _descriptors(flat, winner, c, features.zero_frequency_px)
-    g_ang, g_rad = (ang, rad) if descriptors is None else descriptors
-    voc = group_channels(g_ang, g_rad, n_variants=n_variants, tol_deg=tol_deg, used=used)
+    ang, rad, spectra, used = _descriptors(flat, winner, c, features.zero_frequency_px)
+    if n_variants is not None:  # a given number of variants: channels grouped by their whole spectra
+        voc = group_spectra(spectra, n_variants, used=used)
+    else:  # by orientation and period (the autoencoder's: its templates under the learned rotation and scale)
+        g_ang, g_rad = (ang, rad) if descriptors is None else descriptors
+        voc = group_channels(g_ang, g_rad, tol_deg=tol_deg, used=used)
     v = int(voc.max()) + 1 if (voc >= 0).any() else 0
-    vs = variant_strength(strength, voc, v)
+    # a variant's map is the sum of its channels (one variant is often spread over several channels),
+    # thresholded (Otsu over the series), opened and closed as a channel is
+    vsum = np.zeros((t, ny, nx, v), np.float32)
+    for j in range(c):
+        if voc[j] >= 0:
+            vsum[..., voc[j]] += ch[..., j]
+    if v:
+        vmasks, vthr = channel_masks(vsum, open_px=open_px, close_px=close_px)
+        vs = channel_strength(vsum, vmasks, vthr)
+    else:
+        vs = vsum
     lab_w = label_map(vs) if v else np.full((t, ny, nx), -1, np.int16)
     hw = image_hw or features.image_shape[1:]
     labels = np.empty((t,) + tuple(hw), dtype=np.int16)
@@ -188,6 +203,15 @@ def read_out(
             v_per[j] = features.period_px(r)
         else:
             v_ang[j], v_per[j] = np.nan, np.nan
+    # variants numbered by increasing orientation
+    order = np.argsort(np.where(np.isfinite(v_ang), v_ang, np.inf), kind="stable")
+    if v and not np.array_equal(order, np.arange(v)):
+        rank = np.empty(v, np.int64)
+        rank[order] = np.arange(v)
+        voc = np.where(voc >= 0, rank[np.maximum(voc, 0)], -1)
+        lut = np.concatenate([rank, [-1]]).astype(np.int16)  # index -1 -> -1
+        lab_w, labels = lut[lab_w], lut[labels]
+        v_ang, v_per = v_ang[order], v_per[order]
     return {"labels": labels, "labels_windows": lab_w, "fractions": area_fractions(labels, v), "thresholds": thr,
             "variant_of_channel": voc, "variant_angles_deg": v_ang, "variant_periods_px": v_per}
 
@@ -223,9 +247,10 @@ def segment(
 
     method : "autoencoder" (default; trained on these images unless ``model`` is given), "kmeans",
         "nmf" or "pca-gmm".
-    domains : number of domain variants V (channels are grouped into V variants); None: channels
-        whose orientations differ by less than ``tol_deg`` degrees (and periods by < 10 %) are one
-        variant. The baselines fit ``domains`` clusters (``channels`` when None).
+    domains : number of domain variants V: channels are grouped into V variants by the correlation
+        of their windows' mean spectra. None: channels whose orientations differ by less than
+        ``tol_deg`` degrees (and periods by < 10 %) are one variant (for the autoencoder, the
+        orientation of each channel's template under its learned rotation and scale). The baselines fit ``domains`` clusters (``channels`` when None).
     window_px, step_px : the window grid (image px); feature_px : side of each window's binned
         spectrum (px; default 64 for windows of 128 px, see :func:`~distill4d.segment.windows.default_feature_px`); taper : real-space window taper ("hann", "hamming", "none").
     channels : latent channels of the autoencoder (default 8).

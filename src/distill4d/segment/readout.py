@@ -5,10 +5,13 @@ probabilities, one-hot k-means clusters) are ``(T, ny, nx, C)`` values >= 0 on t
 
 1. One Otsu threshold per channel over the whole series (:func:`otsu_threshold`), then a
    morphological opening and closing of each frame's mask (:func:`channel_masks`).
-2. Each channel's strength is its value over its threshold inside its mask, 0 outside; channels
-   are grouped into domain variants (:func:`group_channels`, by the orientation and period of the
-   windows they win) and a variant's strength is the largest of its channels'.
-3. Each window, and each image pixel (strengths interpolated linearly between the window centres,
+2. Each channel's strength is its value over its threshold inside its mask, 0 outside; each
+   window's strongest channel "wins" it. Channels are grouped into domain variants by the windows
+   they win (:func:`group_spectra`: the correlation of their mean spectra, for a given number of
+   variants; :func:`group_channels`: by orientation and period otherwise).
+3. A variant's map is the sum of its channels; it gets its own Otsu threshold over the series,
+   opening and closing, and strength (one variant is often spread over several channels, whose
+   separate masks would leave holes). Each window, and each image pixel (strengths interpolated linearly between the window centres,
    :func:`upsample_strength`), takes its strongest variant; -1 (background or undecided) where
    no strength reaches 1 (no channel above its threshold).
 4. Area fraction of every variant in every frame (:func:`area_fractions`).
@@ -29,6 +32,7 @@ __all__ = [
     "channel_masks",
     "channel_strength",
     "group_channels",
+    "group_spectra",
     "label_map",
     "match_labels",
     "mean_iou",
@@ -197,6 +201,32 @@ def group_channels(
         sel = a[idx][groups == g]
         keys[g] = math.degrees(math.atan2(np.sin(np.radians(2 * sel)).mean(), np.cos(np.radians(2 * sel)).mean())) / 2 % 180
     order = {g: n for n, g in enumerate(sorted(keys, key=keys.get))}
+    out[idx] = [order[g] for g in groups]
+    return out
+
+
+def group_spectra(spectra: Any, n_variants: int, *, used: Any = None) -> np.ndarray:
+    """The variant of each channel (C,) int, -1 for unused channels: the channels' mean window
+    spectra (C, F, F), less their common mean, clustered by correlation distance (complete linkage)
+    into ``n_variants`` groups (fewer if fewer channels are used), numbered in channel order."""
+    from scipy.cluster.hierarchy import fcluster, linkage
+
+    sp = np.asarray(spectra, dtype=np.float64)
+    use = np.ones(len(sp), bool) if used is None else np.asarray(used, bool)
+    out = np.full(len(sp), -1, dtype=np.int64)
+    idx = np.flatnonzero(use)
+    if len(idx) <= 1 or n_variants <= 1:
+        out[idx] = 0
+        return out
+    x = sp[idx].reshape(len(idx), -1)
+    x = x - x.mean(axis=0)
+    x = x - x.mean(axis=1, keepdims=True)
+    x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    d = np.clip(1 - x @ x.T, 0, 2)
+    tree = linkage(d[np.triu_indices(len(idx), 1)], method="complete")
+    groups = fcluster(tree, t=min(int(n_variants), len(idx)), criterion="maxclust")
+    _, first = np.unique(groups, return_index=True)
+    order = {g: n for n, g in enumerate(groups[np.sort(first)])}
     out[idx] = [order[g] for g in groups]
     return out
 

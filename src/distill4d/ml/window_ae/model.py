@@ -103,6 +103,7 @@ class WindowAE(nn.Module):
         nn.init.zeros_(self.to_affine.bias)
         self.templates = nn.Parameter(torch.full((c.channels, c.size, c.size), -2.0))
         self.background = nn.Parameter(torch.full((c.size, c.size), -4.0))
+        self.activation = F.relu
         #: the clip level of the features the model was trained on (recorded in its card)
         self.feature_clip: float | None = None
 
@@ -113,7 +114,7 @@ class WindowAE(nn.Module):
         h = F.relu(self.fc(self.features(x).flatten(1)))
         a = torch.tanh(self.to_affine(h))
         c = self.config
-        return {"channels": F.relu(self.to_channels(h)), "scale": 1 + c.max_scale * a[:, 0],
+        return {"channels": self.activation(self.to_channels(h)), "scale": 1 + c.max_scale * a[:, 0],
                 "rotation_deg": c.max_rotation_deg * a[:, 1], "shift": c.max_shift * a[:, 2:]}
 
     def decode(self, channels: torch.Tensor, scale: torch.Tensor, rotation_deg: torch.Tensor,

@@ -34,18 +34,22 @@ class WindowAETrainConfig:
     batch_size, lr : Adam mini-batches and learning rate.
     l1_coef : weight of the L1 penalty on the channels, reached at ``l1_start_step + l1_ramp_steps``.
     l1_start_step, l1_ramp_steps : the penalty's schedule (off, then linear ramp).
+    warmup_steps : steps during which the channels are also fitted (cross-entropy) to the k-means
+        labels the templates started from, so that channel c starts on cluster c.
     max_minutes : wall-clock budget (None: none).
     seed : the initial weights, the k-means start, the held-out split and the batch order.
     """
 
-    max_steps: int = 2000
+    max_steps: int = 1000
     eval_every: int = 100
     patience: int = 5
     batch_size: int = 64
     lr: float = 3e-3
     l1_coef: float = 1e-3
-    l1_start_step: int = 200
-    l1_ramp_steps: int = 500
+    l1_start_step: int = 100
+    l1_ramp_steps: int = 200
+    warmup_steps: int = 200
+    warmup_coef: float = 0.01
     max_minutes: float | None = None
     seed: int = 0
 
@@ -58,6 +62,7 @@ class WindowAETrainConfig:
         nonnegative_float("l1_coef", self.l1_coef)
         positive_int("l1_start_step", self.l1_start_step, minimum=0)
         positive_int("l1_ramp_steps", self.l1_ramp_steps, minimum=0)
+        positive_int("warmup_steps", self.warmup_steps, minimum=0)
         if self.max_minutes is not None:
             positive_float("max_minutes", self.max_minutes)
         positive_int("seed", self.seed, minimum=0)
@@ -71,15 +76,16 @@ class WindowAETrainConfig:
         return self.l1_coef * min(1.0, (step - self.l1_start_step) / self.l1_ramp_steps)
 
 
-def _kmeans_means(x: np.ndarray, k: int, seed: int) -> np.ndarray:
-    """Mean spectra (k, F, F) of a seeded k-means of ``x`` (n, F, F) on its first 16 principal components."""
+def _kmeans_means(x: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Mean spectra (k, F, F) and labels (n,) of a seeded k-means of ``x`` (n, F, F) on its first 16
+    principal components."""
     from sklearn.cluster import KMeans
     from sklearn.decomposition import PCA
 
     flat = x.reshape(len(x), -1)
     z = PCA(n_components=min(16, len(x) - 1, flat.shape[1]), random_state=seed).fit_transform(flat)
     lab = KMeans(n_clusters=k, n_init=2, random_state=seed).fit_predict(z)
-    return np.stack([x[lab == j].mean(0) if (lab == j).any() else x.mean(0) for j in range(k)])
+    return np.stack([x[lab == j].mean(0) if (lab == j).any() else x.mean(0) for j in range(k)]), lab.astype(np.int64)
 
 
 def train_window_ae(
@@ -119,13 +125,13 @@ def train_window_ae(
     dev = torch_device(device)
     t0 = time.perf_counter()
     rule = StopRule(train.max_steps, patience=train.patience, min_rel_improvement=5e-3, max_minutes=train.max_minutes,
-                    start_after_step=train.l1_start_step + train.l1_ramp_steps)
+                    start_after_step=max(train.l1_start_step + train.l1_ramp_steps, train.warmup_steps))
     rule.start(t0)
     rng = np.random.default_rng(train.seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(train.seed)
         model = WindowAE(cfg)
-    means = _kmeans_means(x, cfg.channels, train.seed)
+    means, km_labels = _kmeans_means(x, cfg.channels, train.seed)
     with torch.no_grad():  # softplus^-1 of the cluster means, less a common background
         bg = np.clip(means.min(axis=0), 1e-3, None)
         model.background.copy_(torch.from_numpy(np.log(np.expm1(bg))))
@@ -136,6 +142,7 @@ def train_window_ae(
     held[rng.permutation(len(x))[: len(x) // 10]] = True
     tr_idx, ho_idx = np.flatnonzero(~held), np.flatnonzero(held)
     X = torch.from_numpy(x).to(dev)
+    L = torch.from_numpy(km_labels).to(dev)
     opt = torch.optim.Adam(model.parameters(), lr=train.lr)
     gen = torch.Generator().manual_seed(train.seed)
     history: list[dict[str, Any]] = []
@@ -158,7 +165,10 @@ def train_window_ae(
             perm = torch.from_numpy(tr_idx)[torch.randperm(len(tr_idx), generator=gen)]
         idx, perm = perm[: train.batch_size].to(dev), perm[train.batch_size :]
         xb = X[idx]
-        loss = window_ae_loss(xb, model(xb), l1_coef=train.l1_at(step))["total"]
+        out = model(xb)
+        loss = window_ae_loss(xb, out, l1_coef=train.l1_at(step))["total"]
+        if step < train.warmup_steps and cfg.channels > 1:
+            loss = loss + train.warmup_coef * torch.nn.functional.cross_entropy(out["channels"], L[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -175,11 +185,11 @@ def train_window_ae(
         history.append(rec)
         if callback is not None:
             callback(rec)
-        if rule.record(step, ho) or best_state is None:
+        if rule.record(step, ho):
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         if rule.stopped or rule.out_of_time():
             break
-    if best_state is not None:
+    if best_state is not None:  # else no evaluation came after the warm-up and the L1 ramp: the last weights
         model.load_state_dict(best_state)
     model.to("cpu").eval()
     info = {"stopped": rule.reason, "best_step": rule.best_step, "steps": step, "seconds": time.perf_counter() - t0,
