@@ -1,7 +1,8 @@
 """Training a windowing autoencoder on the windows of the user's own image or series.
 
 The templates start as the mean spectra of a seeded k-means clustering of the windows (one
-cluster per channel), so that every channel starts on something the data hold; then encoder,
+cluster per channel), so that every channel starts on something the data hold, and for the first
+``warmup_steps`` the channels are pulled towards those clusters' one-hot labels; then encoder,
 affine head and templates are learned by the reconstruction loss alone, with the L1 sparsity
 penalty on the channels ramped in from ``l1_start_step``. Every 10th window is held out; the stop
 rule is :class:`~distill4d.ml._common.loop.StopRule` (max steps, patience, wall-time budget) and
@@ -34,8 +35,9 @@ class WindowAETrainConfig:
     batch_size, lr : Adam mini-batches and learning rate.
     l1_coef : weight of the L1 penalty on the channels, reached at ``l1_start_step + l1_ramp_steps``.
     l1_start_step, l1_ramp_steps : the penalty's schedule (off, then linear ramp).
-    warmup_steps : steps during which the channels are also fitted (cross-entropy) to the k-means
-        labels the templates started from, so that channel c starts on cluster c.
+    warmup_steps, warmup_coef : steps during which the channels are also pulled (mean squared error,
+        this weight) towards the one-hot k-means labels the templates started from, so that channel c
+        starts on cluster c.
     max_minutes : wall-clock budget (None: none).
     seed : the initial weights, the k-means start, the held-out split and the batch order.
     """
@@ -168,7 +170,8 @@ def train_window_ae(
         out = model(xb)
         loss = window_ae_loss(xb, out, l1_coef=train.l1_at(step))["total"]
         if step < train.warmup_steps and cfg.channels > 1:
-            loss = loss + train.warmup_coef * torch.nn.functional.cross_entropy(out["channels"], L[idx])
+            target = torch.nn.functional.one_hot(L[idx], cfg.channels).to(out["channels"].dtype)
+            loss = loss + train.warmup_coef * torch.nn.functional.mse_loss(out["channels"], target)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
