@@ -70,11 +70,49 @@ def fraction_error(pred: np.ndarray, truth: np.ndarray, k: int) -> float:
     return float(np.mean(err))
 
 
+def render(rows: list[dict], speed: dict, threads: int, steps: int) -> str:
+    """The RESULTS.md section of ``rows`` (one per class and method) and ``speed``."""
+    t_w = speed["windowing_s_all"]
+    L = ["## Domain segmentation (windowing autoencoder vs k-means, NMF, PCA-GMM)", "",
+         "`PYTHONPATH=src python benchmarks/segment_benchmark.py` "
+         f"(`--threads {threads}`, autoencoder {steps} steps at most, seed 0).",
+         machine_line(), "",
+         "Held-out simulated images (`distill4d.simulate.domains`, seeds 9000+): stripe periods 10-16 px, lattice "
+         "constants 9-12 px with c/a in 1.005-1.05, doses 2.5-25 counts/px, gradients and blur, 512-1400 px "
+         "images; development used seeds 0-21, periods 6-10 px, a = 8 px, doses 20-50 and 128-512 px images. "
+         "Windows 128 px, step 32 px (binned spectra 64 px). The number of variants K is given to every method. "
+         "mIoU and fraction error after the best one-to-one matching of labels to the truth (-1, undecided, "
+         "counts as wrong); ARI on the raw labels. Orientations: the strongest peak of each variant's mean "
+         "spectrum, against the simulated stripe normals (for the lattice, the a axes: its strongest reflection "
+         "is another row, so those columns differ by design).", "",
+         "| class | method | mIoU | ARI | fraction error | train/fit (s) | orientations found (true) |",
+         "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        found = ", ".join(f"{x:.1f}" for x in r["angles_found"])
+        true = ", ".join(f"{x:.1f}" for x in r["angles_true"])
+        L.append(f"| {r['class']} ({r['frames']} x {r['size'][0]}², {r['windows']} windows) | {r['method']} | "
+                 f"{r['miou']:.3f} | {r['ari']:.3f} | {r['fraction_error']:.3f} | {r['train_s']:.1f} | {found} ({true}) |")
+    L += ["", f"Speed on one 1400 x 1400 px frame ({speed['windows']} windows): windowing "
+          f"{speed['windowing_s_best']:.3f} s (best of 3; all: " + ", ".join(f"{x:.3f}" for x in t_w) + " s); "
+          f"autoencoder training {speed['train_s']:.0f} s ({speed['train_steps']} steps), mIoU {speed['miou_1400']:.3f}; "
+          f"inference (encoder) {speed['inference_windows_per_s']:.0f} windows/s "
+          f"({threads} PyTorch thread{'s' if threads > 1 else ''}). The machine was shared with other jobs "
+          "during the run, so times are upper bounds.", "",
+          "Raw numbers: `benchmarks/data/segment.json`."]
+    return "\n".join(L)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_output_arguments(p, "segment")
     p.add_argument("--steps", type=int, default=1000, help="autoencoder training steps (default 1000)")
+    p.add_argument("--render-only", action="store_true",
+                   help="rewrite the RESULTS.md section from benchmarks/data/SECTION.json without measuring")
     a = p.parse_args()
+    if a.render_only:
+        data = json.loads((HERE / "data" / f"{a.section}.json").read_text())
+        write_section(a.section, render(data["rows"], data["speed"], data["speed"]["torch_threads"], a.steps))
+        return
     import torch
 
     torch.set_num_threads(a.threads)
@@ -129,32 +167,8 @@ def main() -> None:
     (HERE / "data").mkdir(exist_ok=True)
     (HERE / "data" / f"{a.section}.json").write_text(json.dumps({"rows": rows, "speed": speed, "machine": machine_info()},
                                                                 indent=1))
-    if a.no_results:
-        return
-    L = ["## Domain segmentation (windowing autoencoder vs k-means, NMF, PCA-GMM)", "",
-         "`PYTHONPATH=src python benchmarks/segment_benchmark.py` "
-         f"(`--threads {a.threads}`, autoencoder {a.steps} steps at most, seed 0).",
-         machine_line(), "",
-         "Held-out simulated images (`distill4d.simulate.domains`, seeds 9000+): stripe periods 10-16 px, lattice "
-         "constants 9-12 px with c/a in 1.005-1.05, doses 2.5-25 counts/px, gradients and blur, 512-1400 px "
-         "images; development used seeds 0-21, periods 6-10 px, a = 8 px, doses 20-50 and 128-512 px images. "
-         "Windows 128 px, step 32 px (binned spectra 64 px). The number of variants K is given to every method. "
-         "mIoU and fraction error after the best one-to-one matching of labels to the truth (-1, undecided, "
-         "counts as wrong); ARI on the raw labels.", "",
-         "| class | method | mIoU | ARI | fraction error | train/fit (s) | orientations found (true) |",
-         "|---|---|---|---|---|---|---|"]
-    for r in rows:
-        found = ", ".join(f"{x:.1f}" for x in r["angles_found"])
-        true = ", ".join(f"{x:.1f}" for x in r["angles_true"])
-        L.append(f"| {r['class']} ({r['frames']} x {r['size'][0]}², {r['windows']} windows) | {r['method']} | "
-                 f"{r['miou']:.3f} | {r['ari']:.3f} | {r['fraction_error']:.3f} | {r['train_s']:.1f} | {found} ({true}) |")
-    L += ["", f"Speed on one 1400 x 1400 px frame ({speed['windows']} windows): windowing "
-          f"{speed['windowing_s_best']:.3f} s (best of 3; all: " + ", ".join(f"{x:.3f}" for x in t_w) + " s); "
-          f"autoencoder training {speed['train_s']:.0f} s ({speed['train_steps']} steps), mIoU {speed['miou_1400']:.3f}; "
-          f"inference (encoder) {speed['inference_windows_per_s']:.0f} windows/s "
-          f"({a.threads} PyTorch thread{'s' if a.threads > 1 else ''}). The machine was shared with other jobs "
-          "during the run (load average above 2 on 2 cores), so times are upper bounds."]
-    write_section(a.section, "\n".join(L))
+    if not a.no_results:
+        write_section(a.section, render(rows, speed, a.threads, a.steps))
 
 
 if __name__ == "__main__":
