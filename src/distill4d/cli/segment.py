@@ -9,6 +9,7 @@ from typing import Any
 from ..errors import Distill4dError
 from ..results import Provenance
 from ._common import (
+    FILE_HELP,
     Outputs,
     add_calibration,
     add_engine,
@@ -25,7 +26,7 @@ __all__ = ["add_parser", "cmd_segment"]
 
 _METHODS = ("autoencoder", "kmeans", "nmf", "pca-gmm")
 _INPUT_HELP = ("an image (H, W) or a series (T, H, W): .npy, .tif/.tiff (every page a frame), .png, or an HDF5 "
-               "dataset FILE.h5:/path; or a 4D-STEM scan (any format of `distill4d info`)")
+               "dataset FILE.h5:/path; or a 4D-STEM scan: " + FILE_HELP)
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
@@ -96,7 +97,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
 def add_parser(sub: Any) -> None:
     """Add ``segment`` to the subcommands ``sub``."""
     p = sub.add_parser("segment", help="domain maps and domain fractions (ferroelectric domains, no labels needed)")
-    p.add_argument("file", metavar="INPUT", help=_INPUT_HELP)
+    p.add_argument("file", metavar="FILE", help=_INPUT_HELP)
     p.add_argument("--method", default="autoencoder", choices=_METHODS,
                    help="autoencoder (the windowing autoencoder trained on this input, default), or the baselines "
                         "kmeans, nmf, pca-gmm on the same windows")
