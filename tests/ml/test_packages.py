@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-PACKAGES = ("distill4d.ml", "distill4d.ml._common", "distill4d.ml.fcunet", "distill4d.ml.ccstae", "distill4d.ml.phase")
+PACKAGES = ("distill4d.ml", "distill4d.ml._common", "distill4d.ml.fcunet", "distill4d.ml.ccstae", "distill4d.ml.phase",
+            "distill4d.ml.window_ae", "distill4d.segment")
 
 
 @pytest.mark.parametrize("package", PACKAGES)
@@ -27,7 +28,7 @@ def test_torch_free_constants():
     assert "conv4d-mixed" in SHIPPED_MODELS and SHIPPED_TRAINING_SETS == ("mos2", "mixed")
 
 
-@pytest.mark.parametrize("package", PACKAGES[2:])
+@pytest.mark.parametrize("package", PACKAGES[2:6])
 def test_public_names_resolve_to_their_one_home(package):
     pytest.importorskip("torch")
     pkg = importlib.import_module(package)

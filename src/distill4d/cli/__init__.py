@@ -18,7 +18,7 @@ import argparse
 from collections.abc import Sequence
 
 from .._version import __version__
-from . import demo, imaging, phase, serve, simulate, strain, train
+from . import demo, imaging, phase, segment, serve, simulate, strain, train
 from ._common import run_command
 
 __all__ = ["build_parser", "main"]
@@ -37,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     strain.add_parser(sub)
     phase.add_parser(sub)
     simulate.add_parser(sub)
+    segment.add_parser(sub)
     p = sub.add_parser("train", help="train a model: fcunet (on a simulated library), phase (on a scan and a label image)")
     tsub = p.add_subparsers(dest="model", required=True, metavar="MODEL")
     train.add_train_parser(tsub)

@@ -333,13 +333,15 @@ def write_results_file(
     provenance: Any = None,
     force: bool = False,
     group: str = "results",
+    dataset_attrs: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> pathlib.Path:
     """The one results writer behind :func:`write` and the result classes' ``to_hdf5``.
 
     Writes ``arrays`` (names may contain ``/`` for sub-groups) under ``/<group>`` (``""``: the
     root, the layout of ``StrainMap`` and ``BraggPeaks`` files) with their ``units``, the
     ``calibration`` as attributes of ``/calibration``, the ``provenance`` as JSON, and
-    ``attrs`` at the root, atomically. FileExistsError if ``path`` exists and not ``force``.
+    ``attrs`` at the root, atomically; ``dataset_attrs`` ``{array name: {attribute: value}}`` adds
+    attributes to some datasets. FileExistsError if ``path`` exists and not ``force``.
     """
     if group not in ("results", ""):
         raise Distill4dError(f"group must be 'results' or '' (the root), got {group!r}")
@@ -348,9 +350,12 @@ def write_results_file(
     if taken:
         raise Distill4dError(f"arrays at the root cannot be named {sorted(taken)}: those names are the file's own")
     _check_metadata(calibration, provenance)
+    unknown = set(dataset_attrs or {}) - set(arrays)
+    if unknown:
+        raise Distill4dError(f"dataset_attrs given for {sorted(unknown)}, which are not among the arrays {sorted(arrays)}")
     out = pathlib.Path(os.fspath(path))
     with atomic_output(out, force=force) as tmp:
-        _write_results(tmp, arrays, units or {}, attrs, calibration, provenance, group)
+        _write_results(tmp, arrays, units or {}, attrs, calibration, provenance, group, dataset_attrs)
     return out
 
 
@@ -362,6 +367,7 @@ def _write_results(
     calibration: Calibration | None = None,
     provenance: Any = None,
     group: str = "results",
+    dataset_attrs: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> None:
     import h5py
 
@@ -381,6 +387,9 @@ def _write_results(
         if provenance is not None:
             f.attrs["provenance"] = provenance.to_json()
         _results_group(f, arrays, units, group)
+        base = f[group] if group else f
+        for name, extra in (dataset_attrs or {}).items():
+            _set_attrs(base[name], extra)
 
 
 def _results_group(f: Any, arrays: dict[str, np.ndarray], units: Mapping[str, str], group: str = "results") -> None:

@@ -13,7 +13,10 @@ they are (their files stay byte for byte what was shipped):
 - ``distill4d-phase-1`` (phase retrieval, ``weights/phase_*.json``): ``config``,
   ``geometry_trained`` / ``pad``, ``command``, ``metrics``;
 - ``distill4d-ccstae-1`` (CC-ST-AE, written by :func:`distill4d.ml.ccstae.save_ccstae`):
-  ``config``, ``geometry``, ``info``.
+  ``config``, ``geometry``, ``info``;
+- ``distill4d-window-ae-1`` (windowing autoencoder, written by
+  :func:`distill4d.ml.window_ae.save_window_ae`): ``config``, ``features`` (window geometry and
+  clip level, the card's ``input``), ``info``.
 
 Moved paths: the training recipes moved from ``src/distill4d/train/configs/`` to
 ``src/distill4d/ml/configs/`` (:data:`MOVED_PATHS`); the shipped FCU-Net card's commands name
@@ -35,9 +38,11 @@ from ..._atomic import atomic_output
 __all__ = ["CARD_FORMATS", "MOVED_PATHS", "ModelCard", "load_model", "read_card", "save_state_and_card"]
 
 #: The card format each model writes.
-CARD_FORMATS = {"fcunet": "distill4d-weights-1", "ccstae": "distill4d-ccstae-1", "phase": "distill4d-phase-1"}
+CARD_FORMATS = {"fcunet": "distill4d-weights-1", "ccstae": "distill4d-ccstae-1", "phase": "distill4d-phase-1",
+                "window_ae": "distill4d-window-ae-1"}
 #: How each model is named in error messages.
-_WHAT = {"fcunet": "FCU-Net", "ccstae": "CC-ST-AE model", "phase": "phase model"}
+_WHAT = {"fcunet": "FCU-Net", "ccstae": "CC-ST-AE model", "phase": "phase model",
+         "window_ae": "windowing autoencoder"}
 
 
 def _a(what: str) -> str:
@@ -71,13 +76,20 @@ def _ccstae_fields(card: dict[str, Any]) -> dict[str, Any]:
             "metrics": {k: info[k] for k in ("best_step", "steps", "stopped") if k in info}}
 
 
+def _window_ae_fields(card: dict[str, Any]) -> dict[str, Any]:
+    info = card.get("info", {})
+    return {"config": dict(card["config"]), "input": dict(card["features"]), "command": card.get("command") or None,
+            "metrics": {k: info[k] for k in ("best_step", "steps", "stopped") if k in info}}
+
+
 _COMPAT: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
-    "distill4d-weights-1": _fcunet_fields, "distill4d-phase-1": _phase_fields, "distill4d-ccstae-1": _ccstae_fields}
+    "distill4d-weights-1": _fcunet_fields, "distill4d-phase-1": _phase_fields, "distill4d-ccstae-1": _ccstae_fields,
+    "distill4d-window-ae-1": _window_ae_fields}
 
 
 class ModelCard(dict):
     """A model card as written (a dict: ``card["config"]`` and every other key work) with the
-    fields all models share as attributes: ``model`` ("fcunet", "ccstae", "phase"), ``format``,
+    fields all models share as attributes: ``model`` ("fcunet", "ccstae", "phase", "window_ae"), ``format``,
     ``config`` (the architecture), ``input`` (input geometry), ``command`` (the training command,
     moved paths updated; None if not recorded), ``metrics`` and ``path`` (the card's file)."""
 

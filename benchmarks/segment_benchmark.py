@@ -1,0 +1,175 @@
+"""Domain segmentation benchmark: the windowing autoencoder against k-means, NMF and PCA-GMM on
+held-out simulated images and series (``distill4d.simulate.domains``), plus windowing, training
+and inference times on a 1400 x 1400 px image.
+
+Held out: nothing was trained or tuned on these images. Development (the tests, the choice of the
+training schedule and read-out) used seeds 0-21, stripe periods 6-10 px, lattice constant 8 px,
+doses 20-50 counts/px, images of 128-512 px and windows of 32-64 px. Here: seeds 9000+,
+stripe periods 10-16 px, lattice constants 9-12 px with c/a drawn in 1.005-1.05, doses 2.5-25,
+gradients and blur, images of 512-1400 px with the default windows (128 px, step 32 px).
+
+Run: ``PYTHONPATH=src python benchmarks/segment_benchmark.py`` (about 10 minutes on 2 CPU cores);
+writes the ``segment`` section of benchmarks/RESULTS.md and benchmarks/data/segment.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from _results import add_output_arguments, machine_info, machine_line, write_section  # noqa: E402
+
+METHODS = ("autoencoder", "kmeans", "nmf", "pca-gmm")
+
+
+def held_out_classes(seed: int = 9000) -> list[tuple[str, dict]]:
+    """The held-out classes: (name, simulate_domains keyword arguments), drawn from ``seed``."""
+    from distill4d.simulate.domains import ninety_degree_rotation_deg
+
+    rng = np.random.default_rng(seed)
+    out = []
+    t = rng.uniform(35, 80)
+    out.append(("stripes, 2 variants", dict(shape=(768, 768), angles_deg=(t, t + rng.uniform(70, 110)),
+                                            periods_px=tuple(rng.uniform(11, 16, 2)), dose=15.0, gradient=0.3,
+                                            blur_px=0.7, seed=seed + 1)))
+    t = rng.uniform(0, 60)
+    out.append(("stripes, 3 variants", dict(shape=(768, 768), angles_deg=(t, t + 60, t + 120),
+                                            periods_px=float(rng.uniform(11, 15)), dose=25.0, seed=seed + 2)))
+    ca = float(rng.uniform(1.005, 1.05))
+    t = rng.uniform(20, 70)
+    out.append((f"lattice a/c, c/a {ca:.3f}", dict(shape=(768, 768), kind="lattice", tetragonality=ca,
+                                                   angles_deg=(t, t + ninety_degree_rotation_deg(ca)),
+                                                   periods_px=float(rng.uniform(9, 12)), dose=12.0, read_noise=2.0,
+                                                   gradient=0.4, blur_px=0.8, seed=seed + 3)))
+    t = rng.uniform(40, 85)
+    out.append(("series of 4, low dose", dict(shape=(512, 512), n_frames=4, angles_deg=(t, t + 90),
+                                              periods_px=float(rng.uniform(10, 14)), dose=2.5, blur_px=1.0,
+                                              fraction_range=(0.2, 0.8), seed=seed + 4)))
+    return out
+
+
+def fraction_error(pred: np.ndarray, truth: np.ndarray, k: int) -> float:
+    """Mean |fraction error| over frames and true variants after the best matching of labels."""
+    from distill4d.segment import match_labels
+
+    mapping = match_labels(pred, truth)
+    err = []
+    for j in range(k):
+        src = [p for p, t in mapping.items() if t == j]
+        for f in range(truth.shape[0]):
+            fp = float(np.mean(pred[f] == src[0])) if src else 0.0
+            err.append(abs(fp - float(np.mean(truth[f] == j))))
+    return float(np.mean(err))
+
+
+def render(rows: list[dict], speed: dict, threads: int, steps: int) -> str:
+    """The RESULTS.md section of ``rows`` (one per class and method) and ``speed``."""
+    t_w = speed["windowing_s_all"]
+    L = ["## Domain segmentation (windowing autoencoder vs k-means, NMF, PCA-GMM)", "",
+         "`PYTHONPATH=src python benchmarks/segment_benchmark.py` "
+         f"(`--threads {threads}`, autoencoder {steps} steps at most, seed 0).",
+         machine_line(), "",
+         "Held-out simulated images (`distill4d.simulate.domains`, seeds 9000+): stripe periods 10-16 px, lattice "
+         "constants 9-12 px with c/a in 1.005-1.05, doses 2.5-25 counts/px, gradients and blur, 512-1400 px "
+         "images; development used seeds 0-21, periods 6-10 px, a = 8 px, doses 20-50 and 128-512 px images. "
+         "Windows 128 px, step 32 px (binned spectra 64 px). The number of variants K is given to every method. "
+         "mIoU and fraction error after the best one-to-one matching of labels to the truth (-1, undecided, "
+         "counts as wrong); ARI on the raw labels. Orientations: the strongest peak of each variant's mean "
+         "spectrum, against the simulated stripe normals (for the lattice, the a axes: its strongest reflection "
+         "is another row, so those columns differ by design).", "",
+         "| class | method | mIoU | ARI | fraction error | train/fit (s) | orientations found (true) |",
+         "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        found = ", ".join(f"{x:.1f}" for x in r["angles_found"])
+        true = ", ".join(f"{x:.1f}" for x in r["angles_true"])
+        L.append(f"| {r['class']} ({r['frames']} x {r['size'][0]}², {r['windows']} windows) | {r['method']} | "
+                 f"{r['miou']:.3f} | {r['ari']:.3f} | {r['fraction_error']:.3f} | {r['train_s']:.1f} | {found} ({true}) |")
+    L += ["", f"Speed on one 1400 x 1400 px frame ({speed['windows']} windows): windowing "
+          f"{speed['windowing_s_best']:.3f} s (best of 3; all: " + ", ".join(f"{x:.3f}" for x in t_w) + " s); "
+          f"autoencoder training {speed['train_s']:.0f} s ({speed['train_steps']} steps), mIoU {speed['miou_1400']:.3f}; "
+          f"inference (encoder) {speed['inference_windows_per_s']:.0f} windows/s "
+          f"({threads} PyTorch thread{'s' if threads > 1 else ''}). The machine was shared with other jobs "
+          "during the run, so times are upper bounds.", "",
+          "Raw numbers: `benchmarks/data/segment.json`."]
+    return "\n".join(L)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_output_arguments(p, "segment")
+    p.add_argument("--steps", type=int, default=1000, help="autoencoder training steps (default 1000)")
+    p.add_argument("--render-only", action="store_true",
+                   help="rewrite the RESULTS.md section from benchmarks/data/SECTION.json without measuring")
+    a = p.parse_args()
+    if a.render_only:
+        data = json.loads((HERE / "data" / f"{a.section}.json").read_text())
+        write_section(a.section, render(data["rows"], data["speed"], data["speed"]["torch_threads"], a.steps))
+        return
+    import torch
+
+    torch.set_num_threads(a.threads)
+    from distill4d.ml.window_ae.segment import encode_windows
+    from distill4d.ml.window_ae.train import WindowAETrainConfig
+    from distill4d.segment import adjusted_rand_index, mean_iou, segment, window_features
+    from distill4d.simulate.domains import simulate_domains
+
+    train = WindowAETrainConfig(max_steps=a.steps, seed=0)
+    rows = []
+    for name, kw in held_out_classes():
+        d = simulate_domains(**kw)
+        k = len(kw["angles_deg"])
+        t0 = time.perf_counter()
+        feats = window_features(d.images)
+        t_win = time.perf_counter() - t0
+        for method in METHODS:
+            t0 = time.perf_counter()
+            s = segment(None, method, domains=k, features=feats, train=train, seed=0)
+            rec = {"class": name, "method": method, "frames": int(d.images.shape[0]),
+                   "size": list(d.images.shape[1:]), "windows": int(feats.flat().shape[0]),
+                   "miou": mean_iou(s.labels, d.labels), "ari": adjusted_rand_index(s.labels, d.labels),
+                   "fraction_error": fraction_error(s.labels, d.labels, k), "windowing_s": t_win,
+                   "train_s": s.timings_s.get("train", 0.0), "inference_s": s.timings_s.get("inference", 0.0),
+                   "total_s": time.perf_counter() - t0, "angles_true": [a_ % 180 for a_ in kw["angles_deg"]],
+                   "angles_found": [float(v) for v in s.variant_angles_deg]}
+            rows.append(rec)
+            print(json.dumps(rec), flush=True)
+
+    # speed on a 1400 x 1400 px frame: windowing (best of 3), training, inference
+    big = simulate_domains((1400, 1400), angles_deg=(33, 118), periods_px=12.5, dose=20, seed=9100)
+    t_w = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        feats = window_features(big.images)
+        t_w.append(time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    s = segment(None, "autoencoder", domains=2, features=feats, train=train)
+    t_total = time.perf_counter() - t0
+    flat = np.concatenate([feats.flat()] * 4)  # 6,400 windows
+    encode_windows(s.model, flat[:256])
+    t_inf = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        encode_windows(s.model, flat)
+        t_inf.append(time.perf_counter() - t0)
+    speed = {"windowing_s_best": min(t_w), "windowing_s_all": t_w, "windows": int(feats.flat().shape[0]),
+             "train_s": s.timings_s["train"], "train_steps": s.history[-1]["step"] if s.history else 0,
+             "segment_total_s": t_total, "inference_windows_per_s": len(flat) / min(t_inf),
+             "miou_1400": mean_iou(s.labels, big.labels), "torch_threads": a.threads}
+    print(json.dumps(speed), flush=True)
+    (HERE / "data").mkdir(exist_ok=True)
+    (HERE / "data" / f"{a.section}.json").write_text(json.dumps({"rows": rows, "speed": speed, "machine": machine_info()},
+                                                                indent=1))
+    if not a.no_results:
+        write_section(a.section, render(rows, speed, a.threads, a.steps))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,200 @@
+"""Training a windowing autoencoder on the windows of the user's own image or series.
+
+The templates start as the mean spectra of a seeded k-means clustering of the windows (one
+cluster per channel), so that every channel starts on something the data hold, and for the first
+``warmup_steps`` the channels are pulled towards those clusters' one-hot labels; then encoder,
+affine head and templates are learned by the reconstruction loss alone, with the L1 sparsity
+penalty on the channels ramped in from ``l1_start_step``. Every 10th window is held out; the stop
+rule is :class:`~distill4d.ml._common.loop.StopRule` (max steps, patience, wall-time budget) and
+the weights of the best held-out evaluation are kept.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from ...errors import Distill4dError
+from ..._validate import nonnegative_float, positive_float, positive_int
+from .._common.loop import StopRule
+
+__all__ = ["WindowAETrainConfig", "train_window_ae"]
+
+
+@dataclasses.dataclass(frozen=True)
+class WindowAETrainConfig:
+    """Training settings.
+
+    max_steps : at most this many Adam steps (mini-batches).
+    eval_every : steps between evaluations of the held-out loss (every 10th window).
+    patience : stop after this many evaluations without a 0.5 % lower held-out loss.
+    batch_size, lr : Adam mini-batches and learning rate.
+    l1_coef : weight of the L1 penalty on the channels, reached at ``l1_start_step + l1_ramp_steps``.
+    l1_start_step, l1_ramp_steps : the penalty's schedule (off, then linear ramp).
+    warmup_steps, warmup_coef : steps during which the channels are also pulled (mean squared error,
+        this weight) towards the one-hot k-means labels the templates started from, so that channel c
+        starts on cluster c.
+    max_minutes : wall-clock budget (None: none).
+    seed : the initial weights, the k-means start, the held-out split and the batch order.
+    """
+
+    max_steps: int = 1000
+    eval_every: int = 100
+    patience: int = 5
+    batch_size: int = 64
+    lr: float = 3e-3
+    l1_coef: float = 1e-3
+    l1_start_step: int = 100
+    l1_ramp_steps: int = 200
+    warmup_steps: int = 200
+    warmup_coef: float = 0.01
+    max_minutes: float | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        positive_int("max_steps", self.max_steps)
+        positive_int("eval_every", self.eval_every)
+        positive_int("patience", self.patience)
+        positive_int("batch_size", self.batch_size)
+        positive_float("lr", self.lr, maximum=1.0)
+        nonnegative_float("l1_coef", self.l1_coef)
+        positive_int("l1_start_step", self.l1_start_step, minimum=0)
+        positive_int("l1_ramp_steps", self.l1_ramp_steps, minimum=0)
+        positive_int("warmup_steps", self.warmup_steps, minimum=0)
+        if self.max_minutes is not None:
+            positive_float("max_minutes", self.max_minutes)
+        positive_int("seed", self.seed, minimum=0)
+
+    def l1_at(self, step: int) -> float:
+        """The L1 weight at ``step``."""
+        if step < self.l1_start_step:
+            return 0.0
+        if self.l1_ramp_steps == 0:
+            return self.l1_coef
+        return self.l1_coef * min(1.0, (step - self.l1_start_step) / self.l1_ramp_steps)
+
+
+def _kmeans_means(x: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Mean spectra (k, F, F) and labels (n,) of a seeded k-means of ``x`` (n, F, F) on its first 16
+    principal components."""
+    from sklearn.cluster import KMeans
+    from sklearn.decomposition import PCA
+
+    flat = x.reshape(len(x), -1)
+    z = PCA(n_components=min(16, len(x) - 1, flat.shape[1]), random_state=seed).fit_transform(flat)
+    lab = KMeans(n_clusters=k, n_init=2, random_state=seed).fit_predict(z)
+    return np.stack([x[lab == j].mean(0) if (lab == j).any() else x.mean(0) for j in range(k)]), lab.astype(np.int64)
+
+
+def train_window_ae(
+    features: np.ndarray,
+    config: Any = None,
+    train: WindowAETrainConfig = WindowAETrainConfig(),
+    *,
+    device: Any = "cpu",
+    callback: Callable[[dict[str, Any]], None] | None = None,
+) -> tuple[Any, list[dict[str, Any]], dict[str, Any]]:
+    """Train a :class:`~distill4d.ml.window_ae.model.WindowAE` on window spectra ``features`` (n, F, F)
+    in [0, 1] (:func:`distill4d.segment.window_features`).
+
+    Returns ``(model, history, info)``: the model at its best held-out evaluation (eval mode, on the
+    CPU), one dict per evaluation (``step``, ``train``, ``held_out`` losses, ``l1_coef``,
+    ``seconds``), and ``{"stopped", "best_step", "steps", "seconds", "n_windows"}``.
+    ``callback(dict)`` is called after each evaluation.
+    """
+    import torch
+
+    from .._common.device import torch_device
+    from .model import WindowAE, WindowAEConfig, window_ae_loss
+
+    x = np.asarray(features, dtype=np.float32)
+    if x.ndim != 3 or x.shape[1] != x.shape[2]:
+        raise Distill4dError(f"features must have shape (n, F, F), got {x.shape}")
+    cfg = config if config is not None else WindowAEConfig(size=x.shape[-1])
+    if not isinstance(cfg, WindowAEConfig):
+        raise TypeError(f"config must be a WindowAEConfig, got {type(cfg).__name__}")
+    if not isinstance(train, WindowAETrainConfig):
+        raise TypeError(f"train must be a WindowAETrainConfig, got {type(train).__name__}")
+    if x.shape[1] != cfg.size:
+        raise Distill4dError(f"features are {x.shape[1]} px wide but the model's size is {cfg.size} px")
+    if len(x) < 4 * cfg.channels:
+        raise Distill4dError(f"at least {4 * cfg.channels} windows are needed to train {cfg.channels} channels, "
+                             f"got {len(x)}; use a smaller step_px or fewer channels")
+    dev = torch_device(device)
+    t0 = time.perf_counter()
+    rule = StopRule(train.max_steps, patience=train.patience, min_rel_improvement=5e-3, max_minutes=train.max_minutes,
+                    start_after_step=max(train.l1_start_step + train.l1_ramp_steps, train.warmup_steps))
+    rule.start(t0)
+    rng = np.random.default_rng(train.seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(train.seed)
+        model = WindowAE(cfg)
+    means, km_labels = _kmeans_means(x, cfg.channels, train.seed)
+    with torch.no_grad():  # softplus^-1 of the cluster means, less a common background
+        bg = np.clip(means.min(axis=0), 1e-3, None)
+        model.background.copy_(torch.from_numpy(np.log(np.expm1(bg))))
+        tmpl = np.clip(means - bg, 1e-3, None)
+        model.templates.copy_(torch.from_numpy(np.log(np.expm1(tmpl)).astype(np.float32)))
+    model.to(dev)
+    held = np.zeros(len(x), bool)
+    held[rng.permutation(len(x))[: len(x) // 10]] = True
+    tr_idx, ho_idx = np.flatnonzero(~held), np.flatnonzero(held)
+    X = torch.from_numpy(x).to(dev)
+    L = torch.from_numpy(km_labels).to(dev)
+    opt = torch.optim.Adam(model.parameters(), lr=train.lr)
+    gen = torch.Generator().manual_seed(train.seed)
+    history: list[dict[str, Any]] = []
+    best_state = None
+
+    def held_out_loss(l1: float) -> float:
+        model.eval()
+        idx = torch.from_numpy(ho_idx).to(dev)
+        with torch.no_grad():
+            total = sum(float(window_ae_loss(X[idx[i : i + 512]], model(X[idx[i : i + 512]]), l1_coef=l1)["total"])
+                        * len(idx[i : i + 512]) for i in range(0, len(idx), 512))
+        model.train()
+        return total / max(len(idx), 1)
+
+    step, running, n_run = 0, 0.0, 0
+    perm = torch.empty(0, dtype=torch.long)
+    model.train()
+    while not rule.steps_done(step):
+        if len(perm) < train.batch_size:
+            perm = torch.from_numpy(tr_idx)[torch.randperm(len(tr_idx), generator=gen)]
+        idx, perm = perm[: train.batch_size].to(dev), perm[train.batch_size :]
+        xb = X[idx]
+        out = model(xb)
+        loss = window_ae_loss(xb, out, l1_coef=train.l1_at(step))["total"]
+        if step < train.warmup_steps and cfg.channels > 1:
+            target = torch.nn.functional.one_hot(L[idx], cfg.channels).to(out["channels"].dtype)
+            loss = loss + train.warmup_coef * torch.nn.functional.mse_loss(out["channels"], target)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        running += float(loss.detach())
+        n_run += 1
+        step += 1
+        if step % train.eval_every and step != train.max_steps:
+            continue
+        l1 = train.l1_at(step)
+        ho = held_out_loss(train.l1_coef)  # the full penalty: evaluations compare alike
+        rec = {"step": step, "train": running / n_run, "held_out": ho, "l1_coef": l1,
+               "seconds": time.perf_counter() - t0}
+        running, n_run = 0.0, 0
+        history.append(rec)
+        if callback is not None:
+            callback(rec)
+        if rule.record(step, ho):
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        if rule.stopped or rule.out_of_time():
+            break
+    if best_state is not None:  # else no evaluation came after the warm-up and the L1 ramp: the last weights
+        model.load_state_dict(best_state)
+    model.to("cpu").eval()
+    info = {"stopped": rule.reason, "best_step": rule.best_step, "steps": step, "seconds": time.perf_counter() - t0,
+            "n_windows": len(x)}
+    return model, history, info
