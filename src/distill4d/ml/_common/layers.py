@@ -16,6 +16,7 @@ from torch.nn import functional as F
 from ...errors import Distill4dError
 
 __all__ = [
+    "ResBlock",
     "ComplexBatchNorm2d",
     "ComplexConv2d",
     "complex_cat",
@@ -172,3 +173,19 @@ def magnitude_max_pool(z: torch.Tensor) -> torch.Tensor:
     re_max = torch.gather(re.flatten(2), 2, where).view_as(idx)
     im_max = torch.gather(im.flatten(2), 2, where).view_as(idx)
     return torch.cat([re_max, im_max], dim=1)
+
+
+class ResBlock(nn.Module):
+    """conv-LN-ReLU-conv-LN plus the input, then ReLU (3x3 convolutions keeping ``c`` channels;
+    LN = GroupNorm(1): over channels and space). Shared by the CC-ST-AE and window-AE encoders."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(c, c, 3, padding=1)
+        self.norm1 = nn.GroupNorm(1, c)
+        self.conv2 = nn.Conv2d(c, c, 3, padding=1)
+        self.norm2 = nn.GroupNorm(1, c)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.relu(self.norm1(self.conv1(x)))
+        return F.relu(x + self.norm2(self.conv2(y)))

@@ -31,6 +31,7 @@ from torch.nn import functional as nnf
 
 from ...errors import Distill4dError
 from ..._validate import check_keys, nonnegative_float, positive_float, positive_int
+from .._common.layers import ResBlock
 
 __all__ = ["CCSTAE", "CCSTAEConfig", "ccstae_loss", "inverse_affine", "warp"]
 
@@ -104,28 +105,13 @@ class CCSTAEConfig:
         return cls(**{**d, "channels": tuple(d.get("channels", cls.channels))})
 
 
-class _ResBlock(nn.Module):
-    """conv-LN-ReLU-conv-LN plus the input, then ReLU (LN = GroupNorm(1): over channels and space)."""
-
-    def __init__(self, c: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(c, c, 3, padding=1)
-        self.norm1 = nn.GroupNorm(1, c)
-        self.conv2 = nn.Conv2d(c, c, 3, padding=1)
-        self.norm2 = nn.GroupNorm(1, c)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = torch.relu(self.norm1(self.conv1(x)))
-        return torch.relu(x + self.norm2(self.conv2(y)))
-
-
 def _encoder(cfg: CCSTAEConfig, c0: int) -> nn.Sequential:
     layers: list[nn.Module] = [nn.Conv2d(c0, cfg.channels[0], 3, padding=1), nn.GroupNorm(1, cfg.channels[0]), nn.ReLU()]
     c_in = cfg.channels[0]
     for c in cfg.channels:
         if c != c_in:
             layers += [nn.Conv2d(c_in, c, 1), nn.GroupNorm(1, c), nn.ReLU()]
-        layers += [_ResBlock(c), nn.MaxPool2d(2)]
+        layers += [ResBlock(c), nn.MaxPool2d(2)]
         c_in = c
     # a leaky latent: a ReLU bottleneck can die (all units off) and freeze every transform
     layers += [nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(c_in * 16, cfg.latent), nn.LeakyReLU(0.1)]

@@ -28,6 +28,7 @@ from torch.nn import functional as F
 
 from ...errors import Distill4dError
 from ..._validate import positive_float, positive_int
+from .._common.layers import ResBlock
 
 __all__ = ["WindowAE", "WindowAEConfig", "window_ae_loss"]
 
@@ -64,19 +65,6 @@ class WindowAEConfig:
         positive_float("max_shift", self.max_shift, maximum=1.0)
 
 
-class _ResBlock(nn.Module):
-    def __init__(self, c: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(c, c, 3, padding=1)
-        self.norm1 = nn.GroupNorm(1, c)
-        self.conv2 = nn.Conv2d(c, c, 3, padding=1)
-        self.norm2 = nn.GroupNorm(1, c)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.relu(self.norm1(self.conv1(x)))
-        return F.relu(x + self.norm2(self.conv2(y)))
-
-
 class WindowAE(nn.Module):
     """The windowing autoencoder on spectra (N, size, size) or (N, 1, size, size) in [0, 1]."""
 
@@ -90,7 +78,7 @@ class WindowAE(nn.Module):
         layers: list[nn.Module] = [nn.Conv2d(1, c.width, 4, stride=4), nn.ReLU(), nn.AvgPool2d(2)]
         side = c.size // 8
         while True:
-            layers.append(_ResBlock(c.width))
+            layers.append(ResBlock(c.width))
             if side <= 4:
                 break
             layers.append(nn.AvgPool2d(2))
