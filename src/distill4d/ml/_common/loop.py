@@ -28,7 +28,7 @@ from typing import Any
 from ...errors import Distill4dError
 from ..._validate import positive_float, positive_int
 
-__all__ = ["StopRule"]
+__all__ = ["StopRule", "check_training_options"]
 
 class StopRule:
     """When to stop training, and which evaluation is the best so far.
@@ -118,3 +118,20 @@ class StopRule:
         self.best = math.inf if state.get("best") is None else float(state["best"])
         self.best_step = int(state.get("best_step", -1))
         self.stale = int(state.get("stale", 0))
+
+
+def check_training_options(config: Any, *, positive_ints: tuple[str, ...] = ("max_steps", "eval_every", "patience",
+                                                                           "batch_size"),
+                           nonnegative_ints: tuple[str, ...] = ()) -> None:
+    """Check the options every trainer's configuration shares, each with a one-line error:
+    ``positive_ints`` >= 1, ``nonnegative_ints`` >= 0, ``lr`` in (0, 1] (or None), ``max_minutes``
+    > 0 (or None) and ``seed`` an integer >= 0."""
+    for name in positive_ints:
+        positive_int(name, getattr(config, name))
+    for name in nonnegative_ints:
+        positive_int(name, getattr(config, name), minimum=0)
+    if getattr(config, "lr", None) is not None:
+        positive_float("lr", config.lr, maximum=1.0)
+    if getattr(config, "max_minutes", None) is not None:
+        positive_float("max_minutes", config.max_minutes)
+    positive_int("seed", config.seed, minimum=0)

@@ -24,11 +24,10 @@ from typing import Any
 import numpy as np
 
 from ...errors import Distill4dError
-from ..._validate import positive_float, positive_int
 from ...datacube import DataCube
 from ...engine.neighbourhoods import check_pad
 from .._common.model_files import CARD_FORMATS
-from .._common.loop import StopRule
+from .._common.loop import StopRule, check_training_options
 from .prepare import _pass_options, _scan_norm, phase_geometry, prepare_phase_patterns
 
 __all__ = ["PhaseTrainConfig", "save_phase_model", "train_phase"]
@@ -63,18 +62,11 @@ class PhaseTrainConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("max_steps", "batch_size", "patch", "eval_every", "patience"):
-            positive_int(name, getattr(self, name))
-        if self.lr is not None:
-            positive_float("lr", self.lr, maximum=1.0)
+        check_training_options(self, positive_ints=("max_steps", "batch_size", "patch", "eval_every", "patience"))
         if not 0 <= float(self.weight_decay) < 1:
             raise Distill4dError(f"weight_decay must be in [0, 1), got {self.weight_decay!r}")
         if not 0 < float(self.holdout_fraction) < 1:
             raise Distill4dError(f"holdout_fraction must be in (0, 1), got {self.holdout_fraction!r}")
-        if self.max_minutes is not None:
-            positive_float("max_minutes", self.max_minutes)
-        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
-            raise Distill4dError(f"seed must be an integer >= 0, got {self.seed!r}")
 
 
 

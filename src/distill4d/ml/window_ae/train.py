@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 
 from ...errors import Distill4dError
-from ..._validate import nonnegative_float, positive_float, positive_int
-from .._common.loop import StopRule
+from ..._validate import nonnegative_float
+from .._common.loop import StopRule, check_training_options
 
 __all__ = ["WindowAETrainConfig", "train_window_ae"]
 
@@ -56,18 +56,8 @@ class WindowAETrainConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        positive_int("max_steps", self.max_steps)
-        positive_int("eval_every", self.eval_every)
-        positive_int("patience", self.patience)
-        positive_int("batch_size", self.batch_size)
-        positive_float("lr", self.lr, maximum=1.0)
+        check_training_options(self, nonnegative_ints=("l1_start_step", "l1_ramp_steps", "warmup_steps"))
         nonnegative_float("l1_coef", self.l1_coef)
-        positive_int("l1_start_step", self.l1_start_step, minimum=0)
-        positive_int("l1_ramp_steps", self.l1_ramp_steps, minimum=0)
-        positive_int("warmup_steps", self.warmup_steps, minimum=0)
-        if self.max_minutes is not None:
-            positive_float("max_minutes", self.max_minutes)
-        positive_int("seed", self.seed, minimum=0)
 
     def l1_at(self, step: int) -> float:
         """The L1 weight at ``step``."""
