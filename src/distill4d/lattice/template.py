@@ -233,8 +233,14 @@ def _model(template: Template, p: np.ndarray, dx: np.ndarray, dy: np.ndarray, bg
     # d lam / d u: the envelope's gradient too
     gx = env * Dx + D * (2 * axx * rx + axy * ry) / R
     gy = env * Dy + D * (2 * ayy * ry + axy * rx) / R
-    J = np.stack([gx * dx, gx * dy, gy * dx, gy * dy, gx, gy, D, np.broadcast_to(bg, D.shape),
-                  D * rx * rx, D * ry * ry, D * rx * ry], axis=1)  # (n, 11, P)
+    # the Jacobian in float32: it only sets the step (the likelihood and its acceptance stay float64)
+    f32 = np.float32
+    gx, gy, D32, rx, ry = gx.astype(f32), gy.astype(f32), D.astype(f32), rx.astype(f32), ry.astype(f32)
+    dx, dy = dx.astype(f32), dy.astype(f32)
+    J = np.empty((D.shape[0], _N_PARAMS, D.shape[1]), dtype=f32)
+    for i, col in enumerate((gx * dx, gx * dy, gy * dx, gy * dy, gx, gy, D32, np.broadcast_to(bg, D.shape),
+                             D32 * rx * rx, D32 * ry * ry, D32 * rx * ry)):
+        J[:, i] = col
     return lam, J, inside
 
 
@@ -453,12 +459,15 @@ def build_template(datacube: Any, region: tuple[slice, slice], origin_px: Any = 
     if origin_px is None:
         cx, cy, _ = find_bf_disk(t)
         origin_px = (cx, cy)
+    # aligning needs a fraction of a pixel, not the final precision: at most 10 steps, stopping at
+    # 0.3 standard errors (measured at 1e3 e-: the same strain errors, 0.6x the time)
+    align = dataclasses.replace(params, max_iter=min(params.max_iter, 10), tol=max(params.tol, 0.1))
     n_ref = int(finite[: ref_idx.size].sum())
     pats = pats[finite]
     used = n_ref
     for _ in range(passes):
         tmpl = make_template(np.clip(t, 0.0, None), origin_px)
-        out = fit_template_batch(pats, tmpl, params)
+        out = fit_template_batch(pats, tmpl, align)
         # only patterns like the reference's (vacuum or another phase would blur the template):
         # fitted, with a disk scale within a factor 2 of the reference region's median
         s_ref = np.median(out["scale"][:n_ref][out["ok"][:n_ref]]) if out["ok"][:n_ref].any() else np.nan
