@@ -204,3 +204,27 @@ def test_a_request_longer_than_the_timeout_is_504(start_server, scan_files):
     r = _infer(s, "disks", {"patterns": data, "probe": scan_files["probe_array"]})  # takes longer than 10 ms
     assert r.status_code == 504 and "longer than the server's timeout of 0.01 s" in r.json()["error"]
     assert httpx.get(s.url + "/v2/health/live").status_code == 200
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_segment_returns_the_two_domains_of_a_stripe_image(start_server):
+    """The served `segment` model (NMF by default) on a two-variant stripe image: labels on every
+    pixel, the two orientations, and 422 for the autoencoder (it trains) and for a 1D input."""
+    from distill4d.segment import mean_iou
+    from distill4d.simulate.domains import simulate_domains
+
+    s = start_server("--models", "segment")
+    s.wait_ready()
+    d = simulate_domains((256, 256), angles_deg=(20, 110), periods_px=9.0, dose=30.0, seed=3)
+    r = _infer(s, "segment", {"images": d.images[0].astype(np.float32)},
+               {"domains": 2, "window_px": 64, "step_px": 16})
+    assert r.status_code == 200, r.text
+    out, params = decode_response(r.content, r.headers)
+    assert out["labels"].shape == (1, 256, 256) and out["fractions"].shape == (1, 2)
+    assert mean_iou(out["labels"], d.labels) > 0.8
+    assert sorted(np.round(out["variant_angles_deg"] / 10) * 10 % 180) == [20.0, 110.0]
+    r = _infer(s, "segment", {"images": d.images[0].astype(np.float32)}, {"method": "autoencoder"})
+    assert r.status_code == 422 and "autoencoder trains" in r.text
+    r = _infer(s, "segment", {"images": np.ones(16, np.float32)})
+    assert r.status_code == 422 and "image (H, W) or a series" in r.text

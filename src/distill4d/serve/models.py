@@ -28,7 +28,7 @@ from .protocol import InferRequest, ProtocolError, datatype_of
 __all__ = ["MODEL_NAMES", "Prepared", "ServedModel", "TensorSpec", "build_model"]
 
 #: Models the server can serve (``identify`` and ``segment`` join when their packages land).
-MODEL_NAMES = ("disks", "fcunet", "phase", "strain")
+MODEL_NAMES = ("disks", "fcunet", "phase", "strain", "segment")
 
 #: Datatypes accepted for patterns (detector counts or floats).
 PATTERN_DATATYPES = ("FP32", "FP64", "FP16", "UINT8", "UINT16", "UINT32", "INT16", "INT32")
@@ -522,8 +522,74 @@ class StrainModel(ServedModel):
         return res
 
 
+class SegmentModel(ServedModel):
+    """An image or a series → domain labels and fractions (:func:`distill4d.segment.segment`,
+    the methods that need no training: nmf, kmeans, pca-gmm)."""
+
+    name = "segment"
+    batchable = False
+    inputs = (TensorSpec("images", "FP32", (-1, -1, -1), description="an image (H, W) or a series (T, H, W)"),)
+    outputs = (
+        TensorSpec("labels", "INT32", (-1, -1, -1), description="variant of every pixel (T, H, W); -1 undecided"),
+        TensorSpec("fractions", "FP64", (-1, -1), description="area fraction of every variant per frame (T, K)"),
+        TensorSpec("variant_angles_deg", "FP64", (-1,), description="each variant's dominant orientation (degrees)"),
+    )
+    parameters = {"method": "nmf (default), kmeans or pca-gmm", "domains": "number of variants K (default: found)",
+                  "window_px": "window width in pixels (default 128)", "step_px": "window step in pixels (default 32)"}
+    _methods = ("nmf", "kmeans", "pca-gmm")
+
+    def __init__(self, device: str = "auto") -> None:
+        super().__init__(device)
+        self.device = "cpu"
+        self.card = {"model": "segment", "method": "windowed FFT features and an unsupervised factorisation "
+                     "(distill4d.segment.segment)", "weights": None}
+
+    def example_inputs(self) -> dict[str, np.ndarray]:
+        y, x = np.mgrid[:96, :96]
+        img = np.where(x < 48, np.sin(2 * np.pi * x / 8.0), np.sin(2 * np.pi * y / 8.0))
+        return {"images": img.astype(np.float32)}
+
+    def example_parameters(self) -> dict[str, Any]:
+        return {"domains": 2, "window_px": 32, "step_px": 8}
+
+    def prepare(self, request: InferRequest) -> Prepared:
+        from ..segment.windows import check_images
+
+        ins = request.inputs
+        _unexpected(ins, {"images"})
+        if "images" not in ins:
+            raise ProtocolError("input 'images' missing: an image (H, W) or a series (T, H, W)")
+        opts = _parameter_overrides(request.parameters, set(self.parameters))
+        method = str(opts.get("method", "nmf"))
+        if method not in self._methods:
+            raise ProtocolError(f"method must be one of {list(self._methods)} (the autoencoder trains: use a job or "
+                                f"distill4d segment), got {method!r}")
+        try:
+            images = check_images(np.asarray(ins["images"], dtype=np.float32))
+            kw = {k: int(opts[k]) for k in ("domains", "window_px", "step_px") if k in opts}
+        except (Distill4dError, TypeError, ValueError) as err:
+            raise ProtocolError(str(err)) from None
+        return Prepared(None, images.shape[0], {"images": images, "method": method, "kw": kw})
+
+    def run_batch(self, items: list[Prepared]) -> list[tuple[dict[str, np.ndarray], dict[str, Any]]]:
+        from ..segment import segment
+
+        res = []
+        for it in items:
+            p = it.payload
+            try:
+                seg = segment(p["images"], p["method"], **p["kw"])
+            except Distill4dError as err:
+                raise ProtocolError(str(err)) from None
+            labels = np.asarray(seg.labels, dtype=np.int32).reshape(p["images"].shape)
+            res.append(({"labels": labels, "fractions": np.asarray(seg.fractions, dtype=np.float64),
+                         "variant_angles_deg": np.asarray(seg.variant_angles_deg, dtype=np.float64)},
+                        {"method": p["method"], **p["kw"]}))
+        return res
+
+
 _MODELS: dict[str, type[ServedModel]] = {"disks": DisksModel, "fcunet": FCUNetModel, "phase": PhaseModel,
-                                         "strain": StrainModel}
+                                         "strain": StrainModel, "segment": SegmentModel}
 
 
 def build_model(name: str, device: str = "auto") -> ServedModel:
