@@ -1,0 +1,192 @@
+"""A random-forest hierarchy for blind crystal identification from spot features.
+
+Three levels, each a scikit-learn random forest on the features of
+:mod:`distill4d.identify.encode`:
+
+1. the crystal system (all seven, :data:`SYSTEMS`), from the calibration-free shape
+   features (so a calibration error changes no class);
+2. the space group within each system (from the same features);
+3. per system, the conventional lattice parameters: ``log(a · s)``, ``log(b · s)``,
+   ``log(c · s)`` (``s`` the pattern's scale in 1/Å, so these are dimensionless) and
+   alpha, beta, gamma (degrees), regressed from the shape features; ``a = exp(·) / s``, so a
+   calibration error of x % moves a, b, c by x % and the angles not at all.
+
+Probabilities are the forests' (leaf-frequency) probabilities, not yet recalibrated. Many
+patterns of one region combine by :func:`aggregate`: the sum of log-probabilities
+(a naive-Bayes product, ``"log"``) or the sum of per-pattern margins (``"margin"``:
+``p_c - max_{c' != c} p_c'``), which one overconfident wrong pattern cannot dominate.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .._validate import positive_int
+from ..errors import Distill4dError
+from ..simulate.spots import SYSTEMS
+from .encode import N_FEATURES, scale_inv_A, shape_features
+
+__all__ = ["SYSTEMS", "CrystalIdentifier", "aggregate", "top_k"]
+
+
+
+def _features(features: Any) -> np.ndarray:
+    X = np.asarray(features, dtype=np.float64)
+    if X.ndim != 2 or X.shape[1] != N_FEATURES:
+        raise Distill4dError(f"features must have shape (n_patterns, {N_FEATURES}), got {X.shape}")
+    if X.shape[0] == 0:
+        raise Distill4dError("features is empty: no patterns")
+    if not np.all(np.isfinite(X)):
+        raise Distill4dError("features contain NaN or Inf values")
+    return X
+
+
+def top_k(proba: Any, k: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` most probable classes of each row of ``proba`` (n, C): ``(indices, probabilities)``, both (n, k)."""
+    p = np.atleast_2d(np.asarray(proba, dtype=np.float64))
+    k = min(positive_int("k", k), p.shape[1])
+    idx = np.argsort(-p, axis=1, kind="stable")[:, :k]
+    return idx, np.take_along_axis(p, idx, axis=1)
+
+
+def aggregate(proba: Any, method: str = "log", eps: float = 1e-3) -> np.ndarray:
+    """One score per class (C,) from the probabilities (n, C) of n patterns of one region.
+
+    ``"log"``: ``softmax(Σ log(p + eps))`` (a probability; ``eps`` keeps one zero from
+    vetoing a class). ``"margin"``: ``Σ (p_c - max_{c' != c} p_c') / n`` (in [-1, 1]; the
+    class with the largest is chosen).
+    """
+    p = np.asarray(proba, dtype=np.float64)
+    if p.ndim != 2 or p.shape[0] == 0:
+        raise Distill4dError(f"proba must have shape (n_patterns >= 1, n_classes), got {p.shape}")
+    if method == "log":
+        s = np.log(p + eps).sum(axis=0)
+        s = np.exp(s - s.max())
+        return s / s.sum()
+    if method == "margin":
+        if p.shape[1] < 2:
+            return np.ones(p.shape[1])
+        order = np.sort(p, axis=1)
+        best, second = order[:, -1:], order[:, -2:-1]
+        other = np.where(p == best, second, best)  # the largest of the other classes
+        return (p - other).mean(axis=0)
+    raise Distill4dError(f"method must be 'log' or 'margin', got {method!r}")
+
+
+class CrystalIdentifier:
+    """Crystal system -> space group -> lattice parameters, each a random forest.
+
+    Parameters
+    ----------
+    n_estimators : trees per forest.
+    min_samples_leaf : smallest leaf of every forest.
+    seed : random seed of every forest (explicit; results are reproducible).
+    n_jobs : worker threads of scikit-learn (1 by default).
+    """
+
+    def __init__(self, n_estimators: int = 200, min_samples_leaf: int = 1, seed: int = 0, n_jobs: int = 1) -> None:
+        self.n_estimators = positive_int("n_estimators", n_estimators)
+        self.min_samples_leaf = positive_int("min_samples_leaf", min_samples_leaf)
+        self.seed = int(seed)
+        self.n_jobs = int(n_jobs)
+        self.system_model: Any = None
+        self.space_group_models: dict[int, Any] = {}
+        self.lattice_models: dict[int, Any] = {}
+
+    def _forest(self, kind: str) -> Any:
+        from sklearn.ensemble import RandomForestClassifier, RandomForestRegressor
+
+        cls = RandomForestClassifier if kind == "classifier" else RandomForestRegressor
+        return cls(n_estimators=self.n_estimators, min_samples_leaf=self.min_samples_leaf,
+                   random_state=self.seed, n_jobs=self.n_jobs)
+
+    def fit(self, features: Any, system: Any, space_group: Any, cellpar: Any) -> "CrystalIdentifier":
+        """Train on patterns: ``features`` (P, N_FEATURES), ``system`` (P,) indices into
+        :data:`SYSTEMS`, ``space_group`` (P,) numbers, ``cellpar`` (P, 6) a, b, c (Å),
+        alpha, beta, gamma (degrees) of the conventional cell."""
+        X = _features(features)
+        sys_ = np.asarray(system, dtype=np.int64)
+        sg = np.asarray(space_group, dtype=np.int64)
+        cp = np.asarray(cellpar, dtype=np.float64)
+        P = X.shape[0]
+        if sys_.shape != (P,) or sg.shape != (P,) or cp.shape != (P, 6):
+            raise Distill4dError(
+                f"system, space_group and cellpar must have shapes ({P},), ({P},), ({P}, 6); got "
+                f"{sys_.shape}, {sg.shape}, {cp.shape}"
+            )
+        if np.any((sys_ < 0) | (sys_ >= len(SYSTEMS))):
+            raise Distill4dError(f"system must hold indices 0..{len(SYSTEMS) - 1} into SYSTEMS")
+        Xs = shape_features(X)
+        s = scale_inv_A(X)
+        self.system_model = self._forest("classifier").fit(Xs, sys_)
+        self.space_group_models, self.lattice_models = {}, {}
+        target = np.concatenate([np.log(cp[:, :3] * s[:, None]), cp[:, 3:]], axis=1)
+        for c in np.unique(sys_):
+            rows = sys_ == c
+            if np.unique(sg[rows]).size > 1:
+                self.space_group_models[int(c)] = self._forest("classifier").fit(Xs[rows], sg[rows])
+            else:
+                self.space_group_models[int(c)] = int(sg[rows][0])
+            self.lattice_models[int(c)] = self._forest("regressor").fit(Xs[rows], target[rows])
+        return self
+
+    def _check_fitted(self) -> None:
+        if self.system_model is None:
+            raise Distill4dError("the CrystalIdentifier is not trained: call fit(...) first")
+
+    def predict_proba(self, features: Any) -> np.ndarray:
+        """Crystal-system probabilities (P, 7), columns in the order of :data:`SYSTEMS`."""
+        self._check_fitted()
+        X = _features(features)
+        p = self.system_model.predict_proba(shape_features(X))
+        out = np.zeros((X.shape[0], len(SYSTEMS)))
+        out[:, self.system_model.classes_] = p
+        return out
+
+    def predict_system(self, features: Any) -> np.ndarray:
+        """Most probable crystal system (P,) as indices into :data:`SYSTEMS`."""
+        return np.argmax(self.predict_proba(features), axis=1)
+
+    def space_groups(self) -> np.ndarray:
+        """The space-group numbers seen in training, the columns of :meth:`predict_space_group_proba`."""
+        self._check_fitted()
+        out = []
+        for m in self.space_group_models.values():
+            out += [int(m)] if isinstance(m, int) else [int(v) for v in m.classes_]
+        return np.array(sorted(out))
+
+    def predict_space_group_proba(self, features: Any) -> np.ndarray:
+        """Space-group probabilities (P, G), ``P(system) · P(group | system)``, columns :meth:`space_groups`."""
+        X = _features(features)
+        ps = self.predict_proba(X)
+        groups = self.space_groups()
+        col = {g: i for i, g in enumerate(groups)}
+        out = np.zeros((X.shape[0], groups.size))
+        Xs = shape_features(X)
+        for c, m in self.space_group_models.items():
+            if isinstance(m, int):
+                out[:, col[m]] += ps[:, c]
+            else:
+                out[:, [col[int(g)] for g in m.classes_]] += ps[:, c : c + 1] * m.predict_proba(Xs)
+        return out
+
+    def predict_lattice(self, features: Any, system: Any = None) -> np.ndarray:
+        """Conventional lattice parameters (P, 6): a, b, c (Å), alpha, beta, gamma (degrees).
+
+        ``system`` (P,) picks each pattern's regressor; default: the predicted system.
+        """
+        X = _features(features)
+        sys_ = self.predict_system(X) if system is None else np.asarray(system, dtype=np.int64)
+        out = np.full((X.shape[0], 6), np.nan)
+        Xs, s = shape_features(X), scale_inv_A(X)
+        for c in np.unique(sys_):
+            rows = sys_ == c
+            model = self.lattice_models.get(int(c))
+            if model is None:
+                continue
+            t = model.predict(Xs[rows])
+            out[rows, :3] = np.exp(t[:, :3]) / s[rows, None]
+            out[rows, 3:] = t[:, 3:]
+        return out
