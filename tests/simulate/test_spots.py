@@ -84,3 +84,17 @@ def test_small_library_labels_and_roundtrip(tmp_path):
     assert sub.space_group.tolist() == [225] and set(sub.structure) == {0}
     again = spot_library([225, 194], n_structures=1, n_orientations=4, seed=0, max_atoms=8, prototypes=("Al",))
     np.testing.assert_array_equal(again.qx, lib.qx)
+
+
+def test_library_resumes_from_cache(tmp_path):
+    kw = dict(n_structures=1, n_orientations=3, seed=1, max_atoms=8, prototypes=("Al", "Mg"))
+    first = spot_library([194], cache_dir=tmp_path, **kw)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"structure_0000{i}.npz" for i in range(3)]
+    (tmp_path / "structure_00001.npz").unlink()  # as if interrupted before the second structure
+    again = spot_library([194], cache_dir=tmp_path, **kw)
+    for f in ("qx", "qy", "intensity", "counts", "structure", "space_group", "cellpar", "name"):
+        np.testing.assert_array_equal(getattr(again, f), getattr(first, f))
+    with pytest.raises(Distill4dError, match="other arguments"):
+        spot_library([194], cache_dir=tmp_path, **{**kw, "seed": 2})
+    with pytest.raises(Distill4dError, match="cache_dir"):
+        spot_library([194], cache_dir=tmp_path / "missing", **kw)

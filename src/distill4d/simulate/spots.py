@@ -240,6 +240,7 @@ def spot_library(
     max_atoms: int = 24,
     augment: bool = False,
     min_spots: int = 3,
+    cache_dir: Any = None,
     **pattern_kwargs: Any,
 ) -> SpotLibrary:
     """A labelled library: ``n_structures`` pyxtal random crystals per space group (and each
@@ -249,7 +250,14 @@ def spot_library(
 
     Patterns with fewer than ``min_spots`` spots are left out. Deterministic for ``seed``:
     every structure has its own generator derived from ``(seed, structure index)``.
+
+    Resumable: with ``cache_dir`` (an existing folder) every structure's patterns are written
+    there (``structure_00000.npz`` ..., atomically, no pickle) as soon as they are made, and a
+    later call with the same arguments reads them instead of simulating again; a folder
+    written with other arguments raises :class:`Distill4dError`.
     """
+    import json
+    from pathlib import Path
     from .crystals import crystal_system, prototype, random_crystal, spacegroup_number
 
     n_s = positive_int("n_structures", n_structures)
@@ -259,10 +267,36 @@ def spot_library(
     jobs += [("proto", str(p)) for p in prototypes]
     if not jobs:
         raise Distill4dError("spot_library needs at least one space group or prototype")
+    cache = None
+    if cache_dir is not None:
+        cache = Path(cache_dir)
+        if not cache.is_dir():
+            raise Distill4dError(f"cache_dir {cache} is not an existing folder")
+    key = json.dumps(
+        [list(map(str, jobs)), n_or, int(seed), max_atoms, bool(augment), min_spots,
+         sorted((k, repr(v)) for k, v in pattern_kwargs.items())]
+    )
     pats: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     struct_of: list[int] = []
     sgs, systems, cellpars, names = [], [], [], []
     for i, (kind, what) in enumerate(jobs):
+        shard = None if cache is None else cache / f"structure_{i:05d}.npz"
+        if shard is not None and shard.is_file():
+            with np.load(shard, allow_pickle=False) as z:
+                if str(z["key"]) != key:
+                    raise Distill4dError(
+                        f"cache_dir {cache} holds a library built with other arguments ({shard.name}); "
+                        f"use another folder or empty it"
+                    )
+                sgs.append(int(z["space_group"]))
+                systems.append(SYSTEMS.index(crystal_system(int(z["space_group"]))))
+                cellpars.append(z["cellpar"])
+                names.append(str(z["name"]))
+                ends = np.cumsum(z["counts"])
+                for a, b in zip(np.concatenate([[0], ends[:-1]]), ends):
+                    pats.append((z["qx"][a:b], z["qy"][a:b], z["intensity"][a:b]))
+                    struct_of.append(i)
+            continue
         rng = np.random.default_rng([seed, i])
         if kind == "sg":
             atoms = random_crystal(what, rng=rng, max_atoms=max_atoms)
@@ -276,12 +310,22 @@ def spot_library(
         systems.append(SYSTEMS.index(crystal_system(sg)))
         cellpars.append(atoms.cell.cellpar())
         names.append(name)
+        mine = []
         for qx, qy, it in spot_patterns(atoms, n_or, rng=rng, **pattern_kwargs):
             if augment:
                 qx, qy, it = augment_spots(qx, qy, it, rng=rng)
             if qx.size >= min_spots:
-                pats.append((qx, qy, it))
-                struct_of.append(i)
+                mine.append((qx, qy, it))
+        pats += mine
+        struct_of += [i] * len(mine)
+        if shard is not None:
+            from .._atomic import atomic_output
+
+            cat = [np.concatenate([m[c] for m in mine]) if mine else np.zeros(0) for c in range(3)]
+            with atomic_output(shard) as tmp, open(tmp, "xb") as fh:
+                np.savez(fh, key=np.array(key), space_group=np.array(sg), cellpar=cellpars[-1],
+                         name=np.array(name), counts=np.array([m[0].size for m in mine], dtype=np.int64),
+                         qx=cat[0], qy=cat[1], intensity=cat[2])
     K = max((p[0].size for p in pats), default=1)
     P = len(pats)
     arrs = [np.full((P, K), np.nan) for _ in range(3)]
