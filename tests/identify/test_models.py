@@ -89,3 +89,18 @@ def test_bad_input():
         model.fit(X, [0, 0, 0], [1, 1, 1], np.ones((3, 6)))
     with pytest.raises(Distill4dError, match="shapes"):
         model.fit(np.ones((3, N_FEATURES)), [0, 0], [1, 1, 1], np.ones((3, 6)))
+
+
+def test_save_and_load_predict_the_same(trained, tmp_path):
+    model, lib, X, test = trained
+    path = tmp_path / "identifier.npz"
+    model.save(path)
+    back = CrystalIdentifier.load(path)
+    np.testing.assert_allclose(back.predict_proba(X), model.predict_proba(X), atol=1e-12)
+    np.testing.assert_allclose(back.predict_space_group_proba(X), model.predict_space_group_proba(X), atol=1e-12)
+    np.testing.assert_allclose(back.predict_lattice(X), model.predict_lattice(X), rtol=1e-12)
+    np.savez(tmp_path / "other.npz", meta=np.array("{}"))
+    with pytest.raises(Distill4dError, match="not a distill4d crystal identifier"):
+        CrystalIdentifier.load(tmp_path / "other.npz")
+    with pytest.raises(FileNotFoundError):
+        CrystalIdentifier.load(tmp_path / "missing.npz")

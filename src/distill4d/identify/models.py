@@ -30,6 +30,75 @@ from .encode import N_FEATURES, scale_inv_A, shape_features
 
 __all__ = ["SYSTEMS", "CrystalIdentifier", "aggregate", "top_k"]
 
+_FORMAT = "distill4d-crystal-identifier-1"
+
+
+class _ArrayForest:
+    """A trained random forest held as plain arrays (the form of a model file), predicting
+    exactly as scikit-learn does: features cast to float32, ``x <= threshold`` goes left,
+    leaf values normalised per tree (classifiers) and averaged over trees."""
+
+    def __init__(self, left: np.ndarray, right: np.ndarray, feature: np.ndarray, threshold: np.ndarray,
+                 value: np.ndarray, roots: np.ndarray, classes: np.ndarray | None) -> None:
+        self.left, self.right, self.feature, self.threshold = left, right, feature, threshold
+        self.value, self.roots = value, roots
+        self.classes_ = classes
+
+    @classmethod
+    def from_sklearn(cls, forest: Any) -> "_ArrayForest":
+        parts: dict[str, list[np.ndarray]] = {k: [] for k in ("left", "right", "feature", "threshold", "value")}
+        roots, start = [], 0
+        for est in forest.estimators_:
+            t = est.tree_
+            n = t.node_count
+            leaf = t.children_left == -1
+            parts["left"].append(np.where(leaf, -1, t.children_left + start))
+            parts["right"].append(np.where(leaf, -1, t.children_right + start))
+            parts["feature"].append(np.where(leaf, 0, t.feature))
+            parts["threshold"].append(t.threshold)
+            v = t.value[:, 0, :] if hasattr(forest, "classes_") else t.value[:, :, 0]
+            if hasattr(forest, "classes_"):
+                v = v / np.maximum(v.sum(axis=1, keepdims=True), 1e-300)
+            parts["value"].append(v)
+            roots.append(start)
+            start += n
+        cat = {k: np.concatenate(v) for k, v in parts.items()}
+        classes = np.asarray(forest.classes_) if hasattr(forest, "classes_") else None
+        return cls(cat["left"].astype(np.int64), cat["right"].astype(np.int64), cat["feature"].astype(np.int64),
+                   cat["threshold"].astype(np.float64), cat["value"].astype(np.float64),
+                   np.asarray(roots, dtype=np.int64), classes)
+
+    def arrays(self, prefix: str) -> dict[str, np.ndarray]:
+        out = {f"{prefix}/{k}": getattr(self, k) for k in ("left", "right", "feature", "threshold", "value", "roots")}
+        if self.classes_ is not None:
+            out[f"{prefix}/classes"] = self.classes_
+        return out
+
+    @classmethod
+    def from_arrays(cls, z: Any, prefix: str) -> "_ArrayForest":
+        get = lambda k: np.asarray(z[f"{prefix}/{k}"])  # noqa: E731
+        classes = get("classes") if f"{prefix}/classes" in z else None
+        return cls(get("left"), get("right"), get("feature"), get("threshold"), get("value"), get("roots"), classes)
+
+    def _mean_leaf_value(self, X: np.ndarray) -> np.ndarray:
+        X = np.asarray(X, dtype=np.float32).astype(np.float64)
+        node = np.broadcast_to(self.roots[:, None], (self.roots.size, X.shape[0])).copy()  # (T, P)
+        cols = np.arange(X.shape[0])
+        while True:
+            inner = self.left[node] >= 0
+            if not inner.any():
+                break
+            go_left = X[cols, self.feature[node]] <= self.threshold[node]
+            node = np.where(inner, np.where(go_left, self.left[node], self.right[node]), node)
+        return self.value[node].mean(axis=0)
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        return self._mean_leaf_value(X)
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        v = self._mean_leaf_value(X)
+        return self.classes_[np.argmax(v, axis=1)] if self.classes_ is not None else v
+
 
 
 def _features(features: Any) -> np.ndarray:
@@ -131,6 +200,58 @@ class CrystalIdentifier:
                 self.space_group_models[int(c)] = int(sg[rows][0])
             self.lattice_models[int(c)] = self._forest("regressor").fit(Xs[rows], target[rows])
         return self
+
+    def save(self, path: Any) -> None:
+        """Write the trained model to an ``.npz`` file of plain arrays (no pickle; read with :meth:`load`)."""
+        import json
+
+        from .._atomic import atomic_output
+
+        self._check_fitted()
+        arrays: dict[str, np.ndarray] = {}
+        conv = lambda m: m if isinstance(m, _ArrayForest) else _ArrayForest.from_sklearn(m)  # noqa: E731
+        arrays.update(conv(self.system_model).arrays("system"))
+        single = {}
+        for c, m in self.space_group_models.items():
+            if isinstance(m, int):
+                single[str(c)] = m
+            else:
+                arrays.update(conv(m).arrays(f"space_group/{c}"))
+        for c, m in self.lattice_models.items():
+            arrays.update(conv(m).arrays(f"lattice/{c}"))
+        meta = {"format": _FORMAT, "n_features": N_FEATURES, "n_estimators": self.n_estimators,
+                "min_samples_leaf": self.min_samples_leaf, "seed": self.seed,
+                "systems": sorted(int(c) for c in self.lattice_models), "single_space_group": single}
+        arrays["meta"] = np.array(json.dumps(meta))
+        with atomic_output(path) as tmp, open(tmp, "xb") as fh:
+            np.savez_compressed(fh, **arrays)
+
+    @classmethod
+    def load(cls, path: Any) -> "CrystalIdentifier":
+        """A model written by :meth:`save` (predicts exactly as the one saved)."""
+        import json
+        from pathlib import Path
+
+        p = Path(path)
+        if not p.is_file():
+            raise FileNotFoundError(f"crystal identifier model {p} does not exist")
+        with np.load(p, allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"])) if "meta" in z else {}
+            if meta.get("format") != _FORMAT:
+                raise Distill4dError(f"{p} is not a distill4d crystal identifier model (format {meta.get('format')!r})")
+            if meta["n_features"] != N_FEATURES:
+                raise Distill4dError(
+                    f"{p} was trained on {meta['n_features']} features, this version encodes {N_FEATURES}"
+                )
+            model = cls(meta["n_estimators"], meta["min_samples_leaf"], meta["seed"])
+            model.system_model = _ArrayForest.from_arrays(z, "system")
+            for c in meta["systems"]:
+                if str(c) in meta["single_space_group"]:
+                    model.space_group_models[c] = int(meta["single_space_group"][str(c)])
+                else:
+                    model.space_group_models[c] = _ArrayForest.from_arrays(z, f"space_group/{c}")
+                model.lattice_models[c] = _ArrayForest.from_arrays(z, f"lattice/{c}")
+        return model
 
     def _check_fitted(self) -> None:
         if self.system_model is None:
