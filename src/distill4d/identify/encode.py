@@ -27,6 +27,10 @@ relative to the direct beam. The encoding:
    - ``short``: ``|g|_k / s`` of the ``N_SHORT`` shortest strong spots after the first
      (ratios; repeated last value where there are fewer), and ``log(1 + n)`` with ``n`` the
      number of spots kept;
+   - ``cell2d``: the 2D cell of the section: with ``g1`` the shortest strong spot and ``g2``
+     the shortest strong spot at more than 8 degrees from the line of ``g1``,
+     ``|g2| / |g1|`` and the angle between the lines of ``g1`` and ``g2`` (0-90 degrees);
+     both 0 where there is no such ``g2``;
    - ``scale``: ``s`` in 1/Å (the last column, :data:`SCALE_INDEX`).
 
 Models that must not depend on the calibration use ``features[:, :SCALE_INDEX]``
@@ -40,6 +44,7 @@ patterns and spots. :func:`encode_peaks` encodes every position of a ``BraggPeak
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -96,6 +101,7 @@ for _name, _n in (
     ("pair_distance", N_PAIR),
     ("pair_angle", N_ANGLE),
     ("short", N_SHORT + 1),
+    ("cell2d", 2),
     ("scale", 1),
 ):
     FEATURE_BLOCKS[_name] = slice(_start, _start + _n)
@@ -251,6 +257,16 @@ def _encode_block(qx: np.ndarray, qy: np.ndarray, it: np.ndarray, used: np.ndarr
     gs = np.maximum.accumulate(np.where(np.isfinite(gs), gs, -np.inf), axis=1)  # repeat the last value
     gs = np.where(np.isfinite(gs), gs, 1.0)
     feats.append(np.concatenate([gs, np.log1p(n_kept)[:, None]], axis=1))
+    # the 2D cell of the section: g1 the shortest strong spot, g2 the shortest strong one off its line
+    i1 = np.argmin(np.where(strong, g, np.inf), axis=1)
+    x1 = np.take_along_axis(qx, i1[:, None], axis=1)
+    y1 = np.take_along_axis(qy, i1[:, None], axis=1)
+    c = np.abs(qx * x1 + qy * y1) / (np.where(keep, g, 1.0) * scale[:, None])
+    off = strong & (c < math.cos(math.radians(8.0)))
+    g2 = np.where(off, u, np.inf).min(axis=1)
+    c2 = np.take_along_axis(c, np.argmin(np.where(off, u, np.inf), axis=1)[:, None], axis=1)[:, 0]
+    has = np.isfinite(g2)
+    feats.append(np.stack([np.where(has, g2, 0.0), np.where(has, np.degrees(np.arccos(np.clip(c2, 0, 1))), 0.0)], axis=1))
     feats.append(scale[:, None])
     return np.concatenate(feats, axis=1)
 
