@@ -296,7 +296,8 @@ class CrystalIdentifier:
     def predict_lattice(self, features: Any, system: Any = None) -> np.ndarray:
         """Conventional lattice parameters (P, 6): a, b, c (Å), alpha, beta, gamma (degrees).
 
-        ``system`` (P,) picks each pattern's regressor; default: the predicted system.
+        ``system`` (P,) picks each pattern's regressor; default: the predicted system. Rows
+        whose system had no training pattern are NaN.
         """
         X = _features(features)
         sys_ = self.predict_system(X) if system is None else np.asarray(system, dtype=np.int64)
