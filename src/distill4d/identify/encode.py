@@ -1,0 +1,306 @@
+"""Rotation- and mirror-invariant encodings of the Bragg spots of one diffraction pattern.
+
+A pattern is a list of spots ``(qx, qy, intensity)`` with ``qx, qy`` calibrated, in 1/Å,
+relative to the direct beam. The encoding:
+
+1. drops the direct beam (``|g| < direct_beam_inv_A``) and spots that are NaN-free but have
+   intensity <= 0; intensities are raised to ``intensity_power`` (default 0.5, which tames
+   the strong low-order spots) and normalised to sum 1;
+2. takes the *scale* ``s`` (1/Å): the shortest ``|g|`` among the spots whose intensity is at
+   least ``scale_threshold`` of the strongest. Every other feature is measured in units of
+   ``s`` (``u = |g| / s``), so it does not change at all under a calibration error (all
+   ``g`` times a constant); the scale itself carries the lattice size;
+3. computes, all in reduced units ``u``:
+
+   - ``radial``: intensity-weighted histogram of ``u`` over ``[0, U_MAX)`` with
+     ``N_RADIAL`` bins, linear (two-bin) assignment so that it varies smoothly;
+   - ``fourier``: for ``N_RINGS`` rings in ``u`` (edges :data:`RING_EDGES`) the magnitudes
+     ``|Σ w exp(i m φ)|`` for ``m = 0..M_MAX`` (``m = 0``: the ring's weight), divided by the
+     ring's weight for ``m >= 1``. A rotation multiplies each coefficient by a phase and a
+     mirror conjugates it, so magnitudes are invariant (the reference EDiffCrystals keeps
+     the phases and relies on random training orientations instead);
+   - ``pair_distance``: histogram of ``|g_i - g_j| / s`` over ``[0, U_MAX)`` with
+     ``N_PAIR`` bins, weights ``w_i w_j`` (normalised to sum 1), over the pairs ``i < j`` of
+     the ``N_PAIR_SPOTS`` strongest spots (the cost grows with its square);
+   - ``pair_angle``: histogram of the unsigned angle between ``g_i`` and ``g_j``
+     (0-180 degrees, ``N_ANGLE`` bins of 5 degrees, linear assignment), same pairs and weights;
+   - ``short``: ``|g|_k / s`` of the ``N_SHORT`` shortest strong spots after the first
+     (ratios; repeated last value where there are fewer), and ``log(1 + n)`` with ``n`` the
+     number of spots kept;
+   - ``cell2d``: the 2D cell of the section: with ``g1`` the shortest strong spot and ``g2``
+     the shortest strong spot at more than 8 degrees from the line of ``g1``,
+     ``|g2| / |g1|`` and the angle between the lines of ``g1`` and ``g2`` (0-90 degrees);
+     both 0 where there is no such ``g2``;
+   - ``scale``: ``s`` in 1/Å (the last column, :data:`SCALE_INDEX`).
+
+Models that must not depend on the calibration use ``features[:, :SCALE_INDEX]``
+(:func:`shape_features`); lattice parameters are regressed as ``a · s`` (dimensionless) and
+divided by ``s``, so a calibration error of x % moves them by x %.
+
+:func:`encode_batch` encodes many patterns given as padded arrays ``(P, K)`` with counts
+``(P,)`` (the padded form of :class:`distill4d.bragg.BraggPeaks`); it is vectorised over
+patterns and spots. :func:`encode_peaks` encodes every position of a ``BraggPeaks``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .._validate import positive_float
+from ..errors import Distill4dError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..bragg.peaks import BraggPeaks
+
+__all__ = [
+    "U_MAX",
+    "N_RADIAL",
+    "RING_EDGES",
+    "M_MAX",
+    "N_PAIR",
+    "N_ANGLE",
+    "N_SHORT",
+    "N_PAIR_SPOTS",
+    "N_FEATURES",
+    "SCALE_INDEX",
+    "FEATURE_BLOCKS",
+    "encode_spots",
+    "encode_batch",
+    "encode_peaks",
+    "shape_features",
+    "scale_inv_A",
+]
+
+#: Largest reduced length ``u = |g| / s`` of the radial and pair histograms.
+U_MAX = 8.0
+#: Bins of the radial histogram of ``u`` (width U_MAX / N_RADIAL = 0.25).
+N_RADIAL = 32
+#: Ring edges in ``u`` for the angular Fourier magnitudes.
+RING_EDGES = (0.5, 1.25, 1.75, 2.5, 3.5, 5.0, 8.0)
+#: Highest angular order of the Fourier magnitudes.
+M_MAX = 6
+#: Bins of the pair-distance histogram (width 0.25 in ``u``).
+N_PAIR = 32
+#: Bins of the pair-angle histogram (5 degrees each).
+N_ANGLE = 36
+#: The pair histograms use the strongest this many spots of a pattern (cost ∝ its square).
+N_PAIR_SPOTS = 20
+#: Number of shortest-spot ratios.
+N_SHORT = 4
+
+_N_RINGS = len(RING_EDGES) - 1
+#: Name -> slice of every feature block.
+FEATURE_BLOCKS: dict[str, slice] = {}
+_start = 0
+for _name, _n in (
+    ("radial", N_RADIAL),
+    ("fourier", _N_RINGS * (M_MAX + 1)),
+    ("pair_distance", N_PAIR),
+    ("pair_angle", N_ANGLE),
+    ("short", N_SHORT + 1),
+    ("cell2d", 2),
+    ("scale", 1),
+):
+    FEATURE_BLOCKS[_name] = slice(_start, _start + _n)
+    _start += _n
+#: Length of a feature vector.
+N_FEATURES = _start
+#: Index of the scale ``s`` (1/Å): the last feature.
+SCALE_INDEX = N_FEATURES - 1
+del _start, _name, _n
+
+
+def shape_features(features: Any) -> np.ndarray:
+    """The calibration-free part of feature vectors ``(..., N_FEATURES)``: all but the scale."""
+    return np.asarray(features)[..., :SCALE_INDEX]
+
+
+def scale_inv_A(features: Any) -> np.ndarray:
+    """The scale ``s`` (1/Å) of feature vectors ``(..., N_FEATURES)``."""
+    return np.asarray(features)[..., SCALE_INDEX]
+
+
+def _hist(values: np.ndarray, weights: np.ndarray, rows: np.ndarray, n_rows: int, n_bins: int,
+          upper: float) -> np.ndarray:
+    """Weighted histograms of ``values`` (flat) into ``n_bins`` bins over ``[0, upper)``, one per
+    row, each value shared linearly between the two nearest bin centres (out-of-range parts dropped)."""
+    x = np.clip(values * (n_bins / upper) - 0.5, -1.0, n_bins)
+    i0 = np.floor(x)
+    f = x - i0
+    idx = rows * (n_bins + 2) + (i0.astype(np.int64) + 1)
+    size = n_rows * (n_bins + 2)
+    wf = weights * f
+    out = np.bincount(idx, weights=weights - wf, minlength=size)
+    out += np.bincount(idx + 1, weights=wf, minlength=size + 1)[:size]
+    return out.reshape(n_rows, n_bins + 2)[:, 1 : n_bins + 1]
+
+
+def encode_batch(
+    qx_inv_A: Any,
+    qy_inv_A: Any,
+    intensity: Any,
+    counts: Any,
+    *,
+    direct_beam_inv_A: float = 0.05,
+    intensity_power: float = 0.5,
+    scale_threshold: float = 0.05,
+    chunk: int = 1024,
+) -> np.ndarray:
+    """Features ``(P, N_FEATURES)`` (float64) of ``P`` patterns given as padded arrays.
+
+    Parameters
+    ----------
+    qx_inv_A, qy_inv_A : ``(P, K)`` spot positions in 1/Å relative to the direct beam; only
+        the first ``counts[p]`` entries of row ``p`` are read (the rest may be NaN).
+    intensity : ``(P, K)`` spot intensities (any positive unit).
+    counts : ``(P,)`` number of spots of each pattern.
+    direct_beam_inv_A : spots with ``|g|`` below this (1/Å) are the direct beam and dropped.
+    intensity_power : intensities are raised to this power before normalisation.
+    scale_threshold : the scale ``s`` is the shortest ``|g|`` among spots at least this
+        fraction of the strongest (after ``intensity_power``).
+    chunk : patterns per vectorised block (bounds memory: ``chunk · K²`` pairs).
+
+    Raises :class:`Distill4dError` for arrays of the wrong shape, NaN or Inf among the used
+    entries, or a pattern with no spot left after dropping the direct beam.
+    """
+    qx = np.asarray(qx_inv_A, dtype=np.float64)
+    qy = np.asarray(qy_inv_A, dtype=np.float64)
+    it = np.asarray(intensity, dtype=np.float64)
+    n = np.asarray(counts)
+    if qx.ndim != 2 or qy.shape != qx.shape or it.shape != qx.shape:
+        raise Distill4dError(
+            f"qx_inv_A, qy_inv_A and intensity must be padded arrays of one shape (P, K), got "
+            f"{qx.shape}, {qy.shape}, {it.shape}"
+        )
+    if n.shape != qx.shape[:1] or n.dtype.kind not in "iu" or np.any(n < 0) or np.any(n > qx.shape[1]):
+        raise Distill4dError(f"counts must be ({qx.shape[0]},) integers in 0..{qx.shape[1]}, got shape {n.shape}")
+    beam = positive_float("direct_beam_inv_A", direct_beam_inv_A)
+    power = positive_float("intensity_power", intensity_power, maximum=4.0)
+    thresh = positive_float("scale_threshold", scale_threshold, maximum=1.0)
+    chunk = max(1, int(chunk))
+    used = np.arange(qx.shape[1]) < n[:, None]
+    if not (np.all(np.isfinite(qx[used])) and np.all(np.isfinite(qy[used])) and np.all(np.isfinite(it[used]))):
+        bad = int(np.flatnonzero(~np.all(np.isfinite(qx) & np.isfinite(qy) & np.isfinite(it) | ~used, axis=1))[0])
+        raise Distill4dError(f"spots of pattern {bad} contain NaN or Inf values (qx, qy or intensity)")
+    out = np.empty((qx.shape[0], N_FEATURES))
+    for s in range(0, qx.shape[0], chunk):
+        e = min(s + chunk, qx.shape[0])
+        out[s:e] = _encode_block(qx[s:e], qy[s:e], it[s:e], used[s:e], beam, power, thresh, s)
+    return out
+
+
+def _encode_block(qx: np.ndarray, qy: np.ndarray, it: np.ndarray, used: np.ndarray, beam: float, power: float,
+                  thresh: float, first: int) -> np.ndarray:
+    P, K = qx.shape
+    qx = np.where(used, qx, 0.0)
+    qy = np.where(used, qy, 0.0)
+    g = np.hypot(qx, qy)
+    keep = used & (g >= beam) & (np.where(used, it, 0.0) > 0)
+    n_kept = keep.sum(axis=1)
+    if np.any(n_kept == 0):
+        bad = first + int(np.flatnonzero(n_kept == 0)[0])
+        raise Distill4dError(
+            f"pattern {bad} has no spot left after dropping the direct beam (|g| < beam cut) and "
+            f"spots of intensity <= 0; it cannot be encoded"
+        )
+    w = np.where(keep, np.where(keep, it, 1.0) ** power, 0.0)
+    w /= w.sum(axis=1, keepdims=True)
+    strong = keep & (w >= thresh * w.max(axis=1, keepdims=True))
+    scale = np.where(strong, g, np.inf).min(axis=1)
+    u = g / scale[:, None]
+    feats = []
+    # radial histogram of u (spots not kept have weight 0)
+    feats.append(_hist(u.ravel(), w.ravel(), np.repeat(np.arange(P), K), P, N_RADIAL, U_MAX))
+    # angular Fourier magnitudes per ring
+    z = np.where(keep, (qx + 1j * qy) / np.where(keep, g, 1.0), 0.0)
+    ring = np.searchsorted(np.asarray(RING_EDGES), u, side="right") - 1
+    ring = np.where(keep & (ring >= 0) & (ring < _N_RINGS), ring, -1)
+    R1, M1 = _N_RINGS + 1, M_MAX + 1
+    slot = (np.arange(P)[:, None] * R1 + np.where(ring >= 0, ring, _N_RINGS))[:, :, None] * M1 + np.arange(M1)
+    wz = np.empty((P, K, M1), dtype=np.complex128)  # w z^m, by repeated products
+    wz[:, :, 0] = w
+    for k in range(1, M1):
+        wz[:, :, k] = wz[:, :, k - 1] * z
+    re = np.bincount(slot.ravel(), weights=wz.real.ravel(), minlength=P * R1 * M1)
+    im = np.bincount(slot.ravel(), weights=wz.imag.ravel(), minlength=P * R1 * M1)
+    coef = np.hypot(re, im).reshape(P, R1, M1)[:, :_N_RINGS]  # (P, R, M+1)
+    ring_w = coef[:, :, :1]
+    coef[:, :, 1:] = np.divide(coef[:, :, 1:], ring_w, out=np.zeros_like(coef[:, :, 1:]), where=ring_w > 0)
+    feats.append(coef.reshape(P, -1))
+    # pair distances and angles over i < j, among the N_PAIR_SPOTS strongest spots
+    L = min(K, N_PAIR_SPOTS)
+    if K > L:
+        top = np.argpartition(-w, L - 1, axis=1)[:, :L]
+    else:
+        top = np.broadcast_to(np.arange(K), (P, K))
+    wt = np.take_along_axis(w, top, axis=1).astype(np.float32)
+    xt = np.take_along_axis(qx, top, axis=1).astype(np.float32)
+    yt = np.take_along_axis(qy, top, axis=1).astype(np.float32)
+    iu, ju = np.triu_indices(L, 1)
+    pw = (wt[:, iu] * wt[:, ju]).ravel()
+    prow = np.repeat(np.arange(P), iu.size)
+    xi, xj, yi, yj = xt[:, iu], xt[:, ju], yt[:, iu], yt[:, ju]
+    d = (np.hypot(xi - xj, yi - yj) / scale[:, None].astype(np.float32)).ravel()
+    total = np.bincount(prow, weights=pw, minlength=P)
+    norm = np.where(total > 0, total, 1.0)[:, None]
+    feats.append(_hist(d, pw, prow, P, N_PAIR, U_MAX) / norm)
+    # atan2(|cross|, dot): accurate near 0 and 180 degrees, where arccos of a float32 cosine is not
+    ang = np.degrees(np.arctan2(np.abs(xi * yj - yi * xj), xi * xj + yi * yj)).ravel()
+    feats.append(_hist(ang, pw, prow, P, N_ANGLE, 180.0) / norm)
+    # shortest strong spots after the first, as ratios, and the spot count
+    gs = np.sort(np.where(strong, u, np.inf), axis=1)[:, 1 : N_SHORT + 1]
+    if gs.shape[1] < N_SHORT:
+        gs = np.concatenate([gs, np.full((P, N_SHORT - gs.shape[1]), np.inf)], axis=1)
+    gs = np.maximum.accumulate(np.where(np.isfinite(gs), gs, -np.inf), axis=1)  # repeat the last value
+    gs = np.where(np.isfinite(gs), gs, 1.0)
+    feats.append(np.concatenate([gs, np.log1p(n_kept)[:, None]], axis=1))
+    # the 2D cell of the section: g1 the shortest strong spot, g2 the shortest strong one off its line
+    i1 = np.argmin(np.where(strong, g, np.inf), axis=1)
+    x1 = np.take_along_axis(qx, i1[:, None], axis=1)
+    y1 = np.take_along_axis(qy, i1[:, None], axis=1)
+    c = np.abs(qx * x1 + qy * y1) / (np.where(keep, g, 1.0) * scale[:, None])
+    off = strong & (c < math.cos(math.radians(8.0)))
+    g2 = np.where(off, u, np.inf).min(axis=1)
+    c2 = np.take_along_axis(c, np.argmin(np.where(off, u, np.inf), axis=1)[:, None], axis=1)[:, 0]
+    has = np.isfinite(g2)
+    feats.append(np.stack([np.where(has, g2, 0.0), np.where(has, np.degrees(np.arccos(np.clip(c2, 0, 1))), 0.0)], axis=1))
+    feats.append(scale[:, None])
+    return np.concatenate(feats, axis=1)
+
+
+def encode_spots(qx_inv_A: Any, qy_inv_A: Any, intensity: Any, **kwargs: Any) -> np.ndarray:
+    """Features ``(N_FEATURES,)`` of one pattern: spots ``qx_inv_A, qy_inv_A`` (1/Å, relative
+    to the direct beam) with ``intensity``; keywords as in :func:`encode_batch`."""
+    arrs = [np.asarray(a, dtype=np.float64) for a in (qx_inv_A, qy_inv_A, intensity)]
+    if any(a.ndim != 1 for a in arrs) or len({a.size for a in arrs}) != 1:
+        raise Distill4dError(
+            f"qx_inv_A, qy_inv_A and intensity must be 1D arrays of one length, got shapes "
+            f"{[a.shape for a in arrs]}"
+        )
+    if arrs[0].size == 0:
+        raise Distill4dError("the pattern has no spots; it cannot be encoded")
+    return encode_batch(*(a[None] for a in arrs), np.array([arrs[0].size]), **kwargs)[0]
+
+
+def encode_peaks(peaks: "BraggPeaks", **kwargs: Any) -> np.ndarray:
+    """Features ``(Rx, Ry, N_FEATURES)`` of every position of a :class:`~distill4d.bragg.BraggPeaks`.
+
+    Needs the calibration's ``q_pixel_inv_A`` (1/Å per pixel) and ``origin_px`` (the direct
+    beam, pixels); peaks are converted with ``g = (q - origin) · q_pixel_inv_A``.
+    """
+    cal = peaks.calibration
+    pix = cal.require("q_pixel_inv_A")
+    origin = cal.require("origin_px")
+    qx, qy, it, count = peaks.to_padded()
+    P = len(peaks)
+    out = encode_batch(
+        ((qx - origin[0]) * pix).reshape(P, -1),
+        ((qy - origin[1]) * pix).reshape(P, -1),
+        it.reshape(P, -1),
+        count.reshape(P),
+        **kwargs,
+    )
+    return out.reshape(peaks.scan_shape + (N_FEATURES,))

@@ -1,0 +1,341 @@
+"""Kinematic Bragg-spot lists of 3D crystals in random orientations, and a labelled library.
+
+For crystal identification the unit of data is a list of spots ``(qx, qy, intensity)`` in
+1/Å (relative to the direct beam), not an image. :func:`spot_patterns` makes such lists:
+
+- the reciprocal lattice ``G = (h, k, l) · inv(cell)^T`` (1/Å, no 2π) of the crystal's cell
+  (rows of ``atoms.cell`` are the lattice vectors, Å), all points with ``0 < |G| <= g_max``;
+- kinematic intensity ``|F(G)|²`` with ``F(G) = Σ_j f_j exp(2πi G·r_j)`` and a simple
+  scattering factor ``f_j = Z_j^(2/3) exp(-B |G|² / 4)``, ``B = debye_waller_A2`` (Å²): an
+  approximation good enough for relative spot intensities, not for quantitative work;
+- per orientation a uniformly random rotation ``R`` of the crystal (``G -> R G``), a beam
+  along +z with wave number ``k = 1/λ`` (λ from ``energy_eV``), the excitation error
+  ``s = -(G_z + |G|² / (2k))`` (1/Å; distance of G from the Ewald sphere) and the spot
+  weight ``exp(-s² / (2 σ²))`` with ``σ = excitation_error_inv_A`` (relrod width, from
+  thickness and convergence), times ``sinc²(t s)`` if ``thickness_A = t`` is given;
+- the spot sits at ``(G_x, G_y)`` (small-angle projection); spots with ``|g| > max_g_inv_A``
+  or below ``min_relative_intensity`` of the strongest are dropped; intensities are scaled
+  so that the strongest is 1. The direct beam is not in the list.
+
+:func:`augment_spots` perturbs a spot list as an experiment would (position and intensity
+noise, missing weak spots, a detector edge, a calibration error). :func:`spot_library`
+builds a labelled library (crystal system, space group, conventional lattice parameters,
+structure id for a split by structure) from pyxtal random crystals and ASE prototypes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .._validate import nonnegative_float, positive_float, positive_int
+from ..errors import Distill4dError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ase import Atoms
+
+__all__ = ["SYSTEMS", "spot_patterns", "random_rotations", "augment_spots", "SpotLibrary", "spot_library"]
+
+#: The seven crystal systems, in the order of their space-group numbers (class indices).
+SYSTEMS = ("triclinic", "monoclinic", "orthorhombic", "tetragonal", "trigonal", "hexagonal", "cubic")
+
+
+def _rng(rng: Any) -> np.random.Generator:
+    if isinstance(rng, np.random.Generator):
+        return rng
+    if isinstance(rng, (int, np.integer)) and not isinstance(rng, bool):
+        return np.random.default_rng(int(rng))
+    raise TypeError(f"rng must be a numpy.random.Generator or an int seed, got {rng!r}")
+
+
+def random_rotations(n: int, rng: np.random.Generator | int) -> np.ndarray:
+    """``n`` rotation matrices ``(n, 3, 3)`` uniformly distributed over SO(3) (unit quaternions)."""
+    rng = _rng(rng)
+    q = rng.standard_normal((positive_int("n", n), 4))
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    w, x, y, z = q.T
+    return np.stack(
+        [
+            np.stack([1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)], axis=1),
+            np.stack([2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)], axis=1),
+            np.stack([2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)], axis=1),
+        ],
+        axis=1,
+    )
+
+
+def _reciprocal_points(atoms: "Atoms", g_max: float, debye_waller_A2: float) -> tuple[np.ndarray, np.ndarray]:
+    """All ``G`` (m, 3) in 1/Å with ``0 < |G| <= g_max`` and their kinematic ``|F(G)|²``."""
+    cell = np.asarray(atoms.cell.array, dtype=np.float64)
+    if cell.shape != (3, 3) or abs(np.linalg.det(cell)) < 1e-9:
+        raise Distill4dError("atoms must have a 3D periodic cell (non-zero volume) to have reflections")
+    recip = np.linalg.inv(cell).T  # rows b_i
+    n = [int(math.ceil(g_max * np.linalg.norm(a))) + 1 for a in cell]
+    h, k, l = np.meshgrid(*(np.arange(-m, m + 1) for m in n), indexing="ij")
+    hkl = np.stack([h.ravel(), k.ravel(), l.ravel()], axis=1)
+    G = hkl @ recip
+    gl = np.linalg.norm(G, axis=1)
+    keep = (gl > 0) & (gl <= g_max)
+    hkl, G, gl = hkl[keep], G[keep], gl[keep]
+    frac = atoms.get_scaled_positions(wrap=True)
+    f = np.asarray(atoms.numbers, dtype=np.float64) ** (2.0 / 3.0)
+    F = np.exp(2j * np.pi * (hkl @ frac.T)) @ f
+    intensity = np.abs(F) ** 2 * np.exp(-debye_waller_A2 * gl**2 / 2.0)  # |f|² carries exp(-B g²/2)
+    return G, intensity
+
+
+def spot_patterns(
+    atoms: "Atoms",
+    n_orientations: int,
+    *,
+    rng: np.random.Generator | int,
+    energy_eV: float = 200e3,
+    max_g_inv_A: float = 1.5,
+    excitation_error_inv_A: float = 0.01,
+    thickness_A: float | None = None,
+    min_relative_intensity: float = 1e-3,
+    debye_waller_A2: float = 0.5,
+    rotations: np.ndarray | None = None,
+) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Kinematic spot lists ``(qx, qy, intensity)`` (1/Å, 1/Å, max 1) of ``atoms`` in random orientations.
+
+    See the module docstring for the model. ``rotations`` (n, 3, 3) replaces the random
+    orientations (then ``n_orientations`` must equal n). Deterministic for a given ``rng``.
+    A pattern can have no spot (an orientation far from any zone axis with a small
+    ``excitation_error_inv_A``); it is returned empty.
+    """
+    from ..calibration import electron_wavelength_A
+
+    n_or = positive_int("n_orientations", n_orientations)
+    g_max = positive_float("max_g_inv_A", max_g_inv_A, maximum=20.0)
+    sigma = positive_float("excitation_error_inv_A", excitation_error_inv_A)
+    thick = None if thickness_A is None else positive_float("thickness_A", thickness_A)
+    rel = nonnegative_float("min_relative_intensity", min_relative_intensity)
+    bw = nonnegative_float("debye_waller_A2", debye_waller_A2)
+    k = 1.0 / electron_wavelength_A(positive_float("energy_eV", energy_eV))
+    if rotations is None:
+        rotations = random_rotations(n_or, _rng(rng))
+    else:
+        rotations = np.asarray(rotations, dtype=np.float64)
+        if rotations.shape != (n_or, 3, 3):
+            raise Distill4dError(f"rotations must have shape ({n_or}, 3, 3), got {rotations.shape}")
+    G, F2 = _reciprocal_points(atoms, g_max, bw)
+    out = []
+    for R in rotations:
+        Gr = G @ R.T
+        s = -(Gr[:, 2] + np.sum(Gr**2, axis=1) / (2 * k))
+        w = F2 * np.exp(-(s**2) / (2 * sigma**2))
+        if thick is not None:
+            w = w * np.sinc(thick * s) ** 2
+        inside = np.hypot(Gr[:, 0], Gr[:, 1]) <= g_max
+        top = w[inside].max(initial=0.0)
+        keep = inside & (w > 0) & (w >= rel * top) if top > 0 else np.zeros(len(w), bool)
+        out.append((Gr[keep, 0].copy(), Gr[keep, 1].copy(), w[keep] / top if top > 0 else w[keep]))
+    return out
+
+
+def augment_spots(
+    qx_inv_A: np.ndarray,
+    qy_inv_A: np.ndarray,
+    intensity: np.ndarray,
+    *,
+    rng: np.random.Generator | int,
+    position_sigma_inv_A: float = 0.003,
+    intensity_noise: float = 0.1,
+    drop_weak_fraction: float = 0.2,
+    detector_edge_inv_A: float | None = None,
+    calibration_error: float = 0.02,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A spot list perturbed as measured: ``(qx, qy, intensity)``.
+
+    - positions: Gaussian noise of ``position_sigma_inv_A`` (1/Å) per coordinate;
+    - intensities: multiplied by ``exp(N(0, intensity_noise))``;
+    - weak spots missing: each spot is dropped with probability ``drop_weak_fraction ·
+      (1 - I / I_max)^4`` (weak ones mostly), the strongest is always kept;
+    - a detector edge: spots with ``|qx|`` or ``|qy|`` beyond ``detector_edge_inv_A`` (1/Å)
+      are cut (a square detector centred on the beam); None: no edge;
+    - a calibration error: all positions scaled by ``1 + U(-e, e)`` with ``e = calibration_error``.
+    """
+    rng = _rng(rng)
+    qx, qy, it = (np.asarray(a, dtype=np.float64) for a in (qx_inv_A, qy_inv_A, intensity))
+    if qx.size == 0:
+        return qx, qy, it
+    ps = nonnegative_float("position_sigma_inv_A", position_sigma_inv_A)
+    noise = nonnegative_float("intensity_noise", intensity_noise)
+    drop = nonnegative_float("drop_weak_fraction", drop_weak_fraction)
+    err = nonnegative_float("calibration_error", calibration_error)
+    scale = 1.0 + rng.uniform(-err, err)
+    qx = (qx + rng.normal(0.0, ps, qx.size)) * scale if ps else qx * scale
+    qy = (qy + rng.normal(0.0, ps, qy.size)) * scale if ps else qy * scale
+    it = it * np.exp(rng.normal(0.0, noise, it.size)) if noise else it.copy()
+    p_drop = drop * (1.0 - it / it.max()) ** 4
+    keep = rng.random(it.size) >= p_drop
+    keep[np.argmax(it)] = True
+    if detector_edge_inv_A is not None:
+        edge = positive_float("detector_edge_inv_A", detector_edge_inv_A)
+        keep &= (np.abs(qx) <= edge) & (np.abs(qy) <= edge)
+    return qx[keep], qy[keep], it[keep]
+
+
+@dataclasses.dataclass
+class SpotLibrary:
+    """Labelled spot lists, padded: one row per pattern.
+
+    ``qx``, ``qy`` (P, K) in 1/Å and ``intensity`` (P, K), NaN beyond ``counts`` (P,);
+    per pattern: ``structure`` (P,) the index of its structure (split by this, never by
+    pattern); per structure: ``space_group`` (S,), ``system`` (S,) index into
+    :data:`SYSTEMS`, ``cellpar`` (S, 6) conventional a, b, c (Å), alpha, beta, gamma
+    (degrees), ``name`` (S,) a short description.
+    """
+
+    qx: np.ndarray
+    qy: np.ndarray
+    intensity: np.ndarray
+    counts: np.ndarray
+    structure: np.ndarray
+    space_group: np.ndarray
+    system: np.ndarray
+    cellpar: np.ndarray
+    name: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.counts.size)
+
+    def subset(self, structures: Any) -> "SpotLibrary":
+        """The patterns of the given structure indices (structure indices are renumbered 0..)."""
+        structures = np.asarray(structures, dtype=np.int64)
+        rows = np.isin(self.structure, structures)
+        renum = np.full(len(self.space_group), -1)
+        renum[structures] = np.arange(structures.size)
+        return SpotLibrary(
+            self.qx[rows], self.qy[rows], self.intensity[rows], self.counts[rows], renum[self.structure[rows]],
+            self.space_group[structures], self.system[structures], self.cellpar[structures], self.name[structures],
+        )
+
+    def save(self, path: Any) -> None:
+        """Write the library to an ``.npz`` file (no pickle)."""
+        np.savez_compressed(path, **{f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
+
+    @classmethod
+    def load(cls, path: Any) -> "SpotLibrary":
+        """Read a library written by :meth:`save`."""
+        with np.load(path, allow_pickle=False) as z:
+            missing = [f.name for f in dataclasses.fields(cls) if f.name not in z]
+            if missing:
+                raise Distill4dError(f"{path} is not a spot library: it lacks {missing}")
+            return cls(**{f.name: z[f.name] for f in dataclasses.fields(cls)})
+
+
+def spot_library(
+    space_groups: Sequence[int],
+    n_structures: int = 4,
+    n_orientations: int = 20,
+    *,
+    seed: int = 0,
+    prototypes: Sequence[str] = (),
+    max_atoms: int = 24,
+    augment: bool = False,
+    min_spots: int = 3,
+    cache_dir: Any = None,
+    **pattern_kwargs: Any,
+) -> SpotLibrary:
+    """A labelled library: ``n_structures`` pyxtal random crystals per space group (and each
+    of ``prototypes``, see :func:`~distill4d.simulate.crystals.list_prototypes`), each seen
+    along ``n_orientations`` random orientations by :func:`spot_patterns` (keywords
+    ``pattern_kwargs``), optionally perturbed by :func:`augment_spots`.
+
+    Patterns with fewer than ``min_spots`` spots are left out. Deterministic for ``seed``:
+    every structure has its own generator derived from ``(seed, structure index)``.
+
+    Resumable: with ``cache_dir`` (an existing folder) every structure's patterns are written
+    there (``structure_00000.npz`` ..., atomically, no pickle) as soon as they are made, and a
+    later call with the same arguments reads them instead of simulating again; a folder
+    written with other arguments raises :class:`Distill4dError`.
+    """
+    import json
+    from pathlib import Path
+    from .crystals import crystal_system, prototype, random_crystal, spacegroup_number
+
+    n_s = positive_int("n_structures", n_structures)
+    n_or = positive_int("n_orientations", n_orientations)
+    min_spots = positive_int("min_spots", min_spots)
+    jobs: list[tuple[str, Any]] = [("sg", int(sg)) for sg in space_groups for _ in range(n_s)]
+    jobs += [("proto", str(p)) for p in prototypes]
+    if not jobs:
+        raise Distill4dError("spot_library needs at least one space group or prototype")
+    cache = None
+    if cache_dir is not None:
+        cache = Path(cache_dir)
+        if not cache.is_dir():
+            raise Distill4dError(f"cache_dir {cache} is not an existing folder")
+    key = json.dumps(
+        [list(map(str, jobs)), n_or, int(seed), max_atoms, bool(augment), min_spots,
+         sorted((k, repr(v)) for k, v in pattern_kwargs.items())]
+    )
+    pats: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    struct_of: list[int] = []
+    sgs, systems, cellpars, names = [], [], [], []
+    for i, (kind, what) in enumerate(jobs):
+        shard = None if cache is None else cache / f"structure_{i:05d}.npz"
+        if shard is not None and shard.is_file():
+            with np.load(shard, allow_pickle=False) as z:
+                if str(z["key"]) != key:
+                    raise Distill4dError(
+                        f"cache_dir {cache} holds a library built with other arguments ({shard.name}); "
+                        f"use another folder or empty it"
+                    )
+                sgs.append(int(z["space_group"]))
+                systems.append(SYSTEMS.index(crystal_system(int(z["space_group"]))))
+                cellpars.append(z["cellpar"])
+                names.append(str(z["name"]))
+                ends = np.cumsum(z["counts"])
+                for a, b in zip(np.concatenate([[0], ends[:-1]]), ends):
+                    pats.append((z["qx"][a:b], z["qy"][a:b], z["intensity"][a:b]))
+                    struct_of.append(i)
+            continue
+        rng = np.random.default_rng([seed, i])
+        if kind == "sg":
+            atoms = random_crystal(what, rng=rng, max_atoms=max_atoms)
+            sg = what
+            name = f"sg{sg}-{atoms.get_chemical_formula()}"
+        else:
+            atoms = prototype(what)
+            sg = spacegroup_number(atoms)
+            name = what
+        sgs.append(sg)
+        systems.append(SYSTEMS.index(crystal_system(sg)))
+        cellpars.append(atoms.cell.cellpar())
+        names.append(name)
+        mine = []
+        for qx, qy, it in spot_patterns(atoms, n_or, rng=rng, **pattern_kwargs):
+            if augment:
+                qx, qy, it = augment_spots(qx, qy, it, rng=rng)
+            if qx.size >= min_spots:
+                mine.append((qx, qy, it))
+        pats += mine
+        struct_of += [i] * len(mine)
+        if shard is not None:
+            from .._atomic import atomic_output
+
+            cat = [np.concatenate([m[c] for m in mine]) if mine else np.zeros(0) for c in range(3)]
+            with atomic_output(shard) as tmp, open(tmp, "xb") as fh:
+                np.savez(fh, key=np.array(key), space_group=np.array(sg), cellpar=cellpars[-1],
+                         name=np.array(name), counts=np.array([m[0].size for m in mine], dtype=np.int64),
+                         qx=cat[0], qy=cat[1], intensity=cat[2])
+    K = max((p[0].size for p in pats), default=1)
+    P = len(pats)
+    arrs = [np.full((P, K), np.nan) for _ in range(3)]
+    counts = np.zeros(P, dtype=np.int64)
+    for r, p in enumerate(pats):
+        counts[r] = p[0].size
+        for a, v in zip(arrs, p):
+            a[r, : v.size] = v
+    return SpotLibrary(
+        arrs[0], arrs[1], arrs[2], counts, np.asarray(struct_of, dtype=np.int64),
+        np.asarray(sgs, dtype=np.int64), np.asarray(systems, dtype=np.int64),
+        np.asarray(cellpars, dtype=np.float64).reshape(-1, 6), np.asarray(names, dtype=str),
+    )
