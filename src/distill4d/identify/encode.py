@@ -151,6 +151,9 @@ def encode_batch(
 ) -> np.ndarray:
     """Features ``(P, N_FEATURES)`` (float64) of ``P`` patterns given as padded arrays.
 
+    Raises :class:`Distill4dError` for arrays of the wrong shape, NaN or Inf among the used
+    entries, or a pattern with no spot left after dropping the direct beam.
+
     Parameters
     ----------
     qx_inv_A, qy_inv_A : ``(P, K)`` spot positions in 1/Å relative to the direct beam; only
@@ -162,9 +165,6 @@ def encode_batch(
     scale_threshold : the scale ``s`` is the shortest ``|g|`` among spots at least this
         fraction of the strongest (after ``intensity_power``).
     chunk : patterns per vectorised block (bounds memory: ``chunk · K²`` pairs).
-
-    Raises :class:`Distill4dError` for arrays of the wrong shape, NaN or Inf among the used
-    entries, or a pattern with no spot left after dropping the direct beam.
     """
     qx = np.asarray(qx_inv_A, dtype=np.float64)
     qy = np.asarray(qy_inv_A, dtype=np.float64)

@@ -31,7 +31,7 @@ from .._validate import nonnegative_float, positive_float, positive_int
 from ..errors import Distill4dError
 
 __all__ = ["TemplateFitParameters", "Template", "TemplateStrain", "fit_template_batch", "make_template",
-           "fit_outputs_to_strain", "strain_map_template", "build_template", "aligned_mean", "disk_template",
+           "fit_outputs_to_strain", "strain_map_template", "build_template", "aligned_mean",
            "radial_background"]
 
 _PAD = 4  # px of edge padding around the spline coefficients
@@ -114,45 +114,6 @@ def make_template(image: Any, origin_px: Any, *, reach_px: float = 4.0) -> Templ
     yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
     near = ndimage.binary_dilation(core.reshape(t.shape), structure=np.hypot(xx, yy) <= reach)
     return Template(t, (float(o[0]), float(o[1])), coef, bg + 1e-3 * t.mean(), np.flatnonzero(near))
-
-
-def disk_template(mean: Any, origin_px: Any, bf_radius_px: float) -> np.ndarray:
-    """A noise-free template rendered from a (noisy) mean pattern: its diffuse background
-    (:func:`radial_background`) plus one copy of the bright-field disk's radial profile at every
-    Bragg disk found in it (correlation), each with its least-squares intensity.
-
-    The noise of a mean over a few dozen low-dose patterns has steep pixel-to-pixel gradients that a
-    fit would take for structure (measured: 0.7 % RMS at 1e3 e-/pattern with a 48-pattern mean);
-    smoothing it instead blurs the disk edges, which a fit reads as strain (0.2 % at 1 px).
-    """
-    from scipy import ndimage
-
-    from ..bragg.detect import find_bragg_disks
-
-    m = np.asarray(mean, dtype=np.float64)
-    o = np.asarray(origin_px, dtype=np.float64).reshape(2)
-    bg = radial_background(m, o)
-    disks = np.clip(m - bg, 0.0, None)
-    qx, qy = np.indices(m.shape, dtype=np.float64)
-    r = np.hypot(qx - o[0], qy - o[1])
-    reach = float(bf_radius_px) + 3.0
-    # the bright-field disk's radial profile (1/4 px rings: averaged over many pixels, low noise)
-    rb = np.arange(0.0, reach + 0.25, 0.25)
-    idx = np.clip(np.round(r / 0.25).astype(np.intp), 0, rb.size - 1)
-    near = r <= reach
-    prof = (np.bincount(idx[near], disks[near], minlength=rb.size)
-            / np.maximum(np.bincount(idx[near], minlength=rb.size), 1))
-    prof = ndimage.gaussian_filter1d(prof, 1.0, mode="nearest")
-    prof[rb > reach - 0.5] = 0.0
-    prof /= max(prof.max(), 1e-300)
-    peaks = find_bragg_disks(disks[None], None, progress=False, scheduler="inline")
-    centres = np.column_stack([np.ravel(peaks.qx), np.ravel(peaks.qy)])
-    centres = np.vstack([o[None], centres[np.hypot(*(centres - o).T) > 0.5 * reach]])
-    basis = np.stack([np.interp(np.hypot(qx - cx, qy - cy), rb, prof, right=0.0) for cx, cy in centres])
-    flat = basis.reshape(len(centres), -1)
-    amp = np.linalg.lstsq(flat.T, disks.reshape(-1), rcond=None)[0]
-    amp = np.clip(amp, 0.0, None)
-    return bg + np.tensordot(amp, basis, axes=1)
 
 
 def radial_background(image: np.ndarray, origin_px: Any, percentile: float = 20.0) -> np.ndarray:
