@@ -226,18 +226,18 @@ def simulate_scan(
     sim_thick = np.zeros(rx * ry)
     probe = None  # the vacuum probe: every simulation returns it (tilt does not move it)
     tasks = []
+    positions = {}  # state -> (its positions, its simulated diagonal deformation F_s)
     for key in sorted(states):
         idx = np.flatnonzero(crystal & np.all(keys == np.array(key), axis=1))
         Fs = np.diag([1 + key[0] * step, 1 + key[1] * step, 1.0])
+        positions[key] = (idx, Fs)
         wanted = sorted(set(np.round(thick_px[idx], 6)))
         s = dataclasses.replace(settings, thicknesses_A=tuple(wanted), tilt_mrad=(key[2] * tstep, key[3] * tstep))
         tasks.append((key, stretch_cell(atoms, Fs[0, 0], Fs[1, 1]), s, device))
     done = {task[0]: res for task, res in run_tasks(_simulate_state, tasks, scheduler=scheduler, n_workers=n_workers,
                                                     progress=progress, desc="simulate", unit="state")}
-    for key in sorted(states):  # in the order of the states, whatever order they finished in
+    for key, (idx, Fs) in positions.items():  # in the order of the states, whatever order they finished in
         res = done[key]
-        idx = np.flatnonzero(crystal & np.all(keys == np.array(key), axis=1))
-        Fs = np.diag([1 + key[0] * step, 1 + key[1] * step, 1.0])
         probe = res.probe
         sim_cells = np.round(res.thicknesses_A / cell[2]).astype(int)
         peaks0 = res.peaks
