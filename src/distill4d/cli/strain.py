@@ -215,19 +215,17 @@ def cmd_strain(args: argparse.Namespace) -> int:
     elif args.method == "poisson":
         fit = _strain_poisson(args)
         smap, standard_error = fit.strain, fit.standard_error
-        if args.smooth:
-            smap = smap.smoothed(args.smooth)
         extra = {f"se_{k}": v for k, v in standard_error.items()}
         extra.update(shift_px=fit.shift_px, disk_scale=fit.scale, background_scale=fit.background)
     else:
         _, peaks, region = _find_disks(args, outs)
         lattice = fit_lattice(peaks, min_indexed_fraction=args.min_indexed_fraction)
         smap = strain_map(lattice, reference=region)
-        if args.smooth:
-            smap = smap.smoothed(args.smooth)
         warning = describe_lattice_failures(lattice)
         if warning:
             print(f"distill4d: warning: {warning}", file=sys.stderr)
+    if args.smooth and args.method != "ccstae":  # CC-ST-AE smooths its own maps (it was given --smooth)
+        smap = smap.smoothed(args.smooth)
     smap = apply_prior(smap, prior, standard_error)
     # the file records what made it: command, inputs, method and (in the parameters) the reference
     prov = (smap.provenance or Provenance(args.method)).replace(
