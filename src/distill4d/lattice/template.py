@@ -348,16 +348,18 @@ def fit_outputs_to_strain(out: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     and their standard errors ``se_eps_xx`` ... ``se_theta`` from the covariance (first order)."""
     from .strain import strain_from_deformation
 
-    M = np.asarray(out["M"], dtype=np.float64)
-    F = np.swapaxes(M, -1, -2)
-    s = strain_from_deformation(F)
-    C = np.asarray(out["cov"], dtype=np.float64)
-    # F00 = M00, F11 = M11, F01 = M10, F10 = M01: eps_xy = (M01 + M10)/2, theta ~ (M01 - M10)/2
-    s["se_eps_xx"] = np.sqrt(C[..., 0, 0])
-    s["se_eps_yy"] = np.sqrt(C[..., 3, 3])
-    s["se_eps_xy"] = 0.5 * np.sqrt(np.maximum(C[..., 1, 1] + C[..., 2, 2] + 2 * C[..., 1, 2], 0.0))
-    s["se_theta"] = 0.5 * np.sqrt(np.maximum(C[..., 1, 1] + C[..., 2, 2] - 2 * C[..., 1, 2], 0.0))
-    return s
+    F = np.swapaxes(np.asarray(out["M"], dtype=np.float64), -1, -2)
+    return {**strain_from_deformation(F), **_standard_errors(out["cov"])}
+
+
+def _standard_errors(cov: np.ndarray) -> dict[str, np.ndarray]:
+    """``se_eps_xx`` ... ``se_theta`` (fractions, radians) from the covariance of the parameters
+    (first order: F00 = M00, F11 = M11, F01 = M10, F10 = M01, so eps_xy = (M01 + M10)/2 and
+    theta ~ (M01 - M10)/2)."""
+    C = np.asarray(cov, dtype=np.float64)
+    return {"se_eps_xx": np.sqrt(C[..., 0, 0]), "se_eps_yy": np.sqrt(C[..., 3, 3]),
+            "se_eps_xy": 0.5 * np.sqrt(np.maximum(C[..., 1, 1] + C[..., 2, 2] + 2 * C[..., 1, 2], 0.0)),
+            "se_theta": 0.5 * np.sqrt(np.maximum(C[..., 1, 1] + C[..., 2, 2] - 2 * C[..., 1, 2], 0.0))}
 
 
 def aligned_mean(patterns: np.ndarray, out: dict[str, np.ndarray], template: Template) -> np.ndarray:
@@ -443,12 +445,11 @@ def build_template(datacube: Any, region: tuple[slice, slice], origin_px: Any = 
 
 def _fit_task(batch: np.ndarray, template: Template, params: TemplateFitParameters) -> dict[str, np.ndarray]:
     out = fit_template_batch(batch, template, params)
-    s = fit_outputs_to_strain(out)
-    return {**{k: s[k] for k in _STRAIN_KEYS[4:]}, "M": out["M"], "shift_px": out["shift_px"],
+    return {**_standard_errors(out["cov"]), "M": out["M"], "shift_px": out["shift_px"],
             "scale": out["scale"], "background": out["background"], "ok": out["ok"].astype(np.uint8)}
 
 
-_STRAIN_KEYS = ("eps_xx", "eps_yy", "eps_xy", "theta", "se_eps_xx", "se_eps_yy", "se_eps_xy", "se_theta")
+_SE_KEYS = ("se_eps_xx", "se_eps_yy", "se_eps_xy", "se_theta")
 
 
 @dataclasses.dataclass
@@ -527,7 +528,7 @@ def strain_map_template(
     F_ref = np.median(F[ok & in_ref], axis=0)
     F_rel = F @ np.linalg.inv(F_ref)
     comps = {k: np.where(ok, v, np.nan) for k, v in strain_from_deformation(F_rel).items()}
-    se = {k[3:]: np.where(ok, out[k], np.nan) for k in _STRAIN_KEYS[4:]}
+    se = {k[3:]: np.where(ok, out[k], np.nan) for k in _SE_KEYS}
     prov = Provenance("strain_map_template", {
         "reference": [[region[0].start, region[0].stop], [region[1].start, region[1].stop]],
         **built, "smooth_px": sigma, "reference_deformation": F_ref,
