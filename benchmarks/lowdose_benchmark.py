@@ -69,7 +69,7 @@ def edge_width(eps_xx: np.ndarray) -> float:
     return float(i10 - i90)
 
 
-def methods(dc, probe, region, prior_se: bool = True):
+def methods(dc, probe, region):
     """name -> (StrainMap, standard errors or None, seconds)."""
     out = {}
     t = time.perf_counter()
@@ -80,7 +80,7 @@ def methods(dc, probe, region, prior_se: bool = True):
                   time.perf_counter() - t)
     t = time.perf_counter()
     res = strain_map_template(dc, region, progress=False)
-    out["poisson"] = (res.strain, res.standard_error if prior_se else None, time.perf_counter() - t)
+    out["poisson"] = (res.strain, res.standard_error, time.perf_counter() - t)
     return out
 
 
@@ -99,12 +99,11 @@ def main() -> None:
     for i, dose in enumerate(a.doses):
         dc = noisy(dc0, probe, dose, 10 + i)
         bound = crb(dc0.data[0, 0], probe, dose)
-        layers, ltruth = strained_scan((4 * LAYER, 16), kind="multilayer", strain=0.01, layer_width=LAYER,
+        layers, _ = strained_scan((4 * LAYER, 16), kind="multilayer", strain=0.01, layer_width=LAYER,
                                        dose=dose, seed=20 + i, edge_px=2.0, background=0.02)
         lregion = (slice(0, LAYER), slice(None))
-        lprobe = None
         smooth = methods(dc, probe, region)
-        sharp = methods(layers, lprobe, lregion)
+        sharp = methods(layers, None, lregion)  # the probe: the central disk of the mean pattern
         for name, (smap, se, secs) in smooth.items():
             for prior in PRIORS:
                 m = apply_prior(smap, prior, se)
