@@ -34,6 +34,7 @@ import numpy as np
 
 from .._validate import nonnegative_float, positive_float, positive_int
 from ..errors import Distill4dError
+from .crystals import _rng
 
 if TYPE_CHECKING:  # pragma: no cover
     from ase import Atoms
@@ -42,14 +43,6 @@ __all__ = ["SYSTEMS", "spot_patterns", "random_rotations", "augment_spots", "Spo
 
 #: The seven crystal systems, in the order of their space-group numbers (class indices).
 SYSTEMS = ("triclinic", "monoclinic", "orthorhombic", "tetragonal", "trigonal", "hexagonal", "cubic")
-
-
-def _rng(rng: Any) -> np.random.Generator:
-    if isinstance(rng, np.random.Generator):
-        return rng
-    if isinstance(rng, (int, np.integer)) and not isinstance(rng, bool):
-        return np.random.default_rng(int(rng))
-    raise TypeError(f"rng must be a numpy.random.Generator or an int seed, got {rng!r}")
 
 
 def random_rotations(n: int, rng: np.random.Generator | int) -> np.ndarray:
