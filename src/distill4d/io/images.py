@@ -24,14 +24,18 @@ def _split(path: str | os.PathLike) -> tuple[str, str | None]:
     return str(file), inline
 
 
+def _locate(path: str | os.PathLike, dataset: str | None) -> tuple[str, str | None, str]:
+    """``(file, dataset, lower-case suffix)`` of ``FILE`` or ``FILE.h5:/dataset``; FileNotFoundError if absent."""
+    file, inline = _split(path)
+    if not os.path.exists(file):
+        raise FileNotFoundError(f"{file}: file not found")
+    return file, dataset or inline, pathlib.Path(file).suffix.lower()
+
+
 def image_ndim(path: str | os.PathLike, dataset: str | None = None) -> int:
     """The number of dimensions of the data in ``path`` (2 image, 3 series, 4 scan) without reading
     it; 2 or 3 for image formats. FileNotFoundError if absent."""
-    file, inline = _split(path)
-    dataset = dataset or inline
-    if not os.path.exists(file):
-        raise FileNotFoundError(f"{file}: file not found")
-    ext = pathlib.Path(file).suffix.lower()
+    file, dataset, ext = _locate(path, dataset)
     if ext == ".npy":
         from .sources import read_npy_header
 
@@ -51,11 +55,7 @@ def image_ndim(path: str | os.PathLike, dataset: str | None = None) -> int:
 def read_images(path: str | os.PathLike, dataset: str | None = None) -> np.ndarray:
     """The image (H, W) or series (T, H, W) in ``path`` as float32. Distill4dError for other shapes,
     complex or non-numeric data; FileNotFoundError if absent."""
-    file, inline = _split(path)
-    dataset = dataset or inline
-    if not os.path.exists(file):
-        raise FileNotFoundError(f"{file}: file not found")
-    ext = pathlib.Path(file).suffix.lower()
+    file, dataset, ext = _locate(path, dataset)
     if ext == ".npy":
         arr = np.load(file, allow_pickle=False, mmap_mode="r")
     elif ext in _HDF5:
