@@ -12,6 +12,7 @@ job is complete (``checkpoint=KeepCheckpoint(DIR)`` keeps it).
 :func:`map_neighbourhoods` does the same for methods that need neighbouring scan
 positions: ``fn`` receives a tile's patterns plus a halo of ``radius`` positions on every
 side, as a ``(nx + 2r, ny + 2r, Qx, Qy)`` block (padded like :func:`numpy.pad` at the scan edges).
+:func:`read_patterns` reads a sample of scattered positions in row blocks.
 """
 
 from .checkpoint import KeepCheckpoint
@@ -24,6 +25,7 @@ from .core import (
     run_tasks,
 )
 from .neighbourhoods import map_neighbourhoods, plan_neighbourhood_tiles
+from .sample import read_patterns
 
 __all__ = [
     "DEFAULT_MEMORY_BUDGET",
@@ -33,6 +35,7 @@ __all__ = [
     "map_patterns",
     "plan_neighbourhood_tiles",
     "plan_tiles",
+    "read_patterns",
     "reduce_patterns",
     "run_tasks",
 ]
