@@ -13,7 +13,9 @@ Two scans with known fields:
 Every method uses the same reference region (the unstrained rows; the first layer) and the same
 priors: ``gaussian 0.78`` (a 2-position edge) and ``tv 1`` (LAMBDA in units of each map's noise).
 Nothing was tuned on these scans. Usage:
-``benchmarks/lowdose_benchmark.py [--doses 1e5 1e3 1e2] [--no-results]``.
+``benchmarks/lowdose_benchmark.py [--doses 1e5 1e3 1e2] [--ccstae-steps 1500] [--ccstae-doses 1e3 1e2]
+[--no-results]``. Finished doses are kept in ``benchmarks/data/lowdose_doses.json`` and a rerun resumes
+after them (delete it after changing the code).
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from ccstae_data import REF_ROWS, load_or_simulate  # noqa: E402
 from distill4d.bragg import find_bragg_disks, find_bragg_disks_com  # noqa: E402
 from distill4d.lattice import strain_map  # noqa: E402
 from distill4d.lattice.priors import apply_prior  # noqa: E402
-from distill4d.lattice.template import strain_map_template  # noqa: E402
+from distill4d.lattice.template import build_template, strain_map_template  # noqa: E402
 from distill4d.simulate.kinematic import strained_scan  # noqa: E402
 
 PRIORS = ("none", "gaussian 0.78", "tv 1")
@@ -69,7 +71,7 @@ def edge_width(eps_xx: np.ndarray) -> float:
     return float(i10 - i90)
 
 
-def methods(dc, probe, region):
+def methods(dc, probe, region, ccstae_steps: int):
     """name -> (StrainMap, standard errors or None, seconds)."""
     out = {}
     t = time.perf_counter()
@@ -79,14 +81,35 @@ def methods(dc, probe, region):
     out["com"] = (strain_map(find_bragg_disks_com(dc, probe, progress=False), reference=region), None,
                   time.perf_counter() - t)
     t = time.perf_counter()
-    res = strain_map_template(dc, region, progress=False)
-    out["poisson"] = (res.strain, res.standard_error, time.perf_counter() - t)
+    timg, origin, _ = build_template(dc, region, progress=False)
+    build_s = time.perf_counter() - t
+    res = strain_map_template(dc, region, template=timg, origin_px=origin, progress=False)
+    out["poisson"] = (res.strain, res.standard_error, time.perf_counter() - t, time.perf_counter() - t - build_s)
+    if ccstae_steps > 0:
+        import torch
+
+        from distill4d.ml.ccstae import CCSTAETrainConfig, strain_map_ccstae
+
+        torch.set_num_threads(1)
+        t = time.perf_counter()
+        res = strain_map_ccstae(dc, probe, num_base=2, reference=region, progress=False, device="cpu",
+                                train=CCSTAETrainConfig(max_steps=ccstae_steps, seed=0))
+        train_s = res.info["seconds"]
+        out["ccstae"] = (res.strain, None, time.perf_counter() - t)
+        t = time.perf_counter()
+        enc = strain_map_ccstae(dc, probe, reference=region, progress=False, device="cpu", refine_steps=0,
+                                model=(res.model, {"geometry": res.geometry, "info": res.info}))
+        out["ccstae encoder"] = (enc.strain, None, train_s + time.perf_counter() - t)
     return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--doses", type=float, nargs="+", default=[1e5, 1e3, 1e2])
+    ap.add_argument("--ccstae-steps", type=int, default=1500,
+                    help="CC-ST-AE training steps on each scan (0: no CC-ST-AE rows)")
+    ap.add_argument("--ccstae-doses", type=float, nargs="*", default=[1e3, 1e2],
+                    help="the doses with CC-ST-AE rows (its 1e5 rows are in the ccstae section)")
     ap.add_argument("--no-results", action="store_true", help="do not write RESULTS.md")
     a = ap.parse_args()
 
@@ -96,30 +119,43 @@ def main() -> None:
     true = truth_strain(truth, region)
     sample = ~truth.vacuum
     rows = []
+    done_path = HERE / "data" / "lowdose_doses.json"  # finished doses: a rerun resumes after them
+    done = json.loads(done_path.read_text()) if done_path.exists() else {}
     for i, dose in enumerate(a.doses):
+        steps = a.ccstae_steps if dose in a.ccstae_doses else 0
+        key = f"{dose:g} {steps} {i}"
+        if key in done:
+            rows += done[key]
+            continue
+        first = len(rows)
         dc = noisy(dc0, probe, dose, 10 + i)
         bound = crb(dc0.data[0, 0], probe, dose)
         layers, _ = strained_scan((4 * LAYER, 16), kind="multilayer", strain=0.01, layer_width=LAYER,
                                        dose=dose, seed=20 + i, edge_px=2.0, background=0.02)
         lregion = (slice(0, LAYER), slice(None))
-        smooth = methods(dc, probe, region)
-        sharp = methods(layers, None, lregion)  # the probe: the central disk of the mean pattern
-        for name, (smap, se, secs) in smooth.items():
+        smooth = methods(dc, probe, region, steps)
+        sharp = methods(layers, None, lregion, steps)  # the probe: the central disk of the mean pattern
+        for name, (smap, se, secs, *fit) in smooth.items():
             for prior in PRIORS:
                 m = apply_prior(smap, prior, se)
                 lm = apply_prior(sharp[name][0], prior, sharp[name][1])
                 rec = {"dose": dose, "method": name, "prior": prior, **rms_bias(m, true, sample),
                        "edge_px": edge_width(lm.eps_xx), "seconds": secs,
-                       "per_1000_s": 1000 * secs / dc.n_patterns}
+                       "per_1000_s": 1000 * secs / dc.n_patterns,
+                       "fit_per_1000_s": 1000 * fit[0] / dc.n_patterns if fit else None}
                 rows.append(rec)
                 print(json.dumps(rec), flush=True)
         rows.append({"dose": dose, "method": "per-pattern bound", "prior": "none", **bound})
+        done[key] = rows[first:]
+        done_path.parent.mkdir(exist_ok=True)
+        done_path.write_text(json.dumps(done))
     (HERE / "data").mkdir(exist_ok=True)
     (HERE / "data" / "lowdose_last.json").write_text(json.dumps(rows, indent=1))
     if a.no_results:
         return
     L = ["## Low-dose strain: Poisson template fit and spatial priors", "",
-         f"Written by `benchmarks/lowdose_benchmark.py --doses {' '.join(f'{d:g}' for d in a.doses)}`.",
+         f"Written by `benchmarks/lowdose_benchmark.py --doses {' '.join(f'{d:g}' for d in a.doses)} "
+         f"--ccstae-steps {a.ccstae_steps} --ccstae-doses {' '.join(f'{d:g}' for d in a.ccstae_doses)}`.",
          machine_line(), "",
          "Scan `smooth`: the CC-ST-AE benchmark's multislice scan (32x32, Si [011], gradient, "
          "bump, shear wave and rotation fields, 25 % vacuum; plasmon background 50 %; noise seed 10 + dose "
@@ -127,7 +163,10 @@ def main() -> None:
          "reference rows (eps in %, theta in degrees). Edge: 10-90 % rise of eps_xx across a +1 % / -1 % layer "
          "boundary of a kinematic multilayer at the same dose (scan positions). Priors: `gaussian 0.78` "
          "(a 2-position edge), `tv 1` (edge-preserving; LAMBDA in units of each map's noise; the Poisson fit's "
-         "standard errors weight it). `poisson`: `--method poisson` (template built from the scan). Per-pattern "
+         "standard errors weight it). `poisson`: `--method poisson` (template built from the scan; its time is "
+         "template and fit, then the fit alone in brackets). `ccstae`: CC-ST-AE trained on each scan itself "
+         "(seed 0, 1 thread) with its refinement; `ccstae encoder`: the same model read out from its encoder "
+         "(both times include training). Per-pattern "
          "bound: `ccstae_benchmark.crb` (an unbiased estimator's floor; a fit that shrinks towards its template, "
          "as at 1e2, can fall below it). Nothing was tuned on these scans.", "",
          "| dose | method | prior | eps_xx | eps_yy | eps_xy | theta | eps_xx bias | edge px | failed | s per 1000 |",
@@ -139,7 +178,8 @@ def main() -> None:
             continue
         L.append(f"| {r['dose']:.0e} | {r['method']} | {r['prior']} | {r['eps_xx']:.3f} | {r['eps_yy']:.3f} | "
                  f"{r['eps_xy']:.3f} | {r['theta']:.3f} | {r['eps_xx_bias']:+.3f} | {r['edge_px']:.2f} | "
-                 f"{r['failed']:.2f} | {r['per_1000_s']:.0f} |")
+                 f"{r['failed']:.2f} | {r['per_1000_s']:.0f}"
+                 + (f" ({r['fit_per_1000_s']:.0f})" if r.get("fit_per_1000_s") is not None else "") + " |")
     write_section("lowdose", "\n".join(L) + "\n")
 
 
