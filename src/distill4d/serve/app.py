@@ -343,9 +343,11 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
         if isinstance(store, JSONResponse):
             return store
         try:
-            return JSONResponse(await run_in_threadpool(store.delete, job_id))
+            job = await run_in_threadpool(store.delete, job_id)
         except KeyError:
             return _error(404, f"no job {job_id}")
+        # a running job stops within about one tile's time: 202 (cancelling), then GET says cancelled
+        return JSONResponse(job, status_code=202 if job["status"] == "cancelling" else 200)
 
     # ------------------------------------------------------------------ metrics
     @app.get("/metrics")
