@@ -11,6 +11,7 @@ import asyncio
 import hmac
 import json
 import logging
+import sys
 import threading
 import time
 from typing import Any
@@ -28,7 +29,7 @@ from .metrics import Metrics
 from .models import ServedModel, build_model
 from .protocol import ProtocolError, decode_request, encode_response
 
-__all__ = ["create_app"]
+__all__ = ["create_app", "keep_freed_memory"]
 
 _LOG = logging.getLogger("distill4d.serve")
 _OPEN = ("/v2/health/live", "/v2/health/ready")
@@ -40,6 +41,19 @@ _INLINE_JSON_BYTES = 256 * 2**10
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+def _server_timing(t_start: float, t_read: float, t_prep: float, run: dict[str, float], t_back: float,
+                   t_end: float) -> str:
+    """The ``Server-Timing`` header of an inference (ms): reading the body, decoding and checking it,
+    waiting for its batch (queue and hand-off to the worker), the model call (and the CPU time of its
+    thread: less than the call's time when the machine's other work took the core meanwhile), the
+    hand-back, encoding."""
+    start, end = run.get("start", t_prep), run.get("end", t_back)
+    parts = (("read", t_read - t_start), ("prepare", t_prep - t_read), ("wait", start - t_prep),
+             ("model", end - start), ("model-cpu", run.get("cpu", 0.0)), ("return", t_back - end),
+             ("encode", t_end - t_back))
+    return ", ".join(f"{k};dur={1000 * v:.2f}" for k, v in parts)
 
 
 def _route_label(path: str) -> tuple[str, str]:
@@ -118,6 +132,27 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+def keep_freed_memory() -> bool:
+    """Ask glibc's malloc to keep freed memory for reuse (Linux; True if it agreed).
+
+    By default glibc gives the freed top of the heap back to the system and maps each large
+    block afresh, so every inference paid for thousands of page faults on its temporaries
+    (about 2900 for one 256 x 256 pattern, measured: a third more CPU than the same call in a
+    process that kept its memory). The server keeps up to 256 MiB of freed memory and maps only
+    blocks over 32 MiB on their own. Process-wide, so called by the server, never on import.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    return bool(mallopt(m_mmap_threshold, 32 * 2**20)) and bool(mallopt(m_trim_threshold, 256 * 2**20))
+
+
 class _State:
     def __init__(self, config: ServeConfig) -> None:
         self.config = config
@@ -159,6 +194,8 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
     state = _State(config)
 
     async def lifespan(app: FastAPI):  # noqa: ANN202
+        if config.keep_freed_memory:
+            keep_freed_memory()
         loop = asyncio.get_running_loop()
         threading.Thread(target=state.load, name="load-models", daemon=True).start()
         app.state.loop = loop
@@ -224,7 +261,22 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
         m = model_or_404(name)
         if isinstance(m, JSONResponse):
             return m
+        batcher = state.batchers.get(name)
+        if batcher is None:
+            batcher = state.batchers[name] = Batcher(
+                m, max_batch_size=config.max_batch_size, max_wait_ms=config.max_wait_ms,
+                workers=config.batch_workers, metrics=state.metrics)
+        batcher.open_requests += 1  # before any await: the batcher sees requests still being read
+        try:
+            return await _infer(m, batcher, request)
+        finally:
+            batcher.open_requests -= 1
+
+    async def _infer(m: ServedModel, batcher: Batcher, request: Request) -> Response:
+        name = m.name
+        t_start = time.perf_counter()
         body = await _read_body(request, config.max_body_bytes)
+        t_read = time.perf_counter()
         headers = {k.lower(): v for k, v in request.headers.items()}
         first = m.inputs[0].name
 
@@ -255,18 +307,17 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
                 req, item = await asyncio.wait_for(run_in_threadpool(prepare), config.request_timeout_s)
         except asyncio.TimeoutError:
             return _error(504, timeout)
-        batcher = state.batchers.get(name)
-        if batcher is None:
-            batcher = state.batchers[name] = Batcher(
-                m, max_batch_size=config.max_batch_size, max_wait_ms=config.max_wait_ms,
-                workers=config.batch_workers, metrics=state.metrics)
+        t_prep = time.perf_counter()
         try:
             outputs, params = await asyncio.wait_for(batcher.submit(item), config.request_timeout_s)
         except asyncio.TimeoutError:
             return _error(504, timeout)
         except Distill4dError as err:
             raise ProtocolError(str(err)) from None
+        t_back = time.perf_counter()
         body_out, hdrs = encode_response(name, outputs, params, req.id, req.binary_outputs)
+        t_end = time.perf_counter()
+        hdrs["server-timing"] = _server_timing(t_start, t_read, t_prep, item.timing, t_back, t_end)
         return Response(body_out, headers=hdrs)
 
     # ------------------------------------------------------------------ jobs

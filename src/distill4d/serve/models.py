@@ -33,6 +33,8 @@ MODEL_NAMES = ("disks", "fcunet", "phase", "strain", "segment")
 #: Datatypes accepted for patterns (detector counts or floats).
 PATTERN_DATATYPES = ("FP32", "FP64", "FP16", "UINT8", "UINT16", "UINT32", "INT16", "INT32")
 _MAX_SIDE = 4096
+#: Pattern pixels of a lone request that runs in the event loop's thread (two 256 x 256 patterns).
+INLINE_MAX_PIXELS = 2 * 256 * 256
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,8 @@ class Prepared:
     key: Any
     n: int
     payload: dict[str, Any] = field(default_factory=dict)
+    #: ``time.perf_counter()`` when its batch started and ended in the worker (set by the batcher)
+    timing: dict[str, float] = field(default_factory=dict)
 
 
 def _digest(a: np.ndarray) -> str:
@@ -185,6 +189,12 @@ class ServedModel:
     def run_batch(self, items: list[Prepared]) -> list[tuple[dict[str, np.ndarray], dict[str, Any]]]:
         """Run items of one key as one batch; per item its outputs and response parameters."""
         raise NotImplementedError
+
+    def runs_inline(self, item: Prepared) -> bool:
+        """Whether a lone request may run in the server's event loop (small: at most
+        :data:`INLINE_MAX_PIXELS` pattern pixels); else a worker thread runs it."""
+        patterns = item.payload.get("patterns")
+        return self.batchable and patterns is not None and patterns.size <= INLINE_MAX_PIXELS
 
 
 def _example_probe(n: int) -> np.ndarray:
