@@ -99,7 +99,8 @@ class Batcher:
             while size < self.max_batch_size:
                 if q.empty():
                     left = deadline - loop.time()
-                    if left <= 0 or self._outstanding <= len(batch):  # expired, or nobody else to wait for
+                    # expired, or nobody else to wait for (neither queued nor still being read or checked)
+                    if left <= 0 or max(self._outstanding, self.open_requests) <= len(batch):
                         break
                     try:
                         nxt = await asyncio.wait_for(q.get(), left)
