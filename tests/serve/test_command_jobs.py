@@ -3,6 +3,7 @@ a running job stops the engine early, writes no more tiles and reports ``cancell
 
 from __future__ import annotations
 
+import json
 import time
 
 import h5py
@@ -78,23 +79,31 @@ def test_strain_and_com_jobs_equal_the_command_line(start_server, scan_files, tm
         assert r.status_code in (403, 422) and words in r.json()["error"], r.text
 
 
-def test_delete_stops_a_running_job(start_server, tmp_path):
-    """A strain job of ~150 small tiles is deleted part way: the engine stops within 2 s (one tile, about
-    30 ms here, plus the time to see the request), no tile is written after, the job reports cancelled
-    and its partial files are gone (job.json stays; a second DELETE removes it)."""
+@pytest.fixture(scope="module")
+def long_scan(tmp_path_factory):
+    """32 x 32 patterns of 96 x 96 and their probe: a strain job of ~160 tiles with memory_budget_MB 1."""
     from distill4d.simulate.kinematic import strained_scan, vacuum_probe
 
-    data = tmp_path / "data"
-    data.mkdir()
+    data = tmp_path_factory.mktemp("longjob")
     dc, _ = strained_scan((32, 32), (96, 96), kind="uniform", strain=0.01, dose=None)
     distill4d.write(data / "scan.h5", dc)
     np.save(data / "probe.npy", vacuum_probe((96, 96), calibration=dc.calibration))
+    return data
+
+
+_LONG_JOB = {"model": "strain", "path": "scan.h5", "probe": "probe.npy",
+             "parameters": {"method": "correlation", "memory_budget_MB": 1}}
+
+
+def test_delete_stops_a_running_job(start_server, long_scan, tmp_path):
+    """A strain job of ~160 small tiles is deleted part way: the engine stops within 2 s (one tile, about
+    30 ms here, plus the time to see the request), no tile is written after, the job reports cancelled
+    and its partial files are gone (job.json stays; a second DELETE removes it)."""
+    data = long_scan
     state = tmp_path / "state"
     server = start_server("--models", "strain", "--data-root", str(data), "--state-dir", str(state))
     server.wait_ready()
-    body = {"model": "strain", "path": "scan.h5", "probe": "probe.npy",
-            "parameters": {"method": "correlation", "memory_budget_MB": 1}}
-    job_id = httpx.post(server.url + "/v1/jobs", json=body, headers=server.headers).json()["id"]
+    job_id = httpx.post(server.url + "/v1/jobs", json=_LONG_JOB, headers=server.headers).json()["id"]
     part = _poll(server, job_id, lambda j: (j.get("progress") or {}).get("tiles_done", 0) >= 3, timeout=60)
     total = part["progress"]["tiles_total"]
     assert total >= 50
@@ -115,3 +124,24 @@ def test_delete_stops_a_running_job(start_server, tmp_path):
     assert _poll(server, r.json()["id"], lambda j: j["status"] == "done")["status"] == "done"
     assert httpx.delete(f"{server.url}/v1/jobs/{job_id}", headers=server.headers).status_code == 200
     assert httpx.get(f"{server.url}/v1/jobs/{job_id}", headers=server.headers).status_code == 404
+
+
+def test_a_stopped_server_keeps_the_running_job_which_resumes(start_server, long_scan, tmp_path):
+    """SIGTERM while a command job runs: the engine stops at a tile (the server exits within seconds), the
+    job stays running on disk with its finished tiles, and the next server resumes and completes it."""
+    state = tmp_path / "state"
+    args = ("--models", "strain", "--data-root", str(long_scan), "--state-dir", str(state))
+    server = start_server(*args)
+    server.wait_ready()
+    job_id = httpx.post(server.url + "/v1/jobs", json=_LONG_JOB, headers=server.headers).json()["id"]
+    part = _poll(server, job_id, lambda j: (j.get("progress") or {}).get("tiles_done", 0) >= 3, timeout=60)
+    t0 = time.monotonic()
+    server.stop()  # SIGTERM
+    assert server.proc.returncode is not None and time.monotonic() - t0 < 10
+    job = json.loads((state / "jobs" / job_id / "job.json").read_text())
+    kept = len(list((state / "jobs" / job_id).rglob("tile_*.npz")))
+    assert job["status"] == "running" and part["progress"]["tiles_done"] <= kept < part["progress"]["tiles_total"]
+    server = start_server(*args, port=server.port)
+    server.wait_ready()
+    job = _poll(server, job_id, lambda j: j["status"] in ("done", "failed"))
+    assert job["status"] == "done" and job["starts"] == 2 and job["resumed_tiles"] >= kept, job
