@@ -43,7 +43,7 @@ def _same_arrays(a, b) -> None:
             np.testing.assert_array_equal(da[k], db[k], err_msg=k)
 
 
-def test_strain_and_com_jobs_equal_the_command_line(start_server, scan_files, tmp_path):
+def test_strain_com_and_segment_jobs_equal_the_command_line(start_server, scan_files, tmp_path):
     server = start_server("--models", "strain", "--data-root", str(scan_files["dir"]),
                           "--state-dir", str(tmp_path / "state"))
     server.wait_ready()
@@ -52,7 +52,11 @@ def test_strain_and_com_jobs_equal_the_command_line(start_server, scan_files, tm
          ["strain", str(scan_files["scan"]), "--probe", str(scan_files["probe"]), "--reference", "0:2,0:2"]),
         ({"model": "com", "path": "scan.h5", "parameters": {"radius": 20}},
          ["com", str(scan_files["scan"]), "--radius", "20"]),
+        ({"model": "segment", "path": "stripes.npy", "parameters": {"domains": 2, "window": 32, "step": 8}},
+         ["segment", str(scan_files["dir"] / "stripes.npy"), "--domains", "2", "--window", "32", "--step", "8"]),
     )
+    y, x = np.mgrid[:96, :96]
+    np.save(scan_files["dir"] / "stripes.npy", np.where(x < 48, np.sin(x), np.sin(y)).astype(np.float32))
     ids = []
     for body, _ in cases:
         r = httpx.post(server.url + "/v1/jobs", json=body, headers=server.headers)
