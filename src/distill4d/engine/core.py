@@ -19,7 +19,8 @@ from .tiles import Tile
 if TYPE_CHECKING:  # pragma: no cover
     from ..datacube import DataCube
 
-__all__ = ["Cancelled", "KeepCheckpoint", "map_patterns", "stop_when", "reduce_patterns", "run_tasks", "plan_tiles", "Tile", "DEFAULT_MEMORY_BUDGET"]
+__all__ = ["Cancelled", "KeepCheckpoint", "map_patterns", "reduce_patterns", "run_tasks", "stop_when", "plan_tiles",
+           "Tile", "DEFAULT_MEMORY_BUDGET"]
 
 #: Working memory the engine aims to stay within, in bytes (override with
 #: ``memory_budget=`` or the environment variable ``DISTILL4D_MEMORY_BUDGET``).

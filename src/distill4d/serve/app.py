@@ -52,9 +52,9 @@ def _server_timing(t_gate: float, t_start: float, t_read: float, t_prep: float, 
     thread: less than the call's time when the machine's other work took the core meanwhile), the
     hand-back, encoding."""
     start, end = run.get("start", t_prep), run.get("end", t_back)
-    parts = (("route", t_start - t_gate), ("read", t_read - t_start), ("prepare", t_prep - t_read), ("wait", start - t_prep),
-             ("model", end - start), ("model-cpu", run.get("cpu", 0.0)), ("return", t_back - end),
-             ("encode", t_end - t_back))
+    parts = (("route", t_start - t_gate), ("read", t_read - t_start), ("prepare", t_prep - t_read),
+             ("wait", start - t_prep), ("model", end - start), ("model-cpu", run.get("cpu", 0.0)),
+             ("return", t_back - end), ("encode", t_end - t_back))
     return ", ".join(f"{k};dur={1000 * v:.2f}" for k, v in parts)
 
 
