@@ -281,6 +281,12 @@ def main() -> None:
         for q, st, cpu in (("p50", r["stages"], f"{d1['cpu']:.1f}"), ("p99", r["stages_p99"], "")):
             L.append(f"| {r['client']} | {q} | " + " | ".join(f"{st[k]:.1f}" for k in keys)
                      + f" | {r[q]:.1f} | {d1[q]:.1f} | {cpu} |")
+    own = sum(c1["stages"][k] for k in ("route", "read", "prepare", "wait", "return", "encode"))
+    L += ["", f"In short (http.client, medians): the model call used {c1['stages']['model-cpu']:.1f} ms of CPU in the "
+          f"server against {d1['cpu']:.1f} ms for the direct call; the server's own stages (route, read, prepare, "
+          f"wait, return, encode) took {own:.1f} ms; `http` {c1['stages']['http']:.1f} ms; the model call's wall time "
+          f"was {c1['stages']['model'] / max(c1['stages']['model-cpu'], 1e-9):.1f}x its CPU time (the direct call's "
+          f"{d1['p50'] / max(d1['cpu'], 1e-9):.1f}x): on this machine the wait for a core dominates every number."]
     errors = sum(r["errors"] for *_, r, d in rows)
     thr = [100 * r["rate"] / d["rate"] for b, m, w, c, r, d in rows if b == "on" and m == 64 and c in (8, 64)]
     L += ["", "Goals: "
