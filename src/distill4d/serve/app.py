@@ -12,6 +12,7 @@ import gc
 import hmac
 import json
 import logging
+import os
 import sys
 import threading
 import time
@@ -189,7 +190,9 @@ class _State:
             gc.collect()
             gc.freeze()
             self.ready = True
-            _LOG.info("ready", extra={"models": list(self.models)})
+            torch = sys.modules.get("torch")  # the thread settings the models run with, for comparisons
+            _LOG.info("ready", extra={"models": list(self.models), "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+                                      "torch_threads": torch.get_num_threads() if torch is not None else None})
         except Exception as err:  # noqa: BLE001 - the server stays up, not ready, and says why
             self.error = f"{type(err).__name__}: {err}"
             _LOG.exception("loading the models failed; the server will not become ready")
