@@ -35,7 +35,7 @@ class Server:
         env.pop("DISTILL4D_TOKEN", None)
         if token:
             env["DISTILL4D_TOKEN"] = token
-        env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[2] / "src"),
+        env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[1] / "src"),
                                              env.get("PYTHONPATH", "")])
         self.fh = open(self.log, "wb")
         self.proc = subprocess.Popen(

@@ -61,3 +61,41 @@ def test_a_lone_request_does_not_wait():
     t0 = time.perf_counter()
     _run(m, [("a", 1)], max_batch_size=64, max_wait_ms=500)
     assert time.perf_counter() - t0 < 0.4 and m.batches == [[1]]
+
+
+class ThreadRecorder(Recorder):
+    """Records the thread each batch ran in."""
+
+    def run_batch(self, items):
+        import threading
+
+        self.threads = getattr(self, "threads", []) + [threading.get_ident()]
+        return super().run_batch(items)
+
+
+def test_a_lone_small_request_runs_in_the_event_loop_and_others_in_the_worker():
+    import threading
+
+    def item(i, side):
+        return Prepared("a", 1, {"v": i, "patterns": np.zeros((1, side, side), np.float32)})
+
+    async def main(items):
+        b = Batcher(m, max_batch_size=64, max_wait_ms=5)
+        b.open_requests = len(items)  # as the server counts them: all arrived together
+        try:
+            out = await asyncio.gather(*(b.submit(it) for it in items))
+        finally:
+            await b.close()
+        return out, threading.get_ident()
+
+    m = ThreadRecorder()
+    out, loop_thread = asyncio.run(main([item(0, 256)]))
+    assert m.threads == [loop_thread] and int(out[0][0]["x"][0]) == 0
+    m = ThreadRecorder()  # too large to block the loop: a worker thread
+    _, loop_thread = asyncio.run(main([item(0, 512)]))
+    assert m.threads != [loop_thread]
+    m = ThreadRecorder()  # concurrent requests: none in the loop, batched in the worker
+    out, loop_thread = asyncio.run(main([item(i, 64) for i in range(6)]))
+    assert [int(r[0]["x"][0]) for r in out] == list(range(6))
+    assert sum(len(b) for b in m.batches) == 6 and max(len(b) for b in m.batches) > 1
+    assert loop_thread not in m.threads

@@ -71,6 +71,10 @@ def test_infer_peaks_equal_those_of_distill4d_disks(server, scan_files, tmp_path
         got = np.stack([out["qx"][j, :c], out["qy"][j, :c], out["intensity"][j, :c]], axis=1)
         assert np.array_equal(got, cli[0, j]), "the server's peaks must equal distill4d disks' exactly"
     assert params["detection"]["max_peaks"] == cli.params["max_peaks"]
+    # the Server-Timing header says where the time went (ms); the model call is most of it
+    timing = {k.strip(): float(v) for k, v in (p.split(";dur=") for p in r.headers["server-timing"].split(","))}
+    assert list(timing) == ["route", "read", "prepare", "wait", "model", "model-cpu", "return", "encode"]
+    assert all(v >= 0 for v in timing.values()) and timing["model"] > 0
 
 
 def test_npy_body_gives_the_same_peaks(server, scan_files):

@@ -13,22 +13,29 @@ job is complete (``checkpoint=KeepCheckpoint(DIR)`` keeps it).
 positions: ``fn`` receives a tile's patterns plus a halo of ``radius`` positions on every
 side, as a ``(nx + 2r, ny + 2r, Qx, Qy)`` block (padded like :func:`numpy.pad` at the scan edges).
 :func:`read_patterns` reads a sample of scattered positions in row blocks.
+
+A run stops early when its ``should_stop()`` returns True (or that of an enclosing
+:func:`stop_when`, for runs inside a method or command): the tiles running finish and are
+checkpointed, then :class:`Cancelled` is raised.
 """
 
 from .checkpoint import KeepCheckpoint
 from .core import (
     DEFAULT_MEMORY_BUDGET,
+    Cancelled,
     Tile,
     map_patterns,
     plan_tiles,
     reduce_patterns,
     run_tasks,
+    stop_when,
 )
 from .neighbourhoods import map_neighbourhoods, plan_neighbourhood_tiles
 from .sample import read_patterns
 
 __all__ = [
     "DEFAULT_MEMORY_BUDGET",
+    "Cancelled",
     "KeepCheckpoint",
     "Tile",
     "map_neighbourhoods",
@@ -38,4 +45,5 @@ __all__ = [
     "read_patterns",
     "reduce_patterns",
     "run_tasks",
+    "stop_when",
 ]

@@ -13,13 +13,14 @@ import numpy as np
 from .._validate import is_dask, positive_int
 from ..errors import Distill4dError
 from .checkpoint import Checkpoint, KeepCheckpoint
-from .executors import BatchFn, Executor
+from .executors import BatchFn, Cancelled, Executor, stop_when
 from .tiles import Tile
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..datacube import DataCube
 
-__all__ = ["KeepCheckpoint", "map_patterns", "reduce_patterns", "run_tasks", "plan_tiles", "Tile", "DEFAULT_MEMORY_BUDGET"]
+__all__ = ["Cancelled", "KeepCheckpoint", "map_patterns", "reduce_patterns", "run_tasks", "stop_when", "plan_tiles",
+           "Tile", "DEFAULT_MEMORY_BUDGET"]
 
 #: Working memory the engine aims to stay within, in bytes (override with
 #: ``memory_budget=`` or the environment variable ``DISTILL4D_MEMORY_BUDGET``).
@@ -189,16 +190,18 @@ def run_tasks(
     progress: bool | None = None,
     desc: str = "",
     unit: str = "task",
+    should_stop: Callable[[], bool] | None = None,
 ) -> Iterator[tuple[Any, Any]]:
     """Run ``fn(item)`` for every item on the engine's executors; yield ``(item, result)`` as each finishes.
 
     For independent jobs that are not patterns of one DataCube (e.g. the shards of a
     simulation library). ``scheduler`` and ``n_workers`` are those of :func:`map_patterns`;
     ``fn`` and the items must be picklable for ``"processes"`` and Dask. On a failure the
-    tasks in flight finish (and are yielded) before the error is raised.
+    tasks in flight finish (and are yielded) before the error is raised. ``should_stop`` as in
+    :func:`map_patterns`.
     """
     items = list(items)
-    with Executor(scheduler, n_workers) as ex, _progress_bar(progress, len(items), desc, unit) as bar:
+    with Executor(scheduler, n_workers, should_stop) as ex, _progress_bar(progress, len(items), desc, unit) as bar:
         for item, result in ex.run(_call, _identity, items, fn):
             bar.update(1)
             yield item, result
@@ -215,6 +218,7 @@ def map_patterns(
     checkpoint: str | os.PathLike | None = None,
     job_key: str = "",
     desc: str = "",
+    should_stop: Callable[[], bool] | None = None,
 ) -> np.ndarray | dict[str, np.ndarray]:
     """Apply ``fn`` to every pattern of ``datacube`` and assemble per-position results.
 
@@ -239,13 +243,17 @@ def map_patterns(
     job_key : a string identifying the computation (method and parameters); a checkpoint
         written under another key is refused rather than silently mixed.
     desc : label of the progress bar.
+    should_stop : a callable asked between tiles (every 50 ms on threads); once it returns True
+        nothing more is started, the tiles running finish (and are checkpointed) and
+        :class:`Cancelled` is raised, as on Ctrl-C. Default: that of an enclosing
+        :func:`stop_when` (for runs inside a method), else never.
 
     Returns
     -------
     An array of shape ``(Rx, Ry, ...)``, or a dict of them if ``fn`` returns a dict.
     """
     n_workers = _check_map_args(datacube, fn, n_workers)
-    with Executor(scheduler, n_workers) as ex:
+    with Executor(scheduler, n_workers, should_stop) as ex:
         tiles = plan_tiles(datacube, memory_budget, ex.n_parallel)
         outputs = _map_tiles(datacube, ex, tiles, _map_block, _blocks(datacube), fn,
                              checkpoint=checkpoint, job_key=job_key, progress=progress, desc=desc)
@@ -315,17 +323,18 @@ def reduce_patterns(
     n_workers: int | None = None,
     progress: bool | None = None,
     desc: str = "",
+    should_stop: Callable[[], bool] | None = None,
 ) -> np.ndarray:
     """Reduce over all patterns: ``combine`` ("sum" or "max") of ``fn(batch)`` over tiles.
 
     ``fn(batch)`` returns one array per batch (e.g. ``batch.sum(axis=0)``), of the same
-    shape for every batch. Options as in :func:`map_patterns`.
+    shape for every batch. Options (``should_stop`` too) as in :func:`map_patterns`.
     """
     if combine not in ("sum", "max"):
         raise Distill4dError(f"combine must be 'sum' or 'max', got {combine!r}")
     op = np.add if combine == "sum" else np.maximum
     total = None
-    with Executor(scheduler, n_workers) as ex:
+    with Executor(scheduler, n_workers, should_stop) as ex:
         tiles = plan_tiles(datacube, memory_budget, ex.n_parallel)
         with _progress_bar(progress, datacube.n_patterns, desc) as bar:
             for tile, part in ex.run(_reduce_block, _blocks(datacube), tiles, fn):

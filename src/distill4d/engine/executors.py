@@ -5,11 +5,16 @@ with a bounded number of tasks in flight; on a failure the tasks in flight finis
 ``"processes"`` starts a local Dask cluster, ``"dask"`` uses the current ``distributed``
 client, an address ``tcp://host:port`` connects to a scheduler, and a ``distributed.Client``
 may be given directly. Dask is imported only when one of those is used.
+
+A run stops early, as on Ctrl-C, when its ``should_stop()`` (a callable; default: the one of
+an enclosing :func:`stop_when`) returns True: nothing more is submitted, the tiles in flight
+finish and are yielded (so they are checkpointed), then :class:`Cancelled` is raised.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import dataclasses
 import os
 import signal
@@ -24,10 +29,37 @@ from .._validate import positive_int
 from ..errors import Distill4dError
 from .tiles import Tile
 
-__all__ = ["BatchFn", "Executor"]
+__all__ = ["BatchFn", "Cancelled", "Executor", "stop_when"]
 
 #: A method of the engine: a batch of patterns ``(n, Qx, Qy)`` -> an array or a dict of arrays of first axis ``n``.
 BatchFn = Callable[[np.ndarray], Any]
+
+#: How often (seconds) a run on threads asks ``should_stop()`` while tiles are running.
+STOP_POLL_S = 0.05
+
+_SHOULD_STOP: contextvars.ContextVar[Callable[[], bool] | None] = contextvars.ContextVar("should_stop", default=None)
+
+
+class Cancelled(Exception):
+    """A run of the engine stopped because its ``should_stop()`` returned True (the finished tiles
+    were yielded, and so checkpointed, first)."""
+
+
+@contextlib.contextmanager
+def stop_when(should_stop: Callable[[], bool]) -> Iterator[None]:
+    """Every engine run started in this context (this thread) stops early once ``should_stop()`` is True.
+
+    For callers that run the engine through a method or a command (e.g. a server's job,
+    cancelled from another thread with a :class:`threading.Event`'s ``is_set``); the run
+    then raises :class:`Cancelled`.
+    """
+    if not callable(should_stop):
+        raise TypeError(f"should_stop must be callable, got {should_stop!r}")
+    token = _SHOULD_STOP.set(should_stop)
+    try:
+        yield
+    finally:
+        _SHOULD_STOP.reset(token)
 
 
 def _carries_array(block: Any) -> bool:
@@ -57,8 +89,12 @@ def _sigint_ignored() -> Iterator[None]:
 class Executor:
     """Runs ``task(block, fn)`` over the tiles of ``data`` and yields ``(tile, result)`` as they finish."""
 
-    def __init__(self, scheduler: str | Any, n_workers: int | None) -> None:
+    def __init__(self, scheduler: str | Any, n_workers: int | None,
+                 should_stop: Callable[[], bool] | None = None) -> None:
         self.scheduler = scheduler
+        if should_stop is not None and not callable(should_stop):
+            raise TypeError(f"should_stop must be callable or None, got {should_stop!r}")
+        self.should_stop = should_stop if should_stop is not None else _SHOULD_STOP.get()
         # Checked before any worker starts (a LocalCluster of -2 workers waits forever).
         self.n_workers = None if n_workers is None else positive_int("n_workers", n_workers)
         self._client = None
@@ -125,6 +161,8 @@ class Executor:
             return
         if self.scheduler == "inline":
             for tile in tiles:
+                if self._stopping():
+                    raise Cancelled("stopped: should_stop() returned True")
                 yield tile, task(data(tile), fn)
             return
         in_flight = 2 * self.n_parallel
@@ -133,11 +171,15 @@ class Executor:
         else:
             yield from self._run_distributed(task, data, tiles, fn, in_flight)
 
+    def _stopping(self) -> bool:
+        return self.should_stop is not None and bool(self.should_stop())
+
     def _run_threads(self, task: Callable, data: Callable[[Tile], Any], tiles: list[Tile], fn: BatchFn,
                      in_flight: int) -> Iterator[tuple[Tile, Any]]:
         """Local threads. After a failure nothing more is submitted and the tiles in flight finish
         (and are yielded, so they are checkpointed). On Ctrl-C the queued tiles are cancelled and
-        only those already running finish (a thread cannot be stopped); a second Ctrl-C leaves at once."""
+        only those already running finish (a thread cannot be stopped); a second Ctrl-C leaves at once.
+        ``should_stop()`` returning True (asked every :data:`STOP_POLL_S` s) acts like the first Ctrl-C."""
         todo = iter(tiles)
         pool = ThreadPoolExecutor(max_workers=self.n_parallel)
         pending: dict[Any, Tile] = {}
@@ -150,18 +192,28 @@ class Executor:
                     return
                 pending[pool.submit(task, data(tile), fn)] = tile
 
+        def stop(reason: BaseException) -> None:
+            """Submit nothing more and drop the queued tiles; those running finish."""
+            nonlocal failure
+            failure = reason
+            for fut in [f for f in pending if f.cancel()]:
+                del pending[fut]
+
+        poll = STOP_POLL_S if self.should_stop is not None else None
         try:
+            if self._stopping():
+                raise Cancelled("stopped: should_stop() returned True")
             fill()
             while pending:
                 try:
-                    done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                    done, _ = wait(pending, timeout=poll, return_when=FIRST_COMPLETED)
                 except KeyboardInterrupt as interrupt:
                     if isinstance(failure, KeyboardInterrupt):
                         raise  # the second Ctrl-C
-                    failure = interrupt
-                    for fut in [f for f in pending if f.cancel()]:
-                        del pending[fut]
+                    stop(interrupt)
                     continue
+                if failure is None and self._stopping():
+                    stop(Cancelled("stopped: should_stop() returned True"))
                 # Finished results first, so that a failure elsewhere loses none of them.
                 for fut in sorted(done, key=lambda f: f.cancelled() or f.exception() is not None):
                     tile = pending.pop(fut)
@@ -205,11 +257,13 @@ class Executor:
         ac = as_completed(list(futures), loop=client.loop)
         failure: BaseException | None = None
         try:
-            # As with threads: after a failure or a Ctrl-C nothing more is submitted and the tiles in
-            # flight (at most 2 per worker) finish and are yielded, so they are checkpointed; a
-            # second Ctrl-C leaves at once.
+            # As with threads: after a failure, a Ctrl-C or should_stop() nothing more is submitted and
+            # the tiles in flight (at most 2 per worker) finish and are yielded, so they are
+            # checkpointed (should_stop() is asked as each tile finishes); a second Ctrl-C leaves at once.
             while futures:
                 try:
+                    if failure is None and self._stopping():
+                        failure = Cancelled("stopped: should_stop() returned True")
                     if failure is None and len(futures) < in_flight:
                         nxt = next(todo, None)
                         if nxt is not None:

@@ -178,6 +178,7 @@ def map_neighbourhoods(
     checkpoint: str | os.PathLike | None = None,
     job_key: str = "",
     desc: str = "",
+    should_stop: Callable[[], bool] | None = None,
 ) -> np.ndarray | dict[str, np.ndarray]:
     """Apply ``fn`` to tiles of scan positions with a halo of ``radius`` neighbours; assemble per-position results.
 
@@ -206,7 +207,7 @@ def map_neighbourhoods(
     memory_budget : bytes of working memory to stay within (default 1 GiB, or the
         environment variable ``DISTILL4D_MEMORY_BUDGET``); it sets the tile size, counting
         the halo (see :func:`plan_neighbourhood_tiles`).
-    scheduler, n_workers, progress, desc : as in :func:`~distill4d.engine.map_patterns`.
+    scheduler, n_workers, progress, desc, should_stop : as in :func:`~distill4d.engine.map_patterns`.
     checkpoint : a directory; finished tiles are saved there and a rerun with the same
         directory (and the same ``radius``, ``pad`` and ``job_key``) resumes from them. Removed
         when the job is complete, unless given as ``KeepCheckpoint(dir)`` (as in
@@ -230,7 +231,7 @@ def map_neighbourhoods(
     radius = _check_radius(radius)
     pad = check_pad(pad, radius, datacube.scan_shape)
     key = f"{job_key}|map_neighbourhoods(radius={radius}, pad={pad})"
-    with Executor(scheduler, n_workers) as ex:
+    with Executor(scheduler, n_workers, should_stop) as ex:
         tiles = plan_neighbourhood_tiles(datacube, radius, memory_budget, ex.n_parallel)
         outputs = _map_tiles(datacube, ex, tiles, _map_halo_block, _halo_blocks(datacube, radius, pad), fn,
                              checkpoint=checkpoint, job_key=key, progress=progress, desc=desc)

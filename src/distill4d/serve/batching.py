@@ -5,8 +5,12 @@ parameters) wait in one asyncio queue. A collector takes the first item, waits u
 worker is free, then gathers more items until ``max_batch_size`` patterns or ``max_wait_ms``
 after the first, and runs the batch in a worker thread; results are handed back per request.
 A request with no other request of the model outstanding (queued or running) does not wait:
-a lone client (concurrency 1) pays no batching delay. ``max_batch_size=1`` turns batching off
-(every request runs alone, in arrival order).
+a lone client (concurrency 1) pays no batching delay; when no other request is being handled
+(``open_requests``, kept by the server) and it is also small (the model's
+:meth:`~distill4d.serve.models.ServedModel.runs_inline`: a few patterns), it runs at once in the
+event loop's thread, without the two thread hand-offs (each one costs milliseconds on a busy
+machine; the loop is blocked for that one call, as long as a batch would occupy the worker).
+``max_batch_size=1`` turns batching off (every request runs alone, in arrival order).
 """
 
 from __future__ import annotations
@@ -40,9 +44,16 @@ class Batcher:
         self._collectors: dict[Any, asyncio.Task] = {}
         self._running: set[asyncio.Task] = set()
         self._outstanding = 0
+        #: requests of this model the server is handling (reading, checking or waiting): kept by the
+        #: caller, counted from before the request's first ``await``; a request runs inline only when alone
+        self.open_requests = 0
 
     async def submit(self, item: Prepared) -> tuple[dict, dict]:
         """Queue a prepared request; its outputs and response parameters once its batch ran."""
+        if self._alone() and self.model.runs_inline(item):
+            await asyncio.sleep(0)  # requests that arrived meanwhile start (and count in open_requests)
+            if self._alone():
+                return await self._inline(item)
         fut = asyncio.get_running_loop().create_future()
         key = item.key if self.max_batch_size > 1 else None
         q = self._queues.get(key)
@@ -61,6 +72,21 @@ class Batcher:
             self._outstanding -= 1
             self.metrics.queue_depth(self.model.name, -1)
 
+    def _alone(self) -> bool:
+        return self.open_requests <= 1 and self._outstanding == 0 and not self._free.locked()
+
+    async def _inline(self, item: Prepared) -> tuple[dict, dict]:
+        """A lone small request, run here (see the module docstring)."""
+        self.metrics.queue_depth(self.model.name, +1)
+        self._outstanding += 1
+        try:
+            async with self._free:  # free now: taken without waiting, so batches formed meanwhile queue
+                self.metrics.batch_size(self.model.name, item.n)
+                return self._timed([item])[0]
+        finally:
+            self._outstanding -= 1
+            self.metrics.queue_depth(self.model.name, -1)
+
     async def _collect(self, q: asyncio.Queue) -> None:
         loop = asyncio.get_running_loop()
         carry = None
@@ -73,7 +99,8 @@ class Batcher:
             while size < self.max_batch_size:
                 if q.empty():
                     left = deadline - loop.time()
-                    if left <= 0 or self._outstanding <= len(batch):  # expired, or nobody else to wait for
+                    # expired, or nobody else to wait for (neither queued nor still being read or checked)
+                    if left <= 0 or max(self._outstanding, self.open_requests) <= len(batch):
                         break
                     try:
                         nxt = await asyncio.wait_for(q.get(), left)
@@ -99,7 +126,7 @@ class Batcher:
             t0 = time.perf_counter()
             try:
                 results = await asyncio.get_running_loop().run_in_executor(
-                    self._pool, self.model.run_batch, [it for it, _ in live])
+                    self._pool, self._timed, [it for it, _ in live])
             except BaseException as err:  # noqa: BLE001 - handed to every waiting request
                 for _, f in live:
                     if not f.done():
@@ -112,6 +139,16 @@ class Batcher:
                     f.set_result(r)
         finally:
             self._free.release()
+
+    def _timed(self, items: list[Prepared]) -> list:
+        """``model.run_batch(items)``, with its start and end in each item's ``timing``."""
+        t0, c0 = time.perf_counter(), time.thread_time()
+        try:
+            return self.model.run_batch(items)
+        finally:
+            t1, c1 = time.perf_counter(), time.thread_time()
+            for it in items:
+                it.timing.update(start=t0, end=t1, cpu=c1 - c0)
 
     async def close(self) -> None:
         """Stop the collectors and the worker threads."""
