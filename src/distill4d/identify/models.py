@@ -30,7 +30,7 @@ from .encode import N_FEATURES, scale_inv_A, shape_features
 
 __all__ = ["SYSTEMS", "CrystalIdentifier", "aggregate", "top_k"]
 
-_FORMAT = "distill4d-crystal-identifier-1"
+_FORMAT = "distill4d-crystal-identifier-2"
 
 
 class _ArrayForest:
@@ -69,7 +69,15 @@ class _ArrayForest:
                    np.asarray(roots, dtype=np.int64), classes)
 
     def arrays(self, prefix: str) -> dict[str, np.ndarray]:
-        out = {f"{prefix}/{k}": getattr(self, k) for k in ("left", "right", "feature", "threshold", "value", "roots")}
+        """Compact arrays for a file: int32 children, int16 features, float32 thresholds rounded
+        down (``x <= t`` is unchanged for every float32 ``x``) and the leaves' values only, float32."""
+        leaf = self.left < 0
+        t32 = np.where(leaf, 0.0, self.threshold).astype(np.float32)
+        t32 = np.where(t32.astype(np.float64) > np.where(leaf, 0.0, self.threshold),
+                       np.nextafter(t32, np.float32(-np.inf)), t32)
+        out = {f"{prefix}/left": self.left.astype(np.int32), f"{prefix}/right": self.right.astype(np.int32),
+               f"{prefix}/feature": self.feature.astype(np.int16), f"{prefix}/threshold": t32,
+               f"{prefix}/leaf_value": self.value[leaf].astype(np.float32), f"{prefix}/roots": self.roots}
         if self.classes_ is not None:
             out[f"{prefix}/classes"] = self.classes_
         return out
@@ -78,9 +86,15 @@ class _ArrayForest:
     def from_arrays(cls, z: Any, prefix: str) -> "_ArrayForest":
         get = lambda k: np.asarray(z[f"{prefix}/{k}"])  # noqa: E731
         classes = get("classes") if f"{prefix}/classes" in z else None
-        return cls(get("left"), get("right"), get("feature"), get("threshold"), get("value"), get("roots"), classes)
+        left = get("left").astype(np.int64)
+        leaf_value = get("leaf_value").astype(np.float64)
+        value = np.zeros((left.size,) + leaf_value.shape[1:])
+        value[left < 0] = leaf_value
+        return cls(left, get("right").astype(np.int64), get("feature").astype(np.int64),
+                   get("threshold").astype(np.float64), value, get("roots").astype(np.int64), classes)
 
-    def _mean_leaf_value(self, X: np.ndarray) -> np.ndarray:
+    def _leaf_values(self, X: np.ndarray) -> np.ndarray:
+        """Every tree's leaf value (T, P, outputs)."""
         X = np.asarray(X, dtype=np.float32).astype(np.float64)
         node = np.broadcast_to(self.roots[:, None], (self.roots.size, X.shape[0])).copy()  # (T, P)
         cols = np.arange(X.shape[0])
@@ -90,7 +104,19 @@ class _ArrayForest:
                 break
             go_left = X[cols, self.feature[node]] <= self.threshold[node]
             node = np.where(inner, np.where(go_left, self.left[node], self.right[node]), node)
-        return self.value[node].mean(axis=0)
+        return self.value[node]
+
+    def _chunked(self, X: np.ndarray, reduce: Any, chunk: int = 2048) -> list[Any]:
+        """``reduce(leaf values (T, p, outputs))`` over blocks of ``chunk`` patterns (bounds memory)."""
+        return [reduce(self._leaf_values(X[s : s + chunk])) for s in range(0, max(len(X), 1), chunk)]
+
+    def _mean_leaf_value(self, X: np.ndarray) -> np.ndarray:
+        return np.concatenate(self._chunked(X, lambda v: v.mean(axis=0)))
+
+    def predict_std(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and spread (standard deviation over the trees) of a regressor: two (P, outputs) arrays."""
+        parts = self._chunked(X, lambda v: (v.mean(axis=0), v.std(axis=0)))
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         return self._mean_leaf_value(X)
@@ -153,11 +179,14 @@ class CrystalIdentifier:
     min_samples_leaf : smallest leaf of every forest.
     seed : random seed of every forest (explicit; results are reproducible).
     n_jobs : worker threads of scikit-learn (1 by default).
+    max_depth : deepest level of every tree (None: grown until pure); bounds the model's size.
     """
 
-    def __init__(self, n_estimators: int = 200, min_samples_leaf: int = 1, seed: int = 0, n_jobs: int = 1) -> None:
+    def __init__(self, n_estimators: int = 200, min_samples_leaf: int = 1, seed: int = 0, n_jobs: int = 1,
+                 max_depth: int | None = None) -> None:
         self.n_estimators = positive_int("n_estimators", n_estimators)
         self.min_samples_leaf = positive_int("min_samples_leaf", min_samples_leaf)
+        self.max_depth = None if max_depth is None else positive_int("max_depth", max_depth)
         self.seed = int(seed)
         self.n_jobs = int(n_jobs)
         self.system_model: Any = None
@@ -169,7 +198,7 @@ class CrystalIdentifier:
 
         cls = RandomForestClassifier if kind == "classifier" else RandomForestRegressor
         return cls(n_estimators=self.n_estimators, min_samples_leaf=self.min_samples_leaf,
-                   random_state=self.seed, n_jobs=self.n_jobs)
+                   max_depth=self.max_depth, random_state=self.seed, n_jobs=self.n_jobs)
 
     def fit(self, features: Any, system: Any, space_group: Any, cellpar: Any) -> "CrystalIdentifier":
         """Train on patterns: ``features`` (P, N_FEATURES), ``system`` (P,) indices into
@@ -189,16 +218,17 @@ class CrystalIdentifier:
             raise Distill4dError(f"system must hold indices 0..{len(SYSTEMS) - 1} into SYSTEMS")
         Xs = shape_features(X)
         s = scale_inv_A(X)
-        self.system_model = self._forest("classifier").fit(Xs, sys_)
+        arr = _ArrayForest.from_sklearn
+        self.system_model = arr(self._forest("classifier").fit(Xs, sys_))
         self.space_group_models, self.lattice_models = {}, {}
         target = np.concatenate([np.log(cp[:, :3] * s[:, None]), cp[:, 3:]], axis=1)
         for c in np.unique(sys_):
             rows = sys_ == c
             if np.unique(sg[rows]).size > 1:
-                self.space_group_models[int(c)] = self._forest("classifier").fit(Xs[rows], sg[rows])
+                self.space_group_models[int(c)] = arr(self._forest("classifier").fit(Xs[rows], sg[rows]))
             else:
                 self.space_group_models[int(c)] = int(sg[rows][0])
-            self.lattice_models[int(c)] = self._forest("regressor").fit(Xs[rows], target[rows])
+            self.lattice_models[int(c)] = arr(self._forest("regressor").fit(Xs[rows], target[rows]))
         return self
 
     def save(self, path: Any) -> None:
@@ -220,7 +250,7 @@ class CrystalIdentifier:
         for c, m in self.lattice_models.items():
             arrays.update(conv(m).arrays(f"lattice/{c}"))
         meta = {"format": _FORMAT, "n_features": N_FEATURES, "n_estimators": self.n_estimators,
-                "min_samples_leaf": self.min_samples_leaf, "seed": self.seed,
+                "min_samples_leaf": self.min_samples_leaf, "seed": self.seed, "max_depth": self.max_depth,
                 "systems": sorted(int(c) for c in self.lattice_models), "single_space_group": single}
         arrays["meta"] = np.array(json.dumps(meta))
         with atomic_output(path) as tmp, open(tmp, "xb") as fh:
@@ -243,7 +273,7 @@ class CrystalIdentifier:
                 raise Distill4dError(
                     f"{p} was trained on {meta['n_features']} features, this version encodes {N_FEATURES}"
                 )
-            model = cls(meta["n_estimators"], meta["min_samples_leaf"], meta["seed"])
+            model = cls(meta["n_estimators"], meta["min_samples_leaf"], meta["seed"], max_depth=meta.get("max_depth"))
             model.system_model = _ArrayForest.from_arrays(z, "system")
             for c in meta["systems"]:
                 if str(c) in meta["single_space_group"]:
@@ -293,22 +323,44 @@ class CrystalIdentifier:
                 out[:, [col[int(g)] for g in m.classes_]] += ps[:, c : c + 1] * m.predict_proba(Xs)
         return out
 
-    def predict_lattice(self, features: Any, system: Any = None) -> np.ndarray:
+    def predict_lattice(self, features: Any, system: Any = None, return_std: bool = False) -> Any:
         """Conventional lattice parameters (P, 6): a, b, c (Å), alpha, beta, gamma (degrees).
 
         ``system`` (P,) picks each pattern's regressor; default: the predicted system. Rows
-        whose system had no training pattern are NaN.
+        whose system had no training pattern are NaN. ``return_std``: also the spread of the
+        trees (P, 6), same units (a, b, c: ``a · std(log a)``), a per-pattern uncertainty.
         """
         X = _features(features)
         sys_ = self.predict_system(X) if system is None else np.asarray(system, dtype=np.int64)
+        if sys_.shape != (X.shape[0],):
+            raise Distill4dError(f"system must have shape ({X.shape[0]},), got {sys_.shape}")
         out = np.full((X.shape[0], 6), np.nan)
+        std = np.full((X.shape[0], 6), np.nan)
         Xs, s = shape_features(X), scale_inv_A(X)
         for c in np.unique(sys_):
             rows = sys_ == c
             model = self.lattice_models.get(int(c))
             if model is None:
                 continue
-            t = model.predict(Xs[rows])
+            t, ts = model.predict_std(Xs[rows])
             out[rows, :3] = np.exp(t[:, :3]) / s[rows, None]
             out[rows, 3:] = t[:, 3:]
-        return out
+            std[rows, :3] = out[rows, :3] * ts[:, :3]
+            std[rows, 3:] = ts[:, 3:]
+        return (out, std) if return_std else out
+
+    def predict(self, features: Any, k: int = 3) -> dict[str, np.ndarray]:
+        """Everything for a batch of feature vectors (P, N_FEATURES), as arrays (the form a server returns):
+
+        ``system`` (P,) index into :data:`SYSTEMS`; ``system_proba`` (P, 7); ``space_group``
+        (P, k) the k most probable numbers and ``space_group_proba`` (P, k); ``lattice`` (P, 6)
+        a, b, c (Å), alpha, beta, gamma (degrees) for the predicted system and
+        ``lattice_std`` (P, 6) the trees' spread.
+        """
+        X = _features(features)
+        ps = self.predict_proba(X)
+        system = np.argmax(ps, axis=1)
+        sg_idx, sg_p = top_k(self.predict_space_group_proba(X), k)
+        lat, lat_std = self.predict_lattice(X, system, return_std=True)
+        return {"system": system, "system_proba": ps, "space_group": self.space_groups()[sg_idx],
+                "space_group_proba": sg_p, "lattice": lat, "lattice_std": lat_std}
