@@ -106,3 +106,23 @@ def test_cli_identify_writes_results(model, tmp_path, capsys):
     # ... which the command line can give
     assert main(["identify", str(bare), "--model", str(model_file), "-o", str(tmp_path / "y.h5"), "--no-png",
                  "--q-pixel-inv-A", str(PIX), "--origin-px", "64", "64"]) == 0
+
+
+def test_shipped_model_loads_with_its_card():
+    from distill4d.identify.apply import default_model_path
+    from distill4d.identify.encode import N_FEATURES
+    from distill4d.identify import load_default
+    from distill4d.ml._common.model_files import read_card
+
+    path = default_model_path()
+    assert path.stat().st_size < 5e6  # a few MB at most
+    card = read_card(str(path), "identify")
+    assert card.command.startswith("distill4d train identify")
+    held = card.metrics
+    assert held["system_accuracy"] > held["most_common_system_fraction"] + 0.1  # better than chance on held-out
+    model = load_default()
+    X = np.abs(np.random.default_rng(0).normal(size=(5, N_FEATURES))) + 0.1
+    out = model.predict(X)
+    assert out["system_proba"].shape == (5, 7) and np.allclose(out["system_proba"].sum(1), 1)
+    assert out["space_group"].shape == (5, 3) and out["lattice"].shape == (5, 6)
+    assert set(card["config"]) >= {"space_groups", "n_structures", "n_orientations", "seed"}

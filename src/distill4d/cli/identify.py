@@ -185,9 +185,9 @@ def add_train_parser(tsub: Any) -> None:
     t.add_argument("--space-groups", type=int, nargs="+", metavar="N",
                    help="space groups of the random crystals (default: 34 groups over all seven systems)")
     t.add_argument("--orientations", type=int, default=40, help="random orientations per structure (default 40)")
-    t.add_argument("--trees", type=int, default=100, help="trees per forest (default 100)")
-    t.add_argument("--max-depth", type=int, default=18, help="deepest tree level (default 18; 0: unlimited)")
-    t.add_argument("--min-samples-leaf", type=int, default=3, help="smallest leaf (default 3)")
+    t.add_argument("--trees", type=int, default=50, help="trees per forest (default 50)")
+    t.add_argument("--max-depth", type=int, default=14, help="deepest tree level (default 14; 0: unlimited)")
+    t.add_argument("--min-samples-leaf", type=int, default=5, help="smallest leaf (default 5)")
     t.add_argument("--seed", type=int, default=1, help="library, split and forest seed (default 1)")
     t.add_argument("--force", action="store_true", help="overwrite an existing model of that name")
     t.set_defaults(func=cmd_train_identify)

@@ -51,9 +51,9 @@ class IdentifyTrainConfig:
     excitation_error_inv_A: float = 0.03
     max_g_inv_A: float = 1.5
     holdout: float = 0.25
-    n_estimators: int = 100
-    max_depth: int | None = 18
-    min_samples_leaf: int = 3
+    n_estimators: int = 50
+    max_depth: int | None = 14
+    min_samples_leaf: int = 5
     seed: int = 1
 
     def __post_init__(self) -> None:
