@@ -156,10 +156,18 @@ def cmd_train_identify(args: argparse.Namespace) -> int:
         config = IdentifyTrainConfig(
             n_structures=args.structures, n_orientations=args.orientations, n_estimators=args.trees,
             max_depth=args.max_depth or None, min_samples_leaf=args.min_samples_leaf, seed=args.seed,
+            system_classifier=args.system_classifier,
             **({"space_groups": tuple(args.space_groups)} if args.space_groups else {}),
         )
     except ValueError as err:
         raise Distill4dError(str(err)) from None
+    if args.system_classifier == "mlp":
+        from ._common import require_torch
+
+        require_torch("--system-classifier mlp")
+        import torch
+
+        torch.set_num_threads(args.threads)
     model, card = train_identifier(config, cache_dir=args.cache, callback=lambda m: print(m, file=sys.stderr))
     card["command"] = command_line()
     model.save(out)
@@ -188,6 +196,10 @@ def add_train_parser(tsub: Any) -> None:
     t.add_argument("--trees", type=int, default=50, help="trees per forest (default 50)")
     t.add_argument("--max-depth", type=int, default=14, help="deepest tree level (default 14; 0: unlimited)")
     t.add_argument("--min-samples-leaf", type=int, default=5, help="smallest leaf (default 5)")
-    t.add_argument("--seed", type=int, default=1, help="library, split and forest seed (default 1)")
+    t.add_argument("--system-classifier", default="mlp", choices=("mlp", "forest"),
+                   help="crystal-system classifier: mlp (default; a small network, trained with PyTorch, applied "
+                   "with NumPy) or forest; space groups and lattice parameters are always forests")
+    t.add_argument("--threads", type=int, default=1, help="PyTorch CPU threads for the mlp (default 1)")
+    t.add_argument("--seed", type=int, default=1, help="library, split, forest and network seed (default 1)")
     t.add_argument("--force", action="store_true", help="overwrite an existing model of that name")
     t.set_defaults(func=cmd_train_identify)

@@ -11,7 +11,9 @@ Three levels, each a scikit-learn random forest on the features of
    alpha, beta, gamma (degrees), regressed from the shape features; ``a = exp(·) / s``, so a
    calibration error of x % moves a, b, c by x % and the angles not at all.
 
-Probabilities are the forests' (leaf-frequency) probabilities, not yet recalibrated. Many
+The crystal-system classifier is a forest or (``system_classifier="mlp"``) a small multilayer
+perceptron trained with PyTorch and applied with NumPy. Probabilities are the models' own
+(leaf frequencies, softmax), not recalibrated. Many
 patterns of one region combine by :func:`aggregate`: the sum of log-probabilities
 (a naive-Bayes product, ``"log"``) or the sum of per-pattern margins (``"margin"``:
 ``p_c - max_{c' != c} p_c'``), which one overconfident wrong pattern cannot dominate.
@@ -127,6 +129,84 @@ class _ArrayForest:
 
 
 
+class _MLP:
+    """A small multilayer perceptron classifier held as plain arrays, applied with NumPy:
+    standardise (``mean``, ``std``), ``ReLU(x W_i + b_i)`` for the hidden layers, softmax of the
+    last. Trained by :func:`_fit_mlp` (PyTorch); applying it needs no PyTorch."""
+
+    def __init__(self, mean: np.ndarray, std: np.ndarray, weights: list[np.ndarray], biases: list[np.ndarray],
+                 classes: np.ndarray) -> None:
+        self.mean, self.std, self.weights, self.biases, self.classes_ = mean, std, weights, biases, classes
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        h = (np.asarray(X, dtype=np.float64) - self.mean) / self.std
+        for i, (W, b) in enumerate(zip(self.weights, self.biases)):
+            h = h @ W + b
+            if i < len(self.weights) - 1:
+                h = np.maximum(h, 0.0)
+        h = np.exp(h - h.max(axis=1, keepdims=True))
+        return h / h.sum(axis=1, keepdims=True)
+
+    def arrays(self, prefix: str) -> dict[str, np.ndarray]:
+        out = {f"{prefix}/mean": self.mean, f"{prefix}/std": self.std, f"{prefix}/classes": self.classes_}
+        for i, (W, b) in enumerate(zip(self.weights, self.biases)):
+            out[f"{prefix}/W{i}"] = W.astype(np.float32)
+            out[f"{prefix}/b{i}"] = b.astype(np.float32)
+        return out
+
+    @classmethod
+    def from_arrays(cls, z: Any, prefix: str) -> "_MLP":
+        n = sum(1 for k in z.files if k.startswith(f"{prefix}/W"))
+        get = lambda k: np.asarray(z[f"{prefix}/{k}"], dtype=np.float64)  # noqa: E731
+        return cls(get("mean"), get("std"), [get(f"W{i}") for i in range(n)], [get(f"b{i}") for i in range(n)],
+                   np.asarray(z[f"{prefix}/classes"]))
+
+
+def _fit_mlp(X: np.ndarray, y: np.ndarray, seed: int, hidden: tuple[int, ...] = (256, 256), epochs: int = 20,
+             dropout: float = 0.3, lr: float = 1e-3, weight_decay: float = 1e-3, batch: int = 128) -> _MLP:
+    """Train an :class:`_MLP` (PyTorch, CPU, seeded; dropout between the hidden layers, AdamW)."""
+    try:
+        import torch
+    except ImportError:
+        raise Distill4dError("the 'mlp' system classifier needs PyTorch to train: pip install 'distill4d[ml]'") from None
+    classes = np.unique(y)
+    yi = np.searchsorted(classes, y)
+    mean, std = X.mean(axis=0), X.std(axis=0) + 1e-6
+    A = torch.tensor((X - mean) / std, dtype=torch.float32)
+    Y = torch.tensor(yi, dtype=torch.int64)
+    gen = torch.Generator().manual_seed(seed)
+    layers: list[Any] = []
+    width = X.shape[1]
+    for h in hidden:
+        lin = torch.nn.Linear(width, h)
+        with torch.no_grad():
+            torch.nn.init.kaiming_uniform_(lin.weight, a=5 ** 0.5, generator=gen)
+            lin.bias.uniform_(-width ** -0.5, width ** -0.5, generator=gen)
+        layers += [lin, torch.nn.ReLU(), torch.nn.Dropout(dropout)]
+        width = h
+    last = torch.nn.Linear(width, classes.size)
+    with torch.no_grad():
+        torch.nn.init.kaiming_uniform_(last.weight, a=5 ** 0.5, generator=gen)
+        last.bias.zero_()
+    net = torch.nn.Sequential(*layers, last)
+    opt = torch.optim.AdamW(net.parameters(), lr, weight_decay=weight_decay)
+    rng = np.random.default_rng(seed)
+    net.train()
+    with torch.random.fork_rng(devices=[]):  # dropout draws from the global generator: seed it, restore it after
+        torch.manual_seed(seed)
+        for _ in range(epochs):
+            order = torch.from_numpy(rng.permutation(len(X)))
+            for b in range(0, len(X), batch):
+                i = order[b : b + batch]
+                loss = torch.nn.functional.cross_entropy(net(A[i]), Y[i])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+    lins = [m for m in net if isinstance(m, torch.nn.Linear)]
+    return _MLP(mean, std, [m.weight.detach().double().numpy().T.copy() for m in lins],
+                [m.bias.detach().double().numpy().copy() for m in lins], classes)
+
+
 def _features(features: Any) -> np.ndarray:
     X = np.asarray(features, dtype=np.float64)
     if X.ndim != 2 or X.shape[1] != N_FEATURES:
@@ -180,10 +260,15 @@ class CrystalIdentifier:
     seed : random seed of every forest (explicit; results are reproducible).
     n_jobs : worker threads of scikit-learn (1 by default).
     max_depth : deepest level of every tree (None: grown until pure); bounds the model's size.
+    system_classifier : "forest" (a random forest) or "mlp" (a multilayer perceptron on the
+        standardised features, trained with PyTorch, applied with NumPy) for the crystal system.
     """
 
     def __init__(self, n_estimators: int = 200, min_samples_leaf: int = 1, seed: int = 0, n_jobs: int = 1,
-                 max_depth: int | None = None) -> None:
+                 max_depth: int | None = None, system_classifier: str = "forest") -> None:
+        if system_classifier not in ("forest", "mlp"):
+            raise Distill4dError(f"system_classifier must be 'forest' or 'mlp', got {system_classifier!r}")
+        self.system_classifier = system_classifier
         self.n_estimators = positive_int("n_estimators", n_estimators)
         self.min_samples_leaf = positive_int("min_samples_leaf", min_samples_leaf)
         self.max_depth = None if max_depth is None else positive_int("max_depth", max_depth)
@@ -219,7 +304,10 @@ class CrystalIdentifier:
         Xs = shape_features(X)
         s = scale_inv_A(X)
         arr = _ArrayForest.from_sklearn
-        self.system_model = arr(self._forest("classifier").fit(Xs, sys_))
+        if self.system_classifier == "mlp":
+            self.system_model = _fit_mlp(Xs, sys_, self.seed)
+        else:
+            self.system_model = arr(self._forest("classifier").fit(Xs, sys_))
         self.space_group_models, self.lattice_models = {}, {}
         target = np.concatenate([np.log(cp[:, :3] * s[:, None]), cp[:, 3:]], axis=1)
         for c in np.unique(sys_):
@@ -240,7 +328,10 @@ class CrystalIdentifier:
         self._check_fitted()
         arrays: dict[str, np.ndarray] = {}
         conv = lambda m: m if isinstance(m, _ArrayForest) else _ArrayForest.from_sklearn(m)  # noqa: E731
-        arrays.update(conv(self.system_model).arrays("system"))
+        if isinstance(self.system_model, _MLP):
+            arrays.update(self.system_model.arrays("system_mlp"))
+        else:
+            arrays.update(conv(self.system_model).arrays("system"))
         single = {}
         for c, m in self.space_group_models.items():
             if isinstance(m, int):
@@ -251,6 +342,7 @@ class CrystalIdentifier:
             arrays.update(conv(m).arrays(f"lattice/{c}"))
         meta = {"format": _FORMAT, "n_features": N_FEATURES, "n_estimators": self.n_estimators,
                 "min_samples_leaf": self.min_samples_leaf, "seed": self.seed, "max_depth": self.max_depth,
+                "system_classifier": self.system_classifier,
                 "systems": sorted(int(c) for c in self.lattice_models), "single_space_group": single}
         arrays["meta"] = np.array(json.dumps(meta))
         with atomic_output(path) as tmp, open(tmp, "xb") as fh:
@@ -273,8 +365,10 @@ class CrystalIdentifier:
                 raise Distill4dError(
                     f"{p} was trained on {meta['n_features']} features, this version encodes {N_FEATURES}"
                 )
-            model = cls(meta["n_estimators"], meta["min_samples_leaf"], meta["seed"], max_depth=meta.get("max_depth"))
-            model.system_model = _ArrayForest.from_arrays(z, "system")
+            kind = meta.get("system_classifier", "forest")
+            model = cls(meta["n_estimators"], meta["min_samples_leaf"], meta["seed"], max_depth=meta.get("max_depth"),
+                        system_classifier=kind)
+            model.system_model = _MLP.from_arrays(z, "system_mlp") if kind == "mlp" else _ArrayForest.from_arrays(z, "system")
             for c in meta["systems"]:
                 if str(c) in meta["single_space_group"]:
                     model.space_group_models[c] = int(meta["single_space_group"][str(c)])

@@ -40,7 +40,8 @@ class IdentifyTrainConfig:
     ``excitation_error_inv_A`` (1/Å) and ``max_g_inv_A`` (1/Å) of the kinematic spots;
     augmented (noise, missing weak spots, calibration error of 2 %). Split: ``holdout`` of
     every system's structures held out. Forests: ``n_estimators`` trees, ``max_depth``,
-    ``min_samples_leaf``. ``seed`` seeds the library, the split and the forests.
+    ``min_samples_leaf``; the crystal system by ``system_classifier`` ("mlp", a multilayer
+    perceptron trained with PyTorch, or "forest"). ``seed`` seeds the library, the split and the forests.
     """
 
     space_groups: tuple[int, ...] = DEFAULT_SPACE_GROUPS
@@ -54,6 +55,7 @@ class IdentifyTrainConfig:
     n_estimators: int = 50
     max_depth: int | None = 14
     min_samples_leaf: int = 5
+    system_classifier: str = "mlp"
     seed: int = 1
 
     def __post_init__(self) -> None:
@@ -158,7 +160,8 @@ def train_identifier(config: IdentifyTrainConfig, *, cache_dir: Any = None, libr
     te = np.isin(st, test)
     tr = ~te
     model = CrystalIdentifier(n_estimators=config.n_estimators, min_samples_leaf=config.min_samples_leaf,
-                              seed=config.seed, max_depth=config.max_depth)
+                              seed=config.seed, max_depth=config.max_depth,
+                              system_classifier=config.system_classifier)
     model.fit(X[tr], lib.system[st[tr]], lib.space_group[st[tr]], lib.cellpar[st[tr]])
     fit_s = time.perf_counter() - t0
     say(f"trained on {int(tr.sum())} patterns of {len(lib.space_group) - test.size} structures ({fit_s:.0f} s)")
