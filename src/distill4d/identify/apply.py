@@ -61,7 +61,8 @@ class CrystalIdentification:
 
     Aggregate over ``region`` (the valid patterns in it, ``n_aggregated``): ``agg_system``,
     ``agg_system_score`` (7,) (``aggregation`` "log": probabilities; "margin": mean margins),
-    ``agg_space_group`` and ``agg_space_group_score`` (k,), ``agg_lattice`` (6,) the median
+    ``agg_space_group`` and ``agg_space_group_score`` (up to k) the space groups *of that
+    system* and their aggregated ``P(group | system)``, ``agg_lattice`` (6,) the median
     over the patterns of the lattice for ``agg_system``, ``agg_lattice_spread`` (6,) their
     scatter (1.4826 × median absolute deviation; 0 for one pattern) and ``agg_lattice_std``
     (6,) the model's median per-pattern spread. With ``aggregation`` "none" these are absent
@@ -139,7 +140,7 @@ class CrystalIdentification:
         what = "probability" if self.aggregation == "log" else "mean margin"
         lines.append(f"aggregate of {self.n_aggregated} patterns ({self.aggregation}), crystal system ({what}): "
                      + ", ".join(f"{SYSTEMS[c]} {score[c]:.2f}" for c in np.argsort(-score)[:3]))
-        lines.append("space group (top 3): " + ", ".join(
+        lines.append(f"space group within {SYSTEMS[self.agg_system]} (top 3): " + ", ".join(
             f"{int(g)} ({p:.2f})" for g, p in zip(self.agg_space_group[:3], self.agg_space_group_score[:3])))
         lat, spread, std = self.agg_lattice, self.agg_lattice_spread, self.agg_lattice_std
         unc = np.sqrt(spread**2 + std**2)
@@ -255,9 +256,8 @@ def identify(
     Xr = X[rows]
     score = aggregate(pred["system_proba"][rows], aggregation)
     best = int(np.argmax(score))
-    groups = model.space_groups()
-    gscore = aggregate(model.predict_space_group_proba(Xr), aggregation)
-    gi, gp = top_k(gscore[None], kk)
+    groups, gproba = model.predict_space_group_within(Xr, best)  # the hierarchy: groups of the chosen system
+    gi, gp = top_k(aggregate(gproba, aggregation)[None], min(kk, groups.size))
     rl, rs = model.predict_lattice(Xr, np.full(rows.size, best), return_std=True)
     med = np.nanmedian(rl, axis=0)
     out.agg_system, out.agg_system_score = best, score

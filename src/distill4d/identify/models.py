@@ -417,6 +417,17 @@ class CrystalIdentifier:
                 out[:, [col[int(g)] for g in m.classes_]] += ps[:, c : c + 1] * m.predict_proba(Xs)
         return out
 
+    def predict_space_group_within(self, features: Any, system: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(groups, proba)``: the space groups of crystal system ``system`` (index into
+        :data:`SYSTEMS`) seen in training (G,) and ``P(group | system)`` of every pattern (P, G)."""
+        X = _features(features)
+        m = self.space_group_models.get(int(system))
+        if m is None:
+            raise Distill4dError(f"the model saw no {SYSTEMS[int(system)]} structure in training")
+        if isinstance(m, int):
+            return np.array([m]), np.ones((X.shape[0], 1))
+        return np.asarray(m.classes_, dtype=np.int64), m.predict_proba(shape_features(X))
+
     def predict_lattice(self, features: Any, system: Any = None, return_std: bool = False) -> Any:
         """Conventional lattice parameters (P, 6): a, b, c (Å), alpha, beta, gamma (degrees).
 
