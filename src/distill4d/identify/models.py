@@ -402,8 +402,14 @@ class CrystalIdentifier:
             out += [int(m)] if isinstance(m, int) else [int(v) for v in m.classes_]
         return np.array(sorted(out))
 
-    def predict_space_group_proba(self, features: Any) -> np.ndarray:
-        """Space-group probabilities (P, G), ``P(system) · P(group | system)``, columns :meth:`space_groups`."""
+    def predict_space_group_proba(self, features: Any, min_system_proba: float = 1e-3) -> np.ndarray:
+        """Space-group probabilities (P, G), ``P(system) · P(group | system)``, columns :meth:`space_groups`.
+
+        A system's space-group classifier runs only on the patterns where ``P(system) >=
+        min_system_proba``; elsewhere its groups get ``P(system) / n_groups`` (each off by less
+        than ``min_system_proba``; 0 computes everything). Most patterns need two or three of
+        the seven classifiers.
+        """
         X = _features(features)
         ps = self.predict_proba(X)
         groups = self.space_groups()
@@ -413,8 +419,12 @@ class CrystalIdentifier:
         for c, m in self.space_group_models.items():
             if isinstance(m, int):
                 out[:, col[m]] += ps[:, c]
-            else:
-                out[:, [col[int(g)] for g in m.classes_]] += ps[:, c : c + 1] * m.predict_proba(Xs)
+                continue
+            cols = [col[int(g)] for g in m.classes_]
+            rows = ps[:, c] >= min_system_proba
+            out[np.ix_(~rows, cols)] += ps[~rows, c : c + 1] / len(cols)
+            if rows.any():
+                out[np.ix_(rows, cols)] += ps[rows, c : c + 1] * m.predict_proba(Xs[rows])
         return out
 
     def predict_space_group_within(self, features: Any, system: int) -> tuple[np.ndarray, np.ndarray]:
