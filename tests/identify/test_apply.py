@@ -126,3 +126,20 @@ def test_shipped_model_loads_with_its_card():
     assert out["system_proba"].shape == (5, 7) and np.allclose(out["system_proba"].sum(1), 1)
     assert out["space_group"].shape == (5, 3) and out["lattice"].shape == (5, 6)
     assert set(card["config"]) >= {"space_groups", "n_structures", "n_orientations", "seed"}
+
+
+def test_cli_identify_runs_the_disk_detection_on_a_scan(model, tmp_path, capsys):
+    import distill4d
+    from distill4d.simulate.kinematic import strained_scan
+
+    dc, _ = strained_scan((4, 4), (64, 64), kind="uniform", strain=0.0, dose=None)
+    scan = tmp_path / "scan.h5"
+    distill4d.write(scan, dc)
+    model_file = tmp_path / "m.npz"
+    model.save(model_file)
+    out = tmp_path / "c.h5"
+    assert main(["identify", str(scan), "--model", str(model_file), "-o", str(out), "--no-png", "--no-progress",
+                 "--scheduler", "inline"]) == 0
+    r = read_results(out)
+    assert r["valid"].shape == (4, 4) and r["valid"].all()  # every pattern's disks were found and identified
+    assert "identified 16 of 16 patterns" in capsys.readouterr().out
