@@ -5,9 +5,10 @@ overwrite an existing output without ``--force``, and keeps finished chunks in
 ``OUTPUT.partial/`` so that an interrupted run resumes when the same command is run again.
 
 One module per command group (:mod:`.imaging`: info, virtual, com; :mod:`.strain`: disks,
-strain; :mod:`.phase`: phase, train phase; :mod:`.train`: train fcunet; :mod:`.simulate`;
-:mod:`.demo`), each with an ``add_parser(sub)`` hook (``add_train_parser(tsub)`` for the
-models of ``distill4d train``); what they share is in :mod:`._common`. This module assembles
+strain; :mod:`.phase`: phase, train phase; :mod:`.train`: train fcunet; :mod:`.identify`:
+identify, train identify; :mod:`.simulate`; :mod:`.demo`), each with an ``add_parser(sub)``
+hook (``add_train_parser(tsub)`` for the models of ``distill4d train``); what they share is in
+:mod:`._common`. This module assembles
 them. Bad input (:class:`~distill4d.Distill4dError`) and file errors are one line on stderr;
 anything else is a bug and shows its traceback.
 """
@@ -18,7 +19,7 @@ import argparse
 from collections.abc import Sequence
 
 from .._version import __version__
-from . import demo, imaging, phase, segment, serve, simulate, strain, train
+from . import demo, identify, imaging, phase, segment, serve, simulate, strain, train
 from ._common import run_command
 
 __all__ = ["build_parser", "main"]
@@ -38,10 +39,12 @@ def build_parser() -> argparse.ArgumentParser:
     phase.add_parser(sub)
     simulate.add_parser(sub)
     segment.add_parser(sub)
-    p = sub.add_parser("train", help="train a model: fcunet (on a simulated library), phase (on a scan and a label image)")
+    identify.add_parser(sub)
+    p = sub.add_parser("train", help="train a model: fcunet (on a simulated library), phase (on a scan and a label image), identify (on simulated spot lists)")
     tsub = p.add_subparsers(dest="model", required=True, metavar="MODEL")
     train.add_train_parser(tsub)
     phase.add_train_parser(tsub)
+    identify.add_train_parser(tsub)
     demo.add_parser(sub, main)
     serve.add_parser(sub)
     return parser

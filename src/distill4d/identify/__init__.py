@@ -2,6 +2,12 @@
 
 ``encode``: rotation- and mirror-invariant features of one pattern's spots (1/Å).
 ``models``: a random-forest hierarchy (crystal system, space group within the system,
-lattice parameters per system) with calibrated probabilities, top-k and aggregation
-over many patterns of one region.
+lattice parameters per system) with probabilities, top-k and aggregation over many
+patterns of one region. ``apply``: :func:`identify` a scan's Bragg peaks (or a scan) with
+the shipped model (:func:`load_default`) or another.
 """
+
+from .apply import CrystalIdentification, identify, load_default
+from .models import SYSTEMS, CrystalIdentifier, aggregate, top_k
+
+__all__ = ["SYSTEMS", "CrystalIdentification", "CrystalIdentifier", "aggregate", "identify", "load_default", "top_k"]

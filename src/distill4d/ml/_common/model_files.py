@@ -16,7 +16,11 @@ they are (their files stay byte for byte what was shipped):
   ``config``, ``geometry``, ``info``;
 - ``distill4d-window-ae-1`` (windowing autoencoder, written by
   :func:`distill4d.ml.window_ae.save_window_ae`): ``config``, ``features`` (window geometry and
-  clip level, the card's ``input``), ``info``.
+  clip level, the card's ``input``), ``info``;
+- ``distill4d-identify-1`` (crystal identifier, ``weights/identify_forest.json``, written by
+  ``distill4d train identify``; the weights are an ``.npz`` of forests, read by
+  :meth:`distill4d.identify.CrystalIdentifier.load`): ``config``, ``input``, ``command``,
+  ``metrics.held_out``.
 
 Moved paths: the training recipes moved from ``src/distill4d/train/configs/`` to
 ``src/distill4d/ml/configs/`` (:data:`MOVED_PATHS`); the shipped FCU-Net card's commands name
@@ -39,10 +43,10 @@ __all__ = ["CARD_FORMATS", "MOVED_PATHS", "ModelCard", "load_model", "read_card"
 
 #: The card format each model writes.
 CARD_FORMATS = {"fcunet": "distill4d-weights-1", "ccstae": "distill4d-ccstae-1", "phase": "distill4d-phase-1",
-                "window_ae": "distill4d-window-ae-1"}
+                "window_ae": "distill4d-window-ae-1", "identify": "distill4d-identify-1"}
 #: How each model is named in error messages.
 _WHAT = {"fcunet": "FCU-Net", "ccstae": "CC-ST-AE model", "phase": "phase model",
-         "window_ae": "windowing autoencoder"}
+         "window_ae": "windowing autoencoder", "identify": "crystal identifier"}
 
 
 def _a(what: str) -> str:
@@ -82,9 +86,14 @@ def _window_ae_fields(card: dict[str, Any]) -> dict[str, Any]:
             "metrics": {k: info[k] for k in ("best_step", "steps", "stopped") if k in info}}
 
 
+def _identify_fields(card: dict[str, Any]) -> dict[str, Any]:
+    return {"config": dict(card["config"]), "input": dict(card["input"]), "command": card.get("command"),
+            "metrics": dict(card["metrics"]["held_out"])}
+
+
 _COMPAT: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "distill4d-weights-1": _fcunet_fields, "distill4d-phase-1": _phase_fields, "distill4d-ccstae-1": _ccstae_fields,
-    "distill4d-window-ae-1": _window_ae_fields}
+    "distill4d-window-ae-1": _window_ae_fields, "distill4d-identify-1": _identify_fields}
 
 
 class ModelCard(dict):
