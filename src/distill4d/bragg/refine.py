@@ -26,7 +26,7 @@ from .peaks import BraggPeaks
 from .probe import Probe, probe_template, sobel_magnitude
 
 __all__ = ["RimParameters", "rim_radius_px", "rim_refine", "rim_batch", "find_bragg_disks_rim", "interior_asymmetry",
-           "rim_tilt_bias_px", "TemplateParameters", "reflection_templates", "template_refine", "template_batch",
+           "rim_tilt_bias_px", "TiltBiasFit", "learn_tilt_bias_px", "reference_tilt_bias", "TemplateParameters", "reflection_templates", "template_refine", "template_batch",
            "find_bragg_disks_template"]
 
 #: Edge points weaker than this fraction of the disk's strongest are not fitted.
@@ -212,9 +212,41 @@ def rim_tilt_bias_px(probe: Probe | np.ndarray, params: RimParameters, ramp: flo
     return float((qx[0, 0] - c[0]) / a)
 
 
+def _rim_fit(b: np.ndarray, qx: np.ndarray, qy: np.ndarray, params: RimParameters):
+    """Rim circle fits of the finite entries of padded ``qx``, ``qy`` (n, k) in ``b`` (n, Qx, Qy),
+    without the tilt-bias model: ``(cx, cy, asym, weight)``, each for the flat entries
+    ``np.nonzero(finite)`` (cx, cy the fitted centres, NaN where the fit failed or moved farther
+    than ``params.max_shift_px``; asym ``(m, 2)`` the interior asymmetry at the fitted centre;
+    weight the interior's mean intensity)."""
+    ii, kk = np.nonzero(np.isfinite(qx) & np.isfinite(qy))
+    cx_all = np.full(ii.size, np.nan)
+    cy_all = np.full(ii.size, np.nan)
+    asym_all = np.zeros((ii.size, 2))
+    weight = np.zeros(ii.size)
+    step = max(1, _CHUNK_ELEMENTS // (params.n_angles * int(2 * params.search_px / params.step_px + 2)))
+    for s in range(0, ii.size, step):
+        i, k = ii[s:s + step], kk[s:s + step]
+        x0, y0 = qx[i, k], qy[i, k]
+        cx, cy = x0.copy(), y0.copy()
+        ok = np.zeros(i.size, bool)
+        for _ in range(params.iterations):
+            strength, radius, inner = _edge_points(b, i, cx, cy, params)
+            shift, _ = _fit_centres(strength, radius, params)
+            ok = np.isfinite(shift).all(axis=1)
+            cx = np.where(ok, cx + np.nan_to_num(shift[:, 0]), cx)
+            cy = np.where(ok, cy + np.nan_to_num(shift[:, 1]), cy)
+        ok &= np.hypot(cx - x0, cy - y0) <= params.max_shift_px
+        cx_all[s:s + step] = np.where(ok, cx, np.nan)
+        cy_all[s:s + step] = np.where(ok, cy, np.nan)
+        asym_all[s:s + step] = interior_asymmetry(inner)
+        weight[s:s + step] = np.where(ok, np.clip(inner.mean(axis=-1), 0.0, None), 0.0)
+    return ii, kk, cx_all, cy_all, asym_all, weight
+
+
 def rim_refine(batch: np.ndarray, qx: np.ndarray, qy: np.ndarray, params: RimParameters) -> tuple[np.ndarray, np.ndarray]:
     """Refine padded positions ``qx``, ``qy`` (n, k) (pixels, NaN padding) of a batch
-    ``(n, Qx, Qy)`` to the centres of circles fitted to the disks' rims.
+    ``(n, Qx, Qy)`` to the centres of circles fitted to the disks' rims, less the tilt-bias
+    model's shift ``params.bias_px x`` :func:`interior_asymmetry`.
 
     Returns ``(qx, qy)`` of the same shape; a peak whose rim fit fails (too few edge points,
     or a shift above ``params.max_shift_px``) keeps its position.
@@ -222,26 +254,120 @@ def rim_refine(batch: np.ndarray, qx: np.ndarray, qy: np.ndarray, params: RimPar
     b = np.asarray(batch, dtype=np.float64)
     qx = np.array(qx, dtype=np.float64)
     qy = np.array(qy, dtype=np.float64)
-    ii, kk = np.nonzero(np.isfinite(qx) & np.isfinite(qy))
+    ii, kk, cx, cy, asym, _ = _rim_fit(b, qx, qy, params)
     if ii.size == 0:
         return qx, qy
-    step = max(1, _CHUNK_ELEMENTS // (params.n_angles * int(2 * params.search_px / params.step_px + 2)))
-    for s in range(0, ii.size, step):
-        i, k = ii[s:s + step], kk[s:s + step]
-        x0, y0 = qx[i, k], qy[i, k]
-        cx, cy = x0.copy(), y0.copy()
-        for it in range(params.iterations):
-            strength, radius, inner = _edge_points(b, i, cx, cy, params)
-            shift, _ = _fit_centres(strength, radius, params)
-            if params.bias_px and it == params.iterations - 1:
-                shift = shift - params.bias_px * interior_asymmetry(inner)
-            ok = np.isfinite(shift).all(axis=1)
-            cx = np.where(ok, cx + np.nan_to_num(shift[:, 0]), cx)
-            cy = np.where(ok, cy + np.nan_to_num(shift[:, 1]), cy)
-        far = np.hypot(cx - x0, cy - y0) > params.max_shift_px
-        qx[i, k] = np.where(far, x0, cx)
-        qy[i, k] = np.where(far, y0, cy)
+    if params.bias_px:
+        cx = cx - params.bias_px * asym[:, 0]
+        cy = cy - params.bias_px * asym[:, 1]
+    ok = np.isfinite(cx) & np.isfinite(cy) & (np.hypot(cx - qx[ii, kk], cy - qy[ii, kk]) <= params.max_shift_px)
+    qx[ii, kk] = np.where(ok, cx, qx[ii, kk])
+    qy[ii, kk] = np.where(ok, cy, qy[ii, kk])
     return qx, qy
+
+
+@dataclasses.dataclass(frozen=True)
+class TiltBiasFit:
+    """The tilt-bias coefficient learned from a region of uniform strain (:func:`learn_tilt_bias_px`).
+
+    Attributes
+    ----------
+    bias_px : shift (px) of the rim-fitted centre per unit interior asymmetry.
+    stderr_px : its standard error (px).
+    spread : RMS of the asymmetry left after removing each reflection's and each pattern's mean
+        (what the regression learns from; 0 where the tilt is the same everywhere).
+    n_disks : disk fits used.
+    """
+
+    bias_px: float
+    stderr_px: float
+    spread: float
+    n_disks: int
+
+    @property
+    def determined(self) -> bool:
+        """True when the coefficient is known to within a third of itself and the asymmetry varies by
+        at least ``MIN_ASYMMETRY_SPREAD``."""
+        return (self.n_disks >= 20 and self.spread >= MIN_ASYMMETRY_SPREAD
+                and math.isfinite(self.stderr_px) and self.stderr_px <= abs(self.bias_px) / 3)
+
+
+#: Below this RMS variation of the disks' interior asymmetry a region cannot teach the tilt bias.
+MIN_ASYMMETRY_SPREAD = 0.02
+
+
+def _two_way_residual(X: np.ndarray, W: np.ndarray, sweeps: int = 20) -> np.ndarray:
+    """``X`` (m, s) less the weighted least-squares fit of a row effect plus a column effect
+    (alternating sweeps; entries with ``W == 0`` do not count and come back 0)."""
+    R = np.where(W > 0, X, 0.0)
+    for _ in range(sweeps):
+        with np.errstate(invalid="ignore", divide="ignore"):
+            col = np.nan_to_num((W * R).sum(axis=0) / W.sum(axis=0))
+            R = np.where(W > 0, R - col[None, :], 0.0)
+            row = np.nan_to_num((W * R).sum(axis=1) / W.sum(axis=1))
+            R = np.where(W > 0, R - row[:, None], 0.0)
+    return R
+
+
+def learn_tilt_bias_px(reference_patterns: np.ndarray, qx: np.ndarray, qy: np.ndarray, spots_px: np.ndarray,
+                       params: RimParameters, *, match_px: float = 1.5) -> TiltBiasFit:
+    """Learn the tilt-bias coefficient from patterns of one uniform strain (the strain reference region).
+
+    There each reflection's true position is the same in every pattern (up to a shift of the
+    whole pattern), so whatever its rim-fitted centre does with the disk's interior asymmetry
+    (:func:`interior_asymmetry`) is the bias. The model ``centre = t_reflection + o_pattern +
+    bias_px x asymmetry`` is fitted by weighted least squares (weights: the disks' interior
+    intensity), both components together.
+
+    Parameters
+    ----------
+    reference_patterns : (m, Qx, Qy) patterns.
+    qx, qy : (m, k) padded detected positions (pixels, NaN padding) in them.
+    spots_px : (s, 2) the reflections (pixels); a peak farther than ``match_px`` from all is not used.
+    params : the rim fit (its ``bias_px`` is ignored).
+
+    Returns
+    -------
+    TiltBiasFit (``determined`` says whether the region taught anything: with one tilt throughout
+    it cannot).
+    """
+    b = np.asarray(reference_patterns, dtype=np.float64)
+    if b.ndim != 3:
+        raise Distill4dError(f"reference_patterns must be a stack (m, Qx, Qy), got shape {b.shape}")
+    b = np.where(np.isfinite(b), b, 0.0)
+    qx = np.asarray(qx, dtype=np.float64).reshape(b.shape[0], -1)
+    qy = np.asarray(qy, dtype=np.float64).reshape(b.shape[0], -1)
+    spots = np.asarray(spots_px, dtype=np.float64).reshape(-1, 2)
+    ii, _, cx, cy, asym, w = _rim_fit(b, qx, qy, dataclasses.replace(params, bias_px=0.0))
+    m, s = b.shape[0], spots.shape[0]
+    if ii.size == 0 or s == 0:
+        return TiltBiasFit(0.0, math.inf, 0.0, 0)
+    d = np.hypot(cx[:, None] - spots[None, :, 0], cy[:, None] - spots[None, :, 1])
+    j = np.argmin(np.where(np.isfinite(d), d, np.inf), axis=1)
+    use = np.isfinite(cx) & (np.take_along_axis(d, j[:, None], 1)[:, 0] <= match_px) & (w > 0)
+    W = np.zeros((m, s))
+    P = np.zeros((m, s, 2))
+    A = np.zeros((m, s, 2))
+    # one peak per (pattern, reflection): the brightest
+    order = np.argsort(w[use])
+    iu, ju = ii[use][order], j[use][order]
+    W[iu, ju] = w[use][order]
+    P[iu, ju] = np.stack([cx, cy], 1)[use][order]
+    A[iu, ju] = asym[use][order]
+    W = W / W.max() if W.max() > 0 else W
+    RP = np.stack([_two_way_residual(P[..., c], W) for c in range(2)], -1)
+    RA = np.stack([_two_way_residual(A[..., c], W) for c in range(2)], -1)
+    sxx = float(np.sum(W[..., None] * RA**2))
+    n = int((W > 0).sum())
+    if not sxx > 0 or n < 3:
+        return TiltBiasFit(0.0, math.inf, 0.0, n)
+    bias = float(np.sum(W[..., None] * RA * RP) / sxx)
+    e = RP - bias * RA
+    wsum = float(2 * W.sum())
+    sigma2 = float(np.sum(W[..., None] * e**2)) / max(wsum, 1e-300) * n / max(n - s - m, 1)
+    stderr = math.sqrt(sigma2 * float(np.sum(W[..., None] ** 2 * RA**2))) / sxx
+    spread = math.sqrt(sxx / max(wsum, 1e-300))
+    return TiltBiasFit(bias, stderr, spread, n)
 
 
 def rim_batch(batch: np.ndarray, kernel_ft: np.ndarray, params: DetectionParameters,
@@ -267,6 +393,8 @@ def find_bragg_disks_rim(
     search_px: float | None = None,
     n_angles: int = 32,
     tilt_correction: bool = True,
+    reference: Any = None,
+    tilt_bias_px: float | None = None,
     memory_budget: int | None = None,
     scheduler: Any = "threads",
     n_workers: int | None = None,
@@ -283,15 +411,21 @@ def find_bragg_disks_rim(
     rim_radius : rim radius in pixels (default: :func:`rim_radius_px` of the probe).
     search_px : edge points within ``rim_radius +- search_px`` (default: ``min(2, rim_radius / 2)`` px).
     n_angles : edge points (rays) per disk.
-    tilt_correction : remove the tilt bias model's shift (:func:`rim_tilt_bias_px`, calibrated on
-        the probe) from every disk according to its interior asymmetry (default True).
+    tilt_correction : remove the tilt-bias model's shift from every disk according to its interior
+        asymmetry (default True). The coefficient is ``tilt_bias_px`` when given, else learned from
+        the ``reference`` region (:func:`learn_tilt_bias_px`) when the tilt varies enough there to
+        teach it, else calibrated on the probe (:func:`rim_tilt_bias_px`).
+    reference : the strain reference region ``(slice, slice)`` (uniform strain), or None.
+    tilt_bias_px : the coefficient (px per unit asymmetry), known beforehand.
     memory_budget, scheduler, n_workers, progress, checkpoint : engine options
         (see :func:`distill4d.engine.map_patterns`).
     **overrides : fields of :class:`DetectionParameters` for the detection step.
 
     Returns
     -------
-    BraggPeaks (pixels); ``.params`` has ``method="rim"``, the detection and rim parameters.
+    BraggPeaks (pixels); ``.params`` has ``method="rim"``, the detection and rim parameters, and
+    ``tilt_bias`` (the coefficient's source: ``"given"``, ``"reference"``, ``"probe"`` or ``"off"``,
+    with the reference fit's numbers when one was tried).
     """
     from ..engine import map_patterns
 
@@ -301,16 +435,57 @@ def find_bragg_disks_rim(
     r = rim_radius_px(template) if rim_radius is None else positive_float("rim_radius", rim_radius)
     rim = RimParameters(radius_px=r, search_px=min(2.0, 0.5 * r) if search_px is None else search_px,
                         n_angles=n_angles)
-    if tilt_correction:
-        rim = dataclasses.replace(rim, bias_px=rim_tilt_bias_px(template, rim))
-    fn = functools.partial(rim_batch, kernel_ft=_kernel_ft(template), params=params, rim=rim)
+    kernel_ft = _kernel_ft(template)
+    source: dict[str, Any] = {"source": "off"}
+    if tilt_correction and tilt_bias_px is not None:
+        if not (isinstance(tilt_bias_px, (int, float)) and math.isfinite(tilt_bias_px)):
+            raise Distill4dError(f"tilt_bias_px must be a finite number (px) or None, got {tilt_bias_px!r}")
+        rim = dataclasses.replace(rim, bias_px=float(tilt_bias_px))
+        source = {"source": "given"}
+    elif tilt_correction:
+        source = {"source": "probe"}
+        if reference is not None:
+            fit = reference_tilt_bias(dc, template, reference, params, rim, kernel_ft)
+            source["reference_fit"] = dataclasses.asdict(fit)
+            if fit.determined:
+                rim = dataclasses.replace(rim, bias_px=fit.bias_px)
+                source["source"] = "reference"
+        if source["source"] == "probe":
+            rim = dataclasses.replace(rim, bias_px=rim_tilt_bias_px(template, rim))
+    fn = functools.partial(rim_batch, kernel_ft=kernel_ft, params=params, rim=rim)
     res = map_patterns(dc, fn, memory_budget=memory_budget, scheduler=scheduler, n_workers=n_workers,
                        progress=progress, checkpoint=checkpoint, job_key=f"rim:{params}:{rim}", desc="bragg disks (rim)")
     return BraggPeaks.from_padded(
         res["qx"], res["qy"], res["intensity"], res["count"], dc.calibration,
         params={"method": "rim", **dataclasses.asdict(params), "probe_kind": "disk",
-                "probe_radius_px": template.radius_px, "rim": dataclasses.asdict(rim)},
+                "probe_radius_px": template.radius_px, "rim": dataclasses.asdict(rim), "tilt_bias": source},
     )
+
+
+#: At most this many reference patterns teach the tilt bias (evenly spread over the region).
+MAX_REFERENCE_PATTERNS = 128
+
+
+def reference_tilt_bias(dc: Any, template: Probe, reference: Any, params: DetectionParameters, rim: RimParameters,
+                        kernel_ft: np.ndarray | None = None) -> TiltBiasFit:
+    """:func:`learn_tilt_bias_px` on (at most ``MAX_REFERENCE_PATTERNS`` patterns of) the region
+    ``reference`` ``(slice, slice)`` of ``dc``: disks detected by correlation, reflections from the
+    region's mean pattern."""
+    from ..datacube import DataCube
+    from ..lattice.strain import reference_region
+
+    region = reference_region(reference, dc.scan_shape)
+    sub = dc[region[0], region[1]]
+    n = sub.n_patterns
+    take = np.unique(np.linspace(0, n - 1, min(n, MAX_REFERENCE_PATTERNS)).round().astype(int))
+    rx, ry = np.unravel_index(take, sub.scan_shape)
+    stack = np.stack([np.asarray(sub.pattern(int(a), int(c)), dtype=np.float64) for a, c in zip(rx, ry)])
+    stack = np.where(np.isfinite(stack), stack, 0.0)
+    det = detect_batch(stack, _kernel_ft(template) if kernel_ft is None else kernel_ft, params)
+    mean = stack.mean(axis=0)
+    mp = detect_batch(mean[None], _kernel_ft(template) if kernel_ft is None else kernel_ft, params)
+    spots = np.stack([mp["qx"][0, : mp["count"][0]], mp["qy"][0, : mp["count"][0]]], 1)
+    return learn_tilt_bias_px(stack, det["qx"], det["qy"], spots, rim)
 
 
 def _detection_params(dc, template: Probe, overrides: dict[str, Any], prefilter: str = "none") -> DetectionParameters:
