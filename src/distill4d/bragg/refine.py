@@ -26,7 +26,7 @@ from .peaks import BraggPeaks
 from .probe import Probe, probe_template, sobel_magnitude
 
 __all__ = ["RimParameters", "rim_radius_px", "rim_refine", "rim_batch", "find_bragg_disks_rim", "interior_asymmetry",
-           "rim_tilt_bias_px", "TiltBiasFit", "learn_tilt_bias_px", "reference_tilt_bias", "TemplateParameters", "reflection_templates", "template_refine", "template_batch",
+           "rim_tilt_bias_px", "TiltBiasFit", "learn_tilt_bias_px", "reference_tilt_bias", "plausible_tilt_bias", "TemplateParameters", "reflection_templates", "template_refine", "template_batch",
            "find_bragg_disks_template"]
 
 #: Edge points weaker than this fraction of the disk's strongest are not fitted.
@@ -309,15 +309,41 @@ def _two_way_residual(X: np.ndarray, W: np.ndarray, sweeps: int = 20) -> np.ndar
     return R
 
 
+def _neighbour_mean(A: np.ndarray, W: np.ndarray, scan_shape: tuple[int, int]) -> np.ndarray:
+    """Mean of ``A`` (m, s, 2) over each pattern's 8 scan neighbours (``m = prod(scan_shape)``),
+    itself left out, entries with ``W == 0`` not counted (0 where no neighbour has one)."""
+    rx, ry = scan_shape
+    Ag = (A * (W > 0)[..., None]).reshape(rx, ry, *A.shape[1:])
+    Wg = (W > 0).astype(np.float64).reshape(rx, ry, -1)
+    num = np.zeros_like(Ag)
+    den = np.zeros_like(Wg)
+    for dx in (-1, 0, 1):
+        for dy in (-1, 0, 1):
+            if dx == dy == 0:
+                continue
+            xs, xd = (slice(max(dx, 0), rx + min(dx, 0)), slice(max(-dx, 0), rx + min(-dx, 0)))
+            ys, yd = (slice(max(dy, 0), ry + min(dy, 0)), slice(max(-dy, 0), ry + min(-dy, 0)))
+            num[xd, yd] += Ag[xs, ys]
+            den[xd, yd] += Wg[xs, ys]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = np.where(den[..., None] > 0, num / den[..., None], 0.0)
+    return out.reshape(A.shape)
+
+
 def learn_tilt_bias_px(reference_patterns: np.ndarray, qx: np.ndarray, qy: np.ndarray, spots_px: np.ndarray,
-                       params: RimParameters, *, match_px: float = 1.5) -> TiltBiasFit:
+                       params: RimParameters, *, scan_shape: tuple[int, int] | None = None,
+                       match_px: float = 1.5) -> TiltBiasFit:
     """Learn the tilt-bias coefficient from patterns of one uniform strain (the strain reference region).
 
     There each reflection's true position is the same in every pattern (up to a shift of the
     whole pattern), so whatever its rim-fitted centre does with the disk's interior asymmetry
     (:func:`interior_asymmetry`) is the bias. The model ``centre = t_reflection + o_pattern +
     bias_px x asymmetry`` is fitted by weighted least squares (weights: the disks' interior
-    intensity), both components together.
+    intensity), both components together. Shot noise moves a disk's rim fit and its asymmetry
+    together (the same pixels count in both); with ``scan_shape`` the regressor is therefore
+    instrumented by the mean asymmetry of the same reflection in the 8 neighbouring patterns,
+    whose noise is independent (the tilt varies slowly across a scan), which also keeps the
+    noise in the asymmetry from shrinking the coefficient.
 
     Parameters
     ----------
@@ -325,6 +351,8 @@ def learn_tilt_bias_px(reference_patterns: np.ndarray, qx: np.ndarray, qy: np.nd
     qx, qy : (m, k) padded detected positions (pixels, NaN padding) in them.
     spots_px : (s, 2) the reflections (pixels); a peak farther than ``match_px`` from all is not used.
     params : the rim fit (its ``bias_px`` is ignored).
+    scan_shape : the scan grid ``(rx, ry)`` of the patterns (``rx ry = m``, row-major), or None
+        (plain least squares, biased by shot noise).
 
     Returns
     -------
@@ -334,6 +362,8 @@ def learn_tilt_bias_px(reference_patterns: np.ndarray, qx: np.ndarray, qy: np.nd
     b = np.asarray(reference_patterns, dtype=np.float64)
     if b.ndim != 3:
         raise Distill4dError(f"reference_patterns must be a stack (m, Qx, Qy), got shape {b.shape}")
+    if scan_shape is not None and (len(scan_shape) != 2 or int(scan_shape[0]) * int(scan_shape[1]) != b.shape[0]):
+        raise Distill4dError(f"scan_shape must be (rx, ry) with rx * ry = {b.shape[0]} patterns, got {scan_shape!r}")
     b = np.where(np.isfinite(b), b, 0.0)
     qx = np.asarray(qx, dtype=np.float64).reshape(b.shape[0], -1)
     qy = np.asarray(qy, dtype=np.float64).reshape(b.shape[0], -1)
@@ -348,25 +378,29 @@ def learn_tilt_bias_px(reference_patterns: np.ndarray, qx: np.ndarray, qy: np.nd
     W = np.zeros((m, s))
     P = np.zeros((m, s, 2))
     A = np.zeros((m, s, 2))
-    # one peak per (pattern, reflection): the brightest
+    # one peak per (pattern, reflection): the brightest (written last)
     order = np.argsort(w[use])
     iu, ju = ii[use][order], j[use][order]
     W[iu, ju] = w[use][order]
     P[iu, ju] = np.stack([cx, cy], 1)[use][order]
     A[iu, ju] = asym[use][order]
     W = W / W.max() if W.max() > 0 else W
+    Z = A if scan_shape is None else _neighbour_mean(A, W, (int(scan_shape[0]), int(scan_shape[1])))
+    if scan_shape is not None:
+        W = np.where(_neighbour_mean(np.ones((m, s, 1)), W, (int(scan_shape[0]), int(scan_shape[1])))[..., 0] > 0, W, 0.0)
     RP = np.stack([_two_way_residual(P[..., c], W) for c in range(2)], -1)
     RA = np.stack([_two_way_residual(A[..., c], W) for c in range(2)], -1)
-    sxx = float(np.sum(W[..., None] * RA**2))
+    RZ = np.stack([_two_way_residual(Z[..., c], W) for c in range(2)], -1)
+    sza = float(np.sum(W[..., None] * RZ * RA))
     n = int((W > 0).sum())
-    if not sxx > 0 or n < 3:
-        return TiltBiasFit(0.0, math.inf, 0.0, n)
-    bias = float(np.sum(W[..., None] * RA * RP) / sxx)
-    e = RP - bias * RA
     wsum = float(2 * W.sum())
+    if not abs(sza) > 0 or n < 3:
+        return TiltBiasFit(0.0, math.inf, 0.0, n)
+    bias = float(np.sum(W[..., None] * RZ * RP) / sza)
+    e = RP - bias * RA
     sigma2 = float(np.sum(W[..., None] * e**2)) / max(wsum, 1e-300) * n / max(n - s - m, 1)
-    stderr = math.sqrt(sigma2 * float(np.sum(W[..., None] ** 2 * RA**2))) / sxx
-    spread = math.sqrt(sxx / max(wsum, 1e-300))
+    stderr = math.sqrt(sigma2 * float(np.sum(W[..., None] ** 2 * RZ**2))) / abs(sza)
+    spread = math.sqrt(float(np.sum(W[..., None] * RZ**2)) / max(wsum, 1e-300))
     return TiltBiasFit(bias, stderr, spread, n)
 
 
@@ -414,7 +448,8 @@ def find_bragg_disks_rim(
     tilt_correction : remove the tilt-bias model's shift from every disk according to its interior
         asymmetry (default True). The coefficient is ``tilt_bias_px`` when given, else learned from
         the ``reference`` region (:func:`learn_tilt_bias_px`) when the tilt varies enough there to
-        teach it, else calibrated on the probe (:func:`rim_tilt_bias_px`).
+        teach it and agrees with the probe's calibration in sign and within 4x
+        (:func:`plausible_tilt_bias`), else calibrated on the probe (:func:`rim_tilt_bias_px`).
     reference : the strain reference region ``(slice, slice)`` (uniform strain), or None.
     tilt_bias_px : the coefficient (px per unit asymmetry), known beforehand.
     memory_budget, scheduler, n_workers, progress, checkpoint : engine options
@@ -444,14 +479,15 @@ def find_bragg_disks_rim(
         source = {"source": "given"}
     elif tilt_correction:
         source = {"source": "probe"}
+        probe_bias = rim_tilt_bias_px(template, rim)
+        rim = dataclasses.replace(rim, bias_px=probe_bias)
         if reference is not None:
             fit = reference_tilt_bias(dc, template, reference, params, rim, kernel_ft)
             source["reference_fit"] = dataclasses.asdict(fit)
-            if fit.determined:
+            source["probe_bias_px"] = probe_bias
+            if plausible_tilt_bias(fit, probe_bias):
                 rim = dataclasses.replace(rim, bias_px=fit.bias_px)
                 source["source"] = "reference"
-        if source["source"] == "probe":
-            rim = dataclasses.replace(rim, bias_px=rim_tilt_bias_px(template, rim))
     fn = functools.partial(rim_batch, kernel_ft=kernel_ft, params=params, rim=rim)
     res = map_patterns(dc, fn, memory_budget=memory_budget, scheduler=scheduler, n_workers=n_workers,
                        progress=progress, checkpoint=checkpoint, job_key=f"rim:{params}:{rim}", desc="bragg disks (rim)")
@@ -467,25 +503,41 @@ MAX_REFERENCE_PATTERNS = 128
 
 
 def reference_tilt_bias(dc: Any, template: Probe, reference: Any, params: DetectionParameters, rim: RimParameters,
-                        kernel_ft: np.ndarray | None = None) -> TiltBiasFit:
-    """:func:`learn_tilt_bias_px` on (at most ``MAX_REFERENCE_PATTERNS`` patterns of) the region
-    ``reference`` ``(slice, slice)`` of ``dc``: disks detected by correlation, reflections from the
-    region's mean pattern."""
-    from ..datacube import DataCube
+                        kernel_ft: np.ndarray | None = None, detected: tuple[np.ndarray, np.ndarray] | None = None
+                        ) -> TiltBiasFit:
+    """:func:`learn_tilt_bias_px` on the region ``reference`` ``(slice, slice)`` of ``dc`` (every
+    ``stride``-th position along each scan axis, at most about ``MAX_REFERENCE_PATTERNS``):
+    reflections from the region's mean pattern; disks detected by correlation, or ``detected``
+    (padded ``qx``, ``qy`` (rx, ry, k) of the whole region, pixels) when already known."""
     from ..lattice.strain import reference_region
 
     region = reference_region(reference, dc.scan_shape)
     sub = dc[region[0], region[1]]
-    n = sub.n_patterns
-    take = np.unique(np.linspace(0, n - 1, min(n, MAX_REFERENCE_PATTERNS)).round().astype(int))
-    rx, ry = np.unravel_index(take, sub.scan_shape)
-    stack = np.stack([np.asarray(sub.pattern(int(a), int(c)), dtype=np.float64) for a, c in zip(rx, ry)])
+    nx, ny = sub.scan_shape
+    stride = max(1, int(math.ceil(math.sqrt(nx * ny / MAX_REFERENCE_PATTERNS))))
+    xs, ys = np.arange(0, nx, stride), np.arange(0, ny, stride)
+    stack = np.stack([np.asarray(sub.pattern(int(a), int(c)), dtype=np.float64) for a in xs for c in ys])
     stack = np.where(np.isfinite(stack), stack, 0.0)
-    det = detect_batch(stack, _kernel_ft(template) if kernel_ft is None else kernel_ft, params)
-    mean = stack.mean(axis=0)
-    mp = detect_batch(mean[None], _kernel_ft(template) if kernel_ft is None else kernel_ft, params)
+    kft = _kernel_ft(template) if kernel_ft is None else kernel_ft
+    if detected is None:
+        det = detect_batch(stack, kft, params)
+        qx, qy = det["qx"], det["qy"]
+    else:
+        qx = np.asarray(detected[0])[np.ix_(xs, ys)].reshape(stack.shape[0], -1)
+        qy = np.asarray(detected[1])[np.ix_(xs, ys)].reshape(stack.shape[0], -1)
+    mp = detect_batch(stack.mean(axis=0)[None], kft, params)
     spots = np.stack([mp["qx"][0, : mp["count"][0]], mp["qy"][0, : mp["count"][0]]], 1)
-    return learn_tilt_bias_px(stack, det["qx"], det["qy"], spots, rim)
+    return learn_tilt_bias_px(stack, qx, qy, spots, rim, scan_shape=(xs.size, ys.size))
+
+
+def plausible_tilt_bias(fit: TiltBiasFit, probe_bias_px: float) -> bool:
+    """Whether a learned coefficient is used: ``fit.determined``, of the probe calibration's sign
+    and within 4x of it either way (a rim fit's response to interior asymmetry is set by the disk
+    edge's profile, which the probe shows up to the detector's blur)."""
+    if not fit.determined or probe_bias_px == 0:
+        return False
+    ratio = fit.bias_px / probe_bias_px
+    return 0.25 <= ratio <= 4.0
 
 
 def _detection_params(dc, template: Probe, overrides: dict[str, Any], prefilter: str = "none") -> DetectionParameters:
