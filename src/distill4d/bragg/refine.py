@@ -100,15 +100,18 @@ def rim_radius_px(probe: Probe | np.ndarray) -> float:
 
 
 def _bilinear(b: np.ndarray, ii: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """``b[ii, x, y]`` bilinearly interpolated (clamped at the detector edge)."""
+    """``b[ii, x, y]`` bilinearly interpolated (clamped at the detector edge); ``b`` C-contiguous."""
     nx, ny = b.shape[1:]
     x = np.clip(x, 0, nx - 1.000001)
     y = np.clip(y, 0, ny - 1.000001)
-    x0 = np.floor(x).astype(np.int64)
-    y0 = np.floor(y).astype(np.int64)
+    x0 = x.astype(np.int64)  # floor: x >= 0
+    y0 = y.astype(np.int64)
     fx, fy = x - x0, y - y0
-    return ((1 - fx) * ((1 - fy) * b[ii, x0, y0] + fy * b[ii, x0, y0 + 1])
-            + fx * ((1 - fy) * b[ii, x0 + 1, y0] + fy * b[ii, x0 + 1, y0 + 1]))
+    flat = b.reshape(-1)
+    k = (ii * nx + x0) * ny + y0
+    v00, v01 = flat[k], flat[k + 1]
+    v10, v11 = flat[k + ny], flat[k + ny + 1]
+    return (1 - fx) * (v00 + fy * (v01 - v00)) + fx * (v10 + fy * (v11 - v10))
 
 
 def _edge_points(b: np.ndarray, ii: np.ndarray, cx: np.ndarray, cy: np.ndarray, p: RimParameters):
@@ -118,7 +121,7 @@ def _edge_points(b: np.ndarray, ii: np.ndarray, cx: np.ndarray, cy: np.ndarray, 
     ux, uy = np.cos(phi), np.sin(phi)
     X = cx[:, None, None] + ux[None, :, None] * r[None, None, :]
     Y = cy[:, None, None] + uy[None, :, None] * r[None, None, :]
-    prof = _bilinear(b, ii[:, None, None], X, Y)  # (P, A, R)
+    prof = _bilinear(np.ascontiguousarray(b), ii[:, None, None], X, Y)  # (P, A, R)
     inner = prof[..., r <= p.radius_px - 1.0].mean(axis=-1) if np.any(r <= p.radius_px - 1.0) else prof[..., 0]
     if p.smooth_px > 0:
         from scipy.ndimage import gaussian_filter1d
