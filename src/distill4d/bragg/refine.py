@@ -21,7 +21,7 @@ import numpy as np
 
 from .._validate import positive_float, positive_int
 from ..errors import Distill4dError
-from .detect import DetectionParameters, _kernel_ft, as_datacube, auto_detection_parameters, detect_batch
+from .detect import DetectionParameters, _kernel_ft, as_datacube, detect_batch
 from .peaks import BraggPeaks
 from .probe import Probe, probe_template, sobel_magnitude
 
@@ -32,7 +32,7 @@ __all__ = ["RimParameters", "rim_radius_px", "rim_refine", "rim_batch", "find_br
 #: Edge points weaker than this fraction of the disk's strongest are not fitted.
 MIN_EDGE_FRACTION = 0.2
 #: Peaks (x rays x samples) handled at once inside a batch.
-_CHUNK_ELEMENTS = 1 << 21
+_CHUNK_ELEMENTS = 1 << 18
 
 
 @dataclasses.dataclass(frozen=True)
@@ -543,16 +543,12 @@ def plausible_tilt_bias(fit: TiltBiasFit, probe_bias_px: float) -> bool:
     return 0.25 <= ratio <= 4.0
 
 
-def _detection_params(dc, template: Probe, overrides: dict[str, Any], prefilter: str = "none") -> DetectionParameters:
-    """Automatic detection parameters with ``overrides`` applied (TypeError for unknown names)."""
-    fields = {f.name for f in dataclasses.fields(DetectionParameters)}
-    unknown = set(overrides) - fields
-    if unknown:
-        raise TypeError(f"unknown detection parameter(s) {sorted(unknown)}; known: {sorted(fields)}")
-    base = auto_detection_parameters(dc, template, corr_power=overrides.get("corr_power", 1.0),
-                                     sigma_cc_px=overrides.get("sigma_cc_px", 0.0),
-                                     min_relative_intensity=overrides.get("min_relative_intensity"))
-    return dataclasses.replace(base, **overrides)
+def _detection_params(dc, template: Probe, overrides: dict[str, Any]) -> DetectionParameters:
+    """Detection parameters as :func:`~distill4d.bragg.detect.detection_setup` chooses them (the
+    automatic ones unless ``overrides`` fix the thresholds; TypeError for unknown names)."""
+    from .detect import detection_setup
+
+    return detection_setup(dc, template, **dict(overrides))[1]
 
 
 # ----------------------------------------------------------------------------- per-reflection templates
