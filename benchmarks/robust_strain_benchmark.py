@@ -14,7 +14,8 @@ zone), ``tilt_gradient_y`` (20 nm, tilt about the other axis, 0-6 mrad across th
 at 1e5 e-/pattern (simulated on first use, cached beside the other sets).
 
 Methods: ``correlation`` (the former default), ``sobel`` (edge-filtered correlation), ``rim``
-(correlation, then a rim circle fit with the tilt-bias model), ``rim_plain`` (the same without
+(correlation, then a rim circle fit with the tilt-bias model, its coefficient learned on the reference
+layer where the tilt varies there, else the probe's), ``rim_plain`` (the same without
 the tilt-bias model), ``template`` (per-reflection templates learned from the reference layer),
 ``fcunet`` (the shipped FCU-Net, CPU), ``auto`` (``lattice.auto.find_bragg_disks_auto`` with
 the reference layer; its time includes the choice).
@@ -68,7 +69,7 @@ def detect(method: str, dc, probe):
     if method == "sobel":
         return find_bragg_disks(dc, probe, kind="sobel", **inline)
     if method == "rim":
-        return find_bragg_disks_rim(dc, probe, **inline)
+        return find_bragg_disks_rim(dc, probe, reference=REF, **inline)
     if method == "rim_plain":
         return find_bragg_disks_rim(dc, probe, tilt_correction=False, **inline)
     if method == "template":

@@ -52,8 +52,6 @@ class RimParameters:
         detected position).
     bias_px : the tilt-bias model: the fitted centre moves by ``-bias_px`` times the disk's
         interior asymmetry (:func:`interior_asymmetry`, :func:`rim_tilt_bias_px`); 0: off.
-    edge_window_px : 0: an edge point is the parabolic vertex of the steepest fall; > 0: the
-        centroid of ``-dI/dr`` within this distance of it.
     """
 
     radius_px: float
@@ -64,7 +62,6 @@ class RimParameters:
     smooth_px: float = 0.5
     max_shift_px: float = 1.5
     bias_px: float = 0.0
-    edge_window_px: float = 0.0
 
     def __post_init__(self) -> None:
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731
@@ -141,12 +138,6 @@ def _edge_points(b: np.ndarray, ii: np.ndarray, cx: np.ndarray, cy: np.ndarray, 
     with np.errstate(divide="ignore", invalid="ignore"):
         s = np.clip(np.where(den < 0, 0.5 * (dm - dp) / den, 0.0), -0.5, 0.5)
     radius = r[1:-1][jc] + s * p.step_px
-    if p.edge_window_px > 0:
-        hw = max(1, int(round(p.edge_window_px / p.step_px)))
-        idx = np.clip(j[..., None] + np.arange(-hw, hw + 1), 0, m - 1)
-        dw = np.clip(np.take_along_axis(d, idx, -1), 0.0, None)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            radius = np.sum(dw * r[1:-1][idx], axis=-1) / np.sum(dw, axis=-1)
     strength = np.take_along_axis(d, j[..., None], -1)[..., 0]
     ok = (j > 0) & (j < m - 1) & (strength > 0)
     return strength, np.where(ok, radius, np.nan), inner
