@@ -209,13 +209,15 @@ def render(raw: dict) -> str:
          f"- Command: `{raw['command']}`; wall time {raw['wall_s']:.0f} s", "",
          "Scans of 16x16 positions x 128x128 px, the multilayer of `strain_vs_py4dstem.py` (layers 4 rows thick, "
          "eps_xx = +1 % / -1 %), reference = the first layer. `thin`: kinematic disks (`strained_scan`); "
-         "`thick`, `tilt`, `tilt_gradient`: the multislice sets of `fcunet_benchmark.py` (the detectors were developed "
-         "on these). Held out (not tuned on): `thick_45nm` (Si [011] 45 nm on zone), `tilt_gradient_y` (20 nm, "
+         "`thick`, `tilt`, `tilt_gradient`: the multislice sets of `fcunet_benchmark.py` (development sets: the detectors, "
+         "the tilt-bias fit and auto's rules were developed and checked on these). Held out (never tuned on, run only "
+         "to report): `thick_45nm` (Si [011] 45 nm on zone), `tilt_gradient_y` (20 nm, "
          "tilt about the other axis, 0-6 mrad across the columns). RMS error of eps (%) and theta (deg) against the "
          "simulator's truth relative to the first layer; layer bias = RMS of the scan-row means of the error "
          "(eps_xx / eps_yy); patterns/s of the whole detection call on one thread (auto: its choice included). "
          "Methods: `correlation` (the former default), `sobel` (edge-filtered correlation), `rim` (correlation + "
-         "rim circle fit + tilt-bias model), `rim_plain` (without the model), `template` (per-reflection templates "
+         "rim circle fit + tilt-bias model, its coefficient learned on the reference layer where the tilt varies there "
+         "and it agrees with the probe's calibration, else the probe's), `rim_plain` (without the model), `template` (per-reflection templates "
          "of the reference layer), `fcunet` (shipped weights, CPU), `auto` (the new default; the detector it chose "
          "in brackets).", "",
          "| set | dose | method | eps_xx | eps_yy | eps_xy | theta | layer bias xx / yy | patterns/s |",

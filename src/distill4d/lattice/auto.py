@@ -78,7 +78,7 @@ class AutoChoice:
 
 
 def disk_evidence(datacube: DataCube, probe: Any = None, *, region: tuple[slice, slice] | None = None,
-                  n_sample: int = 64) -> dict:
+                  n_sample: int = 64, detection: dict | None = None) -> dict:
     """Disk-contrast evidence of thickness and tilt (see the module doc): ``friedel_asymmetry``
     (median over up to ``n_sample`` patterns of ``region``, fraction), ``interior_contrast`` and
     ``probe_contrast`` (std / mean inside 0.6 of the disk radius, mean pattern and probe), ``n_disks``."""
@@ -88,7 +88,8 @@ def disk_evidence(datacube: DataCube, probe: Any = None, *, region: tuple[slice,
     template = probe_template(probe, datacube=dc, kind="disk")
     r = template.radius_px
     mean = finite_mean_pattern(sub, scheduler="inline", progress=False)
-    mp = find_bragg_disks(DataCube(mean[None, None], dc.calibration), template, scheduler="inline", progress=False)
+    mp = find_bragg_disks(DataCube(mean[None, None], dc.calibration), template, scheduler="inline", progress=False,
+                          **(detection or {}))
     spots = np.stack([mp.qx, mp.qy], axis=1)
     nx, ny = dc.pattern_shape
     w = r + 1.0 + 2.0
@@ -219,20 +220,20 @@ def choose_disk_method(
         x0, y0 = (dc.scan_shape[0] - bx) // 2, (dc.scan_shape[1] - by) // 2
         region = (slice(x0, x0 + bx), slice(y0, y0 + by))
         where = "central block"
-    ev = disk_evidence(dc, probe, region=region)
+    template, det = detection_setup(dc, probe)
+    shared = {k: getattr(det, k) for k in _SHARED}
+    ev = disk_evidence(dc, template, region=region, detection=shared)
     asym = ev.get("friedel_asymmetry")
     ev["asymmetry_threshold"] = asymmetry_threshold
     if asym is None or asym < asymmetry_threshold:
         ev["seconds"] = time.perf_counter() - t0
         why = ("no Friedel pairs of disks to judge tilt by" if asym is None
                else f"disk pairs symmetric (Friedel asymmetry {asym:.3f} < {asymmetry_threshold:g}): on zone")
-        return AutoChoice("correlation", ev, f"correlation: {why}")
+        return AutoChoice("correlation", ev, f"correlation: {why}", shared)
     sub = dc[region[0], region[1]]
     nx, ny = sub.scan_shape
     stride = max(1, int(math.ceil(math.sqrt(nx * ny / MAX_VALIDATION_PATTERNS))))
     block = DataCube(np.asarray(sub.data[::stride, ::stride]), dc.calibration) if stride > 1 else sub
-    template, det = detection_setup(dc, probe)
-    shared = {k: getattr(det, k) for k in _SHARED}
     inline = {"scheduler": "inline", "progress": False}
     scores, settings = {}, {"correlation": shared}
     peaks_c, basis = None, None
