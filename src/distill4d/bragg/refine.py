@@ -44,7 +44,7 @@ class RimParameters:
     radius_px : radius of the disk rim (where the probe's intensity falls fastest).
     search_px : edge points are looked for within ``radius_px +- search_px`` of the centre.
     n_angles : rays from the centre (edge points per disk).
-    step_px : sampling step along a ray.
+    step_px : sampling step along a ray (1/3 px: 0.25 px gave the same strain errors and took longer).
     iterations : fits, each with rays from the last fitted centre (1: the correlation peak is
         close enough for the first-order model; 2 gave the same strain errors and took 1.3x as long).
     smooth_px : Gaussian smoothing of each ray profile before the derivative (0: none).
@@ -57,7 +57,7 @@ class RimParameters:
     radius_px: float
     search_px: float = 2.0
     n_angles: int = 32
-    step_px: float = 0.25
+    step_px: float = 1 / 3
     iterations: int = 1
     smooth_px: float = 0.5
     max_shift_px: float = 1.5
