@@ -14,7 +14,8 @@ zone), ``tilt_gradient_y`` (20 nm, tilt about the other axis, 0-6 mrad across th
 at 1e5 e-/pattern (simulated on first use, cached beside the other sets).
 
 Methods: ``correlation`` (the former default), ``sobel`` (edge-filtered correlation), ``rim``
-(correlation, then a rim circle fit with the tilt-bias model), ``rim_plain`` (the same without
+(correlation, then a rim circle fit with the tilt-bias model, its coefficient learned on the reference
+layer where the tilt varies there, else the probe's), ``rim_plain`` (the same without
 the tilt-bias model), ``template`` (per-reflection templates learned from the reference layer),
 ``fcunet`` (the shipped FCU-Net, CPU), ``auto`` (``lattice.auto.find_bragg_disks_auto`` with
 the reference layer; its time includes the choice).
@@ -24,7 +25,7 @@ to the same layer (``fcunet_benchmark.strain_result``); RMS of eps_xx, eps_yy, e
 theta (deg); the layer bias = the RMS of the scan-row means of the error (``error_parts``).
 Patterns/s: the whole detection call, inline on one thread (FCU-Net: PyTorch's CPU threads).
 
-Usage: OMP_NUM_THREADS=1 .venv/bin/python benchmarks/robust_strain_benchmark.py [--held-out] [--quick]
+Usage: OMP_NUM_THREADS=1 .venv/bin/python benchmarks/robust_strain_benchmark.py [--held-out] [--quick] [--resume]
        OMP_NUM_THREADS=1 .venv/bin/python benchmarks/robust_strain_benchmark.py --throughput-only   # after a run
 """
 
@@ -68,7 +69,7 @@ def detect(method: str, dc, probe):
     if method == "sobel":
         return find_bragg_disks(dc, probe, kind="sobel", **inline)
     if method == "rim":
-        return find_bragg_disks_rim(dc, probe, **inline)
+        return find_bragg_disks_rim(dc, probe, reference=REF, **inline)
     if method == "rim_plain":
         return find_bragg_disks_rim(dc, probe, tilt_correction=False, **inline)
     if method == "template":
@@ -161,23 +162,27 @@ def evaluate(name: str, dose, methods) -> dict:
     return out
 
 
-def throughput(tiles: int = 2) -> dict:
+def throughput(tiles: int = 2, rounds: int = 3) -> dict:
     """Patterns/s of correlation, rim and auto on the ``tilt_gradient`` 1e5 scan tiled ``tiles`` x
-    ``tiles`` (a larger scan, over which auto's fixed cost of choosing spreads)."""
+    ``tiles`` (a larger scan, over which auto's fixed cost of choosing spreads): the methods take
+    turns ``rounds`` times and each keeps its fastest round (other jobs on a shared machine only
+    ever slow a round down)."""
     from distill4d.datacube import DataCube
 
     dc, _, probe = load_set("tilt_gradient", svp.HIGH_DOSE)
     big = DataCube(np.tile(np.asarray(dc.data), (tiles, tiles, 1, 1)), dc.calibration)
-    out = {"scan": list(big.scan_shape)}
-    for m in ("correlation", "rim", "auto"):
-        t = time.perf_counter()
-        pk = detect(m, big, probe)
-        s = time.perf_counter() - t
-        out[m] = {"seconds": s, "patterns_per_s": big.n_patterns / s}
-        if m == "auto":
-            out[m]["chosen"] = pk.params["auto"]["chosen"]
-            out[m]["choice_seconds"] = pk.params["auto"].get("seconds")
-        log(f"  throughput {m}: {big.n_patterns / s:.1f} patterns/s")
+    out: dict = {"scan": list(big.scan_shape), "rounds": rounds}
+    for _ in range(rounds):
+        for m in ("correlation", "rim", "auto"):
+            t = time.perf_counter()
+            pk = detect(m, big, probe)
+            s = time.perf_counter() - t
+            if m not in out or s < out[m]["seconds"]:
+                out[m] = {"seconds": s, "patterns_per_s": big.n_patterns / s}
+                if m == "auto":
+                    out[m]["chosen"] = pk.params["auto"]["chosen"]
+                    out[m]["choice_seconds"] = pk.params["auto"].get("seconds")
+            log(f"  throughput {m}: {big.n_patterns / s:.1f} patterns/s")
     return out
 
 
@@ -204,13 +209,15 @@ def render(raw: dict) -> str:
          f"- Command: `{raw['command']}`; wall time {raw['wall_s']:.0f} s", "",
          "Scans of 16x16 positions x 128x128 px, the multilayer of `strain_vs_py4dstem.py` (layers 4 rows thick, "
          "eps_xx = +1 % / -1 %), reference = the first layer. `thin`: kinematic disks (`strained_scan`); "
-         "`thick`, `tilt`, `tilt_gradient`: the multislice sets of `fcunet_benchmark.py` (the detectors were developed "
-         "on these). Held out (not tuned on): `thick_45nm` (Si [011] 45 nm on zone), `tilt_gradient_y` (20 nm, "
+         "`thick`, `tilt`, `tilt_gradient`: the multislice sets of `fcunet_benchmark.py` (development sets: the detectors, "
+         "the tilt-bias fit and auto's rules were developed and checked on these). Held out (never tuned on, run only "
+         "to report): `thick_45nm` (Si [011] 45 nm on zone), `tilt_gradient_y` (20 nm, "
          "tilt about the other axis, 0-6 mrad across the columns). RMS error of eps (%) and theta (deg) against the "
          "simulator's truth relative to the first layer; layer bias = RMS of the scan-row means of the error "
          "(eps_xx / eps_yy); patterns/s of the whole detection call on one thread (auto: its choice included). "
          "Methods: `correlation` (the former default), `sobel` (edge-filtered correlation), `rim` (correlation + "
-         "rim circle fit + tilt-bias model), `rim_plain` (without the model), `template` (per-reflection templates "
+         "rim circle fit + tilt-bias model, its coefficient learned on the reference layer where the tilt varies there "
+         "and it agrees with the probe's calibration, else the probe's), `rim_plain` (without the model), `template` (per-reflection templates "
          "of the reference layer), `fcunet` (shipped weights, CPU), `auto` (the new default; the detector it chose "
          "in brackets).", "",
          "| set | dose | method | eps_xx | eps_yy | eps_xy | theta | layer bias xx / yy | patterns/s |",
@@ -268,6 +275,7 @@ def render(raw: dict) -> str:
               "one thread): " + ", ".join(
                   f"{m} {tp[m]['patterns_per_s']:.1f} patterns/s ({tp[m]['patterns_per_s'] / c:.2f}x)"
                   for m in ("correlation", "rim", "auto"))
+              + (f" (each method's fastest of {tp['rounds']} interleaved rounds)" if tp.get("rounds") else "")
               + f"; auto chose {tp['auto']['chosen']} in {tp['auto']['choice_seconds']:.1f} s. Throughput within 2x of "
               f"correlation's: {'PASS' if tp['auto']['patterns_per_s'] >= 0.5 * c else 'FAIL'} (auto), "
               f"{'PASS' if tp['rim']['patterns_per_s'] >= 0.5 * c else 'FAIL'} (rim alone)."]
@@ -283,6 +291,8 @@ def main(argv=None) -> int:
     p.add_argument("--render-only", action="store_true", help="rewrite the section from data/robust_strain.json")
     p.add_argument("--throughput-only", action="store_true",
                    help="add the larger-scan throughput to the last run's data/robust_strain.json and rewrite the section")
+    p.add_argument("--resume", action="store_true", help="continue the last run with the same arguments "
+                   "(its finished sets are kept in data/robust_strain_partial.json)")
     add_output_arguments(p, SECTION)
     a = p.parse_args(argv)
     t0 = time.perf_counter()
@@ -311,12 +321,25 @@ def main(argv=None) -> int:
         plan += [("thick_45nm", svp.HIGH_DOSE), ("tilt_gradient_y", svp.HIGH_DOSE)]
     if a.quick:
         plan = [("thick", svp.HIGH_DOSE), ("tilt_gradient", svp.HIGH_DOSE)]
-    sets = {}
+    # each set's results are kept as they come (the whole run can exceed a 10-minute limit on a
+    # loaded machine): --resume continues a run with the same arguments
+    partial = data / f"{a.section}_partial.json"
+    key = {"methods": methods, "held_out": a.held_out, "quick": a.quick}
+    done = json.loads(partial.read_text()) if a.resume and partial.exists() else {}
+    if done.get("key") != key:
+        done = {"key": key, "sets": {}, "wall_s": 0.0}
+    sets = done["sets"]
+    data.mkdir(exist_ok=True)
     for name, dose in plan:
         label = "noise-free" if dose is None else f"{dose:.0e}".replace("e+0", "e")
+        if f"{name}@{label}" in sets:
+            continue
         log(f"{name} at {label}")
+        t1 = time.perf_counter()
         sets[f"{name}@{label}"] = evaluate(name, dose, methods)
-    raw = {"machine": machine_info(), "sets": sets, "floors": floors(), "wall_s": time.perf_counter() - t0,
+        done["wall_s"] += time.perf_counter() - t1
+        partial.write_text(json.dumps(done, indent=1, default=str))
+    raw = {"machine": machine_info(), "sets": sets, "floors": floors(), "wall_s": done["wall_s"],
            "command": "OMP_NUM_THREADS=1 python benchmarks/robust_strain_benchmark.py" + (" --held-out" if a.held_out else "")}
     data.mkdir(exist_ok=True)
     (data / f"{a.section}.json").write_text(json.dumps(raw, indent=1, default=str))

@@ -75,3 +75,16 @@ def test_bad_options_are_refused(thin):
         choose_disk_method(thin, PROBE, candidates=("correlation", "magic"))
     with pytest.raises(Distill4dError, match="reference"):
         choose_disk_method(thin, PROBE, reference=(slice(10, 12), slice(None)))
+
+
+def test_auto_passes_what_the_choice_measured_to_the_whole_scan(tilted):
+    """The thresholds chosen once and, for the rim fit, the tilt-bias coefficient learned on the
+    validation block are reused: the whole-scan detection does not choose them again."""
+    ref = (slice(0, 2), slice(None))
+    ch = choose_disk_method(tilted, PROBE, reference=ref)
+    assert {"min_spacing_px", "min_relative_intensity", "max_peaks"} <= set(ch.settings)
+    peaks = find_bragg_disks_auto(tilted, PROBE, reference=ref, scheduler="inline", progress=False)
+    if ch.method == "rim":
+        assert peaks.params["tilt_bias"]["source"] == "given"
+        assert peaks.params["rim"]["bias_px"] == pytest.approx(ch.settings["tilt_bias_px"])
+    assert peaks.params["min_relative_intensity"] == pytest.approx(ch.settings["min_relative_intensity"])

@@ -21,18 +21,18 @@ import numpy as np
 
 from .._validate import positive_float, positive_int
 from ..errors import Distill4dError
-from .detect import DetectionParameters, _kernel_ft, as_datacube, auto_detection_parameters, detect_batch
+from .detect import DetectionParameters, _kernel_ft, as_datacube, detect_batch
 from .peaks import BraggPeaks
 from .probe import Probe, probe_template, sobel_magnitude
 
 __all__ = ["RimParameters", "rim_radius_px", "rim_refine", "rim_batch", "find_bragg_disks_rim", "interior_asymmetry",
-           "rim_tilt_bias_px", "TemplateParameters", "reflection_templates", "template_refine", "template_batch",
+           "rim_tilt_bias_px", "TiltBiasFit", "learn_tilt_bias_px", "reference_tilt_bias", "plausible_tilt_bias", "TemplateParameters", "reflection_templates", "template_refine", "template_batch",
            "find_bragg_disks_template"]
 
 #: Edge points weaker than this fraction of the disk's strongest are not fitted.
 MIN_EDGE_FRACTION = 0.2
 #: Peaks (x rays x samples) handled at once inside a batch.
-_CHUNK_ELEMENTS = 1 << 21
+_CHUNK_ELEMENTS = 1 << 18
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,7 +44,7 @@ class RimParameters:
     radius_px : radius of the disk rim (where the probe's intensity falls fastest).
     search_px : edge points are looked for within ``radius_px +- search_px`` of the centre.
     n_angles : rays from the centre (edge points per disk).
-    step_px : sampling step along a ray.
+    step_px : sampling step along a ray (1/3 px: 0.25 px gave the same strain errors and took longer).
     iterations : fits, each with rays from the last fitted centre (1: the correlation peak is
         close enough for the first-order model; 2 gave the same strain errors and took 1.3x as long).
     smooth_px : Gaussian smoothing of each ray profile before the derivative (0: none).
@@ -57,7 +57,7 @@ class RimParameters:
     radius_px: float
     search_px: float = 2.0
     n_angles: int = 32
-    step_px: float = 0.25
+    step_px: float = 1 / 3
     iterations: int = 1
     smooth_px: float = 0.5
     max_shift_px: float = 1.5
@@ -100,15 +100,18 @@ def rim_radius_px(probe: Probe | np.ndarray) -> float:
 
 
 def _bilinear(b: np.ndarray, ii: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """``b[ii, x, y]`` bilinearly interpolated (clamped at the detector edge)."""
+    """``b[ii, x, y]`` bilinearly interpolated (clamped at the detector edge); ``b`` C-contiguous."""
     nx, ny = b.shape[1:]
     x = np.clip(x, 0, nx - 1.000001)
     y = np.clip(y, 0, ny - 1.000001)
-    x0 = np.floor(x).astype(np.int64)
-    y0 = np.floor(y).astype(np.int64)
+    x0 = x.astype(np.int64)  # floor: x >= 0
+    y0 = y.astype(np.int64)
     fx, fy = x - x0, y - y0
-    return ((1 - fx) * ((1 - fy) * b[ii, x0, y0] + fy * b[ii, x0, y0 + 1])
-            + fx * ((1 - fy) * b[ii, x0 + 1, y0] + fy * b[ii, x0 + 1, y0 + 1]))
+    flat = b.reshape(-1)
+    k = (ii * nx + x0) * ny + y0
+    v00, v01 = flat[k], flat[k + 1]
+    v10, v11 = flat[k + ny], flat[k + ny + 1]
+    return (1 - fx) * (v00 + fy * (v01 - v00)) + fx * (v10 + fy * (v11 - v10))
 
 
 def _edge_points(b: np.ndarray, ii: np.ndarray, cx: np.ndarray, cy: np.ndarray, p: RimParameters):
@@ -118,7 +121,7 @@ def _edge_points(b: np.ndarray, ii: np.ndarray, cx: np.ndarray, cy: np.ndarray, 
     ux, uy = np.cos(phi), np.sin(phi)
     X = cx[:, None, None] + ux[None, :, None] * r[None, None, :]
     Y = cy[:, None, None] + uy[None, :, None] * r[None, None, :]
-    prof = _bilinear(b, ii[:, None, None], X, Y)  # (P, A, R)
+    prof = _bilinear(np.ascontiguousarray(b), ii[:, None, None], X, Y)  # (P, A, R)
     inner = prof[..., r <= p.radius_px - 1.0].mean(axis=-1) if np.any(r <= p.radius_px - 1.0) else prof[..., 0]
     if p.smooth_px > 0:
         from scipy.ndimage import gaussian_filter1d
@@ -212,9 +215,41 @@ def rim_tilt_bias_px(probe: Probe | np.ndarray, params: RimParameters, ramp: flo
     return float((qx[0, 0] - c[0]) / a)
 
 
+def _rim_fit(b: np.ndarray, qx: np.ndarray, qy: np.ndarray, params: RimParameters):
+    """Rim circle fits of the finite entries of padded ``qx``, ``qy`` (n, k) in ``b`` (n, Qx, Qy),
+    without the tilt-bias model: ``(cx, cy, asym, weight)``, each for the flat entries
+    ``np.nonzero(finite)`` (cx, cy the fitted centres, NaN where the fit failed or moved farther
+    than ``params.max_shift_px``; asym ``(m, 2)`` the interior asymmetry at the fitted centre;
+    weight the interior's mean intensity)."""
+    ii, kk = np.nonzero(np.isfinite(qx) & np.isfinite(qy))
+    cx_all = np.full(ii.size, np.nan)
+    cy_all = np.full(ii.size, np.nan)
+    asym_all = np.zeros((ii.size, 2))
+    weight = np.zeros(ii.size)
+    step = max(1, _CHUNK_ELEMENTS // (params.n_angles * int(2 * params.search_px / params.step_px + 2)))
+    for s in range(0, ii.size, step):
+        i, k = ii[s:s + step], kk[s:s + step]
+        x0, y0 = qx[i, k], qy[i, k]
+        cx, cy = x0.copy(), y0.copy()
+        ok = np.zeros(i.size, bool)
+        for _ in range(params.iterations):
+            strength, radius, inner = _edge_points(b, i, cx, cy, params)
+            shift, _ = _fit_centres(strength, radius, params)
+            ok = np.isfinite(shift).all(axis=1)
+            cx = np.where(ok, cx + np.nan_to_num(shift[:, 0]), cx)
+            cy = np.where(ok, cy + np.nan_to_num(shift[:, 1]), cy)
+        ok &= np.hypot(cx - x0, cy - y0) <= params.max_shift_px
+        cx_all[s:s + step] = np.where(ok, cx, np.nan)
+        cy_all[s:s + step] = np.where(ok, cy, np.nan)
+        asym_all[s:s + step] = interior_asymmetry(inner)
+        weight[s:s + step] = np.where(ok, np.clip(inner.mean(axis=-1), 0.0, None), 0.0)
+    return ii, kk, cx_all, cy_all, asym_all, weight
+
+
 def rim_refine(batch: np.ndarray, qx: np.ndarray, qy: np.ndarray, params: RimParameters) -> tuple[np.ndarray, np.ndarray]:
     """Refine padded positions ``qx``, ``qy`` (n, k) (pixels, NaN padding) of a batch
-    ``(n, Qx, Qy)`` to the centres of circles fitted to the disks' rims.
+    ``(n, Qx, Qy)`` to the centres of circles fitted to the disks' rims, less the tilt-bias
+    model's shift ``params.bias_px x`` :func:`interior_asymmetry`.
 
     Returns ``(qx, qy)`` of the same shape; a peak whose rim fit fails (too few edge points,
     or a shift above ``params.max_shift_px``) keeps its position.
@@ -222,26 +257,154 @@ def rim_refine(batch: np.ndarray, qx: np.ndarray, qy: np.ndarray, params: RimPar
     b = np.asarray(batch, dtype=np.float64)
     qx = np.array(qx, dtype=np.float64)
     qy = np.array(qy, dtype=np.float64)
-    ii, kk = np.nonzero(np.isfinite(qx) & np.isfinite(qy))
+    ii, kk, cx, cy, asym, _ = _rim_fit(b, qx, qy, params)
     if ii.size == 0:
         return qx, qy
-    step = max(1, _CHUNK_ELEMENTS // (params.n_angles * int(2 * params.search_px / params.step_px + 2)))
-    for s in range(0, ii.size, step):
-        i, k = ii[s:s + step], kk[s:s + step]
-        x0, y0 = qx[i, k], qy[i, k]
-        cx, cy = x0.copy(), y0.copy()
-        for it in range(params.iterations):
-            strength, radius, inner = _edge_points(b, i, cx, cy, params)
-            shift, _ = _fit_centres(strength, radius, params)
-            if params.bias_px and it == params.iterations - 1:
-                shift = shift - params.bias_px * interior_asymmetry(inner)
-            ok = np.isfinite(shift).all(axis=1)
-            cx = np.where(ok, cx + np.nan_to_num(shift[:, 0]), cx)
-            cy = np.where(ok, cy + np.nan_to_num(shift[:, 1]), cy)
-        far = np.hypot(cx - x0, cy - y0) > params.max_shift_px
-        qx[i, k] = np.where(far, x0, cx)
-        qy[i, k] = np.where(far, y0, cy)
+    if params.bias_px:
+        cx = cx - params.bias_px * asym[:, 0]
+        cy = cy - params.bias_px * asym[:, 1]
+    ok = np.isfinite(cx) & np.isfinite(cy) & (np.hypot(cx - qx[ii, kk], cy - qy[ii, kk]) <= params.max_shift_px)
+    qx[ii, kk] = np.where(ok, cx, qx[ii, kk])
+    qy[ii, kk] = np.where(ok, cy, qy[ii, kk])
     return qx, qy
+
+
+@dataclasses.dataclass(frozen=True)
+class TiltBiasFit:
+    """The tilt-bias coefficient learned from a region of uniform strain (:func:`learn_tilt_bias_px`).
+
+    Attributes
+    ----------
+    bias_px : shift (px) of the rim-fitted centre per unit interior asymmetry.
+    stderr_px : its standard error (px).
+    spread : RMS of the asymmetry left after removing each reflection's and each pattern's mean
+        (what the regression learns from; 0 where the tilt is the same everywhere).
+    n_disks : disk fits used.
+    """
+
+    bias_px: float
+    stderr_px: float
+    spread: float
+    n_disks: int
+
+    @property
+    def determined(self) -> bool:
+        """True when the coefficient is known to within a third of itself and the asymmetry varies by
+        at least ``MIN_ASYMMETRY_SPREAD``."""
+        return (self.n_disks >= 20 and self.spread >= MIN_ASYMMETRY_SPREAD
+                and math.isfinite(self.stderr_px) and self.stderr_px <= abs(self.bias_px) / 3)
+
+
+#: Below this RMS variation of the disks' interior asymmetry a region cannot teach the tilt bias.
+MIN_ASYMMETRY_SPREAD = 0.02
+
+
+def _two_way_residual(X: np.ndarray, W: np.ndarray, sweeps: int = 20) -> np.ndarray:
+    """``X`` (m, s) less the weighted least-squares fit of a row effect plus a column effect
+    (alternating sweeps; entries with ``W == 0`` do not count and come back 0)."""
+    R = np.where(W > 0, X, 0.0)
+    for _ in range(sweeps):
+        with np.errstate(invalid="ignore", divide="ignore"):
+            col = np.nan_to_num((W * R).sum(axis=0) / W.sum(axis=0))
+            R = np.where(W > 0, R - col[None, :], 0.0)
+            row = np.nan_to_num((W * R).sum(axis=1) / W.sum(axis=1))
+            R = np.where(W > 0, R - row[:, None], 0.0)
+    return R
+
+
+def _neighbour_mean(A: np.ndarray, W: np.ndarray, scan_shape: tuple[int, int]) -> np.ndarray:
+    """Mean of ``A`` (m, s, 2) over each pattern's 8 scan neighbours (``m = prod(scan_shape)``),
+    itself left out, entries with ``W == 0`` not counted (0 where no neighbour has one)."""
+    rx, ry = scan_shape
+    Ag = (A * (W > 0)[..., None]).reshape(rx, ry, *A.shape[1:])
+    Wg = (W > 0).astype(np.float64).reshape(rx, ry, -1)
+    num = np.zeros_like(Ag)
+    den = np.zeros_like(Wg)
+    for dx in (-1, 0, 1):
+        for dy in (-1, 0, 1):
+            if dx == dy == 0:
+                continue
+            xs, xd = (slice(max(dx, 0), rx + min(dx, 0)), slice(max(-dx, 0), rx + min(-dx, 0)))
+            ys, yd = (slice(max(dy, 0), ry + min(dy, 0)), slice(max(-dy, 0), ry + min(-dy, 0)))
+            num[xd, yd] += Ag[xs, ys]
+            den[xd, yd] += Wg[xs, ys]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = np.where(den[..., None] > 0, num / den[..., None], 0.0)
+    return out.reshape(A.shape)
+
+
+def learn_tilt_bias_px(reference_patterns: np.ndarray, qx: np.ndarray, qy: np.ndarray, spots_px: np.ndarray,
+                       params: RimParameters, *, scan_shape: tuple[int, int] | None = None,
+                       match_px: float = 1.5) -> TiltBiasFit:
+    """Learn the tilt-bias coefficient from patterns of one uniform strain (the strain reference region).
+
+    There each reflection's true position is the same in every pattern (up to a shift of the
+    whole pattern), so whatever its rim-fitted centre does with the disk's interior asymmetry
+    (:func:`interior_asymmetry`) is the bias. The model ``centre = t_reflection + o_pattern +
+    bias_px x asymmetry`` is fitted by weighted least squares (weights: the disks' interior
+    intensity), both components together. Shot noise moves a disk's rim fit and its asymmetry
+    together (the same pixels count in both); with ``scan_shape`` the regressor is therefore
+    instrumented by the mean asymmetry of the same reflection in the 8 neighbouring patterns,
+    whose noise is independent (the tilt varies slowly across a scan), which also keeps the
+    noise in the asymmetry from shrinking the coefficient.
+
+    Parameters
+    ----------
+    reference_patterns : (m, Qx, Qy) patterns.
+    qx, qy : (m, k) padded detected positions (pixels, NaN padding) in them.
+    spots_px : (s, 2) the reflections (pixels); a peak farther than ``match_px`` from all is not used.
+    params : the rim fit (its ``bias_px`` is ignored).
+    scan_shape : the scan grid ``(rx, ry)`` of the patterns (``rx ry = m``, row-major), or None
+        (plain least squares, biased by shot noise).
+
+    Returns
+    -------
+    TiltBiasFit (``determined`` says whether the region taught anything: with one tilt throughout
+    it cannot).
+    """
+    b = np.asarray(reference_patterns, dtype=np.float64)
+    if b.ndim != 3:
+        raise Distill4dError(f"reference_patterns must be a stack (m, Qx, Qy), got shape {b.shape}")
+    if scan_shape is not None and (len(scan_shape) != 2 or int(scan_shape[0]) * int(scan_shape[1]) != b.shape[0]):
+        raise Distill4dError(f"scan_shape must be (rx, ry) with rx * ry = {b.shape[0]} patterns, got {scan_shape!r}")
+    b = np.where(np.isfinite(b), b, 0.0)
+    qx = np.asarray(qx, dtype=np.float64).reshape(b.shape[0], -1)
+    qy = np.asarray(qy, dtype=np.float64).reshape(b.shape[0], -1)
+    spots = np.asarray(spots_px, dtype=np.float64).reshape(-1, 2)
+    ii, _, cx, cy, asym, w = _rim_fit(b, qx, qy, dataclasses.replace(params, bias_px=0.0))
+    m, s = b.shape[0], spots.shape[0]
+    if ii.size == 0 or s == 0:
+        return TiltBiasFit(0.0, math.inf, 0.0, 0)
+    d = np.hypot(cx[:, None] - spots[None, :, 0], cy[:, None] - spots[None, :, 1])
+    j = np.argmin(np.where(np.isfinite(d), d, np.inf), axis=1)
+    use = np.isfinite(cx) & (np.take_along_axis(d, j[:, None], 1)[:, 0] <= match_px) & (w > 0)
+    W = np.zeros((m, s))
+    P = np.zeros((m, s, 2))
+    A = np.zeros((m, s, 2))
+    # one peak per (pattern, reflection): the brightest (written last)
+    order = np.argsort(w[use])
+    iu, ju = ii[use][order], j[use][order]
+    W[iu, ju] = w[use][order]
+    P[iu, ju] = np.stack([cx, cy], 1)[use][order]
+    A[iu, ju] = asym[use][order]
+    W = W / W.max() if W.max() > 0 else W
+    Z = A if scan_shape is None else _neighbour_mean(A, W, (int(scan_shape[0]), int(scan_shape[1])))
+    if scan_shape is not None:
+        W = np.where(_neighbour_mean(np.ones((m, s, 1)), W, (int(scan_shape[0]), int(scan_shape[1])))[..., 0] > 0, W, 0.0)
+    RP = np.stack([_two_way_residual(P[..., c], W) for c in range(2)], -1)
+    RA = np.stack([_two_way_residual(A[..., c], W) for c in range(2)], -1)
+    RZ = np.stack([_two_way_residual(Z[..., c], W) for c in range(2)], -1)
+    sza = float(np.sum(W[..., None] * RZ * RA))
+    n = int((W > 0).sum())
+    wsum = float(2 * W.sum())
+    if not abs(sza) > 0 or n < 3:
+        return TiltBiasFit(0.0, math.inf, 0.0, n)
+    bias = float(np.sum(W[..., None] * RZ * RP) / sza)
+    e = RP - bias * RA
+    sigma2 = float(np.sum(W[..., None] * e**2)) / max(wsum, 1e-300) * n / max(n - s - m, 1)
+    stderr = math.sqrt(sigma2 * float(np.sum(W[..., None] ** 2 * RZ**2))) / abs(sza)
+    spread = math.sqrt(float(np.sum(W[..., None] * RZ**2)) / max(wsum, 1e-300))
+    return TiltBiasFit(bias, stderr, spread, n)
 
 
 def rim_batch(batch: np.ndarray, kernel_ft: np.ndarray, params: DetectionParameters,
@@ -267,6 +430,8 @@ def find_bragg_disks_rim(
     search_px: float | None = None,
     n_angles: int = 32,
     tilt_correction: bool = True,
+    reference: Any = None,
+    tilt_bias_px: float | None = None,
     memory_budget: int | None = None,
     scheduler: Any = "threads",
     n_workers: int | None = None,
@@ -283,15 +448,22 @@ def find_bragg_disks_rim(
     rim_radius : rim radius in pixels (default: :func:`rim_radius_px` of the probe).
     search_px : edge points within ``rim_radius +- search_px`` (default: ``min(2, rim_radius / 2)`` px).
     n_angles : edge points (rays) per disk.
-    tilt_correction : remove the tilt bias model's shift (:func:`rim_tilt_bias_px`, calibrated on
-        the probe) from every disk according to its interior asymmetry (default True).
+    tilt_correction : remove the tilt-bias model's shift from every disk according to its interior
+        asymmetry (default True). The coefficient is ``tilt_bias_px`` when given, else learned from
+        the ``reference`` region (:func:`learn_tilt_bias_px`) when the tilt varies enough there to
+        teach it and agrees with the probe's calibration in sign and within 4x
+        (:func:`plausible_tilt_bias`), else calibrated on the probe (:func:`rim_tilt_bias_px`).
+    reference : the strain reference region ``(slice, slice)`` (uniform strain), or None.
+    tilt_bias_px : the coefficient (px per unit asymmetry), known beforehand.
     memory_budget, scheduler, n_workers, progress, checkpoint : engine options
         (see :func:`distill4d.engine.map_patterns`).
     **overrides : fields of :class:`DetectionParameters` for the detection step.
 
     Returns
     -------
-    BraggPeaks (pixels); ``.params`` has ``method="rim"``, the detection and rim parameters.
+    BraggPeaks (pixels); ``.params`` has ``method="rim"``, the detection and rim parameters, and
+    ``tilt_bias`` (the coefficient's source: ``"given"``, ``"reference"``, ``"probe"`` or ``"off"``,
+    with the reference fit's numbers when one was tried).
     """
     from ..engine import map_patterns
 
@@ -301,28 +473,82 @@ def find_bragg_disks_rim(
     r = rim_radius_px(template) if rim_radius is None else positive_float("rim_radius", rim_radius)
     rim = RimParameters(radius_px=r, search_px=min(2.0, 0.5 * r) if search_px is None else search_px,
                         n_angles=n_angles)
-    if tilt_correction:
-        rim = dataclasses.replace(rim, bias_px=rim_tilt_bias_px(template, rim))
-    fn = functools.partial(rim_batch, kernel_ft=_kernel_ft(template), params=params, rim=rim)
+    kernel_ft = _kernel_ft(template)
+    source: dict[str, Any] = {"source": "off"}
+    if tilt_correction and tilt_bias_px is not None:
+        if not (isinstance(tilt_bias_px, (int, float)) and math.isfinite(tilt_bias_px)):
+            raise Distill4dError(f"tilt_bias_px must be a finite number (px) or None, got {tilt_bias_px!r}")
+        rim = dataclasses.replace(rim, bias_px=float(tilt_bias_px))
+        source = {"source": "given"}
+    elif tilt_correction:
+        source = {"source": "probe"}
+        probe_bias = rim_tilt_bias_px(template, rim)
+        rim = dataclasses.replace(rim, bias_px=probe_bias)
+        if reference is not None:
+            fit = reference_tilt_bias(dc, template, reference, params, rim, kernel_ft)
+            source["reference_fit"] = dataclasses.asdict(fit)
+            source["probe_bias_px"] = probe_bias
+            if plausible_tilt_bias(fit, probe_bias):
+                rim = dataclasses.replace(rim, bias_px=fit.bias_px)
+                source["source"] = "reference"
+    fn = functools.partial(rim_batch, kernel_ft=kernel_ft, params=params, rim=rim)
     res = map_patterns(dc, fn, memory_budget=memory_budget, scheduler=scheduler, n_workers=n_workers,
                        progress=progress, checkpoint=checkpoint, job_key=f"rim:{params}:{rim}", desc="bragg disks (rim)")
     return BraggPeaks.from_padded(
         res["qx"], res["qy"], res["intensity"], res["count"], dc.calibration,
         params={"method": "rim", **dataclasses.asdict(params), "probe_kind": "disk",
-                "probe_radius_px": template.radius_px, "rim": dataclasses.asdict(rim)},
+                "probe_radius_px": template.radius_px, "rim": dataclasses.asdict(rim), "tilt_bias": source},
     )
 
 
-def _detection_params(dc, template: Probe, overrides: dict[str, Any], prefilter: str = "none") -> DetectionParameters:
-    """Automatic detection parameters with ``overrides`` applied (TypeError for unknown names)."""
-    fields = {f.name for f in dataclasses.fields(DetectionParameters)}
-    unknown = set(overrides) - fields
-    if unknown:
-        raise TypeError(f"unknown detection parameter(s) {sorted(unknown)}; known: {sorted(fields)}")
-    base = auto_detection_parameters(dc, template, corr_power=overrides.get("corr_power", 1.0),
-                                     sigma_cc_px=overrides.get("sigma_cc_px", 0.0),
-                                     min_relative_intensity=overrides.get("min_relative_intensity"))
-    return dataclasses.replace(base, **overrides)
+#: At most this many reference patterns teach the tilt bias (evenly spread over the region).
+MAX_REFERENCE_PATTERNS = 128
+
+
+def reference_tilt_bias(dc: Any, template: Probe, reference: Any, params: DetectionParameters, rim: RimParameters,
+                        kernel_ft: np.ndarray | None = None, detected: tuple[np.ndarray, np.ndarray] | None = None
+                        ) -> TiltBiasFit:
+    """:func:`learn_tilt_bias_px` on the region ``reference`` ``(slice, slice)`` of ``dc`` (every
+    ``stride``-th position along each scan axis, at most about ``MAX_REFERENCE_PATTERNS``):
+    reflections from the region's mean pattern; disks detected by correlation, or ``detected``
+    (padded ``qx``, ``qy`` (rx, ry, k) of the whole region, pixels) when already known."""
+    from ..lattice.strain import reference_region
+
+    region = reference_region(reference, dc.scan_shape)
+    sub = dc[region[0], region[1]]
+    nx, ny = sub.scan_shape
+    stride = max(1, int(math.ceil(math.sqrt(nx * ny / MAX_REFERENCE_PATTERNS))))
+    xs, ys = np.arange(0, nx, stride), np.arange(0, ny, stride)
+    stack = np.stack([np.asarray(sub.pattern(int(a), int(c)), dtype=np.float64) for a in xs for c in ys])
+    stack = np.where(np.isfinite(stack), stack, 0.0)
+    kft = _kernel_ft(template) if kernel_ft is None else kernel_ft
+    if detected is None:
+        det = detect_batch(stack, kft, params)
+        qx, qy = det["qx"], det["qy"]
+    else:
+        qx = np.asarray(detected[0])[np.ix_(xs, ys)].reshape(stack.shape[0], -1)
+        qy = np.asarray(detected[1])[np.ix_(xs, ys)].reshape(stack.shape[0], -1)
+    mp = detect_batch(stack.mean(axis=0)[None], kft, params)
+    spots = np.stack([mp["qx"][0, : mp["count"][0]], mp["qy"][0, : mp["count"][0]]], 1)
+    return learn_tilt_bias_px(stack, qx, qy, spots, rim, scan_shape=(xs.size, ys.size))
+
+
+def plausible_tilt_bias(fit: TiltBiasFit, probe_bias_px: float) -> bool:
+    """Whether a learned coefficient is used: ``fit.determined``, of the probe calibration's sign
+    and within 4x of it either way (a rim fit's response to interior asymmetry is set by the disk
+    edge's profile, which the probe shows up to the detector's blur)."""
+    if not fit.determined or probe_bias_px == 0:
+        return False
+    ratio = fit.bias_px / probe_bias_px
+    return 0.25 <= ratio <= 4.0
+
+
+def _detection_params(dc, template: Probe, overrides: dict[str, Any]) -> DetectionParameters:
+    """Detection parameters as :func:`~distill4d.bragg.detect.detection_setup` chooses them (the
+    automatic ones unless ``overrides`` fix the thresholds; TypeError for unknown names)."""
+    from .detect import detection_setup
+
+    return detection_setup(dc, template, **dict(overrides))[1]
 
 
 # ----------------------------------------------------------------------------- per-reflection templates

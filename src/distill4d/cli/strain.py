@@ -74,7 +74,8 @@ def _find_disks(args: argparse.Namespace, outs: Outputs):
     elif args.method == "rim":
         from ..bragg import find_bragg_disks_rim
 
-        peaks = find_bragg_disks_rim(dc, probe, checkpoint=outs.checkpoint("disks"), **engine_kwargs(args))
+        peaks = find_bragg_disks_rim(dc, probe, reference=region, checkpoint=outs.checkpoint("disks"),
+                                     **engine_kwargs(args))
     else:
         kind = "sobel" if args.method == "sobel" else "disk"
         peaks = find_bragg_disks(dc, probe, kind=kind, checkpoint=outs.checkpoint("disks"), **engine_kwargs(args))

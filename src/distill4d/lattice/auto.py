@@ -26,13 +26,14 @@ import numpy as np
 
 from .._validate import positive_float
 from ..bragg.com_disks import com_batch
-from ..bragg.detect import as_datacube, find_bragg_disks
+from ..bragg.detect import as_datacube, detection_setup, find_bragg_disks
 from ..bragg.mean import finite_mean_pattern
 from ..bragg.peaks import BraggPeaks
 from ..bragg.probe import probe_template
 from ..bragg.refine import find_bragg_disks_rim
 from ..datacube import DataCube
 from ..errors import Distill4dError
+from .find import find_lattice
 from .fit import fit_lattice
 from .strain import reference_region, strain_map
 
@@ -47,6 +48,11 @@ ASYMMETRY_THRESHOLD = 0.15
 MARGIN = 0.8
 #: Largest validation block without a reference region (positions per side).
 VALIDATION_BLOCK = 8
+#: The candidates run on at most about this many positions of the validation region (a strided grid).
+MAX_VALIDATION_PATTERNS = 64
+#: Detection parameters chosen once on the whole scan and passed on (not re-chosen per candidate).
+_SHARED = ("min_spacing_px", "min_relative_intensity", "max_peaks", "min_relative_intensity_sites",
+           "site_tolerance_px", "sites_px", "edge_px", "radius_px")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,15 +67,18 @@ class AutoChoice:
         when candidates were run, ``validation`` (region, score kind) and ``scores`` (strain
         scatter per candidate, %).
     reason : one line for the user.
+    settings : keyword arguments of :func:`find_disks_by_method` for the whole scan that reuse
+        what the choice measured (detection thresholds, the learned tilt-bias coefficient).
     """
 
     method: str
     evidence: dict
     reason: str
+    settings: dict = dataclasses.field(default_factory=dict)
 
 
 def disk_evidence(datacube: DataCube, probe: Any = None, *, region: tuple[slice, slice] | None = None,
-                  n_sample: int = 64) -> dict:
+                  n_sample: int = 64, detection: dict | None = None) -> dict:
     """Disk-contrast evidence of thickness and tilt (see the module doc): ``friedel_asymmetry``
     (median over up to ``n_sample`` patterns of ``region``, fraction), ``interior_contrast`` and
     ``probe_contrast`` (std / mean inside 0.6 of the disk radius, mean pattern and probe), ``n_disks``."""
@@ -79,7 +88,8 @@ def disk_evidence(datacube: DataCube, probe: Any = None, *, region: tuple[slice,
     template = probe_template(probe, datacube=dc, kind="disk")
     r = template.radius_px
     mean = finite_mean_pattern(sub, scheduler="inline", progress=False)
-    mp = find_bragg_disks(DataCube(mean[None, None], dc.calibration), template, scheduler="inline", progress=False)
+    mp = find_bragg_disks(DataCube(mean[None, None], dc.calibration), template, scheduler="inline", progress=False,
+                          **(detection or {}))
     spots = np.stack([mp.qx, mp.qy], axis=1)
     nx, ny = dc.pattern_shape
     w = r + 1.0 + 2.0
@@ -137,23 +147,25 @@ def _contrast(images: np.ndarray, spots: np.ndarray, radius: float) -> float:
     return float(np.average(cvs, weights=ws)) if cvs else float("nan")
 
 
-def find_disks_by_method(method: str, datacube: DataCube, probe: Any = None, **engine: Any) -> BraggPeaks:
+def find_disks_by_method(method: str, datacube: DataCube, probe: Any = None, **options: Any) -> BraggPeaks:
     """Bragg disks by one named detector: ``"correlation"``, ``"sobel"`` (edge-filtered
-    correlation) or ``"rim"`` (correlation, then a rim circle fit); ``engine``: engine options."""
+    correlation) or ``"rim"`` (correlation, then a rim circle fit); ``options``: engine options,
+    detection parameters and (rim) :func:`~distill4d.bragg.find_bragg_disks_rim`'s options."""
     if method == "correlation":
-        return find_bragg_disks(datacube, probe, **engine)
+        return find_bragg_disks(datacube, probe, **options)
     if method == "sobel":
-        return find_bragg_disks(datacube, probe, kind="sobel", **engine)
+        return find_bragg_disks(datacube, probe, kind="sobel", **options)
     if method == "rim":
-        return find_bragg_disks_rim(datacube, probe, **engine)
+        return find_bragg_disks_rim(datacube, probe, **options)
     raise Distill4dError(f"method must be one of {AUTO_CANDIDATES}, got {method!r}")
 
 
-def _scatter_pct(peaks: BraggPeaks) -> float:
+def _scatter_pct(peaks: BraggPeaks, basis: Any = None) -> float:
     """Strain scatter (%) of a validation block: RMS over eps_xx, eps_yy and eps_xy of the
-    deviations from the block's median (inf when more than half the fits fail)."""
+    deviations from the block's median (inf when more than half the fits fail); ``basis``: the
+    indexing (default: found on ``peaks``)."""
     try:
-        sm = strain_map(fit_lattice(peaks))
+        sm = strain_map(fit_lattice(peaks, basis))
     except Distill4dError:
         return math.inf
     if float(np.mean(sm.mask)) > 0.5:
@@ -208,31 +220,78 @@ def choose_disk_method(
         x0, y0 = (dc.scan_shape[0] - bx) // 2, (dc.scan_shape[1] - by) // 2
         region = (slice(x0, x0 + bx), slice(y0, y0 + by))
         where = "central block"
-    ev = disk_evidence(dc, probe, region=region)
+    template, det = detection_setup(dc, probe)
+    shared = {k: getattr(det, k) for k in _SHARED}
+    ev = disk_evidence(dc, template, region=region, detection=shared)
     asym = ev.get("friedel_asymmetry")
     ev["asymmetry_threshold"] = asymmetry_threshold
     if asym is None or asym < asymmetry_threshold:
         ev["seconds"] = time.perf_counter() - t0
         why = ("no Friedel pairs of disks to judge tilt by" if asym is None
                else f"disk pairs symmetric (Friedel asymmetry {asym:.3f} < {asymmetry_threshold:g}): on zone")
-        return AutoChoice("correlation", ev, f"correlation: {why}")
+        return AutoChoice("correlation", ev, f"correlation: {why}", shared)
     sub = dc[region[0], region[1]]
-    scores = {}
-    for m in ("correlation",) + tuple(c for c in candidates if c != "correlation"):
+    nx, ny = sub.scan_shape
+    stride = max(1, int(math.ceil(math.sqrt(nx * ny / MAX_VALIDATION_PATTERNS))))
+    block = DataCube(np.asarray(sub.data[::stride, ::stride]), dc.calibration) if stride > 1 else sub
+    inline = {"scheduler": "inline", "progress": False}
+    scores, settings = {}, {"correlation": shared}
+    peaks_c, basis = None, None
+    try:
+        peaks_c = find_bragg_disks(block, template, **shared, **inline)
+        basis = find_lattice(peaks_c, origin_px=peaks_c.calibration.origin_px)
+        scores["correlation"] = _scatter_pct(peaks_c, basis)
+    except Distill4dError:
+        scores["correlation"] = math.inf
+    for m in (c for c in candidates if c != "correlation"):
         try:
-            scores[m] = _scatter_pct(find_disks_by_method(m, sub, probe, scheduler="inline", progress=False))
+            if m == "rim":
+                pk, settings["rim"] = _rim_on_block(block, template, det, peaks_c)
+            else:
+                pk = find_bragg_disks(block, probe, kind="sobel", **inline)
+                settings["sobel"] = {k: pk.params[k] for k in _SHARED}
+            scores[m] = _scatter_pct(pk, basis)
         except Distill4dError:
             scores[m] = math.inf
-    ev["validation"] = {"region": [[s.start, s.stop] for s in region], "score": where}
+    ev["validation"] = {"region": [[s.start, s.stop] for s in region], "stride": stride, "score": where}
     ev["scores"] = {k: (v if math.isfinite(v) else None) for k, v in scores.items()}
     best = min(scores, key=lambda k: scores[k])
     base = scores["correlation"]
     ev["seconds"] = time.perf_counter() - t0
     if best != "correlation" and scores[best] < margin * base:
         return AutoChoice(best, ev, f"{best}: disks uneven (Friedel asymmetry {asym:.3f}); strain scatter in the "
-                          f"{where} {scores[best]:.3g} % vs correlation {base:.3g} %")
+                          f"{where} {scores[best]:.3g} % vs correlation {base:.3g} %", settings.get(best, {}))
     return AutoChoice("correlation", ev, f"correlation: disks uneven (Friedel asymmetry {asym:.3f}) but no detector "
-                      f"beat correlation's strain scatter {base:.3g} % by {1 / margin:.3g}x in the {where}")
+                      f"beat correlation's strain scatter {base:.3g} % by {1 / margin:.3g}x in the {where}", shared)
+
+
+def _rim_on_block(block: DataCube, template: Any, det: Any, peaks_c: BraggPeaks | None) -> tuple[BraggPeaks, dict]:
+    """The rim fit of correlation's peaks ``peaks_c`` on the validation block, its tilt-bias coefficient
+    learned there (else the probe's), and the settings that repeat it on the whole scan."""
+    import dataclasses as dc_
+
+    from ..bragg.refine import (RimParameters, learn_tilt_bias_px, plausible_tilt_bias, rim_radius_px, rim_refine,
+                                rim_tilt_bias_px)
+
+    if peaks_c is None:
+        raise Distill4dError("correlation found no peaks to refine")
+    r = rim_radius_px(template)
+    rim = RimParameters(radius_px=r, search_px=min(2.0, 0.5 * r))
+    probe_bias = rim_tilt_bias_px(template, rim)
+    stack = np.asarray(block.data, dtype=np.float64).reshape(-1, *block.pattern_shape)
+    stack = np.where(np.isfinite(stack), stack, 0.0)
+    qx, qy, it, count = peaks_c.to_padded()
+    qx, qy = qx.reshape(stack.shape[0], -1), qy.reshape(stack.shape[0], -1)
+    mean = finite_mean_pattern(block, scheduler="inline", progress=False)
+    mp = find_bragg_disks(DataCube(mean[None, None], block.calibration), template,
+                          **{k: getattr(det, k) for k in _SHARED}, scheduler="inline", progress=False)
+    fit = learn_tilt_bias_px(stack, qx, qy, np.stack([mp.qx, mp.qy], 1), rim, scan_shape=block.scan_shape)
+    bias = fit.bias_px if plausible_tilt_bias(fit, probe_bias) else probe_bias
+    rx, ry = rim_refine(stack, qx, qy, dc_.replace(rim, bias_px=bias))
+    shape = block.scan_shape + (qx.shape[1],)
+    pk = BraggPeaks.from_padded(rx.reshape(shape), ry.reshape(shape), it.reshape(shape), count.reshape(block.scan_shape),
+                                block.calibration, params={"method": "rim"})
+    return pk, {**{k: getattr(det, k) for k in _SHARED}, "tilt_bias_px": bias}
 
 
 def find_bragg_disks_auto(datacube: Any, probe: Any = None, *, reference: Any = None, **engine: Any) -> BraggPeaks:
@@ -244,6 +303,6 @@ def find_bragg_disks_auto(datacube: Any, probe: Any = None, *, reference: Any = 
     """
     dc = as_datacube(datacube)
     choice = choose_disk_method(dc, probe, reference=reference)
-    peaks = find_disks_by_method(choice.method, dc, probe, **engine)
+    peaks = find_disks_by_method(choice.method, dc, probe, **choice.settings, **engine)
     params = {**peaks.params, "auto": {"chosen": choice.method, "reason": choice.reason, **choice.evidence}}
     return BraggPeaks(peaks.qx, peaks.qy, peaks.intensity, peaks.offsets, peaks.scan_shape, peaks.calibration, params)
