@@ -232,3 +232,41 @@ def test_segment_returns_the_two_domains_of_a_stripe_image(start_server):
     assert r.status_code == 422 and "autoencoder trains" in r.text
     r = _infer(s, "segment", {"images": np.ones(16, np.float32)})
     assert r.status_code == 422 and "image (H, W) or a series" in r.text
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_identify_equals_the_python_api_and_refuses_bad_spots(start_server):
+    """The served `identify` model (the shipped identifier) gives, for spot lists of Cu in random
+    orientations, exactly the per-pattern predictions of :func:`distill4d.identify.identify`;
+    inconsistent shapes and NaN spots get 422."""
+    from distill4d.calibration import Calibration
+    from distill4d.identify import identify
+    from distill4d.simulate.crystals import prototype
+    from distill4d.simulate.spots import spot_patterns
+
+    pats = spot_patterns(prototype("Cu"), 6, rng=5, excitation_error_inv_A=0.03)
+    K = max(len(p[0]) for p in pats)
+    qx, qy, it = (np.full((6, K), np.nan) for _ in range(3))
+    for i, (x, y, w) in enumerate(pats):
+        qx[i, : len(x)], qy[i, : len(x)], it[i, : len(x)] = x, y, w
+    count = np.array([len(p[0]) for p in pats], dtype=np.int64)
+    pix, origin = 0.01, (100.0, 100.0)
+    peaks = BraggPeaks.from_list([np.column_stack([x / pix + origin[0], y / pix + origin[1], w]) for x, y, w in pats],
+                                 (2, 3), calibration=Calibration(q_pixel_inv_A=pix, origin_px=origin))
+    ref = identify(peaks, aggregation="none")
+    s = start_server("--models", "identify")
+    s.wait_ready()
+    r = _infer(s, "identify", {"qx": qx, "qy": qy, "intensity": it, "count": count}, {"k": 3})
+    assert r.status_code == 200, r.text
+    out, _ = decode_response(r.content, r.headers)
+    np.testing.assert_array_equal(out["system"], ref.system.ravel())
+    np.testing.assert_array_equal(out["space_group"], ref.space_group.reshape(6, -1))
+    np.testing.assert_allclose(out["system_proba"], ref.system_proba.reshape(6, -1), rtol=1e-6)
+    np.testing.assert_allclose(out["lattice"], ref.lattice.reshape(6, -1), rtol=1e-6)
+    r = _infer(s, "identify", {"qx": qx, "qy": qy[:, :2], "intensity": it, "count": count})
+    assert r.status_code == 422 and "one shape" in r.text
+    bad = qx.copy()
+    bad[0, 0] = np.nan
+    r = _infer(s, "identify", {"qx": bad, "qy": qy, "intensity": it, "count": count})
+    assert r.status_code == 422 and "NaN" in r.text

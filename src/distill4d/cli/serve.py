@@ -66,8 +66,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.add_argument("--models", default="disks,fcunet,phase,strain",
-                   help="comma-separated models to serve (default disks,fcunet,phase,strain; also segment; fcunet "
-                        "and phase need PyTorch, segment scikit-learn: the ml extra)")
+                   help="comma-separated models to serve (default disks,fcunet,phase,strain; also segment and "
+                        "identify; fcunet and phase need PyTorch, segment scikit-learn: the ml extra)")
     p.add_argument("--device", default="auto", help="auto (default: GPU if PyTorch sees one), cpu or cuda[:N]")
     p.add_argument("--token-file", metavar="FILE",
                    help="file holding the bearer token every route but /v2/health/* requires (default: the "

@@ -7,7 +7,8 @@ patterns of one region. ``apply``: :func:`identify` a scan's Bragg peaks (or a s
 the shipped model (:func:`load_default`) or another.
 """
 
-from .apply import CrystalIdentification, identify, load_default
+from .apply import CrystalIdentification, identify, load_default, predict_spots
 from .models import SYSTEMS, CrystalIdentifier, aggregate, top_k
 
-__all__ = ["SYSTEMS", "CrystalIdentification", "CrystalIdentifier", "aggregate", "identify", "load_default", "top_k"]
+__all__ = ["SYSTEMS", "CrystalIdentification", "CrystalIdentifier", "aggregate", "identify", "load_default",
+           "predict_spots", "top_k"]

@@ -23,7 +23,8 @@ from ..simulate.spots import SYSTEMS
 from .encode import encode_batch
 from .models import CrystalIdentifier, aggregate, top_k
 
-__all__ = ["CrystalIdentification", "DEFAULT_MODEL", "LATTICE_NAMES", "default_model_path", "identify", "load_default"]
+__all__ = ["CrystalIdentification", "DEFAULT_MODEL", "LATTICE_NAMES", "default_model_path", "identify", "load_default",
+           "predict_spots"]
 
 #: File name of the shipped model in ``distill4d/weights`` (its card: the same name with ``.json``).
 DEFAULT_MODEL = "identify_forest.npz"
@@ -160,6 +161,37 @@ def _padded_inv_A(peaks: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nd
         count.reshape(P)
 
 
+def predict_spots(qx_inv_A: np.ndarray, qy_inv_A: np.ndarray, intensity: np.ndarray, count: np.ndarray,
+                  model: CrystalIdentifier, *, k: int = 3, min_spots: int = 3,
+                  direct_beam_inv_A: float = 0.05) -> dict[str, np.ndarray]:
+    """Per-pattern predictions for ``P`` NaN-padded spot lists ``(P, K)`` (1/Å from the direct
+    beam; ``count`` (P,) spots per pattern): ``valid`` (P,) patterns with ``min_spots`` or more
+    spots besides the direct beam, ``spots`` (P,) that number, ``system`` (P,) (-1 where not
+    valid), ``system_proba`` (P, 7), ``space_group`` / ``space_group_proba`` (P, k), ``lattice``
+    / ``lattice_std`` (P, 6) (NaN where not valid) and ``features`` of the valid patterns."""
+    qx, qy, it = (np.asarray(a, dtype=np.float64) for a in (qx_inv_A, qy_inv_A, intensity))
+    count = np.asarray(count)
+    used = np.arange(qx.shape[1]) < count[:, None]
+    if not (np.all(np.isfinite(qx[used & np.isfinite(it)])) and np.all(np.isfinite(qy[used & np.isfinite(it)]))):
+        raise Distill4dError("the Bragg peaks contain NaN or Inf positions")
+    with np.errstate(invalid="ignore"):
+        spots = (used & (np.hypot(qx, qy) >= direct_beam_inv_A) & (it > 0)).sum(axis=1)
+    valid = spots >= min_spots
+    P = qx.shape[0]
+    kk = min(k, model.space_groups().size)
+    out = {"valid": valid, "spots": spots, "system": np.full(P, -1), "system_proba": np.full((P, len(SYSTEMS)), np.nan),
+           "space_group": np.zeros((P, kk), dtype=np.int64), "space_group_proba": np.full((P, kk), np.nan),
+           "lattice": np.full((P, 6), np.nan), "lattice_std": np.full((P, 6), np.nan)}
+    X = encode_batch(qx[valid], qy[valid], it[valid], count[valid], direct_beam_inv_A=direct_beam_inv_A) \
+        if valid.any() else np.zeros((0, 0))
+    if valid.any():
+        pred = model.predict(X, k=kk)
+        for key in ("system", "system_proba", "space_group", "space_group_proba", "lattice", "lattice_std"):
+            out[key][valid] = pred[key]
+    out["features"] = X
+    return out
+
+
 def identify(
     data: Any,
     model: CrystalIdentifier | None = None,
@@ -212,29 +244,15 @@ def identify(
     if peaks.n_peaks == 0:
         raise Distill4dError("the Bragg peaks hold no peak at all: nothing to identify (check the disk detection)")
     qx, qy, it, count = _padded_inv_A(peaks)
-    if not (np.all(np.isfinite(qx[np.isfinite(it)])) and np.all(np.isfinite(qy[np.isfinite(it)]))):
-        raise Distill4dError("the Bragg peaks contain NaN or Inf positions")
-    used = np.arange(qx.shape[1]) < count[:, None]
-    with np.errstate(invalid="ignore"):
-        spots = (used & (np.hypot(qx, qy) >= direct_beam_inv_A) & (it > 0)).sum(axis=1)
-    valid = spots >= min_spots
+    pred = predict_spots(qx, qy, it, count, model, k=k, min_spots=min_spots, direct_beam_inv_A=direct_beam_inv_A)
+    valid = pred["valid"]
     if not valid.any():
         raise Distill4dError(f"no pattern has {min_spots} or more spots besides the direct beam (the most: "
-                             f"{int(spots.max())}): nothing to identify (lower min_spots / --min-spots, or check "
-                             "the disk detection and origin_px)")
-    P = Rx * Ry
-    sys_ = np.full(P, -1)
-    ps = np.full((P, len(SYSTEMS)), np.nan)
-    kk = min(k, model.space_groups().size)
-    sg = np.zeros((P, kk), dtype=np.int64)
-    sgp = np.full((P, kk), np.nan)
-    lat = np.full((P, 6), np.nan)
-    lat_std = np.full((P, 6), np.nan)
-    X = encode_batch(qx[valid], qy[valid], it[valid], count[valid], direct_beam_inv_A=direct_beam_inv_A)
-    pred = model.predict(X, k=kk)
-    sys_[valid], ps[valid] = pred["system"], pred["system_proba"]
-    sg[valid], sgp[valid] = pred["space_group"], pred["space_group_proba"]
-    lat[valid], lat_std[valid] = pred["lattice"], pred["lattice_std"]
+                             f"{int(pred['spots'].max())}): nothing to identify (lower min_spots / --min-spots, or "
+                             "check the disk detection and origin_px)")
+    sys_, ps, sg, sgp = pred["system"], pred["system_proba"], pred["space_group"], pred["space_group_proba"]
+    lat, lat_std, X = pred["lattice"], pred["lattice_std"], pred["features"]
+    kk = sg.shape[1]
     shape = (Rx, Ry)
     out = CrystalIdentification(
         valid.reshape(shape), sys_.reshape(shape), ps.reshape(shape + (-1,)), sg.reshape(shape + (kk,)),

@@ -7,7 +7,9 @@ key as one call of the package's function and splits the result per request. No 
 logic lives here: ``disks`` calls :func:`distill4d.bragg.detect_batch` with the probe and
 parameters of :func:`distill4d.bragg.detection_setup` (so its peaks are those of
 ``distill4d disks``), ``fcunet`` :meth:`FCUNetDetector.detect_batch`, ``phase``
-:func:`distill4d.ml.phase.phase_image` and ``strain`` :func:`distill4d.lattice.strain_map`.
+:func:`distill4d.ml.phase.phase_image`, ``strain`` :func:`distill4d.lattice.strain_map`,
+``segment`` :func:`distill4d.segment.segment` and ``identify``
+:func:`distill4d.identify.predict_spots` with the shipped identifier.
 """
 
 from __future__ import annotations
@@ -26,8 +28,8 @@ from .protocol import InferRequest, ProtocolError, datatype_of
 
 __all__ = ["MODEL_NAMES", "Prepared", "ServedModel", "TensorSpec", "build_model"]
 
-#: Models the server can serve (``identify`` and ``segment`` join when their packages land).
-MODEL_NAMES = ("disks", "fcunet", "phase", "strain", "segment")
+#: Models the server can serve.
+MODEL_NAMES = ("disks", "fcunet", "phase", "strain", "segment", "identify")
 
 #: Datatypes accepted for patterns (detector counts or floats).
 PATTERN_DATATYPES = ("FP32", "FP64", "FP16", "UINT8", "UINT16", "UINT32", "INT16", "INT32")
@@ -606,8 +608,113 @@ class SegmentModel(ServedModel):
         return res
 
 
+class IdentifyModel(ServedModel):
+    """Spot lists → crystal system, space groups and lattice parameters per pattern
+    (:func:`distill4d.identify.predict_spots` with the shipped identifier)."""
+
+    name = "identify"
+    inputs = (
+        TensorSpec("qx", "FP64", (-1, -1), description="spot positions (1/Å from the direct beam), NaN-padded (N, K)"),
+        TensorSpec("qy", "FP64", (-1, -1), description="spot positions (1/Å from the direct beam), NaN-padded (N, K)"),
+        TensorSpec("intensity", "FP64", (-1, -1), description="spot intensities (N, K)"),
+        TensorSpec("count", "INT64", (-1,), description="spots per pattern (N)"),
+    )
+    outputs = (
+        TensorSpec("valid", "BOOL", (-1,), description="whether the pattern had enough spots to be identified"),
+        TensorSpec("system", "INT64", (-1,), description="crystal system (index into the card's systems; -1 not valid)"),
+        TensorSpec("system_proba", "FP64", (-1, 7), description="probability of each crystal system"),
+        TensorSpec("space_group", "INT64", (-1, -1), description="the top k space groups"),
+        TensorSpec("space_group_proba", "FP64", (-1, -1), description="their probabilities"),
+        TensorSpec("lattice", "FP64", (-1, 6), description="a, b, c (Å), alpha, beta, gamma (degrees)"),
+        TensorSpec("lattice_std", "FP64", (-1, 6), description="the model's spread of the lattice parameters"),
+    )
+    parameters = {"k": "space groups to return (default 3)", "min_spots": "spots besides the direct beam a pattern "
+                  "needs (default 3)", "direct_beam_inv_A": "spots nearer the origin are the direct beam (default 0.05)"}
+
+    def __init__(self, device: str = "auto") -> None:
+        super().__init__(device)
+        self.device = "cpu"
+        self.model: Any = None
+
+    def load(self) -> None:
+        from pathlib import Path
+
+        from ..identify import load_default
+        from ..identify.apply import default_model_path
+        from ..ml._common.model_files import read_card
+        from ..simulate.spots import SYSTEMS
+
+        self.model = load_default()
+        card = read_card(Path(str(default_model_path())).with_suffix(".json"), "identify")
+        self.card = {"weights": Path(str(default_model_path())).name, **dict(card), "systems": list(SYSTEMS)}
+
+    def example_inputs(self) -> dict[str, np.ndarray]:
+        h, k = np.meshgrid(np.arange(-2, 3), np.arange(-2, 3), indexing="ij")
+        qx = (0.25 * h + 0.125 * k).ravel()[None].astype(float)
+        qy = (0.2165 * k).ravel()[None].astype(float)
+        return {"qx": qx, "qy": qy, "intensity": np.exp(-np.hypot(qx, qy)), "count": np.array([qx.shape[1]])}
+
+    def prepare(self, request: InferRequest) -> Prepared:
+        ins = request.inputs
+        names = {s.name for s in self.inputs}
+        _unexpected(ins, names)
+        missing = sorted(names - set(ins))
+        if missing:
+            raise ProtocolError(f"input(s) {missing} missing; identify takes {sorted(names)}")
+        opts = _parameter_overrides(request.parameters, set(self.parameters))
+        qx, qy, inten = (np.asarray(ins[k], dtype=np.float64) for k in ("qx", "qy", "intensity"))
+        count = ins["count"]
+        if qx.ndim != 2 or qy.shape != qx.shape or inten.shape != qx.shape:
+            raise ProtocolError(f"qx, qy and intensity must have one shape (N, K), got {list(qx.shape)}, "
+                                f"{list(qy.shape)}, {list(inten.shape)}")
+        if count.dtype.kind not in "ui" or count.shape != (qx.shape[0],):
+            raise ProtocolError(f"count must be integers of shape [{qx.shape[0]}], got {datatype_of(count.dtype)} "
+                                f"{list(count.shape)}")
+        if (count < 0).any() or (count > qx.shape[1]).any():
+            raise ProtocolError(f"count must lie in [0, {qx.shape[1]}] (the padded width K)")
+        take = np.arange(qx.shape[1]) < count[:, None]
+        for name, a in (("qx", qx), ("qy", qy), ("intensity", inten)):
+            if not np.isfinite(a[take]).all():
+                raise ProtocolError(f"input {name!r} has NaN or infinite values among its first count spots")
+        try:
+            kw = {"k": int(opts.get("k", 3)), "min_spots": int(opts.get("min_spots", 3)),
+                  "direct_beam_inv_A": float(opts.get("direct_beam_inv_A", 0.05))}
+        except (TypeError, ValueError) as err:
+            raise ProtocolError(f"bad parameter: {err}") from None
+        if kw["k"] < 1 or kw["min_spots"] < 1 or not (0 <= kw["direct_beam_inv_A"] < 10):
+            raise ProtocolError(f"k and min_spots must be >= 1 and direct_beam_inv_A in [0, 10) 1/Å, got {kw}")
+        return Prepared(tuple(sorted(kw.items())), qx.shape[0],
+                        {"qx": qx, "qy": qy, "intensity": inten, "count": count, "kw": kw})
+
+    def run_batch(self, items: list[Prepared]) -> list[tuple[dict[str, np.ndarray], dict[str, Any]]]:
+        from ..identify import predict_spots
+
+        width = max(it.payload["qx"].shape[1] for it in items)
+
+        def padded(key: str) -> np.ndarray:
+            return np.concatenate([np.pad(it.payload[key], ((0, 0), (0, width - it.payload[key].shape[1])),
+                                          constant_values=np.nan) for it in items])
+
+        count = np.concatenate([it.payload["count"] for it in items])
+        try:
+            pred = predict_spots(padded("qx"), padded("qy"), padded("intensity"), count, self.model,
+                                 **items[0].payload["kw"])
+        except Distill4dError as err:
+            raise ProtocolError(str(err)) from None
+        keys = [s.name for s in self.outputs]
+        res, start = [], 0
+        for it in items:
+            rows = slice(start, start + it.n)
+            res.append(({k: np.asarray(pred[k][rows]) for k in keys}, {}))
+            start += it.n
+        return res
+
+    def runs_inline(self, item: Prepared) -> bool:
+        return item.n <= 64
+
+
 _MODELS: dict[str, type[ServedModel]] = {"disks": DisksModel, "fcunet": FCUNetModel, "phase": PhaseModel,
-                                         "strain": StrainModel, "segment": SegmentModel}
+                                         "strain": StrainModel, "segment": SegmentModel, "identify": IdentifyModel}
 
 
 def build_model(name: str, device: str = "auto") -> ServedModel:
