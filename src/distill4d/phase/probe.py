@@ -70,7 +70,7 @@ def probe_wave_k(
         if soft_edge:
             a = np.clip((k_max - k) / q_pixel_inv_A + 0.5, 0.0, 1.0)
         else:
-            a = (k <= k_max).astype(np.float64)
+            a = (kx**2 + ky**2 <= k_max**2).astype(np.float64)
     else:
         a = np.asarray(amplitude, dtype=np.float64)
     return a * np.exp(-1j * aberration_phase(kx, ky, lam, defocus_A, Cs_A))

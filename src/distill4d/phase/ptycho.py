@@ -212,6 +212,7 @@ def reconstruct(
     probe_start: int = 1,
     positions_start: int = 2,
     memory_budget: int = 2**30,
+    final_lr: float = 0.1,
     callback: Callable[[int, float], None] | None = None,
 ) -> PtychoResult:
     """Reconstruct the object (and probe) of a scan by ptychography.
@@ -226,7 +227,7 @@ def reconstruct(
     slices : object slices (1: single slice; more: multislice).
     slice_thickness_A : distance between slices in Å (needed when ``slices > 1``).
     modes : incoherent probe modes (mixed state), kept orthogonal.
-    iterations : passes over all positions (a resumed run continues up to this number).
+    iterations : passes over all positions.
     batch_size : positions per Adam step.
     loss : ``"amplitude"`` or ``"poisson"`` (for counted, low-dose data).
     refine_positions : also refine each probe position (sub-pixel, by its gradient).
@@ -245,6 +246,8 @@ def reconstruct(
         rotation is estimated from the centre of mass as ``distill4d com`` does.
     learning_rates : overrides of :data:`DEFAULT_LR` (``phase``, ``amplitude``, ``probe``, ``positions``).
     probe_start, positions_start : first iteration (0-based) that updates the probe / positions.
+    final_lr : the learning rates fall from their values to ``final_lr`` times them over the
+        iterations (cosine).
     memory_budget : bytes of patterns held in memory; beyond it they are read from a temporary file.
     callback : called as ``callback(iteration, error)`` after each iteration.
     """
@@ -309,7 +312,7 @@ def reconstruct(
     try:
         return _run(torch, dev, cube, store_, reg, origin, n, theta, flip, rot_source, vacuum, defocus_A, Cs_A,
                     slices, slice_thickness_A, modes, iterations, batch_size, loss, refine_positions, seed,
-                    checkpoint, progress, lr, probe_start, positions_start, callback, t_start)
+                    checkpoint, progress, lr, probe_start, positions_start, final_lr, callback, t_start)
     finally:
         store_.close()
 
@@ -344,7 +347,7 @@ def _run(torch: Any, dev: Any, cube: DataCube, store: Any, reg: tuple[slice, sli
          n: int, theta: float, flip: bool, rot_source: str, vacuum: np.ndarray | None, defocus_A: float, Cs_A: float,
          slices: int, dz: float | None, modes: int, iterations: int, batch_size: int, loss: str,
          refine_positions: bool, seed: int, checkpoint: Any, progress: bool | None, lr: dict[str, float],
-         probe_start: int, positions_start: int, callback: Any, t_start: float) -> PtychoResult:
+         probe_start: int, positions_start: int, final_lr: float, callback: Any, t_start: float) -> PtychoResult:
     cal = cube.calibration
     q = cal.q_pixel_inv_A
     pixel_A = (1.0 / (n * q), 1.0 / (n * q))
@@ -394,7 +397,7 @@ def _run(torch: Any, dev: Any, cube: DataCube, store: Any, reg: tuple[slice, sli
     key = _job_key(shape=cube.shape, region=[reg[0].start, reg[0].stop, reg[1].start, reg[1].stop], n=n,
                    origin=origin, theta=theta, flip=flip, defocus=defocus_A, Cs=Cs_A, slices=S, dz=dz, modes=modes,
                    batch=batch_size, loss=loss, refine=refine_positions, seed=seed, lr=lr, probe_start=probe_start,
-                   positions_start=positions_start, vacuum=vacuum is not None, device=dev.type)
+                   positions_start=positions_start, final_lr=final_lr, iterations=iterations, vacuum=vacuum is not None, device=dev.type)
     errors: list[float] = []
     start_it = 0
     ckpt = Path(checkpoint) if checkpoint is not None else None
@@ -426,10 +429,11 @@ def _run(torch: Any, dev: Any, cube: DataCube, store: Any, reg: tuple[slice, sli
     bar = _progress_bar(progress, iterations, start_it)
     try:
         for it in range(start_it, iterations):
+            decay = final_lr + (1 - final_lr) * 0.5 * (1 + math.cos(math.pi * it / max(iterations, 1)))
             for g in opt.param_groups:
                 name = g["name"]
                 active = (name != "probe" or it >= probe_start) and (name != "positions" or it >= positions_start)
-                g["lr"] = lr_now[name] if active else 0.0
+                g["lr"] = lr_now[name] * decay if active else 0.0
             order = np.random.default_rng([seed, it]).permutation(n_pos)
             num = den = 0.0
             for b0 in range(0, n_pos, batch_size):
@@ -482,7 +486,7 @@ def _run(torch: Any, dev: Any, cube: DataCube, store: Any, reg: tuple[slice, sli
         "vacuum_probe": vacuum is not None, "region": [reg[0].start, reg[0].stop, reg[1].start, reg[1].stop],
         "seed": seed, "pattern_size": n, "origin_px": list(origin), "scan_rotation_rad": theta, "scan_flip": flip,
         "scan_rotation": rot_source, "learning_rates": lr, "probe_start": probe_start,
-        "positions_start": positions_start, "device": str(dev), "resumed_at_iteration": start_it,
+        "positions_start": positions_start, "final_lr": final_lr, "device": str(dev), "resumed_at_iteration": start_it,
         "seconds": time.perf_counter() - t_start, "patterns_in_memory": store.in_memory,
     }
     return PtychoResult(phase, amplitude, obj, pixel_A, probe_out, (pos_px * np.asarray(pixel_A)).astype(np.float64),
