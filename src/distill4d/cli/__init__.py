@@ -5,7 +5,7 @@ overwrite an existing output without ``--force``, and keeps finished chunks in
 ``OUTPUT.partial/`` so that an interrupted run resumes when the same command is run again.
 
 One module per command group (:mod:`.imaging`: info, virtual, com; :mod:`.strain`: disks,
-strain; :mod:`.phase`: phase, train phase; :mod:`.train`: train fcunet; :mod:`.simulate`;
+strain; :mod:`.phase`: phase, train phase; :mod:`.ptycho`: ptycho; :mod:`.train`: train fcunet; :mod:`.simulate`;
 :mod:`.demo`), each with an ``add_parser(sub)`` hook (``add_train_parser(tsub)`` for the
 models of ``distill4d train``); what they share is in :mod:`._common`. This module assembles
 them. Bad input (:class:`~distill4d.Distill4dError`) and file errors are one line on stderr;
@@ -18,7 +18,7 @@ import argparse
 from collections.abc import Sequence
 
 from .._version import __version__
-from . import demo, imaging, phase, segment, serve, simulate, strain, train
+from . import demo, imaging, phase, ptycho, segment, serve, simulate, strain, train
 from ._common import run_command
 
 __all__ = ["build_parser", "main"]
@@ -36,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     imaging.add_parser(sub)
     strain.add_parser(sub)
     phase.add_parser(sub)
+    ptycho.add_parser(sub)
     simulate.add_parser(sub)
     segment.add_parser(sub)
     p = sub.add_parser("train", help="train a model: fcunet (on a simulated library), phase (on a scan and a label image)")

@@ -37,6 +37,7 @@ class PatternStore:
     n : pattern window size N (pixels).
     mask : (N, N) float32, 1 where the window lies on the detector (FFT order).
     mean_intensity : mean total intensity of a pattern inside the window.
+    mean_pattern : (N, N) float64 mean pattern inside the window (FFT order).
     """
 
     def __init__(self, cube: Any, region: tuple[slice, slice], origin_px: tuple[float, float], n: int,
@@ -68,11 +69,14 @@ class PatternStore:
         row_bytes = self.scan_shape[1] * cube.pattern_shape[0] * cube.pattern_shape[1] * 8
         rows = rows_per_read or max(1, min(self.scan_shape[0], (memory_budget // 4) // max(row_bytes, 1)))
         total = 0.0
+        mean = np.zeros((n, n), np.float64)
         for r0 in range(x0, x1, rows):
             r1 = min(r0 + rows, x1)
             block = read_rows(cube, slice(r0, r1), slice(y0, y1)).astype(np.float32, copy=False)
             amp = self._prepare(block.reshape(-1, qx, qy))
-            total += float(np.sum(amp.astype(np.float64) ** 2))
+            sq = amp.astype(np.float64) ** 2
+            total += float(np.sum(sq))
+            mean += sq.sum(axis=0)
             i0 = (r0 - x0) * self.scan_shape[1]
             if self._array is not None:
                 self._array[i0 : i0 + len(amp)] = amp
@@ -82,6 +86,7 @@ class PatternStore:
         if self._file is not None:
             self._file.flush()
         self.mean_intensity = total / count
+        self.mean_pattern = mean / count  # FFT order
         if not self.mean_intensity > 0:
             raise Distill4dError("the patterns have no positive intensity inside the pattern window")
 

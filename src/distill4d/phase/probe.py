@@ -19,7 +19,7 @@ from .._validate import pattern_array, positive_float, positive_int
 from ..calibration import Calibration, electron_wavelength_A
 from ..errors import Distill4dError
 
-__all__ = ["MAX_DEFOCUS_A", "aberration_phase", "probe_from_calibration", "probe_wave_k", "spatial_frequencies"]
+__all__ = ["MAX_DEFOCUS_A", "aberration_phase", "aperture_from_mean_pattern", "probe_from_calibration", "probe_wave_k", "spatial_frequencies"]
 
 #: Largest |defocus| accepted, in Å (10 µm): beyond it the probe leaves any sensible window.
 MAX_DEFOCUS_A = 1e5
@@ -120,3 +120,24 @@ def probe_from_calibration(
         wave_k = probe_wave_k((nx, ny), q, 1.0, energy, defocus_A, Cs_A, amplitude=amp)
     wave = np.fft.fftshift(np.fft.ifft2(wave_k))
     return wave / np.sqrt(np.sum(np.abs(wave) ** 2))
+
+
+def aperture_from_mean_pattern(mean_pattern: np.ndarray, calibration: Calibration, *, grow_px: float = 2.0) -> np.ndarray:
+    """The aperture amplitude (0-1) as the data show it: the square root of the mean pattern (unshifted FFT
+    order, the origin at pixel (0, 0)) divided by its median inside the calibrated disk, clipped to 1 and
+    cut ``grow_px`` pixels outside the disk of ``semiangle_mrad``. It carries the real edge of the
+    aperture (its blur, a slightly wrong semiangle) that the calibration does not."""
+    m = np.asarray(mean_pattern, dtype=np.float64)
+    q = calibration.require("q_pixel_inv_A")
+    k_max = calibration.require("semiangle_mrad") * 1e-3 / electron_wavelength_A(calibration.require("energy_eV"))
+    kx, ky = spatial_frequencies(m.shape, q)
+    r_px = np.sqrt(kx**2 + ky**2) / q
+    rim = k_max / q
+    inner = r_px <= rim - 1.5
+    if not np.any(inner):
+        inner = r_px <= rim
+    amp = np.sqrt(np.clip(m, 0.0, None))
+    plateau = float(np.median(amp[inner]))
+    if not plateau > 0:
+        raise Distill4dError("the mean pattern is dark inside the probe aperture: check semiangle_mrad and origin_px")
+    return np.where(r_px <= rim + grow_px, np.clip(amp / plateau, 0.0, 1.0), 0.0)

@@ -34,7 +34,7 @@ from ..calibration import Calibration
 from ..datacube import DataCube
 from ..errors import Distill4dError
 from ..results import Provenance, Results
-from .probe import check_aberrations, probe_from_calibration
+from .probe import aperture_from_mean_pattern, check_aberrations, probe_from_calibration
 
 __all__ = ["LOSSES", "PtychoResult", "reconstruct"]
 
@@ -150,9 +150,7 @@ def _check_region(region: Any, scan_shape: tuple[int, int]) -> tuple[slice, slic
 
 def _require_calibration(cal: Calibration) -> None:
     for name in ("energy_eV", "semiangle_mrad", "q_pixel_inv_A", "scan_step_A"):
-        if getattr(cal, name) is None:
-            raise Distill4dError(f"ptychography needs the calibration '{name}', which is not set "
-                                 f"(DataCube.with_calibration({name}=...) or the command-line flag)")
+        cal.require(name)  # a one-line error naming the field and how to set it
 
 
 def _scan_rotation(cube: DataCube, region: tuple[slice, slice], rotation: float | None,
@@ -213,6 +211,8 @@ def reconstruct(
     positions_start: int = 2,
     memory_budget: int = 2**30,
     final_lr: float = 0.1,
+    constrain_probe: bool = True,
+    aperture_from_data: bool = True,
     callback: Callable[[int, float], None] | None = None,
 ) -> PtychoResult:
     """Reconstruct the object (and probe) of a scan by ptychography.
@@ -248,7 +248,13 @@ def reconstruct(
     probe_start, positions_start : first iteration (0-based) that updates the probe / positions.
     final_lr : the learning rates fall from their values to ``final_lr`` times them over the
         iterations (cosine).
+    constrain_probe : hold the probe's Fourier amplitude (all modes together) to that of the initial
+        probe (the aperture, or the vacuum probe), refining its phase only; this keeps the probe from
+        taking up a periodic factor of the object (the raster-grid artefact of regular scans).
     memory_budget : bytes of patterns held in memory; beyond it they are read from a temporary file.
+    aperture_from_data : without a vacuum probe, the aperture's amplitude is read from the scan's mean
+        pattern inside the calibrated disk (:func:`~distill4d.phase.probe.aperture_from_mean_pattern`);
+        False: the calibrated disk with a one-pixel soft edge.
     callback : called as ``callback(iteration, error)`` after each iteration.
     """
     import torch
@@ -305,14 +311,16 @@ def reconstruct(
         return reconstruct(cube.with_calibration(origin_px=origin), defocus_A=defocus_A, Cs_A=Cs_A, slices=slices, slice_thickness_A=slice_thickness_A,
                            iterations=4, batch_size=batch_size, loss=loss, probe=probe, device=dev, seed=seed,
                            progress=False, pattern_size=pattern_size, learning_rates=learning_rates,
-                           memory_budget=memory_budget, **kw)
+                           memory_budget=memory_budget, constrain_probe=constrain_probe,
+                           aperture_from_data=aperture_from_data, **kw)
 
     theta, flip, rot_source = _scan_rotation(cube, reg, scan_rotation_rad, scan_flip, trial)
     store_ = _store(cube, reg, origin, n, memory_budget)
     try:
         return _run(torch, dev, cube, store_, reg, origin, n, theta, flip, rot_source, vacuum, defocus_A, Cs_A,
                     slices, slice_thickness_A, modes, iterations, batch_size, loss, refine_positions, seed,
-                    checkpoint, progress, lr, probe_start, positions_start, final_lr, callback, t_start)
+                    checkpoint, progress, lr, probe_start, positions_start, final_lr, constrain_probe,
+                    aperture_from_data, callback, t_start)
     finally:
         store_.close()
 
@@ -347,7 +355,8 @@ def _run(torch: Any, dev: Any, cube: DataCube, store: Any, reg: tuple[slice, sli
          n: int, theta: float, flip: bool, rot_source: str, vacuum: np.ndarray | None, defocus_A: float, Cs_A: float,
          slices: int, dz: float | None, modes: int, iterations: int, batch_size: int, loss: str,
          refine_positions: bool, seed: int, checkpoint: Any, progress: bool | None, lr: dict[str, float],
-         probe_start: int, positions_start: int, final_lr: float, callback: Any, t_start: float) -> PtychoResult:
+         probe_start: int, positions_start: int, final_lr: float, constrain_probe: bool, aperture_from_data: bool, callback: Any,
+         t_start: float) -> PtychoResult:
     cal = cube.calibration
     q = cal.q_pixel_inv_A
     pixel_A = (1.0 / (n * q), 1.0 / (n * q))
@@ -364,6 +373,10 @@ def _run(torch: Any, dev: Any, cube: DataCube, store: Any, reg: tuple[slice, sli
     if vacuum is not None:
         vac = _crop_centre(vacuum.astype(np.float64), origin, n)
         probe0 = probe_from_calibration(cal, (n, n), defocus_A=defocus_A, Cs_A=Cs_A, vacuum=vac)
+    elif aperture_from_data:
+        amp = aperture_from_mean_pattern(store.mean_pattern, cal)
+        probe0 = probe_from_calibration(cal, (n, n), defocus_A=defocus_A, Cs_A=Cs_A,
+                                        vacuum=np.fft.fftshift(amp) ** 2)
     else:
         probe0 = probe_from_calibration(cal, (n, n), defocus_A=defocus_A, Cs_A=Cs_A)
     probe0 = probe0 * math.sqrt(store.mean_intensity)
@@ -390,6 +403,11 @@ def _run(torch: Any, dev: Any, cube: DataCube, store: Any, reg: tuple[slice, sli
     if S > 1:
         k2 = (kx * n * q) ** 2 + (ky * n * q) ** 2
         prop = torch.exp(-1j * math.pi * lam * dz * k2.to(torch.float64)).to(ctype)
+    # |FFT| of the probe (all modes together) is held to that of the initial probe (the aperture or the
+    # vacuum probe): the probe keeps learning its phase (aberrations) and its modes, but cannot take up
+    # a periodic factor of the object (the raster-grid ambiguity of a regular scan).
+    aperture = torch.as_tensor(np.abs(np.fft.fft2(probe0 / scale)), dtype=ftype, device=dev)
+    constrain = bool(constrain_probe)
     ar = torch.arange(n, device=dev)
     one = torch.ones((), dtype=ftype, device=dev)
     eps = 1e-8 * store.mean_intensity / (n * n)
@@ -397,7 +415,8 @@ def _run(torch: Any, dev: Any, cube: DataCube, store: Any, reg: tuple[slice, sli
     key = _job_key(shape=cube.shape, region=[reg[0].start, reg[0].stop, reg[1].start, reg[1].stop], n=n,
                    origin=origin, theta=theta, flip=flip, defocus=defocus_A, Cs=Cs_A, slices=S, dz=dz, modes=modes,
                    batch=batch_size, loss=loss, refine=refine_positions, seed=seed, lr=lr, probe_start=probe_start,
-                   positions_start=positions_start, final_lr=final_lr, iterations=iterations, vacuum=vacuum is not None, device=dev.type)
+                   positions_start=positions_start, final_lr=final_lr, iterations=iterations,
+                   constrain_probe=bool(constrain_probe), aperture_from_data=bool(aperture_from_data), vacuum=vacuum is not None, device=dev.type)
     errors: list[float] = []
     start_it = 0
     ckpt = Path(checkpoint) if checkpoint is not None else None
@@ -450,6 +469,9 @@ def _run(torch: Any, dev: Any, cube: DataCube, store: Any, reg: tuple[slice, sli
                 opt.zero_grad(set_to_none=False)
                 value.backward()
                 opt.step()
+                if constrain and it >= probe_start:
+                    with torch.no_grad():
+                        state["probe"].copy_(_fourier_amplitude(torch, state["probe"], aperture))
                 with torch.no_grad():
                     state["amplitude"].clamp_(0.0, 2.0)
                     d = torch.sqrt(inten.detach() + eps) - amp
@@ -486,7 +508,8 @@ def _run(torch: Any, dev: Any, cube: DataCube, store: Any, reg: tuple[slice, sli
         "vacuum_probe": vacuum is not None, "region": [reg[0].start, reg[0].stop, reg[1].start, reg[1].stop],
         "seed": seed, "pattern_size": n, "origin_px": list(origin), "scan_rotation_rad": theta, "scan_flip": flip,
         "scan_rotation": rot_source, "learning_rates": lr, "probe_start": probe_start,
-        "positions_start": positions_start, "final_lr": final_lr, "device": str(dev), "resumed_at_iteration": start_it,
+        "positions_start": positions_start, "final_lr": final_lr, "constrain_probe": bool(constrain_probe),
+        "device": str(dev), "resumed_at_iteration": start_it,
         "seconds": time.perf_counter() - t_start, "patterns_in_memory": store.in_memory,
     }
     return PtychoResult(phase, amplitude, obj, pixel_A, probe_out, (pos_px * np.asarray(pixel_A)).astype(np.float64),
@@ -529,6 +552,13 @@ def _initial_modes(probe0: np.ndarray, modes: int, seed: int) -> np.ndarray:
         weights = [1 - 0.05 * (modes - 1)] + [0.05] * (modes - 1)
         arr = np.stack([np.sqrt(w * total) * b for w, b in zip(weights, basis)]).reshape(modes, n, n)
     return arr
+
+
+def _fourier_amplitude(torch: Any, probe: Any, aperture: Any) -> Any:
+    """The probe modes with their joint Fourier amplitude ``sqrt(Σ_m |FFT P_m|²)`` set to ``aperture``."""
+    pk = torch.fft.fft2(probe)
+    total = torch.sqrt((pk.real**2 + pk.imag**2).sum(dim=0)) + 1e-12 * aperture.max()
+    return torch.fft.ifft2(pk * (aperture / total))
 
 
 def _orthogonalise(torch: Any, probe: Any) -> Any:
