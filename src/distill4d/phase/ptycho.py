@@ -41,11 +41,15 @@ __all__ = ["LOSSES", "PtychoResult", "reconstruct"]
 #: Loss functions.
 LOSSES = ("amplitude", "poisson")
 #: Default iterations (passes over all positions) and positions per mini-batch.
-DEFAULT_ITERATIONS = 20
-DEFAULT_BATCH_SIZE = 32
+DEFAULT_ITERATIONS = 10
+DEFAULT_BATCH_SIZE = 64
 #: Default Adam learning rates: object phase (rad), object amplitude, probe (relative to its
 #: peak), positions (object pixels).
-DEFAULT_LR = {"phase": 0.05, "amplitude": 0.02, "probe": 0.01, "positions": 0.05}
+DEFAULT_LR = {"phase": 0.05, "amplitude": 0.02, "probe": 0.01, "positions": 0.05, "object_step": 0.5}
+#: Optimisers of the object: "gd" (a Gauss-Newton-like gradient step divided by the probe's
+#: illumination, as ePIE/LSQ-ML do; the probe and positions still by Adam) or "adam".
+OPTIMIZERS = ("gd", "adam")
+_GD_ALPHA = 0.1
 _CHECKPOINT_FORMAT = "distill4d-ptycho-checkpoint-1"
 
 
@@ -213,6 +217,7 @@ def reconstruct(
     final_lr: float = 0.1,
     constrain_probe: bool = True,
     aperture_from_data: bool = True,
+    optimizer: str = "gd",
     callback: Callable[[int, float], None] | None = None,
 ) -> PtychoResult:
     """Reconstruct the object (and probe) of a scan by ptychography.
@@ -271,6 +276,8 @@ def reconstruct(
     modes = positive_int("modes", modes)
     iterations = positive_int("iterations", iterations, minimum=0)
     batch_size = positive_int("batch_size", batch_size)
+    if optimizer not in OPTIMIZERS:
+        raise Distill4dError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
     if loss not in LOSSES:
         raise Distill4dError(f"loss must be one of {LOSSES}, got {loss!r}")
     if slices > 1:
@@ -312,7 +319,7 @@ def reconstruct(
                            iterations=4, batch_size=batch_size, loss=loss, probe=probe, device=dev, seed=seed,
                            progress=False, pattern_size=pattern_size, learning_rates=learning_rates,
                            memory_budget=memory_budget, constrain_probe=constrain_probe,
-                           aperture_from_data=aperture_from_data, **kw)
+                           aperture_from_data=aperture_from_data, optimizer=optimizer, **kw)
 
     theta, flip, rot_source = _scan_rotation(cube, reg, scan_rotation_rad, scan_flip, trial)
     store_ = _store(cube, reg, origin, n, memory_budget)
@@ -320,7 +327,7 @@ def reconstruct(
         return _run(torch, dev, cube, store_, reg, origin, n, theta, flip, rot_source, vacuum, defocus_A, Cs_A,
                     slices, slice_thickness_A, modes, iterations, batch_size, loss, refine_positions, seed,
                     checkpoint, progress, lr, probe_start, positions_start, final_lr, constrain_probe,
-                    aperture_from_data, callback, t_start)
+                    aperture_from_data, optimizer, callback, t_start)
     finally:
         store_.close()
 
@@ -355,7 +362,7 @@ def _run(torch: Any, dev: Any, cube: DataCube, store: Any, reg: tuple[slice, sli
          n: int, theta: float, flip: bool, rot_source: str, vacuum: np.ndarray | None, defocus_A: float, Cs_A: float,
          slices: int, dz: float | None, modes: int, iterations: int, batch_size: int, loss: str,
          refine_positions: bool, seed: int, checkpoint: Any, progress: bool | None, lr: dict[str, float],
-         probe_start: int, positions_start: int, final_lr: float, constrain_probe: bool, aperture_from_data: bool, callback: Any,
+         probe_start: int, positions_start: int, final_lr: float, constrain_probe: bool, aperture_from_data: bool, optimizer: str, callback: Any,
          t_start: float) -> PtychoResult:
     cal = cube.calibration
     q = cal.q_pixel_inv_A
@@ -393,8 +400,8 @@ def _run(torch: Any, dev: Any, cube: DataCube, store: Any, reg: tuple[slice, sli
     }
     for t in state.values():
         t.requires_grad_(True)
-    opt = torch.optim.Adam([{"params": [state[k]], "lr": lr[k], "name": k} for k in ("phase", "amplitude", "probe",
-                                                                                    "positions")])
+    adam_keys = ("probe", "positions") if optimizer == "gd" else ("phase", "amplitude", "probe", "positions")
+    opt = torch.optim.Adam([{"params": [state[k]], "lr": lr[k], "name": k} for k in adam_keys])
     corner = torch.as_tensor(corner_np, dtype=torch.float64, device=dev)
     mask = torch.as_tensor(store.mask, dtype=ftype, device=dev)
     k = torch.fft.fftfreq(n, device=dev, dtype=ftype)
@@ -409,6 +416,7 @@ def _run(torch: Any, dev: Any, cube: DataCube, store: Any, reg: tuple[slice, sli
     aperture = torch.as_tensor(np.abs(np.fft.fft2(probe0 / scale)), dtype=ftype, device=dev)
     constrain = bool(constrain_probe)
     ar = torch.arange(n, device=dev)
+    gd_alpha = _GD_ALPHA
     one = torch.ones((), dtype=ftype, device=dev)
     eps = 1e-8 * store.mean_intensity / (n * n)
 
@@ -416,7 +424,8 @@ def _run(torch: Any, dev: Any, cube: DataCube, store: Any, reg: tuple[slice, sli
                    origin=origin, theta=theta, flip=flip, defocus=defocus_A, Cs=Cs_A, slices=S, dz=dz, modes=modes,
                    batch=batch_size, loss=loss, refine=refine_positions, seed=seed, lr=lr, probe_start=probe_start,
                    positions_start=positions_start, final_lr=final_lr, iterations=iterations,
-                   constrain_probe=bool(constrain_probe), aperture_from_data=bool(aperture_from_data), vacuum=vacuum is not None, device=dev.type)
+                   constrain_probe=bool(constrain_probe), aperture_from_data=bool(aperture_from_data),
+                   optimizer=optimizer, vacuum=vacuum is not None, device=dev.type)
     errors: list[float] = []
     start_it = 0
     ckpt = Path(checkpoint) if checkpoint is not None else None
@@ -441,7 +450,14 @@ def _run(torch: Any, dev: Any, cube: DataCube, store: Any, reg: tuple[slice, sli
         for s in range(1, S):
             psi = torch.fft.ifft2(torch.fft.fft2(psi) * prop) * obj[s][:, None]
         far = torch.fft.fft2(psi, norm="ortho")
-        return (far.real**2 + far.imag**2).sum(dim=1)  # (B, N, N)
+        inten = (far.real**2 + far.imag**2).sum(dim=1)  # (B, N, N)
+        if optimizer != "gd":
+            return inten, None
+        with torch.no_grad():  # the illumination Σ_j Σ_m |P_m(r - r_j)|² on the object grid
+            p0 = torch.fft.ifft2(pk.detach()[None] * ramp.detach()[:, None])
+            illum = torch.zeros(H * W, dtype=ftype, device=dev)
+            illum.index_add_(0, flat, (p0.real**2 + p0.imag**2).sum(dim=1).reshape(-1))
+        return inten, illum
 
     lr_now = {"phase": lr["phase"], "amplitude": lr["amplitude"], "probe": lr["probe"],
               "positions": lr["positions"] if refine_positions else 0.0}
@@ -449,6 +465,7 @@ def _run(torch: Any, dev: Any, cube: DataCube, store: Any, reg: tuple[slice, sli
     try:
         for it in range(start_it, iterations):
             decay = final_lr + (1 - final_lr) * 0.5 * (1 + math.cos(math.pi * it / max(iterations, 1)))
+            step_now = lr["object_step"] * decay
             for g in opt.param_groups:
                 name = g["name"]
                 active = (name != "probe" or it >= probe_start) and (name != "positions" or it >= positions_start)
@@ -458,7 +475,7 @@ def _run(torch: Any, dev: Any, cube: DataCube, store: Any, reg: tuple[slice, sli
             for b0 in range(0, n_pos, batch_size):
                 idx = np.sort(order[b0 : b0 + batch_size])
                 amp = torch.as_tensor(store.get(idx), device=dev)
-                inten = forward(torch.as_tensor(idx, device=dev))
+                inten, illum = forward(torch.as_tensor(idx, device=dev))
                 y = amp * amp
                 denom = float((y * mask).sum())
                 if loss == "amplitude":
@@ -467,8 +484,17 @@ def _run(torch: Any, dev: Any, cube: DataCube, store: Any, reg: tuple[slice, sli
                 else:
                     value = (mask * (inten - y * torch.log(inten + eps))).sum() / max(denom, 1e-30)
                 opt.zero_grad(set_to_none=False)
+                if optimizer == "gd":
+                    state["phase"].grad = None
+                    state["amplitude"].grad = None
                 value.backward()
                 opt.step()
+                if optimizer == "gd":
+                    with torch.no_grad():  # a Gauss-Newton step: gradient / (illumination + α max)
+                        pre = (illum + gd_alpha * illum.max()).reshape(1, H, W)
+                        f = step_now * max(denom, 1e-30) / 2
+                        state["phase"].sub_(f * state["phase"].grad / pre)
+                        state["amplitude"].sub_(f * state["amplitude"].grad / pre)
                 if constrain and it >= probe_start:
                     with torch.no_grad():
                         state["probe"].copy_(_fourier_amplitude(torch, state["probe"], aperture))
@@ -508,7 +534,8 @@ def _run(torch: Any, dev: Any, cube: DataCube, store: Any, reg: tuple[slice, sli
         "vacuum_probe": vacuum is not None, "region": [reg[0].start, reg[0].stop, reg[1].start, reg[1].stop],
         "seed": seed, "pattern_size": n, "origin_px": list(origin), "scan_rotation_rad": theta, "scan_flip": flip,
         "scan_rotation": rot_source, "learning_rates": lr, "probe_start": probe_start,
-        "positions_start": positions_start, "final_lr": final_lr, "constrain_probe": bool(constrain_probe),
+        "positions_start": positions_start, "final_lr": final_lr, "optimizer": optimizer,
+        "constrain_probe": bool(constrain_probe),
         "device": str(dev), "resumed_at_iteration": start_it,
         "seconds": time.perf_counter() - t_start, "patterns_in_memory": store.in_memory,
     }
