@@ -42,7 +42,7 @@ __all__ = ["LOSSES", "PtychoResult", "reconstruct"]
 LOSSES = ("amplitude", "poisson")
 #: Default iterations (passes over all positions) and positions per mini-batch.
 DEFAULT_ITERATIONS = 10
-DEFAULT_BATCH_SIZE = 64
+DEFAULT_BATCH_SIZE = 128
 #: Default Adam learning rates: object phase (rad), object amplitude, probe (relative to its
 #: peak), positions (object pixels).
 DEFAULT_LR = {"phase": 0.05, "amplitude": 0.02, "probe": 0.01, "positions": 0.05, "object_step": 0.5}
