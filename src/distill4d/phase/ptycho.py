@@ -264,7 +264,7 @@ def reconstruct(
     """
     import torch
 
-    from ..ml._common.device import torch_device
+    from ..ml import torch_device
 
     t_start = time.perf_counter()
     if not isinstance(cube, DataCube):
