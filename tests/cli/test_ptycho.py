@@ -76,3 +76,31 @@ def test_missing_calibration_names_the_flag(tmp_path, capsys):
     np.save(path, np.ones((4, 4, 16, 16), np.float32))
     rc = main(["ptycho", str(path), "-o", str(tmp_path / "x.h5"), "--device", "cpu", "--no-progress"])
     assert rc == 1 and "energy_eV" in capsys.readouterr().err
+
+
+def test_phase_pipeline_trains_on_ptychography(tmp_path):
+    """``phase --train-on-ptycho``: ptychography of 8 of 20 rows, a linear model trained on its phase,
+    the image of the whole scan; on the 12 rows never reconstructed it correlates with the true phase
+    >= 0.85 (measured 0.96 on a 32 x 32 scan); the model then serves another scan with --weights."""
+    from distill4d.simulate.phase_object import phase_object_scan
+
+    sim = phase_object_scan(scan_shape=(20, 20), pattern_size=32, step_px=2, q_pixel_inv_A=0.07,
+                            semiangle_mrad=20.0, energy_eV=300e3, defocus_A=60.0, dose_per_pattern=2e4, seed=2)
+    scan = tmp_path / "scan.h5"
+    distill4d.write(scan, sim.datacube.with_calibration(scan_rotation_rad=0.0))
+    out = tmp_path / "image.h5"
+    assert main(["phase", str(scan), "--train-on-ptycho", "0:8,0:20", "--defocus-A", "60", "--iterations", "6",
+                 "--train-steps", "200", "--no-progress", "--no-png", "-o", str(out)]) == 0
+    res = distill4d.read_results(out)
+    img = res["ptychographic_phase"]
+    assert img.shape == (20, 20) and res.units["ptychographic_phase"] == "rad"
+    assert res["ptychographic_label"].shape == (8, 20)
+    assert list(res["ptychographic_region"]) == [0, 8, 0, 20]
+    r = np.corrcoef(img[8:].ravel(), sim.phase_rad[8:].ravel())[0, 1]
+    assert r >= 0.85, r
+    weights = tmp_path / "image_model.pt"
+    assert weights.exists() and weights.with_suffix(".json").exists()
+    assert main(["phase", str(scan), "--weights", str(weights), "--no-progress", "--no-png",
+                 "-o", str(tmp_path / "again.h5")]) == 0
+    again = distill4d.read_results(tmp_path / "again.h5")["ptychographic_phase"]
+    np.testing.assert_allclose(again, img, atol=1e-5)
