@@ -198,7 +198,7 @@ def reconstruct(
     slice_thickness_A: float | None = None,
     modes: int = 1,
     iterations: int = DEFAULT_ITERATIONS,
-    batch_size: int = DEFAULT_BATCH_SIZE,
+    batch_size: int | None = None,
     loss: str = "amplitude",
     refine_positions: bool = False,
     probe: np.ndarray | None = None,
@@ -233,7 +233,8 @@ def reconstruct(
     slice_thickness_A : distance between slices in Å (needed when ``slices > 1``).
     modes : incoherent probe modes (mixed state), kept orthogonal.
     iterations : passes over all positions.
-    batch_size : positions per Adam step.
+    batch_size : positions per step; default ``n // 16`` clipped to 16-128 for ``n`` positions (at
+        least 16 steps per iteration on small scans, 128 positions per step on large ones).
     loss : ``"amplitude"`` or ``"poisson"`` (for counted, low-dose data).
     refine_positions : also refine each probe position (sub-pixel, by its gradient).
     probe : optional vacuum-probe pattern (Qx, Qy), same detector as the scan: its amplitude
@@ -275,7 +276,8 @@ def reconstruct(
     slices = positive_int("slices", slices)
     modes = positive_int("modes", modes)
     iterations = positive_int("iterations", iterations, minimum=0)
-    batch_size = positive_int("batch_size", batch_size)
+    if batch_size is not None:
+        batch_size = positive_int("batch_size", batch_size)
     if optimizer not in OPTIMIZERS:
         raise Distill4dError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
     if loss not in LOSSES:
@@ -370,6 +372,8 @@ def _run(torch: Any, dev: Any, cube: DataCube, store: Any, reg: tuple[slice, sli
     lam = cal.wavelength_A
     scan_shape = store.scan_shape
     n_pos = scan_shape[0] * scan_shape[1]
+    if batch_size is None:
+        batch_size = min(DEFAULT_BATCH_SIZE, max(16, n_pos // 16))
     margin = max(4, n // 8)
     corner_np, obj_shape = _geometry(scan_shape, cal.scan_step_A, pixel_A, theta, flip, n, margin)
     if obj_shape[0] * obj_shape[1] * slices > 2e8:
@@ -445,8 +449,8 @@ def _run(torch: Any, dev: Any, cube: DataCube, store: Any, reg: tuple[slice, sli
         ramp = (torch.polar(one, -2 * math.pi * kx[None] * frac[:, 0, None, None])
                 * torch.polar(one, -2 * math.pi * ky[None] * frac[:, 1, None, None]))  # separable
         pk = torch.fft.fft2(state["probe"] * scale)  # (M, N, N)
-        psi = torch.fft.ifft2(pk[None] * ramp[:, None])  # (B, M, N, N)
-        psi = psi * obj[0][:, None]
+        shifted = torch.fft.ifft2(pk[None] * ramp[:, None])  # (B, M, N, N)
+        psi = shifted * obj[0][:, None]
         for s in range(1, S):
             psi = torch.fft.ifft2(torch.fft.fft2(psi) * prop) * obj[s][:, None]
         far = torch.fft.fft2(psi, norm="ortho")
@@ -454,7 +458,7 @@ def _run(torch: Any, dev: Any, cube: DataCube, store: Any, reg: tuple[slice, sli
         if optimizer != "gd":
             return inten, None
         with torch.no_grad():  # the illumination Σ_j Σ_m |P_m(r - r_j)|² on the object grid
-            p0 = torch.fft.ifft2(pk.detach()[None] * ramp.detach()[:, None])
+            p0 = shifted.detach()
             illum = torch.zeros(H * W, dtype=ftype, device=dev)
             illum.index_add_(0, flat, (p0.real**2 + p0.imag**2).sum(dim=1).reshape(-1))
         return inten, illum
@@ -466,6 +470,12 @@ def _run(torch: Any, dev: Any, cube: DataCube, store: Any, reg: tuple[slice, sli
         for it in range(start_it, iterations):
             decay = final_lr + (1 - final_lr) * 0.5 * (1 + math.cos(math.pi * it / max(iterations, 1)))
             step_now = lr["object_step"] * decay
+            # no gradient is computed for what this iteration does not update
+            state["probe"].requires_grad_(it >= probe_start)
+            state["positions"].requires_grad_(refine_positions and it >= positions_start)
+            if optimizer == "adam":
+                for k in ("phase", "amplitude"):
+                    state[k].requires_grad_(True)
             for g in opt.param_groups:
                 name = g["name"]
                 active = (name != "probe" or it >= probe_start) and (name != "positions" or it >= positions_start)
