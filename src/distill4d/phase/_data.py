@@ -2,8 +2,8 @@
 
 Every pattern of the region is read once (whole scan rows through the DataCube's ``reader`` when it
 has one, else through its array), cropped to an ``(N, N)`` window centred on the diffraction origin
-(pixels outside the detector are masked), turned into the amplitude ``sqrt(max(I, 0))`` with the zero
-frequency moved to pixel ``(0, 0)`` (FFT order), and stored as float32: in memory when it fits
+(pixels outside the detector are masked), turned into the amplitude ``sqrt(max(I, 0))`` (centred; a batch
+is moved to FFT order, zero frequency at pixel ``(0, 0)``, when it is used), and stored as float32: in memory when it fits
 ``memory_budget`` bytes, else in a temporary file read back per batch with ``os.pread``.
 """
 
@@ -72,11 +72,10 @@ class PatternStore:
         mean = np.zeros((n, n), np.float64)
         for r0 in range(x0, x1, rows):
             r1 = min(r0 + rows, x1)
-            block = read_rows(cube, slice(r0, r1), slice(y0, y1)).astype(np.float32, copy=False)
-            amp = self._prepare(block.reshape(-1, qx, qy))
-            sq = amp.astype(np.float64) ** 2
-            total += float(np.sum(sq))
-            mean += sq.sum(axis=0)
+            block = read_rows(cube, slice(r0, r1), slice(y0, y1))
+            amp, block_mean = self._prepare(block.reshape(-1, qx, qy))
+            total += float(block_mean.sum())
+            mean += block_mean
             i0 = (r0 - x0) * self.scan_shape[1]
             if self._array is not None:
                 self._array[i0 : i0 + len(amp)] = amp
@@ -86,25 +85,31 @@ class PatternStore:
         if self._file is not None:
             self._file.flush()
         self.mean_intensity = total / count
-        self.mean_pattern = mean / count  # FFT order
+        self.mean_pattern = np.fft.ifftshift(mean / count)  # FFT order
         if not self.mean_intensity > 0:
             raise Distill4dError("the patterns have no positive intensity inside the pattern window")
 
-    def _prepare(self, block: np.ndarray) -> np.ndarray:
-        if not np.all(np.isfinite(block)):
+    def _prepare(self, block: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The windows' amplitudes (float32, centred: the batches are shifted to FFT order on the device)
+        and the sum of their intensities per pixel (float64, centred)."""
+        out = np.zeros((len(block), self.n, self.n), np.float32)
+        win = out[(slice(None),) + self._dst]
+        win[...] = block[(slice(None),) + self._src]
+        np.maximum(win, 0.0, out=win)
+        summed = out.sum(axis=0, dtype=np.float64)
+        if not np.all(np.isfinite(summed)):  # a NaN or Inf anywhere in the block makes a sum non-finite
             bad = int(np.sum(~np.isfinite(block).all(axis=(1, 2))))
             raise Distill4dError(f"the data contain NaN or Inf values ({bad} patterns of a block of {len(block)}); "
                                  "ptychography needs every pattern finite")
-        out = np.zeros((len(block), self.n, self.n), np.float32)
-        out[(slice(None),) + self._dst] = np.sqrt(np.clip(block[(slice(None),) + self._src], 0.0, None))
-        return np.fft.ifftshift(out, axes=(1, 2))
+        np.sqrt(out, out=out)
+        return out, summed
 
     @property
     def in_memory(self) -> bool:
         return self._array is not None
 
     def get(self, index: np.ndarray) -> np.ndarray:
-        """Amplitudes of the positions ``index`` -> (len(index), N, N) float32."""
+        """Amplitudes of the positions ``index`` -> (len(index), N, N) float32, centred (not FFT order)."""
         if self._array is not None:
             return self._array[index]
         size = self.n * self.n * 4

@@ -484,7 +484,7 @@ def _run(torch: Any, dev: Any, cube: DataCube, store: Any, reg: tuple[slice, sli
             num = den = 0.0
             for b0 in range(0, n_pos, batch_size):
                 idx = np.sort(order[b0 : b0 + batch_size])
-                amp = torch.as_tensor(store.get(idx), device=dev)
+                amp = torch.fft.ifftshift(torch.as_tensor(store.get(idx), device=dev), dim=(-2, -1))
                 inten, illum = forward(torch.as_tensor(idx, device=dev))
                 y = amp * amp
                 denom = float((y * mask).sum())
