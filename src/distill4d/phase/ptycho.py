@@ -502,7 +502,8 @@ def _run(torch: Any, dev: Any, cube: DataCube, store: Any, reg: tuple[slice, sli
                 if optimizer == "gd":
                     with torch.no_grad():  # a Gauss-Newton step: gradient / (illumination + α max)
                         pre = (illum + gd_alpha * illum.max()).reshape(1, H, W)
-                        f = step_now * max(denom, 1e-30) / 2
+                        # the Poisson gradient (1 - y/I)ψ is about twice the amplitude one (1 - √y/|ψ|)ψ
+                        f = step_now * max(denom, 1e-30) / (2 if loss == "amplitude" else 4)
                         state["phase"].sub_(f * state["phase"].grad / pre)
                         state["amplitude"].sub_(f * state["amplitude"].grad / pre)
                 if constrain and it >= probe_start:
