@@ -23,9 +23,11 @@ def random_atoms(shape, pixel_A, n_atoms, peak_rad, seed, sigma_A=0.35):
     return phase
 
 
-def multislice_scan(phases, *, dz_A=0.0, n=48, step_px=2, scan_shape=(20, 20), defocus_A=0.0, dose=None, seed=0):
+def multislice_scan(phases, *, dz_A=0.0, n=48, step_px=2, scan_shape=(20, 20), defocus_A=0.0, dose=None, seed=0,
+                    offsets_px=None):
     """Patterns of a probe (hard aperture, ``defocus_A`` positive = underfocus) scanned over the slices
-    ``phases`` (S, H, W) (periodic, ``dz_A`` apart); returns (DataCube, summed phase at the positions)."""
+    ``phases`` (S, H, W) (periodic, ``dz_A`` apart); returns (DataCube, summed phase at the positions).
+    ``offsets_px``: optional (Rx, Ry, 2) integer errors of the true positions from the nominal grid."""
     phases = np.asarray(phases, dtype=np.float64)
     s_count, h, w = phases.shape
     lam = electron_wavelength_A(ENERGY)
@@ -38,8 +40,9 @@ def multislice_scan(phases, *, dz_A=0.0, n=48, step_px=2, scan_shape=(20, 20), d
     data = np.empty(scan_shape + (n, n), np.float32)
     for i in range(scan_shape[0]):
         for j in range(scan_shape[1]):
-            rows = (i * step_px + idx) % h
-            cols = (j * step_px + idx) % w
+            dx, dy = (0, 0) if offsets_px is None else offsets_px[i, j]
+            rows = (i * step_px + dx + idx) % h
+            cols = (j * step_px + dy + idx) % w
             psi = probe * obj[0][np.ix_(rows, cols)]
             for s in range(1, s_count):
                 psi = np.fft.ifft2(np.fft.fft2(psi) * prop) * obj[s][np.ix_(rows, cols)]

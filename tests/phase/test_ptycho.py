@@ -209,3 +209,20 @@ def test_nan_data_is_refused():
 def test_not_a_datacube():
     with pytest.raises(TypeError, match="DataCube"):
         reconstruct(np.ones((4, 4, 8, 8)))
+
+
+def test_position_refinement_moves_positions_towards_the_truth():
+    """True positions off the nominal grid by -1, 0 or +1 object pixel (0.42 Å) on each axis (noise-free):
+    the refined shifts correlate with the true errors (>= 0.4, measured 0.61) and their rms error falls
+    by >= 10 % (measured 0.82 -> 0.66 px)."""
+    pixel = 1 / (48 * Q)
+    phases = random_atoms((40, 40), pixel, 14, 0.5, seed=0)[None]
+    off = np.random.default_rng(0).integers(-1, 2, (16, 16, 2))
+    cube, _ = multislice_scan(phases, scan_shape=(16, 16), defocus_A=50.0, offsets_px=off)
+    res = reconstruct(cube, defocus_A=50.0, iterations=12, device="cpu", refine_positions=True)
+    nominal = reconstruct(cube, defocus_A=50.0, iterations=0, device="cpu").positions_A
+    d = (res.positions_A - nominal) / pixel
+    d -= d.mean(axis=0)
+    o = off.reshape(-1, 2) - off.reshape(-1, 2).mean(axis=0)
+    assert _corr(d, o) >= 0.4
+    assert np.sqrt(((d - o) ** 2).mean()) <= 0.9 * np.sqrt((o**2).mean())
