@@ -233,3 +233,21 @@ def test_position_refinement_moves_positions_towards_the_truth():
     o = off.reshape(-1, 2) - off.reshape(-1, 2).mean(axis=0)
     assert _corr(d, o) >= 0.4
     assert np.sqrt(((d - o) ** 2).mean()) <= 0.9 * np.sqrt((o**2).mean())
+
+
+def test_figure_has_phase_with_scale_bar_probe_modes_and_error_curve(weak, tmp_path):
+    pytest.importorskip("matplotlib")
+    from distill4d.plot.ptycho import ptycho_figure, save_ptycho_png
+
+    cube = weak.datacube[:8, :8].with_calibration(scan_rotation_rad=0.0)
+    res = reconstruct(cube, defocus_A=60.0, iterations=2, modes=2, device="cpu")
+    fig = ptycho_figure(res, title="t")
+    titles = [ax.get_title() for ax in fig.axes]
+    assert "object phase" in titles and "error" in titles
+    assert sum(t.startswith("probe mode") for t in titles) == 2
+    phase_ax = fig.axes[titles.index("object phase")]
+    assert any(a.get_gid() == "scale_bar" for a in phase_ax.artists)
+    path = save_ptycho_png(tmp_path / "p.png", res)
+    assert path.stat().st_size > 1000
+    with pytest.raises(FileExistsError):
+        save_ptycho_png(path, res)
