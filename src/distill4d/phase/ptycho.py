@@ -250,7 +250,9 @@ def reconstruct(
         largest that fits the detector, even); the object pixel is ``1 / (N q_pixel_inv_A)`` Å.
     scan_rotation_rad, scan_flip : override the calibration's; when neither is known the
         rotation is estimated from the centre of mass as ``distill4d com`` does.
-    learning_rates : overrides of :data:`DEFAULT_LR` (``phase``, ``amplitude``, ``probe``, ``positions``).
+    learning_rates : overrides of :data:`DEFAULT_LR`: ``object_step`` (the object's step, 0.5 of a
+        Gauss-Newton step), Adam rates ``probe`` (divided by ``slices``), ``positions`` (object pixels)
+        and, with ``optimizer="adam"``, ``phase`` and ``amplitude``.
     probe_start, positions_start : first iteration (0-based) that updates the probe / positions.
     final_lr : the learning rates fall from their values to ``final_lr`` times them over the
         iterations (cosine).
@@ -463,7 +465,10 @@ def _run(torch: Any, dev: Any, cube: DataCube, store: Any, reg: tuple[slice, sli
             illum.index_add_(0, flat, (p0.real**2 + p0.imag**2).sum(dim=1).reshape(-1))
         return inten, illum
 
-    lr_now = {"phase": lr["phase"], "amplitude": lr["amplitude"], "probe": lr["probe"],
+    # multislice: the probe and the top slices trade off (a phase of one passes for the other), so the
+    # probe learns S times slower (on the thick SrTiO3 patch: SSIM 0.44 after 6 iterations, 0.40 at the
+    # single-slice rate)
+    lr_now = {"phase": lr["phase"], "amplitude": lr["amplitude"], "probe": lr["probe"] / S,
               "positions": lr["positions"] if refine_positions else 0.0}
     bar = _progress_bar(progress, iterations, start_it)
     try:
