@@ -5,10 +5,10 @@ overwrite an existing output without ``--force``, and keeps finished chunks in
 ``OUTPUT.partial/`` so that an interrupted run resumes when the same command is run again.
 
 One module per command group (:mod:`.imaging`: info, virtual, com; :mod:`.strain`: disks,
-strain; :mod:`.phase`: phase, train phase; :mod:`.train`: train fcunet; :mod:`.identify`:
-identify, train identify; :mod:`.simulate`; :mod:`.demo`), each with an ``add_parser(sub)``
-hook (``add_train_parser(tsub)`` for the models of ``distill4d train``); what they share is in
-:mod:`._common`. This module assembles
+strain; :mod:`.phase`: phase, train phase; :mod:`.ptycho`: ptycho; :mod:`.train`: train fcunet;
+:mod:`.identify`: identify, train identify; :mod:`.simulate`; :mod:`.demo`), each with an
+``add_parser(sub)`` hook (``add_train_parser(tsub)`` for the models of ``distill4d train``); what
+they share is in :mod:`._common`. This module assembles
 them. Bad input (:class:`~distill4d.Distill4dError`) and file errors are one line on stderr;
 anything else is a bug and shows its traceback.
 """
@@ -19,7 +19,7 @@ import argparse
 from collections.abc import Sequence
 
 from .._version import __version__
-from . import demo, identify, imaging, phase, segment, serve, simulate, strain, train
+from . import demo, identify, imaging, phase, ptycho, segment, serve, simulate, strain, train
 from ._common import run_command
 
 __all__ = ["build_parser", "main"]
@@ -37,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     imaging.add_parser(sub)
     strain.add_parser(sub)
     phase.add_parser(sub)
+    ptycho.add_parser(sub)
     simulate.add_parser(sub)
     segment.add_parser(sub)
     identify.add_parser(sub)

@@ -25,6 +25,7 @@ __all__ = [
     "add_engine",
     "add_input_options",
     "add_output",
+    "add_ptycho_options",
     "calibration_kwargs",
     "check_counts",
     "command_line",
@@ -32,6 +33,8 @@ __all__ = [
     "input_label",
     "open_input",
     "parse_region",
+    "ptycho_kwargs",
+    "read_vacuum_probe",
     "require_torch",
     "run_command",
     "warn_nonfinite",
@@ -219,6 +222,81 @@ def require_torch(what: str) -> None:
         import torch  # noqa: F401
     except ImportError:
         raise Distill4dError(f"{what} needs PyTorch: pip install 'distill4d[ml]'") from None
+
+
+# ---------------------------------------------------------------------- ptychography options
+def read_vacuum_probe(path: str) -> Any:
+    """A vacuum-probe pattern from a .npy file (2D, or a 3D stack that is averaged)."""
+    import numpy as np
+
+    p = Path(path)
+    if not p.exists():
+        raise Distill4dError(f"--probe file {p} does not exist")
+    try:
+        arr = np.load(p, allow_pickle=False)
+    except ValueError as err:
+        raise Distill4dError(f"--probe {p} is not a numeric .npy array ({err})") from None
+    if arr.ndim == 3:
+        arr = arr.mean(axis=0)
+    if arr.ndim != 2:
+        raise Distill4dError(f"--probe must hold a 2D pattern (Qx, Qy) or a stack (n, Qx, Qy), got shape {arr.shape}")
+    return arr
+
+
+def ptycho_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The keyword arguments of :func:`distill4d.phase.reconstruct` from :func:`add_ptycho_options`'
+    options (sets PyTorch's threads when ``--threads`` is given)."""
+    import numpy as np
+
+    kw: dict[str, Any] = dict(defocus_A=args.defocus_A, Cs_A=args.Cs_A, slices=args.slices,
+                              slice_thickness_A=args.slice_thickness_A, modes=args.modes,
+                              iterations=args.iterations, batch_size=args.batch_size, loss=args.loss,
+                              refine_positions=args.refine_positions, device=args.device, seed=args.ptycho_seed,
+                              pattern_size=args.pattern_size,
+                              progress=False if args.no_progress else None)
+    if args.probe:
+        kw["probe"] = read_vacuum_probe(args.probe)
+    if args.scan_rotation_deg is not None:
+        kw["scan_rotation_rad"] = float(np.deg2rad(args.scan_rotation_deg))
+        kw["scan_flip"] = bool(args.scan_flip)
+    if getattr(args, "threads", None) is not None:  # checked (>= 1) before the command ran
+        import torch
+
+        torch.set_num_threads(args.threads)
+    return kw
+
+
+def add_ptycho_options(p: Any, *, device: bool = True) -> None:
+    """The options of ptychography (``distill4d ptycho`` and the ``phase --train-on-ptycho`` pipeline;
+    ``device=False`` where the command has its own ``--device``)."""
+    from ..phase.ptycho import DEFAULT_BATCH_SIZE, DEFAULT_ITERATIONS
+
+    g = p.add_argument_group("ptychography")
+    g.add_argument("--defocus-A", type=float, default=0.0, metavar="Å",
+                   help="probe defocus in Å, positive = underfocus (C10 = -defocus; default 0)")
+    g.add_argument("--Cs-A", type=float, default=0.0, metavar="Å", help="spherical aberration in Å (default 0)")
+    g.add_argument("--slices", type=int, default=1, help="object slices (default 1; more: multislice)")
+    g.add_argument("--slice-thickness-A", type=float, metavar="Å", help="distance between slices in Å")
+    g.add_argument("--modes", type=int, default=1, help="incoherent probe modes (default 1)")
+    g.add_argument("--iterations", type=int, default=DEFAULT_ITERATIONS,
+                   help=f"passes over all positions (default {DEFAULT_ITERATIONS})")
+    g.add_argument("--batch-size", type=int,
+                   help=f"positions per step (default: positions // 16, within 16-{DEFAULT_BATCH_SIZE})")
+    g.add_argument("--loss", default="amplitude", choices=("amplitude", "poisson"),
+                   help="amplitude (default) or poisson (counted low-dose data)")
+    g.add_argument("--refine-positions", action="store_true", help="refine every probe position")
+    g.add_argument("--probe", metavar="VACUUM.npy", help="vacuum-probe pattern (.npy, same detector as the scan)")
+    g.add_argument("--pattern-size", type=int, metavar="N",
+                   help="crop the patterns to N x N around the origin (default: the largest even square)")
+    g.add_argument("--scan-rotation-deg", type=float, metavar="DEG",
+                   help="scan-to-detector rotation in degrees (default: the calibration's, else estimated)")
+    g.add_argument("--scan-flip", action="store_true", help="with --scan-rotation-deg: the axes are transposed")
+    if device:
+        g.add_argument("--device", default="auto", help="auto (default: the GPU if there is one), cpu or cuda")
+        g.add_argument("--threads", type=int, help="PyTorch CPU threads")
+    g.add_argument("--seed", dest="ptycho_seed", type=int, default=0,
+                   help="seed of the ptychography's mini-batch order (default 0)")
+
 
 
 # ---------------------------------------------------------------------- errors

@@ -16,12 +16,14 @@ from ._common import (
     add_calibration,
     add_engine,
     add_output,
+    add_ptycho_options,
     calibration_kwargs,
     command_line,
     engine_kwargs,
     input_label,
     open_input,
     parse_region,
+    ptycho_kwargs,
     require_torch,
     wrote,
 )
@@ -63,19 +65,75 @@ def read_label(spec: str, key: str | None) -> tuple[np.ndarray, str, str]:
     return np.asarray(res[key]), key, res.units.get(key, "")
 
 
+def model_path(h5: Path) -> Path:
+    """Where ``phase --train-on-ptycho`` writes its model: ``OUTPUT_model.pt`` (card ``OUTPUT_model.json``)."""
+    return h5.with_name(h5.stem + "_model.pt")
+
+
+def _train_on_ptycho(args: argparse.Namespace, dc: Any, outs: Outputs) -> tuple[Any, dict[str, Any], Any, Path]:
+    """Steps 1-2 of the pipeline: ptychography of the region, then a model trained on its phase on the
+    scan grid; returns ``(model, card, ptycho result, weights path)``."""
+    from ..ml.phase.model import PhaseConfig
+    from ..ml.phase.train import PhaseTrainConfig, save_phase_model, train_phase
+    from ..phase import reconstruct
+
+    region = parse_region(args.train_on_ptycho, "--train-on-ptycho", dc.scan_shape)
+    weights = model_path(outs.h5)
+    for p in (weights, weights.with_suffix(".json")):
+        if p.exists() and not outs.force:
+            raise Distill4dError(f"{p} exists; pass --force to overwrite it")
+    kw = ptycho_kwargs(args)
+    kw["device"] = args.device
+    res = reconstruct(dc, region=region, checkpoint=outs.partial / "ptycho.pt", **kw)
+    label = res.phase_on_scan_grid()
+    sub = dc[region[0], region[1]]
+    try:
+        # the prepared grid spans ± extent semiangles: at most 2, and no farther than the detector reaches
+        cal = dc.calibration
+        rim_px = cal.require("semiangle_mrad") / cal.mrad_per_px
+        extent = min(2.0, round(0.95 * (min(dc.pattern_shape) / 2) / rim_px, 2))
+        config = PhaseConfig(model=args.train_model, cluster=5, extent=extent)
+        train = PhaseTrainConfig(max_steps=args.train_steps, seed=args.ptycho_seed, max_minutes=args.train_minutes)
+    except ValueError as err:
+        raise Distill4dError(str(err)) from None
+    net, card = train_phase(sub, label, config=config, train=train, label_units="rad",
+                            label_name="ptychographic_phase", device=args.device, progress=False)
+    card["data"] = {"file": str(args.file), "label": "ptychography", "region": args.train_on_ptycho,
+                    "ptychography": res.provenance.parameters}
+    save_phase_model(weights, net, card, force=outs.force, command=command_line())
+    return net, card, res, weights
+
+
 def cmd_phase(args: argparse.Namespace) -> int:
     require_torch("ML phase retrieval")
     from ..ml.phase.infer import load_phase_model, phase_image, shipped_model_path
 
     outs = Outputs(args)
     dc = open_input(args)
-    weights = args.weights or shipped_model_path(args.model)
-    net, card = load_phase_model(weights)
     outs.clear_stale()
+    ptycho = None
+    if args.train_on_ptycho:
+        if args.weights:
+            raise Distill4dError("give --train-on-ptycho (train a model) or --weights (use one), not both")
+        net, card, ptycho, weights = _train_on_ptycho(args, dc, outs)
+    else:
+        weights = args.weights or shipped_model_path(args.model)
+        net, card = load_phase_model(weights)
     img = phase_image(dc, (net, card), pad=args.pad, device=args.device, checkpoint=outs.checkpoint("phase"),
                       job_key=str(Path(weights).resolve()), **engine_kwargs(args))
     img.info["weights"] = str(weights)
-    img.to_hdf5(outs.h5, force=outs.force)
+    result = img.to_result()
+    if ptycho is not None:  # the label the model learnt, and where it came from
+        x, y = (ptycho.provenance.parameters["region"][i : i + 2] for i in (0, 2))
+        arrays = {**result.arrays, "ptychographic_label": ptycho.phase_on_scan_grid(),
+                  "ptychographic_region": np.asarray([*x, *y], np.int64)}
+        units = {**result.units, "ptychographic_label": "rad"}
+        prov = result.provenance.derive("phase_image", {**result.provenance.parameters,
+                                                        "trained_on_ptychography": ptycho.provenance.parameters,
+                                                        "held_out_pearson_r": card["metrics"]["held_out_pearson_r"]},
+                                        key="ptychography")
+        result = result.replace(arrays=arrays, units=units, provenance=prov)
+    result.to_h5(outs.h5, force=outs.force)
     if outs.png:
         chosen = Path(args.weights).name if args.weights else args.model  # e.g. conv4d-mixed, not conv4d
         img.plot(outs.png, force=outs.force, title=f"{img.label_name} ({chosen}): {input_label(args)}")
@@ -86,6 +144,10 @@ def cmd_phase(args: argparse.Namespace) -> int:
     outs.done()
     print(f"{img.label_name} ({img.units or 'label units'}): {dc.scan_shape[0]} x {dc.scan_shape[1]} in "
           f"{img.info['seconds']:.2f} s")
+    if ptycho is not None:
+        print(f"trained {card['config']['model']} on the ptychographic phase of {args.train_on_ptycho}: held-out "
+              f"Pearson r {card['metrics']['held_out_pearson_r']:.3f}; model {weights} (card "
+              f"{Path(weights).with_suffix('.json')})")
     wrote(outs)
     return 0
 
@@ -152,6 +214,15 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--pad", choices=("edge", "reflect", "wrap"),
                    help="how neighbourhoods continue past the scan edge (default: as in training)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
+    t = p.add_argument_group("pipeline: train on a ptychographic reconstruction of a region")
+    t.add_argument("--train-on-ptycho", metavar="x0:x1,y0:y1",
+                   help="reconstruct this region by ptychography, train --train-model on its phase, apply it to "
+                   "the whole scan; the model and its card are written as OUTPUT_model.pt/.json (reuse: --weights)")
+    t.add_argument("--train-model", default="linear", choices=("linear", "conv4d"),
+                   help="model trained on the ptychographic phase (default linear)")
+    t.add_argument("--train-steps", type=int, default=1000, help="at most this many training steps (default 1000)")
+    t.add_argument("--train-minutes", type=float, help="training time budget (minutes)")
+    add_ptycho_options(p, device=False)
     add_output(p)
     add_calibration(p)
     add_engine(p)

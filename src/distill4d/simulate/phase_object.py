@@ -8,7 +8,6 @@ the CoM, DPC and iDPC tests and for ``distill4d demo``.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,9 +25,12 @@ def probe_wave(
 ) -> np.ndarray:
     """Complex probe wave (n x n, real space, centred at pixel (n//2, n//2)), unit total intensity.
 
-    The real-space pixel is ``1 / (n · q_pixel_inv_A)`` Å. Aberrations: defocus only
-    (``χ = π λ Δf k²``).
+    The real-space pixel is ``1 / (n · q_pixel_inv_A)`` Å. Aberrations: defocus only, positive =
+    underfocus (``C10 = −defocus_A``, the package's convention: :mod:`distill4d.phase.probe`); a hard
+    aperture.
     """
+    from ..phase.probe import check_aberrations, probe_wave_k
+
     n = positive_int("n", n, minimum=4)
     q = positive_float("q_pixel_inv_A", q_pixel_inv_A)
     lam = electron_wavelength_A(energy_eV)
@@ -40,11 +42,8 @@ def probe_wave(
         )
     if k_max >= q * n / 2:
         raise Distill4dError(f"the probe aperture ({k_max:.4g} 1/Å) does not fit in the {n}x{n} detector")
-    k = np.fft.fftfreq(n, d=1.0 / (n * q))
-    k2 = k[:, None] ** 2 + k[None, :] ** 2
-    aperture = (k2 <= k_max**2).astype(np.complex128)
-    aperture *= np.exp(-1j * math.pi * lam * defocus_A * k2)
-    wave = np.fft.fftshift(np.fft.ifft2(aperture))
+    defocus_A, _ = check_aberrations(defocus_A, 0.0)
+    wave = np.fft.fftshift(np.fft.ifft2(probe_wave_k((n, n), q, semiangle_mrad, energy_eV, defocus_A)))
     return wave / np.sqrt(np.sum(np.abs(wave) ** 2))
 
 

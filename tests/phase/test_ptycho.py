@@ -1,0 +1,253 @@
+"""Ptychography: recovery of simulated objects, multislice, resume, input validation."""
+
+import math
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+
+from _ptsim import Q, multislice_scan, random_atoms  # noqa: E402
+
+from distill4d import Calibration, DataCube, Distill4dError  # noqa: E402
+from distill4d.phase import PtychoResult, reconstruct  # noqa: E402
+from distill4d.results import read_results  # noqa: E402
+from distill4d.simulate.phase_object import atomic_phase, phase_object_scan  # noqa: E402
+
+
+def _corr(a, b):
+    return float(np.corrcoef(np.ravel(a), np.ravel(b))[0, 1])
+
+
+def _dense_corr(res, truth_full, n_steps, step_px):
+    """Correlation over every object pixel between the probe centres of the first and last positions (the
+    truth's pixel (0, 0) is under position 0): catches artefacts between the scan points."""
+    p0 = np.round(res.positions_A[0] / np.asarray(res.sampling_A)).astype(int)
+    span = (n_steps - 1) * step_px + 1
+    sub = res.object_phase[p0[0] : p0[0] + span, p0[1] : p0[1] + span]
+    return _corr(sub, truth_full[:span, :span])
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def weak():
+    """A weak phase object (Gaussian atoms, 0.3 rad) scanned by a 60 Å underfocused probe, 2e4 e-/pattern."""
+    return phase_object_scan(scan_shape=(20, 20), pattern_size=32, step_px=2, q_pixel_inv_A=0.07,
+                             semiangle_mrad=20.0, energy_eV=300e3, defocus_A=60.0, dose_per_pattern=2e4, seed=1)
+
+
+def test_weak_phase_object_is_recovered(weak):
+    """Correlation with the true phase >= 0.9 at the probe positions and over every object pixel of the
+    scanned area, in radians (the fitted slope of reconstruction on truth within 0.8-1.25), and the
+    error falls."""
+    cube = weak.datacube.with_calibration(scan_rotation_rad=0.0)
+    res = reconstruct(cube, defocus_A=60.0, iterations=10, device="cpu", loss="poisson")
+    img = res.phase_on_scan_grid()
+    assert img.shape == (20, 20) and img.dtype == np.float32
+    r = _corr(img, weak.phase_rad)
+    assert r >= 0.9, r
+    pixel = 1 / (32 * 0.07)
+    dense = _dense_corr(res, atomic_phase((40, 40), pixel), 20, 2)
+    assert dense >= 0.9, dense
+    slope = np.polyfit(weak.phase_rad.ravel(), img.ravel(), 1)[0]
+    assert 0.75 < slope < 1.25, slope  # 0.82 measured: the aperture-limited resolution lowers the peaks
+    assert res.errors[-1] < res.errors[0]  # noise-limited: the Poisson noise of 2e4 e- sets the floor
+    assert res.sampling_A == pytest.approx((1 / (32 * 0.07),) * 2)
+    assert res.object_slices.shape[0] == 1 and res.object_slices.dtype == np.complex64
+    assert res.probe_modes.shape == (1, 32, 32)
+    assert res.positions_A.shape == (400, 2)
+    # positions in Å, one scan step apart along y for neighbours in a row
+    step = weak.datacube.calibration.scan_step_A
+    assert np.linalg.norm(res.positions_A[1] - res.positions_A[0]) == pytest.approx(step, rel=1e-6)
+    assert res.provenance.parameters["scan_rotation"]["source"] == "calibration"
+
+
+def test_scan_rotation_estimated_and_flip_from_calibration(weak):
+    """Without a calibrated rotation it is estimated (CoM, then the 180° check by ptychography); a
+    transposed scan with scan_flip set is reconstructed as the transpose."""
+    sub = weak.datacube[4:16, 4:16]
+    res = reconstruct(sub, defocus_A=60.0, iterations=6, device="cpu")
+    assert abs(math.remainder(res.scan_rotation_rad, 2 * math.pi)) < math.radians(3)
+    assert not res.scan_flip
+    assert "trial_errors" in res.provenance.parameters["scan_rotation"]
+    data = np.ascontiguousarray(weak.datacube.data.transpose(1, 0, 2, 3))
+    flipped = DataCube(data, weak.datacube.calibration.replace(scan_rotation_rad=0.0, scan_flip=True))
+    res_f = reconstruct(flipped, defocus_A=60.0, iterations=8, device="cpu", loss="poisson")
+    assert _corr(res_f.phase_on_scan_grid(), weak.phase_rad.T) >= 0.85
+
+
+@pytest.mark.slow
+def test_multislice_beats_single_slice_on_a_thick_object():
+    """Three slices of strong random 'atoms' (1 rad each) 40 Å apart, 300 kV: correlation of the summed
+    phase with the true projected phase, multislice >= 0.9 (measured 0.94) and at least 0.2 above
+    single-slice (0.57); the data error at least 1.5x lower (measured 0.0036 against 0.0079)."""
+    pixel = 1 / (48 * Q)
+    phases = np.stack([random_atoms((40, 40), pixel, 14, 1.0, seed=s) for s in range(3)])
+    cube, truth = multislice_scan(phases, dz_A=40.0, scan_shape=(20, 20), defocus_A=50.0)
+    single = reconstruct(cube, defocus_A=50.0, iterations=8, device="cpu")
+    multi = reconstruct(cube, defocus_A=50.0, iterations=8, device="cpu", slices=3, slice_thickness_A=40.0)
+    r1, r3 = _corr(single.phase_on_scan_grid(), truth), _corr(multi.phase_on_scan_grid(), truth)
+    assert r3 >= 0.9 and r3 >= r1 + 0.2, (r1, r3)
+    assert multi.errors[-1] * 1.5 < single.errors[-1]
+    assert multi.object_slices.shape[0] == 3
+
+
+def test_multislice_two_slices_fast():
+    """A fast check of the multislice path: two slices 10 Å apart, corr >= 0.85."""
+    pixel = 1 / (48 * Q)
+    phases = np.stack([random_atoms((30, 30), pixel, 6, 0.5, seed=s) for s in range(2)])
+    cube, truth = multislice_scan(phases, dz_A=10.0, scan_shape=(12, 12), defocus_A=40.0)
+    res = reconstruct(cube, defocus_A=40.0, iterations=10, device="cpu", slices=2, slice_thickness_A=10.0)
+    assert _corr(res.phase_on_scan_grid(), truth) >= 0.85
+
+
+def test_mixed_state_modes_are_orthogonal_and_positions_refined(weak):
+    cube = weak.datacube[:12, :12].with_calibration(scan_rotation_rad=0.0)
+    res = reconstruct(cube, defocus_A=60.0, iterations=5, modes=3, refine_positions=True, device="cpu")
+    m = res.probe_modes.reshape(3, -1)
+    gram = m.conj() @ m.T
+    off = np.abs(gram - np.diag(np.diag(gram)))
+    assert off.max() < 1e-4 * np.abs(np.diag(gram)).max()
+    powers = np.abs(np.diag(gram))
+    assert np.all(np.diff(powers) <= 0)
+    assert np.sum(powers) == pytest.approx(np.mean(np.sum(cube.data, axis=(2, 3))), rel=0.1)
+    nominal = reconstruct(cube, defocus_A=60.0, iterations=1, device="cpu").positions_A
+    moved = np.abs(res.positions_A - nominal).max()
+    assert 0 < moved < 2.0  # Å: refined, but not lost
+
+
+def test_resume_ends_where_an_uninterrupted_run_does(weak, tmp_path):
+    cube = weak.datacube[:10, :10].with_calibration(scan_rotation_rad=0.0)
+    kw = dict(defocus_A=60.0, iterations=4, modes=2, refine_positions=True, device="cpu", seed=3, batch_size=16)
+    full = reconstruct(cube, **kw)
+    ckpt = tmp_path / "ptycho.pt"
+
+    def stop(it, err):
+        if it == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        reconstruct(cube, checkpoint=ckpt, callback=stop, **kw)
+    assert ckpt.exists()
+    resumed = reconstruct(cube, checkpoint=ckpt, **kw)
+    assert resumed.provenance.parameters["resumed_at_iteration"] == 2
+    np.testing.assert_array_equal(resumed.object_slices, full.object_slices)
+    np.testing.assert_array_equal(resumed.probe_modes, full.probe_modes)
+    np.testing.assert_array_equal(resumed.positions_A, full.positions_A)
+    np.testing.assert_array_equal(resumed.errors, full.errors)
+    with pytest.raises(Distill4dError, match="other data or parameters"):
+        reconstruct(cube, checkpoint=ckpt, **{**kw, "seed": 4})
+
+
+def test_results_round_trip(weak, tmp_path):
+    cube = weak.datacube[:8, :8].with_calibration(scan_rotation_rad=0.0)
+    res = reconstruct(cube, defocus_A=60.0, iterations=2, device="cpu")
+    path = res.to_results().to_h5(tmp_path / "p.h5")
+    back = PtychoResult.from_results(read_results(path))
+    np.testing.assert_array_equal(back.object_phase, res.object_phase)
+    np.testing.assert_array_equal(back.probe_modes, res.probe_modes)
+    np.testing.assert_allclose(back.phase_on_scan_grid(), res.phase_on_scan_grid())
+    assert back.provenance.method == "ptychography"
+    assert read_results(path).units["object_phase"] == "rad"
+
+
+def test_lazy_cube_through_a_temporary_file(weak, tmp_path):
+    """A lazily read file (patterns read row by row through its reader), its patterns beyond the memory
+    budget kept in a temporary file and read per batch: the same result as from memory."""
+    import distill4d
+
+    path = tmp_path / "scan.h5"
+    distill4d.write(path, weak.datacube.with_calibration(scan_rotation_rad=0.0))
+    lazy = distill4d.read(path, lazy=True)
+    assert lazy.is_lazy and lazy.reader is not None
+    region = (slice(3, 11), slice(2, 10))
+    a = reconstruct(lazy, defocus_A=60.0, iterations=2, device="cpu", region=region, memory_budget=1000)
+    b = reconstruct(lazy.compute(), defocus_A=60.0, iterations=2, device="cpu", region=region)
+    assert a.provenance.parameters["patterns_in_memory"] is False
+    np.testing.assert_array_equal(a.object_slices, b.object_slices)
+
+
+def _cube(**cal):
+    base = dict(scan_step_A=0.4, q_pixel_inv_A=0.05, energy_eV=300e3, semiangle_mrad=20.0, origin_px=(16, 16))
+    base.update(cal)
+    base = {k: v for k, v in base.items() if v is not None}
+    return DataCube(np.ones((4, 4, 32, 32), np.float32), Calibration(**base))
+
+
+@pytest.mark.parametrize("field", ["energy_eV", "semiangle_mrad", "q_pixel_inv_A", "scan_step_A"])
+def test_missing_calibration_is_a_one_line_error_naming_the_field(field):
+    with pytest.raises(Distill4dError, match=field) as err:
+        reconstruct(_cube(**{field: None}), device="cpu")
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"probe": np.ones((16, 16))}, "probe .*shape"),
+    ({"defocus_A": 3e5}, "defocus_A"),
+    ({"slices": 3}, "slice_thickness_A"),
+    ({"slices": 2, "slice_thickness_A": 1e6}, "slice_thickness_A"),
+    ({"slices": 2, "slice_thickness_A": -1.0}, "slice_thickness_A"),
+    ({"loss": "l2"}, "loss"),
+    ({"modes": 0}, "modes"),
+    ({"region": (slice(0, 1), slice(0, 4))}, "region"),
+    ({"device": "tpu"}, "device"),
+])
+def test_bad_input(kwargs, match):
+    with pytest.raises(Distill4dError, match=match):
+        reconstruct(_cube(), **kwargs)
+
+
+def test_nan_data_is_refused():
+    cube = _cube()
+    cube.data[1, 2, 3, 4] = np.nan
+    with pytest.raises(Distill4dError, match="NaN"):
+        reconstruct(cube.with_calibration(scan_rotation_rad=0.0), device="cpu")
+
+
+def test_not_a_datacube():
+    with pytest.raises(TypeError, match="DataCube"):
+        reconstruct(np.ones((4, 4, 8, 8)))
+
+
+def test_position_refinement_moves_positions_towards_the_truth():
+    """True positions off the nominal grid by -1, 0 or +1 object pixel (0.42 Å) on each axis (noise-free):
+    the refined shifts correlate with the true errors (>= 0.4, measured 0.61) and their rms error falls
+    by >= 10 % (measured 0.82 -> 0.66 px)."""
+    pixel = 1 / (48 * Q)
+    phases = random_atoms((40, 40), pixel, 14, 0.5, seed=0)[None]
+    off = np.random.default_rng(0).integers(-1, 2, (16, 16, 2))
+    cube, _ = multislice_scan(phases, scan_shape=(16, 16), defocus_A=50.0, offsets_px=off)
+    res = reconstruct(cube, defocus_A=50.0, iterations=12, device="cpu", refine_positions=True)
+    nominal = reconstruct(cube, defocus_A=50.0, iterations=0, device="cpu").positions_A
+    d = (res.positions_A - nominal) / pixel
+    d -= d.mean(axis=0)
+    o = off.reshape(-1, 2) - off.reshape(-1, 2).mean(axis=0)
+    assert _corr(d, o) >= 0.4
+    assert np.sqrt(((d - o) ** 2).mean()) <= 0.9 * np.sqrt((o**2).mean())
+
+
+def test_figure_has_phase_with_scale_bar_probe_modes_and_error_curve(weak, tmp_path):
+    pytest.importorskip("matplotlib")
+    from distill4d.plot.ptycho import ptycho_figure, save_ptycho_png
+
+    cube = weak.datacube[:8, :8].with_calibration(scan_rotation_rad=0.0)
+    res = reconstruct(cube, defocus_A=60.0, iterations=2, modes=2, device="cpu")
+    fig = ptycho_figure(res, title="t")
+    titles = [ax.get_title() for ax in fig.axes]
+    assert "object phase" in titles and "error" in titles
+    assert sum(t.startswith("probe mode") for t in titles) == 2
+    phase_ax = fig.axes[titles.index("object phase")]
+    assert any(a.get_gid() == "scale_bar" for a in phase_ax.artists)
+    path = save_ptycho_png(tmp_path / "p.png", res)
+    assert path.stat().st_size > 1000
+    with pytest.raises(FileExistsError):
+        save_ptycho_png(path, res)
