@@ -12,6 +12,7 @@ the weights of the best held-out evaluation are kept.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -38,6 +39,15 @@ class WindowAETrainConfig:
     warmup_steps, warmup_coef : steps during which the channels are also pulled (mean squared error,
         this weight) towards the one-hot k-means labels the templates started from, so that channel c
         starts on cluster c.
+    divergence_coef : weight of the reference's divergence term, subtracted from the loss: per window,
+        half the sum of |z_i - z_j| over pairs of non-zero channels (pushes each window towards
+        one strong channel).
+    balance_coef : weight of the channel-balance term: log C minus the entropy of the channels' shares
+        of the batch's total activation (0 when all channels are used alike; keeps channels alive).
+    decorrelation_coef : weight of the mean squared off-diagonal correlation of the channels over
+        the batch (channels that answer to different windows).
+    init : templates and warm-up labels from "kmeans" (the clusters' mean spectra) or "nmf" (the
+        components of a non-negative factorisation, the labels its strongest component).
     max_minutes : wall-clock budget (None: none).
     seed : the initial weights, the k-means start, the held-out split and the batch order.
     """
@@ -52,12 +62,19 @@ class WindowAETrainConfig:
     l1_ramp_steps: int = 200
     warmup_steps: int = 200
     warmup_coef: float = 0.01
+    divergence_coef: float = 0.0
+    balance_coef: float = 0.0
+    decorrelation_coef: float = 0.0
+    init: str = "kmeans"
     max_minutes: float | None = None
     seed: int = 0
 
     def __post_init__(self) -> None:
         check_training_options(self, nonnegative_ints=("l1_start_step", "l1_ramp_steps", "warmup_steps"))
-        nonnegative_float("l1_coef", self.l1_coef)
+        for name in ("l1_coef", "warmup_coef", "divergence_coef", "balance_coef", "decorrelation_coef"):
+            nonnegative_float(name, getattr(self, name))
+        if self.init not in ("kmeans", "nmf"):
+            raise Distill4dError(f"init must be 'kmeans' or 'nmf', got {self.init!r}")
 
     def l1_at(self, step: int) -> float:
         """The L1 weight at ``step``."""
@@ -78,6 +95,56 @@ def _kmeans_means(x: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, np.ndar
     z = PCA(n_components=min(16, len(x) - 1, flat.shape[1]), random_state=seed).fit_transform(flat)
     lab = KMeans(n_clusters=k, n_init=2, random_state=seed).fit_predict(z)
     return np.stack([x[lab == j].mean(0) if (lab == j).any() else x.mean(0) for j in range(k)]), lab.astype(np.int64)
+
+
+def _nmf_means(x: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Components (k, F, F), scaled to the mean spectrum of the windows each wins, and the strongest
+    component of each window (n,) of an NMF (NNDSVDa start) of ``x`` (n, F, F)."""
+    import warnings
+
+    from sklearn.decomposition import NMF
+    from sklearn.exceptions import ConvergenceWarning
+
+    flat = x.reshape(len(x), -1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        nmf = NMF(n_components=k, init="nndsvda", random_state=seed, max_iter=300)
+        w = nmf.fit_transform(flat)
+    lab = w.argmax(axis=1)
+    comp = nmf.components_.reshape((k,) + x.shape[1:]) * np.maximum(np.median(w, axis=0), 1e-6)[:, None, None]
+    return comp.astype(np.float32), lab.astype(np.int64)
+
+
+def regularisers(channels: Any) -> dict[str, Any]:
+    """``{"divergence", "balance", "decorrelation"}`` of a batch of channels (N, C) >= 0 (see
+    :class:`WindowAETrainConfig`)."""
+    import torch
+
+    z = channels
+    n, c = z.shape
+    nz = (z > 0).to(z.dtype)
+    pair = nz[:, :, None] * nz[:, None, :]
+    divergence = ((z[:, :, None] - z[:, None, :]).abs() * pair).sum((1, 2)).mean() / 2
+    share = z.mean(0) / (z.mean(0).sum() + 1e-8)
+    balance = math.log(c) + (share * torch.log(share + 1e-8)).sum()
+    zc = z - z.mean(0)
+    cov = zc.T @ zc / max(n - 1, 1)
+    sd = torch.sqrt(torch.diagonal(cov) + 1e-8)
+    corr = cov / (sd[:, None] * sd[None, :])
+    off = corr - torch.diag(torch.diagonal(corr))
+    decorrelation = (off**2).sum() / max(c * (c - 1), 1)
+    return {"divergence": divergence, "balance": balance, "decorrelation": decorrelation}
+
+
+def channel_usage(channels: np.ndarray) -> dict[str, Any]:
+    """Diagnostics of channels (n, C): ``alive`` (channels non-zero on any window), ``wins`` (the
+    fraction of windows where each channel is the strongest, 0 where all are 0), ``mean`` and
+    ``active`` (fraction of windows where it is > 0) per channel."""
+    ch = np.asarray(channels)
+    win = np.where(ch.max(axis=1) > 0, ch.argmax(axis=1), -1)
+    return {"alive": int((ch.max(axis=0) > 0).sum()),
+            "wins": [float(np.mean(win == j)) for j in range(ch.shape[1])],
+            "mean": [float(v) for v in ch.mean(axis=0)], "active": [float(v) for v in (ch > 0).mean(axis=0)]}
 
 
 def train_window_ae(
@@ -123,7 +190,8 @@ def train_window_ae(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(train.seed)
         model = WindowAE(cfg)
-    means, km_labels = _kmeans_means(x, cfg.channels, train.seed)
+    init = _kmeans_means if train.init == "kmeans" else _nmf_means
+    means, km_labels = init(x, cfg.channels, train.seed)
     with torch.no_grad():  # softplus^-1 of the cluster means, less a common background
         bg = np.clip(means.min(axis=0), 1e-3, None)
         model.background.copy_(torch.from_numpy(np.log(np.expm1(bg))))
@@ -140,14 +208,18 @@ def train_window_ae(
     history: list[dict[str, Any]] = []
     best_state = None
 
-    def held_out_loss(l1: float) -> float:
+    def held_out_loss(l1: float) -> tuple[float, dict[str, Any]]:
         model.eval()
         idx = torch.from_numpy(ho_idx).to(dev)
+        total, chans = 0.0, []
         with torch.no_grad():
-            total = sum(float(window_ae_loss(X[idx[i : i + 512]], model(X[idx[i : i + 512]]), l1_coef=l1)["total"])
-                        * len(idx[i : i + 512]) for i in range(0, len(idx), 512))
+            for i in range(0, len(idx), 512):
+                xb = X[idx[i : i + 512]]
+                out = model(xb)
+                total += float(window_ae_loss(xb, out, l1_coef=l1)["total"]) * len(xb)
+                chans.append(out["channels"].cpu().numpy())
         model.train()
-        return total / max(len(idx), 1)
+        return total / max(len(idx), 1), channel_usage(np.concatenate(chans))
 
     step, running, n_run = 0, 0.0, 0
     perm = torch.empty(0, dtype=torch.long)
@@ -159,6 +231,10 @@ def train_window_ae(
         xb = X[idx]
         out = model(xb)
         loss = window_ae_loss(xb, out, l1_coef=train.l1_at(step))["total"]
+        if train.divergence_coef or train.balance_coef or train.decorrelation_coef:
+            reg = regularisers(out["channels"])
+            loss = (loss - train.divergence_coef * reg["divergence"] + train.balance_coef * reg["balance"]
+                    + train.decorrelation_coef * reg["decorrelation"])
         if step < train.warmup_steps and cfg.channels > 1:
             target = torch.nn.functional.one_hot(L[idx], cfg.channels).to(out["channels"].dtype)
             loss = loss + train.warmup_coef * torch.nn.functional.mse_loss(out["channels"], target)
@@ -171,9 +247,9 @@ def train_window_ae(
         if step % train.eval_every and step != train.max_steps:
             continue
         l1 = train.l1_at(step)
-        ho = held_out_loss(train.l1_coef)  # the full penalty: evaluations compare alike
+        ho, usage = held_out_loss(train.l1_coef)  # the full penalty: evaluations compare alike
         rec = {"step": step, "train": running / n_run, "held_out": ho, "l1_coef": l1,
-               "seconds": time.perf_counter() - t0}
+               "seconds": time.perf_counter() - t0, "alive_channels": usage["alive"], "wins": usage["wins"]}
         running, n_run = 0.0, 0
         history.append(rec)
         if callback is not None:
