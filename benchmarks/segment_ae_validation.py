@@ -39,6 +39,9 @@ VARIANTS: dict[str, tuple[dict, object]] = {
     "K-channels": ({}, "K"),
     "K-channels-nmf": ({"init": "nmf"}, "K"),
     "K-channels-warmup": ({"warmup_steps": 1000, "warmup_coef": 0.1, "l1_start_step": 300}, "K"),
+    "fit-head": ({"channel_init": "clusters"}, 8),
+    "fit-head-K": ({"channel_init": "clusters"}, "K"),
+    "fit-head-nmf-K": ({"channel_init": "clusters", "init": "nmf"}, "K"),
     "no-l1-early": ({"l1_start_step": 500, "l1_ramp_steps": 300}, 8),
 }
 
@@ -104,7 +107,7 @@ def main() -> None:
             print(v, "done", [round(r["miou"], 3) for r in done[v]])
             continue
         rows = []
-        for name, kw, d, f, truth in data:
+        for ci, (name, kw, d, f, truth) in zip(idx, data):
             k = len(kw["angles_deg"])
             t0 = time.perf_counter()
             if v in VARIANTS:
@@ -120,6 +123,11 @@ def main() -> None:
                 diag["miou_windows_argmax"] = mean_iou(argmax_lab, truth)
                 diag["miou_windows_readout"] = mean_iou(s.labels_windows.reshape(-1), truth)
                 diag["undecided_windows"] = float(np.mean(s.labels_windows < 0))
+                # the latent, for read-out variants without retraining
+                lat = HERE / "data" / "segment_ae_validation"
+                lat.mkdir(exist_ok=True)
+                np.savez_compressed(lat / f"{v}-{ci}.npz", channels=s.channels,
+                                    rotation_deg=s.rotation_deg, scale=s.scale)
                 diag["alive_over_training"] = [(h["step"], h["alive_channels"]) for h in s.history]
             else:
                 s = segment(None, v, domains=k, features=f, seed=0)

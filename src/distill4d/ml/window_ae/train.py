@@ -48,6 +48,11 @@ class WindowAETrainConfig:
         the batch (channels that answer to different windows).
     init : templates and warm-up labels from "kmeans" (the clusters' mean spectra) or "nmf" (the
         components of a non-negative factorisation, the labels its strongest component).
+    channel_init : "clusters": the channel head (the encoder's last linear layer) is fitted by ridge
+        regression to those labels (one-hot) on the initial encoder's features, so that every
+        channel starts alive, on its own cluster; "random": PyTorch's default initialisation (at
+        which a channel's pre-activation varies ~30x less across windows than its offset, so a
+        channel is on for all windows or dead for all from the first step).
     max_minutes : wall-clock budget (None: none).
     seed : the initial weights, the k-means start, the held-out split and the batch order.
     """
@@ -66,6 +71,7 @@ class WindowAETrainConfig:
     balance_coef: float = 0.0
     decorrelation_coef: float = 0.0
     init: str = "kmeans"
+    channel_init: str = "random"
     max_minutes: float | None = None
     seed: int = 0
 
@@ -75,6 +81,8 @@ class WindowAETrainConfig:
             nonnegative_float(name, getattr(self, name))
         if self.init not in ("kmeans", "nmf"):
             raise Distill4dError(f"init must be 'kmeans' or 'nmf', got {self.init!r}")
+        if self.channel_init not in ("clusters", "random"):
+            raise Distill4dError(f"channel_init must be 'clusters' or 'random', got {self.channel_init!r}")
 
     def l1_at(self, step: int) -> float:
         """The L1 weight at ``step``."""
@@ -113,6 +121,27 @@ def _nmf_means(x: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, np.ndarray
     lab = w.argmax(axis=1)
     comp = nmf.components_.reshape((k,) + x.shape[1:]) * np.maximum(np.median(w, axis=0), 1e-6)[:, None, None]
     return comp.astype(np.float32), lab.astype(np.int64)
+
+
+def _fit_channel_head(model: Any, x: np.ndarray, labels: np.ndarray, seed: int) -> None:
+    """Set the channel head (``model.to_channels``) to the ridge regression of the one-hot ``labels``
+    on the initial encoder's hidden features of (at most 2048 of) the windows ``x``."""
+    import torch
+
+    rng = np.random.default_rng(seed)
+    sel = rng.permutation(len(x))[:2048]
+    c = model.config.channels
+    with torch.no_grad():
+        xb = torch.from_numpy(x[sel])[:, None]
+        h = torch.relu(model.fc(model.features(xb).flatten(1))).double()
+        t = torch.nn.functional.one_hot(torch.from_numpy(labels[sel]), c).double()
+        hm, tm = h.mean(0), t.mean(0)
+        hc = h - hm
+        gram = hc.T @ hc
+        lam = 1e-3 * float(torch.trace(gram)) / gram.shape[0] + 1e-12
+        w = torch.linalg.solve(gram + lam * torch.eye(gram.shape[0], dtype=gram.dtype), hc.T @ (t - tm))  # (hidden, C)
+        model.to_channels.weight.copy_(w.T.float())
+        model.to_channels.bias.copy_((tm - hm @ w).float())
 
 
 def regularisers(channels: Any) -> dict[str, Any]:
@@ -197,6 +226,8 @@ def train_window_ae(
         model.background.copy_(torch.from_numpy(np.log(np.expm1(bg))))
         tmpl = np.clip(means - bg, 1e-3, None)
         model.templates.copy_(torch.from_numpy(np.log(np.expm1(tmpl)).astype(np.float32)))
+    if train.channel_init == "clusters":
+        _fit_channel_head(model, x, km_labels, train.seed)
     model.to(dev)
     held = np.zeros(len(x), bool)
     held[rng.permutation(len(x))[: len(x) // 10]] = True
