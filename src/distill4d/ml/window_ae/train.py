@@ -12,7 +12,6 @@ the weights of the best held-out evaluation are kept.
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -23,7 +22,7 @@ from ...errors import Distill4dError
 from ..._validate import nonnegative_float
 from .._common.loop import StopRule, check_training_options
 
-__all__ = ["WindowAETrainConfig", "train_window_ae"]
+__all__ = ["WindowAETrainConfig", "channel_usage", "train_window_ae"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,20 +38,6 @@ class WindowAETrainConfig:
     warmup_steps, warmup_coef : steps during which the channels are also pulled (mean squared error,
         this weight) towards the one-hot k-means labels the templates started from, so that channel c
         starts on cluster c.
-    divergence_coef : weight of the reference's divergence term, subtracted from the loss: per window,
-        half the sum of |z_i - z_j| over pairs of non-zero channels (pushes each window towards
-        one strong channel).
-    balance_coef : weight of the channel-balance term: log C minus the entropy of the channels' shares
-        of the batch's total activation (0 when all channels are used alike; keeps channels alive).
-    decorrelation_coef : weight of the mean squared off-diagonal correlation of the channels over
-        the batch (channels that answer to different windows).
-    init : templates and warm-up labels from "kmeans" (the clusters' mean spectra) or "nmf" (the
-        components of a non-negative factorisation, the labels its strongest component).
-    channel_init : "clusters": the channel head (the encoder's last linear layer) is fitted by ridge
-        regression to those labels (one-hot) on the initial encoder's features, so that every
-        channel starts alive, on its own cluster; "random": PyTorch's default initialisation (at
-        which a channel's pre-activation varies ~30x less across windows than its offset, so a
-        channel is on for all windows or dead for all from the first step).
     max_minutes : wall-clock budget (None: none).
     seed : the initial weights, the k-means start, the held-out split and the batch order.
     """
@@ -67,22 +52,13 @@ class WindowAETrainConfig:
     l1_ramp_steps: int = 200
     warmup_steps: int = 200
     warmup_coef: float = 0.01
-    divergence_coef: float = 0.0
-    balance_coef: float = 0.0
-    decorrelation_coef: float = 0.0
-    init: str = "kmeans"
-    channel_init: str = "random"
     max_minutes: float | None = None
     seed: int = 0
 
     def __post_init__(self) -> None:
         check_training_options(self, nonnegative_ints=("l1_start_step", "l1_ramp_steps", "warmup_steps"))
-        for name in ("l1_coef", "warmup_coef", "divergence_coef", "balance_coef", "decorrelation_coef"):
+        for name in ("l1_coef", "warmup_coef"):
             nonnegative_float(name, getattr(self, name))
-        if self.init not in ("kmeans", "nmf"):
-            raise Distill4dError(f"init must be 'kmeans' or 'nmf', got {self.init!r}")
-        if self.channel_init not in ("clusters", "random"):
-            raise Distill4dError(f"channel_init must be 'clusters' or 'random', got {self.channel_init!r}")
 
     def l1_at(self, step: int) -> float:
         """The L1 weight at ``step``."""
@@ -103,66 +79,6 @@ def _kmeans_means(x: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, np.ndar
     z = PCA(n_components=min(16, len(x) - 1, flat.shape[1]), random_state=seed).fit_transform(flat)
     lab = KMeans(n_clusters=k, n_init=2, random_state=seed).fit_predict(z)
     return np.stack([x[lab == j].mean(0) if (lab == j).any() else x.mean(0) for j in range(k)]), lab.astype(np.int64)
-
-
-def _nmf_means(x: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Components (k, F, F), scaled to the mean spectrum of the windows each wins, and the strongest
-    component of each window (n,) of an NMF (NNDSVDa start) of ``x`` (n, F, F)."""
-    import warnings
-
-    from sklearn.decomposition import NMF
-    from sklearn.exceptions import ConvergenceWarning
-
-    flat = x.reshape(len(x), -1)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        nmf = NMF(n_components=k, init="nndsvda", random_state=seed, max_iter=300)
-        w = nmf.fit_transform(flat)
-    lab = w.argmax(axis=1)
-    comp = nmf.components_.reshape((k,) + x.shape[1:]) * np.maximum(np.median(w, axis=0), 1e-6)[:, None, None]
-    return comp.astype(np.float32), lab.astype(np.int64)
-
-
-def _fit_channel_head(model: Any, x: np.ndarray, labels: np.ndarray, seed: int) -> None:
-    """Set the channel head (``model.to_channels``) to the ridge regression of the one-hot ``labels``
-    on the initial encoder's hidden features of (at most 2048 of) the windows ``x``."""
-    import torch
-
-    rng = np.random.default_rng(seed)
-    sel = rng.permutation(len(x))[:2048]
-    c = model.config.channels
-    with torch.no_grad():
-        xb = torch.from_numpy(x[sel])[:, None]
-        h = torch.relu(model.fc(model.features(xb).flatten(1))).double()
-        t = torch.nn.functional.one_hot(torch.from_numpy(labels[sel]), c).double()
-        hm, tm = h.mean(0), t.mean(0)
-        hc = h - hm
-        gram = hc.T @ hc
-        lam = 1e-3 * float(torch.trace(gram)) / gram.shape[0] + 1e-12
-        w = torch.linalg.solve(gram + lam * torch.eye(gram.shape[0], dtype=gram.dtype), hc.T @ (t - tm))  # (hidden, C)
-        model.to_channels.weight.copy_(w.T.float())
-        model.to_channels.bias.copy_((tm - hm @ w).float())
-
-
-def regularisers(channels: Any) -> dict[str, Any]:
-    """``{"divergence", "balance", "decorrelation"}`` of a batch of channels (N, C) >= 0 (see
-    :class:`WindowAETrainConfig`)."""
-    import torch
-
-    z = channels
-    n, c = z.shape
-    nz = (z > 0).to(z.dtype)
-    pair = nz[:, :, None] * nz[:, None, :]
-    divergence = ((z[:, :, None] - z[:, None, :]).abs() * pair).sum((1, 2)).mean() / 2
-    share = z.mean(0) / (z.mean(0).sum() + 1e-8)
-    balance = math.log(c) + (share * torch.log(share + 1e-8)).sum()
-    zc = z - z.mean(0)
-    cov = zc.T @ zc / max(n - 1, 1)
-    sd = torch.sqrt(torch.diagonal(cov) + 1e-8)
-    corr = cov / (sd[:, None] * sd[None, :])
-    off = corr - torch.diag(torch.diagonal(corr))
-    decorrelation = (off**2).sum() / max(c * (c - 1), 1)
-    return {"divergence": divergence, "balance": balance, "decorrelation": decorrelation}
 
 
 def channel_usage(channels: np.ndarray) -> dict[str, Any]:
@@ -219,15 +135,12 @@ def train_window_ae(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(train.seed)
         model = WindowAE(cfg)
-    init = _kmeans_means if train.init == "kmeans" else _nmf_means
-    means, km_labels = init(x, cfg.channels, train.seed)
+    means, km_labels = _kmeans_means(x, cfg.channels, train.seed)
     with torch.no_grad():  # softplus^-1 of the cluster means, less a common background
         bg = np.clip(means.min(axis=0), 1e-3, None)
         model.background.copy_(torch.from_numpy(np.log(np.expm1(bg))))
         tmpl = np.clip(means - bg, 1e-3, None)
         model.templates.copy_(torch.from_numpy(np.log(np.expm1(tmpl)).astype(np.float32)))
-    if train.channel_init == "clusters":
-        _fit_channel_head(model, x, km_labels, train.seed)
     model.to(dev)
     held = np.zeros(len(x), bool)
     held[rng.permutation(len(x))[: len(x) // 10]] = True
@@ -262,10 +175,6 @@ def train_window_ae(
         xb = X[idx]
         out = model(xb)
         loss = window_ae_loss(xb, out, l1_coef=train.l1_at(step))["total"]
-        if train.divergence_coef or train.balance_coef or train.decorrelation_coef:
-            reg = regularisers(out["channels"])
-            loss = (loss - train.divergence_coef * reg["divergence"] + train.balance_coef * reg["balance"]
-                    + train.decorrelation_coef * reg["decorrelation"])
         if step < train.warmup_steps and cfg.channels > 1:
             target = torch.nn.functional.one_hot(L[idx], cfg.channels).to(out["channels"].dtype)
             loss = loss + train.warmup_coef * torch.nn.functional.mse_loss(out["channels"], target)
