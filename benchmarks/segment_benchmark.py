@@ -16,7 +16,7 @@ it given). The autoencoder's training options were validated on ``held_out_class
 
 Run: ``PYTHONPATH=src python benchmarks/segment_benchmark.py`` (about 25 minutes on 2 loaded CPU
 cores; resumable: finished rows are kept in benchmarks/data/segment.partial.json and skipped when
-the command is run again, so it can be run in parts, e.g. with ``--max-minutes 9``); writes the
+the command is run again, so it can be run in parts, e.g. with ``--max-minutes 7``); writes the
 ``segment`` section of benchmarks/RESULTS.md and benchmarks/data/segment.json.
 """
 
