@@ -45,6 +45,14 @@ def test_latent_is_bounded_and_the_decoder_warps_templates():
     assert float(loss["total"]) == pytest.approx(float(loss["mse"] + 0.5 * loss["l1"]))
 
 
+def test_channel_usage_counts_dead_channels():
+    from distill4d.ml.window_ae.train import channel_usage
+
+    u = channel_usage(np.array([[0.0, 1.0, 0.0], [0.0, 0.5, 0.2], [0.0, 0.0, 0.0]]))
+    assert u["alive"] == 2 and u["wins"] == pytest.approx([0.0, 2 / 3, 0.0])
+    assert u["active"] == pytest.approx([0.0, 2 / 3, 1 / 3])
+
+
 @pytest.mark.slow
 def test_two_domains_separated_and_orientations_recovered(tmp_path):
     torch.set_num_threads(2)

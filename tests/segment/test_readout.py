@@ -9,6 +9,7 @@ import pytest
 from distill4d import Distill4dError
 from distill4d.segment import segment
 from distill4d.segment.readout import (
+    channel_shares,
     adjusted_rand_index,
     area_fractions,
     channel_masks,
@@ -28,6 +29,25 @@ def test_otsu_splits_two_populations():
     thr = otsu_threshold(v)
     assert 0.3 < thr < 0.7
     assert otsu_threshold(np.full(10, 3.0)) == 3.0
+
+
+def test_channel_shares_drop_the_contrast():
+    """A window's shares do not change when its contrast does; all-zero windows stay 0; with shares,
+    a domain whose contrast falls by 5x across the image is not split by the Otsu threshold."""
+    ch = np.array([[2.0, 2.0, 0.0], [0.4, 0.4, 0.0], [0.0, 0.0, 0.0]], np.float32)
+    sh = channel_shares(ch)
+    np.testing.assert_allclose(sh, [[0.5, 0.5, 0], [0.5, 0.5, 0], [0, 0, 0]])
+    # one variant on the left half, the other on the right, contrast ramping 1 -> 0.2 down the rows
+    ramp = np.linspace(1.0, 0.2, 12)[:, None]
+    a = np.zeros((1, 12, 12, 2), np.float32)
+    a[0, :, :6, 0] = ramp * 1.0
+    a[0, :, 6:, 1] = ramp * 1.0
+    a[0, :, :6, 1] = ramp * 0.1  # a little of the other channel everywhere
+    a[0, :, 6:, 0] = ramp * 0.1
+    raw, _ = channel_masks(a)
+    shares, _ = channel_masks(channel_shares(a))
+    assert raw[..., 0].sum() < 0.8 * 72  # the raw threshold drops the weak rows
+    assert shares[..., 0].sum() == 72 and shares[0, :, :6, 0].all()
 
 
 def test_masks_open_and_close():

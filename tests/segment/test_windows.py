@@ -74,3 +74,24 @@ def test_grid_and_series():
 def test_bad_input_is_a_clear_error(images, kw, match):
     with pytest.raises(Distill4dError, match=match):
         window_features(images, **kw)
+
+
+@pytest.mark.parametrize("taper, window, feature", [("hann", 64, 32), ("hamming", 32, 32), ("none", 48, 12)])
+def test_features_equal_the_direct_definition(taper, window, feature):
+    """The fast path (separable taper, row FFTs shared between windows, the mean removed in Fourier
+    space, power binned from the half plane) equals taper -> subtract tapered mean -> fft2 -> RMS
+    |F| over bins -> log(1 + x), centred, to float32 rounding."""
+    img = np.random.default_rng(3).normal(size=(2, 150, 170)) + 5.0
+    f = window_features(img, window, 24, feature_px=feature, taper=taper, clip=1e9, dc_radius_px=0.0)
+    tap = window_taper(window, taper).astype(np.float64)
+    b = window // feature
+    s = img.std()
+    for k, i, j in [(0, 0, 0), (1, 2, 3), (0, f.grid_shape[0] - 1, f.grid_shape[1] - 1)]:
+        win = img[k, i * 24 : i * 24 + window, j * 24 : j * 24 + window] / s * tap
+        win -= win.mean() / tap.mean() * tap
+        p = np.abs(np.fft.fftshift(np.fft.fft2(win))) ** 2  # zero frequency at window // 2
+        # bin (m, c) holds frequencies b (m - F/2) .. + b - 1: starts at the zero frequency
+        binned = p.reshape(feature, b, feature, b).mean(axis=(1, 3))
+        want = np.log1p(np.sqrt(binned)) / 1e9
+        want[feature // 2, feature // 2] = 0.0  # the centre (zero frequency) is always set to 0
+        np.testing.assert_allclose(f.features[k, i, j], want, rtol=2e-4, atol=1e-6 * want.max())

@@ -21,6 +21,7 @@ from .baselines import BASELINES, baseline_channels
 from .readout import (
     area_fractions,
     channel_masks,
+    channel_shares,
     channel_strength,
     group_channels,
     group_spectra,
@@ -320,7 +321,10 @@ def _segment_features(features: WindowFeatures, method: str, *, domains: int | N
         timings["inference"] = 0.0
     t2 = time.perf_counter()
     ch = ch.reshape(t, ny, nx, n_ch)
-    ro = read_out(ch, features, n_variants=domains, open_px=open_px, close_px=close_px, tol_deg=tol_deg,
+    # the autoencoder's channels scale with the window's contrast: its read-out works on each
+    # channel's share of the window's total
+    ro = read_out(channel_shares(ch) if method == "autoencoder" else ch, features, n_variants=domains,
+                  open_px=open_px, close_px=close_px, tol_deg=tol_deg,
                   image_hw=image_hw, descriptors=descriptors)
     timings["readout"] = time.perf_counter() - t2
     params = {"method": method, "domains": domains, "channels": n_ch, "open_px": open_px, "close_px": close_px,

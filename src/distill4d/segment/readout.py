@@ -30,6 +30,7 @@ __all__ = [
     "adjusted_rand_index",
     "area_fractions",
     "channel_masks",
+    "channel_shares",
     "channel_strength",
     "group_channels",
     "group_spectra",
@@ -64,6 +65,15 @@ def otsu_threshold(values: Any, bins: int = 256) -> float:
     between = (w0 * w1 * (mu0 - mu1) ** 2)[:-1]
     best = np.flatnonzero(between >= between.max() * (1 - 1e-9))  # a plateau over empty bins: its middle
     return float((edges[best[0] + 1] + edges[best[-1] + 1]) / 2)
+
+
+def channel_shares(channels: Any) -> np.ndarray:
+    """Each window's channels divided by their sum (0 where all are 0), float32, same shape: which
+    channel a window belongs to, without its contrast (the autoencoder's ReLU channels grow with
+    the window's contrast, so one Otsu threshold over the series leaves weak windows undecided)."""
+    ch = np.asarray(channels, dtype=np.float32)
+    tot = ch.sum(axis=-1, keepdims=True)
+    return np.divide(ch, tot, out=np.zeros_like(ch), where=tot > 0)
 
 
 def channel_masks(channels: np.ndarray, *, open_px: int = 1, close_px: int = 1) -> tuple[np.ndarray, np.ndarray]:

@@ -8,8 +8,11 @@ spectrum after the FFT (which blurs nothing and leaves the window edges' leakage
 its ``abs`` mode keeps ``|Re FFT|`` only, which depends on where the lattice sits in the window.
 Here the taper is applied to the pixels and the full ``|FFT|`` is kept.
 
-All windows of all frames of a series go through one batched pass: a strided view of the
-images, one real FFT per chunk of windows (:mod:`scipy.fft`, threads).
+All windows of a frame go through one batched pass (:mod:`scipy.fft`, float32, threads): the
+taper is separable, so each image row segment is tapered and transformed along x once and shared
+by the ``window_px / step_px`` windows that hold it; each window then adds its FFT along y. The
+window's tapered mean is removed in Fourier space (a few low frequencies), the power is binned
+straight from the half plane of the real FFT, and the spectra are written in place.
 """
 
 from __future__ import annotations
@@ -136,46 +139,52 @@ class WindowFeatures:
         return np.arange(ny) * self.step_px + c, np.arange(nx) * self.step_px + c
 
 
-def _spectra(windows: np.ndarray, bin_px: int) -> np.ndarray:
-    """log(1 + RMS |FFT|) of tapered windows (n, w, w) over bins of ``bin_px``²
-    frequencies, centred (zero frequency at ``w/bin_px // 2``): (n, w/bin_px, w/bin_px) float32."""
+def _taper_spectrum_support(tap: np.ndarray) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray]:
+    """Where the real FFT of the taper is not zero (a few low frequencies for Hann and Hamming) and
+    its values there divided by its zero-frequency term: subtracting ``F[0, 0]`` times these from a
+    tapered window's FFT ``F`` removes the window's tapered mean."""
     import scipy.fft
 
-    n, w, _ = windows.shape
-    F = scipy.fft.rfft2(windows, overwrite_x=True).view(np.float32)  # (n, w, 2 (w//2+1)): re, im
-    P = F[..., 0::2] ** 2
-    P += F[..., 1::2] ** 2  # power, (n, w, w//2+1), ky in FFT order, kx = 0..w/2
-    f, h = w // bin_px, w // 2
-    # kx >= 0: bins of the half plane; kx < 0: |F(k)| = |F(-k)|, so bins of P(-ky, -kx)
-    pos = _bin_rows(P[:, :, :h], bin_px, 0)
-    neg = _bin_rows(P[:, :, 1 : h + 1], bin_px, bin_px - 1)
-    pos = _bin_cols(pos, bin_px)
-    neg = _bin_cols(neg, bin_px)
-    out = np.empty((n, f, f), dtype=np.float32)
-    rows = (np.arange(f) - f // 2) % f  # bin rows in FFT order -> centred
-    out[:, :, f // 2 :] = pos[:, rows]
-    # neg bin (m, c): -ky in [m b - 1, m b + b - 2] and -kx in [c b + 1, c b + b]: ky bin -m, kx bin -c-1
-    out[:, :, : f // 2] = neg[:, (-rows) % f][:, :, ::-1]
-    out *= 1.0 / (bin_px * bin_px)
+    T = scipy.fft.rfft2(tap.astype(np.float64))
+    sup = np.nonzero(np.abs(T) > 1e-9 * abs(T[0, 0]))
+    return sup, (T[sup] / T[0, 0]).astype(np.complex64)
+
+
+def _spectra_into(F: np.ndarray, bin_px: int, out: np.ndarray) -> None:
+    """``out`` (n, f, f) = log(1 + RMS |FFT|) over bins of ``bin_px``² frequencies, centred (zero
+    frequency at ``f // 2``), from the real FFTs ``F`` (n, w, w//2 + 1) complex64 of windows
+    (overwritten)."""
+    n, w, _ = F.shape
+    b, f, h = bin_px, w // bin_px, w // 2
+    Fv = F.view(np.float32)  # (n, w, 2 (w//2+1)): re, im
+    Fv *= Fv  # re², im²
+    # column bins of the power: kx >= 0 (bin c: kx = c b .. c b + b - 1) and, for the half plane
+    # kx < 0 through |F(k)| = |F(-k)|, kx = c b + 1 .. c b + b
+    pos = _sum_views([Fv[..., 2 * i + j : 2 * h : 2 * b] for i in range(b) for j in (0, 1)])
+    neg = _sum_views([Fv[..., 2 * (i + 1) + j : 2 * h + 2 : 2 * b] for i in range(b) for j in (0, 1)])
+    # row bins, centred: out row r holds ky = (r - f/2) b .. + b - 1 from ``pos``, and the mirrored
+    # bin -ky = (f/2 - r) b - b + 1 .. (f/2 - r) b from ``neg`` (columns reversed)
+    r = np.arange(f)
+    half = f // 2
+    right, left = out[:, :, half:], out[:, :, :half]
+    for i in range(b):
+        if i == 0:
+            np.copyto(right, pos[:, ((r - half) * b) % w])
+            np.copyto(left, neg[:, ((half - r) * b - b + 1) % w, ::-1])
+        else:
+            right += pos[:, ((r - half) * b + i) % w]
+            left += neg[:, ((half - r) * b - b + 1 + i) % w, ::-1]
+    out *= 1.0 / (b * b)
     np.sqrt(out, out=out)
-    np.log1p(out, out=out)
-    return out
+    out += 1.0
+    np.log(out, out=out)  # log(1 + RMS |FFT|); NumPy's float32 log is vectorised, log1p is not
 
 
-def _bin_rows(P: np.ndarray, b: int, offset: int) -> np.ndarray:
-    """Sums of ``b`` consecutive rows (axis 1, cyclic), the first bin starting at row ``-offset``."""
-    if offset:
-        P = np.roll(P, offset, axis=1)
-    out = P[:, 0::b].copy()
-    for i in range(1, b):
-        out += P[:, i::b]
-    return out
-
-
-def _bin_cols(P: np.ndarray, b: int) -> np.ndarray:
-    out = P[..., 0::b].copy()
-    for i in range(1, b):
-        out += P[..., i::b]
+def _sum_views(views: list[np.ndarray]) -> np.ndarray:
+    """The sum of equally shaped arrays, in a new array."""
+    out = views[0].copy()
+    for v in views[1:]:
+        out += v
     return out
 
 
@@ -190,7 +199,7 @@ def window_features(
     clip: float | None = None,
     dc_radius_px: float = 1.0,
     workers: int | None = None,
-    chunk: int = 256,
+    chunk: int = 64,
 ) -> WindowFeatures:
     """Windowed-FFT features of an image (H, W) or a series (T, H, W).
 
@@ -215,45 +224,67 @@ def window_features(
         raise Distill4dError(f"clip_quantile must be in (0, 1], got {clip_quantile!r}")
     t, h, w = arr.shape
     ny, nx = window_grid((h, w), window_px, step_px)
-    # the pixel unit must not matter (log(1 + x) is not scale-free): the series in units of its std
+    import scipy.fft
+
+    # the pixel unit must not matter (log(1 + x) is not scale-free): the series in units of its std,
+    # folded into the taper
     scale = float(arr.std())
-    if scale > 0:
-        arr = arr * np.float32(1.0 / scale)
     tap = window_taper(window_px, taper)
+    sup, tap_ft = _taper_spectrum_support(tap)
+    if scale > 0:
+        tap *= np.float32(1.0 / scale)
     bin_px = window_px // feature_px
     workers = workers or (len(_affinity()) or 1)
-    view = np.lib.stride_tricks.sliding_window_view(arr, (window_px, window_px), axis=(1, 2))[:, ::step_px, ::step_px]
-    view = view[:, :ny, :nx]  # (T, ny, nx, w, w), strided: no copy
     out = np.empty((t, ny, nx, feature_px, feature_px), dtype=np.float32)
-    rows = max(1, chunk // nx)  # window rows per FFT batch
-    jobs = [(k, i) for k in range(t) for i in range(0, ny, rows)]
+    # the taper is separable, w(y) w(x): the FFT along x of a tapered row segment is shared by the
+    # window_px / step_px windows that hold that row, so rows are transformed once per frame and
+    # each window only adds its FFT along y
+    wy = tap[:, window_px // 2] / tap[window_px // 2, window_px // 2]
+    wx = tap[window_px // 2] / wy[window_px // 2]
+    wy = wy.astype(np.complex64)[None, :, None]
+    used_h = (ny - 1) * step_px + window_px
+    seg = np.lib.stride_tricks.sliding_window_view(arr[:, :used_h], window_px, axis=2)[:, :, ::step_px][:, :, :nx]
+    rows = max(1, chunk // nx)  # window rows per batch
+    R = np.empty((used_h, nx, window_px // 2 + 1), np.complex64)  # one frame's row FFTs
 
-    def run(job: tuple[int, int]) -> None:
-        k, i = job
-        part = view[k, i : i + rows]
-        b = np.multiply(part, tap, dtype=np.float32)  # the copy and the real-space taper in one pass
-        b -= (b.mean(axis=(2, 3), keepdims=True) / tap.mean()) * tap  # the window's (tapered) mean
-        out[k, i : i + rows] = _spectra(b.reshape(-1, window_px, window_px), bin_px).reshape(
-            len(part), nx, feature_px, feature_px)
+    def rows_ft(k: int, y: int) -> None:  # FFTs along x of row segments y .. y + 4 w of frame k
+        y1 = min(y + 4 * window_px, used_h)
+        R[y:y1] = scipy.fft.rfft(np.multiply(seg[k, y:y1], wx, dtype=np.float32), axis=-1, overwrite_x=True,
+                                 workers=1)
 
-    if workers > 1 and len(jobs) > 1:  # NumPy and pocketfft release the GIL: one chunk per thread
+    def windows_ft(k: int, i: int) -> None:  # window rows i .. i + rows of frame k
+        for j in range(i, min(i + rows, ny)):
+            F = np.multiply(R[j * step_px : j * step_px + window_px].transpose(1, 0, 2), wy)  # (nx, w, w//2 + 1)
+            F = scipy.fft.fft(F, axis=1, overwrite_x=True, workers=1)
+            F[:, sup[0], sup[1]] -= F[:, :1, 0] * tap_ft  # the window's tapered mean, removed in Fourier space
+            _spectra_into(F, bin_px, out[k, j])
+
+    pool = None
+    if workers > 1 and (ny > rows or used_h > 4 * window_px):  # NumPy and pocketfft release the GIL
         from concurrent.futures import ThreadPoolExecutor
 
-        with ThreadPoolExecutor(workers) as pool:
-            list(pool.map(run, jobs))
-    else:
-        for job in jobs:
-            run(job)
+        pool = ThreadPoolExecutor(workers)
+    try:
+        for k in range(t):
+            for fn, starts in ((rows_ft, range(0, used_h, 4 * window_px)), (windows_ft, range(0, ny, rows))):
+                if pool is None:
+                    for i in starts:
+                        fn(k, i)
+                else:
+                    list(pool.map(lambda i: fn(k, i), starts))
+    finally:
+        if pool is not None:
+            pool.shutdown()
     out = out.reshape(t * ny * nx, feature_px, feature_px)
     c = feature_px // 2
     yy, xx = np.ogrid[:feature_px, :feature_px]
     out[:, (yy - c) ** 2 + (xx - c) ** 2 <= dc_radius_px**2] = 0.0
     if clip is None:
-        sample = out[:: max(1, len(out) // 512)]
+        sample = out[:: max(1, len(out) // 256)]
         clip = float(np.quantile(sample, clip_quantile))
     clip = float(clip) if clip and math.isfinite(clip) and clip > 0 else 1.0
-    out /= clip
-    np.clip(out, 0.0, 1.0, out=out)
+    out *= np.float32(1.0 / clip)
+    np.minimum(out, 1.0, out=out)  # the features are >= 0 already
     return WindowFeatures(out.reshape(t, ny, nx, feature_px, feature_px), window_px, step_px, (t, h, w), clip, taper)
 
 

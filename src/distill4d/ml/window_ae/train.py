@@ -22,7 +22,7 @@ from ...errors import Distill4dError
 from ..._validate import nonnegative_float
 from .._common.loop import StopRule, check_training_options
 
-__all__ = ["WindowAETrainConfig", "train_window_ae"]
+__all__ = ["WindowAETrainConfig", "channel_usage", "train_window_ae"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,7 +57,8 @@ class WindowAETrainConfig:
 
     def __post_init__(self) -> None:
         check_training_options(self, nonnegative_ints=("l1_start_step", "l1_ramp_steps", "warmup_steps"))
-        nonnegative_float("l1_coef", self.l1_coef)
+        for name in ("l1_coef", "warmup_coef"):
+            nonnegative_float(name, getattr(self, name))
 
     def l1_at(self, step: int) -> float:
         """The L1 weight at ``step``."""
@@ -78,6 +79,17 @@ def _kmeans_means(x: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, np.ndar
     z = PCA(n_components=min(16, len(x) - 1, flat.shape[1]), random_state=seed).fit_transform(flat)
     lab = KMeans(n_clusters=k, n_init=2, random_state=seed).fit_predict(z)
     return np.stack([x[lab == j].mean(0) if (lab == j).any() else x.mean(0) for j in range(k)]), lab.astype(np.int64)
+
+
+def channel_usage(channels: np.ndarray) -> dict[str, Any]:
+    """Diagnostics of channels (n, C): ``alive`` (channels non-zero on any window), ``wins`` (the
+    fraction of windows where each channel is the strongest, 0 where all are 0), ``mean`` and
+    ``active`` (fraction of windows where it is > 0) per channel."""
+    ch = np.asarray(channels)
+    win = np.where(ch.max(axis=1) > 0, ch.argmax(axis=1), -1)
+    return {"alive": int((ch.max(axis=0) > 0).sum()),
+            "wins": [float(np.mean(win == j)) for j in range(ch.shape[1])],
+            "mean": [float(v) for v in ch.mean(axis=0)], "active": [float(v) for v in (ch > 0).mean(axis=0)]}
 
 
 def train_window_ae(
@@ -140,14 +152,18 @@ def train_window_ae(
     history: list[dict[str, Any]] = []
     best_state = None
 
-    def held_out_loss(l1: float) -> float:
+    def held_out_loss(l1: float) -> tuple[float, dict[str, Any]]:
         model.eval()
         idx = torch.from_numpy(ho_idx).to(dev)
+        total, chans = 0.0, []
         with torch.no_grad():
-            total = sum(float(window_ae_loss(X[idx[i : i + 512]], model(X[idx[i : i + 512]]), l1_coef=l1)["total"])
-                        * len(idx[i : i + 512]) for i in range(0, len(idx), 512))
+            for i in range(0, len(idx), 512):
+                xb = X[idx[i : i + 512]]
+                out = model(xb)
+                total += float(window_ae_loss(xb, out, l1_coef=l1)["total"]) * len(xb)
+                chans.append(out["channels"].cpu().numpy())
         model.train()
-        return total / max(len(idx), 1)
+        return total / max(len(idx), 1), channel_usage(np.concatenate(chans))
 
     step, running, n_run = 0, 0.0, 0
     perm = torch.empty(0, dtype=torch.long)
@@ -171,9 +187,9 @@ def train_window_ae(
         if step % train.eval_every and step != train.max_steps:
             continue
         l1 = train.l1_at(step)
-        ho = held_out_loss(train.l1_coef)  # the full penalty: evaluations compare alike
+        ho, usage = held_out_loss(train.l1_coef)  # the full penalty: evaluations compare alike
         rec = {"step": step, "train": running / n_run, "held_out": ho, "l1_coef": l1,
-               "seconds": time.perf_counter() - t0}
+               "seconds": time.perf_counter() - t0, "alive_channels": usage["alive"], "wins": usage["wins"]}
         running, n_run = 0.0, 0
         history.append(rec)
         if callback is not None:
