@@ -20,9 +20,9 @@ from collections.abc import Sequence
 
 from .._version import __version__
 from . import demo, identify, imaging, phase, ptycho, segment, serve, simulate, strain, train
-from ._common import run_command
+from ._common import execute, run_command
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "execute", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -305,6 +305,13 @@ def _show_warning(message: Warning | str, category: type, filename: str, lineno:
     print(f"distill4d: warning: {message}", file=sys.stderr)
 
 
+def execute(args: argparse.Namespace) -> Any:
+    """Run parsed ``distill4d`` arguments in this thread (the counts checked before any file is
+    read); errors propagate. For embedding a command, as the server's jobs do."""
+    check_counts(args)
+    return args.func(args)
+
+
 def run_command(args: argparse.Namespace) -> int:
     """Run ``args.func(args)``; its exit code.
 
@@ -316,8 +323,7 @@ def run_command(args: argparse.Namespace) -> int:
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning
-            check_counts(args)  # before any file is read
-            return args.func(args)
+            return execute(args)
     except KeyboardInterrupt:
         print("distill4d: interrupted; run the same command again to resume", file=sys.stderr)
         return 130

@@ -14,5 +14,6 @@ does not import PyTorch.
 """
 
 from ._common.device import torch_device  # torch-free until called
+from ._common.model_files import ModelCard, read_card  # torch-free
 
-__all__ = ["torch_device"]
+__all__ = ["ModelCard", "read_card", "torch_device"]

@@ -191,7 +191,7 @@ class _ThreadStreams:
 
 def run_command_job(argv: list[str], log: Path) -> None:
     """Run ``distill4d ARGV`` in this thread, what it prints going to ``log``; its errors propagate."""
-    from ..cli._common import check_counts
+    from ..cli import execute
 
     parser, _ = _command_parser(argv[0])
     try:
@@ -203,8 +203,7 @@ def run_command_job(argv: list[str], log: Path) -> None:
     with open(log, "a", encoding="utf-8") as f:
         out.targets[me] = err.targets[me] = f
         try:
-            check_counts(args)
-            args.func(args)
+            execute(args)
         finally:
             out.targets.pop(me, None)
             err.targets.pop(me, None)

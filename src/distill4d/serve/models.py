@@ -641,7 +641,7 @@ class IdentifyModel(ServedModel):
 
         from ..identify import load_default
         from ..identify.apply import default_model_path
-        from ..ml._common.model_files import read_card
+        from ..ml import read_card
         from ..simulate.spots import SYSTEMS
 
         self.model = load_default()
