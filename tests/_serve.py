@@ -154,3 +154,15 @@ class Balancer:
         asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
+
+
+def poll_job(server, job_id, until, timeout=120):
+    """GET the job until ``until(job)`` holds (it must stay queued, running or cancelling meanwhile)."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        job = httpx.get(f"{server.url}/v1/jobs/{job_id}", headers=server.headers, timeout=10).json()
+        if until(job):
+            return job
+        assert job["status"] in ("queued", "running", "cancelling"), job
+        time.sleep(0.02)
+    raise TimeoutError(job)

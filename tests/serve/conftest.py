@@ -42,3 +42,17 @@ def scan_files(tmp_path_factory):
     np.save(d / "probe.npy", probe)
     return {"dir": d, "scan": scan, "probe": d / "probe.npy", "data": data, "probe_array": probe,
             "calibration": dc.calibration}
+
+
+@pytest.fixture(scope="module")
+def long_scan(tmp_path_factory):
+    """A folder with ``scan.h5`` (32 x 32 patterns of 96 x 96, uniform 1 % strain, no noise) and
+    its ``probe.npy``: about 2 s of disk detection in one thread, ~160 tiles with memory_budget_MB 1."""
+    import distill4d
+    from distill4d.simulate.kinematic import strained_scan, vacuum_probe
+
+    data = tmp_path_factory.mktemp("longjob")
+    dc, _ = strained_scan((32, 32), (96, 96), kind="uniform", strain=0.01, dose=None)
+    distill4d.write(data / "scan.h5", dc)
+    np.save(data / "probe.npy", vacuum_probe((96, 96), calibration=dc.calibration))
+    return data

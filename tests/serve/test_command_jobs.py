@@ -10,6 +10,7 @@ import h5py
 import httpx
 import numpy as np
 import pytest
+from _serve import poll_job
 
 import distill4d
 from distill4d.cli import main as cli_main
@@ -17,15 +18,6 @@ from distill4d.cli import main as cli_main
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 
-def _poll(server, job_id, until, timeout=120):
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        job = httpx.get(f"{server.url}/v1/jobs/{job_id}", headers=server.headers, timeout=10).json()
-        if until(job):
-            return job
-        assert job["status"] in ("queued", "running", "cancelling"), job
-        time.sleep(0.02)
-    raise TimeoutError(job)
 
 
 def _datasets(path) -> dict[str, np.ndarray]:
@@ -63,7 +55,7 @@ def test_strain_com_and_segment_jobs_equal_the_command_line(start_server, scan_f
         assert r.status_code == 202, r.text
         ids.append(r.json()["id"])
     for (body, argv), job_id in zip(cases, ids):
-        job = _poll(server, job_id, lambda j: j["status"] in ("done", "failed"))
+        job = poll_job(server, job_id, lambda j: j["status"] in ("done", "failed"))
         assert job["status"] == "done", job
         got = tmp_path / f"{body['model']}_server.h5"
         got.write_bytes(httpx.get(f"{server.url}/v1/jobs/{job_id}/result", headers=server.headers).content)
@@ -83,18 +75,6 @@ def test_strain_com_and_segment_jobs_equal_the_command_line(start_server, scan_f
         assert r.status_code in (403, 422) and words in r.json()["error"], r.text
 
 
-@pytest.fixture(scope="module")
-def long_scan(tmp_path_factory):
-    """32 x 32 patterns of 96 x 96 and their probe: a strain job of ~160 tiles with memory_budget_MB 1."""
-    from distill4d.simulate.kinematic import strained_scan, vacuum_probe
-
-    data = tmp_path_factory.mktemp("longjob")
-    dc, _ = strained_scan((32, 32), (96, 96), kind="uniform", strain=0.01, dose=None)
-    distill4d.write(data / "scan.h5", dc)
-    np.save(data / "probe.npy", vacuum_probe((96, 96), calibration=dc.calibration))
-    return data
-
-
 _LONG_JOB = {"model": "strain", "path": "scan.h5", "probe": "probe.npy",
              "parameters": {"method": "correlation", "memory_budget_MB": 1}}
 
@@ -108,13 +88,13 @@ def test_delete_stops_a_running_job(start_server, long_scan, tmp_path):
     server = start_server("--models", "strain", "--data-root", str(data), "--state-dir", str(state))
     server.wait_ready()
     job_id = httpx.post(server.url + "/v1/jobs", json=_LONG_JOB, headers=server.headers).json()["id"]
-    part = _poll(server, job_id, lambda j: (j.get("progress") or {}).get("tiles_done", 0) >= 3, timeout=60)
+    part = poll_job(server, job_id, lambda j: (j.get("progress") or {}).get("tiles_done", 0) >= 3, timeout=60)
     total = part["progress"]["tiles_total"]
     assert total >= 50
     t0 = time.monotonic()
     r = httpx.delete(f"{server.url}/v1/jobs/{job_id}", headers=server.headers)
     assert r.status_code == 202 and r.json()["status"] == "cancelling", r.text
-    job = _poll(server, job_id, lambda j: j["status"] == "cancelled", timeout=30)
+    job = poll_job(server, job_id, lambda j: j["status"] == "cancelled", timeout=30)
     waited = time.monotonic() - t0
     assert waited < 2.0 and job["stopped_after_s"] < 2.0, (waited, job)
     assert 3 <= job["progress"]["tiles_done"] < total, job  # stopped early, not after the whole scan
@@ -125,7 +105,7 @@ def test_delete_stops_a_running_job(start_server, long_scan, tmp_path):
     assert httpx.get(f"{server.url}/v1/jobs/{job_id}/result", headers=server.headers).status_code == 409
     # the server is not busy with it any more: a small job runs at once
     r = httpx.post(server.url + "/v1/jobs", json={"model": "com", "path": "scan.h5"}, headers=server.headers)
-    assert _poll(server, r.json()["id"], lambda j: j["status"] == "done")["status"] == "done"
+    assert poll_job(server, r.json()["id"], lambda j: j["status"] == "done")["status"] == "done"
     assert httpx.delete(f"{server.url}/v1/jobs/{job_id}", headers=server.headers).status_code == 200
     assert httpx.get(f"{server.url}/v1/jobs/{job_id}", headers=server.headers).status_code == 404
 
@@ -138,7 +118,7 @@ def test_a_stopped_server_keeps_the_running_job_which_resumes(start_server, long
     server = start_server(*args)
     server.wait_ready()
     job_id = httpx.post(server.url + "/v1/jobs", json=_LONG_JOB, headers=server.headers).json()["id"]
-    part = _poll(server, job_id, lambda j: (j.get("progress") or {}).get("tiles_done", 0) >= 3, timeout=60)
+    part = poll_job(server, job_id, lambda j: (j.get("progress") or {}).get("tiles_done", 0) >= 3, timeout=60)
     t0 = time.monotonic()
     server.stop()  # SIGTERM
     assert server.proc.returncode is not None and time.monotonic() - t0 < 10
@@ -147,5 +127,5 @@ def test_a_stopped_server_keeps_the_running_job_which_resumes(start_server, long
     assert job["status"] == "running" and part["progress"]["tiles_done"] <= kept < part["progress"]["tiles_total"]
     server = start_server(*args, port=server.port)
     server.wait_ready()
-    job = _poll(server, job_id, lambda j: j["status"] in ("done", "failed"))
+    job = poll_job(server, job_id, lambda j: j["status"] in ("done", "failed"))
     assert job["status"] == "done" and job["starts"] == 2 and job["resumed_tiles"] >= kept, job

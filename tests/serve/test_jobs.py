@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import time
 
 import httpx
 import numpy as np
 import pytest
+from _serve import poll_job
 
 import distill4d
 from distill4d.bragg import BraggPeaks, find_bragg_disks
@@ -15,28 +15,14 @@ pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 
 @pytest.fixture(scope="module")
-def big_scan(tmp_path_factory):
-    """32 x 32 patterns of 96 x 96 (about 2 s of disk detection in one thread) and its probe."""
-    from distill4d.simulate.kinematic import strained_scan, vacuum_probe
-
-    d = tmp_path_factory.mktemp("jobdata")
-    dc, _ = strained_scan((32, 32), (96, 96), kind="uniform", strain=0.01, dose=None)
-    distill4d.write(d / "scan.h5", dc)
-    np.save(d / "probe.npy", vacuum_probe((96, 96), calibration=dc.calibration))
+def big_scan(long_scan):
+    """The folder of ``long_scan`` and the peaks of ``distill4d disks`` on its scan."""
+    d = long_scan
     expected = find_bragg_disks(distill4d.read(d / "scan.h5"), np.load(d / "probe.npy"), scheduler="inline",
                                 progress=False)
     return d, expected
 
 
-def _poll(server, job_id, until, timeout=120):
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        job = httpx.get(f"{server.url}/v1/jobs/{job_id}", headers=server.headers, timeout=10).json()
-        if until(job):
-            return job
-        assert job["status"] in ("queued", "running"), job
-        time.sleep(0.02)
-    raise TimeoutError(job)
 
 
 def _same(a: BraggPeaks, b: BraggPeaks) -> bool:
@@ -55,7 +41,7 @@ def test_a_job_is_submitted_polled_completed_and_resumed_after_a_kill(start_serv
     # 1. submitted (202), polled, completed: the result equals find_bragg_disks on the file
     r = httpx.post(server.url + "/v1/jobs", json=body, headers=server.headers)
     assert r.status_code == 202 and r.headers["location"] == f"/v1/jobs/{r.json()['id']}"
-    job = _poll(server, r.json()["id"], lambda j: j["status"] == "done")
+    job = poll_job(server, r.json()["id"], lambda j: j["status"] == "done")
     res = httpx.get(f"{server.url}/v1/jobs/{job['id']}/result", headers=server.headers)
     assert res.status_code == 200
     (tmp_path / "r1.h5").write_bytes(res.content)
@@ -65,7 +51,7 @@ def test_a_job_is_submitted_polled_completed_and_resumed_after_a_kill(start_serv
     # 2. the same job again, the server killed (SIGKILL) part way, then restarted: it resumes
     r = httpx.post(server.url + "/v1/jobs", json=body, headers=server.headers)
     job_id = r.json()["id"]
-    part = _poll(server, job_id, lambda j: j["status"] == "running" and (j["progress"]["tiles_done"] or 0) >= 2,
+    part = poll_job(server, job_id, lambda j: j["status"] == "running" and (j["progress"]["tiles_done"] or 0) >= 2,
                  timeout=60)
     server.kill()
     total = part["progress"]["tiles_total"]
@@ -73,7 +59,7 @@ def test_a_job_is_submitted_polled_completed_and_resumed_after_a_kill(start_serv
     assert 2 <= done_at_kill < total, "the kill must come part way through the job"
     server = start_server(*args, port=server.port)
     server.wait_ready()
-    job = _poll(server, job_id, lambda j: j["status"] == "done")
+    job = poll_job(server, job_id, lambda j: j["status"] == "done")
     assert job["starts"] == 2 and job["resumed_tiles"] >= done_at_kill
     res = httpx.get(f"{server.url}/v1/jobs/{job_id}/result", headers=server.headers)
     (tmp_path / "r2.h5").write_bytes(res.content)
@@ -92,7 +78,7 @@ def test_an_uploaded_hdf5_runs_as_a_job(start_server, scan_files):
     r = httpx.post(server.url + "/v1/jobs?model=disks", content=scan_files["scan"].read_bytes(),
                    headers={"content-type": "application/x-hdf5", **server.headers})
     assert r.status_code == 202, r.text
-    job = _poll(server, r.json()["id"], lambda j: j["status"] == "done")
+    job = poll_job(server, r.json()["id"], lambda j: j["status"] == "done")
     assert job["result"]
     r = httpx.post(server.url + "/v1/jobs?model=disks", content=b"not hdf5",
                    headers={"content-type": "application/x-hdf5", **server.headers})

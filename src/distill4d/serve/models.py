@@ -465,6 +465,31 @@ class PhaseModel(ServedModel):
         return res
 
 
+def _spot_lists(ins: dict[str, np.ndarray], model: ServedModel) -> tuple[np.ndarray, ...]:
+    """The checked NaN-padded peak lists ``qx``, ``qy``, ``intensity`` (N, K) and ``count`` (N) of
+    a request to ``model`` (whose inputs are those and perhaps more, all required)."""
+    names = {s.name for s in model.inputs}
+    _unexpected(ins, names)
+    missing = sorted(names - set(ins))
+    if missing:
+        raise ProtocolError(f"input(s) {missing} missing; {model.name} takes {sorted(names)}")
+    qx, qy, inten = (np.asarray(ins[k], dtype=np.float64) for k in ("qx", "qy", "intensity"))
+    count = ins["count"]
+    if qx.ndim != 2 or qy.shape != qx.shape or inten.shape != qx.shape:
+        raise ProtocolError(f"qx, qy and intensity must have one shape (N, K), got {list(qx.shape)}, "
+                            f"{list(qy.shape)}, {list(inten.shape)}")
+    if count.dtype.kind not in "ui" or count.shape != (qx.shape[0],):
+        raise ProtocolError(f"count must be integers of shape [{qx.shape[0]}], got {datatype_of(count.dtype)} "
+                            f"{list(count.shape)}")
+    if (count < 0).any() or (count > qx.shape[1]).any():
+        raise ProtocolError(f"count must lie in [0, {qx.shape[1]}] (the padded width K)")
+    take = np.arange(qx.shape[1]) < count[:, None]
+    for name, a in (("qx", qx), ("qy", qy), ("intensity", inten)):
+        if not np.isfinite(a[take]).all():
+            raise ProtocolError(f"input {name!r} has NaN or infinite values among its first count peaks")
+    return qx, qy, inten, count
+
+
 class StrainModel(ServedModel):
     """Peaks → strain against a given reference lattice (:func:`distill4d.lattice.strain_map`)."""
 
@@ -497,27 +522,9 @@ class StrainModel(ServedModel):
                 "reference": np.array([[32.0, 32.0], [10.0, 0.0], [0.0, 10.0]])}
 
     def prepare(self, request: InferRequest) -> Prepared:
-        ins = request.inputs
-        names = {s.name for s in self.inputs}
-        _unexpected(ins, names)
-        missing = sorted(names - set(ins))
-        if missing:
-            raise ProtocolError(f"input(s) {missing} missing; strain takes {sorted(names)}")
+        qx, qy, inten, count = _spot_lists(request.inputs, self)
         opts = _parameter_overrides(request.parameters, set(self.parameters))
-        qx, qy, inten = (np.asarray(ins[k], dtype=np.float64) for k in ("qx", "qy", "intensity"))
-        count = ins["count"]
-        if qx.ndim != 2 or qy.shape != qx.shape or inten.shape != qx.shape:
-            raise ProtocolError(f"qx, qy and intensity must have one shape (N, K), got {list(qx.shape)}, "
-                                f"{list(qy.shape)}, {list(inten.shape)}")
-        if count.dtype.kind not in "ui" or count.shape != (qx.shape[0],):
-            raise ProtocolError(f"count must be integers of shape [{qx.shape[0]}], got {datatype_of(count.dtype)} "
-                                f"{list(count.shape)}")
-        if (count < 0).any() or (count > qx.shape[1]).any():
-            raise ProtocolError(f"count must lie in [0, {qx.shape[1]}] (the padded width K)")
-        take = np.arange(qx.shape[1]) < count[:, None]
-        for name, a in (("qx", qx), ("qy", qy), ("intensity", inten)):
-            if not np.isfinite(a[take]).all():
-                raise ProtocolError(f"input {name!r} has NaN or infinite values among its first count peaks")
+        ins = request.inputs
         ref = np.asarray(ins["reference"], dtype=np.float64)
         if ref.shape != (3, 2) or not np.isfinite(ref).all() or abs(np.linalg.det(ref[1:])) < 1e-9:
             raise ProtocolError(f"reference must be a finite (3, 2) array: rows origin, u, v (pixels) with u, v "
@@ -655,27 +662,8 @@ class IdentifyModel(ServedModel):
         return {"qx": qx, "qy": qy, "intensity": np.exp(-np.hypot(qx, qy)), "count": np.array([qx.shape[1]])}
 
     def prepare(self, request: InferRequest) -> Prepared:
-        ins = request.inputs
-        names = {s.name for s in self.inputs}
-        _unexpected(ins, names)
-        missing = sorted(names - set(ins))
-        if missing:
-            raise ProtocolError(f"input(s) {missing} missing; identify takes {sorted(names)}")
+        qx, qy, inten, count = _spot_lists(request.inputs, self)
         opts = _parameter_overrides(request.parameters, set(self.parameters))
-        qx, qy, inten = (np.asarray(ins[k], dtype=np.float64) for k in ("qx", "qy", "intensity"))
-        count = ins["count"]
-        if qx.ndim != 2 or qy.shape != qx.shape or inten.shape != qx.shape:
-            raise ProtocolError(f"qx, qy and intensity must have one shape (N, K), got {list(qx.shape)}, "
-                                f"{list(qy.shape)}, {list(inten.shape)}")
-        if count.dtype.kind not in "ui" or count.shape != (qx.shape[0],):
-            raise ProtocolError(f"count must be integers of shape [{qx.shape[0]}], got {datatype_of(count.dtype)} "
-                                f"{list(count.shape)}")
-        if (count < 0).any() or (count > qx.shape[1]).any():
-            raise ProtocolError(f"count must lie in [0, {qx.shape[1]}] (the padded width K)")
-        take = np.arange(qx.shape[1]) < count[:, None]
-        for name, a in (("qx", qx), ("qy", qy), ("intensity", inten)):
-            if not np.isfinite(a[take]).all():
-                raise ProtocolError(f"input {name!r} has NaN or infinite values among its first count spots")
         try:
             kw = {"k": int(opts.get("k", 3)), "min_spots": int(opts.get("min_spots", 3)),
                   "direct_beam_inv_A": float(opts.get("direct_beam_inv_A", 0.05))}
