@@ -558,6 +558,16 @@ def pair_rows(results: dict) -> list[dict]:
     return out
 
 
+def _code(rec: dict) -> str:
+    """What ran: distill4d's commit, or py4DSTEM's version."""
+    run = rec.get("run", rec)
+    if rec.get("row") == "iDPC":
+        return "distill4d imaging.idpc"
+    if rec.get("row", "").startswith("py4DSTEM"):
+        return f"py4DSTEM {run.get('py4dstem_version', '?')}"
+    return f"distill4d {run.get('distill4d_commit', rec.get('distill4d_commit', 'unknown'))}"
+
+
 def _reach(v) -> str:
     return "never reaches it" if v is None else f"reaches it after {v:.1f} CPU s"
 
@@ -589,9 +599,8 @@ def report(results: dict, a, command: str, ceilings: dict | None = None) -> str:
           f"`slices={MULTISLICE['sto_thick']['slices']}, slice_thickness_A="
           f"{MULTISLICE['sto_thick']['slice_thickness_A']:.2f}` (the 125.06 Å cell: 121 Å of crystal and 2 Å "
           "of vacuum each side). Its iterates are read from its own checkpoint file, written after every "
-          "iteration inside the timed loop (the reading is not timed). distill4d commit: "
-          + ", ".join(sorted({str(r["run"].get("distill4d_commit")) for k, r in results.items()
-                              if k[2].startswith("distill4d")}) or ["-"]) + "."),
+          "iteration inside the timed loop (the reading is not timed). The distill4d commit of each row is in "
+          "the `code` column."),
          (f"- py4DSTEM {p4.get('py4dstem_version', '0.14.18')} (NumPy {p4.get('numpy_version', '1.26')}, own "
           "virtualenv, run in a subprocess by `_py4dstem_ptycho_worker.py`): `SingleslicePtychography` / "
           "`MultislicePtychography` (same slices), its defaults (gradient descent, `step_size` 0.5, probe "
@@ -618,7 +627,7 @@ def report(results: dict, a, command: str, ceilings: dict | None = None) -> str:
          ("- Time to the same quality: the SSIM after every iteration against process CPU time (set-up "
           "included); target = 0.95 x the lower of the two final SSIMs of a distill4d / py4DSTEM pair."),
          "", "| scan | dose e-/pattern | method | iterations | SSIM | Pearson r | phase-benchmark metric SSIM / r "
-         "| best SSIM (iteration) | CPU s | wall s |", "|---|---|---|---|---|---|---|---|---|---|"]
+         "| best SSIM (iteration) | CPU s | wall s | code |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     order = sorted(results, key=lambda k: (SCANS.index(k[0]), -k[1], ROWS.index(k[2])))
     for key in order:
         rec = results[key]
@@ -629,7 +638,7 @@ def report(results: dict, a, command: str, ceilings: dict | None = None) -> str:
         it = f["iteration"] if row not in ("iDPC",) else "-"
         L.append(f"| {name} | {dose:g} | {row} | {it} | {f['ssim']:.3f} | {f['pearson']:.3f} | "
                  f"{f['ssim_whole']:.3f} / {f['pearson_whole']:.3f} | {b['ssim']:.3f} ({b['iteration']}) | "
-                 f"{f['cpu_s']:.1f} | {f['wall_s']:.1f} |")
+                 f"{f['cpu_s']:.1f} | {f['wall_s']:.1f} | {_code(rec)} |")
     pairs = pair_rows(results)
     if pairs:
         L += ["", "Time to the same quality (process CPU seconds, set-up included):", "",
@@ -666,7 +675,8 @@ def report(results: dict, a, command: str, ceilings: dict | None = None) -> str:
               "ptychography | time ratio |", "|---|---|---|---|---|---|---|---|---|"]
         for p in pipes:
             h, r = p["held_out"], p["ptycho_whole_held_out"]
-            L.append(f"| {p['scan']} | {p['dose']:g} | {p['region']} ({p['n_train']} of {p['n_positions']}) | "
+            L.append(f"| {p['scan']} | {p['dose']:g} | {p['region']} ({p['n_train']} of {p['n_positions']}; "
+                     f"{_code(p)}) | "
                      f"{p['compared_with']} | {h['ssim']:.3f} / {h['pearson']:.3f} | {r['ssim']:.3f} / "
                      f"{r['pearson']:.3f} | {h['ssim'] / r['ssim']:.2f} | {p['cpu_s']:.1f} / "
                      f"{p['ptycho_whole_cpu_s']:.1f} | {p['cpu_s'] / p['ptycho_whole_cpu_s']:.2f} |")
