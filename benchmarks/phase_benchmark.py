@@ -63,18 +63,21 @@ def fit_to(img: np.ndarray, truth: np.ndarray) -> np.ndarray:
     return (A @ coef).reshape(img.shape)
 
 
-def ssim(x: np.ndarray, y: np.ndarray, data_range: float, sigma: float = 1.5) -> float:
-    """Mean structural similarity of two images (Wang et al. 2004; Gaussian window, periodic edges)."""
+def ssim(x: np.ndarray, y: np.ndarray, data_range: float, sigma: float = 1.5, keep: np.ndarray | None = None,
+         mode: str = "wrap") -> float:
+    """Mean structural similarity of two images (Wang et al. 2004; Gaussian window ``sigma`` px,
+    edges as ``mode`` of :func:`scipy.ndimage.gaussian_filter`: periodic by default), over the
+    pixels ``keep`` (all by default)."""
     from scipy import ndimage
 
     def g(a):
-        return ndimage.gaussian_filter(a, sigma, mode="wrap")
+        return ndimage.gaussian_filter(a, sigma, mode=mode)
 
     c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
     mx, my = g(x), g(y)
     vx, vy, cxy = g(x * x) - mx**2, g(y * y) - my**2, g(x * y) - mx * my
     s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx**2 + my**2 + c1) * (vx + vy + c2))
-    return float(s.mean())
+    return float(s.mean() if keep is None else s[keep].mean())
 
 
 def scores(img: np.ndarray, truth: np.ndarray) -> dict[str, float]:

@@ -88,28 +88,6 @@ MULTISLICE = {"sto_thick": {"slices": 8, "slice_thickness_A": 125.06 / 8}}
 
 
 # ---------------------------------------------------------------------------- metric
-def ssim(x: np.ndarray, y: np.ndarray, data_range: float, sigma: float = 1.5, keep: np.ndarray | None = None) -> float:
-    """Mean structural similarity (Wang et al. 2004; Gaussian window ``sigma`` px, mirrored edges), over
-    the pixels ``keep`` (all by default)."""
-    from scipy import ndimage
-
-    def g(a):
-        return ndimage.gaussian_filter(a, sigma, mode="reflect")
-
-    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
-    mx, my = g(x), g(y)
-    vx, vy, cxy = g(x * x) - mx**2, g(y * y) - my**2, g(x * y) - mx * my
-    s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx**2 + my**2 + c1) * (vx + vy + c2))
-    return float(s.mean() if keep is None else s[keep].mean())
-
-
-def fit_to(img: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    """``a · img + b`` closest to ``truth`` (least squares)."""
-    A = np.stack([img.ravel(), np.ones(img.size)], 1)
-    coef, *_ = np.linalg.lstsq(A, truth.ravel(), rcond=None)
-    return (A @ coef).reshape(img.shape)
-
-
 def _pearson(a: np.ndarray, b: np.ndarray) -> float:
     a, b = a - a.mean(), b - b.mean()
     d = math.sqrt(float((a * a).sum() * (b * b).sum()))
@@ -172,12 +150,14 @@ class Scorer:
         img, shift = self.register(phase, sampling_A, origin_A)
         t, c, k = self.truth[self.crop], img[self.crop], self.keep
         from phase_benchmark import scores as phase_benchmark_scores
+        from phase_benchmark import ssim
 
         whole = phase_benchmark_scores(img, self.truth)
         # the fit a·c + b on the scored pixels; the SSIM map of the crop averaged over them
         A = np.stack([c[k], np.ones(int(k.sum()))], 1)
         coef, *_ = np.linalg.lstsq(A, t[k], rcond=None)
-        return {"ssim": ssim(coef[0] * c + coef[1], t, float(np.ptp(t[k])), keep=k), "pearson": _pearson(c[k], t[k]),
+        return {"ssim": ssim(coef[0] * c + coef[1], t, float(np.ptp(t[k])), keep=k, mode="reflect"),
+                "pearson": _pearson(c[k], t[k]),
                 "shift_A": list(shift), "ssim_whole": whole["ssim"], "pearson_whole": whole["pearson"]}
 
 
