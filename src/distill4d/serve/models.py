@@ -652,8 +652,8 @@ class IdentifyModel(ServedModel):
         from ..simulate.spots import SYSTEMS
 
         self.model = load_default()
-        card = read_card(Path(str(default_model_path())).with_suffix(".json"), "identify")
-        self.card = {"weights": Path(str(default_model_path())).name, **dict(card), "systems": list(SYSTEMS)}
+        weights = Path(str(default_model_path()))
+        self.card = {"weights": weights.name, **dict(read_card(weights, "identify")), "systems": list(SYSTEMS)}
 
     def example_inputs(self) -> dict[str, np.ndarray]:
         h, k = np.meshgrid(np.arange(-2, 3), np.arange(-2, 3), indexing="ij")
