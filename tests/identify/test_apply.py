@@ -143,3 +143,13 @@ def test_cli_identify_runs_the_disk_detection_on_a_scan(model, tmp_path, capsys)
     r = read_results(out)
     assert r["valid"].shape == (4, 4) and r["valid"].all()  # every pattern's disks were found and identified
     assert "identified 16 of 16 patterns" in capsys.readouterr().out
+
+
+def test_predict_spots_refuses_lists_of_different_shapes(model):
+    from distill4d.identify import predict_spots
+
+    qx = np.zeros((2, 5))
+    with pytest.raises(Distill4dError, match=r"one shape \(P, K\)"):
+        predict_spots(qx, qx[:, :4], qx, np.array([5, 5]), model)
+    with pytest.raises(Distill4dError, match=r"count \(P,\)"):
+        predict_spots(qx, qx, qx, np.array([5]), model)

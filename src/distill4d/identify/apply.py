@@ -171,6 +171,9 @@ def predict_spots(qx_inv_A: np.ndarray, qy_inv_A: np.ndarray, intensity: np.ndar
     / ``lattice_std`` (P, 6) (NaN where not valid) and ``features`` of the valid patterns."""
     qx, qy, it = (np.asarray(a, dtype=np.float64) for a in (qx_inv_A, qy_inv_A, intensity))
     count = np.asarray(count)
+    if qx.ndim != 2 or qy.shape != qx.shape or it.shape != qx.shape or count.shape != qx.shape[:1]:
+        raise Distill4dError(f"spot lists must be qx, qy, intensity of one shape (P, K) and count (P,), got "
+                             f"{qx.shape}, {qy.shape}, {it.shape} and {count.shape}")
     used = np.arange(qx.shape[1]) < count[:, None]
     if not (np.all(np.isfinite(qx[used & np.isfinite(it)])) and np.all(np.isfinite(qy[used & np.isfinite(it)]))):
         raise Distill4dError("the Bragg peaks contain NaN or Inf positions")
