@@ -3,8 +3,8 @@
 A real ``distill4d serve --models disks`` runs in a subprocess; an asyncio + httpx client sends
 one 256 x 256 pattern per request (binary tensor extension, a fixed probe and the detection
 parameters fixed from the patterns once, as a streaming client would) at concurrency 1, 8 and
-64, with dynamic batching on (max batch 64, max wait 5 ms; and max batch 16, max wait 20 ms)
-and off (max batch 1). Each point runs for ``--seconds``. The reference is ``distill4d.bragg.detect_batch`` called directly in
+64, with dynamic batching on (the defaults, max batch 64 and max wait 10 ms; max batch 16; a max
+wait of 2 ms) and off (max batch 1); the server's mean batch size per point comes from its ``/metrics``. Each point runs for ``--seconds``. The reference is ``distill4d.bragg.detect_batch`` called directly in
 Python on the same patterns, just before each point: on batches of the size the server can form.
 The client and the server share the machine's cores. At concurrency 1 each request's
 ``Server-Timing`` header splits its latency into the server's stages. Writes the ``serve`` section
@@ -122,6 +122,17 @@ async def _load(url: str, bodies: list, concurrency: int, seconds: float) -> dic
             "p99": float(np.percentile(lat_ms, 99)), "rate": len(lat) / wall}
 
 
+def _batches(url: str) -> tuple[float, float]:
+    """The server's ``distill4d_batch_size`` histogram: (sum of patterns, number of batches)."""
+    import httpx
+
+    got = {}
+    for line in httpx.get(url + "/metrics", timeout=10).text.splitlines():
+        if line.startswith(("distill4d_batch_size_sum", "distill4d_batch_size_count")):
+            got[line.split("{")[0]] = float(line.rsplit(" ", 1)[1])
+    return got.get("distill4d_batch_size_sum", 0.0), got.get("distill4d_batch_size_count", 0.0)
+
+
 def _server_timing(header: str) -> dict[str, float]:
     """The server's ``Server-Timing`` header as {stage: ms}."""
     return {k.strip(): float(v) for k, v in (part.split(";dur=") for part in header.split(","))}
@@ -211,7 +222,8 @@ def main() -> None:
     bodies = [encode_request({"patterns": data[i:i + 1], "probe": probe}, fixed) for i in range(len(data))]
     # The cores are shared: every point is paired with a direct run of the same length just
     # before it, on batches of the size the server can form there (min(concurrency, max batch)).
-    configs = (("on", 64, 5.0, (1, 8, 64)), ("on", 16, 20.0, (8, 64)), ("off", 1, 5.0, (1, 8, 64)))
+    configs = (("on", 64, 10.0, (1, 8, 64)), ("on", 16, 10.0, (8, 64)), ("on", 64, 2.0, (8, 64)),
+               ("off", 1, 10.0, (1, 8, 64)))
     rows = []
     for batching, batch, wait, concs in configs:
         proc, url = _start(batch, wait)
@@ -229,21 +241,27 @@ def main() -> None:
                     # at least three batches' time: a batch of 64 takes seconds on a loaded machine, and
                     # a shorter window measures mostly where it cut the last batch
                     dur = max(a.seconds, 3 * d["p50"] / 1000)
+                    s0, n0 = _batches(url)
+                    c0 = time.process_time()
                     r = asyncio.run(_load(url, bodies, conc, dur))
+                    s1, n1 = _batches(url)
+                    r["client_cpu"] = (time.process_time() - c0) / dur
+                    r["batch"] = (s1 - s0) / max(n1 - n0, 1)
                     r["seconds"], r["client"] = dur, "httpx (asyncio)"
                 rows.append((batching, batch, wait, conc, r, d))
                 print(f"batching {batching} (max batch {batch}, wait {wait:g} ms), concurrency {conc}: "
                       f"p50 {r['p50']:.1f} ms, p99 {r['p99']:.1f} ms, {r['rate']:.1f} patterns/s, "
                       f"{r['errors']} errors ({r['n']} requests); direct on {min(conc, batch)}: "
-                      f"{d['rate']:.1f} patterns/s, {d['p50']:.1f} ms per call")
+                      f"{d['rate']:.1f} patterns/s, {d['p50']:.1f} ms per call; mean batch {r.get('batch', 1):.1f}")
         finally:
             proc.terminate()
             proc.wait(20)
 
     info = machine_info()
     load_end = os.getloadavg()
-    c1, d1 = next((r, d) for b, m, w, c, r, d in rows if b == "on" and m == 64 and c == 1)  # http.client
-    c1x = next(r for b, m, w, c, r, d in rows if b == "on" and m == 64 and c == 1 and r["client"] == "httpx")
+    default = ("on", 64, 10.0)  # the server's defaults
+    c1, d1 = next((r, d) for b, m, w, c, r, d in rows if (b, m, w) == default and c == 1)  # http.client
+    c1x = next(r for b, m, w, c, r, d in rows if (b, m, w) == default and c == 1 and r["client"] == "httpx")
     goal_lat = d1["p50"] + 10
     L = ["## Inference server (`distill4d serve`, disks)", "",
          machine_line(info),
@@ -252,7 +270,7 @@ def main() -> None:
          "column load), loopback, the clients (column client) on the same "
          f"{info['cores']} cores as the server (the server's batch runs in one thread; uvicorn's HTTP parser: "
          f"{parser}). The cores were shared with other work: load average (1 min) {load_start[0]:.1f} at the "
-         f"start and {load_end[0]:.1f} at the end, i.e. 3-4 runnable processes per core: each point is paired "
+         f"start and {load_end[0]:.1f} at the end: each point is paired "
          f"with a direct run of {a.seconds:g} s just before it (at concurrency 1, direct calls and requests "
          f"alternate for {4 * a.seconds:g} s), and the numbers move by tens of percent from run to run.",
          "- Clients: at concurrency 1 a request with the standard library's `http.client` and one with `httpx` "
@@ -263,14 +281,18 @@ def main() -> None:
          "min(concurrency, max batch) patterns (the batch the server can form; one pattern at "
          "concurrency 1).", "",
          "| batching | max batch | max wait (ms) | concurrency | client | load (s) | p50 (ms) | p99 (ms) | "
-         "patterns/s | direct patterns/s | % of direct | direct ms per call | errors |",
-         "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+         "patterns/s | direct patterns/s | % of direct | direct ms per call | mean batch | client CPU (cores) | errors |",
+         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for b, m, w, c, r, d in rows:
         L.append(f"| {b} | {m} | {w:g} | {c} | {r['client']} | {r['seconds']:.0f} | {r['p50']:.1f} | {r['p99']:.1f} | "
                  f"{r['rate']:.1f} | {d['rate']:.1f} | {100 * r['rate'] / d['rate']:.0f} % | {d['p50']:.1f} | "
-                 f"{r['errors']} |")
+                 f"{r['batch']:.1f} | {r['client_cpu']:.2f} | {r['errors']} |" if "batch" in r else
+                 f"{r['rate']:.1f} | {d['rate']:.1f} | {100 * r['rate'] / d['rate']:.0f} % | {d['p50']:.1f} | "
+                 f"1 | - | {r['errors']} |")
     keys = ("route", "read", "prepare", "wait", "model", "model-cpu", "return", "encode", "http")
-    L += ["", "Where a request's time goes at concurrency 1 (batching on, max batch 64; median and p99 over "
+    L += ["", "Mean batch: patterns per batch the server ran during the point (its `/metrics`); client CPU: the "
+          "asyncio client's CPU time per second of load, taken from the same cores as the server.",
+          "", "Where a request's time goes at concurrency 1 (batching on, max batch 64; median and p99 over "
           f"{c1['n']} requests of each client, ms): the server's `Server-Timing` header (route: from the request's "
           "headers to the handler; wait and return: the hand-offs to and from a batch worker, none for a lone "
           "request), `http` = latency minus the server's stages (both HTTP stacks, loopback and the two "
@@ -288,14 +310,14 @@ def main() -> None:
           f"was {c1['stages']['model'] / max(c1['stages']['model-cpu'], 1e-9):.1f}x its CPU time (the direct call's "
           f"{d1['p50'] / max(d1['cpu'], 1e-9):.1f}x): on this machine the wait for a core dominates every number."]
     errors = sum(r["errors"] for *_, r, d in rows)
-    thr = [100 * r["rate"] / d["rate"] for b, m, w, c, r, d in rows if b == "on" and m == 64 and c in (8, 64)]
+    thr = [100 * r["rate"] / d["rate"] for b, m, w, c, r, d in rows if (b, m, w) == default and c in (8, 64)]
     L += ["", "Goals: "
           f"0 errors: **{'met' if errors == 0 else 'not met'}** ({errors}); "
           f"p99 at concurrency 1 (http.client) ≤ one pattern in Python (median) + 10 ms ({goal_lat:.1f} ms): "
           f"**{'met' if c1['p99'] <= goal_lat else 'not met'}** ({c1['p99']:.1f} ms; p50 {c1['p50']:.1f} ms "
           f"against {goal_lat:.1f} ms: {'met' if c1['p50'] <= goal_lat else 'not met'}; p99 against the direct "
           f"call's own p99 + 10 ms, {d1['p99'] + 10:.1f} ms: {'met' if c1['p99'] <= d1['p99'] + 10 else 'not met'}); "
-          f"batched throughput (max batch 64) at concurrency 8 and 64 ≥ 80 % of direct batched: "
+          f"batched throughput (the defaults: max batch 64, max wait 10 ms) at concurrency 8 and 64 ≥ 80 % of direct batched: "
           f"**{'met' if min(thr) >= 80 else 'not met'}** ({thr[0]:.1f} %, {thr[1]:.1f} %)."]
     text = "\n".join(L)
     print(text)

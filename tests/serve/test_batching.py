@@ -99,3 +99,69 @@ def test_a_lone_small_request_runs_in_the_event_loop_and_others_in_the_worker():
     assert [int(r[0]["x"][0]) for r in out] == list(range(6))
     assert sum(len(b) for b in m.batches) == 6 and max(len(b) for b in m.batches) > 1
     assert loop_thread not in m.threads
+
+
+class Sleeper(Recorder):
+    """A batch costs 10 ms plus 4 ms per request (in the worker thread)."""
+
+    def run_batch(self, items):
+        import time
+
+        time.sleep(0.010 + 0.004 * len(items))
+        return super().run_batch(items)
+
+
+def _closed_loop(model, batcher_kw, clients, seconds, seed=0):
+    """``clients`` closed-loop clients: each sends its next request 0-4 ms after its answer."""
+    import random
+    import time
+
+    async def main():
+        b = Batcher(model, **batcher_kw)
+        rng, stop = random.Random(seed), time.perf_counter() + seconds
+
+        async def client(i):
+            while time.perf_counter() < stop:
+                await asyncio.sleep(rng.uniform(0, 0.004))
+                b.open_requests += 1  # as the server counts a request from its first byte
+                try:
+                    await b.submit(Prepared("a", 1, {"v": i}))
+                finally:
+                    b.open_requests -= 1
+
+        try:
+            await asyncio.gather(*(client(i) for i in range(clients)))
+        finally:
+            await b.close()
+    asyncio.run(main())
+
+
+def test_closed_loop_clients_keep_forming_full_batches():
+    # 8 clients whose next requests trickle in after their answers: the batcher waits for the 8 the
+    # last batches held instead of running whoever came first (which alternated ~1-4 and ~4-7)
+    m = Sleeper()
+    _closed_loop(m, dict(max_batch_size=64, max_wait_ms=50), clients=8, seconds=1.5)
+    sizes = np.array([len(b) for b in m.batches])
+    assert sizes.max() <= 8 and sizes.mean() >= 6.5, np.bincount(sizes)
+
+
+def test_a_lone_client_after_a_busy_spell_stops_waiting():
+    m = Sleeper()
+    _closed_loop(m, dict(max_batch_size=64, max_wait_ms=50), clients=8, seconds=0.5)
+    n_busy = len(m.batches)
+    import time
+
+    async def lone():
+        b = Batcher(m, max_batch_size=64, max_wait_ms=50)
+        b._recent = [8, 8]  # the busy spell's batches
+        t = []
+        for i in range(6):
+            t0 = time.perf_counter()
+            b.open_requests = 1
+            await b.submit(Prepared("a", 1, {"v": i}))
+            t.append(time.perf_counter() - t0)
+        await b.close()
+        return t
+    t = asyncio.run(lone())
+    # two waits of up to max_wait while the expectation decays, then none: 14 ms per call
+    assert all(len(b) == 1 for b in m.batches[n_busy:]) and max(t[3:]) < 0.040, t

@@ -78,8 +78,8 @@ def add_parser(sub: Any) -> None:
                    help="where jobs, their checkpoints and results are kept (default: none, no jobs)")
     p.add_argument("--max-batch-size", type=int, default=64,
                    help="patterns per batch of concurrent requests (default 64; 1: batching off)")
-    p.add_argument("--max-wait-ms", type=float, default=5.0,
-                   help="how long a request waits for others to share its batch (default 5 ms)")
+    p.add_argument("--max-wait-ms", type=float, default=10.0,
+                   help="how long a request waits for others to share its batch (default 10 ms)")
     p.add_argument("--batch-workers", type=int, default=1, help="batches of one model run at once (default 1)")
     p.add_argument("--max-body-mb", type=float, default=256.0, help="largest request body in MiB (default 256)")
     p.add_argument("--timeout-s", type=float, default=60.0, help="inference timeout in seconds (default 60)")

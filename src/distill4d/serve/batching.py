@@ -4,9 +4,14 @@ Requests whose prepared items share a key (same pattern shape and dtype, probe a
 parameters) wait in one asyncio queue. A collector takes the first item, waits until a batch
 worker is free, then gathers more items until ``max_batch_size`` patterns or ``max_wait_ms``
 after the first, and runs the batch in a worker thread; results are handed back per request.
+It stops waiting early when no other request is queued or being read and the batch holds as many
+requests as the larger of the last two batches (with those queued behind them): closed-loop
+clients, whose next requests trickle in after their answers, keep forming full batches instead
+of alternating small and large ones.
 A request with no other request of the model outstanding (queued or running) does not wait:
 a lone client (concurrency 1) pays no batching delay; when no other request is being handled
-(``open_requests``, kept by the server) and it is also small (the model's
+(``open_requests``, kept by the server), the last two batches held one request each, and it is
+also small (the model's
 :meth:`~distill4d.serve.models.ServedModel.runs_inline`: a few patterns), it runs at once in the
 event loop's thread, without the two thread hand-offs (each one costs milliseconds on a busy
 machine; the loop is blocked for that one call, as long as a batch would occupy the worker).
@@ -44,6 +49,8 @@ class Batcher:
         self._collectors: dict[Any, asyncio.Task] = {}
         self._running: set[asyncio.Task] = set()
         self._outstanding = 0
+        #: requests the last batches held (with those queued behind them): the concurrency the collector expects
+        self._recent: list[int] = [1]
         #: requests of this model the server is handling (reading, checking or waiting): kept by the
         #: caller, counted from before the request's first ``await``; a request runs inline only when alone
         self.open_requests = 0
@@ -73,7 +80,8 @@ class Batcher:
             self.metrics.queue_depth(self.model.name, -1)
 
     def _alone(self) -> bool:
-        return self.open_requests <= 1 and self._outstanding == 0 and not self._free.locked()
+        return (self.open_requests <= 1 and self._outstanding == 0 and not self._free.locked()
+                and max(self._recent) <= 1)
 
     async def _inline(self, item: Prepared) -> tuple[dict, dict]:
         """A lone small request, run here (see the module docstring)."""
@@ -96,11 +104,14 @@ class Batcher:
             batch = [first]
             size = first[0].n
             deadline = loop.time() + self.max_wait
+            expected = max(self._recent)
             while size < self.max_batch_size:
                 if q.empty():
                     left = deadline - loop.time()
-                    # expired, or nobody else to wait for (neither queued nor still being read or checked)
-                    if left <= 0 or max(self._outstanding, self.open_requests) <= len(batch):
+                    # expired; or nobody else to wait for (neither queued nor still being read or checked)
+                    # and as many requests as the recent batches held
+                    if left <= 0 or (max(self._outstanding, self.open_requests) <= len(batch)
+                                     and len(batch) >= expected):
                         break
                     try:
                         nxt = await asyncio.wait_for(q.get(), left)
@@ -113,6 +124,7 @@ class Batcher:
                     break
                 batch.append(nxt)
                 size += nxt[0].n
+            self._recent = (self._recent + [len(batch) + q.qsize() + (carry is not None)])[-2:]
             task = asyncio.create_task(self._run(batch, size))
             self._running.add(task)
             task.add_done_callback(self._running.discard)

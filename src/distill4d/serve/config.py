@@ -47,7 +47,7 @@ class ServeConfig:
     state_dir: Path | None = None
     max_body_bytes: int = 256 * 2**20
     max_batch_size: int = 64
-    max_wait_ms: float = 5.0
+    max_wait_ms: float = 10.0
     batch_workers: int = 1
     request_timeout_s: float = 60.0
     job_workers: int = 1
