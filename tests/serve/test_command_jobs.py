@@ -39,7 +39,7 @@ def _same_arrays(a, b) -> None:
             np.testing.assert_allclose(da[k], db[k], rtol=1e-5, atol=1e-6, err_msg=k)
 
 
-def test_strain_com_and_segment_jobs_equal_the_command_line(start_server, scan_files, tmp_path):
+def test_strain_com_segment_virtual_and_phase_jobs_equal_the_command_line(start_server, scan_files, tmp_path):
     server = start_server("--models", "strain", "--data-root", str(scan_files["dir"]),
                           "--state-dir", str(tmp_path / "state"))
     server.wait_ready()
@@ -50,7 +50,16 @@ def test_strain_com_and_segment_jobs_equal_the_command_line(start_server, scan_f
          ["com", str(scan_files["scan"]), "--radius", "20"]),
         ({"model": "segment", "path": "stripes.npy", "parameters": {"domains": 2, "window": 32, "step": 8}},
          ["segment", str(scan_files["dir"] / "stripes.npy"), "--domains", "2", "--window", "32", "--step", "8"]),
+        ({"model": "virtual", "path": "scan.h5", "parameters": {"bf": [6], "adf": [10, 30]}},
+         ["virtual", str(scan_files["scan"]), "--bf", "6", "--adf", "10", "30"]),
+        ({"model": "phase", "path": "noisy.h5", "parameters": {"model": "linear"}},
+         ["phase", str(scan_files["dir"] / "noisy.h5"), "--model", "linear"]),
     )
+    # phase needs patterns that differ (the uniform scan's are all the same)
+    from distill4d.simulate.kinematic import strained_scan
+
+    noisy, _ = strained_scan((4, 4), (64, 64), kind="multilayer", strain=0.01, layer_width=1, dose=1e4, seed=1)
+    distill4d.write(scan_files["dir"] / "noisy.h5", noisy)
     y, x = np.mgrid[:96, :96]
     np.save(scan_files["dir"] / "stripes.npy", np.where(x < 48, np.sin(x), np.sin(y)).astype(np.float32))
     ids = []
