@@ -81,7 +81,7 @@ def test_bad_configs():
     with pytest.raises(Distill4dError, match="size"):
         WindowAEConfig(size=48)
     with pytest.raises(Distill4dError, match="max_rotation_deg"):
-        WindowAEConfig(max_rotation_deg=0)
+        WindowAEConfig(max_rotation_deg=-1)
     with pytest.raises(Distill4dError, match="max_steps"):
         WindowAETrainConfig(max_steps=0)
     with pytest.raises(Distill4dError, match="at least 32 windows"):
