@@ -38,10 +38,6 @@ class WindowAETrainConfig:
     warmup_steps, warmup_coef : steps during which the channels are also pulled (mean squared error,
         this weight) towards the one-hot k-means labels the templates started from, so that channel c
         starts on cluster c.
-    revive_until_step : at every evaluation up to this step, a channel that is zero on every
-        held-out window is pointed again at its k-means cluster (its encoder row set to the
-        cluster-versus-rest direction of the hidden features, about +1 on the cluster and -1 off
-        it) and its optimiser state is cleared; 0: never. The channels are also so pointed at step 0.
     max_minutes : wall-clock budget (None: none).
     seed : the initial weights, the k-means start, the held-out split and the batch order.
     """
@@ -56,13 +52,11 @@ class WindowAETrainConfig:
     l1_ramp_steps: int = 200
     warmup_steps: int = 200
     warmup_coef: float = 0.01
-    revive_until_step: int = 0
     max_minutes: float | None = None
     seed: int = 0
 
     def __post_init__(self) -> None:
-        check_training_options(self, nonnegative_ints=("l1_start_step", "l1_ramp_steps", "warmup_steps",
-                                                            "revive_until_step"))
+        check_training_options(self, nonnegative_ints=("l1_start_step", "l1_ramp_steps", "warmup_steps"))
         for name in ("l1_coef", "warmup_coef"):
             nonnegative_float(name, getattr(self, name))
 
@@ -85,34 +79,6 @@ def _kmeans_means(x: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, np.ndar
     z = PCA(n_components=min(16, len(x) - 1, flat.shape[1]), random_state=seed).fit_transform(flat)
     lab = KMeans(n_clusters=k, n_init=2, random_state=seed).fit_predict(z)
     return np.stack([x[lab == j].mean(0) if (lab == j).any() else x.mean(0) for j in range(k)]), lab.astype(np.int64)
-
-
-def _point_channels(model: Any, x: Any, labels: Any, which: list[int], opt: Any = None) -> None:
-    """Set the encoder rows of channels ``which`` so that channel j is about +1 on the windows ``x``
-    of k-means cluster j (``labels``) and -1 on the others (the difference of the clusters' mean
-    hidden features, rescaled), and clear those rows' Adam moments."""
-    import torch
-
-    with torch.no_grad():
-        h = torch.relu(model.fc(model.features(x[:, None]).flatten(1)))
-        lin = model.to_channels
-        for j in which:
-            on = labels == j
-            if not bool(on.any()) or bool(on.all()):
-                continue
-            d = h[on].mean(0) - h[~on].mean(0)
-            p_on, p_off = float((h[on] @ d).mean()), float((h[~on] @ d).mean())
-            if p_on - p_off <= 1e-12:
-                continue
-            w = d * (2.0 / (p_on - p_off))
-            lin.weight[j] = w
-            lin.bias[j] = -float((h[on] @ w).mean() + (h[~on] @ w).mean()) / 2
-            if opt is not None:
-                for prm in (lin.weight, lin.bias):
-                    st = opt.state.get(prm, {})
-                    for key in ("exp_avg", "exp_avg_sq"):
-                        if key in st:
-                            st[key][j] = 0.0
 
 
 def channel_usage(channels: np.ndarray) -> dict[str, Any]:
@@ -182,9 +148,6 @@ def train_window_ae(
     X = torch.from_numpy(x).to(dev)
     L = torch.from_numpy(km_labels).to(dev)
     opt = torch.optim.Adam(model.parameters(), lr=train.lr)
-    sample = torch.from_numpy(np.sort(rng.permutation(tr_idx)[:2048])).to(dev)  # for re-pointing channels
-    if train.revive_until_step > 0:  # every channel starts on its own cluster
-        _point_channels(model, X[sample], L[sample], list(range(cfg.channels)))
     gen = torch.Generator().manual_seed(train.seed)
     history: list[dict[str, Any]] = []
     best_state = None
@@ -233,11 +196,6 @@ def train_window_ae(
             callback(rec)
         if rule.record(step, ho):
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        if step <= train.revive_until_step:
-            dead = [j for j, a in enumerate(usage["active"]) if a == 0.0]
-            if dead:
-                _point_channels(model, X[sample], L[sample], dead, opt)
-                rec["revived"] = dead
         if rule.stopped or rule.out_of_time():
             break
     if best_state is not None:  # else no evaluation came after the warm-up and the L1 ramp: the last weights
