@@ -45,6 +45,17 @@ def test_latent_is_bounded_and_the_decoder_warps_templates():
     assert float(loss["total"]) == pytest.approx(float(loss["mse"] + 0.5 * loss["l1"]))
 
 
+def test_rotation_bound_zero_switches_the_rotation_off():
+    torch.manual_seed(0)
+    m = WindowAE(WindowAEConfig(size=32, channels=2, max_rotation_deg=0)).eval()
+    with torch.no_grad():
+        m.to_affine.bias.copy_(torch.tensor([0.0, 50.0, 0.0, 0.0]))  # the rotation's tanh saturated
+        out = m(torch.rand(4, 32, 32))
+    assert torch.equal(out["rotation_deg"], torch.zeros(4))
+    with pytest.raises(Distill4dError, match="max_rotation_deg"):
+        WindowAEConfig(max_rotation_deg=91)
+
+
 def test_channel_usage_counts_dead_channels():
     from distill4d.ml.window_ae.train import channel_usage
 
