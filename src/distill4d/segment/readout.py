@@ -217,8 +217,10 @@ def group_channels(
 
 def group_spectra(spectra: Any, n_variants: int, *, used: Any = None) -> np.ndarray:
     """The variant of each channel (C,) int, -1 for unused channels: the channels' mean window
-    spectra (C, F, F), less their common mean, clustered by correlation distance (complete linkage)
-    into ``n_variants`` groups (fewer if fewer channels are used), numbered in channel order."""
+    spectra (C, F, F) clustered by correlation distance (complete linkage) into ``n_variants``
+    groups (fewer if fewer channels are used), numbered in channel order. The spectra are not
+    centred on their common mean: with a few channels, one of them mixing two variants, that mean
+    made two pure channels of different variants look alike."""
     from scipy.cluster.hierarchy import fcluster, linkage
 
     sp = np.asarray(spectra, dtype=np.float64)
@@ -229,7 +231,6 @@ def group_spectra(spectra: Any, n_variants: int, *, used: Any = None) -> np.ndar
         out[idx] = 0
         return out
     x = sp[idx].reshape(len(idx), -1)
-    x = x - x.mean(axis=0)
     x = x - x.mean(axis=1, keepdims=True)
     x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
     d = np.clip(1 - x @ x.T, 0, 2)

@@ -27,7 +27,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ...errors import Distill4dError
-from ..._validate import positive_float, positive_int
+from ..._validate import nonnegative_float, positive_float, positive_int
 from .._common.layers import ResBlock
 
 __all__ = ["WindowAE", "WindowAEConfig", "window_ae_loss"]
@@ -41,7 +41,7 @@ class WindowAEConfig:
     channels : latent domain channels.
     width : convolution channels of the encoder.
     hidden : width of the encoder's last linear layer.
-    max_rotation_deg : bound of the learned rotation (degrees).
+    max_rotation_deg : bound of the learned rotation (degrees); 0 switches the rotation off.
     max_scale : bound of the learned scale change (1 ± max_scale).
     max_shift : bound of the learned translation (fraction of the half width).
     """
@@ -60,7 +60,8 @@ class WindowAEConfig:
         positive_int("channels", self.channels)
         positive_int("width", self.width)
         positive_int("hidden", self.hidden)
-        positive_float("max_rotation_deg", self.max_rotation_deg, maximum=90.0)
+        if nonnegative_float("max_rotation_deg", self.max_rotation_deg) > 90.0:
+            raise Distill4dError(f"max_rotation_deg must be in [0, 90] degrees, got {self.max_rotation_deg!r}")
         positive_float("max_scale", self.max_scale, maximum=0.5)
         positive_float("max_shift", self.max_shift, maximum=1.0)
 
