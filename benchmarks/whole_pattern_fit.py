@@ -11,8 +11,8 @@ is pulled by the disks' dynamical contrast.
 Sets: the development sets of ``robust_strain_benchmark.py`` (``thick``, ``tilt``,
 ``tilt_gradient``; 1e5 e-/pattern and noise-free) and, only to report, its held-out sets
 (``thick_45nm``, ``tilt_gradient_y`` at 1e5). The noise-free sets are stored as fractions of the
-beam; the Poisson fit needs counts, so they are scaled to 1e5 electrons (no noise). Rows:
-``correlation`` (``find_bragg_disks`` + ``strain_map``) and ``whole-pattern fit``
+beam; the Poisson fit needs counts, so they are multiplied by 1e5 (the beam's electrons; no
+noise). Rows: ``correlation`` (``find_bragg_disks`` + ``strain_map``) and ``whole-pattern fit``
 (``strain_map_template`` with its defaults), both relative to the first layer. Two diagnostics on
 noise-free ``thick``: the fit on the stored fractions (its Newton-decrement stop is in counts, so
 it stops after one step), and the fit with each disk's interior (within 0.75 of the radius, at the
