@@ -20,7 +20,8 @@ the forest. ``--setnet-curve`` trains the crystal-system classifiers on 80, 160 
 training structures (the shipped recipe's MLP on the encoded features, and the set network of
 :mod:`distill4d.identify.setnet` on the spot lists, one thread) and reports them on the same
 held-out structures: the learning curve. Each size's result is kept in the ``--cache`` folder;
-a run stops before a size that would not fit in ``--budget-s`` and a rerun goes on from there
+the set network's training is checkpointed after every epoch, a run stops after the epoch that
+passes ``--budget-s`` and a rerun goes on from there
 (RESULTS.md is written only when all sizes are done). Prints one JSON object; writes the ``identify`` section of benchmarks/RESULTS.md
 unless ``--no-results``.
 
@@ -82,8 +83,15 @@ def _accuracy(proba, y, structure, group):
     return round(float(np.mean(proba.argmax(1) == y)), 3), round(float(np.mean(agg)), 3)
 
 
-def _curve_point(lib, X, test, n, seed, group):
-    """The MLP (shipped recipe) and the set network trained on ``n`` training structures (None: all)."""
+class _OutOfTime(Exception):
+    pass
+
+
+def _curve_point(lib, X, test, n, seed, group, checkpoint, deadline):
+    """The MLP (shipped recipe) and the set network trained on ``n`` training structures (None: all).
+
+    The set network's training state is written to ``checkpoint`` after every epoch and resumed
+    from it; :class:`_OutOfTime` is raised after an epoch that ends past ``deadline`` (perf_counter)."""
     import torch
 
     from distill4d.identify.models import _fit_mlp
@@ -104,7 +112,14 @@ def _curve_point(lib, X, test, n, seed, group):
     out["mlp"] = _accuracy(p, y[te], st[te], group) + (round(time.perf_counter() - t0, 1),)
     t0 = time.perf_counter()
     sets = spot_sets(lib.qx, lib.qy, lib.intensity, lib.counts)
-    net = fit_setnet({k: v[tr] for k, v in sets.items()}, y[tr], seed, **SETNET_RECIPE)
+    state = torch.load(checkpoint, weights_only=True) if Path(checkpoint).is_file() else {}
+
+    def save(epoch, loss):
+        torch.save(state, checkpoint)
+        if time.perf_counter() > deadline and epoch < SETNET_RECIPE["epochs"]:
+            raise _OutOfTime
+
+    net = fit_setnet({k: v[tr] for k, v in sets.items()}, y[tr], seed, state=state, callback=save, **SETNET_RECIPE)
     p = np.zeros((int(te.sum()), len(SYSTEMS)))
     p[:, net.classes_] = net.predict_proba({k: v[te] for k, v in sets.items()})
     out["setnet"] = _accuracy(p, y[te], st[te], group) + (round(time.perf_counter() - t0, 1),)
@@ -119,11 +134,13 @@ def _learning_curve(lib, X, test, seed, cache, budget_s, t_start):
         if f.is_file():
             points.append(json.loads(f.read_text()))
             continue
-        n_eff = n or len(lib.system) - test.size
-        if time.perf_counter() - t_start + 1.6 * n_eff > budget_s:  # about 1.5 s per structure on a loaded core
-            print(f"learning curve: {n_eff} structures would not fit in --budget-s; rerun to go on", file=sys.stderr)
+        try:
+            point = _curve_point(lib, X, test, n, seed, 10, Path(cache) / f"setnet_curve_{n or 'all'}.pt",
+                                 t_start + budget_s)
+        except _OutOfTime:
+            print(f"learning curve: {n or 'all'} training structures checkpointed at --budget-s; rerun to go on",
+                  file=sys.stderr)
             return None
-        point = _curve_point(lib, X, test, n, seed, 10)
         f.write_text(json.dumps(point) + "\n")
         points.append(point)
     return points
@@ -135,7 +152,7 @@ def main() -> None:
     ap.add_argument("--compare-hgb", action="store_true", help="also a gradient-boosted system classifier")
     ap.add_argument("--setnet-curve", action="store_true",
                     help="learning curve of the MLP and the set network (needs --cache; resumable)")
-    ap.add_argument("--budget-s", type=float, default=540.0, help="stop before a curve point that would end later")
+    ap.add_argument("--budget-s", type=float, default=540.0, help="checkpoint the learning curve and stop after this")
     ap.add_argument("--out", default=None)
     ap.add_argument("--no-results", action="store_true", help="do not write RESULTS.md")
     args = ap.parse_args()
@@ -206,7 +223,7 @@ def main() -> None:
          f"| cubic a, median absolute error | {r['cubic_a_median_abs_error_A']} Å |",
          f"| angles, median absolute error (most systems fix them) | {r['angles_median_abs_error_deg']}° |",
          f"| encoding / prediction | {result['encode_patterns_per_s']} / {result['predict_patterns_per_s']} patterns/s "
-         f"on these spot lists (median {int(np.median(lib.counts))} spots, up to {int(lib.counts.max())}; 256 x 256 such patterns: {result['scan_256x256_s']} s) |"]
+         f"on these spot lists (median {int(np.median(lib.counts))} spots, up to {int(lib.counts.max())}; 256 x 256 such patterns: {result['scan_256x256_s']} s; one process on the shared machine, so these vary with its load) |"]
     if args.compare_hgb:
         h = result["hgb_system"]
         L.append(f"| gradient boosting (system only, same split): one pattern / 10 patterns | "

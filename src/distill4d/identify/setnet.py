@@ -158,8 +158,10 @@ class SetNet:
 def fit_setnet(sets: dict[str, np.ndarray], y: np.ndarray, seed: int, *, hidden: int = 32, layers: int = 2,
                epochs: int = 12, lr: float = 2e-3, weight_decay: float = 1e-4, batch: int = 64,
                state: dict[str, Any] | None = None, callback: Any = None) -> SetNet:
-    """Train a :class:`SetNet` (PyTorch, CPU, seeded; AdamW, cosine learning rate, spot dropout
-    of 10 % in training). ``state``: a dict updated after every epoch (``epoch``, the module's and
+    """Train a :class:`SetNet` on the sets of :func:`spot_sets` and labels ``y`` (PyTorch, CPU,
+    seeded; AdamW, one-cycle learning rate, 10 % of the spots dropped at random and dropout 0.2
+    before the last layer in training). ``sets`` may also hold ``x`` (P, F), per-pattern
+    features (standardised) joined to the pooled spots before the head. ``state``: a dict updated after every epoch (``epoch``, the module's and
     the optimiser's state) and resumed from when it holds one; ``callback(epoch, loss)``."""
     try:
         import torch
