@@ -7,8 +7,9 @@ of the pattern's scale ``s`` (1/Å, the shortest strong ``|g|``, as in
 
 Network (:class:`SetNet`, applied with NumPy; trained by :func:`fit_setnet` with PyTorch):
 per spot ``x_i = [log u_i, w_i, log w_i]`` (``u = |v|``, ``w`` the relative intensity);
-per pair ``e_ij`` = Gaussian bins of ``|v_i - v_j|`` and of ``u_j / u_i``, ``cos θ_ij``,
-``|sin θ_ij|`` (θ the angle between the two spots): only lengths and unsigned angles, so the
+per pair ``e_ij`` = Gaussian bins of ``|v_i - v_j|``, of ``log(u_j / u_i)`` and of ``θ_ij``,
+and ``cos θ_ij``, ``|sin θ_ij|`` (θ the unsigned angle between the two spots, 0-180 degrees):
+only lengths and unsigned angles, so the
 network's output is exactly invariant to an in-plane rotation and a mirror of the pattern, and
 (mean and max pooling) to the order of the spots. ``L`` message-passing layers
 ``h_i += ReLU(W [h_i, mean_j ReLU(A h_i + B h_j + C e_ij + c)] + b)``, then mean and max over
