@@ -16,10 +16,16 @@ trained on) and reports on the held-out structures:
 
 ``--compare-hgb`` also trains a gradient-boosted crystal-system classifier
 (scikit-learn HistGradientBoosting) on the same training structures and reports it beside
-the forest. Prints one JSON object; writes the ``identify`` section of benchmarks/RESULTS.md
+the forest. ``--setnet-curve`` trains the crystal-system classifiers on 80, 160 and all the
+training structures (the shipped recipe's MLP on the encoded features, and the set network of
+:mod:`distill4d.identify.setnet` on the spot lists, one thread) and reports them on the same
+held-out structures: the learning curve. Each size's result is kept in the ``--cache`` folder;
+the set network's training is checkpointed after every epoch, a run stops after the epoch that
+passes ``--budget-s`` and a rerun goes on from there
+(RESULTS.md is written only when all sizes are done). Prints one JSON object; writes the ``identify`` section of benchmarks/RESULTS.md
 unless ``--no-results``.
 
-    PYTHONPATH=src python benchmarks/identify_benchmark.py --cache benchmarks/data/idlib --compare-hgb
+    PYTHONPATH=src python benchmarks/identify_benchmark.py --cache benchmarks/data/idlib --compare-hgb --setnet-curve
 """
 
 from __future__ import annotations
@@ -61,13 +67,98 @@ def _hgb(X, y, tr, te, structure, seed, group):
             f"system_accuracy_{group}_patterns_log": round(float(np.mean(agg)), 3), "fit_s": round(fit_s, 1)}
 
 
+#: Training-structure counts of the learning curve (the last: all of them).
+CURVE_SIZES = (80, 160, None)
+#: The set network's recipe in the learning curve (:func:`distill4d.identify.setnet.fit_setnet`).
+SETNET_RECIPE = {"hidden": 48, "layers": 2, "epochs": 12, "lr": 3e-3}
+
+
+def _accuracy(proba, y, structure, group):
+    """One-pattern accuracy and over groups of ``group`` patterns of one structure (log aggregation)."""
+    agg = []
+    for j in np.unique(structure):
+        rows = np.flatnonzero(structure == j)
+        for g in range(len(rows) // group):
+            agg.append(aggregate(proba[rows[g * group : (g + 1) * group]], "log").argmax() == y[rows[0]])
+    return round(float(np.mean(proba.argmax(1) == y)), 3), round(float(np.mean(agg)), 3)
+
+
+class _OutOfTime(Exception):
+    pass
+
+
+def _curve_point(lib, X, test, n, seed, group, checkpoint, deadline):
+    """The MLP (shipped recipe) and the set network trained on ``n`` training structures (None: all).
+
+    The set network's training state is written to ``checkpoint`` after every epoch and resumed
+    from it; :class:`_OutOfTime` is raised after an epoch that ends past ``deadline`` (perf_counter)."""
+    import torch
+
+    from distill4d.identify.models import _fit_mlp
+    from distill4d.identify.setnet import fit_setnet, spot_sets
+
+    torch.set_num_threads(1)
+    st = lib.structure
+    train = np.setdiff1d(np.arange(len(lib.system)), test)
+    if n is not None and n < train.size:
+        train = np.sort(np.random.default_rng(seed).choice(train, n, replace=False))
+    tr, te = np.isin(st, train), np.isin(st, test)
+    y = lib.system[st]
+    out = {"train_structures": int(train.size), "train_patterns": int(tr.sum())}
+    t0 = time.perf_counter()
+    mlp = _fit_mlp(shape_features(X[tr]), y[tr], seed)
+    p = np.zeros((int(te.sum()), len(SYSTEMS)))
+    p[:, mlp.classes_] = mlp.predict_proba(shape_features(X[te]))
+    out["mlp"] = _accuracy(p, y[te], st[te], group) + (round(time.perf_counter() - t0, 1),)
+    t0 = time.perf_counter()
+    sets = spot_sets(lib.qx, lib.qy, lib.intensity, lib.counts)
+    state = torch.load(checkpoint, weights_only=True) if Path(checkpoint).is_file() else {}
+
+    def save(epoch, loss):
+        torch.save(state, checkpoint)
+        if time.perf_counter() > deadline and epoch < SETNET_RECIPE["epochs"]:
+            raise _OutOfTime
+
+    net = fit_setnet({k: v[tr] for k, v in sets.items()}, y[tr], seed, state=state, callback=save, **SETNET_RECIPE)
+    p = np.zeros((int(te.sum()), len(SYSTEMS)))
+    p[:, net.classes_] = net.predict_proba({k: v[te] for k, v in sets.items()})
+    out["setnet"] = _accuracy(p, y[te], st[te], group) + (round(time.perf_counter() - t0, 1),)
+    return out
+
+
+def _learning_curve(lib, X, test, seed, cache, budget_s, t_start):
+    """Every size of :data:`CURVE_SIZES` (read from ``cache`` when done before); None when one is left."""
+    points = []
+    for n in CURVE_SIZES:
+        f = Path(cache) / f"setnet_curve_{n or 'all'}.json"
+        if f.is_file():
+            points.append(json.loads(f.read_text()))
+            continue
+        try:
+            point = _curve_point(lib, X, test, n, seed, 10, Path(cache) / f"setnet_curve_{n or 'all'}.pt",
+                                 t_start + budget_s)
+        except _OutOfTime:
+            print(f"learning curve: {n or 'all'} training structures checkpointed at --budget-s; rerun to go on",
+                  file=sys.stderr)
+            return None
+        f.write_text(json.dumps(point) + "\n")
+        points.append(point)
+    return points
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cache", default=None, help="library folder (resumable build; reused when present)")
     ap.add_argument("--compare-hgb", action="store_true", help="also a gradient-boosted system classifier")
+    ap.add_argument("--setnet-curve", action="store_true",
+                    help="learning curve of the MLP and the set network (needs --cache; resumable)")
+    ap.add_argument("--budget-s", type=float, default=540.0, help="checkpoint the learning curve and stop after this")
     ap.add_argument("--out", default=None)
     ap.add_argument("--no-results", action="store_true", help="do not write RESULTS.md")
     args = ap.parse_args()
+    t_start = time.perf_counter()
+    if args.setnet_curve and not args.cache:
+        ap.error("--setnet-curve needs --cache (each point is kept there)")
 
     card = json.loads(Path(str(default_model_path())).with_suffix(".json").read_text())
     config = IdentifyTrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in card["config"].items()})
@@ -95,6 +186,11 @@ def main() -> None:
               "scan_256x256_s": round(65536 / encode_rate + 65536 / predict_rate, 1)}
     if args.compare_hgb:
         result["hgb_system"] = _hgb(X, lib.system[st], ~te, te, st, config.seed, 10)
+    if args.setnet_curve:
+        curve = _learning_curve(lib, X, test, config.seed, args.cache, args.budget_s, t_start)
+        if curve is None:
+            return
+        result["learning_curve"] = curve
     text = json.dumps(result, indent=1)
     print(text)
     if args.out:
@@ -104,7 +200,8 @@ def main() -> None:
     r = m
     conf = np.asarray(r["confusion_matrix"])
     L = ["## Crystal identification (the shipped model on held-out structures)", "",
-         f"`benchmarks/identify_benchmark.py{' --compare-hgb' if args.compare_hgb else ''}` "
+         f"`benchmarks/identify_benchmark.py{' --compare-hgb' if args.compare_hgb else ''}"
+         f"{' --setnet-curve' if args.setnet_curve else ''}` "
          "(the shipped model, `distill4d/weights/identify_forest.npz`: an MLP for the crystal system, random forests "
          "for the space group and the lattice parameters; on its card's held-out split).",
          machine_line(), "",
@@ -126,11 +223,22 @@ def main() -> None:
          f"| cubic a, median absolute error | {r['cubic_a_median_abs_error_A']} Å |",
          f"| angles, median absolute error (most systems fix them) | {r['angles_median_abs_error_deg']}° |",
          f"| encoding / prediction | {result['encode_patterns_per_s']} / {result['predict_patterns_per_s']} patterns/s "
-         f"on these spot lists (median {int(np.median(lib.counts))} spots, up to {int(lib.counts.max())}; 256 x 256 such patterns: {result['scan_256x256_s']} s) |"]
+         f"on these spot lists (median {int(np.median(lib.counts))} spots, up to {int(lib.counts.max())}; 256 x 256 such patterns: {result['scan_256x256_s']} s; one process on the shared machine, so these vary with its load) |"]
     if args.compare_hgb:
         h = result["hgb_system"]
         L.append(f"| gradient boosting (system only, same split): one pattern / 10 patterns | "
                  f"{h['system_accuracy']:.3f} / {h['system_accuracy_10_patterns_log']:.3f} (fit {h['fit_s']} s) |")
+    if args.setnet_curve:
+        L += ["", "Learning curve of the crystal-system classifier (same held-out structures; trained on a random "
+              "subset of the training structures, seeded): the shipped recipe's MLP on the encoded features, and a "
+              "set network on the 24 strongest spots (`distill4d.identify.setnet`: message passing over spot pairs "
+              "with rotation- and mirror-invariant pair inputs, "
+              f"{SETNET_RECIPE['hidden']} units, {SETNET_RECIPE['layers']} layers, {SETNET_RECIPE['epochs']} "
+              "epochs, one thread; not shipped). One pattern / 10 patterns (log), fit time:", "",
+              "| training structures (patterns) | MLP (shipped recipe) | set network |", "|---|---|---|"]
+        L += [f"| {c['train_structures']} ({c['train_patterns']}) | {c['mlp'][0]:.3f} / {c['mlp'][1]:.3f} "
+              f"({c['mlp'][2]:.0f} s) | {c['setnet'][0]:.3f} / {c['setnet'][1]:.3f} ({c['setnet'][2]:.0f} s) |"
+              for c in result["learning_curve"]]
     L += ["", "Confusion matrix, one pattern (rows: true system, columns: predicted; "
           + ", ".join(s[:4] for s in SYSTEMS) + "):", "", "| true \\ predicted | " + " | ".join(s[:4] for s in SYSTEMS)
           + " |", "|---" * (len(SYSTEMS) + 1) + "|"]

@@ -4,7 +4,9 @@
 ``models``: a random-forest hierarchy (crystal system, space group within the system,
 lattice parameters per system) with probabilities, top-k and aggregation over many
 patterns of one region. ``apply``: :func:`identify` a scan's Bragg peaks (or a scan) with
-the shipped model (:func:`load_default`) or another.
+the shipped model (:func:`load_default`) or another. ``setnet``: a rotation- and
+mirror-invariant set network on the spot lists, an experiment kept for the benchmark's
+learning curve (not shipped: it scored below the shipped model).
 """
 
 from .apply import CrystalIdentification, identify, load_default, predict_spots
