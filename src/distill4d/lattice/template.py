@@ -376,6 +376,10 @@ def fit_template_batch(batch: np.ndarray, template: Template,
         done = (better & (dec < params.tol)) | (alpha[idx] < 1e-3)
         converged[idx[done]] = True
         active[idx[done]] = False
+        # a pattern whose disks fit with a scale <= 0 after three steps holds none of the
+        # template's disks (vacuum, a hole): a failed fit, not worth the remaining iterations
+        # (measured at 1e2 e-: vacuum ran to the limit, 27 iterations, a quarter of the scan)
+        active[idx[(iters[idx] >= 3) & (p[idx, 6] <= 0)]] = False
     H = J @ np.swapaxes(J * (w / lam)[:, None, :], 1, 2)
     cov = np.full((n, _N_PARAMS, _N_PARAMS), np.nan)
     good = total > 0
