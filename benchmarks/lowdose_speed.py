@@ -74,8 +74,8 @@ def main() -> None:
     L = ["## Low-dose strain: speed of the Poisson fit on one core", "",
          f"Written by `benchmarks/lowdose_speed.py --doses {' '.join(f'{d:g}' for d in a.doses)}`.",
          machine_line(), "",
-         "The `lowdose` section's `smooth` scan (32x32 patterns of 128x128 px; 25 % vacuum, whose fits do not "
-         "converge and run to the iteration limit), one core (`scheduler=\"inline\"`, OMP_NUM_THREADS=1). "
+         "The `lowdose` section's `smooth` scan (32x32 patterns of 128x128 px; 25 % vacuum, whose fits stop as "
+         "failed once their disk scale is <= 0 after three steps), one core (`scheduler=\"inline\"`, OMP_NUM_THREADS=1). "
          "Template: built from the scan (a fixed cost per scan: the reference mean, then twice the mean of up to "
          "1024 patterns aligned to it by their fits under the `tv 1` prior). Fit: every pattern against that "
          "template. Load: the 1-minute load "
