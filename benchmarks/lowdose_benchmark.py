@@ -14,8 +14,10 @@ Every method uses the same reference region (the unstrained rows; the first laye
 priors: ``gaussian 0.78`` (a 2-position edge) and ``tv 1`` (LAMBDA in units of each map's noise).
 Nothing was tuned on these scans. Usage:
 ``benchmarks/lowdose_benchmark.py [--doses 1e5 1e3 1e2] [--ccstae-steps 1500] [--ccstae-doses 1e3 1e2]
-[--no-results]``. Finished doses are kept in ``benchmarks/data/lowdose_doses.json`` and a rerun resumes
-after them (delete it after changing the code).
+[--rerun poisson [--rerun-tag TAG]] [--no-results]``. Finished doses are kept in
+``benchmarks/data/lowdose_doses.json`` and a rerun resumes after them (delete it after changing the
+code). ``--rerun METHOD...`` recomputes only those methods at finished doses and keeps the other rows
+(after a change to one method only); rows rerun under the same ``--rerun-tag`` are not rerun again.
 """
 
 from __future__ import annotations
@@ -71,21 +73,26 @@ def edge_width(eps_xx: np.ndarray) -> float:
     return float(i10 - i90)
 
 
-def methods(dc, probe, region, ccstae_steps: int):
-    """name -> (StrainMap, standard errors or None, seconds)."""
+def methods(dc, probe, region, ccstae_steps: int, only: set[str] | None = None):
+    """name -> (StrainMap, standard errors or None, seconds); only the methods in ``only`` if given."""
     out = {}
-    t = time.perf_counter()
-    out["correlation"] = (strain_map(find_bragg_disks(dc, probe, progress=False), reference=region), None,
-                          time.perf_counter() - t)
-    t = time.perf_counter()
-    out["com"] = (strain_map(find_bragg_disks_com(dc, probe, progress=False), reference=region), None,
-                  time.perf_counter() - t)
-    t = time.perf_counter()
-    timg, origin, _ = build_template(dc, region, progress=False)
-    build_s = time.perf_counter() - t
-    res = strain_map_template(dc, region, template=timg, origin_px=origin, progress=False)
-    out["poisson"] = (res.strain, res.standard_error, time.perf_counter() - t, time.perf_counter() - t - build_s)
-    if ccstae_steps > 0:
+    want = (lambda name: True) if only is None else (lambda name: name in only)
+    if want("correlation"):
+        t = time.perf_counter()
+        out["correlation"] = (strain_map(find_bragg_disks(dc, probe, progress=False), reference=region), None,
+                              time.perf_counter() - t)
+    if want("com"):
+        t = time.perf_counter()
+        out["com"] = (strain_map(find_bragg_disks_com(dc, probe, progress=False), reference=region), None,
+                      time.perf_counter() - t)
+    if want("poisson"):
+        t = time.perf_counter()
+        timg, origin, _ = build_template(dc, region, progress=False)
+        build_s = time.perf_counter() - t
+        res = strain_map_template(dc, region, template=timg, origin_px=origin, progress=False)
+        out["poisson"] = (res.strain, res.standard_error, time.perf_counter() - t,
+                          time.perf_counter() - t - build_s)
+    if ccstae_steps > 0 and (want("ccstae") or want("ccstae encoder")):
         import torch
 
         from distill4d.ml.ccstae import CCSTAETrainConfig, strain_map_ccstae
@@ -110,6 +117,9 @@ def main() -> None:
                     help="CC-ST-AE training steps on each scan (0: no CC-ST-AE rows)")
     ap.add_argument("--ccstae-doses", type=float, nargs="*", default=[1e3, 1e2],
                     help="the doses with CC-ST-AE rows (its 1e5 rows are in the ccstae section)")
+    ap.add_argument("--rerun", nargs="+", default=None, metavar="METHOD",
+                    help="at finished doses, recompute only these methods (e.g. poisson) and keep the other rows")
+    ap.add_argument("--rerun-tag", default="rerun", help="rows rerun under this tag are kept on a later rerun")
     ap.add_argument("--no-results", action="store_true", help="do not write RESULTS.md")
     a = ap.parse_args()
 
@@ -124,17 +134,23 @@ def main() -> None:
     for i, dose in enumerate(a.doses):
         steps = a.ccstae_steps if dose in a.ccstae_doses else 0
         key = f"{dose:g} {steps} {i}"
+        only = None
         if key in done:
-            rows += done[key]
-            continue
+            stale = {r["method"] for r in done[key] if a.rerun and r["method"] in a.rerun
+                     and r.get("run") != a.rerun_tag}
+            if not stale:
+                rows += done[key]
+                continue
+            only = stale
         first = len(rows)
         dc = noisy(dc0, probe, dose, 10 + i)
         bound = crb(dc0.data[0, 0], probe, dose)
         layers, _ = strained_scan((4 * LAYER, 16), kind="multilayer", strain=0.01, layer_width=LAYER,
                                        dose=dose, seed=20 + i, edge_px=2.0, background=0.02)
         lregion = (slice(0, LAYER), slice(None))
-        smooth = methods(dc, probe, region, steps)
-        sharp = methods(layers, None, lregion, steps)  # the probe: the central disk of the mean pattern
+        smooth = methods(dc, probe, region, steps, only)
+        sharp = methods(layers, None, lregion, steps, only)  # the probe: the central disk of the mean pattern
+        new = {}
         for name, (smap, se, secs, *fit) in smooth.items():
             for prior in PRIORS:
                 m = apply_prior(smap, prior, se)
@@ -143,9 +159,19 @@ def main() -> None:
                        "edge_px": edge_width(lm.eps_xx), "seconds": secs,
                        "per_1000_s": 1000 * secs / dc.n_patterns,
                        "fit_per_1000_s": 1000 * fit[0] / dc.n_patterns if fit else None}
-                rows.append(rec)
+                if only is not None:
+                    rec["run"] = a.rerun_tag
+                new.setdefault(name, []).append(rec)
                 print(json.dumps(rec), flush=True)
-        rows.append({"dose": dose, "method": "per-pattern bound", "prior": "none", **bound})
+        if only is None:
+            rows += [r for recs in new.values() for r in recs]
+            rows.append({"dose": dose, "method": "per-pattern bound", "prior": "none", **bound})
+        else:  # the kept rows in their order, each rerun method's rows where its old ones were
+            for r in done[key]:
+                if r["method"] not in new:
+                    rows.append(r)
+                elif r["prior"] == PRIORS[0]:
+                    rows += new[r["method"]]
         done[key] = rows[first:]
         done_path.parent.mkdir(exist_ok=True)
         done_path.write_text(json.dumps(done))
@@ -155,7 +181,9 @@ def main() -> None:
         return
     L = ["## Low-dose strain: Poisson template fit and spatial priors", "",
          f"Written by `benchmarks/lowdose_benchmark.py --doses {' '.join(f'{d:g}' for d in a.doses)} "
-         f"--ccstae-steps {a.ccstae_steps} --ccstae-doses {' '.join(f'{d:g}' for d in a.ccstae_doses)}`.",
+         f"--ccstae-steps {a.ccstae_steps} --ccstae-doses {' '.join(f'{d:g}' for d in a.ccstae_doses)}`"
+         + (f"; the {', '.join(a.rerun)} rows rerun with `--rerun {' '.join(a.rerun)}` (the other rows from the "
+            "run before, same data and seeds)." if a.rerun else "."),
          machine_line(), "",
          "Scan `smooth`: the CC-ST-AE benchmark's multislice scan (32x32, Si [011], gradient, "
          "bump, shear wave and rotation fields, 25 % vacuum; plasmon background 50 %; noise seed 10 + dose "

@@ -32,10 +32,14 @@ from ..errors import Distill4dError
 
 __all__ = ["TemplateFitParameters", "Template", "TemplateStrain", "fit_template_batch", "make_template",
            "fit_outputs_to_strain", "strain_map_template", "build_template", "aligned_mean",
-           "radial_background"]
+           "smooth_fits", "radial_background"]
 
 _PAD = 4  # px of edge padding around the spline coefficients
 _CHUNK = 32  # patterns fitted together (memory: about 32 x 11 x P x 8 bytes for the Jacobian: 46 MB at 128 x 128)
+# the displacement information (|grad|^2 of the 1 px-smoothed image) that noise fakes, per unit of
+# the variance its 1 px high-pass sees, for noise as build_template leaves it (averaged over
+# sub-pixel shifts by linear interpolation, then smoothed by 0.5 px; measured on white noise: 0.29)
+_NOISE_INFO = 0.29
 _N_PARAMS = 11  # M00, M01, M10, M11, t0, t1, s (disks), c (background), a_xx, a_yy, a_xy (disk envelope)
 
 
@@ -93,8 +97,8 @@ def make_template(image: Any, origin_px: Any, *, reach_px: float = 3.0) -> Templ
     """Prepare ``image`` (a noise-free or averaged pattern, >= 0) as a :class:`Template` whose
     deformation acts about ``origin_px`` ``(qx, qy)`` in pixels; the fit uses the pixels within
     ``reach_px`` of those holding 99.5 % of the template's Fisher information on a displacement
-    (computed on the template smoothed by 1 px, so that the noise of a template averaged from
-    the scan does not spread it over the detector; measured at 1e3 e-: 6 % of the pixels, not 99 %)."""
+    (computed on the template smoothed by 1 px, less the information its own noise fakes, so
+    that the noise of a template averaged from the scan does not spread it over the detector)."""
     from scipy import ndimage
 
     t = np.asarray(image, dtype=np.float64)
@@ -115,7 +119,16 @@ def make_template(image: Any, origin_px: Any, *, reach_px: float = 3.0) -> Templ
     gx, gy = np.gradient(ndimage.gaussian_filter(t - bg, 1.0))
     qx, qy = np.indices(t.shape, dtype=np.float64)
     r2 = (qx - o[0]) ** 2 + (qy - o[1]) ** 2
-    info = (gx**2 + gy**2) * (1.0 + r2 / max(r2.max(), 1.0)) / (t + 1e-3 * t.max())
+    w = 1.0 + r2 / max(r2.max(), 1.0)
+    den = t + 1e-3 * t.max()
+    info = (gx**2 + gy**2) * w / den
+    # less five times the information the template's own noise fakes (_NOISE_INFO times its noise
+    # variance per count: the median of its squared 1 px high-pass over the counts; 0 for a
+    # noise-free template). Without it a 1e2 e- scan template counted 16k of 16k pixels as
+    # informative; with three times, 8k; with five, 5.5k (a noise-free template: 5.3k either way).
+    noise = float(np.median((t - ndimage.gaussian_filter(t, 1.0)) ** 2 / den))
+    real = np.maximum(info - 5.0 * _NOISE_INFO * noise * w, 0.0)
+    info = real if real.sum() > 0 else info
     order = np.argsort(info, axis=None)[::-1]
     cum = np.cumsum(info.reshape(-1)[order])
     core = np.zeros(t.size, dtype=bool)
@@ -363,6 +376,10 @@ def fit_template_batch(batch: np.ndarray, template: Template,
         done = (better & (dec < params.tol)) | (alpha[idx] < 1e-3)
         converged[idx[done]] = True
         active[idx[done]] = False
+        # a pattern whose disks fit with a scale <= 0 after three steps holds none of the
+        # template's disks (vacuum, a hole): a failed fit, not worth the remaining iterations
+        # (measured at 1e2 e-: vacuum ran to the limit, 27 iterations, a quarter of the scan)
+        active[idx[(iters[idx] >= 3) & (p[idx, 6] <= 0)]] = False
     H = J @ np.swapaxes(J * (w / lam)[:, None, :], 1, 2)
     cov = np.full((n, _N_PARAMS, _N_PARAMS), np.nan)
     good = total > 0
@@ -427,8 +444,60 @@ def aligned_mean(patterns: np.ndarray, out: dict[str, np.ndarray], template: Tem
     return np.where(cnt > 0, scale * acc / np.maximum(cnt, 1), template.image)
 
 
+def smooth_fits(out: dict[str, np.ndarray], positions: np.ndarray, scan_shape: tuple[int, int],
+                prior: Any = "gaussian 1") -> dict[str, np.ndarray]:
+    """``out`` (of :func:`fit_template_batch`, for the patterns at scan ``positions`` (n, 2))
+    with its ``M`` and ``shift_px`` replaced by their maps under a spatial ``prior`` over the
+    fitted (``ok``) positions (:func:`~distill4d.lattice.priors.parse_prior`): ``gaussian SIGMA``
+    a Gaussian average of the neighbours' fits (``SIGMA`` in scan positions; a position without
+    fitted neighbours keeps its own fit), ``tv LAMBDA`` total-variation denoising weighted by
+    the fits' standard errors (``LAMBDA`` in units of their median), ``none`` unchanged.
+    Strain varies slowly compared with the noise of one low-dose fit, so the prior's map aligns
+    each pattern better than its own fit."""
+    from scipy import ndimage
+
+    from .priors import parse_prior, tv_denoise
+
+    name, value = parse_prior(prior)
+    ok = np.asarray(out["ok"], bool)
+    pos = np.asarray(positions, dtype=np.intp).reshape(-1, 2)
+    if pos.shape[0] != ok.size:
+        raise Distill4dError(f"positions must be ({ok.size}, 2), one per fit, got shape {np.shape(positions)}")
+    if name == "none":
+        return dict(out)
+    vals = np.concatenate([np.asarray(out["M"], np.float64).reshape(-1, 4),
+                           np.asarray(out["shift_px"], np.float64).reshape(-1, 2)], axis=1)
+    good = ok & np.all(np.isfinite(vals), axis=1)
+    if name == "gaussian":
+        num = np.zeros((*scan_shape, 6))
+        den = np.zeros(scan_shape)
+        num[pos[good, 0], pos[good, 1]] = vals[good]
+        den[pos[good, 0], pos[good, 1]] = 1.0
+        num = ndimage.gaussian_filter(num, (value, value, 0), mode="nearest", truncate=3.0)
+        den = ndimage.gaussian_filter(den, value, mode="nearest", truncate=3.0)
+        d = den[pos[:, 0], pos[:, 1]]
+        new = num[pos[:, 0], pos[:, 1]] / np.maximum(d, 1e-300)[:, None]
+        good &= d > 1e-9
+    else:
+        cov = np.asarray(out["cov"], np.float64)
+        se = np.sqrt(np.abs(np.einsum("nii->ni", cov)[:, :6]))
+        new = vals.copy()
+        for j in range(6):
+            f = np.full(scan_shape, np.nan)
+            w = np.zeros(scan_shape)
+            use = good & np.isfinite(se[:, j]) & (se[:, j] > 0)
+            if not use.any():
+                continue
+            s = float(np.median(se[use, j]))
+            f[pos[use, 0], pos[use, 1]] = vals[use, j]
+            w[pos[use, 0], pos[use, 1]] = (s / se[use, j]) ** 2
+            new[:, j] = tv_denoise(f, value * s, weights=w)[pos[:, 0], pos[:, 1]]
+    vals = np.where(good[:, None], new, vals)
+    return {**out, "M": vals[:, :4].reshape(-1, 2, 2), "shift_px": vals[:, 4:]}
+
+
 def build_template(datacube: Any, region: tuple[slice, slice], origin_px: Any = None, *, sample: int = 1024,
-                   passes: int = 2, smooth_px: float = 0.5,
+                   passes: int = 2, smooth_px: float = 0.5, align_prior: Any = "tv 1",
                    params: TemplateFitParameters = TemplateFitParameters(),
                    **engine_options: Any) -> tuple[np.ndarray, tuple, dict]:
     """A low-noise template from the scan itself: the reference region's mean, then ``passes``
@@ -436,6 +505,9 @@ def build_template(datacube: Any, region: tuple[slice, slice], origin_px: Any = 
     spread over the scan)
     aligned to it by their fits; each smoothed by ``smooth_px`` (Gaussian sigma, px). The sample
     is read through the engine (``scheduler``, ``n_workers`` of ``engine_options``).
+    ``align_prior`` (``none``, ``gaussian SIGMA`` or ``tv LAMBDA``, see :func:`smooth_fits`):
+    each pattern is aligned by the map of the fits under this spatial prior, not by its own
+    noisy fit, whose errors (about 0.2 px at the outer disks at 1e3 e-) blur the template.
 
     Returns the template, its origin ``(qx, qy)`` (px) and a description for the provenance.
     A mean of a few dozen low-dose patterns is too noisy to fit against (its pixel-to-pixel
@@ -449,6 +521,9 @@ def build_template(datacube: Any, region: tuple[slice, slice], origin_px: Any = 
 
     rx, ry = datacube.scan_shape
     qx, qy = datacube.pattern_shape
+    from .priors import parse_prior
+
+    prior = parse_prior(align_prior)
     n_max = min(positive_int("sample", sample), max(16, (256 << 20) // (4 * qx * qy)))  # at most 256 MB in memory
     ref_idx = np.ravel_multi_index(np.indices((rx, ry))[:, region[0], region[1]].reshape(2, -1), (rx, ry))
     ref_idx = ref_idx[np.linspace(0, ref_idx.size - 1, min(ref_idx.size, n_max)).round().astype(int)]
@@ -472,6 +547,7 @@ def build_template(datacube: Any, region: tuple[slice, slice], origin_px: Any = 
     align = dataclasses.replace(params, max_iter=min(params.max_iter, 10), tol=max(params.tol, 0.1))
     n_ref = int(finite[: ref_idx.size].sum())
     pats = pats[finite]
+    positions = np.stack(np.unravel_index(idx[finite], (rx, ry)), axis=1)
     used = n_ref
     for _ in range(passes):
         tmpl = make_template(np.clip(t, 0.0, None), origin_px)
@@ -481,10 +557,13 @@ def build_template(datacube: Any, region: tuple[slice, slice], origin_px: Any = 
         s_ref = np.median(out["scale"][:n_ref][out["ok"][:n_ref]]) if out["ok"][:n_ref].any() else np.nan
         like = out["ok"] & (out["scale"] > 0.5 * s_ref) & (out["scale"] < 2.0 * s_ref)
         used = int(like.sum())
-        t = aligned_mean(pats, {**out, "ok": like}, tmpl)
+        out = {**out, "ok": like}
+        out = smooth_fits(out, positions, (rx, ry), prior)
+        t = aligned_mean(pats, out, tmpl)
         t = ndimage.gaussian_filter(t, smooth_px) if smooth_px > 0 else t
     desc = {"template": f"mean of {used} patterns aligned to the reference region's ({n_ref} patterns), "
-            f"{passes} passes"}
+            f"{passes} passes" + (f", aligned by the fits under the prior '{prior[0]} {prior[1]:g}'"
+                                    if prior[0] != "none" else "")}
     return np.clip(t, 0.0, None), (float(origin_px[0]), float(origin_px[1])), desc
 
 
