@@ -40,6 +40,11 @@ _CHUNK = 32  # patterns fitted together (memory: about 32 x 11 x P x 8 bytes for
 # the variance its 1 px high-pass sees, for noise as build_template leaves it (averaged over
 # sub-pixel shifts by linear interpolation, then smoothed by 0.5 px; measured on white noise: 0.29)
 _NOISE_INFO = 0.29
+#: A pattern with fewer counts than this in total is not electron counts (a simulation in fractions of
+#: the beam, a normalised file): its fit converges as if it held _NOMINAL_COUNTS (the decrement test
+#: is in units of counts, and stopped such fits after one step); its standard errors are only relative.
+_MIN_COUNTS = 20.0
+_NOMINAL_COUNTS = 1e5
 _N_PARAMS = 11  # M00, M01, M10, M11, t0, t1, s (disks), c (background), a_xx, a_yy, a_xy (disk envelope)
 
 
@@ -284,8 +289,9 @@ def fit_template_batch(batch: np.ndarray, template: Template,
     Returns ``M`` (n, 2, 2) = ``F^T``, ``shift_px`` (n, 2), ``scale`` (n,) of the disks and
     ``background`` (n,) of the diffuse background (both relative to the template), ``cov``
     (n, 11, 11) the inverse Fisher information of the parameters (M00, M01, M10, M11, t0, t1,
-    scale, background, and the three envelope terms of :func:`_model`), ``iterations`` (n,) and ``ok`` (n,) (False where the
-    pattern is empty or the fit did not converge).
+    scale, background, and the three envelope terms of :func:`_model`; for a pattern of fewer than
+    20 counts in all, which is not counts and converges as if it held 1e5, only relative),
+    ``iterations`` (n,) and ``ok`` (n,) (False where the pattern is empty or the fit did not converge).
     """
     shape = np.shape(batch)
     if len(shape) != 3 or tuple(shape[1:]) != template.shape:
@@ -295,6 +301,9 @@ def fit_template_batch(batch: np.ndarray, template: Template,
         return {key: np.concatenate([q[key] for q in parts]) for key in parts[0]}
     k = np.asarray(batch, dtype=np.float64)
     n = k.shape[0]
+    counts = np.nansum(np.clip(k, 0.0, None), axis=(1, 2))
+    # the decrement of a pattern that is not counts, as if it held _NOMINAL_COUNTS (see _MIN_COUNTS)
+    gain = np.where((counts > 0) & (counts < _MIN_COUNTS), _NOMINAL_COUNTS / np.maximum(counts, 1e-300), 1.0)
     start_shift = _correlation_shift(np.where(np.isfinite(k), k, 0.0), template)
     sel = _pixels(template, start_shift)
     k = k.reshape(n, -1)[:, sel]
@@ -372,7 +381,7 @@ def fit_template_batch(batch: np.ndarray, template: Template,
         iters[idx] += 1
         # converged when the step is a small fraction of the standard errors (Newton decrement)
         step = a[:, None] * newton
-        dec = np.einsum("ni,nij,nj->n", step, H, step)
+        dec = np.einsum("ni,nij,nj->n", step, H, step) * gain[idx]
         done = (better & (dec < params.tol)) | (alpha[idx] < 1e-3)
         converged[idx[done]] = True
         active[idx[done]] = False
