@@ -73,13 +73,14 @@ MARGIN_A = 1.5
 #: Largest global shift the registration looks for (Å, each axis).
 MAX_SHIFT_A = 1.0
 SCANS = ("mos2_test", "sto_thick")
-ROWS = ("distill4d single", "distill4d mixed", "distill4d multislice", "distill4d multislice long", "py4DSTEM single",
+ROWS = ("distill4d single", "distill4d single poisson", "distill4d mixed", "distill4d multislice", "distill4d multislice long", "py4DSTEM single",
         "py4DSTEM multislice", "iDPC", "pipeline")
 #: The longer multislice run (``--iterations-long``) is made only for this scan and dose (the phase
 #: section's set-up, for its goal).
 LONG = ("sto_thick", 2e4)
 #: The rows compared for time to the same quality: (distill4d row, py4DSTEM row).
-PAIRS = (("distill4d single", "py4DSTEM single"), ("distill4d multislice", "py4DSTEM multislice"))
+PAIRS = (("distill4d single", "py4DSTEM single"), ("distill4d single poisson", "py4DSTEM single"),
+         ("distill4d multislice", "py4DSTEM multislice"))
 #: Multislice model of sto_thick: slices and their thickness (Å): 121 Å of crystal in 1 Å of vacuum
 #: each side (phase_data: 125.06 Å cell), so that each slice's phase stays below pi.
 PIPELINE_NOTE = ("Pipeline (ptychography on 1/8 of the scan, training, inference on the rest): not measured: "
@@ -240,7 +241,7 @@ def run_py4dstem(row: str, name: str, dose: float, dc, a) -> tuple[dict, list[tu
 
 
 #: distill4d rows: reconstruct() keywords besides the data.
-D4_ROWS = {"distill4d single": {}, "distill4d mixed": {"modes": 3}, "distill4d multislice": {"multislice": True},
+D4_ROWS = {"distill4d single": {}, "distill4d single poisson": {"loss": "poisson"}, "distill4d mixed": {"modes": 3}, "distill4d multislice": {"multislice": True},
            "distill4d multislice long": {"multislice": True, "long": True}}
 
 
@@ -575,7 +576,8 @@ def report(results: dict, a, command: str, ceilings: dict | None = None) -> str:
           "neighbours: ordinary focused-probe ptychography, no defocus needed. Every run is on the whole scan."),
          ("- distill4d: `distill4d.phase.ptycho.reconstruct(cube, iterations=..., device='cpu', seed=0, "
           "scan_rotation_rad=0, scan_flip=False)` with its defaults otherwise (amplitude loss, Adam, its "
-          "mini-batch size, probe refined, positions not refined); `mixed`: `modes=3`; `multislice`: "
+          "mini-batch size, probe refined, positions not refined); `single poisson`: `loss='poisson'`; "
+          "`mixed`: `modes=3`; `multislice`: "
           f"`slices={MULTISLICE['sto_thick']['slices']}, slice_thickness_A="
           f"{MULTISLICE['sto_thick']['slice_thickness_A']:.2f}` (the 125.06 Å cell: 121 Å of crystal and 2 Å "
           "of vacuum each side). Its iterates are read from its own checkpoint file, written after every "
