@@ -163,6 +163,7 @@ def _interleaved(url: str, bodies: list, data, kft, params, seconds: float) -> t
 
     direct, cpu, i = [], [], 0
     got = {"http.client": ([], [], 0), "httpx": ([], [], 0)}
+    over = {"http.client": [], "httpx": []}  # latency less the same pattern's direct call just before it
     stop = time.perf_counter() + seconds
     with httpx.Client(timeout=60) as client:
         def httpx_post(body: bytes, h: dict) -> tuple[int, str]:
@@ -182,6 +183,7 @@ def _interleaved(url: str, bodies: list, data, kft, params, seconds: float) -> t
                 t2 = time.perf_counter()
                 if status == 200:
                     lat.append(t2 - t1)
+                    over[name].append(t2 - t1 - direct[-1])
                     st = _server_timing(timing)
                     st["http"] = 1000 * (t2 - t1) - sum(v for k, v in st.items() if k != "model-cpu")
                     stages.append(st)
@@ -194,8 +196,10 @@ def _interleaved(url: str, bodies: list, data, kft, params, seconds: float) -> t
     for name in ("http.client", "httpx"):
         lat, stages, errors = got[name]
         lat_ms = 1000 * np.array(lat)
+        ov_ms = 1000 * np.array(over[name])
         out.append({"n": len(lat), "errors": errors, "p50": float(np.percentile(lat_ms, 50)),
                     "p99": float(np.percentile(lat_ms, 99)), "rate": len(lat) / lat_ms.sum() * 1000,
+                    "over_p50": float(np.percentile(ov_ms, 50)), "over_p99": float(np.percentile(ov_ms, 99)),
                     "stages": {k: float(np.median([st[k] for st in stages])) for k in stages[0]},
                     "stages_p99": {k: float(np.percentile([st[k] for st in stages], 99)) for k in stages[0]}})
     d_ms = 1000 * np.array(direct)
@@ -318,7 +322,11 @@ def main() -> None:
           f"p99 at concurrency 1 (http.client) ≤ one pattern in Python (median) + 10 ms ({goal_lat:.1f} ms): "
           f"**{'met' if c1['p99'] <= goal_lat else 'not met'}** ({c1['p99']:.1f} ms; p50 {c1['p50']:.1f} ms "
           f"against {goal_lat:.1f} ms: {'met' if c1['p50'] <= goal_lat else 'not met'}; p99 against the direct "
-          f"call's own p99 + 10 ms, {d1['p99'] + 10:.1f} ms: {'met' if c1['p99'] <= d1['p99'] + 10 else 'not met'}); "
+          f"call's own p99 + 10 ms, {d1['p99'] + 10:.1f} ms: {'met' if c1['p99'] <= d1['p99'] + 10 else 'not met'}; "
+          f"pattern by pattern, each request's latency less the in-process time of the same pattern just before "
+          f"it: p50 {c1['over_p50']:.1f} ms, p99 {c1['over_p99']:.1f} ms, "
+          f"{'met' if c1['over_p99'] <= 10 else 'not met'} against 10 ms; the 16 patterns differ in their peaks, "
+          "so the in-process time varies from pattern to pattern); "
           f"batched throughput (the defaults: max batch 64, max wait 10 ms) at concurrency 8 and 64 ≥ 80 % of direct batched: "
           f"**{'met' if min(thr) >= 80 else 'not met'}** ({thr[0]:.1f} %, {thr[1]:.1f} %)."]
     text = "\n".join(L)
