@@ -29,7 +29,7 @@ import numpy as np
 
 from ..errors import Distill4dError
 
-__all__ = ["PRIORS", "parse_prior", "tv_denoise", "noise_level", "apply_prior"]
+__all__ = ["PRIORS", "parse_prior", "tv_denoise", "tv_weighted", "noise_level", "apply_prior"]
 
 PRIORS = ("none", "gaussian", "tv")
 _COMPONENTS = ("eps_xx", "eps_yy", "eps_xy", "theta")
@@ -133,6 +133,21 @@ def tv_denoise(values: Any, weight: float, *, weights: Any = None, n_iter: int =
     return x
 
 
+def tv_weighted(values: np.ndarray, standard_error: Any, lam: float) -> tuple[np.ndarray | None, float | None]:
+    """:func:`tv_denoise` of ``values`` (NaN: no data) with each position's data term weighted
+    by ``(s / standard_error)**2``, ``s`` the median standard error, and the weight ``lam * s``
+    (``lam`` in units of the noise): ``(denoised, s)``, or ``(None, None)`` when
+    ``standard_error`` is None or has no positive finite value."""
+    if standard_error is None:
+        return None, None
+    se = np.asarray(standard_error, dtype=np.float64)
+    if not np.isfinite(se).any() or not np.nanmedian(se) > 0:
+        return None, None
+    s = float(np.nanmedian(se))
+    w = np.where(np.isfinite(se) & (se > 0), (s / np.where(se > 0, se, 1.0)) ** 2, 0.0)
+    return tv_denoise(values, lam * s, weights=w), s
+
+
 def apply_prior(strain: Any, prior: Any, standard_error: dict[str, np.ndarray] | None = None) -> Any:
     """``strain`` (a :class:`~distill4d.lattice.strain.StrainMap`) under ``prior`` (see
     :func:`parse_prior`), recorded in its provenance. ``standard_error`` (component → map,
@@ -150,15 +165,11 @@ def apply_prior(strain: Any, prior: Any, standard_error: dict[str, np.ndarray] |
         if not np.isfinite(f).any():
             out[c] = f
             continue
-        se = None if standard_error is None else np.asarray(standard_error[c], dtype=np.float64)
-        if se is not None and np.isfinite(se).any() and np.nanmedian(se) > 0:
-            s = float(np.nanmedian(se))
-            w = np.where(np.isfinite(se) & (se > 0), (s / np.where(se > 0, se, 1.0)) ** 2, 0.0)
-        else:
+        x, s = tv_weighted(f, None if standard_error is None else standard_error[c], value)
+        if x is None:
             s = noise_level(f)
-            w = None
+            x = tv_denoise(f, value * s)
         used[c] = s
-        x = tv_denoise(f, value * s, weights=w)
         out[c] = np.where(np.isfinite(f), x, np.nan)
     prov = strain.provenance
     if prov is not None:

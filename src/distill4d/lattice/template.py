@@ -465,7 +465,7 @@ def smooth_fits(out: dict[str, np.ndarray], positions: np.ndarray, scan_shape: t
     each pattern better than its own fit."""
     from scipy import ndimage
 
-    from .priors import parse_prior, tv_denoise
+    from .priors import parse_prior, tv_weighted
 
     name, value = parse_prior(prior)
     ok = np.asarray(out["ok"], bool)
@@ -493,14 +493,13 @@ def smooth_fits(out: dict[str, np.ndarray], positions: np.ndarray, scan_shape: t
         new = vals.copy()
         for j in range(6):
             f = np.full(scan_shape, np.nan)
-            w = np.zeros(scan_shape)
+            e = np.full(scan_shape, np.nan)
             use = good & np.isfinite(se[:, j]) & (se[:, j] > 0)
-            if not use.any():
-                continue
-            s = float(np.median(se[use, j]))
             f[pos[use, 0], pos[use, 1]] = vals[use, j]
-            w[pos[use, 0], pos[use, 1]] = (s / se[use, j]) ** 2
-            new[:, j] = tv_denoise(f, value * s, weights=w)[pos[:, 0], pos[:, 1]]
+            e[pos[use, 0], pos[use, 1]] = se[use, j]
+            x, _ = tv_weighted(f, e, value)
+            if x is not None:
+                new[:, j] = x[pos[:, 0], pos[:, 1]]
     vals = np.where(good[:, None], new, vals)
     return {**out, "M": vals[:, :4].reshape(-1, 2, 2), "shift_px": vals[:, 4:]}
 
