@@ -40,14 +40,16 @@ def positive_float(name: str, value: Any, *, maximum: float = math.inf) -> float
     return v
 
 
-def nonnegative_float(name: str, value: Any) -> float:
-    """``value`` as a finite float >= 0."""
+def nonnegative_float(name: str, value: Any, *, maximum: float = math.inf) -> float:
+    """``value`` as a finite float in [0, maximum]."""
     try:
         v = float(value)
     except (TypeError, ValueError):
         raise Distill4dTypeError(f"{name} must be a number, got {value!r}") from None
     if not math.isfinite(v) or v < 0:
         raise Distill4dError(f"{name} must be a finite number >= 0, got {value!r}")
+    if v > maximum:
+        raise Distill4dError(f"{name} must be a finite number in [0, {maximum:g}], got {value!r}")
     return v
 
 

@@ -60,8 +60,7 @@ class WindowAEConfig:
         positive_int("channels", self.channels)
         positive_int("width", self.width)
         positive_int("hidden", self.hidden)
-        if nonnegative_float("max_rotation_deg", self.max_rotation_deg) > 90.0:
-            raise Distill4dError(f"max_rotation_deg must be in [0, 90] degrees, got {self.max_rotation_deg!r}")
+        nonnegative_float("max_rotation_deg", self.max_rotation_deg, maximum=90.0)
         positive_float("max_scale", self.max_scale, maximum=0.5)
         positive_float("max_shift", self.max_shift, maximum=1.0)
 
