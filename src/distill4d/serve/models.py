@@ -78,15 +78,19 @@ def _digest(a: np.ndarray) -> int:
 
 
 def _freeze(params: dict[str, Any]) -> tuple:
-    """JSON request parameters as a hashable key; numeric lists (a few hundred ``sites_px``) as array
-    bytes: a recursive conversion, or JSON text, cost most of a millisecond per request."""
+    """JSON request parameters as a hashable key; numeric lists (a few hundred ``sites_px``) by
+    :func:`_digest` of their array: a recursive conversion, or JSON text, cost most of a
+    millisecond per request. Lists of anything else (strings, booleans, ragged) as JSON text, so
+    that ``["1"]`` or ``[true]`` never shares a key with ``[1]``."""
     def value(v: Any) -> Any:
         if isinstance(v, (list, tuple)):
             try:
-                a = np.asarray(v, dtype=np.float64)
-            except (TypeError, ValueError):
-                return json.dumps(v, sort_keys=True)
-            return a.shape, a.tobytes()
+                a = np.asarray(v)
+            except ValueError:  # ragged
+                a = None
+            if a is not None and a.dtype.kind in "iuf":
+                return _digest(a.astype(np.float64, copy=False))
+            return json.dumps(v, sort_keys=True)
         return json.dumps(v, sort_keys=True) if isinstance(v, dict) else v
     return tuple(sorted((k, value(v)) for k, v in params.items()))
 
