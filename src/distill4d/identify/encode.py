@@ -192,13 +192,32 @@ def encode_batch(
     return out
 
 
-def _encode_block(qx: np.ndarray, qy: np.ndarray, it: np.ndarray, used: np.ndarray, beam: float, power: float,
-                  thresh: float, first: int) -> np.ndarray:
-    P, K = qx.shape
+def kept_spots(qx: np.ndarray, qy: np.ndarray, it: np.ndarray, used: np.ndarray, beam: float, power: float,
+               thresh: float) -> tuple[np.ndarray, ...]:
+    """The spots of padded ``(P, K)`` lists that the encodings keep, and each pattern's scale.
+
+    Returns ``qx``, ``qy`` (0 where unused), ``g = |q|`` (1/Å), ``keep`` (used, ``|g|`` at least
+    ``beam`` 1/Å, intensity > 0), ``w`` (``intensity ** power`` of the kept spots, summing to 1
+    per pattern; 0 elsewhere), ``strong`` (the kept spots of weight at least ``thresh`` times the
+    strongest) and ``scale`` (P,): the shortest ``|g|`` among them (1/Å; inf for a pattern with
+    no spot kept)."""
     qx = np.where(used, qx, 0.0)
     qy = np.where(used, qy, 0.0)
     g = np.hypot(qx, qy)
     keep = used & (g >= beam) & (np.where(used, it, 0.0) > 0)
+    w = np.where(keep, np.where(keep, it, 1.0) ** power, 0.0)
+    total = w.sum(axis=1, keepdims=True)
+    w /= np.where(total > 0, total, 1.0)
+    wmax = w.max(axis=1, keepdims=True) if w.shape[1] else np.zeros((w.shape[0], 1))
+    strong = keep & (w >= thresh * wmax)
+    scale = np.where(strong, g, np.inf).min(axis=1) if w.shape[1] else np.full(w.shape[0], np.inf)
+    return qx, qy, g, keep, w, strong, scale
+
+
+def _encode_block(qx: np.ndarray, qy: np.ndarray, it: np.ndarray, used: np.ndarray, beam: float, power: float,
+                  thresh: float, first: int) -> np.ndarray:
+    P, K = qx.shape
+    qx, qy, g, keep, w, strong, scale = kept_spots(qx, qy, it, used, beam, power, thresh)
     n_kept = keep.sum(axis=1)
     if np.any(n_kept == 0):
         bad = first + int(np.flatnonzero(n_kept == 0)[0])
@@ -206,10 +225,6 @@ def _encode_block(qx: np.ndarray, qy: np.ndarray, it: np.ndarray, used: np.ndarr
             f"pattern {bad} has no spot left after dropping the direct beam (|g| < beam cut) and "
             f"spots of intensity <= 0; it cannot be encoded"
         )
-    w = np.where(keep, np.where(keep, it, 1.0) ** power, 0.0)
-    w /= w.sum(axis=1, keepdims=True)
-    strong = keep & (w >= thresh * w.max(axis=1, keepdims=True))
-    scale = np.where(strong, g, np.inf).min(axis=1)
     u = g / scale[:, None]
     feats = []
     # radial histogram of u (spots not kept have weight 0)

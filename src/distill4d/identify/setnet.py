@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import Distill4dError
+from .encode import kept_spots
 
 __all__ = ["N_SPOTS", "SetNet", "fit_setnet", "spot_sets"]
 
@@ -53,16 +54,9 @@ def spot_sets(qx_inv_A: Any, qy_inv_A: Any, intensity: Any, counts: Any, *, k: i
                              f"{qx.shape}, {qy.shape}, {it.shape} and {cnt.shape}")
     P, K0 = qx.shape
     used = np.arange(K0) < cnt[:, None]
-    qx, qy = np.where(used, qx, 0.0), np.where(used, qy, 0.0)
-    it = np.where(used, it, 0.0)
-    g = np.hypot(qx, qy)
-    with np.errstate(invalid="ignore"):
-        keep = used & (g >= direct_beam_inv_A) & (it > 0)
-    w = np.where(keep, np.sqrt(np.where(keep, it, 0.0)), 0.0)
+    qx, qy, g, keep, w, _, scale = kept_spots(qx, qy, it, used, direct_beam_inv_A, 0.5, scale_threshold)
     wmax = w.max(axis=1, keepdims=True) if K0 else np.zeros((P, 1))
-    w = w / np.where(wmax > 0, wmax, 1.0)
-    strong = keep & (w >= scale_threshold)
-    scale = np.where(strong, g, np.inf).min(axis=1)
+    w = w / np.where(wmax > 0, wmax, 1.0)  # the strongest kept spot 1
     scale = np.where(np.isfinite(scale), scale, np.nan)
     if K0 < k:
         pad = ((0, 0), (0, k - K0))
