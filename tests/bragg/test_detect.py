@@ -272,3 +272,18 @@ def test_overriding_the_threshold_recomputes_max_peaks():
     assert high.max_peaks < auto.max_peaks  # fewer disks pass a higher threshold: the cap follows
     peaks = find_bragg_disks(dc, probe, min_relative_intensity=0.3, progress=False)
     assert peaks.params["max_peaks"] == high.max_peaks
+
+
+@pytest.mark.parametrize("start", [(0.0, 0.0), (0.45, -0.3), (-0.4, 0.45)])
+def test_dft_refinement_lands_on_a_band_limited_maximum(start):
+    from distill4d.bragg.detect import _dft_refine
+
+    # a periodic Gaussian correlation peak (sigma 2.5 px) centred off the pixel grid
+    n, (x0, y0), s = 96, (40.37, 71.81), 2.5
+    kx = np.fft.fftfreq(n)[:, None]
+    ky = np.fft.rfftfreq(n)[None, :]
+    M = (np.exp(-2 * (np.pi * s) ** 2 * (kx**2 + ky**2)) * np.exp(-2j * np.pi * (kx * x0 + ky * y0)))[None]
+    x, y, v = _dft_refine(M, np.array([0]), np.array([x0 + start[0]]), np.array([y0 + start[1]]), (n, n), 16)
+    assert np.hypot(x[0] - x0, y[0] - y0) < 0.003  # px
+    peak = np.fft.irfft2(np.abs(M[0]), s=(n, n))[0, 0]  # the value at (x0, y0), where every phase is 0
+    assert v[0] == pytest.approx(peak, rel=1e-4)

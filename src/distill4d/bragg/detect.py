@@ -257,7 +257,8 @@ def _suppress_close(px: np.ndarray, py: np.ndarray, spacing: float) -> np.ndarra
     d2 = (px[:, :, None] - px[:, None, :]) ** 2 + (py[:, :, None] - py[:, None, :]) ** 2
     close = d2 < spacing**2  # NaN compares False
     keep = valid.copy()
-    for j in range(1, px.shape[1]):
+    earlier = np.triu(np.ones(close.shape[1:], bool), 1)  # [i, j]: i brighter than j
+    for j in np.nonzero((close & earlier).any(axis=(0, 1)))[0]:  # only those with a brighter close one
         keep[:, j] &= ~np.any(keep[:, :j] & close[:, :j, j], axis=1)
     return keep
 
@@ -281,54 +282,65 @@ def _parabolic(cc: np.ndarray, ii: np.ndarray, xx: np.ndarray, yy: np.ndarray):
     return xx + sx, yy + sy, np.maximum(vx, vy)
 
 
-def _dft_refine(M: np.ndarray, ii: np.ndarray, fx: np.ndarray, fy: np.ndarray, shape, up: int):
-    """Refine maxima on a 1/up px grid evaluated by matrix DFT (Guizar-Sicairos), then a parabola.
+def _phases(r: np.ndarray, k: np.ndarray, n: int) -> np.ndarray:
+    """``exp(2 pi i r k / n)`` for positions ``r`` (P,) and integer frequencies ``k`` (K,): (P, K) complex64.
 
-    The grid spans +-0.3 px around the parabolic estimate; a peak whose maximum falls on the
-    grid border is re-evaluated around it (twice at most).
+    The integer part of ``r`` indexes the n-th roots of unity (exact); the phase of the
+    fractional part lies within +-pi for ``|k| <= n / 2`` and is taken in float32.
+    """
+    r0 = np.floor(r)
+    roots = np.exp((2j * np.pi / n) * np.arange(n)).astype(np.complex64)
+    t = ((2 * np.pi / n) * (r - r0)[:, None] * k).astype(np.float32)
+    frac = np.empty(t.shape, np.complex64)
+    frac.real, frac.imag = np.cos(t), np.sin(t)
+    return roots[(r0.astype(np.int64)[:, None] * k) % n] * frac
+
+
+def _dft_refine(M: np.ndarray, ii: np.ndarray, fx: np.ndarray, fy: np.ndarray, shape, up: int):
+    """Refine maxima by matrix DFT (Guizar-Sicairos) on 3 x 3 grids, then a parabola.
+
+    The grids have steps of 1/4 px, then 1/up px; a grid whose maximum is not its centre is
+    moved onto that maximum and evaluated again (three grids per step at most). The final
+    parabolas run through the centre row and column of the last 1/up px grid.
     """
     nx, ny = shape
-    half = max(2, int(round(0.3 * up)))
-    off = np.arange(-half, half + 1) / up  # (m,)
-    m = off.size
-    kx = np.fft.fftfreq(nx) * nx
-    ky = np.arange(M.shape[2])
-    wy = np.full(ky.size, 2.0)
+    kx = np.rint(np.fft.fftfreq(nx) * nx).astype(np.int64)
+    ky = np.arange(M.shape[2], dtype=np.int64)
+    wy = np.full(ky.size, 2.0, np.float32)
     wy[0] = 1.0
     if ny % 2 == 0:
         wy[-1] = 1.0
-    ox = np.exp((2j * np.pi / nx) * off[:, None] * kx)  # (m, nx)
-    oy = wy * np.exp((2j * np.pi / ny) * off[:, None] * ky)  # (m, nyh)
-    rx, ry, rv = fx.copy(), fy.copy(), np.zeros_like(fx)
-    todo = np.ones(fx.size, bool)
     M64 = M.astype(np.complex64)
-    for _ in range(3):
-        for i in np.unique(ii[todo]):
-            sel = np.nonzero((ii == i) & todo)[0]
-            P = np.arange(sel.size)
-            Ex = np.exp((2j * np.pi / nx) * rx[sel, None] * kx)[:, None, :] * ox  # (P, m, nx)
-            Ey = np.exp((2j * np.pi / ny) * ry[sel, None] * ky)[:, None, :] * oy  # (P, m, nyh)
-            T = M64[i] @ Ey.astype(np.complex64).reshape(-1, ky.size).T  # (nx, P*m)
-            T = T.reshape(nx, sel.size, m).transpose(1, 0, 2)
-            C = np.real(Ex.astype(np.complex64) @ T).astype(np.float64) / (nx * ny)  # (P, m, m)
-            ax, ay = np.unravel_index(C.reshape(sel.size, -1).argmax(axis=1), (m, m))
-            border = (ax == 0) | (ax == m - 1) | (ay == 0) | (ay == m - 1)
-            axc, ayc = np.clip(ax, 1, m - 2), np.clip(ay, 1, m - 2)
-            c0 = C[P, axc, ayc]
+    rx, ry, rv = fx.copy(), fy.copy(), np.zeros_like(fx)
+    fine = 1.0 / up
+    for h in ([0.25] if fine < 0.25 else []) + [fine]:
+        off = np.array([-h, 0.0, h])
+        ox = _phases(off, kx, nx)  # (3, nx)
+        oy = _phases(off, ky, ny) * wy  # (3, nyh)
+        todo = np.ones(fx.size, bool)
+        for last in (False, False, True):
+            for i in np.unique(ii[todo]):
+                sel = np.nonzero((ii == i) & todo)[0]
+                P = sel.size
+                Ey = (_phases(ry[sel], ky, ny)[:, None, :] * oy).reshape(-1, ky.size)  # (3P, nyh)
+                T = (M64[i] @ Ey.T).reshape(nx, P, 3) * _phases(rx[sel], kx, nx).T[:, :, None]  # (nx, P, 3)
+                C = np.real(ox @ T.reshape(nx, -1)).reshape(3, P, 3).transpose(1, 0, 2).astype(np.float64) / (nx * ny)
+                a = C.reshape(P, 9).argmax(axis=1)
+                ax, ay = a // 3, a % 3
+                centre = np.ones(P, bool) if last else (ax == 1) & (ay == 1)
+                c0 = C[:, 1, 1]
 
-            def vertex(a, b):
-                den = a - 2 * c0 + b
-                with np.errstate(divide="ignore", invalid="ignore"):
-                    return np.clip(np.where(den < 0, 0.5 * (a - b) / den, 0.0), -0.5, 0.5)
+                def vertex(m, p):
+                    den = m - 2 * c0 + p
+                    with np.errstate(divide="ignore", invalid="ignore"):
+                        return np.clip(np.where(den < 0, 0.5 * (m - p) / den, 0.0), -0.5, 0.5)
 
-            sx = np.where(border, 0.0, vertex(C[P, axc - 1, ayc], C[P, axc + 1, ayc]))
-            sy = np.where(border, 0.0, vertex(C[P, axc, ayc - 1], C[P, axc, ayc + 1]))
-            rx[sel] += (ax - half + sx) / up
-            ry[sel] += (ay - half + sy) / up
-            rv[sel] = C[P, ax, ay]
-            todo[sel] = border
-        if not todo.any():
-            break
+                rx[sel] += h * np.where(centre, vertex(C[:, 0, 1], C[:, 2, 1]), ax - 1)
+                ry[sel] += h * np.where(centre, vertex(C[:, 1, 0], C[:, 1, 2]), ay - 1)
+                rv[sel] = C.reshape(P, 9).max(axis=1)
+                todo[sel[centre]] = False
+            if not todo.any():
+                break
     return rx, ry, rv
 
 
