@@ -24,7 +24,7 @@ from ._common import (
 
 __all__ = ["add_parser", "cmd_segment"]
 
-_METHODS = ("autoencoder", "kmeans", "nmf", "pca-gmm")
+_METHODS = ("autoencoder", "kmeans", "nmf", "pca-gmm", "peaks")
 _INPUT_HELP = ("an image (H, W) or a series (T, H, W): .npy, .tif/.tiff (every page a frame), .png, or an HDF5 "
                "dataset FILE.h5:/path; or a 4D-STEM scan: " + FILE_HELP)
 
@@ -101,9 +101,11 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--method", default="nmf", choices=_METHODS,
                    help="nmf (default: non-negative factorisation of the window spectra, the most accurate on the "
                         "held-out benchmark), autoencoder (the windowing autoencoder trained on this input; "
-                        "less reliable so far, see the tutorial), kmeans or pca-gmm on the same windows")
+                        "less reliable so far, see the tutorial), kmeans or pca-gmm on the same windows, or peaks "
+                        "(NMF of the linear window spectra at the mean spectrum's peaks)")
     p.add_argument("--domains", type=int, metavar="K", help="number of domain variants (default: channels whose "
-                   "orientations differ by less than 10 degrees are one variant)")
+                   "orientations differ by less than 10 degrees are one variant; peaks: the K at which one more "
+                   "component lowers the residual most)")
     p.add_argument("--window", type=int, metavar="PX", help="window width in pixels (default 128 for images, 32 "
                    "scan positions for the virtual image of a 4D scan; a saved model's own with --model)")
     p.add_argument("--step", type=int, metavar="PX", help="step between windows in pixels (default 32; 8 for a 4D scan)")

@@ -34,7 +34,7 @@ from .windows import WindowFeatures, check_images, window_features
 __all__ = ["METHODS", "Segmentation", "read_out", "segment", "segment_datacube"]
 
 #: The segmentation methods.
-METHODS = ("autoencoder",) + BASELINES
+METHODS = ("autoencoder",) + BASELINES + ("peaks",)
 
 
 @dataclasses.dataclass
@@ -271,10 +271,13 @@ def segment(
     channels = positive_int("channels", channels)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
+    scale = "linear" if method == "peaks" else "log"
     if features is None:
         arr = check_images(images)
         features = window_features(arr, window_px, step_px, feature_px=feature_px, taper=taper,
-                                   clip=_model_clip(model))
+                                   clip=_model_clip(model), scale=scale)
+    elif features.scale != scale:
+        raise Distill4dError(f"method {method!r} needs features of scale {scale!r}, got {features.scale!r}")
     timings["windows"] = time.perf_counter() - t0
     return _segment_features(features, method, domains=domains, channels=channels, model=model, train=train,
                              save_model=save_model, force=force, open_px=open_px, close_px=close_px, tol_deg=tol_deg,
@@ -302,6 +305,9 @@ def _segment_features(features: WindowFeatures, method: str, *, domains: int | N
     history: list[dict[str, Any]] = []
     module = None
     descriptors = None
+    if method == "peaks":
+        return _segment_peaks(features, domains=domains, channels=channels, seed=seed, timings=timings, extra=extra,
+                              image_hw=image_hw)
     if method == "autoencoder":
         from ..ml.window_ae.segment import run_window_ae
 
@@ -337,14 +343,36 @@ def _segment_features(features: WindowFeatures, method: str, *, domains: int | N
                         features.window_px, features.step_px, method, params, model_path, timings, history, module)
 
 
-def _pattern_features(batch: np.ndarray, *, feature_px: int, dc_radius_px: float) -> np.ndarray:
-    """log(1 + pattern) of a batch (n, Qx, Qy), binned (block means) to (n, feature_px, feature_px),
-    the central ``dc_radius_px`` zeroed (the direct beam)."""
+def _segment_peaks(features: WindowFeatures, *, domains: int | None, channels: int, seed: int,
+                   timings: dict[str, float], extra: dict[str, Any], image_hw: tuple[int, int] | None) -> Segmentation:
+    from .peaks import peak_unmixing, read_out_peaks
+
+    t1 = time.perf_counter()
+    out = peak_unmixing(features, domains, max_variants=min(channels, 6), seed=seed)
+    timings["train"] = time.perf_counter() - t1
+    timings["inference"] = 0.0
+    t2 = time.perf_counter()
+    orient = [spectrum_orientation(sp, features.zero_frequency_px) for sp in out["spectra"]]
+    ang = np.array([o[0] for o in orient])
+    rad = np.array([o[1] for o in orient])
+    ro = read_out_peaks(out["activations"], features, ang, rad, image_hw=image_hw)
+    timings["readout"] = time.perf_counter() - t2
+    params = {"method": "peaks", "domains": domains, "channels": int(out["activations"].shape[-1]), "seed": seed,
+              "peak_bins": int(out["mask"].sum()), "residuals": [round(e, 4) for e in out["errors"]], **extra}
+    return Segmentation(ro["labels"], ro["labels_windows"], ro["fractions"], ro["strength"], None, None,
+                        ro["variant_of_channel"], ro["variant_angles_deg"], ro["variant_periods_px"], ro["thresholds"],
+                        features.window_px, features.step_px, "peaks", params, None, timings)
+
+
+def _pattern_features(batch: np.ndarray, *, feature_px: int, dc_radius_px: float, log: bool = True) -> np.ndarray:
+    """log(1 + pattern) (``log``; else the pattern) of a batch (n, Qx, Qy), binned (block means) to
+    (n, feature_px, feature_px), the central ``dc_radius_px`` zeroed (the direct beam)."""
     x = np.asarray(batch, dtype=np.float32)
     n, qx, qy = x.shape
     bx, by = qx // feature_px, qy // feature_px
     x = x[:, : bx * feature_px, : by * feature_px].reshape(n, feature_px, bx, feature_px, by).mean(axis=(2, 4))
-    np.log1p(np.maximum(x, 0), out=x)
+    if log:
+        np.log1p(np.maximum(x, 0), out=x)
     c = feature_px // 2
     yy, xx = np.ogrid[:feature_px, :feature_px]
     x[:, (yy - c) ** 2 + (xx - c) ** 2 <= dc_radius_px**2] = 0
@@ -394,13 +422,17 @@ def segment_datacube(
     if qx < feature_px or qy < feature_px:
         raise Distill4dError(f"feature_px must be at most the pattern size {qx}x{qy} px, got {feature_px}")
     t0 = time.perf_counter()
-    fn = functools.partial(_pattern_features, feature_px=feature_px, dc_radius_px=float(dc_radius_px))
-    feats = np.asarray(map_patterns(datacube, fn, job_key=f"segment-patterns-{feature_px}-{dc_radius_px}",
+    log = method != "peaks"
+    fn = functools.partial(_pattern_features, feature_px=feature_px, dc_radius_px=float(dc_radius_px), log=log)
+    feats = np.asarray(map_patterns(datacube, fn, job_key=f"segment-patterns-{feature_px}-{dc_radius_px}-{int(log)}",
                                     desc="pattern features", **engine), dtype=np.float32)
     rx, ry = feats.shape[:2]
-    clip = float(np.quantile(feats[:: max(1, rx // 16), :: max(1, ry // 16)], 0.999)) or 1.0
-    feats = np.clip(feats / clip, 0, 1)[None]
-    features = WindowFeatures(feats, 1, 1, (1, rx, ry), clip, "none")
+    if log:
+        clip = float(np.quantile(feats[:: max(1, rx // 16), :: max(1, ry // 16)], 0.999)) or 1.0
+        feats = np.clip(feats / clip, 0, 1)
+    else:
+        clip = 1.0
+    features = WindowFeatures(feats[None], 1, 1, (1, rx, ry), clip, "none", "log" if log else "linear")
     timings = {"windows": time.perf_counter() - t0}
     kwargs.pop("features", None)
     names = ("domains", "channels", "model", "train", "save_model", "force", "open_px", "close_px", "tol_deg", "seed",

@@ -97,6 +97,8 @@ class WindowFeatures:
     image_shape : (T, H, W) of the input.
     clip : the clip level of log(1 + |FFT|) (the ``clip_quantile`` of the series).
     taper : the real-space taper.
+    scale : ``"log"`` (the above) or ``"linear"``: the RMS |FFT| itself in units of the series'
+        standard deviation, neither clipped nor divided (clip 1).
     """
 
     features: np.ndarray
@@ -105,6 +107,7 @@ class WindowFeatures:
     image_shape: tuple[int, int, int]
     clip: float
     taper: str
+    scale: str = "log"
 
     @property
     def grid_shape(self) -> tuple[int, int]:
@@ -150,10 +153,10 @@ def _taper_spectrum_support(tap: np.ndarray) -> tuple[tuple[np.ndarray, np.ndarr
     return sup, (T[sup] / T[0, 0]).astype(np.complex64)
 
 
-def _spectra_into(F: np.ndarray, bin_px: int, out: np.ndarray) -> None:
-    """``out`` (n, f, f) = log(1 + RMS |FFT|) over bins of ``bin_px``² frequencies, centred (zero
-    frequency at ``f // 2``), from the real FFTs ``F`` (n, w, w//2 + 1) complex64 of windows
-    (overwritten)."""
+def _spectra_into(F: np.ndarray, bin_px: int, out: np.ndarray, log: bool = True) -> None:
+    """``out`` (n, f, f) = log(1 + RMS |FFT|) (``log``; else the RMS |FFT| itself) over bins of
+    ``bin_px``² frequencies, centred (zero frequency at ``f // 2``), from the real FFTs ``F``
+    (n, w, w//2 + 1) complex64 of windows (overwritten)."""
     n, w, _ = F.shape
     b, f, h = bin_px, w // bin_px, w // 2
     Fv = F.view(np.float32)  # (n, w, 2 (w//2+1)): re, im
@@ -176,8 +179,9 @@ def _spectra_into(F: np.ndarray, bin_px: int, out: np.ndarray) -> None:
             left += neg[:, ((half - r) * b - b + 1 + i) % w, ::-1]
     out *= 1.0 / (b * b)
     np.sqrt(out, out=out)
-    out += 1.0
-    np.log(out, out=out)  # log(1 + RMS |FFT|); NumPy's float32 log is vectorised, log1p is not
+    if log:
+        out += 1.0
+        np.log(out, out=out)  # log(1 + RMS |FFT|); NumPy's float32 log is vectorised, log1p is not
 
 
 def _sum_views(views: list[np.ndarray]) -> np.ndarray:
@@ -200,6 +204,7 @@ def window_features(
     dc_radius_px: float = 1.0,
     workers: int | None = None,
     chunk: int = 64,
+    scale: str = "log",
 ) -> WindowFeatures:
     """Windowed-FFT features of an image (H, W) or a series (T, H, W).
 
@@ -213,6 +218,8 @@ def window_features(
     dc_radius_px : feature pixels within this radius of the centre (the DC term and the taper's
         leakage of the mean) are set to 0.
     workers : FFT threads (default: all cores).
+    scale : "log" (default) or "linear": the RMS |FFT| itself, not clipped (the input of the
+        ``peaks`` method, whose window strengths add up across a domain wall).
     """
     arr = check_images(images)
     window_px = positive_int("window_px", window_px, minimum=2)
@@ -222,17 +229,19 @@ def window_features(
         raise Distill4dError(f"window_px ({window_px}) must be a multiple of feature_px, got feature_px {feature_px}")
     if not 0 < clip_quantile <= 1:
         raise Distill4dError(f"clip_quantile must be in (0, 1], got {clip_quantile!r}")
+    if scale not in ("log", "linear"):
+        raise Distill4dError(f"scale must be 'log' or 'linear', got {scale!r}")
     t, h, w = arr.shape
     ny, nx = window_grid((h, w), window_px, step_px)
     import scipy.fft
 
     # the pixel unit must not matter (log(1 + x) is not scale-free): the series in units of its std,
     # folded into the taper
-    scale = float(arr.std())
+    std = float(arr.std())
     tap = window_taper(window_px, taper)
     sup, tap_ft = _taper_spectrum_support(tap)
-    if scale > 0:
-        tap *= np.float32(1.0 / scale)
+    if std > 0:
+        tap *= np.float32(1.0 / std)
     bin_px = window_px // feature_px
     workers = workers or (len(_affinity()) or 1)
     out = np.empty((t, ny, nx, feature_px, feature_px), dtype=np.float32)
@@ -257,7 +266,7 @@ def window_features(
             F = np.multiply(R[j * step_px : j * step_px + window_px].transpose(1, 0, 2), wy)  # (nx, w, w//2 + 1)
             F = scipy.fft.fft(F, axis=1, overwrite_x=True, workers=1)
             F[:, sup[0], sup[1]] -= F[:, :1, 0] * tap_ft  # the window's tapered mean, removed in Fourier space
-            _spectra_into(F, bin_px, out[k, j])
+            _spectra_into(F, bin_px, out[k, j], log=scale == "log")
 
     pool = None
     if workers > 1 and (ny > rows or used_h > 4 * window_px):  # NumPy and pocketfft release the GIL
@@ -279,6 +288,9 @@ def window_features(
     c = feature_px // 2
     yy, xx = np.ogrid[:feature_px, :feature_px]
     out[:, (yy - c) ** 2 + (xx - c) ** 2 <= dc_radius_px**2] = 0.0
+    if scale == "linear":
+        return WindowFeatures(out.reshape(t, ny, nx, feature_px, feature_px), window_px, step_px, (t, h, w), 1.0, taper,
+                              scale)
     if clip is None:
         sample = out[:: max(1, len(out) // 256)]
         clip = float(np.quantile(sample, clip_quantile))

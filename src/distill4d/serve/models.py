@@ -561,7 +561,7 @@ class StrainModel(ServedModel):
 
 class SegmentModel(ServedModel):
     """An image or a series → domain labels and fractions (:func:`distill4d.segment.segment`,
-    the methods that need no training: nmf, kmeans, pca-gmm)."""
+    the methods that need no training: nmf, peaks, kmeans, pca-gmm)."""
 
     name = "segment"
     batchable = False
@@ -571,9 +571,9 @@ class SegmentModel(ServedModel):
         TensorSpec("fractions", "FP64", (-1, -1), description="area fraction of every variant per frame (T, K)"),
         TensorSpec("variant_angles_deg", "FP64", (-1,), description="each variant's dominant orientation (degrees)"),
     )
-    parameters = {"method": "nmf (default), kmeans or pca-gmm", "domains": "number of variants K (default: found)",
+    parameters = {"method": "nmf (default), peaks, kmeans or pca-gmm", "domains": "number of variants K (default: found)",
                   "window_px": "window width in pixels (default 128)", "step_px": "window step in pixels (default 32)"}
-    _methods = ("nmf", "kmeans", "pca-gmm")
+    _methods = ("nmf", "peaks", "kmeans", "pca-gmm")
 
     def __init__(self, device: str = "auto") -> None:
         super().__init__(device)
