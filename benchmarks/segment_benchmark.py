@@ -117,8 +117,8 @@ def render(rows: list[dict], speed: dict, threads: int, steps: int) -> str:
          "(-1, undecided, and variants beyond the true number count as wrong); ARI on the raw labels. Orientations: "
          "the strongest peak of each variant's mean spectrum, against the simulated stripe normals (for the lattice, "
          "the a axes: its strongest reflection is another row, so those columns differ by design). `peaks`: NMF of "
-         "the linear window spectra at the mean spectrum's peaks (`distill4d.segment.peaks`; its own windowing is in "
-         "its train/fit time); its options were set on the validation draw (seeds 5000+) and development seeds 0-1, "
+         "the linear window spectra at the mean spectrum's peaks (`distill4d.segment.peaks`; its train/fit time is "
+         "its NMF fits, every K tried when K is not given); its options were set on the validation draw (seeds 5000+) and development seeds 0-1, "
          "never on these draws; with K not given it picks K itself (the largest drop of the residual)."]
     for seed, given in RUNS:
         sub = [r for r in rows if r.get("draw", 9000) == seed and r.get("k_given", True) == given]

@@ -83,6 +83,8 @@ def test_features_equal_the_direct_definition(taper, window, feature):
     |F| over bins -> log(1 + x), centred, to float32 rounding."""
     img = np.random.default_rng(3).normal(size=(2, 150, 170)) + 5.0
     f = window_features(img, window, 24, feature_px=feature, taper=taper, clip=1e9, dc_radius_px=0.0)
+    lin = window_features(img, window, 24, feature_px=feature, taper=taper, dc_radius_px=0.0, scale="linear")
+    assert lin.scale == "linear" and lin.clip == 1.0
     tap = window_taper(window, taper).astype(np.float64)
     b = window // feature
     s = img.std()
@@ -95,3 +97,6 @@ def test_features_equal_the_direct_definition(taper, window, feature):
         want = np.log1p(np.sqrt(binned)) / 1e9
         want[feature // 2, feature // 2] = 0.0  # the centre (zero frequency) is always set to 0
         np.testing.assert_allclose(f.features[k, i, j], want, rtol=2e-4, atol=1e-6 * want.max())
+        want = np.sqrt(binned)  # scale="linear": the RMS |F| itself, neither log nor clip
+        want[feature // 2, feature // 2] = 0.0
+        np.testing.assert_allclose(lin.features[k, i, j], want, rtol=2e-4, atol=1e-6 * want.max())
