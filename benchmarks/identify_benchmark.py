@@ -31,7 +31,11 @@ The library is read and encoded block by block (:func:`distill4d.identify.train.
 the peak resident memory of the run is reported.
 
     PYTHONPATH=src python benchmarks/identify_benchmark.py --cache benchmarks/data/idlib60 --compare-hgb --mlp-curve \
-        --compare-model old_identify_forest.npz
+        --compare-model OLD.npz
+
+``--cache``: the folder of the shipped card's command (its library is read from there, or built
+there, resumably). ``OLD.npz`` in RESULTS.md is the model shipped before the 5x library, with its
+card: ``git show 77c18a8:src/distill4d/weights/identify_forest.npz > OLD.npz`` (and ``.json``).
 """
 
 from __future__ import annotations
