@@ -110,3 +110,37 @@ def test_fit_resumes_from_its_parts(cached):
     assert again == [last]
     np.testing.assert_array_equal(resumed.predict_proba(X), full.predict_proba(X))
     np.testing.assert_array_equal(resumed.predict_lattice(X), full.predict_lattice(X))
+
+
+def test_train_identifier_resumes_an_interrupted_fit(tmp_path):
+    from distill4d.identify.train import IdentifyTrainConfig, build_library, train_identifier
+
+    config = IdentifyTrainConfig(space_groups=(225, 194), n_structures=1, n_orientations=6, n_estimators=3,
+                                 max_depth=6, system_classifier="forest", seed=0)
+    lib = build_library(config)
+
+    class Stop(Exception):
+        pass
+
+    def stop(message):
+        if message.startswith("fitted space_group/"):
+            raise Stop  # as a kill right after the first space-group forest was saved
+
+    with pytest.raises(Stop):
+        train_identifier(config, cache_dir=tmp_path, library=lib, callback=stop)
+    saved = list(tmp_path.glob("fit_*.npz"))
+    assert len(saved) == 1
+    with np.load(saved[0]) as z:
+        done = {k.rsplit("/", 1)[0] for k in z.files}
+    assert "system" in done and any(d.startswith("space_group/") for d in done)
+    said = []
+    model, card = train_identifier(config, cache_dir=tmp_path, library=lib, callback=said.append)
+    assert any(f"resuming the fit from {saved[0].name} ({len(done)} parts done)" in m for m in said)
+    refitted = {m.split()[1] for m in said if m.startswith("fitted ")}
+    assert refitted and not refitted & done  # only the parts not saved are fitted again
+    assert not saved[0].exists()  # removed once the fit is complete
+    ref, ref_card = train_identifier(config, library=lib)  # uninterrupted, no checkpoint
+    X = np.abs(np.random.default_rng(0).normal(size=(20, 150))) + 0.1
+    np.testing.assert_array_equal(model.predict_proba(X), ref.predict_proba(X))
+    np.testing.assert_array_equal(model.predict_lattice(X), ref.predict_lattice(X))
+    assert card["metrics"] == ref_card["metrics"]
