@@ -16,22 +16,33 @@ trained on) and reports on the held-out structures:
 
 ``--compare-hgb`` also trains a gradient-boosted crystal-system classifier
 (scikit-learn HistGradientBoosting) on the same training structures and reports it beside
-the forest. ``--setnet-curve`` trains the crystal-system classifiers on 80, 160 and all the
-training structures (the shipped recipe's MLP on the encoded features, and the set network of
-:mod:`distill4d.identify.setnet` on the spot lists, one thread) and reports them on the same
-held-out structures: the learning curve. Each size's result is kept in the ``--cache`` folder;
+the forest. ``--compare-model M.npz`` also reports another model file (its card ``M.json``
+beside it) on the same held-out structures, less those that its own library also holds (so
+that neither model saw them). ``--mlp-curve`` trains the shipped recipe's MLP (crystal system)
+on 80, 160, 321, 640 and all the training structures and reports it on the same held-out
+structures: the learning curve; ``--setnet-curve`` adds the set network of
+:mod:`distill4d.identify.setnet` on the spot lists (one thread). Each size's result is kept in the ``--cache`` folder;
 the set network's training is checkpointed after every epoch, a run stops after the epoch that
 passes ``--budget-s`` and a rerun goes on from there
 (RESULTS.md is written only when all sizes are done). Prints one JSON object; writes the ``identify`` section of benchmarks/RESULTS.md
 unless ``--no-results``.
 
-    PYTHONPATH=src python benchmarks/identify_benchmark.py --cache benchmarks/data/idlib --compare-hgb --setnet-curve
+The library is read and encoded block by block (:func:`distill4d.identify.train.encode_library`);
+the peak resident memory of the run is reported.
+
+    PYTHONPATH=src python benchmarks/identify_benchmark.py --cache benchmarks/data/idlib60 --compare-hgb --mlp-curve \
+        --compare-model OLD.npz
+
+``--cache``: the folder of the shipped card's command (its library is read from there, or built
+there, resumably). ``OLD.npz`` in RESULTS.md is the model shipped before the 5x library, with its
+card: ``git show 77c18a8:src/distill4d/weights/identify_forest.npz > OLD.npz`` (and ``.json``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import resource
 import sys
 import time
 from pathlib import Path
@@ -43,9 +54,9 @@ from _results import machine_line, write_section  # noqa: E402
 
 from distill4d.identify import load_default
 from distill4d.identify.apply import default_model_path
-from distill4d.identify.encode import encode_batch, shape_features
-from distill4d.identify.models import SYSTEMS, aggregate
-from distill4d.identify.train import IdentifyTrainConfig, build_library, evaluate, split_by_structure
+from distill4d.identify.encode import shape_features
+from distill4d.identify.models import SYSTEMS, CrystalIdentifier, aggregate
+from distill4d.identify.train import IdentifyTrainConfig, build_library, encode_library, evaluate, split_by_structure
 
 
 def _hgb(X, y, tr, te, structure, seed, group):
@@ -67,8 +78,9 @@ def _hgb(X, y, tr, te, structure, seed, group):
             f"system_accuracy_{group}_patterns_log": round(float(np.mean(agg)), 3), "fit_s": round(fit_s, 1)}
 
 
-#: Training-structure counts of the learning curve (the last: all of them).
-CURVE_SIZES = (80, 160, None)
+#: Training-structure counts of the learning curve (the last: all of them; 321 were all of the
+#: library of 12 random crystals per group).
+CURVE_SIZES = (80, 160, 321, 640, None)
 #: The set network's recipe in the learning curve (:func:`distill4d.identify.setnet.fit_setnet`).
 SETNET_RECIPE = {"hidden": 48, "layers": 2, "epochs": 12, "lr": 3e-3}
 
@@ -87,7 +99,48 @@ class _OutOfTime(Exception):
     pass
 
 
-def _curve_point(lib, X, test, n, seed, group, checkpoint, deadline):
+def _spot_sets(lib, chunk=4096):
+    """:func:`~distill4d.identify.setnet.spot_sets` of every pattern, padding ``chunk`` patterns at a time."""
+    from distill4d.identify.setnet import spot_sets
+
+    parts = [spot_sets(*lib.padded(slice(s, s + chunk))) for s in range(0, len(lib), chunk)]
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def _config(card):
+    return IdentifyTrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in card["config"].items()})
+
+
+def _jobs(config):
+    """One key per structure of the library of ``config``: a random crystal is its group and index
+    (its generator), a prototype its name (the same structure at any index)."""
+    from distill4d.simulate.crystals import list_prototypes
+
+    keys = [("sg", g, i) for i, g in enumerate(g for g in config.space_groups for _ in range(config.n_structures))]
+    return keys + [("proto", p) for p in (list_prototypes() if config.prototypes else ())]
+
+
+def _compare(path, config, lib, X, test):
+    """The model file ``path`` and the shipped one on the held-out structures that ``path``'s library lacks."""
+    from distill4d.identify import load_default
+
+    other = _config(json.loads(Path(path).with_suffix(".json").read_text()))
+    theirs = set(_jobs(other))
+    mine = _jobs(config)
+    fair = np.array([j for j in test if mine[j] not in theirs], dtype=np.int64)
+    st = lib.structure
+    te = np.isin(st, fair)
+    out = {"held_out_structures": int(fair.size), "left_out_structures": int(test.size - fair.size),
+           "other_config": {k: getattr(other, k) for k in ("n_structures", "n_estimators", "max_depth",
+                                                            "min_samples_leaf", "system_classifier")}}
+    for name, model in (("shipped", load_default()), ("other", CrystalIdentifier.load(path))):
+        r = evaluate(model, X[te], lib.system[st[te]], lib.space_group[st[te]], lib.cellpar[st[te]], st[te])
+        r.pop("confusion_matrix")
+        out[name] = r
+    return out
+
+
+def _curve_point(lib, X, test, n, seed, group, checkpoint, deadline, setnet=True):
     """The MLP (shipped recipe) and the set network trained on ``n`` training structures (None: all).
 
     The set network's training state is written to ``checkpoint`` after every epoch and resumed
@@ -95,7 +148,7 @@ def _curve_point(lib, X, test, n, seed, group, checkpoint, deadline):
     import torch
 
     from distill4d.identify.models import _fit_mlp
-    from distill4d.identify.setnet import fit_setnet, spot_sets
+    from distill4d.identify.setnet import fit_setnet
 
     torch.set_num_threads(1)
     st = lib.structure
@@ -110,8 +163,10 @@ def _curve_point(lib, X, test, n, seed, group, checkpoint, deadline):
     p = np.zeros((int(te.sum()), len(SYSTEMS)))
     p[:, mlp.classes_] = mlp.predict_proba(shape_features(X[te]))
     out["mlp"] = _accuracy(p, y[te], st[te], group) + (round(time.perf_counter() - t0, 1),)
+    if not setnet:
+        return out
     t0 = time.perf_counter()
-    sets = spot_sets(lib.qx, lib.qy, lib.intensity, lib.counts)
+    sets = _spot_sets(lib)
     state = torch.load(checkpoint, weights_only=True) if Path(checkpoint).is_file() else {}
 
     def save(epoch, loss):
@@ -126,17 +181,20 @@ def _curve_point(lib, X, test, n, seed, group, checkpoint, deadline):
     return out
 
 
-def _learning_curve(lib, X, test, seed, cache, budget_s, t_start):
+def _learning_curve(lib, X, test, seed, cache, budget_s, t_start, setnet=True):
     """Every size of :data:`CURVE_SIZES` (read from ``cache`` when done before); None when one is left."""
     points = []
+    kind = "setnet" if setnet else "mlp"
     for n in CURVE_SIZES:
-        f = Path(cache) / f"setnet_curve_{n or 'all'}.json"
+        f = Path(cache) / f"{kind}_curve_{n or 'all'}.json"
         if f.is_file():
             points.append(json.loads(f.read_text()))
             continue
+        if n is not None and n >= len(lib.system) - test.size:
+            continue  # the library has no more training structures than this
         try:
             point = _curve_point(lib, X, test, n, seed, 10, Path(cache) / f"setnet_curve_{n or 'all'}.pt",
-                                 t_start + budget_s)
+                                 t_start + budget_s, setnet=setnet)
         except _OutOfTime:
             print(f"learning curve: {n or 'all'} training structures checkpointed at --budget-s; rerun to go on",
                   file=sys.stderr)
@@ -152,23 +210,26 @@ def main() -> None:
     ap.add_argument("--compare-hgb", action="store_true", help="also a gradient-boosted system classifier")
     ap.add_argument("--setnet-curve", action="store_true",
                     help="learning curve of the MLP and the set network (needs --cache; resumable)")
+    ap.add_argument("--mlp-curve", action="store_true", help="learning curve of the MLP alone (needs --cache)")
+    ap.add_argument("--compare-model", metavar="M.npz", default=None,
+                    help="also this model file (its card M.json beside it) on the held-out structures its library lacks")
     ap.add_argument("--budget-s", type=float, default=540.0, help="checkpoint the learning curve and stop after this")
     ap.add_argument("--out", default=None)
     ap.add_argument("--no-results", action="store_true", help="do not write RESULTS.md")
     args = ap.parse_args()
     t_start = time.perf_counter()
-    if args.setnet_curve and not args.cache:
-        ap.error("--setnet-curve needs --cache (each point is kept there)")
+    if (args.setnet_curve or args.mlp_curve) and not args.cache:
+        ap.error("--setnet-curve and --mlp-curve need --cache (each point is kept there)")
 
     card = json.loads(Path(str(default_model_path())).with_suffix(".json").read_text())
-    config = IdentifyTrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in card["config"].items()})
+    config = _config(card)
     if args.cache:
         Path(args.cache).mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     lib = build_library(config, args.cache)
     build_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    X = encode_batch(lib.qx, lib.qy, lib.intensity, lib.counts)
+    X = encode_library(lib)
     encode_rate = len(lib) / (time.perf_counter() - t0)
     st = lib.structure
     test = split_by_structure(lib.system, config.holdout, config.seed)
@@ -186,11 +247,14 @@ def main() -> None:
               "scan_256x256_s": round(65536 / encode_rate + 65536 / predict_rate, 1)}
     if args.compare_hgb:
         result["hgb_system"] = _hgb(X, lib.system[st], ~te, te, st, config.seed, 10)
-    if args.setnet_curve:
-        curve = _learning_curve(lib, X, test, config.seed, args.cache, args.budget_s, t_start)
+    if args.compare_model:
+        result["compare_model"] = _compare(args.compare_model, config, lib, X, test)
+    if args.setnet_curve or args.mlp_curve:
+        curve = _learning_curve(lib, X, test, config.seed, args.cache, args.budget_s, t_start, args.setnet_curve)
         if curve is None:
             return
         result["learning_curve"] = curve
+    result["peak_rss_MB"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     text = json.dumps(result, indent=1)
     print(text)
     if args.out:
@@ -200,10 +264,13 @@ def main() -> None:
     r = m
     conf = np.asarray(r["confusion_matrix"])
     L = ["## Crystal identification (the shipped model on held-out structures)", "",
-         f"`benchmarks/identify_benchmark.py{' --compare-hgb' if args.compare_hgb else ''}"
-         f"{' --setnet-curve' if args.setnet_curve else ''}` "
+         f"`benchmarks/identify_benchmark.py --cache LIB{' --compare-hgb' if args.compare_hgb else ''}"
+         f"{' --setnet-curve' if args.setnet_curve else ''}{' --mlp-curve' if args.mlp_curve else ''}"
+         f"{' --compare-model OLD.npz' if args.compare_model else ''}` "
          "(the shipped model, `distill4d/weights/identify_forest.npz`: an MLP for the crystal system, random forests "
-         "for the space group and the lattice parameters; on its card's held-out split).",
+         f"({config.n_estimators} trees, depth <= {config.max_depth}, leaves >= {config.min_samples_leaf} patterns) "
+         "for the space group and the lattice parameters; on its card's held-out split; LIB the library folder of "
+         "the card's command).",
          machine_line(), "",
          f"Library of the card: pyxtal random crystals of {len(config.space_groups)} space groups over all seven "
          f"systems ({config.n_structures} each) plus the ASE prototypes, {config.n_orientations} random orientations "
@@ -223,11 +290,34 @@ def main() -> None:
          f"| cubic a, median absolute error | {r['cubic_a_median_abs_error_A']} Å |",
          f"| angles, median absolute error (most systems fix them) | {r['angles_median_abs_error_deg']}° |",
          f"| encoding / prediction | {result['encode_patterns_per_s']} / {result['predict_patterns_per_s']} patterns/s "
-         f"on these spot lists (median {int(np.median(lib.counts))} spots, up to {int(lib.counts.max())}; 256 x 256 such patterns: {result['scan_256x256_s']} s; one process on the shared machine, so these vary with its load) |"]
+         f"on these spot lists (median {int(np.median(lib.counts))} spots, up to {int(lib.counts.max())}; 256 x 256 such patterns: {result['scan_256x256_s']} s; one process on the shared machine, so these vary with its load) |",
+         f"| peak resident memory of this benchmark (library read, encoded block by block, evaluated) | "
+         f"{result['peak_rss_MB']} MB |"]
     if args.compare_hgb:
         h = result["hgb_system"]
         L.append(f"| gradient boosting (system only, same split): one pattern / 10 patterns | "
                  f"{h['system_accuracy']:.3f} / {h['system_accuracy_10_patterns_log']:.3f} (fit {h['fit_s']} s) |")
+    if args.compare_model:
+        c = result["compare_model"]
+        o = c["other_config"]
+        L += ["", f"The shipped model beside `OLD.npz` (the model shipped before, trained on the library of "
+              f"{o['n_structures']} random crystals per group: {o['n_estimators']} trees, depth <= {o['max_depth']}, "
+              f"leaves >= {o['min_samples_leaf']}) on the same {c['held_out_structures']} held-out structures "
+              f"(the {c['left_out_structures']} held-out structures its library also holds left out):", "",
+              "| model | system, 1 / 10 patterns | space group, 1 / 10 patterns | a, b, c median rel. error | "
+              "cubic a median error |", "|---|---|---|---|---|"]
+        for name, label in (("shipped", "shipped"), ("other", "OLD.npz")):
+            q = c[name]
+            L.append(f"| {label} | {q['system_accuracy']:.3f} / {q['system_accuracy_10_patterns_log']:.3f} | "
+                     f"{q['space_group_accuracy']:.3f} / {q['space_group_accuracy_10_patterns_log']:.3f} | "
+                     f"{q['lattice_abc_median_rel_error_true_system']:.3f} | {q['cubic_a_median_abs_error_A']} Å |")
+    if args.mlp_curve and not args.setnet_curve:
+        L += ["", "Learning curve of the crystal-system classifier (the shipped recipe's MLP on the encoded features; "
+              "same held-out structures; trained on a random subset of the training structures, seeded; one "
+              "thread). One pattern / 10 patterns (log), fit time:", "",
+              "| training structures (patterns) | MLP (shipped recipe) |", "|---|---|"]
+        L += [f"| {c['train_structures']} ({c['train_patterns']}) | {c['mlp'][0]:.3f} / {c['mlp'][1]:.3f} "
+              f"({c['mlp'][2]:.0f} s) |" for c in result["learning_curve"]]
     if args.setnet_curve:
         L += ["", "Learning curve of the crystal-system classifier (same held-out structures; trained on a random "
               "subset of the training structures, seeded): the shipped recipe's MLP on the encoded features, and a "

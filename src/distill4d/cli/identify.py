@@ -187,8 +187,8 @@ def add_train_parser(tsub: Any) -> None:
     t = tsub.add_parser("identify", help="crystal identifier (random forests: system, space group, lattice) on a "
                         "library of kinematic spot lists the package simulates")
     t.add_argument("--out", required=True, metavar="M.npz", help="model file to write; its card goes beside it (.json)")
-    t.add_argument("--cache", metavar="DIR", help="build the library here, one file per structure, so that an "
-                   "interrupted run resumes (default: in memory only)")
+    t.add_argument("--cache", metavar="DIR", help="build the library here, one file per structure, and save the "
+                   "fit part by part, so that an interrupted run resumes (default: in memory only)")
     t.add_argument("--structures", type=int, default=12, help="random crystals per space group (default 12)")
     t.add_argument("--space-groups", type=int, nargs="+", metavar="N",
                    help="space groups of the random crystals (default: 34 groups over all seven systems)")

@@ -39,7 +39,9 @@ divided by ``s``, so a calibration error of x % moves them by x %.
 
 :func:`encode_batch` encodes many patterns given as padded arrays ``(P, K)`` with counts
 ``(P,)`` (the padded form of :class:`distill4d.bragg.BraggPeaks`); it is vectorised over
-patterns and spots. :func:`encode_peaks` encodes every position of a ``BraggPeaks``.
+patterns and spots. :func:`encode_ragged` encodes spot lists stored one after another (a
+library), padding only one block of patterns at a time, so its memory follows the block, not
+the number of patterns times the longest list. :func:`encode_peaks` encodes every position of a ``BraggPeaks``.
 """
 
 from __future__ import annotations
@@ -69,6 +71,7 @@ __all__ = [
     "FEATURE_BLOCKS",
     "encode_spots",
     "encode_batch",
+    "encode_ragged",
     "encode_peaks",
     "shape_features",
     "scale_inv_A",
@@ -189,6 +192,79 @@ def encode_batch(
     for s in range(0, qx.shape[0], chunk):
         e = min(s + chunk, qx.shape[0])
         out[s:e] = _encode_block(qx[s:e], qy[s:e], it[s:e], used[s:e], beam, power, thresh, s)
+    return out
+
+
+def encode_ragged(
+    qx_inv_A: Any,
+    qy_inv_A: Any,
+    intensity: Any,
+    counts: Any,
+    *,
+    direct_beam_inv_A: float = 0.05,
+    intensity_power: float = 0.5,
+    scale_threshold: float = 0.05,
+    chunk: int = 1024,
+    max_block_entries: int = 2**18,
+) -> np.ndarray:
+    """Features ``(P, N_FEATURES)`` (float64) of ``P`` spot lists stored one after another.
+
+    The same features as :func:`encode_batch` (equal to rounding: the pair histograms add the
+    same terms, possibly in another order). Raises :class:`Distill4dError` for arrays of the
+    wrong shape, NaN or Inf values, or a pattern with no spot left after dropping the direct beam.
+
+    Parameters
+    ----------
+    qx_inv_A, qy_inv_A, intensity : ``(N,)`` the spots of all patterns, pattern ``p``'s
+        after those of patterns ``0..p-1``: positions in 1/Å relative to the direct beam, and
+        intensities (any positive unit).
+    counts : ``(P,)`` number of spots of each pattern (summing to ``N``).
+    direct_beam_inv_A, intensity_power, scale_threshold : as in :func:`encode_batch`.
+    chunk : most patterns per block.
+    max_block_entries : a block holds at most this many padded spot entries (patterns times its
+        longest list; a single longer pattern makes a block of its own): bounds the memory.
+    """
+    qx = np.asarray(qx_inv_A, dtype=np.float64)
+    qy = np.asarray(qy_inv_A, dtype=np.float64)
+    it = np.asarray(intensity, dtype=np.float64)
+    n = np.asarray(counts)
+    if qx.ndim != 1 or qy.shape != qx.shape or it.shape != qx.shape:
+        raise Distill4dError(
+            f"qx_inv_A, qy_inv_A and intensity must be flat arrays of one length (N,), got "
+            f"{qx.shape}, {qy.shape}, {it.shape}"
+        )
+    if n.ndim != 1 or n.dtype.kind not in "iu" or np.any(n < 0) or int(n.sum()) != qx.size:
+        raise Distill4dError(f"counts must be (P,) non-negative integers summing to {qx.size} spots, got shape "
+                             f"{n.shape} summing to {int(n.sum()) if n.dtype.kind in 'iu' else 'non-integers'}")
+    beam = positive_float("direct_beam_inv_A", direct_beam_inv_A)
+    power = positive_float("intensity_power", intensity_power, maximum=4.0)
+    thresh = positive_float("scale_threshold", scale_threshold, maximum=1.0)
+    chunk = max(1, int(chunk))
+    budget = max(1, int(max_block_entries))
+    offsets = np.concatenate([[0], np.cumsum(n)]).astype(np.int64)
+    finite = np.isfinite(qx) & np.isfinite(qy) & np.isfinite(it)
+    if not finite.all():
+        bad = int(np.searchsorted(offsets, np.flatnonzero(~finite)[0], side="right") - 1)
+        raise Distill4dError(f"spots of pattern {bad} contain NaN or Inf values (qx, qy or intensity)")
+    P = n.size
+    out = np.empty((P, N_FEATURES))
+    s = 0
+    while s < P:
+        e = min(s + chunk, P)
+        K = int(n[s:e].max(initial=1))
+        while (e - s) * K > budget and e - s > 1:
+            e = s + max(1, budget // K)
+            K = int(n[s:e].max(initial=1))
+        col = np.arange(K)
+        used = col < n[s:e, None]
+        src = (offsets[s:e, None] + col)[used]
+        block = []
+        for flat in (qx, qy, it):
+            a = np.zeros((e - s, K))
+            a[used] = flat[src]
+            block.append(a)
+        out[s:e] = _encode_block(block[0], block[1], block[2], used, beam, power, thresh, s)
+        s = e
     return out
 
 

@@ -156,7 +156,7 @@ class _MLP:
 
     @classmethod
     def from_arrays(cls, z: Any, prefix: str) -> "_MLP":
-        n = sum(1 for k in z.files if k.startswith(f"{prefix}/W"))
+        n = sum(1 for k in z if k.startswith(f"{prefix}/W"))
         get = lambda k: np.asarray(z[f"{prefix}/{k}"], dtype=np.float64)  # noqa: E731
         return cls(get("mean"), get("std"), [get(f"W{i}") for i in range(n)], [get(f"b{i}") for i in range(n)],
                    np.asarray(z[f"{prefix}/classes"]))
@@ -285,10 +285,18 @@ class CrystalIdentifier:
         return cls(n_estimators=self.n_estimators, min_samples_leaf=self.min_samples_leaf,
                    max_depth=self.max_depth, random_state=self.seed, n_jobs=self.n_jobs)
 
-    def fit(self, features: Any, system: Any, space_group: Any, cellpar: Any) -> "CrystalIdentifier":
+    def fit(self, features: Any, system: Any, space_group: Any, cellpar: Any, *, state: dict[str, Any] | None = None,
+            callback: Any = None) -> "CrystalIdentifier":
         """Train on patterns: ``features`` (P, N_FEATURES), ``system`` (P,) indices into
         :data:`SYSTEMS`, ``space_group`` (P,) numbers, ``cellpar`` (P, 6) a, b, c (Å),
-        alpha, beta, gamma (degrees) of the conventional cell."""
+        alpha, beta, gamma (degrees) of the conventional cell.
+
+        Every part (the system classifier, each system's space-group and lattice forests) is
+        kept in the form of a model file, so the fitted model predicts exactly as the one saved.
+        ``state``: a dict of those parts' arrays; parts found there are taken instead of fitted
+        (resuming a fit on the same data), and every part fitted is added to it, after which
+        ``callback(part)`` is called (the caller may save ``state``).
+        """
         X = _features(features)
         sys_ = np.asarray(system, dtype=np.int64)
         sg = np.asarray(space_group, dtype=np.int64)
@@ -301,22 +309,33 @@ class CrystalIdentifier:
             )
         if np.any((sys_ < 0) | (sys_ >= len(SYSTEMS))):
             raise Distill4dError(f"system must hold indices 0..{len(SYSTEMS) - 1} into SYSTEMS")
+        state = {} if state is None else state
         Xs = shape_features(X)
         s = scale_inv_A(X)
-        arr = _ArrayForest.from_sklearn
+
+        def part(prefix: str, kind: Any, fit: Any) -> Any:
+            if not any(k.startswith(prefix + "/") for k in state):
+                state.update(fit().arrays(prefix))
+                if callback is not None:
+                    callback(prefix)
+            return kind.from_arrays(state, prefix)
+
+        forest = lambda kind, x, y: lambda: _ArrayForest.from_sklearn(self._forest(kind).fit(x, y))  # noqa: E731
         if self.system_classifier == "mlp":
-            self.system_model = _fit_mlp(Xs, sys_, self.seed)
+            self.system_model = part("system_mlp", _MLP, lambda: _fit_mlp(Xs, sys_, self.seed))
         else:
-            self.system_model = arr(self._forest("classifier").fit(Xs, sys_))
+            self.system_model = part("system", _ArrayForest, forest("classifier", Xs, sys_))
         self.space_group_models, self.lattice_models = {}, {}
         target = np.concatenate([np.log(cp[:, :3] * s[:, None]), cp[:, 3:]], axis=1)
         for c in np.unique(sys_):
             rows = sys_ == c
             if np.unique(sg[rows]).size > 1:
-                self.space_group_models[int(c)] = arr(self._forest("classifier").fit(Xs[rows], sg[rows]))
+                self.space_group_models[int(c)] = part(f"space_group/{c}", _ArrayForest,
+                                                       forest("classifier", Xs[rows], sg[rows]))
             else:
                 self.space_group_models[int(c)] = int(sg[rows][0])
-            self.lattice_models[int(c)] = arr(self._forest("regressor").fit(Xs[rows], target[rows]))
+            self.lattice_models[int(c)] = part(f"lattice/{c}", _ArrayForest,
+                                               forest("regressor", Xs[rows], target[rows]))
         return self
 
     def save(self, path: Any) -> None:

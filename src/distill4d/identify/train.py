@@ -20,8 +20,8 @@ import numpy as np
 from ..errors import Distill4dError
 from ..simulate.spots import SYSTEMS
 
-__all__ = ["CARD_FORMAT", "DEFAULT_SPACE_GROUPS", "IdentifyTrainConfig", "evaluate", "split_by_structure",
-           "train_identifier"]
+__all__ = ["CARD_FORMAT", "DEFAULT_SPACE_GROUPS", "IdentifyTrainConfig", "encode_library", "evaluate",
+           "split_by_structure", "train_identifier"]
 
 #: The model-card format of a crystal identifier (``distill4d/weights/identify_forest.json``).
 CARD_FORMAT = "distill4d-identify-1"
@@ -136,16 +136,57 @@ def build_library(config: IdentifyTrainConfig, cache_dir: Any = None) -> Any:
     )
 
 
+def encode_library(library: Any) -> np.ndarray:
+    """Features ``(P, N_FEATURES)`` of every pattern of a :class:`~distill4d.simulate.spots.SpotLibrary`
+    (:func:`~distill4d.identify.encode.encode_ragged`: block by block, never the whole library padded)."""
+    from .encode import encode_ragged
+
+    return encode_ragged(library.spot_qx, library.spot_qy, library.spot_intensity, library.counts)
+
+
+def _fit_checkpoint(config: IdentifyTrainConfig, cache_dir: Any, say: Any) -> tuple[dict[str, Any], Any]:
+    """``(state, save)`` of a resumable fit in ``cache_dir`` (none without one): ``save(part)`` writes
+    the fitted parts atomically, ``save(None)`` removes the file (the fit is complete)."""
+    import hashlib
+    import json
+    from pathlib import Path
+
+    from .._atomic import atomic_output
+
+    t0 = time.perf_counter()
+    if cache_dir is None:
+        return {}, lambda part: None if part is None else say(f"fitted {part} ({time.perf_counter() - t0:.0f} s)")
+    digest = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+    path = Path(cache_dir) / f"fit_{digest}.npz"
+    state: dict[str, Any] = {}
+    if path.is_file():
+        with np.load(path, allow_pickle=False) as z:
+            state = {k: z[k] for k in z.files}
+        say(f"resuming the fit from {path.name} ({len({k.rsplit('/', 1)[0] for k in state})} parts done)")
+
+    def save(part: str | None) -> None:
+        if part is None:
+            path.unlink(missing_ok=True)
+            return
+        with atomic_output(path, force=True) as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, **state)
+        say(f"fitted {part} ({time.perf_counter() - t0:.0f} s; saved to {path.name})")
+
+    return state, save
+
+
 def train_identifier(config: IdentifyTrainConfig, *, cache_dir: Any = None, library: Any = None,
                      callback: Any = None) -> tuple[Any, dict[str, Any]]:
     """``(model, card)``: a :class:`CrystalIdentifier` trained on the training structures of the
     library of ``config`` and its model card (recipe, library size, held-out metrics, times).
 
     ``library``: a :class:`~distill4d.simulate.spots.SpotLibrary` to use instead of building
-    one (it must be the library of ``config``); ``cache_dir``: build it resumably there.
-    ``callback(message)`` is told each step.
+    one (it must be the library of ``config``); ``cache_dir``: build it resumably there, and
+    keep the fit resumable too: every fitted part of the model is written to
+    ``fit_<digest of config>.npz`` there, read back by a rerun with the same configuration, and
+    removed when the fit is complete. ``callback(message)`` is told each step.
     """
-    from .encode import N_FEATURES, encode_batch
+    from .encode import N_FEATURES
     from .models import CrystalIdentifier
 
     say = callback or (lambda message: None)
@@ -154,7 +195,7 @@ def train_identifier(config: IdentifyTrainConfig, *, cache_dir: Any = None, libr
     build_s = time.perf_counter() - t0
     say(f"library: {len(lib)} patterns of {len(lib.space_group)} structures ({build_s:.0f} s)")
     t0 = time.perf_counter()
-    X = encode_batch(lib.qx, lib.qy, lib.intensity, lib.counts)
+    X = encode_library(lib)
     st = lib.structure
     test = split_by_structure(lib.system, config.holdout, config.seed)
     te = np.isin(st, test)
@@ -162,10 +203,12 @@ def train_identifier(config: IdentifyTrainConfig, *, cache_dir: Any = None, libr
     model = CrystalIdentifier(n_estimators=config.n_estimators, min_samples_leaf=config.min_samples_leaf,
                               seed=config.seed, max_depth=config.max_depth,
                               system_classifier=config.system_classifier)
-    model.fit(X[tr], lib.system[st[tr]], lib.space_group[st[tr]], lib.cellpar[st[tr]])
+    state, save = _fit_checkpoint(config, cache_dir, say)
+    model.fit(X[tr], lib.system[st[tr]], lib.space_group[st[tr]], lib.cellpar[st[tr]], state=state, callback=save)
     fit_s = time.perf_counter() - t0
     say(f"trained on {int(tr.sum())} patterns of {len(lib.space_group) - test.size} structures ({fit_s:.0f} s)")
     metrics = evaluate(model, X[te], lib.system[st[te]], lib.space_group[st[te]], lib.cellpar[st[te]], st[te])
+    save(None)
     card = {
         "model": "identify", "format": CARD_FORMAT, "config": config.to_dict(),
         "input": {"features": N_FEATURES, "encoding": "distill4d.identify.encode (spots in 1/Å, direct beam "

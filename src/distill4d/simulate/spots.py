@@ -176,18 +176,21 @@ def augment_spots(
 
 @dataclasses.dataclass
 class SpotLibrary:
-    """Labelled spot lists, padded: one row per pattern.
+    """Labelled spot lists, stored ragged: the spots of all patterns one after another.
 
-    ``qx``, ``qy`` (P, K) in 1/Å and ``intensity`` (P, K), NaN beyond ``counts`` (P,);
-    per pattern: ``structure`` (P,) the index of its structure (split by this, never by
-    pattern); per structure: ``space_group`` (S,), ``system`` (S,) index into
-    :data:`SYSTEMS`, ``cellpar`` (S, 6) conventional a, b, c (Å), alpha, beta, gamma
-    (degrees), ``name`` (S,) a short description.
+    ``spot_qx``, ``spot_qy`` (N,) in 1/Å and ``spot_intensity`` (N,): pattern ``p``'s spots
+    are entries ``offsets[p]:offsets[p + 1]``, ``counts`` (P,) spots per pattern; per pattern:
+    ``structure`` (P,) the index of its structure (split by this, never by pattern); per
+    structure: ``space_group`` (S,), ``system`` (S,) index into :data:`SYSTEMS`, ``cellpar``
+    (S, 6) conventional a, b, c (Å), alpha, beta, gamma (degrees), ``name`` (S,) a short
+    description. Memory grows with the number of spots; :meth:`padded` gives NaN-padded
+    ``(n, K)`` arrays of some patterns (``qx``, ``qy``, ``intensity``: of all of them, whose
+    size grows with patterns times the longest list, for small libraries).
     """
 
-    qx: np.ndarray
-    qy: np.ndarray
-    intensity: np.ndarray
+    spot_qx: np.ndarray
+    spot_qy: np.ndarray
+    spot_intensity: np.ndarray
     counts: np.ndarray
     structure: np.ndarray
     space_group: np.ndarray
@@ -198,15 +201,54 @@ class SpotLibrary:
     def __len__(self) -> int:
         return int(self.counts.size)
 
+    @property
+    def offsets(self) -> np.ndarray:
+        """``(P + 1,)`` start of every pattern's spots in the ``spot_*`` arrays, and their total."""
+        return np.concatenate([[0], np.cumsum(self.counts)]).astype(np.int64)
+
+    def padded(self, rows: Any = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """``(qx, qy, intensity, counts)`` of the patterns ``rows`` (indices or a slice; default
+        all): NaN-padded ``(n, K)`` arrays, ``K`` the longest of their lists, and counts ``(n,)``."""
+        idx = np.arange(len(self))[slice(None) if rows is None else rows]
+        counts = self.counts[idx]
+        start = self.offsets[idx]
+        K = int(counts.max(initial=1))
+        col = np.arange(K)
+        used = col < counts[:, None]
+        src = (start[:, None] + col)[used]
+        out = []
+        for flat in (self.spot_qx, self.spot_qy, self.spot_intensity):
+            a = np.full((idx.size, K), np.nan)
+            a[used] = flat[src]
+            out.append(a)
+        return out[0], out[1], out[2], counts
+
+    @property
+    def qx(self) -> np.ndarray:
+        """NaN-padded ``(P, K)`` ``qx`` (1/Å) of every pattern (see :meth:`padded`)."""
+        return self.padded()[0]
+
+    @property
+    def qy(self) -> np.ndarray:
+        """NaN-padded ``(P, K)`` ``qy`` (1/Å) of every pattern (see :meth:`padded`)."""
+        return self.padded()[1]
+
+    @property
+    def intensity(self) -> np.ndarray:
+        """NaN-padded ``(P, K)`` intensities of every pattern (see :meth:`padded`)."""
+        return self.padded()[2]
+
     def subset(self, structures: Any) -> "SpotLibrary":
         """The patterns of the given structure indices (structure indices are renumbered 0..)."""
         structures = np.asarray(structures, dtype=np.int64)
         rows = np.isin(self.structure, structures)
+        spots = np.repeat(rows, self.counts)
         renum = np.full(len(self.space_group), -1)
         renum[structures] = np.arange(structures.size)
         return SpotLibrary(
-            self.qx[rows], self.qy[rows], self.intensity[rows], self.counts[rows], renum[self.structure[rows]],
-            self.space_group[structures], self.system[structures], self.cellpar[structures], self.name[structures],
+            self.spot_qx[spots], self.spot_qy[spots], self.spot_intensity[spots], self.counts[rows],
+            renum[self.structure[rows]], self.space_group[structures], self.system[structures],
+            self.cellpar[structures], self.name[structures],
         )
 
     def save(self, path: Any) -> None:
@@ -269,8 +311,9 @@ def spot_library(
         [list(map(str, jobs)), n_or, int(seed), max_atoms, bool(augment), min_spots,
          sorted((k, repr(v)) for k, v in pattern_kwargs.items())]
     )
-    pats: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-    struct_of: list[int] = []
+    flat: list[list[np.ndarray]] = [[], [], []]  # qx, qy, intensity: one flat array per structure
+    counts: list[np.ndarray] = []
+    struct_of: list[np.ndarray] = []
     sgs, systems, cellpars, names = [], [], [], []
     for i, (kind, what) in enumerate(jobs):
         shard = None if cache is None else cache / f"structure_{i:05d}.npz"
@@ -285,10 +328,12 @@ def spot_library(
                 systems.append(SYSTEMS.index(crystal_system(int(z["space_group"]))))
                 cellpars.append(z["cellpar"])
                 names.append(str(z["name"]))
-                ends = np.cumsum(z["counts"])
-                for a, b in zip(np.concatenate([[0], ends[:-1]]), ends):
-                    pats.append((z["qx"][a:b], z["qy"][a:b], z["intensity"][a:b]))
-                    struct_of.append(i)
+                # each array read once: z[name] reads the whole array again at every access, and a
+                # slice of it kept per pattern held one copy of the structure's spots per pattern
+                counts.append(z["counts"].astype(np.int64))
+                for c, name in enumerate(("qx", "qy", "intensity")):
+                    flat[c].append(np.asarray(z[name], dtype=np.float64))
+                struct_of.append(np.full(counts[-1].size, i, dtype=np.int64))
             continue
         rng = np.random.default_rng([seed, i])
         if kind == "sg":
@@ -309,26 +354,24 @@ def spot_library(
                 qx, qy, it = augment_spots(qx, qy, it, rng=rng)
             if qx.size >= min_spots:
                 mine.append((qx, qy, it))
-        pats += mine
-        struct_of += [i] * len(mine)
+        cat = [np.concatenate([m[c] for m in mine]) if mine else np.zeros(0) for c in range(3)]
+        counts.append(np.array([m[0].size for m in mine], dtype=np.int64))
+        for c in range(3):
+            flat[c].append(np.asarray(cat[c], dtype=np.float64))
+        struct_of.append(np.full(len(mine), i, dtype=np.int64))
         if shard is not None:
             from .._atomic import atomic_output
 
-            cat = [np.concatenate([m[c] for m in mine]) if mine else np.zeros(0) for c in range(3)]
             with atomic_output(shard) as tmp, open(tmp, "xb") as fh:
                 np.savez(fh, key=np.array(key), space_group=np.array(sg), cellpar=cellpars[-1],
-                         name=np.array(name), counts=np.array([m[0].size for m in mine], dtype=np.int64),
-                         qx=cat[0], qy=cat[1], intensity=cat[2])
-    K = max((p[0].size for p in pats), default=1)
-    P = len(pats)
-    arrs = [np.full((P, K), np.nan) for _ in range(3)]
-    counts = np.zeros(P, dtype=np.int64)
-    for r, p in enumerate(pats):
-        counts[r] = p[0].size
-        for a, v in zip(arrs, p):
-            a[r, : v.size] = v
+                         name=np.array(name), counts=counts[-1], qx=cat[0], qy=cat[1], intensity=cat[2])
+    spots = []
+    for c in range(3):  # concatenated one column at a time, freeing the pieces as it goes
+        spots.append(np.concatenate(flat[c]) if flat[c] else np.zeros(0))
+        flat[c] = []
     return SpotLibrary(
-        arrs[0], arrs[1], arrs[2], counts, np.asarray(struct_of, dtype=np.int64),
+        spots[0], spots[1], spots[2], np.concatenate(counts) if counts else np.zeros(0, np.int64),
+        np.concatenate(struct_of) if struct_of else np.zeros(0, np.int64),
         np.asarray(sgs, dtype=np.int64), np.asarray(systems, dtype=np.int64),
         np.asarray(cellpars, dtype=np.float64).reshape(-1, 6), np.asarray(names, dtype=str),
     )
