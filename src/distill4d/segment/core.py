@@ -332,6 +332,8 @@ def _segment_features(features: WindowFeatures, method: str, *, domains: int | N
     ro = read_out(channel_shares(ch) if method == "autoencoder" else ch, features, n_variants=domains,
                   open_px=open_px, close_px=close_px, tol_deg=tol_deg,
                   image_hw=image_hw, descriptors=descriptors)
+    if method == "autoencoder":  # its variants as above; their labels by the amplitude read-out
+        ro = _amplitude_labels(ch, ro, features, image_hw)
     timings["readout"] = time.perf_counter() - t2
     params = {"method": method, "domains": domains, "channels": n_ch, "open_px": open_px, "close_px": close_px,
               "tol_deg": tol_deg, "seed": seed, "clip": features.clip, **extra}
@@ -341,6 +343,23 @@ def _segment_features(features: WindowFeatures, method: str, *, domains: int | N
     return Segmentation(ro["labels"], ro["labels_windows"], ro["fractions"], ch, rotation, scale,
                         ro["variant_of_channel"], ro["variant_angles_deg"], ro["variant_periods_px"], ro["thresholds"],
                         features.window_px, features.step_px, method, params, model_path, timings, history, module)
+
+
+def _amplitude_labels(ch: np.ndarray, ro: dict[str, np.ndarray], features: WindowFeatures,
+                      image_hw: tuple[int, int] | None) -> dict[str, np.ndarray]:
+    """``ro`` with labels, window labels and fractions from the amplitude read-out
+    (:func:`distill4d.segment.peaks.read_out_peaks`) of each variant's summed channels ``ch``
+    (T, ny, nx, C): a wall falls where the variants' amplitudes cross, between window centres."""
+    from .peaks import read_out_peaks
+
+    voc = np.asarray(ro["variant_of_channel"])
+    v = int(voc.max()) + 1 if (voc >= 0).any() else 0
+    if not v:
+        return ro
+    vs = np.stack([ch[..., voc == j].sum(axis=-1) for j in range(v)], axis=-1)
+    ang = np.where(np.isfinite(ro["variant_angles_deg"]), ro["variant_angles_deg"], np.arange(v) + 1e3)
+    amp = read_out_peaks(vs, features, ang, ro["variant_periods_px"], image_hw=image_hw)
+    return {**ro, **{k: amp[k] for k in ("labels", "labels_windows", "fractions")}}
 
 
 def _segment_peaks(features: WindowFeatures, *, domains: int | None, channels: int, seed: int,
@@ -355,7 +374,8 @@ def _segment_peaks(features: WindowFeatures, *, domains: int | None, channels: i
     orient = [spectrum_orientation(sp, features.zero_frequency_px) for sp in out["spectra"]]
     ang = np.array([o[0] for o in orient])
     rad = np.array([o[1] for o in orient])
-    ro = read_out_peaks(out["activations"], features, ang, rad, image_hw=image_hw)
+    ro = read_out_peaks(out["activations"], features, ang, np.array([features.period_px(r) for r in rad]),
+                        image_hw=image_hw)
     timings["readout"] = time.perf_counter() - t2
     params = {"method": "peaks", "domains": domains, "channels": int(out["activations"].shape[-1]), "seed": seed,
               "peak_bins": int(out["mask"].sum()), "residuals": [round(e, 4) for e in out["errors"]], **extra}

@@ -111,12 +111,13 @@ def peak_unmixing(features: WindowFeatures, n_variants: int | None = None, *, ma
             "background": bg, "errors": errors}
 
 
-def read_out_peaks(strength: np.ndarray, features: WindowFeatures, angles_deg: np.ndarray, radii_px: np.ndarray, *,
+def read_out_peaks(strength: np.ndarray, features: WindowFeatures, angles_deg: np.ndarray, periods_px: np.ndarray, *,
                    min_strength: float = 0.2, image_hw: tuple[int, int] | None = None) -> dict[str, np.ndarray]:
-    """Labels from window strengths (T, ny, nx, V): each variant divided by its 90th percentile over
-    the windows (the ``thresholds``), interpolated to pixels, the strongest taken; -1 where none
-    reaches ``min_strength``. Variants are numbered by increasing orientation. Same keys as
-    :func:`distill4d.segment.core.read_out`."""
+    """The amplitude read-out of window strengths (T, ny, nx, V) >= 0: each variant divided by its
+    90th percentile over the windows (the ``thresholds``), interpolated to pixels, the strongest
+    taken; -1 where none reaches ``min_strength``. Variants are numbered by increasing orientation
+    (``angles_deg``; ``periods_px`` ride along). Same keys as :func:`distill4d.segment.core.read_out`
+    plus ``strength``, the divided strengths."""
     from .readout import area_fractions, upsample_strength
 
     t, ny, nx, v = strength.shape
@@ -139,7 +140,7 @@ def read_out_peaks(strength: np.ndarray, features: WindowFeatures, angles_deg: n
     else:
         lab_w = np.full((t, ny, nx), -1, np.int16)
         labels = np.full((t,) + hw, -1, np.int16)
-    periods = np.array([features.period_px(r) for r in np.asarray(radii_px)[order]])
+    periods = np.asarray(periods_px, float)[order]
     return {"labels": labels, "labels_windows": lab_w, "fractions": area_fractions(labels, v), "thresholds": level,
             "variant_of_channel": np.arange(v), "variant_angles_deg": np.asarray(angles_deg, float)[order],
             "variant_periods_px": periods, "strength": st}
