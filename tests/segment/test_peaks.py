@@ -56,3 +56,27 @@ def test_bad_input_for_peaks():
     img, _ = _two_stripes(150)
     with pytest.raises(Distill4dError, match="scale 'linear'"):
         segment(None, "peaks", features=window_features(img, 64, 32))
+
+
+def test_4d_scan_through_its_patterns():
+    """route="patterns": each diffraction pattern is a window's spectrum; two grains whose spot
+    lattices are rotated by 30 degrees are told apart without the number of variants."""
+    import distill4d
+    from distill4d.segment import segment_datacube
+
+    rng = np.random.default_rng(2)
+    n, q = 24, 48
+    grain = (np.add.outer(np.arange(n), np.arange(n)) > 26).astype(int)  # a diagonal boundary
+    yy, xx = np.mgrid[:q, :q] - q / 2
+    pats = []
+    for rot in (np.radians(10.0), np.radians(40.0)):
+        p = np.zeros((q, q))
+        for h in range(-2, 3):
+            for k in range(-2, 3):
+                gx, gy = 7.0 * (h * np.cos(rot) - k * np.sin(rot)), 7.0 * (h * np.sin(rot) + k * np.cos(rot))
+                p += np.exp(-((xx - gx) ** 2 + (yy - gy) ** 2) / 2.0)
+        pats.append(50 * p)
+    data = rng.poisson(np.stack([pats[g] for g in grain.ravel()]).reshape(n, n, q, q) + 1.0).astype(np.float32)
+    s = segment_datacube(distill4d.DataCube.from_array(data), "peaks", engine={"progress": False})
+    assert s.n_variants == 2
+    assert mean_iou(s.labels, grain[None]) > 0.95

@@ -98,11 +98,10 @@ def add_parser(sub: Any) -> None:
     """Add ``segment`` to the subcommands ``sub``."""
     p = sub.add_parser("segment", help="domain maps and domain fractions (ferroelectric domains, no labels needed)")
     p.add_argument("file", metavar="FILE", help=_INPUT_HELP)
-    p.add_argument("--method", default="nmf", choices=_METHODS,
-                   help="nmf (default: non-negative factorisation of the window spectra, the most accurate on the "
-                        "held-out benchmark), autoencoder (the windowing autoencoder trained on this input; "
-                        "less reliable so far, see the tutorial), kmeans or pca-gmm on the same windows, or peaks "
-                        "(NMF of the linear window spectra at the mean spectrum's peaks)")
+    p.add_argument("--method", default="peaks", choices=_METHODS,
+                   help="peaks (default: NMF of the linear window spectra at the mean spectrum's peaks, the most "
+                        "accurate on the held-out benchmark), autoencoder (the windowing autoencoder trained on this "
+                        "input; less reliable, see the tutorial), or nmf, kmeans, pca-gmm on the log window spectra")
     p.add_argument("--domains", type=int, metavar="K", help="number of domain variants (default: channels whose "
                    "orientations differ by less than 10 degrees are one variant; peaks: the K at which one more "
                    "component lowers the residual most)")

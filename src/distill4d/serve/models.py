@@ -561,7 +561,7 @@ class StrainModel(ServedModel):
 
 class SegmentModel(ServedModel):
     """An image or a series → domain labels and fractions (:func:`distill4d.segment.segment`,
-    the methods that need no training: nmf, peaks, kmeans, pca-gmm)."""
+    the methods that need no training: peaks, nmf, kmeans, pca-gmm)."""
 
     name = "segment"
     batchable = False
@@ -571,9 +571,9 @@ class SegmentModel(ServedModel):
         TensorSpec("fractions", "FP64", (-1, -1), description="area fraction of every variant per frame (T, K)"),
         TensorSpec("variant_angles_deg", "FP64", (-1,), description="each variant's dominant orientation (degrees)"),
     )
-    parameters = {"method": "nmf (default), peaks, kmeans or pca-gmm", "domains": "number of variants K (default: found)",
+    parameters = {"method": "peaks (default), nmf, kmeans or pca-gmm", "domains": "number of variants K (default: found)",
                   "window_px": "window width in pixels (default 128)", "step_px": "window step in pixels (default 32)"}
-    _methods = ("nmf", "peaks", "kmeans", "pca-gmm")
+    _methods = ("peaks", "nmf", "kmeans", "pca-gmm")
 
     def __init__(self, device: str = "auto") -> None:
         super().__init__(device)
@@ -597,7 +597,7 @@ class SegmentModel(ServedModel):
         if "images" not in ins:
             raise ProtocolError("input 'images' missing: an image (H, W) or a series (T, H, W)")
         opts = _parameter_overrides(request.parameters, set(self.parameters))
-        method = str(opts.get("method", "nmf"))
+        method = str(opts.get("method", "peaks"))
         if method not in self._methods:
             raise ProtocolError(f"method must be one of {list(self._methods)} (the autoencoder trains: use a job or "
                                 f"distill4d segment), got {method!r}")
