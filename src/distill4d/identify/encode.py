@@ -141,6 +141,13 @@ def _hist(values: np.ndarray, weights: np.ndarray, rows: np.ndarray, n_rows: int
     return out.reshape(n_rows, n_bins + 2)[:, 1 : n_bins + 1]
 
 
+def _options(direct_beam_inv_A: float, intensity_power: float, scale_threshold: float) -> tuple[float, float, float]:
+    """The encodings' options, checked: (direct beam radius 1/Å, intensity power, scale threshold)."""
+    return (positive_float("direct_beam_inv_A", direct_beam_inv_A),
+            positive_float("intensity_power", intensity_power, maximum=4.0),
+            positive_float("scale_threshold", scale_threshold, maximum=1.0))
+
+
 def encode_batch(
     qx_inv_A: Any,
     qy_inv_A: Any,
@@ -180,9 +187,7 @@ def encode_batch(
         )
     if n.shape != qx.shape[:1] or n.dtype.kind not in "iu" or np.any(n < 0) or np.any(n > qx.shape[1]):
         raise Distill4dError(f"counts must be ({qx.shape[0]},) integers in 0..{qx.shape[1]}, got shape {n.shape}")
-    beam = positive_float("direct_beam_inv_A", direct_beam_inv_A)
-    power = positive_float("intensity_power", intensity_power, maximum=4.0)
-    thresh = positive_float("scale_threshold", scale_threshold, maximum=1.0)
+    beam, power, thresh = _options(direct_beam_inv_A, intensity_power, scale_threshold)
     chunk = max(1, int(chunk))
     used = np.arange(qx.shape[1]) < n[:, None]
     if not (np.all(np.isfinite(qx[used])) and np.all(np.isfinite(qy[used])) and np.all(np.isfinite(it[used]))):
@@ -236,9 +241,7 @@ def encode_ragged(
     if n.ndim != 1 or n.dtype.kind not in "iu" or np.any(n < 0) or int(n.sum()) != qx.size:
         raise Distill4dError(f"counts must be (P,) non-negative integers summing to {qx.size} spots, got shape "
                              f"{n.shape} summing to {int(n.sum()) if n.dtype.kind in 'iu' else 'non-integers'}")
-    beam = positive_float("direct_beam_inv_A", direct_beam_inv_A)
-    power = positive_float("intensity_power", intensity_power, maximum=4.0)
-    thresh = positive_float("scale_threshold", scale_threshold, maximum=1.0)
+    beam, power, thresh = _options(direct_beam_inv_A, intensity_power, scale_threshold)
     chunk = max(1, int(chunk))
     budget = max(1, int(max_block_entries))
     offsets = np.concatenate([[0], np.cumsum(n)]).astype(np.int64)
