@@ -421,9 +421,9 @@ def fit_shared_deformation(batch: np.ndarray, template: Template, start: dict[st
     reference region), each with its own shift and scales: the joint Poisson maximum likelihood, by
     Fisher scoring on the shared parameters (``M`` and the disk envelope, :data:`SHARED`) with each
     pattern's own eliminated (Schur complement), from their fits ``start`` (``M``, ``shift_px``,
-    ``scale``, ``background``, ``ok`` of :func:`fit_template_batch`). Fits more than five robust
-    standard deviations (1.4826 MAD) from the median in any entry of ``M`` are left out (a defect,
-    another grain).
+    ``scale``, ``background``, ``ok`` of :func:`fit_template_batch`). A fit further from the median
+    in an entry of ``M`` than five robust standard deviations of the fits (1.4826 MAD) and five of
+    its own standard errors is left out (a defect, another grain).
 
     Returns ``M`` (2, 2) (= ``F^T``), ``cov`` (4, 4) its inverse Fisher information (entries M00,
     M01, M10, M11), ``iterations`` and ``used`` (m,) bool. The median of per-pattern fits has about
@@ -439,13 +439,11 @@ def fit_shared_deformation(batch: np.ndarray, template: Template, start: dict[st
     M0 = np.asarray(start["M"], np.float64).reshape(-1, 4)
     med = np.median(M0[used], axis=0)
     mad = 1.4826 * np.median(np.abs(M0[used] - med), axis=0)
-    # a pattern far from the others (a defect, a different grain) is not the reference lattice
-    used &= np.all(np.abs(M0 - med) <= 5.0 * np.maximum(mad, 1e-6), axis=1)
     idx = np.flatnonzero(used)
     k = np.asarray(batch, dtype=np.float64)[idx].reshape(idx.size, -1)
     m = idx.size
     p = np.zeros((m, _N_PARAMS))
-    p[:, :4] = np.mean(M0[idx], axis=0)
+    p[:, :4] = med
     p[:, 4:6] = np.asarray(start["shift_px"], np.float64)[idx]
     p[:, 6] = np.asarray(start["scale"], np.float64)[idx]
     p[:, 7] = np.asarray(start["background"], np.float64)[idx]
@@ -490,6 +488,14 @@ def fit_shared_deformation(batch: np.ndarray, template: Template, start: dict[st
         return S, r, X
 
     f, H, g = evaluate(p, True)
+    # a pattern far from the others (a defect, another grain) is not the reference lattice: left out
+    # where its fit is more than 5 robust standard deviations of the region's fits (1.4826 MAD) and
+    # 5 of its own standard errors (the MAD of a few patterns can be a third of their scatter)
+    se = np.sqrt(np.abs(np.einsum("nii->ni", np.linalg.pinv(H.astype(np.float64)))[:, :4]) / gain)
+    keep = np.all(np.abs(M0[idx] - med) <= 5.0 * np.maximum(mad, se), axis=1)
+    used[idx[~keep]] = False
+    k, weight, p, f, H, g = k[keep], weight[keep], p[keep], f[keep], H[keep], g[keep]
+    m = int(keep.sum())
     it = 0
     for it in range(1, params.max_iter + 1):
         S, r, X = schur(H.astype(np.float64), g.astype(np.float64))
