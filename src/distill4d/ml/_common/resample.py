@@ -34,8 +34,8 @@ def resample_patterns(images: np.ndarray, origin: tuple[float, float], scale: fl
     ``scale`` = model pixel / input pixel. When ``scale`` > 1.5 the input is first box-filtered
     over ``round(scale)`` pixels (the counts of the skipped pixels are kept). Outside the input: 0.
     Both steps act on each axis alone, so they run as two small matrix products per image (the
-    same values to float32 rounding); images with NaN/Inf take the pixel-by-pixel path, so that a
-    bad pixel spoils only the model pixels near it.
+    same values to float32 rounding); images with NaN/Inf where the grid reads take the
+    pixel-by-pixel path (a bad pixel spoils the model pixels near it); elsewhere they are ignored.
     """
     imgs = np.asarray(images, dtype=np.float32)
     if abs(scale - 1.0) < 1e-9 and float(origin[0]).is_integer() and float(origin[1]).is_integer():
@@ -52,9 +52,13 @@ def resample_patterns(images: np.ndarray, origin: tuple[float, float], scale: fl
     if x1 == x0 or y1 == y0:
         return np.zeros((imgs.shape[0], size, size), dtype=np.float32)
     support = imgs[:, x0:x1, y0:y1]
-    if np.isfinite(support).all():
+    good = np.isfinite(support).all(axis=(1, 2))
+    if good.all():
         return np.matmul(np.matmul(ax, support), ay.T)
-    return _resample_pixelwise(imgs, origin, scale, size)
+    out = np.empty((imgs.shape[0], size, size), dtype=np.float32)
+    out[good] = np.matmul(np.matmul(ax, support[good]), ay.T)
+    out[~good] = _resample_pixelwise(imgs[~good], origin, scale, size)
+    return out
 
 
 def _resample_pixelwise(imgs: np.ndarray, origin: tuple[float, float], scale: float, size: int) -> np.ndarray:
