@@ -525,6 +525,10 @@ def load_or_simulate(name: str, resimulate: bool = False):
     else:
         dc, labels = simulate(name)
     _save(path, name, dc, labels)
+    if "tiles" in _spec(name):  # the cache holds them now
+        import shutil
+
+        shutil.rmtree(CACHE / f"{name}.partial", ignore_errors=True)
     labels["metadata"]["from_cache"] = False
     return dc, labels
 
