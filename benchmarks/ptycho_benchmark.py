@@ -40,8 +40,14 @@ Time to the same quality: every contender's SSIM after every iteration against i
 time (set-up + iterations; evaluation excluded); for distill4d vs py4DSTEM on the same scan, dose
 and model, the target is 0.95 x the lower of the two final SSIMs.
 
-Usage: ``benchmarks/ptycho_benchmark.py [--scans mos2_test sto_thick] [--doses 2e4 2e3]
-[--rows ...] [--redo] [--no-results]``. Every run is checkpointed to
+Pipeline rows (``pipeline``: the linear model; ``pipeline conv4d``: the 4D CNN, ``--pipeline-conv4d-steps``):
+``distill4d phase SCAN --train-on-ptycho BLOCK`` on a corner block of 1/8 of the positions, run by
+``_pipeline_stages.py`` (CPU seconds per stage), scored on the held-out rest against the whole-scan
+``distill4d single`` (or ``multislice``) row. ``--pipeline-scans mos2_large`` adds the lab-sized scan
+of ``phase_data.py`` (228 x 263 positions) with only those rows.
+
+Usage: ``benchmarks/ptycho_benchmark.py [--scans mos2_test sto_thick] [--pipeline-scans mos2_large]
+[--doses 2e4 2e3] [--rows ...] [--redo] [--redo-rows pipeline ...] [--no-results]``. Every run is checkpointed to
 ``benchmarks/data/ptycho/<scan>_<dose>_<row>.json`` (re-running resumes; ``--redo`` recomputes).
 """
 
@@ -73,8 +79,12 @@ MARGIN_A = 1.5
 #: Largest global shift the registration looks for (Å, each axis).
 MAX_SHIFT_A = 1.0
 SCANS = ("mos2_test", "sto_thick")
+#: Scans of the pipeline rows only (``--pipeline-scans``): whole-scan ptychography and the pipeline.
+PIPELINE_SCANS = ("mos2_large",)
+PIPELINE_ROWS = ("distill4d single", "pipeline", "pipeline conv4d")
+ORDER = SCANS + PIPELINE_SCANS
 ROWS = ("distill4d single", "distill4d single poisson", "distill4d mixed", "distill4d multislice", "distill4d multislice long", "py4DSTEM single",
-        "py4DSTEM multislice", "iDPC", "pipeline")
+        "py4DSTEM multislice", "iDPC", "pipeline", "pipeline conv4d")
 #: The longer multislice run (``--iterations-long``) is made only for this scan and dose (the phase
 #: section's set-up, for its goal).
 LONG = ("sto_thick", 2e4)
@@ -309,7 +319,7 @@ def distill4d_source() -> str:
 
 
 #: The ptychography of the pipeline and the whole-scan row it is compared with, per scan.
-PIPELINE_PTYCHO = {"mos2_test": "distill4d single", "sto_thick": "distill4d multislice"}
+PIPELINE_PTYCHO = {"mos2_test": "distill4d single", "sto_thick": "distill4d multislice", "mos2_large": "distill4d single"}
 
 
 def pipeline_region(shape: tuple[int, int]) -> tuple[slice, slice]:
@@ -319,9 +329,12 @@ def pipeline_region(shape: tuple[int, int]) -> tuple[slice, slice]:
     return slice(0, nx), slice(0, ny)
 
 
-def run_pipeline(name: str, dose: float, dc, labels, a) -> dict:
-    """``distill4d phase SCAN --train-on-ptycho BLOCK`` in a subprocess (one thread), scored on the
-    held-out positions (outside the block) against the whole-scan ptychography of the same settings."""
+def run_pipeline(name: str, dose: float, dc, labels, a, row: str = "pipeline") -> dict:
+    """``distill4d phase SCAN --train-on-ptycho BLOCK`` in a subprocess (one thread; run by
+    ``_pipeline_stages.py``, which records the CPU seconds of each stage), scored on the held-out
+    positions (outside the block) against the whole-scan ptychography of the same settings. Row
+    ``pipeline``: the model of ``--pipeline-model``; ``pipeline conv4d``: the 4D CNN, at most
+    ``--pipeline-conv4d-steps`` training steps."""
     import resource
 
     from distill4d.io import read_results, write
@@ -336,12 +349,17 @@ def run_pipeline(name: str, dose: float, dc, labels, a) -> dict:
         write(scan, dc, force=True)
     region = pipeline_region(dc.scan_shape)
     spec = f"{region[0].start}:{region[0].stop},{region[1].start}:{region[1].stop}"
-    out = DATA / f"{name}_{dose:g}_pipeline_image.h5"
+    tag = row.replace(" ", "_")
+    out = DATA / f"{name}_{dose:g}_{tag}_image.h5"
+    stages_path = DATA / f"{name}_{dose:g}_{tag}_stages.json"
     ms = ref_row.endswith("multislice")
-    cmd = [sys.executable, "-m", "distill4d.cli", "phase", str(scan), "--train-on-ptycho", spec, "-o", str(out),
-           "--force", "--no-png", "--no-progress", "--scheduler", "inline", "--device", "cpu",
+    model = "conv4d" if row == "pipeline conv4d" else a.pipeline_model
+    cmd = [sys.executable, str(HERE / "_pipeline_stages.py"), str(stages_path), "phase", str(scan), "--train-on-ptycho",
+           spec, "-o", str(out), "--force", "--no-png", "--no-progress", "--scheduler", "inline", "--device", "cpu",
            "--iterations", str(a.iterations_multislice if ms else a.iterations), "--scan-rotation-deg", "0",
-           "--train-model", a.pipeline_model]
+           "--train-model", model]
+    if row == "pipeline conv4d":
+        cmd += ["--train-steps", str(a.pipeline_conv4d_steps)]
     if ms:
         cmd += ["--slices", str(MULTISLICE[name]["slices"]), "--slice-thickness-A",
                 str(MULTISLICE[name]["slice_thickness_A"])]
@@ -356,6 +374,8 @@ def run_pipeline(name: str, dose: float, dc, labels, a) -> dict:
     print(proc.stdout.strip()[-1500:], flush=True)
     if proc.returncode != 0:
         raise RuntimeError(f"distill4d phase --train-on-ptycho failed ({proc.returncode})")
+    stages = json.loads(stages_path.read_text())["stages_cpu_s"]
+    card = json.loads(out.with_name(out.stem + "_model.json").read_text())
     res = read_results(out)
     image = np.asarray(res["ptychographic_phase"], np.float64)
     step = tuple(labels["metadata"]["scan_step_xy_A"])
@@ -363,9 +383,10 @@ def run_pipeline(name: str, dose: float, dc, labels, a) -> dict:
     s_pipe = held.score(image, step, (0.0, 0.0))
     z = np.load(ref_path.with_suffix(".npz"))
     s_ref = held.score(z["phase"], z["sampling_A"], z["origin_A"])
-    return {"scan": name, "dose": dose, "row": "pipeline", "command": " ".join(["distill4d", *cmd[3:]]),
+    return {"scan": name, "dose": dose, "row": row, "command": " ".join(["distill4d", *cmd[4:]]),
             "region": spec, "n_train": int((region[0].stop - region[0].start) * (region[1].stop - region[1].start)),
-            "n_positions": int(np.prod(dc.scan_shape)), "model": a.pipeline_model, "compared_with": ref_row,
+            "n_positions": int(np.prod(dc.scan_shape)), "model": model, "compared_with": ref_row,
+            "train_steps": card["steps"], "stopped": card["stopped"], "stages_cpu_s": stages,
             "held_out": s_pipe, "ptycho_whole_held_out": s_ref, "cpu_s": cpu, "wall_s": wall,
             "ptycho_whole_cpu_s": ref["final"]["cpu_s"], "ptycho_whole_wall_s": ref["final"]["wall_s"],
             "distill4d_commit": distill4d_source(), "machine": machine_info(),
@@ -394,8 +415,8 @@ def applicable(row: str, name: str, dose: float) -> bool:
 
 
 def evaluate(row: str, name: str, dose: float, dc, labels, a) -> dict:
-    if row == "pipeline":
-        return run_pipeline(name, dose, dc, labels, a)
+    if row.startswith("pipeline"):
+        return run_pipeline(name, dose, dc, labels, a, row)
     step = tuple(labels["metadata"]["scan_step_xy_A"])
     scorer = Scorer(labels[LABEL], step)
     if row.startswith("py4DSTEM"):
@@ -433,6 +454,9 @@ def time_to(curve: list[dict], target: float) -> float | None:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--scans", nargs="+", choices=SCANS, default=list(SCANS))
+    ap.add_argument("--pipeline-scans", nargs="*", choices=PIPELINE_SCANS, default=[],
+                    help="larger scans with only the rows of the pipeline goal: whole-scan ptychography "
+                    f"({PIPELINE_ROWS[0]}) and the pipeline rows")
     ap.add_argument("--doses", nargs="+", type=float, default=[2e4, 2e3])
     ap.add_argument("--rows", nargs="+", choices=ROWS, default=list(ROWS))
     ap.add_argument("--iterations", type=int, default=12, help="single-slice / mixed-state iterations")
@@ -444,22 +468,28 @@ def main(argv=None) -> None:
                     help="distill4d positions per mini-batch (default: its own default)")
     ap.add_argument("--pipeline-model", default="linear", choices=("linear", "conv4d"),
                     help="the model the pipeline trains (default linear, the command's default)")
+    ap.add_argument("--pipeline-conv4d-steps", type=int, default=100,
+                    help="at most this many training steps of the row 'pipeline conv4d' (default 100)")
     ap.add_argument("--curve-every", type=int, default=1, help="score every Nth iteration")
     ap.add_argument("--py4dstem-python", type=Path, default=PY4DSTEM_PYTHON)
     ap.add_argument("--timeout", type=float, default=600, help="seconds per py4DSTEM run")
     ap.add_argument("--redo", action="store_true", help="recompute runs that have a checkpoint")
+    ap.add_argument("--redo-rows", nargs="+", choices=ROWS, default=[],
+                    help="recompute these rows even where they have a checkpoint (e.g. pipeline)")
     add_output_arguments(ap, "ptycho")
     a = ap.parse_args(argv)
     command = "benchmarks/ptycho_benchmark.py " + " ".join(sys.argv[1:] if argv is None else argv)
     results = {}
-    for name in a.scans:
+    jobs = [(name, a.rows) for name in a.scans] + [(name, [r for r in a.rows if r in PIPELINE_ROWS])
+                                                   for name in a.pipeline_scans]
+    for name, rows in jobs:
         for dose in a.doses:
             dc = labels = None
-            for row in a.rows:
+            for row in rows:
                 if not applicable(row, name, dose):
                     continue
                 path = checkpoint_path(name, dose, row)
-                if path.exists() and not a.redo:
+                if path.exists() and not a.redo and row not in a.redo_rows:
                     results[(name, dose, row)] = json.loads(path.read_text())
                     continue
                 if dc is None:
@@ -479,7 +509,7 @@ def main(argv=None) -> None:
                       flush=True)
     if not a.no_results:
         ceilings = {}
-        for name in sorted({k[0] for k in results}, key=SCANS.index):
+        for name in sorted({k[0] for k in results}, key=ORDER.index):
             _, labels = load_or_simulate(name)
             ceilings[name] = metric_ceiling(labels[LABEL], tuple(labels["metadata"]["scan_step_xy_A"]))
         write_section(a.section, report(results, a, command, ceilings))
@@ -518,7 +548,7 @@ def best_point(curve: list[dict]) -> dict:
 def pair_rows(results: dict) -> list[dict]:
     """Time to the same quality for every distill4d / py4DSTEM pair on the same scan and dose."""
     out = []
-    keys = sorted({(n, d) for n, d, _ in results}, key=lambda k: (SCANS.index(k[0]), -k[1]))
+    keys = sorted({(n, d) for n, d, _ in results}, key=lambda k: (ORDER.index(k[0]), -k[1]))
     for name, dose in keys:
         for d4, p4 in PAIRS:
             if (name, dose, d4) not in results or (name, dose, p4) not in results:
@@ -610,11 +640,11 @@ def report(results: dict, a, command: str, ceilings: dict | None = None) -> str:
           "included); target = 0.95 x the lower of the two final SSIMs of a distill4d / py4DSTEM pair."),
          "", "| scan | dose e-/pattern | method | iterations | SSIM | Pearson r | phase-benchmark metric SSIM / r "
          "| best SSIM (iteration) | CPU s | wall s | code |", "|---|---|---|---|---|---|---|---|---|---|---|"]
-    order = sorted(results, key=lambda k: (SCANS.index(k[0]), -k[1], ROWS.index(k[2])))
+    order = sorted(results, key=lambda k: (ORDER.index(k[0]), -k[1], ROWS.index(k[2])))
     for key in order:
         rec = results[key]
         name, dose, row = key
-        if row == "pipeline":
+        if row.startswith("pipeline"):
             continue
         f, b = rec["final"], best_point(rec["curve"])
         it = f["iteration"] if row not in ("iDPC",) else "-"
@@ -640,28 +670,41 @@ def report(results: dict, a, command: str, ceilings: dict | None = None) -> str:
                "at the end); py4DSTEM's multislice was run with its defaults (no depth regularisation), not "
                "tuned, and the row `distill4d multislice long` shows where more iterations lead. The iteration "
                "counts were fixed before the distill4d rows were run.")]
-    pipes = [results[k] for k in order if k[2] == "pipeline"]
+    pipes = [results[k] for k in order if k[2].startswith("pipeline")]
     if pipes:
-        p0 = pipes[0]
-        L += ["", (f"Pipeline: `distill4d phase SCAN --train-on-ptycho BLOCK -o image.h5 --train-model "
-                   f"{p0['model']} --iterations N --scan-rotation-deg 0 ...` (ptychography of a corner block of about "
-                   "1/8 of the positions with the settings of the whole-scan row it is compared with, the model "
-                   "trained on its phase, applied to the whole scan), one subprocess, one thread; its CPU time "
-                   "includes start-up, reading the scan and writing the outputs. Scored on the held-out positions "
-                   "(outside the block, less the edge band) against the projected potential, as the whole-scan "
-                   "ptychography is on the same positions. On scans this small the command's fixed costs (start-up, "
-                   "training at most 1000 steps, inference) weigh against whole-scan ptychography of "
-                   "only 4,000-7,000 positions."), "",
-              "| scan | dose | block (positions) | whole-scan ptychography | held-out SSIM / r: pipeline | "
+        L += ["", ("Pipeline: `distill4d phase SCAN --train-on-ptycho BLOCK -o image.h5 --train-model MODEL --iterations N "
+                   "--scan-rotation-deg 0 ...` (ptychography of a corner block of about 1/8 of the positions with the "
+                   "settings of the whole-scan row it is compared with, the model trained on its phase, applied to the "
+                   "whole scan), one subprocess, one thread; its CPU time includes start-up, reading the scan and writing "
+                   "the outputs. Row `pipeline`: the linear model (the command's default, at most 1000 training steps "
+                   "with early stopping); `pipeline conv4d`: the 4D CNN with `--train-steps "
+                   f"{a.pipeline_conv4d_steps}`. Scored on the held-out positions (outside the block, less the edge "
+                   "band) against the projected potential, as the whole-scan ptychography is on the same positions. "
+                   "On the small scans (4,000-7,000 positions) the command's fixed costs (start-up, importing PyTorch, "
+                   "training, which does not grow with the scan) weigh against whole-scan ptychography. `mos2_large` "
+                   "(`phase_data.py`: 3x3 times the mos2_test cell, its own random vacancies, 228x263 = 59,964 "
+                   "positions, simulated in tiles) is the size of a lab scan. CPU seconds on the loaded machine vary "
+                   "from run to run (the linear pipeline on mos2_test at 2e4: 8.4-9.8 CPU s in three runs of the "
+                   "same code)."), "",
+              "| scan | dose | row (model, steps) | block (positions) | whole-scan ptychography | held-out SSIM / r: pipeline | "
               "held-out SSIM / r: whole-scan ptychography | quality ratio (SSIM) | CPU s: pipeline / whole-scan "
-              "ptychography | time ratio |", "|---|---|---|---|---|---|---|---|---|"]
+              "ptychography | time ratio |", "|---|---|---|---|---|---|---|---|---|---|"]
         for p in pipes:
             h, r = p["held_out"], p["ptycho_whole_held_out"]
-            L.append(f"| {p['scan']} | {p['dose']:g} | {p['region']} ({p['n_train']} of {p['n_positions']}; "
-                     f"{_code(p)}) | "
+            L.append(f"| {p['scan']} | {p['dose']:g} | {p['row']} ({p['model']}, {p.get('train_steps', '?')}) | "
+                     f"{p['region']} ({p['n_train']} of {p['n_positions']}; {_code(p)}) | "
                      f"{p['compared_with']} | {h['ssim']:.3f} / {h['pearson']:.3f} | {r['ssim']:.3f} / "
                      f"{r['pearson']:.3f} | {h['ssim'] / r['ssim']:.2f} | {p['cpu_s']:.1f} / "
                      f"{p['ptycho_whole_cpu_s']:.1f} | {p['cpu_s'] / p['ptycho_whole_cpu_s']:.2f} |")
+        staged = [p for p in pipes if p.get("stages_cpu_s")]
+        if staged:
+            names = list(dict.fromkeys(k for p in staged for k in p["stages_cpu_s"]))
+            L += ["", "Where the pipeline's CPU time goes (process CPU seconds per stage, `_pipeline_stages.py`; "
+                  "`ptychography` includes the first import of `torch._dynamo` by PyTorch's optimisers, about 1.4 s):",
+                  "", "| scan | dose | row | " + " | ".join(names) + " |", "|---|---|---|" + "---|" * len(names)]
+            for p in staged:
+                L.append(f"| {p['scan']} | {p['dose']:g} | {p['row']} | "
+                         + " | ".join(f"{p['stages_cpu_s'].get(k, 0.0):.1f}" for k in names) + " |")
     else:
         L += ["", PIPELINE_NOTE]
     L += ["", "Goals (issue 34):"]
@@ -677,7 +720,7 @@ def report(results: dict, a, command: str, ceilings: dict | None = None) -> str:
         q = p["held_out"]["ssim"] / p["ptycho_whole_held_out"]["ssim"]
         tr = p["cpu_s"] / p["ptycho_whole_cpu_s"]
         L.append(f"- pipeline >= 0.95 of the ptychographic image quality on the unreconstructed area in <= 1/5 of "
-                 f"the time of whole-scan ptychography, {p['scan']} {p['dose']:g}: "
+                 f"the time of whole-scan ptychography, {p['scan']} {p['dose']:g}, {p['row']} ({p['model']}): "
                  f"{'PASS' if q >= 0.95 and tr <= 0.2 else 'FAIL'} (SSIM ratio {q:.2f}, CPU time ratio {tr:.2f})")
     if not pipes:
         L.append("- pipeline goal: not measured (no pipeline rows in this run)")

@@ -133,3 +133,35 @@ def test_fcunet_card_without_format_is_read_by_its_model_name(tmp_path):
     with pytest.raises(ValueError, match="is not an FCU-Net card: .*q_pixel_inv_A must be > 0"):
         (tmp_path / "n.json").write_text(json.dumps({"model": "fcunet", "architecture": {}, "input": {"q_pixel_inv_A": 0}}))
         read_card(tmp_path / "n.pt", "fcunet")
+
+
+@pytest.mark.parametrize("shape, origin, scale, size", [
+    ((48, 48), (24.3, 23.7), 2.0, 16),   # binned (box filter) and interpolated
+    ((40, 52), (5.2, 47.1), 1.3, 16),    # grid partly off the detector
+    ((48, 48), (24.5, 24.5), 3.4, 16),
+    ((64, 64), (2.0, 60.0), 0.7, 32),    # finer than the input
+    ((48, 48), (200.0, 24.0), 2.0, 16),  # grid entirely off the detector: zeros
+])
+def test_resample_patterns_matches_the_pattern_by_pattern_interpolation(shape, origin, scale, size):
+    import numpy as np
+
+    from distill4d.ml._common.resample import _resample_pixelwise, resample_patterns
+
+    imgs = np.random.default_rng(0).random((7,) + shape).astype(np.float32)
+    fast = resample_patterns(imgs, origin, scale, size)
+    slow = _resample_pixelwise(imgs, origin, scale, size)
+    assert fast.shape == slow.shape == (7, size, size) and fast.dtype == np.float32
+    np.testing.assert_allclose(fast, slow, rtol=0, atol=1e-6)
+
+
+def test_resample_patterns_keeps_nan_in_patterns_that_have_it():
+    import numpy as np
+
+    from distill4d.ml._common.resample import resample_patterns
+
+    imgs = np.ones((3, 48, 48), np.float32)
+    imgs[1, 24, 24] = np.nan  # inside the grid's reach
+    imgs[2, 0, 0] = np.nan  # outside it (the grid spans pixels 8-40)
+    out = resample_patterns(imgs, (24.0, 24.0), 2.0, 16)
+    assert np.isfinite(out[0]).all() and np.isnan(out[1]).any() and np.isfinite(out[2]).all()
+    np.testing.assert_allclose(out[2], out[0])  # a bad pixel the grid never reads changes nothing

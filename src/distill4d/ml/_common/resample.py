@@ -2,9 +2,30 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 __all__ = ["resample_patterns"]
+
+
+@functools.lru_cache(maxsize=32)
+def _axis_matrix(n: int, origin: float, scale: float, size: int) -> tuple[np.ndarray, int, int]:
+    """The resampling of one axis as ``(A, i0, i1)``: ``A`` (size, i1 - i0) float32 maps input pixels
+    ``i0 .. i1 - 1`` (those with a weight) to the model grid: the box filter then linear interpolation
+    of :func:`resample_patterns`, applied to each unit vector."""
+    from scipy import ndimage
+
+    eye = np.eye(n, dtype=np.float32)
+    if scale > 1.5:
+        eye = ndimage.uniform_filter1d(eye, int(round(scale)), axis=1, mode="constant")
+    u = origin + (np.arange(size) - size // 2) * scale
+    A = np.stack([ndimage.map_coordinates(eye[k], [u], order=1, mode="constant", cval=0.0) for k in range(n)], 1)
+    used = np.flatnonzero(np.abs(A).sum(axis=0) > 0)
+    i0, i1 = (int(used[0]), int(used[-1]) + 1) if used.size else (0, 0)
+    A = np.ascontiguousarray(A[:, i0:i1])
+    A.setflags(write=False)
+    return A, i0, i1
 
 
 def resample_patterns(images: np.ndarray, origin: tuple[float, float], scale: float, size: int) -> np.ndarray:
@@ -12,9 +33,10 @@ def resample_patterns(images: np.ndarray, origin: tuple[float, float], scale: fl
 
     ``scale`` = model pixel / input pixel. When ``scale`` > 1.5 the input is first box-filtered
     over ``round(scale)`` pixels (the counts of the skipped pixels are kept). Outside the input: 0.
+    Both steps act on each axis alone, so they run as two small matrix products per image (the
+    same values to float32 rounding); images with NaN/Inf where the grid reads take the
+    pixel-by-pixel path (a bad pixel spoils the model pixels near it); elsewhere they are ignored.
     """
-    from scipy import ndimage
-
     imgs = np.asarray(images, dtype=np.float32)
     if abs(scale - 1.0) < 1e-9 and float(origin[0]).is_integer() and float(origin[1]).is_integer():
         out = np.zeros((imgs.shape[0], size, size), dtype=np.float32)
@@ -25,6 +47,24 @@ def resample_patterns(images: np.ndarray, origin: tuple[float, float], scale: fl
         if x1 > x0 and y1 > y0:
             out[:, x0:x1, y0:y1] = imgs[:, ox + x0 : ox + x1, oy + y0 : oy + y1]
         return out
+    ax, x0, x1 = _axis_matrix(imgs.shape[1], float(origin[0]), float(scale), int(size))
+    ay, y0, y1 = _axis_matrix(imgs.shape[2], float(origin[1]), float(scale), int(size))
+    if x1 == x0 or y1 == y0:
+        return np.zeros((imgs.shape[0], size, size), dtype=np.float32)
+    support = imgs[:, x0:x1, y0:y1]
+    good = np.isfinite(support).all(axis=(1, 2))
+    if good.all():
+        return np.matmul(np.matmul(ax, support), ay.T)
+    out = np.empty((imgs.shape[0], size, size), dtype=np.float32)
+    out[good] = np.matmul(np.matmul(ax, support[good]), ay.T)
+    out[~good] = _resample_pixelwise(imgs[~good], origin, scale, size)
+    return out
+
+
+def _resample_pixelwise(imgs: np.ndarray, origin: tuple[float, float], scale: float, size: int) -> np.ndarray:
+    """:func:`resample_patterns` image by image (``scipy.ndimage``): NaN/Inf stay local."""
+    from scipy import ndimage
+
     box = int(round(scale))
     if scale > 1.5:
         imgs = ndimage.uniform_filter(imgs, size=(1, box, box), mode="constant")
