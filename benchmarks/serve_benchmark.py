@@ -212,6 +212,9 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=5.0, help="load per point (default 5 s)")
     ap.add_argument("--no-results", action="store_true", help="print only; do not write RESULTS.md")
     a = ap.parse_args()
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1, user_api="blas")  # the direct calls in one thread, as the server runs them
 
     from distill4d.serve.protocol import encode_request
 

@@ -39,6 +39,22 @@ _OPEN = ("/v2/health/live", "/v2/health/ready")
 #: cached, prepared on the event loop; larger ones in a worker thread.
 _INLINE_BYTES = 4 * 2**20
 _INLINE_JSON_BYTES = 256 * 2**10
+#: sys.setswitchinterval of the server (s)
+_SWITCH_INTERVAL_S = 0.0005
+
+
+def _one_blas_thread() -> int | None:
+    """Run NumPy's BLAS in one thread (threadpoolctl); the thread count now, None without threadpoolctl.
+
+    A request is a handful of small matrix products (the disks' DFT refinement); BLAS threads
+    split each across the cores and spin between them, taking the cores from the HTTP stack and
+    the clients (see the serve section of benchmarks/RESULTS.md)."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return None
+    threadpool_limits(1, user_api="blas")
+    return 1
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -189,9 +205,14 @@ class _State:
             # full collection during a request walks only that request's objects (a shorter tail)
             gc.collect()
             gc.freeze()
+            blas = _one_blas_thread()
+            # the batch worker hands the GIL back and forth with the event loop around every BLAS and
+            # FFT call; a waiting thread gets it after at most this many seconds (Python's default 5 ms)
+            sys.setswitchinterval(_SWITCH_INTERVAL_S)
             self.ready = True
             torch = sys.modules.get("torch")  # the thread settings the models run with, for comparisons
             _LOG.info("ready", extra={"models": list(self.models), "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+                                      "blas_threads": blas,
                                       "torch_threads": torch.get_num_threads() if torch is not None else None})
         except Exception as err:  # noqa: BLE001 - the server stays up, not ready, and says why
             self.error = f"{type(err).__name__}: {err}"
