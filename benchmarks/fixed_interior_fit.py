@@ -36,6 +36,7 @@ sys.path.insert(0, str(HERE))
 import robust_strain_benchmark as rb  # noqa: E402
 import strain_vs_py4dstem as svp  # noqa: E402
 import whole_pattern_fit as wpf  # noqa: E402
+from probe_model_fit import accept_refined, disk_windows  # noqa: E402
 
 from distill4d.bragg import find_bragg_disks, probe_template  # noqa: E402
 from distill4d.bragg.peaks import BraggPeaks  # noqa: E402
@@ -77,16 +78,8 @@ def fixed_interior_refine(b, qx, qy, ref_q, ref_F, probe, origin_px, radius_px, 
     W = 2 * h + 1
     off = np.arange(-h, h + 1)
     fb_ = np.array([ref_F[m][0] for m in j])  # each disk's window: the reference disk's pixel grid
-    nx, ny = b.shape[1:]
-    px = np.clip(fb_[:, 0, None] + off, 0, nx - 1)
-    py = np.clip(fb_[:, 1, None] + off, 0, ny - 1)
-    data = b[ii[:, None, None], px[:, :, None], py[:, None, :]].reshape(-1, W * W)
+    data, P0f, fo, kx, ky = disk_windows(b, ii, fb_, probe, origin_px, h)
     Fw = np.stack([ref_F[m][1] for m in j]).reshape(-1, W * W)
-    ob = np.rint(origin_px).astype(int)
-    fo = np.asarray(origin_px, float) - ob
-    P0f = np.fft.fft2(np.asarray(probe, float)[ob[0] - h: ob[0] + h + 1, ob[1] - h: ob[1] + h + 1])
-    kx = np.fft.fftfreq(W)[:, None]
-    ky = np.fft.fftfreq(W)[None, :]
     d = x0 - fb_
     u = off[None, :, None] - d[:, 0, None, None]
     v = off[None, None, :] - d[:, 1, None, None]
@@ -103,11 +96,7 @@ def fixed_interior_refine(b, qx, qy, ref_q, ref_F, probe, origin_px, radius_px, 
         sol = np.linalg.solve(N, np.einsum("mpi,mp,mp->mi", J, w, resid)[..., None])[..., 0]
         step = sol[:, 2:]
         d = d + np.clip(step, -clip_px, clip_px)
-    c = fb_ + d
-    ok = np.hypot(*(c - x0).T) < 2.0
-    ox, oy = qx.copy(), qy.copy()
-    ox[ii, kk] = np.where(ok, c[:, 0], x0[:, 0])
-    oy[ii, kk] = np.where(ok, c[:, 1], x0[:, 1])
+    ox, oy = accept_refined(qx, qy, ii, kk, fb_ + d, x0)
     return ox, oy, np.hypot(*step.T)
 
 

@@ -57,6 +57,22 @@ def interior_terms(u: np.ndarray, v: np.ndarray, kind: str) -> np.ndarray:
     return np.stack(terms[kind], -1)
 
 
+def disk_windows(b, ii, base, probe, origin_px, h: int):
+    """The (2h + 1)² windows of patterns b[ii] about integer centres base (m, 2), flattened (m, W²);
+    the FFT of the probe's window about its integer origin, the origin's fraction, and the
+    window's frequencies (kx, ky)."""
+    W = 2 * h + 1
+    nx, ny = b.shape[1:]
+    off = np.arange(-h, h + 1)
+    px = np.clip(base[:, 0, None] + off, 0, nx - 1)
+    py = np.clip(base[:, 1, None] + off, 0, ny - 1)
+    data = b[ii[:, None, None], px[:, :, None], py[:, None, :]].reshape(-1, W * W)
+    ob = np.rint(origin_px).astype(int)
+    fo = np.asarray(origin_px, float) - ob
+    P0f = np.fft.fft2(np.asarray(probe, float)[ob[0] - h: ob[0] + h + 1, ob[1] - h: ob[1] + h + 1])
+    return data, P0f, fo, np.fft.fftfreq(W)[:, None], np.fft.fftfreq(W)[None, :]
+
+
 def probe_model_refine(b, qx, qy, probe, origin_px, radius_px, kind="linear", margin_px=2.0, iterations=40,
                        clip_px=0.25, extra_px=4):
     """Refine padded positions qx, qy (n, k) in patterns b (n, Qx, Qy).
@@ -68,16 +84,8 @@ def probe_model_refine(b, qx, qy, probe, origin_px, radius_px, kind="linear", ma
     ii, kk = np.nonzero(np.isfinite(qx) & np.isfinite(qy))
     x0 = np.stack([qx[ii, kk], qy[ii, kk]], 1)
     base = np.rint(x0).astype(int)
-    nx, ny = b.shape[1:]
     off = np.arange(-h, h + 1)
-    px = np.clip(base[:, 0, None] + off, 0, nx - 1)
-    py = np.clip(base[:, 1, None] + off, 0, ny - 1)
-    data = b[ii[:, None, None], px[:, :, None], py[:, None, :]].reshape(-1, W * W)
-    ob = np.rint(origin_px).astype(int)
-    fo = np.asarray(origin_px, float) - ob
-    P0f = np.fft.fft2(np.asarray(probe, float)[ob[0] - h: ob[0] + h + 1, ob[1] - h: ob[1] + h + 1])
-    kx = np.fft.fftfreq(W)[:, None]
-    ky = np.fft.fftfreq(W)[None, :]
+    data, P0f, fo, kx, ky = disk_windows(b, ii, base, probe, origin_px, h)
     frac = x0 - base
     u = ((off[None, :, None] - frac[:, 0, None, None]) / r + 0 * off[None, None, :]).reshape(-1, W * W)
     v = ((off[None, None, :] - frac[:, 1, None, None]) / r + 0 * off[None, :, None]).reshape(-1, W * W)
@@ -104,12 +112,18 @@ def probe_model_refine(b, qx, qy, probe, origin_px, radius_px, kind="linear", ma
         a = sol[:, :p + 1]
         step = sol[:, p + 1:]
         d = d + np.clip(step, -clip_px, clip_px)
-    c = base + d
-    ok = np.hypot(*(c - x0).T) < 2.0
+    ox, oy = accept_refined(qx, qy, ii, kk, base + d, x0)
+    return ox, oy, np.hypot(*step.T)
+
+
+def accept_refined(qx, qy, ii, kk, c, x0, max_px: float = 2.0):
+    """Copies of padded qx, qy (n, k) with entries (ii, kk) set to the refined centres c (m, 2)
+    where they moved less than ``max_px`` from their starts x0 (m, 2), else kept at the start."""
+    ok = np.hypot(*(c - x0).T) < max_px
     ox, oy = qx.copy(), qy.copy()
     ox[ii, kk] = np.where(ok, c[:, 0], x0[:, 0])
     oy[ii, kk] = np.where(ok, c[:, 1], x0[:, 1])
-    return ox, oy, np.hypot(*step.T)
+    return ox, oy
 
 
 def main(argv: list[str]) -> int:
