@@ -51,6 +51,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .._ragged import pad_rows
 from .._validate import positive_float
 from ..errors import Distill4dError
 
@@ -258,15 +259,8 @@ def encode_ragged(
         while (e - s) * K > budget and e - s > 1:
             e = s + max(1, budget // K)
             K = int(n[s:e].max(initial=1))
-        col = np.arange(K)
-        used = col < n[s:e, None]
-        src = (offsets[s:e, None] + col)[used]
-        block = []
-        for flat in (qx, qy, it):
-            a = np.zeros((e - s, K))
-            a[used] = flat[src]
-            block.append(a)
-        out[s:e] = _encode_block(block[0], block[1], block[2], used, beam, power, thresh, s)
+        (bx, by, bi), used = pad_rows((qx, qy, it), offsets[s:e], n[s:e], fill=0.0)
+        out[s:e] = _encode_block(bx, by, bi, used, beam, power, thresh, s)
         s = e
     return out
 

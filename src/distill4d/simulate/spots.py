@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .._ragged import pad_rows
 from .._validate import nonnegative_float, positive_float, positive_int
 from ..errors import Distill4dError
 from .crystals import _rng
@@ -211,17 +212,8 @@ class SpotLibrary:
         all): NaN-padded ``(n, K)`` arrays, ``K`` the longest of their lists, and counts ``(n,)``."""
         idx = np.arange(len(self))[slice(None) if rows is None else rows]
         counts = self.counts[idx]
-        start = self.offsets[idx]
-        K = int(counts.max(initial=1))
-        col = np.arange(K)
-        used = col < counts[:, None]
-        src = (start[:, None] + col)[used]
-        out = []
-        for flat in (self.spot_qx, self.spot_qy, self.spot_intensity):
-            a = np.full((idx.size, K), np.nan)
-            a[used] = flat[src]
-            out.append(a)
-        return out[0], out[1], out[2], counts
+        (qx, qy, it), _ = pad_rows((self.spot_qx, self.spot_qy, self.spot_intensity), self.offsets[idx], counts)
+        return qx, qy, it, counts
 
     @property
     def qx(self) -> np.ndarray:
