@@ -289,11 +289,18 @@ def _phases(r: np.ndarray, k: np.ndarray, n: int) -> np.ndarray:
     fractional part lies within +-pi for ``|k| <= n / 2`` and is taken in float32.
     """
     r0 = np.floor(r)
-    roots = np.exp((2j * np.pi / n) * np.arange(n)).astype(np.complex64)
     t = ((2 * np.pi / n) * (r - r0)[:, None] * k).astype(np.float32)
     frac = np.empty(t.shape, np.complex64)
     frac.real, frac.imag = np.cos(t), np.sin(t)
-    return roots[(r0.astype(np.int64)[:, None] * k) % n] * frac
+    return _roots(n)[(r0.astype(np.int64)[:, None] * k) % n] * frac
+
+
+@functools.lru_cache(maxsize=8)
+def _roots(n: int) -> np.ndarray:
+    """The n-th roots of unity ``exp(2 pi i j / n)``, j = 0 .. n - 1, complex64 (read-only)."""
+    roots = np.exp((2j * np.pi / n) * np.arange(n)).astype(np.complex64)
+    roots.setflags(write=False)
+    return roots
 
 
 def _dft_refine(M: np.ndarray, ii: np.ndarray, fx: np.ndarray, fy: np.ndarray, shape, up: int):
