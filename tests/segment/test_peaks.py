@@ -80,3 +80,15 @@ def test_4d_scan_through_its_patterns():
     s = segment_datacube(distill4d.DataCube.from_array(data), "peaks", engine={"progress": False})
     assert s.n_variants == 2
     assert mean_iou(s.labels, grain[None]) > 0.95
+
+
+def test_absurd_peaks_parameters_are_named():
+    from distill4d.segment.peaks import peak_unmixing
+
+    img, _ = _two_stripes(150)
+    f = window_features(img, 64, 32, scale="linear")
+    for kw, name in (({"max_variants": 0}, "max_variants"), ({"single_ratio": 2.0}, "single_ratio"),
+                     ({"n_variants": 0}, "n_variants"), ({"max_peaks": 0}, "max_peaks"),
+                     ({"halfwidth": -1}, "halfwidth"), ({"min_sigma": -1.0}, "min_sigma")):
+        with pytest.raises(Distill4dError, match=name):
+            peak_unmixing(f, **kw)

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from .._validate import nonnegative_float, positive_float, positive_int
 from ..errors import Distill4dError
 from .windows import WindowFeatures
 
@@ -53,6 +54,10 @@ def peak_bins(features: WindowFeatures, *, max_peaks: int = 12, halfwidth: int =
 
     if features.scale != "linear":
         raise Distill4dError("the peaks method needs linear features: window_features(..., scale='linear')")
+    max_peaks = positive_int("max_peaks", max_peaks)
+    halfwidth = positive_int("halfwidth", halfwidth, minimum=0)
+    min_radius_px = nonnegative_float("min_radius_px", min_radius_px)
+    min_sigma = nonnegative_float("min_sigma", min_sigma)
     f = features.feature_px
     c = features.zero_frequency_px
     mean = features.flat().mean(axis=0).astype(np.float64)
@@ -86,6 +91,8 @@ def peak_unmixing(features: WindowFeatures, n_variants: int | None = None, *, ma
     """Activations (T, ny, nx, V) >= 0 and component spectra (V, F, F) of linear ``features``
     (see the module), with the peak bins and, when ``n_variants`` is None, the relative residual
     of each K tried (``errors``, from K = 1)."""
+    max_variants = positive_int("max_variants", max_variants)
+    single_ratio = positive_float("single_ratio", single_ratio, maximum=1.0)
     mask, bg = peak_bins(features, **bins)
     t, ny, nx, f, _ = features.features.shape
     n = t * ny * nx
@@ -94,12 +101,14 @@ def peak_unmixing(features: WindowFeatures, n_variants: int | None = None, *, ma
     if not mask.any() or norm == 0 or float(features.features.max()) < 1e-3:  # (units of the series' std)
         raise Distill4dError("the images show no periodic contrast (no peak in the mean window spectrum above its noise)")
     if n_variants is not None:
-        k = int(n_variants)
+        k = positive_int("n_variants", n_variants)
         if n <= k:
             raise Distill4dError(f"peaks needs more windows than variants ({k}), got {n} windows; use a smaller step_px")
         w, h, _ = _nmf(x, k, seed)
         errors: list[float] = []
     else:
+        if n < 2:
+            raise Distill4dError(f"peaks needs at least 2 windows to count the variants, got {n}; use a smaller step_px")
         fits = [_nmf(x, k, seed) for k in range(1, min(max_variants, n - 1) + 1)]
         errors = [e / norm for _, _, e in fits]
         ratios = np.array(errors[1:]) / np.maximum(np.array(errors[:-1]), 1e-12)
@@ -120,6 +129,7 @@ def read_out_peaks(strength: np.ndarray, features: WindowFeatures, angles_deg: n
     plus ``strength``, the divided strengths."""
     from .readout import area_fractions, upsample_strength
 
+    min_strength = nonnegative_float("min_strength", min_strength)
     t, ny, nx, v = strength.shape
     order = np.argsort(angles_deg, kind="stable")
     st = strength[..., order]
