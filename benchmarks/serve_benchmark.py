@@ -3,8 +3,9 @@
 A real ``distill4d serve --models disks`` runs in a subprocess; an asyncio + httpx client sends
 one 256 x 256 pattern per request (binary tensor extension, a fixed probe and the detection
 parameters fixed from the patterns once, as a streaming client would) at concurrency 1, 8 and
-64, with dynamic batching on (the defaults, max batch 64 and max wait 10 ms; max batch 16; a max
-wait of 2 ms) and off (max batch 1); the server's mean batch size per point comes from its ``/metrics``. Each point runs for ``--seconds``. The reference is ``distill4d.bragg.detect_batch`` called directly in
+64, with dynamic batching on (the defaults, max batch 64 and max wait 10 ms, batches in a worker
+process; the same with an httpx client, and with batches in a thread of the server; max batch 16;
+a max wait of 2 ms) and off (max batch 1); the server's mean batch size per point comes from its ``/metrics``. Each point runs for ``--seconds``. The reference is ``distill4d.bragg.detect_batch`` called directly in
 Python on the same patterns, just before each point: on batches of the size the server can form.
 The client and the server share the machine's cores. At concurrency 1 each request's
 ``Server-Timing`` header splits its latency into the server's stages. Writes the ``serve`` section
@@ -69,14 +70,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _start(batch: int, wait_ms: float) -> tuple[subprocess.Popen, str]:
+def _start(batch: int, wait_ms: float, where: str = "process") -> tuple[subprocess.Popen, str]:
     import httpx
 
     port = _free_port()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
     env.pop("DISTILL4D_TOKEN", None)
     proc = subprocess.Popen([sys.executable, "-m", "distill4d.cli", "serve", "--models", "disks", "--port", str(port),
-                             "--max-batch-size", str(batch), "--max-wait-ms", str(wait_ms), "--log-level", "warning"],
+                             "--max-batch-size", str(batch), "--max-wait-ms", str(wait_ms), "--log-level", "warning"]
+                            + (["--batch-in-server"] if where == "thread" else []),
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     t0 = time.monotonic()
@@ -90,33 +92,75 @@ def _start(batch: int, wait_ms: float) -> tuple[subprocess.Popen, str]:
     raise RuntimeError("the server did not become ready")
 
 
-async def _load(url: str, bodies: list, concurrency: int, seconds: float) -> dict:
-    import httpx
+async def _load(url: str, bodies: list, concurrency: int, seconds: float, client: str = "raw") -> dict:
+    """``concurrency`` closed-loop clients for ``seconds``: latency percentiles, rate and errors.
 
+    ``client="raw"``: asyncio streams writing each request's prebuilt HTTP/1.1 bytes and reading the
+    response by its Content-Length (a load generator that leaves the cores to the server, as wrk
+    would); ``"httpx"``: an ``httpx.AsyncClient``."""
     lat, errors = [], 0
     stop = time.perf_counter() + seconds
-    async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=concurrency,
-                                                                 max_keepalive_connections=concurrency)) as client:
+    host = url.split("//", 1)[1]
+    path = "/v2/models/disks/infer"
+    if client == "raw":
+        raw = [(f"POST {path} HTTP/1.1\r\nhost: {host}\r\ncontent-length: {len(body)}\r\n"
+                + "".join(f"{k}: {v}\r\n" for k, v in h.items()) + "\r\n").encode() + body for body, h in bodies]
+
         async def worker(k: int) -> None:
             nonlocal errors
             i = k
-            while time.perf_counter() < stop:
-                body, h = bodies[i % len(bodies)]
-                i += concurrency
-                t0 = time.perf_counter()
-                try:
-                    r = await client.post(url + "/v2/models/disks/infer", content=body, headers=h)
-                    ok = r.status_code == 200
-                except httpx.TransportError:
-                    ok = False
-                if ok:
-                    lat.append(time.perf_counter() - t0)
-                else:
-                    errors += 1
+            reader, writer = await asyncio.open_connection(*host.rsplit(":", 1))
+            try:
+                while time.perf_counter() < stop:
+                    req = raw[i % len(raw)]
+                    i += concurrency
+                    t0 = time.perf_counter()
+                    try:
+                        writer.write(req)
+                        head = await reader.readuntil(b"\r\n\r\n")
+                        length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                                      if line.lower().startswith(b"content-length:"))
+                        await reader.readexactly(length)
+                        ok = head[9:12] == b"200"
+                    except (asyncio.IncompleteReadError, ConnectionError, StopIteration):
+                        ok = False
+                        writer.close()
+                        reader, writer = await asyncio.open_connection(*host.rsplit(":", 1))
+                    if ok:
+                        lat.append(time.perf_counter() - t0)
+                    else:
+                        errors += 1
+            finally:
+                writer.close()
 
         t0 = time.perf_counter()
         await asyncio.gather(*(worker(k) for k in range(concurrency)))
         wall = time.perf_counter() - t0
+    else:
+        import httpx
+
+        async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(
+                max_connections=concurrency, max_keepalive_connections=concurrency)) as hc:
+            async def worker(k: int) -> None:
+                nonlocal errors
+                i = k
+                while time.perf_counter() < stop:
+                    body, h = bodies[i % len(bodies)]
+                    i += concurrency
+                    t0 = time.perf_counter()
+                    try:
+                        r = await hc.post(url + path, content=body, headers=h)
+                        ok = r.status_code == 200
+                    except httpx.TransportError:
+                        ok = False
+                    if ok:
+                        lat.append(time.perf_counter() - t0)
+                    else:
+                        errors += 1
+
+            t0 = time.perf_counter()
+            await asyncio.gather(*(worker(k) for k in range(concurrency)))
+            wall = time.perf_counter() - t0
     lat_ms = 1000 * np.array(lat)
     return {"n": len(lat), "errors": errors, "p50": float(np.percentile(lat_ms, 50)),
             "p99": float(np.percentile(lat_ms, 99)), "rate": len(lat) / wall}
@@ -229,11 +273,13 @@ def main() -> None:
     bodies = [encode_request({"patterns": data[i:i + 1], "probe": probe}, fixed) for i in range(len(data))]
     # The cores are shared: every point is paired with a direct run of the same length just
     # before it, on batches of the size the server can form there (min(concurrency, max batch)).
-    configs = (("on", 64, 10.0, (1, 8, 64)), ("on", 16, 10.0, (8, 64)), ("on", 64, 2.0, (8, 64)),
-               ("off", 1, 10.0, (1, 8, 64)))
+    # (batching, max batch, max wait, where batches run, client at concurrency > 1, concurrencies)
+    configs = (("on", 64, 10.0, "process", "raw", (1, 8, 64)), ("on", 64, 10.0, "process", "httpx", (8, 64)),
+               ("on", 64, 10.0, "thread", "raw", (8, 64)), ("on", 16, 10.0, "process", "raw", (8, 64)),
+               ("on", 64, 2.0, "process", "raw", (8, 64)), ("off", 1, 10.0, "process", "raw", (1, 8, 64)))
     rows = []
-    for batching, batch, wait, concs in configs:
-        proc, url = _start(batch, wait)
+    for batching, batch, wait, where, client, concs in configs:
+        proc, url = _start(batch, wait, where)
         try:
             asyncio.run(_load(url, bodies, 4, 1.0))  # warm the connections and caches
             for conc in concs:
@@ -241,7 +287,7 @@ def main() -> None:
                     r, rx, d = _interleaved(url, bodies, data, kft, params, 4 * a.seconds)
                     r["seconds"] = rx["seconds"] = 4 * a.seconds
                     r["client"], rx["client"] = "http.client", "httpx"
-                    rows.append((batching, batch, wait, conc, r, d))
+                    rows.append((batching, batch, wait, where, conc, r, d))
                     r = rx
                 else:
                     d = _direct(data, kft, params, min(conc, batch), a.seconds)
@@ -250,13 +296,14 @@ def main() -> None:
                     dur = max(a.seconds, 3 * d["p50"] / 1000)
                     s0, n0 = _batches(url)
                     c0 = time.process_time()
-                    r = asyncio.run(_load(url, bodies, conc, dur))
+                    r = asyncio.run(_load(url, bodies, conc, dur, client))
                     s1, n1 = _batches(url)
                     r["client_cpu"] = (time.process_time() - c0) / dur
                     r["batch"] = (s1 - s0) / max(n1 - n0, 1)
-                    r["seconds"], r["client"] = dur, "httpx (asyncio)"
-                rows.append((batching, batch, wait, conc, r, d))
-                print(f"batching {batching} (max batch {batch}, wait {wait:g} ms), concurrency {conc}: "
+                    r["seconds"], r["client"] = dur, {"raw": "asyncio streams", "httpx": "httpx (asyncio)"}[client]
+                rows.append((batching, batch, wait, where, conc, r, d))
+                print(f"batching {batching} (max batch {batch}, wait {wait:g} ms, in a {where}), concurrency {conc}, "
+                      f"{r['client']}: "
                       f"p50 {r['p50']:.1f} ms, p99 {r['p99']:.1f} ms, {r['rate']:.1f} patterns/s, "
                       f"{r['errors']} errors ({r['n']} requests); direct on {min(conc, batch)}: "
                       f"{d['rate']:.1f} patterns/s, {d['p50']:.1f} ms per call; mean batch {r.get('batch', 1):.1f}")
@@ -266,33 +313,39 @@ def main() -> None:
 
     info = machine_info()
     load_end = os.getloadavg()
-    default = ("on", 64, 10.0)  # the server's defaults
-    c1, d1 = next((r, d) for b, m, w, c, r, d in rows if (b, m, w) == default and c == 1)  # http.client
-    c1x = next(r for b, m, w, c, r, d in rows if (b, m, w) == default and c == 1 and r["client"] == "httpx")
+    default = ("on", 64, 10.0, "process")  # the server's defaults
+    c1, d1 = next((r, d) for b, m, w, p, c, r, d in rows if (b, m, w, p) == default and c == 1)  # http.client
+    c1x = next(r for b, m, w, p, c, r, d in rows if (b, m, w, p) == default and c == 1 and r["client"] == "httpx")
     goal_lat = d1["p50"] + 10
     L = ["## Inference server (`distill4d serve`, disks)", "",
          machine_line(info),
          f"- Run: {info['date']}; `python benchmarks/serve_benchmark.py --seconds {a.seconds:g}`; "
          f"{a.seconds:g} s per point (at concurrency > 1 at least three times the direct call on the batch, "
          "column load), loopback, the clients (column client) on the same "
-         f"{info['cores']} cores as the server (the server's batch runs in one thread; uvicorn's HTTP parser: "
+         f"{info['cores']} cores as the server (the server's batches run in one thread, of a worker process unless the row says thread; uvicorn's HTTP parser: "
          f"{parser}). The cores were shared with other work: load average (1 min) {load_start[0]:.1f} at the "
          f"start and {load_end[0]:.1f} at the end: each point is paired "
          f"with a direct run of {a.seconds:g} s just before it (at concurrency 1, direct calls and requests "
          f"alternate for {4 * a.seconds:g} s), and the numbers move by tens of percent from run to run.",
          "- Clients: at concurrency 1 a request with the standard library's `http.client` and one with `httpx` "
-         "follow each direct call (one keep-alive connection each); at 8 and 64 an asyncio + `httpx` client.",
+         "follow each direct call (one keep-alive connection each); at 8 and 64 closed-loop asyncio clients, one "
+         "keep-alive connection each: `asyncio streams` writes each request's prebuilt HTTP/1.1 bytes and reads the "
+         "response by its Content-Length (a load generator that leaves the cores to the server, as wrk would), "
+         "`httpx (asyncio)` an `httpx.AsyncClient`, which takes a large part of a core at these rates.",
+         "- Batches in: `process` (the default), a worker process of the model (`distill4d.serve.worker`); `thread`, "
+         "a thread of the server's process (`--batch-in-server`), which shares the GIL with the event loop. A lone "
+         "request (concurrency 1) runs in the server's process either way.",
          f"- Requests: one {SIZE}x{SIZE} float32 pattern each (kinematic, 1e5 e-), binary tensor extension, "
          "a fixed probe and fixed detection parameters.",
          "- Direct: `distill4d.bragg.detect_batch` in one thread of the benchmark's process, on batches of "
          "min(concurrency, max batch) patterns (the batch the server can form; one pattern at "
          "concurrency 1).", "",
-         "| batching | max batch | max wait (ms) | concurrency | client | load (s) | p50 (ms) | p99 (ms) | "
+         "| batching | max batch | max wait (ms) | batches in | concurrency | client | load (s) | p50 (ms) | p99 (ms) | "
          "patterns/s | direct patterns/s | % of direct | direct ms per call | mean batch | client CPU (cores) | errors |",
-         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for b, m, w, c, r, d in rows:
+         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for b, m, w, p, c, r, d in rows:
         batch = f"{r['batch']:.1f} | {r['client_cpu']:.2f}" if "batch" in r else "1 | -"  # concurrency 1: one at a time
-        L.append(f"| {b} | {m} | {w:g} | {c} | {r['client']} | {r['seconds']:.0f} | {r['p50']:.1f} | {r['p99']:.1f} | "
+        L.append(f"| {b} | {m} | {w:g} | {p} | {c} | {r['client']} | {r['seconds']:.0f} | {r['p50']:.1f} | {r['p99']:.1f} | "
                  f"{r['rate']:.1f} | {d['rate']:.1f} | {100 * r['rate'] / d['rate']:.0f} % | {d['p50']:.1f} | "
                  f"{batch} | {r['errors']} |")
     keys = ("route", "read", "prepare", "wait", "model", "model-cpu", "return", "encode", "http")
@@ -319,7 +372,8 @@ def main() -> None:
                                                    f"call's CPU time was {c1['stages_p99']['model-cpu']:.1f} ms, its "
                                                    "own variation, which the direct call shares.")]
     errors = sum(r["errors"] for *_, r, d in rows)
-    thr = [100 * r["rate"] / d["rate"] for b, m, w, c, r, d in rows if (b, m, w) == default and c in (8, 64)]
+    thr = [100 * r["rate"] / d["rate"] for b, m, w, p, c, r, d in rows
+           if (b, m, w, p) == default and c in (8, 64) and r["client"] == "asyncio streams"]
     L += ["", "Goals: "
           f"0 errors: **{'met' if errors == 0 else 'not met'}** ({errors}); "
           f"p99 at concurrency 1 (http.client) ≤ one pattern in Python (median) + 10 ms ({goal_lat:.1f} ms): "
@@ -330,7 +384,8 @@ def main() -> None:
           f"it: p50 {c1['over_p50']:.1f} ms, p99 {c1['over_p99']:.1f} ms, "
           f"{'met' if c1['over_p99'] <= 10 else 'not met'} against 10 ms; the 16 patterns differ in their peaks, "
           "so the in-process time varies from pattern to pattern); "
-          f"batched throughput (the defaults: max batch 64, max wait 10 ms) at concurrency 8 and 64 ≥ 80 % of direct batched: "
+          f"batched throughput (the defaults: max batch 64, max wait 10 ms, batches in a worker process; the asyncio "
+          "streams client) at concurrency 8 and 64 ≥ 80 % of direct batched: "
           f"**{'met' if min(thr) >= 80 else 'not met'}** ({thr[0]:.1f} %, {thr[1]:.1f} %)."]
     text = "\n".join(L)
     print(text)

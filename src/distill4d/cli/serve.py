@@ -48,6 +48,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         data_roots=tuple(Path(p) for p in args.data_root), state_dir=Path(args.state_dir) if args.state_dir else None,
         max_body_bytes=int(args.max_body_mb * 2**20), max_batch_size=args.max_batch_size,
         max_wait_ms=args.max_wait_ms, batch_workers=args.batch_workers, request_timeout_s=args.timeout_s,
+        batch_processes=not args.batch_in_server,
     )
     if not (1 <= args.port <= 65535):
         raise Distill4dError(f"--port must be between 1 and 65535, got {args.port}")
@@ -81,6 +82,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--max-wait-ms", type=float, default=10.0,
                    help="how long a request waits for others to share its batch (default 10 ms)")
     p.add_argument("--batch-workers", type=int, default=1, help="batches of one model run at once (default 1)")
+    p.add_argument("--batch-in-server", action="store_true",
+                   help="run the disks model's batches in a thread of the server's process (default: in a worker "
+                        "process of their own, which does not share the server's GIL)")
     p.add_argument("--max-body-mb", type=float, default=256.0, help="largest request body in MiB (default 256)")
     p.add_argument("--timeout-s", type=float, default=60.0, help="inference timeout in seconds (default 60)")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"),

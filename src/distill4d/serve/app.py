@@ -25,7 +25,7 @@ from starlette.concurrency import run_in_threadpool
 from .._version import __version__
 from ..errors import Distill4dError
 from .batching import Batcher
-from .config import ServeConfig
+from .config import ServeConfig, one_blas_thread
 from .jobs import JobStore
 from .metrics import Metrics
 from .models import ServedModel, build_model
@@ -41,20 +41,6 @@ _INLINE_BYTES = 4 * 2**20
 _INLINE_JSON_BYTES = 256 * 2**10
 #: sys.setswitchinterval of the server (s)
 _SWITCH_INTERVAL_S = 0.0005
-
-
-def _one_blas_thread() -> int | None:
-    """Run NumPy's BLAS in one thread (threadpoolctl); the thread count now, None without threadpoolctl.
-
-    A request is a handful of small matrix products (the disks' DFT refinement); BLAS threads
-    split each across the cores and spin between them, taking the cores from the HTTP stack and
-    the clients (see the serve section of benchmarks/RESULTS.md)."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        return None
-    threadpool_limits(1, user_api="blas")
-    return 1
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -191,6 +177,10 @@ class _State:
                 m = build_model(name, self.config.device)
                 m.load()
                 m.warmup()
+                if self.config.batch_processes and m.process_safe and m.batchable:
+                    from .worker import WorkerPool
+
+                    m.pool = WorkerPool(name, self.config.device, workers=self.config.batch_workers)
                 self.models[name] = m
                 _LOG.info("model ready", extra={"model": name, "seconds": round(time.perf_counter() - t0, 3),
                                                 "device": m.device})
@@ -205,7 +195,7 @@ class _State:
             # full collection during a request walks only that request's objects (a shorter tail)
             gc.collect()
             gc.freeze()
-            blas = _one_blas_thread()
+            blas = one_blas_thread()
             # the batch worker hands the GIL back and forth with the event loop around every BLAS and
             # FFT call; a waiting thread gets it after at most this many seconds (Python's default 5 ms)
             sys.setswitchinterval(_SWITCH_INTERVAL_S)
@@ -235,6 +225,9 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
             await b.close()
         if state.jobs is not None:
             state.jobs.close()
+        for m in state.models.values():
+            if m.pool is not None:
+                m.pool.close()
 
     app = FastAPI(title="distill4d inference server", version=__version__, lifespan=lifespan,
                   docs_url=None, redoc_url=None, openapi_url=None)

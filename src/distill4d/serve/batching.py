@@ -15,6 +15,9 @@ also small (the model's
 :meth:`~distill4d.serve.models.ServedModel.runs_inline`: a few patterns), it runs at once in the
 event loop's thread, without the two thread hand-offs (each one costs milliseconds on a busy
 machine; the loop is blocked for that one call, as long as a batch would occupy the worker).
+A batch runs through :meth:`~distill4d.serve.models.ServedModel.run`: in a worker process of the
+model when the server gave it one (:mod:`distill4d.serve.worker`), the worker thread then only
+waiting on that process; a lone request run inline stays in the server's process.
 ``max_batch_size=1`` turns batching off (every request runs alone, in arrival order).
 """
 
@@ -90,7 +93,7 @@ class Batcher:
         try:
             async with self._free:  # free now: taken without waiting, so batches formed meanwhile queue
                 self.metrics.batch_size(self.model.name, item.n)
-                return self._timed([item])[0]
+                return self._timed([item], local=True)[0]
         finally:
             self._outstanding -= 1
             self.metrics.queue_depth(self.model.name, -1)
@@ -152,15 +155,17 @@ class Batcher:
         finally:
             self._free.release()
 
-    def _timed(self, items: list[Prepared]) -> list:
-        """``model.run_batch(items)``, with its start and end in each item's ``timing``."""
+    def _timed(self, items: list[Prepared], local: bool = False) -> list:
+        """``model.run(items, local)``, with its start, end and CPU time (s) in each item's ``timing``
+        (the CPU time of a worker process when the batch ran in one)."""
         t0, c0 = time.perf_counter(), time.thread_time()
         try:
-            return self.model.run_batch(items)
+            return self.model.run(items, local=local)
         finally:
             t1, c1 = time.perf_counter(), time.thread_time()
             for it in items:
-                it.timing.update(start=t0, end=t1, cpu=c1 - c0)
+                it.timing.update(start=t0, end=t1)
+                it.timing.setdefault("cpu", c1 - c0)
 
     async def close(self) -> None:
         """Stop the collectors and the worker threads."""

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..errors import Distill4dError
 
-__all__ = ["ServeConfig", "TOKEN_ENV", "read_token", "setup_json_logging"]
+__all__ = ["ServeConfig", "TOKEN_ENV", "one_blas_thread", "read_token", "setup_json_logging"]
 
 #: Environment variable holding the bearer token (``--token-file`` wins when both are given).
 TOKEN_ENV = "DISTILL4D_TOKEN"
@@ -36,6 +36,8 @@ class ServeConfig:
     batch_workers : batches of one model run at once.
     request_timeout_s : an inference taking longer is answered 504.
     job_workers : jobs run at once.
+    batch_processes : run the batches of the models that can (``disks``) in worker processes
+        (``batch_workers`` of them, :mod:`distill4d.serve.worker`) instead of threads of the server.
     keep_freed_memory : ask glibc's malloc to keep freed memory (see
         :func:`distill4d.serve.app.keep_freed_memory`; saves thousands of page faults per inference).
     """
@@ -51,6 +53,7 @@ class ServeConfig:
     batch_workers: int = 1
     request_timeout_s: float = 60.0
     job_workers: int = 1
+    batch_processes: bool = True
     keep_freed_memory: bool = True
 
     def __post_init__(self) -> None:
@@ -71,6 +74,20 @@ class ServeConfig:
                 raise Distill4dError(f"data root {root} is not a directory")
         if self.token is not None and len(self.token) < 16:
             raise Distill4dError("the token must be at least 16 characters long")
+
+
+def one_blas_thread() -> int | None:
+    """Run NumPy's BLAS in one thread (threadpoolctl); the thread count now, None without threadpoolctl.
+
+    A request is a handful of small matrix products (the disks' DFT refinement); BLAS threads
+    split each across the cores and spin between them, taking the cores from the HTTP stack and
+    the clients (see the serve section of benchmarks/RESULTS.md)."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return None
+    threadpool_limits(1, user_api="blas")
+    return 1
 
 
 def read_token(token_file: str | None) -> str | None:

@@ -9,7 +9,9 @@ parameters of :func:`distill4d.bragg.detection_setup` (so its peaks are those of
 ``distill4d disks``), ``fcunet`` :meth:`FCUNetDetector.detect_batch`, ``phase``
 :func:`distill4d.ml.phase.phase_image`, ``strain`` :func:`distill4d.lattice.strain_map`,
 ``segment`` :func:`distill4d.segment.segment` and ``identify``
-:func:`distill4d.identify.predict_spots` with the shipped identifier.
+:func:`distill4d.identify.predict_spots` with the shipped identifier. A model that can
+(``disks``) also packs a batch for a worker process (:mod:`distill4d.serve.worker`) and runs it
+there (:meth:`ServedModel.run`).
 """
 
 from __future__ import annotations
@@ -145,6 +147,22 @@ def _pad_peaks(out: dict[str, np.ndarray], rows: slice, keys: tuple[str, ...]) -
     return res
 
 
+#: probe kernels a worker process keeps (the parent remembers half as many as sent)
+_WORKER_KERNELS = 64
+
+
+def _batch(items: list[Prepared]) -> np.ndarray:
+    """The items' patterns as one array (N, Qx, Qy)."""
+    if len(items) == 1:
+        return items[0].payload["patterns"]
+    return np.concatenate([it.payload["patterns"] for it in items])
+
+
+def _tuples(v: Any) -> Any:
+    """JSON lists back to the tuples of a frozen dataclass field."""
+    return tuple(_tuples(x) for x in v) if isinstance(v, list) else v
+
+
 class _LRU(OrderedDict):
     def __init__(self, size: int) -> None:
         super().__init__()
@@ -208,6 +226,36 @@ class ServedModel:
 
     def run_batch(self, items: list[Prepared]) -> list[tuple[dict[str, np.ndarray], dict[str, Any]]]:
         """Run items of one key as one batch; per item its outputs and response parameters."""
+        raise NotImplementedError
+
+    #: its batches can run in a worker process (it implements :meth:`pack`, :meth:`run_packed` and :meth:`unpack`)
+    process_safe = False
+    #: the worker processes its batches run in (:class:`~distill4d.serve.worker.WorkerPool`; set by the server)
+    pool: Any = None
+
+    def run(self, items: list[Prepared], local: bool = False) -> list[tuple[dict[str, np.ndarray], dict[str, Any]]]:
+        """:meth:`run_batch`, in a worker process when the model has a :attr:`pool` and ``local`` is false.
+
+        A batch run in a worker sets each item's ``timing["cpu"]`` to the worker's CPU time (s)."""
+        if self.pool is None or local:
+            return self.run_batch(items)
+        head, out = self.pool.run({}, {}, pack=lambda memo: self.pack(items, memo))
+        for it in items:
+            it.timing["cpu"] = float(head.get("cpu_s", 0.0))
+        return self.unpack(items, head, out)
+
+    def pack(self, items: list[Prepared], memo: dict[str, Any]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """A batch as a JSON header and arrays for a worker; ``memo`` persists per worker (what it was sent)."""
+        raise NotImplementedError
+
+    def run_packed(self, header: dict[str, Any], arrays: dict[str, np.ndarray],
+                   state: dict[str, Any]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """In the worker: run a packed batch; ``state`` persists between batches."""
+        raise NotImplementedError
+
+    def unpack(self, items: list[Prepared], header: dict[str, Any],
+               arrays: dict[str, np.ndarray]) -> list[tuple[dict[str, np.ndarray], dict[str, Any]]]:
+        """The worker's answer to :meth:`pack`, per item as :meth:`run_batch` gives it."""
         raise NotImplementedError
 
     def runs_inline(self, item: Prepared) -> bool:
@@ -329,11 +377,46 @@ class DisksModel(ServedModel):
         from ..bragg import detect_batch
 
         p0 = items[0].payload
-        batch = np.concatenate([it.payload["patterns"] for it in items]) if len(items) > 1 else p0["patterns"]
-        out = detect_batch(batch, p0["kernel_ft"], p0["params"])
+        return self.unpack(items, {}, detect_batch(_batch(items), p0["kernel_ft"], p0["params"]))
+
+    process_safe = True
+
+    def pack(self, items: list[Prepared], memo: dict[str, Any]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        p0 = items[0].payload
+        kft = p0["kernel_ft"]
+        # the worker keeps the kernels it was sent (by the id of the parent's cached array, which this memo keeps
+        # alive, so the id is not reused while it is here; the worker keeps more than this memo does)
+        sent = memo.setdefault("kernels", OrderedDict())
+        key = str(id(kft))
+        arrays = {"patterns": _batch(items)}
+        if sent.get(key) is kft:
+            sent.move_to_end(key)
+        else:
+            sent[key] = arrays["kernel_ft"] = kft
+            while len(sent) > _WORKER_KERNELS // 2:
+                sent.popitem(last=False)
+        return {"kernel": key, "params": dataclasses.asdict(p0["params"])}, arrays
+
+    def run_packed(self, header: dict[str, Any], arrays: dict[str, np.ndarray],
+                   state: dict[str, Any]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        from ..bragg import DetectionParameters, detect_batch
+
+        kernels = state.setdefault("kernels", OrderedDict())
+        key = header["kernel"]
+        if "kernel_ft" in arrays:
+            kernels[key] = arrays["kernel_ft"]
+            while len(kernels) > _WORKER_KERNELS:
+                kernels.popitem(last=False)
+        kernels.move_to_end(key)
+        params = DetectionParameters(**{k: _tuples(v) for k, v in header["params"].items()})
+        return {}, detect_batch(arrays["patterns"], kernels[key], params)
+
+    def unpack(self, items: list[Prepared], header: dict[str, Any],
+               arrays: dict[str, np.ndarray]) -> list[tuple[dict[str, np.ndarray], dict[str, Any]]]:
         res, start = [], 0
         for it in items:
-            res.append((_pad_peaks(out, slice(start, start + it.n), ("qx", "qy", "intensity")), it.payload["info"]))
+            res.append((_pad_peaks(arrays, slice(start, start + it.n), ("qx", "qy", "intensity")),
+                        it.payload["info"]))
             start += it.n
         return res
 
