@@ -228,6 +228,7 @@ def train_phase(
     """
     import torch
 
+    from .._common.adam import Adam  # torch.optim's update, without importing torch._dynamo
     from .._common.device import torch_device
     from .model import PhaseConfig, build_phase_model
 
@@ -248,7 +249,7 @@ def train_phase(
     torch.manual_seed(train.seed)
     model = build_phase_model(config).to(dev)
     lr = train.lr if train.lr is not None else (1e-2 if config.model == "linear" else 2e-3)
-    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=train.weight_decay)
+    opt = Adam(model.parameters(), lr=lr, weight_decay=train.weight_decay)
     rng = np.random.default_rng(train.seed)
     span = torch.arange(p + 2 * r, device=dev)
 
