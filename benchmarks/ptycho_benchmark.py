@@ -47,7 +47,7 @@ Pipeline rows (``pipeline``: the linear model; ``pipeline conv4d``: the 4D CNN, 
 of ``phase_data.py`` (228 x 263 positions) with only those rows.
 
 Usage: ``benchmarks/ptycho_benchmark.py [--scans mos2_test sto_thick] [--pipeline-scans mos2_large]
-[--doses 2e4 2e3] [--rows ...] [--redo] [--redo-rows pipeline ...] [--no-results]``. Every run is checkpointed to
+[--doses 2e4 2e3] [--rows ...] [--redo] [--redo-rows pipeline ...] [--redo-scans mos2_large ...] [--no-results]``. Every run is checkpointed to
 ``benchmarks/data/ptycho/<scan>_<dose>_<row>.json`` (re-running resumes; ``--redo`` recomputes).
 """
 
@@ -476,6 +476,9 @@ def main(argv=None) -> None:
     ap.add_argument("--redo", action="store_true", help="recompute runs that have a checkpoint")
     ap.add_argument("--redo-rows", nargs="+", choices=ROWS, default=[],
                     help="recompute these rows even where they have a checkpoint (e.g. pipeline)")
+    ap.add_argument("--redo-scans", nargs="+", choices=ORDER, default=None,
+                    help="--redo / --redo-rows recompute only on these scans (default: every scan); the other "
+                    "scans' rows are read from their checkpoints, so the section keeps every row")
     add_output_arguments(ap, "ptycho")
     a = ap.parse_args(argv)
     command = "benchmarks/ptycho_benchmark.py " + " ".join(sys.argv[1:] if argv is None else argv)
@@ -489,7 +492,8 @@ def main(argv=None) -> None:
                 if not applicable(row, name, dose):
                     continue
                 path = checkpoint_path(name, dose, row)
-                if path.exists() and not a.redo and row not in a.redo_rows:
+                redo = (a.redo or row in a.redo_rows) and (a.redo_scans is None or name in a.redo_scans)
+                if path.exists() and not redo:
                     results[(name, dose, row)] = json.loads(path.read_text())
                     continue
                 if dc is None:
