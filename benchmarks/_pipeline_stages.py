@@ -7,7 +7,8 @@ file to write) in this process, with the process CPU seconds of each stage of th
 of the command: argument parsing, checks, clean-up). Used by ``ptycho_benchmark.py``; one thread.
 
 The stages are timed by wrapping the functions the command calls (no change to distill4d); the
-start-up is the process's CPU time before this module's first line, plus the import."""
+start-up is the process's CPU time before this module's first line, plus the import. ``cli.main`` is
+called as the ``distill4d`` console script calls it (no arguments: it reads ``sys.argv``)."""
 
 from __future__ import annotations
 
@@ -57,7 +58,8 @@ def main() -> int:
     infer.phase_image = timed("inference", infer.phase_image)
     Results.to_h5 = timed("write", Results.to_h5)
     c0 = _cpu()
-    rc = cli.main(argv)
+    sys.argv = ["distill4d", *argv]
+    rc = cli.main()  # as the console script calls it (argv from sys.argv)
     total = _cpu()
     inner = sum(v for k, v in stages.items() if k not in ("start-up", "import torch"))
     stages["other"] = total - c0 - inner

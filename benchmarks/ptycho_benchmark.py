@@ -47,7 +47,7 @@ Pipeline rows (``pipeline``: the linear model; ``pipeline conv4d``: the 4D CNN, 
 of ``phase_data.py`` (228 x 263 positions) with only those rows.
 
 Usage: ``benchmarks/ptycho_benchmark.py [--scans mos2_test sto_thick] [--pipeline-scans mos2_large]
-[--doses 2e4 2e3] [--rows ...] [--redo] [--redo-rows pipeline ...] [--no-results]``. Every run is checkpointed to
+[--doses 2e4 2e3] [--rows ...] [--redo] [--redo-rows pipeline ...] [--redo-scans mos2_large ...] [--no-results]``. Every run is checkpointed to
 ``benchmarks/data/ptycho/<scan>_<dose>_<row>.json`` (re-running resumes; ``--redo`` recomputes).
 """
 
@@ -476,6 +476,9 @@ def main(argv=None) -> None:
     ap.add_argument("--redo", action="store_true", help="recompute runs that have a checkpoint")
     ap.add_argument("--redo-rows", nargs="+", choices=ROWS, default=[],
                     help="recompute these rows even where they have a checkpoint (e.g. pipeline)")
+    ap.add_argument("--redo-scans", nargs="+", choices=ORDER, default=None,
+                    help="--redo / --redo-rows recompute only on these scans (default: every scan); the other "
+                    "scans' rows are read from their checkpoints, so the section keeps every row")
     add_output_arguments(ap, "ptycho")
     a = ap.parse_args(argv)
     command = "benchmarks/ptycho_benchmark.py " + " ".join(sys.argv[1:] if argv is None else argv)
@@ -489,7 +492,8 @@ def main(argv=None) -> None:
                 if not applicable(row, name, dose):
                     continue
                 path = checkpoint_path(name, dose, row)
-                if path.exists() and not a.redo and row not in a.redo_rows:
+                redo = (a.redo or row in a.redo_rows) and (a.redo_scans is None or name in a.redo_scans)
+                if path.exists() and not redo:
                     results[(name, dose, row)] = json.loads(path.read_text())
                     continue
                 if dc is None:
@@ -676,8 +680,10 @@ def report(results: dict, a, command: str, ceilings: dict | None = None) -> str:
                    "--scan-rotation-deg 0 ...` (ptychography of a corner block of about 1/8 of the positions with the "
                    "settings of the whole-scan row it is compared with, the model trained on its phase, applied to the "
                    "whole scan), one subprocess, one thread; its CPU time includes start-up, reading the scan and writing "
-                   "the outputs. Row `pipeline`: the linear model (the command's default, at most 1000 training steps "
-                   "with early stopping); `pipeline conv4d`: the 4D CNN with `--train-steps "
+                   "the outputs. Row `pipeline`: the linear model (the command's default), fitted as the command "
+                   "fits it: by least squares (`--train-fit auto`; rows marked `least squares`) or, in rows of older "
+                   "code, by at most 1000 Adam steps with early stopping (rows marked with their steps); "
+                   "`pipeline conv4d`: the 4D CNN with `--train-steps "
                    f"{a.pipeline_conv4d_steps}`. Scored on the held-out positions (outside the block, less the edge "
                    "band) against the projected potential, as the whole-scan ptychography is on the same positions. "
                    "On the small scans (4,000-7,000 positions) the command's fixed costs (start-up, importing PyTorch, "
@@ -686,12 +692,13 @@ def report(results: dict, a, command: str, ceilings: dict | None = None) -> str:
                    "positions, simulated in tiles) is the size of a lab scan. CPU seconds on the loaded machine vary "
                    "from run to run (the linear pipeline on mos2_test at 2e4: 8.4-9.8 CPU s in three runs of the "
                    "same code)."), "",
-              "| scan | dose | row (model, steps) | block (positions) | whole-scan ptychography | held-out SSIM / r: pipeline | "
+              "| scan | dose | row (model, fit) | block (positions) | whole-scan ptychography | held-out SSIM / r: pipeline | "
               "held-out SSIM / r: whole-scan ptychography | quality ratio (SSIM) | CPU s: pipeline / whole-scan "
               "ptychography | time ratio |", "|---|---|---|---|---|---|---|---|---|---|"]
         for p in pipes:
             h, r = p["held_out"], p["ptycho_whole_held_out"]
-            L.append(f"| {p['scan']} | {p['dose']:g} | {p['row']} ({p['model']}, {p.get('train_steps', '?')}) | "
+            fit = "least squares" if p.get("stopped") == "least_squares" else f"{p.get('train_steps', '?')} steps"
+            L.append(f"| {p['scan']} | {p['dose']:g} | {p['row']} ({p['model']}, {fit}) | "
                      f"{p['region']} ({p['n_train']} of {p['n_positions']}; {_code(p)}) | "
                      f"{p['compared_with']} | {h['ssim']:.3f} / {h['pearson']:.3f} | {r['ssim']:.3f} / "
                      f"{r['pearson']:.3f} | {h['ssim'] / r['ssim']:.2f} | {p['cpu_s']:.1f} / "
@@ -700,7 +707,9 @@ def report(results: dict, a, command: str, ceilings: dict | None = None) -> str:
         if staged:
             names = list(dict.fromkeys(k for p in staged for k in p["stages_cpu_s"]))
             L += ["", "Where the pipeline's CPU time goes (process CPU seconds per stage, `_pipeline_stages.py`; "
-                  "`ptychography` includes the first import of `torch._dynamo` by PyTorch's optimisers, about 1.4 s):",
+                  "in rows of code older than `distill4d.ml.Adam`, `ptychography` includes the first import of "
+                  "`torch._dynamo` by PyTorch's optimisers, about 1.4 s; the pipeline's CPU s above also count the "
+                  "interpreter's start and exit, which no stage does):",
                   "", "| scan | dose | row | " + " | ".join(names) + " |", "|---|---|---|" + "---|" * len(names)]
             for p in staged:
                 L.append(f"| {p['scan']} | {p['dose']:g} | {p['row']} | "

@@ -211,7 +211,7 @@ def parse_region(text: str | None, option: str = "--reference",
         raise Distill4dError(f"{option} must look like x0:x1,y0:y1 (scan positions), got {text!r}") from None
     if scan_shape is None:
         return region
-    from ..lattice.strain import reference_region
+    from .._region import reference_region  # not distill4d.lattice: it imports SciPy
 
     return reference_region(region, scan_shape, option)
 

@@ -93,7 +93,9 @@ def _train_on_ptycho(args: argparse.Namespace, dc: Any, outs: Outputs) -> tuple[
         rim_px = cal.require("semiangle_mrad") / cal.mrad_per_px
         extent = min(2.0, round(0.95 * (min(dc.pattern_shape) / 2) / rim_px, 2))
         config = PhaseConfig(model=args.train_model, cluster=5, extent=extent)
-        train = PhaseTrainConfig(max_steps=args.train_steps, seed=args.ptycho_seed, max_minutes=args.train_minutes)
+        fit = args.train_fit if args.train_fit != "auto" else ("lstsq" if args.train_model == "linear" else "adam")
+        train = PhaseTrainConfig(max_steps=args.train_steps, seed=args.ptycho_seed, max_minutes=args.train_minutes,
+                                 fit=fit)
     except ValueError as err:
         raise Distill4dError(str(err)) from None
     net, card = train_phase(sub, label, config=config, train=train, label_units="rad",
@@ -222,6 +224,9 @@ def add_parser(sub: Any) -> None:
                    help="model trained on the ptychographic phase (default linear)")
     t.add_argument("--train-steps", type=int, default=1000, help="at most this many training steps (default 1000)")
     t.add_argument("--train-minutes", type=float, help="training time budget (minutes)")
+    t.add_argument("--train-fit", default="auto", choices=("auto", "lstsq", "adam"),
+                   help="how the model is fitted: lstsq (linear model: least squares, no steps), adam (optimiser "
+                   "steps with early stopping); auto (default): lstsq for the linear model, adam for the 4D CNN")
     add_ptycho_options(p, device=False)
     add_output(p)
     add_calibration(p)

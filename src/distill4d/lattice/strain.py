@@ -18,7 +18,6 @@ import dataclasses
 import json
 import math
 import os
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ import numpy as np
 from .._validate import nonnegative_float
 from ..bragg.peaks import BraggPeaks
 from ..errors import Distill4dError
+from .._region import checked_region, reference_region  # noqa: F401 (reference_region: public here too)
 from ..calibration import Calibration
 from ..results import Provenance, Results
 from .find import Basis
@@ -201,50 +201,6 @@ def _median_basis(lattice: Lattice, region: tuple[slice, slice] | None = None) -
     return np.median(G[ok], axis=0)
 
 
-def reference_region(reference: Any, shape: tuple[int, int], name: str = "reference") -> tuple[slice, slice]:
-    """The region ``(slice, slice)`` of a scan of ``shape`` checked and made explicit (step 1,
-    bounds within the scan; negative bounds count from the end, as in Python).
-
-    A region that reaches past the scan is clipped to it with a warning; TypeError if
-    ``reference`` is not two slices, Distill4dError if a slice has a step or selects no
-    position of the scan. ``name`` names the region in the messages (e.g. ``"--reference"``).
-    """
-    return _checked_region(reference, shape, name)[0]
-
-
-def _checked_region(reference: Any, shape: tuple[int, int], name: str) -> tuple[tuple[slice, slice], bool]:
-    """:func:`reference_region` (warning included) and whether the region was clipped."""
-    if not (isinstance(reference, tuple) and len(reference) == 2 and all(isinstance(s, slice) for s in reference)):
-        raise TypeError(
-            f"{name} must be None or 'median', a region (slice, slice) of the scan, a Lattice, a Basis "
-            f"or a 2x2 array [u v] in pixels; got {reference!r}"
-        )
-    out, clipped = [], False
-    for s, n in zip(reference, shape):
-        if s.step not in (None, 1):
-            raise Distill4dError(f"{name} region slices must have step 1, got {s}")
-        lo = 0 if s.start is None else int(s.start) + (n if s.start < 0 else 0)
-        hi = n if s.stop is None else int(s.stop) + (n if s.stop < 0 else 0)
-        a, b = max(lo, 0), min(hi, n)
-        clipped |= (a, b) != (lo, hi)
-        out.append(slice(a, b))
-    given, scan = _region_text(reference), f"0:{shape[0]},0:{shape[1]}"
-    if any(s.stop <= s.start for s in out):
-        raise Distill4dError(
-            f"{name} region {given} selects no position of the scan of {shape[0]} x {shape[1]} positions "
-            f"(x0:x1,y0:y1 within {scan})"
-        )
-    if clipped:
-        warnings.warn(f"{name} region {given} reaches past the scan of {shape[0]} x {shape[1]} positions; "
-                      f"using {_region_text(tuple(out))}", stacklevel=3)
-    return (out[0], out[1]), clipped
-
-
-def _region_text(region: tuple[slice, slice]) -> str:
-    """``x0:x1,y0:y1`` of a region (empty where a bound is None)."""
-    return ",".join(f"{'' if s.start is None else s.start}:{'' if s.stop is None else s.stop}" for s in region)
-
-
 def reference_basis(lattice: Lattice, reference: Any = None) -> np.ndarray:
     """The reference reciprocal basis ``[u v]`` (2x2, pixels) of ``reference`` (see :func:`strain_map`)."""
     if reference is None or (isinstance(reference, str) and reference == "median"):
@@ -306,7 +262,7 @@ def strain_map(
     if not math.isfinite(phi):
         raise Distill4dError(f"rotation_rad must be finite, got {rotation_rad!r}")
     if isinstance(reference, tuple):  # a region: checked once; recorded as used when it was clipped
-        region, clipped = _checked_region(reference, lattice.scan_shape, "reference")
+        region, clipped = checked_region(reference, lattice.scan_shape, "reference")
         reference = region if clipped else reference
     ok = lattice.ok
     if ok.any() or not (reference is None or (isinstance(reference, str) and reference == "median")

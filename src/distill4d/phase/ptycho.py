@@ -407,7 +407,9 @@ def _run(torch: Any, dev: Any, cube: DataCube, store: Any, reg: tuple[slice, sli
     for t in state.values():
         t.requires_grad_(True)
     adam_keys = ("probe", "positions") if optimizer == "gd" else ("phase", "amplitude", "probe", "positions")
-    opt = torch.optim.Adam([{"params": [state[k]], "lr": lr[k], "name": k} for k in adam_keys])
+    from ..ml import Adam  # torch.optim's update, without importing torch._dynamo
+
+    opt = Adam([{"params": [state[k]], "lr": lr[k], "name": k} for k in adam_keys])
     corner = torch.as_tensor(corner_np, dtype=torch.float64, device=dev)
     mask = torch.as_tensor(store.mask, dtype=ftype, device=dev)
     k = torch.fft.fftfreq(n, device=dev, dtype=ftype)

@@ -33,11 +33,11 @@ def resample_patterns(images: np.ndarray, origin: tuple[float, float], scale: fl
 
     ``scale`` = model pixel / input pixel. When ``scale`` > 1.5 the input is first box-filtered
     over ``round(scale)`` pixels (the counts of the skipped pixels are kept). Outside the input: 0.
-    Both steps act on each axis alone, so they run as two small matrix products per image (the
+    Both steps act on each axis alone, so they run as two matrix products over all the images (the
     same values to float32 rounding); images with NaN/Inf where the grid reads take the
     pixel-by-pixel path (a bad pixel spoils the model pixels near it); elsewhere they are ignored.
     """
-    imgs = np.asarray(images, dtype=np.float32)
+    imgs = np.asarray(images)
     if abs(scale - 1.0) < 1e-9 and float(origin[0]).is_integer() and float(origin[1]).is_integer():
         out = np.zeros((imgs.shape[0], size, size), dtype=np.float32)
         c = size // 2
@@ -51,14 +51,26 @@ def resample_patterns(images: np.ndarray, origin: tuple[float, float], scale: fl
     ay, y0, y1 = _axis_matrix(imgs.shape[2], float(origin[1]), float(scale), int(size))
     if x1 == x0 or y1 == y0:
         return np.zeros((imgs.shape[0], size, size), dtype=np.float32)
-    support = imgs[:, x0:x1, y0:y1]
+    support = imgs[:, x0:x1, y0:y1].astype(np.float32)  # only the pixels the grid reads
+    if np.issubdtype(imgs.dtype, np.integer):  # counts: finite by construction
+        return _two_products(support, ax, ay)
     good = np.isfinite(support).all(axis=(1, 2))
     if good.all():
-        return np.matmul(np.matmul(ax, support), ay.T)
+        return _two_products(support, ax, ay)
     out = np.empty((imgs.shape[0], size, size), dtype=np.float32)
-    out[good] = np.matmul(np.matmul(ax, support[good]), ay.T)
-    out[~good] = _resample_pixelwise(imgs[~good], origin, scale, size)
+    out[good] = _two_products(support[good], ax, ay)
+    out[~good] = _resample_pixelwise(imgs[~good].astype(np.float32), origin, scale, size)
     return out
+
+
+def _two_products(support: np.ndarray, ax: np.ndarray, ay: np.ndarray) -> np.ndarray:
+    """``ax @ support[j] @ ay.T`` for every image ``j``, as two large matrix products (one BLAS call
+    each, rather than two small ones per image)."""
+    b, nx, ny = support.shape
+    size = ax.shape[0]
+    t = support.reshape(b * nx, ny) @ ay.T  # (b·nx, size): the y axis
+    t = np.ascontiguousarray(t.reshape(b, nx, size).transpose(0, 2, 1)).reshape(b * size, nx)
+    return (t @ ax.T).reshape(b, size, size).transpose(0, 2, 1).copy()
 
 
 def _resample_pixelwise(imgs: np.ndarray, origin: tuple[float, float], scale: float, size: int) -> np.ndarray:

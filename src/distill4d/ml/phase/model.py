@@ -164,6 +164,21 @@ class RadialLinear(nn.Module):
         out = F.conv2d(feats, self.cluster_weights().unsqueeze(0))  # valid: (B, 1, X, Y)
         return out[:, 0] + self.bias
 
+    def bin_sums(self, patterns: torch.Tensor) -> torch.Tensor:
+        """``(..., N, N)`` prepared patterns → ``(..., n_bins)``: the sum of each radial bin."""
+        n = self.config.size
+        onehot = torch.zeros(n * n, self.config.bins, dtype=patterns.dtype, device=patterns.device)
+        onehot[torch.arange(n * n, device=patterns.device), self.bins] = 1
+        return (patterns.reshape(-1, n * n) @ onehot).reshape(patterns.shape[:-2] + (self.config.bins,))
+
+    def forward_binned(self, sums: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward` of a block of :meth:`bin_sums` ``(B, X + 2r, Y + 2r, n_bins)``: the same
+        function (the masks are constant on each bin), n_bins instead of N² values per pattern."""
+        b, xh, yh, nb = sums.shape
+        feats = (sums.reshape(-1, nb) @ self.w1.T).reshape(b, xh, yh, -1).permute(0, 3, 1, 2)
+        out = F.conv2d(feats, self.cluster_weights().unsqueeze(0))
+        return out[:, 0] + self.bias
+
 
 class Conv4d(nn.Module):
     """4D convolution of ``(B, C, X, Y, Qx, Qy)``: kernel ``k`` on every axis, valid on the two

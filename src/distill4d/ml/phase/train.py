@@ -34,6 +34,7 @@ __all__ = ["PhaseTrainConfig", "save_phase_model", "train_phase"]
 
 #: Largest prepared training array held in memory (bytes).
 _MAX_PREPARED_BYTES = 4 << 30
+_FITS = ("adam", "lstsq")
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,9 @@ class PhaseTrainConfig:
     holdout_fraction : the last fraction of the rows held out when no ``holdout`` region is given.
     max_minutes : stop after this wall time (the best state so far is kept).
     seed : seeds the initialisation and the tile sampling.
+    fit : "adam" (optimiser steps on random tiles, early stopping on the held-out region) or, for the
+        linear model only, "lstsq" (:mod:`~distill4d.ml.phase.linear_fit`: least squares on every
+        training position, the ridge chosen on the held-out region; no steps, milliseconds).
     """
 
     max_steps: int = 2000
@@ -60,6 +64,7 @@ class PhaseTrainConfig:
     holdout_fraction: float = 0.25
     max_minutes: float | None = None
     seed: int = 0
+    fit: str = "adam"
 
     def __post_init__(self) -> None:
         check_training_options(self, positive_ints=("max_steps", "batch_size", "patch", "eval_every", "patience"))
@@ -67,6 +72,8 @@ class PhaseTrainConfig:
             raise Distill4dError(f"weight_decay must be in [0, 1), got {self.weight_decay!r}")
         if not 0 < float(self.holdout_fraction) < 1:
             raise Distill4dError(f"holdout_fraction must be in (0, 1), got {self.holdout_fraction!r}")
+        if self.fit not in _FITS:
+            raise Distill4dError(f"fit must be one of {_FITS}, got {self.fit!r}")
 
 
 
@@ -102,11 +109,17 @@ def _holdout_mask(scan_shape: tuple[int, int], holdout: Any, fraction: float) ->
 
 
 
+def _region_mask(shape: tuple[int, int], region: tuple[slice, slice]) -> np.ndarray:
+    mask = np.zeros(shape, dtype=bool)
+    mask[region] = True
+    return mask
+
+
 @dataclass
 class _TrainScan:
     """One training scan, prepared: padded inputs, standardised label, training weights, tiles."""
 
-    P: Any  # (rx + 2r, ry + 2r, N, N) torch tensor
+    P: Any  # (rx + 2r, ry + 2r, N, N) torch tensor (linear model, fit "adam": (..., n_bins) radial-bin sums)
     Z: Any  # (rx, ry) standardised label
     W: Any  # (rx, ry) 1 on training positions, 0 held out
     starts: np.ndarray  # tile origins whose output holds a training position
@@ -228,11 +241,14 @@ def train_phase(
     """
     import torch
 
+    from .._common.adam import Adam  # torch.optim's update, without importing torch._dynamo
     from .._common.device import torch_device
     from .model import PhaseConfig, build_phase_model
 
     config = PhaseConfig() if config is None else config
     train = PhaseTrainConfig() if train is None else train
+    if train.fit == "lstsq" and config.model != "linear":
+        raise Distill4dError(f"fit 'lstsq' is for the linear model, got model {config.model!r}; use fit 'adam'")
     r = config.radius
     items = _as_scans(datacube, label, holdout, pad, r, train.holdout_fraction)
     need = sum(item[0].n_patterns for item in items) * config.size**2 * 4
@@ -247,8 +263,15 @@ def train_phase(
 
     torch.manual_seed(train.seed)
     model = build_phase_model(config).to(dev)
+    forward = model
+    if config.model == "linear" and train.fit == "adam":
+        # the same model on each pattern's radial-bin sums: n_bins values instead of N² per pattern
+        # (the masks are constant on each bin), so each step costs a fraction of the full forward
+        for sc in scans:
+            sc.P = model.bin_sums(sc.P)
+        forward = model.forward_binned
     lr = train.lr if train.lr is not None else (1e-2 if config.model == "linear" else 2e-3)
-    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=train.weight_decay)
+    opt = Adam(model.parameters(), lr=lr, weight_decay=train.weight_decay)
     rng = np.random.default_rng(train.seed)
     span = torch.arange(p + 2 * r, device=dev)
 
@@ -262,7 +285,7 @@ def train_phase(
     def evaluate_one(sc: _TrainScan) -> tuple[float, float]:
         vx, vy = sc.region
         with torch.no_grad():
-            pred = model(sc.P[vx.start : vx.stop + 2 * r, vy.start : vy.stop + 2 * r].unsqueeze(0))[0]
+            pred = forward(sc.P[vx.start : vx.stop + 2 * r, vy.start : vy.stop + 2 * r].unsqueeze(0))[0]
         target = sc.Z[vx, vy]
         mse = float(((pred - target) ** 2).mean())
         a, b = pred.flatten().double(), target.flatten().double()
@@ -281,39 +304,62 @@ def train_phase(
     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     step, running = 0, 0.0
     t1 = time.perf_counter()
-    rule = StopRule(train.max_steps, patience=train.patience, max_minutes=train.max_minutes)
-    rule.start(t1)
-    model.train()
-    for step in range(1, train.max_steps + 1):
-        if len(scans) == 1:
-            block, target, weight = tiles(scans[0], train.batch_size)
-        else:
-            counts = np.bincount(rng.integers(0, len(scans), size=train.batch_size), minlength=len(scans))
-            parts = [tiles(sc, int(n)) for sc, n in zip(scans, counts) if n]
-            block, target, weight = (torch.cat(x) for x in zip(*parts))
-        loss = (weight * (model(block) - target) ** 2).sum() / weight.sum().clamp_min(1.0)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        running += float(loss.detach())
-        if step % train.eval_every == 0 or step == train.max_steps:
-            mse, corr, per = evaluate()
-            rec = {"step": step, "train_mse": running / train.eval_every, "held_out_mse": mse,
-                   "held_out_r": corr, "seconds": time.perf_counter() - t1}
-            if len(scans) > 1:
-                rec["held_out_r_per_scan"] = [c for _, c in per]
-            running = 0.0
-            history.append(rec)
+    fit_info = None
+    if train.fit == "lstsq":
+        from .linear_fit import fit_linear
+
+        rings = model.rings.cpu().numpy()
+        w1, w2, bias, fit_info = fit_linear(
+            [(sc.P.cpu().numpy(), sc.Z.cpu().numpy(), sc.W.cpu().numpy() > 0, _region_mask(sc.shape, sc.region))
+             for sc in scans], model.bins.cpu().numpy(), config.bins, rings, int(rings.max()) + 1, config.n_masks)
+        with torch.no_grad():
+            model.w1.copy_(torch.as_tensor(w1, dtype=model.w1.dtype))
+            model.w2.copy_(torch.as_tensor(w2, dtype=model.w2.dtype))
+            model.bias.fill_(bias)
+        mse, corr, per = evaluate()
+        step = fit_info["sweeps"]
+        best = (mse, corr, step, per)
+        for rec in fit_info["fits"]:
+            history.append({**rec, "seconds": time.perf_counter() - t1})
             if callback is not None:
-                callback(rec)
-            if rule.record(step, mse):
-                best = (mse, corr, step, per)
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            if rule.stopped or rule.out_of_time():
-                break
-    # the phase cards name a patience stop "early_stopping"
-    stopped = {None: "max_steps", "patience": "early_stopping"}.get(rule.reason, rule.reason)
-    model.load_state_dict(best_state)
+                callback(history[-1])
+        stopped = "least_squares"
+    else:
+        step, running = 0, 0.0
+        t1 = time.perf_counter()
+        rule = StopRule(train.max_steps, patience=train.patience, max_minutes=train.max_minutes)
+        rule.start(t1)
+        model.train()
+        for step in range(1, train.max_steps + 1):
+            if len(scans) == 1:
+                block, target, weight = tiles(scans[0], train.batch_size)
+            else:
+                counts = np.bincount(rng.integers(0, len(scans), size=train.batch_size), minlength=len(scans))
+                parts = [tiles(sc, int(n)) for sc, n in zip(scans, counts) if n]
+                block, target, weight = (torch.cat(x) for x in zip(*parts))
+            loss = (weight * (forward(block) - target) ** 2).sum() / weight.sum().clamp_min(1.0)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            running += float(loss.detach())
+            if step % train.eval_every == 0 or step == train.max_steps:
+                mse, corr, per = evaluate()
+                rec = {"step": step, "train_mse": running / train.eval_every, "held_out_mse": mse,
+                       "held_out_r": corr, "seconds": time.perf_counter() - t1}
+                if len(scans) > 1:
+                    rec["held_out_r_per_scan"] = [c for _, c in per]
+                running = 0.0
+                history.append(rec)
+                if callback is not None:
+                    callback(rec)
+                if rule.record(step, mse):
+                    best = (mse, corr, step, per)
+                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                if rule.stopped or rule.out_of_time():
+                    break
+        # the phase cards name a patience stop "early_stopping"
+        stopped = {None: "max_steps", "patience": "early_stopping"}.get(rule.reason, rule.reason)
+        model.load_state_dict(best_state)
     model.eval()
     model.cpu()
 
@@ -349,6 +395,9 @@ def train_phase(
         "seconds_train": time.perf_counter() - t1,
         "history": history,
     }
+    if fit_info is not None:
+        card["fit"] = {"method": "least squares, rank and ridge chosen on the held-out region",
+                       "rank": fit_info["rank"], "ridge_relative": fit_info["ridge"], "sweeps": fit_info["sweeps"]}
     return model, card
 
 
