@@ -44,6 +44,13 @@ VARIANTS: dict[str, tuple] = {
     # no L1 sparsity penalty (does the penalty kill the channels that carry a small variant difference?)
     "rot0-K-channels-l1off": ({"l1_coef": 0.0}, "K", {"max_rotation_deg": 0.0}),
     "l1off": ({"l1_coef": 0.0}, 8),
+    # the competitive latent: amplitude x softmax(logits / tau), tau annealed 1 -> 0.1, no L1 penalty
+    "softmax": ({"l1_coef": 0.0}, 8, {"latent": "softmax"}),
+    "softmax-K": ({"l1_coef": 0.0}, "K", {"latent": "softmax"}),
+    "softmax-K-tau03": ({"l1_coef": 0.0, "tau_end": 0.3}, "K", {"latent": "softmax"}),
+    "softmax-K-tau003": ({"l1_coef": 0.0, "tau_end": 0.03}, "K", {"latent": "softmax"}),
+    "softmax-K-warm01": ({"l1_coef": 0.0, "warmup_coef": 0.1}, "K", {"latent": "softmax"}),
+    "softmax-K-nowarm": ({"l1_coef": 0.0, "warmup_steps": 0}, "K", {"latent": "softmax"}),
 }
 
 

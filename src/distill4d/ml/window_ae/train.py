@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from ...errors import Distill4dError
-from ..._validate import nonnegative_float
+from ..._validate import nonnegative_float, positive_float
 from .._common.loop import StopRule, check_training_options
 
 __all__ = ["WindowAETrainConfig", "channel_usage", "train_window_ae"]
@@ -38,6 +38,10 @@ class WindowAETrainConfig:
     warmup_steps, warmup_coef : steps during which the channels are also pulled (mean squared error,
         this weight) towards the one-hot k-means labels the templates started from, so that channel c
         starts on cluster c.
+    tau_start, tau_end, tau_steps : the softmax temperature of a ``latent="softmax"`` model, annealed
+        geometrically from ``tau_start`` to ``tau_end`` over the first ``tau_steps`` steps (ignored
+        for ReLU channels); its warm-up pulls the channels' shares (the softmax weights) towards the
+        one-hot labels.
     max_minutes : wall-clock budget (None: none).
     seed : the initial weights, the k-means start, the held-out split and the batch order.
     """
@@ -52,13 +56,24 @@ class WindowAETrainConfig:
     l1_ramp_steps: int = 200
     warmup_steps: int = 200
     warmup_coef: float = 0.01
+    tau_start: float = 1.0
+    tau_end: float = 0.1
+    tau_steps: int = 600
     max_minutes: float | None = None
     seed: int = 0
 
     def __post_init__(self) -> None:
-        check_training_options(self, nonnegative_ints=("l1_start_step", "l1_ramp_steps", "warmup_steps"))
+        check_training_options(self, nonnegative_ints=("l1_start_step", "l1_ramp_steps", "warmup_steps", "tau_steps"))
         for name in ("l1_coef", "warmup_coef"):
             nonnegative_float(name, getattr(self, name))
+        for name in ("tau_start", "tau_end"):
+            positive_float(name, getattr(self, name))
+
+    def tau_at(self, step: int) -> float:
+        """The softmax temperature at ``step``."""
+        if self.tau_steps == 0 or step >= self.tau_steps:
+            return self.tau_end
+        return self.tau_start * (self.tau_end / self.tau_start) ** (step / self.tau_steps)
 
     def l1_at(self, step: int) -> float:
         """The L1 weight at ``step``."""
@@ -168,7 +183,10 @@ def train_window_ae(
     step, running, n_run = 0, 0.0, 0
     perm = torch.empty(0, dtype=torch.long)
     model.train()
+    softmax = cfg.latent == "softmax"
     while not rule.steps_done(step):
+        if softmax:
+            model.tau.fill_(train.tau_at(step))
         if len(perm) < train.batch_size:
             perm = torch.from_numpy(tr_idx)[torch.randperm(len(tr_idx), generator=gen)]
         idx, perm = perm[: train.batch_size].to(dev), perm[train.batch_size :]
@@ -177,7 +195,10 @@ def train_window_ae(
         loss = window_ae_loss(xb, out, l1_coef=train.l1_at(step))["total"]
         if step < train.warmup_steps and cfg.channels > 1:
             target = torch.nn.functional.one_hot(L[idx], cfg.channels).to(out["channels"].dtype)
-            loss = loss + train.warmup_coef * torch.nn.functional.mse_loss(out["channels"], target)
+            pulled = out["channels"]
+            if softmax:  # the shares: the amplitude is the window's contrast, not its variant
+                pulled = pulled / pulled.sum(dim=1, keepdim=True).clamp_min(1e-12)
+            loss = loss + train.warmup_coef * torch.nn.functional.mse_loss(pulled, target)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
