@@ -4,19 +4,19 @@ transform, and a decoder that rebuilds the window's spectrum.
 - Encoder: a 4x4 stride-4 convolution and 2x2 pooling, then residual blocks (two 3x3 convolutions, LayerNorm over
   channels and pixels, i.e. ``GroupNorm(1, C)``) each followed by 2x2 average pooling, down to a
   4x4 map; a linear layer to a hidden vector.
-- Latent: ``channels`` ReLU values (the domain channels; ``latent="relu"``, the default) or, with
-  ``latent="softmax"``, a competitive latent: one amplitude per window (softplus, >= 0) times a
-  softmax of the channel logits at temperature ``tau`` (annealed by the trainer), so that every
-  channel gets a gradient at every step and none is dead from initialisation; and an affine
-  transform from a spatial-transformer head: scale ``1 + 0.1 tanh``, rotation ``max_rotation_deg · tanh`` and a
+- Latent: the domain channels, by default (``latent="softmax"``) competitive: one amplitude per
+  window (softplus, >= 0) times a softmax of the channel logits at temperature ``tau`` (annealed
+  by the trainer), so that every channel gets a gradient at every step and none is dead from
+  initialisation; or (``latent="relu"``, the published design) independent ReLU values; and an
+  affine transform from a spatial-transformer head: scale ``1 + 0.1 tanh``, rotation ``max_rotation_deg · tanh`` and a
   translation ``max_shift · tanh`` (fraction of the half width).
 - Decoder: one learned non-negative template spectrum per channel (softplus); the channels weigh
   the templates, a learned background is added, and the sum is resampled on the affine grid
   (``affine_grid`` + ``grid_sample``): a window is "this much of variant c, rotated and scaled
   so". The bounded rotation keeps variants more than ``2 max_rotation_deg`` apart in different
   channels.
-- Loss: mean squared error plus an L1 penalty on the channels (sparsity), switched on by the
-  trainer's schedule.
+- Loss: mean squared error, plus for ReLU channels an L1 penalty (sparsity) switched on by the
+  trainer's schedule (the softmax latent's sparsity is the competition).
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ class WindowAEConfig:
     max_rotation_deg: float = 20.0
     max_scale: float = 0.1
     max_shift: float = 0.05
-    latent: str = "relu"
+    latent: str = "softmax"
 
     def __post_init__(self) -> None:
         if self.size not in (32, 64, 128, 256):
