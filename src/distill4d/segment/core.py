@@ -252,11 +252,15 @@ def segment(
         "nmf", "kmeans" or "pca-gmm" (on the log spectra).
     domains : number of domain variants V: channels are grouped into V variants by the correlation
         of their windows' mean spectra. None: channels whose orientations differ by less than
-        ``tol_deg`` degrees (and periods by < 10 %) are one variant (for the autoencoder, the
-        orientation of each channel's template under its learned rotation and scale). The baselines fit ``domains`` clusters (``channels``, default 8, when None).
+        ``tol_deg`` degrees (and periods by < 10 %) are one variant (for a saved autoencoder or one
+        with ``channels`` given, the orientation of each channel's template under its learned
+        rotation and scale); an autoencoder trained here from the ``peaks`` start gets one channel
+        per variant the unmixing finds, each its own variant. The baselines fit ``domains``
+        clusters (``channels``, default 8, when None).
     window_px, step_px : the window grid (image px); feature_px : side of each window's binned
         spectrum (px; default 64 for windows of 128 px, see :func:`~distill4d.segment.windows.default_feature_px`); taper : real-space window taper ("hann", "hamming", "none").
-    channels : latent channels of the autoencoder (default: ``domains`` when given, else 8).
+    channels : latent channels of the autoencoder (default: ``domains`` when given, else the
+        number of variants its ``peaks`` start finds, else 8).
     model : a saved autoencoder (path to ``M.pt`` with ``M.json``) or a trained module, re-used
         without training. train : a :class:`distill4d.ml.window_ae.WindowAETrainConfig`.
     save_model : save the trained autoencoder there (+ ``.json`` card); ``force`` overwrites.
