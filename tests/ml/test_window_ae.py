@@ -162,3 +162,21 @@ def test_softmax_latent_keeps_two_channels_and_separates_two_domains():
     # measured 0.968 (seed 11, 400 steps, 1 thread, k-means start; the ReLU latent with 8 channels
     # 0.926); one variant lost gives about 0.33
     assert mean_iou(s.labels, d.labels) > 0.9
+
+
+def test_a_card_without_latent_loads_as_relu(tmp_path):
+    from types import SimpleNamespace
+
+    from distill4d.ml.window_ae.segment import save_window_ae
+
+    torch.manual_seed(0)
+    m = WindowAE(WindowAEConfig(size=32, channels=2, latent="relu"))
+    feats = SimpleNamespace(window_px=64, step_px=16, feature_px=32, taper="hann", clip=1.5)
+    save_window_ae(tmp_path / "old.pt", m, feats)
+    card = json.loads((tmp_path / "old.json").read_text())
+    del card["config"]["latent"]  # as written before the softmax latent
+    (tmp_path / "old.json").write_text(json.dumps(card))
+    loaded, _ = load_window_ae(tmp_path / "old.pt")
+    assert loaded.config.latent == "relu" and not hasattr(loaded, "tau")
+    x = torch.rand(3, 32, 32)
+    assert torch.allclose(loaded.eval()(x)["channels"], m.eval()(x)["channels"])
