@@ -29,21 +29,37 @@ sys.path.insert(0, str(HERE))
 
 VALIDATION_SEED = 5000
 
-#: name -> (WindowAETrainConfig overrides, channels: an int or "K" for the number of variants[,
+#: name -> (WindowAETrainConfig overrides, channels: an int, "K" for the number of variants (8 when it is
+#: not given) or "auto" (segment's default)[,
 #: WindowAEConfig overrides]). The
 #: other options measured once (divergence term, channel head fitted to the clusters, batch-normalised
 #: channels, background after the warp, unit-maximum templates, dead channels re-pointed at their
 #: clusters, the warm-up on the pre-activations) did not help and were removed; see docs/experiments.md.
 VARIANTS: dict[str, tuple] = {
-    "default": ({}, 8),
-    "K-channels": ({}, "K"),
+    # the published design (ReLU channels + L1, k-means start), the default until the softmax latent
+    "relu-8": ({"init": "kmeans"}, 8, {"latent": "relu"}),
+    "relu-K": ({"init": "kmeans"}, "K", {"latent": "relu"}),
     # the rotation bounded (default 20 degrees) so that it cannot absorb the variant difference
-    "rot10": ({}, 8, {"max_rotation_deg": 10.0}),
-    "rot0": ({}, 8, {"max_rotation_deg": 0.0}),
-    "rot0-K-channels": ({}, "K", {"max_rotation_deg": 0.0}),
+    "relu-8-rot10": ({"init": "kmeans"}, 8, {"latent": "relu", "max_rotation_deg": 10.0}),
+    "relu-8-rot0": ({"init": "kmeans"}, 8, {"latent": "relu", "max_rotation_deg": 0.0}),
+    "relu-K-rot0": ({"init": "kmeans"}, "K", {"latent": "relu", "max_rotation_deg": 0.0}),
     # no L1 sparsity penalty (does the penalty kill the channels that carry a small variant difference?)
-    "rot0-K-channels-l1off": ({"l1_coef": 0.0}, "K", {"max_rotation_deg": 0.0}),
-    "l1off": ({"l1_coef": 0.0}, 8),
+    "relu-K-rot0-l1off": ({"init": "kmeans", "l1_coef": 0.0}, "K", {"latent": "relu", "max_rotation_deg": 0.0}),
+    "relu-8-l1off": ({"init": "kmeans", "l1_coef": 0.0}, 8, {"latent": "relu"}),
+    # the competitive latent: amplitude x softmax(logits / tau), tau annealed 1 -> 0.1, no L1 penalty,
+    # from k-means
+    "softmax-8-kmeans": ({"init": "kmeans"}, 8, {"latent": "softmax"}),
+    "softmax-K-kmeans": ({"init": "kmeans"}, "K", {"latent": "softmax"}),
+    "softmax-K-kmeans-tau03": ({"init": "kmeans", "tau_end": 0.3}, "K", {"latent": "softmax"}),
+    "softmax-K-kmeans-nowarm": ({"init": "kmeans", "warmup_steps": 0}, "K", {"latent": "softmax"}),
+    # the templates and the warm-up's labels from the peaks method's unmixing instead of k-means
+    "softmax-K-peaks": ({"init": "peaks"}, "K", {"latent": "softmax"}),  # the default (K given)
+    "softmax-8-peaks": ({"init": "peaks"}, 8, {"latent": "softmax"}),
+    # the default: K channels when K is given, else as many as the peaks unmixing finds variants
+    "softmax-auto-peaks": ({"init": "peaks"}, "auto", {"latent": "softmax"}),
+    "softmax-K-peaks-tau03": ({"init": "peaks", "tau_end": 0.3}, "K", {"latent": "softmax"}),
+    "relu-K-peaks": ({"init": "peaks"}, "K", {"latent": "relu"}),
+    "relu-8-peaks": ({"init": "peaks"}, 8, {"latent": "relu"}),
 }
 
 
@@ -100,6 +116,8 @@ def main() -> None:
     p.add_argument("--classes", nargs="*", type=int, default=None, help="class indices (default all)")
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--baselines", action="store_true", help="also the baselines on the validation draw")
+    p.add_argument("--k-unknown", action="store_true",
+                   help="the number of variants not given (8 channels or clusters; stored as NAME|K-unknown)")
     a = p.parse_args()
     import torch
 
@@ -122,8 +140,10 @@ def main() -> None:
         f = window_features(d.images)
         data.append((name, kw, d, f, window_truth(d.labels, f)))
     names = list(a.variants) + (["kmeans", "nmf", "pca-gmm"] if a.baselines else [])
+    given = not a.k_unknown
     for v in names:
-        have = {r["class"]: r for r in done.get(v, [])}
+        key = v if given else f"{v}|K-unknown"
+        have = {r["class"]: r for r in done.get(key, [])}
         if all(c[0] in have for c in data):
             print(v, "done", [round(have[c[0]]["miou"], 3) for c in data])
             continue
@@ -139,8 +159,8 @@ def main() -> None:
                 train = WindowAETrainConfig(max_steps=a.steps, seed=0, **over)
                 undo = model_defaults(**(arch[0] if arch else {}))
                 try:
-                    s = segment(None, "autoencoder", domains=k, features=f, train=train, seed=0,
-                                channels=k if ch == "K" else ch)
+                    s = segment(None, "autoencoder", domains=k if given else None, features=f, train=train, seed=0,
+                                channels=None if ch == "auto" else (k if given else 8) if ch == "K" else ch)
                 finally:
                     undo()
                 diag_rot = float(np.abs(s.rotation_deg).max())
@@ -160,13 +180,13 @@ def main() -> None:
                 diag["alive_over_training"] = [(h["step"], h["alive_channels"]) for h in s.history]
                 diag["max_abs_rotation_deg"] = diag_rot
             else:
-                s = segment(None, v, domains=k, features=f, seed=0)
+                s = segment(None, v, domains=k if given else None, features=f, seed=0)
                 diag = {}
             rec = {"class": name, "miou": mean_iou(s.labels, d.labels), "seconds": time.perf_counter() - t0, **diag}
             rows.append(rec)
             print(v, json.dumps({kk: (round(vv, 3) if isinstance(vv, float) else vv) for kk, vv in rec.items()
                                  if kk not in ("alive_over_training",)}), flush=True)
-        done[v] = rows + [r for r in done.get(v, []) if r["class"] not in {x["class"] for x in rows}]
+        done[key] = rows + [r for r in done.get(key, []) if r["class"] not in {x["class"] for x in rows}]
         out_path.write_text(json.dumps(done, indent=1))
         print(v, "mIoU", [round(r["miou"], 3) for r in rows], "mean", round(float(np.mean([r["miou"] for r in rows])), 3),
               flush=True)

@@ -113,7 +113,8 @@ def add_parser(sub: Any) -> None:
                         "(windows of a virtual image, --detector)")
     p.add_argument("--detector", default="bf", choices=("bf", "adf"), help="virtual image of --route virtual (default bf)")
     g = p.add_argument_group("autoencoder (--method autoencoder)")
-    g.add_argument("--channels", type=int, default=8, help="latent domain channels (default 8)")
+    g.add_argument("--channels", type=int, default=None,
+                   help="latent domain channels (default: K of --domains when given, else 8)")
     g.add_argument("--steps", type=int, default=1000, help="at most this many training steps (default 1000)")
     g.add_argument("--minutes", type=float, default=None, help="training time budget in minutes (default: none)")
     g.add_argument("--seed", type=int, default=0, help="seed of training and of the baselines (default 0)")

@@ -231,7 +231,7 @@ def segment(
     step_px: int = 32,
     feature_px: int | None = None,
     taper: str = "hann",
-    channels: int = 8,
+    channels: int | None = None,
     model: Any = None,
     train: Any = None,
     save_model: str | os.PathLike | None = None,
@@ -252,11 +252,15 @@ def segment(
         "nmf", "kmeans" or "pca-gmm" (on the log spectra).
     domains : number of domain variants V: channels are grouped into V variants by the correlation
         of their windows' mean spectra. None: channels whose orientations differ by less than
-        ``tol_deg`` degrees (and periods by < 10 %) are one variant (for the autoencoder, the
-        orientation of each channel's template under its learned rotation and scale). The baselines fit ``domains`` clusters (``channels`` when None).
+        ``tol_deg`` degrees (and periods by < 10 %) are one variant (for a saved autoencoder or one
+        with ``channels`` given, the orientation of each channel's template under its learned
+        rotation and scale); an autoencoder trained here from the ``peaks`` start gets one channel
+        per variant the unmixing finds, each its own variant. The baselines fit ``domains``
+        clusters (``channels``, default 8, when None).
     window_px, step_px : the window grid (image px); feature_px : side of each window's binned
         spectrum (px; default 64 for windows of 128 px, see :func:`~distill4d.segment.windows.default_feature_px`); taper : real-space window taper ("hann", "hamming", "none").
-    channels : latent channels of the autoencoder (default 8).
+    channels : latent channels of the autoencoder (default: ``domains`` when given, else the
+        number of variants its ``peaks`` start finds, else 8).
     model : a saved autoencoder (path to ``M.pt`` with ``M.json``) or a trained module, re-used
         without training. train : a :class:`distill4d.ml.window_ae.WindowAETrainConfig`.
     save_model : save the trained autoencoder there (+ ``.json`` card); ``force`` overwrites.
@@ -269,7 +273,7 @@ def segment(
     _check_method(method)
     if domains is not None:
         domains = positive_int("domains", domains)
-    channels = positive_int("channels", channels)
+    channels = positive_int("channels", channels) if channels is not None else None
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     scale = "linear" if method == "peaks" else "log"
@@ -296,7 +300,7 @@ def _model_clip(model: Any) -> float | None:
     return window_ae_geometry(model).get("clip")
 
 
-def _segment_features(features: WindowFeatures, method: str, *, domains: int | None, channels: int, model: Any,
+def _segment_features(features: WindowFeatures, method: str, *, domains: int | None, channels: int | None, model: Any,
                       train: Any, save_model: Any, force: bool, open_px: int, close_px: int, tol_deg: float,
                       seed: int, device: Any, callback: Any, timings: dict[str, float], extra: dict[str, Any],
                       image_hw: tuple[int, int] | None = None) -> Segmentation:
@@ -306,13 +310,16 @@ def _segment_features(features: WindowFeatures, method: str, *, domains: int | N
     history: list[dict[str, Any]] = []
     module = None
     descriptors = None
+    n_var = domains
     if method == "peaks":
         return _segment_peaks(features, domains=domains, channels=channels, seed=seed, timings=timings, extra=extra,
                               image_hw=image_hw)
     if method == "autoencoder":
         from ..ml.window_ae.segment import run_window_ae
 
-        out = run_window_ae(features, channels=channels, model=model, train=train, save_model=save_model, force=force,
+        # one competitive channel per variant: K when given, else the number the peaks unmixing
+        # of the training's start finds (docs/experiments.md)
+        out = run_window_ae(features, channels=channels or domains, model=model, train=train, save_model=save_model, force=force,
                             seed=seed, device=device, callback=callback)
         ch = out["channels"]
         rotation, scale = out["rotation_deg"], out["scale"]
@@ -320,8 +327,10 @@ def _segment_features(features: WindowFeatures, method: str, *, domains: int | N
         timings.update(out["timings_s"])
         descriptors = out.get("descriptors")
         n_ch = ch.shape[-1]
+        if domains is None and out.get("n_variants"):  # each channel one variant
+            n_var = int(out["n_variants"])
     else:
-        n_ch = domains or channels
+        n_ch = domains or channels or 8
         t1 = time.perf_counter()
         ch = baseline_channels(features.flat(), method, n_ch, seed=seed)
         timings["train"] = time.perf_counter() - t1
@@ -330,7 +339,7 @@ def _segment_features(features: WindowFeatures, method: str, *, domains: int | N
     ch = ch.reshape(t, ny, nx, n_ch)
     # the autoencoder's channels scale with the window's contrast: its read-out works on each
     # channel's share of the window's total
-    ro = read_out(channel_shares(ch) if method == "autoencoder" else ch, features, n_variants=domains,
+    ro = read_out(channel_shares(ch) if method == "autoencoder" else ch, features, n_variants=n_var,
                   open_px=open_px, close_px=close_px, tol_deg=tol_deg,
                   image_hw=image_hw, descriptors=descriptors)
     if method == "autoencoder":  # its variants as above; their labels by the amplitude read-out
@@ -363,12 +372,12 @@ def _amplitude_labels(ch: np.ndarray, ro: dict[str, np.ndarray], features: Windo
     return {**ro, **{k: amp[k] for k in ("labels", "labels_windows", "fractions")}}
 
 
-def _segment_peaks(features: WindowFeatures, *, domains: int | None, channels: int, seed: int,
+def _segment_peaks(features: WindowFeatures, *, domains: int | None, channels: int | None, seed: int,
                    timings: dict[str, float], extra: dict[str, Any], image_hw: tuple[int, int] | None) -> Segmentation:
     from .peaks import peak_unmixing, read_out_peaks
 
     t1 = time.perf_counter()
-    out = peak_unmixing(features, domains, max_variants=min(channels, 6), seed=seed)
+    out = peak_unmixing(features, domains, max_variants=min(channels or 8, 6), seed=seed)
     timings["train"] = time.perf_counter() - t1
     timings["inference"] = 0.0
     t2 = time.perf_counter()
@@ -461,10 +470,12 @@ def segment_datacube(
     unknown = set(kwargs) - set(names)
     if unknown:
         raise Distill4dError(f"segment_datacube got unknown options {sorted(unknown)}; expected some of {names}")
-    opts = {"domains": None, "channels": 8, "model": None, "train": None, "save_model": None, "force": False,
+    opts = {"domains": None, "channels": None, "model": None, "train": None, "save_model": None, "force": False,
             "open_px": 1, "close_px": 1, "tol_deg": 10.0, "seed": 0, "device": "cpu", "callback": None, **kwargs}
     if opts["domains"] is not None:
         opts["domains"] = positive_int("domains", opts["domains"])
+    if opts["channels"] is not None:
+        opts["channels"] = positive_int("channels", opts["channels"])
     return _segment_features(features, method, timings=timings, image_hw=(rx, ry),
                              extra={"route": "patterns", "feature_px": feature_px, "dc_radius_px": dc_radius_px},
                              **opts)

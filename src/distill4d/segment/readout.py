@@ -1,6 +1,6 @@
 """From per-window channels to domain maps: thresholds, masks, labels, fractions and variants.
 
-The channels of a method (the autoencoder's ReLU latent, NMF activations, mixture
+The channels of a method (the autoencoder's latent, NMF activations, mixture
 probabilities, one-hot k-means clusters) are ``(T, ny, nx, C)`` values >= 0 on the window grid.
 
 1. One Otsu threshold per channel over the whole series (:func:`otsu_threshold`), then a
@@ -69,7 +69,7 @@ def otsu_threshold(values: Any, bins: int = 256) -> float:
 
 def channel_shares(channels: Any) -> np.ndarray:
     """Each window's channels divided by their sum (0 where all are 0), float32, same shape: which
-    channel a window belongs to, without its contrast (the autoencoder's ReLU channels grow with
+    channel a window belongs to, without its contrast (the autoencoder's channels grow with
     the window's contrast, so one Otsu threshold over the series leaves weak windows undecided)."""
     ch = np.asarray(channels, dtype=np.float32)
     tot = ch.sum(axis=-1, keepdims=True)

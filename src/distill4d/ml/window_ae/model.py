@@ -4,16 +4,19 @@ transform, and a decoder that rebuilds the window's spectrum.
 - Encoder: a 4x4 stride-4 convolution and 2x2 pooling, then residual blocks (two 3x3 convolutions, LayerNorm over
   channels and pixels, i.e. ``GroupNorm(1, C)``) each followed by 2x2 average pooling, down to a
   4x4 map; a linear layer to a hidden vector.
-- Latent: ``channels`` ReLU values (the domain channels) and an affine transform from a
-  spatial-transformer head: scale ``1 + 0.1 tanh``, rotation ``max_rotation_deg · tanh`` and a
+- Latent: the domain channels, by default (``latent="softmax"``) competitive: one amplitude per
+  window (softplus, >= 0) times a softmax of the channel logits at temperature ``tau`` (annealed
+  by the trainer), so that every channel gets a gradient at every step and none is dead from
+  initialisation; or (``latent="relu"``, the published design) independent ReLU values; and an
+  affine transform from a spatial-transformer head: scale ``1 + 0.1 tanh``, rotation ``max_rotation_deg · tanh`` and a
   translation ``max_shift · tanh`` (fraction of the half width).
 - Decoder: one learned non-negative template spectrum per channel (softplus); the channels weigh
   the templates, a learned background is added, and the sum is resampled on the affine grid
   (``affine_grid`` + ``grid_sample``): a window is "this much of variant c, rotated and scaled
   so". The bounded rotation keeps variants more than ``2 max_rotation_deg`` apart in different
   channels.
-- Loss: mean squared error plus an L1 penalty on the channels (sparsity), switched on by the
-  trainer's schedule.
+- Loss: mean squared error, plus for ReLU channels an L1 penalty (sparsity) switched on by the
+  trainer's schedule (the softmax latent's sparsity is the competition).
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ class WindowAEConfig:
     max_rotation_deg : bound of the learned rotation (degrees); 0 switches the rotation off.
     max_scale : bound of the learned scale change (1 ± max_scale).
     max_shift : bound of the learned translation (fraction of the half width).
+    latent : "relu" (independent ReLU channels) or "softmax" (amplitude x softmax(logits / tau)).
     """
 
     size: int = 64
@@ -53,6 +57,7 @@ class WindowAEConfig:
     max_rotation_deg: float = 20.0
     max_scale: float = 0.1
     max_shift: float = 0.05
+    latent: str = "softmax"
 
     def __post_init__(self) -> None:
         if self.size not in (32, 64, 128, 256):
@@ -63,6 +68,8 @@ class WindowAEConfig:
         nonnegative_float("max_rotation_deg", self.max_rotation_deg, maximum=90.0)
         positive_float("max_scale", self.max_scale, maximum=0.5)
         positive_float("max_shift", self.max_shift, maximum=1.0)
+        if self.latent not in ("relu", "softmax"):
+            raise Distill4dError(f"latent must be 'relu' or 'softmax', got {self.latent!r}")
 
 
 class WindowAE(nn.Module):
@@ -86,6 +93,10 @@ class WindowAE(nn.Module):
         self.features = nn.Sequential(*layers)
         self.fc = nn.Linear(c.width * 16, c.hidden)
         self.to_channels = nn.Linear(c.hidden, c.channels)
+        if c.latent == "softmax":
+            self.to_amplitude = nn.Linear(c.hidden, 1)
+            #: the softmax temperature (set by the trainer's schedule; saved with the weights)
+            self.register_buffer("tau", torch.tensor(1.0))
         self.to_affine = nn.Linear(c.hidden, 4)
         nn.init.zeros_(self.to_affine.weight)
         nn.init.zeros_(self.to_affine.bias)
@@ -102,7 +113,12 @@ class WindowAE(nn.Module):
         h = F.relu(self.fc(self.features(x).flatten(1)))
         a = torch.tanh(self.to_affine(h))
         c = self.config
-        return {"channels": self.activation(self.to_channels(h)), "scale": 1 + c.max_scale * a[:, 0],
+        if c.latent == "softmax":
+            logits = self.to_channels(h)
+            channels = F.softplus(self.to_amplitude(h)) * torch.softmax(logits / self.tau, dim=1)
+        else:
+            channels = self.activation(self.to_channels(h))
+        return {"channels": channels, "scale": 1 + c.max_scale * a[:, 0],
                 "rotation_deg": c.max_rotation_deg * a[:, 1], "shift": c.max_shift * a[:, 2:]}
 
     def decode(self, channels: torch.Tensor, scale: torch.Tensor, rotation_deg: torch.Tensor,

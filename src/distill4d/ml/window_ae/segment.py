@@ -72,6 +72,23 @@ def channel_descriptors(model: Any, latent: dict[str, np.ndarray], zero_frequenc
     return angles, radii
 
 
+def _peaks_labels(features: Any, channels: int | None, seed: int) -> np.ndarray | None:
+    """Each window's strongest component (n,) of the ``peaks`` unmixing into ``channels`` components
+    (None: the number it picks itself, 2-6), on the linear spectra recovered from the log features
+    (``expm1(feature x clip)``; the 0.1 % of bins clipped stay at the clip level); None (the k-means
+    start) where the windows show no peak."""
+    from ...segment.peaks import peak_unmixing
+    from ...segment.windows import WindowFeatures
+
+    lin = np.expm1(features.features * np.float32(features.clip)).astype(np.float32)
+    wf = WindowFeatures(lin, features.window_px, features.step_px, features.image_shape, 1.0, features.taper, "linear")
+    try:
+        act = peak_unmixing(wf, channels, max_variants=6, seed=seed)["activations"]
+    except Distill4dError:  # no periodic contrast
+        return None
+    return act.reshape(-1, act.shape[-1]).argmax(axis=1).astype(np.int64)
+
+
 def save_window_ae(path: str | os.PathLike, model: Any, features: Any, info: dict[str, Any] | None = None, *,
                    command: str = "", force: bool = False) -> Path:
     """Save ``model`` (its state_dict to ``path``, the card to ``path`` with ``.json``): the
@@ -89,7 +106,9 @@ def load_window_ae(path: str | os.PathLike, *, device: Any = "cpu") -> tuple[Any
     ``feature_clip`` is the training features' clip level."""
     from .model import WindowAE, WindowAEConfig
 
-    model, card = load_model(path, "window_ae", lambda c: WindowAE(WindowAEConfig(**c.config)), device=device)
+    # a card without "latent" is of a model saved before the softmax latent: ReLU channels
+    model, card = load_model(path, "window_ae", lambda c: WindowAE(WindowAEConfig(**{"latent": "relu", **c.config})),
+                             device=device)
     model.feature_clip = card.input.get("clip")
     return model, card
 
@@ -97,7 +116,7 @@ def load_window_ae(path: str | os.PathLike, *, device: Any = "cpu") -> tuple[Any
 def run_window_ae(
     features: Any,
     *,
-    channels: int = 8,
+    channels: int | None = 8,
     model: Any = None,
     train: Any = None,
     save_model: str | os.PathLike | None = None,
@@ -110,8 +129,11 @@ def run_window_ae(
     """The autoencoder's latent of ``features`` (:class:`~distill4d.segment.windows.WindowFeatures`):
     a saved model (path) or a module ``model`` is applied as it is; otherwise one is trained on
     these windows (``train``: a :class:`WindowAETrainConfig`, default with ``seed``) and saved to
-    ``save_model`` if given. Returns ``{"channels" (n, C), "rotation_deg" (n,), "scale" (n,),
-    "descriptors" (angle_deg, radius) per channel, "model", "model_path", "history", "info", "timings_s"}``."""
+    ``save_model`` if given (the training's ``init="peaks"`` start is computed here; ``channels``
+    None: as many channels as the ``peaks`` unmixing finds variants, else 8). Returns ``{"channels"
+    (n, C), "rotation_deg" (n,), "scale" (n,), "descriptors" (angle_deg, radius) per channel,
+    "n_variants" (the number the unmixing found, or None), "model", "model_path", "history", "info",
+    "timings_s"}``."""
     from .model import WindowAE, WindowAEConfig
     from .train import WindowAETrainConfig, train_window_ae
 
@@ -120,6 +142,7 @@ def run_window_ae(
     history: list[dict[str, Any]] = []
     info: dict[str, Any] = {}
     model_path = None
+    n_variants = None
     if save_model is not None and model is not None:
         raise Distill4dError("save_model saves a trained model; a given model is not trained again")
     if save_model is not None and not force:
@@ -142,10 +165,15 @@ def run_window_ae(
         if module.config.size != features.feature_px:
             raise Distill4dError(f"the model takes spectra of {module.config.size} px, got {features.feature_px} px")
     else:
-        cfg = WindowAEConfig(size=features.feature_px, channels=channels)
         tcfg = train if train is not None else WindowAETrainConfig(seed=seed)
         t0 = time.perf_counter()
-        module, history, info = train_window_ae(flat, cfg, tcfg, device=device, callback=callback)
+        labels = None
+        if tcfg.init == "peaks" and len(flat) >= 4 * (channels or 2):
+            labels = _peaks_labels(features, channels, tcfg.seed)
+            if labels is not None and channels is None:  # the number of variants the unmixing found
+                channels = n_variants = int(labels.max()) + 1
+        cfg = WindowAEConfig(size=features.feature_px, channels=channels or 8)
+        module, history, info = train_window_ae(flat, cfg, tcfg, device=device, callback=callback, init_labels=labels)
         timings["train"] = time.perf_counter() - t0
         module.feature_clip = features.clip
         if save_model is not None:
@@ -156,5 +184,5 @@ def run_window_ae(
     timings.setdefault("train", 0.0)
     descriptors = channel_descriptors(module.to("cpu"), latent, features.zero_frequency_px)
     return {"channels": latent["channels"], "rotation_deg": latent["rotation_deg"], "scale": latent["scale"],
-            "descriptors": descriptors, "model": module, "model_path": model_path, "history": history, "info": info,
+            "descriptors": descriptors, "n_variants": n_variants, "model": module, "model_path": model_path, "history": history, "info": info,
             "timings_s": timings}

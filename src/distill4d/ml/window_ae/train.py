@@ -1,10 +1,12 @@
 """Training a windowing autoencoder on the windows of the user's own image or series.
 
-The templates start as the mean spectra of a seeded k-means clustering of the windows (one
-cluster per channel), so that every channel starts on something the data hold, and for the first
-``warmup_steps`` the channels are pulled towards those clusters' one-hot labels; then encoder,
-affine head and templates are learned by the reconstruction loss alone, with the L1 sparsity
-penalty on the channels ramped in from ``l1_start_step``. Every 10th window is held out; the stop
+The templates start as the mean spectra of the windows' starting clusters (one per channel: by
+default each window's strongest component of the ``peaks`` unmixing, or a seeded k-means), so
+that every channel starts on something the data hold, and for the first ``warmup_steps`` the
+channels (the softmax latent: their shares) are pulled towards those clusters' one-hot labels;
+then encoder, affine head and templates are learned by the reconstruction loss alone, with the
+softmax temperature annealed (the softmax latent) or the L1 sparsity penalty on the ReLU channels
+ramped in from ``l1_start_step``. Every 10th window is held out; the stop
 rule is :class:`~distill4d.ml._common.loop.StopRule` (max steps, patience, wall-time budget) and
 the weights of the best held-out evaluation are kept.
 """
@@ -19,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from ...errors import Distill4dError
-from ..._validate import nonnegative_float
+from ..._validate import nonnegative_float, positive_float
 from .._common.loop import StopRule, check_training_options
 
 __all__ = ["WindowAETrainConfig", "channel_usage", "train_window_ae"]
@@ -33,11 +35,20 @@ class WindowAETrainConfig:
     eval_every : steps between evaluations of the held-out loss (every 10th window).
     patience : stop after this many evaluations without a 0.5 % lower held-out loss.
     batch_size, lr : Adam mini-batches and learning rate.
-    l1_coef : weight of the L1 penalty on the channels, reached at ``l1_start_step + l1_ramp_steps``.
+    l1_coef : weight of the L1 penalty on the ReLU channels, reached at ``l1_start_step + l1_ramp_steps``
+        (not applied to the softmax latent, whose sparsity is the channels' competition).
     l1_start_step, l1_ramp_steps : the penalty's schedule (off, then linear ramp).
     warmup_steps, warmup_coef : steps during which the channels are also pulled (mean squared error,
         this weight) towards the one-hot k-means labels the templates started from, so that channel c
         starts on cluster c.
+    tau_start, tau_end, tau_steps : the softmax temperature of a ``latent="softmax"`` model, annealed
+        geometrically from ``tau_start`` to ``tau_end`` over the first ``tau_steps`` steps (ignored
+        for ReLU channels); its warm-up pulls the channels' shares (the softmax weights) towards the
+        one-hot labels.
+    init : where the templates and the warm-up's labels start: "kmeans" (a k-means of the windows'
+        log spectra) or "peaks" (each window's strongest component of the ``peaks`` method's
+        unmixing, :func:`distill4d.segment.peaks.peak_unmixing`, with one component per channel;
+        :func:`~distill4d.ml.window_ae.segment.run_window_ae` computes them).
     max_minutes : wall-clock budget (None: none).
     seed : the initial weights, the k-means start, the held-out split and the batch order.
     """
@@ -52,13 +63,27 @@ class WindowAETrainConfig:
     l1_ramp_steps: int = 200
     warmup_steps: int = 200
     warmup_coef: float = 0.01
+    tau_start: float = 1.0
+    tau_end: float = 0.1
+    tau_steps: int = 600
+    init: str = "peaks"
     max_minutes: float | None = None
     seed: int = 0
 
     def __post_init__(self) -> None:
-        check_training_options(self, nonnegative_ints=("l1_start_step", "l1_ramp_steps", "warmup_steps"))
+        check_training_options(self, nonnegative_ints=("l1_start_step", "l1_ramp_steps", "warmup_steps", "tau_steps"))
         for name in ("l1_coef", "warmup_coef"):
             nonnegative_float(name, getattr(self, name))
+        for name in ("tau_start", "tau_end"):
+            positive_float(name, getattr(self, name))
+        if self.init not in ("kmeans", "peaks"):
+            raise Distill4dError(f"init must be 'kmeans' or 'peaks', got {self.init!r}")
+
+    def tau_at(self, step: int) -> float:
+        """The softmax temperature at ``step``."""
+        if self.tau_steps == 0 or step >= self.tau_steps:
+            return self.tau_end
+        return self.tau_start * (self.tau_end / self.tau_start) ** (step / self.tau_steps)
 
     def l1_at(self, step: int) -> float:
         """The L1 weight at ``step``."""
@@ -99,6 +124,7 @@ def train_window_ae(
     *,
     device: Any = "cpu",
     callback: Callable[[dict[str, Any]], None] | None = None,
+    init_labels: np.ndarray | None = None,
 ) -> tuple[Any, list[dict[str, Any]], dict[str, Any]]:
     """Train a :class:`~distill4d.ml.window_ae.model.WindowAE` on window spectra ``features`` (n, F, F)
     in [0, 1] (:func:`distill4d.segment.window_features`).
@@ -106,7 +132,8 @@ def train_window_ae(
     Returns ``(model, history, info)``: the model at its best held-out evaluation (eval mode, on the
     CPU), one dict per evaluation (``step``, ``train``, ``held_out`` losses, ``l1_coef``,
     ``seconds``), and ``{"stopped", "best_step", "steps", "seconds", "n_windows"}``.
-    ``callback(dict)`` is called after each evaluation.
+    ``callback(dict)`` is called after each evaluation. ``init_labels`` (n,) in 0 .. channels - 1:
+    the windows' starting clusters instead of the k-means (the templates start as their mean spectra).
     """
     import torch
 
@@ -135,7 +162,15 @@ def train_window_ae(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(train.seed)
         model = WindowAE(cfg)
-    means, km_labels = _kmeans_means(x, cfg.channels, train.seed)
+    if init_labels is None:
+        means, km_labels = _kmeans_means(x, cfg.channels, train.seed)
+    else:
+        km_labels = np.asarray(init_labels, dtype=np.int64)
+        if km_labels.shape != (len(x),) or km_labels.min() < 0 or km_labels.max() >= cfg.channels:
+            raise Distill4dError(f"init_labels must be ({len(x)},) integers in 0 .. {cfg.channels - 1}, "
+                                 f"got shape {km_labels.shape}")
+        means = np.stack([x[km_labels == j].mean(0) if (km_labels == j).any() else x.mean(0)
+                          for j in range(cfg.channels)])
     with torch.no_grad():  # softplus^-1 of the cluster means, less a common background
         bg = np.clip(means.min(axis=0), 1e-3, None)
         model.background.copy_(torch.from_numpy(np.log(np.expm1(bg))))
@@ -168,16 +203,22 @@ def train_window_ae(
     step, running, n_run = 0, 0.0, 0
     perm = torch.empty(0, dtype=torch.long)
     model.train()
+    softmax = cfg.latent == "softmax"
     while not rule.steps_done(step):
+        if softmax:
+            model.tau.fill_(train.tau_at(step))
         if len(perm) < train.batch_size:
             perm = torch.from_numpy(tr_idx)[torch.randperm(len(tr_idx), generator=gen)]
         idx, perm = perm[: train.batch_size].to(dev), perm[train.batch_size :]
         xb = X[idx]
         out = model(xb)
-        loss = window_ae_loss(xb, out, l1_coef=train.l1_at(step))["total"]
+        loss = window_ae_loss(xb, out, l1_coef=0.0 if softmax else train.l1_at(step))["total"]
         if step < train.warmup_steps and cfg.channels > 1:
             target = torch.nn.functional.one_hot(L[idx], cfg.channels).to(out["channels"].dtype)
-            loss = loss + train.warmup_coef * torch.nn.functional.mse_loss(out["channels"], target)
+            pulled = out["channels"]
+            if softmax:  # the shares: the amplitude is the window's contrast, not its variant
+                pulled = pulled / pulled.sum(dim=1, keepdim=True).clamp_min(1e-12)
+            loss = loss + train.warmup_coef * torch.nn.functional.mse_loss(pulled, target)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -186,8 +227,8 @@ def train_window_ae(
         step += 1
         if step % train.eval_every and step != train.max_steps:
             continue
-        l1 = train.l1_at(step)
-        ho, usage = held_out_loss(train.l1_coef)  # the full penalty: evaluations compare alike
+        l1 = 0.0 if softmax else train.l1_at(step)
+        ho, usage = held_out_loss(0.0 if softmax else train.l1_coef)  # the full penalty: evaluations compare alike
         rec = {"step": step, "train": running / n_run, "held_out": ho, "l1_coef": l1,
                "seconds": time.perf_counter() - t0, "alive_channels": usage["alive"], "wins": usage["wins"]}
         running, n_run = 0.0, 0
