@@ -91,8 +91,10 @@ LONG = ("sto_thick", 2e4)
 #: The rows compared for time to the same quality: (distill4d row, py4DSTEM row).
 PAIRS = (("distill4d single", "py4DSTEM single"), ("distill4d single poisson", "py4DSTEM single"),
          ("distill4d multislice", "py4DSTEM multislice"))
-#: Multislice model of sto_thick: slices and their thickness (Å): 121 Å of crystal in 1 Å of vacuum
-#: each side (phase_data: 125.06 Å cell), so that each slice's phase stays below pi.
+#: Multislice model of sto_thick: slices and their thickness (Å): 121 Å of crystal in 2 Å of vacuum
+#: each side (phase_data: 125.06 Å cell). The column phase reaches 31.7 rad, about 4 rad per slice: with
+#: the true potential this 8-slice model misses the data (error 0.245 noise-free; 32 slices 0.046:
+#: benchmarks/ptycho_forward_check.py, docs/experiments.md).
 PIPELINE_NOTE = ("Pipeline (ptychography on 1/8 of the scan, training, inference on the rest): not measured: "
                  "`distill4d phase --train-on-ptycho` does not exist in the distill4d this ran against.")
 MULTISLICE = {"sto_thick": {"slices": 8, "slice_thickness_A": 125.06 / 8}}
