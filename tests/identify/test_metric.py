@@ -76,3 +76,16 @@ def test_features_invariant_to_rotation_and_mirror_and_noise_tolerant():
 def test_metric_features_rejects_bad_counts():
     with pytest.raises(Distill4dError, match="counts"):
         metric_features(np.zeros(3), np.zeros(3), np.ones(3), np.array([2]))
+
+
+def test_encode_ragged_metric_option_appends_the_metric_features():
+    from distill4d.identify.encode import N_FEATURES, encode_ragged
+
+    qx, qy = _zone_pattern(np.eye(3) * 4.0, (1, 1, 0))
+    it = np.linspace(1.0, 0.2, qx.size)
+    n = np.array([qx.size])
+    base = encode_ragged(qx, qy, it, n)
+    both = encode_ragged(qx, qy, it, n, metric=True)
+    assert both.shape == (1, N_FEATURES + N_METRIC)
+    np.testing.assert_array_equal(both[:, :N_FEATURES], base)
+    np.testing.assert_allclose(both[:, N_FEATURES:], metric_features(qx, qy, it, n))

@@ -30,7 +30,7 @@ import numpy as np
 
 from ..errors import Distill4dError
 
-__all__ = ["MAX_INDEX", "N_METRIC", "METRIC_NAMES", "fit_lattice2d", "fit_forms", "metric_features"]
+__all__ = ["MAX_INDEX", "N_METRIC", "METRIC_NAMES", "fit_lattice2d", "fit_layers", "fit_forms", "metric_features"]
 
 #: Largest |index| of the basis vectors tried by :func:`fit_forms`.
 MAX_INDEX = 2
@@ -221,3 +221,37 @@ def metric_features(qx_inv_A: Any, qy_inv_A: Any, intensity: Any, counts: Any, *
         out[ok, col + 1] = np.nan_to_num(ratio(par))
     out[~ok, 5] = out[~ok, 7] = out[~ok, 9] = 0.0
     return (out, grams) if return_gram else out
+
+
+def fit_layers(qx: Any, qy: Any, basis: Any, *, tolerance_inv_A: float = 0.015, max_layer: int = 4,
+               n_candidates: int = 24) -> dict[str, Any]:
+    """The spots of one list (1/Å) on the 2D lattice ``basis`` (2, 2) or on one of its layers.
+
+    A projection of a 3D lattice onto the detector plane is a 2D lattice (the projection of one
+    lattice plane) plus its copies shifted by ``k · t``, ``t`` the projection of a third basis
+    vector (Laue layers ``k``). The offset ``t`` (1/Å) is taken among the spots off the lattice
+    (the ``n_candidates`` shortest): the one whose multiples ``k · t``, ``0 < |k| <= max_layer``,
+    put the most spots within ``tolerance_inv_A`` of a shifted lattice point. Returns ``{"t",
+    "layer"}``: ``t`` (2,) (NaN when no spot is off the lattice) and ``layer`` (n,) the layer of
+    each spot (0: on the lattice; ``max_layer + 1``: on none).
+    """
+    q = np.stack([np.asarray(qx, dtype=np.float64), np.asarray(qy, dtype=np.float64)], axis=1)
+    B = np.asarray(basis, dtype=np.float64)
+    inv = np.linalg.inv(B.T)
+    c = q @ inv.T
+    d0 = np.linalg.norm(q - np.round(c) @ B, axis=1)
+    layer = np.where(d0 < tolerance_inv_A, 0, max_layer + 1)
+    off = np.flatnonzero(layer != 0)
+    if off.size == 0 or not np.isfinite(B).all():
+        return {"t": np.full(2, np.nan), "layer": layer}
+    cand = q[off[np.argsort(np.hypot(*q[off].T))[:n_candidates]]]  # (C, 2)
+    ks = np.array([k for k in range(1, max_layer + 1) for k in (k, -k)])
+    shifted = q[None, None] - ks[None, :, None, None] * cand[:, None, None, :]  # (C, K, n, 2)
+    cs = shifted @ inv.T
+    d = np.linalg.norm(shifted - np.round(cs) @ B, axis=3)  # (C, K, n)
+    hit = (d < tolerance_inv_A) & (layer != 0)[None, None]
+    count = hit.any(axis=1).sum(axis=1)
+    best = int(np.argmax(count))
+    kbest = np.where(hit[best].any(axis=0), np.abs(ks[np.argmax(hit[best], axis=0)]), max_layer + 1)
+    layer = np.where(layer == 0, 0, kbest)
+    return {"t": cand[best], "layer": layer}
