@@ -89,3 +89,23 @@ def test_encode_ragged_metric_option_appends_the_metric_features():
     assert both.shape == (1, N_FEATURES + N_METRIC)
     np.testing.assert_array_equal(both[:, :N_FEATURES], base)
     np.testing.assert_allclose(both[:, N_FEATURES:], metric_features(qx, qy, it, n))
+
+
+def test_fit_layers_explains_a_projected_3d_lattice_not_random_points():
+    from ase import Atoms
+
+    from distill4d.identify.metric import fit_layers
+    from distill4d.simulate.spots import spot_patterns
+
+    atoms = Atoms("C", cell=[[7.1, 0, 0], [1.3, 8.2, 0], [0.9, 1.7, 9.3]], pbc=True)
+    rng = np.random.default_rng(3)
+    for qx, qy, it in spot_patterns(atoms, 3, rng=1, excitation_error_inv_A=0.03):
+        fit = fit_lattice2d(qx, qy, it**0.5)
+        assert fit["indexed"].mean() < 0.6  # most spots are off one plane (a wide relrod, a big cell)
+        explained = (fit_layers(qx, qy, fit["basis"])["layer"] <= 4).mean()
+        assert explained > 0.9
+        r = np.hypot(qx, qy).max() * np.sqrt(rng.random(qx.size))
+        ph = rng.random(qx.size) * 2 * np.pi
+        rx, ry = r * np.cos(ph), r * np.sin(ph)
+        # the chance level: random points (as many, in the same disc) against the same lattice
+        assert (fit_layers(rx, ry, fit["basis"])["layer"] <= 4).mean() < explained - 0.3
