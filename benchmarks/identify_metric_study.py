@@ -57,6 +57,8 @@ def main() -> None:
     ap.add_argument("--work", required=True, help="folder for the metric features (resumable)")
     ap.add_argument("--budget-s", type=float, default=480.0, help="stop computing features after this many seconds")
     ap.add_argument("--no-results", action="store_true")
+    ap.add_argument("--seeds", type=int, nargs="+", default=None,
+                    help="MLP seeds (default: the card's); each result is kept in --work, a rerun goes on")
     ap.add_argument("--every", type=int, default=1, help="keep every this-many-th structure (a smoke test; "
                     "use its own --work folder)")
     args = ap.parse_args()
@@ -130,12 +132,30 @@ def main() -> None:
             lay[r, 2], lay[r, 3] = (layer0 == 0).mean(), (layer0 <= 4).mean()
         else:
             lay[r, 2] = lay[r, 3] = 0
+    t0 = time.perf_counter()  # the rate of metric_features, on 1000 patterns from the first held-out one
+    first = int(np.flatnonzero(te)[0])
+    rows = np.arange(first, min(first + 1000, len(lib)))
+    sl = slice(off[rows[0]], off[rows[-1] + 1])
+    metric_features(lib.spot_qx[sl], lib.spot_qy[sl], lib.spot_intensity[sl], lib.counts[rows[0] : rows[-1] + 1])
+    res["metric_features_patterns_per_s"] = round((rows[-1] + 1 - rows[0]) / (time.perf_counter() - t0))
     res["sample_patterns"] = len(sample)
     res["sample_2d_indexed_median"] = round(float(np.median(lay[:, 0])), 3)
     res["sample_2d_plus_layers_explained_median"] = round(float(np.median(lay[:, 1])), 3)
     res["sample_2d_plus_layers_explained_over_95pct"] = round(float(np.mean(lay[:, 1] > 0.95)), 3)
     res["random_points_2d_indexed_median"] = round(float(np.median(lay[:, 2])), 3)
     res["random_points_2d_plus_layers_explained_median"] = round(float(np.median(lay[:, 3])), 3)
+    # the ceiling of one pattern if the systems cannot be told apart on patterns whose spots lie on
+    # one plane (at least 90 % of them on the 2D lattice): A, triclinic, monoclinic and orthorhombic
+    # merged there (a 3-parameter 2D form cannot separate them); B, all seven merged there (a general
+    # section of any lattice is an oblique 2D lattice; commensurability is all that is left)
+    yt = y[te]
+    planar = frac >= 0.9
+    low = np.isin(yt, [0, 1, 2])
+    err_a = (planar & low).sum() - np.bincount(yt[planar & low], minlength=7).max(initial=0)
+    err_b = planar.sum() - np.bincount(yt[planar], minlength=7).max(initial=0)
+    res["planar_patterns"] = round(float(planar.mean()), 3)
+    res["ceiling_low_three_merged_on_planar"] = round(1 - float(err_a) / len(yt), 3)
+    res["ceiling_all_merged_on_planar"] = round(1 - float(err_b) / len(yt), 3)
     res["held_out_class_mix"] = {SYSTEMS[c]: round(float(np.mean(y[te] == c)), 3) for c in range(7)}
     res["off_plane_by_system"] = {SYSTEMS[c]: round(float(np.median(1 - frac[y[te] == c])), 2) for c in range(7)}
     # residuals of the forms on held-out patterns, median log10 per true system
@@ -163,14 +183,24 @@ def main() -> None:
     # 3. the MLP with and without the metric features
     tr = ~te
     out = {}
-    for name, feats in (("shipped features", shape_features(X)),
-                        ("shipped + metric features", np.concatenate([shape_features(X), M], axis=1))):
-        t0 = time.perf_counter()
-        mlp = _fit_mlp(feats[tr], y[tr], config.seed)
-        p = np.zeros((int(te.sum()), len(SYSTEMS)))
-        p[:, mlp.classes_] = mlp.predict_proba(feats[te])
-        out[name] = _accuracy(p, y[te], st[te]) + (round(time.perf_counter() - t0, 1),)
-        print(name, out[name], file=sys.stderr)
+    for seed in args.seeds or [config.seed]:
+        for name, feats in (("shipped features", shape_features(X)),
+                            ("shipped + metric features", np.concatenate([shape_features(X), M], axis=1))):
+            key = f"{name}, seed {seed}"
+            f = work / f"mlp_{'metric' if 'metric' in name else 'base'}_{seed}.json"
+            if f.is_file():
+                out[key] = tuple(json.loads(f.read_text()))
+                continue
+            if time.perf_counter() - t_start > args.budget_s:
+                print("MLPs: stopped (budget); rerun to go on", file=sys.stderr)
+                return
+            t0 = time.perf_counter()
+            mlp = _fit_mlp(feats[tr], y[tr], seed)
+            p = np.zeros((int(te.sum()), len(SYSTEMS)))
+            p[:, mlp.classes_] = mlp.predict_proba(feats[te])
+            out[key] = _accuracy(p, y[te], st[te]) + (round(time.perf_counter() - t0, 1),)
+            f.write_text(json.dumps(out[key]))
+            print(key, out[key], file=sys.stderr)
     res["mlp"] = out
     print(json.dumps(res, indent=1))
     (work / "identify_metric.json").write_text(json.dumps(res, indent=1) + "\n")
@@ -181,7 +211,7 @@ def main() -> None:
         "",
         "`benchmarks/identify_metric_study.py --cache LIB --work WORK` (the shipped identifier's library and "
         "split by structure; `distill4d.identify.metric`).",
-        f"- Machine: {machine_line()} (shared, loaded)",
+        f"{machine_line()} (shared, loaded)",
         "",
         f"2D lattice of each held-out pattern's spots (the pair of short spots that indexes the most, refined; "
         f"tolerance 0.012 1/Å, position noise 0.003 1/Å per coordinate), {res['held_out_patterns']} patterns of "
@@ -200,6 +230,11 @@ def main() -> None:
         f"{res['sample_2d_plus_layers_explained_over_95pct']}) |",
         f"| the same counts of random points against each pattern's 2D lattice (chance level), medians | {res['random_points_2d_indexed_median']} / "
         f"{res['random_points_2d_plus_layers_explained_median']} |",
+        f"| patterns with at least 90 % of their spots on one 2D lattice (planar) | {res['planar_patterns']} |",
+        f"| one-pattern ceiling if planar patterns cannot separate triclinic, monoclinic and orthorhombic (the "
+        f"majority of the three chosen there; everything else right) | {res['ceiling_low_three_merged_on_planar']} |",
+        f"| the same if planar patterns cannot separate any system (the majority chosen there) | "
+        f"{res['ceiling_all_merged_on_planar']} |",
         "| held-out class mix | " + ", ".join(f"{k} {v}" for k, v in res["held_out_class_mix"].items()) + " |",
         "| median fraction off it, per system | " + ", ".join(f"{k} {v}" for k, v in res["off_plane_by_system"].items())
         + " |",
@@ -214,9 +249,12 @@ def main() -> None:
         f"| cubic a, most common of 10 patterns' fits (the one most others agree with to 2 %): median abs. error | "
         f"{res['cubic_a_10_patterns_mode_median_abs_error_A']} Å |",
         "",
+        f"| metric features (`metric_features`), rate on 1000 library patterns, one thread | "
+        f"{res['metric_features_patterns_per_s']} patterns/s |",
+        "",
         "Crystal system, the shipped recipe's MLP on the training structures, same held-out structures:",
         "",
-        "| features | one pattern | 10 patterns (log) | per system, one pattern | fit s |",
+        "| features, MLP seed | one pattern | 10 patterns (log) | per system, one pattern | fit s |",
         "|---|---|---|---|---|",
     ]
     for name, (a1, a10, per, s) in out.items():
