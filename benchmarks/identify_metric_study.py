@@ -15,7 +15,7 @@ On the shipped identifier's library and its split by structure (the card's comma
 
 Writes the ``identify_metric`` section of benchmarks/RESULTS.md unless ``--no-results``.
 
-    PYTHONPATH=src python benchmarks/identify_metric_study.py --cache benchmarks/data/idlib60 \
+    PYTHONPATH=src python benchmarks/identify_metric_study.py --cache benchmarks/data/idlib60 --seeds 1 2 \
         --work benchmarks/data/identify_metric
 """
 
@@ -209,7 +209,7 @@ def main() -> None:
     lines = [
         "## Crystal identification: metric indexing of single patterns",
         "",
-        "`benchmarks/identify_metric_study.py --cache LIB --work WORK` (the shipped identifier's library and "
+        "`benchmarks/identify_metric_study.py --cache LIB --work WORK --seeds 1 2` (the shipped identifier's library and "
         "split by structure; `distill4d.identify.metric`).",
         f"{machine_line()} (shared, loaded)",
         "",
