@@ -212,6 +212,7 @@ def encode_ragged(
     scale_threshold: float = 0.05,
     chunk: int = 1024,
     max_block_entries: int = 2**18,
+    metric: bool = False,
 ) -> np.ndarray:
     """Features ``(P, N_FEATURES)`` (float64) of ``P`` spot lists stored one after another.
 
@@ -229,6 +230,9 @@ def encode_ragged(
     chunk : most patterns per block.
     max_block_entries : a block holds at most this many padded spot entries (patterns times its
         longest list; a single longer pattern makes a block of its own): bounds the memory.
+    metric : also the metric features of :func:`distill4d.identify.metric.metric_features`
+        (2D lattice and quadratic-form fits), appended: ``(P, N_FEATURES + N_METRIC)``. About
+        100 patterns/s (a loop over patterns), so off by default; the shipped model does not use them.
     """
     qx = np.asarray(qx_inv_A, dtype=np.float64)
     qy = np.asarray(qy_inv_A, dtype=np.float64)
@@ -262,6 +266,11 @@ def encode_ragged(
         (bx, by, bi), used = pad_rows((qx, qy, it), offsets[s:e], n[s:e], fill=0.0)
         out[s:e] = _encode_block(bx, by, bi, used, beam, power, thresh, s)
         s = e
+    if metric:
+        from .metric import metric_features
+
+        out = np.concatenate([out, metric_features(qx, qy, it, n, direct_beam_inv_A=beam, intensity_power=power)],
+                             axis=1)
     return out
 
 
