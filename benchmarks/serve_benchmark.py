@@ -3,10 +3,12 @@
 A real ``distill4d serve --models disks`` runs in a subprocess; an asyncio + httpx client sends
 one 256 x 256 pattern per request (binary tensor extension, a fixed probe and the detection
 parameters fixed from the patterns once, as a streaming client would) at concurrency 1, 8 and
-64, with dynamic batching on (the defaults, max batch 64 and max wait 10 ms, batches in a worker
-process; the same with an httpx client, and with batches in a thread of the server; max batch 16;
-a max wait of 2 ms) and off (max batch 1); the server's mean batch size per point comes from its ``/metrics``. Each point runs for ``--seconds``. The reference is ``distill4d.bragg.detect_batch`` called directly in
-Python on the same patterns, just before each point: on batches of the size the server can form.
+64, with dynamic batching on (the defaults, max batch 64 and the disks model's max wait of 0 ms,
+batches in a worker process; the same with an httpx client, with batches in a thread of the server,
+with a max wait of 10 ms, and with max batch 16) and off (max batch 1); the server's mean batch size
+per point comes from its ``/metrics``. The reference is ``distill4d.bragg.detect_batch`` called
+directly in Python on the same patterns, alternating with the load (``ROUNDS`` rounds per point of
+``--seconds`` in all): on batches of the size the server can form.
 The client and the server share the machine's cores. At concurrency 1 each request's
 ``Server-Timing`` header splits its latency into the server's stages. Writes the ``serve`` section
 of benchmarks/RESULTS.md.
@@ -33,6 +35,8 @@ from _results import machine_info, machine_line, write_section  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 N_PATTERNS = 16
+#: direct and load alternate this many times per point at concurrency > 1
+ROUNDS = 3
 SIZE = 256
 
 
@@ -61,7 +65,8 @@ def _direct(data, kft, params, size: int, seconds: float) -> dict:
         detect_batch(batch, kft, params)
         times.append(time.perf_counter() - t0)
     t = 1000 * np.array(times)
-    return {"rate": size * len(t) / (t.sum() / 1000), "p50": float(np.median(t)), "p99": float(np.percentile(t, 99))}
+    return {"rate": size * len(t) / (t.sum() / 1000), "p50": float(np.median(t)), "p99": float(np.percentile(t, 99)),
+            "patterns": size * len(t), "s": float(t.sum() / 1000), "times_ms": t}
 
 
 def _free_port() -> int:
@@ -70,14 +75,19 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _start(batch: int, wait_ms: float, where: str = "process") -> tuple[subprocess.Popen, str]:
+def _wait(wait_ms: float | None) -> str:
+    return "0 (default)" if wait_ms is None else f"{wait_ms:g}"
+
+
+def _start(batch: int, wait_ms: float | None, where: str = "process") -> tuple[subprocess.Popen, str]:
     import httpx
 
     port = _free_port()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
     env.pop("DISTILL4D_TOKEN", None)
     proc = subprocess.Popen([sys.executable, "-m", "distill4d.cli", "serve", "--models", "disks", "--port", str(port),
-                             "--max-batch-size", str(batch), "--max-wait-ms", str(wait_ms), "--log-level", "warning"]
+                             "--max-batch-size", str(batch), "--log-level", "warning"]
+                            + ([] if wait_ms is None else ["--max-wait-ms", str(wait_ms)])
                             + (["--batch-in-server"] if where == "thread" else []),
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
@@ -163,7 +173,37 @@ async def _load(url: str, bodies: list, concurrency: int, seconds: float, client
             wall = time.perf_counter() - t0
     lat_ms = 1000 * np.array(lat)
     return {"n": len(lat), "errors": errors, "p50": float(np.percentile(lat_ms, 50)),
-            "p99": float(np.percentile(lat_ms, 99)), "rate": len(lat) / wall}
+            "p99": float(np.percentile(lat_ms, 99)), "rate": len(lat) / wall, "wall": wall, "lat_ms": lat_ms}
+
+
+def _paired(url: str, bodies: list, data, kft, params, conc: int, size: int, seconds: float, client: str,
+            rounds: int = ROUNDS) -> tuple[dict, dict]:
+    """``rounds`` times: the direct call on batches of ``size`` for ``seconds / rounds``, then the load for as
+    long (at least three times the direct call on the batch: a shorter window measures mostly where it cut the
+    last batch). Both sides summed over the rounds, so that a change of the shared machine's speed during the
+    point falls on both: (load, direct)."""
+    ds, rs, cpu, batches = [], [], 0.0, [0.0, 0.0]
+    for _ in range(rounds):
+        d = _direct(data, kft, params, size, seconds / rounds)
+        dur = max(seconds / rounds, 3 * d["p50"] / 1000)
+        s0, n0 = _batches(url)
+        c0 = time.process_time()
+        r = asyncio.run(_load(url, bodies, conc, dur, client))
+        s1, n1 = _batches(url)
+        cpu += time.process_time() - c0
+        batches[0] += s1 - s0
+        batches[1] += n1 - n0
+        ds.append(d)
+        rs.append(r)
+    t = np.concatenate([d["times_ms"] for d in ds])
+    lat = np.concatenate([r["lat_ms"] for r in rs])
+    wall = sum(r["wall"] for r in rs)
+    d = {"rate": sum(d["patterns"] for d in ds) / sum(d["s"] for d in ds), "p50": float(np.median(t)),
+         "p99": float(np.percentile(t, 99)), "rounds": [d["rate"] for d in ds]}
+    r = {"n": len(lat), "errors": sum(r["errors"] for r in rs), "p50": float(np.percentile(lat, 50)),
+         "p99": float(np.percentile(lat, 99)), "rate": len(lat) / wall, "seconds": wall, "client_cpu": cpu / wall,
+         "batch": batches[0] / max(batches[1], 1), "rounds": [r["rate"] for r in rs]}
+    return r, d
 
 
 def _batches(url: str) -> tuple[float, float]:
@@ -274,9 +314,10 @@ def main() -> None:
     # The cores are shared: every point is paired with a direct run of the same length just
     # before it, on batches of the size the server can form there (min(concurrency, max batch)).
     # (batching, max batch, max wait, where batches run, client at concurrency > 1, concurrencies)
-    configs = (("on", 64, 10.0, "process", "raw", (1, 8, 64)), ("on", 64, 10.0, "process", "httpx", (8, 64)),
-               ("on", 64, 10.0, "thread", "raw", (8, 64)), ("on", 16, 10.0, "process", "raw", (8, 64)),
-               ("on", 64, 2.0, "process", "raw", (8, 64)), ("off", 1, 10.0, "process", "raw", (1, 8, 64)))
+    # (max wait None: the server's default for disks, 0 ms)
+    configs = (("on", 64, None, "process", "raw", (1, 8, 64)), ("on", 64, None, "process", "httpx", (8, 64)),
+               ("on", 64, None, "thread", "raw", (8, 64)), ("on", 64, 10.0, "process", "raw", (8, 64)),
+               ("on", 16, None, "process", "raw", (8, 64)), ("off", 1, None, "process", "raw", (1, 8, 64)))
     rows = []
     for batching, batch, wait, where, client, concs in configs:
         proc, url = _start(batch, wait, where)
@@ -290,43 +331,38 @@ def main() -> None:
                     rows.append((batching, batch, wait, where, conc, r, d))
                     r = rx
                 else:
-                    d = _direct(data, kft, params, min(conc, batch), a.seconds)
-                    # at least three batches' time: a batch of 64 takes seconds on a loaded machine, and
-                    # a shorter window measures mostly where it cut the last batch
-                    dur = max(a.seconds, 3 * d["p50"] / 1000)
-                    s0, n0 = _batches(url)
-                    c0 = time.process_time()
-                    r = asyncio.run(_load(url, bodies, conc, dur, client))
-                    s1, n1 = _batches(url)
-                    r["client_cpu"] = (time.process_time() - c0) / dur
-                    r["batch"] = (s1 - s0) / max(n1 - n0, 1)
-                    r["seconds"], r["client"] = dur, {"raw": "asyncio streams", "httpx": "httpx (asyncio)"}[client]
+                    r, d = _paired(url, bodies, data, kft, params, conc, min(conc, batch), a.seconds, client)
+                    r["client"] = {"raw": "asyncio streams", "httpx": "httpx (asyncio)"}[client]
                 rows.append((batching, batch, wait, where, conc, r, d))
-                print(f"batching {batching} (max batch {batch}, wait {wait:g} ms, in a {where}), concurrency {conc}, "
+                rr = " / ".join(f"{x:.0f}" for x in r.get("rounds", []))
+                dr = " / ".join(f"{x:.0f}" for x in d.get("rounds", []))
+                print(f"batching {batching} (max batch {batch}, wait {_wait(wait)} ms, in a {where}), concurrency {conc}, "
                       f"{r['client']}: "
                       f"p50 {r['p50']:.1f} ms, p99 {r['p99']:.1f} ms, {r['rate']:.1f} patterns/s, "
                       f"{r['errors']} errors ({r['n']} requests); direct on {min(conc, batch)}: "
-                      f"{d['rate']:.1f} patterns/s, {d['p50']:.1f} ms per call; mean batch {r.get('batch', 1):.1f}")
+                      f"{d['rate']:.1f} patterns/s, {d['p50']:.1f} ms per call; mean batch {r.get('batch', 1):.1f}"
+                      + (f"; rounds: server {rr}, direct {dr} patterns/s" if rr else ""), flush=True)
         finally:
             proc.terminate()
             proc.wait(20)
 
     info = machine_info()
     load_end = os.getloadavg()
-    default = ("on", 64, 10.0, "process")  # the server's defaults
+    default = ("on", 64, None, "process")  # the server's defaults
     c1, d1 = next((r, d) for b, m, w, p, c, r, d in rows if (b, m, w, p) == default and c == 1)  # http.client
     c1x = next(r for b, m, w, p, c, r, d in rows if (b, m, w, p) == default and c == 1 and r["client"] == "httpx")
     goal_lat = d1["p50"] + 10
     L = ["## Inference server (`distill4d serve`, disks)", "",
          machine_line(info),
          f"- Run: {info['date']}; `python benchmarks/serve_benchmark.py --seconds {a.seconds:g}`; "
-         f"{a.seconds:g} s per point (at concurrency > 1 at least three times the direct call on the batch, "
-         "column load), loopback, the clients (column client) on the same "
+         f"at concurrency > 1 {ROUNDS} rounds per point of a direct run of {a.seconds / ROUNDS:g} s, then the load "
+         "for as long (at least three times the direct call on the batch; column load: their sum), both sides summed "
+         "over the rounds, so that a change of the shared machine's speed during a point falls on both; loopback, the clients (column client) on the same "
          f"{info['cores']} cores as the server (the server's batches run in one thread, of a worker process unless the row says thread; uvicorn's HTTP parser: "
          f"{parser}). The cores were shared with other work: load average (1 min) {load_start[0]:.1f} at the "
-         f"start and {load_end[0]:.1f} at the end: each point is paired "
-         f"with a direct run of {a.seconds:g} s just before it (at concurrency 1, direct calls and requests "
-         f"alternate for {4 * a.seconds:g} s), and the numbers move by tens of percent from run to run.",
+         f"start and {load_end[0]:.1f} at the end (at concurrency 1, direct calls and requests "
+         f"alternate for {4 * a.seconds:g} s); the speed of one direct call changes by tens of percent from minute "
+         "to minute on this machine, even when it is otherwise idle.",
          "- Clients: at concurrency 1 a request with the standard library's `http.client` and one with `httpx` "
          "follow each direct call (one keep-alive connection each); at 8 and 64 closed-loop asyncio clients, one "
          "keep-alive connection each: `asyncio streams` writes each request's prebuilt HTTP/1.1 bytes and reads the "
@@ -345,7 +381,7 @@ def main() -> None:
          "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for b, m, w, p, c, r, d in rows:
         batch = f"{r['batch']:.1f} | {r['client_cpu']:.2f}" if "batch" in r else "1 | -"  # concurrency 1: one at a time
-        L.append(f"| {b} | {m} | {w:g} | {p} | {c} | {r['client']} | {r['seconds']:.0f} | {r['p50']:.1f} | {r['p99']:.1f} | "
+        L.append(f"| {b} | {m} | {_wait(w)} | {p} | {c} | {r['client']} | {r['seconds']:.0f} | {r['p50']:.1f} | {r['p99']:.1f} | "
                  f"{r['rate']:.1f} | {d['rate']:.1f} | {100 * r['rate'] / d['rate']:.0f} % | {d['p50']:.1f} | "
                  f"{batch} | {r['errors']} |")
     keys = ("route", "read", "prepare", "wait", "model", "model-cpu", "return", "encode", "http")
@@ -384,7 +420,7 @@ def main() -> None:
           f"it: p50 {c1['over_p50']:.1f} ms, p99 {c1['over_p99']:.1f} ms, "
           f"{'met' if c1['over_p99'] <= 10 else 'not met'} against 10 ms; the 16 patterns differ in their peaks, "
           "so the in-process time varies from pattern to pattern); "
-          f"batched throughput (the defaults: max batch 64, max wait 10 ms, batches in a worker process; the asyncio "
+          f"batched throughput (the defaults: max batch 64, max wait 0 ms for disks, batches in a worker process; the asyncio "
           "streams client) at concurrency 8 and 64 ≥ 80 % of direct batched: "
           f"**{'met' if min(thr) >= 80 else 'not met'}** ({thr[0]:.1f} %, {thr[1]:.1f} %)."]
     text = "\n".join(L)

@@ -78,3 +78,20 @@ def test_a_dead_worker_is_replaced_before_the_next_batch(disks):
     out = m.run(items[:1])
     assert m.pool.pids != [pid]
     np.testing.assert_array_equal(out[0][0]["qx"], m.run(items[:1], local=True)[0][0]["qx"])
+
+
+def test_batches_queued_in_the_pipe_come_back_to_their_callers(disks):
+    """Two batches outstanding on one worker (the server allows two per worker process): each caller gets
+    its own batch's peaks, in the order the worker ran them."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    m, items = disks
+    jobs = [items[:1], items[1:], items[:2], items[2:]] * 3
+    with ThreadPoolExecutor(4) as ex:
+        got = list(ex.map(m.run, jobs))
+    for job, out in zip(jobs, got):
+        want = m.run(job, local=True)
+        assert len(out) == len(job)
+        for (ow, _), (og, _) in zip(want, out):
+            np.testing.assert_array_equal(ow["qx"], og["qx"])
+            np.testing.assert_array_equal(ow["count"], og["count"])

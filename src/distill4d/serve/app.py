@@ -25,7 +25,7 @@ from starlette.concurrency import run_in_threadpool
 from .._version import __version__
 from ..errors import Distill4dError
 from .batching import Batcher
-from .config import ServeConfig, one_blas_thread
+from .config import ServeConfig, keep_freed_memory, one_blas_thread
 from .jobs import JobStore
 from .metrics import Metrics
 from .models import ServedModel, build_model
@@ -136,27 +136,6 @@ async def _read_body(request: Request, limit: int) -> bytes:
             raise ProtocolError(f"request body is larger than the server's limit of {limit} bytes", 413)
         chunks.append(chunk)
     return b"".join(chunks)
-
-
-def keep_freed_memory() -> bool:
-    """Ask glibc's malloc to keep freed memory for reuse (Linux; True if it agreed).
-
-    By default glibc gives the freed top of the heap back to the system and maps each large
-    block afresh, so every inference paid for thousands of page faults on its temporaries
-    (about 2900 for one 256 x 256 pattern, measured: a third more CPU than the same call in a
-    process that kept its memory). The server keeps up to 256 MiB of freed memory and maps only
-    blocks over 32 MiB on their own. Process-wide, so called by the server, never on import.
-    """
-    if not sys.platform.startswith("linux"):
-        return False
-    import ctypes
-
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return False
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    return bool(mallopt(m_mmap_threshold, 32 * 2**20)) and bool(mallopt(m_trim_threshold, 256 * 2**20))
 
 
 class _State:
@@ -288,8 +267,11 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
         batcher = state.batchers.get(name)
         if batcher is None:
             batcher = state.batchers[name] = Batcher(
-                m, max_batch_size=config.max_batch_size, max_wait_ms=config.max_wait_ms,
-                workers=config.batch_workers, metrics=state.metrics)
+                m, max_batch_size=config.max_batch_size,
+                max_wait_ms=m.default_max_wait_ms if config.max_wait_ms is None else config.max_wait_ms,
+                # with worker processes, two batches per process may be outstanding: the next one waits in
+                # its pipe while it runs one
+                workers=config.batch_workers * (2 if m.pool is not None else 1), metrics=state.metrics)
         batcher.open_requests += 1  # before any await: the batcher sees requests still being read
         try:
             return await _infer(m, batcher, request)

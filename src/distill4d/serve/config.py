@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..errors import Distill4dError
 
-__all__ = ["ServeConfig", "TOKEN_ENV", "one_blas_thread", "read_token", "setup_json_logging"]
+__all__ = ["ServeConfig", "TOKEN_ENV", "keep_freed_memory", "one_blas_thread", "read_token", "setup_json_logging"]
 
 #: Environment variable holding the bearer token (``--token-file`` wins when both are given).
 TOKEN_ENV = "DISTILL4D_TOKEN"
@@ -32,14 +32,15 @@ class ServeConfig:
     state_dir : where jobs, their checkpoints and results live (None: no jobs).
     max_body_bytes : larger request bodies are refused (413).
     max_batch_size : patterns per batch (1: batching off).
-    max_wait_ms : how long the first request of a batch waits for others.
+    max_wait_ms : how long the first request of a batch waits for others (ms); None: each model's
+        ``default_max_wait_ms`` (0 for ``disks``, 10 for the networks).
     batch_workers : batches of one model run at once.
     request_timeout_s : an inference taking longer is answered 504.
     job_workers : jobs run at once.
     batch_processes : run the batches of the models that can (``disks``) in worker processes
         (``batch_workers`` of them, :mod:`distill4d.serve.worker`) instead of threads of the server.
     keep_freed_memory : ask glibc's malloc to keep freed memory (see
-        :func:`distill4d.serve.app.keep_freed_memory`; saves thousands of page faults per inference).
+        :func:`distill4d.serve.config.keep_freed_memory`; saves thousands of page faults per inference).
     """
 
     models: tuple[str, ...] = ("disks", "fcunet", "phase", "strain")
@@ -49,7 +50,7 @@ class ServeConfig:
     state_dir: Path | None = None
     max_body_bytes: int = 256 * 2**20
     max_batch_size: int = 64
-    max_wait_ms: float = 10.0
+    max_wait_ms: float | None = None
     batch_workers: int = 1
     request_timeout_s: float = 60.0
     job_workers: int = 1
@@ -65,7 +66,7 @@ class ServeConfig:
         for name in ("max_body_bytes", "max_batch_size", "batch_workers", "job_workers"):
             if int(getattr(self, name)) < 1:
                 raise Distill4dError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if not 0 <= self.max_wait_ms <= 1000:
+        if self.max_wait_ms is not None and not 0 <= self.max_wait_ms <= 1000:
             raise Distill4dError(f"max_wait_ms must be between 0 and 1000, got {self.max_wait_ms}")
         if not self.request_timeout_s > 0:
             raise Distill4dError(f"request_timeout_s must be > 0, got {self.request_timeout_s}")
@@ -88,6 +89,27 @@ def one_blas_thread() -> int | None:
         return None
     threadpool_limits(1, user_api="blas")
     return 1
+
+
+def keep_freed_memory() -> bool:
+    """Ask glibc's malloc to keep freed memory for reuse (Linux; True if it agreed).
+
+    By default glibc gives the freed top of the heap back to the system and maps each large
+    block afresh, so every inference paid for thousands of page faults on its temporaries
+    (about 2900 for one 256 x 256 pattern, measured: a third more CPU than the same call in a
+    process that kept its memory). The server keeps up to 256 MiB of freed memory and maps only
+    blocks over 32 MiB on their own. Process-wide, so called by the server (and its worker processes), never on import.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    return bool(mallopt(m_mmap_threshold, 32 * 2**20)) and bool(mallopt(m_trim_threshold, 256 * 2**20))
 
 
 def read_token(token_file: str | None) -> str | None:

@@ -228,6 +228,9 @@ class ServedModel:
         """Run items of one key as one batch; per item its outputs and response parameters."""
         raise NotImplementedError
 
+    #: how long the first request of a batch waits for others by default (ms): worth it where a larger
+    #: batch costs less per pattern (a network on a GPU)
+    default_max_wait_ms = 10.0
     #: its batches can run in a worker process (it implements :meth:`pack`, :meth:`run_packed` and :meth:`unpack`)
     process_safe = False
     #: the worker processes its batches run in (:class:`~distill4d.serve.worker.WorkerPool`; set by the server)
@@ -380,6 +383,10 @@ class DisksModel(ServedModel):
         return self.unpack(items, {}, detect_batch(_batch(items), p0["kernel_ft"], p0["params"]))
 
     process_safe = True
+    # its cost per pattern hardly falls with the batch (one thread: 12.7 ms for one 256² pattern, about 10 ms
+    # each in a batch of 8): waiting for more requests would mostly idle the worker, so a batch takes what is
+    # queued when the worker is free (the serve section of benchmarks/RESULTS.md has rows with a 10 ms wait)
+    default_max_wait_ms = 0.0
 
     def pack(self, items: list[Prepared], memo: dict[str, Any]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         p0 = items[0].payload
