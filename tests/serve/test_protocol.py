@@ -75,3 +75,20 @@ def test_response_round_trip_keeps_nan_padding(binary):
     assert params == {"a": 1}
     for k, v in out.items():
         assert back[k].dtype == v.dtype and np.array_equal(back[k], v, equal_nan=v.dtype.kind == "f")
+
+
+def test_response_parameters_are_encoded_as_json_and_each_dict_answers_its_own():
+    import json as _json
+
+    from distill4d.serve.protocol import encode_response
+
+    out = {"count": np.array([2])}
+    p1 = {"detection": {"sites_px": [[1.5, 2.25]] * 3, "radius_px": 4.0}}
+    first = _json.loads(encode_response("disks", out, p1)[0])
+    again = _json.loads(encode_response("disks", out, p1, request_id="r")[0])  # from the kept text
+    assert first["parameters"] == again["parameters"] == p1 and again["id"] == "r"
+    p2 = {"detection": {"radius_px": 5.0}}
+    assert _json.loads(encode_response("disks", out, p2)[0])["parameters"] == p2
+    for _ in range(100):  # many fresh dicts: each answers its own, whatever the kept texts hold
+        p = {"n": _}
+        assert _json.loads(encode_response("disks", out, p)[0])["parameters"] == p
