@@ -62,8 +62,8 @@ def test_a_batch_in_the_worker_gives_the_peaks_of_the_server_process(disks):
         for (oh, ph), (ot, pt) in zip(here, there):
             assert ph == pt
             assert set(oh) == set(ot) == {"qx", "qy", "intensity", "count"}
-            for k in oh:
-                np.testing.assert_array_equal(oh[k], ot[k])
+            for k in oh:  # to rounding: this process may run BLAS in more threads than the worker's one
+                np.testing.assert_allclose(oh[k], ot[k], rtol=1e-6, atol=1e-4 if k != "count" else 0)
         assert all(it.timing["cpu"] > 0 for it in items)  # the worker's CPU time
     assert sum(oh["count"].sum() for oh, _ in here) >= 5 * 20  # every pattern has its 25 disks found
 
@@ -77,7 +77,7 @@ def test_a_dead_worker_is_replaced_before_the_next_batch(disks):
         time.sleep(0.05)
     out = m.run(items[:1])
     assert m.pool.pids != [pid]
-    np.testing.assert_array_equal(out[0][0]["qx"], m.run(items[:1], local=True)[0][0]["qx"])
+    np.testing.assert_allclose(out[0][0]["qx"], m.run(items[:1], local=True)[0][0]["qx"], atol=1e-4)
 
 
 def test_batches_queued_in_the_pipe_come_back_to_their_callers(disks):
@@ -93,5 +93,5 @@ def test_batches_queued_in_the_pipe_come_back_to_their_callers(disks):
         want = m.run(job, local=True)
         assert len(out) == len(job)
         for (ow, _), (og, _) in zip(want, out):
-            np.testing.assert_array_equal(ow["qx"], og["qx"])
+            np.testing.assert_allclose(ow["qx"], og["qx"], atol=1e-4)  # px, to rounding (BLAS threads)
             np.testing.assert_array_equal(ow["count"], og["count"])
