@@ -19,14 +19,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from ..errors import Distill4dError
+from ._lru import LRU as _LRU
 from .protocol import InferRequest, ProtocolError, datatype_of
 
 __all__ = ["MODEL_NAMES", "Prepared", "ServedModel", "TensorSpec", "build_model"]
@@ -163,25 +163,6 @@ def _tuples(v: Any) -> Any:
     return tuple(_tuples(x) for x in v) if isinstance(v, list) else v
 
 
-class _LRU(OrderedDict):
-    def __init__(self, size: int) -> None:
-        super().__init__()
-        self.size = size
-        self.lock = threading.Lock()
-
-    def get_or(self, key: Any, make: Callable[[], Any]) -> Any:
-        with self.lock:
-            if key in self:
-                self.move_to_end(key)
-                return self[key]
-        value = make()
-        with self.lock:
-            self[key] = value
-            while len(self) > self.size:
-                self.popitem(last=False)
-        return value
-
-
 class ServedModel:
     """A model the server serves: metadata, loading, request preparation and batched execution."""
 
@@ -242,7 +223,7 @@ class ServedModel:
         A batch run in a worker sets each item's ``timing["cpu"]`` to the worker's CPU time (s)."""
         if self.pool is None or local:
             return self.run_batch(items)
-        head, out = self.pool.run({}, {}, pack=lambda memo: self.pack(items, memo))
+        head, out = self.pool.run(lambda memo: self.pack(items, memo))
         for it in items:
             it.timing["cpu"] = float(head.get("cpu_s", 0.0))
         return self.unpack(items, head, out)

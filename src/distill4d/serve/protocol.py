@@ -21,14 +21,13 @@ from __future__ import annotations
 import io
 import json
 import sys
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from ..errors import Distill4dError
+from ._lru import LRU
 
 __all__ = [
     "DATATYPES",
@@ -197,27 +196,16 @@ def decode_request(body: bytes, content_type: str | None, headers: dict[str, str
     return InferRequest(inputs, dict(params), id=str(rid) if rid is not None else None, binary_outputs=want_binary)
 
 
-#: JSON text of recent response parameters by the dict's id, with the dict (so that its id is not reused)
-_PARAMS_JSON: OrderedDict[int, tuple[dict, str]] = OrderedDict()
-_PARAMS_LOCK = threading.Lock()
+#: JSON text of recent response parameters by the dict's id, kept with the dict (so that, while kept, no other
+#: dict can have its id)
+_PARAMS_JSON = LRU(64)
 
 
 def _parameters_json(parameters: dict[str, Any]) -> str:
     """``json.dumps(parameters)``, kept for the last 64 dicts: a model hands back the same dict for every
     request of one setup (the disks' detection parameters: about 400 floats, 0.4 ms to encode each time).
     The dicts are not changed after they are handed back."""
-    key = id(parameters)
-    with _PARAMS_LOCK:
-        hit = _PARAMS_JSON.get(key)
-        if hit is not None and hit[0] is parameters:
-            _PARAMS_JSON.move_to_end(key)
-            return hit[1]
-    text = json.dumps(parameters, separators=(",", ":"))
-    with _PARAMS_LOCK:
-        _PARAMS_JSON[key] = (parameters, text)
-        while len(_PARAMS_JSON) > 64:
-            _PARAMS_JSON.popitem(last=False)
-    return text
+    return _PARAMS_JSON.get_or(id(parameters), lambda: (parameters, json.dumps(parameters, separators=(",", ":"))))[1]
 
 
 def encode_response(model: str, outputs: dict[str, np.ndarray], parameters: dict[str, Any] | None = None,

@@ -25,7 +25,7 @@ import sys
 import threading
 import time
 from concurrent.futures import Future
-from typing import IO, Any
+from typing import IO, Any, Callable
 
 import numpy as np
 
@@ -136,7 +136,7 @@ class _Child:
         """Batches written and not answered yet."""
         return len(self._pending)
 
-    def submit(self, pack: Any) -> Future:
+    def submit(self, pack: Callable[[dict[str, Any]], tuple[dict[str, Any], dict[str, np.ndarray]]]) -> Future:
         """Write the batch ``pack(memo)`` builds (header, arrays); a future of the reply."""
         fut: Future = Future()
         with self._lock:
@@ -199,17 +199,17 @@ class WorkerPool:
         self._lock = threading.Lock()
         self._children: list[_Child] = [_Child(model, device) for _ in range(max(1, int(workers)))]
 
-    def run(self, header: dict[str, Any], arrays: dict[str, np.ndarray],
-            pack: Any = None) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-        """Send one batch to a child and wait for its reply. ``pack(memo)`` (optional) builds the header and
-        arrays from that child's memo instead. Distill4dError for a user error, RuntimeError otherwise."""
+    def run(self, pack: Callable[[dict[str, Any]], tuple[dict[str, Any], dict[str, np.ndarray]]]
+            ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """Send one batch to a child and wait for its reply: ``pack(memo)`` builds its header and arrays from
+        that child's memo. Distill4dError for a user error, RuntimeError otherwise."""
         with self._lock:
             for i, c in enumerate(self._children):
                 if not c.alive():
                     c.close()
                     self._children[i] = _Child(self.model, self.device)
             child = min(self._children, key=lambda c: c.pending)
-        head, out = child.submit(pack if pack is not None else (lambda memo: (header, arrays))).result()
+        head, out = child.submit(pack).result()
         if "error" in head:
             if head.get("kind") == "user":
                 raise Distill4dError(head["error"])
