@@ -100,13 +100,10 @@ def _holdout_mask(scan_shape: tuple[int, int], holdout: Any, fraction: float) ->
                 raise ValueError
         except (TypeError, ValueError):
             raise Distill4dError(f"holdout must be ((x0, x1), (y0, y1)) scan indices, got {holdout!r}") from None
-    mask = np.zeros(scan_shape, dtype=bool)
-    mask[region] = True
+    mask = _region_mask(scan_shape, region)
     if not mask.any() or mask.all():
         raise Distill4dError(f"holdout {holdout!r} must keep some positions for training and some for validation")
     return mask, region
-
-
 
 
 def _region_mask(shape: tuple[int, int], region: tuple[slice, slice]) -> np.ndarray:
@@ -325,8 +322,6 @@ def train_phase(
                 callback(history[-1])
         stopped = "least_squares"
     else:
-        step, running = 0, 0.0
-        t1 = time.perf_counter()
         rule = StopRule(train.max_steps, patience=train.patience, max_minutes=train.max_minutes)
         rule.start(t1)
         model.train()

@@ -102,8 +102,13 @@ def _kmeans_means(x: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, np.ndar
 
     flat = x.reshape(len(x), -1)
     z = PCA(n_components=min(16, len(x) - 1, flat.shape[1]), random_state=seed).fit_transform(flat)
-    lab = KMeans(n_clusters=k, n_init=2, random_state=seed).fit_predict(z)
-    return np.stack([x[lab == j].mean(0) if (lab == j).any() else x.mean(0) for j in range(k)]), lab.astype(np.int64)
+    lab = KMeans(n_clusters=k, n_init=2, random_state=seed).fit_predict(z).astype(np.int64)
+    return _label_means(x, lab, k), lab
+
+
+def _label_means(x: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
+    """Mean spectrum (k, F, F) of the windows of each label 0 .. k-1 (an empty label: the mean of all)."""
+    return np.stack([x[labels == j].mean(0) if (labels == j).any() else x.mean(0) for j in range(k)])
 
 
 def channel_usage(channels: np.ndarray) -> dict[str, Any]:
@@ -169,8 +174,7 @@ def train_window_ae(
         if km_labels.shape != (len(x),) or km_labels.min() < 0 or km_labels.max() >= cfg.channels:
             raise Distill4dError(f"init_labels must be ({len(x)},) integers in 0 .. {cfg.channels - 1}, "
                                  f"got shape {km_labels.shape}")
-        means = np.stack([x[km_labels == j].mean(0) if (km_labels == j).any() else x.mean(0)
-                          for j in range(cfg.channels)])
+        means = _label_means(x, km_labels, cfg.channels)
     with torch.no_grad():  # softplus^-1 of the cluster means, less a common background
         bg = np.clip(means.min(axis=0), 1e-3, None)
         model.background.copy_(torch.from_numpy(np.log(np.expm1(bg))))
