@@ -51,7 +51,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .._ragged import pad_rows
+from .._ragged import pad_rows, spot_lists
 from .._validate import positive_float
 from ..errors import Distill4dError
 
@@ -234,26 +234,10 @@ def encode_ragged(
         (2D lattice and quadratic-form fits), appended: ``(P, N_FEATURES + N_METRIC)``. About
         100 patterns/s (a loop over patterns), so off by default; the shipped model does not use them.
     """
-    qx = np.asarray(qx_inv_A, dtype=np.float64)
-    qy = np.asarray(qy_inv_A, dtype=np.float64)
-    it = np.asarray(intensity, dtype=np.float64)
-    n = np.asarray(counts)
-    if qx.ndim != 1 or qy.shape != qx.shape or it.shape != qx.shape:
-        raise Distill4dError(
-            f"qx_inv_A, qy_inv_A and intensity must be flat arrays of one length (N,), got "
-            f"{qx.shape}, {qy.shape}, {it.shape}"
-        )
-    if n.ndim != 1 or n.dtype.kind not in "iu" or np.any(n < 0) or int(n.sum()) != qx.size:
-        raise Distill4dError(f"counts must be (P,) non-negative integers summing to {qx.size} spots, got shape "
-                             f"{n.shape} summing to {int(n.sum()) if n.dtype.kind in 'iu' else 'non-integers'}")
+    qx, qy, it, n, offsets = spot_lists(qx_inv_A, qy_inv_A, intensity, counts)
     beam, power, thresh = _options(direct_beam_inv_A, intensity_power, scale_threshold)
     chunk = max(1, int(chunk))
     budget = max(1, int(max_block_entries))
-    offsets = np.concatenate([[0], np.cumsum(n)]).astype(np.int64)
-    finite = np.isfinite(qx) & np.isfinite(qy) & np.isfinite(it)
-    if not finite.all():
-        bad = int(np.searchsorted(offsets, np.flatnonzero(~finite)[0], side="right") - 1)
-        raise Distill4dError(f"spots of pattern {bad} contain NaN or Inf values (qx, qy or intensity)")
     P = n.size
     out = np.empty((P, N_FEATURES))
     s = 0

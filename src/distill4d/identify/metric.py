@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from .._ragged import spot_lists
+from .._validate import positive_float
 from ..errors import Distill4dError
 
 __all__ = ["MAX_INDEX", "N_METRIC", "METRIC_NAMES", "fit_lattice2d", "fit_layers", "fit_forms", "metric_features"]
@@ -181,16 +183,9 @@ def metric_features(qx_inv_A: Any, qy_inv_A: Any, intensity: Any, counts: Any, *
     (``a · |g1|`` for the cubic, ``log10(C / A)`` for the uniaxial forms): all free of the
     calibration. A pattern with no 2D lattice gets zeros and residuals of 1.
     """
-    qx = np.asarray(qx_inv_A, dtype=np.float64)
-    qy = np.asarray(qy_inv_A, dtype=np.float64)
-    it = np.asarray(intensity, dtype=np.float64)
-    n = np.asarray(counts)
-    if qx.ndim != 1 or qy.shape != qx.shape or it.shape != qx.shape:
-        raise Distill4dError(f"qx_inv_A, qy_inv_A and intensity must be flat arrays of one length, got "
-                             f"{qx.shape}, {qy.shape}, {it.shape}")
-    if n.ndim != 1 or n.dtype.kind not in "iu" or int(n.sum()) != qx.size:
-        raise Distill4dError(f"counts must be (P,) integers summing to {qx.size}, got shape {n.shape}")
-    off = np.concatenate([[0], np.cumsum(n)])
+    qx, qy, it, n, off = spot_lists(qx_inv_A, qy_inv_A, intensity, counts)
+    direct_beam_inv_A = positive_float("direct_beam_inv_A", direct_beam_inv_A)
+    intensity_power = positive_float("intensity_power", intensity_power, maximum=4.0)
     out = np.zeros((len(n), N_METRIC))
     grams = np.full((len(n), 3), np.nan)
     for p in range(len(n)):
