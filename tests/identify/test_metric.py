@@ -109,3 +109,7 @@ def test_fit_layers_explains_a_projected_3d_lattice_not_random_points():
         rx, ry = r * np.cos(ph), r * np.sin(ph)
         # the chance level: random points (as many, in the same disc) against the same lattice
         assert (fit_layers(rx, ry, fit["basis"])["layer"] <= 4).mean() < explained - 0.3
+    with pytest.raises(Distill4dError, match="NaN"):
+        metric_features(np.array([0.1, np.nan, 0.3]), np.zeros(3), np.ones(3), np.array([3]))
+    with pytest.raises(Distill4dError, match="direct_beam_inv_A"):
+        metric_features(np.zeros(3), np.zeros(3), np.ones(3), np.array([3]), direct_beam_inv_A=-1.0)
