@@ -113,3 +113,16 @@ def test_fit_layers_explains_a_projected_3d_lattice_not_random_points():
         metric_features(np.array([0.1, np.nan, 0.3]), np.zeros(3), np.ones(3), np.array([3]))
     with pytest.raises(Distill4dError, match="direct_beam_inv_A"):
         metric_features(np.zeros(3), np.zeros(3), np.ones(3), np.array([3]), direct_beam_inv_A=-1.0)
+
+
+def test_lattice_fits_refuse_bad_spots_in_one_line():
+    from distill4d.identify.metric import fit_layers
+
+    with pytest.raises(Distill4dError, match="one length"):
+        fit_lattice2d(np.zeros(3), np.zeros(4))
+    with pytest.raises(Distill4dError, match="NaN"):
+        fit_lattice2d(np.array([0.1, np.nan]), np.zeros(2))
+    with pytest.raises(Distill4dError, match="tolerance_inv_A"):
+        fit_lattice2d(np.zeros(2), np.zeros(2), tolerance_inv_A=0.0)
+    with pytest.raises(Distill4dError, match="basis"):
+        fit_layers(np.zeros(2), np.zeros(2), np.eye(3))

@@ -117,6 +117,16 @@ def fit_forms(gram: Any, precision: float = 0.01) -> dict[str, tuple[float, np.n
     return out
 
 
+def _spot_positions(qx: Any, qy: Any) -> np.ndarray:
+    """``(n, 2)`` spot positions (1/Å) of one pattern; Distill4dError unless qx, qy are finite (n,) arrays."""
+    x, y = np.asarray(qx, dtype=np.float64), np.asarray(qy, dtype=np.float64)
+    if x.ndim != 1 or y.shape != x.shape:
+        raise Distill4dError(f"qx and qy must be flat arrays of one length (1/Å), got shapes {x.shape} and {y.shape}")
+    if not (np.isfinite(x).all() and np.isfinite(y).all()):
+        raise Distill4dError("qx and qy must be finite (spot positions in 1/Å); they hold NaN or Inf")
+    return np.stack([x, y], axis=1)
+
+
 def fit_lattice2d(qx: Any, qy: Any, weight: Any = None, *, tolerance_inv_A: float = 0.012,
                   n_candidates: int = 8, max_spots: int = 60) -> dict[str, Any]:
     """The 2D lattice of one spot list (1/Å, direct beam removed): ``{"basis", "indexed", "gram"}``.
@@ -129,9 +139,12 @@ def fit_lattice2d(qx: Any, qy: Any, weight: Any = None, *, tolerance_inv_A: floa
     ``indexed`` (n,) bool over all spots, ``gram`` (3,) ``G11, G22, G12`` (1/Å²). With fewer than
     two non-collinear spots: basis NaN, nothing indexed.
     """
-    q = np.stack([np.asarray(qx, dtype=np.float64), np.asarray(qy, dtype=np.float64)], axis=1)
+    q = _spot_positions(qx, qy)
+    positive_float("tolerance_inv_A", tolerance_inv_A)
     n = len(q)
     w = np.ones(n) if weight is None else np.asarray(weight, dtype=np.float64)
+    if w.shape != (n,) or not np.isfinite(w).all():
+        raise Distill4dError(f"weight must be ({n},) finite values like qx, got shape {w.shape}")
     nan = {"basis": np.full((2, 2), np.nan), "indexed": np.zeros(n, bool), "gram": np.full(3, np.nan)}
     if n < 2:
         return nan
@@ -230,8 +243,11 @@ def fit_layers(qx: Any, qy: Any, basis: Any, *, tolerance_inv_A: float = 0.015, 
     "layer"}``: ``t`` (2,) (NaN when no spot is off the lattice) and ``layer`` (n,) the layer of
     each spot (0: on the lattice; ``max_layer + 1``: on none).
     """
-    q = np.stack([np.asarray(qx, dtype=np.float64), np.asarray(qy, dtype=np.float64)], axis=1)
+    q = _spot_positions(qx, qy)
+    positive_float("tolerance_inv_A", tolerance_inv_A)
     B = np.asarray(basis, dtype=np.float64)
+    if B.shape != (2, 2):
+        raise Distill4dError(f"basis must be (2, 2) rows g1, g2 (1/Å), got shape {B.shape}")
     inv = np.linalg.inv(B.T)
     c = q @ inv.T
     d0 = np.linalg.norm(q - np.round(c) @ B, axis=1)
