@@ -100,3 +100,12 @@ def test_lstsq_is_for_the_linear_model_only():
     with pytest.raises(Distill4dError, match="linear model"):
         train_phase(scan.datacube, scan.phase_rad, config=PhaseConfig(model="conv4d", size=8),
                     train=PhaseTrainConfig(fit="lstsq"), progress=False)
+
+
+def test_bad_inputs_are_named_in_one_line():
+    from distill4d.errors import Distill4dError
+
+    with pytest.raises(Distill4dError, match="padded"):
+        cluster_features(np.zeros((5, 5, 4)), np.zeros(16, int), 2, np.zeros((3, 3), int), 2)
+    with pytest.raises(Distill4dError, match="rank"):
+        fit_linear([], np.zeros(16, int), 2, np.zeros((3, 3), int), 2, 0)

@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from ...errors import Distill4dError
+
 __all__ = ["RIDGES", "cluster_features", "fit_linear"]
 
 #: Ridges tried, on the centred and scaled features (mean variance 1).
@@ -33,6 +35,12 @@ def cluster_features(padded: np.ndarray, bins: np.ndarray, n_bins: int, rings: n
     patterns ``(X + c - 1, Y + c - 1, N, N)``: ``F[x, y, ring, bin] = Σ_{(i, j): rings[i, j] = ring}
     Σ_{k: bins[k] = bin} padded[x + i, y + j, k]`` (float64). ``bins``: the radial bin of each of the
     ``N²`` detector pixels; ``rings``: ``(c, c)`` ring index of each cluster position."""
+    padded, rings = np.asarray(padded), np.asarray(rings)
+    if padded.ndim != 4 or np.size(bins) != padded.shape[2] * padded.shape[3]:
+        raise Distill4dError(f"padded must be (X + c - 1, Y + c - 1, N, N) with one bin per detector pixel "
+                             f"(N² bins), got shape {padded.shape} and {np.size(bins)} bins")
+    if rings.ndim != 2 or rings.shape[0] != rings.shape[1] or rings.shape[0] > min(padded.shape[:2]):
+        raise Distill4dError(f"rings must be a (c, c) cluster no larger than the padded scan, got {rings.shape}")
     xh, yh = padded.shape[:2]
     c = rings.shape[0]
     onehot = np.zeros((padded.shape[2] * padded.shape[3], n_bins))
@@ -105,6 +113,8 @@ def fit_linear(scans: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
     ``ridge`` and ``rank``, the ``sweeps`` of alternating least squares and one record per fit tried
     (``ridge``, ``rank``, ``train_mse``, ``held_out_mse``, ``held_out_r``, ``sweeps``).
     """
+    if not scans or int(rank) < 1:
+        raise Distill4dError(f"fit_linear needs at least one scan and a rank >= 1, got {len(scans)} scans, rank {rank}")
     d = n_rings * n_bins
     feats = []
     for padded, z, train, hold in scans:
