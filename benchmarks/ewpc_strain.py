@@ -10,25 +10,34 @@ phase of a peak, which ``|C|`` does not see.
 
 Here: the two basis vectors are the strongest non-collinear peaks of the reference layer's mean
 ``|C|^2`` (refined on the reference layer's mean pattern); in every pattern the peaks at ``a``,
-``b``, ``a + b``, ``a - b`` (``--orders 2``: also the second-order combinations) are refined by
-Newton steps on ``|C(r)|^2``, with ``C`` and its first and second derivatives evaluated exactly as
-discrete Fourier sums at the current ``r`` (batched matrix products; no interpolation), and the
-lattice ``A`` (columns a, b) is their least-squares fit (weighted by ``|C|^2``, or not). A peak at
-``r`` cepstrum pixels is the real-space vector ``(r_x / Qx, r_y / Qy)`` per reciprocal pixel, so
-``F = A A_ref^-1`` (``A_ref`` the reference layer's median) and the strain is
-``lattice.strain_from_deformation(F)``, the package's convention.
+``b``, ``a + b``, ``a - b`` (``orders=2``: also the second-order combinations; ``orders=3``: every
+combination up to 3) are refined by Newton steps on ``log |C(r)|^2``, with ``C`` and its first and
+second derivatives evaluated exactly as discrete Fourier sums at the current ``r`` (batched matrix
+products; no interpolation), and the lattice ``A`` (columns a, b) is their least-squares fit
+(weighted by ``|C|^2``, or not: ``weighted=0``). A peak at ``r`` cepstrum pixels is the real-space
+vector ``(r_x / Qx, r_y / Qy)`` per reciprocal pixel, so ``F = A A_ref^-1`` (``A_ref`` the reference
+layer's median) and the strain is ``lattice.strain_from_deformation(F)``, the package's convention.
+
+Variants (``--config key=value,...``): ``c``; ``window`` (hann, tukeyA, none); ``smooth`` (a
+Gaussian blur of sigma px before the log); ``transform`` (log, or powP: ``(I/<I> + c)^P``);
+``motif``: the peak searched in ``|C|^2 / |M|^2`` with ``M`` the cepstrum of one disk: ``probe``
+(the vacuum probe), ``logprobe`` (its log), ``folded`` (each pattern's own mean disk: the log
+pattern less ``log c`` in a window of radius r + 1.5 px around every lattice point of the seed
+lattice, weighted by the window there, summed). The paper's transform is the default
+(``c=0.1``, hann, first orders, no motif); the best variant on the development sets was
+``motif=folded,orders=2,c=0.3``.
 
 Sets and errors as in ``robust_strain_benchmark.py`` (RMS of eps (%) and theta (deg) against the
 truth relative to the first layer; layer bias = RMS of the scan-row means of the error).
 ``correlation`` (``find_bragg_disks`` + ``strain_map``) runs side by side for the patterns/s ratio
-(one thread; the 2 cores are shared, so only the ratio means much). ``--held-out`` adds
-``thick_45nm`` and ``tilt_gradient_y`` (run once, to report; never tuned on).
+(one thread; the 2 cores are shared, so only the ratio means much). ``--held-out`` runs
+only ``thick_45nm`` and ``tilt_gradient_y`` (run once, to report; never tuned on).
 
 Prints its rows and writes benchmarks/data/ewpc_strain.json (an experiment, recorded in
 docs/experiments.md, not RESULTS.md).
 
 Usage: OMP_NUM_THREADS=1 .venv/bin/python benchmarks/ewpc_strain.py [--sets thick,tilt] [--held-out]
-       [--config c=0.1,window=hann,orders=1,weighted=1 ...]
+       [--config "" "motif=folded,orders=2,c=0.3" ...]   # the two reported rows
 """
 
 from __future__ import annotations
@@ -57,7 +66,11 @@ ORDERS = {
     "2": np.array([[1, 0], [0, 1], [1, 1], [1, -1], [2, 0], [0, 2], [2, 1], [1, 2], [2, -1], [1, -2]],
                   dtype=np.float64),
 }
-DEFAULT = {"c": 0.1, "window": "hann", "orders": "1", "weighted": 1}
+# every combination up to 3 (the basis first: the weights are relative to its stronger peak)
+ORDERS["3"] = np.array([[1, 0], [0, 1]] + [[h, k] for h in range(4) for k in range(-3, 4)
+                                           if (h > 0 or k > 0) and (h, k) not in ((1, 0), (0, 1))], dtype=np.float64)
+DEFAULT = {"c": 0.1, "window": "hann", "orders": "1", "weighted": 1, "motif": "none", "smooth": 0.0,
+           "transform": "log"}
 DEV = [("thin", 1e5), ("thin", None), ("thin_low_dose", 3e3), ("thick", 1e5), ("thick", None),
        ("tilt", 1e5), ("tilt", None), ("tilt_gradient", 1e5), ("tilt_gradient", None)]
 HELD_OUT = [("thick_45nm", 1e5), ("tilt_gradient_y", 1e5)]
@@ -73,11 +86,21 @@ def window(n: int, kind: str) -> np.ndarray:
     return np.ones(n)
 
 
+TRANSFORM = "log"
+
+
+def transform(x: np.ndarray, c: float) -> np.ndarray:
+    """``log(x + c)`` (``TRANSFORM`` "log") or ``(x + c)^p`` ("powP")."""
+    if TRANSFORM == "log":
+        return np.log(x + c)
+    return (x + c) ** float(TRANSFORM[3:])
+
+
 def log_patterns(p: np.ndarray, c: float, kind: str) -> np.ndarray:
     """``w (log(I / <I> + c) - m)`` of each pattern ``(N, Qx, Qy)``."""
     p = np.asarray(p, dtype=np.float64)
     mean = p.mean(axis=(-2, -1), keepdims=True)
-    L = np.log(np.maximum(p / np.where(mean > 0, mean, 1.0), 0.0) + c)
+    L = transform(np.maximum(p / np.where(mean > 0, mean, 1.0), 0.0), c)
     w = window(p.shape[-2], kind)[:, None] * window(p.shape[-1], kind)[None, :]
     return (L - (L * w).sum(axis=(-2, -1), keepdims=True) / w.sum()) * w
 
@@ -101,30 +124,99 @@ def seed(L: np.ndarray, min_radius: float = 3.0) -> np.ndarray:
     raise RuntimeError("no two non-collinear cepstrum peaks")
 
 
-def refine(L: np.ndarray, r0: np.ndarray, iterations: int = 4, max_step: float = 0.5):
-    """Newton steps on ``|C(r)|^2`` from ``r0`` ``(N, P, 2)``; ``C`` and its derivatives as exact
-    Fourier sums. Returns the positions and ``|C|^2`` there."""
+def _sums(L: np.ndarray, r: np.ndarray, kx: np.ndarray, ky: np.ndarray):
+    """``|C|^2`` at ``r`` (N, P, 2) and the gradient and Hessian of ``log |C|^2`` there."""
+    P = r.shape[1]
+    dx = -1j * kx[None, :, None]
+    ey = np.exp(-1j * ky[None, None, :] * r[:, :, 1:2])  # (N, P, Qy)
+    exT = np.swapaxes(np.exp(-1j * kx[None, None, :] * r[:, :, 0:1]), 1, 2)  # (N, Qx, P)
+    M = L @ np.swapaxes(np.concatenate([ey, ey * (-1j * ky), ey * (-(ky**2))], axis=1), 1, 2)
+    M0, My, Myy = M[:, :, :P], M[:, :, P:2 * P], M[:, :, 2 * P:]
+    C, Cx, Cxx = (M0 * exT).sum(1), (M0 * exT * dx).sum(1), (M0 * exT * dx * dx).sum(1)
+    Cy, Cxy, Cyy = (My * exT).sum(1), (My * exT * dx).sum(1), (Myy * exT).sum(1)
+    f = C.real**2 + C.imag**2
+    cc = np.conj(C)
+    gx, gy = 2 * (cc * Cx).real, 2 * (cc * Cy).real
+    hxx = 2 * ((np.conj(Cx) * Cx).real + (cc * Cxx).real)
+    hyy = 2 * ((np.conj(Cy) * Cy).real + (cc * Cyy).real)
+    hxy = 2 * ((np.conj(Cx) * Cy).real + (cc * Cxy).real)
+    fs = np.maximum(f, 1e-300)
+    g = np.stack([gx / fs, gy / fs], -1)
+    H = np.stack([np.stack([hxx / fs - g[..., 0] ** 2, hxy / fs - g[..., 0] * g[..., 1]], -1),
+                  np.stack([hxy / fs - g[..., 0] * g[..., 1], hyy / fs - g[..., 1] ** 2], -1)], -2)
+    return f, g, H
+
+
+def _window_sums(m: np.ndarray, d: np.ndarray, r: np.ndarray, shape):
+    """As :func:`_sums` for small per-pattern windows ``m`` (N, D, D) at offsets ``d`` (D,) px."""
+    kx = 2 * np.pi * d / shape[0]
+    ky = 2 * np.pi * d / shape[1]
+    ex = np.exp(-1j * kx[None, None, :] * r[:, :, 0:1])  # (N, P, D)
+    ey = np.exp(-1j * ky[None, None, :] * r[:, :, 1:2])
+    fx, fy = -1j * kx, -1j * ky
+    def S(ax, ay):
+        return np.einsum("nxy,npx,npy->np", m, ex * ax, ey * ay)
+    C, Cx, Cy = S(1, 1), S(fx, 1), S(1, fy)
+    Cxx, Cxy, Cyy = S(fx * fx, 1), S(fx, fy), S(1, fy * fy)
+    f = C.real**2 + C.imag**2
+    cc = np.conj(C)
+    gx, gy = 2 * (cc * Cx).real, 2 * (cc * Cy).real
+    hxx = 2 * ((np.conj(Cx) * Cx).real + (cc * Cxx).real)
+    hyy = 2 * ((np.conj(Cy) * Cy).real + (cc * Cyy).real)
+    hxy = 2 * ((np.conj(Cx) * Cy).real + (cc * Cxy).real)
+    fs = np.maximum(f, 1e-300)
+    g = np.stack([gx / fs, gy / fs], -1)
+    H = np.stack([np.stack([hxx / fs - g[..., 0] ** 2, hxy / fs - g[..., 0] * g[..., 1]], -1),
+                  np.stack([hxy / fs - g[..., 0] * g[..., 1], hyy / fs - g[..., 1] ** 2], -1)], -2)
+    return f, g, H
+
+
+def folded_motif(p: np.ndarray, A0: np.ndarray, c: float, kind: str, origin, radius: float):
+    """Each pattern's mean disk in the log domain: ``log(I/<I> + c) - log c`` in a window of radius
+    ``radius + 1.5`` px around every reciprocal lattice point of the seed lattice ``A0`` (nearest
+    pixel), weighted by the pattern window there and summed. Returns ((N, D, D), offsets (D,))."""
+    p = np.asarray(p, dtype=np.float64)
+    n, qx, qy = p.shape
+    mean = p.mean(axis=(-2, -1), keepdims=True)
+    U = transform(np.maximum(p / np.where(mean > 0, mean, 1.0), 0.0), c) - transform(np.zeros(1), c)
+    G = np.linalg.inv((A0 / np.array([[qx], [qy]]))).T  # columns u, v in px
+    W = int(math.ceil(radius + 1.5))
+    d = np.arange(-W, W + 1)
+    hk = np.stack(np.meshgrid(np.arange(-12, 13), np.arange(-12, 13), indexing="ij"), -1).reshape(-1, 2)
+    g = np.asarray(origin, float)[None] + hk @ G.T
+    gi = np.rint(g).astype(int)
+    inside = (gi[:, 0] - W >= 0) & (gi[:, 0] + W < qx) & (gi[:, 1] - W >= 0) & (gi[:, 1] + W < qy)
+    gi = gi[inside]
+    wx, wy = window(qx, kind), window(qy, kind)
+    wg = wx[gi[:, 0]] * wy[gi[:, 1]]
+    mask = (d[:, None] ** 2 + d[None, :] ** 2) <= (radius + 1.5) ** 2
+    m = np.zeros((n, d.size, d.size))
+    for (x, y), w in zip(gi, wg):
+        m += w * U[:, x - W:x + W + 1, y - W:y + W + 1]
+    return m * mask, d
+
+
+def refine(L: np.ndarray, r0: np.ndarray, iterations: int = 4, max_step: float = 0.5, motif=None):
+    """Newton steps on ``log |C(r)|^2`` (less ``log |M(r)|^2``, ``M`` the cepstrum of ``motif``, when
+    given) from ``r0`` ``(N, P, 2)``; ``C`` and its derivatives as exact Fourier sums. Returns the
+    positions and ``|C|^2`` there."""
     n, qx, qy = L.shape
     kx = 2 * np.pi * (np.arange(qx) - qx // 2) / qx  # |C| does not depend on the q origin
     ky = 2 * np.pi * (np.arange(qy) - qy // 2) / qy
     r = np.array(r0, dtype=np.float64)
-    P = r.shape[1]
-    dx = -1j * kx[None, :, None]
     for it in range(iterations + 1):
-        ey = np.exp(-1j * ky[None, None, :] * r[:, :, 1:2])  # (N, P, Qy)
-        exT = np.swapaxes(np.exp(-1j * kx[None, None, :] * r[:, :, 0:1]), 1, 2)  # (N, Qx, P)
-        M = L @ np.swapaxes(np.concatenate([ey, ey * (-1j * ky), ey * (-(ky**2))], axis=1), 1, 2)
-        M0, My, Myy = M[:, :, :P], M[:, :, P:2 * P], M[:, :, 2 * P:]
-        C, Cx, Cxx = (M0 * exT).sum(1), (M0 * exT * dx).sum(1), (M0 * exT * dx * dx).sum(1)
-        Cy, Cxy, Cyy = (My * exT).sum(1), (My * exT * dx).sum(1), (Myy * exT).sum(1)
-        val = C.real**2 + C.imag**2
+        f, g, H = _sums(L, r, kx, ky)
         if it == iterations:
-            return r, val
-        cc = np.conj(C)
-        gx, gy = 2 * (cc * Cx).real, 2 * (cc * Cy).real
-        hxx = 2 * ((np.conj(Cx) * Cx).real + (cc * Cxx).real)
-        hyy = 2 * ((np.conj(Cy) * Cy).real + (cc * Cyy).real)
-        hxy = 2 * ((np.conj(Cx) * Cy).real + (cc * Cxy).real)
+            return r, f
+        if isinstance(motif, tuple):  # per-pattern folded motifs
+            _, gm, Hm = _window_sums(motif[0], motif[1], r, (qx, qy))
+            g = g - gm
+            H = H - Hm
+        elif motif is not None:
+            _, gm, Hm = _sums(motif[None], r.reshape(1, -1, 2), kx, ky)
+            g = g - gm.reshape(g.shape)
+            H = H - Hm.reshape(H.shape)
+        hxx, hxy, hyy, gx, gy = H[..., 0, 0], H[..., 0, 1], H[..., 1, 1], g[..., 0], g[..., 1]
         det = hxx * hyy - hxy**2
         ok = (det > 0) & (hxx < 0)  # concave: Newton; else a gradient step of max_step
         dsafe = np.where(ok, det, 1.0)
@@ -136,17 +228,43 @@ def refine(L: np.ndarray, r0: np.ndarray, iterations: int = 4, max_step: float =
         r[:, :, 1] += sy * f
 
 
-def ewpc_lattice(patterns: np.ndarray, ref: np.ndarray, cfg: dict, chunk: int = 64) -> np.ndarray:
+def motif_pattern(probe: np.ndarray, kind: str, c: float, window_kind: str):
+    """The one-disk pattern whose cepstrum divides the patterns' (``kind``: none, probe, logprobe)."""
+    if kind == "none":
+        return None
+    P = np.asarray(probe, dtype=np.float64)
+    P = P / P.max()
+    if kind == "probe":
+        m = P
+    elif kind == "logprobe":  # the log of a disk as bright as the mean pattern's direct beam
+        m = np.log(P * 100.0 + c) - np.log(c)
+    else:
+        raise SystemExit(f"unknown motif {kind!r}")
+    w = window(P.shape[0], window_kind)[:, None] * window(P.shape[1], window_kind)[None, :]
+    return (m * w).astype(np.complex128)
+
+
+def ewpc_lattice(patterns: np.ndarray, ref: np.ndarray, cfg: dict, probe=None, origin=None, chunk: int = 64) -> np.ndarray:
     """``(N, 2, 2)`` lattice vectors (columns, cepstrum px) of ``patterns``; seeded on ``ref``."""
     c, kind, O = float(cfg["c"]), str(cfg["window"]), ORDERS[str(cfg["orders"])]
+    global TRANSFORM
+    TRANSFORM = str(cfg["transform"])
+    if float(cfg["smooth"]) > 0:
+        patterns = ndimage.gaussian_filter(np.asarray(patterns, dtype=np.float64), (0, cfg["smooth"], cfg["smooth"]))
+        ref = ndimage.gaussian_filter(np.asarray(ref, dtype=np.float64), (0, cfg["smooth"], cfg["smooth"]))
+    folded = str(cfg["motif"]) == "folded"
+    motif = None if folded else motif_pattern(probe, str(cfg["motif"]), c, kind)
+    radius = math.sqrt((np.asarray(probe) > 0.5 * np.max(probe)).sum() / math.pi) if probe is not None else 4.0
     Lr = log_patterns(ref, c, kind)
     A0 = seed(Lr)
-    r, _ = refine(log_patterns(ref.mean(axis=0)[None], c, kind), A0.T[None].copy(), iterations=8)
+    r, _ = refine(log_patterns(ref.mean(axis=0)[None], c, kind), A0.T[None].copy(), iterations=8, motif=motif)
     A0 = r[0].T
     out = []
     for i in range(0, len(patterns), chunk):
         L = log_patterns(patterns[i:i + chunk], c, kind)
-        r, val = refine(L, np.broadcast_to(O @ A0.T, (len(L), len(O), 2)).copy())
+        if folded:
+            motif = folded_motif(patterns[i:i + chunk], A0, c, kind, origin, radius)
+        r, val = refine(L, np.broadcast_to(O @ A0.T, (len(L), len(O), 2)).copy(), motif=motif)
         w = val / val[:, :2].max(axis=1, keepdims=True) if int(cfg["weighted"]) else np.ones_like(val)
         Wn = O[None] * w[:, :, None]
         At = np.linalg.solve(np.einsum("npi,pj->nij", Wn, O), np.einsum("npi,npd->nid", Wn, r))
@@ -174,7 +292,7 @@ def run_set(name: str, dose, configs: list[dict]) -> dict:
     for cfg in configs:
         label = ",".join(f"{k}={v}" for k, v in cfg.items())
         t = time.perf_counter()
-        A = ewpc_lattice(d.reshape(-1, *Q), d[rb.REF].reshape(-1, *Q), cfg).reshape(R + (2, 2))
+        A = ewpc_lattice(d.reshape(-1, *Q), d[rb.REF].reshape(-1, *Q), cfg, probe, dc.calibration.origin_px).reshape(R + (2, 2))
         Aref = np.median(A[rb.REF].reshape(-1, 2, 2), axis=0)
         st = strain_from_deformation(A @ np.linalg.inv(Aref))
         s = time.perf_counter() - t
