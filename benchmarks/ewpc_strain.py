@@ -23,7 +23,9 @@ Gaussian blur of sigma px before the log); ``transform`` (log, or powP: ``(I/<I>
 ``motif``: the peak searched in ``|C|^2 / |M|^2`` with ``M`` the cepstrum of one disk: ``probe``
 (the vacuum probe), ``logprobe`` (its log), ``folded`` (each pattern's own mean disk: the log
 pattern less ``log c`` in a window of radius r + 1.5 px around every lattice point of the seed
-lattice, weighted by the window there, summed). The paper's transform is the default
+lattice, weighted by the window there, summed), ``folded_ref`` (one motif: the reference layer's
+mean pattern folded); ``weighted=2``: each order weighted by 1 / the variance of its position over
+the reference layer (noisy data only: noise-free the variances are ~0). The paper's transform is the default
 (``c=0.1``, hann, first orders, no motif); the best variant on the development sets was
 ``motif=folded,orders=2,c=0.3``.
 
@@ -253,19 +255,33 @@ def ewpc_lattice(patterns: np.ndarray, ref: np.ndarray, cfg: dict, probe=None, o
         patterns = ndimage.gaussian_filter(np.asarray(patterns, dtype=np.float64), (0, cfg["smooth"], cfg["smooth"]))
         ref = ndimage.gaussian_filter(np.asarray(ref, dtype=np.float64), (0, cfg["smooth"], cfg["smooth"]))
     folded = str(cfg["motif"]) == "folded"
-    motif = None if folded else motif_pattern(probe, str(cfg["motif"]), c, kind)
+    motif = None if str(cfg["motif"]).startswith("folded") else motif_pattern(probe, str(cfg["motif"]), c, kind)
     radius = math.sqrt((np.asarray(probe) > 0.5 * np.max(probe)).sum() / math.pi) if probe is not None else 4.0
     Lr = log_patterns(ref, c, kind)
     A0 = seed(Lr)
     r, _ = refine(log_patterns(ref.mean(axis=0)[None], c, kind), A0.T[None].copy(), iterations=8, motif=motif)
     A0 = r[0].T
+    if str(cfg["motif"]) == "folded_ref":  # one motif: the reference layer's mean pattern folded
+        m, d = folded_motif(ref.mean(axis=0)[None], A0, c, kind, origin, radius)
+    wj = None
+    if int(cfg["weighted"]) == 2:  # each order weighted by 1 / its position variance over the reference
+        mr = folded_motif(ref, A0, c, kind, origin, radius) if folded else motif
+        if str(cfg["motif"]) == "folded_ref":
+            mr = (np.broadcast_to(m, (len(ref),) + m.shape[1:]), d)
+        rr, _ = refine(Lr, np.broadcast_to(O @ A0.T, (len(ref), len(O), 2)).copy(), motif=mr)
+        wj = 1.0 / np.maximum(rr.var(axis=0).sum(axis=-1), 1e-12)
     out = []
     for i in range(0, len(patterns), chunk):
         L = log_patterns(patterns[i:i + chunk], c, kind)
         if folded:
             motif = folded_motif(patterns[i:i + chunk], A0, c, kind, origin, radius)
+        elif str(cfg["motif"]) == "folded_ref":
+            motif = (np.broadcast_to(m, (len(L),) + m.shape[1:]), d)
         r, val = refine(L, np.broadcast_to(O @ A0.T, (len(L), len(O), 2)).copy(), motif=motif)
-        w = val / val[:, :2].max(axis=1, keepdims=True) if int(cfg["weighted"]) else np.ones_like(val)
+        if wj is not None:
+            w = np.broadcast_to(wj, val.shape)
+        else:
+            w = val / val[:, :2].max(axis=1, keepdims=True) if int(cfg["weighted"]) else np.ones_like(val)
         Wn = O[None] * w[:, :, None]
         At = np.linalg.solve(np.einsum("npi,pj->nij", Wn, O), np.einsum("npi,npd->nid", Wn, r))
         out.append(np.swapaxes(At, 1, 2))
