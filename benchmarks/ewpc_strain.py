@@ -18,7 +18,7 @@ products; no interpolation), and the lattice ``A`` (columns a, b) is their least
 vector ``(r_x / Qx, r_y / Qy)`` per reciprocal pixel, so ``F = A A_ref^-1`` (``A_ref`` the reference
 layer's median) and the strain is ``lattice.strain_from_deformation(F)``, the package's convention.
 
-Variants (``--config key=value,...``): ``c``; ``window`` (hann, tukeyA, none); ``smooth`` (a
+Variants (``--config key=value,...``): ``c``; ``window`` (hann, tukeyA, gaussS: sigma S px, none); ``smooth`` (a
 Gaussian blur of sigma px before the log); ``transform`` (log, or powP: ``(I/<I> + c)^P``);
 ``motif``: the peak searched in ``|C|^2 / |M|^2`` with ``M`` the cepstrum of one disk: ``probe``
 (the vacuum probe), ``logprobe`` (its log), ``folded`` (each pattern's own mean disk: the log
@@ -81,6 +81,8 @@ HELD_OUT = [("thick_45nm", 1e5), ("tilt_gradient_y", 1e5)]
 def window(n: int, kind: str) -> np.ndarray:
     if kind == "hann":
         return np.hanning(n)
+    if kind.startswith("gauss"):  # a Gaussian of sigma S px about the centre
+        return np.exp(-0.5 * ((np.arange(n) - n // 2) / float(kind[5:])) ** 2)
     if kind.startswith("tukey"):
         from scipy.signal.windows import tukey
 
