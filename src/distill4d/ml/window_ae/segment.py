@@ -72,8 +72,8 @@ def channel_descriptors(model: Any, latent: dict[str, np.ndarray], zero_frequenc
     return angles, radii
 
 
-def _peaks_labels(features: Any, channels: int | None, seed: int) -> np.ndarray | None:
-    """Each window's strongest component (n,) of the ``peaks`` unmixing into ``channels`` components
+def _peaks_start(features: Any, channels: int | None, seed: int) -> np.ndarray | None:
+    """Each window's activations (n, K) of the ``peaks`` unmixing into ``channels`` components
     (None: the number it picks itself, 2-6), on the linear spectra recovered from the log features
     (``expm1(feature x clip)``; the 0.1 % of bins clipped stay at the clip level); None (the k-means
     start) where the windows show no peak."""
@@ -86,7 +86,7 @@ def _peaks_labels(features: Any, channels: int | None, seed: int) -> np.ndarray 
         act = peak_unmixing(wf, channels, max_variants=6, seed=seed)["activations"]
     except Distill4dError:  # no periodic contrast
         return None
-    return act.reshape(-1, act.shape[-1]).argmax(axis=1).astype(np.int64)
+    return act.reshape(-1, act.shape[-1]).astype(np.float32)
 
 
 def save_window_ae(path: str | os.PathLike, model: Any, features: Any, info: dict[str, Any] | None = None, *,
@@ -167,13 +167,18 @@ def run_window_ae(
     else:
         tcfg = train if train is not None else WindowAETrainConfig(seed=seed)
         t0 = time.perf_counter()
-        labels = None
+        labels = shares = None
         if tcfg.init == "peaks" and len(flat) >= 4 * (channels or 2):
-            labels = _peaks_labels(features, channels, tcfg.seed)
-            if labels is not None and channels is None:  # the number of variants the unmixing found
-                channels = n_variants = int(labels.max()) + 1
+            act = _peaks_start(features, channels, tcfg.seed)
+            if act is not None:
+                labels = act.argmax(axis=1).astype(np.int64)
+                if channels is None:  # the number of variants the unmixing found
+                    channels = n_variants = act.shape[1]
+                if tcfg.anchor_coef > 0 and act.shape[1] == (channels or 8):
+                    shares = act + 1e-6  # a window without any activation: an even mixture
         cfg = WindowAEConfig(size=features.feature_px, channels=channels or 8)
-        module, history, info = train_window_ae(flat, cfg, tcfg, device=device, callback=callback, init_labels=labels)
+        module, history, info = train_window_ae(flat, cfg, tcfg, device=device, callback=callback,
+                                               init_labels=None if shares is not None else labels, init_shares=shares)
         timings["train"] = time.perf_counter() - t0
         module.feature_clip = features.clip
         if save_model is not None:

@@ -2,11 +2,14 @@
 
 The templates start as the mean spectra of the windows' starting clusters (one per channel: by
 default each window's strongest component of the ``peaks`` unmixing, or a seeded k-means), so
-that every channel starts on something the data hold, and for the first ``warmup_steps`` the
-channels (the softmax latent: their shares) are pulled towards those clusters' one-hot labels;
-then encoder, affine head and templates are learned by the reconstruction loss alone, with the
-softmax temperature annealed (the softmax latent) or the L1 sparsity penalty on the ReLU channels
-ramped in from ``l1_start_step``. Every 10th window is held out; the stop
+that every channel starts on something the data hold. With the ``peaks`` start, each window's
+shares (its channels normalised to sum 1) are pulled through the whole training towards its
+mixture in the unmixing (``anchor_coef``): the channels stay on the variants the unmixing found,
+and a window cut by a wall keeps its mixture, while encoder, affine head and templates are learned
+by the reconstruction. Otherwise, for the first ``warmup_steps`` the channels (the softmax latent:
+their shares) are pulled towards the one-hot starting clusters, then the reconstruction loss
+alone trains, with the softmax temperature annealed (the softmax latent) or the L1 sparsity penalty
+on the ReLU channels ramped in from ``l1_start_step``. Every 10th window is held out; the stop
 rule is :class:`~distill4d.ml._common.loop.StopRule` (max steps, patience, wall-time budget) and
 the weights of the best held-out evaluation are kept.
 """
@@ -45,6 +48,11 @@ class WindowAETrainConfig:
         geometrically from ``tau_start`` to ``tau_end`` over the first ``tau_steps`` steps (ignored
         for ReLU channels); its warm-up pulls the channels' shares (the softmax weights) towards the
         one-hot labels.
+    anchor_coef : weight of a term, through the whole training, that pulls each window's shares
+        towards its mixture in the ``peaks`` unmixing (its activations normalised to sum 1; a window
+        cut by a wall towards its mixture, not its majority), so that the channels stay on the
+        variants the unmixing found while the reconstruction learns the templates and the affine
+        head. It replaces the warm-up; used with ``init="peaks"`` (0: off, the warm-up instead).
     init : where the templates and the warm-up's labels start: "kmeans" (a k-means of the windows'
         log spectra) or "peaks" (each window's strongest component of the ``peaks`` method's
         unmixing, :func:`distill4d.segment.peaks.peak_unmixing`, with one component per channel;
@@ -67,12 +75,13 @@ class WindowAETrainConfig:
     tau_end: float = 0.1
     tau_steps: int = 600
     init: str = "peaks"
+    anchor_coef: float = 0.01
     max_minutes: float | None = None
     seed: int = 0
 
     def __post_init__(self) -> None:
         check_training_options(self, nonnegative_ints=("l1_start_step", "l1_ramp_steps", "warmup_steps", "tau_steps"))
-        for name in ("l1_coef", "warmup_coef"):
+        for name in ("l1_coef", "warmup_coef", "anchor_coef"):
             nonnegative_float(name, getattr(self, name))
         for name in ("tau_start", "tau_end"):
             positive_float(name, getattr(self, name))
@@ -130,6 +139,7 @@ def train_window_ae(
     device: Any = "cpu",
     callback: Callable[[dict[str, Any]], None] | None = None,
     init_labels: np.ndarray | None = None,
+    init_shares: np.ndarray | None = None,
 ) -> tuple[Any, list[dict[str, Any]], dict[str, Any]]:
     """Train a :class:`~distill4d.ml.window_ae.model.WindowAE` on window spectra ``features`` (n, F, F)
     in [0, 1] (:func:`distill4d.segment.window_features`).
@@ -138,7 +148,9 @@ def train_window_ae(
     CPU), one dict per evaluation (``step``, ``train``, ``held_out`` losses, ``l1_coef``,
     ``seconds``), and ``{"stopped", "best_step", "steps", "seconds", "n_windows"}``.
     ``callback(dict)`` is called after each evaluation. ``init_labels`` (n,) in 0 .. channels - 1:
-    the windows' starting clusters instead of the k-means (the templates start as their mean spectra).
+    the windows' starting clusters instead of the k-means (the templates start as their mean spectra);
+    ``init_shares`` (n, channels) >= 0: each window's starting mixture (normalised to sum 1; the
+    labels are its argmax), which the anchor term (``train.anchor_coef`` > 0) pulls the shares towards.
     """
     import torch
 
@@ -160,13 +172,24 @@ def train_window_ae(
                              f"got {len(x)}; use a smaller step_px or fewer channels")
     dev = torch_device(device)
     t0 = time.perf_counter()
+    anchored = init_shares is not None and train.anchor_coef > 0
+    # no evaluation counts before the pulls, the L1 ramp and (anchored) the temperature's annealing end
+    start = max(train.l1_start_step + train.l1_ramp_steps, train.tau_steps if anchored else train.warmup_steps)
     rule = StopRule(train.max_steps, patience=train.patience, min_rel_improvement=5e-3, max_minutes=train.max_minutes,
-                    start_after_step=max(train.l1_start_step + train.l1_ramp_steps, train.warmup_steps))
+                    start_after_step=start)
     rule.start(t0)
     rng = np.random.default_rng(train.seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(train.seed)
         model = WindowAE(cfg)
+    target_shares = None
+    if init_shares is not None:
+        target_shares = np.asarray(init_shares, dtype=np.float32)
+        if target_shares.shape != (len(x), cfg.channels) or not np.isfinite(target_shares).all() or (target_shares < 0).any():
+            raise Distill4dError(f"init_shares must be ({len(x)}, {cfg.channels}) finite values >= 0, "
+                                 f"got shape {target_shares.shape}")
+        target_shares = target_shares / np.clip(target_shares.sum(axis=1, keepdims=True), 1e-12, None)
+        init_labels = target_shares.argmax(axis=1)
     if init_labels is None:
         means, km_labels = _kmeans_means(x, cfg.channels, train.seed)
     else:
@@ -186,20 +209,38 @@ def train_window_ae(
     tr_idx, ho_idx = np.flatnonzero(~held), np.flatnonzero(held)
     X = torch.from_numpy(x).to(dev)
     L = torch.from_numpy(km_labels).to(dev)
+    S = torch.from_numpy(target_shares).to(dev) if anchored else None
     opt = torch.optim.Adam(model.parameters(), lr=train.lr)
     gen = torch.Generator().manual_seed(train.seed)
     history: list[dict[str, Any]] = []
     best_state = None
 
+    softmax = cfg.latent == "softmax"
+
+    def pull(out: dict[str, Any], idx: Any) -> Any:
+        """The anchor term (every step) or the warm-up's pull towards the one-hot labels."""
+        target = S[idx] if anchored else torch.nn.functional.one_hot(L[idx], cfg.channels).to(out["channels"].dtype)
+        pulled = out["channels"]
+        if softmax or anchored:  # the shares: the amplitude is the window's contrast, not its variant
+            pulled = pulled / pulled.sum(dim=1, keepdim=True).clamp_min(1e-12)
+        coef = train.anchor_coef if anchored else train.warmup_coef
+        return coef * torch.nn.functional.mse_loss(pulled, target)
+
     def held_out_loss(l1: float) -> tuple[float, dict[str, Any]]:
+        """The held-out windows' loss: the reconstruction (with the L1 term), and the anchor term
+        when anchored (the objective the training minimises)."""
         model.eval()
         idx = torch.from_numpy(ho_idx).to(dev)
         total, chans = 0.0, []
         with torch.no_grad():
             for i in range(0, len(idx), 512):
-                xb = X[idx[i : i + 512]]
+                ib = idx[i : i + 512]
+                xb = X[ib]
                 out = model(xb)
-                total += float(window_ae_loss(xb, out, l1_coef=l1)["total"]) * len(xb)
+                loss = window_ae_loss(xb, out, l1_coef=l1)["total"]
+                if anchored and cfg.channels > 1:
+                    loss = loss + pull(out, ib)
+                total += float(loss) * len(xb)
                 chans.append(out["channels"].cpu().numpy())
         model.train()
         return total / max(len(idx), 1), channel_usage(np.concatenate(chans))
@@ -207,7 +248,6 @@ def train_window_ae(
     step, running, n_run = 0, 0.0, 0
     perm = torch.empty(0, dtype=torch.long)
     model.train()
-    softmax = cfg.latent == "softmax"
     while not rule.steps_done(step):
         if softmax:
             model.tau.fill_(train.tau_at(step))
@@ -217,12 +257,8 @@ def train_window_ae(
         xb = X[idx]
         out = model(xb)
         loss = window_ae_loss(xb, out, l1_coef=0.0 if softmax else train.l1_at(step))["total"]
-        if step < train.warmup_steps and cfg.channels > 1:
-            target = torch.nn.functional.one_hot(L[idx], cfg.channels).to(out["channels"].dtype)
-            pulled = out["channels"]
-            if softmax:  # the shares: the amplitude is the window's contrast, not its variant
-                pulled = pulled / pulled.sum(dim=1, keepdim=True).clamp_min(1e-12)
-            loss = loss + train.warmup_coef * torch.nn.functional.mse_loss(pulled, target)
+        if cfg.channels > 1 and (anchored or step < train.warmup_steps):
+            loss = loss + pull(out, idx)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
