@@ -128,16 +128,8 @@ def seed(L: np.ndarray, min_radius: float = 3.0) -> np.ndarray:
     raise RuntimeError("no two non-collinear cepstrum peaks")
 
 
-def _sums(L: np.ndarray, r: np.ndarray, kx: np.ndarray, ky: np.ndarray):
-    """``|C|^2`` at ``r`` (N, P, 2) and the gradient and Hessian of ``log |C|^2`` there."""
-    P = r.shape[1]
-    dx = -1j * kx[None, :, None]
-    ey = np.exp(-1j * ky[None, None, :] * r[:, :, 1:2])  # (N, P, Qy)
-    exT = np.swapaxes(np.exp(-1j * kx[None, None, :] * r[:, :, 0:1]), 1, 2)  # (N, Qx, P)
-    M = L @ np.swapaxes(np.concatenate([ey, ey * (-1j * ky), ey * (-(ky**2))], axis=1), 1, 2)
-    M0, My, Myy = M[:, :, :P], M[:, :, P:2 * P], M[:, :, 2 * P:]
-    C, Cx, Cxx = (M0 * exT).sum(1), (M0 * exT * dx).sum(1), (M0 * exT * dx * dx).sum(1)
-    Cy, Cxy, Cyy = (My * exT).sum(1), (My * exT * dx).sum(1), (Myy * exT).sum(1)
+def _log_power_derivatives(C, Cx, Cy, Cxx, Cxy, Cyy):
+    """``|C|^2`` and the gradient and Hessian of ``log |C|^2`` from C and its complex derivatives."""
     f = C.real**2 + C.imag**2
     cc = np.conj(C)
     gx, gy = 2 * (cc * Cx).real, 2 * (cc * Cy).real
@@ -149,6 +141,19 @@ def _sums(L: np.ndarray, r: np.ndarray, kx: np.ndarray, ky: np.ndarray):
     H = np.stack([np.stack([hxx / fs - g[..., 0] ** 2, hxy / fs - g[..., 0] * g[..., 1]], -1),
                   np.stack([hxy / fs - g[..., 0] * g[..., 1], hyy / fs - g[..., 1] ** 2], -1)], -2)
     return f, g, H
+
+
+def _sums(L: np.ndarray, r: np.ndarray, kx: np.ndarray, ky: np.ndarray):
+    """``|C|^2`` at ``r`` (N, P, 2) and the gradient and Hessian of ``log |C|^2`` there."""
+    P = r.shape[1]
+    dx = -1j * kx[None, :, None]
+    ey = np.exp(-1j * ky[None, None, :] * r[:, :, 1:2])  # (N, P, Qy)
+    exT = np.swapaxes(np.exp(-1j * kx[None, None, :] * r[:, :, 0:1]), 1, 2)  # (N, Qx, P)
+    M = L @ np.swapaxes(np.concatenate([ey, ey * (-1j * ky), ey * (-(ky**2))], axis=1), 1, 2)
+    M0, My, Myy = M[:, :, :P], M[:, :, P:2 * P], M[:, :, 2 * P:]
+    C, Cx, Cxx = (M0 * exT).sum(1), (M0 * exT * dx).sum(1), (M0 * exT * dx * dx).sum(1)
+    Cy, Cxy, Cyy = (My * exT).sum(1), (My * exT * dx).sum(1), (Myy * exT).sum(1)
+    return _log_power_derivatives(C, Cx, Cy, Cxx, Cxy, Cyy)
 
 
 def _window_sums(m: np.ndarray, d: np.ndarray, r: np.ndarray, shape):
@@ -162,17 +167,7 @@ def _window_sums(m: np.ndarray, d: np.ndarray, r: np.ndarray, shape):
         return np.einsum("nxy,npx,npy->np", m, ex * ax, ey * ay)
     C, Cx, Cy = S(1, 1), S(fx, 1), S(1, fy)
     Cxx, Cxy, Cyy = S(fx * fx, 1), S(fx, fy), S(1, fy * fy)
-    f = C.real**2 + C.imag**2
-    cc = np.conj(C)
-    gx, gy = 2 * (cc * Cx).real, 2 * (cc * Cy).real
-    hxx = 2 * ((np.conj(Cx) * Cx).real + (cc * Cxx).real)
-    hyy = 2 * ((np.conj(Cy) * Cy).real + (cc * Cyy).real)
-    hxy = 2 * ((np.conj(Cx) * Cy).real + (cc * Cxy).real)
-    fs = np.maximum(f, 1e-300)
-    g = np.stack([gx / fs, gy / fs], -1)
-    H = np.stack([np.stack([hxx / fs - g[..., 0] ** 2, hxy / fs - g[..., 0] * g[..., 1]], -1),
-                  np.stack([hxy / fs - g[..., 0] * g[..., 1], hyy / fs - g[..., 1] ** 2], -1)], -2)
-    return f, g, H
+    return _log_power_derivatives(C, Cx, Cy, Cxx, Cxy, Cyy)
 
 
 def folded_motif(p: np.ndarray, A0: np.ndarray, c: float, kind: str, origin, radius: float):
