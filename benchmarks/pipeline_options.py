@@ -51,7 +51,9 @@ def main(argv=None) -> None:
     ap.add_argument("--losses", nargs="+", default=["amplitude", "poisson"])
     ap.add_argument("--borders", nargs="+", type=int, default=[0, 2, 4, 6])
     ap.add_argument("--models", nargs="+", default=["linear", "mlp"], choices=("linear", "mlp"))
-    ap.add_argument("--mlp-steps", nargs="+", type=int, default=[300], help="L-BFGS iterations of the MLP (at most)")
+    ap.add_argument("--mlp-steps", nargs="+", type=int, default=[150], help="L-BFGS iterations of the MLP (at most)")
+    ap.add_argument("--mlp-hidden", nargs="+", type=int, default=[32], help="hidden width of the MLP")
+    ap.add_argument("--mlp-l2", nargs="+", type=float, default=[1e-3], help="L2 penalty of the MLP's fit")
     ap.add_argument("--no-results", action="store_true")
     a = ap.parse_args(argv)
     import torch
@@ -92,13 +94,19 @@ def main(argv=None) -> None:
             np.savez(cache, label=lab, cpu_s=cpu)
             labs[key] = (lab, cpu)
             print(f"{key}: block ptychography {cpu:.1f} CPU s", flush=True)
-    runs = [(m, k, b, n) for m in a.models for k in labs for b in a.borders for n in (a.mlp_steps if m == "mlp" else [0])]
-    for model, key, band, steps in runs:
+    import distill4d.ml.phase.train as train_module
+
+    mlp = [(n, hd, l2) for n in a.mlp_steps for hd in a.mlp_hidden for l2 in a.mlp_l2]
+    runs = [(m, k, b, o) for m in a.models for k in labs for b in a.borders for o in (mlp if m == "mlp" else [(0, 0, 0)])]
+    for model, key, band, (steps, hidden, l2) in runs:
             lab, cpu = labs[key]
             name = f"{model}: {key} border {band}" + (f" steps {steps}" if steps and steps != 300 else "")
+            name += f" hidden {hidden} l2 {l2:g}" if model == "mlp" and (hidden, l2) != (32, 1e-3) else ""
+            train_module.MLP_L2 = l2 or train_module.MLP_L2
+            train_module.MLP_MAX_ITERATIONS = 300
             if name in rows:
                 continue
-            config = PhaseConfig(model=model, cluster=5, extent=extent)
+            config = PhaseConfig(model=model, cluster=5, extent=extent, hidden=hidden or 32)
             c0 = time.process_time()
             net, card = train_phase(sub, lab, config=config,
                                     train=PhaseTrainConfig(fit="lstsq" if model == "linear" else "lbfgs",
@@ -107,7 +115,7 @@ def main(argv=None) -> None:
             img = phase_image(dc, (net, card), progress=False, scheduler="inline")
             fit_cpu = time.process_time() - c0
             s = held.score(np.asarray(img.image, np.float64), step, (0.0, 0.0))
-            rows[name] = {"model": model, "steps": card["steps"], "label": key, "border": band, "block_ptycho_cpu_s": cpu,
+            rows[name] = {"model": model, "steps": card["steps"], "hidden": hidden, "l2": l2, "label": key, "border": band, "block_ptycho_cpu_s": cpu,
                           "fit_and_apply_cpu_s": fit_cpu, "block_r": card["metrics"]["held_out_pearson_r"],
                           "held_out_ssim": s["ssim"], "held_out_r": s["pearson"]}
             print(name, {k: round(v, 3) if isinstance(v, float) else v for k, v in rows[name].items()}, flush=True)
@@ -120,7 +128,7 @@ def main(argv=None) -> None:
          "block ptychography CPU s | fit + apply CPU s | block-internal r | held-out SSIM / r |",
          "|---|---|---|---|---|---|---|"]
     for name, r in rows.items():
-        L.append(f"| {r.get('model', 'linear')}" + (f" ({r.get('steps', 300)})" if r.get("model") == "mlp" else "") + f" | {r['label']} | {r['border']} | {r['block_ptycho_cpu_s']:.1f} | "
+        L.append(f"| {r.get('model', 'linear')}" + (f" ({r.get('steps', 300)} iterations, hidden {r.get('hidden') or 32}, L2 {r.get('l2') or 1e-3:g})" if r.get("model") == "mlp" else "") + f" | {r['label']} | {r['border']} | {r['block_ptycho_cpu_s']:.1f} | "
                  f"{r['fit_and_apply_cpu_s']:.1f} | {r['block_r']:.3f} | "
                  f"{r['held_out_ssim']:.3f} / {r['held_out_r']:.3f} |")
     write_section(f"pipeline_options_{a.scan}_{a.dose:g}", "\n".join(L) + "\n", EXPERIMENTS_MD)

@@ -75,14 +75,13 @@ def model_path(h5: Path) -> Path:
 
 
 def label_border_mask(shape: tuple[int, int], border_A: float, step_A: float) -> np.ndarray:
-    """True on the positions of a ``shape`` region farther than ``border_A`` from its edge (at least
-    one position each way is kept)."""
+    """True on the positions of a ``shape`` region farther than ``border_A`` from its edge (``step_A``:
+    the scan step, Å); all False when the border leaves nothing."""
     if not border_A >= 0:
         raise Distill4dError(f"--train-border-A must be >= 0 Å, got {border_A!r}")
     b = int(np.ceil(border_A / step_A - 1e-9))
-    bx, by = (min(b, (n - 1) // 2) for n in shape)
     mask = np.zeros(shape, bool)
-    mask[bx : shape[0] - bx, by : shape[1] - by] = True
+    mask[b : max(b, shape[0] - b), b : max(b, shape[1] - b)] = True
     return mask
 
 
@@ -99,12 +98,8 @@ def _train_on_ptycho(args: argparse.Namespace, dc: Any, outs: Outputs) -> tuple[
     for p in (weights, weights.with_suffix(".json")):
         if p.exists() and not outs.force:
             raise Distill4dError(f"{p} exists; pass --force to overwrite it")
-    kw = ptycho_kwargs(args)
-    kw["device"] = args.device
-    res = reconstruct(dc, region=region, checkpoint=outs.partial / "ptycho.pt", **kw)
-    label = res.phase_on_scan_grid()
     sub = dc[region[0], region[1]]
-    try:
+    try:  # every check before the ptychography
         # the prepared grid spans ± extent semiangles: at most 2, and no farther than the detector reaches
         cal = dc.calibration
         rim_px = cal.require("semiangle_mrad") / cal.mrad_per_px
@@ -116,7 +111,18 @@ def _train_on_ptycho(args: argparse.Namespace, dc: Any, outs: Outputs) -> tuple[
         use = label_border_mask(sub.scan_shape, args.train_border_A, cal.require("scan_step_A"))
     except ValueError as err:
         raise Distill4dError(str(err)) from None
-    net, card = train_phase(sub, label, config=config, train=train, label_units="rad",
+    rows = np.flatnonzero(use.any(axis=1))
+    if len(rows) < 2:
+        raise Distill4dError(f"--train-on-ptycho {args.train_on_ptycho} less its --train-border-A {args.train_border_A:g} Å "
+                             "leaves fewer than 2 rows of label; reconstruct a larger region or give a smaller border")
+    # validation (the fit's choices, the card's metrics): the last quarter of the label's rows
+    n_hold = max(1, round(train.holdout_fraction * len(rows)))
+    holdout = ((int(rows[-n_hold]), int(rows[-1]) + 1), (0, sub.scan_shape[1]))
+    kw = ptycho_kwargs(args)
+    kw["device"] = args.device
+    res = reconstruct(dc, region=region, checkpoint=outs.partial / "ptycho.pt", **kw)
+    label = res.phase_on_scan_grid()
+    net, card = train_phase(sub, label, config=config, train=train, holdout=holdout, label_units="rad",
                             label_name="ptychographic_phase", label_mask=use, device=args.device, progress=False)
     card["data"] = {"file": str(args.file), "label": "ptychography", "region": args.train_on_ptycho,
                     "label_border_A": args.train_border_A, "ptychography": res.provenance.parameters}
@@ -238,13 +244,15 @@ def add_parser(sub: Any) -> None:
     t.add_argument("--train-on-ptycho", metavar="x0:x1,y0:y1",
                    help="reconstruct this region by ptychography, train --train-model on its phase, apply it to "
                    "the whole scan; the model and its card are written as OUTPUT_model.pt/.json (reuse: --weights)")
-    t.add_argument("--train-model", default="mlp", choices=("mlp", "linear", "conv4d"),
-                   help="model trained on the ptychographic phase: mlp (default: a small MLP on rotation-invariant "
-                   "features of the 5 x 5 cluster; L-BFGS, seconds), linear (least squares, milliseconds) or "
-                   "conv4d (the 4D CNN; minutes)")
-    t.add_argument("--train-border-A", type=float, default=1.0, metavar="Å",
+    t.add_argument("--train-model", default="linear", choices=("linear", "mlp", "conv4d"),
+                   help="model trained on the ptychographic phase: linear (default; least squares, milliseconds), "
+                   "mlp (a small MLP on rotation-invariant features of the 5 x 5 cluster; L-BFGS, about a second; "
+                   "for regions of some hundreds of positions or more: it overfits smaller ones) or conv4d (the 4D "
+                   "CNN; minutes)")
+    t.add_argument("--train-border-A", type=float, default=0.0, metavar="Å",
                    help="leave the label within this distance of the region's edge out of training, where the "
-                   "region's ptychography is poorly constrained (default 1 Å)")
+                   "region's ptychography is poorly constrained (default 0; 1 Å helped the mlp on a simulated "
+                   "MoS2 scan)")
     t.add_argument("--train-steps", type=int, default=1000, help="at most this many training steps (default 1000)")
     t.add_argument("--train-minutes", type=float, help="training time budget (minutes)")
     t.add_argument("--train-fit", default="auto", choices=("auto", "lstsq", "lbfgs", "adam"),

@@ -118,6 +118,15 @@ def _region_mask(shape: tuple[int, int], region: tuple[slice, slice]) -> np.ndar
     return mask
 
 
+def feature_scale(std: Any) -> Any:
+    """The MLP's feature scales from their standard deviations over the training positions: a feature
+    that is zero by symmetry (e.g. harmonic 2 of the four pixels at the detector's centre), whose spread
+    is rounding noise (below 1e-4 of the median spread), gets scale 1e30, so that it contributes nothing."""
+    import torch
+
+    return torch.where(std > 1e-4 * std.median(), std, torch.full_like(std, 1e30))
+
+
 def _label_masks(label_mask: Any, items: list[Any]) -> list[np.ndarray]:
     """One checked boolean mask per scan of ``items`` (:func:`_as_scans`) from ``label_mask``."""
     if label_mask is None:
@@ -310,7 +319,7 @@ def train_phase(
             feats = [model.features(sc.P.unsqueeze(0))[0] for sc in scans]
             pooled = torch.cat([f[sc.W > 0] for f, sc in zip(feats, scans)])
             model.mean.copy_(pooled.mean(dim=0))
-            model.scale.copy_(pooled.std(dim=0).clamp_min(1e-6 * float(pooled.std().clamp_min(1e-30))))
+            model.scale.copy_(feature_scale(pooled.std(dim=0)))
     lr = train.lr if train.lr is not None else (1e-2 if config.model == "linear" else 2e-3)
     opt = Adam(model.parameters(), lr=lr, weight_decay=train.weight_decay)
     rng = np.random.default_rng(train.seed)
