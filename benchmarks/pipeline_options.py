@@ -53,7 +53,10 @@ def main(argv=None) -> None:
     ap.add_argument("--models", nargs="+", default=["linear", "mlp"], choices=("linear", "mlp"))
     ap.add_argument("--mlp-steps", nargs="+", type=int, default=[150], help="L-BFGS iterations of the MLP (at most)")
     ap.add_argument("--mlp-hidden", nargs="+", type=int, default=[32], help="hidden width of the MLP")
-    ap.add_argument("--mlp-l2", nargs="+", type=float, default=[1e-3], help="L2 penalty of the MLP's fit")
+    ap.add_argument("--mlp-l2", nargs="+", type=float, default=[1e-2], help="L2 penalty of the MLP's fit")
+    ap.add_argument("--block", type=int, nargs=2, default=None, metavar=("NX", "NY"),
+                    help="a corner block of NX x NY positions instead of the benchmark's 1/8 (e.g. 27 31: the "
+                    "size of mos2_test's block, on the development scan)")
     ap.add_argument("--no-results", action="store_true")
     a = ap.parse_args(argv)
     import torch
@@ -69,19 +72,20 @@ def main(argv=None) -> None:
     _, labels = load_or_simulate(a.scan)
     truth = np.asarray(labels[LABEL], np.float64)
     step = tuple(labels["metadata"]["scan_step_xy_A"])
-    region = pipeline_region(dc.scan_shape)
+    region = pipeline_region(dc.scan_shape) if a.block is None else (slice(0, a.block[0]), slice(0, a.block[1]))
+    btag = "" if a.block is None else f"_block{a.block[0]}x{a.block[1]}"
     sub = dc[region[0], region[1]]
     held = Scorer(truth, step, exclude=region)
     cal = dc.calibration
     extent = min(2.0, round(0.95 * (min(dc.pattern_shape) / 2) / (cal.semiangle_mrad / cal.mrad_per_px), 2))
     OUT.mkdir(parents=True, exist_ok=True)
-    out_json = OUT / f"{a.scan}_{a.dose:g}.json"
+    out_json = OUT / f"{a.scan}_{a.dose:g}{btag}.json"
     rows = json.loads(out_json.read_text()) if out_json.exists() else {}
     labs: dict[str, tuple[np.ndarray, float]] = {"truth": (truth[region].astype(np.float32), 0.0)}
     for loss in a.losses:
         for it in a.iterations:
             key = f"{loss} {it}"
-            cache = OUT / f"{a.scan}_{a.dose:g}_{loss}_{it}.npz"
+            cache = OUT / f"{a.scan}_{a.dose:g}{btag}_{loss}_{it}.npz"
             if cache.exists():
                 z = np.load(cache)
                 labs[key] = (z["label"], float(z["cpu_s"]))
@@ -101,7 +105,7 @@ def main(argv=None) -> None:
     for model, key, band, (steps, hidden, l2) in runs:
             lab, cpu = labs[key]
             name = f"{model}: {key} border {band}" + (f" steps {steps}" if steps and steps != 300 else "")
-            name += f" hidden {hidden} l2 {l2:g}" if model == "mlp" and (hidden, l2) != (32, 1e-3) else ""
+            name += f" hidden {hidden} l2 {l2:g}" if model == "mlp" and (hidden, l2) != (32, 1e-3) else ""  # 1e-3: the first runs
             train_module.MLP_L2 = l2 or train_module.MLP_L2
             train_module.MLP_MAX_ITERATIONS = 300
             if name in rows:
@@ -122,7 +126,7 @@ def main(argv=None) -> None:
             out_json.write_text(json.dumps(rows, indent=1))
     if a.no_results:
         return
-    L = [f"## Pipeline options ({a.scan}, {a.dose:g} e-/pattern)", "",
+    L = [f"## Pipeline options ({a.scan}, {a.dose:g} e-/pattern, block {region[0].stop} x {region[1].stop})", "",
          f"Written by `benchmarks/pipeline_options.py {' '.join(sys.argv[1:] if argv is None else argv)}`.", "",
          machine_line(), "", "| model (fit iterations) | label (block ptychography: loss, iterations) | border left out (positions) | "
          "block ptychography CPU s | fit + apply CPU s | block-internal r | held-out SSIM / r |",
@@ -131,7 +135,7 @@ def main(argv=None) -> None:
         L.append(f"| {r.get('model', 'linear')}" + (f" ({r.get('steps', 300)} iterations, hidden {r.get('hidden') or 32}, L2 {r.get('l2') or 1e-3:g})" if r.get("model") == "mlp" else "") + f" | {r['label']} | {r['border']} | {r['block_ptycho_cpu_s']:.1f} | "
                  f"{r['fit_and_apply_cpu_s']:.1f} | {r['block_r']:.3f} | "
                  f"{r['held_out_ssim']:.3f} / {r['held_out_r']:.3f} |")
-    write_section(f"pipeline_options_{a.scan}_{a.dose:g}", "\n".join(L) + "\n", EXPERIMENTS_MD)
+    write_section(f"pipeline_options_{a.scan}_{a.dose:g}{btag}", "\n".join(L) + "\n", EXPERIMENTS_MD)
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ _MAX_PREPARED_BYTES = 4 << 30
 _FITS = ("adam", "lstsq", "lbfgs")
 #: The MLP's fit "lbfgs": L2 penalty on its weights (on standardised features and label; chosen on the
 #: development scan mos2_large, benchmarks/pipeline_options.py) and the most L-BFGS iterations.
-MLP_L2 = 1e-3
+MLP_L2 = 1e-2
 MLP_MAX_ITERATIONS = 150
 
 
