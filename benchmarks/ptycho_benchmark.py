@@ -757,9 +757,10 @@ def report(results: dict, a, command: str, ceilings: dict | None = None) -> str:
                    "cell, its own random vacancies, 228x263 = 59,964 positions, simulated in tiles) is the size of a lab "
                    "scan; there the whole-scan row, 12 iterations of the amplitude loss, is below its own first iterate "
                    "(SSIM 0.865 against 0.913 at 2e4), which flatters the pipeline's quality ratio. CPU seconds on the "
-                   "loaded machine vary from run to run by 10-20 % (mos2_test at 2e4: the whole-scan reconstruction took 14.8 CPU "
-                   "s in the benchmark's process and 16.8 in the command's ptychography stage; the linear pipeline "
-                   "there: 8.4-9.8 CPU s in three runs of the same code), so a time ratio near 0.2 is within that noise."), "",
+                   "loaded machine vary from run to run by 10-20 % (compare a whole-scan row's CPU s, measured in this "
+                   "benchmark's process, with its command's ptychography stage in the table below, measured at "
+                   "another time; the linear pipeline on mos2_test at 2e4: 8.4-9.8 CPU s in three runs of the same code); "
+                   "each pipeline row and its whole-scan command are measured back to back"), so a time ratio near 0.2 is within that noise."), "",
               "| scan | dose | row (model, fit) | block (positions; block iterations) | whole-scan ptychography | "
               "held-out SSIM / r: pipeline | held-out SSIM / r: whole-scan ptychography | quality ratio (SSIM) | "
               "CPU s: pipeline / whole-scan ptychography (measured as) | time ratio |",
