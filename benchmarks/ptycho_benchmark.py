@@ -760,7 +760,8 @@ def report(results: dict, a, command: str, ceilings: dict | None = None) -> str:
                    "loaded machine vary from run to run by 10-20 % (compare a whole-scan row's CPU s, measured in this "
                    "benchmark's process, with its command's ptychography stage in the table below, measured at "
                    "another time; the linear pipeline on mos2_test at 2e4: 8.4-9.8 CPU s in three runs of the same code); "
-                   "each pipeline row and its whole-scan command are measured back to back"), so a time ratio near 0.2 is within that noise."), "",
+                   "each pipeline row and its whole-scan command are measured back to back, yet a time ratio near "
+                   "0.2 is within that noise."), "",
               "| scan | dose | row (model, fit) | block (positions; block iterations) | whole-scan ptychography | "
               "held-out SSIM / r: pipeline | held-out SSIM / r: whole-scan ptychography | quality ratio (SSIM) | "
               "CPU s: pipeline / whole-scan ptychography (measured as) | time ratio |",
