@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""Run ``distill4d phase ... --train-on-ptycho ...`` (the arguments after the first, which names a JSON
-file to write) in this process, with the process CPU seconds of each stage of the pipeline:
+"""Run ``distill4d phase ... --train-on-ptycho ...`` or ``distill4d ptycho ...`` (the arguments after the
+first, which names a JSON file to write) in this process, with the process CPU seconds of each stage of the pipeline:
 ``start-up`` (interpreter, ``import distill4d.cli``), ``import torch``, ``read`` (opening the scan),
 ``ptychography`` (of the block), ``training`` (preparing the block's patterns and the optimiser steps),
 ``save model``, ``inference`` (the model on the whole scan), ``write`` (the image file), ``other`` (the rest
@@ -37,6 +37,7 @@ def main() -> int:
     stages["import torch"] = _cpu() - c
 
     import distill4d.cli.phase as cli_phase
+    import distill4d.cli.ptycho as cli_ptycho
     import distill4d.ml.phase.infer as infer
     import distill4d.ml.phase.train as train
     import distill4d.phase as phase
@@ -52,6 +53,7 @@ def main() -> int:
         return wrapper
 
     cli_phase.open_input = timed("read", cli_phase.open_input)
+    cli_ptycho.open_input = timed("read", cli_ptycho.open_input)
     phase.reconstruct = timed("ptychography", phase.reconstruct)
     train.train_phase = timed("training", train.train_phase)
     train.save_phase_model = timed("save model", train.save_phase_model)

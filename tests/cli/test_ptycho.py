@@ -104,3 +104,26 @@ def test_phase_pipeline_trains_on_ptychography(tmp_path):
                  "-o", str(tmp_path / "again.h5")]) == 0
     again = distill4d.read_results(tmp_path / "again.h5")["ptychographic_phase"]
     np.testing.assert_allclose(again, img, atol=1e-5)
+
+
+def test_phase_pipeline_label_border(tmp_path, capsys):
+    """``--train-border-A``: the label's positions within that distance of the region's edge are left
+    out (1 Å at 0.5 Å steps: 2 positions each side); a border that leaves no label is refused before
+    any ptychography, naming the option."""
+    from distill4d.cli.phase import label_border_mask
+
+    m = label_border_mask((10, 8), 1.0, 0.5)
+    assert m.sum() == 6 * 4 and m[2:8, 2:6].all()
+    assert label_border_mask((10, 8), 0.0, 0.5).all()
+    assert not label_border_mask((3, 3), 5.0, 0.5).any()
+    with pytest.raises(ValueError, match="--train-border-A must be >= 0"):
+        label_border_mask((10, 8), -1.0, 0.5)
+    from distill4d.simulate.phase_object import phase_object_scan
+
+    sim = phase_object_scan(scan_shape=(12, 12), pattern_size=32, step_px=2, q_pixel_inv_A=0.07,
+                            semiangle_mrad=20.0, energy_eV=300e3, defocus_A=60.0, dose_per_pattern=2e4, seed=2)
+    scan = tmp_path / "scan.h5"
+    distill4d.write(scan, sim.datacube.with_calibration(scan_rotation_rad=0.0))
+    rc = main(["phase", str(scan), "--train-on-ptycho", "0:6,0:12", "--train-border-A", "5", "--no-progress",
+               "--no-png", "-o", str(tmp_path / "image.h5")])
+    assert rc == 1 and "leaves fewer than 2 rows of label" in capsys.readouterr().err

@@ -111,6 +111,45 @@ def test_conv4d_learns(scan):
     assert _pearson(img[HOLD], scan.phase_rad[HOLD]) > 0.7
 
 
+def test_mlp_fitted_by_lbfgs(scan):
+    """The MLP on rotation-invariant cluster features, fitted by full-batch L-BFGS (at most 100
+    iterations here), tracks the label on the held-out rows."""
+    model, card = train_phase(scan.datacube, scan.phase_rad, config=PhaseConfig(model="mlp", size=16, hidden=16),
+                              train=PhaseTrainConfig(fit="lbfgs", max_steps=100), pad="wrap", scheduler="inline",
+                              progress=False)
+    img = phase_image(scan.datacube, (model, card), scheduler="inline", progress=False).image
+    r = _pearson(img[HOLD], scan.phase_rad[HOLD])
+    assert r > 0.85, r
+    assert card["stopped"] == "lbfgs" and 1 <= card["fit"]["iterations"] <= 100
+    assert card["metrics"]["held_out_pearson_r"] == pytest.approx(r, abs=0.02)
+
+
+def test_label_mask_leaves_positions_out(scan):
+    """A label spoilt outside ``label_mask`` trains the very model the clean label trains (the masked
+    positions are neither fitted nor validated); without the mask it does not."""
+    dc = scan.datacube
+    mask = np.ones(dc.scan_shape, bool)
+    mask[:, :4] = False
+    mask[20:, :] = False
+    spoilt = scan.phase_rad.copy()
+    spoilt[~mask] = 50.0
+    kw = dict(config=PhaseConfig(model="linear", size=16), train=PhaseTrainConfig(fit="lstsq"), pad="wrap",
+              scheduler="inline", progress=False)
+    a = phase_image(dc, train_phase(dc, scan.phase_rad, label_mask=mask, **kw), scheduler="inline", progress=False)
+    b = phase_image(dc, train_phase(dc, spoilt, label_mask=mask, **kw), scheduler="inline", progress=False)
+    c = phase_image(dc, train_phase(dc, spoilt, **kw), scheduler="inline", progress=False)
+    np.testing.assert_allclose(b.image, a.image, rtol=1e-5, atol=1e-6)
+    assert np.abs(c.image - a.image).max() > 0.1
+    with pytest.raises(ValueError, match="label_mask must be a boolean image of the scan's shape"):
+        train_phase(dc, scan.phase_rad, label_mask=np.ones((3, 3), bool), **kw)
+    none_held = np.ones(dc.scan_shape, bool)
+    none_held[18:] = False  # the default held-out rows are 18-23
+    with pytest.raises(ValueError, match="it must keep some of each"):
+        train_phase(dc, scan.phase_rad, label_mask=none_held, **kw)
+    with pytest.raises(ValueError, match="fit 'lbfgs' is for the MLP"):
+        train_phase(dc, scan.phase_rad, config=PhaseConfig(model="linear"), train=PhaseTrainConfig(fit="lbfgs"))
+
+
 def test_bad_inputs_are_named(scan, trained):
     dc = scan.datacube
     with pytest.raises(ValueError, match="label must be an image of the scan's shape"):

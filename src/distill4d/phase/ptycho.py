@@ -91,11 +91,15 @@ class PtychoResult:
 
     def phase_on_scan_grid(self, *, order: int = 3) -> np.ndarray:
         """The summed object phase sampled at the probe centres: an ``scan_shape`` float32 image in
-        radians, pixel ``(x, y)`` at scan position ``(x, y)`` of the region (spline of ``order``)."""
-        from scipy import ndimage
-
+        radians, pixel ``(x, y)`` at scan position ``(x, y)`` of the region (spline of ``order``; the cubic
+        spline without SciPy, whose ``ndimage`` takes about 0.4 CPU s to import)."""
         coords = (self.positions_A / np.asarray(self.sampling_A)).T
-        vals = ndimage.map_coordinates(self.object_phase.astype(np.float64), coords, order=order, mode="nearest")
+        if order == 3:
+            vals = spline3_at(self.object_phase, coords)
+        else:
+            from scipy import ndimage
+
+            vals = ndimage.map_coordinates(self.object_phase.astype(np.float64), coords, order=order, mode="nearest")
         return vals.reshape(self.scan_shape).astype(np.float32)
 
     def to_results(self) -> Results:
@@ -129,6 +133,46 @@ class PtychoResult:
                    np.asarray(a["positions_A"]), np.asarray(a["errors"]),
                    tuple(int(v) for v in res.attrs["scan_shape"]), float(res.attrs["scan_rotation_rad"]),
                    bool(res.attrs["scan_flip"]), res.calibration, res.provenance)
+
+
+def _spline3_coefficients(line: np.ndarray) -> np.ndarray:
+    """Cubic B-spline coefficients along the first axis of ``line`` (mirror-symmetric ends, the usual
+    causal / anticausal recursion with pole √3 − 2)."""
+    z = np.sqrt(3.0) - 2.0
+    n = line.shape[0]
+    c = np.empty_like(line)
+    horizon = min(n, 40)  # z**40 < 1e-22
+    c[0] = np.tensordot(z ** np.arange(horizon), line[:horizon], axes=1)
+    for k in range(1, n):
+        c[k] = line[k] + z * c[k - 1]
+    c[n - 1] = (z / (z * z - 1.0)) * (c[n - 1] + z * c[n - 2])
+    for k in range(n - 2, -1, -1):
+        c[k] = z * (c[k + 1] - c[k])
+    return 6.0 * c
+
+
+def spline3_at(image: np.ndarray, coords: np.ndarray) -> np.ndarray:
+    """``image`` (2D) read by its cubic B-spline at ``coords`` ``(2, P)`` (pixel units, first axis first):
+    what ``scipy.ndimage.map_coordinates(image, coords, order=3)`` gives away from the edges (beyond
+    them the coefficients are extended by their edge values)."""
+    img = np.asarray(image, np.float64)
+    if img.ndim != 2 or min(img.shape) < 2:
+        raise Distill4dError(f"image must be 2D with at least 2 pixels per axis, got shape {img.shape}")
+    c = _spline3_coefficients(_spline3_coefficients(img).T).T
+    x, y = (np.asarray(v, np.float64) for v in coords)
+    out = np.zeros(x.shape)
+    ix, iy = np.floor(x).astype(np.int64), np.floor(y).astype(np.int64)
+    tx, ty = x - ix, y - iy
+
+    def weights(t: np.ndarray) -> list[np.ndarray]:
+        return [(1 - t) ** 3 / 6, (3 * t**3 - 6 * t**2 + 4) / 6, (-3 * t**3 + 3 * t**2 + 3 * t + 1) / 6, t**3 / 6]
+
+    wx, wy = weights(tx), weights(ty)
+    for a in range(4):
+        xa = np.clip(ix + a - 1, 0, img.shape[0] - 1)
+        for b in range(4):
+            out += wx[a] * wy[b] * c[xa, np.clip(iy + b - 1, 0, img.shape[1] - 1)]
+    return out
 
 
 # ---------------------------------------------------------------------- validation

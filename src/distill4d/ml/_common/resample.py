@@ -13,14 +13,27 @@ __all__ = ["resample_patterns"]
 def _axis_matrix(n: int, origin: float, scale: float, size: int) -> tuple[np.ndarray, int, int]:
     """The resampling of one axis as ``(A, i0, i1)``: ``A`` (size, i1 - i0) float32 maps input pixels
     ``i0 .. i1 - 1`` (those with a weight) to the model grid: the box filter then linear interpolation
-    of :func:`resample_patterns`, applied to each unit vector."""
-    from scipy import ndimage
-
-    eye = np.eye(n, dtype=np.float32)
-    if scale > 1.5:
-        eye = ndimage.uniform_filter1d(eye, int(round(scale)), axis=1, mode="constant")
+    of :func:`resample_patterns`, applied to each unit vector: ``scipy.ndimage``'s ``uniform_filter1d``
+    and ``map_coordinates(order=1, mode="constant")``, written out in NumPy (importing ``scipy.ndimage``
+    costs about 0.4 CPU s; the tests hold the two equal)."""
+    k = np.arange(n)
+    if scale > 1.5:  # box filter of ``box`` pixels (SciPy's window: j - box//2 .. j - box//2 + box - 1), zeros outside
+        box = int(round(scale))
+        lo = k[None, :] - box // 2  # (row k = unit vector at k, column j)
+        box_m = ((k[:, None] >= lo) & (k[:, None] <= lo + box - 1)).astype(np.float32) / np.float32(box)
+    else:
+        box_m = np.eye(n, dtype=np.float32)
     u = origin + (np.arange(size) - size // 2) * scale
-    A = np.stack([ndimage.map_coordinates(eye[k], [u], order=1, mode="constant", cval=0.0) for k in range(n)], 1)
+    # linear interpolation at u; 0 outside [0, n - 1] (no interpolation beyond the edges)
+    inside = (u >= 0) & (u <= n - 1)
+    i0 = np.clip(np.floor(u).astype(np.int64), 0, n - 1)
+    i1 = np.clip(i0 + 1, 0, n - 1)
+    t = (u - i0).astype(np.float64)
+    W = np.zeros((size, n))
+    rows = np.flatnonzero(inside)
+    np.add.at(W, (rows, i0[rows]), 1.0 - t[rows])
+    np.add.at(W, (rows, i1[rows]), np.where(i1[rows] != i0[rows], t[rows], 0.0))
+    A = (W @ box_m.T.astype(np.float64)).astype(np.float32)  # A[u, k]: model pixel u from input pixel k
     used = np.flatnonzero(np.abs(A).sum(axis=0) > 0)
     i0, i1 = (int(used[0]), int(used[-1]) + 1) if used.size else (0, 0)
     A = np.ascontiguousarray(A[:, i0:i1])

@@ -12,6 +12,11 @@ Computed on whole blocks (fully convolutional in the scan), not cluster by clust
   cluster's ``n_masks x c²`` values with weights that depend only on the distance of the
   cluster position from the centre (radially symmetric in the scan). Linear in the data, and
   exactly invariant to 90° rotations and transposition of patterns and scan together.
+- :class:`RingMLP`: a small MLP (one hidden layer) on features of the cluster that are invariant
+  to rotating patterns and scan together: for each distance ring of the cluster, radial bin of
+  ``|k|`` and angular harmonic ``h = 0 .. harmonics``, the sum over the ring's positions ``p`` and
+  the bin's pixels ``k`` of ``cos(h (φ_p − φ_k)) · I_p(k)`` (``h = 1`` is the centre-of-mass
+  shift towards ``p``, what iDPC integrates). Trained in seconds by L-BFGS on one scan region.
 - :class:`Conv4dNet`: two 4D convolutions over (scan x, scan y, kx, ky) (3 x 3 x 3 x 3, valid
   in the scan, 'same' on the detector), each followed by ReLU and 2 x 2 max pooling over the
   detector, then dropout and a dense head per position.
@@ -34,24 +39,25 @@ from torch.nn import functional as F
 from ...errors import Distill4dError
 from ..._validate import check_keys, positive_float, positive_int
 
-__all__ = ["Conv4d", "Conv4dNet", "PhaseConfig", "RadialLinear", "build_phase_model", "radial_index"]
+__all__ = ["Conv4d", "Conv4dNet", "PhaseConfig", "RadialLinear", "RingMLP", "build_phase_model", "radial_index"]
 
-_MODELS = ("linear", "conv4d")
+_MODELS = ("linear", "conv4d", "mlp")
 
 
 @dataclass(frozen=True)
 class PhaseConfig:
     """Architecture and detector preparation of a phase-retrieval model.
 
-    model : ``"linear"`` (:class:`RadialLinear`) or ``"conv4d"`` (:class:`Conv4dNet`).
+    model : ``"linear"`` (:class:`RadialLinear`), ``"mlp"`` (:class:`RingMLP`) or ``"conv4d"`` (:class:`Conv4dNet`).
     size : prepared detector grid N (N x N pixels; even, >= 8).
     extent : the grid spans ``± extent`` convergence semiangles from the beam centre.
     cluster : c, the cluster of c x c neighbouring patterns per output pixel (3 or 5; the
         4D CNN with two 3 x 3 scan kernels needs 5).
     n_bins : radial bins of ``|k|`` (linear model), default ``size // 2`` (one per pixel ring).
     n_masks : radially symmetric masks of layer 1 (linear model).
+    harmonics : angular harmonics 0 .. harmonics of the MLP's features (``"mlp"``).
     channels : output channels of the two 4D convolutions (4D CNN).
-    hidden : width of the dense head (4D CNN).
+    hidden : width of the dense head (4D CNN) or of the hidden layer (MLP).
     dropout : dropout before the dense head (4D CNN; off at inference).
     input_norm : "scan" (default) or "pattern". Each pattern is divided by its mean; with "scan", the
         scan's mean prepared pattern is then subtracted and the result divided by its RMS over the
@@ -66,6 +72,7 @@ class PhaseConfig:
     cluster: int = 5
     n_bins: int | None = None
     n_masks: int = 4
+    harmonics: int = 2
     channels: tuple[int, int] = (8, 16)
     hidden: int = 32
     dropout: float = 0.1
@@ -85,6 +92,8 @@ class PhaseConfig:
         if self.n_bins is not None:
             positive_int("n_bins", self.n_bins, minimum=2)
         positive_int("n_masks", self.n_masks)
+        if not isinstance(self.harmonics, int) or isinstance(self.harmonics, bool) or not 0 <= self.harmonics <= 4:
+            raise Distill4dError(f"harmonics must be an integer 0 to 4, got {self.harmonics!r}")
         if len(tuple(self.channels)) != 2:
             raise Distill4dError(f"channels must be two integers, got {self.channels!r}")
         for c in self.channels:
@@ -180,6 +189,74 @@ class RadialLinear(nn.Module):
         return out[:, 0] + self.bias
 
 
+def _pixel_angles(size: int) -> np.ndarray:
+    """Azimuth ``atan2(ky, kx)`` of every pixel of a ``size x size`` grid centred at ``(size - 1) / 2``
+    (``kx`` along the first axis)."""
+    u = np.arange(size) - (size - 1) / 2
+    return np.arctan2(u[None, :] + 0 * u[:, None], u[:, None] + 0 * u[None, :])
+
+
+class RingMLP(nn.Module):
+    """MLP on rotation-invariant cluster features: ``out = net((f − mean) / scale)`` with
+    ``f[h, ring, bin] = Σ_{p ∈ ring} Σ_{k ∈ bin} cos(h (φ_p − φ_k)) I_p(k)`` (``h = 0 .. harmonics``; the
+    centre position, with no direction, only in ``h = 0``); ``mean`` and ``scale`` are set from the
+    training features."""
+
+    def __init__(self, config: PhaseConfig) -> None:
+        super().__init__()
+        self.config = config
+        n, nb, H = config.size, config.bins, config.harmonics
+        bins = radial_index(n, nb).reshape(-1)
+        phi_k = _pixel_angles(n).reshape(-1)
+        onehot = np.zeros((n * n, nb))
+        onehot[np.arange(n * n), bins] = 1.0
+        # detector basis: the bin sums, then for each harmonic the bin sums weighted by cos(h φ_k), sin(h φ_k)
+        basis = [onehot] + [onehot * f(h * phi_k)[:, None] for h in range(1, H + 1) for f in (np.cos, np.sin)]
+        ring, n_rings = _cluster_rings(config.cluster)
+        c, r = config.cluster, config.radius
+        d = np.arange(-r, r + 1)
+        phi_p = np.arctan2(d[None, :] + 0 * d[:, None], d[:, None] + 0 * d[None, :])
+        n_in = nb * (2 * H + 1)
+        n_feat = n_rings * nb + H * (n_rings - 1) * nb
+        kernel = np.zeros((n_feat, n_in, c, c))
+        o = 0
+        for h in range(H + 1):
+            for rg in range(0 if h == 0 else 1, n_rings):
+                on = ring == rg
+                for b in range(nb):
+                    if h == 0:
+                        kernel[o, b][on] = 1.0
+                    else:
+                        kernel[o, nb * (2 * h - 1) + b][on] = np.cos(h * phi_p[on])
+                        kernel[o, nb * (2 * h) + b][on] = np.sin(h * phi_p[on])
+                    o += 1
+        self.register_buffer("basis", torch.as_tensor(np.concatenate(basis, 1), dtype=torch.float32), persistent=False)
+        self.register_buffer("kernel", torch.as_tensor(kernel, dtype=torch.float32), persistent=False)
+        self.register_buffer("mean", torch.zeros(n_feat))
+        self.register_buffer("scale", torch.ones(n_feat))
+        g = torch.Generator().manual_seed(0)
+        self.hidden = nn.Linear(n_feat, config.hidden)
+        self.out = nn.Linear(config.hidden, 1)
+        with torch.no_grad():
+            for layer in (self.hidden, self.out):
+                bound = 1 / math.sqrt(layer.in_features)
+                layer.weight.uniform_(-bound, bound, generator=g)
+                layer.bias.zero_()
+
+    def features(self, block: torch.Tensor) -> torch.Tensor:
+        """``(B, X + 2r, Y + 2r, N, N)`` → the raw invariant features ``(B, X, Y, n_features)``."""
+        b, xh, yh, n, _ = block.shape
+        g = (block.reshape(-1, n * n) @ self.basis).reshape(b, xh, yh, -1).permute(0, 3, 1, 2)
+        return F.conv2d(g, self.kernel).permute(0, 2, 3, 1)
+
+    def head(self, feats: torch.Tensor) -> torch.Tensor:
+        """The MLP on raw features ``(..., n_features)`` → ``(...)``."""
+        return self.out(torch.tanh(self.hidden((feats - self.mean) / self.scale)))[..., 0]
+
+    def forward(self, block: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(block))
+
+
 class Conv4d(nn.Module):
     """4D convolution of ``(B, C, X, Y, Qx, Qy)``: kernel ``k`` on every axis, valid on the two
     scan axes, zero 'same' padding on the two detector axes; out ``(B, O, X-k+1, Y-k+1, Qx, Qy)``."""
@@ -240,4 +317,4 @@ class Conv4dNet(nn.Module):
 
 def build_phase_model(config: PhaseConfig) -> nn.Module:
     """The model named by ``config.model``."""
-    return RadialLinear(config) if config.model == "linear" else Conv4dNet(config)
+    return {"linear": RadialLinear, "conv4d": Conv4dNet, "mlp": RingMLP}[config.model](config)

@@ -34,7 +34,11 @@ __all__ = ["PhaseTrainConfig", "save_phase_model", "train_phase"]
 
 #: Largest prepared training array held in memory (bytes).
 _MAX_PREPARED_BYTES = 4 << 30
-_FITS = ("adam", "lstsq")
+_FITS = ("adam", "lstsq", "lbfgs")
+#: The MLP's fit "lbfgs": L2 penalty on its weights (on standardised features and label; chosen on the
+#: development scan mos2_large, benchmarks/pipeline_options.py) and the most L-BFGS iterations.
+MLP_L2 = 1e-2
+MLP_MAX_ITERATIONS = 150
 
 
 @dataclass(frozen=True)
@@ -49,9 +53,11 @@ class PhaseTrainConfig:
     holdout_fraction : the last fraction of the rows held out when no ``holdout`` region is given.
     max_minutes : stop after this wall time (the best state so far is kept).
     seed : seeds the initialisation and the tile sampling.
-    fit : "adam" (optimiser steps on random tiles, early stopping on the held-out region) or, for the
+    fit : "adam" (optimiser steps on random tiles, early stopping on the held-out region); for the
         linear model only, "lstsq" (:mod:`~distill4d.ml.phase.linear_fit`: least squares on every
-        training position, the ridge chosen on the held-out region; no steps, milliseconds).
+        training position, the ridge chosen on the held-out region; no steps, milliseconds); for the
+        MLP only, "lbfgs" (full-batch L-BFGS on every training position's features, L2 penalty
+        :data:`MLP_L2`, at most ``min(max_steps, MLP_MAX_ITERATIONS)`` iterations; seconds).
     """
 
     max_steps: int = 2000
@@ -112,6 +118,36 @@ def _region_mask(shape: tuple[int, int], region: tuple[slice, slice]) -> np.ndar
     return mask
 
 
+def feature_scale(std: Any) -> Any:
+    """The MLP's feature scales from their standard deviations over the training positions: a feature
+    that is zero by symmetry (e.g. harmonic 2 of the four pixels at the detector's centre), whose spread
+    is rounding noise (below 1e-4 of the median spread), gets scale 1e30, so that it contributes nothing."""
+    import torch
+
+    return torch.where(std > 1e-4 * std.median(), std, torch.full_like(std, 1e30))
+
+
+def _label_masks(label_mask: Any, items: list[Any]) -> list[np.ndarray]:
+    """One checked boolean mask per scan of ``items`` (:func:`_as_scans`) from ``label_mask``."""
+    if label_mask is None:
+        return [np.ones(item[0].scan_shape, bool) for item in items]
+    many = isinstance(label_mask, (list, tuple))
+    masks = list(label_mask) if many else [label_mask]
+    if len(masks) != len(items):
+        raise Distill4dError(f"label_mask: give one mask per scan ({len(items)}), got {len(masks)}")
+    out = []
+    for (dc, _, hold, _), m in zip(items, masks):
+        m = np.asarray(m)
+        if m.shape != tuple(dc.scan_shape) or m.dtype != bool:
+            raise Distill4dError(f"label_mask must be a boolean image of the scan's shape {tuple(dc.scan_shape)}, "
+                                 f"got {m.dtype} of shape {m.shape}")
+        if not (m & ~hold).any() or not (m & hold).any():
+            raise Distill4dError(f"label_mask keeps {int((m & ~hold).sum())} training and {int((m & hold).sum())} "
+                                 "held-out positions; it must keep some of each")
+        out.append(m)
+    return out
+
+
 @dataclass
 class _TrainScan:
     """One training scan, prepared: padded inputs, standardised label, training weights, tiles."""
@@ -125,6 +161,7 @@ class _TrainScan:
     mean: float
     std: float
     shape: tuple[int, int]
+    use: np.ndarray  # (rx, ry) bool: positions whose label is used (training and held out)
 
 
 def _is_region(value: Any) -> bool:
@@ -171,8 +208,10 @@ def _as_scans(datacube: Any, label: Any, holdout: Any, pad: str, radius: int,
 
 
 def _prepare_scan(dc: DataCube, lab: np.ndarray, hold: np.ndarray, region: tuple[slice, slice], p: int,
-                  config: Any, pad: str, origin_px: Any, dev: Any, engine: dict[str, Any]) -> _TrainScan:
-    """Prepare one checked training scan (:func:`_as_scans`); ``p``: the tile side of every scan."""
+                  config: Any, pad: str, origin_px: Any, dev: Any, engine: dict[str, Any],
+                  use: np.ndarray | None = None) -> _TrainScan:
+    """Prepare one checked training scan (:func:`_as_scans`); ``p``: the tile side of every scan; ``use``:
+    the positions whose label is used (training and held-out), default all."""
     import torch
 
     from ...engine import map_patterns
@@ -186,14 +225,15 @@ def _prepare_scan(dc: DataCube, lab: np.ndarray, hold: np.ndarray, region: tuple
         norm = _scan_norm(prepared.sum(axis=(0, 1), dtype=np.float64),
                           (prepared.astype(np.float64) ** 2).sum(axis=(0, 1)), rx * ry)
         prepared = (prepared - norm[0]) / norm[1]
-    mu, sd = float(lab[~hold].mean()), float(lab[~hold].std())
+    use = np.ones((rx, ry), bool) if use is None else use
+    mu, sd = float(lab[~hold & use].mean()), float(lab[~hold & use].std())
     sd = sd if sd > 0 else 1.0
     return _TrainScan(
         P=torch.as_tensor(np.pad(prepared, ((r, r), (r, r), (0, 0), (0, 0)), mode=pad), device=dev),
         Z=torch.as_tensor((lab - mu) / sd, dtype=torch.float32, device=dev),
-        W=torch.as_tensor(~hold, dtype=torch.float32, device=dev),
-        starts=np.argwhere(np.lib.stride_tricks.sliding_window_view(~hold, (p, p)).any(axis=(2, 3))),
-        region=region, geometry=geometry, mean=mu, std=sd, shape=(rx, ry))
+        W=torch.as_tensor(~hold & use, dtype=torch.float32, device=dev),
+        starts=np.argwhere(np.lib.stride_tricks.sliding_window_view(~hold & use, (p, p)).any(axis=(2, 3))),
+        region=region, geometry=geometry, mean=mu, std=sd, shape=(rx, ry), use=use)
 
 
 def train_phase(
@@ -207,6 +247,7 @@ def train_phase(
     origin_px: tuple[float, float] | None = None,
     label_units: str = "",
     label_name: str = "label",
+    label_mask: np.ndarray | list[np.ndarray] | None = None,
     device: Any = "cpu",
     callback: Callable[[dict[str, Any]], None] | None = None,
     **engine: Any,
@@ -227,6 +268,9 @@ def train_phase(
         (periodic simulations). Stored in the card and used again at inference by default.
     origin_px : beam centre (pixels), else from the calibration / the mean pattern.
     label_units, label_name : recorded in the card; predictions come out in these units.
+    label_mask : boolean image of the scan's shape (with several scans, a list): True where the label
+        is used; elsewhere (e.g. the poorly constrained edge of a ptychographic reconstruction) the
+        label is neither trained on nor used for validation. Default: the whole label.
     device : "cpu", "cuda" or "auto".
     callback : called with each evaluation record.
     engine : options of :func:`~distill4d.engine.map_patterns` for the preparation pass.
@@ -246,6 +290,8 @@ def train_phase(
     train = PhaseTrainConfig() if train is None else train
     if train.fit == "lstsq" and config.model != "linear":
         raise Distill4dError(f"fit 'lstsq' is for the linear model, got model {config.model!r}; use fit 'adam'")
+    if train.fit == "lbfgs" and config.model != "mlp":
+        raise Distill4dError(f"fit 'lbfgs' is for the MLP, got model {config.model!r}; use fit 'adam'")
     r = config.radius
     items = _as_scans(datacube, label, holdout, pad, r, train.holdout_fraction)
     need = sum(item[0].n_patterns for item in items) * config.size**2 * 4
@@ -255,7 +301,8 @@ def train_phase(
     dev = torch_device(device)
     t0 = time.perf_counter()
     p = min([train.patch] + [min(item[0].scan_shape) for item in items])
-    scans = [_prepare_scan(*item, p, config, pad, origin_px, dev, engine) for item in items]
+    uses = _label_masks(label_mask, items)
+    scans = [_prepare_scan(*item, p, config, pad, origin_px, dev, engine, use) for item, use in zip(items, uses)]
     seconds_prepare = time.perf_counter() - t0
 
     torch.manual_seed(train.seed)
@@ -267,6 +314,12 @@ def train_phase(
         for sc in scans:
             sc.P = model.bin_sums(sc.P)
         forward = model.forward_binned
+    if config.model == "mlp":  # the features' mean and scale over the training positions of every scan
+        with torch.no_grad():
+            feats = [model.features(sc.P.unsqueeze(0))[0] for sc in scans]
+            pooled = torch.cat([f[sc.W > 0] for f, sc in zip(feats, scans)])
+            model.mean.copy_(pooled.mean(dim=0))
+            model.scale.copy_(feature_scale(pooled.std(dim=0)))
     lr = train.lr if train.lr is not None else (1e-2 if config.model == "linear" else 2e-3)
     opt = Adam(model.parameters(), lr=lr, weight_decay=train.weight_decay)
     rng = np.random.default_rng(train.seed)
@@ -283,7 +336,8 @@ def train_phase(
         vx, vy = sc.region
         with torch.no_grad():
             pred = forward(sc.P[vx.start : vx.stop + 2 * r, vy.start : vy.stop + 2 * r].unsqueeze(0))[0]
-        target = sc.Z[vx, vy]
+        keep = torch.as_tensor(sc.use[vx, vy], device=dev)
+        pred, target = pred[keep], sc.Z[vx, vy][keep]
         mse = float(((pred - target) ** 2).mean())
         a, b = pred.flatten().double(), target.flatten().double()
         a, b = a - a.mean(), b - b.mean()
@@ -307,7 +361,7 @@ def train_phase(
 
         rings = model.rings.cpu().numpy()
         w1, w2, bias, fit_info = fit_linear(
-            [(sc.P.cpu().numpy(), sc.Z.cpu().numpy(), sc.W.cpu().numpy() > 0, _region_mask(sc.shape, sc.region))
+            [(sc.P.cpu().numpy(), sc.Z.cpu().numpy(), sc.W.cpu().numpy() > 0, _region_mask(sc.shape, sc.region) & sc.use)
              for sc in scans], model.bins.cpu().numpy(), config.bins, rings, int(rings.max()) + 1, config.n_masks)
         with torch.no_grad():
             model.w1.copy_(torch.as_tensor(w1, dtype=model.w1.dtype))
@@ -321,6 +375,24 @@ def train_phase(
             if callback is not None:
                 callback(history[-1])
         stopped = "least_squares"
+    elif train.fit == "lbfgs":
+        train_sets = [(f[sc.W > 0], sc.Z[sc.W > 0]) for f, sc in zip(feats, scans)]
+        from .._common.lbfgs import lbfgs
+
+        weights = [model.hidden.weight, model.out.weight]
+
+        def loss_fn() -> Any:
+            loss = sum(((model.head(f) - z) ** 2).mean() for f, z in train_sets) / len(train_sets)
+            return loss + MLP_L2 * sum((w * w).sum() for w in weights)
+
+        model.train()
+        _, step = lbfgs(list(model.parameters()), loss_fn, max_iter=min(train.max_steps, MLP_MAX_ITERATIONS))
+        mse, corr, per = evaluate()
+        best = (mse, corr, step, per)
+        history.append({"step": step, "held_out_mse": mse, "held_out_r": corr, "seconds": time.perf_counter() - t1})
+        if callback is not None:
+            callback(history[-1])
+        stopped = "lbfgs"
     else:
         rule = StopRule(train.max_steps, patience=train.patience, max_minutes=train.max_minutes)
         rule.start(t1)
@@ -390,6 +462,9 @@ def train_phase(
         "seconds_train": time.perf_counter() - t1,
         "history": history,
     }
+    if train.fit == "lbfgs":
+        card["fit"] = {"method": "full-batch L-BFGS on every training position", "l2": MLP_L2,
+                       "iterations": step}
     if fit_info is not None:
         card["fit"] = {"method": "least squares, rank and ridge chosen on the held-out region",
                        "rank": fit_info["rank"], "ridge_relative": fit_info["ridge"], "sweeps": fit_info["sweeps"]}
