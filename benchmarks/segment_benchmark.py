@@ -11,7 +11,7 @@ gradients and blur, images of 512-1400 px with the default windows (128 px, step
 A second held-out draw, ``held_out_classes(11000)`` (seeds 11000+), was drawn after every tuning
 and design choice up to and including the choice of the default method, and is used only here:
 it confirms or revises that default with the number of variants *not* given (and is also run with
-it given). The autoencoder's training options were validated on ``held_out_classes(5000)``
+it given). The autoencoder's training options were validated on ``held_out_classes(5000)`` and ``(6000)``
 (benchmarks/segment_ae_validation.py), never on either held-out draw.
 
 Run: ``PYTHONPATH=src python benchmarks/segment_benchmark.py`` (about 25 minutes on 2 loaded CPU
@@ -112,7 +112,7 @@ def render(rows: list[dict], speed: dict, threads: int, steps: int) -> str:
          "Held-out simulated images (`distill4d.simulate.domains`): stripe periods 10-16 px, lattice "
          "constants 9-12 px with c/a in 1.005-1.05, doses 2.5-25 counts/px, gradients and blur, 512-1400 px "
          "images; development used seeds 0-21, periods 6-10 px, a = 8 px, doses 20-50 and 128-512 px images, and the "
-         "autoencoder's training options were chosen on a validation draw (seeds 5000+). Windows 128 px, step 32 px "
+         "autoencoder's training options were chosen on validation draws (seeds 5000+ and 6000+). Windows 128 px, step 32 px "
          "(binned spectra 64 px). mIoU and fraction error after the best one-to-one matching of labels to the truth "
          "(-1, undecided, and variants beyond the true number count as wrong); ARI on the raw labels. Orientations: "
          "the strongest peak of each variant's mean spectrum, against the simulated stripe normals (for the lattice, "
