@@ -32,12 +32,11 @@ from _results import machine_line, write_section  # noqa: E402
 
 from distill4d.identify.apply import default_model_path
 from distill4d.identify.encode import shape_features
-from distill4d.identify.lattice3d import LATTICE3D_NAMES, lattice3d_features
+from distill4d.identify.lattice3d import LATTICE3D_NAMES, N_POSITION, lattice3d_features
 from distill4d.identify.metric import N_METRIC
 from distill4d.identify.models import SYSTEMS, _fit_mlp
 from distill4d.identify.train import IdentifyTrainConfig, build_library, encode_library, split_by_structure
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from identify_metric_study import CHUNK, _accuracy  # noqa: E402
 
 
@@ -49,6 +48,8 @@ def main() -> None:
     ap.add_argument("--budget-s", type=float, default=480.0, help="stop after this many seconds; rerun to go on")
     ap.add_argument("--no-results", action="store_true")
     ap.add_argument("--seeds", type=int, nargs="+", default=None, help="MLP seeds (default: the card's)")
+    ap.add_argument("--reuse", default=None, help="a --work folder of an earlier run whose position-only MLP results "
+                    "(the first columns, unchanged) are reused")
     args = ap.parse_args()
     import torch
 
@@ -73,7 +74,8 @@ def main() -> None:
             c1 = min(c0 + CHUNK, len(lib))
             sl = slice(off[c0], off[c1])
             t0 = time.perf_counter()
-            L = lattice3d_features(lib.spot_qx[sl], lib.spot_qy[sl], lib.spot_intensity[sl], lib.counts[c0:c1])
+            L = lattice3d_features(lib.spot_qx[sl], lib.spot_qy[sl], lib.spot_intensity[sl], lib.counts[c0:c1],
+                                   excitation_error_inv_A=config.excitation_error_inv_A)
             np.save(f, L)
             print(f"features {c0}-{c1}: {time.perf_counter() - t0:.0f} s", file=sys.stderr)
         parts.append(np.load(f))
@@ -86,7 +88,8 @@ def main() -> None:
         rows = np.arange(first, min(first + 1000, len(lib)))
         sl = slice(off[rows[0]], off[rows[-1] + 1])
         t0 = time.perf_counter()
-        lattice3d_features(lib.spot_qx[sl], lib.spot_qy[sl], lib.spot_intensity[sl], lib.counts[rows[0]: rows[-1] + 1])
+        lattice3d_features(lib.spot_qx[sl], lib.spot_qy[sl], lib.spot_intensity[sl], lib.counts[rows[0]: rows[-1] + 1],
+                           excitation_error_inv_A=config.excitation_error_inv_A)
         rate_f.write_text(json.dumps(round(len(rows) / (time.perf_counter() - t0))))
     res["lattice3d_patterns_per_s"] = json.loads(rate_f.read_text())
     # what the features show on held-out patterns, per true system: the layer found, and the
@@ -111,10 +114,17 @@ def main() -> None:
     variants = [("shipped features", "base", lambda: base)]
     if M is not None:
         variants.append(("shipped + metric features", "metric", lambda: np.concatenate([base, M], axis=1)))
-    variants.append(("shipped + 3D-lattice features", "lat3d", lambda: np.concatenate([base, L], axis=1)))
+    Lp = L[:, :N_POSITION]
+    variants.append(("shipped + 3D-lattice features (positions)", "lat3d", lambda: np.concatenate([base, Lp], axis=1)))
     if M is not None:
-        variants.append(("shipped + metric + 3D-lattice features", "metric_lat3d",
-                         lambda: np.concatenate([base, M, L], axis=1)))
+        variants.append(("shipped + metric + 3D-lattice features (positions)", "metric_lat3d",
+                         lambda: np.concatenate([base, M, Lp], axis=1)))
+    if L.shape[1] > N_POSITION:
+        variants.append(("shipped + 3D-lattice features with the layer height", "lat3dh",
+                         lambda: np.concatenate([base, L], axis=1)))
+        if M is not None:
+            variants.append(("shipped + metric + 3D-lattice features with the layer height", "metric_lat3dh",
+                             lambda: np.concatenate([base, M, L], axis=1)))
     tr = ~te
     out = {}
     for seed in args.seeds or [config.seed]:
@@ -124,6 +134,10 @@ def main() -> None:
             reuse = Path(args.metric_work) / f"mlp_{tag}_{seed}.json" if args.metric_work else None
             if not f.is_file() and reuse is not None and tag in ("base", "metric") and reuse.is_file():
                 f.write_text(reuse.read_text())  # the metric study's result on the same split and recipe
+            if not f.is_file() and args.reuse and tag in ("lat3d", "metric_lat3d"):
+                old = Path(args.reuse) / f"mlp_{tag}_{seed}.json"
+                if old.is_file():
+                    f.write_text(old.read_text())
             if f.is_file():
                 out[key] = tuple(json.loads(f.read_text()))
                 continue
@@ -148,7 +162,9 @@ def main() -> None:
         "",
         "`benchmarks/identify_lattice3d_study.py --cache LIB --work WORK --metric-work METRIC_WORK --seeds 1 2` (the "
         "shipped identifier's library and split by structure; `distill4d.identify.lattice3d`: the reduced 2D cell, the "
-        f"Laue-layer vector modulo it, the layers' populations and stripe geometry, {len(LATTICE3D_NAMES)} columns).",
+        f"Laue-layer vector modulo it, the layers' populations and stripe geometry: {N_POSITION} columns from the positions; "
+        f"then the layer height from the drop of the mean log intensity from layer 0 to layer 1, H = σ sqrt(2 Δ) with the "
+        f"library's relrod width σ, and the reduced 3D cell of g1, g2, (t, H): {len(LATTICE3D_NAMES) - N_POSITION} more).",
         f"{machine_line()} (shared, loaded)",
         "",
         f"{res['held_out_patterns']} held-out patterns of {res['held_out_structures']} structures:",

@@ -34,6 +34,16 @@ def test_fcc_near_001_layer_sits_at_the_cell_centre_and_the_cell_is_square():
     # the two first layers' stripes lie on either side of the centre, farther out than the zero
     # layer's spread (about H / tan(tilt) = 3.6 |g1| for a flat sphere)
     assert F["stripe_distance_over_width"] > 1.0 and 2.0 < F["stripe_distance_over_g1"] < 6.0
+    # the first layer lies about H = 1/a = 0.125 1/Å off the sphere, so its mean log intensity is
+    # lower by about (H / σ)² / 2 = 8.7 (less, as the tilt and the cut of weak spots go); the height
+    # from that drop, H / |g1| (true 0.707), comes out low but of the right size, and the reduced
+    # 3D cell of g1, g2, (t, H) is near the reciprocal cell of F-centred cubic (body-centred: three
+    # equal lengths, |cos| 1/3 between each pair) within 15 % in length and 0.2 in |cos|
+    assert F["log_intensity_drop_layer1"] > 1.0
+    assert 0.2 < F["layer_height_over_g1"] < 0.9
+    assert abs(F["cell3d_l2_over_l1"] - 1) < 0.15 and abs(F["cell3d_l3_over_l1"] - 1) < 0.15
+    for c in ("cell3d_cos_alpha", "cell3d_cos_beta", "cell3d_cos_gamma"):
+        assert abs(F[c] - 1 / 3) < 0.2
 
 
 def test_simple_cubic_layer_projects_onto_the_lattice():
@@ -72,5 +82,7 @@ def test_bad_spot_lists_get_one_line_errors():
         lattice3d_features(np.array([0.1, np.nan, 0.3]), np.zeros(3), np.ones(3), np.array([3]))
     with pytest.raises(Distill4dError, match="direct_beam_inv_A"):
         lattice3d_features(np.zeros(3), np.zeros(3), np.ones(3), np.array([3]), direct_beam_inv_A=0.0)
+    with pytest.raises(Distill4dError, match="excitation_error_inv_A"):
+        lattice3d_features(np.zeros(3), np.zeros(3), np.ones(3), np.array([3]), excitation_error_inv_A=-0.03)
     # no lattice (too few spots): zeros, not an error
     assert not lattice3d_features(np.array([0.3]), np.array([0.1]), np.ones(1), np.array([1])).any()

@@ -19,6 +19,15 @@ what they do not give). Invariant to rotation, mirror and the choice of basis:
   units of ``|g1|``), ``W`` the weighted spread of layer 0 along that direction, and ``D / W``
   (``h`` in units of the excitation error).
 
+In the kinematic library (relrods ``σ = 0.03`` 1/Å wide, spots kept down to 1e-3 of the
+strongest) the slab is thicker than the layer spacing of cells of 5-10 Å, so the layers cover the
+whole pattern instead of lying on Laue circles: their positions do not give ``h``. Their
+intensities do: the spots of layer ``k`` are about ``k h`` off the sphere, so the mean log
+intensity drops by about ``(k h)² / 2σ²``. The last columns (``N_POSITION`` on) use that: the drops
+to layers 1 and 2, ``h ≈ σ sqrt(2 Δ₁)`` over ``|g1|`` (biased low by the tilt and the cut of weak
+spots), and the reduced 3D cell of ``g1, g2, (t, h)``: ``|b2| / |b1|``, ``|b3| / |b1|`` and the
+``|cos|`` of its three angles.
+
 :func:`lattice3d_features` computes them per pattern (a loop over patterns: the fits of
 :mod:`~distill4d.identify.metric`).
 """
@@ -34,7 +43,7 @@ from .._ragged import spot_lists
 from .._validate import positive_float
 from .metric import fit_lattice2d, fit_layers
 
-__all__ = ["LATTICE3D_NAMES", "N_LATTICE3D", "layer_offset", "lattice3d_features"]
+__all__ = ["LATTICE3D_NAMES", "N_LATTICE3D", "N_POSITION", "layer_offset", "lattice3d_features"]
 
 #: Names of the columns of :func:`lattice3d_features`.
 LATTICE3D_NAMES = (
@@ -44,7 +53,11 @@ LATTICE3D_NAMES = (
     "layer0_fraction", "layer1_fraction", "layer2_fraction", "no_layer_fraction",
     "layer0_weight", "layer1_weight",
     "stripe_distance_over_g1", "stripe_width_over_g1", "stripe_distance_over_width",
+    "log_intensity_drop_layer1", "log_intensity_drop_layer2", "layer_height_over_g1",
+    "cell3d_l2_over_l1", "cell3d_l3_over_l1", "cell3d_cos_alpha", "cell3d_cos_beta", "cell3d_cos_gamma",
 )
+#: The first columns, from the spot positions alone (the rest use the intensities and the relrod width).
+N_POSITION = 20
 #: Number of 3D-lattice features.
 N_LATTICE3D = len(LATTICE3D_NAMES)
 
@@ -88,17 +101,21 @@ def _off(x: float, n: int) -> float:
 
 
 def lattice3d_features(qx_inv_A: Any, qy_inv_A: Any, intensity: Any, counts: Any, *,
-                       direct_beam_inv_A: float = 0.05, intensity_power: float = 0.5) -> np.ndarray:
+                       direct_beam_inv_A: float = 0.05, intensity_power: float = 0.5,
+                       excitation_error_inv_A: float = 0.03) -> np.ndarray:
     """Invariant features ``(P, N_LATTICE3D)`` of each pattern's projected 3D lattice (module docstring).
 
     Spot lists stored one after another (1/Å, 1/Å, any unit; ``counts`` (P,)). Spots within
     ``direct_beam_inv_A`` (1/Å) of the centre are dropped; weights are ``intensity **
     intensity_power``. A pattern with no 2D lattice gets zeros; one with no spot off the lattice
-    gets ``(u, v) = (0, 0)`` and stripe features 0. All columns are free of the calibration.
+    gets ``(u, v) = (0, 0)`` and stripe features 0. ``excitation_error_inv_A`` (1/Å) is the relrod
+    width ``σ`` of the height columns; those depend on the calibration as ``σ / |g1|`` does, the
+    others not at all.
     """
     qx, qy, it, n, off = spot_lists(qx_inv_A, qy_inv_A, intensity, counts)
     direct_beam_inv_A = positive_float("direct_beam_inv_A", direct_beam_inv_A)
     intensity_power = positive_float("intensity_power", intensity_power, maximum=4.0)
+    sigma = positive_float("excitation_error_inv_A", excitation_error_inv_A)
     out = np.zeros((len(n), N_LATTICE3D))
     for p in range(len(n)):
         sl = slice(off[p], off[p + 1])
@@ -136,6 +153,7 @@ def lattice3d_features(qx_inv_A: Any, qy_inv_A: Any, intensity: Any, counts: Any
         row[16] = w[layer == 1].sum() / ws
         if not np.isfinite(t).all() or m == 0:
             continue
+        _height(row, np.log(i[keep]), layer, B, t, n1, sigma)
         # the sign of each spot's layer: which multiple of +t or -t put it on the lattice
         q = np.stack([x, y], axis=1)
         on1 = layer == 1
@@ -160,3 +178,51 @@ def lattice3d_features(qx_inv_A: Any, qy_inv_A: Any, intensity: Any, counts: Any
                     row[18] = width / n1
                     row[19] = dn / max(width, 1e-3 * n1)
     return out
+
+
+def _height(row: np.ndarray, logi: np.ndarray, layer: np.ndarray, B: np.ndarray, t: np.ndarray, n1: float,
+            sigma: float) -> None:
+    """Columns 20-27: the layer height from the layers' intensities, and the reduced 3D cell.
+
+    A spot at excitation error ``s`` has the weight ``exp(-s² / 2σ²)``; the spots of layer ``k`` lie
+    about ``k H`` off the sphere where those of layer 0 touch it, so the mean log intensity drops by
+    about ``(k H)² / 2σ²`` from layer 0 to layer ``k``: ``H ≈ σ sqrt(2 Δ₁)``. With it the third
+    basis vector is ``(t, H)`` and the cell ``g1, g2, (t, H)`` is reduced.
+    """
+    l0 = logi[layer == 0].mean() if (layer == 0).any() else 0.0
+    drops = [l0 - logi[layer == k].mean() if (layer == k).any() else 0.0 for k in (1, 2)]
+    row[20], row[21] = drops
+    if not (layer == 1).any():
+        return
+    H = sigma * math.sqrt(2.0 * max(drops[0], 0.0))
+    row[22] = H / n1
+    if H <= 0:
+        return
+    b = _reduce3(np.array([[*B[0], 0.0], [*B[1], 0.0], [*t, H]]))
+    lengths = np.linalg.norm(b, axis=1)
+    row[23], row[24] = lengths[1] / lengths[0], lengths[2] / lengths[0]
+    row[25] = abs(b[1] @ b[2]) / (lengths[1] * lengths[2])
+    row[26] = abs(b[0] @ b[2]) / (lengths[0] * lengths[2])
+    row[27] = abs(b[0] @ b[1]) / (lengths[0] * lengths[1])
+
+
+def _reduce3(b: np.ndarray) -> np.ndarray:
+    """A short basis of the 3D lattice of rows ``b`` (3, 3): pairwise reduction, then ``b3 ± b1 ± b2``."""
+    b = b.copy()
+    for _ in range(32):
+        b = b[np.argsort(np.einsum("ij,ij->i", b, b))]
+        changed = False
+        for i, j in ((0, 1), (0, 2), (1, 2)):
+            r = round(float(b[i] @ b[j]) / float(b[i] @ b[i]))
+            if r:
+                b[j] = b[j] - r * b[i]
+                changed = True
+        for s1 in (1, -1):
+            for s2 in (1, -1):
+                c = b[2] + s1 * b[0] + s2 * b[1]
+                if c @ c < b[2] @ b[2] - 1e-12:
+                    b[2] = c
+                    changed = True
+        if not changed:
+            break
+    return b[np.argsort(np.einsum("ij,ij->i", b, b))]
