@@ -14,7 +14,7 @@ computed in chunks kept in ``--work`` (a rerun goes on).
 Writes the ``identify_lattice3d`` section of benchmarks/RESULTS.md unless ``--no-results``.
 
     PYTHONPATH=src python benchmarks/identify_lattice3d_study.py --cache benchmarks/data/idlib60 \
-        --work benchmarks/data/identify_lattice3d --metric-work benchmarks/data/identify_metric --seeds 1 2
+        --work benchmarks/data/identify_lattice3d_h --metric-work benchmarks/data/identify_metric --seeds 1 2
 """
 
 from __future__ import annotations
@@ -160,7 +160,8 @@ def main() -> None:
     lines = [
         "## Crystal identification: each pattern's projected 3D lattice",
         "",
-        "`benchmarks/identify_lattice3d_study.py --cache LIB --work WORK --metric-work METRIC_WORK --seeds 1 2` (the "
+        "`benchmarks/identify_lattice3d_study.py --cache LIB --work WORK --metric-work METRIC_WORK --seeds 1 2 "
+        "[--reuse EARLIER_WORK]` (the "
         "shipped identifier's library and split by structure; `distill4d.identify.lattice3d`: the reduced 2D cell, the "
         f"Laue-layer vector modulo it, the layers' populations and stripe geometry: {N_POSITION} columns from the positions; "
         f"then the layer height from the drop of the mean log intensity from layer 0 to layer 1, H = σ sqrt(2 Δ) with the "
@@ -180,7 +181,8 @@ def main() -> None:
         "patterns/s |",
         "",
         "Crystal system, the shipped recipe's MLP on the training structures, same held-out structures (the shipped "
-        "and metric rows are the `identify_metric` section's runs):",
+        "and metric rows are the `identify_metric` section's runs; with `--reuse`, the position rows are an earlier "
+        "run's MLPs on the same position columns):",
         "",
         "| features, MLP seed | one pattern | 10 patterns (log) | per system, one pattern | fit s |",
         "|---|---|---|---|---|",
