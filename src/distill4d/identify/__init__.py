@@ -6,7 +6,9 @@ lattice parameters per system) with probabilities, top-k and aggregation over ma
 patterns of one region. ``apply``: :func:`identify` a scan's Bragg peaks (or a scan) with
 the shipped model (:func:`load_default`) or another. ``setnet``: a rotation- and
 mirror-invariant set network on the spot lists, an experiment kept for the benchmark's
-learning curve (not shipped: it scored below the shipped model).
+learning curve (not shipped: it scored below the shipped model). ``metric`` and ``lattice3d``:
+a pattern's 2D lattice, Laue layers and projected 3D lattice as features (experiments, not used by
+the shipped model).
 """
 
 from .apply import CrystalIdentification, identify, load_default, predict_spots
