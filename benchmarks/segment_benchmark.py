@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -140,8 +141,10 @@ def render(rows: list[dict], speed: dict, threads: int, steps: int) -> str:
              if "windowing_threads_s_best" in speed else "")
           + f"; autoencoder training {speed['train_s']:.0f} s ({speed['train_steps']} steps), mIoU "
           f"{speed['miou_1400']:.3f}; inference (encoder) {speed['inference_windows_per_s']:.0f} windows/s "
-          f"({threads} PyTorch thread{'s' if threads > 1 else ''}). The machine was shared with other jobs "
-          "during the run (CPU time is the less disturbed number), so times are upper bounds.", "",
+          f"({threads} PyTorch thread{'s' if threads > 1 else ''}). "
+          + (f"Load average (1 min) {speed['load_start']:.1f} at the start of these timings and "
+             f"{speed['load_end']:.1f} at their end (2 cores); " if "load_start" in speed else "")
+          + "on a shared machine CPU time is the less disturbed number, and times are upper bounds.", "",
           "Raw numbers: `benchmarks/data/segment.json`."]
     return "\n".join(L)
 
@@ -199,7 +202,7 @@ def _save_partial(done: dict) -> None:
 
 def measure_speed(train, threads: int) -> dict:
     """Windowing (wall best of 5 and CPU time, one thread; wall with the default threads), training
-    and inference on a 1400 x 1400 px frame."""
+    and inference on a 1400 x 1400 px frame; the load average at the start and the end."""
     from distill4d.ml.window_ae.segment import encode_windows
     from distill4d.segment import mean_iou, segment, window_features
     from distill4d.segment.windows import _affinity
@@ -207,6 +210,7 @@ def measure_speed(train, threads: int) -> dict:
 
     big = simulate_domains((1400, 1400), angles_deg=(33, 118), periods_px=12.5, dose=20, seed=9100)
     window_features(big.images, workers=1)  # warm caches and plans
+    load_start = os.getloadavg()[0]
     t_w, t_c = [], []
     for _ in range(5):
         t0, c0 = time.perf_counter(), time.process_time()
@@ -229,7 +233,7 @@ def measure_speed(train, threads: int) -> dict:
         t0 = time.perf_counter()
         encode_windows(s.model, flat)
         t_inf.append(time.perf_counter() - t0)
-    return {"windowing_s_best": min(t_w), "windowing_s_all": t_w, "windowing_cpu_s_best": min(t_c),
+    return {"load_start": load_start, "load_end": os.getloadavg()[0], "windowing_s_best": min(t_w), "windowing_s_all": t_w, "windowing_cpu_s_best": min(t_c),
             "windowing_cpu_s_all": t_c, "windowing_threads_s_best": min(t_t), "workers_default": workers,
             "windows": int(feats.flat().shape[0]),
             "train_s": s.timings_s["train"], "train_steps": s.history[-1]["step"] if s.history else 0,
