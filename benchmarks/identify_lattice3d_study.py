@@ -30,14 +30,13 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import machine_line, write_section  # noqa: E402
 
-from distill4d.identify.apply import default_model_path
 from distill4d.identify.encode import shape_features
 from distill4d.identify.lattice3d import LATTICE3D_NAMES, N_POSITION, lattice3d_features
 from distill4d.identify.metric import N_METRIC
-from distill4d.identify.models import SYSTEMS, _fit_mlp
-from distill4d.identify.train import IdentifyTrainConfig, build_library, encode_library, split_by_structure
+from distill4d.identify.models import SYSTEMS
+from distill4d.identify.train import encode_library
 
-from identify_metric_study import CHUNK, _accuracy  # noqa: E402
+from identify_metric_study import cached_score, chunked_features, mlp_table, shipped_library  # noqa: E402
 
 
 def main() -> None:
@@ -55,31 +54,18 @@ def main() -> None:
 
     torch.set_num_threads(1)
     t_start = time.perf_counter()
-    card = json.loads(Path(str(default_model_path())).with_suffix(".json").read_text())
-    config = IdentifyTrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in card["config"].items()})
-    lib = build_library(config, args.cache)
-    st = lib.structure
-    test = split_by_structure(lib.system, config.holdout, config.seed)
-    te = np.isin(st, test)
+    config, lib, st, test, te = shipped_library(args.cache)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     off = lib.offsets
-    parts = []
-    for c0 in range(0, len(lib), CHUNK):
-        f = work / f"lattice3d_{c0:06d}.npy"
-        if not f.is_file():
-            if time.perf_counter() - t_start > args.budget_s:
-                print(f"features: stopped at pattern {c0} (budget); rerun to go on", file=sys.stderr)
-                return
-            c1 = min(c0 + CHUNK, len(lib))
-            sl = slice(off[c0], off[c1])
-            t0 = time.perf_counter()
-            L = lattice3d_features(lib.spot_qx[sl], lib.spot_qy[sl], lib.spot_intensity[sl], lib.counts[c0:c1],
-                                   excitation_error_inv_A=config.excitation_error_inv_A)
-            np.save(f, L)
-            print(f"features {c0}-{c1}: {time.perf_counter() - t0:.0f} s", file=sys.stderr)
-        parts.append(np.load(f))
-    L = np.concatenate(parts)
+
+    def compute(sl: slice, c0: int, c1: int) -> np.ndarray:
+        return lattice3d_features(lib.spot_qx[sl], lib.spot_qy[sl], lib.spot_intensity[sl], lib.counts[c0:c1],
+                                  excitation_error_inv_A=config.excitation_error_inv_A)
+
+    L, _ = chunked_features(lib, work, "lattice3d", compute, t_start + args.budget_s)
+    if L is None:
+        return
     y = lib.system[st]
     res = {"patterns": len(lib), "held_out_patterns": int(te.sum()), "held_out_structures": int(test.size)}
     rate_f = work / "rate.json"
@@ -138,20 +124,10 @@ def main() -> None:
                 old = Path(args.reuse) / f"mlp_{tag}_{seed}.json"
                 if old.is_file():
                     f.write_text(old.read_text())
-            if f.is_file():
-                out[key] = tuple(json.loads(f.read_text()))
-                continue
-            if time.perf_counter() - t_start > args.budget_s:
-                print("MLPs: stopped (budget); rerun to go on", file=sys.stderr)
+            r = cached_score(f, key, feats, y, st, tr, te, seed, t_start + args.budget_s)
+            if r is None:
                 return
-            t0 = time.perf_counter()
-            F = feats()
-            mlp = _fit_mlp(F[tr], y[tr], seed)
-            p = np.zeros((int(te.sum()), len(SYSTEMS)))
-            p[:, mlp.classes_] = mlp.predict_proba(F[te])
-            out[key] = _accuracy(p, y[te], st[te]) + (round(time.perf_counter() - t0, 1),)
-            f.write_text(json.dumps(out[key]))
-            print(key, out[key], file=sys.stderr)
+            out[key] = r
     res["mlp"] = out
     print(json.dumps(res, indent=1))
     (work / "identify_lattice3d.json").write_text(json.dumps(res, indent=1) + "\n")
@@ -184,11 +160,7 @@ def main() -> None:
         "and metric rows are the `identify_metric` section's runs; with `--reuse`, the position rows are an earlier "
         "run's MLPs on the same position columns):",
         "",
-        "| features, MLP seed | one pattern | 10 patterns (log) | per system, one pattern | fit s |",
-        "|---|---|---|---|---|",
-    ]
-    for name, (a1, a10, per, s) in out.items():
-        lines.append(f"| {name} | {a1} | {a10} | " + ", ".join(f"{k} {v}" for k, v in per.items()) + f" | {s} |")
+    ] + mlp_table(out)
     write_section("identify_lattice3d", "\n".join(lines) + "\n")
 
 

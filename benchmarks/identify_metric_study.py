@@ -51,6 +51,73 @@ def _accuracy(proba, y, structure, group=10):
     return round(float(np.mean(proba.argmax(1) == y)), 3), round(float(np.mean(agg)), 3), per
 
 
+def shipped_library(cache: str, every: int = 1) -> tuple:
+    """``(config, lib, structure, test, held_out)``: the shipped identifier's card config, its library
+    read from ``cache`` (every ``every``-th pattern), each pattern's structure, the held-out structures
+    of the card's split and the held-out pattern mask."""
+    card = json.loads(Path(str(default_model_path())).with_suffix(".json").read_text())
+    config = IdentifyTrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in card["config"].items()})
+    lib = build_library(config, cache)
+    if every > 1:
+        lib = lib.subset(np.arange(0, len(lib.space_group), every))
+    test = split_by_structure(lib.system, config.holdout, config.seed)
+    return config, lib, lib.structure, test, np.isin(lib.structure, test)
+
+
+def chunked_features(lib, work: Path, prefix: str, compute, deadline: float) -> tuple:
+    """``(features, computed)``: ``compute(spot_slice, c0, c1)`` of the library in chunks of
+    :data:`CHUNK` patterns, each saved as ``work/PREFIX_C0.npy`` and read back on a rerun; ``(None,
+    True)`` when ``time.perf_counter()`` passed ``deadline`` before the end (rerun to go on)."""
+    off = lib.offsets
+    parts, computed = [], False
+    for c0 in range(0, len(lib), CHUNK):
+        f = work / f"{prefix}_{c0:06d}.npy"
+        if not f.is_file():
+            if time.perf_counter() > deadline:
+                print(f"features: stopped at pattern {c0} (budget); rerun to go on", file=sys.stderr)
+                return None, True
+            c1 = min(c0 + CHUNK, len(lib))
+            t0 = time.perf_counter()
+            np.save(f, compute(slice(off[c0], off[c1]), c0, c1))
+            print(f"features {c0}-{c1}: {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+            computed = True
+        parts.append(np.load(f))
+    return np.concatenate(parts), computed
+
+
+def cached_score(path: Path, key: str, make_features, y, structure, tr, te, seed: int, deadline: float):
+    """:func:`score_mlp` of ``make_features()``, kept in ``path`` (read back when there); None when
+    ``time.perf_counter()`` passed ``deadline`` first (rerun to go on)."""
+    if path.is_file():
+        return tuple(json.loads(path.read_text()))
+    if time.perf_counter() > deadline:
+        print("MLPs: stopped (budget); rerun to go on", file=sys.stderr)
+        return None
+    r = score_mlp(make_features(), y, structure, tr, te, seed)
+    path.write_text(json.dumps(r))
+    print(key, r, file=sys.stderr)
+    return r
+
+
+def mlp_table(out: dict) -> list[str]:
+    """The Markdown table of :func:`score_mlp` results by name."""
+    lines = ["| features, MLP seed | one pattern | 10 patterns (log) | per system, one pattern | fit s |",
+             "|---|---|---|---|---|"]
+    for name, (a1, a10, per, s) in out.items():
+        lines.append(f"| {name} | {a1} | {a10} | " + ", ".join(f"{k} {v}" for k, v in per.items()) + f" | {s} |")
+    return lines
+
+
+def score_mlp(feats, y, structure, tr, te, seed: int) -> tuple:
+    """The shipped recipe's MLP fitted on rows ``tr`` and scored on rows ``te``: one pattern, 10 patterns
+    (log), per system (:func:`_accuracy`) and the fit's seconds."""
+    t0 = time.perf_counter()
+    mlp = _fit_mlp(feats[tr], y[tr], seed)
+    p = np.zeros((int(te.sum()), len(SYSTEMS)))
+    p[:, mlp.classes_] = mlp.predict_proba(feats[te])
+    return _accuracy(p, y[te], structure[te]) + (round(time.perf_counter() - t0, 1),)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--cache", required=True, help="the library folder of the shipped card's command (read only)")
@@ -66,38 +133,22 @@ def main() -> None:
 
     torch.set_num_threads(1)
     t_start = time.perf_counter()
-    card = json.loads(Path(str(default_model_path())).with_suffix(".json").read_text())
-    config = IdentifyTrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in card["config"].items()})
-    lib = build_library(config, args.cache)
-    if args.every > 1:
-        lib = lib.subset(np.arange(0, len(lib.space_group), args.every))
-    st = lib.structure
-    test = split_by_structure(lib.system, config.holdout, config.seed)
-    te = np.isin(st, test)
+    config, lib, st, test, te = shipped_library(args.cache, args.every)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     off = lib.offsets
-    parts = []
-    computed = False
-    for c0 in range(0, len(lib), CHUNK):
-        f = work / f"metric_{c0:06d}.npy"
-        if not f.is_file():
-            if time.perf_counter() - t_start > args.budget_s:
-                print(f"features: stopped at pattern {c0} (budget); rerun to go on", file=sys.stderr)
-                return
-            c1 = min(c0 + CHUNK, len(lib))
-            sl = slice(off[c0], off[c1])
-            t0 = time.perf_counter()
-            M, G = metric_features(lib.spot_qx[sl], lib.spot_qy[sl], lib.spot_intensity[sl], lib.counts[c0:c1],
-                                   return_gram=True)
-            np.save(f, np.concatenate([M, G], axis=1))
-            print(f"features {c0}-{c1}: {time.perf_counter() - t0:.0f} s", file=sys.stderr)
-            computed = True
-        parts.append(np.load(f))
+
+    def compute(sl: slice, c0: int, c1: int) -> np.ndarray:
+        M, G = metric_features(lib.spot_qx[sl], lib.spot_qy[sl], lib.spot_intensity[sl], lib.counts[c0:c1],
+                               return_gram=True)
+        return np.concatenate([M, G], axis=1)
+
+    M, computed = chunked_features(lib, work, "metric", compute, t_start + args.budget_s)
+    if M is None:
+        return
     if computed:
         print("features: all done; rerun for the report", file=sys.stderr)
         return
-    M = np.concatenate(parts)
     M, Gm = M[:, :len(METRIC_NAMES)], M[:, len(METRIC_NAMES):]
     y = lib.system[st]
     a_true = lib.cellpar[st, 0]
@@ -188,19 +239,10 @@ def main() -> None:
                             ("shipped + metric features", np.concatenate([shape_features(X), M], axis=1))):
             key = f"{name}, seed {seed}"
             f = work / f"mlp_{'metric' if 'metric' in name else 'base'}_{seed}.json"
-            if f.is_file():
-                out[key] = tuple(json.loads(f.read_text()))
-                continue
-            if time.perf_counter() - t_start > args.budget_s:
-                print("MLPs: stopped (budget); rerun to go on", file=sys.stderr)
+            r = cached_score(f, key, lambda feats=feats: feats, y, st, tr, te, seed, t_start + args.budget_s)
+            if r is None:
                 return
-            t0 = time.perf_counter()
-            mlp = _fit_mlp(feats[tr], y[tr], seed)
-            p = np.zeros((int(te.sum()), len(SYSTEMS)))
-            p[:, mlp.classes_] = mlp.predict_proba(feats[te])
-            out[key] = _accuracy(p, y[te], st[te]) + (round(time.perf_counter() - t0, 1),)
-            f.write_text(json.dumps(out[key]))
-            print(key, out[key], file=sys.stderr)
+            out[key] = r
     res["mlp"] = out
     print(json.dumps(res, indent=1))
     (work / "identify_metric.json").write_text(json.dumps(res, indent=1) + "\n")
@@ -254,11 +296,7 @@ def main() -> None:
         "",
         "Crystal system, the shipped recipe's MLP on the training structures, same held-out structures:",
         "",
-        "| features, MLP seed | one pattern | 10 patterns (log) | per system, one pattern | fit s |",
-        "|---|---|---|---|---|",
-    ]
-    for name, (a1, a10, per, s) in out.items():
-        lines.append(f"| {name} | {a1} | {a10} | " + ", ".join(f"{k} {v}" for k, v in per.items()) + f" | {s} |")
+    ] + mlp_table(out)
     write_section("identify_metric", "\n".join(lines) + "\n")
 
 

@@ -39,9 +39,8 @@ from typing import Any
 
 import numpy as np
 
-from .._ragged import spot_lists
 from .._validate import positive_float
-from .metric import fit_lattice2d, fit_layers
+from .metric import fit_layers, pattern_lattices
 
 __all__ = ["LATTICE3D_NAMES", "N_LATTICE3D", "N_POSITION", "layer_offset", "lattice3d_features"]
 
@@ -112,17 +111,11 @@ def lattice3d_features(qx_inv_A: Any, qy_inv_A: Any, intensity: Any, counts: Any
     width ``σ`` of the height columns; those depend on the calibration as ``σ / |g1|`` does, the
     others not at all.
     """
-    qx, qy, it, n, off = spot_lists(qx_inv_A, qy_inv_A, intensity, counts)
-    direct_beam_inv_A = positive_float("direct_beam_inv_A", direct_beam_inv_A)
-    intensity_power = positive_float("intensity_power", intensity_power, maximum=4.0)
+    n_patterns, fits = pattern_lattices(qx_inv_A, qy_inv_A, intensity, counts, direct_beam_inv_A=direct_beam_inv_A,
+                                        intensity_power=intensity_power)
     sigma = positive_float("excitation_error_inv_A", excitation_error_inv_A)
-    out = np.zeros((len(n), N_LATTICE3D))
-    for p in range(len(n)):
-        sl = slice(off[p], off[p + 1])
-        x, y, i = qx[sl], qy[sl], it[sl]
-        keep = (np.hypot(x, y) >= direct_beam_inv_A) & (i > 0)
-        x, y, w = x[keep], y[keep], i[keep] ** intensity_power
-        fit = fit_lattice2d(x, y, w)
+    out = np.zeros((n_patterns, N_LATTICE3D))
+    for p, x, y, i, w, fit in fits:
         if not np.isfinite(fit["basis"]).all():
             continue
         B = _reduced(fit["basis"])
@@ -153,7 +146,7 @@ def lattice3d_features(qx_inv_A: Any, qy_inv_A: Any, intensity: Any, counts: Any
         row[16] = w[layer == 1].sum() / ws
         if not np.isfinite(t).all() or m == 0:
             continue
-        _height(row, np.log(i[keep]), layer, B, t, n1, sigma)
+        _height(row, np.log(i), layer, B, t, n1, sigma)
         # the sign of each spot's layer: which multiple of +t or -t put it on the lattice
         q = np.stack([x, y], axis=1)
         on1 = layer == 1

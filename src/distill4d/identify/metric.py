@@ -24,6 +24,7 @@ the best relative residual of each and its parameters (the cubic ``a = 1 / sqrt(
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -185,6 +186,28 @@ def fit_lattice2d(qx: Any, qy: Any, weight: Any = None, *, tolerance_inv_A: floa
     return {"basis": np.stack([g1, g2]), "indexed": hit, "gram": np.array([g1 @ g1, g2 @ g2, g1 @ g2])}
 
 
+def pattern_lattices(qx_inv_A: Any, qy_inv_A: Any, intensity: Any, counts: Any, *, direct_beam_inv_A: float = 0.05,
+                     intensity_power: float = 0.5) -> tuple[int, Iterator[tuple[Any, ...]]]:
+    """``(P, fits)``: the number of patterns of spot lists stored one after another (checked here), and
+    an iterator over ``(p, qx, qy, i, w, fit)`` per pattern: its spots (1/Å) beyond ``direct_beam_inv_A``
+    with a positive intensity, their intensities, their weights ``intensity ** intensity_power`` and
+    :func:`fit_lattice2d` of them."""
+    qx, qy, it, n, off = spot_lists(qx_inv_A, qy_inv_A, intensity, counts)
+    direct_beam_inv_A = positive_float("direct_beam_inv_A", direct_beam_inv_A)
+    intensity_power = positive_float("intensity_power", intensity_power, maximum=4.0)
+
+    def fits() -> Iterator[tuple[Any, ...]]:
+        for p in range(len(n)):
+            sl = slice(off[p], off[p + 1])
+            x, y, i = qx[sl], qy[sl], it[sl]
+            keep = (np.hypot(x, y) >= direct_beam_inv_A) & (i > 0)
+            x, y, i = x[keep], y[keep], i[keep]
+            w = i**intensity_power
+            yield p, x, y, i, w, fit_lattice2d(x, y, w)
+
+    return len(n), fits()
+
+
 def metric_features(qx_inv_A: Any, qy_inv_A: Any, intensity: Any, counts: Any, *,
                     direct_beam_inv_A: float = 0.05, intensity_power: float = 0.5, return_gram: bool = False) -> Any:
     """Rotation-invariant metric features ``(P, N_METRIC)`` of spot lists stored one after another.
@@ -196,17 +219,11 @@ def metric_features(qx_inv_A: Any, qy_inv_A: Any, intensity: Any, counts: Any, *
     (``a · |g1|`` for the cubic, ``log10(C / A)`` for the uniaxial forms): all free of the
     calibration. A pattern with no 2D lattice gets zeros and residuals of 1.
     """
-    qx, qy, it, n, off = spot_lists(qx_inv_A, qy_inv_A, intensity, counts)
-    direct_beam_inv_A = positive_float("direct_beam_inv_A", direct_beam_inv_A)
-    intensity_power = positive_float("intensity_power", intensity_power, maximum=4.0)
-    out = np.zeros((len(n), N_METRIC))
-    grams = np.full((len(n), 3), np.nan)
-    for p in range(len(n)):
-        sl = slice(off[p], off[p + 1])
-        x, y, i = qx[sl], qy[sl], it[sl]
-        keep = (np.hypot(x, y) >= direct_beam_inv_A) & (i > 0)
-        x, y, w = x[keep], y[keep], i[keep] ** intensity_power
-        fit = fit_lattice2d(x, y, w)
+    n_patterns, fits = pattern_lattices(qx_inv_A, qy_inv_A, intensity, counts, direct_beam_inv_A=direct_beam_inv_A,
+                                        intensity_power=intensity_power)
+    out = np.zeros((n_patterns, N_METRIC))
+    grams = np.full((n_patterns, 3), np.nan)
+    for p, x, y, _, w, fit in fits:
         if not np.isfinite(fit["gram"]).all():
             continue
         hit = fit["indexed"]
