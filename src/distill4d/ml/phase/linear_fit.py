@@ -23,11 +23,20 @@ import numpy as np
 
 from ...errors import Distill4dError
 
-__all__ = ["RIDGES", "cluster_features", "fit_linear"]
+__all__ = ["RIDGES", "bin_onehot", "cluster_features", "fit_linear"]
 
 #: Ridges tried, on the centred and scaled features (mean variance 1).
 RIDGES = (1e-6, 1e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0)
 _MAX_SWEEPS = 300
+
+
+def bin_onehot(bins: Any, n_bins: int) -> np.ndarray:
+    """``(len(bins), n_bins)`` float64: row ``k`` is 1 at ``bins[k]`` (the radial bin of detector pixel
+    ``k``), so ``patterns @ onehot`` sums each bin's pixels."""
+    b = np.asarray(bins).reshape(-1)
+    onehot = np.zeros((b.size, n_bins))
+    onehot[np.arange(b.size), b] = 1.0
+    return onehot
 
 
 def cluster_features(padded: np.ndarray, bins: np.ndarray, n_bins: int, rings: np.ndarray, n_rings: int) -> np.ndarray:
@@ -43,8 +52,7 @@ def cluster_features(padded: np.ndarray, bins: np.ndarray, n_bins: int, rings: n
         raise Distill4dError(f"rings must be a (c, c) cluster no larger than the padded scan, got {rings.shape}")
     xh, yh = padded.shape[:2]
     c = rings.shape[0]
-    onehot = np.zeros((padded.shape[2] * padded.shape[3], n_bins))
-    onehot[np.arange(onehot.shape[0]), np.asarray(bins).reshape(-1)] = 1.0
+    onehot = bin_onehot(bins, n_bins)
     g = padded.reshape(xh * yh, -1).astype(np.float64) @ onehot
     g = g.reshape(xh, yh, n_bins)
     nx, ny = xh - c + 1, yh - c + 1

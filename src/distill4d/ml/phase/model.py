@@ -38,6 +38,7 @@ from torch.nn import functional as F
 
 from ...errors import Distill4dError
 from ..._validate import check_keys, positive_float, positive_int
+from .linear_fit import bin_onehot
 
 __all__ = ["Conv4d", "Conv4dNet", "PhaseConfig", "RadialLinear", "RingMLP", "build_phase_model", "radial_index"]
 
@@ -208,14 +209,12 @@ class RingMLP(nn.Module):
         n, nb, H = config.size, config.bins, config.harmonics
         bins = radial_index(n, nb).reshape(-1)
         phi_k = _pixel_angles(n).reshape(-1)
-        onehot = np.zeros((n * n, nb))
-        onehot[np.arange(n * n), bins] = 1.0
+        onehot = bin_onehot(bins, nb)
         # detector basis: the bin sums, then for each harmonic the bin sums weighted by cos(h φ_k), sin(h φ_k)
         basis = [onehot] + [onehot * f(h * phi_k)[:, None] for h in range(1, H + 1) for f in (np.cos, np.sin)]
         ring, n_rings = _cluster_rings(config.cluster)
-        c, r = config.cluster, config.radius
-        d = np.arange(-r, r + 1)
-        phi_p = np.arctan2(d[None, :] + 0 * d[:, None], d[:, None] + 0 * d[None, :])
+        c = config.cluster
+        phi_p = _pixel_angles(c)  # azimuth of each cluster position about the centre one
         n_in = nb * (2 * H + 1)
         n_feat = n_rings * nb + H * (n_rings - 1) * nb
         kernel = np.zeros((n_feat, n_in, c, c))
