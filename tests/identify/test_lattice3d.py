@@ -86,3 +86,14 @@ def test_bad_spot_lists_get_one_line_errors():
         lattice3d_features(np.zeros(3), np.zeros(3), np.ones(3), np.array([3]), excitation_error_inv_A=-0.03)
     # no lattice (too few spots): zeros, not an error
     assert not lattice3d_features(np.array([0.3]), np.array([0.1]), np.ones(1), np.array([1])).any()
+
+
+def test_layer_offset_refuses_bad_input():
+    from distill4d import Distill4dError
+
+    with pytest.raises(Distill4dError, match=r"\(2, 2\)"):
+        layer_offset([1.0, 2.0, 3.0], [0.0, 0.0])
+    with pytest.raises(Distill4dError, match="finite"):
+        layer_offset([[1.0, 0.0], [0.0, 1.0]], [float("nan"), 0.0])
+    with pytest.raises(Distill4dError, match="parallel"):
+        layer_offset([[1.0, 0.0], [2.0, 0.0]], [0.3, 0.1])

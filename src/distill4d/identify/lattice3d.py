@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from .._validate import positive_float
+from ..errors import Distill4dError
 from .metric import fit_layers, pattern_lattices
 
 __all__ = ["LATTICE3D_NAMES", "N_LATTICE3D", "N_POSITION", "layer_offset", "lattice3d_features"]
@@ -85,8 +86,14 @@ def layer_offset(basis: Any, t: Any) -> tuple[float, float]:
     (``v`` in ``[0, 1/2]`` where ``u`` is 0 or 1/2): independent of the basis chosen for the
     lattice and of the sign of ``t``; unchanged by a rotation or mirror of the pattern.
     """
-    B = _reduced(np.asarray(basis, dtype=np.float64))
-    uv = np.linalg.solve(B.T, np.asarray(t, dtype=np.float64)) % 1.0
+    B, t = np.asarray(basis, dtype=np.float64), np.asarray(t, dtype=np.float64)
+    if B.shape != (2, 2) or t.shape != (2,) or not (np.isfinite(B).all() and np.isfinite(t).all()):
+        raise Distill4dError(f"basis must be a finite (2, 2) array and t a finite (2,) vector (1/Å), got shapes "
+                             f"{B.shape} and {t.shape}")
+    if abs(np.linalg.det(B)) <= 1e-12 * float((B * B).sum()):
+        raise Distill4dError("basis vectors are parallel: they span no 2D lattice")
+    B = _reduced(B)
+    uv = np.linalg.solve(B.T, t) % 1.0
     if uv[0] > 0.5 + 1e-9:
         uv = (-uv) % 1.0
     if (uv[0] < 1e-9 or abs(uv[0] - 0.5) < 1e-9) and uv[1] > 0.5:
