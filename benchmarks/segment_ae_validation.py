@@ -170,7 +170,7 @@ def main() -> None:
                 train = WindowAETrainConfig(max_steps=a.steps, seed=0, **over)
                 undo = model_defaults(**(arch[0] if arch else {}))
                 try:
-                    s = segment(None, "autoencoder", domains=k if given else None, features=f, train=train, seed=0,
+                    s = segment(d.images, "autoencoder", domains=k if given else None, features=f, train=train, seed=0,
                                 channels=None if ch == "auto" else (k if given else 8) if ch == "K" else ch)
                 finally:
                     undo()
@@ -191,7 +191,7 @@ def main() -> None:
                 diag["alive_over_training"] = [(h["step"], h["alive_channels"]) for h in s.history]
                 diag["max_abs_rotation_deg"] = diag_rot
             else:
-                s = segment(None, v, domains=k if given else None, features=f, seed=0)
+                s = segment(d.images, v, domains=k if given else None, features=f, seed=0)
                 diag = {}
             rec = {"class": name, "miou": mean_iou(s.labels, d.labels), "seconds": time.perf_counter() - t0, **diag}
             rows.append(rec)

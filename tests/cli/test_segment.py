@@ -42,7 +42,8 @@ def test_series_to_labels_fractions_and_figure(series, tmp_path, capsys):
     # the fractions follow the truth's change over the series (0.3 -> 0.7 for the 10° variant)
     assert np.abs(arrays["fractions"][:, 0] - d.fractions[:, 0]).max() < 0.1
     assert (tmp_path / "domains.png").stat().st_size > 10_000
-    assert "2 domain variants" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "2 domain variants" in printed and "walls: placed by fringe energy" in printed
     assert main(argv) == 1  # outputs exist: refused without --force
     assert "exists; pass --force" in capsys.readouterr().err
 
@@ -129,3 +130,20 @@ def test_nan_image_is_refused(tmp_path, capsys):
     assert main(["segment", str(tmp_path / "nan.npy"), "-o", str(tmp_path / "x.h5"), "--method", "kmeans",
                  "--window", "32"]) == 1
     assert "1 NaN or Inf pixels" in capsys.readouterr().err
+
+
+def test_no_refine_keeps_the_window_read_out(series, tmp_path, capsys):
+    """--no-refine: the labels of the window read-out, and the parameters say so; the default's
+    walls by fringe energy score at least as high on the same series."""
+    import json
+
+    path, d = series
+    base = ["segment", str(path), "--method", "kmeans", "--domains", "2", "--window", "32", "--step", "8", "--no-png"]
+    assert main(base + ["-o", str(tmp_path / "plain.h5"), "--no-refine"]) == 0
+    assert "walls: window read-out (refine=False)" in capsys.readouterr().out
+    assert main(base + ["-o", str(tmp_path / "refined.h5")]) == 0
+    plain, _, attrs = _read(tmp_path / "plain.h5")
+    refined, _, attrs_r = _read(tmp_path / "refined.h5")
+    assert json.loads(attrs["parameters"])["walls"]["applied"] is False
+    assert json.loads(attrs_r["parameters"])["walls"]["applied"] is True
+    assert mean_iou(refined["labels"], d.labels) >= mean_iou(plain["labels"], d.labels) - 0.002

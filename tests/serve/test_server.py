@@ -214,7 +214,8 @@ def test_a_request_longer_than_the_timeout_is_504(start_server, scan_files):
 @pytest.mark.e2e
 def test_segment_returns_the_two_domains_of_a_stripe_image(start_server):
     """The served `segment` model (NMF by default) on a two-variant stripe image: labels on every
-    pixel, the two orientations, and 422 for the autoencoder (it trains) and for a 1D input."""
+    pixel, the two orientations, and 422 for the autoencoder (it trains), for a 1D input and for a
+    refine parameter that is not a boolean."""
     from distill4d.segment import mean_iou
     from distill4d.simulate.domains import simulate_domains
 
@@ -232,6 +233,8 @@ def test_segment_returns_the_two_domains_of_a_stripe_image(start_server):
     assert r.status_code == 422 and "autoencoder trains" in r.text
     r = _infer(s, "segment", {"images": np.ones(16, np.float32)})
     assert r.status_code == 422 and "image (H, W) or a series" in r.text
+    r = _infer(s, "segment", {"images": d.images[0].astype(np.float32)}, {"refine": "yes"})
+    assert r.status_code == 422 and "refine must be true or false" in r.text
 
 
 @pytest.mark.slow

@@ -61,6 +61,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
                             "save_model": args.save_model, "force": args.force, "seed": args.seed,
                             "device": args.device, "callback": report}
     ndim = image_ndim(args.file, args.dataset)
+    if ndim in (2, 3) or args.route == "virtual":
+        opts["refine"] = not args.no_refine
     if ndim in (2, 3):
         images = read_images(args.file, args.dataset)
         seg = segment(images, args.method, window_px=128 if window is None else window,
@@ -87,6 +89,10 @@ def cmd_segment(args: argparse.Namespace) -> int:
     print(f"{seg.method}: {seg.n_variants} domain variants (orientations {angles or 'none'}); mean fractions "
           + ", ".join(f"{f:.3f}" for f in seg.fractions.mean(axis=0))
           + f"; windowing {seg.timings_s.get('windows', 0):.2f} s, training {seg.timings_s.get('train', 0):.1f} s")
+    walls = seg.parameters.get("walls")
+    if walls is not None:
+        print("walls: " + (f"placed by fringe energy ({100 * walls['changed']:.1f} % of pixels relabelled)" if walls["applied"]
+                           else f"window read-out ({walls['reason']})"))
     if seg.model_path:
         print(f"model: {seg.model_path}")
     outs.done()
@@ -111,6 +117,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--route", default="patterns", choices=("patterns", "virtual"),
                    help="4D scans: patterns (each diffraction pattern is a Fourier-space view, default) or virtual "
                         "(windows of a virtual image, --detector)")
+    p.add_argument("--no-refine", action="store_true",
+                   help="keep the walls of the window read-out (default: walls placed at pixel precision by each "
+                        "variant's fringe energy, where the fringes tell the variants apart; images only)")
     p.add_argument("--detector", default="bf", choices=("bf", "adf"), help="virtual image of --route virtual (default bf)")
     g = p.add_argument_group("autoencoder (--method autoencoder)")
     g.add_argument("--channels", type=int, default=None,

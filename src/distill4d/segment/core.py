@@ -31,7 +31,7 @@ from .readout import (
 )
 from .windows import WindowFeatures, check_images, window_features
 
-__all__ = ["METHODS", "Segmentation", "read_out", "segment", "segment_datacube"]
+__all__ = ["METHODS", "Segmentation", "read_out", "refine_segmentation", "segment", "segment_datacube"]
 
 #: The segmentation methods.
 METHODS = ("autoencoder",) + BASELINES + ("peaks",)
@@ -243,6 +243,7 @@ def segment(
     device: Any = "cpu",
     callback: Callable[[dict[str, Any]], None] | None = None,
     features: WindowFeatures | None = None,
+    refine: bool = True,
 ) -> Segmentation:
     """Domain segmentation of an image (H, W) or a series (T, H, W).
 
@@ -269,6 +270,10 @@ def segment(
     device : "cpu" (default), "cuda" or "auto" for the autoencoder.
     callback : called with each training evaluation (dict with ``step``, ``loss``, ``seconds``).
     features : windowed features already computed (:func:`window_features`), re-used.
+    refine : place the walls at pixel precision by each variant's fringe energy
+        (:func:`distill4d.segment.walls.refine_walls`, within ``window_px / 2`` of a wall; needs
+        ``images``; skipped, and said so in ``parameters["walls"]``, where the fringes do not tell the
+        variants apart).
     """
     _check_method(method)
     if domains is not None:
@@ -284,11 +289,39 @@ def segment(
     elif features.scale != scale:
         raise Distill4dError(f"method {method!r} needs features of scale {scale!r}, got {features.scale!r}")
     timings["windows"] = time.perf_counter() - t0
-    return _segment_features(features, method, domains=domains, channels=channels, model=model, train=train,
-                             save_model=save_model, force=force, open_px=open_px, close_px=close_px, tol_deg=tol_deg,
-                             seed=seed, device=device, callback=callback, timings=timings,
-                             extra={"window_px": features.window_px, "step_px": features.step_px,
-                                    "feature_px": features.feature_px, "taper": features.taper})
+    seg = _segment_features(features, method, domains=domains, channels=channels, model=model, train=train,
+                            save_model=save_model, force=force, open_px=open_px, close_px=close_px, tol_deg=tol_deg,
+                            seed=seed, device=device, callback=callback, timings=timings,
+                            extra={"window_px": features.window_px, "step_px": features.step_px,
+                                   "feature_px": features.feature_px, "taper": features.taper})
+    if not refine:
+        seg.parameters["walls"] = {"applied": False, "reason": "refine=False"}
+        return seg
+    if images is None:
+        seg.parameters["walls"] = {"applied": False, "reason": "no images given (features only)"}
+        return seg
+    return refine_segmentation(seg, images, seed=seed)
+
+
+def refine_segmentation(seg: Segmentation, images: Any, *, seed: int = 0) -> Segmentation:
+    """A copy of ``seg`` whose pixel labels and fractions have walls placed by fringe energy
+    (:func:`~distill4d.segment.walls.refine_walls`, within ``window_px / 2`` of a wall) in ``images``
+    (the segmented image or series); the outcome in ``parameters["walls"]`` (labels unchanged where
+    it does not apply), the time in ``timings_s["walls"]``."""
+    from .walls import refine_walls
+
+    t0 = time.perf_counter()
+    imgs = check_images(images)
+    if imgs.shape != seg.labels.shape:
+        raise Distill4dError(f"images of shape {imgs.shape} do not match the labels {seg.labels.shape}")
+    labels, info = refine_walls(imgs, seg.labels, seg.variant_angles_deg, seg.variant_periods_px,
+                                band_px=seg.window_px / 2, seed=seed)
+    params = {**seg.parameters, "walls": {**info, "band_px": seg.window_px / 2, "sigma_periods": 0.8, "min_contrast": 3.0}}
+    timings = {**seg.timings_s, "walls": time.perf_counter() - t0}
+    if not info["applied"]:
+        return dataclasses.replace(seg, parameters=params, timings_s=timings)
+    return dataclasses.replace(seg, labels=labels, fractions=area_fractions(labels, seg.n_variants), parameters=params,
+                               timings_s=timings)
 
 
 def _model_clip(model: Any) -> float | None:

@@ -643,7 +643,8 @@ class SegmentModel(ServedModel):
         TensorSpec("variant_angles_deg", "FP64", (-1,), description="each variant's dominant orientation (degrees)"),
     )
     parameters = {"method": "peaks (default), nmf, kmeans or pca-gmm", "domains": "number of variants K (default: found)",
-                  "window_px": "window width in pixels (default 128)", "step_px": "window step in pixels (default 32)"}
+                  "window_px": "window width in pixels (default 128)", "step_px": "window step in pixels (default 32)",
+                  "refine": "walls placed at pixel precision by fringe energy (default true)"}
     _methods = ("peaks", "nmf", "kmeans", "pca-gmm")
 
     def __init__(self, device: str = "auto") -> None:
@@ -674,9 +675,13 @@ class SegmentModel(ServedModel):
                                 f"distill4d segment), got {method!r}")
         try:
             images = check_images(np.asarray(ins["images"], dtype=np.float32))
-            kw = {k: int(opts[k]) for k in ("domains", "window_px", "step_px") if k in opts}
+            kw: dict[str, Any] = {k: int(opts[k]) for k in ("domains", "window_px", "step_px") if k in opts}
         except (Distill4dError, TypeError, ValueError) as err:
             raise ProtocolError(str(err)) from None
+        if "refine" in opts:
+            if not isinstance(opts["refine"], bool):
+                raise ProtocolError(f"parameter refine must be true or false, got {opts['refine']!r}")
+            kw["refine"] = opts["refine"]
         return Prepared(None, images.shape[0], {"images": images, "method": method, "kw": kw})
 
     def run_batch(self, items: list[Prepared]) -> list[tuple[dict[str, np.ndarray], dict[str, Any]]]:
