@@ -212,3 +212,42 @@ def test_anchor_keeps_each_window_near_its_unmixing_mixture():
     # total-variation distance between each window's shares and its unmixing mixture: measured 0.058
     # anchored (anchor_coef 0.01, 400 steps, 1 thread), 0.103 with the anchor off (one-hot warm-up)
     assert float((np.abs(shares - target).sum(1) / 2).mean()) < 0.08
+
+
+def test_a_collapsed_latent_is_trained_again_with_the_next_seed(monkeypatch):
+    """_lost_channels flags a channel that won 50 % of the windows at the `peaks` start and none
+    after training; run_window_ae then trains again with the next seed (at most MAX_RESTARTS times)
+    and records it."""
+    from distill4d.ml.window_ae import segment as wseg
+    from distill4d.segment import window_features
+
+    shares = np.zeros((40, 2), np.float32)
+    shares[:20, 0] = shares[20:, 1] = 1.0
+    collapsed = {"channels": np.tile([[0.1, 0.9]], (40, 1)).astype(np.float32)}
+    kept = {"channels": shares.copy()}
+    real_encode = wseg.encode_windows
+    monkeypatch.setattr(wseg, "encode_windows", lambda model, flat, **kw: collapsed)
+    assert wseg._lost_channels(None, np.zeros((40, 4, 4)), shares, "cpu") == [0]
+    monkeypatch.setattr(wseg, "encode_windows", lambda model, flat, **kw: kept)
+    assert wseg._lost_channels(None, np.zeros((40, 4, 4)), shares, "cpu") == []
+    monkeypatch.setattr(wseg, "encode_windows", real_encode)
+
+    # the restart loop: every training collapses -> 1 + MAX_RESTARTS trainings, seeds 0, 1, 2
+    d = simulate_domains((96, 96), angles_deg=(0, 90), periods_px=6, dose=30, seed=1)
+    feats = window_features(d.images, 32, 8)
+    seeds = []
+    monkeypatch.setattr(wseg, "_lost_channels", lambda *a: [0])
+    import dataclasses
+
+    import distill4d.ml.window_ae.train as wtrain
+
+    real_train = wtrain.train_window_ae
+
+    def spy(flat, cfg, tcfg, **kw):
+        seeds.append(tcfg.seed)
+        return real_train(flat, cfg, dataclasses.replace(tcfg, max_steps=2, eval_every=1), **kw)
+
+    monkeypatch.setattr(wtrain, "train_window_ae", spy)
+    out = wseg.run_window_ae(feats, channels=2, seed=0)
+    assert seeds == [0, 1, 2] == list(range(wseg.MAX_RESTARTS + 1))
+    assert [r["seed"] for r in out["info"]["restarts"]] == [0, 1] and out["info"]["seed"] == 2

@@ -72,6 +72,20 @@ def channel_descriptors(model: Any, latent: dict[str, np.ndarray], zero_frequenc
     return angles, radii
 
 
+#: trainings again with the next seed when a variant of the ``peaks`` start lost its channel
+MAX_RESTARTS = 2
+
+
+def _lost_channels(model: Any, flat: np.ndarray, shares: np.ndarray, device: Any) -> list[int]:
+    """Channels that are the strongest in >= 5 % of the windows of the ``peaks`` start ``shares``
+    (n, C) but in < 0.5 % of the trained model's: the latent collapsed onto fewer variants."""
+    c = shares.shape[1]
+    start = np.bincount(shares.argmax(axis=1), minlength=c) / len(shares)
+    ch = encode_windows(model, flat, device=device)["channels"]
+    now = np.bincount(ch.argmax(axis=1), minlength=c) / max(len(ch), 1)
+    return [int(j) for j in np.flatnonzero((start >= 0.05) & (now < 0.005))]
+
+
 def _peaks_start(features: Any, channels: int | None, seed: int) -> np.ndarray | None:
     """Each window's activations (n, K) of the ``peaks`` unmixing into ``channels`` components
     (None: the number it picks itself, 2-6), on the linear spectra recovered from the log features
@@ -177,8 +191,17 @@ def run_window_ae(
                 if tcfg.anchor_coef > 0 and act.shape[1] == (channels or 8):
                     shares = act + 1e-6  # a window without any activation: an even mixture
         cfg = WindowAEConfig(size=features.feature_px, channels=channels or 8)
-        module, history, info = train_window_ae(flat, cfg, tcfg, device=device, callback=callback,
-                                               init_labels=None if shares is not None else labels, init_shares=shares)
+        restarts: list[dict[str, Any]] = []
+        for attempt in range(MAX_RESTARTS + 1):
+            run_cfg = dataclasses.replace(tcfg, seed=tcfg.seed + attempt)
+            module, history, info = train_window_ae(flat, cfg, run_cfg, device=device, callback=callback,
+                                                   init_labels=None if shares is not None else labels,
+                                                   init_shares=shares)
+            lost = _lost_channels(module, flat, shares, device) if shares is not None else []
+            if not lost or attempt == MAX_RESTARTS:
+                break
+            restarts.append({"seed": run_cfg.seed, "lost_channels": lost})
+        info = {**info, "seed": run_cfg.seed, "restarts": restarts}
         timings["train"] = time.perf_counter() - t0
         module.feature_clip = features.clip
         if save_model is not None:
