@@ -273,6 +273,8 @@ def run_distill4d(row: str, name: str, dose: float, dc, a) -> tuple[dict, list[t
         else a.iterations
     if a.d4_batch is not None:
         kw["batch_size"] = a.d4_batch
+    if getattr(a, "validation_fraction", None) is not None:
+        kw["validation_fraction"] = a.validation_fraction
     ckpt = DATA / f"{name}_{dose:g}_{row.replace(' ', '_')}.ckpt.pt"
     ckpt.unlink(missing_ok=True)
     phases: list[np.ndarray] = []
@@ -298,9 +300,10 @@ def run_distill4d(row: str, name: str, dose: float, dc, a) -> tuple[dict, list[t
            "errors": [float(e) for e in res.errors], "cpu_s": cpu, "wall_s": wall, "iterations": iterations,
            "keywords": {k: v for k, v in kw.items()},
            "object_shape": list(res.object_phase.shape), "distill4d_commit": distill4d_source(), "parameters": res.provenance.parameters
-           if res.provenance is not None else None}
-    # the last iterate is the result itself
-    phases[-1] = np.asarray(res.object_phase, np.float32)
+           if res.provenance is not None else None,
+           "validation_errors": [float(e) for e in res.validation_errors], "chosen_iteration": int(res.chosen_iteration)}
+    # the iterate returned is the result itself (the last one, or the one of the lowest held-out loss)
+    phases[res.chosen_iteration - 1] = np.asarray(res.object_phase, np.float32)
     curve = [(ph, m[0], m[1]) for ph, m in zip(phases, marks)]
     return rec, curve
 
@@ -462,7 +465,7 @@ def applicable(row: str, name: str, dose: float) -> bool:
     return not ("multislice" in row and name not in MULTISLICE)
 
 
-def evaluate(row: str, name: str, dose: float, dc, labels, a) -> dict:
+def evaluate(row: str, name: str, dose: float, dc, labels, a, save_npz: bool = True) -> dict:
     if row.startswith("pipeline"):
         return run_pipeline(name, dose, dc, labels, a, row)
     step = tuple(labels["metadata"]["scan_step_xy_A"])
@@ -480,13 +483,18 @@ def evaluate(row: str, name: str, dose: float, dc, labels, a) -> dict:
         raise NotImplementedError(row)
     origin = rec["origin_A"]
     points = []
+    # the iterate a user gets: the last one, or the one of the lowest held-out loss (validation_fraction)
+    chosen = int(rec.get("chosen_iteration", len(curve))) - 1
     for k, (phase, cpu, wall) in enumerate(curve):
-        if k == len(curve) - 1 or k % a.curve_every == 0:
+        if k in (len(curve) - 1, chosen) or k % a.curve_every == 0:
             s = score_phase(scorer, phase, sampling, origin)
             points.append({"iteration": k + 1, "cpu_s": cpu, "wall_s": wall, **s})
-    final = points[-1]
-    np.savez_compressed(checkpoint_path(name, dose, row).with_suffix(".npz"), phase=curve[-1][0],
-                        sampling_A=np.asarray(sampling, np.float64), origin_A=np.asarray(origin, np.float64))
+    # the result: the chosen iterate's scores, the whole run's times
+    final = {**next(p for p in points if p["iteration"] == chosen + 1),
+             **{k: points[-1][k] for k in ("iteration", "cpu_s", "wall_s")}, "chosen_iteration": chosen + 1}
+    if save_npz:  # the image the pipeline rows compare with
+        np.savez_compressed(checkpoint_path(name, dose, row).with_suffix(".npz"), phase=curve[chosen][0],
+                            sampling_A=np.asarray(sampling, np.float64), origin_A=np.asarray(origin, np.float64))
     rec = {k: v for k, v in rec.items() if k not in ("traceback",)}
     return {"scan": name, "dose": dose, "row": row, "final": final, "curve": points, "run": rec,
             "machine": machine_info()}
