@@ -290,7 +290,7 @@ def run_distill4d(row: str, name: str, dose: float, dc, a) -> tuple[dict, list[t
         spent[1] += time.perf_counter() - t
 
     c0, t0 = time.process_time(), time.perf_counter()
-    res = reconstruct(dc, defocus_A=0.0, iterations=iterations, device="cpu", seed=0,
+    res = reconstruct(dc, defocus_A=0.0, iterations=iterations, device="cpu", seed=getattr(a, "seed", 0),
                       checkpoint=ckpt, progress=False, scan_rotation_rad=0.0, scan_flip=False, callback=callback,
                       **kw)
     cpu, wall = time.process_time() - c0 - spent[0], time.perf_counter() - t0 - spent[1]

@@ -32,14 +32,15 @@ ROWS = ("distill4d single", "distill4d single poisson", "distill4d multislice")
 
 def run(name: str, dose: float, row: str, fraction: float, a, cache: dict) -> dict:
     """One configuration through ``ptycho_benchmark.evaluate`` (cached)."""
-    path = pb.DATA / f"validation_{name}_{dose:g}_{row.replace(' ', '_')}_{fraction:g}.json"
+    tag = f"_seed{a.seed}" if a.seed else ""
+    path = pb.DATA / f"validation_{name}_{dose:g}_{row.replace(' ', '_')}_{fraction:g}{tag}.json"
     if path.exists() and not a.redo:
         return json.loads(path.read_text())
     if (name, dose) not in cache:
         cache.clear()
         cache[(name, dose)] = pb.dosed(name, dose)
     dc, labels = cache[(name, dose)]
-    b = argparse.Namespace(**{**vars(pb_defaults()), "validation_fraction": fraction})
+    b = argparse.Namespace(**{**vars(pb_defaults()), "validation_fraction": fraction, "seed": a.seed})
     print(f"== {name} {dose:g} {row} validation_fraction={fraction:g}", flush=True)
     rec = pb.evaluate(row, name, dose, dc, labels, b, save_npz=False)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -73,6 +74,7 @@ def main(argv=None) -> None:
     ap.add_argument("--doses", nargs="+", type=float, default=[2e4, 2e3])
     ap.add_argument("--rows", nargs="+", choices=ROWS, default=list(ROWS[:2]))
     ap.add_argument("--fraction", type=float, default=1 / 16, help="validation_fraction of the runs with it")
+    ap.add_argument("--seed", type=int, default=0, help="seed of reconstruct (batch order, held-out positions)")
     ap.add_argument("--redo", action="store_true", help="recompute cached runs")
     add_output_arguments(ap, "ptycho-validation")
     a = ap.parse_args(argv)
@@ -110,7 +112,7 @@ def main(argv=None) -> None:
         "best SSIM (iteration), held out | SSIM last, no hold-out | best SSIM (iteration), no hold-out | "
         "CPU s held out / none |",
         "|---|---|---|---|---|---|---|---|---|---|", *lines])
-    (pb.DATA / "validation_summary.json").write_text(json.dumps(recs, indent=1))
+    (pb.DATA / f"validation_summary_seed{a.seed}.json").write_text(json.dumps(recs, indent=1))
     print(section)
     if not a.no_results:
         write_section(a.section, section)
