@@ -302,9 +302,10 @@ def run_distill4d(row: str, name: str, dose: float, dc, a) -> tuple[dict, list[t
            "object_shape": list(res.object_phase.shape), "distill4d_commit": distill4d_source(), "parameters": res.provenance.parameters
            if res.provenance is not None else None,
            "validation_errors": [float(e) for e in res.validation_errors], "chosen_iteration": int(res.chosen_iteration)}
-    # the iterate returned is the result itself (the last one, or the one of the lowest held-out loss)
-    phases[res.chosen_iteration - 1] = np.asarray(res.object_phase, np.float32)
     curve = [(ph, m[0], m[1]) for ph, m in zip(phases, marks)]
+    # the result itself: the last iterate, or (validation_fraction > 0) the iterate of the lowest held-out
+    # loss after one more pass over every position; scored as the row's result by evaluate()
+    rec["_result_phase"] = np.asarray(res.object_phase, np.float32)
     return rec, curve
 
 
@@ -483,17 +484,19 @@ def evaluate(row: str, name: str, dose: float, dc, labels, a, save_npz: bool = T
         raise NotImplementedError(row)
     origin = rec["origin_A"]
     points = []
-    # the iterate a user gets: the last one, or the one of the lowest held-out loss (validation_fraction)
-    chosen = int(rec.get("chosen_iteration", len(curve))) - 1
     for k, (phase, cpu, wall) in enumerate(curve):
-        if k in (len(curve) - 1, chosen) or k % a.curve_every == 0:
+        if k == len(curve) - 1 or k % a.curve_every == 0:
             s = score_phase(scorer, phase, sampling, origin)
             points.append({"iteration": k + 1, "cpu_s": cpu, "wall_s": wall, **s})
-    # the result: the chosen iterate's scores, the whole run's times
-    final = {**next(p for p in points if p["iteration"] == chosen + 1),
-             **{k: points[-1][k] for k in ("iteration", "cpu_s", "wall_s")}, "chosen_iteration": chosen + 1}
+    final = points[-1]
+    result = rec.pop("_result_phase", None)  # distill4d: what reconstruct returned (see run_distill4d)
+    if result is not None and rec.get("validation_errors"):
+        # the iterate of the lowest held-out loss (plus a pass over every position), the whole run's times
+        final = {**points[-1], **score_phase(scorer, result, sampling, origin),
+                 "chosen_iteration": rec["chosen_iteration"]}
     if save_npz:  # the image the pipeline rows compare with
-        np.savez_compressed(checkpoint_path(name, dose, row).with_suffix(".npz"), phase=curve[chosen][0],
+        np.savez_compressed(checkpoint_path(name, dose, row).with_suffix(".npz"),
+                            phase=result if result is not None else curve[-1][0],
                             sampling_A=np.asarray(sampling, np.float64), origin_A=np.asarray(origin, np.float64))
     rec = {k: v for k, v in rec.items() if k not in ("traceback",)}
     return {"scan": name, "dose": dose, "row": row, "final": final, "curve": points, "run": rec,
