@@ -328,7 +328,9 @@ def reconstruct(
         needs no truth; with ``optimizer="gd"`` one more pass over every position (the held-out ones put
         back; object only, at the last iteration's step) refines that object. 0 (the default: on the
         benchmark's thick SrTiO3 it did not help, see docs/experiments.md) disables it and the last iterate
-        is returned; ``0 <= validation_fraction < 0.5``.
+        is returned; ``0 <= validation_fraction < 0.5``. The best state is a second copy of the object,
+        probe and positions in memory; held-out positions are never refined (with ``refine_positions``
+        they keep their nominal place, moved with the common shift).
     callback : called as ``callback(iteration, error)`` after each iteration.
     """
     import torch
