@@ -273,6 +273,8 @@ def run_distill4d(row: str, name: str, dose: float, dc, a) -> tuple[dict, list[t
         else a.iterations
     if a.d4_batch is not None:
         kw["batch_size"] = a.d4_batch
+    if getattr(a, "validation_fraction", None) is not None:
+        kw["validation_fraction"] = a.validation_fraction
     ckpt = DATA / f"{name}_{dose:g}_{row.replace(' ', '_')}.ckpt.pt"
     ckpt.unlink(missing_ok=True)
     phases: list[np.ndarray] = []
@@ -288,7 +290,7 @@ def run_distill4d(row: str, name: str, dose: float, dc, a) -> tuple[dict, list[t
         spent[1] += time.perf_counter() - t
 
     c0, t0 = time.process_time(), time.perf_counter()
-    res = reconstruct(dc, defocus_A=0.0, iterations=iterations, device="cpu", seed=0,
+    res = reconstruct(dc, defocus_A=0.0, iterations=iterations, device="cpu", seed=getattr(a, "seed", 0),
                       checkpoint=ckpt, progress=False, scan_rotation_rad=0.0, scan_flip=False, callback=callback,
                       **kw)
     cpu, wall = time.process_time() - c0 - spent[0], time.perf_counter() - t0 - spent[1]
@@ -298,10 +300,12 @@ def run_distill4d(row: str, name: str, dose: float, dc, a) -> tuple[dict, list[t
            "errors": [float(e) for e in res.errors], "cpu_s": cpu, "wall_s": wall, "iterations": iterations,
            "keywords": {k: v for k, v in kw.items()},
            "object_shape": list(res.object_phase.shape), "distill4d_commit": distill4d_source(), "parameters": res.provenance.parameters
-           if res.provenance is not None else None}
-    # the last iterate is the result itself
-    phases[-1] = np.asarray(res.object_phase, np.float32)
+           if res.provenance is not None else None,
+           "validation_errors": [float(e) for e in res.validation_errors], "chosen_iteration": int(res.chosen_iteration)}
     curve = [(ph, m[0], m[1]) for ph, m in zip(phases, marks)]
+    # the result itself: the last iterate, or (validation_fraction > 0) the iterate of the lowest held-out
+    # loss after one more pass over every position; scored as the row's result by evaluate()
+    rec["_result_phase"] = np.asarray(res.object_phase, np.float32)
     return rec, curve
 
 
@@ -462,7 +466,7 @@ def applicable(row: str, name: str, dose: float) -> bool:
     return not ("multislice" in row and name not in MULTISLICE)
 
 
-def evaluate(row: str, name: str, dose: float, dc, labels, a) -> dict:
+def evaluate(row: str, name: str, dose: float, dc, labels, a, save_npz: bool = True) -> dict:
     if row.startswith("pipeline"):
         return run_pipeline(name, dose, dc, labels, a, row)
     step = tuple(labels["metadata"]["scan_step_xy_A"])
@@ -485,8 +489,15 @@ def evaluate(row: str, name: str, dose: float, dc, labels, a) -> dict:
             s = score_phase(scorer, phase, sampling, origin)
             points.append({"iteration": k + 1, "cpu_s": cpu, "wall_s": wall, **s})
     final = points[-1]
-    np.savez_compressed(checkpoint_path(name, dose, row).with_suffix(".npz"), phase=curve[-1][0],
-                        sampling_A=np.asarray(sampling, np.float64), origin_A=np.asarray(origin, np.float64))
+    result = rec.pop("_result_phase", None)  # distill4d: what reconstruct returned (see run_distill4d)
+    if result is not None and rec.get("validation_errors"):
+        # the iterate of the lowest held-out loss (plus a pass over every position), the whole run's times
+        final = {**points[-1], **score_phase(scorer, result, sampling, origin),
+                 "chosen_iteration": rec["chosen_iteration"]}
+    if save_npz:  # the image the pipeline rows compare with
+        np.savez_compressed(checkpoint_path(name, dose, row).with_suffix(".npz"),
+                            phase=result if result is not None else curve[-1][0],
+                            sampling_A=np.asarray(sampling, np.float64), origin_A=np.asarray(origin, np.float64))
     rec = {k: v for k, v in rec.items() if k not in ("traceback",)}
     return {"scan": name, "dose": dose, "row": row, "final": final, "curve": points, "run": rec,
             "machine": machine_info()}

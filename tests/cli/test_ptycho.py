@@ -39,6 +39,17 @@ def test_round_trip(scan, tmp_path, capsys):
     assert "--force" in capsys.readouterr().err
 
 
+def test_validation_fraction_keeps_the_iteration_of_the_lowest_held_out_loss(scan, tmp_path, capsys):
+    out = tmp_path / "v.h5"
+    assert main(["ptycho", str(scan), "-o", str(out), "--defocus-A", "60", "--iterations", "3", "--device", "cpu",
+                 "--no-progress", "--no-png", "--validation-fraction", "0.25"]) == 0
+    res = distill4d.read_results(out)
+    curve = np.asarray(res["validation_errors"])
+    assert curve.shape == (3,) and res.attrs["chosen_iteration"] == int(np.argmin(curve)) + 1
+    assert res.provenance.parameters["validation_positions"] == 25
+    assert "held-out positions" in capsys.readouterr().out
+
+
 def test_resumes_from_partial(scan, tmp_path):
     from distill4d.phase import reconstruct
 
@@ -64,6 +75,7 @@ def test_resumes_from_partial(scan, tmp_path):
     (["--defocus-A", "1e7"], "defocus_A"),
     (["--region", "0:1"], "--region"),
     (["--probe", "missing.npy"], "does not exist"),
+    (["--validation-fraction", "0.5"], "validation_fraction"),
 ])
 def test_bad_options_are_one_line_errors(scan, tmp_path, capsys, extra, message):
     rc = main(["ptycho", str(scan), "-o", str(tmp_path / "x.h5"), "--device", "cpu", "--no-progress", *extra])

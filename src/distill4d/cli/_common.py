@@ -252,7 +252,7 @@ def ptycho_kwargs(args: argparse.Namespace) -> dict[str, Any]:
                               slice_thickness_A=args.slice_thickness_A, modes=args.modes,
                               iterations=args.iterations, batch_size=args.batch_size, loss=args.loss,
                               refine_positions=args.refine_positions, device=args.device, seed=args.ptycho_seed,
-                              pattern_size=args.pattern_size,
+                              pattern_size=args.pattern_size, validation_fraction=args.validation_fraction,
                               progress=False if args.no_progress else None)
     if args.probe:
         kw["probe"] = read_vacuum_probe(args.probe)
@@ -269,7 +269,7 @@ def ptycho_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 def add_ptycho_options(p: Any, *, device: bool = True) -> None:
     """The options of ptychography (``distill4d ptycho`` and the ``phase --train-on-ptycho`` pipeline;
     ``device=False`` where the command has its own ``--device``)."""
-    from ..phase.ptycho import DEFAULT_BATCH_SIZE, DEFAULT_ITERATIONS
+    from ..phase.ptycho import DEFAULT_BATCH_SIZE, DEFAULT_ITERATIONS, DEFAULT_VALIDATION_FRACTION
 
     g = p.add_argument_group("ptychography")
     g.add_argument("--defocus-A", type=float, default=0.0, metavar="Å",
@@ -285,6 +285,9 @@ def add_ptycho_options(p: Any, *, device: bool = True) -> None:
     g.add_argument("--loss", default="amplitude", choices=("amplitude", "poisson"),
                    help="amplitude (default) or poisson (counted low-dose data)")
     g.add_argument("--refine-positions", action="store_true", help="refine every probe position")
+    g.add_argument("--validation-fraction", type=float, default=DEFAULT_VALIDATION_FRACTION, metavar="F",
+                   help="hold this fraction of the positions out of the updates and keep the iteration of the lowest "
+                        f"loss on them (0 <= F < 0.5; 0: the last iteration; default {DEFAULT_VALIDATION_FRACTION:g})")
     g.add_argument("--probe", metavar="VACUUM.npy", help="vacuum-probe pattern (.npy, same detector as the scan)")
     g.add_argument("--pattern-size", type=int, metavar="N",
                    help="crop the patterns to N x N around the origin (default: the largest even square)")

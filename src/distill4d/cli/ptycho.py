@@ -51,7 +51,9 @@ def cmd_ptycho(args: argparse.Namespace) -> int:
     p = res.provenance.parameters
     print(f"ptychography: {res.scan_shape[0]} x {res.scan_shape[1]} positions, object {res.object_phase.shape[0]} x "
           f"{res.object_phase.shape[1]} px of {res.sampling_A[0]:.4g} Å, {p['slices']} slice(s), {p['modes']} mode(s); "
-          f"error {res.errors[-1]:.4g} after {len(res.errors)} iterations, {p['seconds']:.1f} s on {p['device']}")
+          f"error {res.errors[-1]:.4g} after {len(res.errors)} iterations, {p['seconds']:.1f} s on {p['device']}"
+          + (f"; kept iteration {res.chosen_iteration} (lowest loss on {p['validation_positions']} held-out positions)"
+             if len(res.validation_errors) else ""))
     wrote(outs)
     return 0
 
