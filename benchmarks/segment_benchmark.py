@@ -139,8 +139,9 @@ def render(rows: list[dict], speed: dict, threads: int, steps: int) -> str:
             head = (f"### Draw 1 (seeds {seed}+), number of variants K given to every method")
         else:
             head = (f"### Draw 2 (seeds {seed}+, drawn after all tuning and never used for it), K "
-                    + ("given" if given else "**not** given (the baselines fit 8 clusters, the autoencoder has 8 "
-                       "channels; channels are merged into variants by orientation, 10° tolerance; peaks picks K)"))
+                    + ("given" if given else "**not** given (the baselines fit 8 clusters, merged into variants by "
+                       "orientation with a 10° tolerance; the autoencoder gets one channel per variant its `peaks` "
+                       "start finds; peaks picks K)"))
         L += ["", head, ""] + _table(sub) + ["", _summary(sub)]
     t_w = speed["windowing_s_all"]
     L += ["", "### Speed", "",
