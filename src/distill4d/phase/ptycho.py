@@ -29,7 +29,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .._validate import positive_float, positive_int
+from .._validate import nonnegative_float, positive_float, positive_int
 from ..calibration import Calibration
 from ..datacube import DataCube
 from ..errors import Distill4dError
@@ -429,11 +429,8 @@ def _geometry(scan_shape: tuple[int, int], step_A: float, pixel_A: tuple[float, 
 
 
 def _check_fraction(value: Any) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise Distill4dError(f"validation_fraction must be a number in [0, 0.5), got {value!r}") from None
-    if not (0.0 <= v < 0.5):  # also NaN
+    v = nonnegative_float("validation_fraction", value)
+    if v >= 0.5:
         raise Distill4dError(f"validation_fraction must be a number in [0, 0.5), got {value!r}")
     return v
 
@@ -569,6 +566,16 @@ def _run(torch: Any, dev: Any, cube: DataCube, store: Any, reg: tuple[slice, sli
     # single-slice rate)
     lr_now = {"phase": lr["phase"], "amplitude": lr["amplitude"], "probe": lr["probe"] / S,
               "positions": lr["positions"] if refine_positions else 0.0}
+    def data_loss(inten: Any, amp: Any) -> tuple[Any, float]:
+        """The run's loss of a batch, summed over the masked detector pixels (a tensor), and Σ y there."""
+        y = amp * amp
+        if loss == "amplitude":
+            diff = torch.sqrt(inten + eps) - amp
+            total = (mask * diff * diff).sum()
+        else:
+            total = (mask * (inten - y * torch.log(inten + eps))).sum()
+        return total, float((y * mask).sum())
+
     def one_pass(order: np.ndarray, step_now: float, it: int, adam: bool = True) -> tuple[float, float]:
         """One pass of mini-batch updates over the positions ``order``: (Σ (√I − √y)², Σ y) before them.
         ``adam=False``: the object's Gauss-Newton steps only (optimizer "gd"; probe and positions held)."""
@@ -577,13 +584,8 @@ def _run(torch: Any, dev: Any, cube: DataCube, store: Any, reg: tuple[slice, sli
             idx = np.sort(order[b0 : b0 + batch_size])
             amp = torch.fft.ifftshift(torch.as_tensor(store.get(idx), device=dev), dim=(-2, -1))
             inten, illum = forward(torch.as_tensor(idx, device=dev))
-            y = amp * amp
-            denom = float((y * mask).sum())
-            if loss == "amplitude":
-                diff = torch.sqrt(inten + eps) - amp
-                value = (mask * diff * diff).sum() / max(denom, 1e-30)
-            else:
-                value = (mask * (inten - y * torch.log(inten + eps))).sum() / max(denom, 1e-30)
+            total, denom = data_loss(inten, amp)
+            value = total / max(denom, 1e-30)
             opt.zero_grad(set_to_none=False)
             if optimizer == "gd":
                 state["phase"].grad = None
@@ -616,13 +618,9 @@ def _run(torch: Any, dev: Any, cube: DataCube, store: Any, reg: tuple[slice, sli
                 idx = val_idx[b0 : b0 + batch_size]
                 amp = torch.fft.ifftshift(torch.as_tensor(store.get(idx), device=dev), dim=(-2, -1))
                 inten, _ = forward(torch.as_tensor(idx, device=dev), with_illum=False)
-                y = amp * amp
-                if loss == "amplitude":
-                    diff = torch.sqrt(inten + eps) - amp
-                    num_v += float((mask * diff * diff).sum())
-                else:
-                    num_v += float((mask * (inten - y * torch.log(inten + eps))).sum())
-                den_v += float((y * mask).sum())
+                total, denom = data_loss(inten, amp)
+                num_v += float(total)
+                den_v += denom
         return num_v / max(den_v, 1e-30)
 
     bar = _progress_bar(progress, iterations, start_it)
