@@ -76,13 +76,13 @@ def channel_descriptors(model: Any, latent: dict[str, np.ndarray], zero_frequenc
 MAX_RESTARTS = 2
 
 
-def _lost_channels(model: Any, flat: np.ndarray, shares: np.ndarray, device: Any) -> list[int]:
+def _lost_channels(channels: np.ndarray, shares: np.ndarray) -> list[int]:
     """Channels that are the strongest in >= 5 % of the windows of the ``peaks`` start ``shares``
-    (n, C) but in < 0.5 % of the trained model's: the latent collapsed onto fewer variants."""
+    (n, C) but in < 0.5 % of the trained model's ``channels`` (n, C): the latent collapsed onto fewer
+    variants."""
     c = shares.shape[1]
     start = np.bincount(shares.argmax(axis=1), minlength=c) / len(shares)
-    ch = encode_windows(model, flat, device=device)["channels"]
-    now = np.bincount(ch.argmax(axis=1), minlength=c) / max(len(ch), 1)
+    now = np.bincount(channels.argmax(axis=1), minlength=c) / max(len(channels), 1)
     return [int(j) for j in np.flatnonzero((start >= 0.05) & (now < 0.005))]
 
 
@@ -157,6 +157,7 @@ def run_window_ae(
     info: dict[str, Any] = {}
     model_path = None
     n_variants = None
+    latent: dict[str, np.ndarray] | None = None
     if save_model is not None and model is not None:
         raise Distill4dError("save_model saves a trained model; a given model is not trained again")
     if save_model is not None and not force:
@@ -197,18 +198,24 @@ def run_window_ae(
             module, history, info = train_window_ae(flat, cfg, run_cfg, device=device, callback=callback,
                                                    init_labels=None if shares is not None else labels,
                                                    init_shares=shares)
-            lost = _lost_channels(module, flat, shares, device) if shares is not None else []
+            if shares is None:
+                break
+            t1 = time.perf_counter()
+            latent = encode_windows(module, flat, device=device)  # the kept model's latent, if kept
+            timings["inference"] = time.perf_counter() - t1
+            lost = _lost_channels(latent["channels"], shares)
             if not lost or attempt == MAX_RESTARTS:
                 break
             restarts.append({"seed": run_cfg.seed, "lost_channels": lost})
         info = {**info, "seed": run_cfg.seed, "restarts": restarts}
-        timings["train"] = time.perf_counter() - t0
+        timings["train"] = time.perf_counter() - t0 - timings.get("inference", 0.0)
         module.feature_clip = features.clip
         if save_model is not None:
             model_path = os.fspath(save_window_ae(save_model, module, features, info, command=command, force=force))
-    t1 = time.perf_counter()
-    latent = encode_windows(module, flat, device=device)
-    timings["inference"] = time.perf_counter() - t1
+    if latent is None:
+        t1 = time.perf_counter()
+        latent = encode_windows(module, flat, device=device)
+        timings["inference"] = time.perf_counter() - t1
     timings.setdefault("train", 0.0)
     descriptors = channel_descriptors(module.to("cpu"), latent, features.zero_frequency_px)
     return {"channels": latent["channels"], "rotation_deg": latent["rotation_deg"], "scale": latent["scale"],
