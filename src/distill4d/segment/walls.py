@@ -129,19 +129,20 @@ def refine_walls(
     rng = np.random.default_rng(seed)
     own: list[list[np.ndarray]] = [[] for _ in range(v)]
     other: list[list[np.ndarray]] = [[] for _ in range(v)]
-    dists = []
+    bands: list[np.ndarray | None] = []  # per frame: the labelled pixels within band_px of a wall (None: no wall)
     for t in range(lab.shape[0]):
         dist = _wall_distance(lab[t])
-        dists.append(dist)
         if not np.isfinite(dist).any():
+            bands.append(None)
             continue
+        bands.append((dist <= band_px) & (lab[t] >= 0))
         e = energies(t)
         conf = (dist > band_px) & (lab[t] >= 0)
         for j in range(v):
             for sel, acc in ((conf & (lab[t] == j), own[j]), (conf & (lab[t] != j), other[j])):
                 vals = e[j][sel]
                 acc.append(vals if len(vals) <= _SAMPLE else rng.choice(vals, _SAMPLE, replace=False))
-    if not any(len(d) and np.isfinite(d).any() for d in dists):
+    if all(b is None for b in bands):
         info["reason"] = "no walls"
         return out, info
     med_own = np.array([np.median(np.concatenate(a)) if sum(map(len, a)) >= 100 else np.nan for a in own])
@@ -156,10 +157,8 @@ def refine_walls(
         return out, info
     # pass 2: relabel the band
     changed = 0
-    for t in range(lab.shape[0]):
-        dist = dists[t]
-        band = (dist <= band_px) & (lab[t] >= 0)
-        if not band.any():
+    for t, band in enumerate(bands):
+        if band is None or not band.any():
             cache.pop(t, None)
             continue
         present = np.unique(lab[t][lab[t] >= 0])
