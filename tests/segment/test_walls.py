@@ -94,6 +94,14 @@ def test_refine_bad_input(kwargs, match):
         refine_walls(**args)
 
 
+@pytest.mark.parametrize("args, match", [((np.zeros(8), 0.0, 8.0, 6.0), "image"), ((np.zeros((8, 8)), 0.0, 0.0, 6.0), "period_px"),
+                                         ((np.zeros((8, 8)), 0.0, 8.0, -1.0), "sigma_px"),
+                                         ((np.zeros((8, 8)), float("nan"), 8.0, 6.0), "angle_deg")])
+def test_fringe_energy_bad_input(args, match):
+    with pytest.raises(Distill4dError, match=match):
+        fringe_energy(*args)
+
+
 def test_refine_rejects_nan_images():
     img, truth, _ = _two_variant_image()
     img[5, 5] = np.nan

@@ -43,6 +43,12 @@ def fringe_energy(image: np.ndarray, angle_deg: float, period_px: float, sigma_p
     from scipy.ndimage import gaussian_filter
 
     img = np.asarray(image, dtype=np.float32)
+    if img.ndim != 2 or img.size == 0:
+        raise Distill4dError(f"image must be a non-empty (H, W) array, got shape {img.shape}")
+    period_px = positive_float("period_px", period_px)
+    sigma_px = positive_float("sigma_px", sigma_px)
+    if not math.isfinite(float(angle_deg)):
+        raise Distill4dError(f"angle_deg must be a finite number, got {angle_deg!r}")
     img = img - np.float32(img.mean())
     th = math.radians(angle_deg)
     ky, kx = math.cos(th) / period_px, math.sin(th) / period_px
