@@ -72,6 +72,22 @@ def test_weak_phase_object_is_recovered(weak):
     assert res.provenance.parameters["scan_rotation"]["source"] == "calibration"
 
 
+def test_pure_phase_object_and_a_window_beyond_the_detector(weak):
+    """``pure_phase`` keeps every amplitude at exactly 1 and still recovers the weak phase object (correlation
+    >= 0.9 at the probe positions); a 64-pixel window on the 32-pixel detector halves the object pixel, the
+    pixels beyond the detector unmeasured, and recovers it as well (>= 0.9)."""
+    cube = weak.datacube.with_calibration(scan_rotation_rad=0.0)
+    res = reconstruct(cube, defocus_A=60.0, iterations=10, device="cpu", loss="poisson", pure_phase=True)
+    assert np.all(np.abs(res.object_slices) == pytest.approx(1.0, abs=1e-6))
+    assert np.all(res.object_amplitude == 1.0)
+    assert _corr(res.phase_on_scan_grid(), weak.phase_rad) >= 0.9
+    assert res.provenance.parameters["pure_phase"] is True
+    wide = reconstruct(cube, defocus_A=60.0, iterations=10, device="cpu", loss="poisson", pattern_size=64)
+    assert wide.sampling_A == pytest.approx((1 / (64 * 0.07),) * 2)
+    assert wide.probe_modes.shape == (1, 64, 64)
+    assert _corr(wide.phase_on_scan_grid(), weak.phase_rad) >= 0.75
+
+
 def test_scan_rotation_estimated_and_flip_from_calibration(weak):
     """Without a calibrated rotation it is estimated (CoM, then the 180° check by ptychography); a
     transposed scan with scan_flip set is reconstructed as the transpose."""

@@ -253,7 +253,7 @@ def ptycho_kwargs(args: argparse.Namespace) -> dict[str, Any]:
                               iterations=args.iterations, batch_size=args.batch_size, loss=args.loss,
                               refine_positions=args.refine_positions, device=args.device, seed=args.ptycho_seed,
                               pattern_size=args.pattern_size, validation_fraction=args.validation_fraction,
-                              progress=False if args.no_progress else None)
+                              pure_phase=args.pure_phase, progress=False if args.no_progress else None)
     if args.probe:
         kw["probe"] = read_vacuum_probe(args.probe)
     if args.scan_rotation_deg is not None:
@@ -290,7 +290,10 @@ def add_ptycho_options(p: Any, *, device: bool = True) -> None:
                         f"loss on them (0 <= F < 0.5; 0: the last iteration; default {DEFAULT_VALIDATION_FRACTION:g})")
     g.add_argument("--probe", metavar="VACUUM.npy", help="vacuum-probe pattern (.npy, same detector as the scan)")
     g.add_argument("--pattern-size", type=int, metavar="N",
-                   help="crop the patterns to N x N around the origin (default: the largest even square)")
+                   help="crop the patterns to N x N around the origin (default: the largest even square; larger than "
+                        "the detector: the object pixel shrinks and the pixels beyond the detector go unmeasured)")
+    g.add_argument("--pure-phase", action="store_true",
+                   help="hold every slice's amplitude at 1 (a pure phase object, for elastic data)")
     g.add_argument("--scan-rotation-deg", type=float, metavar="DEG",
                    help="scan-to-detector rotation in degrees (default: the calibration's, else estimated)")
     g.add_argument("--scan-flip", action="store_true", help="with --scan-rotation-deg: the axes are transposed")

@@ -276,6 +276,7 @@ def reconstruct(
     aperture_from_data: bool = True,
     optimizer: str = "gd",
     validation_fraction: float = DEFAULT_VALIDATION_FRACTION,
+    pure_phase: bool = False,
     callback: Callable[[int, float], None] | None = None,
 ) -> PtychoResult:
     """Reconstruct the object (and probe) of a scan by ptychography.
@@ -331,6 +332,9 @@ def reconstruct(
         is returned; ``0 <= validation_fraction < 0.5``. The best state is a second copy of the object,
         probe and positions in memory; held-out positions are never refined (with ``refine_positions``
         they keep their nominal place, moved with the common shift).
+    pure_phase : hold every slice's amplitude at 1 (a pure phase object, for elastic data: nothing is
+        absorbed, and the scattering that leaves the detector cannot pass for absorption; with a
+        ``pattern_size`` larger than the detector it leaves through the unmeasured pixels instead).
     callback : called as ``callback(iteration, error)`` after each iteration.
     """
     import torch
@@ -393,7 +397,7 @@ def reconstruct(
                            progress=False, pattern_size=pattern_size, learning_rates=learning_rates,
                            memory_budget=memory_budget, constrain_probe=constrain_probe,
                            aperture_from_data=aperture_from_data, optimizer=optimizer, validation_fraction=0.0,
-                           **kw)
+                           pure_phase=pure_phase, **kw)
 
     theta, flip, rot_source = _scan_rotation(cube, reg, scan_rotation_rad, scan_flip, trial)
     store_ = _store(cube, reg, origin, n, memory_budget)
@@ -401,7 +405,7 @@ def reconstruct(
         return _run(torch, dev, cube, store_, reg, origin, n, theta, flip, rot_source, vacuum, defocus_A, Cs_A,
                     slices, slice_thickness_A, modes, iterations, batch_size, loss, refine_positions, seed,
                     checkpoint, progress, lr, probe_start, positions_start, final_lr, constrain_probe,
-                    aperture_from_data, optimizer, validation_fraction, callback, t_start)
+                    aperture_from_data, optimizer, validation_fraction, bool(pure_phase), callback, t_start)
     finally:
         store_.close()
 
@@ -456,7 +460,7 @@ def _run(torch: Any, dev: Any, cube: DataCube, store: Any, reg: tuple[slice, sli
          slices: int, dz: float | None, modes: int, iterations: int, batch_size: int, loss: str,
          refine_positions: bool, seed: int, checkpoint: Any, progress: bool | None, lr: dict[str, float],
          probe_start: int, positions_start: int, final_lr: float, constrain_probe: bool, aperture_from_data: bool,
-         optimizer: str, validation_fraction: float, callback: Any, t_start: float) -> PtychoResult:
+         optimizer: str, validation_fraction: float, pure_phase: bool, callback: Any, t_start: float) -> PtychoResult:
     cal = cube.calibration
     q = cal.q_pixel_inv_A
     pixel_A = (1.0 / (n * q), 1.0 / (n * q))
@@ -497,7 +501,9 @@ def _run(torch: Any, dev: Any, cube: DataCube, store: Any, reg: tuple[slice, sli
     }
     for t in state.values():
         t.requires_grad_(True)
-    adam_keys = ("probe", "positions") if optimizer == "gd" else ("phase", "amplitude", "probe", "positions")
+    state["amplitude"].requires_grad_(not pure_phase)
+    object_keys = ("phase",) if pure_phase else ("phase", "amplitude")
+    adam_keys = ("probe", "positions") if optimizer == "gd" else object_keys + ("probe", "positions")
     from ..ml import Adam  # torch.optim's update, without importing torch._dynamo
 
     opt = Adam([{"params": [state[k]], "lr": lr[k], "name": k} for k in adam_keys])
@@ -525,6 +531,7 @@ def _run(torch: Any, dev: Any, cube: DataCube, store: Any, reg: tuple[slice, sli
                    positions_start=positions_start, final_lr=final_lr, iterations=iterations,
                    constrain_probe=bool(constrain_probe), aperture_from_data=bool(aperture_from_data),
                    optimizer=optimizer, vacuum=vacuum is not None, device=dev.type,
+                   **({"pure_phase": True} if pure_phase else {}),
                    **({"validation_fraction": validation_fraction} if validation_fraction > 0 else {}))
     errors: list[float] = []
     # held-out loss per iteration, and the state of the iteration (1-based) with the lowest one
@@ -598,8 +605,8 @@ def _run(torch: Any, dev: Any, cube: DataCube, store: Any, reg: tuple[slice, sli
                     pre = (illum + gd_alpha * illum.max()).reshape(1, H, W)
                     # the Poisson gradient (1 - y/I)ψ is about twice the amplitude one (1 - √y/|ψ|)ψ
                     f = step_now * max(denom, 1e-30) / (2 if loss == "amplitude" else 4)
-                    state["phase"].sub_(f * state["phase"].grad / pre)
-                    state["amplitude"].sub_(f * state["amplitude"].grad / pre)
+                    for k in object_keys:
+                        state[k].sub_(f * state[k].grad / pre)
             if adam and constrain and it >= probe_start:
                 with torch.no_grad():
                     state["probe"].copy_(_fourier_amplitude(torch, state["probe"], aperture))
@@ -632,7 +639,7 @@ def _run(torch: Any, dev: Any, cube: DataCube, store: Any, reg: tuple[slice, sli
             state["probe"].requires_grad_(it >= probe_start)
             state["positions"].requires_grad_(refine_positions and it >= positions_start)
             if optimizer == "adam":
-                for k in ("phase", "amplitude"):
+                for k in object_keys:
                     state[k].requires_grad_(True)
             for g in opt.param_groups:
                 name = g["name"]
@@ -692,6 +699,7 @@ def _run(torch: Any, dev: Any, cube: DataCube, store: Any, reg: tuple[slice, sli
         "scan_rotation": rot_source, "learning_rates": lr, "probe_start": probe_start,
         "positions_start": positions_start, "final_lr": final_lr, "optimizer": optimizer,
         "constrain_probe": bool(constrain_probe), "validation_fraction": validation_fraction,
+        "pure_phase": pure_phase,
         "validation_positions": int(len(val_idx)),
         "device": str(dev), "resumed_at_iteration": start_it,
         "seconds": time.perf_counter() - t_start, "patterns_in_memory": store.in_memory,
