@@ -34,6 +34,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import machine_line, write_section  # noqa: E402
 
+from distill4d.errors import Distill4dError
 from distill4d.identify.metric import fit_lattice2d, fit_layers
 from distill4d.identify.symmetry import LATTICE_SYSTEMS, POINT_GROUP_ORDERS, fit_heights, system_by_gap, system_from_tolerances, system_tolerances
 from distill4d.identify.train import DEFAULT_SPACE_GROUPS
@@ -158,8 +159,12 @@ def classify(b3):
 
 
 def one_fit(x, y, it, B2, t, sigma):
+    """``fit_heights`` and its time; a failed fit (a basis far too short) gives a NaN cell."""
     t0 = time.perf_counter()
-    r = fit_heights(x, y, it, B2, t, excitation_error_inv_A=sigma)
+    try:
+        r = fit_heights(x, y, it, B2, t, excitation_error_inv_A=sigma)
+    except Distill4dError:
+        r = {"basis3d": np.full((3, 3), np.nan), "h": float("nan"), "p": np.full(2, np.nan), "sigma": float("nan")}
     return r, time.perf_counter() - t0
 
 
@@ -220,6 +225,64 @@ def run_structure(i, sg, seed, n_or, fit_sigma):
     return rec
 
 
+ABLATION = {
+    "positions (0.003 1/Å) and calibration (2 %) only": dict(intensity_noise=0.0, drop_weak_fraction=0.0),
+    "intensity noise (0.1) only": dict(position_sigma_inv_A=0.0, drop_weak_fraction=0.0, calibration_error=0.0),
+    "missing weak spots (0.2) only": dict(position_sigma_inv_A=0.0, intensity_noise=0.0, calibration_error=0.0),
+    "all (the library's)": {},
+}
+
+
+def ablation(work, seed, per_group, n_or=2):
+    """The (c) fit with each part of the augmentation alone, on one structure per space group (the
+    study's own structures, other orientations); cached in ``work``. Returns ``{variant: [(expected,
+    needed tolerances or None)]}``; the last variant is also fitted with ``absent_fraction`` 0.2."""
+    path = work / f"ablation_s{seed}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    out = {name: [] for name in [*ABLATION, "all, absent fraction 0.2"]}
+    for g, sg in enumerate(DEFAULT_SPACE_GROUPS):
+        i = g * per_group
+        try:
+            atoms = random_crystal(sg, rng=np.random.default_rng([seed, i]), max_atoms=24)
+        except RuntimeError:
+            continue
+        rng = np.random.default_rng([seed, i, 7])
+        for G3, w in patterns3d(atoms, random_rotations(n_or, rng)):
+            for name, kw in ABLATION.items():
+                ax, ay, ai = augment_spots(G3[:, 0], G3[:, 1], w, rng=rng, **kw)
+                k2 = np.hypot(ax, ay) >= 0.05
+                ax, ay, ai = ax[k2], ay[k2], ai[k2]
+                fits = [(name, 0.05)] + ([("all, absent fraction 0.2", 0.2)] if not kw else [])
+                for key, absent in fits:
+                    need = None
+                    if ax.size >= 3:
+                        f2 = fit_lattice2d(ax, ay, np.sqrt(ai))
+                        if np.isfinite(f2["basis"]).all():
+                            t2 = fit_layers(ax, ay, f2["basis"])["t"]
+                            if np.isfinite(t2).all():
+                                try:
+                                    r = fit_heights(ax, ay, ai / ai.max(), f2["basis"], t2, absent_fraction=absent)
+                                    need = classify(r["basis3d"])
+                                except Distill4dError:
+                                    need = None
+                    out[key].append((expected_system(sg), need))
+        print(f"ablation sg{sg}", flush=True)
+    path.write_text(json.dumps(out))
+    return out
+
+
+def ablation_table(abl, lines):
+    lines.append("\nWhich part of the augmentation costs the accuracy: (c) with each part alone (one structure per "
+                 f"space group, 2 other orientations each: {len(next(iter(abl.values())))} patterns), fraction right "
+                 "per tolerance:\n")
+    lines.append("| augmentation | " + " | ".join(f"tol {t}" for t in TOLS) + " |")
+    lines.append("|---" * (len(TOLS) + 1) + "|")
+    for name, rows in abl.items():
+        accs = [np.mean([system_at(n, j) == e for e, n in rows]) for j in range(len(TOLS))]
+        lines.append(f"| {name} | " + " | ".join(f"{a:.3f}" for a in accs) + " |")
+
+
 def system_at(need, j):
     """The lattice system found at tolerance ``TOLS[j]`` ("none": no cell)."""
     return "none" if need is None else system_from_tolerances(need, TOLS[j])
@@ -262,8 +325,8 @@ def summarise(recs, lines):
                [abs(d["h"] - d["h_true"]) for e, p in allp if key in p for d in [p[key]] if "h_true" in d]
         dps = [d["dp"] for e, d in have if "dp" in d]
         lines.append(f"| {name} | {len(have)} / {len(allp)} | " + " | ".join(f"{a:.3f}" for a in accs)
-                     + f" | {np.median(herr) if herr else float('nan'):.4f} | "
-                     f"{np.median(dps) if dps else float('nan'):.4f} | {np.median([d['s'] for _, d in have]):.3f} |")
+                     + f" | {np.nanmedian(herr) if herr else float('nan'):.4f} | "
+                     f"{np.nanmedian(dps) if dps else float('nan'):.4f} | {np.median([d['s'] for _, d in have]):.3f} |")
         best[key] = int(np.argmax(accs))
     lines.append("\nThe gap rule (`system_by_gap`: the system whose needed tolerance is smallest against the next "
                  "higher system's, below 0.3), fraction right per floor:\n")
@@ -328,6 +391,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1001)
     ap.add_argument("--fit-sigma-every", type=int, default=4, help="σ-fitted rows on every n-th structure")
     ap.add_argument("--budget-s", type=float, default=3000.0)
+    ap.add_argument("--ablation", action="store_true", help="also fit (c) with each part of the augmentation alone")
     ap.add_argument("--no-results", action="store_true")
     args = ap.parse_args()
     work = Path(args.work)
@@ -360,6 +424,8 @@ def main() -> None:
              "the reduced cell's metric within a relative tolerance).",
              f"{machine_line()} (shared, loaded)", ""]
     summarise(recs, lines)
+    if args.ablation:
+        ablation_table(ablation(work, args.seed, args.per_group), lines)
     lines.append("<!-- identify_symmetry:end -->")
     text = "\n".join(lines)
     print(text)

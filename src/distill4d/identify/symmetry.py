@@ -6,9 +6,12 @@ Minkowski, hence Buerger, reduced cell) and counts the integer matrices ``M`` wi
 ``|M G Mᵀ - G|_ij <= tol · sqrt(G_ii G_jj)`` (``tol`` bounds the change of each cosine and of each
 squared length relative to its own). For a reduced cell every symmetry of the lattice is such a
 matrix, so the count is the order of the lattice point group: 48 cubic, 24 hexagonal, 16
-tetragonal, 12 rhombohedral, 8 orthorhombic, 4 monoclinic, 2 triclinic (a count that is not one
-of these, possible with a loose tolerance, is read as the largest order below it). A direct
-basis and its reciprocal have the same point group.
+tetragonal, 12 rhombohedral, 8 orthorhombic, 4 monoclinic, 2 triclinic. A direct basis and its
+reciprocal have the same point group. On a noisy cell a loose tolerance can admit a set of
+matrices that is no group; :func:`system_tolerances` therefore asks, per lattice system, whether
+the ``order`` matrices of least metric change form that holohedry (closed under products, with
+its 3-, 4- or 6-fold rotations) and which tolerance they need; :func:`lattice_system` takes the
+highest-order system within the tolerance.
 
 :func:`fit_heights` fits the unknown ``z`` components of one pattern's projected 3D lattice (2D
 lattice ``g1, g2`` and layer vector ``t``, 1/Å) by maximum likelihood of the spot intensities
@@ -207,7 +210,7 @@ def fit_heights(qx_inv_A: Any, qy_inv_A: Any, intensity: Any, basis: Any, t: Any
                 excitation_error_inv_A: float | None = 0.03, energy_eV: float = 200e3,
                 max_g_inv_A: float = 1.5, min_relative_intensity: float = 1e-3,
                 tolerance_inv_A: float = 0.015, max_layer: int = 12, absent_fraction: float = 0.05,
-                direct_beam_inv_A: float = 0.05) -> dict[str, Any]:
+                direct_beam_inv_A: float = 0.05, max_points: int = 100_000) -> dict[str, Any]:
     """Maximum-likelihood ``z`` components of one pattern's projected 3D lattice (module docstring).
 
     Spots ``(qx, qy)`` (1/Å) and intensities (max 1); ``basis`` (2, 2) rows ``g1, g2`` and ``t``
@@ -218,7 +221,8 @@ def fit_heights(qx_inv_A: Any, qy_inv_A: Any, intensity: Any, basis: Any, t: Any
     relrod width σ (1/Å), or None to fit it. Returns ``{"p", "h", "basis3d", "sigma", "tau",
     "nll", "matched"}``: the plane's gradient (2,), the layer height (1/Å), the 3D basis (3, 3)
     rows in 1/Å, σ, the spread of log|F|², the negative log-likelihood per lattice point and the
-    fraction of spots matched to a lattice point.
+    fraction of spots matched to a lattice point. More than ``max_points`` lattice points in the
+    disc (a basis far too short): Distill4dError.
     """
     from scipy.optimize import minimize
 
@@ -267,6 +271,9 @@ def fit_heights(qx_inv_A: Any, qy_inv_A: Any, intensity: Any, basis: Any, t: Any
 
     def profile(z: np.ndarray) -> np.ndarray:
         """Approximate NLL of many candidate heights ``z`` (c, n_points): offset and spread profiled."""
+        if z.size > 4_000_000:  # in chunks: the memory of one (c, n_points) array stays below 32 MB
+            step = max(1, 4_000_000 // z.shape[1])
+            return np.concatenate([profile(z[i : i + step]) for i in range(0, len(z), step)])
         s = -(z + r2 * 0.5 * k_inv)
         e = s * s / (2 * sig0 * sig0)
         res = lo + e[:, obs]
@@ -284,21 +291,16 @@ def fit_heights(qx_inv_A: Any, qy_inv_A: Any, intensity: Any, basis: Any, t: Any
     grid_p = np.stack([P1.ravel(), P2.ravel()], axis=1)
     best = None
     sel = zero
+    if len(pts) > max_points:
+        raise Distill4dError(f"{len(pts)} lattice points inside max_g_inv_A: more than max_points={max_points} "
+                             "(a 2D lattice or layer vector far too short for these spots?)")
     if obs[zero].sum() >= 2:
-        # tilt from layer 0 alone
-        obs_save = obs
-        z = grid_p @ pts[zero].T
-        s = -(z + r2[zero] * 0.5 * k_inv)
-        e = s * s / (2 * sig0 * sig0)
-        o = obs_save[zero]
-        res = obs_logi[zero][o] + e[:, o]
-        m = res.mean(axis=1)
-        tau = np.maximum(res.std(axis=1), 0.05)
-        from scipy.special import log_ndtr
-
-        u = (log_cut - m[:, None] + e[:, ~o]) / tau[:, None]
-        cen = np.logaddexp(math.log(absent_fraction), math.log1p(-absent_fraction) + log_ndtr(u)).sum(axis=1)
-        nll = o.sum() * (np.log(tau) + 0.5) - cen
+        # tilt from layer 0 alone (the same profiled NLL on the points of layer 0)
+        r2_all, obs_all, lo_all = r2, obs, lo
+        r2, obs, lo = r2[zero], obs[zero], obs_logi[zero][obs[zero]]
+        chunks = max(1, len(grid_p) * int(zero.sum()) // 4_000_000)
+        nll = np.concatenate([profile(gp @ pts[zero].T) for gp in np.array_split(grid_p, chunks)])
+        r2, obs, lo = r2_all, obs_all, lo_all
         order = np.argsort(nll)[:3]
         starts_p = grid_p[order]
     else:
@@ -308,7 +310,8 @@ def fit_heights(qx_inv_A: Any, qy_inv_A: Any, intensity: Any, basis: Any, t: Any
     starts = []
     for p in starts_p:
         base = pts @ p
-        nll = profile(base[None, :] + hs[:, None] * layer[None, :])
+        chunks = max(1, hs.size * len(pts) // 4_000_000)
+        nll = np.concatenate([profile(base[None, :] + hc[:, None] * layer[None, :]) for hc in np.array_split(hs, chunks)])
         for i in np.argsort(nll)[:3]:
             starts.append((float(nll[i]), p[0], p[1], hs[i]))
     starts.sort()
