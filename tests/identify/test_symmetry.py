@@ -79,3 +79,17 @@ def test_fit_heights_recovers_the_tilt_and_layer_height_of_a_simulated_pattern()
     p, h = (fit["p"], fit["h"])
     assert abs(h - h_true) < 4e-3 and np.linalg.norm(p - p_true) < 4e-3
     assert fit["matched"] == 1.0
+
+
+def test_refine_projected_basis_averages_the_position_noise_of_t():
+    # spots n1 g1 + n2 g2 + k t with 0.003 1/Å noise; t taken from one noisy spot is off by about
+    # 0.004 1/Å, the least-squares t over all spots by far less
+    from distill4d.identify.symmetry import refine_projected_basis
+
+    rng = np.random.default_rng(5)
+    g1, g2, t = np.array([0.21, 0.0]), np.array([0.05, 0.24]), np.array([0.08, 0.11])
+    n = np.stack(np.meshgrid(np.arange(-5, 6), np.arange(-5, 6), np.arange(-2, 3), indexing="ij"), -1).reshape(-1, 3)
+    q = n[:, :1] * g1 + n[:, 1:2] * g2 + n[:, 2:] * t + rng.normal(0, 0.003, (len(n), 2))
+    t_spot = q[np.flatnonzero((n == [0, 0, 1]).all(1))[0]]
+    B, t_fit = refine_projected_basis(q[:, 0], q[:, 1], np.stack([g1, g2]) + 0.002, t_spot)
+    assert np.linalg.norm(t_fit - t) < 5e-4 and np.abs(B - np.stack([g1, g2])).max() < 5e-4

@@ -35,7 +35,8 @@ import numpy as np
 from ..errors import Distill4dError
 
 __all__ = ["LATTICE_SYSTEMS", "POINT_GROUP_ORDERS", "reduce_basis", "symmetry_order", "system_tolerances",
-           "system_from_tolerances", "system_by_gap", "lattice_system", "fit_heights"]
+           "system_from_tolerances", "system_by_gap", "lattice_system", "refine_projected_basis",
+           "fit_heights"]
 
 #: Lattice systems, lowest symmetry first.
 LATTICE_SYSTEMS = ("triclinic", "monoclinic", "orthorhombic", "tetragonal", "rhombohedral", "hexagonal", "cubic")
@@ -186,6 +187,35 @@ def lattice_system(basis: Any, tolerance: float = 0.01) -> tuple[str, float]:
     needed = system_tolerances(basis)
     system = system_from_tolerances(needed, tolerance)
     return system, float(needed[LATTICE_SYSTEMS.index(system)])
+
+
+def refine_projected_basis(qx_inv_A: Any, qy_inv_A: Any, basis: Any, t: Any, *, tolerance_inv_A: float = 0.015,
+                           max_layer: int = 4, rounds: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """``(basis, t)``: the 2D lattice ``g1, g2`` (2, 2) and layer vector ``t`` (2,) (1/Å) refined together
+    by least squares on every spot within ``tolerance_inv_A`` of ``n1 g1 + n2 g2 + k t`` (``|k| <=
+    max_layer``): a spot is indexed by ``(n1, n2, k)``, and ``[g1; g2; t]`` solves ``q = (n1, n2, k) ·
+    [g1; g2; t]``. (:func:`~distill4d.identify.metric.fit_layers` returns one spot's position as ``t``,
+    with that spot's position error.) Unchanged where fewer than 4 spots are indexed."""
+    q = np.stack([np.asarray(qx_inv_A, dtype=np.float64), np.asarray(qy_inv_A, dtype=np.float64)], axis=1)
+    B = np.asarray(basis, dtype=np.float64).copy()
+    t = np.asarray(t, dtype=np.float64).copy()
+    ks = np.arange(-max_layer, max_layer + 1)
+    for _ in range(rounds):
+        inv = np.linalg.inv(B.T)
+        shifted = q[:, None, :] - ks[None, :, None] * t  # (n, K, 2)
+        c = np.round(shifted @ inv.T)
+        d = np.linalg.norm(shifted - c @ B, axis=2)
+        best = np.argmin(d + 1e-9 * np.abs(ks)[None], axis=1)  # the lowest layer on ties
+        dmin = d[np.arange(len(q)), best]
+        hit = dmin < tolerance_inv_A
+        if hit.sum() < 4:
+            break
+        N = np.concatenate([c[np.arange(len(q)), best], ks[best][:, None]], axis=1)[hit]
+        if np.linalg.matrix_rank(N) < 3:
+            break
+        sol = np.linalg.lstsq(N, q[hit], rcond=None)[0]
+        B, t = sol[:2], sol[2]
+    return B, t
 
 
 def _loglik(params: np.ndarray, pts: np.ndarray, layer: np.ndarray, obs: np.ndarray, logi: np.ndarray,
