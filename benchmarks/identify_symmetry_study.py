@@ -13,12 +13,15 @@ Held-out random crystals (pyxtal via ``random_crystal``, the library's default s
    (a) the true projected basis ``g1, g2, t`` (the fitted 2D lattice lifted to the true 3D lattice
    and completed to a basis of it), noise-free spots; (b) the fitted basis (``fit_lattice2d``,
    ``fit_layers``), noise-free; (c) the fitted basis on augmented spots (``augment_spots`` with the
-   library's settings); (a') and (b') as (a) and (b) with σ fitted.
+   library's settings); (a') and (b') as (a) and (b) with σ fitted; with ``--refined``, (c'') as (c)
+   with ``g1, g2, t`` refined together (``refine_projected_basis``); with ``--ablation``, (c) with
+   each part of the augmentation alone.
 
 Per-structure results are kept in ``--work`` (a rerun goes on). Writes the ``identify_symmetry``
 section of benchmarks/RESULTS.md unless ``--no-results``.
 
-    PYTHONPATH=src python benchmarks/identify_symmetry_study.py --work benchmarks/data/identify_symmetry
+    PYTHONPATH=src python benchmarks/identify_symmetry_study.py --work benchmarks/data/identify_symmetry \
+        --per-group 6 --orientations 4 --fit-sigma-every 6 --refined --ablation
 """
 
 from __future__ import annotations

@@ -101,15 +101,6 @@ def symmetry_order(basis: Any, tolerance: float | Any = 0.01) -> Any:
     return int(counts[0]) if np.ndim(tolerance) == 0 else counts
 
 
-def _system_of(count: int) -> str:
-    """The lattice system of a symmetry count: the largest holohedry order not above it."""
-    best = 0
-    for i, order in enumerate(POINT_GROUP_ORDERS):
-        if order <= count and order >= POINT_GROUP_ORDERS[best]:
-            best = i
-    return LATTICE_SYSTEMS[best]
-
-
 def _deviations(basis: Any) -> np.ndarray:
     """Largest relative metric change ``(n,)`` of every matrix of :func:`_matrices` on the reduced cell."""
     b = reduce_basis(basis)
