@@ -1,0 +1,95 @@
+import numpy as np
+import pytest
+from ase.geometry import cellpar_to_cell
+
+from distill4d.calibration import electron_wavelength_A
+from distill4d.errors import Distill4dError
+from distill4d.identify.symmetry import fit_heights, lattice_system, reduce_basis, symmetry_order
+
+CELLS = {
+    "cubic": (4, 4, 4, 90, 90, 90),
+    "hexagonal": (3, 3, 5, 90, 90, 120),
+    "tetragonal": (3, 3, 5, 90, 90, 90),
+    "rhombohedral": (4, 4, 4, 70, 70, 70),
+    "orthorhombic": (3, 4, 5, 90, 90, 90),
+    "monoclinic": (3, 4, 5, 90, 103, 90),
+    "triclinic": (3, 4, 5, 80, 97, 113),
+}
+ORDERS = {"cubic": 48, "hexagonal": 24, "tetragonal": 16, "rhombohedral": 12, "orthorhombic": 8, "monoclinic": 4,
+          "triclinic": 2}
+
+
+def _unimodular(rng):
+    while True:
+        U = rng.integers(-2, 3, (3, 3))
+        if abs(round(np.linalg.det(U))) == 1:
+            return U
+
+
+@pytest.mark.parametrize("system", list(CELLS))
+def test_exact_cells_and_any_basis_direct_or_reciprocal(system):
+    # the point-group order of an exact cell, whatever basis of its lattice, rotated or reciprocal
+    rng = np.random.default_rng(0)
+    cell = cellpar_to_cell(CELLS[system])
+    q, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+    for basis in (cell, _unimodular(rng) @ cell @ q, np.linalg.inv(cell).T, _unimodular(rng) @ np.linalg.inv(cell).T):
+        assert lattice_system(basis, 0.01)[0] == system
+        assert symmetry_order(basis, 1e-6) == ORDERS[system]
+
+
+def test_centred_cubic_primitive_cells_are_cubic_and_a_strained_cube_is_not():
+    fcc = cellpar_to_cell((3, 3, 3, 60, 60, 60))
+    bcc = cellpar_to_cell((3, 3, 3, 109.4712206, 109.4712206, 109.4712206))
+    assert lattice_system(fcc)[0] == lattice_system(bcc)[0] == "cubic"
+    # 3 % tetragonal strain: a metric change of about 6 % in the squared lengths
+    strained = np.diag([4.0, 4.0, 4.12])
+    assert lattice_system(strained, 0.01)[0] == "tetragonal"
+    assert lattice_system(strained, 0.1)[0] == "cubic"
+
+
+def test_reduce_basis_keeps_the_lattice_and_finds_the_shortest_vectors():
+    rng = np.random.default_rng(1)
+    cell = cellpar_to_cell((3, 4, 5, 80, 97, 113))
+    b = reduce_basis(_unimodular(rng) @ _unimodular(rng) @ cell)
+    assert abs(abs(np.linalg.det(b)) - abs(np.linalg.det(cell))) < 1e-9
+    assert np.allclose(np.round(b @ np.linalg.inv(cell)), b @ np.linalg.inv(cell), atol=1e-9)
+    assert np.linalg.norm(b[0]) <= 3 + 1e-9
+    with pytest.raises(Distill4dError, match="coplanar"):
+        reduce_basis([[1, 0, 0], [0, 1, 0], [1, 1, 0]])
+
+
+def test_fit_heights_recovers_the_tilt_and_layer_height_of_a_simulated_pattern():
+    # spots of a 3D lattice (1/Å) drawn from the model: weight |F|² exp(-s²/2σ²), |F|² log-normal,
+    # kept down to 1e-3 of the strongest; the fit, given g1, g2, t, finds p and h within 4e-3 (1/Å; its
+    # spread over seeds, set by the spread of log|F|², is about 1e-3)
+    rng = np.random.default_rng(3)
+    g1, g2, t = np.array([0.21, 0.0]), np.array([0.05, 0.24]), np.array([0.08, 0.11])
+    p_true, h_true = np.array([0.012, -0.02]), 0.09
+    k = 1.0 / electron_wavelength_A(200e3)
+    n = np.stack(np.meshgrid(*(np.arange(-12, 13),) * 2, np.arange(-6, 7), indexing="ij"), -1).reshape(-1, 3)
+    q = n[:, :1] * g1 + n[:, 1:2] * g2 + n[:, 2:] * t
+    z = q @ p_true + n[:, 2] * h_true
+    s = -(z + (np.sum(q * q, 1) + z * z) / (2 * k))
+    w = np.exp(rng.normal(0, 1.0, len(q))) * np.exp(-s * s / (2 * 0.03**2))
+    r = np.hypot(*q.T)
+    inside = (r <= 1.5) & (r > 0.05)
+    w = np.where(inside, w, 0) / w[inside].max()
+    keep = w >= 1e-3
+    fit = fit_heights(q[keep, 0], q[keep, 1], w[keep], np.stack([g1, g2]), t)
+    p, h = (fit["p"], fit["h"])
+    assert abs(h - h_true) < 4e-3 and np.linalg.norm(p - p_true) < 4e-3
+    assert fit["matched"] == 1.0
+
+
+def test_refine_projected_basis_averages_the_position_noise_of_t():
+    # spots n1 g1 + n2 g2 + k t with 0.003 1/Å noise; t taken from one noisy spot is off by about
+    # 0.004 1/Å, the least-squares t over all spots by far less
+    from distill4d.identify.symmetry import refine_projected_basis
+
+    rng = np.random.default_rng(5)
+    g1, g2, t = np.array([0.21, 0.0]), np.array([0.05, 0.24]), np.array([0.08, 0.11])
+    n = np.stack(np.meshgrid(np.arange(-5, 6), np.arange(-5, 6), np.arange(-2, 3), indexing="ij"), -1).reshape(-1, 3)
+    q = n[:, :1] * g1 + n[:, 1:2] * g2 + n[:, 2:] * t + rng.normal(0, 0.003, (len(n), 2))
+    t_spot = q[np.flatnonzero((n == [0, 0, 1]).all(1))[0]]
+    B, t_fit = refine_projected_basis(q[:, 0], q[:, 1], np.stack([g1, g2]) + 0.002, t_spot)
+    assert np.linalg.norm(t_fit - t) < 5e-4 and np.abs(B - np.stack([g1, g2])).max() < 5e-4
