@@ -34,6 +34,8 @@ def main() -> None:
     ap.add_argument("--analyse", action="store_true",
                     help="score the saved result of these settings by depth (the phase of each quarter of the "
                          "slices, and -log of the amplitude product) instead of reconstructing")
+    ap.add_argument("--pure-phase", action="store_true", help="every slice's amplitude held at 1")
+    ap.add_argument("--tied-slices", action="store_true", help="one transmission function for every slice")
     ap.add_argument("--pattern-size", type=int, default=48,
                     help="the window N in pixels (48: the detector; 96: the object at half the detector's Nyquist "
                          "pixel, the pixels beyond the detector unmeasured)")
@@ -49,7 +51,7 @@ def main() -> None:
     pixel = 1.0 / (n * dc.calibration.q_pixel_inv_A)
     first = n // 2 + max(4, n // 8)  # the first position's centre: the window's half plus the margin
     sampling, origin = (pixel, pixel), (first * pixel, first * pixel)
-    tag = f"sto_thick_{a.dose:g}_slices{a.slices}" + ("" if n == 48 else f"_n{n}")
+    tag = f"sto_thick_{a.dose:g}_slices{a.slices}" + ("" if n == 48 else f"_n{n}") + ("_pure" if a.pure_phase else "") + ("_tied" if a.tied_slices else "")
     ckpt = DATA / f"{tag}.ckpt.pt"
     if a.analyse:
         analyse(DATA / f"{tag}.npz", scorer, origin, n)
@@ -63,7 +65,7 @@ def main() -> None:
         line = f"iteration {it + 1}: error {e:.5f} ({t - t0 - spent[0]:.0f} s)"
         if (it + 1) % a.score_every == 0:
             st = torch.load(ckpt, weights_only=True, map_location="cpu")["state"]
-            ph = st["phase"].sum(dim=0).numpy().astype(np.float32)
+            ph = (st["phase"].sum(dim=0) * (a.slices if a.tied_slices else 1)).numpy().astype(np.float32)
             sc = score_phase(scorer, ph, sampling, origin)
             line += f" SSIM {sc['ssim']:.4f} r {sc['pearson']:.4f}"
         print(line, flush=True)
@@ -72,7 +74,8 @@ def main() -> None:
     lr = {} if a.object_step is None else {"object_step": a.object_step}
     res = reconstruct(dc, defocus_A=0.0, iterations=a.iterations, device="cpu", seed=0, progress=False,
                       scan_rotation_rad=0.0, scan_flip=False, slices=a.slices, slice_thickness_A=125.06 / a.slices,
-                      checkpoint=ckpt, learning_rates=lr, callback=callback, pattern_size=n)
+                      checkpoint=ckpt, learning_rates=lr, callback=callback, pattern_size=n,
+                      pure_phase=a.pure_phase, tied_slices=a.tied_slices)
     wall = time.perf_counter() - t0 - spent[0]
     ckpt.unlink(missing_ok=True)
     pos = np.asarray(res.positions_A)

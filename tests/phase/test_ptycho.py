@@ -118,6 +118,22 @@ def test_multislice_beats_single_slice_on_a_thick_object():
     assert multi.object_slices.shape[0] == 3
 
 
+def test_tied_slices_recover_a_crystal_that_repeats_along_the_beam():
+    """Six identical slices of 0.6-rad 'atoms' 20 Å apart (3.6 rad summed): with tied slices one transmission
+    function stands for all six; correlation of the summed phase with the truth >= 0.97 (measured 0.995 after 8
+    iterations at object step 3), every slice the same, the phase summed over the six."""
+    pixel = 1 / (48 * Q)
+    one = random_atoms((40, 40), pixel, 14, 0.6, seed=3)
+    cube, truth = multislice_scan(np.stack([one] * 6), dz_A=20.0, scan_shape=(20, 20), defocus_A=50.0)
+    res = reconstruct(cube, defocus_A=50.0, iterations=8, device="cpu", slices=6, slice_thickness_A=20.0,
+                      tied_slices=True, learning_rates={"object_step": 3.0})
+    assert _corr(res.phase_on_scan_grid(), truth) >= 0.97
+    assert res.object_slices.shape[0] == 6 and np.all(res.object_slices == res.object_slices[0])
+    summed = np.angle(res.object_slices[0]) * 6
+    assert np.allclose(res.object_phase - res.object_phase.mean(), summed - summed.mean(), atol=1e-3)
+    assert res.provenance.parameters["tied_slices"] is True
+
+
 def test_multislice_two_slices_fast():
     """A fast check of the multislice path: two slices 10 Å apart, corr >= 0.85."""
     pixel = 1 / (48 * Q)

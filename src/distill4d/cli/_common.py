@@ -253,7 +253,8 @@ def ptycho_kwargs(args: argparse.Namespace) -> dict[str, Any]:
                               iterations=args.iterations, batch_size=args.batch_size, loss=args.loss,
                               refine_positions=args.refine_positions, device=args.device, seed=args.ptycho_seed,
                               pattern_size=args.pattern_size, validation_fraction=args.validation_fraction,
-                              pure_phase=args.pure_phase, progress=False if args.no_progress else None)
+                              pure_phase=args.pure_phase, tied_slices=args.tied_slices,
+                              progress=False if args.no_progress else None)
     if args.probe:
         kw["probe"] = read_vacuum_probe(args.probe)
     if args.scan_rotation_deg is not None:
@@ -294,6 +295,9 @@ def add_ptycho_options(p: Any, *, device: bool = True) -> None:
                         "the detector: the object pixel shrinks and the pixels beyond the detector go unmeasured)")
     g.add_argument("--pure-phase", action="store_true",
                    help="hold every slice's amplitude at 1 (a pure phase object, for elastic data)")
+    g.add_argument("--tied-slices", action="store_true",
+                   help="one transmission function for every slice (a crystal repeating along the beam, "
+                        "--slice-thickness-A its period)")
     g.add_argument("--scan-rotation-deg", type=float, metavar="DEG",
                    help="scan-to-detector rotation in degrees (default: the calibration's, else estimated)")
     g.add_argument("--scan-flip", action="store_true", help="with --scan-rotation-deg: the axes are transposed")

@@ -277,6 +277,7 @@ def reconstruct(
     optimizer: str = "gd",
     validation_fraction: float = DEFAULT_VALIDATION_FRACTION,
     pure_phase: bool = False,
+    tied_slices: bool = False,
     callback: Callable[[int, float], None] | None = None,
 ) -> PtychoResult:
     """Reconstruct the object (and probe) of a scan by ptychography.
@@ -335,6 +336,10 @@ def reconstruct(
     pure_phase : hold every slice's amplitude at 1 (a pure phase object, for elastic data: nothing is
         absorbed, and the scattering that leaves the detector cannot pass for absorption; with a
         ``pattern_size`` larger than the detector it leaves through the unmeasured pixels instead).
+    tied_slices : one transmission function for every slice (a crystal that repeats along the beam, with
+        ``slice_thickness_A`` its period or a multiple): the depth is no longer an unknown. Its step is
+        divided by ``slices²`` (its gradient gathers every slice's, and a change of it changes the phase of
+        every slice), so ``object_step`` moves the summed phase as it moves a single slice's.
     callback : called as ``callback(iteration, error)`` after each iteration.
     """
     import torch
@@ -397,7 +402,7 @@ def reconstruct(
                            progress=False, pattern_size=pattern_size, learning_rates=learning_rates,
                            memory_budget=memory_budget, constrain_probe=constrain_probe,
                            aperture_from_data=aperture_from_data, optimizer=optimizer, validation_fraction=0.0,
-                           pure_phase=pure_phase, **kw)
+                           pure_phase=pure_phase, tied_slices=tied_slices, **kw)
 
     theta, flip, rot_source = _scan_rotation(cube, reg, scan_rotation_rad, scan_flip, trial)
     store_ = _store(cube, reg, origin, n, memory_budget)
@@ -405,7 +410,8 @@ def reconstruct(
         return _run(torch, dev, cube, store_, reg, origin, n, theta, flip, rot_source, vacuum, defocus_A, Cs_A,
                     slices, slice_thickness_A, modes, iterations, batch_size, loss, refine_positions, seed,
                     checkpoint, progress, lr, probe_start, positions_start, final_lr, constrain_probe,
-                    aperture_from_data, optimizer, validation_fraction, bool(pure_phase), callback, t_start)
+                    aperture_from_data, optimizer, validation_fraction, bool(pure_phase), bool(tied_slices), callback,
+                    t_start)
     finally:
         store_.close()
 
@@ -460,7 +466,8 @@ def _run(torch: Any, dev: Any, cube: DataCube, store: Any, reg: tuple[slice, sli
          slices: int, dz: float | None, modes: int, iterations: int, batch_size: int, loss: str,
          refine_positions: bool, seed: int, checkpoint: Any, progress: bool | None, lr: dict[str, float],
          probe_start: int, positions_start: int, final_lr: float, constrain_probe: bool, aperture_from_data: bool,
-         optimizer: str, validation_fraction: float, pure_phase: bool, callback: Any, t_start: float) -> PtychoResult:
+         optimizer: str, validation_fraction: float, pure_phase: bool, tied: bool, callback: Any,
+         t_start: float) -> PtychoResult:
     cal = cube.calibration
     q = cal.q_pixel_inv_A
     pixel_A = (1.0 / (n * q), 1.0 / (n * q))
@@ -493,9 +500,11 @@ def _run(torch: Any, dev: Any, cube: DataCube, store: Any, reg: tuple[slice, sli
 
     ftype, ctype = torch.float32, torch.complex64
     S, (H, W) = slices, obj_shape
+    tied = tied and S > 1
+    So = 1 if tied else S  # transmission functions held: one for every slice when they are tied
     state = {
-        "phase": torch.zeros((S, H, W), dtype=ftype, device=dev),
-        "amplitude": torch.ones((S, H, W), dtype=ftype, device=dev),
+        "phase": torch.zeros((So, H, W), dtype=ftype, device=dev),
+        "amplitude": torch.ones((So, H, W), dtype=ftype, device=dev),
         "probe": torch.as_tensor(probe_modes / scale, dtype=ctype, device=dev),
         "positions": torch.zeros((n_pos, 2), dtype=ftype, device=dev),
     }
@@ -531,7 +540,7 @@ def _run(torch: Any, dev: Any, cube: DataCube, store: Any, reg: tuple[slice, sli
                    positions_start=positions_start, final_lr=final_lr, iterations=iterations,
                    constrain_probe=bool(constrain_probe), aperture_from_data=bool(aperture_from_data),
                    optimizer=optimizer, vacuum=vacuum is not None, device=dev.type,
-                   **({"pure_phase": True} if pure_phase else {}),
+                   **({"pure_phase": True} if pure_phase else {}), **({"tied_slices": True} if tied else {}),
                    **({"validation_fraction": validation_fraction} if validation_fraction > 0 else {}))
     errors: list[float] = []
     # held-out loss per iteration, and the state of the iteration (1-based) with the lowest one
@@ -548,16 +557,18 @@ def _run(torch: Any, dev: Any, cube: DataCube, store: Any, reg: tuple[slice, sli
         ipos = ipos.long()
         flat = ((ipos[:, 0, None] + ar)[:, :, None] * W + (ipos[:, 1, None] + ar)[:, None, :]).reshape(-1)
         b = len(idx)
-        ph = state["phase"].reshape(S, -1).index_select(1, flat).reshape(S, b, n, n)
-        am = state["amplitude"].reshape(S, -1).index_select(1, flat).reshape(S, b, n, n)
-        obj = torch.polar(am, ph)
+        ph = state["phase"].reshape(So, -1).index_select(1, flat).reshape(So, b, n, n)
+        am = state["amplitude"].reshape(So, -1).index_select(1, flat).reshape(So, b, n, n)
+        # unbind, not obj[s]: each select's backward would fill a zero tensor of every slice (O(S²) memory
+        # traffic; 32 slices: 9x slower per iteration), unbind's stacks the slices' gradients once
+        obj = torch.polar(am, ph).unbind(0)
         ramp = (torch.polar(one, -2 * math.pi * kx[None] * frac[:, 0, None, None])
                 * torch.polar(one, -2 * math.pi * ky[None] * frac[:, 1, None, None]))  # separable
         pk = torch.fft.fft2(state["probe"] * scale)  # (M, N, N)
         shifted = torch.fft.ifft2(pk[None] * ramp[:, None])  # (B, M, N, N)
         psi = shifted * obj[0][:, None]
         for s in range(1, S):
-            psi = torch.fft.ifft2(torch.fft.fft2(psi) * prop) * obj[s][:, None]
+            psi = torch.fft.ifft2(torch.fft.fft2(psi) * prop) * obj[0 if tied else s][:, None]
         far = torch.fft.fft2(psi, norm="ortho")
         inten = (far.real**2 + far.imag**2).sum(dim=1)  # (B, N, N)
         if optimizer != "gd" or not with_illum:
@@ -604,7 +615,7 @@ def _run(torch: Any, dev: Any, cube: DataCube, store: Any, reg: tuple[slice, sli
                 with torch.no_grad():  # a Gauss-Newton step: gradient / (illumination + α max)
                     pre = (illum + gd_alpha * illum.max()).reshape(1, H, W)
                     # the Poisson gradient (1 - y/I)ψ is about twice the amplitude one (1 - √y/|ψ|)ψ
-                    f = step_now * max(denom, 1e-30) / (2 if loss == "amplitude" else 4)
+                    f = step_now * max(denom, 1e-30) / (2 if loss == "amplitude" else 4) / (S * S if tied else 1)
                     for k in object_keys:
                         state[k].sub_(f * state[k].grad / pre)
             if adam and constrain and it >= probe_start:
@@ -683,11 +694,12 @@ def _run(torch: Any, dev: Any, cube: DataCube, store: Any, reg: tuple[slice, sli
             one_pass(np.random.default_rng([seed, iterations]).permutation(n_pos), lr["object_step"] * final_lr,
                      iterations, adam=False)
     with torch.no_grad():
-        obj = torch.polar(state["amplitude"], state["phase"]).cpu().numpy().astype(np.complex64)
+        obj = torch.polar(state["amplitude"], state["phase"]).expand(S, H, W).cpu().numpy().astype(np.complex64)
         probe_out = (state["probe"] * scale).cpu().numpy().astype(np.complex64)
         pos_px = corner_np + state["positions"].detach().cpu().double().numpy() + n // 2
-    phase = state["phase"].detach().sum(dim=0).cpu().numpy().astype(np.float32)
-    amplitude = state["amplitude"].detach().prod(dim=0).cpu().numpy().astype(np.float32)
+    reps = S if tied else 1  # a tied slice stands for every slice
+    phase = (reps * state["phase"].detach().sum(dim=0)).cpu().numpy().astype(np.float32)
+    amplitude = (state["amplitude"].detach().prod(dim=0) ** reps).cpu().numpy().astype(np.float32)
     lo = np.floor(pos_px.min(axis=0)).astype(int)
     hi = np.ceil(pos_px.max(axis=0)).astype(int) + 1
     phase -= np.float32(phase[lo[0] : hi[0], lo[1] : hi[1]].mean())
@@ -699,7 +711,7 @@ def _run(torch: Any, dev: Any, cube: DataCube, store: Any, reg: tuple[slice, sli
         "scan_rotation": rot_source, "learning_rates": lr, "probe_start": probe_start,
         "positions_start": positions_start, "final_lr": final_lr, "optimizer": optimizer,
         "constrain_probe": bool(constrain_probe), "validation_fraction": validation_fraction,
-        "pure_phase": pure_phase,
+        "pure_phase": pure_phase, "tied_slices": tied,
         "validation_positions": int(len(val_idx)),
         "device": str(dev), "resumed_at_iteration": start_it,
         "seconds": time.perf_counter() - t_start, "patterns_in_memory": store.in_memory,
