@@ -37,7 +37,8 @@ from _results import add_output_arguments, machine_line, write_section  # noqa: 
 from ptycho_benchmark import DATA, LABEL, Scorer, dosed, phase_section_best, score_phase  # noqa: E402
 
 #: Cell depth along the beam (Å) and the slices of about one period each.
-SLICING = {"sto_thick": (125.06, 32), "mo_val": (119.586 + 4.0, 39)}
+SLICING = {"sto_thick": (125.06, 32), "mo_val": (119.586 + 4.0, 39), "ceo2_train": (97.4 + 4.0, 19),
+           "mgo_train": (80.0 + 4.0, 20)}
 
 
 def run(name: str, dose: float, a: argparse.Namespace) -> dict:
@@ -50,7 +51,7 @@ def run(name: str, dose: float, a: argparse.Namespace) -> dict:
     scorer = Scorer(labels[LABEL], tuple(labels["metadata"]["scan_step_xy_A"]))
     depth, slices = SLICING[name]
     slices = a.slices or slices
-    n = 48
+    n = a.pattern_size
     pixel = 1.0 / (n * dc.calibration.q_pixel_inv_A)
     first = (n // 2 + max(4, n // 8)) * pixel  # the first position's centre in the object frame
     ckpt = DATA / f"{name}_{dose:g}_tied.ckpt.pt"
@@ -64,6 +65,7 @@ def run(name: str, dose: float, a: argparse.Namespace) -> dict:
             st = torch.load(ckpt, weights_only=True, map_location="cpu")["state"]
             ph = (st["phase"].sum(dim=0) * slices).numpy().astype(np.float32)
             sc = score_phase(scorer, ph, (pixel, pixel), (first, first))
+            curve[:] = [c for c in curve if c["iteration"] < it + 1]  # a restart (divergence guard) redoes iterations
             curve.append({"iteration": it + 1, "error": float(error), "cpu_s": c - c0 - spent[0],
                           "ssim": sc["ssim"], "pearson": sc["pearson"], "ssim_whole": sc["ssim_whole"],
                           "pearson_whole": sc["pearson_whole"]})
@@ -74,12 +76,13 @@ def run(name: str, dose: float, a: argparse.Namespace) -> dict:
     res = reconstruct(dc, defocus_A=0.0, iterations=a.iterations, device="cpu", seed=0, checkpoint=ckpt,
                       progress=False, scan_rotation_rad=0.0, scan_flip=False, slices=slices,
                       slice_thickness_A=depth / slices, tied_slices=True,
-                      learning_rates={"object_step": a.object_step}, callback=callback)
+                      learning_rates={"object_step": a.object_step}, callback=callback, pattern_size=n)
     cpu = time.process_time() - c0 - spent[0]
     ckpt.unlink(missing_ok=True)
     assert res.sampling_A[0] == pixel
     return {"scan": name, "dose": dose, "slices": slices, "slice_thickness_A": depth / slices,
             "iterations": a.iterations, "object_step": a.object_step, "cpu_s": cpu, "curve": curve,
+            "object_step_halvings": res.provenance.parameters["object_step_halvings"],
             "final": curve[-1]}
 
 
@@ -123,6 +126,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--object-step", type=float, default=0.5)
     ap.add_argument("--slices", type=int, default=None, help="default: about one period each (SLICING)")
     ap.add_argument("--score-every", type=int, default=5)
+    ap.add_argument("--pattern-size", type=int, default=48, help="the window (pixels; the detector is 48)")
     add_output_arguments(ap, "ptycho_tied")
     a = ap.parse_args(argv)
     command = "benchmarks/ptycho_tied.py " + " ".join(sys.argv[1:] if argv is None else argv)
@@ -130,7 +134,7 @@ def main(argv: list[str] | None = None) -> None:
     for dose in a.doses:
         print(f"== {a.scan} {dose:g}", flush=True)
         rec = run(a.scan, dose, a)
-        path = DATA / f"{a.scan}_{dose:g}_tied_step{a.object_step:g}.json"
+        path = DATA / f"{a.scan}_{dose:g}_tied_step{a.object_step:g}_n{a.pattern_size}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(rec, indent=1))
         recs.append(rec)
