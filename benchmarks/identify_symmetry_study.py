@@ -161,6 +161,18 @@ def classify(b3):
     return [float(min(v, 1e9)) for v in need]
 
 
+def projected_fit(x, y, it):
+    """``(2D basis, layer vector t)`` of a spot list by ``fit_lattice2d`` and ``fit_layers``, or None when
+    there are fewer than 3 spots or either fit fails."""
+    if x.size < 3:
+        return None
+    f2 = fit_lattice2d(x, y, np.sqrt(it))
+    if not np.isfinite(f2["basis"]).all():
+        return None
+    t2 = fit_layers(x, y, f2["basis"])["t"]
+    return (f2["basis"], t2) if np.isfinite(t2).all() else None
+
+
 def one_fit(x, y, it, B2, t, sigma):
     """``fit_heights`` and its time; a failed fit (a basis far too short) gives a NaN cell."""
     t0 = time.perf_counter()
@@ -258,17 +270,14 @@ def ablation(work, seed, per_group, n_or=2):
                 ax, ay, ai = ax[k2], ay[k2], ai[k2]
                 fits = [(name, 0.05)] + ([("all, absent fraction 0.2", 0.2)] if not kw else [])
                 for key, absent in fits:
+                    fit = projected_fit(ax, ay, ai)
                     need = None
-                    if ax.size >= 3:
-                        f2 = fit_lattice2d(ax, ay, np.sqrt(ai))
-                        if np.isfinite(f2["basis"]).all():
-                            t2 = fit_layers(ax, ay, f2["basis"])["t"]
-                            if np.isfinite(t2).all():
-                                try:
-                                    r = fit_heights(ax, ay, ai / ai.max(), f2["basis"], t2, absent_fraction=absent)
-                                    need = classify(r["basis3d"])
-                                except Distill4dError:
-                                    need = None
+                    if fit is not None:
+                        try:
+                            r = fit_heights(ax, ay, ai / ai.max(), *fit, absent_fraction=absent)
+                            need = classify(r["basis3d"])
+                        except Distill4dError:
+                            need = None
                     out[key].append((expected_system(sg), need))
         print(f"ablation sg{sg}", flush=True)
     path.write_text(json.dumps(out))
@@ -310,14 +319,11 @@ def refined_pass(work, seed, jobs, n_or):
             k2 = np.hypot(ax, ay) >= 0.05
             ax, ay, ai = ax[k2], ay[k2], ai[k2]
             need = None
-            if ax.size >= 3:
-                f2 = fit_lattice2d(ax, ay, np.sqrt(ai))
-                if np.isfinite(f2["basis"]).all():
-                    t2 = fit_layers(ax, ay, f2["basis"])["t"]
-                    if np.isfinite(t2).all():
-                        B, t = refine_projected_basis(ax, ay, f2["basis"], t2)
-                        r, _ = one_fit(ax, ay, ai / ai.max(), B, t, SIGMA)
-                        need = classify(r["basis3d"])
+            fit = projected_fit(ax, ay, ai)
+            if fit is not None:
+                B, t = refine_projected_basis(ax, ay, *fit)
+                r, _ = one_fit(ax, ay, ai / ai.max(), B, t, SIGMA)
+                need = classify(r["basis3d"])
             rows.append((expected_system(sg), need))
         out[str(i)] = rows
         path.write_text(json.dumps(out))

@@ -209,14 +209,10 @@ def _height(row: np.ndarray, logi: np.ndarray, layer: np.ndarray, B: np.ndarray,
 def _reduce3(b: np.ndarray) -> np.ndarray:
     """A short basis of the 3D lattice of rows ``b`` (3, 3): pairwise reduction, then ``b3 ± b1 ± b2``."""
     b = b.copy()
+    from .symmetry import pairwise_reduce
+
     for _ in range(32):
-        b = b[np.argsort(np.einsum("ij,ij->i", b, b))]
-        changed = False
-        for i, j in ((0, 1), (0, 2), (1, 2)):
-            r = round(float(b[i] @ b[j]) / float(b[i] @ b[i]))
-            if r:
-                b[j] = b[j] - r * b[i]
-                changed = True
+        b, changed = pairwise_reduce(b)
         for s1 in (1, -1):
             for s2 in (1, -1):
                 c = b[2] + s1 * b[0] + s2 * b[1]

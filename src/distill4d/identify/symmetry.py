@@ -55,6 +55,19 @@ def _matrices() -> np.ndarray:
     return _MATS[0]
 
 
+def pairwise_reduce(b: np.ndarray) -> tuple[np.ndarray, bool]:
+    """One pass of pairwise (Lagrange-Gauss) reduction of the rows ``b`` (3, 3), sorted by length first:
+    ``(reduced copy, whether any row changed)``."""
+    b = b[np.argsort(np.einsum("ij,ij->i", b, b))]
+    changed = False
+    for i, j in ((0, 1), (0, 2), (1, 2)):
+        r = round(float(b[i] @ b[j]) / float(b[i] @ b[i]))
+        if r:
+            b[j] = b[j] - r * b[i]
+            changed = True
+    return b, changed
+
+
 def reduce_basis(basis: Any) -> np.ndarray:
     """A reduced basis ``(3, 3)`` (rows) of the lattice of ``basis`` (rows, any unit): the three
     shortest non-coplanar lattice vectors (successive minima), right-handed."""
@@ -65,13 +78,7 @@ def reduce_basis(basis: Any) -> np.ndarray:
     if vol <= 1e-12 * np.sum(b * b) ** 1.5:
         raise Distill4dError("basis vectors are coplanar: they span no 3D lattice")
     for _ in range(64):  # greedy pairwise reduction first, so that small coefficients suffice below
-        b = b[np.argsort(np.einsum("ij,ij->i", b, b))]
-        changed = False
-        for i, j in ((0, 1), (0, 2), (1, 2)):
-            r = round(float(b[i] @ b[j]) / float(b[i] @ b[i]))
-            if r:
-                b[j] = b[j] - r * b[i]
-                changed = True
+        b, changed = pairwise_reduce(b)
         if not changed:
             break
     c = np.array([v for v in itertools.product(range(-2, 3), repeat=3) if any(v)], dtype=np.float64)
