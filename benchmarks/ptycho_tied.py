@@ -20,13 +20,15 @@ the bar of issue 34's goal (multislice beats every method of the phase benchmark
 
 Usage: ``OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/ptycho_tied.py --scan ceo2_train --object-step 4``
 (validation; also ``mgo_train``, ``mo_val``); ``... --scan sto_thick --doses 2e4 2e3 --iterations 30`` (the test,
-which writes the section).
+which writes the section); ``... --scan sto_thick --pipeline --iterations 30`` (the pipeline with a tied-slice
+label against whole-scan tied ptychography on the positions outside its block; printed, not a RESULTS row).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -90,6 +92,50 @@ def run(name: str, dose: float, a: argparse.Namespace) -> dict:
             "final": curve[-1]}
 
 
+def pipeline(name: str, dose: float, a: argparse.Namespace) -> None:
+    """``distill4d phase SCAN --train-on-ptycho BLOCK --tied-slices`` (the ptycho benchmark's block, MLP, 1 Å
+    border) against whole-scan tied ptychography, both scored on the positions outside the block; printed
+    only (CPU seconds of the command as a subprocess, and of the whole-scan reconstruction in this process)."""
+    import resource
+    import subprocess
+
+    import torch
+
+    from distill4d.io import read_results, write
+    from distill4d.phase.ptycho import reconstruct
+    from ptycho_benchmark import pipeline_region
+
+    torch.set_num_threads(1)
+    dc, labels = dosed(name, dose)
+    depth, slices = SLICING[name]
+    region = pipeline_region(dc.scan_shape)
+    spec = f"{region[0].start}:{region[0].stop},{region[1].start}:{region[1].stop}"
+    step = tuple(labels["metadata"]["scan_step_xy_A"])
+    held = Scorer(labels[LABEL], step, exclude=region)
+    scan, out = DATA / f"{name}_{dose:g}.h5", DATA / f"{name}_{dose:g}_tied_pipeline_image.h5"
+    if not scan.exists():
+        write(scan, dc, force=True)
+    cmd = [sys.executable, "-c", "import sys; from distill4d.cli import main; sys.exit(main())", "phase", str(scan),
+           "--train-on-ptycho", spec, "-o", str(out), "--force", "--no-png", "--no-progress", "--scheduler", "inline",
+           "--device", "cpu", "--iterations", str(a.iterations), "--scan-rotation-deg", "0", "--train-model", "mlp",
+           "--train-border-A", "1", "--slices", str(slices), "--slice-thickness-A", str(depth / slices), "--tied-slices"]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    subprocess.run(cmd, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu_pipe = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    s_pipe = held.score(np.asarray(read_results(out)["ptychographic_phase"], np.float64), step, (0.0, 0.0))
+    c0 = time.process_time()
+    res = reconstruct(dc, iterations=a.iterations, device="cpu", seed=0, progress=False, scan_rotation_rad=0.0,
+                      scan_flip=False, slices=slices, slice_thickness_A=depth / slices, tied_slices=True)
+    cpu_whole = time.process_time() - c0
+    pos = np.asarray(res.positions_A)
+    s_whole = held.score(res.object_phase, res.sampling_A, (float(pos[0, 0]), float(pos[0, 1])))
+    print(f"{name} {dose:g}, block {spec}, {a.iterations} iterations: pipeline held-out SSIM {s_pipe['ssim']:.3f} "
+          f"r {s_pipe['pearson']:.3f}, {cpu_pipe:.0f} CPU s (the command); whole-scan tied ptychography on the same "
+          f"positions SSIM {s_whole['ssim']:.3f} r {s_whole['pearson']:.3f}, {cpu_whole:.0f} CPU s (in process); "
+          f"quality ratio {s_pipe['ssim'] / s_whole['ssim']:.3f}, time ratio {cpu_pipe / cpu_whole:.3f}", flush=True)
+
+
 def section(recs: list[dict], command: str) -> str:
     L = ["## Ptychography of a thick crystal with tied slices (SrTiO3 121 Å)", "",
          f"`{command}`", "", machine_line(),
@@ -137,12 +183,19 @@ def main(argv: list[str] | None = None) -> None:
                     help="learning_rates['object_step'] (default: the package's for tied slices, TIED_OBJECT_STEP)")
     ap.add_argument("--slices", type=int, default=None, help="default: about one period each (SLICING)")
     ap.add_argument("--score-every", type=int, default=5)
+    ap.add_argument("--pipeline", action="store_true",
+                    help="the phase --train-on-ptycho pipeline with tied slices against whole-scan tied ptychography "
+                         "(printed only)")
     ap.add_argument("--from-saved", action="store_true",
                     help="write the section from the runs saved in benchmarks/data/ptycho (no reconstruction)")
     ap.add_argument("--pattern-size", type=int, default=48, help="the window (pixels; the detector is 48)")
     add_output_arguments(ap, "ptycho_tied")
     a = ap.parse_args(argv)
     command = "benchmarks/ptycho_tied.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    if a.pipeline:
+        for dose in a.doses:
+            pipeline(a.scan, dose, a)
+        return
     recs = []
     for dose in a.doses:
         if a.from_saved:
