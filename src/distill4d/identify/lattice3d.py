@@ -42,6 +42,7 @@ import numpy as np
 from .._validate import positive_float
 from ..errors import Distill4dError
 from .metric import fit_layers, pattern_lattices
+from .symmetry import pairwise_reduce
 
 __all__ = ["LATTICE3D_NAMES", "N_LATTICE3D", "N_POSITION", "layer_offset", "lattice3d_features"]
 
@@ -209,8 +210,6 @@ def _height(row: np.ndarray, logi: np.ndarray, layer: np.ndarray, B: np.ndarray,
 def _reduce3(b: np.ndarray) -> np.ndarray:
     """A short basis of the 3D lattice of rows ``b`` (3, 3): pairwise reduction, then ``b3 ± b1 ± b2``."""
     b = b.copy()
-    from .symmetry import pairwise_reduce
-
     for _ in range(32):
         b, changed = pairwise_reduce(b)
         for s1 in (1, -1):

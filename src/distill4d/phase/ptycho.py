@@ -18,6 +18,7 @@ from the third. Scan positions map to the object frame as the CoM convention say
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -553,13 +554,13 @@ def _run(torch: Any, dev: Any, cube: DataCube, store: Any, reg: tuple[slice, sli
                    **({"pure_phase": True} if pure_phase else {}), **({"tied_slices": True} if tied else {}),
                    **({"validation_fraction": validation_fraction} if validation_fraction > 0 else {}))
     errors: list[float] = []
-    step_scale = [1.0]  # the object step's factor after the divergence guard's halvings (checkpointed)
+    step_scale = 1.0  # the object step's factor after the divergence guard's halvings (checkpointed)
     # held-out loss per iteration, and the state of the iteration (1-based) with the lowest one
     val: dict[str, Any] = {"errors": [], "best_iteration": 0, "best_state": None}
     start_it = 0
     ckpt = Path(checkpoint) if checkpoint is not None else None
     if ckpt is not None and ckpt.exists():
-        start_it = _load_checkpoint(torch, ckpt, key, state, opt, errors, val, step_scale)
+        start_it, step_scale = _load_checkpoint(torch, ckpt, key, state, opt, errors, val)
 
     def forward(idx: Any, with_illum: bool = True) -> Any:
         pos = corner[idx].to(ftype) + state["positions"][idx]
@@ -661,10 +662,9 @@ def _run(torch: Any, dev: Any, cube: DataCube, store: Any, reg: tuple[slice, sli
     it = start_it
     try:
         while it < iterations:
-            snapshots = (snapshots + [(it, {k: v.detach().clone() for k, v in state.items()},
-                                       _copy_optimizer_state(opt.state_dict()))])[-2:]
+            snapshots = (snapshots + [(it, _snapshot(state), copy.deepcopy(opt.state_dict()))])[-2:]
             decay = final_lr + (1 - final_lr) * 0.5 * (1 + math.cos(math.pi * it / max(iterations, 1)))
-            step_now = lr["object_step"] * decay * step_scale[0]
+            step_now = lr["object_step"] * decay * step_scale
             # no gradient is computed for what this iteration does not update
             state["probe"].requires_grad_(it >= probe_start)
             state["positions"].requires_grad_(refine_positions and it >= positions_start)
@@ -688,14 +688,12 @@ def _run(torch: Any, dev: Any, cube: DataCube, store: Any, reg: tuple[slice, sli
             bad = not math.isfinite(err) or err > 1.0 or (len(errors) > 0 and err > DIVERGENCE_FACTOR * errors[-1])
             if bad and halvings < MAX_STEP_HALVINGS and (len(errors) > 0 or err > 1.0):
                 back, saved, saved_opt = snapshots[0]
-                with torch.no_grad():
-                    for k, v in state.items():
-                        v.copy_(saved[k])
+                _restore(torch, state, saved)
                 opt.load_state_dict(saved_opt)
                 del errors[back:]  # errors[i] is iteration i's (a resumed run's list starts at 0 too)
                 if len(val_idx):
                     del val["errors"][back:]
-                step_scale[0] *= 0.5
+                step_scale *= 0.5
                 halvings += 1
                 snapshots = []
                 bar.update(back - it)
@@ -706,10 +704,10 @@ def _run(torch: Any, dev: Any, cube: DataCube, store: Any, reg: tuple[slice, sli
                 val["errors"].append(held_out_loss())
                 if val["best_state"] is None or val["errors"][-1] < val["errors"][val["best_iteration"] - 1]:
                     val["best_iteration"] = it + 1
-                    val["best_state"] = {k: v.detach().clone() for k, v in state.items()}
+                    val["best_state"] = _snapshot(state)
             if ckpt is not None:
                 _save_checkpoint(torch, ckpt, key, it + 1, state, opt, errors, val if len(val_idx) else None,
-                                 step_scale[0])
+                                 step_scale)
             bar.update(1)
             bar.set_postfix(error=f"{errors[-1]:.4g}")
             if callback is not None:
@@ -721,9 +719,7 @@ def _run(torch: Any, dev: Any, cube: DataCube, store: Any, reg: tuple[slice, sli
     chosen = iterations
     if val["best_state"] is not None:
         chosen = val["best_iteration"]
-        with torch.no_grad():
-            for k, v in state.items():
-                v.copy_(val["best_state"][k])
+        _restore(torch, state, val["best_state"])
         if optimizer == "gd":
             # the held-out positions put back: one pass over every position, object only, at the last
             # iteration's step (on MoS2 SSIM +0.001 to +0.015; benchmarks/ptycho_validation.py)
@@ -821,11 +817,16 @@ def _progress_bar(progress: bool | None, total: int, initial: int) -> Any:
                 leave=False)
 
 
-def _copy_optimizer_state(sd: dict[str, Any]) -> dict[str, Any]:
-    """A copy of an optimiser's state dict whose tensors do not change when the optimiser steps."""
-    import copy
+def _snapshot(state: dict[str, Any]) -> dict[str, Any]:
+    """A detached copy of the reconstruction's tensors (object, probe, positions)."""
+    return {k: v.detach().clone() for k, v in state.items()}
 
-    return copy.deepcopy(sd)
+
+def _restore(torch: Any, state: dict[str, Any], saved: dict[str, Any]) -> None:
+    """The tensors of ``state`` set, in place, to those of a :func:`_snapshot`."""
+    with torch.no_grad():
+        for k, v in state.items():
+            v.copy_(saved[k])
 
 
 def _save_checkpoint(torch: Any, path: Path, key: str, iteration: int, state: dict[str, Any], opt: Any,
@@ -843,7 +844,8 @@ def _save_checkpoint(torch: Any, path: Path, key: str, iteration: int, state: di
 
 
 def _load_checkpoint(torch: Any, path: Path, key: str, state: dict[str, Any], opt: Any, errors: list[float],
-                     val: dict[str, Any], step_scale: list[float]) -> int:
+                     val: dict[str, Any]) -> tuple[int, float]:
+    """Loads a checkpoint into ``state``, ``opt``, ``errors`` and ``val``: (iterations done, object-step factor)."""
     try:
         data = torch.load(path, weights_only=True, map_location="cpu")
     except Exception as err:  # a truncated or foreign file
@@ -858,10 +860,9 @@ def _load_checkpoint(torch: Any, path: Path, key: str, state: dict[str, Any], op
             v.copy_(data["state"][k].to(v.device))
     opt.load_state_dict(data["optimizer"])
     errors.extend(float(e) for e in data["errors"])
-    step_scale[0] = float(data.get("step_scale", 1.0))
     if "validation" in data:
         v = data["validation"]
         val["errors"] = [float(e) for e in v["errors"]]
         val["best_iteration"] = int(v["best_iteration"])
         val["best_state"] = {k: t.to(state[k].device) for k, t in v["best_state"].items()}
-    return int(data["iteration"])
+    return int(data["iteration"]), float(data.get("step_scale", 1.0))
