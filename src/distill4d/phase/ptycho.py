@@ -686,7 +686,7 @@ def _run(torch: Any, dev: Any, cube: DataCube, store: Any, reg: tuple[slice, sli
                     state["positions"].clamp_(-margin + 1, margin - 1)
             err = num / max(den, 1e-30)
             bad = not math.isfinite(err) or err > 1.0 or (len(errors) > 0 and err > DIVERGENCE_FACTOR * errors[-1])
-            if bad and halvings < MAX_STEP_HALVINGS and (len(errors) > 0 or err > 1.0):
+            if bad and halvings < MAX_STEP_HALVINGS:
                 back, saved, saved_opt = snapshots[0]
                 _restore(torch, state, saved)
                 opt.load_state_dict(saved_opt)
