@@ -188,6 +188,15 @@ def metric_ceiling(truth: np.ndarray, step_A: tuple[float, float], sampling_A: f
     return Scorer(truth, step_A).score(2.5 * obj + 1.0, samp, origin)
 
 
+def object_frame(n: int, q_pixel_inv_A: float) -> tuple[tuple[float, float], tuple[float, float]]:
+    """``(sampling_A, origin_A)`` of a reconstruction's object with an ``n``-pixel window, scan rotation 0 and
+    positions not refined, as ``reconstruct`` lays it out: the first position's centre is the window's half plus
+    its margin ``max(4, n // 8)`` pixels from object pixel (0, 0). For reading iterates from a checkpoint."""
+    pixel = 1.0 / (n * q_pixel_inv_A)
+    first = (n // 2 + max(4, n // 8)) * pixel
+    return (pixel, pixel), (first, first)
+
+
 def score_phase(scorer: Scorer, phase, sampling_A, origin_A) -> dict:
     """:meth:`Scorer.score` (the one metric of every contender)."""
     return scorer.score(phase, sampling_A, origin_A)

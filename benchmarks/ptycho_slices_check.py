@@ -20,7 +20,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from ptycho_benchmark import DATA, LABEL, Scorer, dosed, score_phase  # noqa: E402
+from ptycho_benchmark import DATA, LABEL, Scorer, dosed, object_frame, score_phase  # noqa: E402
 
 
 def main() -> None:
@@ -48,9 +48,7 @@ def main() -> None:
     dc, labels = dosed("sto_thick", a.dose)
     scorer = Scorer(labels[LABEL], tuple(labels["metadata"]["scan_step_xy_A"]))
     n = a.pattern_size
-    pixel = 1.0 / (n * dc.calibration.q_pixel_inv_A)
-    first = n // 2 + max(4, n // 8)  # the first position's centre: the window's half plus the margin
-    sampling, origin = (pixel, pixel), (first * pixel, first * pixel)
+    sampling, origin = object_frame(n, dc.calibration.q_pixel_inv_A)
     tag = f"sto_thick_{a.dose:g}_slices{a.slices}" + ("" if n == 48 else f"_n{n}") + ("_pure" if a.pure_phase else "") + ("_tied" if a.tied_slices else "")
     ckpt = DATA / f"{tag}.ckpt.pt"
     if a.analyse:

@@ -38,7 +38,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from _results import add_output_arguments, machine_line, write_section  # noqa: E402
-from ptycho_benchmark import DATA, LABEL, Scorer, dosed, phase_section_best, score_phase  # noqa: E402
+from ptycho_benchmark import DATA, LABEL, Scorer, dosed, object_frame, phase_section_best, score_phase  # noqa: E402
 
 #: Cell depth along the beam (Å) and the slices of about one period each.
 SLICING = {"sto_thick": (125.06, 32), "mo_val": (119.586 + 4.0, 39), "ceo2_train": (97.4 + 4.0, 19),
@@ -56,8 +56,7 @@ def run(name: str, dose: float, a: argparse.Namespace) -> dict:
     depth, slices = SLICING[name]
     slices = a.slices or slices
     n = a.pattern_size
-    pixel = 1.0 / (n * dc.calibration.q_pixel_inv_A)
-    first = (n // 2 + max(4, n // 8)) * pixel  # the first position's centre in the object frame
+    sampling, origin = object_frame(n, dc.calibration.q_pixel_inv_A)
     ckpt = DATA / f"{name}_{dose:g}_tied.ckpt.pt"
     ckpt.unlink(missing_ok=True)
     curve, spent = [], [0.0]
@@ -68,7 +67,7 @@ def run(name: str, dose: float, a: argparse.Namespace) -> dict:
         if (it + 1) % a.score_every == 0 or it + 1 == a.iterations:
             st = torch.load(ckpt, weights_only=True, map_location="cpu")["state"]
             ph = (st["phase"].sum(dim=0) * slices).numpy().astype(np.float32)
-            sc = score_phase(scorer, ph, (pixel, pixel), (first, first))
+            sc = score_phase(scorer, ph, sampling, origin)
             curve[:] = [c for c in curve if c["iteration"] < it + 1]  # a restart (divergence guard) redoes iterations
             curve.append({"iteration": it + 1, "error": float(error), "cpu_s": c - c0 - spent[0],
                           "ssim": sc["ssim"], "pearson": sc["pearson"], "ssim_whole": sc["ssim_whole"],
@@ -84,7 +83,7 @@ def run(name: str, dose: float, a: argparse.Namespace) -> dict:
                       callback=callback, pattern_size=n)
     cpu = time.process_time() - c0 - spent[0]
     ckpt.unlink(missing_ok=True)
-    assert res.sampling_A[0] == pixel
+    assert tuple(res.sampling_A) == sampling and np.allclose(res.positions_A[0], origin)  # the frame scored
     return {"scan": name, "dose": dose, "slices": slices, "slice_thickness_A": depth / slices,
             "iterations": a.iterations, "object_step": res.provenance.parameters["learning_rates"]["object_step"],
             "cpu_s": cpu, "curve": curve,
