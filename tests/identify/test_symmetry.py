@@ -93,3 +93,15 @@ def test_refine_projected_basis_averages_the_position_noise_of_t():
     t_spot = q[np.flatnonzero((n == [0, 0, 1]).all(1))[0]]
     B, t_fit = refine_projected_basis(q[:, 0], q[:, 1], np.stack([g1, g2]) + 0.002, t_spot)
     assert np.linalg.norm(t_fit - t) < 5e-4 and np.abs(B - np.stack([g1, g2])).max() < 5e-4
+
+
+def test_spots_with_nan_or_mismatched_lengths_are_a_one_line_error():
+    from distill4d.identify.symmetry import refine_projected_basis
+
+    B, t = np.array([[0.2, 0.0], [0.0, 0.25]]), np.array([0.05, 0.07])
+    with pytest.raises(Distill4dError, match="finite"):
+        fit_heights([0.2, np.nan], [0.0, 0.25], [1.0, 0.5], B, t)
+    with pytest.raises(Distill4dError, match="intensity"):
+        fit_heights([0.2, 0.0], [0.0, 0.25], [1.0], B, t)
+    with pytest.raises(Distill4dError, match="one length"):
+        refine_projected_basis([0.2, 0.0], [0.0], B, t)

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import Distill4dError
+from .metric import _spot_positions
 
 __all__ = ["LATTICE_SYSTEMS", "POINT_GROUP_ORDERS", "reduce_basis", "symmetry_order", "system_tolerances",
            "system_from_tolerances", "system_by_gap", "lattice_system", "refine_projected_basis",
@@ -194,7 +195,7 @@ def refine_projected_basis(qx_inv_A: Any, qy_inv_A: Any, basis: Any, t: Any, *, 
     max_layer``): a spot is indexed by ``(n1, n2, k)``, and ``[g1; g2; t]`` solves ``q = (n1, n2, k) ·
     [g1; g2; t]``. (:func:`~distill4d.identify.metric.fit_layers` returns one spot's position as ``t``,
     with that spot's position error.) Unchanged where fewer than 4 spots are indexed."""
-    q = np.stack([np.asarray(qx_inv_A, dtype=np.float64), np.asarray(qy_inv_A, dtype=np.float64)], axis=1)
+    q = _spot_positions(qx_inv_A, qy_inv_A)
     B = np.asarray(basis, dtype=np.float64).copy()
     t = np.asarray(t, dtype=np.float64).copy()
     ks = np.arange(-max_layer, max_layer + 1)
@@ -256,7 +257,10 @@ def fit_heights(qx_inv_A: Any, qy_inv_A: Any, intensity: Any, basis: Any, t: Any
 
     from ..calibration import electron_wavelength_A
 
-    x, y, it = (np.asarray(a, dtype=np.float64) for a in (qx_inv_A, qy_inv_A, intensity))
+    x, y = _spot_positions(qx_inv_A, qy_inv_A).T
+    it = np.asarray(intensity, dtype=np.float64)
+    if it.shape != x.shape or not np.isfinite(it).all():
+        raise Distill4dError(f"intensity must be a finite array of the spots' length {x.shape}, got shape {it.shape}")
     B = np.asarray(basis, dtype=np.float64)
     t = np.asarray(t, dtype=np.float64)
     if B.shape != (2, 2) or t.shape != (2,) or not (np.isfinite(B).all() and np.isfinite(t).all()):
