@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shutil
 import sys
 import threading
@@ -255,13 +256,17 @@ class JobStore:
 
     def _progress(self, job_id: str) -> dict[str, Any]:
         """Tiles written of the step running (its checkpoint's manifest is the newest)."""
-        manifests = sorted(self.dir.joinpath(job_id).rglob("manifest.json"), key=_mtime)
-        for manifest in reversed(manifests):
+        # os.walk, not Path.rglob: the job's steps create and remove folders while this reads, and
+        # rglob raises when a folder it listed is gone (os.walk skips it)
+        manifests = [Path(root) / "manifest.json" for root, _, names in os.walk(self.dir / job_id)
+                     if "manifest.json" in names]
+        for manifest in sorted(manifests, key=_mtime, reverse=True):
             try:
                 total = len(json.loads(manifest.read_text())["tiles"])
-            except (OSError, ValueError, KeyError):
+                done = sum(1 for name in os.listdir(manifest.parent)
+                           if name.startswith("tile_") and name.endswith(".npz"))
+            except (OSError, ValueError, KeyError, TypeError):
                 continue
-            done = sum(1 for _ in manifest.parent.glob("tile_*.npz"))
             return {"step": manifest.parent.name, "tiles_done": done, "tiles_total": total,
                     "fraction": done / total if total else 0.0}
         return {"step": None, "tiles_done": 0, "tiles_total": None, "fraction": 0.0}
