@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -91,18 +92,15 @@ def run(name: str, dose: float, a: argparse.Namespace) -> dict:
             "final": curve[-1]}
 
 
-def pipeline(name: str, dose: float, a: argparse.Namespace) -> None:
-    """``distill4d phase SCAN --train-on-ptycho BLOCK --tied-slices`` (the ptycho benchmark's block, MLP, 1 Å
-    border) against whole-scan tied ptychography, both scored on the positions outside the block; printed
-    only (CPU seconds of the command as a subprocess, and of the whole-scan reconstruction in this process)."""
-    import resource
-    import subprocess
-
+def pipeline(name: str, dose: float, a: argparse.Namespace) -> dict:
+    """``distill4d phase SCAN --train-on-ptycho BLOCK --tied-slices`` (the ptycho benchmark's corner block of
+    1/8 of the positions, the MLP) against ``distill4d ptycho SCAN --tied-slices`` on the whole scan, both run
+    and timed alike (a subprocess each, one thread: start-up, import, reading and writing counted) and scored
+    on the positions outside the block; the record is saved as ``<scan>_<dose>_tied_pipeline.json``."""
     import torch
 
     from distill4d.io import read_results, write
-    from distill4d.phase.ptycho import reconstruct
-    from ptycho_benchmark import pipeline_region
+    from ptycho_benchmark import _run_stages, distill4d_source, pipeline_region
 
     torch.set_num_threads(1)
     dc, labels = dosed(name, dose)
@@ -111,31 +109,58 @@ def pipeline(name: str, dose: float, a: argparse.Namespace) -> None:
     spec = f"{region[0].start}:{region[0].stop},{region[1].start}:{region[1].stop}"
     step = tuple(labels["metadata"]["scan_step_xy_A"])
     held = Scorer(labels[LABEL], step, exclude=region)
-    scan, out = DATA / f"{name}_{dose:g}.h5", DATA / f"{name}_{dose:g}_tied_pipeline_image.h5"
+    scan = DATA / f"{name}_{dose:g}.h5"
     if not scan.exists():
         write(scan, dc, force=True)
-    cmd = [sys.executable, "-c", "import sys; from distill4d.cli import main; sys.exit(main())", "phase", str(scan),
+    block_iterations = a.block_iterations or a.iterations
+    tied = ["--scan-rotation-deg", "0", "--device", "cpu", "--slices", str(slices), "--slice-thickness-A",
+            str(depth / slices), "--tied-slices"]
+    out = DATA / f"{name}_{dose:g}_tied_pipeline_image.h5"
+    cmd = [sys.executable, str(HERE / "_pipeline_stages.py"), str(out.with_suffix(".stages.json")), "phase", str(scan),
            "--train-on-ptycho", spec, "-o", str(out), "--force", "--no-png", "--no-progress", "--scheduler", "inline",
-           "--device", "cpu", "--iterations", str(a.iterations), "--scan-rotation-deg", "0", "--train-model", "mlp",
-           "--train-border-A", "1", "--slices", str(slices), "--slice-thickness-A", str(depth / slices), "--tied-slices"]
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    subprocess.run(cmd, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu_pipe = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+           "--iterations", str(block_iterations), "--train-model", "mlp", "--train-border-A", str(a.train_border_a),
+           *tied, *a.pipeline_args]
+    print(f"== {name} {dose:g} pipeline: {' '.join(cmd[3:])}", flush=True)
+    cpu_pipe, wall_pipe, stages_pipe = _run_stages(cmd, 3600)
     s_pipe = held.score(np.asarray(read_results(out)["ptychographic_phase"], np.float64), step, (0.0, 0.0))
-    c0 = time.process_time()
-    res = reconstruct(dc, iterations=a.iterations, device="cpu", seed=0, progress=False, scan_rotation_rad=0.0,
-                      scan_flip=False, slices=slices, slice_thickness_A=depth / slices, tied_slices=True)
-    cpu_whole = time.process_time() - c0
-    pos = np.asarray(res.positions_A)
-    s_whole = held.score(res.object_phase, res.sampling_A, (float(pos[0, 0]), float(pos[0, 1])))
-    print(f"{name} {dose:g}, block {spec}, {a.iterations} iterations: pipeline held-out SSIM {s_pipe['ssim']:.3f} "
-          f"r {s_pipe['pearson']:.3f}, {cpu_pipe:.0f} CPU s (the command); whole-scan tied ptychography on the same "
-          f"positions SSIM {s_whole['ssim']:.3f} r {s_whole['pearson']:.3f}, {cpu_whole:.0f} CPU s (in process); "
-          f"quality ratio {s_pipe['ssim'] / s_whole['ssim']:.3f}, time ratio {cpu_pipe / cpu_whole:.3f}", flush=True)
+    # the whole scan, run as the pipeline is; kept for the validation runs that vary only the pipeline
+    whole = DATA / f"{name}_{dose:g}_tied_whole_it{a.iterations}.h5"
+    whole_rec = whole.with_suffix(".json")
+    if a.reuse_whole and whole_rec.exists():
+        w = json.loads(whole_rec.read_text())
+    else:
+        wcmd = [sys.executable, str(HERE / "_pipeline_stages.py"), str(whole.with_suffix(".stages.json")), "ptycho",
+                str(scan), "-o", str(whole), "--force", "--no-png", "--no-progress", "--iterations", str(a.iterations),
+                *tied]
+        print(f"== {name} {dose:g} whole-scan ptychography: {' '.join(wcmd[3:])}", flush=True)
+        cpu, wall, stages = _run_stages(wcmd, 3600)
+        w = {"command": " ".join(["distill4d", *wcmd[3:]]), "cpu_s": cpu, "wall_s": wall, "stages_cpu_s": stages}
+        whole_rec.write_text(json.dumps(w, indent=1))
+    res = read_results(whole)
+    pos = np.asarray(res["positions_A"])
+    s_whole = held.score(np.asarray(res["object_phase"], np.float64), tuple(np.asarray(res["sampling_A"])),
+                         (float(pos[0, 0]), float(pos[0, 1])))
+    rec = {"scan": name, "dose": dose, "block": spec, "n_block": int((region[0].stop - region[0].start)
+                                                                        * (region[1].stop - region[1].start)),
+           "n_scan": int(np.prod(dc.scan_shape)), "block_iterations": block_iterations, "iterations": a.iterations,
+           "train_border_A": a.train_border_a, "extra": a.pipeline_args,
+           "command": " ".join(["distill4d", *cmd[3:]]), "cpu_s": cpu_pipe, "wall_s": wall_pipe,
+           "stages_cpu_s": stages_pipe, "pipeline": s_pipe, "whole": s_whole, "whole_command": w,
+           "quality_ratio": s_pipe["ssim"] / s_whole["ssim"], "time_ratio": cpu_pipe / w["cpu_s"],
+           "distill4d_commit": distill4d_source()}
+    print(f"{name} {dose:g}, block {spec}, {block_iterations} block iterations, border {a.train_border_a:g} Å "
+          f"{' '.join(a.pipeline_args)}: pipeline held-out SSIM {s_pipe['ssim']:.3f} r {s_pipe['pearson']:.3f}, "
+          f"{cpu_pipe:.0f} CPU s; whole-scan tied ptychography ({a.iterations} iterations) on the same positions SSIM "
+          f"{s_whole['ssim']:.3f} r {s_whole['pearson']:.3f}, {w['cpu_s']:.0f} CPU s; quality ratio "
+          f"{rec['quality_ratio']:.3f}, time ratio {rec['time_ratio']:.3f}", flush=True)
+    return rec
 
 
-def section(recs: list[dict], command: str) -> str:
+#: The validation crystals' 2e3 pipeline runs (border 0 / 1 Å), as measured before the SrTiO3 run.
+VALIDATION_2E3 = "CeO2 0.840 / 0.787, MgO 0.948 / 0.779 (border 0 is the command's default)"
+
+
+def section(recs: list[dict], command: str, pipes: list[dict] | None = None) -> str:
     L = ["## Ptychography of a thick crystal with tied slices (SrTiO3 121 Å)", "",
          f"`{command}`", "", machine_line(),
          "- `distill4d.phase.reconstruct(..., slices=32, slice_thickness_A=125.06/32, tied_slices=True)`: one "
@@ -170,6 +195,35 @@ def section(recs: list[dict], command: str) -> str:
                  f"metric): {'PASS' if ok else 'FAIL'} (tied slices, {ms['iterations']} iterations: SSIM "
                  f"{f['ssim_whole']:.3f} vs {best['ssim']:.3f} of {best['ssim_method']}; r {f['pearson_whole']:.3f} "
                  f"vs {best['pearson']:.3f} of {best['pearson_method']})")
+    if pipes:
+        L += ["", "### The pipeline with a tied-slice label (`phase --train-on-ptycho ... --tied-slices`)", "",
+              f"`{pipes[0]['benchmark_command']}`", "",
+              "The ptycho benchmark's block (a corner block of 1/8 of the positions), reconstructed with the settings "
+              "above, the MLP trained on its phase and applied to the whole scan, against `distill4d ptycho` with the "
+              "same settings on the whole scan; both run and timed alike (a subprocess each, one thread, process CPU "
+              "seconds with start-up, import, reading and writing), both scored on the positions outside the block "
+              "(less the edge band). The label border (`--train-border-A`) was chosen on the validation crystals "
+              "before this run: held-out quality ratio at 2e4 with border 0 / 1 Å: CeO2 (block 15 x 15) 0.880 / "
+              "0.813, MgO (18 x 18) 0.969 / 0.967; at 2e3: " + VALIDATION_2E3 + ". With 1 Å this scan had given 0.945 "
+              "(block and whole scan at 30 iterations, printed by an earlier version of this script): the border "
+              "was then changed on the validation crystals' evidence, so this scan's number is not blind to that.",
+              "", "| scan | dose | block (positions) | block iterations | label border Å | held-out SSIM / r: pipeline | "
+              "held-out SSIM / r: whole-scan | quality ratio | CPU s: pipeline / whole-scan | time ratio |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+        for p in pipes:
+            L.append(f"| {p['scan']} | {p['dose']:g} | {p['block']} ({p['n_block']} of {p['n_scan']}) | "
+                     f"{p['block_iterations']} | {p['train_border_A']:g} | {p['pipeline']['ssim']:.3f} / "
+                     f"{p['pipeline']['pearson']:.3f} | {p['whole']['ssim']:.3f} / {p['whole']['pearson']:.3f} | "
+                     f"{p['quality_ratio']:.3f} | {p['cpu_s']:.0f} / {p['whole_command']['cpu_s']:.0f} | "
+                     f"{p['time_ratio']:.3f} |")
+        L.append("")
+        for p in pipes:
+            # truncated towards failing, as the ptycho benchmark reads the goal
+            q, t = math.floor(p["quality_ratio"] * 1000) / 1000, math.ceil(p["time_ratio"] * 1000) / 1000
+            ok = q >= 0.95 and t <= 0.2
+            L.append(f"- Goal (issue 34): the pipeline gives >= 0.95 of the ptychographic image quality on the "
+                     f"unreconstructed area in <= 1/5 of the time of whole-scan ptychography, {p['scan']} {p['dose']:g}: "
+                     f"{'PASS' if ok else 'FAIL'} (quality ratio {q:.3f}, time ratio {t:.3f})")
     return "\n".join(L) + "\n"
 
 
@@ -185,6 +239,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--pipeline", action="store_true",
                     help="the phase --train-on-ptycho pipeline with tied slices against whole-scan tied ptychography "
                          "(printed only)")
+    ap.add_argument("--block-iterations", type=int, default=None,
+                    help="with --pipeline: iterations of the block's ptychography (default: --iterations)")
+    ap.add_argument("--train-border-a", "--train-border-A", dest="train_border_a", type=float, default=0.0,
+                    help="with --pipeline: label border left out (Å; default 0, chosen on CeO2 and MgO)")
+    ap.add_argument("--reuse-whole", action="store_true",
+                    help="with --pipeline: reuse the saved whole-scan command's image and time (validation runs)")
+    ap.add_argument("--pipeline-args", nargs=argparse.REMAINDER, default=[],
+                    help="with --pipeline: more options of `distill4d phase` (last on the line)")
     ap.add_argument("--from-saved", action="store_true",
                     help="write the section from the runs saved in benchmarks/data/ptycho (no reconstruction)")
     ap.add_argument("--pattern-size", type=int, default=48, help="the window (pixels; the detector is 48)")
@@ -193,7 +255,12 @@ def main(argv: list[str] | None = None) -> None:
     command = "benchmarks/ptycho_tied.py " + " ".join(sys.argv[1:] if argv is None else argv)
     if a.pipeline:
         for dose in a.doses:
-            pipeline(a.scan, dose, a)
+            rec = pipeline(a.scan, dose, a)
+            rec["benchmark_command"] = command
+            (DATA / f"{a.scan}_{dose:g}_tied_pipeline.json").write_text(json.dumps(rec, indent=1))
+        if a.scan == "sto_thick" and not a.no_results:
+            recs = saved_runs(a.scan, a)
+            write_section(a.section, section(recs, recs[0]["command"], saved_pipelines(a.scan)))
         return
     recs = []
     for dose in a.doses:
@@ -212,7 +279,22 @@ def main(argv: list[str] | None = None) -> None:
             path.write_text(json.dumps(rec, indent=1))
         recs.append(rec)
     if a.scan == "sto_thick" and not a.no_results:
-        write_section(a.section, section(recs, command))
+        write_section(a.section, section(recs, command, saved_pipelines(a.scan)))
+
+
+def saved_runs(name: str, a: argparse.Namespace) -> list[dict]:
+    """The saved whole-scan test runs of ``name`` (both doses, where saved) at the package's tied step."""
+    from distill4d.phase.ptycho import TIED_OBJECT_STEP
+
+    step = TIED_OBJECT_STEP if a.object_step is None else a.object_step
+    paths = [DATA / f"{name}_{dose:g}_tied_step{step:g}_n{a.pattern_size}.json" for dose in (2e4, 2e3)]
+    return [json.loads(p.read_text()) for p in paths if p.exists()]
+
+
+def saved_pipelines(name: str) -> list[dict]:
+    """The saved pipeline records of ``name`` (both doses, where saved)."""
+    paths = [DATA / f"{name}_{dose:g}_tied_pipeline.json" for dose in (2e4, 2e3)]
+    return [json.loads(p.read_text()) for p in paths if p.exists()]
 
 
 if __name__ == "__main__":
