@@ -722,11 +722,12 @@ def _run(torch: Any, dev: Any, cube: DataCube, store: Any, reg: tuple[slice, sli
         _restore(torch, state, val["best_state"])
         if optimizer == "gd":
             # the held-out positions put back: one pass over every position, object only, at the last
-            # iteration's step (on MoS2 SSIM +0.001 to +0.015; benchmarks/ptycho_validation.py)
+            # iteration's step, the divergence guard's halvings included (on MoS2 SSIM +0.001 to +0.015;
+            # benchmarks/ptycho_validation.py)
             for k in ("probe", "positions"):
                 state[k].requires_grad_(False)
-            one_pass(np.random.default_rng([seed, iterations]).permutation(n_pos), lr["object_step"] * final_lr,
-                     iterations, adam=False)
+            one_pass(np.random.default_rng([seed, iterations]).permutation(n_pos),
+                     lr["object_step"] * final_lr * step_scale, iterations, adam=False)
     with torch.no_grad():
         obj = torch.polar(state["amplitude"], state["phase"]).expand(S, H, W).cpu().numpy().astype(np.complex64)
         probe_out = (state["probe"] * scale).cpu().numpy().astype(np.complex64)
