@@ -321,6 +321,7 @@ def test_missing_calibration_is_a_one_line_error_naming_the_field(field):
     ({"slices": 3}, "slice_thickness_A"),
     ({"slices": 2, "slice_thickness_A": 1e6}, "slice_thickness_A"),
     ({"slices": 2, "slice_thickness_A": -1.0}, "slice_thickness_A"),
+    ({"tied_slices": True}, "tied_slices .*slices >= 2"),
     ({"loss": "l2"}, "loss"),
     ({"modes": 0}, "modes"),
     ({"region": (slice(0, 1), slice(0, 4))}, "region"),

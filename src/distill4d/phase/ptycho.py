@@ -377,12 +377,14 @@ def reconstruct(
         slice_thickness_A = positive_float("slice_thickness_A", slice_thickness_A, maximum=1e4)
     elif slice_thickness_A is not None:
         slice_thickness_A = positive_float("slice_thickness_A", slice_thickness_A, maximum=1e4)
+    if tied_slices and slices < 2:
+        raise Distill4dError(f"tied_slices (--tied-slices) ties several slices: give slices >= 2, got {slices}")
     lr = dict(DEFAULT_LR)
     for k, v in (learning_rates or {}).items():
         if k not in lr:
             raise Distill4dError(f"learning_rates has an unknown key {k!r}; known: {sorted(lr)}")
         lr[k] = float(v) if k in ("probe", "positions") and v == 0 else positive_float(f"learning_rates[{k!r}]", v)
-    if tied_slices and slices > 1 and "object_step" not in (learning_rates or {}):
+    if tied_slices and "object_step" not in (learning_rates or {}):
         lr["object_step"] = TIED_OBJECT_STEP
     reg = _check_region(region, cube.scan_shape)
     qx, qy = cube.pattern_shape
