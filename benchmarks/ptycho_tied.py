@@ -195,6 +195,24 @@ def section(recs: list[dict], command: str, pipes: list[dict] | None = None) -> 
                  f"metric): {'PASS' if ok else 'FAIL'} (tied slices, {ms['iterations']} iterations: SSIM "
                  f"{f['ssim_whole']:.3f} vs {best['ssim']:.3f} of {best['ssim_method']}; r {f['pearson_whole']:.3f} "
                  f"vs {best['pearson']:.3f} of {best['pearson_method']})")
+    p4 = py4dstem_rows("sto_thick")
+    if p4:
+        L += ["", "Against py4DSTEM's rows of the `ptycho` section (same data and metric; its numbers read from that "
+              "section: final SSIM / r, its whole run's CPU s), read as that section reads the goal: final SSIM and r "
+              ">= py4DSTEM's, and py4DSTEM's final SSIM reached within 1/3 of its CPU time (tied slices' CPU s at the "
+              "first scored iteration that reaches it):", ""]
+        for r in recs:
+            for row in p4:
+                if row["dose"] != r["dose"]:
+                    continue
+                f = r["final"]
+                t = next((c["cpu_s"] for c in r["curve"] if c["ssim"] >= row["ssim"]), None)
+                ok = f["ssim"] >= row["ssim"] and f["pearson"] >= row["pearson"] and t is not None and t <= row["cpu_s"] / 3
+                L.append(f"- Goal (issue 34): quality >= py4DSTEM's at <= 1/3 of its CPU time, tied slices vs {row['method']}, "
+                         f"{r['scan']} {r['dose']:g}: {'PASS' if ok else 'FAIL'} (final SSIM {f['ssim']:.3f} vs "
+                         f"{row['ssim']:.3f}, r {f['pearson']:.3f} vs {row['pearson']:.3f}; its final SSIM reached after "
+                         f"{'never' if t is None else f'{t:.1f} CPU s'} against {row['cpu_s']:.1f} / 3 = "
+                         f"{row['cpu_s'] / 3:.1f})")
     if pipes:
         L += ["", "### The pipeline with a tied-slice label (`phase --train-on-ptycho ... --tied-slices`)", "",
               f"`{pipes[0]['benchmark_command']}`", "",
@@ -225,6 +243,24 @@ def section(recs: list[dict], command: str, pipes: list[dict] | None = None) -> 
                      f"unreconstructed area in <= 1/5 of the time of whole-scan ptychography, {p['scan']} {p['dose']:g}: "
                      f"{'PASS' if ok else 'FAIL'} (quality ratio {q:.3f}, time ratio {t:.3f})")
     return "\n".join(L) + "\n"
+
+
+def py4dstem_rows(scan: str) -> list[dict]:
+    """py4DSTEM's rows of ``scan`` in the ``ptycho`` section of RESULTS.md: method, dose, final SSIM and
+    Pearson r, CPU s of the whole run (empty when the section is absent)."""
+    from _results import RESULTS_MD
+
+    text = RESULTS_MD.read_text() if RESULTS_MD.exists() else ""
+    if "<!-- ptycho:start -->" not in text:
+        return []
+    body = text.split("<!-- ptycho:start -->", 1)[1].split("<!-- ptycho:end -->", 1)[0]
+    rows = []
+    for line in body.splitlines():
+        c = [x.strip() for x in line.strip().strip("|").split("|")]
+        if len(c) >= 11 and c[0] == scan and c[2].startswith("py4DSTEM"):
+            rows.append({"method": c[2], "dose": float(c[1]), "ssim": float(c[4]), "pearson": float(c[5]),
+                         "cpu_s": float(c[8])})
+    return rows
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -268,13 +304,13 @@ def main(argv: list[str] | None = None) -> None:
             from distill4d.phase.ptycho import TIED_OBJECT_STEP
 
             step = TIED_OBJECT_STEP if a.object_step is None else a.object_step
-            rec = json.loads((DATA / f"{a.scan}_{dose:g}_tied_step{step:g}_n{a.pattern_size}.json").read_text())
+            rec = json.loads((DATA / f"{a.scan}_{dose:g}_tied_step{step:g}_n{a.pattern_size}_it{a.iterations}.json").read_text())
             command = rec.get("command", command)
         else:
             print(f"== {a.scan} {dose:g}", flush=True)
             rec = run(a.scan, dose, a)
             rec["command"] = command
-            path = DATA / f"{a.scan}_{dose:g}_tied_step{rec['object_step']:g}_n{a.pattern_size}.json"
+            path = DATA / f"{a.scan}_{dose:g}_tied_step{rec['object_step']:g}_n{a.pattern_size}_it{a.iterations}.json"
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(rec, indent=1))
         recs.append(rec)
@@ -287,7 +323,7 @@ def saved_runs(name: str, a: argparse.Namespace) -> list[dict]:
     from distill4d.phase.ptycho import TIED_OBJECT_STEP
 
     step = TIED_OBJECT_STEP if a.object_step is None else a.object_step
-    paths = [DATA / f"{name}_{dose:g}_tied_step{step:g}_n{a.pattern_size}.json" for dose in (2e4, 2e3)]
+    paths = [DATA / f"{name}_{dose:g}_tied_step{step:g}_n{a.pattern_size}_it{a.iterations}.json" for dose in (2e4, 2e3)]
     return [json.loads(p.read_text()) for p in paths if p.exists()]
 
 
