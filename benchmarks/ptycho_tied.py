@@ -20,8 +20,9 @@ the bar of issue 34's goal (multislice beats every method of the phase benchmark
 
 Usage: ``OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/ptycho_tied.py --scan ceo2_train --object-step 4``
 (validation; also ``mgo_train``, ``mo_val``); ``... --scan sto_thick --doses 2e4 2e3 --iterations 30`` (the test,
-which writes the section); ``... --scan sto_thick --pipeline --iterations 30`` (the pipeline with a tied-slice
-label against whole-scan tied ptychography on the positions outside its block; printed, not a RESULTS row).
+which writes the section); ``... --scan sto_thick --doses 2e4 2e3 --pipeline --iterations 30`` (the pipeline with a tied-slice
+label against whole-scan tied ptychography on the positions outside its block; with ``sto_thick`` added to
+the section); ``... --next-scan`` (each dose's pipeline model applied to the other dose's scan).
 """
 
 from __future__ import annotations
@@ -156,6 +157,37 @@ def pipeline(name: str, dose: float, a: argparse.Namespace) -> dict:
     return rec
 
 
+def next_scan(name: str, train_dose: float, apply_dose: float, a: argparse.Namespace) -> dict:
+    """The model the pipeline trained on the scan at ``train_dose`` applied (``distill4d phase SCAN --weights``)
+    to the scan of the same sample at ``apply_dose``, which it never saw: scored on every position (less the
+    edge band) against the whole-scan tied ptychography of that scan (the saved command's image)."""
+    from distill4d.io import read_results
+    from ptycho_benchmark import _run_stages, distill4d_source
+
+    _, labels = dosed(name, apply_dose)
+    step = tuple(labels["metadata"]["scan_step_xy_A"])
+    every = Scorer(labels[LABEL], step)
+    weights = DATA / f"{name}_{train_dose:g}_tied_pipeline_image_model.pt"
+    scan, out = DATA / f"{name}_{apply_dose:g}.h5", DATA / f"{name}_{apply_dose:g}_next_scan_image.h5"
+    cmd = [sys.executable, str(HERE / "_pipeline_stages.py"), str(out.with_suffix(".stages.json")), "phase", str(scan),
+           "--weights", str(weights), "-o", str(out), "--force", "--no-png", "--no-progress", "--scheduler", "inline",
+           "--device", "cpu"]
+    cpu, wall, stages = _run_stages(cmd, 3600)
+    s_model = every.score(np.asarray(read_results(out)["ptychographic_phase"], np.float64), step, (0.0, 0.0))
+    whole = read_results(DATA / f"{name}_{apply_dose:g}_tied_whole_it{a.iterations}.h5")
+    pos = np.asarray(whole["positions_A"])
+    s_whole = every.score(np.asarray(whole["object_phase"], np.float64), tuple(np.asarray(whole["sampling_A"])),
+                          (float(pos[0, 0]), float(pos[0, 1])))
+    w = json.loads((DATA / f"{name}_{apply_dose:g}_tied_whole_it{a.iterations}.json").read_text())
+    rec = {"scan": name, "train_dose": train_dose, "apply_dose": apply_dose, "command": " ".join(["distill4d", *cmd[3:]]),
+           "cpu_s": cpu, "stages_cpu_s": stages, "model": s_model, "whole": s_whole, "whole_cpu_s": w["cpu_s"],
+           "distill4d_commit": distill4d_source()}
+    print(f"{name}: the {train_dose:g} model on the {apply_dose:g} scan: SSIM {s_model['ssim']:.3f} r "
+          f"{s_model['pearson']:.3f} in {cpu:.1f} CPU s; whole-scan tied ptychography {s_whole['ssim']:.3f} / "
+          f"{s_whole['pearson']:.3f} in {w['cpu_s']:.0f} CPU s", flush=True)
+    return rec
+
+
 #: The validation crystals' 2e3 pipeline runs (border 0 / 1 Å), as measured before the SrTiO3 run.
 VALIDATION_2E3 = "CeO2 0.840 / 0.787, MgO 0.948 / 0.779 (border 0 is the command's default)"
 
@@ -242,6 +274,18 @@ def section(recs: list[dict], command: str, pipes: list[dict] | None = None) -> 
             L.append(f"- Goal (issue 34): the pipeline gives >= 0.95 of the ptychographic image quality on the "
                      f"unreconstructed area in <= 1/5 of the time of whole-scan ptychography, {p['scan']} {p['dose']:g}: "
                      f"{'PASS' if ok else 'FAIL'} (quality ratio {q:.3f}, time ratio {t:.3f})")
+        nxt = DATA / f"{pipes[0]['scan']}_tied_next_scan.json"
+        if nxt.exists():
+            L += ["", "The next scan of the same sample (the lab's step 3): each dose's pipeline model applied with "
+                  "`distill4d phase SCAN --weights MODEL` to the scan of the other dose, which it never saw (same "
+                  "sample and positions, other shot noise), scored on every position (less the edge band) against "
+                  "whole-scan tied ptychography of that scan:", "",
+                  "| model trained at | applied to | SSIM / r: model | SSIM / r: whole-scan ptychography | quality ratio | "
+                  "CPU s: model / ptychography |", "|---|---|---|---|---|---|"]
+            for n in json.loads(nxt.read_text()):
+                L.append(f"| {n['train_dose']:g} | {n['apply_dose']:g} | {n['model']['ssim']:.3f} / "
+                         f"{n['model']['pearson']:.3f} | {n['whole']['ssim']:.3f} / {n['whole']['pearson']:.3f} | "
+                         f"{n['model']['ssim'] / n['whole']['ssim']:.3f} | {n['cpu_s']:.1f} / {n['whole_cpu_s']:.0f} |")
     return "\n".join(L) + "\n"
 
 
@@ -283,17 +327,23 @@ def main(argv: list[str] | None = None) -> None:
                     help="with --pipeline: reuse the saved whole-scan command's image and time (validation runs)")
     ap.add_argument("--pipeline-args", nargs=argparse.REMAINDER, default=[],
                     help="with --pipeline: more options of `distill4d phase` (last on the line)")
+    ap.add_argument("--next-scan", action="store_true",
+                    help="with two doses: each dose's saved pipeline model (of --pipeline) applied to the other dose's "
+                         "scan")
     ap.add_argument("--from-saved", action="store_true",
                     help="write the section from the runs saved in benchmarks/data/ptycho (no reconstruction)")
     ap.add_argument("--pattern-size", type=int, default=48, help="the window (pixels; the detector is 48)")
     add_output_arguments(ap, "ptycho_tied")
     a = ap.parse_args(argv)
     command = "benchmarks/ptycho_tied.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    if a.pipeline:
-        for dose in a.doses:
+    if a.pipeline or a.next_scan:
+        for dose in a.doses if a.pipeline else []:
             rec = pipeline(a.scan, dose, a)
             rec["benchmark_command"] = command
             (DATA / f"{a.scan}_{dose:g}_tied_pipeline.json").write_text(json.dumps(rec, indent=1))
+        if a.next_scan and len(a.doses) == 2:
+            nexts = [next_scan(a.scan, d1, d2, a) for d1, d2 in (a.doses, a.doses[::-1])]
+            (DATA / f"{a.scan}_tied_next_scan.json").write_text(json.dumps(nexts, indent=1))
         if a.scan == "sto_thick" and not a.no_results:
             recs = saved_runs(a.scan, a)
             write_section(a.section, section(recs, recs[0]["command"], saved_pipelines(a.scan)))
