@@ -85,3 +85,25 @@ def test_adam_does_not_import_dynamo():
     code = ("from distill4d.ml._common.adam import Adam; p = torch.zeros(3, requires_grad=True); "
             "o = Adam([p], lr=0.1); p.sum().backward(); o.step()")
     assert imports_dynamo(code) == "False"
+
+
+def test_shared_dim_moves_each_row_by_its_gradient_relative_to_the_strongest():
+    """``shared_dim=0``: a row whose gradient is 1e-3 of another's moves about 1e-3 as far after one step
+    (plain Adam moves both by the rate); a single row along the axis is plain Adam, bit for bit (complex)."""
+    p = torch.zeros(2, 3, requires_grad=True)
+    opt = Adam([{"params": [p], "lr": 0.1, "shared_dim": 0}])
+    p.grad = torch.stack([torch.ones(3), 1e-3 * torch.ones(3)])
+    opt.step()
+    strong, weak = p.detach().abs().mean(dim=1)
+    assert strong == pytest.approx(0.1, rel=1e-3) and weak == pytest.approx(1e-4, rel=1e-2)
+    g = torch.Generator().manual_seed(1)
+    start, grads = torch.randn(1, 4, dtype=torch.complex64, generator=g), torch.randn(5, 1, 4, dtype=torch.complex64, generator=g)
+    ends = []
+    for group in ({}, {"shared_dim": 0}):
+        q = start.clone().requires_grad_(True)
+        o = Adam([{"params": [q], "lr": 0.05, **group}])
+        for gr in grads:
+            q.grad = gr.clone()
+            o.step()
+        ends.append(q.detach())
+    torch.testing.assert_close(ends[1], ends[0], rtol=0, atol=0)

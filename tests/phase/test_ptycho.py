@@ -173,6 +173,22 @@ def test_multislice_two_slices_fast():
     assert _corr(res.phase_on_scan_grid(), truth) >= 0.85
 
 
+def test_extra_modes_stay_weak_on_coherent_noisy_data():
+    """A coherent probe at 2000 e-/pattern: with three modes the two extra modes hold <= 15 % of the
+    intensity (measured 10.6 %; 25 % when each mode had its own Adam second moment and the weak modes
+    moved as fast as the strong one, filling with noise) and the phase is no worse than one mode's
+    (correlation >= one mode's - 0.01; measured 0.738 against 0.716, before 0.695)."""
+    scan = phase_object_scan(scan_shape=(20, 20), pattern_size=32, step_px=2, q_pixel_inv_A=0.07,
+                             semiangle_mrad=20.0, energy_eV=300e3, defocus_A=60.0, dose_per_pattern=2000, seed=1)
+    cube = scan.datacube.with_calibration(scan_rotation_rad=0.0)
+    one, three = (reconstruct(cube, defocus_A=60.0, iterations=10, device="cpu", modes=m, loss="poisson")
+                  for m in (1, 3))
+    power = (np.abs(three.probe_modes) ** 2).sum(axis=(1, 2))
+    assert power[1:].sum() / power.sum() <= 0.15, power / power.sum()
+    r1, r3 = (_corr(r.phase_on_scan_grid(), scan.phase_rad) for r in (one, three))
+    assert r3 >= r1 - 0.01, (r1, r3)
+
+
 def test_mixed_state_modes_are_orthogonal_and_positions_refined(weak):
     cube = weak.datacube[:12, :12].with_calibration(scan_rotation_rad=0.0)
     res = reconstruct(cube, defocus_A=60.0, iterations=5, modes=3, refine_positions=True, device="cpu")

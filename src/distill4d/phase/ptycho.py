@@ -528,7 +528,11 @@ def _run(torch: Any, dev: Any, cube: DataCube, store: Any, reg: tuple[slice, sli
     adam_keys = ("probe", "positions") if optimizer == "gd" else object_keys + ("probe", "positions")
     from ..ml import Adam  # torch.optim's update, without importing torch._dynamo
 
-    opt = Adam([{"params": [state[k]], "lr": lr[k], "name": k} for k in adam_keys])
+    # the probe's modes share Adam's second moment: a weak mode moves by its gradient relative to the
+    # strongest mode's, not by about the learning rate (which filled every mode alike on partially
+    # coherent data; docs/experiments.md); one mode: Adam as before, bit for bit
+    opt = Adam([{"params": [state[k]], "lr": lr[k], "name": k, **({"shared_dim": 0} if k == "probe" else {})}
+                for k in adam_keys])
     corner = torch.as_tensor(corner_np, dtype=torch.float64, device=dev)
     mask = torch.as_tensor(store.mask, dtype=ftype, device=dev)
     k = torch.fft.fftfreq(n, device=dev, dtype=ftype)

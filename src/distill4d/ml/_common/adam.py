@@ -22,6 +22,11 @@ class Adam:
     ``params``: tensors, or groups ``{"params": [...], "lr": ..., ...}`` (other keys are kept, e.g.
     a name); ``param_groups``, ``zero_grad``, ``step``, ``state_dict`` and ``load_state_dict``
     behave as ``torch.optim``'s (a state dict of either loads into the other).
+
+    A group's ``shared_dim`` (an int; not in ``torch.optim``) divides each element's step by the root of
+    the second moments summed along that axis instead of its own: the elements along it (e.g. a probe's
+    incoherent modes) move by their gradient relative to the strongest, not all by about ``lr``. With
+    one element along the axis this is ``torch.optim.Adam`` bit for bit.
     """
 
     def __init__(self, params: Iterable[Any], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
@@ -55,6 +60,7 @@ class Adam:
     def step(self) -> None:
         for g in self.param_groups:
             lr, (beta1, beta2), eps, wd = float(g["lr"]), g["betas"], g["eps"], g["weight_decay"]
+            shared = g.get("shared_dim")
             for p in g["params"]:
                 if p.grad is None:
                     continue
@@ -72,7 +78,8 @@ class Adam:
                 v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
                 step = float(st["step"])
                 step_size = lr / (1 - beta1**step)
-                denom = (v.sqrt() / (1 - beta2**step) ** 0.5).add_(eps)
+                vs = v if shared is None else v.sum(dim=shared, keepdim=True)
+                denom = (vs.sqrt() / (1 - beta2**step) ** 0.5).add_(eps)
                 param.addcdiv_(m, denom, value=-step_size)
 
     def state_dict(self) -> dict[str, Any]:
