@@ -118,6 +118,27 @@ def test_phase_pipeline_trains_on_ptychography(tmp_path):
     np.testing.assert_allclose(again, img, atol=1e-5)
 
 
+def test_phase_pipeline_with_a_tied_slice_label_on_a_repeating_crystal(tmp_path):
+    """``phase --train-on-ptycho ... --slices 6 --slice-thickness-A 20 --tied-slices --train-model mlp`` on six
+    identical slices (3.6 rad summed): on the 12 rows never reconstructed the image correlates with the
+    summed true phase >= 0.95 (measured 0.972), and >= 0.05 above the same pipeline with a single-slice
+    label (measured 0.863)."""
+    from _ptsim import Q, multislice_scan, random_atoms
+
+    one = random_atoms((40, 40), 1 / (48 * Q), 14, 0.6, seed=3)
+    cube, truth = multislice_scan(np.stack([one] * 6), dz_A=20.0, scan_shape=(20, 20), defocus_A=50.0)
+    scan = tmp_path / "scan.h5"
+    distill4d.write(scan, cube.with_calibration(scan_rotation_rad=0.0))
+    base = ["phase", str(scan), "--train-on-ptycho", "0:8,0:20", "--defocus-A", "50", "--iterations", "8",
+            "--train-model", "mlp", "--no-progress", "--no-png"]
+    r = {}
+    for name, extra in (("tied", ["--slices", "6", "--slice-thickness-A", "20", "--tied-slices"]), ("single", [])):
+        assert main([*base, *extra, "-o", str(tmp_path / f"{name}.h5")]) == 0
+        img = distill4d.read_results(tmp_path / f"{name}.h5")["ptychographic_phase"]
+        r[name] = np.corrcoef(img[8:].ravel(), truth[8:].ravel())[0, 1]
+    assert r["tied"] >= 0.95 and r["tied"] >= r["single"] + 0.05, r
+
+
 def test_phase_pipeline_label_border(tmp_path, capsys):
     """``--train-border-A``: the label's positions within that distance of the region's edge are left
     out (1 Å at 0.5 Å steps: 2 positions each side); a border that leaves no label is refused before
