@@ -139,6 +139,19 @@ def test_phase_pipeline_with_a_tied_slice_label_on_a_repeating_crystal(tmp_path)
     assert r["tied"] >= 0.95 and r["tied"] >= r["single"] + 0.05, r
 
 
+def test_auto_defocus_option(scan, tmp_path, capsys):
+    """``--defocus-A auto`` runs the search (the module's scan was made at 60 Å: found within 20 Å) and records
+    it; a word other than auto is refused by the parser, naming the option."""
+    out = tmp_path / "auto.h5"
+    assert main(["ptycho", str(scan), "-o", str(out), "--defocus-A", "auto", "--iterations", "2", "--device", "cpu",
+                 "--no-progress", "--no-png", "--threads", "1"]) == 0
+    p = distill4d.read_results(out).provenance.parameters
+    assert abs(p["defocus_A"] - 60.0) <= 20.0 and p["defocus_search"]["trials"]
+    with pytest.raises(SystemExit):
+        main(["ptycho", str(scan), "-o", str(tmp_path / "x.h5"), "--defocus-A", "fast"])
+    assert "--defocus-A" in capsys.readouterr().err
+
+
 def test_phase_pipeline_label_border(tmp_path, capsys):
     """``--train-border-A``: the label's positions within that distance of the region's edge are left
     out (1 Å at 0.5 Å steps: 2 positions each side); a border that leaves no label is refused before

@@ -267,14 +267,26 @@ def ptycho_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return kw
 
 
+def _defocus_arg(text: str) -> float | str:
+    """``--defocus-A``: a number of Å, or ``auto``."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a number of Å or 'auto', got {text!r}") from None
+
+
 def add_ptycho_options(p: Any, *, device: bool = True) -> None:
     """The options of ptychography (``distill4d ptycho`` and the ``phase --train-on-ptycho`` pipeline;
     ``device=False`` where the command has its own ``--device``)."""
     from ..phase.ptycho import DEFAULT_BATCH_SIZE, DEFAULT_ITERATIONS, DEFAULT_VALIDATION_FRACTION
 
     g = p.add_argument_group("ptychography")
-    g.add_argument("--defocus-A", type=float, default=0.0, metavar="Å",
-                   help="probe defocus in Å, positive = underfocus (C10 = -defocus; default 0)")
+    g.add_argument("--defocus-A", type=_defocus_arg, default=0.0, metavar="Å",
+                   help="probe defocus in Å, positive = underfocus (C10 = -defocus; default 0); auto: the defocus "
+                        "within ±1000 Å that fits a central patch best (and, where the scan rotation is estimated, "
+                        "its 180° ambiguity)")
     g.add_argument("--Cs-A", type=float, default=0.0, metavar="Å", help="spherical aberration in Å (default 0)")
     g.add_argument("--slices", type=int, default=1, help="object slices (default 1; more: multislice)")
     g.add_argument("--slice-thickness-A", type=float, metavar="Å", help="distance between slices in Å")

@@ -240,25 +240,91 @@ def _scan_rotation(cube: DataCube, region: tuple[slice, slice], rotation: float 
     theta, est_flip = estimate_scan_rotation(com)
     if flip is not None:
         est_flip = bool(flip)
-    patch = []
-    for s in region:
-        size = min(12, s.stop - s.start)
-        a = s.start + (s.stop - s.start - size) // 2
-        patch.append(slice(a, a + size))
+    patch = _central_patch(region, 12)
     errors = {}
     for cand in (theta, math.remainder(theta + math.pi, 2 * math.pi)):
-        errors[cand] = float(trial(region=(patch[0], patch[1]), scan_rotation_rad=cand, scan_flip=est_flip).errors[-1])
+        errors[cand] = float(trial(region=patch, scan_rotation_rad=cand, scan_flip=est_flip).errors[-1])
     best = min(errors, key=errors.get)
     info = {"source": "estimated from the CoM (minimal curl), 180° ambiguity by ptychographic error",
             "com_estimate_rad": theta, "trial_errors": {f"{k:.6f}": v for k, v in errors.items()}}
     return float(best), bool(est_flip), info
 
 
+#: ``defocus_A="auto"`` searches defocus within ± this many Å.
+DEFOCUS_SEARCH_A = 1000.0
+#: Relative difference of the two rotation candidates' best errors below which the defocus search calls a tie.
+_TIE = 0.02
+
+
+def _central_patch(region: tuple[slice, slice], size: int) -> tuple[slice, slice]:
+    out = []
+    for s in region:
+        k = min(size, s.stop - s.start)
+        a = s.start + (s.stop - s.start - k) // 2
+        out.append(slice(a, a + k))
+    return out[0], out[1]
+
+
+def _defocus_search(cal: Any, region: tuple[slice, slice], rotations: list[tuple[float, bool]],
+                    trial: Callable[..., Any]) -> tuple[float, float, bool, dict[str, Any]]:
+    """``defocus_A="auto"``: the defocus whose 2 trial iterations on a central patch of at most 12 x 12
+    positions end at the lowest data error; candidates every 2 depths of field (λ/α²) within ±
+    :data:`DEFOCUS_SEARCH_A`, then every quarter depth of field within 2 coarse steps of the best, then a
+    parabola through the best and its neighbours. With two rotation candidates (θ, θ + π: the scan
+    rotation estimated) each gets its own search; conjugating probe and object while turning the scan
+    by π leaves the data unchanged (with Cs = 0 the two fit alike, at opposite defocus), so where their
+    errors are within :data:`_TIE` the one whose object phase is skewed positive (atoms are phase peaks)
+    is taken. Returns ``(defocus_A, rotation_rad, flip, record)``."""
+    dof = cal.wavelength_A / (cal.require("semiangle_mrad") * 1e-3) ** 2
+    patch = _central_patch(region, 12)
+    tried: dict[tuple[float, int], float] = {}
+
+    def err(df: float, r: int) -> float:
+        key = (round(float(df), 6), r)
+        if key not in tried:
+            theta, flip = rotations[r]
+            tried[key] = float(trial(region=patch, defocus_A=float(df), iterations=2, scan_rotation_rad=theta,
+                                     scan_flip=flip).errors[-1])
+        return tried[key]
+
+    coarse = 2 * dof
+    grid = np.arange(-math.floor(DEFOCUS_SEARCH_A / coarse), math.floor(DEFOCUS_SEARCH_A / coarse) + 1) * coarse
+    best = []
+    for r in range(len(rotations)):
+        c = min(grid, key=lambda df: err(df, r))
+        fine = np.arange(c - 2 * coarse, c + 2 * coarse + 1e-9, dof / 4)
+        errs = [err(df, r) for df in fine]
+        i = int(np.argmin(errs))
+        df = float(fine[i])
+        if 0 < i < len(fine) - 1:  # the vertex of the parabola through the best and its neighbours
+            curv = errs[i - 1] - 2 * errs[i] + errs[i + 1]
+            if curv > 0:
+                df += float(np.clip(0.5 * (errs[i - 1] - errs[i + 1]) / curv, -0.5, 0.5)) * dof / 4
+        best.append((df, r, errs[i]))
+    record: dict[str, Any] = {"depth_of_field_A": dof, "patch": [patch[0].start, patch[0].stop, patch[1].start,
+                                                                   patch[1].stop]}
+    best.sort(key=lambda b: b[2])
+    chosen = best[0]
+    if len(best) == 2 and best[1][2] <= best[0][2] * (1 + _TIE):
+        skews = []
+        for df, r, _ in best:
+            theta, flip = rotations[r]
+            ph = trial(region=patch, defocus_A=df, iterations=4, scan_rotation_rad=theta,
+                       scan_flip=flip).phase_on_scan_grid().astype(np.float64).ravel()
+            ph = ph - ph.mean()
+            skews.append(float((ph**3).mean() / max((ph**2).mean(), 1e-30) ** 1.5))
+        chosen = best[int(np.argmax(skews))]
+        record["tie"] = {"skewness": skews, "rule": "the object phase skewed positive"}
+    record["trials"] = [{"defocus_A": k[0], "rotation_rad": rotations[k[1]][0], "error": v} for k, v in tried.items()]
+    theta, flip = rotations[chosen[1]]
+    return chosen[0], theta, flip, record
+
+
 # ---------------------------------------------------------------------- the reconstruction
 def reconstruct(
     cube: DataCube,
     *,
-    defocus_A: float = 0.0,
+    defocus_A: float | str = 0.0,
     Cs_A: float = 0.0,
     slices: int = 1,
     slice_thickness_A: float | None = None,
@@ -296,7 +362,10 @@ def reconstruct(
     cube : the scan; its calibration needs ``energy_eV``, ``semiangle_mrad``, ``q_pixel_inv_A``
         and ``scan_step_A`` (``origin_px``, ``scan_rotation_rad``/``scan_flip`` are used when set).
     defocus_A : probe defocus in Å, positive = underfocus (``C10 = −defocus_A``, abTEM's and
-        py4DSTEM's convention; see :mod:`distill4d.phase.probe`); ``|defocus_A| <= 1e5``.
+        py4DSTEM's convention; see :mod:`distill4d.phase.probe`); ``|defocus_A| <= 1e5``. ``"auto"``: the
+        defocus within ± :data:`DEFOCUS_SEARCH_A` whose short trial on a central patch fits the data best
+        (recorded in the provenance as ``defocus_search``; where the scan rotation is estimated, its 180°
+        ambiguity is settled in the same search).
     Cs_A : spherical aberration in Å.
     slices : object slices (1: single slice; more: multislice).
     slice_thickness_A : distance between slices in Å (needed when ``slices > 1``).
@@ -360,7 +429,10 @@ def reconstruct(
         raise TypeError(f"cube must be a distill4d.DataCube, got {type(cube).__name__}")
     cal = cube.calibration
     _require_calibration(cal)
-    defocus_A, Cs_A = check_aberrations(defocus_A, Cs_A)
+    auto_defocus = isinstance(defocus_A, str) and defocus_A == "auto"
+    if isinstance(defocus_A, str) and not auto_defocus:
+        raise Distill4dError(f"defocus_A must be a number of Å or 'auto', got {defocus_A!r}")
+    defocus_A, Cs_A = check_aberrations(0.0 if auto_defocus else defocus_A, Cs_A)
     slices = positive_int("slices", slices)
     modes = positive_int("modes", modes)
     iterations = positive_int("iterations", iterations, minimum=0)
@@ -410,21 +482,39 @@ def reconstruct(
         origin = (ox, oy)
 
     def trial(**kw: Any) -> PtychoResult:
-        return reconstruct(cube.with_calibration(origin_px=origin), defocus_A=defocus_A, Cs_A=Cs_A, slices=slices, slice_thickness_A=slice_thickness_A,
-                           iterations=4, batch_size=batch_size, loss=loss, probe=probe, device=dev, seed=seed,
+        kw = {"defocus_A": defocus_A, "iterations": 4, **kw}
+        return reconstruct(cube.with_calibration(origin_px=origin), Cs_A=Cs_A, slices=slices, slice_thickness_A=slice_thickness_A,
+                           batch_size=batch_size, loss=loss, probe=probe, device=dev, seed=seed,
                            progress=False, pattern_size=pattern_size, learning_rates=learning_rates,
                            memory_budget=memory_budget, constrain_probe=constrain_probe,
                            aperture_from_data=aperture_from_data, optimizer=optimizer, validation_fraction=0.0,
                            pure_phase=pure_phase, tied_slices=tied_slices, **kw)
 
+    search = None
+    if auto_defocus:
+        if scan_rotation_rad is None and cal.scan_rotation_rad is None:  # both rotation candidates in the search
+            from ..imaging.com import center_of_mass, estimate_scan_rotation
+
+            theta0, flip0 = estimate_scan_rotation(center_of_mass(cube[reg[0], reg[1]], progress=False))
+            flip0 = flip0 if scan_flip is None else bool(scan_flip)
+            rotations = [(theta0, flip0), (math.remainder(theta0 + math.pi, 2 * math.pi), flip0)]
+        else:
+            theta0, flip0, _ = _scan_rotation(cube, reg, scan_rotation_rad, scan_flip, trial)
+            rotations = [(theta0, flip0)]
+        defocus_A, scan_rotation_rad, scan_flip, search = _defocus_search(cal, reg, rotations, trial)
     theta, flip, rot_source = _scan_rotation(cube, reg, scan_rotation_rad, scan_flip, trial)
+    if search is not None and len({t["rotation_rad"] for t in search["trials"]}) > 1:
+        rot_source = {"source": "estimated from the CoM (minimal curl), 180° ambiguity settled by the defocus search"}
     store_ = _store(cube, reg, origin, n, memory_budget)
     try:
-        return _run(torch, dev, cube, store_, reg, origin, n, theta, flip, rot_source, vacuum, defocus_A, Cs_A,
-                    slices, slice_thickness_A, modes, iterations, batch_size, loss, refine_positions, seed,
-                    checkpoint, progress, lr, probe_start, positions_start, final_lr, constrain_probe,
-                    aperture_from_data, optimizer, validation_fraction, bool(pure_phase), bool(tied_slices), callback,
-                    t_start)
+        res = _run(torch, dev, cube, store_, reg, origin, n, theta, flip, rot_source, vacuum, defocus_A, Cs_A,
+                   slices, slice_thickness_A, modes, iterations, batch_size, loss, refine_positions, seed,
+                   checkpoint, progress, lr, probe_start, positions_start, final_lr, constrain_probe,
+                   aperture_from_data, optimizer, validation_fraction, bool(pure_phase), bool(tied_slices), callback,
+                   t_start)
+        if search is not None:
+            res.provenance.parameters["defocus_search"] = search
+        return res
     finally:
         store_.close()
 
