@@ -184,7 +184,11 @@ def test_auto_defocus_finds_the_probe_defocus(defocus, rotation, tolerance):
     scan = phase_object_scan(scan_shape=(20, 20), pattern_size=32, step_px=2, q_pixel_inv_A=0.07,
                              semiangle_mrad=20.0, energy_eV=300e3, defocus_A=defocus, dose_per_pattern=2e4, seed=1)
     cube = scan.datacube if rotation is None else scan.datacube.with_calibration(scan_rotation_rad=rotation)
-    res = reconstruct(cube, defocus_A="auto", iterations=10, device="cpu", loss="poisson")
+    if rotation is None:
+        with pytest.warns(UserWarning, match="scan rotation unknown"):
+            res = reconstruct(cube, defocus_A="auto", iterations=10, device="cpu", loss="poisson")
+    else:
+        res = reconstruct(cube, defocus_A="auto", iterations=10, device="cpu", loss="poisson")
     p = res.provenance.parameters
     assert abs(p["defocus_A"] - defocus) <= tolerance, p["defocus_A"]
     assert _corr(res.phase_on_scan_grid(), scan.phase_rad) >= 0.9

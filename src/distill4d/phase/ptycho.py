@@ -498,12 +498,12 @@ def reconstruct(
             theta0, flip0 = estimate_scan_rotation(center_of_mass(cube[reg[0], reg[1]], progress=False))
             flip0 = flip0 if scan_flip is None else bool(scan_flip)
             rotations = [(theta0, flip0), (math.remainder(theta0 + math.pi, 2 * math.pi), flip0)]
-            if slices > 1:
-                import warnings
+            import warnings
 
-                warnings.warn("defocus_A='auto' with the scan rotation unknown: on a thick crystal the search can "
-                              "take the wrong half-turn (docs/tutorials/ptycho.md); give scan_rotation_rad "
-                              "(--scan-rotation-deg)", stacklevel=2)
+            warnings.warn("defocus_A='auto' with the scan rotation unknown: the search tries only the two half-turns "
+                          "of the rotation estimated from the centre of mass, and on thick crystals it can take the "
+                          "wrong one (docs/tutorials/ptycho.md); give scan_rotation_rad (--scan-rotation-deg)",
+                          stacklevel=2)
         else:
             theta0, flip0, _ = _scan_rotation(cube, reg, scan_rotation_rad, scan_flip, trial)
             rotations = [(theta0, flip0)]
