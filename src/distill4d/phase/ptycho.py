@@ -625,8 +625,8 @@ def _run(torch: Any, dev: Any, cube: DataCube, store: Any, reg: tuple[slice, sli
     from ..ml import Adam  # torch.optim's update, without importing torch._dynamo
 
     # the probe's modes share Adam's second moment: a weak mode moves by its gradient relative to the
-    # strongest mode's, not by about the learning rate (which filled every mode alike on partially
-    # coherent data; docs/experiments.md); one mode: Adam as before, bit for bit
+    # strongest mode's, not by about the learning rate (which filled the extra modes with noise, and on
+    # partially coherent data spread the power over every mode; docs/design.md); one mode: Adam as before
     opt = Adam([{"params": [state[k]], "lr": lr[k], "name": k, **({"shared_dim": 0} if k == "probe" else {})}
                 for k in adam_keys])
     corner = torch.as_tensor(corner_np, dtype=torch.float64, device=dev)
