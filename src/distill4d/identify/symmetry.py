@@ -13,6 +13,12 @@ the ``order`` matrices of least metric change form that holohedry (closed under 
 its 3-, 4- or 6-fold rotations) and which tolerance they need; :func:`lattice_system` takes the
 highest-order system within the tolerance.
 
+:func:`consensus_tolerances` does the same for many noisy reconstructions of one lattice (e.g. the
+cells of several patterns of one structure, each in its own orientation): the reduced cells, scaled to
+unit volume, are compared up to a {-1, 0, 1} unimodular matrix (:func:`cell_distance`), the largest
+cluster of agreeing cells is aligned and averaged (:func:`consensus_cell`), and each holohedry is
+tested on that mean.
+
 :func:`fit_heights` fits the unknown ``z`` components of one pattern's projected 3D lattice (2D
 lattice ``g1, g2`` and layer vector ``t``, 1/Å) by maximum likelihood of the spot intensities
 under the kinematic model of :func:`~distill4d.simulate.spots.spot_patterns`: a lattice point
@@ -28,6 +34,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -113,7 +120,11 @@ def symmetry_order(basis: Any, tolerance: float | Any = 0.01) -> Any:
 def _deviations(basis: Any) -> np.ndarray:
     """Largest relative metric change ``(n,)`` of every matrix of :func:`_matrices` on the reduced cell."""
     b = reduce_basis(basis)
-    G = b @ b.T
+    return _metric_deviations(b @ b.T)
+
+
+def _metric_deviations(G: np.ndarray) -> np.ndarray:
+    """Largest relative change ``(n,)`` of the metric ``G`` (3, 3) under every matrix of :func:`_matrices`."""
     M = _matrices()
     dev = np.abs(np.einsum("nij,jk,nlk->nil", M, G, M) - G) / np.sqrt(np.outer(np.diag(G), np.diag(G)))
     return dev.reshape(len(M), 9).max(axis=1)
@@ -215,11 +226,9 @@ def cell_distance(basis_a: Any, basis_b: Any) -> float:
                   _unit_metric(np.asarray(basis_b, dtype=np.float64)))[0]
 
 
-def _cluster(bases: Any, agree: float) -> tuple[list[np.ndarray], np.ndarray, list[int]]:
-    """``(metrics, their aligned copies (m, 3, 3), indices into bases)`` of the largest cluster of
-    :func:`consensus_cell`'s comparison: unit-volume reduced metrics, aligned to the centre's."""
-    if not agree > 0:
-        raise Distill4dError(f"agree must be > 0 (a relative metric difference), got {agree}")
+def _pairwise(bases: Any) -> tuple[list[np.ndarray], list[int], np.ndarray, np.ndarray]:
+    """``(unit-volume reduced metrics, their indices into bases, symmetric distances (n, n), aligning
+    matrices (n, n, 3, 3))`` of the finite 3D bases among ``bases``."""
     metrics, index = [], []
     for i, b in enumerate(bases):
         b = np.asarray(b, dtype=np.float64)
@@ -240,7 +249,16 @@ def _cluster(bases: Any, agree: float) -> tuple[list[np.ndarray], np.ndarray, li
         for j in range(n):
             if i != j:
                 dist[i, j], mats[i, j] = _align(metrics[i], metrics[j])
-    d = np.maximum(dist, dist.T)
+    return metrics, index, np.maximum(dist, dist.T), mats
+
+
+def _cluster(pair: tuple, agree: float) -> tuple[list[np.ndarray], np.ndarray, list[int]]:
+    """``(metrics, their copies aligned to the centre's (m, 3, 3), indices into bases)`` of the
+    largest cluster (:func:`consensus_cell`) of :func:`_pairwise`'s result ``pair``."""
+    if not agree > 0:
+        raise Distill4dError(f"agree must be > 0 (a relative metric difference), got {agree}")
+    metrics, index, d, mats = pair
+    n = len(metrics)
     size = (d <= agree).sum(axis=1)
     score = np.where(d <= agree, d, 0.0).sum(axis=1)
     centre = min(range(n), key=lambda i: (-size[i], score[i]))
@@ -271,13 +289,14 @@ def consensus_cell(bases: Any, agree: float = 0.05) -> dict[str, Any]:
     not 3D are skipped. Returns ``{"basis", "members"}``: a basis (3, 3) (rows, unit volume) of the
     mean metric and the indices of the averaged bases. (An alignment to one noisy cell follows that
     cell's noise; :func:`consensus_tolerances` realigns to each symmetric hypothesis instead.)"""
-    _, aligned, members = _cluster(bases, agree)
+    _, aligned, members = _cluster(_pairwise(bases), agree)
     return {"basis": np.linalg.cholesky(_unit(aligned.mean(axis=0))), "members": members}
 
 
-def consensus_tolerances(bases: Any, agree: float = 0.05) -> np.ndarray:
+def consensus_tolerances(bases: Any, agree: float | Sequence[float] = 0.05) -> np.ndarray:
     """``(7,)`` per lattice system the relative tolerance its holohedry needs on the consensus of
-    ``bases`` (as :func:`system_tolerances` on one cell; for :func:`system_from_tolerances`).
+    ``bases`` (as :func:`system_tolerances` on one cell; for :func:`system_from_tolerances`); ``(k,
+    7)`` for a sequence of ``k`` values of ``agree`` (the comparison done once).
 
     The cluster of :func:`consensus_cell` is averaged; per system, the ``order`` matrices that change
     the mean's metric least must form the holohedry (else inf); the mean is symmetrised by them, every
@@ -285,23 +304,28 @@ def consensus_tolerances(bases: Any, agree: float = 0.05) -> np.ndarray:
     does not follow the noise) and averaged again, and the largest relative metric change of those
     matrices on this mean is the system's tolerance. Noise of independent cells averages down as
     1/sqrt(members); a true lower symmetry stays."""
-    metrics, aligned, _ = _cluster(bases, agree)
-    b = reduce_basis(np.linalg.cholesky(_unit(aligned.mean(axis=0))))
-    G0 = b @ b.T
-    M = _matrices()
-    dev = _deviations(b)
-    order = np.argsort(dev, kind="stable")
-    out = np.full(len(LATTICE_SYSTEMS), np.inf)
-    out[0] = 0.0
-    for i, (system, k) in enumerate(zip(LATTICE_SYSTEMS, POINT_GROUP_ORDERS)):
-        ops = M[order[:k]]
-        if not i or not _is_holohedry(ops, system):
-            continue
-        G_sym = np.einsum("nij,jk,nlk->il", ops, G0, ops) / k
-        G = _realigned_mean(G_sym, metrics)
-        d = np.abs(np.einsum("nij,jk,nlk->nil", ops, G, ops) - G) / np.sqrt(np.outer(np.diag(G), np.diag(G)))
-        out[i] = float(d.max())
-    return out
+    agrees = np.atleast_1d(np.asarray(agree, dtype=np.float64))
+    pair = _pairwise(bases)
+    rows = []
+    for a in agrees:
+        metrics, aligned, _ = _cluster(pair, float(a))
+        b = reduce_basis(np.linalg.cholesky(_unit(aligned.mean(axis=0))))
+        G0 = b @ b.T
+        M = _matrices()
+        dev = _metric_deviations(G0)  # in this basis's frame (reduce_basis again may flip a vector)
+        order = np.argsort(dev, kind="stable")
+        out = np.full(len(LATTICE_SYSTEMS), np.inf)
+        out[0] = 0.0
+        for i, (system, k) in enumerate(zip(LATTICE_SYSTEMS, POINT_GROUP_ORDERS)):
+            ops = M[order[:k]]
+            if not i or not _is_holohedry(ops, system):
+                continue
+            G_sym = np.einsum("nij,jk,nlk->il", ops, G0, ops) / k
+            G = _realigned_mean(G_sym, metrics)
+            d = np.abs(np.einsum("nij,jk,nlk->nil", ops, G, ops) - G) / np.sqrt(np.outer(np.diag(G), np.diag(G)))
+            out[i] = float(d.max())
+        rows.append(out)
+    return rows[0] if np.ndim(agree) == 0 else np.array(rows)
 
 
 def refine_projected_basis(qx_inv_A: Any, qy_inv_A: Any, basis: Any, t: Any, *, tolerance_inv_A: float = 0.015,
