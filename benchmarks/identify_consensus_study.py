@@ -3,26 +3,29 @@
 
 The structures, patterns and fits of ``identify_symmetry_study.py`` (held-out pyxtal crystals of the
 library's default space groups, seeds ``(--seed, i)``; kinematic spots as the library's; layer
-heights by maximum likelihood, :func:`~distill4d.identify.symmetry.fit_heights`), cases (b) fitted
-``g1, g2, t``, noise-free and (c) the same on augmented spots (``augment_spots``, the library's
-settings), with ``--orientations`` orientations per structure; each pattern's 3D cell is kept. Per
-structure, the first ``--aggregate`` patterns are combined:
+heights by maximum likelihood, :func:`~distill4d.identify.symmetry.fit_heights`, σ known), cases (b)
+fitted ``g1, g2, t`` on noise-free spots, (c) the same on augmented spots (``augment_spots``, the
+library's settings) and (c'') as (c) with ``g1, g2, t`` refined together (``refine_projected_basis``),
+``--orientations`` orientations per structure; each pattern's 3D cell is kept. Per structure, the
+first ``--aggregate`` patterns (and the first 4) are combined:
 
 - per pattern (the study's rule): :func:`system_from_tolerances` at one tolerance;
 - majority vote of the per-pattern systems;
-- an aggregate (median, trimmed mean, second smallest) over the patterns of the tolerance each
-  lattice system needs (:func:`system_tolerances`), then the same rule;
-- the consensus cell (:func:`~distill4d.identify.symmetry.consensus_cell`): the patterns' reduced
-  cells clustered by their metric, the aligned metrics of the largest cluster averaged, that one
-  cell classified.
+- an order statistic (median, trimmed mean, second or third smallest) over the patterns of the
+  tolerance each lattice system needs (:func:`system_tolerances`), then the same rule or
+  :func:`system_by_gap`;
+- the consensus cell (:func:`~distill4d.identify.symmetry.consensus_tolerances`): the patterns'
+  reduced cells clustered by their metric, the largest cluster aligned and averaged, each holohedry
+  tested on the mean, at a fixed tolerance or one scaled by the cluster's spread.
 
-Every rule and tolerance is chosen on the ``--tune-seed`` structures (best mean of cases (b) and (c)
-unless ``--choose-on c``), then reported on ``--seed`` (and ``--fresh-seed``) once. Per-structure
-fits are kept in ``--work`` (resumable). Writes the ``identify_consensus`` section of
-benchmarks/RESULTS.md unless ``--no-results``.
+Per case, every rule's parameters are chosen on the ``--tune-seed`` structures, then reported once
+on ``--seed`` (and ``--fresh-seed``); ``--cached`` also scores the symmetry study's own 4-orientation
+fits (needed tolerances only). Per-structure fits are kept in ``--work`` (resumable; the k-th structure
+of every group is fitted before the (k+1)-th, so that ``--budget-s`` cuts a set evenly). Writes the
+``identify_consensus`` section of benchmarks/RESULTS.md unless ``--no-results``.
 
     PYTHONPATH=src python benchmarks/identify_consensus_study.py --work benchmarks/data/identify_consensus \
-        --tune-seed 2001 --tune-per-group 3 --seed 1001 --per-group 6 --fresh-seed 3001 --fresh-per-group 2
+        --tune-seed 2001 --tune-per-group 3 --seed 1001 --per-group 6 --cached benchmarks/data/identify_symmetry
 """
 
 from __future__ import annotations
@@ -346,7 +349,8 @@ def main() -> None:
     ap.add_argument("--per-group", type=int, default=6)
     ap.add_argument("--fresh-seed", type=int, default=None)
     ap.add_argument("--fresh-per-group", type=int, default=2)
-    ap.add_argument("--budget-s", type=float, default=1e9, help="per seed set")
+    ap.add_argument("--budget-s", type=float, default=1e9,
+                    help="seconds per seed set after which no structure is fitted (those fitted are scored)")
     ap.add_argument("--fit-only", action="store_true")
     ap.add_argument("--cached", default=None, help="the symmetry study's --work folder: its seed-SEED fits (4 "
                     "orientations, counts only) scored too")
