@@ -4,7 +4,9 @@ from ase.geometry import cellpar_to_cell
 
 from distill4d.calibration import electron_wavelength_A
 from distill4d.errors import Distill4dError
-from distill4d.identify.symmetry import fit_heights, lattice_system, reduce_basis, symmetry_order
+from distill4d.identify.symmetry import (LATTICE_SYSTEMS, cell_distance, consensus_cell, consensus_tolerances,
+                                         fit_heights, lattice_system, reduce_basis, symmetry_order,
+                                         system_from_tolerances, system_tolerances)
 
 CELLS = {
     "cubic": (4, 4, 4, 90, 90, 90),
@@ -105,3 +107,56 @@ def test_spots_with_nan_or_mismatched_lengths_are_a_one_line_error():
         fit_heights([0.2, 0.0], [0.0, 0.25], [1.0], B, t)
     with pytest.raises(Distill4dError, match="one length"):
         refine_projected_basis([0.2, 0.0], [0.0], B, t)
+
+
+def _noisy_cells(cellpar, n, noise, rng):
+    """``n`` bases of the lattice of ``cellpar``: each another basis, rotated, scaled by up to 2 % and
+    with a relative Gaussian error of ``noise`` on every component (as one pattern's reconstruction)."""
+    cell = cellpar_to_cell(cellpar)
+    out = []
+    for _ in range(n):
+        q, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+        b = _unimodular(rng) @ cell @ q * (1 + rng.uniform(-0.02, 0.02))
+        out.append(b @ (np.eye(3) + rng.normal(0, noise, (3, 3))))
+    return out
+
+
+def test_cell_distance_is_zero_for_one_lattice_in_any_basis_and_not_for_another():
+    rng = np.random.default_rng(3)
+    a, b = _noisy_cells(CELLS["monoclinic"], 2, 0.0, rng)
+    assert cell_distance(a, b) < 1e-9
+    assert cell_distance(a, cellpar_to_cell(CELLS["orthorhombic"])) > 0.05
+
+
+def test_consensus_of_noisy_tetragonal_cells_is_tetragonal_where_single_cells_are_not():
+    # 10 cells with 1 % relative noise and two wrong cells: single cells are tetragonal within 0.04
+    # about half the time (0.49 over 50 such sets); the consensus (noise averaged over the agreeing
+    # cells; its tetragonal tolerance at most 0.033 over those sets) is, and keeps the wrong ones out
+    rng = np.random.default_rng(0)
+    tol = 0.04
+    right = []
+    for _ in range(5):
+        cells = _noisy_cells(CELLS["tetragonal"], 10, 0.01, rng)
+        wrong = [cellpar_to_cell((3, 4.2, 5.5, 90, 110, 90)), rng.normal(size=(3, 3))]
+        single = [system_from_tolerances(system_tolerances(c), tol) for c in cells]
+        right.append(single.count("tetragonal") / 10)
+        need = consensus_tolerances(cells + wrong, agree=0.1)
+        assert system_from_tolerances(need, tol) == "tetragonal"
+        assert need[LATTICE_SYSTEMS.index("tetragonal")] < np.median([system_tolerances(c)[3] for c in cells])
+        assert set(consensus_cell(cells + wrong, agree=0.1)["members"]) <= set(range(10))
+    assert max(right) < 1 and np.mean(right) < 0.7
+
+
+def test_consensus_keeps_a_true_lower_symmetry():
+    # an orthorhombic cell 4 % from tetragonal (b/a = 1.04): its noisy cells' consensus stays orthorhombic
+    rng = np.random.default_rng(1)
+    for _ in range(5):
+        need = consensus_tolerances(_noisy_cells((3, 3.12, 5, 90, 90, 90), 10, 0.005, rng), agree=0.1)
+        assert system_from_tolerances(need, 0.03) == "orthorhombic"
+
+
+def test_consensus_needs_a_finite_cell():
+    with pytest.raises(Distill4dError, match="no finite 3D cell"):
+        consensus_cell([np.full((3, 3), np.nan)])
+    with pytest.raises(Distill4dError, match="agree"):
+        consensus_tolerances([np.eye(3)], agree=0)

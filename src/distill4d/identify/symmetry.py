@@ -13,6 +13,12 @@ the ``order`` matrices of least metric change form that holohedry (closed under 
 its 3-, 4- or 6-fold rotations) and which tolerance they need; :func:`lattice_system` takes the
 highest-order system within the tolerance.
 
+:func:`consensus_tolerances` does the same for many noisy reconstructions of one lattice (e.g. the
+cells of several patterns of one structure, each in its own orientation): the reduced cells, scaled to
+unit volume, are compared up to a {-1, 0, 1} unimodular matrix (:func:`cell_distance`), the largest
+cluster of agreeing cells is aligned and averaged (:func:`consensus_cell`), and each holohedry is
+tested on that mean.
+
 :func:`fit_heights` fits the unknown ``z`` components of one pattern's projected 3D lattice (2D
 lattice ``g1, g2`` and layer vector ``t``, 1/Å) by maximum likelihood of the spot intensities
 under the kinematic model of :func:`~distill4d.simulate.spots.spot_patterns`: a lattice point
@@ -28,6 +34,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -36,8 +43,9 @@ from ..errors import Distill4dError
 from .metric import _spot_positions
 
 __all__ = ["LATTICE_SYSTEMS", "POINT_GROUP_ORDERS", "reduce_basis", "symmetry_order", "system_tolerances",
-           "system_from_tolerances", "system_by_gap", "lattice_system", "refine_projected_basis",
-           "fit_heights"]
+           "system_from_tolerances", "system_by_gap", "lattice_system", "cell_distance", "consensus_cell",
+           "consensus_tolerances",
+           "refine_projected_basis", "fit_heights"]
 
 #: Lattice systems, lowest symmetry first.
 LATTICE_SYSTEMS = ("triclinic", "monoclinic", "orthorhombic", "tetragonal", "rhombohedral", "hexagonal", "cubic")
@@ -112,7 +120,11 @@ def symmetry_order(basis: Any, tolerance: float | Any = 0.01) -> Any:
 def _deviations(basis: Any) -> np.ndarray:
     """Largest relative metric change ``(n,)`` of every matrix of :func:`_matrices` on the reduced cell."""
     b = reduce_basis(basis)
-    G = b @ b.T
+    return _metric_deviations(b @ b.T)
+
+
+def _metric_deviations(G: np.ndarray) -> np.ndarray:
+    """Largest relative change ``(n,)`` of the metric ``G`` (3, 3) under every matrix of :func:`_matrices`."""
     M = _matrices()
     dev = np.abs(np.einsum("nij,jk,nlk->nil", M, G, M) - G) / np.sqrt(np.outer(np.diag(G), np.diag(G)))
     return dev.reshape(len(M), 9).max(axis=1)
@@ -186,6 +198,134 @@ def lattice_system(basis: Any, tolerance: float = 0.01) -> tuple[str, float]:
     needed = system_tolerances(basis)
     system = system_from_tolerances(needed, tolerance)
     return system, float(needed[LATTICE_SYSTEMS.index(system)])
+
+
+def _unit_metric(basis: np.ndarray) -> np.ndarray:
+    """Gram matrix (3, 3) of the reduced cell of ``basis``, scaled to unit cell volume."""
+    b = reduce_basis(basis)
+    G = b @ b.T
+    return G / np.linalg.det(G) ** (1.0 / 3.0)
+
+
+def _align(Ga: np.ndarray, Gb: np.ndarray) -> tuple[float, np.ndarray]:
+    """``(distance, M)``: the matrix of :func:`_matrices` that brings ``Gb`` closest to ``Ga`` and the
+    largest relative change ``|M Gb Mᵀ - Ga|_ij / sqrt(Ga_ii Ga_jj)`` it leaves."""
+    M = _matrices()
+    dev = np.abs((M @ Gb) @ M.transpose(0, 2, 1) - Ga) / np.sqrt(np.outer(np.diag(Ga), np.diag(Ga)))
+    worst = dev.reshape(len(M), 9).max(axis=1)
+    k = int(np.argmin(worst))
+    return float(worst[k]), M[k]
+
+
+def cell_distance(basis_a: Any, basis_b: Any) -> float:
+    """How far apart the lattices of two bases (3, 3) (rows, any unit) are in shape: the largest
+    relative metric difference (as in :func:`symmetry_order`) of their reduced cells, each scaled to
+    unit volume, over the {-1, 0, 1} unimodular matrices relating them (0: the same lattice up to a
+    rotation and a scale)."""
+    return _align(_unit_metric(np.asarray(basis_a, dtype=np.float64)),
+                  _unit_metric(np.asarray(basis_b, dtype=np.float64)))[0]
+
+
+def _pairwise(bases: Any) -> tuple[list[np.ndarray], list[int], np.ndarray, np.ndarray]:
+    """``(unit-volume reduced metrics, their indices into bases, symmetric distances (n, n), aligning
+    matrices (n, n, 3, 3))`` of the finite 3D bases among ``bases``."""
+    metrics, index = [], []
+    for i, b in enumerate(bases):
+        b = np.asarray(b, dtype=np.float64)
+        if b.shape != (3, 3) or not np.isfinite(b).all():
+            continue
+        try:
+            metrics.append(_unit_metric(b))
+        except Distill4dError:  # coplanar: no 3D cell
+            continue
+        index.append(i)
+    if not metrics:
+        raise Distill4dError("bases hold no finite 3D cell")
+    n = len(metrics)
+    dist = np.zeros((n, n))
+    mats = np.empty((n, n, 3, 3))
+    for i in range(n):
+        mats[i, i] = np.eye(3)
+        for j in range(n):
+            if i != j:
+                dist[i, j], mats[i, j] = _align(metrics[i], metrics[j])
+    return metrics, index, np.maximum(dist, dist.T), mats
+
+
+def _cluster(pair: tuple, agree: float) -> tuple[list[np.ndarray], np.ndarray, list[int]]:
+    """``(metrics, their copies aligned to the centre's (m, 3, 3), indices into bases)`` of the
+    largest cluster (:func:`consensus_cell`) of :func:`_pairwise`'s result ``pair``."""
+    if not agree > 0:
+        raise Distill4dError(f"agree must be > 0 (a relative metric difference), got {agree}")
+    metrics, index, d, mats = pair
+    n = len(metrics)
+    size = (d <= agree).sum(axis=1)
+    score = np.where(d <= agree, d, 0.0).sum(axis=1)
+    centre = min(range(n), key=lambda i: (-size[i], score[i]))
+    members = np.flatnonzero(d[centre] <= agree)
+    aligned = np.array([mats[centre, j] @ metrics[j] @ mats[centre, j].T for j in members])
+    return [metrics[j] for j in members], aligned, [index[j] for j in members]
+
+
+def _unit(G: np.ndarray) -> np.ndarray:
+    return G / np.linalg.det(G) ** (1.0 / 3.0)
+
+
+def _realigned_mean(G_ref: np.ndarray, metrics: list[np.ndarray]) -> np.ndarray:
+    """The mean of ``metrics``, each first brought closest to ``G_ref`` by a matrix of :func:`_matrices`."""
+    out = []
+    for G in metrics:
+        M = _align(G_ref, G)[1]
+        out.append(M @ G @ M.T)
+    return _unit(np.mean(out, axis=0))
+
+
+def consensus_cell(bases: Any, agree: float = 0.05) -> dict[str, Any]:
+    """One 3D cell from many noisy reconstructions of the same lattice (e.g. one per pattern of a
+    structure, each orientation's cell rotated differently): the reduced cells, scaled to unit volume,
+    are compared by :func:`cell_distance`; the cell with the most others within ``agree`` (relative)
+    is the centre (ties: the smallest summed distance to them), and the metrics of its cluster, each
+    aligned to the centre's cell by its unimodular matrix, are averaged. Bases that are not finite or
+    not 3D are skipped. Returns ``{"basis", "members"}``: a basis (3, 3) (rows, unit volume) of the
+    mean metric and the indices of the averaged bases. (An alignment to one noisy cell follows that
+    cell's noise; :func:`consensus_tolerances` realigns to each symmetric hypothesis instead.)"""
+    _, aligned, members = _cluster(_pairwise(bases), agree)
+    return {"basis": np.linalg.cholesky(_unit(aligned.mean(axis=0))), "members": members}
+
+
+def consensus_tolerances(bases: Any, agree: float | Sequence[float] = 0.05) -> np.ndarray:
+    """``(7,)`` per lattice system the relative tolerance its holohedry needs on the consensus of
+    ``bases`` (as :func:`system_tolerances` on one cell; for :func:`system_from_tolerances`); ``(k,
+    7)`` for a sequence of ``k`` values of ``agree`` (the comparison done once).
+
+    The cluster of :func:`consensus_cell` is averaged; per system, the ``order`` matrices that change
+    the mean's metric least must form the holohedry (else inf); the mean is symmetrised by them, every
+    member realigned to that symmetric metric (so that the choice among symmetry-equivalent alignments
+    does not follow the noise) and averaged again, and the largest relative metric change of those
+    matrices on this mean is the system's tolerance. Noise of independent cells averages down as
+    1/sqrt(members); a true lower symmetry stays."""
+    agrees = np.atleast_1d(np.asarray(agree, dtype=np.float64))
+    pair = _pairwise(bases)
+    rows = []
+    for a in agrees:
+        metrics, aligned, _ = _cluster(pair, float(a))
+        b = reduce_basis(np.linalg.cholesky(_unit(aligned.mean(axis=0))))
+        G0 = b @ b.T
+        M = _matrices()
+        dev = _metric_deviations(G0)  # in this basis's frame (reduce_basis again may flip a vector)
+        order = np.argsort(dev, kind="stable")
+        out = np.full(len(LATTICE_SYSTEMS), np.inf)
+        out[0] = 0.0
+        for i, (system, k) in enumerate(zip(LATTICE_SYSTEMS, POINT_GROUP_ORDERS)):
+            ops = M[order[:k]]
+            if not i or not _is_holohedry(ops, system):
+                continue
+            G_sym = np.einsum("nij,jk,nlk->il", ops, G0, ops) / k
+            G = _realigned_mean(G_sym, metrics)
+            d = np.abs(np.einsum("nij,jk,nlk->nil", ops, G, ops) - G) / np.sqrt(np.outer(np.diag(G), np.diag(G)))
+            out[i] = float(d.max())
+        rows.append(out)
+    return rows[0] if np.ndim(agree) == 0 else np.array(rows)
 
 
 def refine_projected_basis(qx_inv_A: Any, qy_inv_A: Any, basis: Any, t: Any, *, tolerance_inv_A: float = 0.015,
