@@ -41,14 +41,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import machine_line, write_section  # noqa: E402
-from identify_symmetry_study import SIGMA, classify, expected_system, one_fit, patterns3d  # noqa: E402
+from identify_symmetry_study import SIGMA, augmented, classify, expected_system, one_fit, patterns3d, projected_fit  # noqa: E402
 
 from distill4d.identify.metric import fit_lattice2d, fit_layers
 from distill4d.identify.symmetry import (LATTICE_SYSTEMS, cell_distance, consensus_cell, consensus_tolerances,
                                          refine_projected_basis, system_by_gap, system_from_tolerances)
 from distill4d.identify.train import DEFAULT_SPACE_GROUPS
 from distill4d.simulate.crystals import _primitive, crystal_system, random_crystal
-from distill4d.simulate.spots import augment_spots, random_rotations
+from distill4d.simulate.spots import random_rotations
 
 CASES = {"b": "(b) fitted g1, g2, t; noise-free", "c": "(c) fitted, augmented",
          "cr": "(c'') as (c), g1, g2, t refined together"}
@@ -75,18 +75,13 @@ def fit_structure(i: int, sg: int, seed: int, n_or: int, refined: bool = True) -
         if np.isfinite(t).all():
             r, dt = one_fit(x, y, w, B2, t, SIGMA)
             pr["b"] = {"counts": classify(r["basis3d"]), "cell": np.asarray(r["basis3d"]).tolist(), "s": dt}
-        ax, ay, ai = augment_spots(x, y, w, rng=rng)
-        k2 = np.hypot(ax, ay) >= 0.05
-        ax, ay, ai = ax[k2], ay[k2], ai[k2]
-        if ax.size >= 3:
-            f2 = fit_lattice2d(ax, ay, np.sqrt(ai))
-            if np.isfinite(f2["basis"]).all():
-                t2 = fit_layers(ax, ay, f2["basis"])["t"]
-                if np.isfinite(t2).all():
-                    r, dt = one_fit(ax, ay, ai / ai.max(), f2["basis"], t2, SIGMA)
-                    pr["c"] = {"counts": classify(r["basis3d"]), "cell": np.asarray(r["basis3d"]).tolist(), "s": dt}
-                    if refined:
-                        pr["cr"] = refined_fit(ax, ay, ai, f2["basis"], t2)
+        ax, ay, ai = augmented(x, y, w, rng)
+        fit = projected_fit(ax, ay, ai)
+        if fit is not None:
+            r, dt = one_fit(ax, ay, ai / ai.max(), *fit, SIGMA)
+            pr["c"] = {"counts": classify(r["basis3d"]), "cell": np.asarray(r["basis3d"]).tolist(), "s": dt}
+            if refined:
+                pr["cr"] = refined_fit(ax, ay, ai, *fit)
     return rec
 
 
@@ -106,15 +101,10 @@ def add_refined(rec: dict, i: int, seed: int, n_or: int) -> dict:
         keep = np.hypot(x, y) >= 0.05
         if keep.sum() < 3 or not np.isfinite(fit_lattice2d(x[keep], y[keep], np.sqrt(w[keep]))["basis"]).all():
             continue  # as in fit_structure: no augmentation drawn for this pattern
-        ax, ay, ai = augment_spots(x, y, w, rng=rng)
-        k2 = np.hypot(ax, ay) >= 0.05
-        ax, ay, ai = ax[k2], ay[k2], ai[k2]
-        if ax.size >= 3:
-            f2 = fit_lattice2d(ax, ay, np.sqrt(ai))
-            if np.isfinite(f2["basis"]).all():
-                t2 = fit_layers(ax, ay, f2["basis"])["t"]
-                if np.isfinite(t2).all():
-                    pr["cr"] = refined_fit(ax, ay, ai, f2["basis"], t2)
+        ax, ay, ai = augmented(x, y, w, rng)
+        fit = projected_fit(ax, ay, ai)
+        if fit is not None:
+            pr["cr"] = refined_fit(ax, ay, ai, *fit)
     rec["refined"] = True
     return rec
 

@@ -161,6 +161,14 @@ def classify(b3):
     return [float(min(v, 1e9)) for v in need]
 
 
+def augmented(x, y, w, rng):
+    """A pattern's spots augmented as the library does it (``augment_spots``), those within 0.05 1/Å of the
+    direct beam left out: ``(qx, qy, intensity)``."""
+    ax, ay, ai = augment_spots(x, y, w, rng=rng)
+    keep = np.hypot(ax, ay) >= 0.05
+    return ax[keep], ay[keep], ai[keep]
+
+
 def projected_fit(x, y, it):
     """``(2D basis, layer vector t)`` of a spot list by ``fit_lattice2d`` and ``fit_layers``, or None when
     there are fewer than 3 spots or either fit fails."""
@@ -227,16 +235,11 @@ def run_structure(i, sg, seed, n_or, fit_sigma):
                     d["h_true"] = float(h_true)
                 pr[key] = d
         # (c): augmented as the library does it
-        ax, ay, ai = augment_spots(x, y, w, rng=rng)
-        k2 = np.hypot(ax, ay) >= 0.05
-        ax, ay, ai = ax[k2], ay[k2], ai[k2]
-        if ax.size >= 3:
-            f2 = fit_lattice2d(ax, ay, np.sqrt(ai))
-            if np.isfinite(f2["basis"]).all():
-                t2 = fit_layers(ax, ay, f2["basis"])["t"]
-                if np.isfinite(t2).all():
-                    r, dt = one_fit(ax, ay, ai / ai.max(), f2["basis"], t2, SIGMA)
-                    pr["c"] = {"counts": classify(r["basis3d"]), "h": r["h"], "s": dt}
+        ax, ay, ai = augmented(x, y, w, rng)
+        fit = projected_fit(ax, ay, ai)
+        if fit is not None:
+            r, dt = one_fit(ax, ay, ai / ai.max(), *fit, SIGMA)
+            pr["c"] = {"counts": classify(r["basis3d"]), "h": r["h"], "s": dt}
     return rec
 
 
@@ -315,9 +318,7 @@ def refined_pass(work, seed, jobs, n_or):
             keep = np.hypot(x, y) >= 0.05
             if keep.sum() < 3 or not np.isfinite(fit_lattice2d(x[keep], y[keep], np.sqrt(w[keep]))["basis"]).all():
                 continue  # as in run_structure: no augmentation drawn for this pattern
-            ax, ay, ai = augment_spots(x, y, w, rng=rng)
-            k2 = np.hypot(ax, ay) >= 0.05
-            ax, ay, ai = ax[k2], ay[k2], ai[k2]
+            ax, ay, ai = augmented(x, y, w, rng)
             need = None
             fit = projected_fit(ax, ay, ai)
             if fit is not None:
