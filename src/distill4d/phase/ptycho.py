@@ -228,7 +228,7 @@ def _scan_rotation(cube: DataCube, region: tuple[slice, slice], rotation: float 
     """The scan rotation and flip: given, else the calibration's, else estimated from the CoM (minimal
     curl) with its 180° ambiguity settled by ptychography: a few iterations on a central patch of at
     most 12 x 12 positions for θ and θ + π, the lower final error wins (the CoM's skewness rule fails
-    where a broad, defocused probe inverts the contrast)."""
+    where a broad, defocused probe inverts the contrast); then checked by :func:`_rotation_scan`."""
     cal = cube.calibration
     if rotation is not None:
         return float(rotation), bool(flip), {"source": "given"}
@@ -247,7 +247,55 @@ def _scan_rotation(cube: DataCube, region: tuple[slice, slice], rotation: float 
     best = min(errors, key=errors.get)
     info = {"source": "estimated from the CoM (minimal curl), 180° ambiguity by ptychographic error",
             "com_estimate_rad": theta, "trial_errors": {f"{k:.6f}": v for k, v in errors.items()}}
+    flips = (bool(flip),) if flip is not None else (bool(est_flip), not est_flip)
+    better, scan = _rotation_scan(patch, best, bool(est_flip), errors[best], flips, trial)
+    info["rotation_scan"] = scan
+    if better is not None:
+        best, est_flip = better
+        info["source"] = "ptychographic rotation scan (the CoM's estimate fitted worse)"
     return float(best), bool(est_flip), info
+
+
+#: The ptychographic rotation scan's step (degrees) and the error margin by which it overrules the CoM.
+ROTATION_SCAN_DEG = 15.0
+_ROTATION_MARGIN = 0.02
+
+
+def _rotation_scan(patch: tuple[slice, slice], theta: float, flip: bool, error: float | None, flips: tuple[bool, ...],
+                   trial: Callable[..., Any], **kw: Any) -> tuple[tuple[float, bool] | None, dict[str, Any]]:
+    """Check a rotation by ptychography: trials (4 iterations on ``patch``) every :data:`ROTATION_SCAN_DEG`
+    around the circle, for each of ``flips``, against ``(theta, flip)`` whose trial error is ``error`` (None:
+    computed here).
+    Where the CoM misjudges the rotation (a broad defocused probe on a small scan: off by up to 1.6 rad,
+    and the flip wrong, in ``benchmarks/ptycho_defocus.py``) the error has a narrow minimum at the true
+    rotation and is flat elsewhere. A candidate whose error is lower by more than :data:`_ROTATION_MARGIN`
+    wins, refined by steps of half and a quarter of the scan's step. Returns ``((rotation, flip) or None,
+    record)``."""
+    step = math.radians(ROTATION_SCAN_DEG)
+    errs: dict[tuple[float, bool], float] = {}
+
+    def err(c: tuple[float, bool]) -> float:
+        key = (round(math.remainder(c[0], 2 * math.pi), 9), c[1])
+        if key not in errs:
+            errs[key] = float(trial(region=patch, scan_rotation_rad=key[0], scan_flip=key[1], **kw).errors[-1])
+        return errs[key]
+
+    if error is not None:
+        errs[(round(math.remainder(theta, 2 * math.pi), 9), flip)] = error
+    error = err((theta, flip))
+
+    n = int(round(2 * math.pi / step))
+    cand = min(((theta + k * step, f) for f in flips for k in range(n)), key=err)
+    record: dict[str, Any] = {"step_deg": ROTATION_SCAN_DEG, "start_rad": theta, "start_flip": flip,
+                              "start_error": error}
+    if err(cand) >= error * (1 - _ROTATION_MARGIN):
+        record["trials"] = len(errs)
+        return None, record
+    for h in (step / 2, step / 4):
+        cand = min(((cand[0] - h, cand[1]), cand, (cand[0] + h, cand[1])), key=err)
+    record["trials"] = len(errs)
+    record["error"] = err(cand)
+    return (math.remainder(cand[0], 2 * math.pi), cand[1]), record
 
 
 #: ``defocus_A="auto"`` searches defocus within ± this many Å.
@@ -500,14 +548,26 @@ def reconstruct(
             rotations = [(theta0, flip0), (math.remainder(theta0 + math.pi, 2 * math.pi), flip0)]
             import warnings
 
-            warnings.warn("defocus_A='auto' with the scan rotation unknown: the search tries only the two half-turns "
-                          "of the rotation estimated from the centre of mass, and on thick crystals it can take the "
-                          "wrong one (docs/tutorials/ptycho.md); give scan_rotation_rad (--scan-rotation-deg)",
-                          stacklevel=2)
+            warnings.warn("defocus_A='auto' with the scan rotation unknown: the search starts from the rotation "
+                          "estimated from the centre of mass and can stay wrong where that is far off, and on thick "
+                          "crystals it can take the wrong half-turn (docs/tutorials/ptycho.md); give scan_rotation_rad "
+                          "(--scan-rotation-deg)", stacklevel=2)
         else:
             theta0, flip0, _ = _scan_rotation(cube, reg, scan_rotation_rad, scan_flip, trial)
             rotations = [(theta0, flip0)]
+        given_flip = scan_flip
         defocus_A, scan_rotation_rad, scan_flip, search = _defocus_search(cal, reg, rotations, trial)
+        if len(rotations) == 2:  # the rotation checked at that defocus, and the defocus searched again if it moved
+            flips = (bool(scan_flip),) if given_flip is not None else (bool(scan_flip), not scan_flip)
+            better, rscan = _rotation_scan(_central_patch(reg, 12), scan_rotation_rad, scan_flip, None, flips,
+                                           trial, defocus_A=defocus_A)
+            if better is not None:
+                t1, f1 = better
+                first = search
+                defocus_A, scan_rotation_rad, scan_flip, search = _defocus_search(
+                    cal, reg, [(t1, f1), (math.remainder(t1 + math.pi, 2 * math.pi), f1)], trial)
+                search["first_search"] = first
+            search["rotation_scan"] = rscan
     theta, flip, rot_source = _scan_rotation(cube, reg, scan_rotation_rad, scan_flip, trial)
     if search is not None and len({t["rotation_rad"] for t in search["trials"]}) > 1:
         rot_source = {"source": "estimated from the CoM (minimal curl), 180° ambiguity settled by the defocus search"}
