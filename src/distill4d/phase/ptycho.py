@@ -234,12 +234,7 @@ def _scan_rotation(cube: DataCube, region: tuple[slice, slice], rotation: float 
         return float(rotation), bool(flip), {"source": "given"}
     if cal.scan_rotation_rad is not None:
         return float(cal.scan_rotation_rad), bool(cal.scan_flip if flip is None else flip), {"source": "calibration"}
-    from ..imaging.com import center_of_mass, estimate_scan_rotation
-
-    com = center_of_mass(cube[region[0], region[1]], progress=False)
-    theta, est_flip = estimate_scan_rotation(com)
-    if flip is not None:
-        est_flip = bool(flip)
+    theta, est_flip = _com_rotation(cube, region, flip)
     patch = _central_patch(region, 12)
     errors = {}
     for cand in (theta, math.remainder(theta + math.pi, 2 * math.pi)):
@@ -254,6 +249,14 @@ def _scan_rotation(cube: DataCube, region: tuple[slice, slice], rotation: float 
         best, est_flip = better
         info["source"] = "ptychographic rotation scan (the CoM's estimate fitted worse)"
     return float(best), bool(est_flip), info
+
+
+def _com_rotation(cube: DataCube, region: tuple[slice, slice], flip: bool | None) -> tuple[float, bool]:
+    """The scan rotation (rad) and flip that make the region's CoM field curl-free (the flip given, if it is)."""
+    from ..imaging.com import center_of_mass, estimate_scan_rotation
+
+    theta, est_flip = estimate_scan_rotation(center_of_mass(cube[region[0], region[1]], progress=False))
+    return theta, bool(est_flip) if flip is None else bool(flip)
 
 
 #: The ptychographic rotation scan's step (degrees) and the error margin by which it overrules the CoM.
@@ -541,10 +544,7 @@ def reconstruct(
     search = None
     if auto_defocus:
         if scan_rotation_rad is None and cal.scan_rotation_rad is None:  # both rotation candidates in the search
-            from ..imaging.com import center_of_mass, estimate_scan_rotation
-
-            theta0, flip0 = estimate_scan_rotation(center_of_mass(cube[reg[0], reg[1]], progress=False))
-            flip0 = flip0 if scan_flip is None else bool(scan_flip)
+            theta0, flip0 = _com_rotation(cube, reg, scan_flip)
             rotations = [(theta0, flip0), (math.remainder(theta0 + math.pi, 2 * math.pi), flip0)]
             import warnings
 
@@ -569,7 +569,7 @@ def reconstruct(
                 search["first_search"] = first
             search["rotation_scan"] = rscan
     theta, flip, rot_source = _scan_rotation(cube, reg, scan_rotation_rad, scan_flip, trial)
-    if search is not None and len({t["rotation_rad"] for t in search["trials"]}) > 1:
+    if search is not None and len(rotations) == 2:
         rot_source = {"source": "estimated from the CoM (minimal curl), 180° ambiguity settled by the defocus search"}
     store_ = _store(cube, reg, origin, n, memory_budget)
     try:
@@ -669,7 +669,6 @@ def _run(torch: Any, dev: Any, cube: DataCube, store: Any, reg: tuple[slice, sli
 
     ftype, ctype = torch.float32, torch.complex64
     S, (H, W) = slices, obj_shape
-    tied = tied and S > 1
     So = 1 if tied else S  # transmission functions held: one for every slice when they are tied
     state = {
         "phase": torch.zeros((So, H, W), dtype=ftype, device=dev),
