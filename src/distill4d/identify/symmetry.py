@@ -123,10 +123,12 @@ def _deviations(basis: Any) -> np.ndarray:
     return _metric_deviations(b @ b.T)
 
 
-def _metric_deviations(G: np.ndarray) -> np.ndarray:
-    """Largest relative change ``(n,)`` of the metric ``G`` (3, 3) under every matrix of :func:`_matrices`."""
-    M = _matrices()
-    dev = np.abs(np.einsum("nij,jk,nlk->nil", M, G, M) - G) / np.sqrt(np.outer(np.diag(G), np.diag(G)))
+def _metric_deviations(G: np.ndarray, G_from: np.ndarray | None = None, M: np.ndarray | None = None) -> np.ndarray:
+    """Largest relative difference ``(n,)`` ``|M G_from Mᵀ - G|_ij / sqrt(G_ii G_jj)`` for every matrix of ``M``
+    (default :func:`_matrices`); ``G_from`` defaults to ``G`` (how far each matrix changes the metric)."""
+    M = _matrices() if M is None else M
+    G_from = G if G_from is None else G_from
+    dev = np.abs(np.einsum("nij,jk,nlk->nil", M, G_from, M) - G) / np.sqrt(np.outer(np.diag(G), np.diag(G)))
     return dev.reshape(len(M), 9).max(axis=1)
 
 
@@ -203,18 +205,15 @@ def lattice_system(basis: Any, tolerance: float = 0.01) -> tuple[str, float]:
 def _unit_metric(basis: np.ndarray) -> np.ndarray:
     """Gram matrix (3, 3) of the reduced cell of ``basis``, scaled to unit cell volume."""
     b = reduce_basis(basis)
-    G = b @ b.T
-    return G / np.linalg.det(G) ** (1.0 / 3.0)
+    return _unit(b @ b.T)
 
 
 def _align(Ga: np.ndarray, Gb: np.ndarray) -> tuple[float, np.ndarray]:
     """``(distance, M)``: the matrix of :func:`_matrices` that brings ``Gb`` closest to ``Ga`` and the
     largest relative change ``|M Gb Mᵀ - Ga|_ij / sqrt(Ga_ii Ga_jj)`` it leaves."""
-    M = _matrices()
-    dev = np.abs((M @ Gb) @ M.transpose(0, 2, 1) - Ga) / np.sqrt(np.outer(np.diag(Ga), np.diag(Ga)))
-    worst = dev.reshape(len(M), 9).max(axis=1)
+    worst = _metric_deviations(Ga, Gb)
     k = int(np.argmin(worst))
-    return float(worst[k]), M[k]
+    return float(worst[k]), _matrices()[k]
 
 
 def cell_distance(basis_a: Any, basis_b: Any) -> float:
@@ -321,9 +320,7 @@ def consensus_tolerances(bases: Any, agree: float | Sequence[float] = 0.05) -> n
             if not i or not _is_holohedry(ops, system):
                 continue
             G_sym = np.einsum("nij,jk,nlk->il", ops, G0, ops) / k
-            G = _realigned_mean(G_sym, metrics)
-            d = np.abs(np.einsum("nij,jk,nlk->nil", ops, G, ops) - G) / np.sqrt(np.outer(np.diag(G), np.diag(G)))
-            out[i] = float(d.max())
+            out[i] = float(_metric_deviations(_realigned_mean(G_sym, metrics), M=ops).max())
         rows.append(out)
     return rows[0] if np.ndim(agree) == 0 else np.array(rows)
 
