@@ -359,7 +359,8 @@ def main(argv: list[str] | None = None) -> None:
             print(f"== {a.scan} {dose:g}", flush=True)
             rec = run(a.scan, dose, a)
             rec["command"] = command
-            path = DATA / f"{a.scan}_{dose:g}_tied_step{rec['object_step']:g}_n{a.pattern_size}_it{a.iterations}.json"
+            extra = "" if a.slices in (None, SLICING[a.scan][1]) else f"_s{a.slices}"
+            path = DATA / f"{a.scan}_{dose:g}_tied_step{rec['object_step']:g}_n{a.pattern_size}_it{a.iterations}{extra}.json"
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(rec, indent=1))
         recs.append(rec)
