@@ -100,11 +100,12 @@ def fixed_interior_refine(b, qx, qy, ref_q, ref_F, probe, origin_px, radius_px, 
     return ox, oy, np.hypot(*step.T)
 
 
-def main(argv: list[str]) -> int:
-    name, dose_text = argv[0], argv[1]
-    margin = float(argv[2]) if len(argv) > 2 else 2.0
-    iters = int(argv[3]) if len(argv) > 3 else 12
-    core = float(argv[4]) if len(argv) > 4 else 0.7
+def setup(name: str, dose_text: str, pad_px: float, core: float) -> dict:
+    """A development set, correlation's peaks and strain row, and each reference disk's interior:
+    the reference region's mean pattern, its disks ``ref_q`` (those whose window of half-width
+    ``h = ceil(radius + pad_px)`` fits the detector) and their ``interiors`` (``ref_F``)."""
+    from distill4d.datacube import DataCube
+
     dose = None if dose_text == "nf" else float(dose_text)
     dc, truth, probe = rb.load_set(name, dose)
     expected = svp.expected_strain(truth, (0, svp.LAYER_WIDTH))[0]
@@ -114,15 +115,13 @@ def main(argv: list[str]) -> int:
     t_corr = time.perf_counter() - t
     pt = probe_template(probe, datacube=dc, kind="disk")
     sm = strain_map(pk, reference=rb.REF)
-    print(f"{name} {dose_text} correlation        exx {np.sqrt(np.nanmean((sm.eps_xx - expected['eps_xx'])**2))*100:.3f}", flush=True)
     rows = [("correlation", wpf.score({k: getattr(sm, k) for k in rb.KEYS}, expected, t_corr, n))]
     data = np.asarray(dc.data, float)
     ref_mean = data[rb.REF].reshape(-1, *dc.pattern_shape).mean(0)
-    from distill4d.datacube import DataCube
     rp = find_bragg_disks(DataCube(ref_mean[None, None], calibration=dc.calibration), probe, scheduler="inline",
                           progress=False)
     ref_q = rp[0, 0][:, :2]
-    h = int(np.ceil(pt.radius_px + margin + 2))
+    h = int(np.ceil(pt.radius_px + pad_px))
     W = 2 * h + 1
     ob = np.rint(pt.origin_px).astype(int)
     P0f = np.fft.fft2(np.asarray(probe, float)[ob[0] - h: ob[0] + h + 1, ob[1] - h: ob[1] + h + 1])
@@ -130,7 +129,20 @@ def main(argv: list[str]) -> int:
     nxp, nyp = dc.pattern_shape
     inside = (ref_q[:, 0] > h) & (ref_q[:, 0] < nxp - h - 1) & (ref_q[:, 1] > h) & (ref_q[:, 1] < nyp - h - 1)
     ref_q = ref_q[inside]
-    ref_F = interiors(ref_mean, ref_q, None, P0f, kx, ky, np.asarray(pt.origin_px) - ob, h, core)
+    base_off = np.asarray(pt.origin_px) - ob
+    ref_F = interiors(ref_mean, ref_q, None, P0f, kx, ky, base_off, h, core)
+    return dict(dc=dc, probe=probe, expected=expected, n=n, pk=pk, t_corr=t_corr, pt=pt, rows=rows, data=data,
+                ref_mean=ref_mean, ref_q=ref_q, h=h, P0f=P0f, kx=kx, ky=ky, base_off=base_off, ref_F=ref_F)
+
+
+def main(argv: list[str]) -> int:
+    name, dose_text = argv[0], argv[1]
+    margin = float(argv[2]) if len(argv) > 2 else 2.0
+    iters = int(argv[3]) if len(argv) > 3 else 12
+    core = float(argv[4]) if len(argv) > 4 else 0.7
+    S = setup(name, dose_text, margin + 2, core)
+    dc, probe, expected, n, pk, t_corr, pt, rows, data, ref_q, ref_F, h = (
+        S[k] for k in ("dc", "probe", "expected", "n", "pk", "t_corr", "pt", "rows", "data", "ref_q", "ref_F", "h"))
     qx, qy, intensity, count = pk.to_padded()
     b = data.reshape(n, *dc.pattern_shape)
     t = time.perf_counter()

@@ -34,11 +34,10 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import robust_strain_benchmark as rb  # noqa: E402
-import strain_vs_py4dstem as svp  # noqa: E402
 import whole_pattern_fit as wpf  # noqa: E402
-from fixed_interior_fit import interiors, shifted_probe  # noqa: E402
+from fixed_interior_fit import setup, shifted_probe  # noqa: E402
 
-from distill4d.bragg import find_bragg_disks, probe_template  # noqa: E402
+from distill4d.bragg import find_bragg_disks  # noqa: E402
 from distill4d.bragg.peaks import BraggPeaks  # noqa: E402
 from distill4d.datacube import DataCube  # noqa: E402
 from distill4d.lattice import strain_map  # noqa: E402
@@ -103,34 +102,14 @@ def main(argv: list[str]) -> int:
     name, dose_text = argv[0], argv[1]
     shift = float(argv[2]) if len(argv) > 2 else 0.25
     core = float(argv[3]) if len(argv) > 3 else 0.7
-    dose = None if dose_text == "nf" else float(dose_text)
-    dc, truth, probe = rb.load_set(name, dose)
-    expected = svp.expected_strain(truth, (0, svp.LAYER_WIDTH))[0]
-    n = dc.n_patterns
     t = time.perf_counter()
-    pk = find_bragg_disks(dc, probe, scheduler="inline", progress=False)
-    t_corr = time.perf_counter() - t
-    sm = strain_map(pk, reference=rb.REF)
-    rows = [("correlation", wpf.score({k: getattr(sm, k) for k in rb.KEYS}, expected, t_corr, n))]
-    t = time.perf_counter()
-    pt = probe_template(probe, datacube=dc, kind="disk")
-    data = np.asarray(dc.data, float)
-    ref_mean = data[rb.REF].reshape(-1, *dc.pattern_shape).mean(0)
-    rp = find_bragg_disks(DataCube(ref_mean[None, None], calibration=dc.calibration), probe, scheduler="inline",
-                          progress=False)
-    ref_q = rp[0, 0][:, :2]
-    h = int(np.ceil(pt.radius_px + 4))
-    W = 2 * h + 1
-    ob = np.rint(pt.origin_px).astype(int)
-    P0f = np.fft.fft2(np.asarray(probe, float)[ob[0] - h: ob[0] + h + 1, ob[1] - h: ob[1] + h + 1])
-    kx, ky = np.fft.fftfreq(W)[:, None], np.fft.fftfreq(W)[None, :]
-    nxp, nyp = dc.pattern_shape
-    inside = (ref_q[:, 0] > h) & (ref_q[:, 0] < nxp - h - 1) & (ref_q[:, 1] > h) & (ref_q[:, 1] < nyp - h - 1)
-    ref_q = ref_q[inside]
-    base_off = np.asarray(pt.origin_px) - ob
-    ref_F = interiors(ref_mean, ref_q, None, P0f, kx, ky, base_off, h, core)
+    S = setup(name, dose_text, 4.0, core)
+    dc, probe, expected, n, pk, t_corr, pt, rows = (S[k] for k in ("dc", "probe", "expected", "n", "pk", "t_corr",
+                                                                    "pt", "rows"))
+    ref_mean, ref_q, ref_F, P0f, kx, ky, base_off, h = (S[k] for k in ("ref_mean", "ref_q", "ref_F", "P0f", "kx",
+                                                                       "ky", "base_off", "h"))
     R = responses(dc, probe, ref_mean, ref_q, ref_F, P0f, kx, ky, base_off, h, shift, pt.radius_px)
-    s = time.perf_counter() - t
+    s = time.perf_counter() - t - t_corr
     R_one = np.broadcast_to(np.nanmedian(R, axis=0), R.shape).copy()  # one response for every reflection
     for lab, RR in (("per reflection", R), ("median response", R_one)):
         sm = strain_map(corrected(pk, ref_q, ref_q, RR), reference=rb.REF)
