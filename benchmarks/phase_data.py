@@ -38,6 +38,10 @@ serves every dose). Simulation seed 0, ``num_workers=2``.
   ``mos2_test``: tiles differ from its whole-cell simulation by 1.4 % (mean |difference| / mean
   intensity), the same at the tile's centre (1.4 %) as at its edges (1.5-1.6 %): the window's
   coarser k sampling of the probe, not the margin.
+- ``bto_val``: ``perovskite_slab(thickness_A=120, repeats=(4, 4), formula="BaTiO3", a_A=4.00)``:
+  BaTiO3 [001] (cubic), 30 cells = 120 Å, 16 x 16 Å, 2 Å of vacuum each side; phase up to 45.2 rad,
+  detected fraction 0.934. A validation crystal of the test's structure type for ptychography
+  settings (``ptycho_tied.py``), never the test.
 - ``sto_020`` ... ``sto_160``: a thickness series of the test material, SrTiO3 [001] 2 x 2 cells
   (7.81 x 7.81 Å, 31 x 31 positions), 20, 40, 60, 80, 121 and 160 Å (rounded to whole cells:
   19.5, 39.1, 58.6, 78.1, 121.1, 160.1 Å); test scans only.
@@ -66,6 +70,7 @@ cu_train    43 x 43     0.2522, 0.2522     180x180   44        26 s
 si_train    43 x 43     0.2526, 0.2526     180x180   205       110 s
 mo_val      50 x 50     0.2518, 0.2518     210x210   124       164 s
 mos2_large  228 x 263   0.2495, 0.2497     180x180   8         488 CPU s (**)
+bto_val     64 x 64     0.2500, 0.2500     135x135   124       192 s
 ==========  ==========  =================  ========  ========  =====================
 
 (*) a second copy of the simulation ran beside it for about a minute. (**) 42 tiles, one thread,
@@ -171,6 +176,12 @@ SCANS["mos2_large"] = {
                   "seed": 2, "extra_mo_vacancies": 9},
     "sim": {"slice_thickness_A": 1.0},
     "tiles": {"tile_steps": 38, "margin_A": 6.0},
+}
+#: Last in SCANS, so that no other scan's index (its dose seed) moves. A perovskite validation crystal for ptychography settings chosen before the SrTiO3 test (BaTiO3, cubic,
+#: a 4.00 Å, [001], 4 x 4 cells, 120 Å): the test's structure type with other atoms and spacing.
+SCANS["bto_val"] = {
+    "structure": {"kind": "perovskite", "thickness_A": 120.0, "repeats": [4, 4], "formula": "BaTiO3", "a_A": 4.00},
+    "sim": {"slice_thickness_A": 1.0},
 }
 
 LABEL_ARRAYS = (

@@ -8,11 +8,13 @@ Poisson noise as the phase and ptychography benchmarks apply it (``ptycho_benchm
 
 - validation crystals, on which the object step and the iteration count are chosen: ``ceo2_train`` (CeO2
   fluorite [001], 97.4 Å, 28 rad), ``mgo_train`` (MgO rocksalt [001], 80 Å, 14 rad), ``mo_val`` (Mo bcc
-  [001], 119.6 Å, 45 rad), each in 2 Å of vacuum each side;
+  [001], 119.6 Å, 45 rad), ``bto_val`` (BaTiO3 perovskite [001], 120 Å, 45 rad), each in 2 Å of vacuum
+  each side;
 - ``sto_thick`` (SrTiO3 [001], 121 Å, 62 x 62 positions): the test, run with the chosen settings.
 
 Slices: about one period along the beam each (``SLICING``: 32 x 3.908 Å for SrTiO3, a = 3.905 Å; 19 x
-5.337 Å for CeO2, a = 5.411 Å; 20 x 4.2 Å for MgO, a = 4.212 Å; 39 x 3.169 Å for Mo, a = 3.147 Å). Scored by ``ptycho_benchmark``'s ``score_phase`` (SSIM and Pearson r
+5.337 Å for CeO2, a = 5.411 Å; 20 x 4.2 Å for MgO, a = 4.212 Å; 39 x 3.169 Å for Mo, a = 3.147 Å; 30 x 4.133 Å
+for BaTiO3, a = 4.00 Å). Scored by ``ptycho_benchmark``'s ``score_phase`` (SSIM and Pearson r
 with the projected potential, and the phase benchmark's whole-scan metric) after every ``--score-every``
 iterations; CPU time of the reconstruction alone (one thread; scoring excluded). With ``sto_thick`` the
 section ``ptycho_tied`` of RESULTS.md is written, with the phase benchmark's best method on that scan as
@@ -30,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -43,7 +46,7 @@ from ptycho_benchmark import DATA, LABEL, Scorer, dosed, object_frame, phase_sec
 
 #: Cell depth along the beam (Å) and the slices of about one period each.
 SLICING = {"sto_thick": (125.06, 32), "mo_val": (119.586 + 4.0, 39), "ceo2_train": (97.4 + 4.0, 19),
-           "mgo_train": (80.0 + 4.0, 20)}
+           "mgo_train": (80.0 + 4.0, 20), "bto_val": (120.0 + 4.0, 30)}
 
 
 def run(name: str, dose: float, a: argparse.Namespace) -> dict:
@@ -58,7 +61,7 @@ def run(name: str, dose: float, a: argparse.Namespace) -> dict:
     slices = a.slices or slices
     n = a.pattern_size
     sampling, origin = object_frame(n, dc.calibration.q_pixel_inv_A)
-    ckpt = DATA / f"{name}_{dose:g}_tied.ckpt.pt"
+    ckpt = DATA / f"{name}_{dose:g}_tied_{os.getpid()}.ckpt.pt"  # runs side by side keep their own
     ckpt.unlink(missing_ok=True)
     curve, spent = [], [0.0]
     c0 = time.process_time()
@@ -81,15 +84,22 @@ def run(name: str, dose: float, a: argparse.Namespace) -> dict:
                       progress=False, scan_rotation_rad=0.0, scan_flip=False, slices=slices,
                       slice_thickness_A=depth / slices, tied_slices=True,
                       learning_rates={} if a.object_step is None else {"object_step": a.object_step},
-                      callback=callback, pattern_size=n)
+                      callback=callback, pattern_size=n, **extra_keywords(a))
     cpu = time.process_time() - c0 - spent[0]
     ckpt.unlink(missing_ok=True)
     assert tuple(res.sampling_A) == sampling and np.allclose(res.positions_A[0], origin)  # the frame scored
     return {"scan": name, "dose": dose, "slices": slices, "slice_thickness_A": depth / slices,
             "iterations": a.iterations, "object_step": res.provenance.parameters["learning_rates"]["object_step"],
-            "cpu_s": cpu, "curve": curve,
+            "cpu_s": cpu, "curve": curve, "keywords": a.set,
             "object_step_halvings": res.provenance.parameters["object_step_halvings"],
             "final": curve[-1]}
+
+
+def extra_keywords(a: argparse.Namespace) -> dict:
+    """``--set KEY=VALUE ...`` as keywords of reconstruct (values read as Python literals)."""
+    import ast
+
+    return {k: ast.literal_eval(v) for k, v in (kv.split("=", 1) for kv in a.set)}
 
 
 def pipeline(name: str, dose: float, a: argparse.Namespace) -> dict:
@@ -332,6 +342,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--from-saved", action="store_true",
                     help="write the section from the runs saved in benchmarks/data/ptycho (no reconstruction)")
     ap.add_argument("--pattern-size", type=int, default=48, help="the window (pixels; the detector is 48)")
+    ap.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                    help="more keywords of reconstruct (validation runs), e.g. probe_start=3 batch_size=32")
     add_output_arguments(ap, "ptycho_tied")
     a = ap.parse_args(argv)
     command = "benchmarks/ptycho_tied.py " + " ".join(sys.argv[1:] if argv is None else argv)
@@ -359,7 +371,8 @@ def main(argv: list[str] | None = None) -> None:
             print(f"== {a.scan} {dose:g}", flush=True)
             rec = run(a.scan, dose, a)
             rec["command"] = command
-            extra = "" if a.slices in (None, SLICING[a.scan][1]) else f"_s{a.slices}"
+            extra = ("" if a.slices in (None, SLICING[a.scan][1]) else f"_s{a.slices}") + "".join(
+                f"_{kv.replace('=', '')}" for kv in a.set)
             path = DATA / f"{a.scan}_{dose:g}_tied_step{rec['object_step']:g}_n{a.pattern_size}_it{a.iterations}{extra}.json"
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(rec, indent=1))
