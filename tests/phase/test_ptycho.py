@@ -303,6 +303,25 @@ def test_held_out_patterns_choose_an_iterate_not_worse_than_the_last(weak_noisy,
     np.testing.assert_array_equal(back.validation_errors, res.validation_errors)
 
 
+def test_tied_run_with_a_growing_batch_resumes_where_it_stopped(tmp_path):
+    """With tied slices the default mini-batch grows from TIED_BATCH_START to the default over the iterations
+    (here 32 -> 36 for 24 x 24 positions); a run interrupted after iteration 2 and resumed ends bit for bit
+    where an uninterrupted one does, and a run with a fixed batch (another reconstruction) differs."""
+    pixel = 1 / (48 * Q)
+    one = random_atoms((40, 40), pixel, 14, 0.6, seed=3)
+    cube, _ = multislice_scan(np.stack([one] * 3), dz_A=20.0, scan_shape=(24, 24), defocus_A=50.0)
+    kw = dict(defocus_A=50.0, iterations=4, device="cpu", slices=3, slice_thickness_A=20.0, tied_slices=True)
+    full = reconstruct(cube, **kw)
+    p = full.provenance.parameters
+    assert (p["batch_size_start"], p["batch_size"]) == (32, 36)
+    resumed = _interrupted_and_resumed(cube, tmp_path / "ptycho.pt", kw)
+    np.testing.assert_array_equal(resumed.object_slices, full.object_slices)
+    np.testing.assert_array_equal(resumed.errors, full.errors)
+    fixed = reconstruct(cube, batch_size=36, **kw)
+    assert fixed.provenance.parameters["batch_size_start"] == 36
+    assert not np.array_equal(fixed.errors, full.errors)
+
+
 def test_resumed_run_chooses_the_iteration_an_uninterrupted_one_does(weak_noisy, tmp_path):
     """The held-out curve and the best state so far ride in the checkpoint: interrupted after iteration
     2 (of 6), the resumed run returns the same iterate and curve."""

@@ -294,7 +294,8 @@ def add_ptycho_options(p: Any, *, device: bool = True) -> None:
     g.add_argument("--iterations", type=int, default=DEFAULT_ITERATIONS,
                    help=f"passes over all positions (default {DEFAULT_ITERATIONS})")
     g.add_argument("--batch-size", type=int,
-                   help=f"positions per step (default: positions // 16, within 16-{DEFAULT_BATCH_SIZE})")
+                   help=f"positions per step (default: positions // 16, within 16-{DEFAULT_BATCH_SIZE}; with "
+                   "--tied-slices it grows to that from 32 over the iterations)")
     g.add_argument("--loss", default="amplitude", choices=("amplitude", "poisson"),
                    help="amplitude (default) or poisson (counted low-dose data)")
     g.add_argument("--refine-positions", action="store_true", help="refine every probe position")
