@@ -52,7 +52,6 @@ def shifted_probe(P0f, kx, ky, s):
 
 def interiors(ref_mean, ref_q, probe_win, P0f, kx, ky, base_off, h, core):
     """F_g on the detector around each reference disk: dict (reflection index) -> (W, W) window at ref_q's rint."""
-    W = 2 * h + 1
     out = []
     for c in ref_q:
         b = np.rint(c).astype(int)
@@ -101,7 +100,7 @@ def fixed_interior_refine(b, qx, qy, ref_q, ref_F, probe, origin_px, radius_px, 
 
 
 def setup(name: str, dose_text: str, pad_px: float, core: float) -> dict:
-    """A development set, correlation's peaks and strain row, and each reference disk's interior:
+    """A development set, correlation's peaks and strain row (printed), and each reference disk's interior:
     the reference region's mean pattern, its disks ``ref_q`` (those whose window of half-width
     ``h = ceil(radius + pad_px)`` fits the detector) and their ``interiors`` (``ref_F``)."""
     from distill4d.datacube import DataCube
@@ -113,9 +112,11 @@ def setup(name: str, dose_text: str, pad_px: float, core: float) -> dict:
     t = time.perf_counter()
     pk = find_bragg_disks(dc, probe, scheduler="inline", progress=False)
     t_corr = time.perf_counter() - t
-    pt = probe_template(probe, datacube=dc, kind="disk")
     sm = strain_map(pk, reference=rb.REF)
     rows = [("correlation", wpf.score({k: getattr(sm, k) for k in rb.KEYS}, expected, t_corr, n))]
+    print(f"{name} {dose_text} correlation        exx {rows[0][1]['strain']['eps_xx']:.3f}", flush=True)
+    t = time.perf_counter()
+    pt = probe_template(probe, datacube=dc, kind="disk")
     data = np.asarray(dc.data, float)
     ref_mean = data[rb.REF].reshape(-1, *dc.pattern_shape).mean(0)
     rp = find_bragg_disks(DataCube(ref_mean[None, None], calibration=dc.calibration), probe, scheduler="inline",
@@ -131,7 +132,8 @@ def setup(name: str, dose_text: str, pad_px: float, core: float) -> dict:
     ref_q = ref_q[inside]
     base_off = np.asarray(pt.origin_px) - ob
     ref_F = interiors(ref_mean, ref_q, None, P0f, kx, ky, base_off, h, core)
-    return dict(dc=dc, probe=probe, expected=expected, n=n, pk=pk, t_corr=t_corr, pt=pt, rows=rows, data=data,
+    t_ref = time.perf_counter() - t  # the reference disks and interiors, after correlation
+    return dict(dc=dc, probe=probe, expected=expected, n=n, pk=pk, t_corr=t_corr, t_ref=t_ref, pt=pt, rows=rows, data=data,
                 ref_mean=ref_mean, ref_q=ref_q, h=h, P0f=P0f, kx=kx, ky=ky, base_off=base_off, ref_F=ref_F)
 
 
