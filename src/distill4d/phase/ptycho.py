@@ -252,7 +252,7 @@ def _scan_rotation(cube: DataCube, region: tuple[slice, slice], rotation: float 
     info = {"source": "estimated from the CoM (minimal curl), 180° ambiguity by ptychographic error",
             "com_estimate_rad": theta, "trial_errors": {f"{k:.6f}": v for k, v in errors.items()}}
     flips = (bool(flip),) if flip is not None else (bool(est_flip), not est_flip)
-    better, scan = _rotation_scan(patch, best, bool(est_flip), errors[best], flips, trial)
+    better, scan = _rotation_scan(patch, best, bool(est_flip), errors, flips, trial)
     info["rotation_scan"] = scan
     if better is not None:
         best, est_flip = better
@@ -273,11 +273,12 @@ ROTATION_SCAN_DEG = 15.0
 _ROTATION_MARGIN = 0.02
 
 
-def _rotation_scan(patch: tuple[slice, slice], theta: float, flip: bool, error: float | None, flips: tuple[bool, ...],
-                   trial: Callable[..., Any], **kw: Any) -> tuple[tuple[float, bool] | None, dict[str, Any]]:
+def _rotation_scan(patch: tuple[slice, slice], theta: float, flip: bool, known: dict[float, float] | None,
+                   flips: tuple[bool, ...], trial: Callable[..., Any],
+                   **kw: Any) -> tuple[tuple[float, bool] | None, dict[str, Any]]:
     """Check a rotation by ptychography: trials (4 iterations on ``patch``) every :data:`ROTATION_SCAN_DEG`
-    around the circle, for each of ``flips``, against ``(theta, flip)`` whose trial error is ``error`` (None:
-    computed here).
+    around the circle, for each of ``flips``, against ``(theta, flip)``; ``known`` holds trial errors already
+    measured with ``flip`` (rotation -> error; e.g. the 180° check's two), which are not run again.
     Where the CoM misjudges the rotation (a broad defocused probe on a small scan: off by up to 1.6 rad,
     and the flip wrong, in ``benchmarks/ptycho_defocus.py``) the error has a narrow minimum at the true
     rotation and is flat elsewhere. A candidate whose error is lower by more than :data:`_ROTATION_MARGIN`
@@ -292,8 +293,8 @@ def _rotation_scan(patch: tuple[slice, slice], theta: float, flip: bool, error: 
             errs[key] = float(trial(region=patch, scan_rotation_rad=key[0], scan_flip=key[1], **kw).errors[-1])
         return errs[key]
 
-    if error is not None:
-        errs[(round(math.remainder(theta, 2 * math.pi), 9), flip)] = error
+    for rot, e in (known or {}).items():
+        errs[(round(math.remainder(rot, 2 * math.pi), 9), flip)] = e
     error = err((theta, flip))
 
     n = int(round(2 * math.pi / step))
