@@ -381,32 +381,39 @@ def main(argv: list[str] | None = None) -> None:
     recs = []
     for dose in a.doses:
         if a.from_saved:
-            from distill4d.phase.ptycho import TIED_OBJECT_STEP
-
-            step = TIED_OBJECT_STEP if a.object_step is None else a.object_step
-            rec = json.loads((DATA / f"{a.scan}_{dose:g}_tied_step{step:g}_n{a.pattern_size}_it{a.iterations}.json").read_text())
+            rec = json.loads(run_path(a.scan, dose, a).read_text())
             command = rec.get("command", command)
         else:
             print(f"== {a.scan} {dose:g}", flush=True)
             rec = run(a.scan, dose, a)
             rec["command"] = command
-            extra = ("" if a.slices in (None, SLICING[a.scan][1]) else f"_s{a.slices}") + "".join(
-                f"_{kv.replace('=', '')}" for kv in a.set)
-            path = DATA / f"{a.scan}_{dose:g}_tied_step{rec['object_step']:g}_n{a.pattern_size}_it{a.iterations}{extra}.json"
+            path = run_path(a.scan, dose, a)
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(rec, indent=1))
         recs.append(rec)
-    default = a.slices in (None, SLICING[a.scan][1]) and not a.set and a.object_step is None
+    default = not variant_tag(a) and a.object_step is None
     if a.scan == "sto_thick" and not a.no_results and default:  # the section shows the default settings only
         write_section(a.section, section(recs, command, saved_pipelines(a.scan)))
 
 
-def saved_runs(name: str, a: argparse.Namespace) -> list[dict]:
-    """The saved whole-scan test runs of ``name`` (both doses, where saved) at the package's tied step."""
+def variant_tag(a: argparse.Namespace) -> str:
+    """The record name's mark of settings other than the scan's default slicing: ``_s<slices>`` and ``--set``."""
+    return ("" if a.slices in (None, SLICING[a.scan][1]) else f"_s{a.slices}") + "".join(
+        f"_{kv.replace('=', '')}" for kv in a.set)
+
+
+def run_path(name: str, dose: float, a: argparse.Namespace) -> Path:
+    """The saved whole-scan run of ``name`` at ``dose`` with the settings of ``a`` (the package's tied step
+    unless ``--object-step``)."""
     from distill4d.phase.ptycho import TIED_OBJECT_STEP
 
     step = TIED_OBJECT_STEP if a.object_step is None else a.object_step
-    paths = [DATA / f"{name}_{dose:g}_tied_step{step:g}_n{a.pattern_size}_it{a.iterations}.json" for dose in (2e4, 2e3)]
+    return DATA / f"{name}_{dose:g}_tied_step{step:g}_n{a.pattern_size}_it{a.iterations}{variant_tag(a)}.json"
+
+
+def saved_runs(name: str, a: argparse.Namespace) -> list[dict]:
+    """The saved whole-scan test runs of ``name`` (both doses, where saved) with the settings of ``a``."""
+    paths = [run_path(name, dose, a) for dose in (2e4, 2e3)]
     return [json.loads(p.read_text()) for p in paths if p.exists()]
 
 
