@@ -310,7 +310,8 @@ def run_distill4d(row: str, name: str, dose: float, dc, a) -> tuple[dict, list[t
            "keywords": {k: v for k, v in kw.items()},
            "object_shape": list(res.object_phase.shape), "distill4d_commit": distill4d_source(), "parameters": res.provenance.parameters
            if res.provenance is not None else None,
-           "validation_errors": [float(e) for e in res.validation_errors], "chosen_iteration": int(res.chosen_iteration)}
+           "validation_errors": [float(e) for e in res.validation_errors], "chosen_iteration": int(res.chosen_iteration),
+           "noise_ratios": [float(f) for f in res.noise_ratios]}
     curve = [(ph, m[0], m[1]) for ph, m in zip(phases, marks)]
     # the result itself: the last iterate, or (validation_fraction > 0) the iterate of the lowest held-out
     # loss after one more pass over every position; scored as the row's result by evaluate()
@@ -683,7 +684,10 @@ def report(results: dict, a, command: str, ceilings: dict | None = None) -> str:
           "data are those of the `phase` section. The focused probe at 0.25 Å steps overlaps > 85 % between "
           "neighbours: ordinary focused-probe ptychography, no defocus needed. Every run is on the whole scan."),
          ("- distill4d: `distill4d.phase.ptycho.reconstruct(cube, iterations=..., device='cpu', seed=0, "
-          "scan_rotation_rad=0, scan_flip=False)` with its defaults otherwise (amplitude loss, Gauss-Newton object steps, its "
+          "scan_rotation_rad=0, scan_flip=False)` with its defaults otherwise (the automatic loss, `loss='auto'`: "
+          "Poisson where a 2-iteration single-slice trial on the central 16x16 positions fits the counts to "
+          "within 2x their shot noise, else amplitude (section `ptycho_loss`; it chose Poisson on MoS2 and "
+          "amplitude on SrTiO3 here, the trial's CPU time included); Gauss-Newton object steps, its "
           "mini-batch size, probe refined, positions not refined); `single poisson`: `loss='poisson'`; "
           "`mixed`: `modes=3`; `multislice`: "
           f"`slices={MULTISLICE['sto_thick']['slices']}, slice_thickness_A="

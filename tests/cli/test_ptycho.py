@@ -34,7 +34,8 @@ def test_round_trip(scan, tmp_path, capsys):
     assert len(res["errors"]) == 3
     assert res.provenance.method == "ptychography" and res.provenance.command.startswith("distill4d")
     assert res.provenance.parameters["region"] == [0, 8, 1, 9]
-    assert "wrote" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "wrote" in printed and "amplitude loss (auto: the patterns are not counts)" in printed
     assert main(args) == 1  # exists, no --force
     assert "--force" in capsys.readouterr().err
 

@@ -53,9 +53,21 @@ def cmd_ptycho(args: argparse.Namespace) -> int:
           f"{res.object_phase.shape[1]} px of {res.sampling_A[0]:.4g} Å, {p['slices']} slice(s), {p['modes']} mode(s); "
           f"error {res.errors[-1]:.4g} after {len(res.errors)} iterations, {p['seconds']:.1f} s on {p['device']}"
           + (f"; kept iteration {res.chosen_iteration} (lowest loss on {p['validation_positions']} held-out positions)"
-             if len(res.validation_errors) else ""))
+             if len(res.validation_errors) else "") + _loss_note(res))
     wrote(outs)
     return 0
+
+
+def _loss_note(res: Any) -> str:
+    """``; <loss> loss ...``: the loss, and with ``--loss auto`` why, and the final error against the shot noise."""
+    p = res.provenance.parameters
+    choice = p.get("loss_choice")
+    if choice is None:
+        return f"; {p['loss']} loss"
+    if not choice["counted"]:
+        return f"; {p['loss']} loss (auto: the patterns are not counts)"
+    return (f"; {p['loss']} loss (auto: a single-slice trial left {choice['error_to_floor']:.2f}x the shot noise); "
+            f"final error {res.noise_ratios[-1]:.2f}x the shot noise")
 
 
 def add_parser(sub: Any) -> None:

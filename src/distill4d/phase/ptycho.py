@@ -35,12 +35,14 @@ from ..calibration import Calibration
 from ..datacube import DataCube
 from ..errors import Distill4dError
 from ..results import Provenance, Results
+from ._noise import BRIGHT_COUNTS, shot_noise_floor
 from .probe import aperture_from_mean_pattern, check_aberrations, probe_from_calibration
 
 __all__ = ["LOSSES", "PtychoResult", "reconstruct"]
 
-#: Loss functions.
-LOSSES = ("amplitude", "poisson")
+#: Loss functions ("auto": the Poisson loss where the data are counts that a short single-slice trial fits to
+#: within :data:`~distill4d.phase._noise.AUTO_POISSON_RATIO` times their shot noise, else the amplitude loss).
+LOSSES = ("auto", "amplitude", "poisson")
 #: Default iterations (passes over all positions) and positions per mini-batch.
 DEFAULT_ITERATIONS = 10
 DEFAULT_BATCH_SIZE = 128
@@ -90,6 +92,10 @@ class PtychoResult:
     positions_A : (N, 2) probe centres in the object frame (Å from object pixel (0, 0)),
         refined when asked; position ``i`` is scan position ``(i // ny, i % ny)`` of the region.
     errors : per-iteration error ``Σ(√I − √y)² / Σ y`` over the iteration's batches.
+    noise_ratios : per iteration, the error over its shot-noise expectation where the model predicts at
+        least :data:`~distill4d.phase._noise.BRIGHT_COUNTS` counts: ``Σ (√I − √y)² / Σ E[(√y' − √I)²]`` for
+        ``y' ~ Poisson(I)`` (meaningful for counted data: near 1, only the shot noise is left unexplained;
+        well above 1, the model does not fit the data).
     validation_errors : per-iteration data loss (the loss of the run) on the held-out positions (see
         ``validation_fraction`` of :func:`reconstruct`); empty when none were held out.
     chosen_iteration : the iteration (1-based) whose object, probe and positions these are: the one
@@ -115,6 +121,7 @@ class PtychoResult:
     provenance: Provenance | None = dataclasses.field(default=None, repr=False)
     validation_errors: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0), repr=False)
     chosen_iteration: int | None = None
+    noise_ratios: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0), repr=False)
 
     def phase_on_scan_grid(self, *, order: int = 3) -> np.ndarray:
         """The summed object phase sampled at the probe centres: an ``scan_shape`` float32 image in
@@ -143,6 +150,7 @@ class PtychoResult:
             "positions_A": self.positions_A,
             "errors": self.errors,
             "validation_errors": np.asarray(self.validation_errors, np.float64),
+            "noise_ratios": np.asarray(self.noise_ratios, np.float64),
             "phase_on_scan_grid": self.phase_on_scan_grid(),
             "sampling_A": np.asarray(self.sampling_A, np.float64),
         }
@@ -163,7 +171,8 @@ class PtychoResult:
                    tuple(int(v) for v in res.attrs["scan_shape"]), float(res.attrs["scan_rotation_rad"]),
                    bool(res.attrs["scan_flip"]), res.calibration, res.provenance,
                    np.asarray(a.get("validation_errors", np.zeros(0)), np.float64),
-                   int(res.attrs.get("chosen_iteration", len(a["errors"]))))
+                   int(res.attrs.get("chosen_iteration", len(a["errors"]))),
+                   np.asarray(a.get("noise_ratios", np.zeros(0)), np.float64))
 
 
 def _spline3_coefficients(line: np.ndarray) -> np.ndarray:
@@ -392,7 +401,7 @@ def reconstruct(
     modes: int = 1,
     iterations: int = DEFAULT_ITERATIONS,
     batch_size: int | None = None,
-    loss: str = "amplitude",
+    loss: str = "auto",
     refine_positions: bool = False,
     probe: np.ndarray | None = None,
     region: tuple[slice, slice] | None = None,
@@ -435,7 +444,13 @@ def reconstruct(
     batch_size : positions per step; default ``n // 16`` clipped to 16-128 for ``n`` positions (at
         least 16 steps per iteration on small scans, 128 positions per step on large ones); with
         ``tied_slices`` the default grows from :data:`TIED_BATCH_START` (if smaller) to that over the iterations.
-    loss : ``"amplitude"`` or ``"poisson"`` (for counted, low-dose data).
+    loss : ``"amplitude"``, ``"poisson"`` (counted data that the model explains down to the shot noise)
+        or ``"auto"``: the Poisson loss where the patterns are counts (non-negative whole numbers) and a
+        single-slice trial (:data:`~distill4d.phase._noise.AUTO_TRIAL_ITERATIONS` iterations, amplitude loss,
+        a central patch of up to 16 x 16 positions) leaves an error below
+        :data:`~distill4d.phase._noise.AUTO_POISSON_RATIO` times its shot-noise floor (a thin specimen), else
+        the amplitude loss (more robust where the model is wrong: a thick crystal); recorded in the
+        provenance as ``loss`` and ``loss_choice``.
     refine_positions : also refine each probe position (sub-pixel, by its gradient).
     probe : optional vacuum-probe pattern (Qx, Qy), same detector as the scan: its amplitude
         replaces the aperture (the phase comes from ``defocus_A`` and ``Cs_A``).
@@ -544,13 +559,13 @@ def reconstruct(
         origin = (ox, oy)
 
     def trial(**kw: Any) -> PtychoResult:
-        kw = {"defocus_A": defocus_A, "iterations": 4, **kw}
-        return reconstruct(cube.with_calibration(origin_px=origin), Cs_A=Cs_A, slices=slices, slice_thickness_A=slice_thickness_A,
-                           batch_size=batch_size, loss=loss, probe=probe, device=dev, seed=seed,
-                           progress=False, pattern_size=pattern_size, learning_rates=learning_rates,
-                           memory_budget=memory_budget, constrain_probe=constrain_probe,
-                           aperture_from_data=aperture_from_data, optimizer=optimizer, validation_fraction=0.0,
-                           pure_phase=pure_phase, tied_slices=tied_slices, **kw)
+        kw = {"defocus_A": defocus_A, "iterations": 4, "Cs_A": Cs_A, "slices": slices,
+              "slice_thickness_A": slice_thickness_A, "batch_size": batch_size, "loss": loss, "probe": probe,
+              "device": dev, "seed": seed, "progress": False, "pattern_size": pattern_size,
+              "learning_rates": learning_rates, "memory_budget": memory_budget, "constrain_probe": constrain_probe,
+              "aperture_from_data": aperture_from_data, "optimizer": optimizer, "validation_fraction": 0.0,
+              "pure_phase": pure_phase, "tied_slices": tied_slices, **kw}
+        return reconstruct(cube.with_calibration(origin_px=origin), **kw)
 
     search = None
     if auto_defocus:
@@ -582,6 +597,9 @@ def reconstruct(
     theta, flip, rot_source = _scan_rotation(cube, reg, scan_rotation_rad, scan_flip, trial)
     if search is not None and len(rotations) == 2:
         rot_source = {"source": "estimated from the CoM (minimal curl), 180° ambiguity settled by the defocus search"}
+    loss_choice = None
+    if loss == "auto":
+        loss, loss_choice = _choose_loss(cube, reg, theta, flip, trial)
     store_ = _store(cube, reg, origin, n, memory_budget)
     try:
         res = _run(torch, dev, cube, store_, reg, origin, n, theta, flip, rot_source, vacuum, defocus_A, Cs_A,
@@ -591,9 +609,31 @@ def reconstruct(
                    t_start)
         if search is not None:
             res.provenance.parameters["defocus_search"] = search
+        if loss_choice is not None:
+            res.provenance.parameters["loss_choice"] = loss_choice
         return res
     finally:
         store_.close()
+
+
+def _choose_loss(cube: DataCube, reg: tuple[slice, slice], theta: float, flip: bool,
+                 trial: Callable[..., Any]) -> tuple[str, dict[str, Any]]:
+    """``loss="auto"``: the loss, and the record of the choice (see :func:`reconstruct`)."""
+    from . import _noise
+
+    if not _noise.counted(cube[reg[0], reg[1]].data):
+        return "amplitude", {"rule": "amplitude: the patterns are not counts (whole numbers >= 0)", "counted": False}
+    patch = _central_patch(reg, _noise.AUTO_TRIAL_POSITIONS)
+    t = trial(region=patch, iterations=_noise.AUTO_TRIAL_ITERATIONS, loss="amplitude", slices=1,
+              slice_thickness_A=None, tied_slices=False, modes=1, refine_positions=False,
+              scan_rotation_rad=theta, scan_flip=flip)
+    ratio = float(t.noise_ratios[-1])
+    chosen = "poisson" if ratio < _noise.AUTO_POISSON_RATIO else "amplitude"
+    return chosen, {"rule": f"poisson where the single-slice trial's error / shot-noise floor < "
+                            f"{_noise.AUTO_POISSON_RATIO:g}, else amplitude", "counted": True,
+                    "error_to_floor": ratio, "trial_region": [patch[0].start, patch[0].stop, patch[1].start,
+                                                              patch[1].stop],
+                    "trial_iterations": _noise.AUTO_TRIAL_ITERATIONS}
 
 
 def _store(cube: DataCube, reg: tuple[slice, slice], origin: tuple[float, float], n: int, budget: int) -> Any:
@@ -737,13 +777,14 @@ def _run(torch: Any, dev: Any, cube: DataCube, store: Any, reg: tuple[slice, sli
                    **({"batch_start": batch_start} if batch_start != batch_size else {}),
                    **({"validation_fraction": validation_fraction} if validation_fraction > 0 else {}))
     errors: list[float] = []
+    ratios: list[float] = []  # each iteration's error over its shot noise (noise_ratios)
     step_scale = 1.0  # the object step's factor after the divergence guard's halvings (checkpointed)
     # held-out loss per iteration, and the state of the iteration (1-based) with the lowest one
     val: dict[str, Any] = {"errors": [], "best_iteration": 0, "best_state": None}
     start_it = 0
     ckpt = Path(checkpoint) if checkpoint is not None else None
     if ckpt is not None and ckpt.exists():
-        start_it, step_scale = _load_checkpoint(torch, ckpt, key, state, opt, errors, val)
+        start_it, step_scale = _load_checkpoint(torch, ckpt, key, state, opt, errors, val, ratios)
 
     def forward(idx: Any, with_illum: bool = True) -> Any:
         pos = corner[idx].to(ftype) + state["positions"][idx]
@@ -789,10 +830,11 @@ def _run(torch: Any, dev: Any, cube: DataCube, store: Any, reg: tuple[slice, sli
             total = (mask * (inten - y * torch.log(inten + eps))).sum()
         return total, float((y * mask).sum())
 
-    def one_pass(order: np.ndarray, step_now: float, it: int, adam: bool = True) -> tuple[float, float]:
-        """One pass of mini-batch updates over the positions ``order``: (Σ (√I − √y)², Σ y) before them.
-        ``adam=False``: the object's Gauss-Newton steps only (optimizer "gd"; probe and positions held)."""
-        num = den = 0.0
+    def one_pass(order: np.ndarray, step_now: float, it: int, adam: bool = True) -> tuple[float, float, float]:
+        """One pass of mini-batch updates over the positions ``order``: (Σ (√I − √y)², Σ y, the error over its
+        shot-noise expectation in the bright pixels) before them. ``adam=False``: the object's Gauss-Newton
+        steps only (optimizer "gd"; probe and positions held)."""
+        num = den = num_b = flo = 0.0
         bs = batch_of(it)
         for b0 in range(0, len(order), bs):
             idx = np.sort(order[b0 : b0 + bs])
@@ -821,8 +863,11 @@ def _run(torch: Any, dev: Any, cube: DataCube, store: Any, reg: tuple[slice, sli
                 state["amplitude"].clamp_(0.0, 2.0)
                 d = torch.sqrt(inten.detach() + eps) - amp
                 num += float((mask * d * d).sum())
+                bright = mask * (inten.detach() >= BRIGHT_COUNTS)
+                num_b += float((bright * d * d).sum())
+                flo += float((bright * shot_noise_floor(torch, inten.detach())).sum())
                 den += denom
-        return num, den
+        return num, den, num_b / max(flo, 1e-30)
 
     def held_out_loss() -> float:
         """The run's loss on the held-out positions (no gradient), in batches of ``batch_size``."""
@@ -861,7 +906,7 @@ def _run(torch: Any, dev: Any, cube: DataCube, store: Any, reg: tuple[slice, sli
                 g["lr"] = lr_now[name] * decay if active else 0.0
             rng = np.random.default_rng([seed, it])
             order = rng.permutation(n_pos) if train_idx is None else rng.permutation(train_idx)
-            num, den = one_pass(order, step_now, it)
+            num, den, ratio = one_pass(order, step_now, it)
             with torch.no_grad():
                 if modes > 1:
                     state["probe"].copy_(_orthogonalise(torch, state["probe"]))
@@ -875,6 +920,7 @@ def _run(torch: Any, dev: Any, cube: DataCube, store: Any, reg: tuple[slice, sli
                 _restore(torch, state, saved)
                 opt.load_state_dict(saved_opt)
                 del errors[back:]  # errors[i] is iteration i's (a resumed run's list starts at 0 too)
+                del ratios[back:]
                 if len(val_idx):
                     del val["errors"][back:]
                 step_scale *= 0.5
@@ -884,6 +930,7 @@ def _run(torch: Any, dev: Any, cube: DataCube, store: Any, reg: tuple[slice, sli
                 it = back
                 continue
             errors.append(err)
+            ratios.append(ratio)
             if len(val_idx):
                 val["errors"].append(held_out_loss())
                 if val["best_state"] is None or val["errors"][-1] < val["errors"][val["best_iteration"] - 1]:
@@ -891,7 +938,7 @@ def _run(torch: Any, dev: Any, cube: DataCube, store: Any, reg: tuple[slice, sli
                     val["best_state"] = _snapshot(state)
             if ckpt is not None:
                 _save_checkpoint(torch, ckpt, key, it + 1, state, opt, errors, val if len(val_idx) else None,
-                                 step_scale)
+                                 step_scale, ratios)
             bar.update(1)
             bar.set_postfix(error=f"{errors[-1]:.4g}")
             if callback is not None:
@@ -938,7 +985,7 @@ def _run(torch: Any, dev: Any, cube: DataCube, store: Any, reg: tuple[slice, sli
     return PtychoResult(phase, amplitude, obj, pixel_A, probe_out, (pos_px * np.asarray(pixel_A)).astype(np.float64),
                         np.asarray(errors, np.float64), scan_shape, theta, flip, cal,
                         Provenance("ptychography", params, inputs=(cube.name,) if cube.name else ()),
-                        np.asarray(val["errors"], np.float64), int(chosen))
+                        np.asarray(val["errors"], np.float64), int(chosen), np.asarray(ratios, np.float64))
 
 
 def _crop_centre(image: np.ndarray, origin: tuple[float, float], n: int) -> np.ndarray:
@@ -1015,12 +1062,13 @@ def _restore(torch: Any, state: dict[str, Any], saved: dict[str, Any]) -> None:
 
 
 def _save_checkpoint(torch: Any, path: Path, key: str, iteration: int, state: dict[str, Any], opt: Any,
-                     errors: list[float], val: dict[str, Any] | None = None, step_scale: float = 1.0) -> None:
+                     errors: list[float], val: dict[str, Any] | None = None, step_scale: float = 1.0,
+                     ratios: list[float] | None = None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     data = {"format": _CHECKPOINT_FORMAT, "key": key, "iteration": iteration,
             "state": {k: v.detach().cpu() for k, v in state.items()}, "optimizer": opt.state_dict(),
-            "errors": list(errors), "step_scale": float(step_scale)}
+            "errors": list(errors), "step_scale": float(step_scale), "noise_ratios": list(ratios or [])}
     if val is not None and val["best_state"] is not None:  # the held-out curve and the best state so far
         data["validation"] = {"errors": list(val["errors"]), "best_iteration": int(val["best_iteration"]),
                               "best_state": {k: v.detach().cpu() for k, v in val["best_state"].items()}}
@@ -1029,8 +1077,9 @@ def _save_checkpoint(torch: Any, path: Path, key: str, iteration: int, state: di
 
 
 def _load_checkpoint(torch: Any, path: Path, key: str, state: dict[str, Any], opt: Any, errors: list[float],
-                     val: dict[str, Any]) -> tuple[int, float]:
-    """Loads a checkpoint into ``state``, ``opt``, ``errors`` and ``val``: (iterations done, object-step factor)."""
+                     val: dict[str, Any], ratios: list[float]) -> tuple[int, float]:
+    """Loads a checkpoint into ``state``, ``opt``, ``errors``, ``val`` and ``ratios`` (NaN where a checkpoint
+    of an older version has none): (iterations done, object-step factor)."""
     try:
         data = torch.load(path, weights_only=True, map_location="cpu")
     except Exception as err:  # a truncated or foreign file
@@ -1045,6 +1094,8 @@ def _load_checkpoint(torch: Any, path: Path, key: str, state: dict[str, Any], op
             v.copy_(data["state"][k].to(v.device))
     opt.load_state_dict(data["optimizer"])
     errors.extend(float(e) for e in data["errors"])
+    saved = [float(f) for f in data.get("noise_ratios", [])]
+    ratios.extend(saved + [math.nan] * (len(errors) - len(saved)))
     if "validation" in data:
         v = data["validation"]
         val["errors"] = [float(e) for e in v["errors"]]
