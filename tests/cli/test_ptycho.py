@@ -174,3 +174,28 @@ def test_phase_pipeline_label_border(tmp_path, capsys):
     rc = main(["phase", str(scan), "--train-on-ptycho", "0:6,0:12", "--train-border-A", "5", "--no-progress",
                "--no-png", "-o", str(tmp_path / "image.h5")])
     assert rc == 1 and "leaves fewer than 2 rows of label" in capsys.readouterr().err
+
+
+def test_auto_loss_is_explained_and_a_thick_counted_scan_gets_a_multislice_note(tmp_path, capsys):
+    """Counts that one slice cannot fit (three strong slices 40 Å apart at 2e5 e-/pattern: the trial leaves
+    4.8x the shot noise) keep the amplitude loss, and the command says why and suggests multislice; a
+    thin counted scan gets the Poisson loss and no note."""
+    from _ptsim import Q, multislice_scan, random_atoms
+
+    from distill4d.simulate.phase_object import phase_object_scan
+
+    pixel = 1 / (48 * Q)
+    phases = np.stack([random_atoms((40, 40), pixel, 14, 1.0, seed=s) for s in range(3)])
+    thick, _ = multislice_scan(phases, dz_A=40.0, scan_shape=(20, 20), defocus_A=50.0, dose=2e5)
+    thin = phase_object_scan(scan_shape=(20, 20), pattern_size=32, step_px=2, q_pixel_inv_A=0.07,
+                             semiangle_mrad=20.0, energy_eV=300e3, defocus_A=50.0, dose_per_pattern=2e4,
+                             seed=1).datacube
+    for name, cube, loss, note in (("thick", thick, "amplitude", True), ("thin", thin, "poisson", False)):
+        path = tmp_path / f"{name}.h5"
+        distill4d.write(path, cube.with_calibration(scan_rotation_rad=0.0))
+        assert main(["ptycho", str(path), "-o", str(tmp_path / f"{name}_p.h5"), "--defocus-A", "50",
+                     "--iterations", "1", "--device", "cpu", "--no-progress", "--no-png", "--threads", "1"]) == 0
+        cap = capsys.readouterr()
+        assert f"; {loss} loss (auto: a single-slice trial left" in cap.out, cap.out
+        assert ("too thick for a single slice" in cap.err) is note, cap.err
+        assert distill4d.read_results(tmp_path / f"{name}_p.h5").provenance.parameters["loss"] == loss

@@ -54,6 +54,9 @@ def cmd_ptycho(args: argparse.Namespace) -> int:
           f"error {res.errors[-1]:.4g} after {len(res.errors)} iterations, {p['seconds']:.1f} s on {p['device']}"
           + (f"; kept iteration {res.chosen_iteration} (lowest loss on {p['validation_positions']} held-out positions)"
              if len(res.validation_errors) else "") + _loss_note(res))
+    hint = _thick_hint(res)
+    if hint:
+        print(hint, file=sys.stderr)
     wrote(outs)
     return 0
 
@@ -68,6 +71,21 @@ def _loss_note(res: Any) -> str:
         return f"; {p['loss']} loss (auto: the patterns are not counts)"
     return (f"; {p['loss']} loss (auto: a single-slice trial left {choice['error_to_floor']:.2f}x the shot noise); "
             f"final error {res.noise_ratios[-1]:.2f}x the shot noise")
+
+
+def _thick_hint(res: Any) -> str:
+    """A note where one slice leaves counted data far above their shot noise (a thick specimen), else ''."""
+    from ..phase._noise import AUTO_POISSON_RATIO
+
+    p = res.provenance.parameters
+    choice = p.get("loss_choice") or {}
+    if p["slices"] > 1 or not choice.get("counted") or not len(res.noise_ratios):
+        return ""
+    ratio = float(res.noise_ratios[-1])
+    if not ratio > AUTO_POISSON_RATIO:
+        return ""
+    return (f"note: one slice leaves {ratio:.1f}x the shot noise, so the specimen is probably too thick for a "
+            "single slice: try --slices N --slice-thickness-A T (--tied-slices for a crystal on zone, T its period)")
 
 
 def add_parser(sub: Any) -> None:

@@ -596,7 +596,9 @@ def reconstruct(
             search["rotation_scan"] = rscan
     theta, flip, rot_source = _scan_rotation(cube, reg, scan_rotation_rad, scan_flip, trial)
     if search is not None and len(rotations) == 2:
-        rot_source = {"source": "estimated from the CoM (minimal curl), 180° ambiguity settled by the defocus search"}
+        rot_source = {"source": "ptychographic rotation scan (trials every 15°) overruled the CoM's rotation; 180° "
+                                "ambiguity settled by the defocus search" if "first_search" in search else
+                                "estimated from the CoM (minimal curl), 180° ambiguity settled by the defocus search"}
     loss_choice = None
     if loss == "auto":
         loss, loss_choice = _choose_loss(cube, reg, theta, flip, trial)
