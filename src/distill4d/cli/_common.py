@@ -277,9 +277,9 @@ def _defocus_arg(text: str) -> float | str:
         raise argparse.ArgumentTypeError(f"a number of Å or 'auto', got {text!r}") from None
 
 
-def add_ptycho_options(p: Any, *, device: bool = True, loss: str = "auto") -> None:
+def add_ptycho_options(p: Any, *, device: bool = True) -> None:
     """The options of ptychography (``distill4d ptycho`` and the ``phase --train-on-ptycho`` pipeline;
-    ``device=False`` where the command has its own ``--device``; ``loss`` the default of ``--loss``)."""
+    ``device=False`` where the command has its own ``--device``)."""
     from ..phase.ptycho import DEFAULT_BATCH_SIZE, DEFAULT_ITERATIONS, DEFAULT_VALIDATION_FRACTION
 
     g = p.add_argument_group("ptychography")
@@ -296,9 +296,9 @@ def add_ptycho_options(p: Any, *, device: bool = True, loss: str = "auto") -> No
     g.add_argument("--batch-size", type=int,
                    help=f"positions per step (default: positions // 16, within 16-{DEFAULT_BATCH_SIZE}; with "
                    "--tied-slices it grows to that from 32 over the iterations)")
-    g.add_argument("--loss", default=loss, choices=("auto", "amplitude", "poisson"),
-                   help=f"auto, amplitude or poisson (default {loss}; auto: poisson where the patterns are counts that a "
-                        "short single-slice trial fits down to their shot noise, as on a thin specimen, else amplitude)")
+    g.add_argument("--loss", default="auto", choices=("auto", "amplitude", "poisson"),
+                   help="auto (default), amplitude or poisson; auto: poisson where the patterns are counts that a short "
+                        "single-slice trial fits down to their shot noise, as on a thin specimen, else amplitude")
     g.add_argument("--refine-positions", action="store_true", help="refine every probe position")
     g.add_argument("--validation-fraction", type=float, default=DEFAULT_VALIDATION_FRACTION, metavar="F",
                    help="hold this fraction of the positions out of the updates and keep the iteration of the lowest "

@@ -259,8 +259,7 @@ def add_parser(sub: Any) -> None:
                    help="how the model is fitted: lstsq (linear model: least squares, no steps), lbfgs (mlp: "
                    "full-batch L-BFGS), adam (optimiser steps with early stopping); auto (default): lstsq for "
                    "the linear model, lbfgs for the mlp, adam for the 4D CNN")
-    # the pipeline's label keeps the amplitude loss: chosen for it on mos2_large (docs/experiments.md)
-    add_ptycho_options(p, device=False, loss="amplitude")
+    add_ptycho_options(p, device=False)
     add_output(p)
     add_calibration(p)
     add_engine(p)
