@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -62,13 +61,14 @@ def main(argv=None) -> None:
     import torch
 
     torch.set_num_threads(1)
-    t0 = time.perf_counter()
     scans = list(a.scans) + (list(TEST) if a.test else [])
     lines, cache, out = [], {}, {}
+    cpu_total = 0.0
     for name in scans:
         for dose in a.doses:
             recs = {loss: run(name, dose, loss, a, cache) for loss in LOSSES}
             ssim = {k: r["final"]["ssim"] for k, r in recs.items()}
+            cpu_total += sum(r["final"]["cpu_s"] for r in recs.values())
             ratio = {k: r["run"]["noise_ratios"][-1] for k, r in recs.items()}
             choice = recs["auto"]["run"]["parameters"]["loss_choice"]
             chosen = recs["auto"]["run"]["parameters"]["loss"]
@@ -83,7 +83,8 @@ def main(argv=None) -> None:
     command = "benchmarks/ptycho_loss_choice.py " + " ".join(sys.argv[1:] if argv is None else argv)
     section = "\n".join([
         "## Ptychography: the automatic loss (`loss=\"auto\"`)", "",
-        f"Written by `{command.strip()}` on {machine_info()['date']}; {time.perf_counter() - t0:.0f} s.", "",
+        f"Written by `{command.strip()}` on {machine_info()['date']}; the {3 * len(out)} runs (cached in "
+        f"`benchmarks/data/ptycho/loss_*.json`) took {cpu_total:.0f} CPU s.", "",
         machine_line(),
         ("- Single-slice `distill4d.phase.ptycho.reconstruct`, 12 iterations, one thread, seed 0, scan rotation and "
          "defocus known, the data, Poisson noise and scorer (SSIM against the projected potential, "
