@@ -210,8 +210,8 @@ def test_rotation_scan_overrules_a_wrong_com_rotation():
 
 def test_auto_defocus_with_a_far_off_com_rotation_records_that_the_rotation_scan_overruled_it():
     """Defocus and scan rotation both unknown, the weak object at -200 Å (the CoM 1.6 rad off and flipped): the
-    defocus search, the rotation scan and the search again find -195 Å (within 20) and 0.024 rad (within 0.05),
-    the phase is recovered (r >= 0.9, measured 0.929), and the provenance says the rotation scan decided."""
+    defocus search, the rotation scan and the search again find -201.7 Å (within 20) and 0.024 rad (within 0.05),
+    the phase is recovered (r >= 0.9, measured 0.945), and the provenance says the rotation scan decided."""
     scan = phase_object_scan(scan_shape=(20, 20), pattern_size=32, step_px=2, q_pixel_inv_A=0.07,
                              semiangle_mrad=20.0, energy_eV=300e3, defocus_A=-200.0, dose_per_pattern=2e4, seed=1)
     with pytest.warns(UserWarning, match="scan rotation unknown"):

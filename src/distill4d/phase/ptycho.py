@@ -567,7 +567,8 @@ def reconstruct(
 
     def trial(**kw: Any) -> PtychoResult:
         kw = {"defocus_A": defocus_A, "iterations": 4, "Cs_A": Cs_A, "slices": slices,
-              "slice_thickness_A": slice_thickness_A, "batch_size": batch_size, "loss": loss, "probe": probe,
+              "slice_thickness_A": slice_thickness_A, "batch_size": batch_size,
+              "loss": "amplitude" if loss == "auto" else loss, "probe": probe,  # auto: chosen after the searches
               "device": dev, "seed": seed, "progress": False, "pattern_size": pattern_size,
               "learning_rates": learning_rates, "memory_budget": memory_budget, "constrain_probe": constrain_probe,
               "aperture_from_data": aperture_from_data, "optimizer": optimizer, "validation_fraction": 0.0,
