@@ -759,7 +759,7 @@ def report(results: dict, a, command: str, ceilings: dict | None = None) -> str:
                    "trained on its phase, applied to the whole scan), one subprocess, one thread; its CPU time includes "
                    "start-up, importing PyTorch, reading the scan and writing the outputs. Row `pipeline`, in rows of this "
                    "code: `--train-model mlp --train-border-A 1` (an MLP on rotation-invariant features of the 5x5 "
-                   "cluster, at most 150 L-BFGS iterations; the label's 1 Å border at the block's edge left out), the block "
+                   "cluster, at most 300 L-BFGS iterations; the label's 1 Å border at the block's edge left out), the block "
                    f"reconstructed with {a.pipeline_iterations or 'the whole-scan row''s'} iterations (`--pipeline-iterations`; "
                    "3 was chosen on mos2_large with `benchmarks/pipeline_options.py`, never on mos2_test: with the MLP and an "
                    "amplitude label, the held-out SSIM on mos2_large was 0.930 with a 3-iteration label and 0.922 with a "
