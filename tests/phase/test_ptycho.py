@@ -279,6 +279,8 @@ def test_resume_ends_where_an_uninterrupted_run_does(weak, tmp_path):
     np.testing.assert_array_equal(resumed.probe_modes, full.probe_modes)
     np.testing.assert_array_equal(resumed.positions_A, full.positions_A)
     np.testing.assert_array_equal(resumed.errors, full.errors)
+    np.testing.assert_array_equal(resumed.noise_ratios, full.noise_ratios)
+    assert full.provenance.parameters["loss"] == resumed.provenance.parameters["loss"] == "poisson"
     with pytest.raises(Distill4dError, match="other data or parameters"):
         reconstruct(cube, checkpoint=ckpt, **{**kw, "seed": 4})
 

@@ -38,6 +38,16 @@ def test_shot_noise_floor_at_the_ends_of_its_table():
     np.testing.assert_allclose(got[3:], 0.25, atol=0.001)
 
 
+def test_shot_noise_floor_of_a_diverged_model_is_finite():
+    """NaN, infinite or negative intensities (a diverging model) give a value, not an index error, so that the
+    divergence guard sees the NaN error instead of the run crashing."""
+    got = shot_noise_floor(torch, torch.tensor([np.nan, -1.0, 5.0], dtype=torch.float32)).numpy()
+    y = np.arange(60)
+    pmf = np.exp(y * np.log(5.0) - 5.0 - np.concatenate([[0.0], np.cumsum(np.log(np.arange(1, 60)))]))
+    exact = float(np.sum(pmf * (np.sqrt(y) - np.sqrt(5.0)) ** 2))
+    assert got[0] == 0 and got[1] == 0 and got[2] == pytest.approx(exact, rel=1e-3), (got, exact)
+
+
 def test_counted_data_are_whole_non_negative_numbers():
     base = np.random.default_rng(0).poisson(3.0, (4, 5, 8, 8))
     assert counted(base.astype(np.uint16))
@@ -90,3 +100,13 @@ def test_auto_loss_is_amplitude_on_data_that_are_not_counts():
         "rule": "amplitude: the patterns are not counts (whole numbers >= 0)", "counted": False}
     explicit = reconstruct(sim.datacube, defocus_A=60.0, iterations=1, device="cpu", loss="poisson")
     assert explicit.provenance.parameters["loss"] == "poisson" and "loss_choice" not in explicit.provenance.parameters
+
+
+def test_auto_loss_is_poisson_where_no_pixel_reaches_one_count():
+    """20 e-/pattern over 32 x 32 pixels: no pixel is predicted a whole count, the trial cannot judge the fit (its
+    ratio is NaN) and the counts' likelihood, the Poisson loss, is taken."""
+    sim = phase_object_scan(scan_shape=(20, 20), pattern_size=32, step_px=2, q_pixel_inv_A=0.07,
+                            semiangle_mrad=20.0, energy_eV=300e3, defocus_A=60.0, dose_per_pattern=20, seed=1)
+    res = reconstruct(sim.datacube, defocus_A=60.0, iterations=1, device="cpu")
+    p = res.provenance.parameters
+    assert p["loss"] == "poisson" and np.isnan(p["loss_choice"]["error_to_floor"]) and np.isnan(res.noise_ratios[-1])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from typing import Any
 
@@ -51,7 +52,8 @@ def cmd_ptycho(args: argparse.Namespace) -> int:
     p = res.provenance.parameters
     print(f"ptychography: {res.scan_shape[0]} x {res.scan_shape[1]} positions, object {res.object_phase.shape[0]} x "
           f"{res.object_phase.shape[1]} px of {res.sampling_A[0]:.4g} Å, {p['slices']} slice(s), {p['modes']} mode(s); "
-          f"error {res.errors[-1]:.4g} after {len(res.errors)} iterations, {p['seconds']:.1f} s on {p['device']}"
+          + (f"error {res.errors[-1]:.4g} after {len(res.errors)} iterations" if len(res.errors) else "no iterations")
+          + f", {p['seconds']:.1f} s on {p['device']}"
           + (f"; kept iteration {res.chosen_iteration} (lowest loss on {p['validation_positions']} held-out positions)"
              if len(res.validation_errors) else "") + _loss_note(res))
     hint = _thick_hint(res)
@@ -69,8 +71,11 @@ def _loss_note(res: Any) -> str:
         return f"; {p['loss']} loss"
     if not choice["counted"]:
         return f"; {p['loss']} loss (auto: the patterns are not counts)"
-    return (f"; {p['loss']} loss (auto: a single-slice trial left {choice['error_to_floor']:.2f}x the shot noise); "
-            f"final error {res.noise_ratios[-1]:.2f}x the shot noise")
+    trial = choice["error_to_floor"]
+    note = (f"; {p['loss']} loss (auto: a single-slice trial left {trial:.2f}x the shot noise)" if math.isfinite(trial)
+            else f"; {p['loss']} loss (auto: no pixel reached one count in the trial)")
+    final = float(res.noise_ratios[-1]) if len(res.noise_ratios) else math.nan
+    return note + (f"; final error {final:.2f}x the shot noise" if math.isfinite(final) else "")
 
 
 def _thick_hint(res: Any) -> str:

@@ -638,7 +638,8 @@ def _choose_loss(cube: DataCube, reg: tuple[slice, slice], theta: float, flip: b
               slice_thickness_A=None, tied_slices=False, modes=1, refine_positions=False,
               scan_rotation_rad=theta, scan_flip=flip)
     ratio = float(t.noise_ratios[-1])
-    chosen = "poisson" if ratio < _noise.AUTO_POISSON_RATIO else "amplitude"
+    # no pixel predicted at one count or more: the shot noise dominates everywhere, the counts' likelihood wins
+    chosen = "poisson" if not ratio >= _noise.AUTO_POISSON_RATIO else "amplitude"
     return chosen, {"rule": f"poisson where the single-slice trial's error / shot-noise floor < "
                             f"{_noise.AUTO_POISSON_RATIO:g}, else amplitude", "counted": True,
                     "error_to_floor": ratio, "trial_region": [patch[0].start, patch[0].stop, patch[1].start,
@@ -785,7 +786,8 @@ def _run(torch: Any, dev: Any, cube: DataCube, store: Any, reg: tuple[slice, sli
                    optimizer=optimizer, vacuum=vacuum is not None, device=dev.type,
                    **({"pure_phase": True} if pure_phase else {}), **({"tied_slices": True} if tied else {}),
                    **({"batch_start": batch_start} if batch_start != batch_size else {}),
-                   **({"validation_fraction": validation_fraction} if validation_fraction > 0 else {}))
+                   **({"validation_fraction": validation_fraction} if validation_fraction > 0 else {}),
+                   **({"poisson_offset": POISSON_OFFSET} if loss == "poisson" else {}))
     errors: list[float] = []
     ratios: list[float] = []  # each iteration's error over its shot noise (noise_ratios)
     step_scale = 1.0  # the object step's factor after the divergence guard's halvings (checkpointed)
@@ -877,7 +879,7 @@ def _run(torch: Any, dev: Any, cube: DataCube, store: Any, reg: tuple[slice, sli
                 num_b += float((bright * d * d).sum())
                 flo += float((bright * shot_noise_floor(torch, inten.detach())).sum())
                 den += denom
-        return num, den, num_b / max(flo, 1e-30)
+        return num, den, (num_b / flo if flo > 0 else math.nan)  # NaN: no pixel predicted >= 1 count
 
     def held_out_loss() -> float:
         """The run's loss on the held-out positions (no gradient), in batches of ``batch_size``."""
