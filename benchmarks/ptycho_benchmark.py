@@ -515,6 +515,28 @@ def evaluate(row: str, name: str, dose: float, dc, labels, a, save_npz: bool = T
             "machine": machine_info()}
 
 
+def default_args(**kw) -> argparse.Namespace:
+    """This benchmark's defaults for :func:`evaluate` (iterations, batch, curve_every, seed), with ``kw`` set."""
+    return argparse.Namespace(**{"iterations": 12, "iterations_multislice": 10, "iterations_long": 24, "batch": 256,
+                                 "d4_batch": None, "curve_every": 1, "seed": 0, **kw})
+
+
+def evaluate_cached(path: Path, row: str, name: str, dose: float, a, cache: dict, redo: bool = False) -> dict:
+    """:func:`evaluate` of ``row`` (no image saved), read from ``path`` when it exists (unless ``redo``), else run
+    and written there; ``cache`` keeps the last dosed scan, ``{(name, dose): (cube, labels)}``."""
+    if path.exists() and not redo:
+        return json.loads(path.read_text())
+    if (name, dose) not in cache:
+        cache.clear()
+        cache[(name, dose)] = dosed(name, dose)
+    dc, labels = cache[(name, dose)]
+    print(f"== {name} {dose:g} {row}", flush=True)
+    rec = evaluate(row, name, dose, dc, labels, a, save_npz=False)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(rec, indent=1, default=float))
+    return rec
+
+
 def time_to(curve: list[dict], target: float) -> float | None:
     for p in curve:
         if p["ssim"] >= target:

@@ -33,21 +33,9 @@ LOSSES = ("amplitude", "poisson", "auto")
 
 def run(name: str, dose: float, loss: str, a, cache: dict) -> dict:
     """One single-slice reconstruction through ``ptycho_benchmark.evaluate`` (cached)."""
-    path = pb.DATA / f"loss_{name}_{dose:g}_{loss}.json"
-    if path.exists() and not a.redo:
-        return json.loads(path.read_text())
-    if (name, dose) not in cache:
-        cache.clear()
-        cache[(name, dose)] = pb.dosed(name, dose)
-    dc, labels = cache[(name, dose)]
     pb.D4_ROWS[f"distill4d single {loss}"] = {"loss": loss}
-    b = argparse.Namespace(iterations=12, iterations_multislice=10, iterations_long=24, batch=256, d4_batch=None,
-                           curve_every=1, seed=0)
-    print(f"== {name} {dose:g} {loss}", flush=True)
-    rec = pb.evaluate(f"distill4d single {loss}", name, dose, dc, labels, b, save_npz=False)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(rec, indent=1, default=float))
-    return rec
+    return pb.evaluate_cached(pb.DATA / f"loss_{name}_{dose:g}_{loss}.json", f"distill4d single {loss}", name, dose,
+                              pb.default_args(), cache, a.redo)
 
 
 def main(argv=None) -> None:

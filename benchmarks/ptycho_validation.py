@@ -35,25 +35,8 @@ def run(name: str, dose: float, row: str, fraction: float, a, cache: dict) -> di
     """One configuration through ``ptycho_benchmark.evaluate`` (cached)."""
     tag = f"_seed{a.seed}" if a.seed else ""
     path = pb.DATA / f"validation_{name}_{dose:g}_{row.replace(' ', '_')}_{fraction:g}{tag}.json"
-    if path.exists() and not a.redo:
-        return json.loads(path.read_text())
-    if (name, dose) not in cache:
-        cache.clear()
-        cache[(name, dose)] = pb.dosed(name, dose)
-    dc, labels = cache[(name, dose)]
-    b = argparse.Namespace(**{**vars(pb_defaults()), "validation_fraction": fraction, "seed": a.seed})
-    print(f"== {name} {dose:g} {row} validation_fraction={fraction:g}", flush=True)
-    rec = pb.evaluate(row, name, dose, dc, labels, b, save_npz=False)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(rec, indent=1, default=float))
-    return rec
-
-
-def pb_defaults() -> argparse.Namespace:
-    """The benchmark's own defaults (iterations, batch, curve_every, ...)."""
-    ns = argparse.Namespace(iterations=12, iterations_multislice=10, iterations_long=24, batch=256, d4_batch=None,
-                            curve_every=1)
-    return ns
+    return pb.evaluate_cached(path, row, name, dose, pb.default_args(validation_fraction=fraction, seed=a.seed), cache,
+                              a.redo)
 
 
 def summary(off: dict, on: dict) -> dict:

@@ -29,16 +29,6 @@ def _dense_corr(res, truth_full, n_steps, step_px):
     return _corr(sub, truth_full[:span, :span])
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def weak():
     """A weak phase object (Gaussian atoms, 0.3 rad) scanned by a 60 Å underfocused probe, 2e4 e-/pattern."""

@@ -12,14 +12,6 @@ from distill4d.phase._noise import AUTO_POISSON_RATIO, counted, shot_noise_floor
 from distill4d.simulate.phase_object import phase_object_scan  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.mark.parametrize("lam", [0.01, 0.3, 2.0, 30.0, 5000.0])
 def test_shot_noise_floor_is_the_poisson_mean_square_amplitude_error(lam):
     """E[(√y − √λ)²] for y ~ Poisson(λ) against 400,000 draws: within 2 % (2λ for small λ, 1/4 for large)."""
