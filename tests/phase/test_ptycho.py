@@ -446,7 +446,9 @@ def test_figure_has_phase_with_scale_bar_probe_modes_and_error_curve(weak, tmp_p
     res = reconstruct(cube, defocus_A=60.0, iterations=2, modes=2, device="cpu")
     fig = ptycho_figure(res, title="t")
     titles = [ax.get_title() for ax in fig.axes]
-    assert "object phase" in titles and "error" in titles
+    # counts (2e4 e-/pattern): the error panel says how far the fit is above the shot noise
+    err_title = next(t for t in titles if t.startswith("error"))
+    assert "object phase" in titles and err_title.endswith("x the shot noise)"), titles
     assert sum(t.startswith("probe mode") for t in titles) == 2
     phase_ax = fig.axes[titles.index("object phase")]
     assert any(a.get_gid() == "scale_bar" for a in phase_ax.artists)

@@ -80,7 +80,7 @@ def _loss_note(res: Any) -> str:
 
 def _thick_hint(res: Any) -> str:
     """A note where one slice leaves counted data far above their shot noise (a thick specimen), else ''."""
-    from ..phase._noise import AUTO_POISSON_RATIO
+    from ..phase.ptycho import AUTO_POISSON_RATIO
 
     p = res.provenance.parameters
     choice = p.get("loss_choice") or {}

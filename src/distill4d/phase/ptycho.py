@@ -35,7 +35,7 @@ from ..calibration import Calibration
 from ..datacube import DataCube
 from ..errors import Distill4dError
 from ..results import Provenance, Results
-from ._noise import BRIGHT_COUNTS, shot_noise_floor
+from ._noise import AUTO_POISSON_RATIO, BRIGHT_COUNTS, shot_noise_floor
 from .probe import aperture_from_mean_pattern, check_aberrations, probe_from_calibration
 
 __all__ = ["LOSSES", "PtychoResult", "reconstruct"]
@@ -639,9 +639,9 @@ def _choose_loss(cube: DataCube, reg: tuple[slice, slice], theta: float, flip: b
               scan_rotation_rad=theta, scan_flip=flip)
     ratio = float(t.noise_ratios[-1])
     # no pixel predicted at one count or more: the shot noise dominates everywhere, the counts' likelihood wins
-    chosen = "poisson" if not ratio >= _noise.AUTO_POISSON_RATIO else "amplitude"
+    chosen = "poisson" if not ratio >= AUTO_POISSON_RATIO else "amplitude"
     return chosen, {"rule": f"poisson where the single-slice trial's error / shot-noise floor < "
-                            f"{_noise.AUTO_POISSON_RATIO:g}, else amplitude", "counted": True,
+                            f"{AUTO_POISSON_RATIO:g}, else amplitude", "counted": True,
                     "error_to_floor": ratio, "trial_region": [patch[0].start, patch[0].stop, patch[1].start,
                                                               patch[1].stop],
                     "trial_iterations": _noise.AUTO_TRIAL_ITERATIONS}

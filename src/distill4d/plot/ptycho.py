@@ -63,12 +63,22 @@ def ptycho_figure(result: Any, *, title: str = "") -> Any:
         ax.semilogy(its, result.errors, "o-", ms=3)
     ax.set_xlabel("iteration")
     ax.set_ylabel("error Σ(√I − √y)² / Σy")
-    ax.set_title("error")
+    ax.set_title("error" + _noise_note(result))
     ax.grid(True, alpha=0.3)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def _noise_note(result: Any) -> str:
+    """`` (last: R× the shot noise)`` for counted data with a finite last noise ratio, else ``''``."""
+    prov = getattr(result, "provenance", None)
+    choice = (prov.parameters.get("loss_choice") or {}) if prov is not None else {}
+    ratios = np.asarray(getattr(result, "noise_ratios", ()), dtype=float)
+    if not choice.get("counted") or not len(ratios) or not np.isfinite(ratios[-1]):
+        return ""
+    return f" (last: {ratios[-1]:.2f}x the shot noise)"
 
 
 def save_ptycho_png(path: str | os.PathLike, result: Any, *, title: str = "", force: bool = False) -> Path:
