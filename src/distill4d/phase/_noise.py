@@ -19,8 +19,8 @@ import numpy as np
 #: ``loss="auto"``: the Poisson loss where a short single-slice trial's amplitude error is below this
 #: factor times its shot-noise expectation, the amplitude loss above it. Chosen on the validation scans of
 #: ``benchmarks/ptycho_loss_choice.py``, between their trial ratios (thin MoS2 1.01-1.21, where the Poisson loss
-#: did better; 97-120 Å Mo, CeO2, MgO and BaTiO3 3.3-20, where the amplitude loss did better in 8 of 8 runs at
-#: 2e4 e⁻ and 3 of 4 at 2e3, within 0.007 SSIM in the other two).
+#: did better; 97-120 Å Mo, CeO2, MgO and BaTiO3 3.3-20, where the amplitude loss did better in all 4 runs at
+#: 2e4 e⁻ and 2 of 4 at 2e3, within 0.007 SSIM in the other two).
 AUTO_POISSON_RATIO = 2.0
 #: Side (scan positions) of the central patch of that trial, and its iterations.
 AUTO_TRIAL_POSITIONS = 16
