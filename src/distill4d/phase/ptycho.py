@@ -102,7 +102,8 @@ class PtychoResult:
     noise_ratios : per iteration, the error over its shot-noise expectation where the model predicts at
         least :data:`~distill4d.phase._noise.BRIGHT_COUNTS` counts: ``Σ (√I − √y)² / Σ E[(√y' − √I)²]`` for
         ``y' ~ Poisson(I)`` (meaningful for counted data: near 1, only the shot noise is left unexplained;
-        well above 1, the model does not fit the data).
+        well above 1, the model does not fit the data). Computed in the last iteration only (NaN before it:
+        it costs about a quarter of an iteration).
     validation_errors : per-iteration data loss (the loss of the run) on the held-out positions (see
         ``validation_fraction`` of :func:`reconstruct`); empty when none were held out.
     chosen_iteration : the iteration (1-based) whose object, probe and positions these are: the one
@@ -842,10 +843,11 @@ def _run(torch: Any, dev: Any, cube: DataCube, store: Any, reg: tuple[slice, sli
             total = (mask * (inten - y * torch.log(inten + POISSON_OFFSET))).sum()
         return total, float((y * mask).sum())
 
-    def one_pass(order: np.ndarray, step_now: float, it: int, adam: bool = True) -> tuple[float, float, float]:
-        """One pass of mini-batch updates over the positions ``order``: (Σ (√I − √y)², Σ y, the error over its
-        shot-noise expectation in the bright pixels) before them. ``adam=False``: the object's Gauss-Newton
-        steps only (optimizer "gd"; probe and positions held)."""
+    def one_pass(order: np.ndarray, step_now: float, it: int, adam: bool = True,
+                 noise: bool = False) -> tuple[float, float, float]:
+        """One pass of mini-batch updates over the positions ``order``: (Σ (√I − √y)², Σ y, and with ``noise``
+        the error over its shot-noise expectation in the bright pixels, else NaN) before them. ``adam=False``:
+        the object's Gauss-Newton steps only (optimizer "gd"; probe and positions held)."""
         num = den = num_b = flo = 0.0
         bs = batch_of(it)
         for b0 in range(0, len(order), bs):
@@ -875,9 +877,10 @@ def _run(torch: Any, dev: Any, cube: DataCube, store: Any, reg: tuple[slice, sli
                 state["amplitude"].clamp_(0.0, 2.0)
                 d = torch.sqrt(inten.detach() + eps) - amp
                 num += float((mask * d * d).sum())
-                bright = mask * (inten.detach() >= BRIGHT_COUNTS)
-                num_b += float((bright * d * d).sum())
-                flo += float((bright * shot_noise_floor(torch, inten.detach())).sum())
+                if noise:
+                    bright = mask * (inten.detach() >= BRIGHT_COUNTS)
+                    num_b += float((bright * d * d).sum())
+                    flo += float((bright * shot_noise_floor(torch, inten.detach())).sum())
                 den += denom
         return num, den, (num_b / flo if flo > 0 else math.nan)  # NaN: no pixel predicted >= 1 count
 
@@ -918,7 +921,7 @@ def _run(torch: Any, dev: Any, cube: DataCube, store: Any, reg: tuple[slice, sli
                 g["lr"] = lr_now[name] * decay if active else 0.0
             rng = np.random.default_rng([seed, it])
             order = rng.permutation(n_pos) if train_idx is None else rng.permutation(train_idx)
-            num, den, ratio = one_pass(order, step_now, it)
+            num, den, ratio = one_pass(order, step_now, it, noise=it == iterations - 1)
             with torch.no_grad():
                 if modes > 1:
                     state["probe"].copy_(_orthogonalise(torch, state["probe"]))
