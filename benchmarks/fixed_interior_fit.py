@@ -113,7 +113,7 @@ def setup(name: str, dose_text: str, pad_px: float, core: float) -> dict:
     pk = find_bragg_disks(dc, probe, scheduler="inline", progress=False)
     t_corr = time.perf_counter() - t
     sm = strain_map(pk, reference=rb.REF)
-    rows = [("correlation", wpf.score({k: getattr(sm, k) for k in rb.KEYS}, expected, t_corr, n))]
+    rows = [("correlation", wpf.score(sm, expected, t_corr, n))]
     print(f"{name} {dose_text} correlation        exx {rows[0][1]['strain']['eps_xx']:.3f}", flush=True)
     t = time.perf_counter()
     pt = probe_template(probe, datacube=dc, kind="disk")
@@ -153,7 +153,7 @@ def main(argv: list[str]) -> int:
     s = time.perf_counter() - t
     peaks = BraggPeaks.from_padded(ox.reshape(qx.shape), oy.reshape(qy.shape), intensity, count, dc.calibration)
     sm = strain_map(peaks, reference=rb.REF)
-    rows.append((f"fixed m{margin} it{iters} core{core}", wpf.score({k: getattr(sm, k) for k in rb.KEYS}, expected,
+    rows.append((f"fixed m{margin} it{iters} core{core}", wpf.score(sm, expected,
                                                                    s + t_corr, n)))
     for lab, r in rows:
         print(f"{name} {dose_text} {lab:18s} exx {r['strain']['eps_xx']:.3f} eyy {r['strain']['eps_yy']:.3f} "

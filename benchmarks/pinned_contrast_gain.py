@@ -113,7 +113,7 @@ def main(argv: list[str]) -> int:
     R_one = np.broadcast_to(np.nanmedian(R, axis=0), R.shape).copy()  # one response for every reflection
     for lab, RR in (("per reflection", R), ("median response", R_one)):
         sm = strain_map(corrected(pk, ref_q, ref_q, RR), reference=rb.REF)
-        rows.append((f"{lab} s{shift} c{core}", wpf.score({k: getattr(sm, k) for k in rb.KEYS}, expected,
+        rows.append((f"{lab} s{shift} c{core}", wpf.score(sm, expected,
                                                             s + t_corr, n)))
     diag = R[:, [0, 1], [0, 1]]
     print(f"{name} {dose_text} R diagonal median {np.nanmedian(diag, 0).round(3)}, range "

@@ -138,7 +138,7 @@ def main(argv: list[str]) -> int:
     t_corr = time.perf_counter() - t
     pt = probe_template(probe, datacube=dc, kind="disk")
     sm = strain_map(pk, reference=rb.REF)
-    rows = [{"method": "correlation", **wpf.score({k: getattr(sm, k) for k in rb.KEYS}, expected, t_corr,
+    rows = [{"method": "correlation", **wpf.score(sm, expected, t_corr,
                                                    dc.n_patterns)}]
     qx, qy, intensity, count = pk.to_padded()
     n = dc.n_patterns
@@ -155,7 +155,7 @@ def main(argv: list[str]) -> int:
         peaks = BraggPeaks.from_padded(ox.reshape(qx.shape), oy.reshape(qy.shape), intensity, count, dc.calibration)
         sm = strain_map(peaks, reference=rb.REF)
         rows.append({"method": cfg, "moving": float(np.percentile(last, 99)),
-                     **wpf.score({k: getattr(sm, k) for k in rb.KEYS}, expected, s + t_corr, n)})
+                     **wpf.score(sm, expected, s + t_corr, n)})
     for r in rows:
         print(f"{name} {dose_text} {r['method']:18s} exx {r['strain']['eps_xx']:.3f} eyy {r['strain']['eps_yy']:.3f} "
               f"step {r['step']:.3f} moving {r.get('moving', 0):.3f} {r['patterns_per_s']:.0f} p/s", flush=True)

@@ -55,7 +55,10 @@ PLAN = [("thick", DOSE), ("thick", None), ("tilt", DOSE), ("tilt", None), ("tilt
 HELD_OUT = ("thick_45nm", "tilt_gradient_y")
 
 
-def score(values: dict, expected: dict, seconds: float, n: int) -> dict:
+def score(sm, expected: dict, seconds: float, n: int) -> dict:
+    """Errors of the strain map ``sm`` against ``expected`` (RMS, layer bias, the strained layer's step), and
+    ``n`` patterns in ``seconds`` as patterns/s."""
+    values = {k: getattr(sm, k) for k in rb.KEYS}
     e = svp.strain_errors(values, expected)
     bias = {k: fb.error_parts(values[k], expected[k])["rows"] for k in ("eps_xx", "eps_yy")}
     strained = np.abs(expected["eps_xx"]) > 1e-6
@@ -70,7 +73,7 @@ def run(method: str, dc, probe, expected) -> dict:
     else:
         sm = strain_map_template(dc, rb.REF, scheduler="inline", progress=False).strain
     s = time.perf_counter() - t
-    return score({k: getattr(sm, k) for k in rb.KEYS}, expected, s, dc.n_patterns)
+    return score(sm, expected, s, dc.n_patterns)
 
 
 def flatten_interiors(data: np.ndarray, truth, radius_px: float, frac: float = 0.75) -> np.ndarray:
