@@ -66,6 +66,7 @@ def test_auto_loss_is_poisson_on_a_thin_counted_scan(weak_counted):
     assert p["loss"] == "poisson" and p["loss_choice"]["counted"]
     assert 0.8 < p["loss_choice"]["error_to_floor"] < AUTO_POISSON_RATIO, p["loss_choice"]
     assert res.noise_ratios.shape == (2,) and 0.8 < res.noise_ratios[-1] < 1.2
+    assert res.noise_ratio == res.noise_ratios[-1]
     back = PtychoResult.from_results(res.to_results())
     np.testing.assert_array_equal(back.noise_ratios, res.noise_ratios)
 
@@ -90,6 +91,7 @@ def test_auto_loss_is_amplitude_on_data_that_are_not_counts():
     p = res.provenance.parameters
     assert p["loss"] == "amplitude" and p["loss_choice"] == {
         "rule": "amplitude: the patterns are not counts (whole numbers >= 0)", "counted": False}
+    assert np.isnan(res.noise_ratio)  # a shot-noise ratio means nothing for beam fractions
     explicit = reconstruct(sim.datacube, defocus_A=60.0, iterations=1, device="cpu", loss="poisson")
     assert explicit.provenance.parameters["loss"] == "poisson" and "loss_choice" not in explicit.provenance.parameters
 

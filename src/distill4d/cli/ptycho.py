@@ -74,7 +74,7 @@ def _loss_note(res: Any) -> str:
     trial = choice["error_to_floor"]
     note = (f"; {p['loss']} loss (auto: a single-slice trial left {trial:.2f}x the shot noise)" if math.isfinite(trial)
             else f"; {p['loss']} loss (auto: no pixel reached one count in the trial)")
-    final = float(res.noise_ratios[-1]) if len(res.noise_ratios) else math.nan
+    final = res.noise_ratio
     return note + (f"; final error {final:.2f}x the shot noise" if math.isfinite(final) else "")
 
 
@@ -82,12 +82,8 @@ def _thick_hint(res: Any) -> str:
     """A note where one slice leaves counted data far above their shot noise (a thick specimen), else ''."""
     from ..phase.ptycho import AUTO_POISSON_RATIO
 
-    p = res.provenance.parameters
-    choice = p.get("loss_choice") or {}
-    if p["slices"] > 1 or not choice.get("counted") or not len(res.noise_ratios):
-        return ""
-    ratio = float(res.noise_ratios[-1])
-    if not ratio > AUTO_POISSON_RATIO:
+    ratio = res.noise_ratio  # NaN unless the patterns are counts
+    if res.provenance.parameters["slices"] > 1 or not ratio > AUTO_POISSON_RATIO:
         return ""
     return (f"note: one slice leaves {ratio:.1f}x the shot noise, so the specimen is probably too thick for a "
             "single slice: try --slices N --slice-thickness-A T (--tied-slices for a crystal on zone, T its period)")

@@ -35,7 +35,8 @@ from ..calibration import Calibration
 from ..datacube import DataCube
 from ..errors import Distill4dError
 from ..results import Provenance, Results
-from ._noise import AUTO_POISSON_RATIO, BRIGHT_COUNTS, shot_noise_floor
+from ._noise import (AUTO_POISSON_RATIO, AUTO_TRIAL_ITERATIONS, AUTO_TRIAL_POSITIONS, BRIGHT_COUNTS, counted,
+                     shot_noise_floor)
 from .probe import aperture_from_mean_pattern, check_aberrations, probe_from_calibration
 
 __all__ = ["LOSSES", "PtychoResult", "reconstruct"]
@@ -130,6 +131,15 @@ class PtychoResult:
     validation_errors: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0), repr=False)
     chosen_iteration: int | None = None
     noise_ratios: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0), repr=False)
+
+    @property
+    def noise_ratio(self) -> float:
+        """The last iteration's error over its shot noise (of :attr:`noise_ratios`) where ``loss="auto"`` found
+        the patterns to be counts, else NaN (for data that are not counts of electrons it means nothing)."""
+        choice = (self.provenance.parameters.get("loss_choice") or {}) if self.provenance is not None else {}
+        if not choice.get("counted") or not len(self.noise_ratios):
+            return math.nan
+        return float(self.noise_ratios[-1])
 
     def phase_on_scan_grid(self, *, order: int = 3) -> np.ndarray:
         """The summed object phase sampled at the probe centres: an ``scan_shape`` float32 image in
@@ -630,12 +640,10 @@ def reconstruct(
 def _choose_loss(cube: DataCube, reg: tuple[slice, slice], theta: float, flip: bool,
                  trial: Callable[..., Any]) -> tuple[str, dict[str, Any]]:
     """``loss="auto"``: the loss, and the record of the choice (see :func:`reconstruct`)."""
-    from . import _noise
-
-    if not _noise.counted(cube[reg[0], reg[1]].data):
+    if not counted(cube[reg[0], reg[1]].data):
         return "amplitude", {"rule": "amplitude: the patterns are not counts (whole numbers >= 0)", "counted": False}
-    patch = _central_patch(reg, _noise.AUTO_TRIAL_POSITIONS)
-    t = trial(region=patch, iterations=_noise.AUTO_TRIAL_ITERATIONS, loss="amplitude", slices=1,
+    patch = _central_patch(reg, AUTO_TRIAL_POSITIONS)
+    t = trial(region=patch, iterations=AUTO_TRIAL_ITERATIONS, loss="amplitude", slices=1,
               slice_thickness_A=None, tied_slices=False, modes=1, refine_positions=False,
               scan_rotation_rad=theta, scan_flip=flip)
     ratio = float(t.noise_ratios[-1])
@@ -645,7 +653,7 @@ def _choose_loss(cube: DataCube, reg: tuple[slice, slice], theta: float, flip: b
                             f"{AUTO_POISSON_RATIO:g}, else amplitude", "counted": True,
                     "error_to_floor": ratio, "trial_region": [patch[0].start, patch[0].stop, patch[1].start,
                                                               patch[1].stop],
-                    "trial_iterations": _noise.AUTO_TRIAL_ITERATIONS}
+                    "trial_iterations": AUTO_TRIAL_ITERATIONS}
 
 
 def _store(cube: DataCube, reg: tuple[slice, slice], origin: tuple[float, float], n: int, budget: int) -> Any:

@@ -73,12 +73,8 @@ def ptycho_figure(result: Any, *, title: str = "") -> Any:
 
 def _noise_note(result: Any) -> str:
     """`` (last: R× the shot noise)`` for counted data with a finite last noise ratio, else ``''``."""
-    prov = getattr(result, "provenance", None)
-    choice = (prov.parameters.get("loss_choice") or {}) if prov is not None else {}
-    ratios = np.asarray(getattr(result, "noise_ratios", ()), dtype=float)
-    if not choice.get("counted") or not len(ratios) or not np.isfinite(ratios[-1]):
-        return ""
-    return f" (last: {ratios[-1]:.2f}x the shot noise)"
+    ratio = result.noise_ratio
+    return f" (last: {ratio:.2f}x the shot noise)" if np.isfinite(ratio) else ""
 
 
 def save_ptycho_png(path: str | os.PathLike, result: Any, *, title: str = "", force: bool = False) -> Path:
