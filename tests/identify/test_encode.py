@@ -10,6 +10,7 @@ from distill4d.identify.encode import (
     SCALE_INDEX,
     encode_batch,
     encode_peaks,
+    encode_ragged,
     encode_spots,
     shape_features,
 )
@@ -63,7 +64,9 @@ def test_calibration_error_moves_only_the_scale():
 
 
 def test_batch_matches_single_and_padding():
-    pats = [_hex_spots(a, n=3, seed=s) for s, a in enumerate([0.3, 0.4, 0.55])]
+    # lists of different lengths, not in order of length: the encoders work in blocks of similar
+    # length, each trimmed to its longest list, and must put every row back in its place
+    pats = [_hex_spots(a, n=n, seed=s) for s, (a, n) in enumerate([(0.3, 4), (0.4, 2), (0.55, 3), (0.35, 1)])]
     K = max(len(p[0]) for p in pats) + 5
     P = len(pats)
     qx, qy, it = (np.full((P, K), np.nan) for _ in range(3))
@@ -71,8 +74,12 @@ def test_batch_matches_single_and_padding():
     for i, p in enumerate(pats):
         qx[i, : counts[i]], qy[i, : counts[i]], it[i, : counts[i]] = p
     X = encode_batch(qx, qy, it, counts, chunk=2)
+    flat = [np.concatenate([p[c] for p in pats]) for c in range(3)]
+    R = encode_ragged(*flat, counts, chunk=2)
     for i, p in enumerate(pats):
         np.testing.assert_allclose(X[i], encode_spots(*p), atol=1e-9)
+        np.testing.assert_allclose(R[i], X[i], atol=1e-12)
+    assert len({round(float(x), 6) for x in X[:, SCALE_INDEX]}) == len(pats)  # four different patterns
 
 
 def test_bad_input():

@@ -96,6 +96,11 @@ N_PAIR_SPOTS = 20
 N_SHORT = 4
 
 _N_RINGS = len(RING_EDGES) - 1
+#: Ring of ``u`` by ``int(4 u)`` (every edge is a multiple of 1/4, so this equals the search
+#: of :data:`RING_EDGES`, and is cheaper): ``_N_RINGS`` outside the rings.
+_RING_OF_QUARTER = np.full(int(4 * U_MAX) + 2, _N_RINGS, dtype=np.int64)
+for _r, (_lo, _hi) in enumerate(zip(RING_EDGES[:-1], RING_EDGES[1:])):
+    _RING_OF_QUARTER[int(4 * _lo) : int(4 * _hi)] = _r
 #: Name -> slice of every feature block.
 FEATURE_BLOCKS: dict[str, slice] = {}
 _start = 0
@@ -195,9 +200,12 @@ def encode_batch(
         bad = int(np.flatnonzero(~np.all(np.isfinite(qx) & np.isfinite(qy) & np.isfinite(it) | ~used, axis=1))[0])
         raise Distill4dError(f"spots of pattern {bad} contain NaN or Inf values (qx, qy or intensity)")
     out = np.empty((qx.shape[0], N_FEATURES))
+    order = np.argsort(n, kind="stable")  # blocks of similar length, each trimmed to its longest list
     for s in range(0, qx.shape[0], chunk):
-        e = min(s + chunk, qx.shape[0])
-        out[s:e] = _encode_block(qx[s:e], qy[s:e], it[s:e], used[s:e], beam, power, thresh, s)
+        rows = order[s : s + chunk]
+        K = max(1, int(n[rows[-1]]))
+        out[rows] = _encode_block(qx[rows, :K], qy[rows, :K], it[rows, :K], used[rows, :K], beam, power, thresh,
+                                  rows)
     return out
 
 
@@ -240,15 +248,17 @@ def encode_ragged(
     budget = max(1, int(max_block_entries))
     P = n.size
     out = np.empty((P, N_FEATURES))
+    order = np.argsort(n, kind="stable")  # blocks of similar length: little padding
     s = 0
     while s < P:
         e = min(s + chunk, P)
-        K = int(n[s:e].max(initial=1))
+        K = max(1, int(n[order[e - 1]]))
         while (e - s) * K > budget and e - s > 1:
             e = s + max(1, budget // K)
-            K = int(n[s:e].max(initial=1))
-        (bx, by, bi), used = pad_rows((qx, qy, it), offsets[s:e], n[s:e], fill=0.0)
-        out[s:e] = _encode_block(bx, by, bi, used, beam, power, thresh, s)
+            K = max(1, int(n[order[e - 1]]))
+        rows = order[s:e]
+        (bx, by, bi), used = pad_rows((qx, qy, it), offsets[rows], n[rows], fill=0.0)
+        out[rows] = _encode_block(bx, by, bi, used, beam, power, thresh, rows)
         s = e
     if metric:
         from .metric import metric_features
@@ -269,7 +279,7 @@ def kept_spots(qx: np.ndarray, qy: np.ndarray, it: np.ndarray, used: np.ndarray,
     no spot kept)."""
     qx = np.where(used, qx, 0.0)
     qy = np.where(used, qy, 0.0)
-    g = np.hypot(qx, qy)
+    g = np.sqrt(qx * qx + qy * qy)
     keep = used & (g >= beam) & (np.where(used, it, 0.0) > 0)
     w = np.where(keep, np.where(keep, it, 1.0) ** power, 0.0)
     total = w.sum(axis=1, keepdims=True)
@@ -281,12 +291,16 @@ def kept_spots(qx: np.ndarray, qy: np.ndarray, it: np.ndarray, used: np.ndarray,
 
 
 def _encode_block(qx: np.ndarray, qy: np.ndarray, it: np.ndarray, used: np.ndarray, beam: float, power: float,
-                  thresh: float, first: int) -> np.ndarray:
+                  thresh: float, rows: np.ndarray) -> np.ndarray:
+    """Features of padded ``(P, K)`` lists, the patterns ``rows`` (named in errors) of the input.
+
+    The callers make blocks of similar lengths, a block at a time: temporaries of the whole
+    input would cost more in fresh memory pages than the arithmetic."""
     P, K = qx.shape
     qx, qy, g, keep, w, strong, scale = kept_spots(qx, qy, it, used, beam, power, thresh)
     n_kept = keep.sum(axis=1)
     if np.any(n_kept == 0):
-        bad = first + int(np.flatnonzero(n_kept == 0)[0])
+        bad = int(rows[np.flatnonzero(n_kept == 0)].min())
         raise Distill4dError(
             f"pattern {bad} has no spot left after dropping the direct beam (|g| < beam cut) and "
             f"spots of intensity <= 0; it cannot be encoded"
@@ -296,25 +310,34 @@ def _encode_block(qx: np.ndarray, qy: np.ndarray, it: np.ndarray, used: np.ndarr
     # radial histogram of u (spots not kept have weight 0)
     feats.append(_hist(u.ravel(), w.ravel(), np.repeat(np.arange(P), K), P, N_RADIAL, U_MAX))
     # angular Fourier magnitudes per ring
-    z = np.where(keep, (qx + 1j * qy) / np.where(keep, g, 1.0), 0.0)
-    ring = np.searchsorted(np.asarray(RING_EDGES), u, side="right") - 1
-    ring = np.where(keep & (ring >= 0) & (ring < _N_RINGS), ring, -1)
-    R1, M1 = _N_RINGS + 1, M_MAX + 1
-    slot = (np.arange(P)[:, None] * R1 + np.where(ring >= 0, ring, _N_RINGS))[:, :, None] * M1 + np.arange(M1)
-    wz = np.empty((P, K, M1), dtype=np.complex128)  # w z^m, by repeated products
-    wz[:, :, 0] = w
-    for k in range(1, M1):
-        wz[:, :, k] = wz[:, :, k - 1] * z
-    re = np.bincount(slot.ravel(), weights=wz.real.ravel(), minlength=P * R1 * M1)
-    im = np.bincount(slot.ravel(), weights=wz.imag.ravel(), minlength=P * R1 * M1)
-    coef = np.hypot(re, im).reshape(P, R1, M1)[:, :_N_RINGS]  # (P, R, M+1)
+    ring = _RING_OF_QUARTER[np.minimum(u * 4.0, 4 * U_MAX + 1).astype(np.int64)].ravel()  # u >= 0
+    sel = np.flatnonzero(keep.ravel() & (ring < _N_RINGS))  # only the kept spots in a ring
+    R, M1 = _N_RINGS, M_MAX + 1
+    key = (sel // K) * R + ring[sel]
+    ws, gsel = w.ravel()[sel], g.ravel()[sel]
+    zr, zi = qx.ravel()[sel] / gsel, qy.ravel()[sel] / gsel  # z = exp(i phi)
+    coef = np.empty((P * R, M1))
+    coef[:, 0] = np.bincount(key, weights=ws, minlength=P * R)
+    wr, wi = ws * zr, ws * zi  # w z^m, by repeated products, one order m at a time
+    a, b = np.empty_like(wr), np.empty_like(wr)  # buffers: no new arrays in the loop
+    for m in range(1, M1):
+        if m > 1:
+            np.multiply(wr, zi, out=a)
+            np.multiply(wi, zi, out=b)
+            np.multiply(wr, zr, out=wr)
+            np.subtract(wr, b, out=wr)  # Re w z^m = Re w z^(m-1) zr - Im w z^(m-1) zi
+            np.multiply(wi, zr, out=wi)
+            np.add(wi, a, out=wi)  # Im w z^m = Re w z^(m-1) zi + Im w z^(m-1) zr
+        coef[:, m] = np.hypot(np.bincount(key, weights=wr, minlength=P * R),
+                              np.bincount(key, weights=wi, minlength=P * R))
+    coef = coef.reshape(P, R, M1)  # (P, R, M+1)
     ring_w = coef[:, :, :1]
     coef[:, :, 1:] = np.divide(coef[:, :, 1:], ring_w, out=np.zeros_like(coef[:, :, 1:]), where=ring_w > 0)
     feats.append(coef.reshape(P, -1))
     # pair distances and angles over i < j, among the N_PAIR_SPOTS strongest spots
     L = min(K, N_PAIR_SPOTS)
     if K > L:
-        top = np.argpartition(-w, L - 1, axis=1)[:, :L]
+        top = np.argpartition(w, K - L, axis=1)[:, K - L :]  # the L largest weights
     else:
         top = np.broadcast_to(np.arange(K), (P, K))
     wt = np.take_along_axis(w, top, axis=1).astype(np.float32)
@@ -325,14 +348,17 @@ def _encode_block(qx: np.ndarray, qy: np.ndarray, it: np.ndarray, used: np.ndarr
     prow = np.repeat(np.arange(P), iu.size)
     xi, xj, yi, yj = xt[:, iu], xt[:, ju], yt[:, iu], yt[:, ju]
     d = (np.hypot(xi - xj, yi - yj) / scale[:, None].astype(np.float32)).ravel()
-    total = np.bincount(prow, weights=pw, minlength=P)
+    total = pw.reshape(P, -1).sum(axis=1, dtype=np.float64) if iu.size else np.zeros(P)
     norm = np.where(total > 0, total, 1.0)[:, None]
     feats.append(_hist(d, pw, prow, P, N_PAIR, U_MAX) / norm)
     # atan2(|cross|, dot): accurate near 0 and 180 degrees, where arccos of a float32 cosine is not
     ang = np.degrees(np.arctan2(np.abs(xi * yj - yi * xj), xi * xj + yi * yj)).ravel()
     feats.append(_hist(ang, pw, prow, P, N_ANGLE, 180.0) / norm)
     # shortest strong spots after the first, as ratios, and the spot count
-    gs = np.sort(np.where(strong, u, np.inf), axis=1)[:, 1 : N_SHORT + 1]
+    us = np.where(strong, u, np.inf)
+    if K > N_SHORT + 1:  # only the N_SHORT + 1 smallest matter: a partition, then a sort of those
+        us = np.partition(us, N_SHORT, axis=1)[:, : N_SHORT + 1]
+    gs = np.sort(us, axis=1)[:, 1 : N_SHORT + 1]
     if gs.shape[1] < N_SHORT:
         gs = np.concatenate([gs, np.full((P, N_SHORT - gs.shape[1]), np.inf)], axis=1)
     gs = np.maximum.accumulate(np.where(np.isfinite(gs), gs, -np.inf), axis=1)  # repeat the last value
