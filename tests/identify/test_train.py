@@ -144,3 +144,63 @@ def test_train_identifier_resumes_an_interrupted_fit(tmp_path):
     np.testing.assert_array_equal(model.predict_proba(X), ref.predict_proba(X))
     np.testing.assert_array_equal(model.predict_lattice(X), ref.predict_lattice(X))
     assert card["metrics"] == ref_card["metrics"]
+
+
+def test_variant_library_labels_its_crystals_and_reads_back_from_its_cache(tmp_path):
+    from distill4d.simulate.spots import SYSTEMS, spot_library, variant_library
+
+    kw = dict(seed=2, excitation_error_inv_A=0.03, augment=True)
+    lib = spot_library([14, 191], 2, 6, **kw)
+    v = variant_library([14, 191], 2, [1, 2], n_variants=3, n_orientations=5, cache_dir=tmp_path, **kw)
+    assert v.name.tolist() == [f"{lib.name[i]}/v{k}" for i in (1, 2) for k in range(3)]
+    assert v.space_group.tolist() == [14] * 3 + [191] * 3
+    assert [SYSTEMS[s] for s in v.system] == ["monoclinic"] * 3 + ["hexagonal"] * 3
+    assert np.bincount(v.structure).tolist() == [5] * 6  # 5 patterns of every variant
+    # each variant has its own cell: free lengths moved, within 25 %, from its parent's
+    for k in range(6):
+        parent = lib.cellpar[1 + k // 3]
+        ratio = v.cellpar[k, :3] / parent[:3]
+        assert np.all((ratio > 0.8 - 1e-9) & (ratio < 1.25 + 1e-9)) and not np.allclose(ratio, 1.0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["variants_00001.npz", "variants_00002.npz"]
+    again = variant_library([14, 191], 2, [1, 2], n_variants=3, n_orientations=5, cache_dir=tmp_path, **kw)
+    for name in ("spot_qx", "counts", "structure", "space_group", "cellpar", "name"):
+        np.testing.assert_array_equal(getattr(again, name), getattr(v, name))
+    with pytest.raises(Distill4dError, match="other arguments"):
+        variant_library([14, 191], 2, [1], n_variants=2, n_orientations=5, cache_dir=tmp_path, **kw)
+    with pytest.raises(Distill4dError, match="indices"):
+        variant_library([14, 191], 2, [4], n_variants=2, **kw)
+
+
+def test_train_identifier_adds_variants_of_the_training_structures_only():
+    from distill4d.identify.train import IdentifyTrainConfig, train_identifier
+
+    config = IdentifyTrainConfig(space_groups=(225, 194, 62), n_structures=4, n_orientations=6, n_variants=2,
+                                 variant_orientations=3, n_estimators=3, max_depth=6, system_classifier="forest",
+                                 prototypes=False, seed=0)
+    said = []
+    model, card = train_identifier(config, callback=said.append)
+    lib = card["library"]
+    # 9 training structures (a quarter of each system's 4 held out), 2 variants each, 3 patterns each
+    assert lib["train_structures"] == 9 and lib["variant_patterns"] == 9 * 2 * 3
+    assert any(m.startswith("variants: 54 patterns of 18 variants") for m in said)
+    assert card["config"]["n_variants"] == 2
+    with pytest.raises(Distill4dError, match="n_variants"):
+        IdentifyTrainConfig(n_variants=-1)
+
+
+def test_cli_train_identify_with_variants(tmp_path, capsys):
+    import json
+
+    from distill4d.cli import main
+
+    out = tmp_path / "m.npz"
+    args = ["train", "identify", "--out", str(out), "--structures", "1", "--space-groups", "225", "194",
+            "--orientations", "6", "--variants", "1", "--variant-orientations", "3", "--trees", "3",
+            "--max-depth", "6", "--system-classifier", "forest"]
+    assert main(args) == 0
+    card = json.loads(out.with_suffix(".json").read_text())
+    assert card["config"]["n_variants"] == 1 and card["config"]["variant_orientations"] == 3
+    n_train = card["library"]["train_structures"]
+    assert 0 < card["library"]["variant_patterns"] <= 3 * n_train
+    assert main(args) == 1  # the model exists: not overwritten without --force
+    assert "exists" in capsys.readouterr().err

@@ -417,6 +417,37 @@ def test_random_crystal_given_elements_and_bad_input():
         cr.random_crystal(225, rng="seed")
 
 
+@needs_pyxtal
+@pytest.mark.parametrize("sg", [2, 14, 62, 139, 166, 194, 225])
+def test_cell_variant_keeps_the_space_group_and_moves_only_the_free_parameters(sg):
+    atoms = cr.random_crystal(sg, rng=np.random.default_rng(200 + sg), max_atoms=24)
+    par0 = atoms.cell.cellpar()
+    v = cr.cell_variant(atoms, sg, rng=5, length_spread=0.25, angle_spread_deg=10.0)
+    assert v is not None and cr.spacegroup_number(v) == sg
+    assert np.allclose(v.get_scaled_positions(), atoms.get_scaled_positions(), atol=1e-9)
+    par = v.cell.cellpar()
+    ratio = par[:3] / par0[:3]
+    assert np.all((ratio > 1 / 1.25 - 1e-9) & (ratio < 1.25 + 1e-9))
+    assert np.all(np.abs(par[3:] - par0[3:]) <= 10.0 + 1e-9)
+    system = cr.crystal_system(sg)
+    if system == "cubic":  # one free length: the shape is kept, only the size moves
+        assert np.allclose(ratio, ratio[0]) and np.allclose(par[3:], 90.0)
+    elif system in ("tetragonal", "hexagonal", "trigonal"):
+        assert math.isclose(par[0], par[1], rel_tol=1e-9) and not math.isclose(ratio[0], ratio[2], rel_tol=1e-6)
+    else:
+        assert len({round(r, 6) for r in ratio}) == 3
+    if system not in ("triclinic", "monoclinic"):
+        assert np.allclose(par[3:], par0[3:], atol=1e-6)
+    # species replaced one for one: distinct species stay distinct, counts kept
+    old, new = atoms.get_chemical_symbols(), v.get_chemical_symbols()
+    assert sorted(np.unique(old, return_counts=True)[1]) == sorted(np.unique(new, return_counts=True)[1])
+    assert len({(a, b) for a, b in zip(old, new)}) == len(set(old))
+    again = cr.cell_variant(atoms, sg, rng=5, length_spread=0.25, angle_spread_deg=10.0)
+    assert np.array_equal(np.asarray(again.cell), np.asarray(v.cell)) and again.get_chemical_symbols() == new
+    with pytest.raises(ValueError, match="length_spread"):
+        cr.cell_variant(atoms, sg, rng=0, length_spread=-0.1)
+
+
 def test_import_is_light():
     code = (
         "import sys, distill4d, distill4d.simulate.crystals; "

@@ -154,7 +154,8 @@ def cmd_train_identify(args: argparse.Namespace) -> int:
         Path(args.cache).mkdir(parents=True, exist_ok=True)
     try:
         config = IdentifyTrainConfig(
-            n_structures=args.structures, n_orientations=args.orientations, n_estimators=args.trees,
+            n_structures=args.structures, n_orientations=args.orientations, n_variants=args.variants,
+            variant_orientations=args.variant_orientations, n_estimators=args.trees,
             max_depth=args.max_depth or None, min_samples_leaf=args.min_samples_leaf, seed=args.seed,
             system_classifier=args.system_classifier,
             **({"space_groups": tuple(args.space_groups)} if args.space_groups else {}),
@@ -193,6 +194,11 @@ def add_train_parser(tsub: Any) -> None:
     t.add_argument("--space-groups", type=int, nargs="+", metavar="N",
                    help="space groups of the random crystals (default: 34 groups over all seven systems)")
     t.add_argument("--orientations", type=int, default=40, help="random orientations per structure (default 40)")
+    t.add_argument("--variants", type=int, default=0, help="cheap variants of every training structure (new cell "
+                   "parameters and species, same space group; never of a held-out one) added to the training data "
+                   "(default 0)")
+    t.add_argument("--variant-orientations", type=int, default=10,
+                   help="random orientations per variant (default 10)")
     t.add_argument("--trees", type=int, default=50, help="trees per forest (default 50)")
     t.add_argument("--max-depth", type=int, default=14, help="deepest tree level (default 14; 0: unlimited)")
     t.add_argument("--min-samples-leaf", type=int, default=5, help="smallest leaf (default 5)")

@@ -20,7 +20,7 @@ import numpy as np
 from ..errors import Distill4dError
 from ..simulate.spots import SYSTEMS
 
-__all__ = ["CARD_FORMAT", "DEFAULT_SPACE_GROUPS", "IdentifyTrainConfig", "encode_library", "evaluate",
+__all__ = ["CARD_FORMAT", "DEFAULT_SPACE_GROUPS", "IdentifyTrainConfig", "build_variants", "encode_library", "evaluate",
            "split_by_structure", "train_identifier"]
 
 #: The model-card format of a crystal identifier (``distill4d/weights/identify_forest.json``).
@@ -38,9 +38,11 @@ class IdentifyTrainConfig:
     Library: ``space_groups``, ``n_structures`` random crystals each (at most ``max_atoms``
     atoms), plus the ASE prototypes when ``prototypes``; ``n_orientations`` patterns each;
     ``excitation_error_inv_A`` (1/Å) and ``max_g_inv_A`` (1/Å) of the kinematic spots;
-    augmented (noise, missing weak spots, calibration error of 2 %). Split: ``holdout`` of
-    every system's structures held out. Forests: ``n_estimators`` trees, ``max_depth``,
-    ``min_samples_leaf``; the crystal system by ``system_classifier`` ("mlp", a multilayer
+    augmented (noise, missing weak spots, calibration error of 2 %). Training only: ``n_variants``
+    cheap variants of every training structure (new cell parameters and species, same space
+    group: :func:`~distill4d.simulate.spots.variant_library`), ``variant_orientations``
+    patterns each. Split: ``holdout`` of every system's structures held out. Forests:
+    ``n_estimators`` trees, ``max_depth``, ``min_samples_leaf``; the crystal system by ``system_classifier`` ("mlp", a multilayer
     perceptron trained with PyTorch, or "forest"). ``seed`` seeds the library, the split and the forests.
     """
 
@@ -51,6 +53,8 @@ class IdentifyTrainConfig:
     max_atoms: int = 24
     excitation_error_inv_A: float = 0.03
     max_g_inv_A: float = 1.5
+    n_variants: int = 0
+    variant_orientations: int = 10
     holdout: float = 0.25
     n_estimators: int = 50
     max_depth: int | None = 14
@@ -61,6 +65,9 @@ class IdentifyTrainConfig:
     def __post_init__(self) -> None:
         if not 0.0 < self.holdout < 1.0:
             raise Distill4dError(f"holdout must be a fraction in (0, 1), got {self.holdout}")
+        if self.n_variants < 0 or self.variant_orientations < 1:
+            raise Distill4dError(f"n_variants must be >= 0 and variant_orientations >= 1, got {self.n_variants} "
+                                 f"and {self.variant_orientations}")
         object.__setattr__(self, "space_groups", tuple(int(g) for g in self.space_groups))
 
     def to_dict(self) -> dict[str, Any]:
@@ -136,6 +143,20 @@ def build_library(config: IdentifyTrainConfig, cache_dir: Any = None) -> Any:
     )
 
 
+def build_variants(config: IdentifyTrainConfig, structures: Any, cache_dir: Any = None) -> Any:
+    """The variants of ``config`` of the library's ``structures`` (the training structures;
+    :func:`~distill4d.simulate.spots.variant_library`, resumable with ``cache_dir``)."""
+    from ..simulate.crystals import list_prototypes
+    from ..simulate.spots import variant_library
+
+    return variant_library(
+        config.space_groups, config.n_structures, structures, config.n_variants, config.variant_orientations,
+        seed=config.seed, prototypes=list_prototypes() if config.prototypes else (), max_atoms=config.max_atoms,
+        augment=True, cache_dir=cache_dir, excitation_error_inv_A=config.excitation_error_inv_A,
+        max_g_inv_A=config.max_g_inv_A,
+    )
+
+
 def encode_library(library: Any) -> np.ndarray:
     """Features ``(P, N_FEATURES)`` of every pattern of a :class:`~distill4d.simulate.spots.SpotLibrary`
     (:func:`~distill4d.identify.encode.encode_ragged`: block by block, never the whole library padded)."""
@@ -203,10 +224,23 @@ def train_identifier(config: IdentifyTrainConfig, *, cache_dir: Any = None, libr
     model = CrystalIdentifier(n_estimators=config.n_estimators, min_samples_leaf=config.min_samples_leaf,
                               seed=config.seed, max_depth=config.max_depth,
                               system_classifier=config.system_classifier)
+    Xt, sys_t, sg_t, cell_t = X[tr], lib.system[st[tr]], lib.space_group[st[tr]], lib.cellpar[st[tr]]
+    n_var = 0
+    if config.n_variants:
+        t1 = time.perf_counter()
+        vlib = build_variants(config, np.setdiff1d(np.arange(len(lib.space_group)), test), cache_dir)
+        vs = vlib.structure
+        n_var = len(vlib)
+        Xt = np.concatenate([Xt, encode_library(vlib)])
+        sys_t = np.concatenate([sys_t, vlib.system[vs]])
+        sg_t = np.concatenate([sg_t, vlib.space_group[vs]])
+        cell_t = np.concatenate([cell_t, vlib.cellpar[vs]])
+        say(f"variants: {n_var} patterns of {len(vlib.space_group)} variants ({time.perf_counter() - t1:.0f} s)")
     state, save = _fit_checkpoint(config, cache_dir, say)
-    model.fit(X[tr], lib.system[st[tr]], lib.space_group[st[tr]], lib.cellpar[st[tr]], state=state, callback=save)
+    model.fit(Xt, sys_t, sg_t, cell_t, state=state, callback=save)
     fit_s = time.perf_counter() - t0
-    say(f"trained on {int(tr.sum())} patterns of {len(lib.space_group) - test.size} structures ({fit_s:.0f} s)")
+    say(f"trained on {len(Xt)} patterns of {len(lib.space_group) - test.size} structures"
+        f"{' and their variants' if n_var else ''} ({fit_s:.0f} s)")
     metrics = evaluate(model, X[te], lib.system[st[te]], lib.space_group[st[te]], lib.cellpar[st[te]], st[te])
     save(None)
     card = {
@@ -215,7 +249,7 @@ def train_identifier(config: IdentifyTrainConfig, *, cache_dir: Any = None, libr
                   "dropped below 0.05 1/Å)", "systems": list(SYSTEMS)},
         "library": {"patterns": len(lib), "structures": int(len(lib.space_group)),
                     "train_structures": int(len(lib.space_group) - test.size), "test_structures": int(test.size),
-                    "train_patterns": int(tr.sum()), "test_patterns": int(te.sum()),
+                    "train_patterns": int(tr.sum()), "test_patterns": int(te.sum()), "variant_patterns": n_var,
                     "space_groups_trained": [int(g) for g in model.space_groups()]},
         "metrics": {"held_out": metrics, "note": "held-out structures (split by structure, never by pattern); "
                     "kinematic, augmented spot lists in random orientations"},

@@ -440,6 +440,79 @@ def _too_close(atoms: Atoms, factor: float, floor: float) -> str:
     return f"{s[i[k]]}-{s[j[k]]} at {d[k]:.3f} Å"
 
 
+def cell_variant(
+    atoms: Atoms,
+    space_group: int,
+    *,
+    rng: np.random.Generator | int,
+    length_spread: float = 0.25,
+    angle_spread_deg: float = 10.0,
+    substitute: bool = True,
+    max_tries: int = 10,
+    symprec: float = 1e-3,
+) -> Atoms | None:
+    """A cheap new crystal of the same space group: ``atoms`` with a new cell and new species.
+
+    The fractional coordinates are kept; the conventional cell's free parameters (those its
+    crystal system leaves free: every length and angle for triclinic; a, b, c and the
+    monoclinic angle; a, b, c; a = b and c; a alone for cubic) are redrawn: each free length
+    times ``exp(U(-ln(1 + length_spread), ln(1 + length_spread)))``, each free angle plus
+    ``U(-angle_spread_deg, angle_spread_deg)`` degrees. With ``substitute`` every species is
+    replaced by another of :data:`COMMON_ELEMENTS` (distinct species stay distinct). The
+    space group is checked with spglib; a draw that changes it is redrawn, up to
+    ``max_tries`` times, then None. No pyxtal call: about 1/100 of the cost of
+    :func:`random_crystal`. Interatomic distances are not checked (kinematic spot patterns
+    depend only on the cell, the fractional coordinates and the species).
+    """
+    from ase.geometry import cellpar_to_cell
+
+    _check_atoms("atoms", atoms)
+    sg = _space_group(space_group)
+    rng = _rng(rng)
+    spread = nonnegative_float("length_spread", length_spread)
+    dangle = nonnegative_float("angle_spread_deg", angle_spread_deg, maximum=30.0)
+    system = crystal_system(sg)
+    par0 = np.asarray(atoms.cell.cellpar(), dtype=np.float64)
+    free_angles = {"triclinic": [3, 4, 5]}.get(system, [])
+    if system == "monoclinic":
+        off = [k for k in (3, 4, 5) if abs(par0[k] - 90.0) > 1e-3]
+        free_angles = off[:1] or [4]
+    if system == "cubic":
+        groups = [[0, 1, 2]]
+    elif system in ("tetragonal", "trigonal", "hexagonal"):
+        same = [(i, j) for i, j in ((0, 1), (0, 2), (1, 2)) if abs(par0[i] - par0[j]) < 1e-6 * par0[i]]
+        i, j = same[0] if same else (0, 1)
+        groups = [[i, j], [3 - i - j]]
+    else:
+        groups = [[0], [1], [2]]
+    log_spread = math.log1p(spread)
+    species = sorted(set(atoms.get_chemical_symbols()))
+    for _ in range(positive_int("max_tries", max_tries)):
+        par = par0.copy()
+        for g in groups:
+            par[g] = par0[g] * math.exp(rng.uniform(-log_spread, log_spread))
+        for k in free_angles:
+            par[k] = par0[k] + rng.uniform(-dangle, dangle)
+        try:
+            cell = cellpar_to_cell(par)
+        except (ValueError, AssertionError):  # ase asserts that the angles make a cell
+            continue
+        if not np.all(np.isfinite(cell)) or abs(np.linalg.det(cell)) < 1e-3 * abs(np.linalg.det(atoms.cell)):
+            continue
+        out = atoms.copy()
+        out.set_cell(cell, scale_atoms=True)
+        if substitute:
+            new = [str(s) for s in rng.choice(COMMON_ELEMENTS, size=len(species), replace=False)]
+            mapping = dict(zip(species, new))
+            out.set_chemical_symbols([mapping[s] for s in atoms.get_chemical_symbols()])
+        try:
+            if spacegroup_number(out, symprec) == sg:
+                return out
+        except Distill4dError:
+            continue
+    return None
+
+
 # --------------------------------------------------------------------------------------------
 # Lattice helpers
 # --------------------------------------------------------------------------------------------

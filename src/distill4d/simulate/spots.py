@@ -20,7 +20,9 @@ For crystal identification the unit of data is a list of spots ``(qx, qy, intens
 :func:`augment_spots` perturbs a spot list as an experiment would (position and intensity
 noise, missing weak spots, a detector edge, a calibration error). :func:`spot_library`
 builds a labelled library (crystal system, space group, conventional lattice parameters,
-structure id for a split by structure) from pyxtal random crystals and ASE prototypes.
+structure id for a split by structure) from pyxtal random crystals and ASE prototypes;
+:func:`variant_library` adds cheap new crystals made from some of its structures (new cell
+parameters and species, same space group), for training only.
 """
 
 from __future__ import annotations
@@ -40,7 +42,8 @@ from .crystals import _rng
 if TYPE_CHECKING:  # pragma: no cover
     from ase import Atoms
 
-__all__ = ["SYSTEMS", "spot_patterns", "random_rotations", "augment_spots", "SpotLibrary", "spot_library"]
+__all__ = ["SYSTEMS", "spot_patterns", "random_rotations", "augment_spots", "SpotLibrary", "spot_library",
+           "variant_library"]
 
 #: The seven crystal systems, in the order of their space-group numbers (class indices).
 SYSTEMS = ("triclinic", "monoclinic", "orthorhombic", "tetragonal", "trigonal", "hexagonal", "cubic")
@@ -257,6 +260,114 @@ class SpotLibrary:
             return cls(**{f.name: z[f.name] for f in dataclasses.fields(cls)})
 
 
+def _library_jobs(space_groups: Sequence[int], n_structures: int, prototypes: Sequence[str]) -> list[tuple[str, Any]]:
+    """One ``(kind, what)`` per structure of a library, in its order: ``("sg", number)`` for each
+    random crystal, ``("proto", name)`` for each prototype."""
+    n_s = positive_int("n_structures", n_structures)
+    jobs: list[tuple[str, Any]] = [("sg", int(sg)) for sg in space_groups for _ in range(n_s)]
+    jobs += [("proto", str(p)) for p in prototypes]
+    if not jobs:
+        raise Distill4dError("spot_library needs at least one space group or prototype")
+    return jobs
+
+
+def _job_crystal(job: tuple[str, Any], rng: np.random.Generator, max_atoms: int) -> tuple["Atoms", int, str]:
+    """``(atoms, space group, name)`` of a library job (a random crystal draws from ``rng``)."""
+    from .crystals import prototype, random_crystal, spacegroup_number
+
+    kind, what = job
+    if kind == "sg":
+        atoms = random_crystal(what, rng=rng, max_atoms=max_atoms)
+        return atoms, int(what), f"sg{what}-{atoms.get_chemical_formula()}"
+    atoms = prototype(what)
+    return atoms, spacegroup_number(atoms), str(what)
+
+
+def _structure_spots(atoms: "Atoms", n_or: int, rng: np.random.Generator, augment: bool, min_spots: int,
+                     pattern_kwargs: dict[str, Any]) -> tuple[list[np.ndarray], np.ndarray]:
+    """The patterns of one crystal, as ``([qx, qy, intensity] concatenated, counts)``: ``n_or``
+    random orientations by :func:`spot_patterns`, augmented if asked, lists under ``min_spots`` left out."""
+    mine = []
+    for qx, qy, it in spot_patterns(atoms, n_or, rng=rng, **pattern_kwargs):
+        if augment:
+            qx, qy, it = augment_spots(qx, qy, it, rng=rng)
+        if qx.size >= min_spots:
+            mine.append((qx, qy, it))
+    cat = [np.asarray(np.concatenate([m[c] for m in mine]) if mine else np.zeros(0), dtype=np.float64)
+           for c in range(3)]
+    return cat, np.array([m[0].size for m in mine], dtype=np.int64)
+
+
+class _Collected:
+    """Spot lists and labels gathered structure by structure, then one :class:`SpotLibrary`."""
+
+    def __init__(self) -> None:
+        self.flat: list[list[np.ndarray]] = [[], [], []]  # qx, qy, intensity: one array per structure
+        self.counts: list[np.ndarray] = []
+        self.struct_of: list[np.ndarray] = []
+        self.sgs: list[int] = []
+        self.cellpars: list[np.ndarray] = []
+        self.names: list[str] = []
+
+    def add(self, cat: Sequence[np.ndarray], counts: np.ndarray, structure_of: np.ndarray, space_groups: Any,
+            cellpars: Any, names: Any) -> None:
+        """The patterns of one shard; ``structure_of`` (per pattern) counts from 0 within it."""
+        for c in range(3):
+            self.flat[c].append(np.asarray(cat[c], dtype=np.float64))
+        self.counts.append(np.asarray(counts, dtype=np.int64))
+        self.struct_of.append(np.asarray(structure_of, dtype=np.int64) + len(self.sgs))
+        self.sgs += [int(g) for g in np.atleast_1d(space_groups)]
+        self.cellpars += list(np.asarray(cellpars, dtype=np.float64).reshape(-1, 6))
+        self.names += [str(n) for n in np.atleast_1d(names)]
+
+    def library(self) -> SpotLibrary:
+        from .crystals import crystal_system
+
+        spots = []
+        for c in range(3):  # concatenated one column at a time, freeing the pieces as it goes
+            spots.append(np.concatenate(self.flat[c]) if self.flat[c] else np.zeros(0))
+            self.flat[c] = []
+        return SpotLibrary(
+            spots[0], spots[1], spots[2], np.concatenate(self.counts) if self.counts else np.zeros(0, np.int64),
+            np.concatenate(self.struct_of) if self.struct_of else np.zeros(0, np.int64),
+            np.asarray(self.sgs, dtype=np.int64),
+            np.asarray([SYSTEMS.index(crystal_system(g)) for g in self.sgs], dtype=np.int64),
+            np.asarray(self.cellpars, dtype=np.float64).reshape(-1, 6), np.asarray(self.names, dtype=str),
+        )
+
+
+def _cache(cache_dir: Any) -> Any:
+    from pathlib import Path
+
+    if cache_dir is None:
+        return None
+    cache = Path(cache_dir)
+    if not cache.is_dir():
+        raise Distill4dError(f"cache_dir {cache} is not an existing folder")
+    return cache
+
+
+def _read_shard(shard: Any, key: str, cache: Any) -> dict[str, np.ndarray] | None:
+    """The arrays of a cached shard written with ``key`` (None if there is none); another key raises."""
+    if shard is None or not shard.is_file():
+        return None
+    with np.load(shard, allow_pickle=False) as z:
+        if str(z["key"]) != key:
+            raise Distill4dError(
+                f"cache_dir {cache} holds a library built with other arguments ({shard.name}); "
+                f"use another folder or empty it"
+            )
+        # each array read once: z[name] reads the whole array again at every access
+        return {name: z[name] for name in z.files}
+
+
+def _write_shard(shard: Any, **arrays: Any) -> None:
+    from .._atomic import atomic_output
+
+    with atomic_output(shard) as tmp, open(tmp, "xb") as fh:
+        np.savez(fh, **arrays)
+
+
 def spot_library(
     space_groups: Sequence[int],
     n_structures: int = 4,
@@ -284,86 +395,104 @@ def spot_library(
     written with other arguments raises :class:`Distill4dError`.
     """
     import json
-    from pathlib import Path
-    from .crystals import crystal_system, prototype, random_crystal, spacegroup_number
 
-    n_s = positive_int("n_structures", n_structures)
+    jobs = _library_jobs(space_groups, n_structures, prototypes)
     n_or = positive_int("n_orientations", n_orientations)
     min_spots = positive_int("min_spots", min_spots)
-    jobs: list[tuple[str, Any]] = [("sg", int(sg)) for sg in space_groups for _ in range(n_s)]
-    jobs += [("proto", str(p)) for p in prototypes]
-    if not jobs:
-        raise Distill4dError("spot_library needs at least one space group or prototype")
-    cache = None
-    if cache_dir is not None:
-        cache = Path(cache_dir)
-        if not cache.is_dir():
-            raise Distill4dError(f"cache_dir {cache} is not an existing folder")
+    cache = _cache(cache_dir)
     key = json.dumps(
         [list(map(str, jobs)), n_or, int(seed), max_atoms, bool(augment), min_spots,
          sorted((k, repr(v)) for k, v in pattern_kwargs.items())]
     )
-    flat: list[list[np.ndarray]] = [[], [], []]  # qx, qy, intensity: one flat array per structure
-    counts: list[np.ndarray] = []
-    struct_of: list[np.ndarray] = []
-    sgs, systems, cellpars, names = [], [], [], []
-    for i, (kind, what) in enumerate(jobs):
+    out = _Collected()
+    for i, job in enumerate(jobs):
         shard = None if cache is None else cache / f"structure_{i:05d}.npz"
-        if shard is not None and shard.is_file():
-            with np.load(shard, allow_pickle=False) as z:
-                if str(z["key"]) != key:
-                    raise Distill4dError(
-                        f"cache_dir {cache} holds a library built with other arguments ({shard.name}); "
-                        f"use another folder or empty it"
-                    )
-                sgs.append(int(z["space_group"]))
-                systems.append(SYSTEMS.index(crystal_system(int(z["space_group"]))))
-                cellpars.append(z["cellpar"])
-                names.append(str(z["name"]))
-                # each array read once: z[name] reads the whole array again at every access, and a
-                # slice of it kept per pattern held one copy of the structure's spots per pattern
-                counts.append(z["counts"].astype(np.int64))
-                for c, name in enumerate(("qx", "qy", "intensity")):
-                    flat[c].append(np.asarray(z[name], dtype=np.float64))
-                struct_of.append(np.full(counts[-1].size, i, dtype=np.int64))
-            continue
-        rng = np.random.default_rng([seed, i])
-        if kind == "sg":
-            atoms = random_crystal(what, rng=rng, max_atoms=max_atoms)
-            sg = what
-            name = f"sg{sg}-{atoms.get_chemical_formula()}"
-        else:
-            atoms = prototype(what)
-            sg = spacegroup_number(atoms)
-            name = what
-        sgs.append(sg)
-        systems.append(SYSTEMS.index(crystal_system(sg)))
-        cellpars.append(atoms.cell.cellpar())
-        names.append(name)
-        mine = []
-        for qx, qy, it in spot_patterns(atoms, n_or, rng=rng, **pattern_kwargs):
-            if augment:
-                qx, qy, it = augment_spots(qx, qy, it, rng=rng)
-            if qx.size >= min_spots:
-                mine.append((qx, qy, it))
-        cat = [np.concatenate([m[c] for m in mine]) if mine else np.zeros(0) for c in range(3)]
-        counts.append(np.array([m[0].size for m in mine], dtype=np.int64))
-        for c in range(3):
-            flat[c].append(np.asarray(cat[c], dtype=np.float64))
-        struct_of.append(np.full(len(mine), i, dtype=np.int64))
-        if shard is not None:
-            from .._atomic import atomic_output
+        z = _read_shard(shard, key, cache)
+        if z is None:
+            rng = np.random.default_rng([seed, i])
+            atoms, sg, name = _job_crystal(job, rng, max_atoms)
+            cat, counts = _structure_spots(atoms, n_or, rng, augment, min_spots, pattern_kwargs)
+            z = {"space_group": np.array(sg), "cellpar": atoms.cell.cellpar(), "name": np.array(name),
+                 "counts": counts, "qx": cat[0], "qy": cat[1], "intensity": cat[2]}
+            if shard is not None:
+                _write_shard(shard, key=np.array(key), **z)
+        out.add((z["qx"], z["qy"], z["intensity"]), z["counts"], np.zeros(z["counts"].size, np.int64),
+                z["space_group"], z["cellpar"], z["name"])
+    return out.library()
 
-            with atomic_output(shard) as tmp, open(tmp, "xb") as fh:
-                np.savez(fh, key=np.array(key), space_group=np.array(sg), cellpar=cellpars[-1],
-                         name=np.array(name), counts=counts[-1], qx=cat[0], qy=cat[1], intensity=cat[2])
-    spots = []
-    for c in range(3):  # concatenated one column at a time, freeing the pieces as it goes
-        spots.append(np.concatenate(flat[c]) if flat[c] else np.zeros(0))
-        flat[c] = []
-    return SpotLibrary(
-        spots[0], spots[1], spots[2], np.concatenate(counts) if counts else np.zeros(0, np.int64),
-        np.concatenate(struct_of) if struct_of else np.zeros(0, np.int64),
-        np.asarray(sgs, dtype=np.int64), np.asarray(systems, dtype=np.int64),
-        np.asarray(cellpars, dtype=np.float64).reshape(-1, 6), np.asarray(names, dtype=str),
+
+def variant_library(
+    space_groups: Sequence[int],
+    n_structures: int,
+    structures: Sequence[int],
+    n_variants: int = 8,
+    n_orientations: int = 10,
+    *,
+    seed: int = 0,
+    prototypes: Sequence[str] = (),
+    max_atoms: int = 24,
+    augment: bool = False,
+    min_spots: int = 3,
+    length_spread: float = 0.25,
+    angle_spread_deg: float = 10.0,
+    cache_dir: Any = None,
+    **pattern_kwargs: Any,
+) -> SpotLibrary:
+    """Spot lists of cheap new crystals made from some structures of a :func:`spot_library`.
+
+    For each index ``i`` of ``structures`` (indices of the library of ``space_groups``,
+    ``n_structures``, ``seed``, ``prototypes`` and ``max_atoms``: give the training structures
+    only, so that no variant of a held-out structure is trained on), the structure is rebuilt as
+    that library builds it, and ``n_variants`` variants of it are made by
+    :func:`~distill4d.simulate.crystals.cell_variant` (new free cell parameters within
+    ``length_spread`` and ``angle_spread_deg``, new species; same space group), each seen along
+    ``n_orientations`` random orientations as :func:`spot_library` sees a structure. Every
+    variant is a structure of the result (its own lattice parameters; ``name`` ends in
+    ``/v<k>``), in the order of ``structures``. Deterministic for ``seed``; resumable with
+    ``cache_dir`` (``variants_00000.npz`` ..., one per parent structure).
+    """
+    import json
+
+    from .crystals import cell_variant
+
+    jobs = _library_jobs(space_groups, n_structures, prototypes)
+    n_v = positive_int("n_variants", n_variants)
+    n_or = positive_int("n_orientations", n_orientations)
+    min_spots = positive_int("min_spots", min_spots)
+    idx = [int(i) for i in structures]
+    if any(not 0 <= i < len(jobs) for i in idx):
+        raise Distill4dError(f"structures must be indices in 0..{len(jobs) - 1} of the library's structures")
+    cache = _cache(cache_dir)
+    key = json.dumps(
+        [list(map(str, jobs)), n_v, n_or, int(seed), max_atoms, bool(augment), min_spots, float(length_spread),
+         float(angle_spread_deg), sorted((k, repr(v)) for k, v in pattern_kwargs.items())]
     )
+    out = _Collected()
+    for i in idx:
+        shard = None if cache is None else cache / f"variants_{i:05d}.npz"
+        z = _read_shard(shard, key, cache)
+        if z is None:
+            atoms, sg, name = _job_crystal(jobs[i], np.random.default_rng([seed, i]), max_atoms)
+            rng = np.random.default_rng([seed, i, 1])
+            parts, counts, which, cellpars, names = [], [], [], [], []
+            for k in range(n_v):
+                v = cell_variant(atoms, sg, rng=rng, length_spread=length_spread, angle_spread_deg=angle_spread_deg)
+                if v is None:
+                    continue
+                cat, c = _structure_spots(v, n_or, rng, augment, min_spots, pattern_kwargs)
+                parts.append(cat)
+                counts.append(c)
+                which.append(np.full(c.size, len(names), dtype=np.int64))
+                cellpars.append(v.cell.cellpar())
+                names.append(f"{name}/v{k}")
+            z = {"space_group": np.full(len(names), sg, dtype=np.int64),
+                 "cellpar": np.asarray(cellpars, dtype=np.float64).reshape(-1, 6), "name": np.asarray(names, dtype=str),
+                 "counts": np.concatenate(counts) if counts else np.zeros(0, np.int64),
+                 "variant": np.concatenate(which) if which else np.zeros(0, np.int64)}
+            for c, col in enumerate(("qx", "qy", "intensity")):
+                z[col] = np.concatenate([p[c] for p in parts]) if parts else np.zeros(0)
+            if shard is not None:
+                _write_shard(shard, key=np.array(key), **z)
+        out.add((z["qx"], z["qy"], z["intensity"]), z["counts"], z["variant"], z["space_group"], z["cellpar"],
+                z["name"])
+    return out.library()
