@@ -18,7 +18,7 @@ trained on) and reports on the held-out structures:
 (scikit-learn HistGradientBoosting) on the same training structures and reports it beside
 the forest. ``--compare-model M.npz`` also reports another model file (its card ``M.json``
 beside it) on the same held-out structures, less those that its own library also holds (so
-that neither model saw them). ``--mlp-curve`` trains the shipped recipe's MLP (crystal system)
+that neither model saw them), or all of them where its library and split are this one's. ``--mlp-curve`` trains the shipped recipe's MLP (crystal system)
 on 80, 160, 321, 640 and all the training structures and reports it on the same held-out
 structures: the learning curve; ``--setnet-curve`` adds the set network of
 :mod:`distill4d.identify.setnet` on the spot lists (one thread). Each size's result is kept in the ``--cache`` folder;
@@ -34,8 +34,9 @@ the peak resident memory of the run is reported.
         --compare-model OLD.npz
 
 ``--cache``: the folder of the shipped card's command (its library is read from there, or built
-there, resumably). ``OLD.npz`` in RESULTS.md is the model shipped before the 5x library, with its
-card: ``git show 77c18a8:src/distill4d/weights/identify_forest.npz > OLD.npz`` (and ``.json``).
+there, resumably). ``OLD.npz`` in RESULTS.md is the model shipped before the training variants (the
+same library and split), with its card: ``git show 44d4e31:src/distill4d/weights/identify_forest.npz
+> OLD.npz`` (and ``.json``).
 """
 
 from __future__ import annotations
@@ -125,13 +126,17 @@ def _compare(path, config, lib, X, test):
     from distill4d.identify import load_default
 
     other = _config(json.loads(Path(path).with_suffix(".json").read_text()))
-    theirs = set(_jobs(other))
-    mine = _jobs(config)
-    fair = np.array([j for j in test if mine[j] not in theirs], dtype=np.int64)
+    same = ("space_groups", "n_structures", "prototypes", "max_atoms", "holdout", "seed")
+    if all(getattr(other, k) == getattr(config, k) for k in same):
+        fair = np.asarray(test, dtype=np.int64)  # the same structures and split: it never trained on these
+    else:  # another library: leave out every held-out structure it holds (it may have trained on them)
+        theirs = set(_jobs(other))
+        mine = _jobs(config)
+        fair = np.array([j for j in test if mine[j] not in theirs], dtype=np.int64)
     st = lib.structure
     te = np.isin(st, fair)
     out = {"held_out_structures": int(fair.size), "left_out_structures": int(test.size - fair.size),
-           "other_config": {k: getattr(other, k) for k in ("n_structures", "n_estimators", "max_depth",
+           "other_config": {k: getattr(other, k) for k in ("n_structures", "n_variants", "n_estimators", "max_depth",
                                                             "min_samples_leaf", "system_classifier")}}
     for name, model in (("shipped", load_default()), ("other", CrystalIdentifier.load(path))):
         r = evaluate(model, X[te], lib.system[st[te]], lib.space_group[st[te]], lib.cellpar[st[te]], st[te])
@@ -276,7 +281,12 @@ def main() -> None:
          f"systems ({config.n_structures} each) plus the ASE prototypes, {config.n_orientations} random orientations "
          f"each, kinematic spots (excitation error {config.excitation_error_inv_A} 1/Å, |g| <= {config.max_g_inv_A} "
          f"1/Å), augmented: {len(lib)} patterns of {len(lib.space_group)} structures. Held out by structure: "
-         f"{test.size} structures ({int(te.sum())} patterns), a quarter of every crystal system's.", "",
+         f"{test.size} structures ({int(te.sum())} patterns), a quarter of every crystal system's."
+         + (f" Training also saw {config.n_variants} variants of every training structure "
+            f"(`simulate.crystals.cell_variant`: new free cell parameters within 25 % and 10°, new species, the same "
+            f"space group and fractional coordinates), {config.variant_orientations} orientations each "
+            f"({card['library'].get('variant_patterns', '?')} patterns); never of a held-out structure."
+            if config.n_variants else ""), "",
          "| measure | value |", "|---|---|",
          f"| crystal system, one pattern | {r['system_accuracy']:.3f} (top-2 {r['system_top2_accuracy']:.3f}; most "
          f"common class {r['most_common_system_fraction']:.3f}) |",
@@ -300,10 +310,14 @@ def main() -> None:
     if args.compare_model:
         c = result["compare_model"]
         o = c["other_config"]
+        variants = f"{o['n_variants']} variants of each" if o.get("n_variants") else "no variants"
+        left = (f"(the {c['left_out_structures']} held-out structures its library also holds left out)"
+                if c["left_out_structures"] else "(its library and split are this one's)")
         L += ["", f"The shipped model beside `OLD.npz` (the model shipped before, trained on the library of "
-              f"{o['n_structures']} random crystals per group: {o['n_estimators']} trees, depth <= {o['max_depth']}, "
-              f"leaves >= {o['min_samples_leaf']}) on the same {c['held_out_structures']} held-out structures "
-              f"(the {c['left_out_structures']} held-out structures its library also holds left out):", "",
+              f"{o['n_structures']} random crystals per group, "
+              f"{variants}: "
+              f"{o['n_estimators']} trees, depth <= {o['max_depth']}, leaves >= {o['min_samples_leaf']}) on the same "
+              f"{c['held_out_structures']} held-out structures {left}:", "",
               "| model | system, 1 / 10 patterns | space group, 1 / 10 patterns | a, b, c median rel. error | "
               "cubic a median error |", "|---|---|---|---|---|"]
         for name, label in (("shipped", "shipped"), ("other", "OLD.npz")):
@@ -312,9 +326,9 @@ def main() -> None:
                      f"{q['space_group_accuracy']:.3f} / {q['space_group_accuracy_10_patterns_log']:.3f} | "
                      f"{q['lattice_abc_median_rel_error_true_system']:.3f} | {q['cubic_a_median_abs_error_A']} Å |")
     if args.mlp_curve and not args.setnet_curve:
-        L += ["", "Learning curve of the crystal-system classifier (the shipped recipe's MLP on the encoded features; "
-              "same held-out structures; trained on a random subset of the training structures, seeded; one "
-              "thread). One pattern / 10 patterns (log), fit time:", "",
+        L += ["", "Learning curve of the crystal-system classifier (the shipped recipe's MLP on the encoded features"
+              f"{', without the variants' if config.n_variants else ''}; same held-out structures; trained on a random "
+              "subset of the training structures, seeded; one thread). One pattern / 10 patterns (log), fit time:", "",
               "| training structures (patterns) | MLP (shipped recipe) |", "|---|---|"]
         L += [f"| {c['train_structures']} ({c['train_patterns']}) | {c['mlp'][0]:.3f} / {c['mlp'][1]:.3f} "
               f"({c['mlp'][2]:.0f} s) |" for c in result["learning_curve"]]

@@ -12,7 +12,8 @@ orientations each and, as the control with the same number of patterns, K x N mo
 orientations of the structure itself; augmented as the library is; one file per structure
 (resumable). `--fit DIR --cache LIB`: the shipped recipe's MLP on the library's training
 patterns alone, plus the control, plus the variants; scored on the held-out structures
-(one pattern / 10 patterns, log aggregation). Prints its rows; writes nothing else.
+(one pattern / 10 patterns, log aggregation); `--validation`: on a quarter of the training
+structures instead, trained on the rest. Prints its rows; writes nothing else.
 """
 
 from __future__ import annotations
@@ -109,19 +110,23 @@ def fit(args, config):
     X = encode_library(lib)
     st = lib.structure
     test = split_by_structure(lib.system, config.holdout, config.seed)
-    te = np.isin(st, test)
     train = np.setdiff1d(np.arange(len(lib.system)), test)
+    if args.validation:  # choose on the training structures: a quarter of each system's held out from them
+        sub = split_by_structure(lib.system[train], config.holdout, config.seed + 1)
+        test, train = train[sub], np.setdiff1d(train, train[sub])
+    te = np.isin(st, test)
     y = lib.system[st]
     extra = {}
     for kind in ("control", "variants"):
         qx, qy, it, counts, struct = _read(args.fit, kind, train)
         extra[kind] = (encode_ragged(qx, qy, it, counts), lib.system[struct])
         print(f"{kind}: {counts.size} patterns", flush=True)
-    rows = {"library": (X[~te], y[~te])}
-    rows["library + control"] = (np.concatenate([X[~te], extra["control"][0]]),
-                                 np.concatenate([y[~te], extra["control"][1]]))
-    rows["library + variants"] = (np.concatenate([X[~te], extra["variants"][0]]),
-                                  np.concatenate([y[~te], extra["variants"][1]]))
+    tr = np.isin(st, train)
+    rows = {"library": (X[tr], y[tr])}
+    rows["library + control"] = (np.concatenate([X[tr], extra["control"][0]]),
+                                 np.concatenate([y[tr], extra["control"][1]]))
+    rows["library + variants"] = (np.concatenate([X[tr], extra["variants"][0]]),
+                                  np.concatenate([y[tr], extra["variants"][1]]))
     result = {}
     for name in args.rows:
         Xtr, ytr = rows[name]
@@ -148,6 +153,8 @@ def main() -> None:
     ap.add_argument("--length-spread", type=float, default=0.25)
     ap.add_argument("--rows", nargs="+", default=["library", "library + control", "library + variants"])
     ap.add_argument("--seeds", type=int, nargs="+", default=[1])
+    ap.add_argument("--validation", action="store_true",
+                    help="score on a quarter of the training structures (trained on the rest), not the held-out ones")
     args = ap.parse_args()
     card = json.loads(Path(str(default_model_path())).with_suffix(".json").read_text())
     config = _config(card)
