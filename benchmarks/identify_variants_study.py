@@ -27,67 +27,49 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from identify_benchmark import _accuracy, _config, _jobs  # noqa: E402
+from identify_benchmark import _accuracy, _config  # noqa: E402
 
 from distill4d.identify.apply import default_model_path  # noqa: E402
 from distill4d.identify.encode import encode_ragged, shape_features  # noqa: E402
 from distill4d.identify.models import SYSTEMS, _fit_mlp  # noqa: E402
 from distill4d.identify.train import build_library, encode_library, split_by_structure  # noqa: E402
 from distill4d.simulate.crystals import (  # noqa: E402
-    cell_variant, crystal_system, prototype, random_crystal, spacegroup_number)
-from distill4d.simulate.spots import augment_spots, spot_patterns  # noqa: E402
+    cell_variant, crystal_system, list_prototypes, prototype, spacegroup_number)
+from distill4d.simulate.spots import _job_crystal, _library_jobs, _structure_spots, _write_shard  # noqa: E402
 
 
 def _structures(config):
-    """``(kind, what)`` per structure and its crystal-system index, in the library's order."""
-    out = []
-    for key in _jobs(config):
-        if key[0] == "sg":
-            out.append((("sg", key[1]), SYSTEMS.index(crystal_system(key[1]))))
-        else:
-            sg = spacegroup_number(prototype(key[1]))
-            out.append((("proto", key[1]), SYSTEMS.index(crystal_system(sg))))
-    return out
+    """The library's jobs (``spot_library``'s order) and each one's crystal-system index."""
+    jobs = _library_jobs(config.space_groups, config.n_structures, list_prototypes() if config.prototypes else ())
+    sgs = [what if kind == "sg" else spacegroup_number(prototype(what)) for kind, what in jobs]
+    return jobs, np.array([SYSTEMS.index(crystal_system(g)) for g in sgs])
 
 
-def _patterns(atoms, n, rng, config):
-    rows = []
-    for qx, qy, it in spot_patterns(atoms, n, rng=rng, excitation_error_inv_A=config.excitation_error_inv_A,
-                                    max_g_inv_A=config.max_g_inv_A):
-        qx, qy, it = augment_spots(qx, qy, it, rng=rng)
-        if qx.size >= 3:
-            rows.append((qx, qy, it))
-    return rows
-
-
-def _save(path, rows):
-    counts = np.array([r[0].size for r in rows], dtype=np.int64)
-    cat = [np.concatenate([r[c] for r in rows]) if rows else np.zeros(0) for c in range(3)]
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, counts=counts, qx=cat[0], qy=cat[1], intensity=cat[2])
-    tmp.rename(path)
+def _save(path, parts):
+    """The ``(cat, counts)`` parts of ``_structure_spots``, one file (atomic)."""
+    _write_shard(path, counts=np.concatenate([c for _, c in parts]) if parts else np.zeros(0, np.int64),
+                 **{k: np.concatenate([p[c] for p, _ in parts]) if parts else np.zeros(0)
+                    for c, k in enumerate(("qx", "qy", "intensity"))})
 
 
 def make(args, config):
     out = Path(args.make)
     out.mkdir(parents=True, exist_ok=True)
-    structs = _structures(config)
-    system = np.array([s for _, s in structs])
+    jobs, system = _structures(config)
     test = set(split_by_structure(system, config.holdout, config.seed).tolist())
+    kw = {"excitation_error_inv_A": config.excitation_error_inv_A, "max_g_inv_A": config.max_g_inv_A}
     t0 = time.perf_counter()
-    for i, ((kind, what), _) in enumerate(structs):
+    for i, job in enumerate(jobs):
         if i in test or (out / f"variants_{i:05d}.npz").is_file():
             continue
-        rng = np.random.default_rng([config.seed, i])
-        atoms = random_crystal(what, rng=rng, max_atoms=config.max_atoms) if kind == "sg" else prototype(what)
-        sg = what if kind == "sg" else spacegroup_number(atoms)
+        atoms, sg, _ = _job_crystal(job, np.random.default_rng([config.seed, i]), config.max_atoms)
         vr = np.random.default_rng([config.seed, i, 7])
-        control = _patterns(atoms, args.variants * args.orientations, vr, config)
+        control = [_structure_spots(atoms, args.variants * args.orientations, vr, True, 3, kw)]
         var = []
         for _ in range(args.variants):
             v = cell_variant(atoms, sg, rng=vr, length_spread=args.length_spread)
             if v is not None:
-                var += _patterns(v, args.orientations, vr, config)
+                var.append(_structure_spots(v, args.orientations, vr, True, 3, kw))
         _save(out / f"control_{i:05d}.npz", control)
         _save(out / f"variants_{i:05d}.npz", var)
         if i % 100 == 0:

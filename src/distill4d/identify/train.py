@@ -42,8 +42,9 @@ class IdentifyTrainConfig:
     cheap variants of every training structure (new cell parameters and species, same space
     group: :func:`~distill4d.simulate.spots.variant_library`), ``variant_orientations``
     patterns each. Split: ``holdout`` of every system's structures held out. Forests:
-    ``n_estimators`` trees, ``max_depth``, ``min_samples_leaf``; the crystal system by ``system_classifier`` ("mlp", a multilayer
-    perceptron trained with PyTorch, or "forest"). ``seed`` seeds the library, the split and the forests.
+    ``n_estimators`` trees, ``max_depth``, ``min_samples_leaf``; the crystal system by
+    ``system_classifier`` ("mlp", a multilayer perceptron trained with PyTorch, or "forest").
+    ``seed`` seeds the library, the split and the forests.
     """
 
     space_groups: tuple[int, ...] = DEFAULT_SPACE_GROUPS
