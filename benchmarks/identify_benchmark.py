@@ -14,9 +14,9 @@ trained on) and reports on the held-out structures:
   absolute error of the cubic a (Å) and of the angles;
 - speed: encoding and prediction (patterns/s), and the time for a 256 x 256 scan's peaks.
 
-``--compare-hgb`` also trains a gradient-boosted crystal-system classifier
-(scikit-learn HistGradientBoosting) on the same training structures and reports it beside
-the forest. ``--compare-model M.npz`` also reports another model file (its card ``M.json``
+``--compare-hgb`` and ``--compare-forest`` also train a gradient-boosted (scikit-learn
+HistGradientBoosting) and a random-forest crystal-system classifier (the baseline) on the same
+training patterns (the library's, without variants) and report them beside the shipped model. ``--compare-model M.npz`` also reports another model file (its card ``M.json``
 beside it) on the same held-out structures, less those that its own library also holds (so
 that neither model saw them), or all of them where its library and split are this one's. ``--mlp-curve`` trains the shipped recipe's MLP (crystal system)
 on 80, 160, 321, 640 and all the training structures and reports it on the same held-out
@@ -30,13 +30,13 @@ unless ``--no-results``.
 The library is read and encoded block by block (:func:`distill4d.identify.train.encode_library`);
 the peak resident memory of the run is reported.
 
-    PYTHONPATH=src python benchmarks/identify_benchmark.py --cache benchmarks/data/idlib60 --compare-hgb --mlp-curve \
+    PYTHONPATH=src python benchmarks/identify_benchmark.py --cache benchmarks/data/idlib60 --compare-hgb --compare-forest --mlp-curve \
         --compare-model OLD.npz
 
 ``--cache``: the folder of the shipped card's command (its library is read from there, or built
-there, resumably). ``OLD.npz`` in RESULTS.md is the model shipped before the training variants (the
-same library and split), with its card: ``git show 44d4e31:src/distill4d/weights/identify_forest.npz
-> OLD.npz`` (and ``.json``).
+there, resumably). ``OLD.npz`` in RESULTS.md is the model shipped before, trained with 8 variants of each training
+structure instead of 24 (the same library and split), with its card: ``git show
+9100cd4:src/distill4d/weights/identify_forest.npz > OLD.npz`` (and ``.json``).
 """
 
 from __future__ import annotations
@@ -60,23 +60,23 @@ from distill4d.identify.models import SYSTEMS, CrystalIdentifier, aggregate
 from distill4d.identify.train import IdentifyTrainConfig, build_library, encode_library, evaluate, split_by_structure
 
 
-def _hgb(X, y, tr, te, structure, seed, group):
-    from sklearn.ensemble import HistGradientBoostingClassifier
+def _baseline(kind, X, y, tr, te, structure, seed, group):
+    """A crystal-system classifier on the library's training patterns (no variants), scored as the MLP is:
+    ``kind`` "hgb" (HistGradientBoosting, 200 iterations) or "forest" (50 trees, depth <= 14, leaves >= 25,
+    the forests of the model shipped before the variants)."""
+    from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
 
     t0 = time.perf_counter()
-    m = HistGradientBoostingClassifier(max_iter=200, learning_rate=0.1, random_state=seed, early_stopping=False)
+    if kind == "hgb":
+        m = HistGradientBoostingClassifier(max_iter=200, learning_rate=0.1, random_state=seed, early_stopping=False)
+    else:
+        m = RandomForestClassifier(n_estimators=50, max_depth=14, min_samples_leaf=25, random_state=seed, n_jobs=1)
     m.fit(shape_features(X[tr]), y[tr])
     fit_s = time.perf_counter() - t0
     proba = np.zeros((int(te.sum()), len(SYSTEMS)))
     proba[:, m.classes_] = m.predict_proba(shape_features(X[te]))
-    yt, st = y[te], structure[te]
-    agg = []
-    for j in np.unique(st):
-        rows = np.flatnonzero(st == j)
-        for g in range(len(rows) // group):
-            agg.append(aggregate(proba[rows[g * group : (g + 1) * group]], "log").argmax() == yt[rows[0]])
-    return {"system_accuracy": round(float(np.mean(proba.argmax(1) == yt)), 3),
-            f"system_accuracy_{group}_patterns_log": round(float(np.mean(agg)), 3), "fit_s": round(fit_s, 1)}
+    one, agg = _accuracy(proba, y[te], structure[te], group)
+    return {"system_accuracy": one, f"system_accuracy_{group}_patterns_log": agg, "fit_s": round(fit_s, 1)}
 
 
 #: Training-structure counts of the learning curve (the last: all of them; 321 were all of the
@@ -213,6 +213,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cache", default=None, help="library folder (resumable build; reused when present)")
     ap.add_argument("--compare-hgb", action="store_true", help="also a gradient-boosted system classifier")
+    ap.add_argument("--compare-forest", action="store_true", help="also a random-forest system classifier (the baseline)")
     ap.add_argument("--setnet-curve", action="store_true",
                     help="learning curve of the MLP and the set network (needs --cache; resumable)")
     ap.add_argument("--mlp-curve", action="store_true", help="learning curve of the MLP alone (needs --cache)")
@@ -251,7 +252,9 @@ def main() -> None:
               "predict_patterns_per_s": round(predict_rate),
               "scan_256x256_s": round(65536 / encode_rate + 65536 / predict_rate, 1)}
     if args.compare_hgb:
-        result["hgb_system"] = _hgb(X, lib.system[st], ~te, te, st, config.seed, 10)
+        result["hgb_system"] = _baseline("hgb", X, lib.system[st], ~te, te, st, config.seed, 10)
+    if args.compare_forest:
+        result["forest_system"] = _baseline("forest", X, lib.system[st], ~te, te, st, config.seed, 10)
     if args.compare_model:
         result["compare_model"] = _compare(args.compare_model, config, lib, X, test)
     if args.setnet_curve or args.mlp_curve:
@@ -270,6 +273,7 @@ def main() -> None:
     conf = np.asarray(r["confusion_matrix"])
     L = ["## Crystal identification (the shipped model on held-out structures)", "",
          f"`benchmarks/identify_benchmark.py --cache LIB{' --compare-hgb' if args.compare_hgb else ''}"
+         f"{' --compare-forest' if args.compare_forest else ''}"
          f"{' --setnet-curve' if args.setnet_curve else ''}{' --mlp-curve' if args.mlp_curve else ''}"
          f"{' --compare-model OLD.npz' if args.compare_model else ''}` "
          "(the shipped model, `distill4d/weights/identify_forest.npz`: an MLP for the crystal system, random forests "
@@ -305,8 +309,14 @@ def main() -> None:
          f"{result['peak_rss_MB']} MB |"]
     if args.compare_hgb:
         h = result["hgb_system"]
-        L.append(f"| gradient boosting (system only, same split): one pattern / 10 patterns | "
-                 f"{h['system_accuracy']:.3f} / {h['system_accuracy_10_patterns_log']:.3f} (fit {h['fit_s']} s) |")
+        L.append(f"| gradient boosting (system only, same split, the library's training patterns without variants): "
+                 f"one pattern / 10 patterns | {h['system_accuracy']:.3f} / {h['system_accuracy_10_patterns_log']:.3f} "
+                 f"(fit {h['fit_s']} s) |")
+    if args.compare_forest:
+        h = result["forest_system"]
+        L.append(f"| random forest, the baseline (system only, same split and patterns as gradient boosting; 50 trees, "
+                 f"depth <= 14, leaves >= 25): one pattern / 10 patterns | {h['system_accuracy']:.3f} / "
+                 f"{h['system_accuracy_10_patterns_log']:.3f} (fit {h['fit_s']} s) |")
     if args.compare_model:
         c = result["compare_model"]
         o = c["other_config"]
