@@ -195,12 +195,32 @@ def test_cli_train_identify_with_variants(tmp_path, capsys):
 
     out = tmp_path / "m.npz"
     args = ["train", "identify", "--out", str(out), "--structures", "1", "--space-groups", "225", "194",
-            "--orientations", "6", "--variants", "1", "--variant-orientations", "3", "--trees", "3",
-            "--max-depth", "6", "--system-classifier", "forest"]
+            "--orientations", "6", "--variants", "1", "--variant-orientations", "3", "--zone-variants", "1",
+            "--zone-orientations", "2", "--trees", "3", "--max-depth", "6", "--system-classifier", "forest"]
     assert main(args) == 0
     card = json.loads(out.with_suffix(".json").read_text())
     assert card["config"]["n_variants"] == 1 and card["config"]["variant_orientations"] == 3
+    assert card["config"]["n_zone_variants"] == 1 and card["config"]["zone_orientations"] == 2
     n_train = card["library"]["train_structures"]
     assert 0 < card["library"]["variant_patterns"] <= 3 * n_train
     assert main(args) == 1  # the model exists: not overwritten without --force
     assert "exists" in capsys.readouterr().err
+
+
+def test_zone_variants_sit_beside_the_plain_ones_and_train():
+    from distill4d.identify.train import IdentifyTrainConfig, train_identifier
+    from distill4d.simulate.spots import variant_library
+
+    v = variant_library([225, 194], 1, [0, 1], n_variants=2, n_orientations=0, n_zone_orientations=4, seed=2,
+                        excitation_error_inv_A=0.03, augment=True)
+    assert np.bincount(v.structure).max() <= 4 and len(v) >= 12  # 4 zone patterns per variant (a few may be too sparse)
+    config = IdentifyTrainConfig(space_groups=(225, 194, 62), n_structures=4, n_orientations=6, n_variants=1,
+                                 variant_orientations=3, n_zone_variants=2, zone_orientations=3, n_estimators=3,
+                                 max_depth=6, system_classifier="forest", prototypes=False, seed=0)
+    said = []
+    _, card = train_identifier(config, callback=said.append)
+    assert card["library"]["variant_patterns"] == 9 * 1 * 3
+    assert 0 < card["library"]["zone_variant_patterns"] <= 9 * 2 * 3
+    assert any(m.startswith("zone-axis variants:") for m in said)
+    with pytest.raises(Distill4dError, match="zone_orientations"):
+        IdentifyTrainConfig(zone_orientations=0)

@@ -98,3 +98,30 @@ def test_library_resumes_from_cache(tmp_path):
         spot_library([194], cache_dir=tmp_path, **{**kw, "seed": 2})
     with pytest.raises(Distill4dError, match="cache_dir"):
         spot_library([194], cache_dir=tmp_path / "missing", **kw)
+
+
+def test_zone_rotations_put_a_low_index_zone_axis_on_the_beam():
+    from distill4d.simulate.crystals import prototype
+    from distill4d.simulate.spots import ZONE_TILT_MRAD, zone_rotations
+
+    atoms = prototype("Mg")  # hexagonal: [100], [110], [001] ... are the shortest directions
+    cell = atoms.cell.array
+    R = zone_rotations(atoms, 40, rng=3)
+    np.testing.assert_allclose(R @ R.transpose(0, 2, 1), np.broadcast_to(np.eye(3), R.shape), atol=1e-12)
+    beams = R.transpose(0, 2, 1)[:, :, 2]  # the crystal direction along +z, Cartesian
+    r = np.arange(-2, 3)
+    uvw = np.stack(np.meshgrid(r, r, r, indexing="ij"), -1).reshape(-1, 3)[1:]
+    uvw = uvw[np.abs(uvw).sum(1) > 0]
+    dirs = uvw @ cell
+    dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
+    off_mrad = np.degrees(np.arccos(np.clip(np.abs(beams @ dirs.T).max(1), -1, 1))) * np.pi / 180 * 1e3
+    assert np.all(off_mrad <= ZONE_TILT_MRAD + 1e-6)  # within the tilt of an index-2 zone axis
+    assert len({tuple(np.round(b, 1)) for b in np.abs(beams)}) >= 3  # several axes drawn
+    # on a zone with a narrow relrod the spots are the zero-order Laue zone: the beam's reciprocal
+    # lattice plane; a random orientation with the same relrod gives almost none
+    on = spot_patterns(atoms, 40, rng=0, rotations=R, excitation_error_inv_A=0.003)
+    rand = spot_patterns(atoms, 40, rng=0, excitation_error_inv_A=0.003)
+    assert np.median([len(p[0]) for p in on]) >= 10 > np.median([len(p[0]) for p in rand])
+    with pytest.raises(Distill4dError, match="one per orientation"):
+        spot_patterns(atoms, 3, rng=0, excitation_error_inv_A=np.array([0.01, 0.02]))
+

@@ -41,7 +41,10 @@ class IdentifyTrainConfig:
     augmented (noise, missing weak spots, calibration error of 2 %). Training only: ``n_variants``
     cheap variants of every training structure (new cell parameters and species, same space
     group: :func:`~distill4d.simulate.spots.variant_library`), ``variant_orientations``
-    patterns each. Split: ``holdout`` of every system's structures held out. Forests:
+    patterns each, in random orientations; ``n_zone_variants`` more variants of each (another draw),
+    each seen near ``zone_orientations`` low-index zone axes with the narrower relrods of a crystal
+    tilted to a zone (:func:`~distill4d.simulate.spots.zone_rotations`). Split: ``holdout`` of every
+    system's structures held out. Forests:
     ``n_estimators`` trees, ``max_depth``, ``min_samples_leaf``; the crystal system by
     ``system_classifier`` ("mlp", a multilayer perceptron trained with PyTorch, or "forest").
     ``seed`` seeds the library, the split and the forests.
@@ -56,6 +59,8 @@ class IdentifyTrainConfig:
     max_g_inv_A: float = 1.5
     n_variants: int = 0
     variant_orientations: int = 10
+    n_zone_variants: int = 0
+    zone_orientations: int = 10
     holdout: float = 0.25
     n_estimators: int = 50
     max_depth: int | None = 14
@@ -69,6 +74,9 @@ class IdentifyTrainConfig:
         if self.n_variants < 0 or self.variant_orientations < 1:
             raise Distill4dError(f"n_variants must be >= 0 and variant_orientations >= 1, got {self.n_variants} "
                                  f"and {self.variant_orientations}")
+        if self.n_zone_variants < 0 or self.zone_orientations < 1:
+            raise Distill4dError(f"n_zone_variants must be >= 0 and zone_orientations >= 1, got "
+                                 f"{self.n_zone_variants} and {self.zone_orientations}")
         object.__setattr__(self, "space_groups", tuple(int(g) for g in self.space_groups))
 
     def to_dict(self) -> dict[str, Any]:
@@ -144,17 +152,20 @@ def build_library(config: IdentifyTrainConfig, cache_dir: Any = None) -> Any:
     )
 
 
-def build_variants(config: IdentifyTrainConfig, structures: Any, cache_dir: Any = None) -> Any:
+def build_variants(config: IdentifyTrainConfig, structures: Any, cache_dir: Any = None, *, zone: bool = False) -> Any:
     """The variants of ``config`` of the library's ``structures`` (the training structures;
-    :func:`~distill4d.simulate.spots.variant_library`, resumable with ``cache_dir``)."""
+    :func:`~distill4d.simulate.spots.variant_library`, resumable with ``cache_dir``): the
+    ``n_variants`` in random orientations, or with ``zone`` the ``n_zone_variants`` near zone axes."""
     from ..simulate.crystals import list_prototypes
     from ..simulate.spots import variant_library
 
+    n, n_or, n_zone = ((config.n_zone_variants, 0, config.zone_orientations) if zone
+                       else (config.n_variants, config.variant_orientations, 0))
     return variant_library(
-        config.space_groups, config.n_structures, structures, config.n_variants, config.variant_orientations,
+        config.space_groups, config.n_structures, structures, n, n_or,
         seed=config.seed, prototypes=list_prototypes() if config.prototypes else (), max_atoms=config.max_atoms,
-        augment=True, cache_dir=cache_dir, excitation_error_inv_A=config.excitation_error_inv_A,
-        max_g_inv_A=config.max_g_inv_A,
+        augment=True, n_zone_orientations=n_zone, cache_dir=cache_dir,
+        excitation_error_inv_A=config.excitation_error_inv_A, max_g_inv_A=config.max_g_inv_A,
     )
 
 
@@ -226,22 +237,25 @@ def train_identifier(config: IdentifyTrainConfig, *, cache_dir: Any = None, libr
                               seed=config.seed, max_depth=config.max_depth,
                               system_classifier=config.system_classifier)
     Xt, sys_t, sg_t, cell_t = X[tr], lib.system[st[tr]], lib.space_group[st[tr]], lib.cellpar[st[tr]]
-    n_var = 0
-    if config.n_variants:
+    n_var = {False: 0, True: 0}
+    for zone in (False, True):
+        if not (config.n_zone_variants if zone else config.n_variants):
+            continue
         t1 = time.perf_counter()
-        vlib = build_variants(config, np.setdiff1d(np.arange(len(lib.space_group)), test), cache_dir)
+        vlib = build_variants(config, np.setdiff1d(np.arange(len(lib.space_group)), test), cache_dir, zone=zone)
         vs = vlib.structure
-        n_var = len(vlib)
+        n_var[zone] = len(vlib)
         Xt = np.concatenate([Xt, encode_library(vlib)])
         sys_t = np.concatenate([sys_t, vlib.system[vs]])
         sg_t = np.concatenate([sg_t, vlib.space_group[vs]])
         cell_t = np.concatenate([cell_t, vlib.cellpar[vs]])
-        say(f"variants: {n_var} patterns of {len(vlib.space_group)} variants ({time.perf_counter() - t1:.0f} s)")
+        say(f"{'zone-axis variants' if zone else 'variants'}: {n_var[zone]} patterns of {len(vlib.space_group)} "
+            f"variants ({time.perf_counter() - t1:.0f} s)")
     state, save = _fit_checkpoint(config, cache_dir, say)
     model.fit(Xt, sys_t, sg_t, cell_t, state=state, callback=save)
     fit_s = time.perf_counter() - t0
     say(f"trained on {len(Xt)} patterns of {len(lib.space_group) - test.size} structures"
-        f"{' and their variants' if n_var else ''} ({fit_s:.0f} s)")
+        f"{' and their variants' if any(n_var.values()) else ''} ({fit_s:.0f} s)")
     metrics = evaluate(model, X[te], lib.system[st[te]], lib.space_group[st[te]], lib.cellpar[st[te]], st[te])
     save(None)
     card = {
@@ -250,7 +264,8 @@ def train_identifier(config: IdentifyTrainConfig, *, cache_dir: Any = None, libr
                   "dropped below 0.05 1/Å)", "systems": list(SYSTEMS)},
         "library": {"patterns": len(lib), "structures": int(len(lib.space_group)),
                     "train_structures": int(len(lib.space_group) - test.size), "test_structures": int(test.size),
-                    "train_patterns": int(tr.sum()), "test_patterns": int(te.sum()), "variant_patterns": n_var,
+                    "train_patterns": int(tr.sum()), "test_patterns": int(te.sum()), "variant_patterns": n_var[False],
+                    "zone_variant_patterns": n_var[True],
                     "space_groups_trained": [int(g) for g in model.space_groups()]},
         "metrics": {"held_out": metrics, "note": "held-out structures (split by structure, never by pattern); "
                     "kinematic, augmented spot lists in random orientations"},

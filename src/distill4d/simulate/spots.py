@@ -42,8 +42,8 @@ from .crystals import _rng
 if TYPE_CHECKING:  # pragma: no cover
     from ase import Atoms
 
-__all__ = ["SYSTEMS", "spot_patterns", "random_rotations", "augment_spots", "SpotLibrary", "spot_library",
-           "variant_library"]
+__all__ = ["SYSTEMS", "spot_patterns", "random_rotations", "zone_rotations", "zone_sigmas", "augment_spots", "SpotLibrary",
+           "spot_library", "variant_library"]
 
 #: The seven crystal systems, in the order of their space-group numbers (class indices).
 SYSTEMS = ("triclinic", "monoclinic", "orthorhombic", "tetragonal", "trigonal", "hexagonal", "cubic")
@@ -63,6 +63,56 @@ def random_rotations(n: int, rng: np.random.Generator | int) -> np.ndarray:
         ],
         axis=1,
     )
+
+
+#: Zone-axis orientations (:func:`zone_rotations`): ``[uvw]`` with indices up to this, the
+#: ``ZONE_CHOICES`` shortest real-space directions, a tilt off the axis up to ``ZONE_TILT_MRAD``
+#: (mrad), and a relrod width (excitation error, 1/Å) drawn log-uniformly in ``ZONE_SIGMA_INV_A``:
+#: narrower than the random orientations' (a crystal of 20-60 nm tilted to a zone, small convergence).
+ZONE_MAX_INDEX = 2
+ZONE_CHOICES = 13
+ZONE_TILT_MRAD = 15.0
+ZONE_SIGMA_INV_A = (0.003, 0.03)
+
+
+def zone_rotations(atoms: "Atoms", n: int, rng: np.random.Generator | int) -> np.ndarray:
+    """``n`` rotations ``(n, 3, 3)`` (``G -> R G`` as in :func:`spot_patterns`) that put a low-index
+    zone axis of ``atoms`` near the beam (+z), as a microscopist tilts a crystal to a zone: the
+    axis drawn among the :data:`ZONE_CHOICES` shortest directions ``u a1 + v a2 + w a3``
+    (``|u|, |v|, |w| <= ZONE_MAX_INDEX``, no common factor, ``[uvw]`` and ``[-u-v-w]`` once),
+    a uniform in-plane rotation and a tilt off the axis uniform in a disk of
+    :data:`ZONE_TILT_MRAD`. Deterministic for a given ``rng``."""
+    from .crystals import _rotation_to_z
+
+    rng = _rng(rng)
+    n = positive_int("n", n)
+    cell = np.asarray(atoms.cell.array, dtype=np.float64)
+    r = np.arange(-ZONE_MAX_INDEX, ZONE_MAX_INDEX + 1)
+    uvw = np.stack(np.meshgrid(r, r, r, indexing="ij"), axis=-1).reshape(-1, 3)
+    first = uvw[np.arange(len(uvw)), np.argmax(uvw != 0, axis=1)]
+    uvw = uvw[(np.abs(uvw).sum(1) > 0) & (np.gcd.reduce(np.abs(uvw), axis=1) == 1) & (first > 0)]
+    d = uvw @ cell
+    d = d[np.argsort(np.linalg.norm(d, axis=1), kind="stable")[:ZONE_CHOICES]]
+    out = np.empty((n, 3, 3))
+    for i in range(n):
+        z = d[rng.integers(len(d))]
+        x = np.cross(z, [1.0, 0.0, 0.0] if abs(z[0]) < 0.9 * np.linalg.norm(z) else [0.0, 1.0, 0.0])
+        R = _rotation_to_z(z, x)
+        a = rng.uniform(0, 2 * np.pi)
+        t = ZONE_TILT_MRAD * 1e-3 * math.sqrt(rng.uniform()) if ZONE_TILT_MRAD else 0.0
+        phi = rng.uniform(0, 2 * np.pi)
+        axis = np.array([math.cos(phi), math.sin(phi), 0.0])
+        K = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+        tilt = np.eye(3) + math.sin(t) * K + (1 - math.cos(t)) * K @ K  # Rodrigues
+        spin = np.array([[math.cos(a), -math.sin(a), 0.0], [math.sin(a), math.cos(a), 0.0], [0.0, 0.0, 1.0]])
+        out[i] = tilt @ spin @ R
+    return out
+
+
+def zone_sigmas(n: int, rng: np.random.Generator | int) -> np.ndarray:
+    """``n`` relrod widths (1/Å) drawn log-uniformly in :data:`ZONE_SIGMA_INV_A`."""
+    lo, hi = np.log(ZONE_SIGMA_INV_A)
+    return np.exp(_rng(rng).uniform(lo, hi, positive_int("n", n)))
 
 
 def _reciprocal_points(atoms: "Atoms", g_max: float, debye_waller_A2: float) -> tuple[np.ndarray, np.ndarray]:
@@ -92,7 +142,7 @@ def spot_patterns(
     rng: np.random.Generator | int,
     energy_eV: float = 200e3,
     max_g_inv_A: float = 1.5,
-    excitation_error_inv_A: float = 0.01,
+    excitation_error_inv_A: float | np.ndarray = 0.01,
     thickness_A: float | None = None,
     min_relative_intensity: float = 1e-3,
     debye_waller_A2: float = 0.5,
@@ -101,7 +151,8 @@ def spot_patterns(
     """Kinematic spot lists ``(qx, qy, intensity)`` (1/Å, 1/Å, max 1) of ``atoms`` in random orientations.
 
     See the module docstring for the model. ``rotations`` (n, 3, 3) replaces the random
-    orientations (then ``n_orientations`` must equal n). Deterministic for a given ``rng``.
+    orientations (then ``n_orientations`` must equal n); ``excitation_error_inv_A`` may be one
+    width per orientation (n,). Deterministic for a given ``rng``.
     A pattern can have no spot (an orientation far from any zone axis with a small
     ``excitation_error_inv_A``); it is returned empty.
     """
@@ -109,7 +160,13 @@ def spot_patterns(
 
     n_or = positive_int("n_orientations", n_orientations)
     g_max = positive_float("max_g_inv_A", max_g_inv_A, maximum=20.0)
-    sigma = positive_float("excitation_error_inv_A", excitation_error_inv_A)
+    sigmas = np.asarray(excitation_error_inv_A, dtype=np.float64)
+    if sigmas.ndim > 1 or sigmas.size not in (1, n_or):
+        raise Distill4dError(f"excitation_error_inv_A must be one width or one per orientation ({n_or}), "
+                             f"got shape {sigmas.shape}")
+    sigmas = np.broadcast_to(sigmas.ravel(), (n_or,))
+    for sigma in np.unique(sigmas):
+        positive_float("excitation_error_inv_A", sigma)
     thick = None if thickness_A is None else positive_float("thickness_A", thickness_A)
     rel = nonnegative_float("min_relative_intensity", min_relative_intensity)
     bw = nonnegative_float("debye_waller_A2", debye_waller_A2)
@@ -122,7 +179,7 @@ def spot_patterns(
             raise Distill4dError(f"rotations must have shape ({n_or}, 3, 3), got {rotations.shape}")
     G, F2 = _reciprocal_points(atoms, g_max, bw)
     out = []
-    for R in rotations:
+    for R, sigma in zip(rotations, sigmas):
         Gr = G @ R.T
         s = -(Gr[:, 2] + np.sum(Gr**2, axis=1) / (2 * k))
         w = F2 * np.exp(-(s**2) / (2 * sigma**2))
@@ -284,11 +341,19 @@ def _job_crystal(job: tuple[str, Any], rng: np.random.Generator, max_atoms: int)
 
 
 def _structure_spots(atoms: "Atoms", n_or: int, rng: np.random.Generator, augment: bool, min_spots: int,
-                     pattern_kwargs: dict[str, Any]) -> tuple[list[np.ndarray], np.ndarray]:
+                     pattern_kwargs: dict[str, Any], n_zone: int = 0) -> tuple[list[np.ndarray], np.ndarray]:
     """The patterns of one crystal, as ``([qx, qy, intensity] concatenated, counts)``: ``n_or``
-    random orientations by :func:`spot_patterns`, augmented if asked, lists under ``min_spots`` left out."""
+    random orientations by :func:`spot_patterns`, then ``n_zone`` near zone axes
+    (:func:`zone_rotations`, relrod widths :func:`zone_sigmas`), augmented if asked, lists under
+    ``min_spots`` left out."""
+    lists = spot_patterns(atoms, n_or, rng=rng, **pattern_kwargs) if n_or else []
+    if n_zone:
+        rot = zone_rotations(atoms, n_zone, rng)
+        kw = {k: v for k, v in pattern_kwargs.items() if k != "excitation_error_inv_A"}
+        lists += spot_patterns(atoms, n_zone, rng=rng, rotations=rot, excitation_error_inv_A=zone_sigmas(n_zone, rng),
+                               **kw)
     mine = []
-    for qx, qy, it in spot_patterns(atoms, n_or, rng=rng, **pattern_kwargs):
+    for qx, qy, it in lists:
         if augment:
             qx, qy, it = augment_spots(qx, qy, it, rng=rng)
         if qx.size >= min_spots:
@@ -435,6 +500,7 @@ def variant_library(
     min_spots: int = 3,
     length_spread: float = 0.25,
     angle_spread_deg: float = 10.0,
+    n_zone_orientations: int = 0,
     cache_dir: Any = None,
     **pattern_kwargs: Any,
 ) -> SpotLibrary:
@@ -450,6 +516,11 @@ def variant_library(
     variant is a structure of the result (its own lattice parameters; ``name`` ends in
     ``/v<k>``), in the order of ``structures``. Deterministic for ``seed``; resumable with
     ``cache_dir`` (``variants_00000.npz`` ..., one per parent structure).
+
+    ``n_zone_orientations`` > 0: each variant is also seen near that many low-index zone axes
+    (:func:`zone_rotations`, with the narrower relrods of :func:`zone_sigmas`), and
+    ``n_orientations`` may be 0. Such a set is another draw of variants (its own random stream)
+    in its own files (``zonevariants_00000.npz`` ...), so it can sit beside a plain one in one folder.
     """
     import json
 
@@ -457,7 +528,8 @@ def variant_library(
 
     jobs = _library_jobs(space_groups, n_structures, prototypes)
     n_v = positive_int("n_variants", n_variants)
-    n_or = positive_int("n_orientations", n_orientations)
+    n_zone = positive_int("n_zone_orientations", n_zone_orientations) if n_zone_orientations else 0
+    n_or = positive_int("n_orientations", n_orientations) if n_orientations or not n_zone else 0
     min_spots = positive_int("min_spots", min_spots)
     idx = [int(i) for i in structures]
     if any(not 0 <= i < len(jobs) for i in idx):
@@ -466,20 +538,22 @@ def variant_library(
     key = json.dumps(
         [list(map(str, jobs)), n_v, n_or, int(seed), max_atoms, bool(augment), min_spots, float(length_spread),
          float(angle_spread_deg), sorted((k, repr(v)) for k, v in pattern_kwargs.items())]
+        + ([["zone", n_zone, ZONE_MAX_INDEX, ZONE_CHOICES, ZONE_TILT_MRAD, list(ZONE_SIGMA_INV_A)]] if n_zone else [])
     )
+    prefix, stream = ("zonevariants", 2) if n_zone else ("variants", 1)
     out = _Collected()
     for i in idx:
-        shard = None if cache is None else cache / f"variants_{i:05d}.npz"
+        shard = None if cache is None else cache / f"{prefix}_{i:05d}.npz"
         z = _read_shard(shard, key, cache)
         if z is None:
             atoms, sg, name = _job_crystal(jobs[i], np.random.default_rng([seed, i]), max_atoms)
-            rng = np.random.default_rng([seed, i, 1])
+            rng = np.random.default_rng([seed, i, stream])
             parts, counts, which, cellpars, names = [], [], [], [], []
             for k in range(n_v):
                 v = cell_variant(atoms, sg, rng=rng, length_spread=length_spread, angle_spread_deg=angle_spread_deg)
                 if v is None:
                     continue
-                cat, c = _structure_spots(v, n_or, rng, augment, min_spots, pattern_kwargs)
+                cat, c = _structure_spots(v, n_or, rng, augment, min_spots, pattern_kwargs, n_zone)
                 parts.append(cat)
                 counts.append(c)
                 which.append(np.full(c.size, len(names), dtype=np.int64))
