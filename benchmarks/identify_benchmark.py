@@ -34,9 +34,9 @@ the peak resident memory of the run is reported.
         --compare-model OLD.npz
 
 ``--cache``: the folder of the shipped card's command (its library is read from there, or built
-there, resumably). ``OLD.npz`` in RESULTS.md is the model shipped before, trained with 8 variants of each training
-structure instead of 24 (the same library and split), with its card: ``git show
-9100cd4:src/distill4d/weights/identify_forest.npz > OLD.npz`` (and ``.json``).
+there, resumably). ``OLD.npz`` in RESULTS.md is the model shipped before, trained without the zone-axis variants (the
+same library, split and 24 variants), with its card: ``git show
+f97887e:src/distill4d/weights/identify_forest.npz > OLD.npz`` (and ``.json``).
 """
 
 from __future__ import annotations
@@ -290,7 +290,12 @@ def main() -> None:
             f"(`simulate.crystals.cell_variant`: new free cell parameters within 25 % and 10°, new species, the same "
             f"space group and fractional coordinates), {config.variant_orientations} orientations each "
             f"({card['library'].get('variant_patterns', '?')} patterns); never of a held-out structure."
-            if config.n_variants else ""), "",
+            if config.n_variants else "")
+         + (f" And {config.n_zone_variants} more variants of each, seen near low-index zone axes "
+            f"(`simulate.spots.zone_rotations`: tilt <= 15 mrad, relrods 0.003-0.03 1/Å), {config.zone_orientations} "
+            f"patterns each ({card['library'].get('zone_variant_patterns', '?')} patterns); the held-out patterns here are "
+            "all in random orientations (zone axes: section `identify_multislice`)."
+            if config.n_zone_variants else ""), "",
          "| measure | value |", "|---|---|",
          f"| crystal system, one pattern | {r['system_accuracy']:.3f} (top-2 {r['system_top2_accuracy']:.3f}; most "
          f"common class {r['most_common_system_fraction']:.3f}) |",

@@ -2,7 +2,8 @@
 """Crystal identification on multislice patterns of real materials, 20-50 nm thick, end to end.
 
 The shipped identifier (:func:`distill4d.identify.load_default`) was trained on kinematic spot
-lists of random orientations. This benchmark asks what it does on what a microscope records:
+lists (random orientations, and zone-axis variants). This benchmark asks what it does on what a
+microscope records:
 
 - **materials**: the ASE prototypes of :mod:`distill4d.simulate.crystals` (some were in the
   model's training library, some in its held-out quarter: ``--library`` names the card's library
@@ -284,8 +285,9 @@ def section(rows: list[dict], skipped: list[str], args) -> str:
     cmd += (f" --dose {args.dose:g}" if args.dose != 1e5 else "") + "`"
     L = ["## Crystal identification on multislice patterns of real materials (20-50 nm)", "",
          f"{cmd} (LIB: the library folder of the shipped card's command, which labels the prototypes).",
-         f"- {machine_line()}", "",
-         "The shipped identifier (trained on kinematic spot lists of random orientations, augmented) on abTEM "
+         machine_line(), "",
+         "The shipped identifier (trained on kinematic spot lists, augmented: random orientations, and variants of the "
+         "training structures near zone axes) on abTEM "
          "multislice nanobeam patterns: 200 kV, 1.5 mrad, 256 x 256 pixels of 0.0125 1/Å, thicknesses 200, 350 and "
          f"500 Å (rounded to whole cells), the first {args.zones} low-index zone axes of each material, on zone and "
          f"tilted {args.tilt_mrad:g} mrad (direction drawn per zone), Poisson noise at {args.dose:g} e⁻ per pattern; static "
