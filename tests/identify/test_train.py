@@ -196,11 +196,11 @@ def test_cli_train_identify_with_variants(tmp_path, capsys):
     out = tmp_path / "m.npz"
     args = ["train", "identify", "--out", str(out), "--structures", "1", "--space-groups", "225", "194",
             "--orientations", "6", "--variants", "1", "--variant-orientations", "3", "--zone-variants", "1",
-            "--zone-orientations", "2", "--trees", "3", "--max-depth", "6", "--system-classifier", "forest"]
+            "--zone-orientations", "2", "--zone-tail", "--trees", "3", "--max-depth", "6", "--system-classifier", "forest"]
     assert main(args) == 0
     card = json.loads(out.with_suffix(".json").read_text())
     assert card["config"]["n_variants"] == 1 and card["config"]["variant_orientations"] == 3
-    assert card["config"]["n_zone_variants"] == 1 and card["config"]["zone_orientations"] == 2
+    assert card["config"]["n_zone_variants"] == 1 and card["config"]["zone_orientations"] == 2 and card["config"]["zone_tail"]
     n_train = card["library"]["train_structures"]
     assert 0 < card["library"]["variant_patterns"] <= 3 * n_train
     assert main(args) == 1  # the model exists: not overwritten without --force
@@ -224,3 +224,16 @@ def test_zone_variants_sit_beside_the_plain_ones_and_train():
     assert any(m.startswith("zone-axis variants:") for m in said)
     with pytest.raises(Distill4dError, match="zone_orientations"):
         IdentifyTrainConfig(zone_orientations=0)
+
+
+def test_zone_tail_variants_add_the_weak_spots(tmp_path):
+    from distill4d.simulate.spots import variant_library
+
+    kw = dict(n_variants=2, n_orientations=0, n_zone_orientations=4, seed=2, excitation_error_inv_A=0.03)
+    plain = variant_library([225], 1, [0], cache_dir=tmp_path, **kw)
+    tail = variant_library([225], 1, [0], zone_tail=True, cache_dir=tmp_path, **kw)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["zonetailvariants_00000.npz", "zonevariants_00000.npz"]
+    # one random stream: the first variant is the same crystal seen the same way, with weak spots added
+    np.testing.assert_array_equal(tail.cellpar[0], plain.cellpar[0])
+    first_t, first_p = tail.counts[tail.structure == 0], plain.counts[plain.structure == 0]
+    assert first_t.size == first_p.size and np.all(first_t >= first_p) and first_t.sum() > first_p.sum()

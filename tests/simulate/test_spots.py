@@ -125,3 +125,25 @@ def test_zone_rotations_put_a_low_index_zone_axis_on_the_beam():
     with pytest.raises(Distill4dError, match="one per orientation"):
         spot_patterns(atoms, 3, rng=0, excitation_error_inv_A=np.array([0.01, 0.02]))
 
+
+
+def test_the_tail_adds_the_weak_upper_laue_zone_spots_of_a_thick_crystal():
+    from distill4d.simulate.crystals import prototype
+    from distill4d.simulate.spots import MERGE_INV_A
+
+    atoms = prototype("Cu")  # fcc, a 3.615 Å, seen exactly along [001]
+    R = np.eye(3)[None]
+    plain = spot_patterns(atoms, 1, rng=0, rotations=R, excitation_error_inv_A=0.003)[0]
+    tailed = spot_patterns(atoms, 1, rng=0, rotations=R, excitation_error_inv_A=0.003, tail=0.02)[0]
+    g_plain, g_tail = np.hypot(plain[0], plain[1]), np.hypot(tailed[0], tailed[1])
+    # zero-order Laue zone only: (200) at 2 / a is the shortest; the tail adds the first Laue
+    # zone's (111) projected on the (110) position, 1.414 / a, far weaker than (200)
+    assert abs(g_plain.min() - 2 / 3.615) < 1e-3
+    near = np.abs(g_tail - np.sqrt(2) / 3.615) < 1e-3
+    assert near.sum() == 4 and np.all(tailed[2][near] < 0.1)
+    assert np.all(tailed[2][np.abs(g_tail - 2 / 3.615) < 1e-3] > 0.5)
+    # projections of several points on one spot are merged: no two spots closer than the merge step
+    d = np.hypot(tailed[0][:, None] - tailed[0][None], tailed[1][:, None] - tailed[1][None])
+    assert d[np.triu_indices(len(d), 1)].min() > MERGE_INV_A / 2
+    with pytest.raises(Distill4dError, match="tail"):
+        spot_patterns(atoms, 1, rng=0, rotations=R, tail=-0.1)

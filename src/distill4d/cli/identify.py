@@ -156,7 +156,7 @@ def cmd_train_identify(args: argparse.Namespace) -> int:
         config = IdentifyTrainConfig(
             n_structures=args.structures, n_orientations=args.orientations, n_variants=args.variants,
             variant_orientations=args.variant_orientations, n_zone_variants=args.zone_variants,
-            zone_orientations=args.zone_orientations, n_estimators=args.trees,
+            zone_orientations=args.zone_orientations, zone_tail=args.zone_tail, n_estimators=args.trees,
             max_depth=args.max_depth or None, min_samples_leaf=args.min_samples_leaf, seed=args.seed,
             system_classifier=args.system_classifier,
             **({"space_groups": tuple(args.space_groups)} if args.space_groups else {}),
@@ -204,6 +204,8 @@ def add_train_parser(tsub: Any) -> None:
                    help="more variants of every training structure, each seen near low-index zone axes with the "
                    "narrow relrods of a crystal tilted to a zone, as microscopists record them (default 0)")
     t.add_argument("--zone-orientations", type=int, default=10, help="zone-axis patterns per zone variant (default 10)")
+    t.add_argument("--zone-tail", action="store_true", help="the zone-axis patterns also carry the weak spots multiple "
+                   "scattering brings from far off the Ewald sphere in thick crystals")
     t.add_argument("--trees", type=int, default=50, help="trees per forest (default 50)")
     t.add_argument("--max-depth", type=int, default=14, help="deepest tree level (default 14; 0: unlimited)")
     t.add_argument("--min-samples-leaf", type=int, default=5, help="smallest leaf (default 5)")

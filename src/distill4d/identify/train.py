@@ -43,7 +43,8 @@ class IdentifyTrainConfig:
     group: :func:`~distill4d.simulate.spots.variant_library`), ``variant_orientations``
     patterns each, in random orientations; ``n_zone_variants`` more variants of each (another draw),
     each seen near ``zone_orientations`` low-index zone axes with the narrower relrods of a crystal
-    tilted to a zone (:func:`~distill4d.simulate.spots.zone_rotations`). Split: ``holdout`` of every
+    tilted to a zone (:func:`~distill4d.simulate.spots.zone_rotations`), with ``zone_tail`` also the
+    weak off-Ewald tail of a thick crystal (:func:`~distill4d.simulate.spots.spot_patterns`). Split: ``holdout`` of every
     system's structures held out. Forests:
     ``n_estimators`` trees, ``max_depth``, ``min_samples_leaf``; the crystal system by
     ``system_classifier`` ("mlp", a multilayer perceptron trained with PyTorch, or "forest").
@@ -61,6 +62,7 @@ class IdentifyTrainConfig:
     variant_orientations: int = 10
     n_zone_variants: int = 0
     zone_orientations: int = 10
+    zone_tail: bool = False
     holdout: float = 0.25
     n_estimators: int = 50
     max_depth: int | None = 14
@@ -164,7 +166,7 @@ def build_variants(config: IdentifyTrainConfig, structures: Any, cache_dir: Any 
     return variant_library(
         config.space_groups, config.n_structures, structures, n, n_or,
         seed=config.seed, prototypes=list_prototypes() if config.prototypes else (), max_atoms=config.max_atoms,
-        augment=True, n_zone_orientations=n_zone, cache_dir=cache_dir,
+        augment=True, n_zone_orientations=n_zone, zone_tail=zone and config.zone_tail, cache_dir=cache_dir,
         excitation_error_inv_A=config.excitation_error_inv_A, max_g_inv_A=config.max_g_inv_A,
     )
 

@@ -73,6 +73,12 @@ ZONE_MAX_INDEX = 2
 ZONE_CHOICES = 13
 ZONE_TILT_MRAD = 15.0
 ZONE_SIGMA_INV_A = (0.003, 0.03)
+#: The weak tail of zone-axis patterns with ``zone_tail`` (:func:`spot_patterns` ``tail``): its
+#: weight drawn log-uniformly in ``ZONE_TAIL`` per pattern, its width in the excitation error (1/Å).
+ZONE_TAIL = (0.003, 0.05)
+ZONE_TAIL_WIDTH_INV_A = 0.15
+#: Spots of one pattern nearer each other than this (1/Å) are merged where a tail is added.
+MERGE_INV_A = 0.004
 
 
 def zone_rotations(atoms: "Atoms", n: int, rng: np.random.Generator | int) -> np.ndarray:
@@ -109,9 +115,10 @@ def zone_rotations(atoms: "Atoms", n: int, rng: np.random.Generator | int) -> np
     return out
 
 
-def zone_sigmas(n: int, rng: np.random.Generator | int) -> np.ndarray:
-    """``n`` relrod widths (1/Å) drawn log-uniformly in :data:`ZONE_SIGMA_INV_A`."""
-    lo, hi = np.log(ZONE_SIGMA_INV_A)
+def zone_sigmas(n: int, rng: np.random.Generator | int, span: tuple[float, float] = ZONE_SIGMA_INV_A) -> np.ndarray:
+    """``n`` values drawn log-uniformly in ``span``: relrod widths (1/Å) by default, or tail
+    weights (:data:`ZONE_TAIL`)."""
+    lo, hi = np.log(span)
     return np.exp(_rng(rng).uniform(lo, hi, positive_int("n", n)))
 
 
@@ -147,12 +154,19 @@ def spot_patterns(
     min_relative_intensity: float = 1e-3,
     debye_waller_A2: float = 0.5,
     rotations: np.ndarray | None = None,
+    tail: float | np.ndarray = 0.0,
+    tail_width_inv_A: float = ZONE_TAIL_WIDTH_INV_A,
 ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Kinematic spot lists ``(qx, qy, intensity)`` (1/Å, 1/Å, max 1) of ``atoms`` in random orientations.
 
     See the module docstring for the model. ``rotations`` (n, 3, 3) replaces the random
     orientations (then ``n_orientations`` must equal n); ``excitation_error_inv_A`` may be one
-    width per orientation (n,). Deterministic for a given ``rng``.
+    width per orientation (n,). ``tail`` (one weight, or one per orientation) adds
+    ``tail |F|² exp(-s² / (2 tail_width_inv_A²))`` to every spot's weight: the weak spots that
+    multiple scattering carries in a thick crystal from reciprocal points far from the Ewald sphere
+    (upper-Laue-zone reflections projected between the zero-order ones, 1-5 % of the strong
+    spots in abTEM multislice at 20-50 nm); spots then nearer each other than
+    :data:`MERGE_INV_A` are merged (weights summed). Deterministic for a given ``rng``.
     A pattern can have no spot (an orientation far from any zone axis with a small
     ``excitation_error_inv_A``); it is returned empty.
     """
@@ -160,13 +174,13 @@ def spot_patterns(
 
     n_or = positive_int("n_orientations", n_orientations)
     g_max = positive_float("max_g_inv_A", max_g_inv_A, maximum=20.0)
-    sigmas = np.asarray(excitation_error_inv_A, dtype=np.float64)
-    if sigmas.ndim > 1 or sigmas.size not in (1, n_or):
-        raise Distill4dError(f"excitation_error_inv_A must be one width or one per orientation ({n_or}), "
-                             f"got shape {sigmas.shape}")
-    sigmas = np.broadcast_to(sigmas.ravel(), (n_or,))
+    sigmas = _per_orientation("excitation_error_inv_A", excitation_error_inv_A, n_or)
     for sigma in np.unique(sigmas):
         positive_float("excitation_error_inv_A", sigma)
+    tails = _per_orientation("tail", tail, n_or)
+    for t in np.unique(tails):
+        nonnegative_float("tail", t)
+    tail_w = positive_float("tail_width_inv_A", tail_width_inv_A)
     thick = None if thickness_A is None else positive_float("thickness_A", thickness_A)
     rel = nonnegative_float("min_relative_intensity", min_relative_intensity)
     bw = nonnegative_float("debye_waller_A2", debye_waller_A2)
@@ -179,17 +193,34 @@ def spot_patterns(
             raise Distill4dError(f"rotations must have shape ({n_or}, 3, 3), got {rotations.shape}")
     G, F2 = _reciprocal_points(atoms, g_max, bw)
     out = []
-    for R, sigma in zip(rotations, sigmas):
+    for R, sigma, t in zip(rotations, sigmas, tails):
         Gr = G @ R.T
         s = -(Gr[:, 2] + np.sum(Gr**2, axis=1) / (2 * k))
         w = F2 * np.exp(-(s**2) / (2 * sigma**2))
         if thick is not None:
             w = w * np.sinc(thick * s) ** 2
+        if t > 0:
+            w = w + t * F2 * np.exp(-(s**2) / (2 * tail_w**2))
         inside = np.hypot(Gr[:, 0], Gr[:, 1]) <= g_max
         top = w[inside].max(initial=0.0)
         keep = inside & (w > 0) & (w >= rel * top) if top > 0 else np.zeros(len(w), bool)
-        out.append((Gr[keep, 0].copy(), Gr[keep, 1].copy(), w[keep] / top if top > 0 else w[keep]))
+        qx, qy, wk = Gr[keep, 0], Gr[keep, 1], w[keep]
+        if t > 0 and wk.size:  # projections of several points on one spot: one spot
+            _, cell = np.unique(np.round(np.stack([qx, qy], 1) / MERGE_INV_A).astype(np.int64), axis=0,
+                                return_inverse=True)
+            cell = cell.ravel()
+            total = np.bincount(cell, weights=wk)
+            qx, qy, wk = np.bincount(cell, weights=qx * wk) / total, np.bincount(cell, weights=qy * wk) / total, total
+        out.append((qx.copy(), qy.copy(), wk / top if top > 0 else wk))
     return out
+
+
+def _per_orientation(name: str, value: Any, n: int) -> np.ndarray:
+    """``value`` (one number or ``n``) as ``(n,)`` float64; a clear error otherwise."""
+    v = np.asarray(value, dtype=np.float64)
+    if v.ndim > 1 or v.size not in (1, n):
+        raise Distill4dError(f"{name} must be one value or one per orientation ({n}), got shape {v.shape}")
+    return np.broadcast_to(v.ravel(), (n,))
 
 
 def augment_spots(
@@ -341,17 +372,20 @@ def _job_crystal(job: tuple[str, Any], rng: np.random.Generator, max_atoms: int)
 
 
 def _structure_spots(atoms: "Atoms", n_or: int, rng: np.random.Generator, augment: bool, min_spots: int,
-                     pattern_kwargs: dict[str, Any], n_zone: int = 0) -> tuple[list[np.ndarray], np.ndarray]:
+                     pattern_kwargs: dict[str, Any], n_zone: int = 0,
+                     zone_tail: bool = False) -> tuple[list[np.ndarray], np.ndarray]:
     """The patterns of one crystal, as ``([qx, qy, intensity] concatenated, counts)``: ``n_or``
     random orientations by :func:`spot_patterns`, then ``n_zone`` near zone axes
-    (:func:`zone_rotations`, relrod widths :func:`zone_sigmas`), augmented if asked, lists under
-    ``min_spots`` left out."""
+    (:func:`zone_rotations`, relrod widths :func:`zone_sigmas`, with ``zone_tail`` a weak tail of
+    weight drawn in :data:`ZONE_TAIL`), augmented if asked, lists under ``min_spots`` left out."""
     lists = spot_patterns(atoms, n_or, rng=rng, **pattern_kwargs) if n_or else []
     if n_zone:
         rot = zone_rotations(atoms, n_zone, rng)
         kw = {k: v for k, v in pattern_kwargs.items() if k != "excitation_error_inv_A"}
-        lists += spot_patterns(atoms, n_zone, rng=rng, rotations=rot, excitation_error_inv_A=zone_sigmas(n_zone, rng),
-                               **kw)
+        sig = zone_sigmas(n_zone, rng)
+        if zone_tail:
+            kw["tail"] = zone_sigmas(n_zone, rng, ZONE_TAIL)
+        lists += spot_patterns(atoms, n_zone, rng=rng, rotations=rot, excitation_error_inv_A=sig, **kw)
     mine = []
     for qx, qy, it in lists:
         if augment:
@@ -501,6 +535,7 @@ def variant_library(
     length_spread: float = 0.25,
     angle_spread_deg: float = 10.0,
     n_zone_orientations: int = 0,
+    zone_tail: bool = False,
     cache_dir: Any = None,
     **pattern_kwargs: Any,
 ) -> SpotLibrary:
@@ -521,6 +556,8 @@ def variant_library(
     (:func:`zone_rotations`, with the narrower relrods of :func:`zone_sigmas`), and
     ``n_orientations`` may be 0. Such a set is another draw of variants (its own random stream)
     in its own files (``zonevariants_00000.npz`` ...), so it can sit beside a plain one in one folder.
+    ``zone_tail``: those zone-axis patterns carry the weak tail of a thick crystal (:func:`spot_patterns`
+    ``tail``; drawn from the same random stream as without it, in files ``zonetailvariants_00000.npz`` ...).
     """
     import json
 
@@ -539,8 +576,9 @@ def variant_library(
         [list(map(str, jobs)), n_v, n_or, int(seed), max_atoms, bool(augment), min_spots, float(length_spread),
          float(angle_spread_deg), sorted((k, repr(v)) for k, v in pattern_kwargs.items())]
         + ([["zone", n_zone, ZONE_MAX_INDEX, ZONE_CHOICES, ZONE_TILT_MRAD, list(ZONE_SIGMA_INV_A)]] if n_zone else [])
+        + ([["tail", list(ZONE_TAIL), ZONE_TAIL_WIDTH_INV_A, MERGE_INV_A]] if n_zone and zone_tail else [])
     )
-    prefix, stream = ("zonevariants", 2) if n_zone else ("variants", 1)
+    prefix, stream = (("zonetailvariants" if zone_tail else "zonevariants", 2) if n_zone else ("variants", 1))
     out = _Collected()
     for i in idx:
         shard = None if cache is None else cache / f"{prefix}_{i:05d}.npz"
@@ -553,7 +591,7 @@ def variant_library(
                 v = cell_variant(atoms, sg, rng=rng, length_spread=length_spread, angle_spread_deg=angle_spread_deg)
                 if v is None:
                     continue
-                cat, c = _structure_spots(v, n_or, rng, augment, min_spots, pattern_kwargs, n_zone)
+                cat, c = _structure_spots(v, n_or, rng, augment, min_spots, pattern_kwargs, n_zone, zone_tail)
                 parts.append(cat)
                 counts.append(c)
                 which.append(np.full(c.size, len(names), dtype=np.int64))
