@@ -46,6 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import machine_line, write_section  # noqa: E402
 
 from distill4d import DataCube
+from distill4d._ragged import pad_rows
 from distill4d.identify import identify, load_default
 from distill4d.identify.apply import predict_spots
 from distill4d.identify.models import SYSTEMS
@@ -195,11 +196,10 @@ def evaluate(name, atoms, sg, sims, model, dose, rng) -> dict:
     rots = np.concatenate([np.repeat(sm["rotation"][None], len(sm["patterns"]), 0) for sm in sims])
     thick = np.concatenate([sm["thicknesses_A"] for sm in sims])
     kin = spot_patterns(atoms, len(rots), rng=0, rotations=rots, excitation_error_inv_A=0.03, max_g_inv_A=1.5)
-    K = max(len(k[0]) for k in kin)
-    pad = np.full((3, len(kin), K), np.nan)
-    for i, (qx, qy, it) in enumerate(kin):
-        pad[0, i, :len(qx)], pad[1, i, :len(qx)], pad[2, i, :len(qx)] = qx, qy, it
-    kp = predict_spots(pad[0], pad[1], pad[2], np.array([len(k[0]) for k in kin]), model)
+    n_kin = np.array([len(k[0]) for k in kin])
+    (kqx, kqy, kit), _ = pad_rows([np.concatenate([k[c] for k in kin]) for c in range(3)],
+                                   np.concatenate([[0], np.cumsum(n_kin)[:-1]]), n_kin)
+    kp = predict_spots(kqx, kqy, kit, n_kin, model)
     kagg = np.log(np.clip(kp["system_proba"][kp["valid"]], 1e-12, None)).sum(0) if kp["valid"].any() else None
     lat = res.agg_lattice
     rel_abc = (np.abs(lat[:3] - cellpar[:3]) / cellpar[:3]).tolist() if lat is not None else None

@@ -115,9 +115,13 @@ def zone_rotations(atoms: "Atoms", n: int, rng: np.random.Generator | int) -> np
     return out
 
 
-def zone_sigmas(n: int, rng: np.random.Generator | int, span: tuple[float, float] = ZONE_SIGMA_INV_A) -> np.ndarray:
-    """``n`` values drawn log-uniformly in ``span``: relrod widths (1/Å) by default, or tail
-    weights (:data:`ZONE_TAIL`)."""
+def zone_sigmas(n: int, rng: np.random.Generator | int) -> np.ndarray:
+    """``n`` relrod widths (1/Å) drawn log-uniformly in :data:`ZONE_SIGMA_INV_A`."""
+    return _log_uniform(ZONE_SIGMA_INV_A, n, rng)
+
+
+def _log_uniform(span: tuple[float, float], n: int, rng: np.random.Generator | int) -> np.ndarray:
+    """``n`` values drawn log-uniformly in ``span``."""
     lo, hi = np.log(span)
     return np.exp(_rng(rng).uniform(lo, hi, positive_int("n", n)))
 
@@ -384,7 +388,7 @@ def _structure_spots(atoms: "Atoms", n_or: int, rng: np.random.Generator, augmen
         kw = {k: v for k, v in pattern_kwargs.items() if k != "excitation_error_inv_A"}
         sig = zone_sigmas(n_zone, rng)
         if zone_tail:
-            kw["tail"] = zone_sigmas(n_zone, rng, ZONE_TAIL)
+            kw["tail"] = _log_uniform(ZONE_TAIL, n_zone, rng)
         lists += spot_patterns(atoms, n_zone, rng=rng, rotations=rot, excitation_error_inv_A=sig, **kw)
     mine = []
     for qx, qy, it in lists:
