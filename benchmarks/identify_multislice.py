@@ -49,7 +49,7 @@ from distill4d import DataCube
 from distill4d._ragged import pad_rows
 from distill4d.identify import identify, load_default
 from distill4d.identify.apply import predict_spots
-from distill4d.identify.models import SYSTEMS
+from distill4d.identify.models import SYSTEMS, aggregate
 from distill4d.lattice.auto import find_bragg_disks_auto
 from distill4d.simulate.crystals import crystal_system, list_prototypes, orient, prototype, spacegroup_number, zone_axes
 from distill4d.simulate.multislice import CBEDSettings, simulate_cbed
@@ -200,7 +200,7 @@ def evaluate(name, atoms, sg, sims, model, dose, rng) -> dict:
     (kqx, kqy, kit), _ = pad_rows([np.concatenate([k[c] for k in kin]) for c in range(3)],
                                    np.concatenate([[0], np.cumsum(n_kin)[:-1]]), n_kin)
     kp = predict_spots(kqx, kqy, kit, n_kin, model)
-    kagg = np.log(np.clip(kp["system_proba"][kp["valid"]], 1e-12, None)).sum(0) if kp["valid"].any() else None
+    kagg = aggregate(kp["system_proba"][kp["valid"]], "log") if kp["valid"].any() else None  # as identify() does
     lat = res.agg_lattice
     rel_abc = (np.abs(lat[:3] - cellpar[:3]) / cellpar[:3]).tolist() if lat is not None else None
     return {
