@@ -122,6 +122,10 @@ def test_zone_rotations_put_a_low_index_zone_axis_on_the_beam():
     on = spot_patterns(atoms, 40, rng=0, rotations=R, excitation_error_inv_A=0.003)
     rand = spot_patterns(atoms, 40, rng=0, excitation_error_inv_A=0.003)
     assert np.median([len(p[0]) for p in on]) >= 10 > np.median([len(p[0]) for p in rand])
+    flat = atoms.copy()
+    flat.set_cell([cell[0], cell[1], [0.0, 0.0, 0.0]])
+    with pytest.raises(Distill4dError, match="non-zero volume"):
+        zone_rotations(flat, 3, rng=0)
     with pytest.raises(Distill4dError, match="one per orientation"):
         spot_patterns(atoms, 3, rng=0, excitation_error_inv_A=np.array([0.01, 0.02]))
 

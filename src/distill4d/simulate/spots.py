@@ -88,8 +88,9 @@ def zone_rotations(atoms: "Atoms", n: int, rng: np.random.Generator | int) -> np
     (``|u|, |v|, |w| <= ZONE_MAX_INDEX``, no common factor, ``[uvw]`` and ``[-u-v-w]`` once),
     a uniform in-plane rotation and a tilt off the axis uniform in a disk of
     :data:`ZONE_TILT_MRAD`. Deterministic for a given ``rng``."""
-    from .crystals import _rotation_to_z
+    from .crystals import _check_atoms, _rotation_to_z
 
+    _check_atoms("atoms", atoms)
     rng = _rng(rng)
     n = positive_int("n", n)
     cell = np.asarray(atoms.cell.array, dtype=np.float64)
