@@ -34,9 +34,9 @@ the peak resident memory of the run is reported.
         --compare-model OLD.npz
 
 ``--cache``: the folder of the shipped card's command (its library is read from there, or built
-there, resumably). ``OLD.npz`` in RESULTS.md is the model shipped before, trained without the zone-axis variants (the
-same library, split and 24 variants), with its card: ``git show
-f97887e:src/distill4d/weights/identify_forest.npz > OLD.npz`` (and ``.json``).
+there, resumably). ``OLD.npz`` in RESULTS.md is the model shipped before, trained without the off-Ewald tail of its zone-axis
+variants (the same library, split and variants), with its card: ``git show
+24855d0:src/distill4d/weights/identify_forest.npz > OLD.npz`` (and ``.json``).
 """
 
 from __future__ import annotations
@@ -137,7 +137,8 @@ def _compare(path, config, lib, X, test):
     te = np.isin(st, fair)
     out = {"held_out_structures": int(fair.size), "left_out_structures": int(test.size - fair.size),
            "other_config": {k: getattr(other, k) for k in ("n_structures", "n_variants", "n_estimators", "max_depth",
-                                                            "min_samples_leaf", "system_classifier")}}
+                                                            "min_samples_leaf", "system_classifier", "n_zone_variants",
+                                                            "zone_tail")}}
     for name, model in (("shipped", load_default()), ("other", CrystalIdentifier.load(path))):
         r = evaluate(model, X[te], lib.system[st[te]], lib.space_group[st[te]], lib.cellpar[st[te]], st[te])
         r.pop("confusion_matrix")
@@ -292,8 +293,9 @@ def main() -> None:
             f"({card['library'].get('variant_patterns', '?')} patterns); never of a held-out structure."
             if config.n_variants else "")
          + (f" And {config.n_zone_variants} more variants of each, seen near low-index zone axes "
-            f"(`simulate.spots.zone_rotations`: tilt <= 15 mrad, relrods 0.003-0.03 1/Å), {config.zone_orientations} "
-            f"patterns each ({card['library'].get('zone_variant_patterns', '?')} patterns); the held-out patterns here are "
+            f"(`simulate.spots.zone_rotations`: tilt <= 15 mrad, relrods 0.003-0.03 1/Å"
+            + (", with the weak off-Ewald tail of a thick crystal: `simulate.spots.ZONE_TAIL`" if config.zone_tail else "")
+            + f"), {config.zone_orientations} patterns each ({card['library'].get('zone_variant_patterns', '?')} patterns); the held-out patterns here are "
             "all in random orientations (zone axes: section `identify_multislice`)."
             if config.n_zone_variants else ""), "",
          "| measure | value |", "|---|---|",
@@ -326,6 +328,9 @@ def main() -> None:
         c = result["compare_model"]
         o = c["other_config"]
         variants = f"{o['n_variants']} variants of each" if o.get("n_variants") else "no variants"
+        if o.get("n_zone_variants"):
+            variants += (f" and {o['n_zone_variants']} near zone axes"
+                         + (" with the off-Ewald tail" if o.get("zone_tail") else " without the off-Ewald tail"))
         left = (f"(the {c['left_out_structures']} held-out structures its library also holds left out)"
                 if c["left_out_structures"] else "(its library and split are this one's)")
         L += ["", f"The shipped model beside `OLD.npz` (the model shipped before, trained on the library of "
