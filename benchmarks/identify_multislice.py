@@ -160,15 +160,20 @@ def simulate_material(name: str, atoms, zones: int, tilt_mrad: float, cache: Pat
     return out
 
 
+def _card_config() -> dict:
+    """The shipped identifier's training configuration (its card's ``config``)."""
+    from distill4d.identify.apply import default_model_path
+
+    return json.loads(Path(str(default_model_path())).with_suffix(".json").read_text())["config"]
+
+
 def training_names(library: str | None) -> tuple[set, set]:
     """Names of the prototypes in the card's training and held-out structures."""
     if library is None:
         return set(), set()
-    from distill4d.identify.apply import default_model_path
     from distill4d.identify.train import IdentifyTrainConfig, build_library, split_by_structure
 
-    card = json.loads(Path(str(default_model_path())).with_suffix(".json").read_text())
-    config = IdentifyTrainConfig(**card["config"])
+    config = IdentifyTrainConfig(**_card_config())
     lib = build_library(config, library)
     test = set(split_by_structure(lib.system, config.holdout, config.seed).tolist())
     protos = set(list_prototypes())
@@ -287,7 +292,8 @@ def section(rows: list[dict], skipped: list[str], args) -> str:
          f"{cmd} (LIB: the library folder of the shipped card's command, which labels the prototypes).",
          machine_line(), "",
          "The shipped identifier (trained on kinematic spot lists, augmented: random orientations, and variants of the "
-         "training structures near zone axes) on abTEM "
+         "training structures near zone axes" + (", with the weak off-Ewald spots of a thick crystal" if _card_config().get(
+             "zone_tail") else "") + ") on abTEM "
          "multislice nanobeam patterns: 200 kV, 1.5 mrad, 256 x 256 pixels of 0.0125 1/Å, thicknesses 200, 350 and "
          f"500 Å (rounded to whole cells), the first {args.zones} low-index zone axes of each material, on zone and "
          f"tilted {args.tilt_mrad:g} mrad (direction drawn per zone), Poisson noise at {args.dose:g} e⁻ per pattern; static "
