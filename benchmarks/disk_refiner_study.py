@@ -60,9 +60,11 @@ def build(work: Path) -> list[Path]:
 
 
 def radius_px(energy_eV: float, semiangle_mrad: float, q_pixel_inv_A: float) -> float:
-    from distill4d.simulate.multislice import wavelength_A
+    """The disk radius in detector pixels (the calibration's own conversion)."""
+    from distill4d.calibration import Calibration
 
-    return semiangle_mrad * 1e-3 / wavelength_A(energy_eV) / q_pixel_inv_A
+    cal = Calibration(q_pixel_inv_A=q_pixel_inv_A, energy_eV=energy_eV, semiangle_mrad=semiangle_mrad)
+    return cal.length_to_px(semiangle_mrad, "mrad")
 
 
 def crops(pattern: np.ndarray, cx: np.ndarray, cy: np.ndarray, r: float) -> np.ndarray:

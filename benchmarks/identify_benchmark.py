@@ -57,6 +57,7 @@ from distill4d.identify import load_default
 from distill4d.identify.apply import default_model_path
 from distill4d.identify.encode import shape_features
 from distill4d.identify.models import SYSTEMS, CrystalIdentifier, aggregate
+from distill4d.simulate.spots import ZONE_SIGMA_INV_A, ZONE_TILT_MRAD
 from distill4d.identify.train import IdentifyTrainConfig, build_library, encode_library, evaluate, split_by_structure
 
 
@@ -293,7 +294,8 @@ def main() -> None:
             f"({card['library'].get('variant_patterns', '?')} patterns); never of a held-out structure."
             if config.n_variants else "")
          + (f" And {config.n_zone_variants} more variants of each, seen near low-index zone axes "
-            f"(`simulate.spots.zone_rotations`: tilt <= 15 mrad, relrods 0.003-0.03 1/Å"
+            f"(`simulate.spots.zone_rotations`: tilt <= {ZONE_TILT_MRAD:g} mrad, relrods {ZONE_SIGMA_INV_A[0]:g}-"
+            f"{ZONE_SIGMA_INV_A[1]:g} 1/Å"
             + (", with the weak off-Ewald tail of a thick crystal: `simulate.spots.ZONE_TAIL`" if config.zone_tail else "")
             + f"), {config.zone_orientations} patterns each ({card['library'].get('zone_variant_patterns', '?')} patterns); the held-out patterns here are "
             "all in random orientations (zone axes: section `identify_multislice`)."

@@ -130,7 +130,6 @@ def test_zone_rotations_put_a_low_index_zone_axis_on_the_beam():
         spot_patterns(atoms, 3, rng=0, excitation_error_inv_A=np.array([0.01, 0.02]))
 
 
-
 def test_the_tail_adds_the_weak_upper_laue_zone_spots_of_a_thick_crystal():
     from distill4d.simulate.crystals import prototype
     from distill4d.simulate.spots import MERGE_INV_A
