@@ -77,6 +77,7 @@ def test_resumes_from_partial(scan, tmp_path):
     (["--region", "0:1"], "--region"),
     (["--probe", "missing.npy"], "does not exist"),
     (["--validation-fraction", "0.5"], "validation_fraction"),
+    (["--coarse-iterations", "2"], "coarse_iterations needs tied_slices"),
 ])
 def test_bad_options_are_one_line_errors(scan, tmp_path, capsys, extra, message):
     rc = main(["ptycho", str(scan), "-o", str(tmp_path / "x.h5"), "--device", "cpu", "--no-progress", *extra])

@@ -254,6 +254,7 @@ def ptycho_kwargs(args: argparse.Namespace) -> dict[str, Any]:
                               refine_positions=args.refine_positions, device=args.device, seed=args.ptycho_seed,
                               pattern_size=args.pattern_size, validation_fraction=args.validation_fraction,
                               pure_phase=args.pure_phase, tied_slices=args.tied_slices,
+                              coarse_iterations=args.coarse_iterations,
                               progress=False if args.no_progress else None)
     if args.probe:
         kw["probe"] = read_vacuum_probe(args.probe)
@@ -312,6 +313,9 @@ def add_ptycho_options(p: Any, *, device: bool = True) -> None:
     g.add_argument("--tied-slices", action="store_true",
                    help="one transmission function for every slice (a crystal repeating along the beam, "
                         "--slice-thickness-A its period)")
+    g.add_argument("--coarse-iterations", type=int, metavar="K",
+                   help="with --tied-slices: at most K first iterations with 4x fewer, thicker slices while the object "
+                        "takes off (default: up to 6, at most half the iterations, with 8 or more slices; 0: none)")
     g.add_argument("--scan-rotation-deg", type=float, metavar="DEG",
                    help="scan-to-detector rotation in degrees (default: the calibration's, else estimated)")
     g.add_argument("--scan-flip", action="store_true", help="with --scan-rotation-deg: the axes are transposed")

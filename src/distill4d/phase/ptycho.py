@@ -73,6 +73,14 @@ OPTIMIZERS = ("gd", "adam")
 #: crystals of ``benchmarks/ptycho_tied.py`` (CeO2 97 Å: SSIM 0.915 at 4 against 0.838 at 2 after 20
 #: iterations; Mo 120 Å: no step between 2 and 16 converges) and a synthetic six-slice crystal.
 TIED_OBJECT_STEP = 4.0
+#: With tied slices, the first iterations model the crystal with this many times fewer, thicker slices (each
+#: the tied transmission function raised to that power): as many times fewer FFTs per position while the
+#: object takes off. Chosen on the validation crystals of ``benchmarks/ptycho_tied.py`` (docs/experiments.md).
+COARSE_DEPTH_FACTOR = 4
+#: Default most coarse iterations (``coarse_iterations``) with tied slices (and at most half the iterations).
+TIED_COARSE_ITERATIONS = 6
+#: The coarse iterations end early after one that lowers the error by less than this fraction.
+COARSE_MIN_GAIN = 0.02
 _GD_ALPHA = 0.1
 #: Divergence guard of the object steps: an iteration whose error exceeds this factor times the one before
 #: (or 1, or is not finite) restarts the previous iteration with half the step, at most MAX_STEP_HALVINGS times.
@@ -441,6 +449,7 @@ def reconstruct(
     validation_fraction: float = DEFAULT_VALIDATION_FRACTION,
     pure_phase: bool = False,
     tied_slices: bool = False,
+    coarse_iterations: int | None = None,
     callback: Callable[[int, float], None] | None = None,
 ) -> PtychoResult:
     """Reconstruct the object (and probe) of a scan by ptychography.
@@ -513,6 +522,14 @@ def reconstruct(
         ``slice_thickness_A`` its period or a multiple): the depth is no longer an unknown. Its step is
         divided by ``slices²`` (its gradient gathers every slice's, and a change of it changes the phase of
         every slice), and its ``object_step`` defaults to :data:`TIED_OBJECT_STEP`.
+    coarse_iterations : with ``tied_slices``, at most this many first iterations model the same thickness
+        with ``slices / COARSE_DEPTH_FACTOR`` slices (:data:`COARSE_DEPTH_FACTOR`), each the tied transmission
+        function raised to that factor: that many times fewer FFTs per position while the object takes off.
+        They end early after one that lowers the error by less than :data:`COARSE_MIN_GAIN`; the rest are
+        at full depth (recorded in the provenance as ``coarse_iterations_run``). None:
+        :data:`TIED_COARSE_ITERATIONS` (at most half the iterations) with ``2 * COARSE_DEPTH_FACTOR`` or more tied
+        slices, else 0; it must be
+        0 without tied slices and leave at least one iteration at full depth.
     callback : called as ``callback(iteration, error)`` after each iteration.
     """
     import torch
@@ -546,6 +563,15 @@ def reconstruct(
         slice_thickness_A = positive_float("slice_thickness_A", slice_thickness_A, maximum=1e4)
     if tied_slices and slices < 2:
         raise Distill4dError(f"tied_slices (--tied-slices) ties several slices: give slices >= 2, got {slices}")
+    if coarse_iterations is None:
+        coarse_iterations = (min(TIED_COARSE_ITERATIONS, iterations // 2)
+                             if tied_slices and slices >= 2 * COARSE_DEPTH_FACTOR else 0)
+    coarse_iterations = positive_int("coarse_iterations", coarse_iterations, minimum=0)
+    if coarse_iterations and not tied_slices:
+        raise Distill4dError("coarse_iterations needs tied_slices (a crystal that repeats along the beam)")
+    if coarse_iterations >= max(iterations, 1):
+        raise Distill4dError(f"coarse_iterations ({coarse_iterations}) must leave at least one of the "
+                             f"{iterations} iterations at full depth")
     lr = dict(DEFAULT_LR)
     for k, v in (learning_rates or {}).items():
         if k not in lr:
@@ -583,7 +609,7 @@ def reconstruct(
               "device": dev, "seed": seed, "progress": False, "pattern_size": pattern_size,
               "learning_rates": learning_rates, "memory_budget": memory_budget, "constrain_probe": constrain_probe,
               "aperture_from_data": aperture_from_data, "optimizer": optimizer, "validation_fraction": 0.0,
-              "pure_phase": pure_phase, "tied_slices": tied_slices, **kw}
+              "pure_phase": pure_phase, "tied_slices": tied_slices, "coarse_iterations": 0, **kw}
         return reconstruct(cube.with_calibration(origin_px=origin), **kw)
 
     search = None
@@ -626,8 +652,8 @@ def reconstruct(
         res = _run(torch, dev, cube, store_, reg, origin, n, theta, flip, rot_source, vacuum, defocus_A, Cs_A,
                    slices, slice_thickness_A, modes, iterations, batch_size, loss, refine_positions, seed,
                    checkpoint, progress, lr, probe_start, positions_start, final_lr, constrain_probe,
-                   aperture_from_data, optimizer, validation_fraction, bool(pure_phase), bool(tied_slices), callback,
-                   t_start)
+                   aperture_from_data, optimizer, validation_fraction, bool(pure_phase), bool(tied_slices),
+                   coarse_iterations, callback, t_start)
         if search is not None:
             res.provenance.parameters["defocus_search"] = search
         if loss_choice is not None:
@@ -706,7 +732,7 @@ def _run(torch: Any, dev: Any, cube: DataCube, store: Any, reg: tuple[slice, sli
          slices: int, dz: float | None, modes: int, iterations: int, batch_size: int, loss: str,
          refine_positions: bool, seed: int, checkpoint: Any, progress: bool | None, lr: dict[str, float],
          probe_start: int, positions_start: int, final_lr: float, constrain_probe: bool, aperture_from_data: bool,
-         optimizer: str, validation_fraction: float, pure_phase: bool, tied: bool, callback: Any,
+         optimizer: str, validation_fraction: float, pure_phase: bool, tied: bool, coarse: int, callback: Any,
          t_start: float) -> PtychoResult:
     cal = cube.calibration
     q = cal.q_pixel_inv_A
@@ -773,10 +799,25 @@ def _run(torch: Any, dev: Any, cube: DataCube, store: Any, reg: tuple[slice, sli
     mask = torch.as_tensor(store.mask, dtype=ftype, device=dev)
     k = torch.fft.fftfreq(n, device=dev, dtype=ftype)
     kx, ky = k[:, None], k[None, :]
-    prop = None
+    prop = prop_coarse = None
+    # coarse iterations (tied slices): S_c thicker slices of the same total depth, each the transmission
+    # function to the power S / S_c
+    S_c = max(1, round(S / COARSE_DEPTH_FACTOR)) if coarse else S
     if S > 1:
         k2 = (kx * n * q) ** 2 + (ky * n * q) ** 2
         prop = torch.exp(-1j * math.pi * lam * dz * k2.to(torch.float64)).to(ctype)
+        if coarse:
+            prop_coarse = torch.exp(-1j * math.pi * lam * dz * (S / S_c) * k2.to(torch.float64)).to(ctype)
+    depth = {"coarse": False}  # this iteration's model: set at the start of every iteration
+
+    def coarse_run(errs: list[float]) -> int:
+        """How many first iterations are coarse, as far as the errors ``errs`` of the iterations done tell:
+        ``coarse``, or fewer after the first coarse iteration that lowered the error by less than
+        COARSE_MIN_GAIN (from the saved errors alone, so a resumed or restarted run decides alike)."""
+        for j in range(1, min(len(errs), coarse)):
+            if errs[j] > (1 - COARSE_MIN_GAIN) * errs[j - 1]:
+                return j + 1
+        return coarse
     # |FFT| of the probe (all modes together) is held to that of the initial probe (the aperture or the
     # vacuum probe): the probe keeps learning its phase (aberrations) and its modes, but cannot take up
     # a periodic factor of the object (the raster-grid ambiguity of a regular scan).
@@ -795,6 +836,7 @@ def _run(torch: Any, dev: Any, cube: DataCube, store: Any, reg: tuple[slice, sli
                    optimizer=optimizer, vacuum=vacuum is not None, device=dev.type,
                    **({"pure_phase": True} if pure_phase else {}), **({"tied_slices": True} if tied else {}),
                    **({"batch_start": batch_start} if batch_start != batch_size else {}),
+                   **({"coarse_iterations": coarse, "coarse_slices": S_c} if coarse else {}),
                    **({"validation_fraction": validation_fraction} if validation_fraction > 0 else {}),
                    **({"poisson_offset": POISSON_OFFSET} if loss == "poisson" else {}))
     errors: list[float] = []
@@ -818,14 +860,19 @@ def _run(torch: Any, dev: Any, cube: DataCube, store: Any, reg: tuple[slice, sli
         am = state["amplitude"].reshape(So, -1).index_select(1, flat).reshape(So, b, n, n)
         # unbind, not obj[s]: each select's backward would fill a zero tensor of every slice (O(S²) memory
         # traffic; 32 slices: 9x slower per iteration), unbind's stacks the slices' gradients once
+        n_slices, p_slice = S, prop
+        if depth["coarse"]:
+            f = S / S_c
+            am, ph = am**f, ph * f
+            n_slices, p_slice = S_c, prop_coarse
         obj = torch.polar(am, ph).unbind(0)
         ramp = (torch.polar(one, -2 * math.pi * kx[None] * frac[:, 0, None, None])
                 * torch.polar(one, -2 * math.pi * ky[None] * frac[:, 1, None, None]))  # separable
         pk = torch.fft.fft2(state["probe"] * scale)  # (M, N, N)
         shifted = torch.fft.ifft2(pk[None] * ramp[:, None])  # (B, M, N, N)
         psi = shifted * obj[0][:, None]
-        for s in range(1, S):
-            psi = torch.fft.ifft2(torch.fft.fft2(psi) * prop) * obj[0 if tied else s][:, None]
+        for s in range(1, n_slices):
+            psi = torch.fft.ifft2(torch.fft.fft2(psi) * p_slice) * obj[0 if tied else s][:, None]
         far = torch.fft.fft2(psi, norm="ortho")
         inten = (far.real**2 + far.imag**2).sum(dim=1)  # (B, N, N)
         if optimizer != "gd" or not with_illum:
@@ -915,6 +962,8 @@ def _run(torch: Any, dev: Any, cube: DataCube, store: Any, reg: tuple[slice, sli
     try:
         while it < iterations:
             snapshots = (snapshots + [(it, _snapshot(state), copy.deepcopy(opt.state_dict()))])[-2:]
+            n_coarse = coarse_run(errors)
+            depth["coarse"] = it < n_coarse
             decay = final_lr + (1 - final_lr) * 0.5 * (1 + math.cos(math.pi * it / max(iterations, 1)))
             step_now = lr["object_step"] * decay * step_scale
             # no gradient is computed for what this iteration does not update
@@ -937,7 +986,9 @@ def _run(torch: Any, dev: Any, cube: DataCube, store: Any, reg: tuple[slice, sli
                     state["positions"].sub_(state["positions"].mean(dim=0))
                     state["positions"].clamp_(-margin + 1, margin - 1)
             err = num / max(den, 1e-30)
-            bad = not math.isfinite(err) or err > 1.0 or (len(errors) > 0 and err > DIVERGENCE_FACTOR * errors[-1])
+            # the first iteration at full depth is not compared with the coarse one before it (another model)
+            jump = len(errors) > 0 and it != n_coarse and err > DIVERGENCE_FACTOR * errors[-1]
+            bad = not math.isfinite(err) or err > 1.0 or jump
             if bad and halvings < MAX_STEP_HALVINGS:
                 back, saved, saved_opt = snapshots[0]
                 _restore(torch, state, saved)
@@ -1000,7 +1051,9 @@ def _run(torch: Any, dev: Any, cube: DataCube, store: Any, reg: tuple[slice, sli
         "scan_rotation": rot_source, "learning_rates": lr, "probe_start": probe_start,
         "positions_start": positions_start, "final_lr": final_lr, "optimizer": optimizer,
         "constrain_probe": bool(constrain_probe), "validation_fraction": validation_fraction,
-        "pure_phase": pure_phase, "tied_slices": tied, "object_step_halvings": halvings,
+        "pure_phase": pure_phase, "tied_slices": tied, "coarse_iterations": coarse, "coarse_slices": S_c,
+        "coarse_iterations_run": min(coarse_run(errors), len(errors)),
+        "object_step_halvings": halvings,
         "validation_positions": int(len(val_idx)),
         "device": str(dev), "resumed_at_iteration": start_it,
         "seconds": time.perf_counter() - t_start, "patterns_in_memory": store.in_memory,
