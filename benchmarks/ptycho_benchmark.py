@@ -875,6 +875,11 @@ def report(results: dict, a, command: str, ceilings: dict | None = None) -> str:
                  f"{best['pearson_method']})")
     elif not ms:
         L.append("- multislice on thick SrTiO3 beats every method of the phase benchmark: not measured in this run")
+    if ("sto_thick", 2e4, "distill4d single") in results:
+        L += ["", "On `sto_thick` the distill4d rows above are single-slice and untied 8-slice models, which cannot hold "
+              "121 Å of crystal (the notes above); distill4d's mode for a crystal on zone is tied slices "
+              "(`--tied-slices`), whose verdicts against these same py4DSTEM rows, and on the multislice goal, are in the "
+              "section `ptycho_tied`."]
     return "\n".join(L) + "\n"
 
 
