@@ -112,9 +112,7 @@ def test_tied_slices_recover_a_crystal_that_repeats_along_the_beam():
     """Six identical slices of 0.6-rad 'atoms' 20 Å apart (3.6 rad summed): with tied slices one transmission
     function stands for all six; correlation of the summed phase with the truth >= 0.97 (measured 0.990 after 8
     iterations at the default step), every slice the same, the phase summed over the six."""
-    pixel = 1 / (48 * Q)
-    one = random_atoms((40, 40), pixel, 14, 0.6, seed=3)
-    cube, truth = multislice_scan(np.stack([one] * 6), dz_A=20.0, scan_shape=(20, 20), defocus_A=50.0)
+    cube, truth = _repeating_crystal(6, 0.6, 20.0, (20, 20))
     res = reconstruct(cube, defocus_A=50.0, iterations=8, device="cpu", slices=6, slice_thickness_A=20.0,
                       tied_slices=True)
     assert _corr(res.phase_on_scan_grid(), truth) >= 0.97
@@ -130,9 +128,7 @@ def test_divergence_guard_halves_an_object_step_that_blows_up():
     """Tied slices at 16x the default object step blow up (error above 1); the guard restarts from the
     iteration before with half the step, four times here, records it, and the crystal of the tied-slice
     test is recovered as at the default step (correlation >= 0.97, measured 0.990)."""
-    pixel = 1 / (48 * Q)
-    one = random_atoms((40, 40), pixel, 14, 0.6, seed=3)
-    cube, truth = multislice_scan(np.stack([one] * 6), dz_A=20.0, scan_shape=(20, 20), defocus_A=50.0)
+    cube, truth = _repeating_crystal(6, 0.6, 20.0, (20, 20))
     res = reconstruct(cube, defocus_A=50.0, iterations=8, device="cpu", slices=6, slice_thickness_A=20.0,
                       tied_slices=True, learning_rates={"object_step": 64.0})
     assert res.provenance.parameters["object_step_halvings"] == 4
@@ -145,9 +141,7 @@ def test_the_pass_after_held_out_stopping_keeps_the_guards_halved_step():
     """With held-out positions, the final pass over every position takes the step the guard halved, not the
     step it started from: the crystal of the guard test at 16x the step, 1/16 of the positions held out,
     correlation >= 0.98 (measured 0.989; with the unhalved step in that pass 0.964)."""
-    pixel = 1 / (48 * Q)
-    one = random_atoms((40, 40), pixel, 14, 0.6, seed=3)
-    cube, truth = multislice_scan(np.stack([one] * 6), dz_A=20.0, scan_shape=(20, 20), defocus_A=50.0)
+    cube, truth = _repeating_crystal(6, 0.6, 20.0, (20, 20))
     res = reconstruct(cube, defocus_A=50.0, iterations=8, device="cpu", slices=6, slice_thickness_A=20.0,
                       tied_slices=True, learning_rates={"object_step": 64.0}, validation_fraction=1 / 16)
     assert res.provenance.parameters["object_step_halvings"] == 4
@@ -309,20 +303,31 @@ def test_held_out_patterns_choose_an_iterate_not_worse_than_the_last(weak_noisy,
     np.testing.assert_array_equal(back.validation_errors, res.validation_errors)
 
 
+def _repeating_crystal(slices, rad, dz_A, scan_shape):
+    """(DataCube, summed phase) of ``slices`` identical slices of ``rad``-rad atoms ``dz_A`` apart, scanned by a
+    50 Å underfocused probe."""
+    one = random_atoms((40, 40), 1 / (48 * Q), 14, rad, seed=3)
+    return multislice_scan(np.stack([one] * slices), dz_A=dz_A, scan_shape=scan_shape, defocus_A=50.0)
+
+
+def _resumes_bit_for_bit(cube, tmp_path, kw, full):
+    """The run of ``kw`` interrupted after its iteration 1 and resumed ends bit for bit as ``full``; returns it."""
+    resumed = _interrupted_and_resumed(cube, tmp_path / "ptycho.pt", kw)
+    np.testing.assert_array_equal(resumed.object_slices, full.object_slices)
+    np.testing.assert_array_equal(resumed.errors, full.errors)
+    return resumed
+
+
 def test_tied_run_with_a_growing_batch_resumes_where_it_stopped(tmp_path):
     """With tied slices the default mini-batch grows from TIED_BATCH_START to the default over the iterations
     (here 32 -> 36 for 24 x 24 positions); a run interrupted after iteration 2 and resumed ends bit for bit
     where an uninterrupted one does, and a run with a fixed batch (another reconstruction) differs."""
-    pixel = 1 / (48 * Q)
-    one = random_atoms((40, 40), pixel, 14, 0.6, seed=3)
-    cube, _ = multislice_scan(np.stack([one] * 3), dz_A=20.0, scan_shape=(24, 24), defocus_A=50.0)
+    cube, _ = _repeating_crystal(3, 0.6, 20.0, (24, 24))
     kw = dict(defocus_A=50.0, iterations=4, device="cpu", slices=3, slice_thickness_A=20.0, tied_slices=True)
     full = reconstruct(cube, **kw)
     p = full.provenance.parameters
     assert (p["batch_size_start"], p["batch_size"]) == (32, 36)
-    resumed = _interrupted_and_resumed(cube, tmp_path / "ptycho.pt", kw)
-    np.testing.assert_array_equal(resumed.object_slices, full.object_slices)
-    np.testing.assert_array_equal(resumed.errors, full.errors)
+    _resumes_bit_for_bit(cube, tmp_path, kw, full)
     fixed = reconstruct(cube, batch_size=36, **kw)
     assert fixed.provenance.parameters["batch_size_start"] == 36
     assert not np.array_equal(fixed.errors, full.errors)
@@ -334,18 +339,14 @@ def test_tied_run_starts_coarse_and_resumes_where_it_stopped(tmp_path):
     than COARSE_MIN_GAIN (here the second: measured), then all 8. The crystal is recovered (correlation >= 0.97,
     measured 0.989; 0.988 with coarse_iterations=0), and a run interrupted after its iteration 1, inside the
     coarse ones, resumes bit for bit where an uninterrupted one ends."""
-    pixel = 1 / (48 * Q)
-    one = random_atoms((40, 40), pixel, 14, 0.45, seed=3)
-    cube, truth = multislice_scan(np.stack([one] * 8), dz_A=15.0, scan_shape=(20, 20), defocus_A=50.0)
+    cube, truth = _repeating_crystal(8, 0.45, 15.0, (20, 20))
     kw = dict(defocus_A=50.0, iterations=8, device="cpu", slices=8, slice_thickness_A=15.0, tied_slices=True)
     full = reconstruct(cube, **kw)
     p = full.provenance.parameters
     assert (p["coarse_iterations"], p["coarse_slices"]) == (4, 2)  # at most half the 8 iterations
     assert 1 <= p["coarse_iterations_run"] < 4
     assert _corr(full.phase_on_scan_grid(), truth) >= 0.97
-    resumed = _interrupted_and_resumed(cube, tmp_path / "ptycho.pt", kw)
-    np.testing.assert_array_equal(resumed.object_slices, full.object_slices)
-    np.testing.assert_array_equal(resumed.errors, full.errors)
+    resumed = _resumes_bit_for_bit(cube, tmp_path, kw, full)
     assert resumed.provenance.parameters["coarse_iterations_run"] == p["coarse_iterations_run"]
     plain = reconstruct(cube, coarse_iterations=0, **kw)
     assert plain.provenance.parameters["coarse_iterations_run"] == 0
