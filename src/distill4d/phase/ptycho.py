@@ -527,9 +527,8 @@ def reconstruct(
         function raised to that factor: that many times fewer FFTs per position while the object takes off.
         They end early after one that lowers the error by less than :data:`COARSE_MIN_GAIN`; the rest are
         at full depth (recorded in the provenance as ``coarse_iterations_run``). None:
-        :data:`TIED_COARSE_ITERATIONS` (at most half the iterations) with ``2 * COARSE_DEPTH_FACTOR`` or more tied
-        slices, else 0; it must be
-        0 without tied slices and leave at least one iteration at full depth.
+        :data:`TIED_COARSE_ITERATIONS` (at most half the iterations) with ``2 * COARSE_DEPTH_FACTOR`` or more
+        tied slices, else 0. It must be 0 without tied slices and leave one iteration or more at full depth.
     callback : called as ``callback(iteration, error)`` after each iteration.
     """
     import torch
