@@ -71,6 +71,20 @@ def test_resumes_from_partial(scan, tmp_path):
     np.testing.assert_array_equal(res["object_phase"], full.object_phase)
 
 
+def test_tied_slices_say_how_many_iterations_started_coarse(scan, tmp_path, capsys):
+    """``--tied-slices`` with 8 slices: the first iterations use 2 thicker slices (at most half of 4 here); the
+    summary and the provenance say how many; ``--coarse-iterations 0`` turns it off."""
+    base = ["ptycho", str(scan), "--defocus-A", "60", "--iterations", "4", "--device", "cpu", "--no-progress",
+            "--slices", "8", "--slice-thickness-A", "5", "--tied-slices", "--threads", "1"]
+    assert main([*base, "-o", str(tmp_path / "a.h5")]) == 0
+    p = distill4d.read_results(tmp_path / "a.h5").provenance.parameters
+    assert (p["coarse_iterations"], p["coarse_slices"]) == (2, 2) and 1 <= p["coarse_iterations_run"] <= 2
+    assert f"the first {p['coarse_iterations_run']} with 2 thicker slices" in capsys.readouterr().out
+    assert main([*base, "-o", str(tmp_path / "b.h5"), "--coarse-iterations", "0"]) == 0
+    assert distill4d.read_results(tmp_path / "b.h5").provenance.parameters["coarse_iterations_run"] == 0
+    assert "thicker slices" not in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--slices", "2"], "slice_thickness_A"),
     (["--defocus-A", "1e7"], "defocus_A"),

@@ -53,6 +53,8 @@ def cmd_ptycho(args: argparse.Namespace) -> int:
     print(f"ptychography: {res.scan_shape[0]} x {res.scan_shape[1]} positions, object {res.object_phase.shape[0]} x "
           f"{res.object_phase.shape[1]} px of {res.sampling_A[0]:.4g} Å, {p['slices']} slice(s), {p['modes']} mode(s); "
           + (f"error {res.errors[-1]:.4g} after {len(res.errors)} iterations" if len(res.errors) else "no iterations")
+          + (f" (the first {p['coarse_iterations_run']} with {p['coarse_slices']} thicker slices)"
+             if p.get("coarse_iterations_run") else "")
           + f", {p['seconds']:.1f} s on {p['device']}"
           + (f"; kept iteration {res.chosen_iteration} (lowest loss on {p['validation_positions']} held-out positions)"
              if len(res.validation_errors) else "") + _loss_note(res))
