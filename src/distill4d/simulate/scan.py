@@ -227,13 +227,16 @@ def simulate_scan(
     probe = None  # the vacuum probe: every simulation returns it (tilt does not move it)
     tasks = []
     positions = {}  # state -> (its positions, its simulated diagonal deformation F_s)
+    # every state on one grid (supercell and grid points), its sampling scaling with its cell: grids rounded
+    # per state made the disk contrast jump between states (simulate_cbed's grid_cells)
+    cells = sorted({(cell[0] * (1 + k[0] * step), cell[1] * (1 + k[1] * step)) for k in states})
     for key in sorted(states):
         idx = np.flatnonzero(crystal & np.all(keys == np.array(key), axis=1))
         Fs = np.diag([1 + key[0] * step, 1 + key[1] * step, 1.0])
         positions[key] = (idx, Fs)
         wanted = sorted(set(np.round(thick_px[idx], 6)))
         s = dataclasses.replace(settings, thicknesses_A=tuple(wanted), tilt_mrad=(key[2] * tstep, key[3] * tstep))
-        tasks.append((key, stretch_cell(atoms, Fs[0, 0], Fs[1, 1]), s, device))
+        tasks.append((key, stretch_cell(atoms, Fs[0, 0], Fs[1, 1]), s, device, cells))
     done = {task[0]: res for task, res in run_tasks(_simulate_state, tasks, scheduler=scheduler, n_workers=n_workers,
                                                     progress=progress, desc="simulate", unit="state")}
     for key, (idx, Fs) in positions.items():  # in the order of the states, whatever order they finished in
@@ -302,8 +305,8 @@ def simulate_scan(
 
 def _simulate_state(task: tuple) -> Any:
     """One state's multislice patterns (a task of :func:`simulate_scan`)."""
-    _, atoms, settings, device = task
-    return simulate_cbed(atoms, settings, device=device)
+    _, atoms, settings, device, cells = task
+    return simulate_cbed(atoms, settings, device=device, grid_cells=cells)
 
 
 _TRUTH_ARRAYS = ("F", "eps_xx", "eps_yy", "eps_xy", "theta", "qx", "qy", "intensity", "hk", "tilt_mrad", "thickness_A", "vacuum")
