@@ -67,6 +67,10 @@ CONFIGS = REPO / "src" / "distill4d" / "ml" / "configs"
 TRAIN_CONFIG = CONFIGS / "fcunet_train.toml"
 TEST_CONFIG = CONFIGS / "fcunet_test.toml"
 CACHE = HERE / "data" / "fcunet"
+#: Suffix of the cached multislice strain scans: ``_v2`` since every strained state of a scan shares one
+#: simulation grid (``simulate_scan``); scans cached before (no suffix) carry the grid artefact of
+#: docs/design.md and are not read.
+SETS_VERSION = "_v2"
 
 RADIUS_FINE_INV_A = 0.0125  # 0.5 px at 0.025 1/Å per pixel
 RADIUS_COARSE_INV_A = svp.THRESHOLD_INV_A  # 0.05 1/Å = 2 px, the strain benchmark's radius
@@ -313,7 +317,7 @@ def load_or_simulate(name: str, scan: tuple[int, int], pattern: tuple[int, int],
     pattern (None: noise-free), from ``CACHE`` when there."""
     seed = strain_set_seed(name)
     dose = "" if dose_e == svp.HIGH_DOSE else ("_noisefree" if dose_e is None else f"_dose{dose_e:.0e}")
-    stem = CACHE / f"{name}_{scan[0]}x{scan[1]}_{pattern[0]}x{pattern[1]}_seed{seed}{dose}"
+    stem = CACHE / f"{name}_{scan[0]}x{scan[1]}_{pattern[0]}x{pattern[1]}_seed{seed}{dose}{SETS_VERSION}"
 
     def make():
         if name == "tilt_gradient":

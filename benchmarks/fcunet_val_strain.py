@@ -70,7 +70,7 @@ def load_or_simulate(name: str):
         dc, truth = simulate_scan(atoms, fields, settings, dose_e=None, seed=0, tilt_step_mrad=1.0)
         return dc, truth, vacuum_probe_pattern(settings)
 
-    return fb.cached_scan(fb.CACHE / f"{name}_{SCAN[0]}x{SCAN[1]}", make)[:3]
+    return fb.cached_scan(fb.CACHE / f"{name}_{SCAN[0]}x{SCAN[1]}{fb.SETS_VERSION}", make)[:3]
 
 
 def noisy(dc, dose_e: float):

@@ -88,3 +88,30 @@ def test_auto_passes_what_the_choice_measured_to_the_whole_scan(tilted):
         assert peaks.params["tilt_bias"]["source"] == "given"
         assert peaks.params["rim"]["bias_px"] == pytest.approx(ch.settings["tilt_bias_px"])
     assert peaks.params["min_relative_intensity"] == pytest.approx(ch.settings["min_relative_intensity"])
+
+
+@pytest.mark.parametrize("thickness_A, tried", [(600.0, True), (100.0, False)])
+def test_auto_tries_the_robust_detectors_on_a_thick_crystal_on_zone(thickness_A, tried):
+    """Multislice Si [011] on zone, 6 x 6 positions at 1e5 e-/pattern: at 60 nm the disks are full of dynamical
+    contrast (interior contrast 0.45 measured; Friedel pairs still symmetric), so the candidates run on the
+    reference region and the best is validated there; at 10 nm the disks are flat (0.07) and correlation is
+    kept untried."""
+    pytest.importorskip("abtem")
+    from distill4d.simulate.crystals import orient, prototype
+    from distill4d.simulate.multislice import CBEDSettings, vacuum_probe_pattern
+    from distill4d.simulate.scan import scan_preset, simulate_scan
+
+    settings = CBEDSettings(energy_eV=200e3, semiangle_mrad=2.0, shape=(96, 96), q_pixel_inv_A=0.03)
+    si = orient(prototype("Si"), (0, 1, 1))[0]
+    fields = scan_preset("multilayer", (6, 6), strain=0.01, layer_width=3, thickness_A=thickness_A)
+    dc, _ = simulate_scan(si, fields, settings, dose_e=1e5, seed=3)
+    ch = choose_disk_method(dc, vacuum_probe_pattern(settings), reference=(slice(0, 3), slice(None)))
+    ev = ch.evidence
+    assert ev["friedel_asymmetry"] < 0.15  # on zone either way
+    assert (ev["interior_contrast"] >= 0.3) == tried
+    assert ("scores" in ev) == tried
+    if tried:
+        assert "thick crystal" in ch.reason
+        assert ch.method == "correlation" or ev["scores"][ch.method] < 0.8 * ev["scores"]["correlation"]
+    else:
+        assert ch.method == "correlation" and "flat inside" in ch.reason

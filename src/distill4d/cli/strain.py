@@ -261,7 +261,8 @@ def add_parser(sub: Any) -> None:
         p.add_argument("--probe", help="vacuum probe: a 2D image (.npy, FILE.h5:/dataset) or a stack of "
                        "vacuum patterns (averaged); default: the central disk of the mean pattern")
         p.add_argument("--method", default="auto", choices=_STRAIN_METHODS if name == "strain" else _METHODS,
-                       help="auto (default: correlation on zone; where the disks' Friedel pairs differ (tilt), "
+                       help="auto (default: correlation on a thin crystal on zone; where the disks' Friedel pairs differ "
+                       "(tilt) or the disks are full of contrast (a thick crystal), "
                        "the detector whose strain scatters least in the reference region, recorded in the "
                        "output's provenance), correlation (probe template), sobel (edge-filtered correlation), "
                        "rim (correlation, then a circle fit to each disk's rim), template (each reflection's "
