@@ -57,6 +57,11 @@ KEYS = ("eps_xx", "eps_yy", "eps_xy", "theta")
 METHODS = ("correlation", "sobel", "rim", "rim_plain", "template", "fcunet", "auto")
 # floors of fcunet_dose.py (Cramér-Rao, RMS over the scan, per electron): read from its cache when there
 FLOOR_SETS = ("thick", "tilt", "tilt_gradient")
+#: Held-out sets (``--held-out``, 1e5 e-/pattern, Si on zone): name -> (cache tag, thickness Å, tilt gradient about
+#: the other axis in mrad across the columns or None, noise seed, zone axis).
+HELD_OUT = {"thick_45nm": ("thick45", 450.0, None, 21, (0, 1, 1)),
+            "tilt_gradient_y": ("tiltgrad_y", 200.0, 6.0, 22, (0, 1, 1)),
+            "thick_001": ("thick001", 600.0, None, 23, (0, 0, 1))}
 
 
 def log(msg: str) -> None:
@@ -95,15 +100,11 @@ def load_set(name: str, dose, seed_offset: int = 0):
         dc, truth = strained_scan(SCAN, PATTERN, kind="multilayer", strain=svp.STRAIN, layer_width=svp.LAYER_WIDTH,
                                   seed=11 + seed_offset, dose=dose)
         return dc, truth, vacuum_probe(PATTERN, calibration=dc.calibration)
-    if name == "thick_45nm":
-        stem = fb.CACHE / f"heldout_thick45_{SCAN[0]}x{SCAN[1]}_seed21{fb.SETS_VERSION}"
-        return fb.cached_scan(stem, lambda: _multislice(450.0, (0.0, 0.0), None, 21, dose))[:3]
-    if name == "tilt_gradient_y":
-        stem = fb.CACHE / f"heldout_tiltgrad_y_{SCAN[0]}x{SCAN[1]}_seed22{fb.SETS_VERSION}"
-        return fb.cached_scan(stem, lambda: _multislice(200.0, (0.0, 0.0), 6.0, 22, dose))[:3]
-    if name == "thick_001":
-        stem = fb.CACHE / f"heldout_thick001_{SCAN[0]}x{SCAN[1]}_seed23{fb.SETS_VERSION}"
-        return fb.cached_scan(stem, lambda: _multislice(600.0, (0.0, 0.0), None, 23, dose, zone=(0, 0, 1)))[:3]
+    if name in HELD_OUT:
+        tag, thickness_A, gradient_y_mrad, seed, zone = HELD_OUT[name]
+        stem = fb.CACHE / f"heldout_{tag}_{SCAN[0]}x{SCAN[1]}_seed{seed}{fb.SETS_VERSION}"
+        return fb.cached_scan(stem, lambda: _multislice(thickness_A, (0.0, 0.0), gradient_y_mrad, seed, dose,
+                                                        zone=zone))[:3]
     raise ValueError(name)
 
 
@@ -260,7 +261,7 @@ def render(raw: dict) -> str:
                  f"throughput {a['patterns_per_s'] / c['patterns_per_s']:.2f}x correlation's (the choice: "
                  f"{a.get('choice_seconds') or 0:.1f} s of {a['seconds']:.1f} s)")
     L += ["", "Verdicts at 1e5 e-/pattern (`auto`):", ""]
-    for n in ("thick", "tilt", "tilt_gradient", "thick_45nm", "tilt_gradient_y", "thick_001"):
+    for n in ("thick", "tilt", "tilt_gradient") + tuple(HELD_OUT):
         res = raw["sets"].get(f"{n}@1e5")
         if not res or "auto" not in res or "error" in res["auto"]:
             continue
@@ -326,7 +327,7 @@ def main(argv=None) -> int:
     for n in ("thick", "tilt", "tilt_gradient"):
         plan += [(n, svp.HIGH_DOSE), (n, None)]
     if a.held_out:
-        plan += [("thick_45nm", svp.HIGH_DOSE), ("tilt_gradient_y", svp.HIGH_DOSE), ("thick_001", svp.HIGH_DOSE)]
+        plan += [(n, svp.HIGH_DOSE) for n in HELD_OUT]
     if a.quick:
         plan = [("thick", svp.HIGH_DOSE), ("tilt_gradient", svp.HIGH_DOSE)]
     # each set's results are kept as they come (the whole run can exceed a 10-minute limit on a

@@ -10,6 +10,7 @@ import pytest
 pytest.importorskip("abtem")
 
 from distill4d.bragg import find_bragg_disks  # noqa: E402
+from distill4d.errors import Distill4dError  # noqa: E402
 from distill4d.lattice import strain_map  # noqa: E402
 from distill4d.simulate.crystals import orient, prototype  # noqa: E402
 from distill4d.simulate.multislice import CBEDSettings  # noqa: E402
@@ -141,6 +142,8 @@ def test_the_states_of_a_scan_share_one_grid(si011, monkeypatch):
     ratio = np.asarray(shared[0]["sampling_A"]) / np.asarray(shared[1]["sampling_A"])
     assert ratio == pytest.approx([1.01 / 0.99, 1.0], rel=1e-12)
     assert max(shared[0]["sampling_A"]) <= max(alone[0]["sampling_A"]) + 1e-12  # no coarser than its own grid
+    with pytest.raises(Distill4dError, match="grid_cells"):
+        ms.simulate_cbed(cells[0], thin, device="cpu", grid_cells=[[3.8, -1.0]])
 
     seen = []
     real = ms.simulate_cbed

@@ -343,6 +343,11 @@ def simulate_cbed(atoms: Any, settings: CBEDSettings, *, seed: int = 0, device: 
     if not isinstance(settings, CBEDSettings):
         raise TypeError(f"settings must be a CBEDSettings, got {type(settings).__name__}")
     lengths = orthogonal_cell_lengths(atoms)
+    if grid_cells is not None:
+        xy = np.asarray(grid_cells, dtype=np.float64)
+        if xy.ndim != 2 or xy.shape[0] < 1 or xy.shape[1] < 2 or not np.all(np.isfinite(xy) & (xy > 0)):
+            raise Distill4dError(f"grid_cells must be (x, y) cell lengths in Å, positive and finite, got shape "
+                                 f"{xy.shape}")
     grid = _grid(lengths, settings, grid_cells)
     t0 = time.perf_counter()
     patterns = _multislice_patterns(atoms, settings, grid, lengths, seed=seed, device=device)

@@ -227,12 +227,12 @@ def simulate_scan(
     probe = None  # the vacuum probe: every simulation returns it (tilt does not move it)
     tasks = []
     positions = {}  # state -> (its positions, its simulated diagonal deformation F_s)
+    stretch = {key: np.diag([1 + key[0] * step, 1 + key[1] * step, 1.0]) for key in sorted(states)}
     # every state on one grid (supercell and grid points), its sampling scaling with its cell: grids rounded
     # per state made the disk contrast jump between states (simulate_cbed's grid_cells)
-    cells = sorted({(cell[0] * (1 + k[0] * step), cell[1] * (1 + k[1] * step)) for k in states})
-    for key in sorted(states):
+    cells = sorted({(cell[0] * Fs[0, 0], cell[1] * Fs[1, 1]) for Fs in stretch.values()})
+    for key, Fs in stretch.items():
         idx = np.flatnonzero(crystal & np.all(keys == np.array(key), axis=1))
-        Fs = np.diag([1 + key[0] * step, 1 + key[1] * step, 1.0])
         positions[key] = (idx, Fs)
         wanted = sorted(set(np.round(thick_px[idx], 6)))
         s = dataclasses.replace(settings, thicknesses_A=tuple(wanted), tilt_mrad=(key[2] * tstep, key[3] * tstep))
