@@ -18,6 +18,7 @@ import math
 from typing import Any
 
 import numpy as np
+from scipy import fft as sfft
 
 from .._validate import positive_float, positive_int
 from ..errors import Distill4dError
@@ -26,7 +27,7 @@ from .peaks import BraggPeaks
 from .probe import Probe, probe_template, sobel_magnitude
 
 __all__ = ["RimParameters", "rim_radius_px", "rim_refine", "rim_batch", "find_bragg_disks_rim", "interior_asymmetry",
-           "rim_tilt_bias_px", "TiltBiasFit", "learn_tilt_bias_px", "reference_tilt_bias", "plausible_tilt_bias", "TemplateParameters", "reflection_templates", "template_refine", "template_batch",
+           "rim_tilt_bias_px", "TiltBiasFit", "learn_tilt_bias_px", "reference_tilt_bias", "plausible_tilt_bias", "TemplateParameters", "reflection_templates", "template_setup", "template_refine", "template_batch",
            "find_bragg_disks_template"]
 
 #: Edge points weaker than this fraction of the disk's strongest are not fitted.
@@ -566,6 +567,11 @@ class TemplateParameters:
     edges : register the gradient magnitudes (Sobel) of template and pattern instead of the
         intensities: the rims count, the disk interior's contrast much less.
     max_shift_px : a registration that moves farther than this from the spot is rejected (no peak).
+    weight_floor : after the first (least-squares) step each pixel is weighted by ``1 / max(lam,
+        weight_floor x the window's largest lam)``, ``lam`` the fitted model: Poisson maximum
+        likelihood (Fisher scoring) where the model is bright, capped in the dark pixels around
+        the rim, whose model is least certain. 1: least squares throughout; ignored with ``edges``.
+        0.05 was chosen on the development strain sets (docs/experiments.md).
     """
 
     half_px: int
@@ -573,6 +579,7 @@ class TemplateParameters:
     iterations: int = 4
     edges: bool = False
     max_shift_px: float = 2.0
+    weight_floor: float = 0.05
 
     def __post_init__(self) -> None:
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731
@@ -583,6 +590,7 @@ class TemplateParameters:
             raise TypeError(f"edges must be True or False, got {self.edges!r}")
         set_("edges", bool(self.edges))
         set_("max_shift_px", positive_float("max_shift_px", self.max_shift_px))
+        set_("weight_floor", positive_float("weight_floor", self.weight_floor, maximum=1.0))
 
 
 def _windows(b: np.ndarray, base: np.ndarray, half: int) -> np.ndarray:
@@ -612,8 +620,9 @@ def template_refine(batch: np.ndarray, spots_px: np.ndarray, templates: np.ndarr
     """Register each reflection's template in every pattern of a batch ``(n, Qx, Qy)``.
 
     The window of reflection j at ``rint(spots_px[j])`` is fitted by ``a T_j(x - d) + b``
-    (Gauss-Newton on ``d``, linear in ``a`` and ``b``, weighted by the circular mask; the
-    template shifted in Fourier space), so its position is ``spots_px[j] + d``: at the
+    (Gauss-Newton on ``d``, linear in ``a`` and ``b``, weighted by the circular mask and, after
+    the first step, by the Poisson weights of ``params.weight_floor``; the template shifted in
+    Fourier space), so its position is ``spots_px[j] + d``: at the
     patterns the templates were averaged over, ``d`` is 0 up to noise, whatever the contrast
     inside the disks. Returns padded ``qx``, ``qy`` (pixels), ``intensity`` (``a`` times the
     template's masked total, pattern units) of shape ``(n, k)``, valid entries first, and
@@ -647,20 +656,39 @@ def template_refine(batch: np.ndarray, spots_px: np.ndarray, templates: np.ndarr
     # Fourier shift does not ring from the periodic wrap
     edge = params.mask_radius_px + 1.0
     taper = np.where(r <= edge, 1.0, np.cos(0.5 * np.pi * np.clip((r - edge) / max(h - edge, 1.0), 0, 1)) ** 2)
-    Tf = np.fft.fft2(T * taper)  # (k, W, W)
+    # single precision transforms (the shifts need ~1e-3 px); the normal equations in double, over the
+    # pixels any reflection's mask reaches
+    Tf = np.fft.fft2(T * taper).astype(np.complex64)  # (k, W, W)
+    sel = np.flatnonzero((w > 0).any(axis=0).ravel())
+    S = sel.size
+    wk = w.reshape(k, W * W)[:, sel]  # (k, S)
+    Ps = P.reshape(n, k, W * W)[..., sel]  # (n, k, S)
+    fx = (1.0 - 2.0 * np.pi * kx).astype(np.float32)
+    fy = (2j * np.pi * ky).astype(np.complex64)
     d = np.zeros((n, k, 2))
     a = np.zeros((n, k))
     ok = np.ones((n, k), bool)
+    lam = None  # the model fitted by the last step, (n, k, S)
+    poisson = params.weight_floor < 1.0 and not params.edges
+    basis = np.empty((n, k, S, 4))
+    basis[..., 1] = 1.0
     for _ in range(params.iterations):
-        ph = np.exp(-2j * np.pi * (kx * d[..., 0, None, None] + ky * d[..., 1, None, None]))  # (n, k, W, W)
+        # the Fourier shift, separable: (n, k, W, 1) x (n, k, 1, W)
+        ph = (np.exp(-2j * np.pi * kx[:, 0] * d[..., 0, None])[..., :, None] * np.exp(
+            -2j * np.pi * ky[0] * d[..., 1, None])[..., None, :]).astype(np.complex64)
         F = Tf[None] * ph
-        Td = np.real(np.fft.ifft2(F))
-        Gx = np.real(np.fft.ifft2(F * (2j * np.pi * kx)))
-        Gy = np.real(np.fft.ifft2(F * (2j * np.pi * ky)))
-        basis = np.stack([Td, np.ones_like(Td), Gx, Gy], axis=-1).reshape(n, k, W * W, 4)
-        ww = np.broadcast_to(w.reshape(1, k, W * W), (n, k, W * W))
-        N = np.einsum("nkpi,nkp,nkpj->nkij", basis, ww, basis)
-        rhs = np.einsum("nkpi,nkp,nkp->nki", basis, ww, P.reshape(n, k, W * W))
+        # the shifted template and its x gradient, both real, in one transform (Td + i Gx)
+        TG = sfft.ifft2(F * fx).reshape(n, k, W * W)[..., sel]
+        basis[..., 0] = TG.real
+        basis[..., 2] = TG.imag
+        basis[..., 3] = sfft.ifft2(F * fy).real.reshape(n, k, W * W)[..., sel]
+        ww = np.broadcast_to(wk[None], (n, k, S))
+        if lam is not None:
+            top = lam.max(axis=-1, keepdims=True)
+            ww = ww / np.maximum(lam, np.where(top > 0, params.weight_floor * top, 1.0))
+        bw = np.swapaxes(basis * ww[..., None], -1, -2)  # (n, k, 4, S)
+        N = bw @ basis
+        rhs = (bw @ Ps[..., None])[..., 0]
         solvable = np.abs(np.linalg.det(N)) > 1e-300
         sol = np.zeros((n, k, 4))
         if solvable.any():
@@ -670,6 +698,8 @@ def template_refine(batch: np.ndarray, spots_px: np.ndarray, templates: np.ndarr
         with np.errstate(divide="ignore", invalid="ignore"):
             step = np.where(ok[..., None], -sol[..., 2:] / a[..., None], 0.0)
         d = d + np.clip(step, -1.0, 1.0)
+        if poisson:
+            lam = np.clip(a[..., None] * basis[..., 0] + sol[..., 1, None], 0.0, None)
     ok &= (np.hypot(d[..., 0], d[..., 1]) <= params.max_shift_px) & ~bad[:, None]
     total = a * (T * w).sum(axis=(1, 2))[None] if not params.edges else a * (np.asarray(templates) * w).sum(axis=(1, 2))[None]
     valid = ok & np.isfinite(d).all(axis=-1)
@@ -702,6 +732,7 @@ def find_bragg_disks_template(
     *,
     reference: Any = None,
     edges: bool = False,
+    weight_floor: float = 0.05,
     min_spot_intensity: float = 0.0,
     memory_budget: int | None = None,
     scheduler: Any = "threads",
@@ -724,6 +755,8 @@ def find_bragg_disks_template(
     reference : the region ``(slice, slice)`` of the scan whose patterns make the templates
         (the strain reference region); None: the whole scan.
     edges : register gradient magnitudes (Sobel), not intensities (see :class:`TemplateParameters`).
+    weight_floor : Poisson weights capped at this fraction of a window's brightest model pixel
+        (1: least squares; see :class:`TemplateParameters`).
     min_spot_intensity : spots weaker than this fraction of the brightest (correlation) are left out.
     memory_budget, scheduler, n_workers, progress, checkpoint : engine options
         (see :func:`distill4d.engine.map_patterns`).
@@ -733,7 +766,6 @@ def find_bragg_disks_template(
     BraggPeaks (pixels); ``.params`` has ``method="template"`` and the spots.
     """
     from ..engine import map_patterns
-    from .detect import find_bragg_disks
 
     dc = as_datacube(datacube)
     region = (slice(None), slice(None)) if reference is None else reference
@@ -744,24 +776,9 @@ def find_bragg_disks_template(
     except IndexError as err:
         raise Distill4dError(f"reference {reference!r}: {err}") from None
     template = probe_template(probe, datacube=dc, kind="disk")
-    ref_mean = _finite_mean(ref_dc)
-    from ..datacube import DataCube
-
-    mp = find_bragg_disks(DataCube(ref_mean[None, None].astype(np.float64), dc.calibration), template,
-                          scheduler="inline", progress=False)
-    spots = np.stack([mp.qx, mp.qy], axis=1)
-    if min_spot_intensity > 0 and spots.size:
-        spots = spots[mp.intensity >= min_spot_intensity * mp.intensity.max()]
+    spots, templates, tp = template_setup(_finite_mean(ref_dc), template, dc.calibration, edges=edges,
+                                          weight_floor=weight_floor, min_spot_intensity=min_spot_intensity)
     r = template.radius_px
-    half = int(math.ceil(r + 5.0))
-    nx, ny = dc.pattern_shape
-    inside = (spots[:, 0] >= half) & (spots[:, 0] <= nx - 1 - half) & (spots[:, 1] >= half) & (spots[:, 1] <= ny - 1 - half)
-    spots = spots[inside]
-    if spots.shape[0] < 3:
-        raise Distill4dError(f"the reference region's mean pattern has {spots.shape[0]} disks inside the detector; "
-                             "templates need at least 3")
-    tp = TemplateParameters(half_px=half, mask_radius_px=min(float(half), r + 2.0), edges=edges)
-    templates = _windows(ref_mean[None], np.rint(spots).astype(np.int64), half)[0]
     fn = functools.partial(template_batch, spots_px=spots, templates=templates, params=tp)
     res = map_patterns(dc, fn, memory_budget=memory_budget, scheduler=scheduler, n_workers=n_workers,
                        progress=progress, checkpoint=checkpoint,
@@ -772,6 +789,34 @@ def find_bragg_disks_template(
         params={"method": "template", **dataclasses.asdict(tp), "reference": region_text,
                 "probe_radius_px": r, "n_spots": int(spots.shape[0]), "spots_px": spots.tolist()},
     )
+
+
+def template_setup(ref_mean: np.ndarray, probe: Probe, calibration: Any = None, *, edges: bool = False,
+                   weight_floor: float = 0.05, min_spot_intensity: float = 0.0
+                   ) -> tuple[np.ndarray, np.ndarray, TemplateParameters]:
+    """The spots ``(k, 2)`` (pixels), templates and parameters of :func:`template_batch` from the mean
+    pattern ``ref_mean`` of a reference region: its disks found by correlation with the disk
+    ``probe``, those at least ``half_px`` from the detector edge (at least 3, else a one-line error)."""
+    from ..datacube import DataCube
+    from .detect import find_bragg_disks
+
+    mp = find_bragg_disks(DataCube(np.asarray(ref_mean, np.float64)[None, None], calibration), probe,
+                          scheduler="inline", progress=False)
+    spots = np.stack([mp.qx, mp.qy], axis=1)
+    if min_spot_intensity > 0 and spots.size:
+        spots = spots[mp.intensity >= min_spot_intensity * mp.intensity.max()]
+    r = probe.radius_px
+    half = int(math.ceil(r + 5.0))
+    nx, ny = np.shape(ref_mean)
+    inside = (spots[:, 0] >= half) & (spots[:, 0] <= nx - 1 - half) & (spots[:, 1] >= half) & (spots[:, 1] <= ny - 1 - half)
+    spots = spots[inside]
+    if spots.shape[0] < 3:
+        raise Distill4dError(f"the reference region's mean pattern has {spots.shape[0]} disks inside the detector; "
+                             "templates need at least 3")
+    tp = TemplateParameters(half_px=half, mask_radius_px=min(float(half), r + 2.0), edges=edges,
+                            weight_floor=weight_floor)
+    templates = _windows(np.asarray(ref_mean, np.float64)[None], np.rint(spots).astype(np.int64), half)[0]
+    return spots, templates, tp
 
 
 def _finite_mean(dc) -> np.ndarray:

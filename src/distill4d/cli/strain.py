@@ -266,7 +266,7 @@ def add_parser(sub: Any) -> None:
                        "the detector whose strain scatters least in the reference region, recorded in the "
                        "output's provenance), correlation (probe template), sobel (edge-filtered correlation), "
                        "rim (correlation, then a circle fit to each disk's rim), template (each reflection's "
-                       "disk averaged over the reference region, registered in every pattern), fcunet (the "
+                       "disk averaged over the reference region, registered in every pattern with Poisson weights), fcunet (the "
                        "shipped FCU-Net), com (centres of mass of the disks of the mean pattern)"
                        + (", ccstae (an autoencoder trained on this scan, no labels: very noisy data), poisson "
                           "(no disk finding: every pattern fitted by Poisson maximum likelihood to a template "
