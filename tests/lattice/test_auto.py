@@ -6,7 +6,7 @@ import pytest
 
 from distill4d.datacube import DataCube
 from distill4d.errors import Distill4dError
-from distill4d.lattice.auto import choose_disk_method, disk_evidence, find_bragg_disks_auto
+from distill4d.lattice.auto import choose_disk_method, disk_evidence, find_bragg_disks_auto, find_disks_by_method
 
 from _synth import LATTICE_N as N
 from _synth import LATTICE_PROBE as PROBE
@@ -52,6 +52,59 @@ def test_auto_takes_a_robust_detector_on_tilted_disks(tilted):
     assert ch.method in ("rim", "sobel")
     # the winner's reference-region strain scatter beats correlation's by the margin
     assert scores[ch.method] < 0.8 * scores["correlation"]
+
+
+@pytest.fixture(scope="module")
+def contrasty():
+    """6 x 6 positions of disks full of contrast (a dark half, blurred 0.7 px), the same everywhere (a thick
+    crystal on zone), ~28,000 e- per pattern."""
+    from scipy import ndimage
+
+    img = ndimage.gaussian_filter(pattern(lattice_points(), "half", 0.7), 0.7) * 0.02
+    return DataCube(_noisy(np.broadcast_to(img, (6, 6, N, N)), 4))
+
+
+def test_auto_takes_templates_on_disks_full_of_contrast(contrasty):
+    ref = (slice(0, 6), slice(None))
+    ch = choose_disk_method(contrasty, PROBE, reference=ref)
+    assert ch.evidence["interior_contrast"] > 0.3
+    scores = ch.evidence["scores"]
+    # scored on the reference positions its templates were not made from: 0.054 % against correlation's 0.077 %
+    assert ch.method == "template" and scores["template"] < 0.8 * scores["correlation"]
+    peaks = find_bragg_disks_auto(contrasty, PROBE, reference=ref, scheduler="inline", progress=False)
+    assert peaks.params["method"] == "template" and peaks.params["auto"]["chosen"] == "template"
+    assert peaks.params["reference"] == [[0, 6], [0, 6]]
+
+
+def test_template_candidate_is_scored_on_the_other_half(contrasty):
+    from distill4d.lattice.auto import _template_on_block
+    from distill4d.bragg import probe_template
+
+    peaks_c = find_disks_by_method("correlation", contrasty, PROBE, scheduler="inline", progress=False)
+    pk = _template_on_block(contrasty, probe_template(PROBE), peaks_c)
+    assert pk.scan_shape == (18, 1) and (pk.counts > 3).all()
+    with pytest.raises(Distill4dError, match="too small to split"):
+        _template_on_block(contrasty[0:1, 0:2], probe_template(PROBE), peaks_c)
+
+
+def test_template_candidate_refuses_a_block_of_two_crystals(contrasty):
+    """Templates assume one crystal state: where half the block shows another lattice (rotated 20 degrees
+    about the direct beam), the template candidate is refused instead of scored."""
+    from distill4d.bragg import probe_template
+    from distill4d.lattice.auto import _template_on_block
+
+    pts = lattice_points()
+    c, t = pts[0], np.deg2rad(20.0)
+    rot = c + (pts - c) @ np.array([[np.cos(t), np.sin(t)], [-np.sin(t), np.cos(t)]])
+    other = _noisy(np.broadcast_to(pattern(rot, "half", 0.7) * 0.02, (N, N)), 5)
+    data = np.array(contrasty.data)
+    data[:, 3:] = other
+    two = DataCube(data)
+    peaks_c = find_disks_by_method("correlation", two, PROBE, scheduler="inline", progress=False)
+    with pytest.raises(Distill4dError, match="not one crystal state"):
+        _template_on_block(two, probe_template(PROBE), peaks_c)
+    ch = choose_disk_method(two, PROBE, reference=(slice(0, 6), slice(None)))
+    assert ch.method != "template" and ch.evidence["scores"]["template"] is None
 
 
 def test_auto_records_its_choice_in_the_peaks_provenance(tilted):

@@ -15,7 +15,10 @@
    region; without one, the central block of at most ``8 x 8`` positions), and the one whose
    strain there is the least scattered wins (the reference region's strain should be uniform;
    without a reference, real strain adds the same variance to every detector that follows it).
-   A candidate must beat correlation by the factor ``margin``, else correlation is kept.
+   A candidate must beat correlation by the factor ``margin``, else correlation is kept. The
+   per-reflection templates (``"template"``) are made from half the region's positions (a
+   checkerboard) and scored on the other half: templates are their region's mean, so scored on the
+   same patterns they would win by construction.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from ..bragg.detect import as_datacube, detection_setup, find_bragg_disks
 from ..bragg.mean import finite_mean_pattern
 from ..bragg.peaks import BraggPeaks
 from ..bragg.probe import probe_template
-from ..bragg.refine import find_bragg_disks_rim
+from ..bragg.refine import find_bragg_disks_rim, find_bragg_disks_template
 from ..datacube import DataCube
 from ..errors import Distill4dError
 from .find import find_lattice
@@ -43,7 +46,7 @@ __all__ = ["AUTO_CANDIDATES", "AutoChoice", "disk_evidence", "choose_disk_method
            "find_disks_by_method"]
 
 #: Detectors ``auto`` chooses among (correlation first: the fallback).
-AUTO_CANDIDATES = ("correlation", "sobel", "rim")
+AUTO_CANDIDATES = ("correlation", "sobel", "rim", "template")
 #: Friedel asymmetry of the disk intensities above which the robust detectors are tried.
 ASYMMETRY_THRESHOLD = 0.15
 #: Interior contrast of the disks (std / mean inside 0.6 of the radius, the validation region's mean pattern)
@@ -52,6 +55,10 @@ ASYMMETRY_THRESHOLD = 0.15
 CONTRAST_THRESHOLD = 0.3
 #: A candidate replaces correlation only when its validation scatter is below this x correlation's.
 MARGIN = 0.8
+#: The template candidate needs every scored pattern to show this fraction of the templates' disks (intensity-
+#: weighted) among its correlation peaks: strain sets (one crystal state) 0.96-1.00 per pattern; central blocks of
+#: the identification benchmark's scans, which mix zone axes, down to 0.29-0.72.
+TEMPLATE_MATCH = 0.9
 #: Largest validation block without a reference region (positions per side).
 VALIDATION_BLOCK = 8
 #: The candidates run on at most about this many positions of the validation region (a strided grid).
@@ -67,7 +74,7 @@ class AutoChoice:
 
     Attributes
     ----------
-    method : ``"correlation"``, ``"sobel"`` or ``"rim"``.
+    method : one of ``AUTO_CANDIDATES``.
     evidence : the measurements behind the choice (JSON-able): ``friedel_asymmetry``,
         ``interior_contrast``, ``probe_contrast``, ``n_disks``, ``seconds`` (of the choice), and
         when candidates were run, ``validation`` (region, score kind) and ``scores`` (strain
@@ -155,14 +162,18 @@ def _contrast(images: np.ndarray, spots: np.ndarray, radius: float) -> float:
 
 def find_disks_by_method(method: str, datacube: DataCube, probe: Any = None, **options: Any) -> BraggPeaks:
     """Bragg disks by one named detector: ``"correlation"``, ``"sobel"`` (edge-filtered
-    correlation) or ``"rim"`` (correlation, then a rim circle fit); ``options``: engine options,
-    detection parameters and (rim) :func:`~distill4d.bragg.find_bragg_disks_rim`'s options."""
+    correlation), ``"rim"`` (correlation, then a rim circle fit) or ``"template"`` (per-reflection
+    templates of a reference region); ``options``: engine options, detection parameters and (rim,
+    template) :func:`~distill4d.bragg.find_bragg_disks_rim`'s or
+    :func:`~distill4d.bragg.find_bragg_disks_template`'s options."""
     if method == "correlation":
         return find_bragg_disks(datacube, probe, **options)
     if method == "sobel":
         return find_bragg_disks(datacube, probe, kind="sobel", **options)
     if method == "rim":
         return find_bragg_disks_rim(datacube, probe, **options)
+    if method == "template":
+        return find_bragg_disks_template(datacube, probe, **options)
     raise Distill4dError(f"method must be one of {AUTO_CANDIDATES}, got {method!r}")
 
 
@@ -263,6 +274,9 @@ def choose_disk_method(
         try:
             if m == "rim":
                 pk, settings["rim"] = _rim_on_block(block, template, det, peaks_c)
+            elif m == "template":
+                pk = _template_on_block(block, template, peaks_c)
+                settings["template"] = {"reference": region}
             else:
                 pk = find_bragg_disks(block, probe, kind="sobel", **inline)
                 settings["sobel"] = {k: pk.params[k] for k in _SHARED}
@@ -279,6 +293,48 @@ def choose_disk_method(
                           f"{where} {scores[best]:.3g} % vs correlation {base:.3g} %", settings.get(best, {}))
     return AutoChoice("correlation", ev, f"correlation: {seen} but no detector "
                       f"beat correlation's strain scatter {base:.3g} % by {1 / margin:.3g}x in the {where}", shared)
+
+
+def _template_on_block(block: DataCube, template: Any, peaks_c: BraggPeaks | None) -> BraggPeaks:
+    """Per-reflection templates validated without seeing the patterns they are scored on: made from
+    the block's positions of one parity (``(ix + iy)`` even), registered in the others, whose peaks are
+    returned as a column ``(m, 1)`` (the templates of a region are its mean, so scoring them on the
+    same patterns would favour them by construction). Templates assume one crystal state throughout
+    the block: a one-line error where a scored pattern's correlation peaks ``peaks_c`` show less than
+    ``TEMPLATE_MATCH`` of the templates' disks (weighted by their intensity) within half a disk radius
+    (registration pins each peak near its template's spot, so a block of several zone axes would
+    otherwise score a low strain scatter)."""
+    from ..bragg.refine import template_batch, template_setup
+
+    nx, ny = block.scan_shape
+    ix, iy = np.indices((nx, ny))
+    even = ((ix + iy) % 2 == 0).ravel()
+    if even.sum() < 2 or (~even).sum() < 4:
+        raise Distill4dError("the validation block is too small to split for the template candidate")
+    stack = np.asarray(block.data, dtype=np.float64).reshape(-1, *block.pattern_shape)
+    finite = np.isfinite(stack).all(axis=(1, 2))
+    if not (even & finite).any():
+        raise Distill4dError("no finite patterns to make templates from")
+    spots, templates, tp = template_setup(stack[even & finite].mean(axis=0), template, block.calibration)
+    if peaks_c is None:
+        raise Distill4dError("correlation found no peaks to check the templates against")
+    weight = np.clip(templates.sum(axis=(1, 2)), 0.0, None)
+    tol = 0.5 * template.radius_px
+    for i in np.flatnonzero(~even):
+        p = peaks_c[np.unravel_index(i, (nx, ny))]
+        near = np.zeros(len(spots), bool)
+        if len(p):
+            near = np.hypot(spots[:, None, 0] - p[None, :, 0], spots[:, None, 1] - p[None, :, 1]).min(axis=1) <= tol
+        shown = float((weight * near).sum() / max(weight.sum(), 1e-300))
+        if shown < TEMPLATE_MATCH:
+            raise Distill4dError(f"the validation block is not one crystal state: a pattern shows {shown:.2f} of the "
+                                 f"templates' disks (< {TEMPLATE_MATCH:g})")
+    res = template_batch(stack[~even], spots, templates, tp)
+    shape = (int((~even).sum()), 1)
+    k = res["qx"].shape[1]
+    return BraggPeaks.from_padded(res["qx"].reshape(shape + (k,)), res["qy"].reshape(shape + (k,)),
+                                  res["intensity"].reshape(shape + (k,)), res["count"].reshape(shape),
+                                  block.calibration, params={"method": "template"})
 
 
 def _rim_on_block(block: DataCube, template: Any, det: Any, peaks_c: BraggPeaks | None) -> tuple[BraggPeaks, dict]:
