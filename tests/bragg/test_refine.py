@@ -190,7 +190,17 @@ def test_poisson_weights_make_template_registration_more_precise():
     assert poisson < 0.85 * ls and poisson < 0.75 * corr
 
 
-def test_template_refine_rejects_empty_windows():
+def test_template_setup_needs_one_mean_pattern():
+    from distill4d.bragg.refine import template_setup
+
+    img = pattern(lattice_points())
+    spots, templates, tp = template_setup(img, PROBE)  # a probe image is turned into its disk template
+    assert templates.shape == (len(spots), 2 * tp.half_px + 1, 2 * tp.half_px + 1) and len(spots) >= 3
+    with pytest.raises(Distill4dError, match="one pattern"):
+        template_setup(img[None], PROBE)
+
+
+
     pts = lattice_points()
     img = pattern(pts)
     half = 10

@@ -80,9 +80,38 @@ def test_template_candidate_is_scored_on_the_other_half(contrasty):
     from distill4d.lattice.auto import _template_on_block
     from distill4d.bragg import probe_template
 
+    import distill4d.bragg.refine as refine
+
     peaks_c = find_disks_by_method("correlation", contrasty, PROBE, scheduler="inline", progress=False)
-    pk = _template_on_block(contrasty, probe_template(PROBE), peaks_c)
+    seen = {}
+    setup, batch = refine.template_setup, refine.template_batch
+
+    def spy_setup(ref_mean, *args, **kw):
+        seen["mean"] = np.array(ref_mean)
+        return setup(ref_mean, *args, **kw)
+
+    def spy_batch(b, *args, **kw):
+        seen["scored"] = np.array(b)
+        return batch(b, *args, **kw)
+
+    refine.template_setup, refine.template_batch = spy_setup, spy_batch
+    try:
+        pk = _template_on_block(contrasty, probe_template(PROBE), peaks_c)
+    finally:
+        refine.template_setup, refine.template_batch = setup, batch
     assert pk.scan_shape == (18, 1) and (pk.counts > 3).all()
+    ix, iy = np.indices((6, 6))
+    data = np.asarray(contrasty.data, np.float64)
+    # templates from the (ix + iy) even positions only, registered in the odd ones only
+    assert np.allclose(seen["mean"], data[(ix + iy) % 2 == 0].mean(axis=0))
+    assert np.array_equal(seen["scored"], data[(ix + iy) % 2 == 1])
+    # a dead pattern among the scored ones is left out, not taken for another crystal
+    bad = np.array(contrasty.data)
+    bad[0, 1, 10, 10] = np.nan
+    dead = DataCube(bad)
+    pk = _template_on_block(dead, probe_template(PROBE),
+                            find_disks_by_method("correlation", dead, PROBE, scheduler="inline", progress=False))
+    assert pk.scan_shape == (17, 1)
     with pytest.raises(Distill4dError, match="too small to split"):
         _template_on_block(contrasty[0:1, 0:2], probe_template(PROBE), peaks_c)
 

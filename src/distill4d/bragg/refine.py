@@ -568,7 +568,7 @@ class TemplateParameters:
         intensities: the rims count, the disk interior's contrast much less.
     max_shift_px : a registration that moves farther than this from the spot is rejected (no peak).
     weight_floor : after the first (least-squares) step each pixel is weighted by ``1 / max(lam,
-        weight_floor x the window's largest lam)``, ``lam`` the fitted model: Poisson maximum
+        weight_floor x the largest lam over the pixels the masks reach)``, ``lam`` the fitted model: Poisson maximum
         likelihood (Fisher scoring) where the model is bright, capped in the dark pixels around
         the rim, whose model is least certain. 1: least squares throughout; ignored with ``edges``.
         0.05 was chosen on the development strain sets (docs/experiments.md).
@@ -800,6 +800,10 @@ def template_setup(ref_mean: np.ndarray, probe: Probe, calibration: Any = None, 
     from ..datacube import DataCube
     from .detect import find_bragg_disks
 
+    ref_mean = np.asarray(ref_mean)
+    if ref_mean.ndim != 2:
+        raise Distill4dError(f"ref_mean must be one pattern (Qx, Qy), got shape {ref_mean.shape}")
+    probe = probe_template(probe, kind="disk")
     mp = find_bragg_disks(DataCube(np.asarray(ref_mean, np.float64)[None, None], calibration), probe,
                           scheduler="inline", progress=False)
     spots = np.stack([mp.qx, mp.qy], axis=1)

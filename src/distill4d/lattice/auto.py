@@ -56,8 +56,8 @@ CONTRAST_THRESHOLD = 0.3
 #: A candidate replaces correlation only when its validation scatter is below this x correlation's.
 MARGIN = 0.8
 #: The template candidate needs every scored pattern to show this fraction of the templates' disks (intensity-
-#: weighted) among its correlation peaks: strain sets (one crystal state) 0.96-1.00 per pattern; central blocks of
-#: the identification benchmark's scans, which mix zone axes, down to 0.29-0.72.
+#: weighted, above the window's border level) among its correlation peaks: strain sets (one crystal state) 0.99-1.00
+#: per pattern; central blocks of the identification benchmark's scans, which mix zone axes, down to 0.29-0.73.
 TEMPLATE_MATCH = 0.9
 #: Largest validation block without a reference region (positions per side).
 VALIDATION_BLOCK = 8
@@ -311,16 +311,22 @@ def _template_on_block(block: DataCube, template: Any, peaks_c: BraggPeaks | Non
     even = ((ix + iy) % 2 == 0).ravel()
     if even.sum() < 2 or (~even).sum() < 4:
         raise Distill4dError("the validation block is too small to split for the template candidate")
-    stack = np.asarray(block.data, dtype=np.float64).reshape(-1, *block.pattern_shape)
-    finite = np.isfinite(stack).all(axis=(1, 2))
-    if not (even & finite).any():
-        raise Distill4dError("no finite patterns to make templates from")
-    spots, templates, tp = template_setup(stack[even & finite].mean(axis=0), template, block.calibration)
     if peaks_c is None:
         raise Distill4dError("correlation found no peaks to check the templates against")
-    weight = np.clip(templates.sum(axis=(1, 2)), 0.0, None)
+    stack = np.asarray(block.data, dtype=np.float64).reshape(-1, *block.pattern_shape)
+    finite = np.isfinite(stack).all(axis=(1, 2))
+    scored = ~even & finite
+    if (even & finite).sum() < 2 or scored.sum() < 4:
+        raise Distill4dError("the validation block has too few finite patterns to split for the template candidate")
+    spots, templates, tp = template_setup(stack[even & finite].mean(axis=0), template, block.calibration)
+    # each disk counts by its intensity above the window's border level, inside its mask
+    h = tp.half_px
+    off = np.arange(-h, h + 1)
+    inside = np.hypot(off[:, None], off[None, :]) <= tp.mask_radius_px
+    border = np.median(templates[:, ~(np.hypot(off[:, None], off[None, :]) <= h - 0.5)], axis=1)
+    weight = np.clip((templates - border[:, None, None])[:, inside].sum(axis=1), 0.0, None)
     tol = 0.5 * template.radius_px
-    for i in np.flatnonzero(~even):
+    for i in np.flatnonzero(scored):
         p = peaks_c[np.unravel_index(i, (nx, ny))]
         near = np.zeros(len(spots), bool)
         if len(p):
@@ -329,8 +335,8 @@ def _template_on_block(block: DataCube, template: Any, peaks_c: BraggPeaks | Non
         if shown < TEMPLATE_MATCH:
             raise Distill4dError(f"the validation block is not one crystal state: a pattern shows {shown:.2f} of the "
                                  f"templates' disks (< {TEMPLATE_MATCH:g})")
-    res = template_batch(stack[~even], spots, templates, tp)
-    shape = (int((~even).sum()), 1)
+    res = template_batch(stack[scored], spots, templates, tp)
+    shape = (int(scored.sum()), 1)
     k = res["qx"].shape[1]
     return BraggPeaks.from_padded(res["qx"].reshape(shape + (k,)), res["qy"].reshape(shape + (k,)),
                                   res["intensity"].reshape(shape + (k,)), res["count"].reshape(shape),
