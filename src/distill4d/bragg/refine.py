@@ -791,27 +791,28 @@ def find_bragg_disks_template(
     )
 
 
-def template_setup(ref_mean: np.ndarray, probe: Probe, calibration: Any = None, *, edges: bool = False,
+def template_setup(ref_mean: np.ndarray, probe: Probe | np.ndarray, calibration: Any = None, *, edges: bool = False,
                    weight_floor: float = 0.05, min_spot_intensity: float = 0.0
                    ) -> tuple[np.ndarray, np.ndarray, TemplateParameters]:
     """The spots ``(k, 2)`` (pixels), templates and parameters of :func:`template_batch` from the mean
-    pattern ``ref_mean`` of a reference region: its disks found by correlation with the disk
-    ``probe``, those at least ``half_px`` from the detector edge (at least 3, else a one-line error)."""
+    pattern ``ref_mean`` ``(Qx, Qy)`` of a reference region: its disks found by correlation with
+    ``probe`` (a disk :class:`Probe` or a vacuum-probe image), those at least ``half_px`` from the
+    detector edge (at least 3, else a one-line error); ``calibration`` is carried to that detection."""
     from ..datacube import DataCube
     from .detect import find_bragg_disks
 
-    ref_mean = np.asarray(ref_mean)
+    ref_mean = np.asarray(ref_mean, dtype=np.float64)
     if ref_mean.ndim != 2:
         raise Distill4dError(f"ref_mean must be one pattern (Qx, Qy), got shape {ref_mean.shape}")
     probe = probe_template(probe, kind="disk")
-    mp = find_bragg_disks(DataCube(np.asarray(ref_mean, np.float64)[None, None], calibration), probe,
+    mp = find_bragg_disks(DataCube(ref_mean[None, None], calibration), probe,
                           scheduler="inline", progress=False)
     spots = np.stack([mp.qx, mp.qy], axis=1)
     if min_spot_intensity > 0 and spots.size:
         spots = spots[mp.intensity >= min_spot_intensity * mp.intensity.max()]
     r = probe.radius_px
     half = int(math.ceil(r + 5.0))
-    nx, ny = np.shape(ref_mean)
+    nx, ny = ref_mean.shape
     inside = (spots[:, 0] >= half) & (spots[:, 0] <= nx - 1 - half) & (spots[:, 1] >= half) & (spots[:, 1] <= ny - 1 - half)
     spots = spots[inside]
     if spots.shape[0] < 3:
@@ -819,7 +820,7 @@ def template_setup(ref_mean: np.ndarray, probe: Probe, calibration: Any = None, 
                              "templates need at least 3")
     tp = TemplateParameters(half_px=half, mask_radius_px=min(float(half), r + 2.0), edges=edges,
                             weight_floor=weight_floor)
-    templates = _windows(np.asarray(ref_mean, np.float64)[None], np.rint(spots).astype(np.int64), half)[0]
+    templates = _windows(ref_mean[None], np.rint(spots).astype(np.int64), half)[0]
     return spots, templates, tp
 
 

@@ -306,25 +306,23 @@ def _template_on_block(block: DataCube, template: Any, peaks_c: BraggPeaks | Non
     otherwise score a low strain scatter)."""
     from ..bragg.refine import template_batch, template_setup
 
+    if peaks_c is None:
+        raise Distill4dError("correlation found no peaks to check the templates against")
     nx, ny = block.scan_shape
     ix, iy = np.indices((nx, ny))
     even = ((ix + iy) % 2 == 0).ravel()
-    if even.sum() < 2 or (~even).sum() < 4:
-        raise Distill4dError("the validation block is too small to split for the template candidate")
-    if peaks_c is None:
-        raise Distill4dError("correlation found no peaks to check the templates against")
     stack = np.asarray(block.data, dtype=np.float64).reshape(-1, *block.pattern_shape)
     finite = np.isfinite(stack).all(axis=(1, 2))
-    scored = ~even & finite
-    if (even & finite).sum() < 2 or scored.sum() < 4:
-        raise Distill4dError("the validation block has too few finite patterns to split for the template candidate")
-    spots, templates, tp = template_setup(stack[even & finite].mean(axis=0), template, block.calibration)
+    made, scored = even & finite, ~even & finite
+    if made.sum() < 2 or scored.sum() < 4:
+        raise Distill4dError(f"the validation block is too small to split for the template candidate ({int(made.sum())} "
+                             f"finite patterns to make templates from, {int(scored.sum())} to score; need 2 and 4)")
+    spots, templates, tp = template_setup(stack[made].mean(axis=0), template, block.calibration)
     # each disk counts by its intensity above the window's border level, inside its mask
-    h = tp.half_px
-    off = np.arange(-h, h + 1)
-    inside = np.hypot(off[:, None], off[None, :]) <= tp.mask_radius_px
-    border = np.median(templates[:, ~(np.hypot(off[:, None], off[None, :]) <= h - 0.5)], axis=1)
-    weight = np.clip((templates - border[:, None, None])[:, inside].sum(axis=1), 0.0, None)
+    off = np.arange(-tp.half_px, tp.half_px + 1)
+    rr = np.hypot(off[:, None], off[None, :])
+    border = np.median(templates[:, rr > tp.half_px - 0.5], axis=1)
+    weight = np.clip((templates - border[:, None, None])[:, rr <= tp.mask_radius_px].sum(axis=1), 0.0, None)
     tol = 0.5 * template.radius_px
     for i in np.flatnonzero(scored):
         p = peaks_c[np.unravel_index(i, (nx, ny))]
